@@ -1,0 +1,1002 @@
+/*
+ * One ACME issuer (RFC 8555): its directory, its account, and the pacing
+ * of every request sent to it.
+ *
+ * All requests of an issuer go through one queue.  A request leaves the
+ * queue when fewer than ACME_MAX_INFLIGHT are in flight and the token
+ * bucket of request_rate allows it.  A signed request takes a nonce from
+ * the pool; when the pool is empty it first asks newNonce (HEAD), inside
+ * the same slot.  Retries stay inside the request: badNonce is resent at
+ * once with the fresh nonce its answer carries, rateLimited and 503 wait
+ * for Retry-After, and network errors back off with jitter.  Only the
+ * final outcome reaches the caller.
+ *
+ * Until the account is ready, only bootstrap requests (directory, nonce,
+ * newAccount) leave the queue; orders can queue from the start.
+ */
+#include <sys/time.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <openssl/evp.h>
+
+#include "sidecar.h"
+
+#define ACME_URN	"urn:ietf:params:acme:error:"
+
+enum acme_req_kind {
+	AREQ_GET,		/* plain GET: the directory */
+	AREQ_POST_KID,		/* signed with the account URL */
+	AREQ_POST_JWK,		/* signed with the public key: newAccount */
+};
+
+enum acme_req_state {
+	AREQ_QUEUED,
+	AREQ_NONCE,		/* HEAD newNonce in flight */
+	AREQ_SENT,
+	AREQ_WAITING,		/* retry timer armed */
+};
+
+struct acme_req {
+	struct acme_issuer	*ar_issuer;
+	enum acme_req_kind	 ar_kind;
+	enum acme_req_state	 ar_state;
+	int			 ar_bootstrap;
+	int			 ar_no_retry;	/* caller handles failures */
+	int			 ar_new_order;	/* URL is the directory's */
+	char			*ar_url;
+	char			*ar_payload;	/* NULL: POST-as-GET */
+	char			*ar_accept;
+	acme_cb			 ar_cb;
+	void			*ar_arg;
+	int			 ar_badnonce_tries;
+	int			 ar_net_tries;
+	int			 ar_rate_tries;
+	struct http_request	*ar_http;
+	struct event		*ar_timer;
+	TAILQ_ENTRY(acme_req)	 ar_entry;
+};
+TAILQ_HEAD(acme_reqs, acme_req);
+
+struct acme_issuer {
+	struct event_base	*ai_base;
+	char			*ai_name;
+	struct conf_issuer	 ai_conf;	/* private copy of the strings */
+	enum issuer_state	 ai_state;
+	SSL_CTX			*ai_ssl;
+	struct http_pool	*ai_http;
+	struct nonce_pool	*ai_nonces;
+
+	/* The directory (RFC 8555 section 7.1.1). */
+	char			*ai_new_nonce;
+	char			*ai_new_account;
+	char			*ai_new_order;
+	char			*ai_tos;
+	int			 ai_eab_required;
+
+	EVP_PKEY		*ai_key;
+	char			*ai_kid;
+	char			*ai_thumbprint;
+
+	struct acme_reqs	 ai_boot_queue;
+	struct acme_reqs	 ai_queue;
+	unsigned int		 ai_inflight;
+	double			 ai_tokens;
+	struct timeval		 ai_refilled;
+	struct event		*ai_pace_ev;
+	struct event		*ai_boot_ev;
+	int			 ai_boot_failures;
+};
+
+static const char *issuer_state_names[ISSUER_STATE_MAX] = {
+	"directory", "account", "ready", "backoff"
+};
+
+static void	 acme_dispatch(struct acme_issuer *);
+static void	 acme_boot(struct acme_issuer *);
+static void	 acme_req_send(struct acme_req *);
+
+static void
+acme_set_state(struct acme_issuer *ai, enum issuer_state state)
+{
+	if (state >= ISSUER_STATE_MAX)
+		fatalx("%s: bad issuer state %d", __func__, state);
+	log_debug("issuer \"%s\": %s -> %s", ai->ai_name,
+	    issuer_state_names[ai->ai_state], issuer_state_names[state]);
+	ai->ai_state = state;
+}
+
+/* Copy what the issuer needs, so a reload can free the old conf. */
+static void
+acme_conf_copy(struct conf_issuer *dst, const struct conf_issuer *src)
+{
+	size_t	 i;
+
+	*dst = *src;
+	dst->ci_name = xstrdup(src->ci_name);
+	dst->ci_uri = xstrdup(src->ci_uri);
+	dst->ci_state_path = xstrdup(src->ci_state_path);
+	dst->ci_contact = NULL;
+	if (src->ci_ncontact > 0) {
+		dst->ci_contact = xreallocarray(NULL, src->ci_ncontact,
+		    sizeof(char *));
+		for (i = 0; i < src->ci_ncontact; i++)
+			dst->ci_contact[i] = xstrdup(src->ci_contact[i]);
+	}
+#define DUP(f) dst->f = src->f != NULL ? xstrdup(src->f) : NULL
+	DUP(ci_trusted_cert);
+	DUP(ci_account_key_file);
+	DUP(ci_eab_kid);
+	DUP(ci_preferred_chain);
+	DUP(ci_profile);
+	DUP(ci_file);
+#undef DUP
+	dst->ci_eab_hmac = NULL;
+	if (src->ci_eab_hmac != NULL) {
+		dst->ci_eab_hmac = xmalloc(src->ci_eab_hmac_len);
+		memcpy(dst->ci_eab_hmac, src->ci_eab_hmac, src->ci_eab_hmac_len);
+	}
+}
+
+static void
+acme_conf_clear(struct conf_issuer *ci)
+{
+	size_t	 i;
+
+	for (i = 0; i < ci->ci_ncontact; i++)
+		free(ci->ci_contact[i]);
+	free(ci->ci_contact);
+	free(ci->ci_name);
+	free(ci->ci_uri);
+	free(ci->ci_state_path);
+	free(ci->ci_trusted_cert);
+	free(ci->ci_account_key_file);
+	free(ci->ci_eab_kid);
+	if (ci->ci_eab_hmac != NULL)
+		OPENSSL_cleanse(ci->ci_eab_hmac, ci->ci_eab_hmac_len);
+	free(ci->ci_eab_hmac);
+	free(ci->ci_preferred_chain);
+	free(ci->ci_profile);
+	free(ci->ci_file);
+}
+
+static int
+acme_str_eq(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+/*
+ * Settings that need a new account or a new connection pool.  Everything
+ * else (contact aside) can change under a running issuer.
+ */
+int
+acme_issuer_same_conf(const struct acme_issuer *ai, const struct conf_issuer *ci)
+{
+	const struct conf_issuer *a = &ai->ai_conf;
+
+	return acme_str_eq(a->ci_uri, ci->ci_uri) &&
+	    acme_str_eq(a->ci_state_path, ci->ci_state_path) &&
+	    acme_str_eq(a->ci_trusted_cert, ci->ci_trusted_cert) &&
+	    a->ci_ssl_verify == ci->ci_ssl_verify &&
+	    acme_str_eq(a->ci_account_key_file, ci->ci_account_key_file) &&
+	    a->ci_account_key_type == ci->ci_account_key_type &&
+	    acme_str_eq(a->ci_eab_kid, ci->ci_eab_kid);
+}
+
+void
+acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
+{
+	acme_conf_clear(&ai->ai_conf);
+	acme_conf_copy(&ai->ai_conf, ci);
+}
+
+static void
+acme_pace_cb(int fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	acme_dispatch(arg);
+}
+
+static void
+acme_boot_cb(int fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	acme_boot(arg);
+}
+
+struct acme_issuer *
+acme_issuer_new(struct event_base *base, struct evdns_base *dns,
+    const struct conf_issuer *ci)
+{
+	struct acme_issuer	*ai;
+	char			*cause = NULL;
+
+	ai = xcalloc(1, sizeof(*ai));
+	ai->ai_base = base;
+	acme_conf_copy(&ai->ai_conf, ci);
+	ai->ai_name = ai->ai_conf.ci_name;
+	TAILQ_INIT(&ai->ai_boot_queue);
+	TAILQ_INIT(&ai->ai_queue);
+	ai->ai_nonces = nonce_pool_new();
+	ai->ai_tokens = ci->ci_burst > 0 ? ci->ci_burst : 1;
+	evutil_gettimeofday(&ai->ai_refilled, NULL);
+	ai->ai_pace_ev = evtimer_new(base, acme_pace_cb, ai);
+	ai->ai_boot_ev = evtimer_new(base, acme_boot_cb, ai);
+	if (ai->ai_pace_ev == NULL || ai->ai_boot_ev == NULL)
+		fatalx("%s: evtimer_new", __func__);
+
+	ai->ai_ssl = http_ssl_ctx(ci->ci_trusted_cert, ci->ci_ssl_verify,
+	    &cause);
+	if (ai->ai_ssl == NULL) {
+		/* conf -t checked the file; it vanished since. */
+		log_warnx("issuer \"%s\": %s", ai->ai_name, cause);
+		free(cause);
+		acme_conf_clear(&ai->ai_conf);
+		nonce_pool_free(ai->ai_nonces);
+		event_free(ai->ai_pace_ev);
+		event_free(ai->ai_boot_ev);
+		free(ai);
+		return NULL;
+	}
+	ai->ai_http = http_pool_new(base, dns, ai->ai_ssl, ACME_MAX_INFLIGHT,
+	    ACME_TIMEOUT);
+	ai->ai_state = ISSUER_DIRECTORY;
+	acme_boot(ai);
+	return ai;
+}
+
+static void
+acme_req_free(struct acme_req *ar)
+{
+	if (ar->ar_http != NULL)
+		http_request_cancel(ar->ar_http);
+	if (ar->ar_timer != NULL)
+		event_free(ar->ar_timer);
+	free(ar->ar_url);
+	free(ar->ar_payload);
+	free(ar->ar_accept);
+	free(ar);
+}
+
+static void
+acme_queue_free(struct acme_reqs *q)
+{
+	struct acme_req	*ar;
+
+	while ((ar = TAILQ_FIRST(q)) != NULL) {
+		TAILQ_REMOVE(q, ar, ar_entry);
+		acme_req_free(ar);
+	}
+}
+
+/*
+ * Requests that are in flight or waiting are owned by their callers'
+ * handles; the caller cancels them before freeing the issuer.  Only the
+ * issuer's own bootstrap requests may remain, and they are on its queues.
+ */
+void
+acme_issuer_free(struct acme_issuer *ai)
+{
+	if (ai == NULL)
+		return;
+	acme_queue_free(&ai->ai_boot_queue);
+	acme_queue_free(&ai->ai_queue);
+	event_free(ai->ai_pace_ev);
+	event_free(ai->ai_boot_ev);
+	http_pool_free(ai->ai_http);
+	SSL_CTX_free(ai->ai_ssl);
+	nonce_pool_free(ai->ai_nonces);
+	free(ai->ai_new_nonce);
+	free(ai->ai_new_account);
+	free(ai->ai_new_order);
+	free(ai->ai_tos);
+	EVP_PKEY_free(ai->ai_key);
+	free(ai->ai_kid);
+	free(ai->ai_thumbprint);
+	acme_conf_clear(&ai->ai_conf);
+	free(ai);
+}
+
+const char *
+acme_issuer_name(const struct acme_issuer *ai)
+{
+	return ai->ai_name;
+}
+
+enum issuer_state
+acme_issuer_state(const struct acme_issuer *ai)
+{
+	return ai->ai_state;
+}
+
+const char *
+acme_issuer_thumbprint(const struct acme_issuer *ai)
+{
+	return ai->ai_thumbprint;
+}
+
+const char *
+acme_issuer_state_path(const struct acme_issuer *ai)
+{
+	return ai->ai_conf.ci_state_path;
+}
+
+const char *
+acme_issuer_preferred_chain(const struct acme_issuer *ai)
+{
+	return ai->ai_conf.ci_preferred_chain;
+}
+
+const char *
+acme_issuer_new_order_url(const struct acme_issuer *ai)
+{
+	return ai->ai_new_order;
+}
+
+/* Requests. */
+
+static struct acme_req *
+acme_req_new(struct acme_issuer *ai, enum acme_req_kind kind, const char *url,
+    const char *payload, const char *accept, acme_cb cb, void *arg)
+{
+	struct acme_req	*ar;
+
+	ar = xcalloc(1, sizeof(*ar));
+	ar->ar_issuer = ai;
+	ar->ar_kind = kind;
+	ar->ar_url = xstrdup(url);
+	ar->ar_payload = payload != NULL ? xstrdup(payload) : NULL;
+	ar->ar_accept = accept != NULL ? xstrdup(accept) : NULL;
+	ar->ar_cb = cb;
+	ar->ar_arg = arg;
+	return ar;
+}
+
+static struct acme_reqs *
+acme_req_queue(struct acme_req *ar)
+{
+	struct acme_issuer	*ai = ar->ar_issuer;
+
+	return ar->ar_bootstrap ? &ai->ai_boot_queue : &ai->ai_queue;
+}
+
+static void
+acme_enqueue(struct acme_req *ar, int at_head)
+{
+	ar->ar_state = AREQ_QUEUED;
+	if (at_head)
+		TAILQ_INSERT_HEAD(acme_req_queue(ar), ar, ar_entry);
+	else
+		TAILQ_INSERT_TAIL(acme_req_queue(ar), ar, ar_entry);
+	acme_dispatch(ar->ar_issuer);
+}
+
+struct acme_req *
+acme_post(struct acme_issuer *ai, const char *url, const char *payload,
+    const char *accept, acme_cb cb, void *arg)
+{
+	struct acme_req	*ar;
+
+	ar = acme_req_new(ai, AREQ_POST_KID, url, payload, accept, cb, arg);
+	acme_enqueue(ar, 0);
+	return ar;
+}
+
+/*
+ * newOrder's URL comes from the directory, which may not be loaded yet;
+ * the request learns it when it leaves the queue, after bootstrap.
+ */
+struct acme_req *
+acme_new_order(struct acme_issuer *ai, const char *payload, acme_cb cb,
+    void *arg)
+{
+	struct acme_req	*ar;
+
+	ar = acme_req_new(ai, AREQ_POST_KID, "", payload, NULL, cb, arg);
+	ar->ar_new_order = 1;
+	acme_enqueue(ar, 0);
+	return ar;
+}
+
+void
+acme_req_cancel(struct acme_req *ar)
+{
+	struct acme_issuer	*ai = ar->ar_issuer;
+
+	switch (ar->ar_state) {
+	case AREQ_QUEUED:
+		TAILQ_REMOVE(acme_req_queue(ar), ar, ar_entry);
+		break;
+	case AREQ_NONCE:
+	case AREQ_SENT:
+		ai->ai_inflight--;
+		break;
+	case AREQ_WAITING:
+		break;
+	}
+	acme_req_free(ar);
+	acme_dispatch(ai);
+}
+
+/*
+ * Token bucket for request_rate.  Returns 1 when a request may leave now,
+ * otherwise arms the pace timer for when the next token is due.
+ */
+static int
+acme_rate_allows(struct acme_issuer *ai)
+{
+	struct timeval	 now, elapsed, wait;
+	double		 rate = ai->ai_conf.ci_rate, burst, need;
+
+	if (rate <= 0)
+		return 1;
+	burst = ai->ai_conf.ci_burst > 0 ? ai->ai_conf.ci_burst : 1;
+	evutil_gettimeofday(&now, NULL);
+	evutil_timersub(&now, &ai->ai_refilled, &elapsed);
+	ai->ai_refilled = now;
+	ai->ai_tokens += rate * (elapsed.tv_sec + elapsed.tv_usec / 1e6);
+	if (ai->ai_tokens > burst)
+		ai->ai_tokens = burst;
+	if (ai->ai_tokens >= 1.0) {
+		ai->ai_tokens -= 1.0;
+		return 1;
+	}
+	if (!evtimer_pending(ai->ai_pace_ev, NULL)) {
+		need = (1.0 - ai->ai_tokens) / rate;
+		wait.tv_sec = (time_t)need;
+		wait.tv_usec = (suseconds_t)((need - (double)wait.tv_sec) * 1e6) + 1;
+		evtimer_add(ai->ai_pace_ev, &wait);
+	}
+	return 0;
+}
+
+static void
+acme_dispatch(struct acme_issuer *ai)
+{
+	struct acme_reqs	*q;
+	struct acme_req		*ar;
+
+	while (ai->ai_inflight < ACME_MAX_INFLIGHT) {
+		q = &ai->ai_boot_queue;
+		if (TAILQ_EMPTY(q)) {
+			if (ai->ai_state != ISSUER_READY)
+				return;
+			q = &ai->ai_queue;
+		}
+		if ((ar = TAILQ_FIRST(q)) == NULL)
+			return;
+		if (!acme_rate_allows(ai))
+			return;
+		TAILQ_REMOVE(q, ar, ar_entry);
+		ai->ai_inflight++;
+		acme_req_send(ar);
+	}
+}
+
+/* Parse Retry-After: delta-seconds or an HTTP-date.  0 when absent. */
+static time_t
+acme_retry_after(const struct http_response *hr)
+{
+	const char	*v;
+	char		*end;
+	struct tm	 tm;
+	long long	 secs;
+	time_t		 now = util_now();
+
+	if ((v = http_response_header(hr, "Retry-After")) == NULL)
+		return 0;
+	errno = 0;
+	secs = strtoll(v, &end, 10);
+	if (end != v && *end == '\0' && errno == 0 && secs >= 0) {
+		if (secs > 1000000000)	/* keep the sum far from overflow */
+			secs = 1000000000;
+		return now + (time_t)secs;
+	}
+	memset(&tm, 0, sizeof(tm));
+	end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	if (end == NULL || *end != '\0')
+		return 0;
+	return timegm(&tm) > now ? timegm(&tm) : now;
+}
+
+static int
+acme_is_json(const struct http_response *hr)
+{
+	const char	*ct = http_response_header(hr, "Content-Type");
+
+	if (ct == NULL)
+		return 0;
+	return strncmp(ct, "application/json", 16) == 0 ||
+	    strncmp(ct, "application/problem+json", 24) == 0;
+}
+
+static void
+acme_reply_fill(struct acme_reply *r, const struct http_response *hr)
+{
+	json_error_t	 jerr;
+
+	memset(r, 0, sizeof(*r));
+	r->http = hr;
+	r->status = hr->hr_status;
+	r->error = hr->hr_error;
+	r->body = hr->hr_body;
+	r->len = hr->hr_len;
+	if (hr->hr_status == 0)
+		return;
+	r->location = http_response_header(hr, "Location");
+	r->retry_after = acme_retry_after(hr);
+	if (hr->hr_len > 0 && acme_is_json(hr))
+		r->json = json_loadb(hr->hr_body, hr->hr_len, 0, &jerr);
+	if (hr->hr_status >= 400 && json_is_object(r->json)) {
+		r->problem_type = json_string_value(json_object_get(r->json,
+		    "type"));
+		r->problem_detail = json_string_value(json_object_get(r->json,
+		    "detail"));
+	}
+}
+
+int
+acme_problem_is(const struct acme_reply *r, const char *name)
+{
+	size_t	 len = strlen(ACME_URN);
+
+	return r->problem_type != NULL &&
+	    strncmp(r->problem_type, ACME_URN, len) == 0 &&
+	    strcmp(r->problem_type + len, name) == 0;
+}
+
+char *
+acme_reply_describe(const struct acme_reply *r)
+{
+	char		*s;
+	const char	*type = r->problem_type;
+
+	if (r->status == 0) {
+		xasprintf(&s, "%s", r->error != NULL ? r->error :
+		    "network error");
+		return s;
+	}
+	if (type != NULL && strncmp(type, ACME_URN, strlen(ACME_URN)) == 0)
+		type += strlen(ACME_URN);
+	if (type != NULL && r->problem_detail != NULL)
+		xasprintf(&s, "HTTP %d %s: %s", r->status, type,
+		    r->problem_detail);
+	else if (type != NULL)
+		xasprintf(&s, "HTTP %d %s", r->status, type);
+	else
+		xasprintf(&s, "HTTP %d", r->status);
+	return s;
+}
+
+static void
+acme_req_timer_cb(int fd, short ev, void *arg)
+{
+	struct acme_req	*ar = arg;
+
+	(void)fd;
+	(void)ev;
+	acme_enqueue(ar, 1);
+}
+
+/* Wait, then requeue; the request keeps its place at the queue's head. */
+static void
+acme_req_wait(struct acme_req *ar, double seconds)
+{
+	struct timeval	 tv;
+
+	if (ar->ar_timer == NULL &&
+	    (ar->ar_timer = evtimer_new(ar->ar_issuer->ai_base,
+	    acme_req_timer_cb, ar)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	ar->ar_state = AREQ_WAITING;
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	evtimer_add(ar->ar_timer, &tv);
+}
+
+/* Hand the outcome to the caller; the request is gone afterwards. */
+static void
+acme_req_finish(struct acme_req *ar, const struct acme_reply *r)
+{
+	acme_cb	 cb = ar->ar_cb;
+	void	*arg = ar->ar_arg;
+
+	ar->ar_http = NULL;
+	acme_req_free(ar);
+	cb(r, arg);
+}
+
+/*
+ * Decide whether a reply is retried here.  Returns 1 when the request was
+ * requeued or is waiting, 0 when the caller should see the reply.
+ */
+static int
+acme_req_retry(struct acme_req *ar, const struct acme_reply *r)
+{
+	struct acme_issuer	*ai = ar->ar_issuer;
+	time_t			 wait;
+	char			*why;
+
+	if (ar->ar_no_retry)
+		return 0;
+	if (r->status == 400 && acme_problem_is(r, "badNonce") &&
+	    ++ar->ar_badnonce_tries < ACME_BADNONCE_TRIES) {
+		log_debug("issuer \"%s\": badNonce for %s, resending",
+		    ai->ai_name, ar->ar_url);
+		acme_enqueue(ar, 1);
+		return 1;
+	}
+	if ((r->status == 429 || r->status == 503) &&
+	    ++ar->ar_rate_tries < ACME_RATE_TRIES) {
+		wait = r->retry_after > 0 ? r->retry_after - util_now() :
+		    (time_t)util_jitter(1 << ar->ar_rate_tries, 0.25);
+		if (wait > ACME_RETRY_AFTER_MAX)
+			return 0;	/* the order backs off instead */
+		if (wait < 1)
+			wait = 1;
+		why = acme_reply_describe(r);
+		log_info("issuer \"%s\": %s; retrying in %llds", ai->ai_name,
+		    why, (long long)wait);
+		free(why);
+		acme_req_wait(ar, (double)wait);
+		return 1;
+	}
+	if ((r->status == 0 || (r->status >= 500 && r->status != 503)) &&
+	    ++ar->ar_net_tries < ACME_NET_TRIES) {
+		double	 delay = util_jitter((double)(1 << ar->ar_net_tries),
+		    0.25);
+
+		why = acme_reply_describe(r);
+		log_warnx("issuer \"%s\": %s: %s; retrying in %.1fs",
+		    ai->ai_name, ar->ar_url, why, delay);
+		free(why);
+		acme_req_wait(ar, delay);
+		return 1;
+	}
+	return 0;
+}
+
+static void
+acme_req_done(const struct http_response *hr, void *arg)
+{
+	struct acme_req		*ar = arg;
+	struct acme_issuer	*ai = ar->ar_issuer;
+	struct acme_reply	 r;
+	const char		*nonce;
+
+	ar->ar_http = NULL;
+	ai->ai_inflight--;
+	if ((nonce = http_response_header(hr, "Replay-Nonce")) != NULL)
+		nonce_put(ai->ai_nonces, nonce);
+	acme_reply_fill(&r, hr);
+
+	if (r.status != 0 && acme_problem_is(&r, "accountDoesNotExist") &&
+	    ar->ar_kind == AREQ_POST_KID && ai->ai_state == ISSUER_READY) {
+		/* The CA forgot us (or was reset): register again. */
+		log_warnx("issuer \"%s\": account %s is unknown to the CA; "
+		    "registering again", ai->ai_name, ai->ai_kid);
+		free(ai->ai_kid);
+		ai->ai_kid = NULL;
+		acme_set_state(ai, ISSUER_ACCOUNT);
+		acme_enqueue(ar, 1);
+		acme_boot(ai);
+	} else if (!acme_req_retry(ar, &r))
+		acme_req_finish(ar, &r);
+	json_decref(r.json);
+	acme_dispatch(ai);
+}
+
+static void
+acme_nonce_done(const struct http_response *hr, void *arg)
+{
+	struct acme_req		*ar = arg;
+	struct acme_issuer	*ai = ar->ar_issuer;
+	const char		*nonce;
+	struct acme_reply	 r;
+
+	ar->ar_http = NULL;
+	if ((nonce = http_response_header(hr, "Replay-Nonce")) != NULL) {
+		nonce_put(ai->ai_nonces, nonce);
+		acme_req_send(ar);	/* keeps its slot */
+		return;
+	}
+	ai->ai_inflight--;
+	acme_reply_fill(&r, hr);
+	if (r.status != 0) {
+		/* A newNonce answer without a nonce: treat as a CA fault. */
+		r.status = 502;
+		r.error = "newNonce gave no Replay-Nonce";
+	}
+	if (!acme_req_retry(ar, &r))
+		acme_req_finish(ar, &r);
+	json_decref(r.json);
+	acme_dispatch(ai);
+}
+
+static void
+acme_req_send(struct acme_req *ar)
+{
+	struct acme_issuer	*ai = ar->ar_issuer;
+	char			*nonce = NULL, *body = NULL;
+	const char		*kid = NULL;
+
+	if (ar->ar_kind == AREQ_GET) {
+		ar->ar_state = AREQ_SENT;
+		ar->ar_http = http_pool_request(ai->ai_http, "GET", ar->ar_url,
+		    NULL, "application/json", NULL, 0, acme_req_done, ar);
+		return;
+	}
+	if ((nonce = nonce_take(ai->ai_nonces)) == NULL) {
+		ar->ar_state = AREQ_NONCE;
+		ar->ar_http = http_pool_request(ai->ai_http, "HEAD",
+		    ai->ai_new_nonce, NULL, NULL, NULL, 0, acme_nonce_done, ar);
+		return;
+	}
+	if (ar->ar_kind == AREQ_POST_KID)
+		kid = ai->ai_kid;
+	if (ar->ar_new_order) {
+		free(ar->ar_url);
+		ar->ar_url = xstrdup(ai->ai_new_order);
+	}
+	body = jws_sign(ai->ai_key, kid, nonce, ar->ar_url, ar->ar_payload);
+	free(nonce);
+	if (body == NULL)
+		fatalx("issuer \"%s\": signing a request failed", ai->ai_name);
+	ar->ar_state = AREQ_SENT;
+	ar->ar_http = http_pool_request(ai->ai_http, "POST", ar->ar_url,
+	    "application/jose+json", ar->ar_accept, body, strlen(body),
+	    acme_req_done, ar);
+	free(body);
+}
+
+/* Bootstrap: directory, account key, account. */
+
+static void
+acme_boot_failed(struct acme_issuer *ai, const char *what, const char *why)
+{
+	struct timeval	 tv;
+	double		 delay;
+
+	ai->ai_boot_failures++;
+	delay = ai->ai_boot_failures > 9 ? ACME_BOOT_BACKOFF_MAX :
+	    (double)(1 << ai->ai_boot_failures);
+	if (delay > ACME_BOOT_BACKOFF_MAX)
+		delay = ACME_BOOT_BACKOFF_MAX;
+	delay = util_jitter(delay, 0.2);
+	if (delay < 1)
+		delay = 1;
+	log_warnx("issuer \"%s\": %s: %s; retrying in %.0fs", ai->ai_name,
+	    what, why, delay);
+	acme_set_state(ai, ISSUER_BACKOFF);
+	tv.tv_sec = (time_t)delay;
+	tv.tv_usec = 0;
+	evtimer_add(ai->ai_boot_ev, &tv);
+}
+
+static void
+acme_boot_failed_reply(struct acme_issuer *ai, const char *what,
+    const struct acme_reply *r)
+{
+	char	*why = acme_reply_describe(r);
+
+	acme_boot_failed(ai, what, why);
+	free(why);
+}
+
+static void
+acme_set_ready(struct acme_issuer *ai)
+{
+	ai->ai_boot_failures = 0;
+	acme_set_state(ai, ISSUER_READY);
+	log_info("issuer \"%s\": account %s ready", ai->ai_name, ai->ai_kid);
+	acme_dispatch(ai);
+}
+
+static void
+acme_account_done(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	char			*cause = NULL;
+
+	if ((r->status != 200 && r->status != 201) || r->location == NULL) {
+		acme_boot_failed_reply(ai, "newAccount", r);
+		return;
+	}
+	if (store_save_account_url(ai->ai_conf.ci_state_path, r->location,
+	    &cause) == -1) {
+		acme_boot_failed(ai, "saving the account URL", cause);
+		free(cause);
+		return;
+	}
+	ai->ai_kid = xstrdup(r->location);
+	log_info("issuer \"%s\": registered account %s", ai->ai_name,
+	    ai->ai_kid);
+	acme_set_ready(ai);
+}
+
+static char *
+acme_account_payload(struct acme_issuer *ai)
+{
+	const struct conf_issuer *ci = &ai->ai_conf;
+	json_t		*o, *contact, *eab;
+	char		*s;
+	size_t		 i;
+
+	o = json_object();
+	if (ci->ci_accept_tos)
+		json_object_set_new(o, "termsOfServiceAgreed", json_true());
+	if (ci->ci_ncontact > 0) {
+		contact = json_array();
+		for (i = 0; i < ci->ci_ncontact; i++)
+			json_array_append_new(contact,
+			    json_string(ci->ci_contact[i]));
+		json_object_set_new(o, "contact", contact);
+	}
+	if (ci->ci_eab_kid != NULL) {
+		eab = jws_eab(ci->ci_eab_kid, ci->ci_eab_hmac,
+		    ci->ci_eab_hmac_len, ai->ai_key, ai->ai_new_account);
+		json_object_set_new(o, "externalAccountBinding", eab);
+	}
+	if ((s = json_dumps(o, JSON_COMPACT)) == NULL)
+		fatalx("%s: json_dumps", __func__);
+	json_decref(o);
+	return s;
+}
+
+static void
+acme_register(struct acme_issuer *ai)
+{
+	struct acme_req	*ar;
+	char		*payload;
+
+	if (ai->ai_eab_required && ai->ai_conf.ci_eab_kid == NULL) {
+		acme_boot_failed(ai, "newAccount", "the CA requires "
+		    "external_account_key, and none is configured");
+		return;
+	}
+	if (ai->ai_tos != NULL && !ai->ai_conf.ci_accept_tos)
+		log_warnx("issuer \"%s\": the CA has terms of service (%s); "
+		    "add accept_terms_of_service if you accept them",
+		    ai->ai_name, ai->ai_tos);
+	payload = acme_account_payload(ai);
+	ar = acme_req_new(ai, AREQ_POST_JWK, ai->ai_new_account, payload,
+	    NULL, acme_account_done, ai);
+	free(payload);
+	ar->ar_bootstrap = 1;
+	acme_enqueue(ar, 0);
+}
+
+static EVP_PKEY *
+acme_account_key(struct acme_issuer *ai, char **url, char **cause)
+{
+	const struct conf_issuer *ci = &ai->ai_conf;
+	const char	*dir = ci->ci_state_path;
+	EVP_PKEY	*key = NULL, *stored = NULL;
+	char		*ignored = NULL;
+	int		 rc;
+
+	*url = NULL;
+	if (store_init(dir, cause) == -1)
+		return NULL;
+	if (ci->ci_account_key_file != NULL) {
+		/* The key is the user's file; the state keeps its URL. */
+		if ((key = keys_load_file(ci->ci_account_key_file, cause)) == NULL)
+			return NULL;
+		if (store_load_account(dir, &stored, url, &ignored) == -1)
+			free(ignored);
+		EVP_PKEY_free(stored);
+		return key;
+	}
+	if ((rc = store_load_account(dir, &key, url, cause)) == -1)
+		return NULL;
+	if (rc == 0)
+		return key;
+	log_info("issuer \"%s\": generating a %s account key", ai->ai_name,
+	    key_type_name(ci->ci_account_key_type));
+	if ((key = keys_generate(ci->ci_account_key_type)) == NULL) {
+		*cause = xstrdup("key generation failed");
+		return NULL;
+	}
+	if (store_save_account_key(dir, key, cause) == -1) {
+		EVP_PKEY_free(key);
+		return NULL;
+	}
+	return key;
+}
+
+static void
+acme_account(struct acme_issuer *ai)
+{
+	char	*cause = NULL, *url = NULL;
+
+	acme_set_state(ai, ISSUER_ACCOUNT);
+	if (ai->ai_key == NULL) {
+		if ((ai->ai_key = acme_account_key(ai, &url, &cause)) == NULL) {
+			acme_boot_failed(ai, "account key", cause);
+			free(cause);
+			return;
+		}
+		ai->ai_thumbprint = keys_thumbprint(ai->ai_key);
+		if (url != NULL && ai->ai_kid == NULL) {
+			ai->ai_kid = url;
+			url = NULL;
+		}
+		free(url);
+	}
+	if (ai->ai_kid != NULL)
+		acme_set_ready(ai);
+	else
+		acme_register(ai);
+}
+
+static int
+acme_directory_url(json_t *dir, const char *name, char **dst)
+{
+	const char	*v = json_string_value(json_object_get(dir, name));
+
+	if (v == NULL || strncmp(v, "http", 4) != 0)
+		return -1;
+	free(*dst);
+	*dst = xstrdup(v);
+	return 0;
+}
+
+static void
+acme_directory_done(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	json_t			*meta;
+	const char		*tos;
+
+	if (r->status != 200) {
+		acme_boot_failed_reply(ai, ai->ai_conf.ci_uri, r);
+		return;
+	}
+	if (!json_is_object(r->json) ||
+	    acme_directory_url(r->json, "newNonce", &ai->ai_new_nonce) == -1 ||
+	    acme_directory_url(r->json, "newAccount", &ai->ai_new_account) == -1 ||
+	    acme_directory_url(r->json, "newOrder", &ai->ai_new_order) == -1) {
+		acme_boot_failed(ai, ai->ai_conf.ci_uri, "not an ACME "
+		    "directory (newNonce, newAccount or newOrder missing)");
+		return;
+	}
+	meta = json_object_get(r->json, "meta");
+	if ((tos = json_string_value(json_object_get(meta,
+	    "termsOfService"))) != NULL) {
+		free(ai->ai_tos);
+		ai->ai_tos = xstrdup(tos);
+	}
+	ai->ai_eab_required = json_is_true(json_object_get(meta,
+	    "externalAccountRequired"));
+	log_debug("issuer \"%s\": directory loaded", ai->ai_name);
+	acme_account(ai);
+}
+
+static void
+acme_boot(struct acme_issuer *ai)
+{
+	struct acme_req	*ar;
+
+	if (ai->ai_new_order != NULL) {
+		/* The directory is known; only the account is missing. */
+		acme_account(ai);
+		return;
+	}
+	acme_set_state(ai, ISSUER_DIRECTORY);
+	ar = acme_req_new(ai, AREQ_GET, ai->ai_conf.ci_uri, NULL, NULL,
+	    acme_directory_done, ai);
+	ar->ar_bootstrap = 1;
+	ar->ar_no_retry = 1;	/* acme_boot_failed logs and backs off */
+	acme_enqueue(ar, 0);
+}

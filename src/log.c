@@ -1,0 +1,141 @@
+/*
+ * Logging to stderr, in the foreground.  log_warn appends strerror(errno)
+ * and keeps errno; fatal/fatalx end the process.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <openssl/err.h>
+
+#include "sidecar.h"
+
+static int	log_level_verbose;
+
+static void
+log_vwrite(const char *level, const char *fmt, va_list ap, const char *tail)
+{
+	char		 stamp[32];
+	struct timespec	 ts;
+	struct tm	 tm;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(stamp, sizeof(stamp), "%Y/%m/%d %H:%M:%S", &tm);
+	fprintf(stderr, "%s [%s] ", stamp, level);
+	vfprintf(stderr, fmt, ap);
+	if (tail != NULL)
+		fprintf(stderr, ": %s", tail);
+	fputc('\n', stderr);
+}
+
+static void
+log_libevent(int severity, const char *msg)
+{
+	if (severity == EVENT_LOG_DEBUG && !log_level_verbose)
+		return;
+	log_debug("libevent: %s", msg);
+}
+
+void
+log_init(int verbose)
+{
+	log_level_verbose = verbose;
+	setvbuf(stderr, NULL, _IOLBF, 0);
+	event_set_log_callback(log_libevent);
+}
+
+int
+log_verbose(void)
+{
+	return log_level_verbose;
+}
+
+void
+log_warn(const char *fmt, ...)
+{
+	int	 saved = errno;
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	log_vwrite("warn", fmt, ap, strerror(saved));
+	va_end(ap);
+	errno = saved;
+}
+
+void
+log_warnx(const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	log_vwrite("warn", fmt, ap, NULL);
+	va_end(ap);
+}
+
+void
+log_info(const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	log_vwrite("info", fmt, ap, NULL);
+	va_end(ap);
+}
+
+void
+log_debug(const char *fmt, ...)
+{
+	va_list	 ap;
+
+	if (!log_level_verbose)
+		return;
+	va_start(ap, fmt);
+	log_vwrite("debug", fmt, ap, NULL);
+	va_end(ap);
+}
+
+/* Log with the innermost OpenSSL error appended, and clear the queue. */
+void
+log_openssl(const char *fmt, ...)
+{
+	char		 buf[256];
+	unsigned long	 e;
+	va_list		 ap;
+
+	e = ERR_peek_last_error();
+	if (e != 0)
+		ERR_error_string_n(e, buf, sizeof(buf));
+	else
+		snprintf(buf, sizeof(buf), "unknown OpenSSL error");
+	ERR_clear_error();
+	va_start(ap, fmt);
+	log_vwrite("warn", fmt, ap, buf);
+	va_end(ap);
+}
+
+void
+fatal(const char *fmt, ...)
+{
+	int	 saved = errno;
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	log_vwrite("emerg", fmt, ap, strerror(saved));
+	va_end(ap);
+	exit(1);
+}
+
+void
+fatalx(const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	log_vwrite("emerg", fmt, ap, NULL);
+	va_end(ap);
+	exit(1);
+}

@@ -1,0 +1,856 @@
+/*
+ * One managed certificate and the state machine of its order (RFC 8555
+ * section 7.4):
+ *
+ *   IDLE -> NEW -> (AUTHZ -> CHALLENGE -> AUTHZ_POLL)* -> FINALIZE
+ *        -> ORDER_POLL -> DOWNLOAD -> IDLE
+ *
+ * Any failure goes to BACKOFF, which starts a new order when it expires.
+ * A certificate has at most one request and one timer outstanding, so
+ * freeing it only has to cancel those two.  Authorizations of one order
+ * are worked one after the other; concurrency comes from the many orders.
+ */
+#include <sys/time.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "sidecar.h"
+
+struct cert {
+	struct event_base	*ce_base;
+	struct acme_issuer	*ce_issuer;
+	char			*ce_id;
+	char			**ce_idents;
+	size_t			 ce_nidents;
+	enum key_type		 ce_key;
+	enum order_state	 ce_state;
+
+	/* The certificate in use, if any. */
+	int			 ce_have;
+	time_t			 ce_not_before;
+	time_t			 ce_not_after;
+	time_t			 ce_renew_at;
+
+	/* The order in progress. */
+	char			*ce_order_url;
+	char			*ce_finalize_url;
+	char			*ce_cert_url;
+	char			**ce_authz;
+	size_t			 ce_nauthz;
+	size_t			 ce_authz_next;
+	char			*ce_token;	/* registered with challenge.c */
+	int			 ce_polls;
+	EVP_PKEY		*ce_new_key;
+	char			**ce_alternates;	/* Link rel="alternate" */
+	size_t			 ce_alt_next;
+	char			*ce_default_chain;
+
+	struct acme_req		*ce_req;
+	struct event		*ce_timer;
+	int			 ce_failures;
+	char			*ce_last_error;
+	time_t			 ce_last_error_at;
+};
+
+static const char *order_state_names[ORDER_STATE_MAX] = {
+	"idle", "new", "authz", "challenge", "authz-poll", "finalize",
+	"order-poll", "download", "backoff"
+};
+
+/* Problems that the same order cannot overcome by trying again soon. */
+static const char *order_permanent_problems[] = {
+	"rejectedIdentifier", "caa", "malformed", "badCSR",
+	"unsupportedIdentifier", "invalidContact", "unsupportedContact",
+	"badSignatureAlgorithm", "badPublicKey", "userActionRequired",
+	"externalAccountRequired", NULL
+};
+
+static void	 order_drive(struct cert *);
+static void	 order_reply(const struct acme_reply *, void *);
+static void	 order_begin(struct cert *);
+
+const char *
+order_state_name(enum order_state state)
+{
+	if (state >= ORDER_STATE_MAX)
+		return "?";
+	return order_state_names[state];
+}
+
+static void
+order_set_state(struct cert *ce, enum order_state state)
+{
+	if (state >= ORDER_STATE_MAX)
+		fatalx("%s: bad order state %d", __func__, state);
+	log_debug("certificate \"%s\": %s -> %s", ce->ce_id,
+	    order_state_names[ce->ce_state], order_state_names[state]);
+	ce->ce_state = state;
+}
+
+static void
+order_timer_cb(int fd, short ev, void *arg)
+{
+	struct cert	*ce = arg;
+
+	(void)fd;
+	(void)ev;
+	if (ce->ce_state == ORDER_IDLE || ce->ce_state == ORDER_BACKOFF)
+		order_begin(ce);
+	else
+		order_drive(ce);
+}
+
+static void
+order_arm(struct cert *ce, double seconds)
+{
+	struct timeval	 tv;
+
+	if (seconds < 0)
+		seconds = 0;
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	evtimer_add(ce->ce_timer, &tv);
+}
+
+struct cert *
+order_cert_new(struct event_base *base, struct acme_issuer *ai,
+    const struct conf_cert *cc)
+{
+	struct cert	*ce;
+	size_t		 i;
+
+	ce = xcalloc(1, sizeof(*ce));
+	ce->ce_base = base;
+	ce->ce_issuer = ai;
+	ce->ce_id = xstrdup(cc->cc_id);
+	ce->ce_key = cc->cc_key;
+	ce->ce_nidents = cc->cc_nidents;
+	ce->ce_idents = xreallocarray(NULL, cc->cc_nidents, sizeof(char *));
+	for (i = 0; i < cc->cc_nidents; i++)
+		ce->ce_idents[i] = xstrdup(cc->cc_idents[i]);
+	if ((ce->ce_timer = evtimer_new(base, order_timer_cb, ce)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	ce->ce_state = ORDER_IDLE;
+	return ce;
+}
+
+static void
+order_strv_free(char **v, size_t n)
+{
+	size_t	 i;
+
+	if (v == NULL)
+		return;
+	for (i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* Forget the order in progress, keeping the certificate in use. */
+static void
+order_reset(struct cert *ce)
+{
+	if (ce->ce_req != NULL) {
+		acme_req_cancel(ce->ce_req);
+		ce->ce_req = NULL;
+	}
+	evtimer_del(ce->ce_timer);
+	if (ce->ce_token != NULL) {
+		challenge_remove(ce->ce_token);
+		free(ce->ce_token);
+		ce->ce_token = NULL;
+	}
+	free(ce->ce_order_url);
+	free(ce->ce_finalize_url);
+	free(ce->ce_cert_url);
+	ce->ce_order_url = ce->ce_finalize_url = ce->ce_cert_url = NULL;
+	order_strv_free(ce->ce_authz, ce->ce_nauthz);
+	ce->ce_authz = NULL;
+	ce->ce_nauthz = ce->ce_authz_next = 0;
+	if (ce->ce_alternates != NULL)
+		http_links_free(ce->ce_alternates);
+	ce->ce_alternates = NULL;
+	ce->ce_alt_next = 0;
+	free(ce->ce_default_chain);
+	ce->ce_default_chain = NULL;
+	EVP_PKEY_free(ce->ce_new_key);
+	ce->ce_new_key = NULL;
+	ce->ce_polls = 0;
+}
+
+void
+order_cert_free(struct cert *ce)
+{
+	if (ce == NULL)
+		return;
+	order_reset(ce);
+	event_free(ce->ce_timer);
+	order_strv_free(ce->ce_idents, ce->ce_nidents);
+	free(ce->ce_id);
+	free(ce->ce_last_error);
+	free(ce);
+}
+
+const char *
+order_cert_id(const struct cert *ce)
+{
+	return ce->ce_id;
+}
+
+enum order_state
+order_cert_state(const struct cert *ce)
+{
+	return ce->ce_state;
+}
+
+int
+order_cert_valid(const struct cert *ce)
+{
+	return ce->ce_have && ce->ce_not_after > util_now();
+}
+
+struct acme_issuer *
+order_cert_issuer(const struct cert *ce)
+{
+	return ce->ce_issuer;
+}
+
+int
+order_cert_same_conf(const struct cert *ce, const struct conf_cert *cc)
+{
+	size_t	 i;
+
+	if (strcmp(ce->ce_id, cc->cc_id) != 0 || ce->ce_key != cc->cc_key ||
+	    ce->ce_nidents != cc->cc_nidents)
+		return 0;
+	for (i = 0; i < ce->ce_nidents; i++)
+		if (strcmp(ce->ce_idents[i], cc->cc_idents[i]) != 0)
+			return 0;
+	return 1;
+}
+
+time_t
+order_renew_time(time_t not_before, time_t not_after, double random_unit)
+{
+	time_t	 life = not_after - not_before, jitter_max;
+	double	 share = life <= 10 * 24 * 3600 ? 0.5 : 2.0 / 3.0;
+
+	if (life <= 0)
+		return not_before;
+	/* Spread renewals of certificates issued together: up to 1%. */
+	jitter_max = life / 100;
+	if (jitter_max > 6 * 3600)
+		jitter_max = 6 * 3600;
+	return not_before + (time_t)((double)life * share) -
+	    (time_t)(random_unit * (double)jitter_max);
+}
+
+static void
+order_log_time(char *buf, size_t len, time_t t)
+{
+	struct tm	 tm;
+
+	gmtime_r(&t, &tm);
+	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Arm the renewal timer for the certificate in use. */
+static void
+order_schedule_renewal(struct cert *ce)
+{
+	char	 until[32], at[32];
+
+	ce->ce_renew_at = order_renew_time(ce->ce_not_before,
+	    ce->ce_not_after, util_random_unit());
+	order_log_time(until, sizeof(until), ce->ce_not_after);
+	order_log_time(at, sizeof(at), ce->ce_renew_at);
+	log_info("certificate \"%s\" valid until %s, renewal at %s",
+	    ce->ce_id, until, at);
+	order_set_state(ce, ORDER_IDLE);
+	order_arm(ce, (double)(ce->ce_renew_at - util_now()));
+}
+
+static int
+order_meta_matches(const struct cert *ce, const struct cert_meta *m)
+{
+	size_t	 i, j;
+
+	if (m->cm_key != ce->ce_key || m->cm_nidents != ce->ce_nidents)
+		return 0;
+	for (i = 0; i < ce->ce_nidents; i++) {
+		for (j = 0; j < m->cm_nidents; j++)
+			if (strcmp(ce->ce_idents[i], m->cm_idents[j]) == 0)
+				break;
+		if (j == m->cm_nidents)
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * Take the stored certificate if it is still the configured one and not
+ * yet due; otherwise order a new one at once.
+ */
+void
+order_cert_start(struct cert *ce)
+{
+	struct cert_meta	 meta;
+	EVP_PKEY		*key = NULL;
+	char			*chain = NULL, *cause = NULL;
+	const char		*dir = acme_issuer_state_path(ce->ce_issuer);
+	int			 rc;
+
+	memset(&meta, 0, sizeof(meta));
+	rc = store_load_cert(dir, ce->ce_id, &chain, &key, &meta, &cause);
+	if (rc == -1) {
+		log_warnx("certificate \"%s\": %s; ordering a new one",
+		    ce->ce_id, cause);
+		free(cause);
+	} else if (rc == 0 && !order_meta_matches(ce, &meta))
+		log_info("certificate \"%s\": identifiers or key type "
+		    "changed; ordering a new one", ce->ce_id);
+	else if (rc == 0) {
+		ce->ce_have = 1;
+		ce->ce_not_before = meta.cm_not_before;
+		ce->ce_not_after = meta.cm_not_after;
+	}
+	free(chain);
+	EVP_PKEY_free(key);
+	store_meta_clear(&meta);
+
+	if (ce->ce_have &&
+	    order_renew_time(ce->ce_not_before, ce->ce_not_after, 0) >
+	    util_now())
+		order_schedule_renewal(ce);
+	else
+		order_begin(ce);
+}
+
+void
+order_renew_now(struct cert *ce)
+{
+	order_begin(ce);
+}
+
+static int
+order_is_permanent(const struct acme_reply *r)
+{
+	size_t	 i;
+
+	for (i = 0; order_permanent_problems[i] != NULL; i++)
+		if (acme_problem_is(r, order_permanent_problems[i]))
+			return 1;
+	return 0;
+}
+
+/*
+ * The order failed: log why, forget it, and back off.  The wait doubles
+ * from ORDER_BACKOFF_MIN to ORDER_BACKOFF_MAX; problems that another try
+ * cannot fix start at ORDER_BACKOFF_PERMANENT and are logged once.
+ */
+static void
+order_fail(struct cert *ce, int permanent, time_t not_before,
+    const char *why)
+{
+	double	 delay;
+	int	 repeated;
+
+	order_reset(ce);
+	ce->ce_failures++;
+	delay = (double)ORDER_BACKOFF_MIN *
+	    (double)(1ULL << (ce->ce_failures > 12 ? 12 : ce->ce_failures - 1));
+	if (permanent && delay < ORDER_BACKOFF_PERMANENT)
+		delay = ORDER_BACKOFF_PERMANENT;
+	if (delay > ORDER_BACKOFF_MAX)
+		delay = ORDER_BACKOFF_MAX;
+	delay = util_jitter(delay, 0.2);
+	if (not_before > 0 && (double)(not_before - util_now()) > delay)
+		delay = (double)(not_before - util_now());
+
+	repeated = ce->ce_last_error != NULL &&
+	    strcmp(ce->ce_last_error, why) == 0;
+	free(ce->ce_last_error);
+	ce->ce_last_error = xstrdup(why);
+	ce->ce_last_error_at = util_now();
+	if (permanent && repeated)
+		log_debug("certificate \"%s\": %s (again); retrying in %.0fs",
+		    ce->ce_id, why, delay);
+	else
+		log_warnx("certificate \"%s\": %s; retrying in %.0fs",
+		    ce->ce_id, why, delay);
+	order_set_state(ce, ORDER_BACKOFF);
+	order_arm(ce, delay);
+}
+
+static void
+order_fail_reply(struct cert *ce, const char *what, const struct acme_reply *r)
+{
+	char	*desc, *why;
+
+	desc = acme_reply_describe(r);
+	xasprintf(&why, "%s: %s", what, desc);
+	order_fail(ce, order_is_permanent(r), r->retry_after, why);
+	free(why);
+	free(desc);
+}
+
+static void
+order_failf(struct cert *ce, const char *fmt, ...) PRINTFLIKE(2, 3);
+
+static void
+order_failf(struct cert *ce, const char *fmt, ...)
+{
+	va_list	 ap;
+	char	*why;
+
+	va_start(ap, fmt);
+	if (vasprintf(&why, fmt, ap) == -1)
+		fatal("vasprintf");
+	va_end(ap);
+	order_fail(ce, 0, 0, why);
+	free(why);
+}
+
+static void
+order_begin(struct cert *ce)
+{
+	order_reset(ce);
+	log_info("certificate \"%s\": ordering from \"%s\"%s", ce->ce_id,
+	    acme_issuer_name(ce->ce_issuer), ce->ce_have ? " (renewal)" : "");
+	order_set_state(ce, ORDER_NEW);
+	order_drive(ce);
+}
+
+static char *
+order_new_order_payload(const struct cert *ce)
+{
+	json_t	*o, *ids;
+	char	*s;
+	size_t	 i;
+
+	ids = json_array();
+	for (i = 0; i < ce->ce_nidents; i++)
+		json_array_append_new(ids, json_pack("{s:s, s:s}", "type",
+		    conf_ident_is_ip(ce->ce_idents[i]) ? "ip" : "dns",
+		    "value", ce->ce_idents[i]));
+	o = json_pack("{s:o}", "identifiers", ids);
+	if ((s = json_dumps(o, JSON_COMPACT)) == NULL)
+		fatalx("%s: json_dumps", __func__);
+	json_decref(o);
+	return s;
+}
+
+static char *
+order_finalize_payload(struct cert *ce)
+{
+	char	*csr, *s;
+
+	if ((ce->ce_new_key = keys_generate(ce->ce_key)) == NULL)
+		return NULL;
+	if ((csr = keys_csr(ce->ce_new_key, ce->ce_idents,
+	    ce->ce_nidents)) == NULL)
+		return NULL;
+	xasprintf(&s, "{\"csr\":\"%s\"}", csr);
+	free(csr);
+	return s;
+}
+
+/* Send the request that the current state calls for. */
+static void
+order_drive(struct cert *ce)
+{
+	struct acme_issuer	*ai = ce->ce_issuer;
+	const char		*url = NULL, *accept = NULL;
+	char			*payload = NULL;
+
+	switch (ce->ce_state) {
+	case ORDER_NEW:
+		payload = order_new_order_payload(ce);
+		ce->ce_req = acme_new_order(ai, payload, order_reply, ce);
+		free(payload);
+		return;
+	case ORDER_AUTHZ:
+	case ORDER_AUTHZ_POLL:
+		url = ce->ce_authz[ce->ce_authz_next];
+		break;
+	case ORDER_FINALIZE:
+		if ((payload = order_finalize_payload(ce)) == NULL) {
+			order_failf(ce, "creating the key and CSR failed");
+			return;
+		}
+		url = ce->ce_finalize_url;
+		break;
+	case ORDER_ORDER_POLL:
+		url = ce->ce_order_url;
+		break;
+	case ORDER_DOWNLOAD:
+		url = ce->ce_alt_next > 0 ?
+		    ce->ce_alternates[ce->ce_alt_next - 1] : ce->ce_cert_url;
+		accept = "application/pem-certificate-chain";
+		break;
+	case ORDER_CHALLENGE:
+	case ORDER_IDLE:
+	case ORDER_BACKOFF:
+	case ORDER_STATE_MAX:
+		fatalx("%s: nothing to send in state %s", __func__,
+		    order_state_name(ce->ce_state));
+	}
+	ce->ce_req = acme_post(ai, url, payload, accept, order_reply, ce);
+	free(payload);
+}
+
+/* Poll again after Retry-After, or a delay growing from 250 ms. */
+static void
+order_poll_later(struct cert *ce, enum order_state state,
+    const struct acme_reply *r)
+{
+	double	 delay;
+
+	if (++ce->ce_polls > ORDER_POLL_MAX_TRIES) {
+		order_failf(ce, "gave up after %d polls of %s", ce->ce_polls - 1,
+		    state == ORDER_ORDER_POLL ? "the order" :
+		    "an authorization");
+		return;
+	}
+	delay = ORDER_POLL_FIRST_MS / 1000.0;
+	for (int i = 1; i < ce->ce_polls && delay < ORDER_POLL_MAX_MS / 1000.0;
+	    i++)
+		delay *= 1.5;
+	if (delay > ORDER_POLL_MAX_MS / 1000.0)
+		delay = ORDER_POLL_MAX_MS / 1000.0;
+	if (r->retry_after > 0)
+		delay = (double)(r->retry_after - util_now());
+	order_set_state(ce, state);
+	order_arm(ce, delay);
+}
+
+static const char *
+order_status(const struct acme_reply *r)
+{
+	return json_string_value(json_object_get(r->json, "status"));
+}
+
+/* Move on after an order object answer: newOrder, finalize, or a poll. */
+static void
+order_on_order(struct cert *ce, const struct acme_reply *r)
+{
+	const char	*s = order_status(r), *v;
+
+	if (s == NULL) {
+		order_failf(ce, "the CA's order has no status");
+		return;
+	}
+	if (strcmp(s, "valid") == 0) {
+		v = json_string_value(json_object_get(r->json, "certificate"));
+		if (v == NULL) {
+			order_failf(ce, "valid order without a certificate URL");
+			return;
+		}
+		free(ce->ce_cert_url);
+		ce->ce_cert_url = xstrdup(v);
+		order_set_state(ce, ORDER_DOWNLOAD);
+		order_drive(ce);
+	} else if (strcmp(s, "ready") == 0 && ce->ce_new_key == NULL) {
+		order_set_state(ce, ORDER_FINALIZE);
+		order_drive(ce);
+	} else if (strcmp(s, "processing") == 0 || strcmp(s, "ready") == 0)
+		order_poll_later(ce, ORDER_ORDER_POLL, r);
+	else if (strcmp(s, "pending") == 0 && ce->ce_authz_next <
+	    ce->ce_nauthz && ce->ce_state == ORDER_NEW) {
+		order_set_state(ce, ORDER_AUTHZ);
+		order_drive(ce);
+	} else {
+		json_t	*err = json_object_get(r->json, "error");
+
+		order_failf(ce, "order is %s%s%s", s, err != NULL ? ": " : "",
+		    err != NULL ? json_string_value(json_object_get(err,
+		    "detail")) : "");
+	}
+}
+
+static int
+order_take_new_order(struct cert *ce, const struct acme_reply *r)
+{
+	json_t		*authz, *v;
+	const char	*fin;
+	size_t		 i;
+
+	authz = json_object_get(r->json, "authorizations");
+	fin = json_string_value(json_object_get(r->json, "finalize"));
+	if (r->location == NULL || fin == NULL || !json_is_array(authz) ||
+	    json_array_size(authz) == 0 || json_array_size(authz) > 100)
+		return -1;
+	ce->ce_order_url = xstrdup(r->location);
+	ce->ce_finalize_url = xstrdup(fin);
+	ce->ce_nauthz = json_array_size(authz);
+	ce->ce_authz = xcalloc(ce->ce_nauthz, sizeof(char *));
+	json_array_foreach(authz, i, v) {
+		if (!json_is_string(v))
+			return -1;
+		ce->ce_authz[i] = xstrdup(json_string_value(v));
+	}
+	return 0;
+}
+
+static json_t *
+order_find_challenge(json_t *authz)
+{
+	json_t		*chall, *c;
+	const char	*type;
+	size_t		 i;
+
+	chall = json_object_get(authz, "challenges");
+	json_array_foreach(chall, i, c) {
+		type = json_string_value(json_object_get(c, "type"));
+		if (type != NULL && strcmp(type, "http-01") == 0)
+			return c;
+	}
+	return NULL;
+}
+
+static void
+order_next_authz(struct cert *ce)
+{
+	if (ce->ce_token != NULL) {
+		challenge_remove(ce->ce_token);
+		free(ce->ce_token);
+		ce->ce_token = NULL;
+	}
+	ce->ce_polls = 0;
+	if (++ce->ce_authz_next < ce->ce_nauthz)
+		order_set_state(ce, ORDER_AUTHZ);
+	else
+		order_set_state(ce, ORDER_FINALIZE);
+	order_drive(ce);
+}
+
+static const char *
+order_authz_error(json_t *authz)
+{
+	json_t		*c = order_find_challenge(authz);
+	const char	*d;
+
+	d = json_string_value(json_object_get(json_object_get(c, "error"),
+	    "detail"));
+	return d != NULL ? d : "no detail given";
+}
+
+/* Present the HTTP-01 challenge and tell the CA to validate it. */
+static void
+order_respond(struct cert *ce, json_t *authz)
+{
+	json_t		*c = order_find_challenge(authz);
+	const char	*token, *url, *status;
+	char		*keyauth;
+
+	token = json_string_value(json_object_get(c, "token"));
+	url = json_string_value(json_object_get(c, "url"));
+	status = json_string_value(json_object_get(c, "status"));
+	if (c == NULL || token == NULL || url == NULL || status == NULL) {
+		order_failf(ce, "no usable http-01 challenge in %s",
+		    ce->ce_authz[ce->ce_authz_next]);
+		return;
+	}
+	if (!challenge_token_valid(token)) {
+		order_failf(ce, "the CA sent a malformed challenge token");
+		return;
+	}
+	keyauth = keys_key_authorization(token,
+	    acme_issuer_thumbprint(ce->ce_issuer));
+	challenge_add(token, keyauth);
+	free(keyauth);
+	free(ce->ce_token);
+	ce->ce_token = xstrdup(token);
+	if (strcmp(status, "pending") != 0) {
+		/* Already triggered by an earlier, interrupted order. */
+		order_poll_later(ce, ORDER_AUTHZ_POLL, &(struct acme_reply){ 0 });
+		return;
+	}
+	order_set_state(ce, ORDER_CHALLENGE);
+	ce->ce_req = acme_post(ce->ce_issuer, url, "{}", NULL, order_reply, ce);
+}
+
+static void
+order_on_authz(struct cert *ce, const struct acme_reply *r)
+{
+	const char	*s = order_status(r);
+
+	if (s != NULL && strcmp(s, "valid") == 0)
+		order_next_authz(ce);
+	else if (s != NULL && strcmp(s, "pending") == 0 &&
+	    ce->ce_state == ORDER_AUTHZ)
+		order_respond(ce, r->json);
+	else if (s != NULL && (strcmp(s, "pending") == 0 ||
+	    strcmp(s, "processing") == 0))
+		order_poll_later(ce, ORDER_AUTHZ_POLL, r);
+	else if (s != NULL && strcmp(s, "invalid") == 0)
+		order_failf(ce, "authorization for %s failed: %s",
+		    json_string_value(json_object_get(json_object_get(r->json,
+		    "identifier"), "value")), order_authz_error(r->json));
+	else
+		order_failf(ce, "authorization is %s", s != NULL ? s :
+		    "without status");
+}
+
+static int
+order_chain_matches(const char *pem, const char *name)
+{
+	BIO		*bio;
+	X509		*x;
+	char		 cn[256];
+	int		 found = 0;
+
+	if ((bio = BIO_new_mem_buf(pem, -1)) == NULL)
+		return 0;
+	while (!found && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+		if (X509_NAME_get_text_by_NID(X509_get_issuer_name(x),
+		    NID_commonName, cn, sizeof(cn)) > 0 && strcmp(cn, name) == 0)
+			found = 1;
+		X509_free(x);
+	}
+	ERR_clear_error();
+	BIO_free(bio);
+	return found;
+}
+
+static void
+order_store(struct cert *ce, const char *chain)
+{
+	struct cert_meta	 meta;
+	char			*cause = NULL;
+	char			 until[32];
+
+	memset(&meta, 0, sizeof(meta));
+	if (store_chain_dates(chain, &meta.cm_not_before,
+	    &meta.cm_not_after) == -1) {
+		order_failf(ce, "the CA sent a certificate that does not parse");
+		return;
+	}
+	meta.cm_issued = util_now();
+	meta.cm_url = ce->ce_cert_url;
+	meta.cm_idents = ce->ce_idents;
+	meta.cm_nidents = ce->ce_nidents;
+	meta.cm_key = ce->ce_key;
+	if (store_save_cert(acme_issuer_state_path(ce->ce_issuer), ce->ce_id,
+	    chain, ce->ce_new_key, &meta, &cause) == -1) {
+		order_failf(ce, "storing the certificate: %s", cause);
+		free(cause);
+		return;
+	}
+	ce->ce_have = 1;
+	ce->ce_not_before = meta.cm_not_before;
+	ce->ce_not_after = meta.cm_not_after;
+	ce->ce_failures = 0;
+	free(ce->ce_last_error);
+	ce->ce_last_error = NULL;
+	order_log_time(until, sizeof(until), ce->ce_not_after);
+	log_info("certificate \"%s\" issued, valid until %s", ce->ce_id, until);
+	order_reset(ce);
+	order_schedule_renewal(ce);
+}
+
+/*
+ * A chain arrived.  Without preferred_chain, or when it matches, store it.
+ * Otherwise try each Link rel="alternate" in turn, and fall back to the
+ * default chain, which is just as valid, when none matches.
+ */
+static void
+order_on_chain(struct cert *ce, const struct acme_reply *r)
+{
+	const char	*want = acme_issuer_preferred_chain(ce->ce_issuer);
+	char		*fallback;
+
+	if (strstr(r->body, "-----BEGIN CERTIFICATE-----") == NULL) {
+		order_failf(ce, "the CA's certificate download is not PEM");
+		return;
+	}
+	if (want == NULL || order_chain_matches(r->body, want)) {
+		order_store(ce, r->body);
+		return;
+	}
+	if (ce->ce_alt_next == 0) {
+		ce->ce_default_chain = xstrdup(r->body);
+		ce->ce_alternates = http_response_links(r->http, "alternate");
+	}
+	if (ce->ce_alternates != NULL &&
+	    ce->ce_alternates[ce->ce_alt_next] != NULL) {
+		ce->ce_alt_next++;
+		order_drive(ce);
+		return;
+	}
+	log_info("certificate \"%s\": no chain is issued by \"%s\"; keeping "
+	    "the default chain", ce->ce_id, want);
+	fallback = ce->ce_default_chain;
+	ce->ce_default_chain = NULL;
+	order_store(ce, fallback);
+	free(fallback);
+}
+
+static void
+order_reply(const struct acme_reply *r, void *arg)
+{
+	struct cert	*ce = arg;
+
+	ce->ce_req = NULL;
+	switch (ce->ce_state) {
+	case ORDER_NEW:
+		if (r->status != 201 || !json_is_object(r->json)) {
+			order_fail_reply(ce, "newOrder", r);
+			return;
+		}
+		if (order_take_new_order(ce, r) == -1) {
+			order_failf(ce, "newOrder: malformed order object");
+			return;
+		}
+		order_on_order(ce, r);
+		break;
+	case ORDER_AUTHZ:
+	case ORDER_AUTHZ_POLL:
+		if (r->status != 200 || !json_is_object(r->json)) {
+			order_fail_reply(ce, "authorization", r);
+			return;
+		}
+		order_on_authz(ce, r);
+		break;
+	case ORDER_CHALLENGE:
+		if (r->status != 200) {
+			order_fail_reply(ce, "challenge", r);
+			return;
+		}
+		order_poll_later(ce, ORDER_AUTHZ_POLL, r);
+		break;
+	case ORDER_FINALIZE:
+		if (r->status == 403 && acme_problem_is(r, "orderNotReady")) {
+			order_poll_later(ce, ORDER_ORDER_POLL, r);
+			return;
+		}
+		/* FALLTHROUGH */
+	case ORDER_ORDER_POLL:
+		if (r->status != 200 || !json_is_object(r->json)) {
+			order_fail_reply(ce, ce->ce_state == ORDER_FINALIZE ?
+			    "finalize" : "order", r);
+			return;
+		}
+		order_on_order(ce, r);
+		break;
+	case ORDER_DOWNLOAD:
+		if (r->status != 200) {
+			order_fail_reply(ce, "certificate download", r);
+			return;
+		}
+		order_on_chain(ce, r);
+		break;
+	case ORDER_IDLE:
+	case ORDER_BACKOFF:
+	case ORDER_STATE_MAX:
+		fatalx("%s: reply in state %s", __func__,
+		    order_state_name(ce->ce_state));
+	}
+}

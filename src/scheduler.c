@@ -1,0 +1,212 @@
+/*
+ * The set of issuers and certificates the daemon keeps.  sched_apply()
+ * reconciles it with a configuration, at start and on every reload:
+ * unchanged certificates keep their state and timers, new ones start at
+ * once, removed ones stop.  Each certificate's own timer (order.c) says
+ * when it is next due, so nothing here polls; the only periodic work is
+ * a progress line while orders are running.
+ */
+#include <sys/time.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "sidecar.h"
+
+static struct event_base	 *sched_base;
+static struct evdns_base	 *sched_dns;
+static struct acme_issuer	**sched_issuers;
+static size_t			  sched_nissuers;
+static struct cert		**sched_certs;
+static size_t			  sched_ncerts;
+static struct event		 *sched_progress_ev;
+
+static void
+sched_progress(int fd, short ev, void *arg)
+{
+	size_t	 i, valid = 0, working = 0, waiting = 0;
+
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	for (i = 0; i < sched_ncerts; i++) {
+		switch (order_cert_state(sched_certs[i])) {
+		case ORDER_IDLE:
+			break;
+		case ORDER_BACKOFF:
+			waiting++;
+			break;
+		default:
+			working++;
+			break;
+		}
+		if (order_cert_valid(sched_certs[i]))
+			valid++;
+	}
+	if (working > 0 || waiting > 0)
+		log_info("progress: %zu of %zu certificates valid, %zu orders "
+		    "running, %zu backing off", valid, sched_ncerts, working,
+		    waiting);
+}
+
+void
+sched_init(struct event_base *base, struct evdns_base *dns)
+{
+	struct timeval	 tv = { SCHED_PROGRESS_INTERVAL, 0 };
+
+	sched_base = base;
+	sched_dns = dns;
+	sched_progress_ev = event_new(base, -1, EV_PERSIST, sched_progress,
+	    NULL);
+	if (sched_progress_ev == NULL)
+		fatalx("%s: event_new", __func__);
+	evtimer_add(sched_progress_ev, &tv);
+}
+
+static struct acme_issuer *
+sched_find_issuer(const char *name)
+{
+	size_t	 i;
+
+	for (i = 0; i < sched_nissuers; i++)
+		if (strcmp(acme_issuer_name(sched_issuers[i]), name) == 0)
+			return sched_issuers[i];
+	return NULL;
+}
+
+static void
+sched_remove_cert(size_t i)
+{
+	log_debug("certificate \"%s\": no longer managed",
+	    order_cert_id(sched_certs[i]));
+	order_cert_free(sched_certs[i]);
+	sched_certs[i] = sched_certs[--sched_ncerts];
+}
+
+static void
+sched_remove_issuer(size_t i)
+{
+	struct acme_issuer	*ai = sched_issuers[i];
+	size_t			 j;
+
+	/* Certificates first: they cancel their requests on the issuer. */
+	for (j = sched_ncerts; j-- > 0;)
+		if (order_cert_issuer(sched_certs[j]) == ai)
+			sched_remove_cert(j);
+	acme_issuer_free(ai);
+	sched_issuers[i] = sched_issuers[--sched_nissuers];
+}
+
+/* Drop issuers that are gone or changed in ways a live one cannot take. */
+static void
+sched_prune_issuers(const struct conf *conf)
+{
+	struct conf_issuer	*ci;
+	size_t			 i;
+
+	for (i = sched_nissuers; i-- > 0;) {
+		ci = conf_find_issuer((struct conf *)conf,
+		    acme_issuer_name(sched_issuers[i]));
+		if (ci != NULL && acme_issuer_same_conf(sched_issuers[i], ci)) {
+			acme_issuer_update_conf(sched_issuers[i], ci);
+			continue;
+		}
+		log_info("issuer \"%s\": %s", acme_issuer_name(sched_issuers[i]),
+		    ci == NULL ? "removed" : "changed; starting it again");
+		sched_remove_issuer(i);
+	}
+}
+
+static void
+sched_add_issuers(const struct conf *conf)
+{
+	struct conf_issuer	*ci;
+	struct acme_issuer	*ai;
+
+	TAILQ_FOREACH(ci, &conf->c_issuers, ci_entry) {
+		if (sched_find_issuer(ci->ci_name) != NULL)
+			continue;
+		if ((ai = acme_issuer_new(sched_base, sched_dns, ci)) == NULL)
+			continue;
+		sched_issuers = xreallocarray(sched_issuers,
+		    sched_nissuers + 1, sizeof(*sched_issuers));
+		sched_issuers[sched_nissuers++] = ai;
+	}
+}
+
+static const struct conf_cert *
+sched_conf_cert(const struct conf *conf, const char *id)
+{
+	const struct conf_cert	*cc;
+
+	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry)
+		if (strcmp(cc->cc_id, id) == 0)
+			return cc;
+	return NULL;
+}
+
+static int
+sched_have_cert(const char *id)
+{
+	size_t	 i;
+
+	for (i = 0; i < sched_ncerts; i++)
+		if (strcmp(order_cert_id(sched_certs[i]), id) == 0)
+			return 1;
+	return 0;
+}
+
+void
+sched_apply(const struct conf *conf)
+{
+	const struct conf_cert	*cc;
+	struct acme_issuer	*ai;
+	struct cert		*ce;
+	size_t			 i;
+
+	sched_prune_issuers(conf);
+	sched_add_issuers(conf);
+
+	for (i = sched_ncerts; i-- > 0;) {
+		ce = sched_certs[i];
+		cc = sched_conf_cert(conf, order_cert_id(ce));
+		if (cc == NULL || !order_cert_same_conf(ce, cc) ||
+		    strcmp(cc->cc_issuer,
+		    acme_issuer_name(order_cert_issuer(ce))) != 0)
+			sched_remove_cert(i);
+	}
+	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry) {
+		if (sched_have_cert(cc->cc_id))
+			continue;
+		if ((ai = sched_find_issuer(cc->cc_issuer)) == NULL) {
+			log_warnx("certificate \"%s\": issuer \"%s\" is not "
+			    "available", cc->cc_id, cc->cc_issuer);
+			continue;
+		}
+		ce = order_cert_new(sched_base, ai, cc);
+		sched_certs = xreallocarray(sched_certs, sched_ncerts + 1,
+		    sizeof(*sched_certs));
+		sched_certs[sched_ncerts++] = ce;
+		order_cert_start(ce);
+	}
+	log_info("managing %zu certificates from %zu issuers", sched_ncerts,
+	    sched_nissuers);
+}
+
+void
+sched_shutdown(void)
+{
+	while (sched_nissuers > 0)
+		sched_remove_issuer(sched_nissuers - 1);
+	while (sched_ncerts > 0)
+		sched_remove_cert(sched_ncerts - 1);
+	free(sched_issuers);
+	free(sched_certs);
+	sched_issuers = NULL;
+	sched_certs = NULL;
+	if (sched_progress_ev != NULL)
+		event_free(sched_progress_ev);
+	sched_progress_ev = NULL;
+}

@@ -1,0 +1,352 @@
+/*
+ * acme-sidecar: the daemon's one private header.
+ *
+ * Each section belongs to one subsystem (one .c file); every function
+ * carries that subsystem's prefix.  Contracts with the outside world live
+ * in proto/, not here.
+ */
+#ifndef SIDECAR_H
+#define SIDECAR_H
+
+#include <sys/types.h>
+#include <sys/queue.h>
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <jansson.h>
+
+struct event_base;
+struct evdns_base;
+struct evkeyvalq;
+
+#define SIDECAR_VERSION		"0.1.0"
+#define SIDECAR_DEFAULT_CONF	"/etc/acme-sidecar/acme-sidecar.conf"
+
+#ifndef __dead
+#define __dead __attribute__((__noreturn__))
+#endif
+#define PRINTFLIKE(a, b) __attribute__((__format__(__printf__, a, b)))
+
+/* log.c */
+void	 log_init(int verbose);
+int	 log_verbose(void);
+void	 log_warn(const char *, ...) PRINTFLIKE(1, 2);
+void	 log_warnx(const char *, ...) PRINTFLIKE(1, 2);
+void	 log_info(const char *, ...) PRINTFLIKE(1, 2);
+void	 log_debug(const char *, ...) PRINTFLIKE(1, 2);
+__dead void fatal(const char *, ...) PRINTFLIKE(1, 2);
+__dead void fatalx(const char *, ...) PRINTFLIKE(1, 2);
+void	 log_openssl(const char *, ...) PRINTFLIKE(1, 2);
+
+/* util.c */
+void	*xmalloc(size_t);
+void	*xcalloc(size_t, size_t);
+void	*xreallocarray(void *, size_t, size_t);
+char	*xstrdup(const char *);
+char	*xstrndup(const char *, size_t);
+int	 xasprintf(char **, const char *, ...) PRINTFLIKE(2, 3);
+char	*b64url_encode(const void *, size_t);		/* caller frees */
+int	 b64url_decode(const char *, unsigned char **, size_t *);
+double	 util_random_unit(void);			/* uniform in [0, 1) */
+double	 util_jitter(double, double);			/* v * (1 +- frac) */
+time_t	 util_now(void);				/* wall clock */
+
+/*
+ * Key types, shared by account keys (account_key) and certificate keys
+ * (acme_certificate key=).
+ */
+enum key_type {
+	KEY_ECDSA_256,
+	KEY_ECDSA_384,
+	KEY_ECDSA_521,
+	KEY_RSA_2048,
+	KEY_RSA_3072,
+	KEY_RSA_4096,
+	KEY_TYPE_MAX
+};
+#define KEY_TYPE_DEFAULT KEY_ECDSA_256
+
+/* conf.c: nginx grammar and the sidecar's directives. */
+enum challenge_type {
+	CHALLENGE_HTTP_01,
+	CHALLENGE_TYPE_MAX
+};
+
+/* A request_rate of 0 means "off". */
+#define CONF_RATE_DEFAULT	20.0	/* requests per second per issuer */
+#define CONF_BURST_DEFAULT	20
+
+struct conf_issuer {
+	char			*ci_name;
+	char			*ci_uri;
+	char			**ci_contact;		/* "mailto:..." */
+	size_t			 ci_ncontact;
+	char			*ci_state_path;
+	int			 ci_accept_tos;
+	char			*ci_trusted_cert;	/* CA file or NULL */
+	int			 ci_ssl_verify;		/* default 1 */
+	/* account_key: either a file (ci_account_key_file) or a type */
+	char			*ci_account_key_file;
+	enum key_type		 ci_account_key_type;
+	char			*ci_eab_kid;		/* external_account_key */
+	unsigned char		*ci_eab_hmac;		/* decoded key */
+	size_t			 ci_eab_hmac_len;
+	char			*ci_preferred_chain;
+	char			*ci_profile;
+	int			 ci_profile_require;
+	enum challenge_type	 ci_challenge;
+	double			 ci_rate;		/* r/s, 0 = off */
+	unsigned int		 ci_burst;
+	char			*ci_file;		/* where it was defined */
+	int			 ci_line;
+	TAILQ_ENTRY(conf_issuer) ci_entry;
+};
+TAILQ_HEAD(conf_issuers, conf_issuer);
+
+struct conf_cert {
+	char			*cc_id;		/* unique, see conf_cert_id() */
+	char			*cc_issuer;	/* issuer name */
+	char			**cc_idents;	/* lower case, deduplicated */
+	size_t			 cc_nidents;
+	enum key_type		 cc_key;
+	char			*cc_file;
+	int			 cc_line;
+	TAILQ_ENTRY(conf_cert)	 cc_entry;
+};
+TAILQ_HEAD(conf_certs, conf_cert);
+
+struct conf {
+	struct conf_issuers	 c_issuers;
+	struct conf_certs	 c_certs;
+	char			*c_challenge_addr;	/* default "0.0.0.0" */
+	int			 c_challenge_port;	/* default 80 */
+	char			*c_control_socket;
+	char			*c_user;
+	char			*c_group;
+	char			*c_nginx_config;
+	char			*c_zone_name;		/* acme_shared_zone */
+	size_t			 c_zone_size;
+	char			*c_file;		/* top-level file */
+};
+
+struct conf	*conf_load(const char *, char **);	/* cause: "FILE:LINE: msg" */
+void		 conf_free(struct conf *);
+struct conf_issuer *conf_find_issuer(struct conf *, const char *);
+const char	*key_type_name(enum key_type);		/* "ecdsa:256" */
+const char	*key_type_suffix(enum key_type);	/* "rsa2048" */
+int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
+int		 key_type_parse(const char *, enum key_type *);
+
+/* keys.c: keys, JWK, CSR, key authorization. */
+EVP_PKEY	*keys_generate(enum key_type);
+EVP_PKEY	*keys_from_pem(const char *, size_t);
+EVP_PKEY	*keys_load_file(const char *, char **);
+char		*keys_to_pem(EVP_PKEY *);		/* PKCS#8; caller frees */
+json_t		*keys_jwk(EVP_PKEY *);			/* public JWK */
+char		*keys_thumbprint(EVP_PKEY *);		/* RFC 7638, b64url */
+char		*keys_key_authorization(const char *, const char *);
+char		*keys_csr(EVP_PKEY *, char *const *, size_t);	/* b64url DER */
+
+/* jws.c: RFC 7515 flattened JSON serialisation as RFC 8555 uses it. */
+const char	*jws_alg(EVP_PKEY *);			/* "ES256", ... */
+/*
+ * Sign payload (NULL means the empty payload of POST-as-GET).  With kid
+ * NULL the protected header carries the public "jwk" instead.  Returns
+ * the JSON text; caller frees.
+ */
+char		*jws_sign(EVP_PKEY *, const char *kid, const char *nonce,
+		    const char *url, const char *payload);
+/* RFC 8555 7.3.4 externalAccountBinding object (HS256). */
+json_t		*jws_eab(const char *kid, const unsigned char *, size_t,
+		    EVP_PKEY *account, const char *url);
+
+/* http_client.c: asynchronous HTTPS client with keep-alive connections. */
+struct http_response {
+	int		 hr_status;	/* 0 on transport error */
+	const char	*hr_error;	/* transport error, or NULL */
+	struct evkeyvalq *hr_headers;
+	const char	*hr_body;	/* NUL terminated */
+	size_t		 hr_len;
+};
+typedef void	(*http_cb)(const struct http_response *, void *);
+struct http_pool;
+struct http_request;
+
+#define HTTP_MAX_BODY	(4 * 1024 * 1024)
+
+/*
+ * One pool per issuer.  max_conns keep-alive connections per origin,
+ * requests beyond that wait in FIFO order.  Verification follows ctx.
+ */
+struct http_pool *http_pool_new(struct event_base *, struct evdns_base *,
+		    SSL_CTX *, unsigned int max_conns, int timeout_sec);
+void		 http_pool_free(struct http_pool *);
+/* method is "GET", "HEAD" or "POST"; the callback runs exactly once. */
+struct http_request *http_pool_request(struct http_pool *, const char *method,
+		    const char *url, const char *content_type, const char *accept,
+		    const char *body, size_t len, http_cb, void *);
+void		 http_request_cancel(struct http_request *);	/* no callback */
+const char	*http_response_header(const struct http_response *,
+		    const char *);
+/* Link: <url>;rel="rel" values, in order; returns a NULL-terminated array. */
+char		**http_response_links(const struct http_response *,
+		    const char *rel);
+void		 http_links_free(char **);
+SSL_CTX		*http_ssl_ctx(const char *cafile, int verify, char **);
+
+/* store.c: state_path, atomic files. */
+struct cert_meta {
+	time_t		 cm_not_before;
+	time_t		 cm_not_after;
+	time_t		 cm_issued;	/* when we stored it */
+	char		*cm_url;	/* certificate URL at the CA */
+	char		**cm_idents;
+	size_t		 cm_nidents;
+	enum key_type	 cm_key;
+};
+int		 store_write_atomic(const char *, const void *, size_t,
+		    mode_t, char **);
+int		 store_init(const char *dir, char **);		/* mkdir 0700 */
+/* 0: loaded, 1: absent, -1: error (cause) */
+int		 store_load_account(const char *dir, EVP_PKEY **, char **url,
+		    char **);
+int		 store_save_account_key(const char *dir, EVP_PKEY *, char **);
+int		 store_save_account_url(const char *dir, const char *, char **);
+int		 store_load_cert(const char *dir, const char *id, char **chain,
+		    EVP_PKEY **, struct cert_meta *, char **);
+int		 store_save_cert(const char *dir, const char *id,
+		    const char *chain, EVP_PKEY *, const struct cert_meta *,
+		    char **);
+void		 store_meta_clear(struct cert_meta *);
+/* Fill not_before/not_after from the first certificate of a PEM chain. */
+int		 store_chain_dates(const char *, time_t *, time_t *);
+
+/* challenge.c: HTTP-01 responder on libmicrohttpd inside the loop. */
+#define CHALLENGE_MAX_CONNS	256
+#define CHALLENGE_CONN_TIMEOUT	10	/* seconds */
+#define CHALLENGE_TOKEN_MAX	128
+int		 challenge_start(struct event_base *, const char *addr,
+		    int port, char **);
+void		 challenge_stop(void);
+int		 challenge_port(void);		/* the bound port */
+void		 challenge_add(const char *token, const char *keyauth);
+void		 challenge_remove(const char *token);
+int		 challenge_token_valid(const char *);
+unsigned long	 challenge_served(void);
+
+/* nonce.c: per-issuer pool of unused Replay-Nonce values. */
+#define NONCE_POOL_MAX		256
+#define NONCE_MAX_LEN		256
+struct nonce_pool;
+struct nonce_pool *nonce_pool_new(void);
+void		 nonce_pool_free(struct nonce_pool *);
+void		 nonce_put(struct nonce_pool *, const char *);
+char		*nonce_take(struct nonce_pool *);	/* NULL if empty */
+size_t		 nonce_count(const struct nonce_pool *);
+
+/* acme.c: one issuer: directory, account, paced and retried requests. */
+enum issuer_state {
+	ISSUER_DIRECTORY,	/* fetching the directory */
+	ISSUER_ACCOUNT,		/* loading or registering the account */
+	ISSUER_READY,
+	ISSUER_BACKOFF,		/* bootstrap failed; waiting to retry */
+	ISSUER_STATE_MAX
+};
+
+#define ACME_MAX_INFLIGHT	32	/* requests in flight per issuer */
+#define ACME_TIMEOUT		30	/* seconds per request */
+#define ACME_BADNONCE_TRIES	10
+#define ACME_NET_TRIES		5
+#define ACME_RATE_TRIES		5
+#define ACME_RETRY_AFTER_MAX	3600	/* longer waits go back to the order */
+#define ACME_BOOT_BACKOFF_MAX	300	/* seconds, issuer bootstrap */
+
+struct acme_reply {
+	int		 status;	/* HTTP status, 0 on transport error */
+	const char	*error;		/* transport error or NULL */
+	json_t		*json;		/* parsed body (borrowed) or NULL */
+	const char	*body;
+	size_t		 len;
+	const char	*location;
+	const char	*problem_type;	/* "urn:ietf:params:acme:error:..." */
+	const char	*problem_detail;
+	time_t		 retry_after;	/* absolute wall time, 0 if none */
+	const struct http_response *http;
+};
+typedef void	(*acme_cb)(const struct acme_reply *, void *);
+struct acme_issuer;
+struct acme_req;
+
+struct acme_issuer *acme_issuer_new(struct event_base *, struct evdns_base *,
+		    const struct conf_issuer *);
+void		 acme_issuer_free(struct acme_issuer *);
+const char	*acme_issuer_name(const struct acme_issuer *);
+enum issuer_state acme_issuer_state(const struct acme_issuer *);
+const char	*acme_issuer_thumbprint(const struct acme_issuer *);
+const char	*acme_issuer_state_path(const struct acme_issuer *);
+const char	*acme_issuer_preferred_chain(const struct acme_issuer *);
+const char	*acme_issuer_new_order_url(const struct acme_issuer *);
+int		 acme_issuer_same_conf(const struct acme_issuer *,
+		    const struct conf_issuer *);
+void		 acme_issuer_update_conf(struct acme_issuer *,
+		    const struct conf_issuer *);
+/* Signed POST (payload NULL is POST-as-GET) with the account's kid. */
+struct acme_req	*acme_post(struct acme_issuer *, const char *url,
+		    const char *payload, const char *accept, acme_cb, void *);
+struct acme_req	*acme_new_order(struct acme_issuer *, const char *payload,
+		    acme_cb, void *);
+void		 acme_req_cancel(struct acme_req *);
+/* Human summary of a failed reply: "HTTP 403 unauthorized: detail". */
+char		*acme_reply_describe(const struct acme_reply *);
+int		 acme_problem_is(const struct acme_reply *, const char *);
+
+/* order.c: one certificate and its order state machine. */
+enum order_state {
+	ORDER_IDLE,		/* no order; waiting for the renewal time */
+	ORDER_NEW,		/* newOrder sent */
+	ORDER_AUTHZ,		/* fetching an authorization */
+	ORDER_CHALLENGE,	/* telling the CA the challenge is ready */
+	ORDER_AUTHZ_POLL,	/* waiting for the authorization to settle */
+	ORDER_FINALIZE,		/* CSR sent */
+	ORDER_ORDER_POLL,	/* waiting for the certificate */
+	ORDER_DOWNLOAD,		/* fetching the chain */
+	ORDER_BACKOFF,		/* failed; waiting to try again */
+	ORDER_STATE_MAX
+};
+
+#define ORDER_POLL_FIRST_MS	250
+#define ORDER_POLL_MAX_MS	10000
+#define ORDER_POLL_MAX_TRIES	60
+#define ORDER_BACKOFF_MIN	60		/* seconds */
+#define ORDER_BACKOFF_MAX	(24 * 3600)
+#define ORDER_BACKOFF_PERMANENT	3600		/* first wait, hopeless errors */
+
+struct cert;
+struct cert	*order_cert_new(struct event_base *, struct acme_issuer *,
+		    const struct conf_cert *);
+void		 order_cert_free(struct cert *);
+void		 order_cert_start(struct cert *);	/* load state, arm */
+void		 order_renew_now(struct cert *);
+const char	*order_cert_id(const struct cert *);
+enum order_state order_cert_state(const struct cert *);
+int		 order_cert_valid(const struct cert *);
+int		 order_cert_same_conf(const struct cert *,
+		    const struct conf_cert *);
+struct acme_issuer *order_cert_issuer(const struct cert *);
+const char	*order_state_name(enum order_state);
+/* When to renew: 2/3 of the lifetime, 1/2 for <= 10 days, minus jitter. */
+time_t		 order_renew_time(time_t not_before, time_t not_after,
+		    double random_unit);
+
+/* scheduler.c: the set of issuers and certificates, reconciled on reload. */
+#define SCHED_PROGRESS_INTERVAL	10	/* seconds between progress lines */
+void		 sched_init(struct event_base *, struct evdns_base *);
+void		 sched_apply(const struct conf *);
+void		 sched_shutdown(void);
+
+#endif /* SIDECAR_H */
