@@ -1,0 +1,1632 @@
+/*
+ * Configuration: nginx's grammar and the sidecar's directives.
+ *
+ * The grammar is nginx's: "directive arg ...;", "{ }" blocks, '#'
+ * comments, "..." and '...' strings with backslash escapes, and
+ * "include PATTERN;" expanded with glob(3).  As in nginx, each directive
+ * is handled as soon as it is read, so the error reported is the first one
+ * in file order, and every message reads "FILE:LINE: message" with the
+ * wording nginx uses where it has one.
+ *
+ * Relative paths (include patterns and every path-valued directive)
+ * resolve against the directory of the file that holds the directive.
+ */
+#include <sys/types.h>
+#include <sys/stat.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "sidecar.h"
+
+/* Hard limits on input: a config is small and written by a person. */
+#define CONF_MAX_FILE_SIZE	(1024 * 1024)	/* bytes per file */
+#define CONF_MAX_TOKEN		4096		/* bytes per word or string */
+#define CONF_MAX_ARGS		1024		/* words per directive */
+#define CONF_MAX_INCLUDE_DEPTH	16		/* nested include levels */
+#define CONF_MAX_RATE		1000000		/* request_rate, r/s or r/m */
+#define CONF_MAX_BURST		1000000		/* request_rate burst= */
+#define CONF_MAX_DNS_NAME	253
+#define CONF_MAX_DNS_LABEL	63
+
+#define CONF_DEFAULT_STATE_DIR	"/var/lib/acme-sidecar"
+#define CONF_DEFAULT_CONTROL	"/run/acme-sidecar/control.sock"
+#define CONF_DEFAULT_ADDR	"0.0.0.0"
+#define CONF_DEFAULT_PORT	80
+#define CONF_DEFAULT_ZONE_NAME	"ngx_acme_shared"
+#define CONF_DEFAULT_ZONE_SIZE	(256 * 1024)
+#define CONF_MIN_ZONE_SIZE	(32 * 1024)		/* nginx: 8 pages */
+#define CONF_MAX_ZONE_SIZE	(1024 * 1024 * 1024)
+
+enum conf_tok {
+	CONF_TOK_WORD,
+	CONF_TOK_SEMI,
+	CONF_TOK_LBRACE,
+	CONF_TOK_RBRACE,
+	CONF_TOK_EOF,
+	CONF_TOK_ERROR
+};
+
+/* One file being read. */
+struct conf_lex {
+	char		*path;
+	char		*dir;		/* NULL when path has no '/' */
+	char		*buf;
+	size_t		 len;
+	size_t		 off;
+	int		 line;
+	int		 lastline;	/* line of the last token read */
+	char		 tok[CONF_MAX_TOKEN + 1];
+	size_t		 toklen;
+};
+
+/* The words of one directive and how it ended. */
+struct conf_args {
+	char		**v;
+	int		  n;
+	int		  cap;
+	int		  line;		/* of the first word */
+	int		  endline;	/* of the terminator */
+};
+
+/* An acme_issuer { } block being read. */
+struct conf_block {
+	struct conf_issuer	*ci;
+	unsigned int		 seen;		/* single-valued directives */
+	char			*sp_file;	/* where state_path was set */
+	int			 sp_line;
+};
+
+struct conf_parse {
+	struct conf	*conf;
+	struct conf_lex	*lex;		/* file of the current directive */
+	int		 line;		/* line of the current directive */
+	int		 depth;		/* include nesting */
+	unsigned int	 seen;		/* single-valued top-level directives */
+	char		*cause;
+};
+
+#define CONF_TOP	0x01
+#define CONF_ISSUER	0x02
+#define CONF_BLOCK	0x04		/* takes a { } block */
+#define CONF_ONCE	0x08		/* may appear once per context */
+
+struct conf_cmd {
+	const char	*name;
+	int		 flags;
+	int		 minargs;
+	int		 maxargs;
+	int		(*fn)(struct conf_parse *, struct conf_block *, int,
+			    char **);
+};
+
+static int	conf_parse_block(struct conf_parse *, struct conf_lex *,
+		    struct conf_block *, int);
+
+static int	conf_cmd_issuer(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_zone(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_cert(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_listen(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_control(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_user(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_nginx(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_uri(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_contact(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_state(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_tos(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_trusted(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_verify(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_account(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_eab(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_chain(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_profile(struct conf_parse *, struct conf_block *, int,
+		    char **);
+static int	conf_cmd_challenge(struct conf_parse *, struct conf_block *,
+		    int, char **);
+static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
+		    char **);
+
+/* The index of a CONF_ONCE row is its bit in the "seen" masks. */
+static const struct conf_cmd conf_cmds[] = {
+	{ "acme_issuer", CONF_TOP|CONF_BLOCK, 1, 1, conf_cmd_issuer },
+	{ "acme_shared_zone", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_zone },
+	{ "acme_certificate", CONF_TOP, 1, CONF_MAX_ARGS, conf_cmd_cert },
+	{ "challenge_listen", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_listen },
+	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_control },
+	{ "user", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_user },
+	{ "nginx_config", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_nginx },
+
+	{ "uri", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_uri },
+	{ "contact", CONF_ISSUER, 1, 1, conf_cmd_contact },
+	{ "state_path", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_state },
+	{ "accept_terms_of_service", CONF_ISSUER|CONF_ONCE, 0, 0,
+	    conf_cmd_tos },
+	{ "ssl_trusted_certificate", CONF_ISSUER|CONF_ONCE, 1, 1,
+	    conf_cmd_trusted },
+	{ "ssl_verify", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_verify },
+	{ "account_key", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_account },
+	{ "external_account_key", CONF_ISSUER|CONF_ONCE, 2, 2, conf_cmd_eab },
+	{ "preferred_chain", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_chain },
+	{ "profile", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_profile },
+	{ "challenge", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_challenge },
+	{ "request_rate", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_rate },
+};
+#define CONF_NCMDS (sizeof(conf_cmds) / sizeof(conf_cmds[0]))
+
+static const struct {
+	const char	*name;
+	const char	*suffix;
+} conf_key_types[KEY_TYPE_MAX] = {
+	[KEY_ECDSA_256] = { "ecdsa:256", "ecdsa256" },
+	[KEY_ECDSA_384] = { "ecdsa:384", "ecdsa384" },
+	[KEY_ECDSA_521] = { "ecdsa:521", "ecdsa521" },
+	[KEY_RSA_2048] = { "rsa:2048", "rsa2048" },
+	[KEY_RSA_3072] = { "rsa:3072", "rsa3072" },
+	[KEY_RSA_4096] = { "rsa:4096", "rsa4096" },
+};
+
+const char *
+key_type_name(enum key_type t)
+{
+	if (t < 0 || t >= KEY_TYPE_MAX)
+		fatalx("%s: bad key type %d", __func__, (int)t);
+	return conf_key_types[t].name;
+}
+
+const char *
+key_type_suffix(enum key_type t)
+{
+	if (t < 0 || t >= KEY_TYPE_MAX)
+		fatalx("%s: bad key type %d", __func__, (int)t);
+	return conf_key_types[t].suffix;
+}
+
+int
+key_type_parse(const char *s, enum key_type *t)
+{
+	int	 i;
+
+	for (i = 0; i < KEY_TYPE_MAX; i++) {
+		if (strcmp(s, conf_key_types[i].name) == 0) {
+			*t = (enum key_type)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+int
+conf_ident_is_ip(const char *s)
+{
+	struct in_addr	 a4;
+	struct in6_addr	 a6;
+
+	return inet_pton(AF_INET, s, &a4) == 1 ||
+	    inet_pton(AF_INET6, s, &a6) == 1;
+}
+
+struct conf_issuer *
+conf_find_issuer(struct conf *conf, const char *name)
+{
+	struct conf_issuer	*ci;
+
+	TAILQ_FOREACH(ci, &conf->c_issuers, ci_entry) {
+		if (strcmp(ci->ci_name, name) == 0)
+			return ci;
+	}
+	return NULL;
+}
+
+static void
+conf_issuer_free(struct conf_issuer *ci)
+{
+	size_t	 i;
+
+	for (i = 0; i < ci->ci_ncontact; i++)
+		free(ci->ci_contact[i]);
+	free(ci->ci_contact);
+	free(ci->ci_name);
+	free(ci->ci_uri);
+	free(ci->ci_state_path);
+	free(ci->ci_trusted_cert);
+	free(ci->ci_account_key_file);
+	free(ci->ci_eab_kid);
+	if (ci->ci_eab_hmac != NULL) {
+		explicit_bzero(ci->ci_eab_hmac, ci->ci_eab_hmac_len);
+		free(ci->ci_eab_hmac);
+	}
+	free(ci->ci_preferred_chain);
+	free(ci->ci_profile);
+	free(ci->ci_file);
+	free(ci);
+}
+
+static void
+conf_cert_free(struct conf_cert *cc)
+{
+	size_t	 i;
+
+	for (i = 0; i < cc->cc_nidents; i++)
+		free(cc->cc_idents[i]);
+	free(cc->cc_idents);
+	free(cc->cc_id);
+	free(cc->cc_issuer);
+	free(cc->cc_file);
+	free(cc);
+}
+
+void
+conf_free(struct conf *conf)
+{
+	struct conf_issuer	*ci;
+	struct conf_cert	*cc;
+
+	if (conf == NULL)
+		return;
+	while ((ci = TAILQ_FIRST(&conf->c_issuers)) != NULL) {
+		TAILQ_REMOVE(&conf->c_issuers, ci, ci_entry);
+		conf_issuer_free(ci);
+	}
+	while ((cc = TAILQ_FIRST(&conf->c_certs)) != NULL) {
+		TAILQ_REMOVE(&conf->c_certs, cc, cc_entry);
+		conf_cert_free(cc);
+	}
+	free(conf->c_challenge_addr);
+	free(conf->c_control_socket);
+	free(conf->c_user);
+	free(conf->c_group);
+	free(conf->c_nginx_config);
+	free(conf->c_zone_name);
+	free(conf->c_file);
+	free(conf);
+}
+
+static struct conf *
+conf_new(const char *path)
+{
+	struct conf	*conf;
+
+	conf = xcalloc(1, sizeof(*conf));
+	TAILQ_INIT(&conf->c_issuers);
+	TAILQ_INIT(&conf->c_certs);
+	conf->c_challenge_addr = xstrdup(CONF_DEFAULT_ADDR);
+	conf->c_challenge_port = CONF_DEFAULT_PORT;
+	conf->c_control_socket = xstrdup(CONF_DEFAULT_CONTROL);
+	conf->c_zone_name = xstrdup(CONF_DEFAULT_ZONE_NAME);
+	conf->c_zone_size = CONF_DEFAULT_ZONE_SIZE;
+	conf->c_file = xstrdup(path);
+	return conf;
+}
+
+/* Errors: the first one sticks, later ones are consequences. */
+static int PRINTFLIKE(4, 0)
+conf_verror(struct conf_parse *p, const char *file, int line,
+    const char *fmt, va_list ap)
+{
+	char	*msg = NULL;
+
+	if (p->cause != NULL)
+		return -1;
+	if (vasprintf(&msg, fmt, ap) == -1)
+		fatal("vasprintf");
+	xasprintf(&p->cause, "%s:%d: %s", file, line, msg);
+	free(msg);
+	return -1;
+}
+
+static int PRINTFLIKE(4, 5)
+conf_error_at(struct conf_parse *p, const char *file, int line,
+    const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	conf_verror(p, file, line, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* An error at the directive being handled. */
+static int PRINTFLIKE(2, 3)
+conf_error(struct conf_parse *p, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	conf_verror(p, p->lex->path, p->line, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/*
+ * Read a whole regular file of at most CONF_MAX_FILE_SIZE bytes, NUL
+ * terminated.  On error, *msg says why (no location) and the caller frees.
+ */
+static int
+conf_read_file(const char *path, char **bufp, size_t *lenp, char **msg)
+{
+	struct stat	 st;
+	char		*buf = NULL;
+	size_t		 len = 0;
+	ssize_t		 n;
+	int		 fd = -1, rc = -1;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		xasprintf(msg, "open() \"%s\" failed (%s)", path,
+		    strerror(errno));
+		goto out;
+	}
+	if (fstat(fd, &st) == -1) {
+		xasprintf(msg, "fstat() \"%s\" failed (%s)", path,
+		    strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		xasprintf(msg, "\"%s\" is not a regular file", path);
+		goto out;
+	}
+	/* One byte past the cap tells a file at the cap from a bigger one. */
+	buf = xmalloc(CONF_MAX_FILE_SIZE + 2);
+	for (;;) {
+		n = read(fd, buf + len, CONF_MAX_FILE_SIZE + 1 - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			xasprintf(msg, "read() \"%s\" failed (%s)", path,
+			    strerror(errno));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > CONF_MAX_FILE_SIZE) {
+			xasprintf(msg, "file \"%s\" is too large (more than %d "
+			    "bytes)", path, CONF_MAX_FILE_SIZE);
+			goto out;
+		}
+	}
+	buf[len] = '\0';
+	*bufp = buf;
+	*lenp = len;
+	buf = NULL;
+	rc = 0;
+out:
+	free(buf);
+	if (fd != -1)
+		close(fd);
+	return rc;
+}
+
+static void
+conf_lex_free(struct conf_lex *lx)
+{
+	if (lx == NULL)
+		return;
+	free(lx->path);
+	free(lx->dir);
+	free(lx->buf);
+	free(lx);
+}
+
+static struct conf_lex *
+conf_lex_open(const char *path, char **msg)
+{
+	struct conf_lex	*lx;
+	const char	*slash;
+
+	lx = xcalloc(1, sizeof(*lx));
+	if (conf_read_file(path, &lx->buf, &lx->len, msg) == -1) {
+		free(lx);
+		return NULL;
+	}
+	lx->path = xstrdup(path);
+	if ((slash = strrchr(path, '/')) != NULL)
+		lx->dir = xstrndup(path, (size_t)(slash - path + 1));
+	lx->line = 1;
+	lx->lastline = 1;
+	return lx;
+}
+
+/* A relative path names a file beside the file that holds it. */
+static char *
+conf_path_resolve(struct conf_lex *lx, const char *path)
+{
+	char	*s;
+
+	if (path[0] == '/' || lx->dir == NULL)
+		return xstrdup(path);
+	xasprintf(&s, "%s%s", lx->dir, path);
+	return s;
+}
+
+static int
+conf_lex_is_sep(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n' ||
+	    c == ';' || c == '{' || c == '}';
+}
+
+/* The backslash escapes nginx knows; others keep their backslash. */
+static char
+conf_lex_unescape(char c)
+{
+	switch (c) {
+	case '"':
+	case '\'':
+	case '\\':
+		return c;
+	case 't':
+		return '\t';
+	case 'r':
+		return '\r';
+	case 'n':
+		return '\n';
+	}
+	return '\0';
+}
+
+static int
+conf_lex_put(struct conf_parse *p, struct conf_lex *lx, char c, int line)
+{
+	if (lx->toklen == CONF_MAX_TOKEN) {
+		lx->tok[16] = '\0';
+		return conf_error_at(p, lx->path, line,
+		    "too long parameter \"%s...\" started", lx->tok);
+	}
+	lx->tok[lx->toklen++] = c;
+	return 0;
+}
+
+static void
+conf_lex_skip(struct conf_lex *lx)
+{
+	char	 c;
+
+	while (lx->off < lx->len) {
+		c = lx->buf[lx->off];
+		if (c == '\n')
+			lx->line++;
+		else if (c == '#') {
+			while (lx->off < lx->len && lx->buf[lx->off] != '\n')
+				lx->off++;
+			continue;
+		} else if (c != ' ' && c != '\t' && c != '\r')
+			return;
+		lx->off++;
+	}
+}
+
+static int
+conf_lex_quoted(struct conf_parse *p, struct conf_lex *lx, int line)
+{
+	char	 quote, c, e;
+
+	quote = lx->buf[lx->off++];
+	for (;;) {
+		if (lx->off >= lx->len)
+			return conf_error_at(p, lx->path, line,
+			    "unterminated quoted string");
+		c = lx->buf[lx->off++];
+		if (c == quote)
+			break;
+		if (c == '\0')
+			return conf_error_at(p, lx->path, lx->line,
+			    "unexpected NUL byte");
+		if (c == '\n')
+			lx->line++;
+		if (c == '\\' && lx->off < lx->len &&
+		    (e = conf_lex_unescape(lx->buf[lx->off])) != '\0') {
+			c = e;
+			lx->off++;
+		}
+		if (conf_lex_put(p, lx, c, line) == -1)
+			return -1;
+	}
+	/* As in nginx, a closing quote is followed by a separator. */
+	if (lx->off < lx->len && !conf_lex_is_sep(lx->buf[lx->off]))
+		return conf_error_at(p, lx->path, lx->line,
+		    "unexpected \"%c\"", lx->buf[lx->off]);
+	return 0;
+}
+
+static int
+conf_lex_bare(struct conf_parse *p, struct conf_lex *lx, int line)
+{
+	char	 c, next, e;
+
+	while (lx->off < lx->len && !conf_lex_is_sep(lx->buf[lx->off])) {
+		c = lx->buf[lx->off++];
+		if (c == '\0')
+			return conf_error_at(p, lx->path, lx->line,
+			    "unexpected NUL byte");
+		if (c == '\\' && lx->off < lx->len &&
+		    (next = lx->buf[lx->off]) != '\n' && next != '\0') {
+			lx->off++;
+			if ((e = conf_lex_unescape(next)) != '\0') {
+				if (conf_lex_put(p, lx, e, line) == -1)
+					return -1;
+				continue;
+			}
+			if (conf_lex_put(p, lx, c, line) == -1)
+				return -1;
+			c = next;
+		}
+		if (conf_lex_put(p, lx, c, line) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* The next token; a word is left NUL terminated in lx->tok. */
+static enum conf_tok
+conf_lex_next(struct conf_parse *p, struct conf_lex *lx, int *line)
+{
+	char	 c;
+	int	 rc;
+
+	conf_lex_skip(lx);
+	if (lx->off >= lx->len) {
+		*line = lx->lastline;
+		return CONF_TOK_EOF;
+	}
+	*line = lx->lastline = lx->line;
+	c = lx->buf[lx->off];
+	switch (c) {
+	case ';':
+		lx->off++;
+		return CONF_TOK_SEMI;
+	case '{':
+		lx->off++;
+		return CONF_TOK_LBRACE;
+	case '}':
+		lx->off++;
+		return CONF_TOK_RBRACE;
+	}
+	lx->toklen = 0;
+	if (c == '"' || c == '\'')
+		rc = conf_lex_quoted(p, lx, *line);
+	else
+		rc = conf_lex_bare(p, lx, *line);
+	if (rc == -1)
+		return CONF_TOK_ERROR;
+	lx->tok[lx->toklen] = '\0';
+	return CONF_TOK_WORD;
+}
+
+static void
+conf_args_free(struct conf_args *a)
+{
+	int	 i;
+
+	for (i = 0; i < a->n; i++)
+		free(a->v[i]);
+	free(a->v);
+	memset(a, 0, sizeof(*a));
+}
+
+static int
+conf_args_add(struct conf_parse *p, struct conf_lex *lx,
+    struct conf_args *a, int line)
+{
+	if (a->n == 0)
+		a->line = line;
+	if (a->n == CONF_MAX_ARGS)
+		return conf_error_at(p, lx->path, line,
+		    "too many parameters in \"%s\" directive", a->v[0]);
+	if (a->n == a->cap) {
+		a->cap = a->cap == 0 ? 8 : a->cap * 2;
+		a->v = xreallocarray(a->v, (size_t)a->cap, sizeof(*a->v));
+	}
+	a->v[a->n++] = xstrndup(lx->tok, lx->toklen);
+	return 0;
+}
+
+/*
+ * Read one directive's words up to its terminator, which is returned:
+ * ';', '{', a '}' closing the block (no words) or the end of the file (no
+ * words).  The nginx checks of ngx_conf_read_token() apply.
+ */
+static enum conf_tok
+conf_read_stmt(struct conf_parse *p, struct conf_lex *lx, struct conf_args *a)
+{
+	enum conf_tok	 tok;
+	int		 line;
+
+	for (;;) {
+		tok = conf_lex_next(p, lx, &line);
+		a->endline = line;
+		switch (tok) {
+		case CONF_TOK_ERROR:
+			return tok;
+		case CONF_TOK_WORD:
+			if (conf_args_add(p, lx, a, line) == -1)
+				return CONF_TOK_ERROR;
+			break;
+		case CONF_TOK_SEMI:
+		case CONF_TOK_LBRACE:
+			if (a->n == 0) {
+				conf_error_at(p, lx->path, line,
+				    "unexpected \"%c\"",
+				    tok == CONF_TOK_SEMI ? ';' : '{');
+				return CONF_TOK_ERROR;
+			}
+			return tok;
+		case CONF_TOK_RBRACE:
+			if (a->n != 0) {
+				conf_error_at(p, lx->path, line,
+				    "unexpected \"}\"");
+				return CONF_TOK_ERROR;
+			}
+			return tok;
+		case CONF_TOK_EOF:
+			if (a->n != 0) {
+				conf_error_at(p, lx->path, line,
+				    "unexpected end of file, expecting \";\" "
+				    "or \"}\"");
+				return CONF_TOK_ERROR;
+			}
+			return tok;
+		}
+	}
+}
+
+static int
+conf_include_file(struct conf_parse *p, struct conf_lex *lx,
+    struct conf_block *blk, const char *path)
+{
+	struct conf_lex	*nlx;
+	char		*msg = NULL;
+	int		 line = p->line, rc;
+
+	if ((nlx = conf_lex_open(path, &msg)) == NULL) {
+		conf_error(p, "%s", msg);
+		free(msg);
+		return -1;
+	}
+	p->depth++;
+	rc = conf_parse_block(p, nlx, blk, 0);
+	p->depth--;
+	p->lex = lx;
+	p->line = line;
+	conf_lex_free(nlx);
+	return rc;
+}
+
+/*
+ * include PATTERN: a plain name must exist, a glob may match nothing.
+ * Files are read in glob(3)'s sorted order, in the including context.
+ */
+static int
+conf_include(struct conf_parse *p, struct conf_lex *lx,
+    struct conf_block *blk, struct conf_args *a, enum conf_tok end)
+{
+	glob_t	 g;
+	char	*pattern = NULL;
+	size_t	 i;
+	int	 r, rc = -1;
+
+	memset(&g, 0, sizeof(g));
+	if (a->n != 2)
+		return conf_error(p, "invalid number of arguments in "
+		    "\"include\" directive");
+	if (end != CONF_TOK_SEMI)
+		return conf_error(p, "directive \"include\" is not terminated "
+		    "by \";\"");
+	if (p->depth >= CONF_MAX_INCLUDE_DEPTH)
+		return conf_error(p, "include nesting is too deep (more than "
+		    "%d levels)", CONF_MAX_INCLUDE_DEPTH);
+
+	pattern = conf_path_resolve(lx, a->v[1]);
+	if (strpbrk(pattern, "*?[") == NULL) {
+		rc = conf_include_file(p, lx, blk, pattern);
+		goto out;
+	}
+	r = glob(pattern, GLOB_ERR, NULL, &g);
+	if (r == GLOB_NOMATCH) {
+		rc = 0;
+		goto out;
+	}
+	if (r != 0) {
+		conf_error(p, "glob() \"%s\" failed", pattern);
+		goto out;
+	}
+	for (i = 0; i < g.gl_pathc; i++) {
+		if (conf_include_file(p, lx, blk, g.gl_pathv[i]) == -1)
+			goto out;
+	}
+	rc = 0;
+out:
+	globfree(&g);
+	free(pattern);
+	return rc;
+}
+
+static const struct conf_cmd *
+conf_cmd_find(const char *name, unsigned int *bit)
+{
+	size_t	 i;
+
+	for (i = 0; i < CONF_NCMDS; i++) {
+		if (strcmp(conf_cmds[i].name, name) == 0) {
+			*bit = 1u << i;
+			return &conf_cmds[i];
+		}
+	}
+	return NULL;
+}
+
+static int
+conf_directive(struct conf_parse *p, struct conf_lex *lx,
+    struct conf_block *blk, struct conf_args *a, enum conf_tok end)
+{
+	const struct conf_cmd	*cmd;
+	const char		*name = a->v[0];
+	unsigned int		 bit = 0, *seen;
+	int			 argc = a->n - 1;
+
+	p->lex = lx;
+	p->line = a->line;
+	if (strcmp(name, "include") == 0)
+		return conf_include(p, lx, blk, a, end);
+	if ((cmd = conf_cmd_find(name, &bit)) == NULL)
+		return conf_error(p, "unknown directive \"%s\"", name);
+	if (!(cmd->flags & (blk == NULL ? CONF_TOP : CONF_ISSUER)))
+		return conf_error(p, "\"%s\" directive is not allowed here",
+		    name);
+	if ((cmd->flags & CONF_BLOCK) && end != CONF_TOK_LBRACE)
+		return conf_error(p, "directive \"%s\" has no opening \"{\"",
+		    name);
+	if (!(cmd->flags & CONF_BLOCK) && end != CONF_TOK_SEMI)
+		return conf_error(p, "directive \"%s\" is not terminated by "
+		    "\";\"", name);
+	if (argc < cmd->minargs || argc > cmd->maxargs)
+		return conf_error(p, "invalid number of arguments in \"%s\" "
+		    "directive", name);
+	if (cmd->flags & CONF_ONCE) {
+		seen = blk == NULL ? &p->seen : &blk->seen;
+		if (*seen & bit)
+			return conf_error(p, "\"%s\" directive is duplicate",
+			    name);
+		*seen |= bit;
+	}
+	return cmd->fn(p, blk, argc, a->v + 1);
+}
+
+/*
+ * Read directives up to the end of the file, or up to the '}' closing
+ * the block when inblock.  blk is NULL at top level.
+ */
+static int
+conf_parse_block(struct conf_parse *p, struct conf_lex *lx,
+    struct conf_block *blk, int inblock)
+{
+	struct conf_args	 a;
+	enum conf_tok		 end;
+	int			 rc = -1;
+
+	memset(&a, 0, sizeof(a));
+	for (;;) {
+		end = conf_read_stmt(p, lx, &a);
+		if (end == CONF_TOK_ERROR)
+			goto out;
+		if (end == CONF_TOK_EOF) {
+			if (inblock) {
+				conf_error_at(p, lx->path, a.endline,
+				    "unexpected end of file, expecting \"}\"");
+				goto out;
+			}
+			break;
+		}
+		if (end == CONF_TOK_RBRACE) {
+			if (!inblock) {
+				conf_error_at(p, lx->path, a.endline,
+				    "unexpected \"}\"");
+				goto out;
+			}
+			break;
+		}
+		if (conf_directive(p, lx, blk, &a, end) == -1)
+			goto out;
+		conf_args_free(&a);
+	}
+	rc = 0;
+out:
+	conf_args_free(&a);
+	return rc;
+}
+
+/* Names that become file names: issuer (state_path) and zone (/dev/shm). */
+static int
+conf_name_valid(const char *s)
+{
+	const char	*c;
+
+	if (*s == '\0' || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+		return 0;
+	for (c = s; *c != '\0'; c++) {
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		    (*c >= '0' && *c <= '9') || *c == '-' || *c == '_' ||
+		    *c == '.'))
+			return 0;
+	}
+	return 1;
+}
+
+/* A decimal number in [min, max], the whole string. */
+static int
+conf_number(const char *s, long long min, long long max, long long *out)
+{
+	long long	 v = 0;
+
+	if (*s == '\0')
+		return -1;
+	for (; *s != '\0'; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (*s - '0');
+		if (v > max)
+			return -1;
+	}
+	if (v < min)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int
+conf_issuer_finish(struct conf_parse *p, struct conf_block *blk)
+{
+	struct conf_issuer	*ci = blk->ci, *other;
+
+	if (ci->ci_uri == NULL)
+		return conf_error_at(p, ci->ci_file, ci->ci_line,
+		    "no \"uri\" is defined for acme_issuer \"%s\"",
+		    ci->ci_name);
+	if (ci->ci_state_path == NULL) {
+		xasprintf(&ci->ci_state_path, "%s/%s",
+		    CONF_DEFAULT_STATE_DIR, ci->ci_name);
+	}
+	/* Two accounts in one folder would overwrite each other's keys. */
+	TAILQ_FOREACH(other, &p->conf->c_issuers, ci_entry) {
+		if (other == ci ||
+		    strcmp(other->ci_state_path, ci->ci_state_path) != 0)
+			continue;
+		return conf_error_at(p,
+		    blk->sp_file != NULL ? blk->sp_file : ci->ci_file,
+		    blk->sp_file != NULL ? blk->sp_line : ci->ci_line,
+		    "state_path \"%s\" is already used by acme_issuer \"%s\"",
+		    ci->ci_state_path, other->ci_name);
+	}
+	return 0;
+}
+
+static int
+conf_cmd_issuer(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci, *first;
+	struct conf_block	 nb;
+	struct conf_lex		*lx = p->lex;
+	int			 rc = -1;
+
+	(void)blk;
+	(void)argc;
+	memset(&nb, 0, sizeof(nb));
+	if (!conf_name_valid(argv[0]))
+		return conf_error(p, "invalid issuer name \"%s\"", argv[0]);
+	if ((first = conf_find_issuer(p->conf, argv[0])) != NULL)
+		return conf_error(p, "duplicate acme_issuer \"%s\", first "
+		    "defined at %s:%d", argv[0], first->ci_file,
+		    first->ci_line);
+
+	ci = xcalloc(1, sizeof(*ci));
+	ci->ci_name = xstrdup(argv[0]);
+	ci->ci_file = xstrdup(lx->path);
+	ci->ci_line = p->line;
+	ci->ci_ssl_verify = 1;
+	ci->ci_account_key_type = KEY_TYPE_DEFAULT;
+	ci->ci_challenge = CHALLENGE_HTTP_01;
+	ci->ci_rate = CONF_RATE_DEFAULT;
+	ci->ci_burst = CONF_BURST_DEFAULT;
+	/* In the list at once, so conf_free() owns it on any error. */
+	TAILQ_INSERT_TAIL(&p->conf->c_issuers, ci, ci_entry);
+
+	nb.ci = ci;
+	if (conf_parse_block(p, lx, &nb, 1) == -1)
+		goto out;
+	rc = conf_issuer_finish(p, &nb);
+out:
+	free(nb.sp_file);
+	return rc;
+}
+
+static int
+conf_cmd_uri(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	const char	*u = argv[0];
+
+	(void)argc;
+	if (!((strncasecmp(u, "https://", 8) == 0 && u[8] != '\0') ||
+	    (strncasecmp(u, "http://", 7) == 0 && u[7] != '\0')))
+		return conf_error(p, "invalid uri \"%s\", it must start with "
+		    "\"https://\" or \"http://\"", u);
+	blk->ci->ci_uri = xstrdup(u);
+	return 0;
+}
+
+/* RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":" */
+static int
+conf_has_scheme(const char *s)
+{
+	const char	*c;
+
+	if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z')))
+		return 0;
+	for (c = s + 1; *c != '\0' && *c != ':'; c++) {
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		    (*c >= '0' && *c <= '9') || *c == '+' || *c == '-' ||
+		    *c == '.'))
+			return 0;
+	}
+	return *c == ':';
+}
+
+static int
+conf_cmd_contact(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci = blk->ci;
+	char			*s;
+
+	(void)argc;
+	if (argv[0][0] == '\0')
+		return conf_error(p, "invalid contact \"\"");
+	if (conf_has_scheme(argv[0]))
+		s = xstrdup(argv[0]);
+	else
+		xasprintf(&s, "mailto:%s", argv[0]);
+	ci->ci_contact = xreallocarray(ci->ci_contact, ci->ci_ncontact + 1,
+	    sizeof(*ci->ci_contact));
+	ci->ci_contact[ci->ci_ncontact++] = s;
+	return 0;
+}
+
+static int
+conf_cmd_state(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)argc;
+	if (argv[0][0] == '\0')
+		return conf_error(p, "invalid state_path \"\"");
+	blk->ci->ci_state_path = conf_path_resolve(p->lex, argv[0]);
+	blk->sp_file = xstrdup(p->lex->path);
+	blk->sp_line = p->line;
+	return 0;
+}
+
+static int
+conf_cmd_tos(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)p;
+	(void)argc;
+	(void)argv;
+	blk->ci->ci_accept_tos = 1;
+	return 0;
+}
+
+static int
+conf_cmd_trusted(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)argc;
+	blk->ci->ci_trusted_cert = conf_path_resolve(p->lex, argv[0]);
+	return 0;
+}
+
+static int
+conf_cmd_verify(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)argc;
+	if (strcasecmp(argv[0], "on") == 0)
+		blk->ci->ci_ssl_verify = 1;
+	else if (strcasecmp(argv[0], "off") == 0)
+		blk->ci->ci_ssl_verify = 0;
+	else
+		return conf_error(p, "invalid value \"%s\" in \"ssl_verify\" "
+		    "directive, it must be \"on\" or \"off\"", argv[0]);
+	return 0;
+}
+
+/* A key type, or else the name of a PEM file holding the account key. */
+static int
+conf_cmd_account(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci = blk->ci;
+
+	(void)argc;
+	if (key_type_parse(argv[0], &ci->ci_account_key_type) == 0)
+		return 0;
+	/* A misspelt type is likelier than a file called "rsa:1024". */
+	if (strncmp(argv[0], "ecdsa:", 6) == 0 ||
+	    strncmp(argv[0], "rsa:", 4) == 0 || argv[0][0] == '\0')
+		return conf_error(p, "invalid key type \"%s\"", argv[0]);
+	ci->ci_account_key_file = conf_path_resolve(p->lex, argv[0]);
+	return 0;
+}
+
+/*
+ * Decode an HMAC key: base64url, or standard base64 with or without
+ * padding, which is what CAs' web pages often show.
+ */
+static int
+conf_eab_decode(const char *text, unsigned char **out, size_t *outlen)
+{
+	char	*s, *c;
+	size_t	 len;
+	int	 rc;
+
+	s = xstrdup(text);
+	len = strlen(s);
+	while (len > 0 && s[len - 1] == '=')
+		s[--len] = '\0';
+	for (c = s; *c != '\0'; c++) {
+		if (*c == '+')
+			*c = '-';
+		else if (*c == '/')
+			*c = '_';
+	}
+	rc = b64url_decode(s, out, outlen);
+	explicit_bzero(s, len);
+	free(s);
+	if (rc == 0 && *outlen == 0) {
+		free(*out);
+		*out = NULL;
+		rc = -1;
+	}
+	return rc;
+}
+
+static int
+conf_cmd_eab(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci = blk->ci;
+	char			*path = NULL, *buf = NULL, *msg = NULL;
+	char			*text;
+	size_t			 len = 0;
+	int			 rc = -1;
+
+	(void)argc;
+	if (argv[0][0] == '\0') {
+		conf_error(p, "invalid external account key id \"\"");
+		goto out;
+	}
+	if (strncmp(argv[1], "data:", 5) == 0) {
+		buf = xstrdup(argv[1] + 5);
+		len = strlen(buf);
+	} else {
+		path = conf_path_resolve(p->lex, argv[1]);
+		if (conf_read_file(path, &buf, &len, &msg) == -1) {
+			conf_error(p, "%s", msg);
+			goto out;
+		}
+	}
+	/* Key files usually end with a newline. */
+	text = buf + strspn(buf, " \t\r\n");
+	len = strlen(text);
+	while (len > 0 && strchr(" \t\r\n", text[len - 1]) != NULL)
+		text[--len] = '\0';
+	/* Never print the key itself, only where it came from. */
+	if (conf_eab_decode(text, &ci->ci_eab_hmac,
+	    &ci->ci_eab_hmac_len) == -1) {
+		if (path != NULL)
+			conf_error(p, "invalid external account key in \"%s\"",
+			    path);
+		else
+			conf_error(p, "invalid external account key");
+		goto out;
+	}
+	ci->ci_eab_kid = xstrdup(argv[0]);
+	rc = 0;
+out:
+	if (buf != NULL) {
+		explicit_bzero(buf, strlen(buf));
+		free(buf);
+	}
+	free(msg);
+	free(path);
+	return rc;
+}
+
+static int
+conf_cmd_chain(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)p;
+	(void)argc;
+	blk->ci->ci_preferred_chain = xstrdup(argv[0]);
+	return 0;
+}
+
+static int
+conf_cmd_profile(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	if (argc == 2 && strcmp(argv[1], "require") != 0)
+		return conf_error(p, "invalid parameter \"%s\"", argv[1]);
+	blk->ci->ci_profile = xstrdup(argv[0]);
+	blk->ci->ci_profile_require = argc == 2;
+	return 0;
+}
+
+static int
+conf_cmd_challenge(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)argc;
+	if (strcasecmp(argv[0], "http-01") == 0) {
+		blk->ci->ci_challenge = CHALLENGE_HTTP_01;
+		return 0;
+	}
+	if (strcasecmp(argv[0], "tls-alpn-01") == 0 ||
+	    strcasecmp(argv[0], "dns-01") == 0)
+		return conf_error(p, "challenge type \"%s\" is not supported",
+		    argv[0]);
+	return conf_error(p, "invalid challenge type \"%s\"", argv[0]);
+}
+
+/* "20r/s" or "600r/m", as nginx's limit_req_zone rate=. */
+static int
+conf_rate(const char *s, double *rate)
+{
+	char		*num;
+	size_t		 len = strlen(s);
+	long long	 v;
+	int		 rc;
+
+	if (len <= 3)
+		return -1;
+	num = xstrndup(s, len - 3);
+	rc = conf_number(num, 1, CONF_MAX_RATE, &v);
+	free(num);
+	if (rc == -1)
+		return -1;
+	if (strcmp(s + len - 3, "r/s") == 0)
+		*rate = (double)v;
+	else if (strcmp(s + len - 3, "r/m") == 0)
+		*rate = (double)v / 60.0;
+	else
+		return -1;
+	return 0;
+}
+
+static int
+conf_cmd_rate(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci = blk->ci;
+	long long		 burst;
+
+	if (strcmp(argv[0], "off") == 0) {
+		if (argc > 1)
+			return conf_error(p, "invalid parameter \"%s\"",
+			    argv[1]);
+		ci->ci_rate = 0;
+		return 0;
+	}
+	if (conf_rate(argv[0], &ci->ci_rate) == -1)
+		return conf_error(p, "invalid rate \"%s\"", argv[0]);
+	if (argc == 2) {
+		if (strncmp(argv[1], "burst=", 6) != 0)
+			return conf_error(p, "invalid parameter \"%s\"",
+			    argv[1]);
+		if (conf_number(argv[1] + 6, 1, CONF_MAX_BURST, &burst) == -1)
+			return conf_error(p, "invalid burst value \"%s\"",
+			    argv[1]);
+		ci->ci_burst = (unsigned int)burst;
+	}
+	return 0;
+}
+
+/* A size with nginx's k/K/m/M suffixes. */
+static int
+conf_size(const char *s, size_t *size)
+{
+	char		*num;
+	size_t		 len = strlen(s);
+	long long	 v, scale = 1;
+	int		 rc;
+
+	if (len == 0)
+		return -1;
+	switch (s[len - 1]) {
+	case 'k':
+	case 'K':
+		scale = 1024;
+		len--;
+		break;
+	case 'm':
+	case 'M':
+		scale = 1024 * 1024;
+		len--;
+		break;
+	}
+	num = xstrndup(s, len);
+	rc = conf_number(num, 0, CONF_MAX_ZONE_SIZE, &v);
+	free(num);
+	if (rc == -1 || v > CONF_MAX_ZONE_SIZE / scale)
+		return -1;
+	*size = (size_t)(v * scale);
+	return 0;
+}
+
+static int
+conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	const char	*arg = argv[0], *colon;
+	char		*name;
+	size_t		 size;
+
+	(void)blk;
+	(void)argc;
+	if (strncmp(arg, "zone=", 5) != 0)
+		return conf_error(p, "invalid parameter \"%s\"", arg);
+	if ((colon = strchr(arg + 5, ':')) == NULL ||
+	    conf_size(colon + 1, &size) == -1)
+		return conf_error(p, "invalid zone size \"%s\"", arg);
+	name = xstrndup(arg + 5, (size_t)(colon - (arg + 5)));
+	if (!conf_name_valid(name)) {
+		conf_error(p, "invalid zone name \"%s\"", name);
+		free(name);
+		return -1;
+	}
+	if (size < CONF_MIN_ZONE_SIZE) {
+		conf_error(p, "zone \"%s\" is too small", name);
+		free(name);
+		return -1;
+	}
+	free(p->conf->c_zone_name);
+	p->conf->c_zone_name = name;
+	p->conf->c_zone_size = size;
+	return 0;
+}
+
+/* A letter-digit-hyphen DNS name, lower case, at most one trailing dot. */
+static char *
+conf_dns_normalize(const char *raw)
+{
+	char	*s, c;
+	size_t	 len = strlen(raw), i, label = 0;
+	int	 digits = 1;
+
+	if (len > 0 && raw[len - 1] == '.')
+		len--;
+	if (len == 0 || len > CONF_MAX_DNS_NAME)
+		return NULL;
+	s = xstrndup(raw, len);
+	for (i = 0; i < len; i++) {
+		c = s[i];
+		if (c >= 'A' && c <= 'Z')
+			c = s[i] = (char)(c - 'A' + 'a');
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				goto bad;
+			label = 0;
+			digits = 1;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '-'))
+			goto bad;
+		if ((c == '-' && label == 0) || ++label > CONF_MAX_DNS_LABEL)
+			goto bad;
+		if (c < '0' || c > '9')
+			digits = 0;
+	}
+	/* An all-numeric last label is a mistyped address, not a name. */
+	if (label == 0 || s[len - 1] == '-' || digits)
+		goto bad;
+	return s;
+bad:
+	free(s);
+	return NULL;
+}
+
+/* IP literals in the text form RFC 8738 wants (RFC 5952 for IPv6). */
+static char *
+conf_ip_normalize(const char *raw)
+{
+	struct in_addr	 a4;
+	struct in6_addr	 a6;
+	char		 buf[INET6_ADDRSTRLEN], *inner;
+	size_t		 len = strlen(raw);
+	int		 ok;
+
+	if (inet_pton(AF_INET, raw, &a4) == 1 &&
+	    inet_ntop(AF_INET, &a4, buf, sizeof(buf)) != NULL)
+		return xstrdup(buf);
+	if (len > 2 && raw[0] == '[' && raw[len - 1] == ']')
+		inner = xstrndup(raw + 1, len - 2);
+	else
+		inner = xstrdup(raw);
+	ok = inet_pton(AF_INET6, inner, &a6) == 1 &&
+	    inet_ntop(AF_INET6, &a6, buf, sizeof(buf)) != NULL;
+	free(inner);
+	return ok ? xstrdup(buf) : NULL;
+}
+
+static void
+conf_cert_push(struct conf_cert *cc, char *ident)
+{
+	size_t	 i;
+
+	for (i = 0; i < cc->cc_nidents; i++) {
+		if (strcmp(cc->cc_idents[i], ident) == 0) {
+			free(ident);
+			return;
+		}
+	}
+	cc->cc_idents = xreallocarray(cc->cc_idents, cc->cc_nidents + 1,
+	    sizeof(*cc->cc_idents));
+	cc->cc_idents[cc->cc_nidents++] = ident;
+}
+
+/*
+ * One identifier as written.  nginx-acme's ".example.com" stands for
+ * example.com and www.example.com: the wildcard nginx would read into it
+ * cannot be validated over HTTP-01.
+ */
+static int
+conf_cert_ident(struct conf_parse *p, struct conf_cert *cc, const char *raw)
+{
+	char	*s, *www;
+
+	if (strchr(raw, '*') != NULL)
+		return conf_error(p, "wildcard identifier \"%s\" is not "
+		    "supported: HTTP-01 cannot validate wildcard identifiers",
+		    raw);
+	if (raw[0] == '.') {
+		if ((s = conf_dns_normalize(raw + 1)) == NULL)
+			return conf_error(p, "invalid identifier \"%s\"", raw);
+		xasprintf(&www, "www.%s", s);
+		if (strlen(www) > CONF_MAX_DNS_NAME) {
+			free(s);
+			free(www);
+			return conf_error(p, "invalid identifier \"%s\"", raw);
+		}
+		conf_cert_push(cc, s);
+		conf_cert_push(cc, www);
+		return 0;
+	}
+	if ((s = conf_ip_normalize(raw)) == NULL &&
+	    (s = conf_dns_normalize(raw)) == NULL)
+		return conf_error(p, "invalid identifier \"%s\"", raw);
+	conf_cert_push(cc, s);
+	return 0;
+}
+
+/* The first identifier, and the key type when it is not the default. */
+static char *
+conf_cert_id(const struct conf_cert *cc)
+{
+	char	*id;
+
+	if (cc->cc_key == KEY_TYPE_DEFAULT)
+		return xstrdup(cc->cc_idents[0]);
+	xasprintf(&id, "%s_%s", cc->cc_idents[0], key_type_suffix(cc->cc_key));
+	return id;
+}
+
+static int
+conf_cmd_cert(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_cert	*cc, *other;
+	int			 i, havekey = 0;
+
+	(void)blk;
+	cc = xcalloc(1, sizeof(*cc));
+	cc->cc_issuer = xstrdup(argv[0]);
+	cc->cc_key = KEY_TYPE_DEFAULT;
+	cc->cc_file = xstrdup(p->lex->path);
+	cc->cc_line = p->line;
+	for (i = 1; i < argc; i++) {
+		if (strncmp(argv[i], "key=", 4) == 0) {
+			if (havekey) {
+				conf_error(p, "duplicate \"key\" parameter");
+				goto fail;
+			}
+			if (key_type_parse(argv[i] + 4, &cc->cc_key) == -1) {
+				conf_error(p, "invalid key type \"%s\"",
+				    argv[i] + 4);
+				goto fail;
+			}
+			havekey = 1;
+		} else if (conf_cert_ident(p, cc, argv[i]) == -1)
+			goto fail;
+	}
+	if (cc->cc_nidents == 0) {
+		conf_error(p, "no identifiers in \"acme_certificate\" "
+		    "directive");
+		goto fail;
+	}
+	cc->cc_id = conf_cert_id(cc);
+	TAILQ_FOREACH(other, &p->conf->c_certs, cc_entry) {
+		if (strcmp(other->cc_id, cc->cc_id) == 0) {
+			conf_error(p, "duplicate acme_certificate \"%s\", first "
+			    "defined at %s:%d", cc->cc_id, other->cc_file,
+			    other->cc_line);
+			goto fail;
+		}
+	}
+	TAILQ_INSERT_TAIL(&p->conf->c_certs, cc, cc_entry);
+	return 0;
+fail:
+	conf_cert_free(cc);
+	return -1;
+}
+
+/* [ADDR:]PORT, ADDR, "*:PORT" or "[IPV6]:PORT"; port 0 binds any port. */
+static int
+conf_cmd_listen(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	const char	*arg = argv[0], *port = NULL, *end;
+	char		*host = NULL, buf[INET6_ADDRSTRLEN];
+	struct in_addr	 a4;
+	struct in6_addr	 a6;
+	long long	 v = CONF_DEFAULT_PORT;
+	int		 rc = -1;
+
+	(void)blk;
+	(void)argc;
+	if (arg[0] == '[') {
+		if ((end = strchr(arg, ']')) == NULL)
+			goto badhost;
+		host = xstrndup(arg + 1, (size_t)(end - arg - 1));
+		if (end[1] == ':')
+			port = end + 2;
+		else if (end[1] != '\0')
+			goto badhost;
+		if (inet_pton(AF_INET6, host, &a6) != 1 ||
+		    inet_ntop(AF_INET6, &a6, buf, sizeof(buf)) == NULL)
+			goto badhost;
+	} else {
+		if ((end = strrchr(arg, ':')) != NULL) {
+			host = xstrndup(arg, (size_t)(end - arg));
+			port = end + 1;
+		} else if (strspn(arg, "0123456789") == strlen(arg))
+			port = arg;
+		else
+			host = xstrdup(arg);
+		if (host == NULL || strcmp(host, "*") == 0)
+			snprintf(buf, sizeof(buf), "%s", CONF_DEFAULT_ADDR);
+		else if (inet_pton(AF_INET, host, &a4) != 1 ||
+		    inet_ntop(AF_INET, &a4, buf, sizeof(buf)) == NULL)
+			goto badhost;
+	}
+	if (port != NULL && conf_number(port, 0, 65535, &v) == -1) {
+		conf_error(p, "invalid port in \"%s\" of the "
+		    "\"challenge_listen\" directive", arg);
+		goto out;
+	}
+	free(p->conf->c_challenge_addr);
+	p->conf->c_challenge_addr = xstrdup(buf);
+	p->conf->c_challenge_port = (int)v;
+	rc = 0;
+	goto out;
+badhost:
+	conf_error(p, "invalid host in \"%s\" of the \"challenge_listen\" "
+	    "directive", arg);
+out:
+	free(host);
+	return rc;
+}
+
+static int
+conf_cmd_control(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)blk;
+	(void)argc;
+	if (argv[0][0] == '\0')
+		return conf_error(p, "invalid control_socket \"\"");
+	free(p->conf->c_control_socket);
+	p->conf->c_control_socket = conf_path_resolve(p->lex, argv[0]);
+	return 0;
+}
+
+static int
+conf_cmd_user(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)blk;
+	if (argv[0][0] == '\0' || (argc == 2 && argv[1][0] == '\0'))
+		return conf_error(p, "invalid number of arguments in \"user\" "
+		    "directive");
+	p->conf->c_user = xstrdup(argv[0]);
+	if (argc == 2)
+		p->conf->c_group = xstrdup(argv[1]);
+	return 0;
+}
+
+static int
+conf_cmd_nginx(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)blk;
+	(void)argc;
+	p->conf->c_nginx_config = conf_path_resolve(p->lex, argv[0]);
+	return 0;
+}
+
+/* Issuers may be defined after the certificates that use them. */
+static int
+conf_check_certs(struct conf_parse *p)
+{
+	struct conf_cert	*cc;
+
+	TAILQ_FOREACH(cc, &p->conf->c_certs, cc_entry) {
+		if (conf_find_issuer(p->conf, cc->cc_issuer) == NULL)
+			return conf_error_at(p, cc->cc_file, cc->cc_line,
+			    "unknown acme_issuer \"%s\"", cc->cc_issuer);
+	}
+	return 0;
+}
+
+struct conf *
+conf_load(const char *path, char **cause)
+{
+	struct conf_parse	 p;
+	struct conf_lex		*lx = NULL;
+	struct conf		*conf = NULL;
+	char			*msg = NULL;
+
+	memset(&p, 0, sizeof(p));
+	*cause = NULL;
+	if ((lx = conf_lex_open(path, &msg)) == NULL) {
+		*cause = msg;
+		return NULL;
+	}
+	conf = conf_new(path);
+	p.conf = conf;
+	p.lex = lx;
+	if (conf_parse_block(&p, lx, NULL, 0) == -1 ||
+	    conf_check_certs(&p) == -1) {
+		*cause = p.cause;
+		conf_free(conf);
+		conf = NULL;
+	}
+	conf_lex_free(lx);
+	return conf;
+}

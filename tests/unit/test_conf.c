@@ -1,0 +1,1025 @@
+/*
+ * conf.c: the configuration a user writes, as the daemon sees it, and the
+ * exact "FILE:LINE: message" a mistake produces.
+ */
+#include <sys/stat.h>
+
+#include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "sidecar.h"
+
+/* Every test gets its own folder. */
+struct conf_test {
+	char	 dir[64];
+};
+
+static int
+conf_test_setup(void **state)
+{
+	struct conf_test	*t;
+
+	t = xcalloc(1, sizeof(*t));
+	snprintf(t->dir, sizeof(t->dir), "/tmp/test_conf.XXXXXX");
+	assert_non_null(mkdtemp(t->dir));
+	*state = t;
+	return 0;
+}
+
+static int
+conf_test_rm(const char *path, const struct stat *sb, int flag,
+    struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int
+conf_test_teardown(void **state)
+{
+	struct conf_test	*t = *state;
+
+	nftw(t->dir, conf_test_rm, 16, FTW_DEPTH | FTW_PHYS);
+	free(t);
+	return 0;
+}
+
+/* Write name (relative to the test folder) and return its full path. */
+static char *
+conf_test_write(struct conf_test *t, const char *name, const char *text)
+{
+	char	*path;
+	FILE	*f;
+
+	xasprintf(&path, "%s/%s", t->dir, name);
+	assert_non_null(f = fopen(path, "w"));
+	assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
+	assert_int_equal(fclose(f), 0);
+	return path;
+}
+
+static struct conf *
+conf_test_ok(struct conf_test *t, const char *text)
+{
+	struct conf	*conf;
+	char		*path, *cause = NULL;
+
+	path = conf_test_write(t, "sidecar.conf", text);
+	conf = conf_load(path, &cause);
+	if (conf == NULL)
+		fail_msg("unexpected error: %s", cause);
+	assert_null(cause);
+	assert_string_equal(conf->c_file, path);
+	free(path);
+	return conf;
+}
+
+/*
+ * Load text as sidecar.conf and check the error; "%s" in want stands for
+ * the test folder.
+ */
+static void PRINTFLIKE(3, 4)
+conf_test_err(struct conf_test *t, const char *text, const char *want, ...)
+{
+	struct conf	*conf;
+	va_list		 ap;
+	char		*path, *cause = NULL, *expect;
+
+	va_start(ap, want);
+	if (vasprintf(&expect, want, ap) == -1)
+		fail();
+	va_end(ap);
+
+	path = conf_test_write(t, "sidecar.conf", text);
+	conf = conf_load(path, &cause);
+	assert_null(conf);
+	assert_non_null(cause);
+	assert_string_equal(cause, expect);
+	free(cause);
+	free(expect);
+	free(path);
+}
+
+#define ISSUER "acme_issuer le {\n    uri https://acme.test/dir;\n}\n"
+
+static void
+test_conf_full(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+	struct conf_cert	*cc;
+	char			*path, *expect;
+
+	/* Spaces and a newline around the key. */
+	path = conf_test_write(t, "eab2.key", "  aGVsbG8td29ybGQ \n");
+	free(path);
+	conf = conf_test_ok(t,
+	    "# acme-sidecar configuration\n"
+	    "acme_issuer letsencrypt {\n"
+	    "    uri         https://acme.test/directory;\n"
+	    "    contact     admin@example.test;\n"
+	    "    contact     mailto:ops@example.test;\n"
+	    "    state_path  /var/cache/acme/le;   # comment\n"
+	    "    accept_terms_of_service;\n"
+	    "    ssl_trusted_certificate ca.pem;\n"
+	    "    ssl_verify  off;\n"
+	    "    account_key rsa:3072;\n"
+	    "    external_account_key kid-1 \"data:aGVsbG8td29ybGQ\";\n"
+	    "    preferred_chain \"ISRG Root X1\";\n"
+	    "    profile     shortlived require;\n"
+	    "    challenge   http-01;\n"
+	    "    request_rate 600r/m burst=7;\n"
+	    "}\n"
+	    "acme_issuer 'second' {\n"
+	    "    uri http://127.0.0.1:14000/dir;\n"
+	    "    account_key /etc/acme/account.pem;\n"
+	    "    external_account_key kid2 eab2.key;\n"
+	    "    request_rate off;\n"
+	    "}\n"
+	    "acme_shared_zone zone=acme_zone:1M;\n"
+	    "acme_certificate letsencrypt a.example.test B.Example.TEST. "
+	    "a.example.test;\n"
+	    "acme_certificate second a.example.test key=rsa:2048;\n"
+	    "acme_certificate second 192.0.2.1 [2001:DB8::0:1];\n"
+	    "challenge_listen 127.0.0.1:8080;\n"
+	    "control_socket /run/test/control.sock;\n"
+	    "user acme nginx;\n"
+	    "nginx_config /etc/nginx/nginx.conf;\n");
+
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_non_null(ci);
+	assert_string_equal(ci->ci_name, "letsencrypt");
+	assert_string_equal(ci->ci_uri, "https://acme.test/directory");
+	assert_int_equal(ci->ci_ncontact, 2);
+	assert_string_equal(ci->ci_contact[0], "mailto:admin@example.test");
+	assert_string_equal(ci->ci_contact[1], "mailto:ops@example.test");
+	assert_string_equal(ci->ci_state_path, "/var/cache/acme/le");
+	assert_int_equal(ci->ci_accept_tos, 1);
+	/* Relative paths resolve beside the config file. */
+	xasprintf(&expect, "%s/ca.pem", t->dir);
+	assert_string_equal(ci->ci_trusted_cert, expect);
+	free(expect);
+	assert_int_equal(ci->ci_ssl_verify, 0);
+	assert_null(ci->ci_account_key_file);
+	assert_int_equal(ci->ci_account_key_type, KEY_RSA_3072);
+	assert_string_equal(ci->ci_eab_kid, "kid-1");
+	assert_int_equal(ci->ci_eab_hmac_len, 11);
+	assert_memory_equal(ci->ci_eab_hmac, "hello-world", 11);
+	assert_string_equal(ci->ci_preferred_chain, "ISRG Root X1");
+	assert_string_equal(ci->ci_profile, "shortlived");
+	assert_int_equal(ci->ci_profile_require, 1);
+	assert_int_equal(ci->ci_challenge, CHALLENGE_HTTP_01);
+	assert_true(ci->ci_rate > 9.99 && ci->ci_rate < 10.01);
+	assert_int_equal(ci->ci_burst, 7);
+	assert_string_equal(ci->ci_file, conf->c_file);
+	assert_int_equal(ci->ci_line, 2);
+
+	ci = TAILQ_NEXT(ci, ci_entry);
+	assert_non_null(ci);
+	assert_ptr_equal(conf_find_issuer(conf, "second"), ci);
+	assert_null(conf_find_issuer(conf, "third"));
+	assert_string_equal(ci->ci_uri, "http://127.0.0.1:14000/dir");
+	assert_int_equal(ci->ci_ncontact, 0);
+	assert_string_equal(ci->ci_state_path, "/var/lib/acme-sidecar/second");
+	assert_int_equal(ci->ci_accept_tos, 0);
+	assert_null(ci->ci_trusted_cert);
+	assert_int_equal(ci->ci_ssl_verify, 1);
+	assert_string_equal(ci->ci_account_key_file, "/etc/acme/account.pem");
+	assert_string_equal(ci->ci_eab_kid, "kid2");
+	assert_int_equal(ci->ci_eab_hmac_len, 11);
+	assert_memory_equal(ci->ci_eab_hmac, "hello-world", 11);
+	assert_null(ci->ci_preferred_chain);
+	assert_null(ci->ci_profile);
+	assert_true(ci->ci_rate == 0);
+	assert_int_equal(ci->ci_line, 17);
+	assert_null(TAILQ_NEXT(ci, ci_entry));
+
+	assert_string_equal(conf->c_zone_name, "acme_zone");
+	assert_int_equal(conf->c_zone_size, 1024 * 1024);
+
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_non_null(cc);
+	assert_string_equal(cc->cc_id, "a.example.test");
+	assert_string_equal(cc->cc_issuer, "letsencrypt");
+	assert_int_equal(cc->cc_nidents, 2);
+	assert_string_equal(cc->cc_idents[0], "a.example.test");
+	assert_string_equal(cc->cc_idents[1], "b.example.test");
+	assert_int_equal(cc->cc_key, KEY_ECDSA_256);
+	assert_int_equal(cc->cc_line, 24);
+
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_non_null(cc);
+	assert_string_equal(cc->cc_id, "a.example.test_rsa2048");
+	assert_int_equal(cc->cc_key, KEY_RSA_2048);
+	assert_int_equal(cc->cc_line, 25);
+
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_non_null(cc);
+	assert_string_equal(cc->cc_id, "192.0.2.1");
+	assert_int_equal(cc->cc_nidents, 2);
+	assert_string_equal(cc->cc_idents[1], "2001:db8::1");
+	assert_true(conf_ident_is_ip(cc->cc_idents[0]));
+	assert_true(conf_ident_is_ip(cc->cc_idents[1]));
+	assert_null(TAILQ_NEXT(cc, cc_entry));
+
+	assert_string_equal(conf->c_challenge_addr, "127.0.0.1");
+	assert_int_equal(conf->c_challenge_port, 8080);
+	assert_string_equal(conf->c_control_socket, "/run/test/control.sock");
+	assert_string_equal(conf->c_user, "acme");
+	assert_string_equal(conf->c_group, "nginx");
+	assert_string_equal(conf->c_nginx_config, "/etc/nginx/nginx.conf");
+	conf_free(conf);
+}
+
+static void
+test_conf_defaults(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+
+	conf = conf_test_ok(t, "\n# nothing but a comment\n");
+	assert_true(TAILQ_EMPTY(&conf->c_issuers));
+	assert_true(TAILQ_EMPTY(&conf->c_certs));
+	assert_string_equal(conf->c_challenge_addr, "0.0.0.0");
+	assert_int_equal(conf->c_challenge_port, 80);
+	assert_string_equal(conf->c_control_socket,
+	    "/run/acme-sidecar/control.sock");
+	assert_null(conf->c_user);
+	assert_null(conf->c_group);
+	assert_null(conf->c_nginx_config);
+	assert_string_equal(conf->c_zone_name, "ngx_acme_shared");
+	assert_int_equal(conf->c_zone_size, 256 * 1024);
+	conf_free(conf);
+
+	conf = conf_test_ok(t, "");
+	conf_free(conf);
+
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://acme.test/dir;\n"
+	    " contact postmaster;\n contact tel:+1-555;\n}\nuser nobody;");
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_string_equal(ci->ci_state_path, "/var/lib/acme-sidecar/le");
+	assert_int_equal(ci->ci_ssl_verify, 1);
+	assert_int_equal(ci->ci_accept_tos, 0);
+	assert_int_equal(ci->ci_ncontact, 2);
+	assert_string_equal(ci->ci_contact[0], "mailto:postmaster");
+	assert_string_equal(ci->ci_contact[1], "tel:+1-555");
+	assert_int_equal(ci->ci_account_key_type, KEY_ECDSA_256);
+	assert_null(ci->ci_account_key_file);
+	assert_null(ci->ci_eab_kid);
+	assert_null(ci->ci_eab_hmac);
+	assert_int_equal(ci->ci_challenge, CHALLENGE_HTTP_01);
+	assert_true(ci->ci_rate == CONF_RATE_DEFAULT);
+	assert_int_equal(ci->ci_burst, CONF_BURST_DEFAULT);
+	assert_string_equal(conf->c_user, "nobody");
+	assert_null(conf->c_group);
+	conf_free(conf);
+}
+
+/* Quotes, escapes, comments and odd spacing, as nginx reads them. */
+static void
+test_conf_lexer(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+
+	conf = conf_test_ok(t,
+	    "acme_issuer\tle{uri 'https://acme.test/a b';"
+	    "contact \"x\\\"y@example.test\";contact 'a\\'b@x.test';\n"
+	    "contact a#b@x.test;# comment; not a directive }\n"
+	    "contact \"multi\nline\";\r\n"
+	    "contact c\\\\d@x.test;}");
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_string_equal(ci->ci_uri, "https://acme.test/a b");
+	assert_int_equal(ci->ci_ncontact, 5);
+	assert_string_equal(ci->ci_contact[0], "mailto:x\"y@example.test");
+	assert_string_equal(ci->ci_contact[1], "mailto:a'b@x.test");
+	assert_string_equal(ci->ci_contact[2], "mailto:a#b@x.test");
+	assert_string_equal(ci->ci_contact[3], "mailto:multi\nline");
+	assert_string_equal(ci->ci_contact[4], "mailto:c\\d@x.test");
+	conf_free(conf);
+
+	/* Lines inside a quoted string still count. */
+	conf_test_err(t, "user \"a\nb\";\nbogus;\n",
+	    "%s/sidecar.conf:3: unknown directive \"bogus\"", t->dir);
+}
+
+static void
+test_conf_unknown_directive(void **state)
+{
+	conf_test_err(*state, ISSUER "\n  listen 80;\n",
+	    "%s/sidecar.conf:5: unknown directive \"listen\"",
+	    ((struct conf_test *)*state)->dir);
+}
+
+static void
+test_conf_missing_semicolon(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir\n}\n",
+	    "%s/sidecar.conf:3: unexpected \"}\"", t->dir);
+	conf_test_err(t, ISSUER "control_socket /x\n\n",
+	    "%s/sidecar.conf:4: unexpected end of file, expecting \";\" or "
+	    "\"}\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n",
+	    "%s/sidecar.conf:2: unexpected end of file, expecting \"}\"",
+	    t->dir);
+	conf_test_err(t, ISSUER "}\n",
+	    "%s/sidecar.conf:4: unexpected \"}\"", t->dir);
+	conf_test_err(t, ISSUER "\n;\n",
+	    "%s/sidecar.conf:5: unexpected \";\"", t->dir);
+	conf_test_err(t, "{ }",
+	    "%s/sidecar.conf:1: unexpected \"{\"", t->dir);
+	conf_test_err(t, "user \"a\"b;",
+	    "%s/sidecar.conf:1: unexpected \"b\"", t->dir);
+	/* Swallows the next line: the count of arguments gives it away. */
+	conf_test_err(t, "control_socket /x\nuser root;\n",
+	    "%s/sidecar.conf:1: invalid number of arguments in "
+	    "\"control_socket\" directive", t->dir);
+}
+
+static void
+test_conf_blocks_and_arguments(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, "acme_issuer le;\n",
+	    "%s/sidecar.conf:1: directive \"acme_issuer\" has no opening "
+	    "\"{\"", t->dir);
+	conf_test_err(t, "user root { }\n",
+	    "%s/sidecar.conf:1: directive \"user\" is not terminated by "
+	    "\";\"", t->dir);
+	conf_test_err(t, "\nuri https://acme.test/;\n",
+	    "%s/sidecar.conf:2: \"uri\" directive is not allowed here",
+	    t->dir);
+	conf_test_err(t, "acme_issuer a {\n uri https://a.test/;\n"
+	    " acme_issuer b { }\n}\n",
+	    "%s/sidecar.conf:3: \"acme_issuer\" directive is not allowed "
+	    "here", t->dir);
+	conf_test_err(t, "user a b c;\n",
+	    "%s/sidecar.conf:1: invalid number of arguments in \"user\" "
+	    "directive", t->dir);
+	conf_test_err(t, "acme_issuer le {\n accept_terms_of_service yes;\n}",
+	    "%s/sidecar.conf:2: invalid number of arguments in "
+	    "\"accept_terms_of_service\" directive", t->dir);
+	conf_test_err(t, "acme_certificate;\n",
+	    "%s/sidecar.conf:1: invalid number of arguments in "
+	    "\"acme_certificate\" directive", t->dir);
+	conf_test_err(t, "acme_issuer le {\n}\n",
+	    "%s/sidecar.conf:1: no \"uri\" is defined for acme_issuer \"le\"",
+	    t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri ftp://acme.test/;\n}\n",
+	    "%s/sidecar.conf:2: invalid uri \"ftp://acme.test/\", it must "
+	    "start with \"https://\" or \"http://\"", t->dir);
+	conf_test_err(t, "acme_issuer ../x {\n uri https://a.test/;\n}\n",
+	    "%s/sidecar.conf:1: invalid issuer name \"../x\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " ssl_verify maybe;\n}\n",
+	    "%s/sidecar.conf:3: invalid value \"maybe\" in \"ssl_verify\" "
+	    "directive, it must be \"on\" or \"off\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " profile classic maybe;\n}\n",
+	    "%s/sidecar.conf:3: invalid parameter \"maybe\"", t->dir);
+}
+
+static void
+test_conf_duplicate_directive(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " contact a@x.test;\n contact b@x.test;\n"
+	    " uri https://b.test/;\n}\n",
+	    "%s/sidecar.conf:5: \"uri\" directive is duplicate", t->dir);
+	conf_test_err(t, "control_socket /a;\ncontrol_socket /b;\n",
+	    "%s/sidecar.conf:2: \"control_socket\" directive is duplicate",
+	    t->dir);
+	/* The same directive in two issuers is fine. */
+	conf_free(conf_test_ok(t, "acme_issuer a {\n uri https://a.test/;\n}\n"
+	    "acme_issuer b {\n uri https://a.test/;\n}\n"));
+}
+
+static void
+test_conf_bad_key_type(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, ISSUER "acme_certificate le a.test key=rsa:1024;\n",
+	    "%s/sidecar.conf:4: invalid key type \"rsa:1024\"", t->dir);
+	conf_test_err(t, ISSUER "acme_certificate le a.test key=rsa:2048 "
+	    "key=rsa:4096;\n",
+	    "%s/sidecar.conf:4: duplicate \"key\" parameter", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " account_key ecdsa:255;\n}\n",
+	    "%s/sidecar.conf:3: invalid key type \"ecdsa:255\"", t->dir);
+}
+
+static void
+test_conf_key_types(void **state)
+{
+	static const struct {
+		const char	*name;
+		const char	*suffix;
+		enum key_type	 type;
+	} k[] = {
+		{ "ecdsa:256", "ecdsa256", KEY_ECDSA_256 },
+		{ "ecdsa:384", "ecdsa384", KEY_ECDSA_384 },
+		{ "ecdsa:521", "ecdsa521", KEY_ECDSA_521 },
+		{ "rsa:2048", "rsa2048", KEY_RSA_2048 },
+		{ "rsa:3072", "rsa3072", KEY_RSA_3072 },
+		{ "rsa:4096", "rsa4096", KEY_RSA_4096 },
+	};
+	enum key_type	 type;
+	size_t		 i;
+
+	(void)state;
+	for (i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
+		assert_string_equal(key_type_name(k[i].type), k[i].name);
+		assert_string_equal(key_type_suffix(k[i].type), k[i].suffix);
+		assert_int_equal(key_type_parse(k[i].name, &type), 0);
+		assert_int_equal(type, k[i].type);
+	}
+	assert_int_equal(key_type_parse("RSA:2048", &type), -1);
+	assert_int_equal(key_type_parse("ecdsa256", &type), -1);
+	assert_int_equal(key_type_parse("", &type), -1);
+}
+
+static void
+test_conf_unknown_issuer(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+
+	conf_test_err(t, ISSUER "acme_certificate le a.test;\n\n"
+	    "acme_certificate nope b.test;\n" "acme_certificate le c.test;\n",
+	    "%s/sidecar.conf:6: unknown acme_issuer \"nope\"", t->dir);
+	/* Defined after the certificate that uses it. */
+	conf = conf_test_ok(t, "acme_certificate le a.test;\n" ISSUER);
+	assert_string_equal(TAILQ_FIRST(&conf->c_certs)->cc_issuer, "le");
+	conf_free(conf);
+}
+
+static void
+test_conf_duplicate_certificate(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, ISSUER "acme_certificate le a.test b.test;\n"
+	    "acme_certificate le A.TEST. c.test;\n",
+	    "%s/sidecar.conf:5: duplicate acme_certificate \"a.test\", first "
+	    "defined at %s/sidecar.conf:4", t->dir, t->dir);
+	conf_test_err(t, ISSUER "acme_certificate le a.test key=rsa:4096;\n"
+	    "acme_certificate le a.test;\n"
+	    "acme_certificate le a.test key=rsa:4096;\n",
+	    "%s/sidecar.conf:6: duplicate acme_certificate \"a.test_rsa4096\", "
+	    "first defined at %s/sidecar.conf:4", t->dir, t->dir);
+}
+
+static void
+test_conf_duplicate_issuer(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, ISSUER "\nacme_issuer le {\n uri https://b.test/;\n}\n",
+	    "%s/sidecar.conf:5: duplicate acme_issuer \"le\", first defined at "
+	    "%s/sidecar.conf:1", t->dir, t->dir);
+}
+
+static void
+test_conf_shared_state_path(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, "acme_issuer a {\n uri https://a.test/;\n"
+	    " state_path /srv/acme;\n}\n"
+	    "acme_issuer b {\n uri https://b.test/;\n"
+	    " state_path /srv/acme;\n}\n",
+	    "%s/sidecar.conf:7: state_path \"/srv/acme\" is already used by "
+	    "acme_issuer \"a\"", t->dir);
+	/* Against the other's default: reported at the issuer. */
+	conf_test_err(t, "acme_issuer a {\n uri https://a.test/;\n"
+	    " state_path /var/lib/acme-sidecar/b;\n}\n"
+	    "acme_issuer b {\n uri https://b.test/;\n}\n",
+	    "%s/sidecar.conf:5: state_path \"/var/lib/acme-sidecar/b\" is "
+	    "already used by acme_issuer \"a\"", t->dir);
+}
+
+static void
+test_conf_no_identifiers(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, ISSUER "acme_certificate le;\n",
+	    "%s/sidecar.conf:4: no identifiers in \"acme_certificate\" "
+	    "directive", t->dir);
+	conf_test_err(t, ISSUER "acme_certificate le key=rsa:2048;\n",
+	    "%s/sidecar.conf:4: no identifiers in \"acme_certificate\" "
+	    "directive", t->dir);
+}
+
+static void
+test_conf_wildcard(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, ISSUER "acme_certificate le a.test\n  *.a.test;\n",
+	    "%s/sidecar.conf:4: wildcard identifier \"*.a.test\" is not "
+	    "supported: HTTP-01 cannot validate wildcard identifiers", t->dir);
+}
+
+static void
+test_conf_invalid_identifiers(void **state)
+{
+	static const char *bad[] = {
+		"-a.test", "a-.test", "a..test", "a_b.test", ".", "..a.test",
+		"1.2.3.999", "a.test..", "[1.2.3.4]", "[::1", "xn--\xc3\xa9.test",
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+		".test",
+	};
+	struct conf_test	*t = *state;
+	char			*text;
+	size_t			 i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		xasprintf(&text, ISSUER "acme_certificate le ok.test '%s';\n",
+		    bad[i]);
+		conf_test_err(t, text,
+		    "%s/sidecar.conf:4: invalid identifier \"%s\"", t->dir,
+		    bad[i]);
+		free(text);
+	}
+}
+
+static void
+test_conf_identifiers(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+	char			 name[300], *text;
+
+	/* 63-octet labels, 253 octets in all: the longest legal name. */
+	memset(name, 'a', 63);
+	name[63] = '.';
+	memset(name + 64, 'b', 63);
+	name[127] = '.';
+	memset(name + 128, 'c', 63);
+	name[191] = '.';
+	memset(name + 192, 'd', 61);
+	name[253] = '\0';
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n}\n"
+	    "acme_certificate le Xn--Bcher-Kva.Example. localhost ::1 "
+	    "[::FFFF:192.0.2.1] 10.0.0.1 a-1.b2.test xn--bcher-kva.example "
+	    "10.0.0.1;\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "xn--bcher-kva.example");
+	assert_int_equal(cc->cc_nidents, 6);
+	assert_string_equal(cc->cc_idents[0], "xn--bcher-kva.example");
+	assert_string_equal(cc->cc_idents[1], "localhost");
+	assert_string_equal(cc->cc_idents[2], "::1");
+	assert_string_equal(cc->cc_idents[3], "::ffff:192.0.2.1");
+	assert_string_equal(cc->cc_idents[4], "10.0.0.1");
+	assert_string_equal(cc->cc_idents[5], "a-1.b2.test");
+	assert_false(conf_ident_is_ip(cc->cc_idents[0]));
+	assert_false(conf_ident_is_ip(cc->cc_idents[1]));
+	assert_true(conf_ident_is_ip(cc->cc_idents[2]));
+	assert_true(conf_ident_is_ip(cc->cc_idents[4]));
+	conf_free(conf);
+
+	assert_false(conf_ident_is_ip("1.2.3.4.example"));
+	assert_false(conf_ident_is_ip("[::1]"));
+
+	xasprintf(&text, ISSUER "acme_certificate le %s;\n", name);
+	conf = conf_test_ok(t, text);
+	assert_string_equal(TAILQ_FIRST(&conf->c_certs)->cc_id, name);
+	conf_free(conf);
+	free(text);
+	/* One more octet is one too many. */
+	xasprintf(&text, ISSUER "acme_certificate le %sd;\n", name);
+	conf_test_err(t, text, "%s/sidecar.conf:4: invalid identifier \"%sd\"",
+	    t->dir, name);
+	free(text);
+}
+
+static void
+test_conf_dot_expansion(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+
+	conf = conf_test_ok(t, ISSUER
+	    "acme_certificate le .Example.TEST www.example.test "
+	    "api.example.test;\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "example.test");
+	assert_int_equal(cc->cc_nidents, 3);
+	assert_string_equal(cc->cc_idents[0], "example.test");
+	assert_string_equal(cc->cc_idents[1], "www.example.test");
+	assert_string_equal(cc->cc_idents[2], "api.example.test");
+	conf_free(conf);
+
+	conf_test_err(t, ISSUER "acme_certificate le .192.0.2.1;\n",
+	    "%s/sidecar.conf:4: invalid identifier \".192.0.2.1\"", t->dir);
+}
+
+static void
+test_conf_cert_id_suffix(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+
+	conf = conf_test_ok(t, ISSUER
+	    "acme_certificate le a.example.test key=rsa:2048;\n"
+	    "acme_certificate le a.example.test key=ecdsa:384;\n"
+	    "acme_certificate le key=ecdsa:256 a.example.test;\n"
+	    "acme_certificate le key=rsa:4096 2001:db8::1;\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "a.example.test_rsa2048");
+	assert_int_equal(cc->cc_key, KEY_RSA_2048);
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_string_equal(cc->cc_id, "a.example.test_ecdsa384");
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_string_equal(cc->cc_id, "a.example.test");
+	assert_int_equal(cc->cc_key, KEY_ECDSA_256);
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_string_equal(cc->cc_id, "2001:db8::1_rsa4096");
+	conf_free(conf);
+}
+
+static void
+test_conf_unterminated_quote(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, ISSUER "\nuser \"root;\n\n# end\n",
+	    "%s/sidecar.conf:5: unterminated quoted string", t->dir);
+	conf_test_err(t, ISSUER "user 'root\\';\n",
+	    "%s/sidecar.conf:4: unterminated quoted string", t->dir);
+}
+
+static void
+test_conf_include_glob(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+	char			*p, *cause = NULL;
+
+	xasprintf(&p, "%s/d", t->dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	free(p);
+	free(conf_test_write(t, "d/10-issuer.conf", ISSUER));
+	free(conf_test_write(t, "d/20-certs.conf",
+	    "# certificates\n"
+	    "acme_certificate le a.test;\n"
+	    "acme_certificate le b.test;\n"));
+	free(conf_test_write(t, "d/ignored.txt", "garbage"));
+
+	conf = conf_test_ok(t, "include d/*.conf;\n"
+	    "include d/none-*.conf;\n"
+	    "acme_certificate le c.test;\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "a.test");
+	xasprintf(&p, "%s/d/20-certs.conf", t->dir);
+	assert_string_equal(cc->cc_file, p);
+	free(p);
+	assert_int_equal(cc->cc_line, 2);
+	cc = TAILQ_NEXT(TAILQ_NEXT(cc, cc_entry), cc_entry);
+	assert_string_equal(cc->cc_id, "c.test");
+	assert_string_equal(cc->cc_file, conf->c_file);
+	assert_int_equal(cc->cc_line, 3);
+	xasprintf(&p, "%s/d/10-issuer.conf", t->dir);
+	assert_string_equal(TAILQ_FIRST(&conf->c_issuers)->ci_file, p);
+	free(p);
+	conf_free(conf);
+
+	/* An error in the second file names that file and its line. */
+	free(conf_test_write(t, "d/20-certs.conf",
+	    "# certificates\n"
+	    "acme_certificate le a.test;\n"
+	    "\n"
+	    "acme_certificate le b.test\n"
+	    "}\n"));
+	conf_test_err(t, "\ninclude d/*.conf;\n",
+	    "%s/d/20-certs.conf:5: unexpected \"}\"", t->dir);
+
+	/* Unknown issuer in an included file: reported where it is. */
+	free(conf_test_write(t, "d/20-certs.conf",
+	    "\n\nacme_certificate other a.test;\n"));
+	conf_test_err(t, "include d/*.conf;\n",
+	    "%s/d/20-certs.conf:3: unknown acme_issuer \"other\"", t->dir);
+
+	/* Inside a block, an included file adds to that block. */
+	free(conf_test_write(t, "d/20-certs.conf", ""));
+	free(conf_test_write(t, "inner.inc", "contact x@y.test;\n"));
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " include inner.inc;\n}\n");
+	assert_string_equal(TAILQ_FIRST(&conf->c_issuers)->ci_contact[0],
+	    "mailto:x@y.test");
+	conf_free(conf);
+
+	/* A missing plain file is an error at the include. */
+	conf_test_err(t, "\n\ninclude missing.conf;\n",
+	    "%s/sidecar.conf:3: open() \"%s/missing.conf\" failed (No such "
+	    "file or directory)", t->dir, t->dir);
+
+	/* A missing top-level file. */
+	xasprintf(&p, "%s/nope.conf", t->dir);
+	assert_null(conf_load(p, &cause));
+	free(p);
+	assert_non_null(cause);
+	assert_non_null(strstr(cause, "nope.conf\" failed (No such file"));
+	free(cause);
+}
+
+static void
+test_conf_include_depth(void **state)
+{
+	struct conf_test	*t = *state;
+
+	/* A file that includes itself stops at the cap. */
+	free(conf_test_write(t, "loop.conf", "include loop.conf;\n"));
+	conf_test_err(t, "include loop.conf;\n",
+	    "%s/loop.conf:1: include nesting is too deep (more than 16 "
+	    "levels)", t->dir);
+}
+
+static void
+test_conf_limits(void **state)
+{
+	struct conf_test	*t = *state;
+	char			*text, *p, *cause = NULL;
+	size_t			 n = 1024 * 1024 + 1;
+	FILE			*f;
+
+	text = xmalloc(n + 1);
+	memset(text, ' ', n);
+	text[n] = '\0';
+	/* No line: the top-level file could not be read at all. */
+	conf_test_err(t, text, "file \"%s/sidecar.conf\" is too large (more "
+	    "than 1048576 bytes)", t->dir);
+	free(text);
+
+	text = xmalloc(5000 + 20);
+	memcpy(text, "\nuser ", 6);
+	memset(text + 6, 'u', 5000);
+	memcpy(text + 5006, ";\n", 3);
+	conf_test_err(t, text, "%s/sidecar.conf:2: too long parameter "
+	    "\"uuuuuuuuuuuuuuuu...\" started", t->dir);
+	free(text);
+
+	/* A NUL byte cannot be part of a word. */
+	xasprintf(&p, "%s/sidecar.conf", t->dir);
+	assert_non_null(f = fopen(p, "w"));
+	assert_int_equal(fwrite("\nuser a\0b;\n", 1, 12, f), 12);
+	assert_int_equal(fclose(f), 0);
+	assert_null(conf_load(p, &cause));
+	free(p);
+	xasprintf(&p, "%s/sidecar.conf:2: unexpected NUL byte", t->dir);
+	assert_string_equal(cause, p);
+	free(cause);
+	free(p);
+}
+
+static void
+test_conf_request_rate(void **state)
+{
+	static const struct {
+		const char	*arg;
+		double		 rate;
+		unsigned int	 burst;
+	} ok[] = {
+		{ "20r/s", 20.0, CONF_BURST_DEFAULT },
+		{ "600r/m", 10.0, CONF_BURST_DEFAULT },
+		{ "1r/m burst=1", 1.0 / 60.0, 1 },
+		{ "250r/s burst=500", 250.0, 500 },
+		{ "off", 0.0, CONF_BURST_DEFAULT },
+	};
+	static const struct {
+		const char	*arg;
+		const char	*msg;
+	} bad[] = {
+		{ "20", "invalid rate \"20\"" },
+		{ "r/s", "invalid rate \"r/s\"" },
+		{ "0r/s", "invalid rate \"0r/s\"" },
+		{ "20r/h", "invalid rate \"20r/h\"" },
+		{ "-5r/s", "invalid rate \"-5r/s\"" },
+		{ "1.5r/s", "invalid rate \"1.5r/s\"" },
+		{ "20r/s burst=0", "invalid burst value \"burst=0\"" },
+		{ "20r/s burst=x", "invalid burst value \"burst=x\"" },
+		{ "20r/s nodelay", "invalid parameter \"nodelay\"" },
+		{ "off burst=5", "invalid parameter \"burst=5\"" },
+	};
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+	char			*text;
+	size_t			 i;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		xasprintf(&text, "acme_issuer le {\n uri https://a.test/;\n"
+		    " request_rate %s;\n}\n", ok[i].arg);
+		conf = conf_test_ok(t, text);
+		ci = TAILQ_FIRST(&conf->c_issuers);
+		assert_true(ci->ci_rate > ok[i].rate - 1e-9 &&
+		    ci->ci_rate < ok[i].rate + 1e-9);
+		assert_int_equal(ci->ci_burst, ok[i].burst);
+		conf_free(conf);
+		free(text);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		xasprintf(&text, "acme_issuer le {\n uri https://a.test/;\n"
+		    " request_rate %s;\n}\n", bad[i].arg);
+		conf_test_err(t, text, "%s/sidecar.conf:3: %s", t->dir,
+		    bad[i].msg);
+		free(text);
+	}
+}
+
+static void
+test_conf_challenge(void **state)
+{
+	struct conf_test	*t = *state;
+
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge tls-alpn-01;\n}\n",
+	    "%s/sidecar.conf:3: challenge type \"tls-alpn-01\" is not "
+	    "supported", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge dns-01;\n}\n",
+	    "%s/sidecar.conf:3: challenge type \"dns-01\" is not supported",
+	    t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge http-02;\n}\n",
+	    "%s/sidecar.conf:3: invalid challenge type \"http-02\"", t->dir);
+}
+
+static void
+test_conf_eab(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+
+	/* Standard base64 with padding, as CAs print it: 0xfb 0xff. */
+	free(conf_test_write(t, "std.key", "+/8=\n"));
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " external_account_key k std.key;\n}\n");
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_int_equal(ci->ci_eab_hmac_len, 2);
+	assert_memory_equal(ci->ci_eab_hmac, "\xfb\xff", 2);
+	conf_free(conf);
+
+	free(conf_test_write(t, "bad.key", "not base64!\n"));
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " external_account_key k bad.key;\n}\n",
+	    "%s/sidecar.conf:3: invalid external account key in "
+	    "\"%s/bad.key\"", t->dir, t->dir);
+	/* An inline key is never echoed back. */
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " external_account_key k data:s3cr3t!;\n}\n",
+	    "%s/sidecar.conf:3: invalid external account key", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " external_account_key k data:;\n}\n",
+	    "%s/sidecar.conf:3: invalid external account key", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " external_account_key k none.key;\n}\n",
+	    "%s/sidecar.conf:3: open() \"%s/none.key\" failed (No such file "
+	    "or directory)", t->dir, t->dir);
+}
+
+static void
+test_conf_listen_and_zone(void **state)
+{
+	static const struct {
+		const char	*arg;
+		const char	*addr;
+		int		 port;
+	} ok[] = {
+		{ "8080", "0.0.0.0", 8080 },
+		{ "*:81", "0.0.0.0", 81 },
+		{ "127.0.0.1", "127.0.0.1", 80 },
+		{ "[::1]:8080", "::1", 8080 },
+		{ "[::]", "::", 80 },
+		{ "127.0.0.1:0", "127.0.0.1", 0 },
+		{ "127.0.0.1:65535", "127.0.0.1", 65535 },
+	};
+	static const struct {
+		const char	*arg;
+		const char	*what;
+	} bad[] = {
+		{ "65536", "port" },
+		{ "127.0.0.1:", "port" },
+		{ "127.0.0.1:http", "port" },
+		{ "[::1]:-1", "port" },
+		{ "example.test:80", "host" },
+		{ "::1", "host" },
+		{ "[::1", "host" },
+		{ "[::1]x", "host" },
+		{ "[127.0.0.1]:80", "host" },
+	};
+	static const struct {
+		const char	*arg;
+		const char	*msg;
+	} zbad[] = {
+		{ "ngx_acme_shared:1M", "invalid parameter "
+		    "\"ngx_acme_shared:1M\"" },
+		{ "zone=x", "invalid zone size \"zone=x\"" },
+		{ "zone=x:1G", "invalid zone size \"zone=x:1G\"" },
+		{ "zone=x:", "invalid zone size \"zone=x:\"" },
+		{ "zone=:1M", "invalid zone name \"\"" },
+		{ "zone=a/b:1M", "invalid zone name \"a/b\"" },
+		{ "zone=x:16k", "zone \"x\" is too small" },
+		{ "zone=x:2048M", "invalid zone size \"zone=x:2048M\"" },
+	};
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	char			*text;
+	size_t			 i;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		xasprintf(&text, "challenge_listen %s;", ok[i].arg);
+		conf = conf_test_ok(t, text);
+		assert_string_equal(conf->c_challenge_addr, ok[i].addr);
+		assert_int_equal(conf->c_challenge_port, ok[i].port);
+		conf_free(conf);
+		free(text);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		xasprintf(&text, "\nchallenge_listen '%s';", bad[i].arg);
+		conf_test_err(t, text, "%s/sidecar.conf:2: invalid %s in \"%s\" "
+		    "of the \"challenge_listen\" directive", t->dir,
+		    bad[i].what, bad[i].arg);
+		free(text);
+	}
+
+	conf = conf_test_ok(t, "acme_shared_zone zone=z:65536;");
+	assert_string_equal(conf->c_zone_name, "z");
+	assert_int_equal(conf->c_zone_size, 65536);
+	conf_free(conf);
+	conf = conf_test_ok(t, "acme_shared_zone zone=z.1:512k;");
+	assert_int_equal(conf->c_zone_size, 512 * 1024);
+	conf_free(conf);
+	for (i = 0; i < sizeof(zbad) / sizeof(zbad[0]); i++) {
+		xasprintf(&text, "acme_shared_zone %s;", zbad[i].arg);
+		conf_test_err(t, text, "%s/sidecar.conf:1: %s", t->dir,
+		    zbad[i].msg);
+		free(text);
+	}
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+#define T(f) cmocka_unit_test_setup_teardown(f, conf_test_setup, \
+	conf_test_teardown)
+		T(test_conf_full),
+		T(test_conf_defaults),
+		T(test_conf_lexer),
+		T(test_conf_unknown_directive),
+		T(test_conf_missing_semicolon),
+		T(test_conf_blocks_and_arguments),
+		T(test_conf_duplicate_directive),
+		T(test_conf_bad_key_type),
+		T(test_conf_key_types),
+		T(test_conf_unknown_issuer),
+		T(test_conf_duplicate_certificate),
+		T(test_conf_duplicate_issuer),
+		T(test_conf_shared_state_path),
+		T(test_conf_no_identifiers),
+		T(test_conf_wildcard),
+		T(test_conf_invalid_identifiers),
+		T(test_conf_identifiers),
+		T(test_conf_dot_expansion),
+		T(test_conf_cert_id_suffix),
+		T(test_conf_unterminated_quote),
+		T(test_conf_include_glob),
+		T(test_conf_include_depth),
+		T(test_conf_limits),
+		T(test_conf_request_rate),
+		T(test_conf_challenge),
+		T(test_conf_eab),
+		T(test_conf_listen_and_zone),
+#undef T
+	};
+
+	log_init(0);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
