@@ -1,0 +1,537 @@
+/*
+ * HTTP-01 responder (RFC 8555 section 8.3) on libmicrohttpd.
+ *
+ * libmicrohttpd runs inside the daemon's libevent loop rather than in its
+ * own thread: it is started with MHD_USE_EPOLL and no internal thread, its
+ * epoll fd is watched by a persistent EV_READ event that calls MHD_run(),
+ * and a timer re-armed from MHD_get_timeout() after every run drives its
+ * connection timeouts.  So the request handler runs on the loop thread,
+ * the same thread that adds and removes tokens as orders progress, and the
+ * token table needs no lock and can never be read half-updated.
+ *
+ * We bind the listening socket ourselves and hand it over with
+ * MHD_OPTION_LISTEN_SOCKET: that way a failed bind reports its exact errno
+ * ("challenge_listen 0.0.0.0:80: Address already in use"), which
+ * libmicrohttpd does not hand back, and the port is bound before any
+ * privilege drop.
+ *
+ * Answers: GET or HEAD of exactly /.well-known/acme-challenge/<token> with
+ * a known token is 200 with the key authorization; any other path is 404;
+ * any other method is 405.  libmicrohttpd percent-decodes the path before
+ * we see it, so "%2e%2e" arrives as ".." and fails the token check.
+ */
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <microhttpd.h>
+
+#include "sidecar.h"
+
+#define CHALLENGE_PREFIX	"/.well-known/acme-challenge/"
+
+/*
+ * Connections one client address may hold.  The CA validates from a few
+ * addresses with a handful of requests each, so 64 is generous for it,
+ * while one remote host cannot take all CHALLENGE_MAX_CONNS slots.  It is
+ * not applied on a loopback address: there every client (nginx's
+ * proxy_pass, a test CA) shares one address, and only local processes can
+ * connect anyway.
+ */
+#define CHALLENGE_PER_IP	64
+
+/*
+ * Per-connection memory, which bounds the request line plus headers.  A
+ * CA's validation request is a few hundred bytes; larger requests are
+ * answered with an error by libmicrohttpd and never reach the handler.
+ */
+#define CHALLENGE_MEMORY_LIMIT	(16 * 1024)
+
+#define CHALLENGE_TABLE_MIN	64		/* buckets, a power of two */
+
+struct challenge_token {
+	char			*ct_token;
+	char			*ct_keyauth;
+	size_t			 ct_len;
+	struct challenge_token	*ct_next;
+};
+
+/* The whole responder; one per process, touched only by the loop thread. */
+static struct {
+	struct MHD_Daemon	 *daemon;
+	struct event		 *ev_read;
+	struct event		 *ev_timer;
+	int			  port;
+	struct challenge_token	**table;
+	size_t			  nbuckets;
+	size_t			  count;
+	unsigned long		  served;
+	char			 *lastmsg;	/* MHD's last complaint */
+} challenge = { .port = -1 };
+
+int
+challenge_token_valid(const char *token)
+{
+	size_t	 n;
+
+	if (token == NULL)
+		return 0;
+	n = strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "abcdefghijklmnopqrstuvwxyz0123456789_-");
+	return n > 0 && n <= CHALLENGE_TOKEN_MAX && token[n] == '\0';
+}
+
+/*
+ * FNV-1a.  Lookup keys come from the network, but only the CA's tokens are
+ * ever inserted, so nobody can aim collisions at a chain.
+ */
+static size_t
+challenge_hash(const char *s)
+{
+	uint64_t	 h = 0xcbf29ce484222325ULL;
+
+	for (; *s != '\0'; s++) {
+		h ^= (unsigned char)*s;
+		h *= 0x100000001b3ULL;
+	}
+	return (size_t)h;
+}
+
+static struct challenge_token **
+challenge_table_slot(const char *token)
+{
+	struct challenge_token	**slot;
+
+	if (challenge.table == NULL)
+		return NULL;
+	slot = &challenge.table[challenge_hash(token) &
+	    (challenge.nbuckets - 1)];
+	while (*slot != NULL && strcmp((*slot)->ct_token, token) != 0)
+		slot = &(*slot)->ct_next;
+	return slot;
+}
+
+static struct challenge_token *
+challenge_table_find(const char *token)
+{
+	struct challenge_token	**slot;
+
+	if ((slot = challenge_table_slot(token)) == NULL)
+		return NULL;
+	return *slot;
+}
+
+/* Double the buckets so chains stay about one entry long. */
+static void
+challenge_table_grow(void)
+{
+	struct challenge_token	**old = challenge.table, *ct, *next;
+	size_t			  oldn = challenge.nbuckets, i, b;
+
+	challenge.nbuckets = oldn == 0 ? CHALLENGE_TABLE_MIN : oldn * 2;
+	challenge.table = xcalloc(challenge.nbuckets, sizeof(*challenge.table));
+	for (i = 0; i < oldn; i++) {
+		for (ct = old[i]; ct != NULL; ct = next) {
+			next = ct->ct_next;
+			b = challenge_hash(ct->ct_token) &
+			    (challenge.nbuckets - 1);
+			ct->ct_next = challenge.table[b];
+			challenge.table[b] = ct;
+		}
+	}
+	free(old);
+}
+
+static void
+challenge_token_free(struct challenge_token *ct)
+{
+	free(ct->ct_token);
+	free(ct->ct_keyauth);
+	free(ct);
+}
+
+static void
+challenge_table_free(void)
+{
+	struct challenge_token	*ct, *next;
+	size_t			 i;
+
+	for (i = 0; i < challenge.nbuckets; i++) {
+		for (ct = challenge.table[i]; ct != NULL; ct = next) {
+			next = ct->ct_next;
+			challenge_token_free(ct);
+		}
+	}
+	free(challenge.table);
+	challenge.table = NULL;
+	challenge.nbuckets = 0;
+	challenge.count = 0;
+}
+
+void
+challenge_add(const char *token, const char *keyauth)
+{
+	struct challenge_token	**slot, *ct;
+
+	if (!challenge_token_valid(token)) {
+		log_warnx("challenge: token \"%.*s\" cannot be served",
+		    CHALLENGE_TOKEN_MAX, token);
+		return;
+	}
+	if (challenge.count >= challenge.nbuckets)
+		challenge_table_grow();
+	slot = challenge_table_slot(token);
+	if ((ct = *slot) != NULL) {
+		free(ct->ct_keyauth);
+	} else {
+		ct = *slot = xcalloc(1, sizeof(*ct));
+		ct->ct_token = xstrdup(token);
+		challenge.count++;
+	}
+	ct->ct_keyauth = xstrdup(keyauth);
+	ct->ct_len = strlen(keyauth);
+	log_debug("challenge: token %s added", token);
+}
+
+void
+challenge_remove(const char *token)
+{
+	struct challenge_token	**slot, *ct;
+
+	if ((slot = challenge_table_slot(token)) == NULL || *slot == NULL)
+		return;
+	ct = *slot;
+	*slot = ct->ct_next;
+	challenge_token_free(ct);
+	challenge.count--;
+	log_debug("challenge: token %s removed", token);
+}
+
+unsigned long
+challenge_served(void)
+{
+	return challenge.served;
+}
+
+int
+challenge_port(void)
+{
+	return challenge.port;
+}
+
+static enum MHD_Result
+challenge_reply(struct MHD_Connection *conn, unsigned int status,
+    const char *body, size_t len, enum MHD_ResponseMemoryMode mode)
+{
+	struct MHD_Response	*resp;
+	enum MHD_Result		 ret;
+
+	resp = MHD_create_response_from_buffer(len, (void *)body, mode);
+	if (resp == NULL)
+		return MHD_NO;
+	if (status == MHD_HTTP_OK) {
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+		    "application/octet-stream");
+	} else {
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+		    "text/plain");
+	}
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+		    "GET, HEAD");
+	ret = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* The client's address, for debug logs only. */
+static void
+challenge_client(struct MHD_Connection *conn, char *buf, size_t len)
+{
+	const union MHD_ConnectionInfo	*ci;
+	socklen_t			 slen;
+
+	snprintf(buf, len, "?");
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (ci == NULL || ci->client_addr == NULL)
+		return;
+	slen = ci->client_addr->sa_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	getnameinfo(ci->client_addr, slen, buf, len, NULL, 0, NI_NUMERICHOST);
+}
+
+static enum MHD_Result
+challenge_request(void *cls, struct MHD_Connection *conn, const char *url,
+    const char *method, const char *version, const char *upload_data,
+    size_t *upload_data_size, void **con_cls)
+{
+	static const char	 notfound[] = "not found\n";
+	static const char	 notallowed[] = "method not allowed\n";
+	struct challenge_token	*ct;
+	const char		*token;
+	char			 client[NI_MAXHOST];
+
+	(void)cls;
+	(void)version;
+	(void)upload_data;
+	(void)upload_data_size;
+	(void)con_cls;
+
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+		return challenge_reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+		    notallowed, sizeof(notallowed) - 1,
+		    MHD_RESPMEM_PERSISTENT);
+	}
+	if (strncmp(url, CHALLENGE_PREFIX, strlen(CHALLENGE_PREFIX)) != 0)
+		goto notfound;
+	token = url + strlen(CHALLENGE_PREFIX);
+	if (!challenge_token_valid(token) ||
+	    (ct = challenge_table_find(token)) == NULL)
+		goto notfound;
+
+	challenge.served++;
+	if (log_verbose()) {
+		challenge_client(conn, client, sizeof(client));
+		log_debug("challenge: served token %s to %s", token, client);
+	}
+	/* Copied: the token may be removed before the answer is sent. */
+	return challenge_reply(conn, MHD_HTTP_OK, ct->ct_keyauth, ct->ct_len,
+	    MHD_RESPMEM_MUST_COPY);
+
+notfound:
+	return challenge_reply(conn, MHD_HTTP_NOT_FOUND, notfound,
+	    sizeof(notfound) - 1, MHD_RESPMEM_PERSISTENT);
+}
+
+/*
+ * libmicrohttpd's own messages.  A remote client can provoke most of them
+ * (oversized headers, resets), so they go to the debug log; the last one
+ * is kept to explain a failed start.
+ */
+static void
+challenge_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char	*msg;
+	size_t	 len;
+
+	(void)cls;
+	if (vasprintf(&msg, fmt, ap) == -1)
+		return;
+	len = strlen(msg);
+	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
+		msg[--len] = '\0';
+	log_debug("challenge: libmicrohttpd: %s", msg);
+	free(challenge.lastmsg);
+	challenge.lastmsg = msg;
+}
+
+static void
+challenge_schedule(void)
+{
+	MHD_UNSIGNED_LONG_LONG	 ms;
+	struct timeval		 tv;
+
+	if (MHD_get_timeout(challenge.daemon, &ms) == MHD_YES) {
+		tv.tv_sec = (time_t)(ms / 1000);
+		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+		evtimer_add(challenge.ev_timer, &tv);
+	} else
+		evtimer_del(challenge.ev_timer);
+}
+
+static void
+challenge_run(evutil_socket_t fd, short events, void *arg)
+{
+	(void)fd;
+	(void)events;
+	(void)arg;
+
+	if (MHD_run(challenge.daemon) != MHD_YES)
+		log_debug("challenge: MHD_run failed");
+	challenge_schedule();
+}
+
+/* "0.0.0.0", "::1" or "[::1]" into a socket address. */
+static int
+challenge_sockaddr(const char *addr, int port, struct sockaddr_storage *ss,
+    socklen_t *len)
+{
+	struct sockaddr_in	*sin = (struct sockaddr_in *)ss;
+	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)ss;
+	char			*host;
+	size_t			 n = strlen(addr);
+	int			 rc = -1;
+
+	memset(ss, 0, sizeof(*ss));
+	if (n >= 2 && addr[0] == '[' && addr[n - 1] == ']')
+		host = xstrndup(addr + 1, n - 2);
+	else
+		host = xstrdup(addr);
+	if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)port);
+		*len = sizeof(*sin);
+		rc = 0;
+	} else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)port);
+		*len = sizeof(*sin6);
+		rc = 0;
+	}
+	free(host);
+	return rc;
+}
+
+static int
+challenge_is_loopback(const struct sockaddr_storage *ss)
+{
+	const struct sockaddr_in	*sin = (const struct sockaddr_in *)ss;
+	const struct sockaddr_in6	*sin6 = (const struct sockaddr_in6 *)ss;
+
+	if (ss->ss_family == AF_INET)
+		return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+	return IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr);
+}
+
+static int
+challenge_listen(const char *name, const struct sockaddr_storage *ss,
+    socklen_t len, char **cause)
+{
+	int	 fd, on = 1, off = 0;
+
+	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0);
+	if (fd == -1) {
+		xasprintf(cause, "challenge_listen %s: %s", name,
+		    strerror(errno));
+		return -1;
+	}
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) == -1)
+		log_warn("challenge: SO_REUSEADDR");
+	/* "::" answers over IPv4 too: the CA may validate over either. */
+	if (ss->ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)) == -1)
+		log_warn("challenge: IPV6_V6ONLY");
+	if (bind(fd, (const struct sockaddr *)ss, len) == -1 ||
+	    listen(fd, SOMAXCONN) == -1) {
+		xasprintf(cause, "challenge_listen %s: %s", name,
+		    strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int
+challenge_events(struct event_base *base, char **cause)
+{
+	const union MHD_DaemonInfo	*di;
+
+	di = MHD_get_daemon_info(challenge.daemon, MHD_DAEMON_INFO_EPOLL_FD);
+	if (di == NULL || di->epoll_fd == -1) {
+		xasprintf(cause, "challenge: libmicrohttpd has no epoll fd");
+		return -1;
+	}
+	challenge.ev_read = event_new(base, di->epoll_fd, EV_READ | EV_PERSIST,
+	    challenge_run, NULL);
+	challenge.ev_timer = evtimer_new(base, challenge_run, NULL);
+	if (challenge.ev_read == NULL || challenge.ev_timer == NULL ||
+	    event_add(challenge.ev_read, NULL) == -1) {
+		xasprintf(cause, "challenge: cannot add events");
+		return -1;
+	}
+	di = MHD_get_daemon_info(challenge.daemon, MHD_DAEMON_INFO_BIND_PORT);
+	challenge.port = di != NULL ? di->port : -1;
+	challenge_schedule();
+	return 0;
+}
+
+int
+challenge_start(struct event_base *base, const char *addr, int port,
+    char **cause)
+{
+	struct sockaddr_storage	 ss;
+	socklen_t		 len;
+	char			*name = NULL;
+	unsigned int		 perip;
+	int			 fd = -1, rc = -1;
+
+	if (challenge.daemon != NULL) {
+		xasprintf(cause, "challenge: already started");
+		return -1;
+	}
+	if (strchr(addr, ':') != NULL && addr[0] != '[')
+		xasprintf(&name, "[%s]:%d", addr, port);
+	else
+		xasprintf(&name, "%s:%d", addr, port);
+	if (port < 0 || port > 65535 ||
+	    challenge_sockaddr(addr, port, &ss, &len) == -1) {
+		xasprintf(cause, "challenge_listen %s: not an IP address and "
+		    "port", name);
+		goto out;
+	}
+	if ((fd = challenge_listen(name, &ss, len, cause)) == -1)
+		goto out;
+	perip = challenge_is_loopback(&ss) ? 0 : CHALLENGE_PER_IP;
+
+	challenge.daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
+	    0, NULL, NULL, challenge_request, NULL,
+	    MHD_OPTION_EXTERNAL_LOGGER, challenge_mhd_log, NULL,
+	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CHALLENGE_MAX_CONNS,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CHALLENGE_CONN_TIMEOUT,
+	    MHD_OPTION_PER_IP_CONNECTION_LIMIT, perip,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CHALLENGE_MEMORY_LIMIT,
+	    MHD_OPTION_END);
+	if (challenge.daemon == NULL) {
+		xasprintf(cause, "challenge_listen %s: %s", name,
+		    challenge.lastmsg != NULL ? challenge.lastmsg :
+		    "cannot start libmicrohttpd");
+		/* Whether MHD closed the socket on failure is unspecified. */
+		if (fcntl(fd, F_GETFD) != -1)
+			close(fd);
+		goto out;
+	}
+	/* From here on the daemon owns fd and closes it when stopped. */
+	if (challenge_events(base, cause) == -1) {
+		challenge_stop();
+		goto out;
+	}
+	log_info("challenge: listening on %.*s:%d", (int)(strrchr(name, ':') -
+	    name), name, challenge.port);
+	rc = 0;
+out:
+	free(challenge.lastmsg);
+	challenge.lastmsg = NULL;
+	free(name);
+	return rc;
+}
+
+void
+challenge_stop(void)
+{
+	if (challenge.ev_read != NULL)
+		event_free(challenge.ev_read);
+	if (challenge.ev_timer != NULL)
+		event_free(challenge.ev_timer);
+	challenge.ev_read = challenge.ev_timer = NULL;
+	if (challenge.daemon != NULL)
+		MHD_stop_daemon(challenge.daemon);
+	challenge.daemon = NULL;
+	challenge.port = -1;
+	free(challenge.lastmsg);
+	challenge.lastmsg = NULL;
+	challenge_table_free();
+}

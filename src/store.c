@@ -1,0 +1,1063 @@
+/*
+ * state_path: one folder per issuer, every write atomic.
+ *
+ * Layout (a contract: users back it up, scripts read it):
+ *
+ *   <dir>/account.key		account key, PKCS#8 PEM, 0600; never replaced
+ *   <dir>/account.url		the account URL (the JWS "kid"), one line
+ *   <dir>/certs/<id>		symlink -> <id>.<generation> (relative)
+ *   <dir>/certs/<id>.<generation>/fullchain.pem	0644
+ *   <dir>/certs/<id>.<generation>/key.pem		0600, PKCS#8 PEM
+ *   <dir>/certs/<id>.<generation>/meta.json	0644
+ *
+ * Folders are 0700.
+ * <generation> is 16 lower-case hex digits, a counter that grows by one
+ * at every save.  meta.json is
+ *
+ *   {"not_before": 1700000000, "not_after": 1707776000,
+ *    "issued": 1700003600, "url": "https://ca/cert/1",
+ *    "identifiers": ["example.com", "www.example.com"], "key": "ecdsa:256"}
+ *
+ * with times in seconds since the epoch (UTC).  On load, not_before,
+ * not_after and key are taken from the certificate and the key themselves;
+ * meta.json supplies what they cannot tell us.
+ *
+ * Why a symlink: a certificate and its key must change together, and no
+ * single rename() can replace two files.  A save writes a complete new
+ * generation folder, then swaps the symlink with one rename(), then
+ * removes the old generation.  A crash at any point leaves the symlink
+ * pointing at either the old or the new complete set.  Leftovers from a
+ * crash (generation folders nobody points to, temp files named ".*") are
+ * ignored on load and removed by the next save of that id.
+ *
+ * Each file is written the way acme-client's serialise() does it: mkstemp
+ * in the same folder, fchmod, write, fsync, rename, fsync of the folder.
+ */
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+
+#include "sidecar.h"
+
+#define STORE_ACCOUNT_KEY	"account.key"
+#define STORE_ACCOUNT_URL	"account.url"
+#define STORE_CERTS		"certs"
+#define STORE_CHAIN		"fullchain.pem"
+#define STORE_KEY		"key.pem"
+#define STORE_META		"meta.json"
+#define STORE_GEN_LEN		16		/* hex digits */
+#define STORE_MAX_FILE		(1024 * 1024)	/* no PEM or JSON is larger */
+#define STORE_LINK_TRIES	100
+
+/*
+ * The names meta.json uses for key types.  conf.c owns key_type_name();
+ * store.c keeps its own copy so it depends on nothing above util.c.
+ */
+static const char *store_key_names[KEY_TYPE_MAX] = {
+	"ecdsa:256", "ecdsa:384", "ecdsa:521",
+	"rsa:2048", "rsa:3072", "rsa:4096"
+};
+
+/* Never let OpenSSL prompt on the terminal for an encrypted key. */
+static int
+store_no_password(char *buf, int size, int rwflag, void *arg)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	(void)arg;
+	return -1;
+}
+
+static int
+store_fsync_dir(const char *dir, char **cause)
+{
+	int	 fd;
+
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
+		xasprintf(cause, "%s: %s", dir, strerror(errno));
+		return -1;
+	}
+	if (fsync(fd) == -1) {
+		xasprintf(cause, "fsync %s: %s", dir, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+/* The folder part of path, "." if it has none; caller frees. */
+static char *
+store_dirname(const char *path)
+{
+	const char	*slash;
+
+	if ((slash = strrchr(path, '/')) == NULL)
+		return xstrdup(".");
+	if (slash == path)
+		return xstrdup("/");
+	return xstrndup(path, (size_t)(slash - path));
+}
+
+/*
+ * Write data to a new temp file ".<name>.XXXXXX" beside path, with mode,
+ * and fsync it.  Returns the temp file's name (caller frees) or NULL.
+ */
+static char *
+store_write_temp(const char *path, const void *data, size_t len, mode_t mode,
+    char **cause)
+{
+	const char	*base, *p = data;
+	char		*dir = NULL, *tmp = NULL;
+	ssize_t		 n;
+	int		 fd = -1, ok = 0;
+
+	base = strrchr(path, '/');
+	base = (base == NULL) ? path : base + 1;
+	dir = store_dirname(path);
+	xasprintf(&tmp, "%s/.%s.XXXXXX", dir, base);
+	if ((fd = mkostemp(tmp, O_CLOEXEC)) == -1) {
+		xasprintf(cause, "%s: %s", tmp, strerror(errno));
+		free(tmp);
+		tmp = NULL;
+		goto out;
+	}
+	if (fchmod(fd, mode) == -1) {
+		xasprintf(cause, "fchmod %s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	while (len > 0) {
+		if ((n = write(fd, p, len)) == -1) {
+			if (errno == EINTR)
+				continue;
+			xasprintf(cause, "write %s: %s", tmp, strerror(errno));
+			goto out;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (fsync(fd) == -1) {
+		xasprintf(cause, "fsync %s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	if (close(fd) == -1) {
+		fd = -1;
+		xasprintf(cause, "close %s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	fd = -1;
+	ok = 1;
+out:
+	if (fd != -1)
+		close(fd);
+	if (!ok && tmp != NULL) {
+		unlink(tmp);
+		free(tmp);
+		tmp = NULL;
+	}
+	free(dir);
+	return tmp;
+}
+
+/*
+ * Put a complete temp file in place.  With exclusive, link() instead of
+ * rename(), so an existing file at path is never replaced (EEXIST).
+ */
+static int
+store_write_file(const char *path, const void *data, size_t len, mode_t mode,
+    int exclusive, char **cause)
+{
+	char	*tmp = NULL, *dir = NULL;
+	int	 rc = -1;
+
+	if ((tmp = store_write_temp(path, data, len, mode, cause)) == NULL)
+		goto out;
+	if (exclusive) {
+		if (link(tmp, path) == -1) {
+			xasprintf(cause, "%s: %s", path, strerror(errno));
+			goto out;
+		}
+		unlink(tmp);
+	} else if (rename(tmp, path) == -1) {
+		xasprintf(cause, "rename %s: %s", path, strerror(errno));
+		goto out;
+	}
+	free(tmp);
+	tmp = NULL;
+	dir = store_dirname(path);
+	if (store_fsync_dir(dir, cause) == -1)
+		goto out;
+	rc = 0;
+out:
+	if (tmp != NULL) {
+		unlink(tmp);
+		free(tmp);
+	}
+	free(dir);
+	return rc;
+}
+
+int
+store_write_atomic(const char *path, const void *data, size_t len,
+    mode_t mode, char **cause)
+{
+	return store_write_file(path, data, len, mode, 0, cause);
+}
+
+/* Read a whole small file, NUL terminated.  0: read, 1: absent, -1: error. */
+static int
+store_read_file(const char *path, char **out, size_t *outlen, char **cause)
+{
+	struct stat	 sb;
+	char		*buf = NULL;
+	size_t		 len = 0;
+	ssize_t		 n;
+	int		 fd = -1, rc = -1;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		if (errno == ENOENT) {
+			rc = 1;
+			goto out;
+		}
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (fstat(fd, &sb) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(sb.st_mode) || sb.st_size > STORE_MAX_FILE) {
+		xasprintf(cause, "%s: not a regular file of at most %d bytes",
+		    path, STORE_MAX_FILE);
+		goto out;
+	}
+	buf = xmalloc((size_t)sb.st_size + 1);
+	while (len < (size_t)sb.st_size) {
+		n = read(fd, buf + len, (size_t)sb.st_size - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			xasprintf(cause, "%s: %s", path, strerror(errno));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	*out = buf;
+	buf = NULL;
+	if (outlen != NULL)
+		*outlen = len;
+	rc = 0;
+out:
+	if (fd != -1)
+		close(fd);
+	if (buf != NULL) {
+		OPENSSL_cleanse(buf, len);
+		free(buf);
+	}
+	return rc;
+}
+
+static int
+store_mkdir(const char *path, char **cause)
+{
+	struct stat	 sb;
+
+	if (mkdir(path, 0700) == 0)
+		return 0;
+	if (errno != EEXIST) {
+		xasprintf(cause, "mkdir %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (stat(path, &sb) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(sb.st_mode)) {
+		xasprintf(cause, "%s: not a directory", path);
+		return -1;
+	}
+	return 0;
+}
+
+/* mkdir -p, each missing component 0700. */
+int
+store_init(const char *dir, char **cause)
+{
+	char	*copy = NULL, *p, *certs = NULL;
+	int	 rc = -1;
+
+	if (*dir == '\0') {
+		xasprintf(cause, "state_path: empty path");
+		return -1;
+	}
+	copy = xstrdup(dir);
+	for (p = copy + 1; *p != '\0'; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (store_mkdir(copy, cause) == -1)
+			goto out;
+		*p = '/';
+	}
+	if (store_mkdir(copy, cause) == -1)
+		goto out;
+	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
+	if (store_mkdir(certs, cause) == -1)
+		goto out;
+	rc = 0;
+out:
+	free(copy);
+	free(certs);
+	return rc;
+}
+
+static EVP_PKEY *
+store_key_parse(const char *pem, size_t len, const char *path, char **cause)
+{
+	EVP_PKEY	*key;
+	BIO		*bio;
+
+	if ((bio = BIO_new_mem_buf(pem, (int)len)) == NULL)
+		fatalx("BIO_new_mem_buf");
+	key = PEM_read_bio_PrivateKey(bio, NULL, store_no_password, NULL);
+	BIO_free(bio);
+	if (key == NULL) {
+		ERR_clear_error();
+		xasprintf(cause, "%s: not a PEM private key", path);
+	}
+	return key;
+}
+
+/* PKCS#8 PEM in a buffer that is cleansed on free; caller BIO_free()s. */
+static BIO *
+store_key_pem(EVP_PKEY *key, char **pem, size_t *len, char **cause)
+{
+	BIO	*bio;
+	long	 n;
+
+	if ((bio = BIO_new(BIO_s_secmem())) == NULL)
+		fatalx("BIO_new");
+	if (!PEM_write_bio_PKCS8PrivateKey(bio, key, NULL, NULL, 0, NULL,
+	    NULL)) {
+		ERR_clear_error();
+		xasprintf(cause, "cannot encode the private key as PKCS#8");
+		BIO_free(bio);
+		return NULL;
+	}
+	n = BIO_get_mem_data(bio, pem);
+	*len = (size_t)n;
+	return bio;
+}
+
+/* The account URL file is one line; trailing white space is not part of it. */
+static int
+store_load_url(const char *dir, char **url, char **cause)
+{
+	char	*path = NULL, *buf = NULL;
+	size_t	 len;
+	int	 rc;
+
+	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_URL);
+	rc = store_read_file(path, &buf, &len, cause);
+	if (rc == 0) {
+		while (len > 0 && isspace((unsigned char)buf[len - 1]))
+			buf[--len] = '\0';
+		if (len == 0 || strpbrk(buf, "\r\n") != NULL) {
+			xasprintf(cause, "%s: not a single URL line", path);
+			free(buf);
+			rc = -1;
+		} else
+			*url = buf;
+	}
+	free(path);
+	return rc;
+}
+
+int
+store_load_account(const char *dir, EVP_PKEY **key, char **url, char **cause)
+{
+	char		*path = NULL, *pem = NULL;
+	size_t		 len = 0;
+	int		 rc = -1, r;
+
+	*key = NULL;
+	*url = NULL;
+	if (store_load_url(dir, url, cause) == -1)
+		goto out;
+	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_KEY);
+	if ((r = store_read_file(path, &pem, &len, cause)) == -1)
+		goto out;
+	if (r == 1) {
+		rc = 1;
+		goto out;
+	}
+	if ((*key = store_key_parse(pem, len, path, cause)) == NULL)
+		goto out;
+	rc = 0;
+out:
+	if (rc == -1) {
+		free(*url);
+		*url = NULL;
+	}
+	if (pem != NULL) {
+		OPENSSL_cleanse(pem, len);
+		free(pem);
+	}
+	free(path);
+	return rc;
+}
+
+/* Refuses to replace an existing account key: losing it loses the account. */
+int
+store_save_account_key(const char *dir, EVP_PKEY *key, char **cause)
+{
+	struct stat	 sb;
+	BIO		*bio = NULL;
+	char		*path = NULL, *pem;
+	size_t		 len;
+	int		 rc = -1;
+
+	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_KEY);
+	/* Checked first for a clear message; link() is what guarantees it. */
+	if (lstat(path, &sb) == 0 || errno != ENOENT) {
+		xasprintf(cause, "%s: already exists, refusing to replace an "
+		    "account key", path);
+		goto out;
+	}
+	if ((bio = store_key_pem(key, &pem, &len, cause)) == NULL)
+		goto out;
+	if (store_write_file(path, pem, len, 0600, 1, cause) == -1)
+		goto out;
+	rc = 0;
+out:
+	BIO_free(bio);
+	free(path);
+	return rc;
+}
+
+int
+store_save_account_url(const char *dir, const char *url, char **cause)
+{
+	char	*path = NULL, *line = NULL;
+	int	 rc;
+
+	if (*url == '\0' || strpbrk(url, "\r\n") != NULL) {
+		xasprintf(cause, "account URL is not a single line");
+		return -1;
+	}
+	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_URL);
+	xasprintf(&line, "%s\n", url);
+	rc = store_write_atomic(path, line, strlen(line), 0600, cause);
+	free(line);
+	free(path);
+	return rc;
+}
+
+/* An id names files: no '/', no leading '.', which marks temp files. */
+static int
+store_id_valid(const char *id, char **cause)
+{
+	if (*id == '\0' || *id == '.' || strchr(id, '/') != NULL ||
+	    strlen(id) > NAME_MAX - STORE_GEN_LEN - 1) {
+		xasprintf(cause, "certificate id \"%s\" cannot be a file name",
+		    id);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+store_asn1_time(const ASN1_TIME *t, time_t *out)
+{
+	struct tm	 tm;
+
+	memset(&tm, 0, sizeof(tm));
+	if (!ASN1_TIME_to_tm(t, &tm))
+		return -1;
+	*out = timegm(&tm);
+	return 0;
+}
+
+static X509 *
+store_first_cert(const char *pem)
+{
+	X509	*x;
+	BIO	*bio;
+
+	if ((bio = BIO_new_mem_buf(pem, -1)) == NULL)
+		fatalx("BIO_new_mem_buf");
+	x = PEM_read_bio_X509(bio, NULL, store_no_password, NULL);
+	BIO_free(bio);
+	if (x == NULL)
+		ERR_clear_error();
+	return x;
+}
+
+int
+store_chain_dates(const char *pem, time_t *nb, time_t *na)
+{
+	X509	*x;
+	int	 rc = -1;
+
+	if ((x = store_first_cert(pem)) == NULL)
+		return -1;
+	if (store_asn1_time(X509_get0_notBefore(x), nb) == -1 ||
+	    store_asn1_time(X509_get0_notAfter(x), na) == -1)
+		goto out;
+	rc = 0;
+out:
+	X509_free(x);
+	return rc;
+}
+
+/* The key type from the key itself, -1 for one we do not issue. */
+static int
+store_key_type(EVP_PKEY *key, enum key_type *type)
+{
+	int	 bits = EVP_PKEY_get_bits(key);
+
+	switch (EVP_PKEY_get_base_id(key)) {
+	case EVP_PKEY_EC:
+		if (bits == 256)
+			*type = KEY_ECDSA_256;
+		else if (bits == 384)
+			*type = KEY_ECDSA_384;
+		else if (bits == 521)
+			*type = KEY_ECDSA_521;
+		else
+			return -1;
+		return 0;
+	case EVP_PKEY_RSA:
+		if (bits == 2048)
+			*type = KEY_RSA_2048;
+		else if (bits == 3072)
+			*type = KEY_RSA_3072;
+		else if (bits == 4096)
+			*type = KEY_RSA_4096;
+		else
+			return -1;
+		return 0;
+	}
+	return -1;
+}
+
+void
+store_meta_clear(struct cert_meta *meta)
+{
+	size_t	 i;
+
+	free(meta->cm_url);
+	for (i = 0; i < meta->cm_nidents; i++)
+		free(meta->cm_idents[i]);
+	free(meta->cm_idents);
+	memset(meta, 0, sizeof(*meta));
+}
+
+static char *
+store_meta_json(const struct cert_meta *meta)
+{
+	json_t	*obj, *ids;
+	char	*s, *line;
+	size_t	 i;
+
+	ids = json_array();
+	for (i = 0; i < meta->cm_nidents; i++)
+		json_array_append_new(ids, json_string(meta->cm_idents[i]));
+	obj = json_pack("{s:I, s:I, s:I, s:o, s:o, s:s}",
+	    "not_before", (json_int_t)meta->cm_not_before,
+	    "not_after", (json_int_t)meta->cm_not_after,
+	    "issued", (json_int_t)meta->cm_issued,
+	    "url", meta->cm_url != NULL ? json_string(meta->cm_url) :
+	    json_null(),
+	    "identifiers", ids,
+	    "key", (unsigned)meta->cm_key < KEY_TYPE_MAX ?
+	    store_key_names[meta->cm_key] : "unknown");
+	if (obj == NULL)
+		fatalx("store_meta_json: json_pack");
+	if ((s = json_dumps(obj, JSON_INDENT(1) | JSON_PRESERVE_ORDER)) == NULL)
+		fatalx("store_meta_json: json_dumps");
+	json_decref(obj);
+	xasprintf(&line, "%s\n", s);
+	free(s);
+	return line;
+}
+
+/* Fill issued, url and identifiers from meta.json. */
+static int
+store_meta_parse(const char *text, const char *path, struct cert_meta *meta,
+    char **cause)
+{
+	json_t		*obj = NULL, *ids = NULL, *url = NULL, *v;
+	json_error_t	 err;
+	json_int_t	 issued = 0;
+	size_t		 i;
+	int		 rc = -1;
+
+	if ((obj = json_loads(text, 0, &err)) == NULL) {
+		xasprintf(cause, "%s:%d: %s", path, err.line, err.text);
+		goto out;
+	}
+	if (json_unpack_ex(obj, &err, 0, "{s?I, s?o, s:o}", "issued", &issued,
+	    "url", &url, "identifiers", &ids) == -1) {
+		xasprintf(cause, "%s: %s", path, err.text);
+		goto out;
+	}
+	if (url != NULL && !json_is_string(url) && !json_is_null(url)) {
+		xasprintf(cause, "%s: url is not a string", path);
+		goto out;
+	}
+	if (!json_is_array(ids) || json_array_size(ids) == 0) {
+		xasprintf(cause, "%s: identifiers is not a non-empty array",
+		    path);
+		goto out;
+	}
+	json_array_foreach(ids, i, v) {
+		if (!json_is_string(v)) {
+			xasprintf(cause, "%s: identifier %zu is not a string",
+			    path, i);
+			goto out;
+		}
+	}
+	meta->cm_issued = (time_t)issued;
+	if (json_is_string(url))
+		meta->cm_url = xstrdup(json_string_value(url));
+	meta->cm_nidents = json_array_size(ids);
+	meta->cm_idents = xcalloc(meta->cm_nidents, sizeof(char *));
+	json_array_foreach(ids, i, v)
+		meta->cm_idents[i] = xstrdup(json_string_value(v));
+	rc = 0;
+out:
+	json_decref(obj);
+	return rc;
+}
+
+/* The generation folder a certificate's symlink names.  1 when absent. */
+static int
+store_cert_target(const char *certs, const char *id, char **target,
+    char **cause)
+{
+	char	 buf[NAME_MAX + 1], *link = NULL;
+	ssize_t	 n;
+	int	 rc = -1;
+
+	*target = NULL;
+	xasprintf(&link, "%s/%s", certs, id);
+	if ((n = readlink(link, buf, sizeof(buf) - 1)) == -1) {
+		if (errno == ENOENT)
+			rc = 1;
+		else if (errno == EINVAL)
+			xasprintf(cause, "%s: not a symbolic link", link);
+		else
+			xasprintf(cause, "%s: %s", link, strerror(errno));
+		goto out;
+	}
+	buf[n] = '\0';
+	if (n == 0 || buf[0] == '.' || strchr(buf, '/') != NULL) {
+		xasprintf(cause, "%s: points outside %s", link, certs);
+		goto out;
+	}
+	*target = xstrdup(buf);
+	rc = 0;
+out:
+	free(link);
+	return rc;
+}
+
+/* Load the chain and the key of one generation, and check they agree. */
+static int
+store_load_pair(const char *gen, char **chain, EVP_PKEY **key,
+    struct cert_meta *meta, char **cause)
+{
+	X509	*x = NULL;
+	char	*path = NULL, *pem = NULL;
+	size_t	 len = 0;
+	int	 rc = -1, r;
+
+	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
+	if ((r = store_read_file(path, chain, NULL, cause)) != 0) {
+		if (r == 1)
+			xasprintf(cause, "%s: missing", path);
+		goto out;
+	}
+	if ((x = store_first_cert(*chain)) == NULL ||
+	    store_asn1_time(X509_get0_notBefore(x), &meta->cm_not_before) ||
+	    store_asn1_time(X509_get0_notAfter(x), &meta->cm_not_after)) {
+		xasprintf(cause, "%s: no valid certificate", path);
+		goto out;
+	}
+	free(path);
+	xasprintf(&path, "%s/%s", gen, STORE_KEY);
+	if ((r = store_read_file(path, &pem, &len, cause)) != 0) {
+		if (r == 1)
+			xasprintf(cause, "%s: missing", path);
+		goto out;
+	}
+	if ((*key = store_key_parse(pem, len, path, cause)) == NULL)
+		goto out;
+	if (!X509_check_private_key(x, *key)) {
+		ERR_clear_error();
+		xasprintf(cause, "%s: does not match the certificate in %s/%s",
+		    path, gen, STORE_CHAIN);
+		goto out;
+	}
+	if (store_key_type(*key, &meta->cm_key) == -1) {
+		xasprintf(cause, "%s: unsupported key type", path);
+		goto out;
+	}
+	rc = 0;
+out:
+	X509_free(x);
+	if (pem != NULL) {
+		OPENSSL_cleanse(pem, len);
+		free(pem);
+	}
+	free(path);
+	return rc;
+}
+
+int
+store_load_cert(const char *dir, const char *id, char **chain, EVP_PKEY **key,
+    struct cert_meta *meta, char **cause)
+{
+	char	*certs = NULL, *target = NULL, *gen = NULL, *path = NULL;
+	char	*text = NULL;
+	int	 rc = -1, r;
+
+	*chain = NULL;
+	*key = NULL;
+	memset(meta, 0, sizeof(*meta));
+	if (store_id_valid(id, cause) == -1)
+		goto out;
+	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
+	if ((r = store_cert_target(certs, id, &target, cause)) != 0) {
+		rc = r;
+		goto out;
+	}
+	xasprintf(&gen, "%s/%s", certs, target);
+	if (store_load_pair(gen, chain, key, meta, cause) == -1)
+		goto out;
+	xasprintf(&path, "%s/%s", gen, STORE_META);
+	if ((r = store_read_file(path, &text, NULL, cause)) != 0) {
+		if (r == 1)
+			xasprintf(cause, "%s: missing", path);
+		goto out;
+	}
+	if (store_meta_parse(text, path, meta, cause) == -1)
+		goto out;
+	rc = 0;
+out:
+	if (rc != 0) {
+		free(*chain);
+		*chain = NULL;
+		EVP_PKEY_free(*key);
+		*key = NULL;
+		store_meta_clear(meta);
+	}
+	free(text);
+	free(path);
+	free(gen);
+	free(target);
+	free(certs);
+	return rc;
+}
+
+/* Remove a generation folder and the files in it; it has no subfolders. */
+static int
+store_remove_gen(const char *path)
+{
+	struct dirent	*de;
+	DIR		*d;
+	int		 rc = 0;
+
+	if ((d = opendir(path)) == NULL)
+		return errno == ENOENT ? 0 : -1;
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		if (unlinkat(dirfd(d), de->d_name, 0) == -1)
+			rc = -1;
+	}
+	closedir(d);
+	if (rmdir(path) == -1)
+		rc = -1;
+	return rc;
+}
+
+/* "<id>.<16 hex>": one of id's generation folders. */
+static int
+store_is_gen(const char *name, const char *id)
+{
+	size_t	 n = strlen(id), i;
+
+	if (strncmp(name, id, n) != 0 || name[n] != '.' ||
+	    strlen(name + n + 1) != STORE_GEN_LEN)
+		return 0;
+	for (i = n + 1; name[i] != '\0'; i++) {
+		if (!isxdigit((unsigned char)name[i]) ||
+		    isupper((unsigned char)name[i]))
+			return 0;
+	}
+	return 1;
+}
+
+/* ".<id>.XXXXXX": a temp symlink a crash left behind. */
+static int
+store_is_temp(const char *name, const char *id)
+{
+	size_t	 n = strlen(id);
+
+	return name[0] == '.' && strncmp(name + 1, id, n) == 0 &&
+	    name[n + 1] == '.' && strlen(name + n + 2) == 6;
+}
+
+/*
+ * Remove what a crash left for this id: generation folders other than
+ * keep, and temp links.  Failing to clean up is worth a warning only.
+ */
+static void
+store_remove_stray(const char *certs, const char *id, const char *keep)
+{
+	struct dirent	*de;
+	struct stat	 sb;
+	DIR		*d;
+	char		*path;
+
+	if ((d = opendir(certs)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (keep != NULL && strcmp(de->d_name, keep) == 0)
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW))
+			continue;
+		xasprintf(&path, "%s/%s", certs, de->d_name);
+		if (S_ISDIR(sb.st_mode) && store_is_gen(de->d_name, id)) {
+			log_debug("store: removing stray %s", path);
+			if (store_remove_gen(path) == -1)
+				log_warn("store: removing %s", path);
+		} else if (!S_ISDIR(sb.st_mode) &&
+		    store_is_temp(de->d_name, id)) {
+			log_debug("store: removing stray %s", path);
+			if (unlink(path) == -1)
+				log_warn("store: removing %s", path);
+		}
+		free(path);
+	}
+	closedir(d);
+}
+
+/* Create the next generation folder after old (NULL for the first). */
+static char *
+store_new_gen(const char *certs, const char *id, const char *old,
+    char **cause)
+{
+	unsigned long long	 g = 0;
+	char			*name = NULL, *path = NULL;
+	int			 i;
+
+	if (old != NULL && store_is_gen(old, id))
+		g = strtoull(old + strlen(id) + 1, NULL, 16);
+	for (i = 0; i < STORE_LINK_TRIES; i++) {
+		g++;
+		xasprintf(&name, "%s.%016llx", id, g);
+		xasprintf(&path, "%s/%s", certs, name);
+		if (mkdir(path, 0700) == 0) {
+			free(path);
+			return name;
+		}
+		if (errno != EEXIST) {
+			xasprintf(cause, "mkdir %s: %s", path, strerror(errno));
+			free(path);
+			free(name);
+			return NULL;
+		}
+		free(path);
+		free(name);
+	}
+	xasprintf(cause, "%s/%s: no free generation", certs, id);
+	return NULL;
+}
+
+static int
+store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
+    const struct cert_meta *meta, char **cause)
+{
+	BIO	*bio = NULL;
+	char	*path = NULL, *pem, *json = NULL;
+	size_t	 len;
+	int	 rc = -1;
+
+	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
+	if (store_write_atomic(path, chain, strlen(chain), 0644, cause) == -1)
+		goto out;
+	free(path);
+	if ((bio = store_key_pem(key, &pem, &len, cause)) == NULL) {
+		path = NULL;
+		goto out;
+	}
+	xasprintf(&path, "%s/%s", gen, STORE_KEY);
+	if (store_write_atomic(path, pem, len, 0600, cause) == -1)
+		goto out;
+	free(path);
+	json = store_meta_json(meta);
+	xasprintf(&path, "%s/%s", gen, STORE_META);
+	if (store_write_atomic(path, json, strlen(json), 0644, cause) == -1)
+		goto out;
+	rc = 0;
+out:
+	BIO_free(bio);
+	free(json);
+	free(path);
+	return rc;
+}
+
+/* Point certs/<id> at target with one rename(); -1: the link is unchanged. */
+static int
+store_swap_link(const char *certs, const char *id, const char *target,
+    char **cause)
+{
+	static const char	 chars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+	unsigned char		 rnd[6];
+	char			*tmp = NULL, *link = NULL, suffix[7];
+	int			 i, j, rc = -1;
+
+	xasprintf(&link, "%s/%s", certs, id);
+	for (i = 0; i < STORE_LINK_TRIES; i++) {
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+			fatalx("RAND_bytes failed");
+		for (j = 0; j < 6; j++)
+			suffix[j] = chars[rnd[j] % (sizeof(chars) - 1)];
+		suffix[6] = '\0';
+		free(tmp);
+		xasprintf(&tmp, "%s/.%s.%s", certs, id, suffix);
+		if (symlink(target, tmp) == 0)
+			break;
+		if (errno != EEXIST) {
+			xasprintf(cause, "symlink %s: %s", tmp, strerror(errno));
+			free(tmp);
+			tmp = NULL;
+			goto out;
+		}
+	}
+	if (i == STORE_LINK_TRIES) {
+		xasprintf(cause, "symlink %s: no free temp name", link);
+		free(tmp);
+		tmp = NULL;
+		goto out;
+	}
+	if (rename(tmp, link) == -1) {
+		xasprintf(cause, "rename %s: %s", link, strerror(errno));
+		goto out;
+	}
+	free(tmp);
+	tmp = NULL;
+	rc = 0;
+out:
+	if (tmp != NULL) {
+		unlink(tmp);
+		free(tmp);
+	}
+	free(link);
+	return rc;
+}
+
+/* Refuse to store a pair that store_load_cert would reject. */
+static int
+store_check_pair(const char *id, const char *chain, EVP_PKEY *key,
+    char **cause)
+{
+	X509	*x;
+	int	 rc = -1;
+
+	if ((x = store_first_cert(chain)) == NULL) {
+		xasprintf(cause, "%s: chain has no valid certificate", id);
+		return -1;
+	}
+	if (!X509_check_private_key(x, key)) {
+		ERR_clear_error();
+		xasprintf(cause, "%s: key does not match the certificate", id);
+		goto out;
+	}
+	rc = 0;
+out:
+	X509_free(x);
+	return rc;
+}
+
+int
+store_save_cert(const char *dir, const char *id, const char *chain,
+    EVP_PKEY *key, const struct cert_meta *meta, char **cause)
+{
+	struct cert_meta	 m;
+	char			*certs = NULL, *old = NULL, *name = NULL;
+	char			*gen = NULL, *path = NULL;
+	int			 rc = -1, swapped = 0;
+
+	if (store_id_valid(id, cause) == -1 ||
+	    store_check_pair(id, chain, key, cause) == -1)
+		goto out;
+	/* meta.json's dates and key type say what the files themselves say. */
+	m = *meta;
+	if (store_chain_dates(chain, &m.cm_not_before, &m.cm_not_after) == -1) {
+		xasprintf(cause, "%s: certificate dates unreadable", id);
+		goto out;
+	}
+	if (store_key_type(key, &m.cm_key) == -1) {
+		xasprintf(cause, "%s: unsupported key type", id);
+		goto out;
+	}
+	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
+	if (store_cert_target(certs, id, &old, cause) == -1)
+		goto out;
+	store_remove_stray(certs, id, old);
+	if ((name = store_new_gen(certs, id, old, cause)) == NULL)
+		goto out;
+	xasprintf(&gen, "%s/%s", certs, name);
+	if (store_write_gen(gen, chain, key, &m, cause) == -1)
+		goto out;
+	/* The new folder's entry must be durable before the link names it. */
+	if (store_fsync_dir(certs, cause) == -1)
+		goto out;
+	if (store_swap_link(certs, id, name, cause) == -1)
+		goto out;
+	swapped = 1;
+	if (store_fsync_dir(certs, cause) == -1)
+		goto out;
+	if (old != NULL && strcmp(old, name) != 0) {
+		xasprintf(&path, "%s/%s", certs, old);
+		if (store_remove_gen(path) == -1)
+			log_warn("store: removing %s", path);
+	}
+	log_debug("store: %s saved as %s", id, name);
+	rc = 0;
+out:
+	/* Once the link names the new folder, it must stay. */
+	if (rc == -1 && gen != NULL && !swapped)
+		store_remove_gen(gen);
+	free(path);
+	free(gen);
+	free(name);
+	free(old);
+	free(certs);
+	return rc;
+}

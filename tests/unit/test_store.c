@@ -1,0 +1,682 @@
+/*
+ * store.c: what a user sees in state_path after saves, replacements and
+ * crashes.
+ */
+#include <sys/stat.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "sidecar.h"
+
+#define TS_NB	1700000000	/* 2023-11-14 */
+#define TS_NA	1707776000	/* 2024-02-12 */
+
+struct ts {
+	char	 dir[64];
+};
+
+static int
+ts_rm(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int
+ts_setup(void **state)
+{
+	struct ts	*ts;
+
+	ts = xcalloc(1, sizeof(*ts));
+	snprintf(ts->dir, sizeof(ts->dir), "/tmp/test_store.XXXXXX");
+	if (mkdtemp(ts->dir) == NULL)
+		return -1;
+	*state = ts;
+	return 0;
+}
+
+static int
+ts_teardown(void **state)
+{
+	struct ts	*ts = *state;
+
+	nftw(ts->dir, ts_rm, 16, FTW_DEPTH | FTW_PHYS);
+	free(ts);
+	return 0;
+}
+
+/* A fresh state_path inside the test's folder. */
+static char *
+ts_state(struct ts *ts)
+{
+	char	*dir, *cause = NULL;
+
+	xasprintf(&dir, "%s/issuer", ts->dir);
+	if (store_init(dir, &cause) != 0)
+		fail_msg("store_init: %s", cause);
+	return dir;
+}
+
+static EVP_PKEY *
+ts_key(void)
+{
+	EVP_PKEY	*key;
+
+	key = EVP_EC_gen("P-256");
+	assert_non_null(key);
+	return key;
+}
+
+/* A self-signed PEM certificate for key, valid from nb to na. */
+static char *
+ts_cert(EVP_PKEY *key, time_t nb, time_t na, const char *cn)
+{
+	X509		*x;
+	X509_NAME	*name;
+	BIO		*bio;
+	char		*data, *pem;
+	long		 len;
+
+	x = X509_new();
+	assert_non_null(x);
+	X509_set_version(x, 2);
+	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+	assert_non_null(ASN1_TIME_set(X509_getm_notBefore(x), nb));
+	assert_non_null(ASN1_TIME_set(X509_getm_notAfter(x), na));
+	name = X509_get_subject_name(x);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+	    (const unsigned char *)cn, -1, -1, 0);
+	X509_set_issuer_name(x, name);
+	X509_set_pubkey(x, key);
+	assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+	bio = BIO_new(BIO_s_mem());
+	assert_true(PEM_write_bio_X509(bio, x));
+	len = BIO_get_mem_data(bio, &data);
+	pem = xstrndup(data, (size_t)len);
+	BIO_free(bio);
+	X509_free(x);
+	return pem;
+}
+
+static mode_t
+ts_mode(const char *dir, const char *rel)
+{
+	struct stat	 sb;
+	char		*path;
+
+	xasprintf(&path, "%s/%s", dir, rel);
+	if (stat(path, &sb) == -1)
+		fail_msg("stat %s: %s", path, strerror(errno));
+	free(path);
+	return sb.st_mode & 07777;
+}
+
+static int
+ts_exists(const char *dir, const char *rel)
+{
+	struct stat	 sb;
+	char		*path;
+	int		 rc;
+
+	xasprintf(&path, "%s/%s", dir, rel);
+	rc = lstat(path, &sb) == 0;
+	free(path);
+	return rc;
+}
+
+static void
+ts_write(const char *dir, const char *rel, const char *text)
+{
+	char	*path;
+	FILE	*f;
+
+	xasprintf(&path, "%s/%s", dir, rel);
+	f = fopen(path, "w");
+	if (f == NULL)
+		fail_msg("fopen %s: %s", path, strerror(errno));
+	fputs(text, f);
+	fclose(f);
+	free(path);
+}
+
+/* Entries of a folder whose name starts with prefix. */
+static int
+ts_count(const char *dir, const char *prefix)
+{
+	struct dirent	*de;
+	DIR		*d;
+	int		 n = 0;
+
+	d = opendir(dir);
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+static void
+ts_meta(struct cert_meta *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->cm_not_before = 1;		/* must be ignored on load */
+	m->cm_not_after = 2;
+	m->cm_issued = 1700003600;
+	m->cm_url = xstrdup("https://ca.test/cert/1");
+	m->cm_nidents = 2;
+	m->cm_idents = xcalloc(2, sizeof(char *));
+	m->cm_idents[0] = xstrdup("example.com");
+	m->cm_idents[1] = xstrdup("www.example.com");
+	m->cm_key = KEY_ECDSA_256;
+}
+
+static void
+test_init(void **state)
+{
+	struct ts	*ts = *state;
+	char		*dir, *cause = NULL;
+
+	xasprintf(&dir, "%s/a/b/issuer", ts->dir);
+	assert_int_equal(store_init(dir, &cause), 0);
+	assert_int_equal(ts_mode(dir, ""), 0700);
+	assert_int_equal(ts_mode(dir, "certs"), 0700);
+	/* Idempotent. */
+	assert_int_equal(store_init(dir, &cause), 0);
+	free(dir);
+
+	ts_write(ts->dir, "file", "x");
+	xasprintf(&dir, "%s/file", ts->dir);
+	assert_int_equal(store_init(dir, &cause), -1);
+	assert_non_null(strstr(cause, "not a directory"));
+	free(cause);
+	free(dir);
+}
+
+static void
+test_write_atomic(void **state)
+{
+	struct ts	*ts = *state;
+	char		*path, *cause = NULL;
+	FILE		*f;
+	char		 buf[64];
+	size_t		 n;
+
+	xasprintf(&path, "%s/f", ts->dir);
+	assert_int_equal(store_write_atomic(path, "one", 3, 0600, &cause), 0);
+	assert_int_equal(store_write_atomic(path, "second", 6, 0640, &cause),
+	    0);
+	assert_int_equal(ts_mode(ts->dir, "f"), 0640);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	assert_int_equal(n, 6);
+	assert_memory_equal(buf, "second", 6);
+	free(path);
+
+	/* A failed rename (onto a folder) leaves no temp file behind. */
+	xasprintf(&path, "%s/sub", ts->dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(store_write_atomic(path, "x", 1, 0600, &cause), -1);
+	assert_non_null(strstr(cause, path));
+	free(cause);
+	assert_int_equal(ts_count(ts->dir, "."), 2);	/* "." and ".." */
+	free(path);
+
+	/* A missing folder is an error naming it. */
+	xasprintf(&path, "%s/missing/f", ts->dir);
+	assert_int_equal(store_write_atomic(path, "x", 1, 0600, &cause), -1);
+	assert_non_null(strstr(cause, "missing"));
+	free(cause);
+	free(path);
+}
+
+static void
+test_account_absent(void **state)
+{
+	struct ts	*ts = *state;
+	EVP_PKEY	*key = (EVP_PKEY *)1;
+	char		*dir, *url = (char *)1, *cause = NULL;
+
+	dir = ts_state(ts);
+	assert_int_equal(store_load_account(dir, &key, &url, &cause), 1);
+	assert_null(key);
+	assert_null(url);
+
+	/* A URL without a key: still 1, the URL is handed back. */
+	assert_int_equal(store_save_account_url(dir, "https://ca/acct/9",
+	    &cause), 0);
+	assert_int_equal(store_load_account(dir, &key, &url, &cause), 1);
+	assert_null(key);
+	assert_string_equal(url, "https://ca/acct/9");
+	free(url);
+	free(dir);
+}
+
+static void
+test_account_roundtrip(void **state)
+{
+	struct ts	*ts = *state;
+	EVP_PKEY	*key, *key2, *loaded = NULL;
+	char		*dir, *url = NULL, *cause = NULL;
+
+	dir = ts_state(ts);
+	key = ts_key();
+	assert_int_equal(store_save_account_key(dir, key, &cause), 0);
+	assert_int_equal(ts_mode(dir, "account.key"), 0600);
+
+	/* Key present, URL not yet registered. */
+	assert_int_equal(store_load_account(dir, &loaded, &url, &cause), 0);
+	assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
+	assert_null(url);
+	EVP_PKEY_free(loaded);
+
+	assert_int_equal(store_save_account_url(dir, "https://ca/acct/1",
+	    &cause), 0);
+	assert_int_equal(store_save_account_url(dir, "https://ca/acct/2",
+	    &cause), 0);
+	assert_int_equal(store_load_account(dir, &loaded, &url, &cause), 0);
+	assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
+	assert_string_equal(url, "https://ca/acct/2");
+	EVP_PKEY_free(loaded);
+	free(url);
+
+	/* The account key is never replaced. */
+	key2 = ts_key();
+	assert_int_equal(store_save_account_key(dir, key2, &cause), -1);
+	assert_non_null(strstr(cause, "account.key"));
+	free(cause);
+	assert_int_equal(store_load_account(dir, &loaded, &url, &cause), 0);
+	assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
+	assert_int_equal(ts_count(dir, ".account"), 0);
+	EVP_PKEY_free(loaded);
+	free(url);
+
+	EVP_PKEY_free(key2);
+	EVP_PKEY_free(key);
+	free(dir);
+}
+
+static void
+test_account_corrupt(void **state)
+{
+	struct ts	*ts = *state;
+	EVP_PKEY	*key = NULL;
+	char		*dir, *url = NULL, *cause = NULL;
+
+	dir = ts_state(ts);
+	ts_write(dir, "account.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n"
+	    "-----END PRIVATE KEY-----\n");
+	ts_write(dir, "account.url", "https://ca/acct/1\n");
+	assert_int_equal(store_load_account(dir, &key, &url, &cause), -1);
+	assert_non_null(strstr(cause, "account.key"));
+	assert_null(key);
+	assert_null(url);
+	free(cause);
+	free(dir);
+}
+
+static void
+test_cert_absent(void **state)
+{
+	struct ts		*ts = *state;
+	struct cert_meta	 m;
+	EVP_PKEY		*key = NULL;
+	char			*dir, *chain = NULL, *cause = NULL;
+
+	dir = ts_state(ts);
+	assert_int_equal(store_load_cert(dir, "example.com", &chain, &key, &m,
+	    &cause), 1);
+	assert_null(chain);
+	assert_null(key);
+	assert_int_equal(store_load_cert(dir, "../x", &chain, &key, &m,
+	    &cause), -1);
+	free(cause);
+	free(dir);
+}
+
+static void
+test_cert_roundtrip(void **state)
+{
+	struct ts		*ts = *state;
+	struct cert_meta	 m, got;
+	EVP_PKEY		*key, *loaded = NULL;
+	char			*dir, *pem, *chain = NULL, *cause = NULL;
+	char			 target[PATH_MAX], *link;
+	ssize_t			 n;
+	json_t			*json;
+
+	dir = ts_state(ts);
+	key = ts_key();
+	pem = ts_cert(key, TS_NB, TS_NA, "example.com");
+	ts_meta(&m);
+	assert_int_equal(store_save_cert(dir, "example.com", pem, key, &m,
+	    &cause), 0);
+
+	assert_int_equal(store_load_cert(dir, "example.com", &chain, &loaded,
+	    &got, &cause), 0);
+	assert_string_equal(chain, pem);
+	assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
+	assert_int_equal(got.cm_not_before, TS_NB);
+	assert_int_equal(got.cm_not_after, TS_NA);
+	assert_int_equal(got.cm_issued, 1700003600);
+	assert_string_equal(got.cm_url, "https://ca.test/cert/1");
+	assert_int_equal(got.cm_nidents, 2);
+	assert_string_equal(got.cm_idents[0], "example.com");
+	assert_string_equal(got.cm_idents[1], "www.example.com");
+	assert_int_equal(got.cm_key, KEY_ECDSA_256);
+
+	/* The layout users rely on. */
+	assert_int_equal(ts_mode(dir, "certs/example.com/key.pem"), 0600);
+	assert_int_equal(ts_mode(dir, "certs/example.com/fullchain.pem"),
+	    0644);
+	/* meta.json on disk tells the certificate's dates, not the caller's. */
+	xasprintf(&link, "%s/certs/example.com/meta.json", dir);
+	json = json_load_file(link, 0, NULL);
+	assert_non_null(json);
+	assert_int_equal(json_integer_value(json_object_get(json,
+	    "not_before")), TS_NB);
+	assert_int_equal(json_integer_value(json_object_get(json,
+	    "not_after")), TS_NA);
+	assert_string_equal(json_string_value(json_object_get(json, "key")),
+	    "ecdsa:256");
+	json_decref(json);
+	free(link);
+	xasprintf(&link, "%s/certs/example.com", dir);
+	n = readlink(link, target, sizeof(target) - 1);
+	assert_true(n > 0);
+	target[n] = '\0';
+	assert_null(strchr(target, '/'));
+	assert_int_equal(strncmp(target, "example.com.", 12), 0);
+
+	free(link);
+	store_meta_clear(&got);
+	store_meta_clear(&m);
+	EVP_PKEY_free(loaded);
+	EVP_PKEY_free(key);
+	free(chain);
+	free(pem);
+	free(dir);
+}
+
+/* Save n certificates for one id; the last one's key is returned. */
+static EVP_PKEY *
+ts_save_many(const char *dir, const char *id, int n, char **lastpem)
+{
+	struct cert_meta	 m;
+	EVP_PKEY		*key = NULL;
+	char			*cause = NULL;
+	int			 i;
+
+	ts_meta(&m);
+	for (i = 0; i < n; i++) {
+		EVP_PKEY_free(key);
+		free(*lastpem);
+		key = ts_key();
+		*lastpem = ts_cert(key, TS_NB + i, TS_NA + i, id);
+		if (store_save_cert(dir, id, *lastpem, key, &m, &cause) != 0)
+			fail_msg("store_save_cert: %s", cause);
+	}
+	store_meta_clear(&m);
+	return key;
+}
+
+static void
+test_cert_replace(void **state)
+{
+	struct ts		*ts = *state;
+	struct cert_meta	 got;
+	EVP_PKEY		*key, *loaded = NULL;
+	char			*dir, *certs, *pem = NULL, *chain = NULL;
+	char			*cause = NULL;
+
+	dir = ts_state(ts);
+	xasprintf(&certs, "%s/certs", dir);
+	key = ts_save_many(dir, "a.example", 3, &pem);
+	/* Another id sharing the prefix must be left alone. */
+	EVP_PKEY_free(ts_save_many(dir, "a.example.org", 1, &chain));
+	free(chain);
+	chain = NULL;
+
+	assert_int_equal(store_load_cert(dir, "a.example", &chain, &loaded,
+	    &got, &cause), 0);
+	assert_string_equal(chain, pem);
+	assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
+	assert_int_equal(got.cm_not_before, TS_NB + 2);
+	/*
+	 * One generation folder for a.example; the other two entries are
+	 * a.example.org's link and generation folder.
+	 */
+	assert_int_equal(ts_count(certs, "a.example."), 1 + 2);
+	assert_int_equal(ts_count(certs, "a.example.org"), 2);
+	assert_int_equal(ts_count(certs, ""), 2 + 4);
+	assert_int_equal(ts_count(certs, "."), 2);
+	store_meta_clear(&got);
+	EVP_PKEY_free(loaded);
+	free(chain);
+	chain = NULL;
+
+	assert_int_equal(store_load_cert(dir, "a.example.org", &chain, &loaded,
+	    &got, &cause), 0);
+	store_meta_clear(&got);
+	EVP_PKEY_free(loaded);
+	free(chain);
+
+	EVP_PKEY_free(key);
+	free(pem);
+	free(certs);
+	free(dir);
+}
+
+/*
+ * What a crash leaves: a complete newer generation the link never
+ * reached, a half-written one, and temp files.  Load must not see them;
+ * the next save removes them.
+ */
+static void
+test_cert_crash_leftovers(void **state)
+{
+	struct ts		*ts = *state;
+	struct cert_meta	 got;
+	EVP_PKEY		*key, *other, *loaded = NULL;
+	char			*dir, *certs, *pem = NULL, *chain = NULL;
+	char			*cause = NULL, *otherpem, *gen;
+
+	dir = ts_state(ts);
+	xasprintf(&certs, "%s/certs", dir);
+	key = ts_save_many(dir, "c.example", 1, &pem);
+
+	other = ts_key();
+	otherpem = ts_cert(other, TS_NB, TS_NA, "c.example");
+	xasprintf(&gen, "%s/c.example.00000000000000ff", certs);
+	assert_int_equal(mkdir(gen, 0700), 0);
+	ts_write(gen, "fullchain.pem", otherpem);
+	ts_write(gen, ".key.pem.Ab12Cd", "partial");
+	free(gen);
+	xasprintf(&gen, "%s/c.example.0000000000000002", certs);
+	assert_int_equal(mkdir(gen, 0700), 0);
+	ts_write(gen, "fullchain.pem", "");
+	ts_write(certs, ".c.example.zz99zz", "temp");
+	free(gen);
+	xasprintf(&gen, "%s/.c.example.qq11qq", certs);
+	assert_int_equal(symlink("c.example.00000000000000ff", gen), 0);
+
+	assert_int_equal(store_load_cert(dir, "c.example", &chain, &loaded,
+	    &got, &cause), 0);
+	assert_string_equal(chain, pem);
+	assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
+	store_meta_clear(&got);
+	EVP_PKEY_free(loaded);
+	free(chain);
+	chain = NULL;
+
+	/* The next save cleans up and still wins. */
+	EVP_PKEY_free(key);
+	key = ts_save_many(dir, "c.example", 1, &pem);
+	assert_int_equal(ts_count(certs, "c.example."), 1);
+	assert_int_equal(ts_count(certs, "."), 2);
+	assert_int_equal(ts_count(certs, ""), 2 + 2);
+	assert_int_equal(store_load_cert(dir, "c.example", &chain, &loaded,
+	    &got, &cause), 0);
+	assert_string_equal(chain, pem);
+	assert_int_equal(EVP_PKEY_eq(key, loaded), 1);
+	store_meta_clear(&got);
+	EVP_PKEY_free(loaded);
+	free(chain);
+
+	free(gen);
+	free(otherpem);
+	EVP_PKEY_free(other);
+	EVP_PKEY_free(key);
+	free(pem);
+	free(certs);
+	free(dir);
+}
+
+static void
+test_cert_mismatch(void **state)
+{
+	struct ts		*ts = *state;
+	struct cert_meta	 m, got;
+	EVP_PKEY		*key, *other, *loaded = NULL;
+	char			*dir, *pem, *otherpem = NULL, *chain = NULL;
+	char			*cause = NULL, *certs;
+	BIO			*bio;
+	char			*data;
+	long			 len;
+
+	dir = ts_state(ts);
+	key = ts_key();
+	other = ts_key();
+	pem = ts_cert(key, TS_NB, TS_NA, "m.example");
+	ts_meta(&m);
+
+	/* Saving a mismatched pair is refused and stores nothing. */
+	assert_int_equal(store_save_cert(dir, "m.example", pem, other, &m,
+	    &cause), -1);
+	assert_non_null(strstr(cause, "does not match"));
+	free(cause);
+	cause = NULL;
+	assert_int_equal(store_load_cert(dir, "m.example", &chain, &loaded,
+	    &got, &cause), 1);
+	assert_false(ts_exists(dir, "certs/m.example"));
+	xasprintf(&certs, "%s/certs", dir);
+	assert_int_equal(ts_count(certs, ""), 2);	/* "." and ".." */
+	free(certs);
+
+	/* A key swapped behind our back is reported on load. */
+	assert_int_equal(store_save_cert(dir, "m.example", pem, key, &m,
+	    &cause), 0);
+	bio = BIO_new(BIO_s_mem());
+	assert_true(PEM_write_bio_PKCS8PrivateKey(bio, other, NULL, NULL, 0,
+	    NULL, NULL));
+	len = BIO_get_mem_data(bio, &data);
+	otherpem = xstrndup(data, (size_t)len);
+	BIO_free(bio);
+	ts_write(dir, "certs/m.example/key.pem", otherpem);
+	assert_int_equal(store_load_cert(dir, "m.example", &chain, &loaded,
+	    &got, &cause), -1);
+	assert_non_null(strstr(cause, "does not match"));
+	assert_non_null(strstr(cause, "key.pem"));
+	assert_null(chain);
+	assert_null(loaded);
+	free(cause);
+
+	store_meta_clear(&m);
+	EVP_PKEY_free(other);
+	EVP_PKEY_free(key);
+	free(otherpem);
+	free(pem);
+	free(dir);
+}
+
+static void
+test_cert_corrupt_meta(void **state)
+{
+	struct ts		*ts = *state;
+	struct cert_meta	 got;
+	EVP_PKEY		*key, *loaded = NULL;
+	char			*dir, *pem = NULL, *chain = NULL, *cause = NULL;
+
+	dir = ts_state(ts);
+	key = ts_save_many(dir, "j.example", 1, &pem);
+	ts_write(dir, "certs/j.example/meta.json", "{\"identifiers\": 3}");
+	assert_int_equal(store_load_cert(dir, "j.example", &chain, &loaded,
+	    &got, &cause), -1);
+	assert_non_null(strstr(cause, "meta.json"));
+	free(cause);
+	EVP_PKEY_free(key);
+	free(pem);
+	free(dir);
+}
+
+static void
+test_chain_dates(void **state)
+{
+	EVP_PKEY	*key;
+	char		*pem;
+	time_t		 nb = 0, na = 0;
+
+	(void)state;
+	key = ts_key();
+	pem = ts_cert(key, TS_NB, 4102444800 /* 2100-01-01 */, "d");
+	assert_int_equal(store_chain_dates(pem, &nb, &na), 0);
+	assert_int_equal(nb, TS_NB);
+	assert_int_equal(na, 4102444800);
+	assert_int_equal(store_chain_dates("not a pem", &nb, &na), -1);
+	free(pem);
+	EVP_PKEY_free(key);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_init, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_write_atomic, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_account_absent, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_account_roundtrip,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_account_corrupt,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_absent, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_roundtrip, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_replace, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_crash_leftovers,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_mismatch, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_corrupt_meta,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test(test_chain_dates),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
