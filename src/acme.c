@@ -846,6 +846,9 @@ acme_account_payload(struct acme_issuer *ai)
 	if (ci->ci_eab_kid != NULL) {
 		eab = jws_eab(ci->ci_eab_kid, ci->ci_eab_hmac,
 		    ci->ci_eab_hmac_len, ai->ai_key, ai->ai_new_account);
+		if (eab == NULL)
+			fatalx("issuer \"%s\": external account binding "
+			    "failed", ai->ai_name);
 		json_object_set_new(o, "externalAccountBinding", eab);
 	}
 	if ((s = json_dumps(o, JSON_COMPACT)) == NULL)

@@ -65,15 +65,6 @@
 #define STORE_MAX_FILE		(1024 * 1024)	/* no PEM or JSON is larger */
 #define STORE_LINK_TRIES	100
 
-/*
- * The names meta.json uses for key types.  conf.c owns key_type_name();
- * store.c keeps its own copy so it depends on nothing above util.c.
- */
-static const char *store_key_names[KEY_TYPE_MAX] = {
-	"ecdsa:256", "ecdsa:384", "ecdsa:521",
-	"rsa:2048", "rsa:3072", "rsa:4096"
-};
-
 /* Never let OpenSSL prompt on the terminal for an encrypted key. */
 static int
 store_no_password(char *buf, int size, int rwflag, void *arg)
@@ -591,7 +582,7 @@ store_meta_json(const struct cert_meta *meta)
 	    json_null(),
 	    "identifiers", ids,
 	    "key", (unsigned)meta->cm_key < KEY_TYPE_MAX ?
-	    store_key_names[meta->cm_key] : "unknown");
+	    key_type_name(meta->cm_key) : "unknown");
 	if (obj == NULL)
 		fatalx("store_meta_json: json_pack");
 	if ((s = json_dumps(obj, JSON_INDENT(1) | JSON_PRESERVE_ORDER)) == NULL)
