@@ -20,7 +20,7 @@ CTL_OBJS    = $(CTL_SRCS:src/acmectl/%.c=$(BUILD)/obj/acmectl/%.o)
 UNIT_SRCS   = $(wildcard tests/unit/test_*.c)
 UNIT_BINS   = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-PYTEST	?= python3 -m pytest
+PYTEST	?= /usr/bin/python3 -m pytest
 
 all: $(BUILD)/acme-sidecar $(BUILD)/acmectl
 

@@ -1,0 +1,344 @@
+"""Fixtures for the integration tests: a real Pebble, the real daemon.
+
+Every test gets its own temporary folder, its own free ports and a fresh
+Pebble (Pebble 2.4.0 can deadlock under load, so nothing is shared), and
+everything a test starts is killed at teardown, even when it fails.
+
+The Pebble logic lives in scripts/pebble (the demo and the benchmarks use
+it from the shell); it is imported here as a module.
+"""
+
+import importlib.machinery
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SIDECAR = Path(os.environ.get("ACME_SIDECAR", ROOT / "build" / "acme-sidecar"))
+ISSUE_TIMEOUT = 60.0
+
+
+def _load_pebble_script():
+    path = str(ROOT / "scripts" / "pebble")
+    loader = importlib.machinery.SourceFileLoader("pebble_script", path)
+    spec = importlib.util.spec_from_loader("pebble_script", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+pebblelib = _load_pebble_script()
+free_port = pebblelib.free_port
+
+
+# ---------------------------------------------------------------- helpers
+
+def cert_id(names, key=None):
+    """The daemon's certificate id: first name, plus the key type unless
+    it is the default ecdsa:256 ("c.example.test_rsa2048")."""
+    if key is None or key == "ecdsa:256":
+        return names[0]
+    return "%s_%s" % (names[0], key.replace(":", ""))
+
+
+def tail(path, n=40):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError as e:
+        return "(%s: %s)" % (path, e.strerror)
+
+
+def openssl(*args, input=None, check=True):
+    p = subprocess.run(["openssl", *args], input=input,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    if check and p.returncode != 0:
+        raise AssertionError("openssl %s failed (%d): %s%s" %
+                             (" ".join(args), p.returncode, p.stdout,
+                              p.stderr))
+    return p
+
+
+def split_pem(text):
+    return re.findall(r"-----BEGIN CERTIFICATE-----.+?"
+                      r"-----END CERTIFICATE-----\n?", text, re.S)
+
+
+def cert_sans(pem):
+    out = openssl("x509", "-noout", "-ext", "subjectAltName",
+                  input=pem).stdout
+    return {s.strip() for s in out.split("\n", 1)[1].split(",")
+            if s.strip()}
+
+
+def cert_serial(pem):
+    return openssl("x509", "-noout", "-serial", input=pem).stdout.strip()
+
+
+def key_type(key_path):
+    """("ec", "P-256") or ("rsa", 2048) from a private key file."""
+    text = openssl("pkey", "-in", str(key_path), "-noout", "-text").stdout
+    m = re.search(r"NIST CURVE: (\S+)", text)
+    if m:
+        return ("ec", m.group(1))
+    m = re.search(r"Private-Key: \((\d+) bit, \d+ primes\)", text)
+    if m and "modulus:" in text:
+        return ("rsa", int(m.group(1)))
+    return ("unknown", text.splitlines()[0] if text else "")
+
+
+EXPECTED_KEY = {
+    None: ("ec", "P-256"),
+    "ecdsa:256": ("ec", "P-256"),
+    "ecdsa:384": ("ec", "P-384"),
+    "ecdsa:521": ("ec", "P-521"),
+    "rsa:2048": ("rsa", 2048),
+    "rsa:3072": ("rsa", 3072),
+    "rsa:4096": ("rsa", 4096),
+}
+
+
+def mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+def check_certificate(state, names, key, pebble, workdir):
+    """Everything a user can observe about one stored certificate."""
+    cid = cert_id(names, key)
+    d = Path(state) / "certs" / cid
+    chain = (d / "fullchain.pem").read_text()
+    blocks = split_pem(chain)
+    assert len(blocks) >= 2, (
+        "%s/fullchain.pem holds %d certificate(s); a full chain needs the "
+        "leaf and the intermediate" % (cid, len(blocks)))
+    leaf = workdir / ("%s.leaf.pem" % cid)
+    leaf.write_text(blocks[0])
+    # Only the intermediates from the chain file itself: that is what
+    # nginx will serve, so the chain file alone must be enough.
+    untrusted = workdir / ("%s.untrusted.pem" % cid)
+    untrusted.write_text("".join(blocks[1:]))
+    v = openssl("verify", "-CAfile", pebble.root, "-untrusted",
+                str(untrusted), str(leaf), check=False)
+    assert v.returncode == 0, "%s: chain does not verify: %s%s" % (
+        cid, v.stdout, v.stderr)
+
+    assert cert_sans(blocks[0]) == {"DNS:" + n for n in names}, cid
+
+    key_path = d / "key.pem"
+    assert mode(key_path) == 0o600, "%s: key.pem mode %o" % (
+        cid, mode(key_path))
+    pub_key = openssl("pkey", "-in", str(key_path), "-pubout").stdout
+    pub_cert = openssl("x509", "-noout", "-pubkey", input=blocks[0]).stdout
+    assert pub_key == pub_cert, "%s: key.pem does not match the cert" % cid
+    assert key_type(key_path) == EXPECTED_KEY[key], cid
+    assert (d / "meta.json").is_file(), "%s: no meta.json" % cid
+
+
+def check_account(state):
+    key = Path(state) / "account.key"
+    assert key.read_text().startswith("-----BEGIN PRIVATE KEY-----"), \
+        "account.key is not PKCS#8 PEM"
+    assert mode(key) == 0o600, "account.key mode %o" % mode(key)
+    url = (Path(state) / "account.url").read_text().strip()
+    assert url.startswith("https://127.0.0.1:"), url
+
+
+def write_config(path, pebble, state, http_port, certs, issuer="pebble",
+                 issuer_extra=""):
+    """certs: list of (names, key or None)."""
+    lines = [
+        "# written by tests/integration/conftest.py",
+        "acme_issuer %s {" % issuer,
+        "    uri %s;" % pebble.directory_url,
+        "    state_path %s;" % state,
+        "    accept_terms_of_service;",
+        "    ssl_trusted_certificate %s;" % pebble.ca,
+        "    request_rate off;",
+        "    contact admin@example.test;",
+    ]
+    if issuer_extra:
+        lines.append("    " + issuer_extra)
+    lines += ["}", "", "challenge_listen 127.0.0.1:%d;" % http_port, ""]
+    for names, key in certs:
+        lines.append("acme_certificate %s %s%s;" % (
+            issuer, " ".join(names), " key=" + key if key else ""))
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.rename(tmp, path)
+
+
+# ---------------------------------------------------------------- daemon
+
+class Sidecar:
+    """build/acme-sidecar in the foreground, stderr to a log file."""
+
+    def __init__(self, workdir, config, pebbles=()):
+        self.workdir = Path(workdir)
+        self.config = Path(config)
+        self.logfile = self.workdir / "sidecar.log"
+        self.pebbles = list(pebbles)
+        self.proc = None
+        self.run_offset = 0
+
+    def start(self, *extra):
+        with open(self.logfile, "ab") as log:
+            self.run_offset = log.tell()
+            log.write(b"==== test: starting acme-sidecar\n")
+            self.proc = subprocess.Popen(
+                [str(SIDECAR), "-c", str(self.config), "-v", *extra],
+                stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=pebblelib.die_with_parent,
+                cwd=str(self.workdir))
+        return self
+
+    def log(self, this_run=True):
+        with open(self.logfile, "rb") as f:
+            if this_run:
+                f.seek(self.run_offset)
+            return f.read().decode(errors="replace")
+
+    def diagnostics(self):
+        out = "\n--- acme-sidecar log (tail) ---\n" + tail(self.logfile)
+        for p in self.pebbles:
+            out += "\n--- %s/pebble.log (tail) ---\n" % p.dir
+            out += tail(p.path("pebble.log"), 20)
+        return out
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _check_alive(self, what):
+        if not self.alive():
+            rc = None if self.proc is None else self.proc.returncode
+            pytest.fail("acme-sidecar exited (status %s) while %s%s" %
+                        (rc, what, self.diagnostics()), pytrace=False)
+
+    def wait_log(self, pattern, timeout=10.0):
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.log())
+            if m:
+                return m
+            self._check_alive("waiting for log /%s/" % pattern)
+            if time.monotonic() > deadline:
+                pytest.fail("no log line matching /%s/ after %.0fs%s" %
+                            (pattern, timeout, self.diagnostics()),
+                            pytrace=False)
+            time.sleep(0.1)
+
+    def wait_certs(self, state, ids, timeout=ISSUE_TIMEOUT):
+        """Poll until certs/<id>/fullchain.pem exists for every id."""
+        want = list(ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = [i for i in want
+                       if not (Path(state) / "certs" / i /
+                               "fullchain.pem").is_file()]
+            if not missing:
+                return
+            self._check_alive("waiting for %s" % ", ".join(missing))
+            if time.monotonic() > deadline:
+                pytest.fail("after %.0fs these certificates are still "
+                            "missing in %s/certs: %s%s" %
+                            (timeout, state, ", ".join(missing),
+                             self.diagnostics()), pytrace=False)
+            time.sleep(0.2)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=10.0):
+        """SIGTERM; returns the exit status.  Kills it if it hangs."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail("acme-sidecar ignored SIGTERM for %.0fs%s" %
+                            (timeout, self.diagnostics()), pytrace=False)
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.proc = None
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def sidecar_bin():
+    if not os.access(SIDECAR, os.X_OK):
+        pytest.fail("%s is missing: run make first" % SIDECAR,
+                    pytrace=False)
+    return SIDECAR
+
+
+@pytest.fixture
+def http_port():
+    """Where the sidecar's HTTP-01 responder listens (Pebble's httpPort)."""
+    return free_port()
+
+
+@pytest.fixture
+def pebble_factory(tmp_path):
+    """make(http_port, listen_port=None, env=None, start=True) -> Pebble.
+
+    With start=False the certificates, ports and pebble.json are ready
+    (directory_url and ca are known) but nothing runs yet.
+    """
+    started = []
+
+    def make(http_port, listen_port=None, env=None, start=True,
+             name="pebble"):
+        e = {"PEBBLE_VA_NOSLEEP": "1"}
+        e.update(env or {})
+        p = pebblelib.Pebble(tmp_path / name, http_port=http_port,
+                             listen_port=listen_port, env=e, tied=True)
+        started.append(p)
+        p.prepare()
+        if start:
+            p.start()
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def pebble(pebble_factory, http_port):
+    return pebble_factory(http_port)
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path, sidecar_bin):
+    made = []
+
+    def make(config, pebbles=()):
+        s = Sidecar(tmp_path, config, pebbles)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.kill()
