@@ -50,6 +50,8 @@ struct acme_req {
 	int			 ar_bootstrap;
 	int			 ar_no_retry;	/* caller handles failures */
 	int			 ar_new_order;	/* URL is the directory's */
+	int			 ar_opened;	/* holds an open-order slot */
+	int			 ar_authz;	/* to an authorization or challenge */
 	char			*ar_url;
 	char			*ar_payload;	/* NULL: POST-as-GET */
 	char			*ar_accept;
@@ -85,8 +87,12 @@ struct acme_issuer {
 	char			*ai_thumbprint;
 
 	struct acme_reqs	 ai_boot_queue;
-	struct acme_reqs	 ai_queue;
+	struct acme_reqs	 ai_queue;	/* orders under way */
+	struct acme_reqs	 ai_order_queue; /* newOrder, waiting for a slot */
 	unsigned int		 ai_inflight;
+	unsigned int		 ai_inflight_new_orders;
+	unsigned int		 ai_inflight_authz;
+	unsigned int		 ai_open_orders;
 	double			 ai_tokens;
 	struct timeval		 ai_refilled;
 	struct event		*ai_pace_ev;
@@ -228,6 +234,7 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 	ai->ai_name = ai->ai_conf.ci_name;
 	TAILQ_INIT(&ai->ai_boot_queue);
 	TAILQ_INIT(&ai->ai_queue);
+	TAILQ_INIT(&ai->ai_order_queue);
 	ai->ai_nonces = nonce_pool_new();
 	ai->ai_tokens = ci->ci_burst > 0 ? ci->ci_burst : 1;
 	evutil_gettimeofday(&ai->ai_refilled, NULL);
@@ -292,6 +299,7 @@ acme_issuer_free(struct acme_issuer *ai)
 		return;
 	acme_queue_free(&ai->ai_boot_queue);
 	acme_queue_free(&ai->ai_queue);
+	acme_queue_free(&ai->ai_order_queue);
 	event_free(ai->ai_pace_ev);
 	event_free(ai->ai_boot_ev);
 	http_pool_free(ai->ai_http);
@@ -368,7 +376,11 @@ acme_req_queue(struct acme_req *ar)
 {
 	struct acme_issuer	*ai = ar->ar_issuer;
 
-	return ar->ar_bootstrap ? &ai->ai_boot_queue : &ai->ai_queue;
+	if (ar->ar_bootstrap)
+		return &ai->ai_boot_queue;
+	if (ar->ar_new_order && !ar->ar_opened)
+		return &ai->ai_order_queue;
+	return &ai->ai_queue;
 }
 
 static void
@@ -409,6 +421,31 @@ acme_new_order(struct acme_issuer *ai, const char *payload, acme_cb cb,
 	return ar;
 }
 
+/* A request left the network: give back its slot. */
+static void
+acme_req_landed(struct acme_req *ar)
+{
+	struct acme_issuer	*ai = ar->ar_issuer;
+
+	ai->ai_inflight--;
+	if (ar->ar_new_order)
+		ai->ai_inflight_new_orders--;
+	if (ar->ar_authz)
+		ai->ai_inflight_authz--;
+}
+
+struct acme_req *
+acme_post_authz(struct acme_issuer *ai, const char *url, const char *payload,
+    acme_cb cb, void *arg)
+{
+	struct acme_req	*ar;
+
+	ar = acme_req_new(ai, AREQ_POST_KID, url, payload, NULL, cb, arg);
+	ar->ar_authz = 1;
+	acme_enqueue(ar, 0);
+	return ar;
+}
+
 void
 acme_req_cancel(struct acme_req *ar)
 {
@@ -420,11 +457,13 @@ acme_req_cancel(struct acme_req *ar)
 		break;
 	case AREQ_NONCE:
 	case AREQ_SENT:
-		ai->ai_inflight--;
+		acme_req_landed(ar);
 		break;
 	case AREQ_WAITING:
 		break;
 	}
+	if (ar->ar_opened)
+		ai->ai_open_orders--;
 	acme_req_free(ar);
 	acme_dispatch(ai);
 }
@@ -461,6 +500,41 @@ acme_rate_allows(struct acme_issuer *ai)
 	return 0;
 }
 
+/*
+ * The queue to serve next: bootstrap first; then the steps of orders under
+ * way, so that they finish before more are opened; then new orders, while
+ * fewer than ACME_MAX_OPEN_ORDERS are open.  Open orders are what a CA has
+ * to track, and keeping them few keeps its per-request work small.
+ *
+ * A newOrder is never in flight together with a request to an
+ * authorization or a challenge.  Pebble 2.4.0 takes its store lock and
+ * then authorization locks when it scans for reusable authorizations on
+ * newOrder, but an authorization lock and then the store lock to answer
+ * for an authorization or a challenge: the two together can deadlock it
+ * for good.  All these requests are short, so keeping them apart costs
+ * little against any CA.
+ */
+static struct acme_reqs *
+acme_next_queue(struct acme_issuer *ai)
+{
+	struct acme_req	*head;
+
+	if (!TAILQ_EMPTY(&ai->ai_boot_queue))
+		return &ai->ai_boot_queue;
+	if (ai->ai_state != ISSUER_READY)
+		return NULL;
+	if ((head = TAILQ_FIRST(&ai->ai_queue)) != NULL) {
+		if (head->ar_authz && ai->ai_inflight_new_orders > 0)
+			return NULL;
+		return &ai->ai_queue;
+	}
+	if (!TAILQ_EMPTY(&ai->ai_order_queue) &&
+	    ai->ai_open_orders < ACME_MAX_OPEN_ORDERS &&
+	    ai->ai_inflight_authz == 0)
+		return &ai->ai_order_queue;
+	return NULL;
+}
+
 static void
 acme_dispatch(struct acme_issuer *ai)
 {
@@ -468,20 +542,36 @@ acme_dispatch(struct acme_issuer *ai)
 	struct acme_req		*ar;
 
 	while (ai->ai_inflight < ACME_MAX_INFLIGHT) {
-		q = &ai->ai_boot_queue;
-		if (TAILQ_EMPTY(q)) {
-			if (ai->ai_state != ISSUER_READY)
-				return;
-			q = &ai->ai_queue;
-		}
-		if ((ar = TAILQ_FIRST(q)) == NULL)
+		if ((q = acme_next_queue(ai)) == NULL)
 			return;
 		if (!acme_rate_allows(ai))
 			return;
+		ar = TAILQ_FIRST(q);
 		TAILQ_REMOVE(q, ar, ar_entry);
+		if (ar->ar_new_order && !ar->ar_opened) {
+			ar->ar_opened = 1;
+			ai->ai_open_orders++;
+		}
 		ai->ai_inflight++;
+		if (ar->ar_new_order)
+			ai->ai_inflight_new_orders++;
+		if (ar->ar_authz)
+			ai->ai_inflight_authz++;
 		acme_req_send(ar);
 	}
+}
+
+/*
+ * The order a newOrder created is over (done, failed or dropped): its slot
+ * goes to the next new order.
+ */
+void
+acme_order_close(struct acme_issuer *ai)
+{
+	if (ai->ai_open_orders == 0)
+		fatalx("%s: no open order", __func__);
+	ai->ai_open_orders--;
+	acme_dispatch(ai);
 }
 
 /* Parse Retry-After: delta-seconds or an HTTP-date.  0 when absent. */
@@ -609,9 +699,13 @@ acme_req_wait(struct acme_req *ar, double seconds)
 static void
 acme_req_finish(struct acme_req *ar, const struct acme_reply *r)
 {
-	acme_cb	 cb = ar->ar_cb;
-	void	*arg = ar->ar_arg;
+	struct acme_issuer	*ai = ar->ar_issuer;
+	acme_cb			 cb = ar->ar_cb;
+	void			*arg = ar->ar_arg;
 
+	/* A created order keeps its slot until acme_order_close(). */
+	if (ar->ar_opened && r->status != 201)
+		ai->ai_open_orders--;
 	ar->ar_http = NULL;
 	acme_req_free(ar);
 	cb(r, arg);
@@ -676,7 +770,7 @@ acme_req_done(const struct http_response *hr, void *arg)
 	const char		*nonce;
 
 	ar->ar_http = NULL;
-	ai->ai_inflight--;
+	acme_req_landed(ar);
 	if ((nonce = http_response_header(hr, "Replay-Nonce")) != NULL)
 		nonce_put(ai->ai_nonces, nonce);
 	acme_reply_fill(&r, hr);
@@ -711,7 +805,7 @@ acme_nonce_done(const struct http_response *hr, void *arg)
 		acme_req_send(ar);	/* keeps its slot */
 		return;
 	}
-	ai->ai_inflight--;
+	acme_req_landed(ar);
 	acme_reply_fill(&r, hr);
 	if (r.status != 0) {
 		/* A newNonce answer without a nonce: treat as a CA fault. */

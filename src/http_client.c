@@ -20,6 +20,8 @@
 #include <sys/queue.h>
 #include <sys/time.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
@@ -105,6 +107,7 @@ struct http_conn {
 	struct http_request	*hc_req;	/* while BUSY */
 	unsigned int		 hc_served;	/* responses received */
 	int			 hc_closed;	/* evhttp reported a close */
+	int			 hc_nodelay;	/* TCP_NODELAY is set */
 	TAILQ_ENTRY(http_conn)	 hc_entry;	/* idle, busy or dead list */
 };
 TAILQ_HEAD(http_conns, http_conn);
@@ -323,6 +326,30 @@ http_conn_closecb(struct evhttp_connection *evcon, void *arg)
 		http_conn_set_state(hc, HTTP_CONN_DEAD);
 }
 
+/*
+ * evhttp writes a request's headers and body as two TLS records; with
+ * Nagle on, the second waits for the server's delayed ACK (40 ms).
+ * evhttp creates the socket itself (after DNS), and the handshake start
+ * is the first moment we see it.
+ */
+static void
+http_conn_nodelay(int fd)
+{
+	int	 one = 1;
+
+	if (fd != -1 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+	    sizeof(one)) == -1)
+		log_debug("http: setsockopt(TCP_NODELAY): %s", strerror(errno));
+}
+
+static void
+http_conn_ssl_info(const SSL *ssl, int where, int ret)
+{
+	(void)ret;
+	if (where & SSL_CB_HANDSHAKE_START && !SSL_is_init_finished(ssl))
+		http_conn_nodelay(SSL_get_fd(ssl));
+}
+
 static SSL *
 http_conn_ssl(struct http_origin *ho, char **cause)
 {
@@ -335,6 +362,7 @@ http_conn_ssl(struct http_origin *ho, char **cause)
 	}
 	if ((ssl = SSL_new(ctx)) == NULL)
 		goto fail;
+	SSL_set_info_callback(ssl, http_conn_ssl_info);
 	/* RFC 6066 forbids SNI with an IP literal. */
 	if (!ho->ho_ip && !SSL_set_tlsext_host_name(ssl, ho->ho_host))
 		goto fail;
@@ -576,6 +604,7 @@ http_conn_send(struct http_conn *hc, struct http_request *hq)
 	struct evhttp_request	*req;
 	struct evkeyvalq	*hdrs;
 	char			 clen[32];
+	int			 fd;
 
 	if ((req = evhttp_request_new(http_conn_evdone, hq)) == NULL)
 		fatalx("%s: evhttp_request_new", __func__);
@@ -618,6 +647,12 @@ http_conn_send(struct http_conn *hc, struct http_request *hq)
 			hq->hq_error = xstrdup("cannot start request");
 			http_request_finish(hq);
 		}
+		return;
+	}
+	/* The socket exists by now unless DNS is still running. */
+	if (!hc->hc_nodelay && (fd = bufferevent_getfd(hc->hc_bev)) != -1) {
+		http_conn_nodelay(fd);
+		hc->hc_nodelay = 1;
 	}
 }
 

@@ -46,6 +46,7 @@ struct cert {
 	size_t			 ce_nauthz;
 	size_t			 ce_authz_next;
 	char			*ce_token;	/* registered with challenge.c */
+	int			 ce_order_open;	/* see acme_order_close() */
 	int			 ce_polls;
 	EVP_PKEY		*ce_new_key;
 	char			**ce_alternates;	/* Link rel="alternate" */
@@ -162,6 +163,10 @@ order_reset(struct cert *ce)
 		ce->ce_req = NULL;
 	}
 	evtimer_del(ce->ce_timer);
+	if (ce->ce_order_open) {
+		ce->ce_order_open = 0;
+		acme_order_close(ce->ce_issuer);
+	}
 	if (ce->ce_token != NULL) {
 		challenge_remove(ce->ce_token);
 		free(ce->ce_token);
@@ -478,8 +483,9 @@ order_drive(struct cert *ce)
 		return;
 	case ORDER_AUTHZ:
 	case ORDER_AUTHZ_POLL:
-		url = ce->ce_authz[ce->ce_authz_next];
-		break;
+		ce->ce_req = acme_post_authz(ai, ce->ce_authz[ce->ce_authz_next],
+		    NULL, order_reply, ce);
+		return;
 	case ORDER_FINALIZE:
 		if ((payload = order_finalize_payload(ce)) == NULL) {
 			order_failf(ce, "creating the key and CSR failed");
@@ -674,7 +680,7 @@ order_respond(struct cert *ce, json_t *authz)
 		return;
 	}
 	order_set_state(ce, ORDER_CHALLENGE);
-	ce->ce_req = acme_post(ce->ce_issuer, url, "{}", NULL, order_reply, ce);
+	ce->ce_req = acme_post_authz(ce->ce_issuer, url, "{}", order_reply, ce);
 }
 
 static void
@@ -801,6 +807,7 @@ order_reply(const struct acme_reply *r, void *arg)
 	ce->ce_req = NULL;
 	switch (ce->ce_state) {
 	case ORDER_NEW:
+		ce->ce_order_open = r->status == 201;
 		if (r->status != 201 || !json_is_object(r->json)) {
 			order_fail_reply(ce, "newOrder", r);
 			return;

@@ -259,6 +259,7 @@ enum issuer_state {
 };
 
 #define ACME_MAX_INFLIGHT	32	/* requests in flight per issuer */
+#define ACME_MAX_OPEN_ORDERS	128	/* orders under way per issuer */
 #define ACME_TIMEOUT		30	/* seconds per request */
 #define ACME_BADNONCE_TRIES	10
 #define ACME_NET_TRIES		5
@@ -298,8 +299,13 @@ void		 acme_issuer_update_conf(struct acme_issuer *,
 /* Signed POST (payload NULL is POST-as-GET) with the account's kid. */
 struct acme_req	*acme_post(struct acme_issuer *, const char *url,
 		    const char *payload, const char *accept, acme_cb, void *);
+/* newOrder; a 201 answer leaves an open order to acme_order_close(). */
 struct acme_req	*acme_new_order(struct acme_issuer *, const char *payload,
 		    acme_cb, void *);
+void		 acme_order_close(struct acme_issuer *);
+/* A POST to an authorization or a challenge (see acme_next_queue()). */
+struct acme_req	*acme_post_authz(struct acme_issuer *, const char *url,
+		    const char *payload, acme_cb, void *);
 void		 acme_req_cancel(struct acme_req *);
 /* Human summary of a failed reply: "HTTP 403 unauthorized: detail". */
 char		*acme_reply_describe(const struct acme_reply *);

@@ -50,7 +50,6 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include "sidecar.h"
@@ -63,7 +62,6 @@
 #define STORE_META		"meta.json"
 #define STORE_GEN_LEN		16		/* hex digits */
 #define STORE_MAX_FILE		(1024 * 1024)	/* no PEM or JSON is larger */
-#define STORE_LINK_TRIES	100
 
 /* Never let OpenSSL prompt on the terminal for an encrypted key. */
 static int
@@ -107,6 +105,42 @@ store_dirname(const char *path)
 	return xstrndup(path, (size_t)(slash - path));
 }
 
+/* Give fd its mode, write all of data, fsync and close it; -1 on error. */
+static int
+store_fill(int fd, const char *path, const void *data, size_t len,
+    mode_t mode, char **cause)
+{
+	const char	*p = data;
+	ssize_t		 n;
+
+	if (fchmod(fd, mode) == -1) {
+		xasprintf(cause, "fchmod %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	while (len > 0) {
+		if ((n = write(fd, p, len)) == -1) {
+			if (errno == EINTR)
+				continue;
+			xasprintf(cause, "write %s: %s", path, strerror(errno));
+			goto fail;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (fsync(fd) == -1) {
+		xasprintf(cause, "fsync %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	if (close(fd) == -1) {
+		xasprintf(cause, "close %s: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+fail:
+	close(fd);
+	return -1;
+}
+
 /*
  * Write data to a new temp file ".<name>.XXXXXX" beside path, with mode,
  * and fsync it.  Returns the temp file's name (caller frees) or NULL.
@@ -115,56 +149,44 @@ static char *
 store_write_temp(const char *path, const void *data, size_t len, mode_t mode,
     char **cause)
 {
-	const char	*base, *p = data;
+	const char	*base;
 	char		*dir = NULL, *tmp = NULL;
-	ssize_t		 n;
-	int		 fd = -1, ok = 0;
+	int		 fd;
 
 	base = strrchr(path, '/');
 	base = (base == NULL) ? path : base + 1;
 	dir = store_dirname(path);
 	xasprintf(&tmp, "%s/.%s.XXXXXX", dir, base);
+	free(dir);
 	if ((fd = mkostemp(tmp, O_CLOEXEC)) == -1) {
 		xasprintf(cause, "%s: %s", tmp, strerror(errno));
 		free(tmp);
-		tmp = NULL;
-		goto out;
+		return NULL;
 	}
-	if (fchmod(fd, mode) == -1) {
-		xasprintf(cause, "fchmod %s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1) {
-			if (errno == EINTR)
-				continue;
-			xasprintf(cause, "write %s: %s", tmp, strerror(errno));
-			goto out;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	if (fsync(fd) == -1) {
-		xasprintf(cause, "fsync %s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	if (close(fd) == -1) {
-		fd = -1;
-		xasprintf(cause, "close %s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	fd = -1;
-	ok = 1;
-out:
-	if (fd != -1)
-		close(fd);
-	if (!ok && tmp != NULL) {
+	if (store_fill(fd, tmp, data, len, mode, cause) == -1) {
 		unlink(tmp);
 		free(tmp);
-		tmp = NULL;
+		return NULL;
 	}
-	free(dir);
 	return tmp;
+}
+
+/*
+ * Write a file into a generation folder that no link names yet: nobody
+ * can see it half-written, so it needs no temp file of its own.
+ */
+static int
+store_write_new(const char *path, const void *data, size_t len, mode_t mode,
+    char **cause)
+{
+	int	 fd;
+
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+	    mode)) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	return store_fill(fd, path, data, len, mode, cause);
 }
 
 /*
@@ -812,80 +834,44 @@ store_is_gen(const char *name, const char *id)
 	return 1;
 }
 
-/* ".<id>.XXXXXX": a temp symlink a crash left behind. */
-static int
-store_is_temp(const char *name, const char *id)
-{
-	size_t	 n = strlen(id);
-
-	return name[0] == '.' && strncmp(name + 1, id, n) == 0 &&
-	    name[n + 1] == '.' && strlen(name + n + 2) == 6;
-}
-
 /*
- * Remove what a crash left for this id: generation folders other than
- * keep, and temp links.  Failing to clean up is worth a warning only.
+ * Create generation g+1 after the one the link names (g = 0 when there is
+ * none).  Generations only ever grow by one, so a crash can leave only two
+ * strays: g+1, written but never linked, which is removed and written
+ * again, and g-1, linked before but never removed, which goes here too.
+ * Nothing else needs a scan of certs/, which would make every save cost
+ * as much as the number of certificates.
  */
-static void
-store_remove_stray(const char *certs, const char *id, const char *keep)
-{
-	struct dirent	*de;
-	struct stat	 sb;
-	DIR		*d;
-	char		*path;
-
-	if ((d = opendir(certs)) == NULL)
-		return;
-	while ((de = readdir(d)) != NULL) {
-		if (keep != NULL && strcmp(de->d_name, keep) == 0)
-			continue;
-		if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW))
-			continue;
-		xasprintf(&path, "%s/%s", certs, de->d_name);
-		if (S_ISDIR(sb.st_mode) && store_is_gen(de->d_name, id)) {
-			log_debug("store: removing stray %s", path);
-			if (store_remove_gen(path) == -1)
-				log_warn("store: removing %s", path);
-		} else if (!S_ISDIR(sb.st_mode) &&
-		    store_is_temp(de->d_name, id)) {
-			log_debug("store: removing stray %s", path);
-			if (unlink(path) == -1)
-				log_warn("store: removing %s", path);
-		}
-		free(path);
-	}
-	closedir(d);
-}
-
-/* Create the next generation folder after old (NULL for the first). */
 static char *
 store_new_gen(const char *certs, const char *id, const char *old,
     char **cause)
 {
 	unsigned long long	 g = 0;
 	char			*name = NULL, *path = NULL;
-	int			 i;
 
 	if (old != NULL && store_is_gen(old, id))
 		g = strtoull(old + strlen(id) + 1, NULL, 16);
-	for (i = 0; i < STORE_LINK_TRIES; i++) {
-		g++;
-		xasprintf(&name, "%s.%016llx", id, g);
-		xasprintf(&path, "%s/%s", certs, name);
-		if (mkdir(path, 0700) == 0) {
-			free(path);
-			return name;
-		}
-		if (errno != EEXIST) {
-			xasprintf(cause, "mkdir %s: %s", path, strerror(errno));
-			free(path);
-			free(name);
-			return NULL;
-		}
+	if (g > 1) {
+		xasprintf(&path, "%s/%s.%016llx", certs, id, g - 1);
+		if (store_remove_gen(path) == -1)
+			log_warn("store: removing %s", path);
 		free(path);
-		free(name);
 	}
-	xasprintf(cause, "%s/%s: no free generation", certs, id);
+	xasprintf(&name, "%s.%016llx", id, g + 1);
+	xasprintf(&path, "%s/%s", certs, name);
+	if (mkdir(path, 0700) == -1) {
+		if (errno != EEXIST)
+			goto fail;
+		log_debug("store: removing unlinked %s", path);
+		if (store_remove_gen(path) == -1 || mkdir(path, 0700) == -1)
+			goto fail;
+	}
+	free(path);
+	return name;
+fail:
+	xasprintf(cause, "mkdir %s: %s", path, strerror(errno));
+	free(path);
+	free(name);
 	return NULL;
 }
 
@@ -899,7 +885,7 @@ store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
 	int	 rc = -1;
 
 	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
-	if (store_write_atomic(path, chain, strlen(chain), 0644, cause) == -1)
+	if (store_write_new(path, chain, strlen(chain), 0644, cause) == -1)
 		goto out;
 	free(path);
 	if ((bio = store_key_pem(key, &pem, &len, cause)) == NULL) {
@@ -907,12 +893,14 @@ store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
 		goto out;
 	}
 	xasprintf(&path, "%s/%s", gen, STORE_KEY);
-	if (store_write_atomic(path, pem, len, 0600, cause) == -1)
+	if (store_write_new(path, pem, len, 0600, cause) == -1)
 		goto out;
 	free(path);
 	json = store_meta_json(meta);
 	xasprintf(&path, "%s/%s", gen, STORE_META);
-	if (store_write_atomic(path, json, strlen(json), 0644, cause) == -1)
+	if (store_write_new(path, json, strlen(json), 0644, cause) == -1)
+		goto out;
+	if (store_fsync_dir(gen, cause) == -1)
 		goto out;
 	rc = 0;
 out:
@@ -927,47 +915,28 @@ static int
 store_swap_link(const char *certs, const char *id, const char *target,
     char **cause)
 {
-	static const char	 chars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
-	unsigned char		 rnd[6];
-	char			*tmp = NULL, *link = NULL, suffix[7];
-	int			 i, j, rc = -1;
+	char	*tmp = NULL, *link = NULL;
+	int	 rc = -1;
 
+	/* One daemon owns state_path, so a fixed temp name is safe. */
 	xasprintf(&link, "%s/%s", certs, id);
-	for (i = 0; i < STORE_LINK_TRIES; i++) {
-		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
-			fatalx("RAND_bytes failed");
-		for (j = 0; j < 6; j++)
-			suffix[j] = chars[rnd[j] % (sizeof(chars) - 1)];
-		suffix[6] = '\0';
-		free(tmp);
-		xasprintf(&tmp, "%s/.%s.%s", certs, id, suffix);
-		if (symlink(target, tmp) == 0)
-			break;
-		if (errno != EEXIST) {
-			xasprintf(cause, "symlink %s: %s", tmp, strerror(errno));
-			free(tmp);
-			tmp = NULL;
-			goto out;
-		}
+	xasprintf(&tmp, "%s/.%s.link", certs, id);
+	if (unlink(tmp) == -1 && errno != ENOENT) {
+		xasprintf(cause, "unlink %s: %s", tmp, strerror(errno));
+		goto out;
 	}
-	if (i == STORE_LINK_TRIES) {
-		xasprintf(cause, "symlink %s: no free temp name", link);
-		free(tmp);
-		tmp = NULL;
+	if (symlink(target, tmp) == -1) {
+		xasprintf(cause, "symlink %s: %s", tmp, strerror(errno));
 		goto out;
 	}
 	if (rename(tmp, link) == -1) {
 		xasprintf(cause, "rename %s: %s", link, strerror(errno));
+		unlink(tmp);
 		goto out;
 	}
-	free(tmp);
-	tmp = NULL;
 	rc = 0;
 out:
-	if (tmp != NULL) {
-		unlink(tmp);
-		free(tmp);
-	}
+	free(tmp);
 	free(link);
 	return rc;
 }
@@ -1020,7 +989,6 @@ store_save_cert(const char *dir, const char *id, const char *chain,
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
 	if (store_cert_target(certs, id, &old, cause) == -1)
 		goto out;
-	store_remove_stray(certs, id, old);
 	if ((name = store_new_gen(certs, id, old, cause)) == NULL)
 		goto out;
 	xasprintf(&gen, "%s/%s", certs, name);

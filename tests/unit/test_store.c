@@ -507,20 +507,19 @@ test_cert_crash_leftovers(void **state)
 	xasprintf(&certs, "%s/certs", dir);
 	key = ts_save_many(dir, "c.example", 1, &pem);
 
+	/*
+	 * A save that crashed before the swap: generation 2 is half written
+	 * and the temp link names it.
+	 */
 	other = ts_key();
 	otherpem = ts_cert(other, TS_NB, TS_NA, "c.example");
-	xasprintf(&gen, "%s/c.example.00000000000000ff", certs);
-	assert_int_equal(mkdir(gen, 0700), 0);
-	ts_write(gen, "fullchain.pem", otherpem);
-	ts_write(gen, ".key.pem.Ab12Cd", "partial");
-	free(gen);
 	xasprintf(&gen, "%s/c.example.0000000000000002", certs);
 	assert_int_equal(mkdir(gen, 0700), 0);
-	ts_write(gen, "fullchain.pem", "");
-	ts_write(certs, ".c.example.zz99zz", "temp");
+	ts_write(gen, "fullchain.pem", otherpem);
+	ts_write(gen, "key.pem", "partial");
 	free(gen);
-	xasprintf(&gen, "%s/.c.example.qq11qq", certs);
-	assert_int_equal(symlink("c.example.00000000000000ff", gen), 0);
+	xasprintf(&gen, "%s/.c.example.link", certs);
+	assert_int_equal(symlink("c.example.0000000000000002", gen), 0);
 
 	assert_int_equal(store_load_cert(dir, "c.example", &chain, &loaded,
 	    &got, &cause), 0);
@@ -536,6 +535,19 @@ test_cert_crash_leftovers(void **state)
 	key = ts_save_many(dir, "c.example", 1, &pem);
 	assert_int_equal(ts_count(certs, "c.example."), 1);
 	assert_int_equal(ts_count(certs, "."), 2);
+	assert_int_equal(ts_count(certs, ""), 2 + 2);
+
+	/*
+	 * A save that crashed after the swap, before removing the old
+	 * generation: the one before the linked one is left.
+	 */
+	free(gen);
+	xasprintf(&gen, "%s/c.example.0000000000000001", certs);
+	assert_int_equal(mkdir(gen, 0700), 0);
+	ts_write(gen, "fullchain.pem", otherpem);
+	EVP_PKEY_free(key);
+	key = ts_save_many(dir, "c.example", 1, &pem);
+	assert_int_equal(ts_count(certs, "c.example."), 1);
 	assert_int_equal(ts_count(certs, ""), 2 + 2);
 	assert_int_equal(store_load_cert(dir, "c.example", &chain, &loaded,
 	    &got, &cause), 0);
