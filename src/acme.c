@@ -203,6 +203,7 @@ acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
 {
 	acme_conf_clear(&ai->ai_conf);
 	acme_conf_copy(&ai->ai_conf, ci);
+	ai->ai_name = ai->ai_conf.ci_name;	/* the old copy is gone */
 }
 
 static void

@@ -301,7 +301,8 @@ def http_port():
 
 @pytest.fixture
 def pebble_factory(tmp_path):
-    """make(http_port, listen_port=None, env=None, start=True) -> Pebble.
+    """make(http_port, listen_port=None, env=None, start=True, eab=None)
+    -> Pebble.  eab: {kid: base64url HMAC key} makes EAB required.
 
     With start=False the certificates, ports and pebble.json are ready
     (directory_url and ca are known) but nothing runs yet.
@@ -309,11 +310,12 @@ def pebble_factory(tmp_path):
     started = []
 
     def make(http_port, listen_port=None, env=None, start=True,
-             name="pebble"):
+             name="pebble", eab=None):
         e = {"PEBBLE_VA_NOSLEEP": "1"}
         e.update(env or {})
         p = pebblelib.Pebble(tmp_path / name, http_port=http_port,
-                             listen_port=listen_port, env=e, tied=True)
+                             listen_port=listen_port, env=e, tied=True,
+                             eab=eab)
         started.append(p)
         p.prepare()
         if start:
