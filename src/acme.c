@@ -69,7 +69,7 @@ TAILQ_HEAD(acme_reqs, acme_req);
 struct acme_issuer {
 	struct event_base	*ai_base;
 	char			*ai_name;
-	struct conf_issuer	 ai_conf;	/* private copy of the strings */
+	struct conf_issuer	*ai_conf;	/* our own copy */
 	enum issuer_state	 ai_state;
 	SSL_CTX			*ai_ssl;
 	struct http_pool	*ai_http;
@@ -118,60 +118,6 @@ acme_set_state(struct acme_issuer *ai, enum issuer_state state)
 	ai->ai_state = state;
 }
 
-/* Copy what the issuer needs, so a reload can free the old conf. */
-static void
-acme_conf_copy(struct conf_issuer *dst, const struct conf_issuer *src)
-{
-	size_t	 i;
-
-	*dst = *src;
-	dst->ci_name = xstrdup(src->ci_name);
-	dst->ci_uri = xstrdup(src->ci_uri);
-	dst->ci_state_path = xstrdup(src->ci_state_path);
-	dst->ci_contact = NULL;
-	if (src->ci_ncontact > 0) {
-		dst->ci_contact = xreallocarray(NULL, src->ci_ncontact,
-		    sizeof(char *));
-		for (i = 0; i < src->ci_ncontact; i++)
-			dst->ci_contact[i] = xstrdup(src->ci_contact[i]);
-	}
-#define DUP(f) dst->f = src->f != NULL ? xstrdup(src->f) : NULL
-	DUP(ci_trusted_cert);
-	DUP(ci_account_key_file);
-	DUP(ci_eab_kid);
-	DUP(ci_preferred_chain);
-	DUP(ci_profile);
-	DUP(ci_file);
-#undef DUP
-	dst->ci_eab_hmac = NULL;
-	if (src->ci_eab_hmac != NULL) {
-		dst->ci_eab_hmac = xmalloc(src->ci_eab_hmac_len);
-		memcpy(dst->ci_eab_hmac, src->ci_eab_hmac, src->ci_eab_hmac_len);
-	}
-}
-
-static void
-acme_conf_clear(struct conf_issuer *ci)
-{
-	size_t	 i;
-
-	for (i = 0; i < ci->ci_ncontact; i++)
-		free(ci->ci_contact[i]);
-	free(ci->ci_contact);
-	free(ci->ci_name);
-	free(ci->ci_uri);
-	free(ci->ci_state_path);
-	free(ci->ci_trusted_cert);
-	free(ci->ci_account_key_file);
-	free(ci->ci_eab_kid);
-	if (ci->ci_eab_hmac != NULL)
-		OPENSSL_cleanse(ci->ci_eab_hmac, ci->ci_eab_hmac_len);
-	free(ci->ci_eab_hmac);
-	free(ci->ci_preferred_chain);
-	free(ci->ci_profile);
-	free(ci->ci_file);
-}
-
 static int
 acme_str_eq(const char *a, const char *b)
 {
@@ -187,7 +133,7 @@ acme_str_eq(const char *a, const char *b)
 int
 acme_issuer_same_conf(const struct acme_issuer *ai, const struct conf_issuer *ci)
 {
-	const struct conf_issuer *a = &ai->ai_conf;
+	const struct conf_issuer *a = ai->ai_conf;
 
 	return acme_str_eq(a->ci_uri, ci->ci_uri) &&
 	    acme_str_eq(a->ci_state_path, ci->ci_state_path) &&
@@ -201,9 +147,9 @@ acme_issuer_same_conf(const struct acme_issuer *ai, const struct conf_issuer *ci
 void
 acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
 {
-	acme_conf_clear(&ai->ai_conf);
-	acme_conf_copy(&ai->ai_conf, ci);
-	ai->ai_name = ai->ai_conf.ci_name;	/* the old copy is gone */
+	conf_issuer_free(ai->ai_conf);
+	ai->ai_conf = conf_issuer_dup(ci);
+	ai->ai_name = ai->ai_conf->ci_name;	/* the old copy is gone */
 }
 
 static void
@@ -231,8 +177,8 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 
 	ai = xcalloc(1, sizeof(*ai));
 	ai->ai_base = base;
-	acme_conf_copy(&ai->ai_conf, ci);
-	ai->ai_name = ai->ai_conf.ci_name;
+	ai->ai_conf = conf_issuer_dup(ci);
+	ai->ai_name = ai->ai_conf->ci_name;
 	TAILQ_INIT(&ai->ai_boot_queue);
 	TAILQ_INIT(&ai->ai_queue);
 	TAILQ_INIT(&ai->ai_order_queue);
@@ -250,7 +196,7 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 		/* conf -t checked the file; it vanished since. */
 		log_warnx("issuer \"%s\": %s", ai->ai_name, cause);
 		free(cause);
-		acme_conf_clear(&ai->ai_conf);
+		conf_issuer_free(ai->ai_conf);
 		nonce_pool_free(ai->ai_nonces);
 		event_free(ai->ai_pace_ev);
 		event_free(ai->ai_boot_ev);
@@ -313,7 +259,7 @@ acme_issuer_free(struct acme_issuer *ai)
 	EVP_PKEY_free(ai->ai_key);
 	free(ai->ai_kid);
 	free(ai->ai_thumbprint);
-	acme_conf_clear(&ai->ai_conf);
+	conf_issuer_free(ai->ai_conf);
 	free(ai);
 }
 
@@ -338,13 +284,13 @@ acme_issuer_thumbprint(const struct acme_issuer *ai)
 const char *
 acme_issuer_state_path(const struct acme_issuer *ai)
 {
-	return ai->ai_conf.ci_state_path;
+	return ai->ai_conf->ci_state_path;
 }
 
 const char *
 acme_issuer_preferred_chain(const struct acme_issuer *ai)
 {
-	return ai->ai_conf.ci_preferred_chain;
+	return ai->ai_conf->ci_preferred_chain;
 }
 
 const char *
@@ -477,11 +423,11 @@ static int
 acme_rate_allows(struct acme_issuer *ai)
 {
 	struct timeval	 now, elapsed, wait;
-	double		 rate = ai->ai_conf.ci_rate, burst, need;
+	double		 rate = ai->ai_conf->ci_rate, burst, need;
 
 	if (rate <= 0)
 		return 1;
-	burst = ai->ai_conf.ci_burst > 0 ? ai->ai_conf.ci_burst : 1;
+	burst = ai->ai_conf->ci_burst > 0 ? ai->ai_conf->ci_burst : 1;
 	evutil_gettimeofday(&now, NULL);
 	evutil_timersub(&now, &ai->ai_refilled, &elapsed);
 	ai->ai_refilled = now;
@@ -908,7 +854,7 @@ acme_account_done(const struct acme_reply *r, void *arg)
 		acme_boot_failed_reply(ai, "newAccount", r);
 		return;
 	}
-	if (store_save_account_url(ai->ai_conf.ci_state_path, r->location,
+	if (store_save_account_url(ai->ai_conf->ci_state_path, r->location,
 	    &cause) == -1) {
 		acme_boot_failed(ai, "saving the account URL", cause);
 		free(cause);
@@ -923,7 +869,7 @@ acme_account_done(const struct acme_reply *r, void *arg)
 static char *
 acme_account_payload(struct acme_issuer *ai)
 {
-	const struct conf_issuer *ci = &ai->ai_conf;
+	const struct conf_issuer *ci = ai->ai_conf;
 	json_t		*o, *contact, *eab;
 	char		*s;
 	size_t		 i;
@@ -958,12 +904,12 @@ acme_register(struct acme_issuer *ai)
 	struct acme_req	*ar;
 	char		*payload;
 
-	if (ai->ai_eab_required && ai->ai_conf.ci_eab_kid == NULL) {
+	if (ai->ai_eab_required && ai->ai_conf->ci_eab_kid == NULL) {
 		acme_boot_failed(ai, "newAccount", "the CA requires "
 		    "external_account_key, and none is configured");
 		return;
 	}
-	if (ai->ai_tos != NULL && !ai->ai_conf.ci_accept_tos)
+	if (ai->ai_tos != NULL && !ai->ai_conf->ci_accept_tos)
 		log_warnx("issuer \"%s\": the CA has terms of service (%s); "
 		    "add accept_terms_of_service if you accept them",
 		    ai->ai_name, ai->ai_tos);
@@ -978,7 +924,7 @@ acme_register(struct acme_issuer *ai)
 static EVP_PKEY *
 acme_account_key(struct acme_issuer *ai, char **url, char **cause)
 {
-	const struct conf_issuer *ci = &ai->ai_conf;
+	const struct conf_issuer *ci = ai->ai_conf;
 	const char	*dir = ci->ci_state_path;
 	EVP_PKEY	*key = NULL, *stored = NULL;
 	char		*ignored = NULL;
@@ -1058,14 +1004,14 @@ acme_directory_done(const struct acme_reply *r, void *arg)
 	const char		*tos;
 
 	if (r->status != 200) {
-		acme_boot_failed_reply(ai, ai->ai_conf.ci_uri, r);
+		acme_boot_failed_reply(ai, ai->ai_conf->ci_uri, r);
 		return;
 	}
 	if (!json_is_object(r->json) ||
 	    acme_directory_url(r->json, "newNonce", &ai->ai_new_nonce) == -1 ||
 	    acme_directory_url(r->json, "newAccount", &ai->ai_new_account) == -1 ||
 	    acme_directory_url(r->json, "newOrder", &ai->ai_new_order) == -1) {
-		acme_boot_failed(ai, ai->ai_conf.ci_uri, "not an ACME "
+		acme_boot_failed(ai, ai->ai_conf->ci_uri, "not an ACME "
 		    "directory (newNonce, newAccount or newOrder missing)");
 		return;
 	}
@@ -1092,7 +1038,7 @@ acme_boot(struct acme_issuer *ai)
 		return;
 	}
 	acme_set_state(ai, ISSUER_DIRECTORY);
-	ar = acme_req_new(ai, AREQ_GET, ai->ai_conf.ci_uri, NULL, NULL,
+	ar = acme_req_new(ai, AREQ_GET, ai->ai_conf->ci_uri, NULL, NULL,
 	    acme_directory_done, ai);
 	ar->ar_bootstrap = 1;
 	ar->ar_no_retry = 1;	/* acme_boot_failed logs and backs off */

@@ -242,7 +242,7 @@ conf_find_issuer(struct conf *conf, const char *name)
 	return NULL;
 }
 
-static void
+void
 conf_issuer_free(struct conf_issuer *ci)
 {
 	size_t	 i;
@@ -264,6 +264,49 @@ conf_issuer_free(struct conf_issuer *ci)
 	free(ci->ci_profile);
 	free(ci->ci_file);
 	free(ci);
+}
+
+static char *
+conf_strdup_null(const char *s)
+{
+	return s != NULL ? xstrdup(s) : NULL;
+}
+
+/*
+ * A deep copy of one issuer, so that a running issuer outlives the
+ * configuration it came from across reloads.  Free with conf_issuer_free.
+ */
+struct conf_issuer *
+conf_issuer_dup(const struct conf_issuer *src)
+{
+	struct conf_issuer	*ci;
+	size_t			 i;
+
+	ci = xcalloc(1, sizeof(*ci));
+	*ci = *src;
+	ci->ci_contact = NULL;
+	if (src->ci_ncontact > 0) {
+		ci->ci_contact = xreallocarray(NULL, src->ci_ncontact,
+		    sizeof(char *));
+		for (i = 0; i < src->ci_ncontact; i++)
+			ci->ci_contact[i] = xstrdup(src->ci_contact[i]);
+	}
+	ci->ci_name = conf_strdup_null(src->ci_name);
+	ci->ci_uri = conf_strdup_null(src->ci_uri);
+	ci->ci_state_path = conf_strdup_null(src->ci_state_path);
+	ci->ci_trusted_cert = conf_strdup_null(src->ci_trusted_cert);
+	ci->ci_account_key_file = conf_strdup_null(src->ci_account_key_file);
+	ci->ci_eab_kid = conf_strdup_null(src->ci_eab_kid);
+	ci->ci_preferred_chain = conf_strdup_null(src->ci_preferred_chain);
+	ci->ci_profile = conf_strdup_null(src->ci_profile);
+	ci->ci_file = conf_strdup_null(src->ci_file);
+	ci->ci_eab_hmac = NULL;
+	if (src->ci_eab_hmac != NULL) {
+		ci->ci_eab_hmac = xmalloc(src->ci_eab_hmac_len);
+		memcpy(ci->ci_eab_hmac, src->ci_eab_hmac, src->ci_eab_hmac_len);
+	}
+	memset(&ci->ci_entry, 0, sizeof(ci->ci_entry));
+	return ci;
 }
 
 static void

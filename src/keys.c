@@ -161,16 +161,9 @@ out:
 }
 
 EVP_PKEY *
-keys_from_pem(const char *buf, size_t len)
+keys_from_pem(const char *buf, size_t len, char **cause)
 {
-	EVP_PKEY	*key;
-	char		*cause = NULL;
-
-	if ((key = keys_parse_pem(buf, len, &cause)) == NULL) {
-		log_warnx("keys_from_pem: %s", cause);
-		free(cause);
-	}
-	return key;
+	return keys_parse_pem(buf, len, cause);
 }
 
 EVP_PKEY *
@@ -210,6 +203,16 @@ out:
 	if (f != NULL)
 		fclose(f);
 	return key;
+}
+
+/* Free what keys_to_pem() returned, wiping the key material first. */
+void
+keys_pem_free(char *pem)
+{
+	if (pem == NULL)
+		return;
+	OPENSSL_cleanse(pem, strlen(pem));
+	free(pem);
 }
 
 char *

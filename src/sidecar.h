@@ -137,6 +137,8 @@ struct conf {
 struct conf	*conf_load(const char *, char **);	/* cause: "FILE:LINE: msg" */
 void		 conf_free(struct conf *);
 struct conf_issuer *conf_find_issuer(struct conf *, const char *);
+struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
+void		 conf_issuer_free(struct conf_issuer *);
 const char	*key_type_name(enum key_type);		/* "ecdsa:256" */
 const char	*key_type_suffix(enum key_type);	/* "rsa2048" */
 int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
@@ -144,9 +146,10 @@ int		 key_type_parse(const char *, enum key_type *);
 
 /* keys.c: keys, JWK, CSR, key authorization. */
 EVP_PKEY	*keys_generate(enum key_type);
-EVP_PKEY	*keys_from_pem(const char *, size_t);
+EVP_PKEY	*keys_from_pem(const char *, size_t, char **);
 EVP_PKEY	*keys_load_file(const char *, char **);
-char		*keys_to_pem(EVP_PKEY *);		/* PKCS#8; caller frees */
+char		*keys_to_pem(EVP_PKEY *);		/* PKCS#8 */
+void		 keys_pem_free(char *);			/* wipes, then frees */
 json_t		*keys_jwk(EVP_PKEY *);			/* public JWK */
 char		*keys_thumbprint(EVP_PKEY *);		/* RFC 7638, b64url */
 char		*keys_key_authorization(const char *, const char *);

@@ -63,17 +63,6 @@
 #define STORE_GEN_LEN		16		/* hex digits */
 #define STORE_MAX_FILE		(1024 * 1024)	/* no PEM or JSON is larger */
 
-/* Never let OpenSSL prompt on the terminal for an encrypted key. */
-static int
-store_no_password(char *buf, int size, int rwflag, void *arg)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)arg;
-	return -1;
-}
-
 static int
 store_fsync_dir(const char *dir, char **cause)
 {
@@ -348,38 +337,13 @@ static EVP_PKEY *
 store_key_parse(const char *pem, size_t len, const char *path, char **cause)
 {
 	EVP_PKEY	*key;
-	BIO		*bio;
+	char		*why = NULL;
 
-	if ((bio = BIO_new_mem_buf(pem, (int)len)) == NULL)
-		fatalx("BIO_new_mem_buf");
-	key = PEM_read_bio_PrivateKey(bio, NULL, store_no_password, NULL);
-	BIO_free(bio);
-	if (key == NULL) {
-		ERR_clear_error();
-		xasprintf(cause, "%s: not a PEM private key", path);
+	if ((key = keys_from_pem(pem, len, &why)) == NULL) {
+		xasprintf(cause, "%s: %s", path, why);
+		free(why);
 	}
 	return key;
-}
-
-/* PKCS#8 PEM in a buffer that is cleansed on free; caller BIO_free()s. */
-static BIO *
-store_key_pem(EVP_PKEY *key, char **pem, size_t *len, char **cause)
-{
-	BIO	*bio;
-	long	 n;
-
-	if ((bio = BIO_new(BIO_s_secmem())) == NULL)
-		fatalx("BIO_new");
-	if (!PEM_write_bio_PKCS8PrivateKey(bio, key, NULL, NULL, 0, NULL,
-	    NULL)) {
-		ERR_clear_error();
-		xasprintf(cause, "cannot encode the private key as PKCS#8");
-		BIO_free(bio);
-		return NULL;
-	}
-	n = BIO_get_mem_data(bio, pem);
-	*len = (size_t)n;
-	return bio;
 }
 
 /* The account URL file is one line; trailing white space is not part of it. */
@@ -445,9 +409,7 @@ int
 store_save_account_key(const char *dir, EVP_PKEY *key, char **cause)
 {
 	struct stat	 sb;
-	BIO		*bio = NULL;
-	char		*path = NULL, *pem;
-	size_t		 len;
+	char		*path = NULL, *pem = NULL;
 	int		 rc = -1;
 
 	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_KEY);
@@ -457,13 +419,15 @@ store_save_account_key(const char *dir, EVP_PKEY *key, char **cause)
 		    "account key", path);
 		goto out;
 	}
-	if ((bio = store_key_pem(key, &pem, &len, cause)) == NULL)
+	if ((pem = keys_to_pem(key)) == NULL) {
+		xasprintf(cause, "cannot encode the account key as PKCS#8");
 		goto out;
-	if (store_write_file(path, pem, len, 0600, 1, cause) == -1)
+	}
+	if (store_write_file(path, pem, strlen(pem), 0600, 1, cause) == -1)
 		goto out;
 	rc = 0;
 out:
-	BIO_free(bio);
+	keys_pem_free(pem);
 	free(path);
 	return rc;
 }
@@ -519,7 +483,7 @@ store_first_cert(const char *pem)
 
 	if ((bio = BIO_new_mem_buf(pem, -1)) == NULL)
 		fatalx("BIO_new_mem_buf");
-	x = PEM_read_bio_X509(bio, NULL, store_no_password, NULL);
+	x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
 	BIO_free(bio);
 	if (x == NULL)
 		ERR_clear_error();
@@ -879,21 +843,20 @@ static int
 store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
     const struct cert_meta *meta, char **cause)
 {
-	BIO	*bio = NULL;
-	char	*path = NULL, *pem, *json = NULL;
-	size_t	 len;
+	char	*path = NULL, *pem = NULL, *json = NULL;
 	int	 rc = -1;
 
 	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
 	if (store_write_new(path, chain, strlen(chain), 0644, cause) == -1)
 		goto out;
 	free(path);
-	if ((bio = store_key_pem(key, &pem, &len, cause)) == NULL) {
-		path = NULL;
+	path = NULL;
+	if ((pem = keys_to_pem(key)) == NULL) {
+		xasprintf(cause, "cannot encode the private key as PKCS#8");
 		goto out;
 	}
 	xasprintf(&path, "%s/%s", gen, STORE_KEY);
-	if (store_write_new(path, pem, len, 0600, cause) == -1)
+	if (store_write_new(path, pem, strlen(pem), 0600, cause) == -1)
 		goto out;
 	free(path);
 	json = store_meta_json(meta);
@@ -904,7 +867,7 @@ store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
 		goto out;
 	rc = 0;
 out:
-	BIO_free(bio);
+	keys_pem_free(pem);
 	free(json);
 	free(path);
 	return rc;

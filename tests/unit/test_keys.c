@@ -455,7 +455,7 @@ test_keys_pem(void **state)
 {
 	EVP_PKEY	*back;
 	BIO		*bio;
-	char		*pem, *data;
+	char		*pem, *data, *cause = NULL;
 	long		 len;
 	int		 t;
 
@@ -464,7 +464,7 @@ test_keys_pem(void **state)
 		assert_non_null(pem = keys_to_pem(keys[t]));
 		assert_true(strncmp(pem, "-----BEGIN PRIVATE KEY-----\n",
 		    28) == 0);
-		assert_non_null(back = keys_from_pem(pem, strlen(pem)));
+		assert_non_null(back = keys_from_pem(pem, strlen(pem), &cause));
 		assert_int_equal(EVP_PKEY_eq(back, keys[t]), 1);
 		EVP_PKEY_free(back);
 		free(pem);
@@ -476,13 +476,17 @@ test_keys_pem(void **state)
 	    keys[KEY_ECDSA_384], NULL, NULL, 0, NULL, NULL), 1);
 	len = BIO_get_mem_data(bio, &data);
 	assert_true(strncmp(data, "-----BEGIN EC PRIVATE KEY-----", 30) == 0);
-	assert_non_null(back = keys_from_pem(data, (size_t)len));
+	assert_non_null(back = keys_from_pem(data, (size_t)len, &cause));
 	assert_int_equal(EVP_PKEY_eq(back, keys[KEY_ECDSA_384]), 1);
 	EVP_PKEY_free(back);
 	BIO_free(bio);
 
-	assert_null(keys_from_pem("garbage", 7));
-	assert_null(keys_from_pem("", 0));
+	assert_null(keys_from_pem("garbage", 7, &cause));
+	assert_non_null(strstr(cause, "no usable private key PEM"));
+	free(cause);
+	cause = NULL;
+	assert_null(keys_from_pem("", 0, &cause));
+	free(cause);
 }
 
 static void
@@ -490,7 +494,7 @@ test_keys_pem_unsupported(void **state)
 {
 	EVP_PKEY	*ed, *back;
 	BIO		*bio;
-	char		*data;
+	char		*data, *cause = NULL;
 	long		 len;
 
 	(void)state;
@@ -499,8 +503,10 @@ test_keys_pem_unsupported(void **state)
 	assert_int_equal(PEM_write_bio_PrivateKey(bio, ed, NULL, NULL, 0,
 	    NULL, NULL), 1);
 	len = BIO_get_mem_data(bio, &data);
-	back = keys_from_pem(data, (size_t)len);
+	back = keys_from_pem(data, (size_t)len, &cause);
 	assert_null(back);
+	assert_non_null(cause);
+	free(cause);
 	BIO_free(bio);
 	EVP_PKEY_free(ed);
 }
