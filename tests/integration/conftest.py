@@ -200,11 +200,19 @@ class Sidecar:
                 cwd=str(self.workdir))
         return self
 
-    def log(self, this_run=True):
+    def log(self, this_run=True, since=None):
+        """The log of this run, or from offset since (see mark())."""
         with open(self.logfile, "rb") as f:
-            if this_run:
+            if since is not None:
+                f.seek(since)
+            elif this_run:
                 f.seek(self.run_offset)
             return f.read().decode(errors="replace")
+
+    def mark(self):
+        """The log's current end: pass it as since= to look only at what
+        is logged from now on (e.g. after a SIGHUP)."""
+        return os.path.getsize(self.logfile)
 
     def diagnostics(self):
         out = "\n--- acme-sidecar log (tail) ---\n" + tail(self.logfile)
@@ -222,11 +230,11 @@ class Sidecar:
             pytest.fail("acme-sidecar exited (status %s) while %s%s" %
                         (rc, what, self.diagnostics()), pytrace=False)
 
-    def wait_log(self, pattern, timeout=10.0):
+    def wait_log(self, pattern, timeout=10.0, since=None):
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            m = rx.search(self.log())
+            m = rx.search(self.log(since=since))
             if m:
                 return m
             self._check_alive("waiting for log /%s/" % pattern)
