@@ -821,7 +821,7 @@ acme_boot_failed(struct acme_issuer *ai, const char *what, const char *why)
 	    what, why, delay);
 	acme_set_state(ai, ISSUER_BACKOFF);
 	tv.tv_sec = (time_t)delay;
-	tv.tv_usec = 0;
+	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
 	evtimer_add(ai->ai_boot_ev, &tv);
 }
 
