@@ -8,8 +8,8 @@ PKGS	 = libevent libevent_openssl openssl jansson libmicrohttpd
 CC	?= cc
 CFLAGS	?= -O2 -g
 CFLAGS	+= -std=gnu11 -Wall -Wextra -Werror=implicit-function-declaration \
-	   -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS))
-LDLIBS	+= $(shell pkg-config --libs $(PKGS)) -lm
+	   -D_GNU_SOURCE -pthread $(shell pkg-config --cflags $(PKGS))
+LDLIBS	+= $(shell pkg-config --libs $(PKGS)) -lm -pthread
 
 BUILD	 = build
 DAEMON_SRCS = $(wildcard src/*.c)

@@ -166,11 +166,14 @@ main(int argc, char *argv[])
 	evsignal_add(sig_term, NULL);
 	evsignal_add(sig_int, NULL);
 
+	if (writer_start(base, &cause) == -1)
+		fatalx("%s", cause);
 	sched_init(base, dns);
 	sched_apply(main_conf);
 	event_base_dispatch(base);
 
 	sched_shutdown();
+	writer_stop();
 	challenge_stop();
 	event_free(sig_hup);
 	event_free(sig_term);

@@ -49,11 +49,14 @@ struct cert {
 	int			 ce_order_open;	/* see acme_order_close() */
 	int			 ce_polls;
 	EVP_PKEY		*ce_new_key;
+	time_t			 ce_stored_nb;	/* dates of the chain being */
+	time_t			 ce_stored_na;	/* written */
 	char			**ce_alternates;	/* Link rel="alternate" */
 	size_t			 ce_alt_next;
 	char			*ce_default_chain;
 
 	struct acme_req		*ce_req;
+	struct writer_job	*ce_job;
 	struct event		*ce_timer;
 	int			 ce_failures;
 	char			*ce_last_error;
@@ -62,7 +65,7 @@ struct cert {
 
 static const char *order_state_names[ORDER_STATE_MAX] = {
 	"idle", "new", "authz", "challenge", "authz-poll", "finalize",
-	"order-poll", "download", "backoff"
+	"order-poll", "download", "store", "backoff"
 };
 
 /* Problems that the same order cannot overcome by trying again soon. */
@@ -161,6 +164,10 @@ order_reset(struct cert *ce)
 	if (ce->ce_req != NULL) {
 		acme_req_cancel(ce->ce_req);
 		ce->ce_req = NULL;
+	}
+	if (ce->ce_job != NULL) {
+		writer_cancel(ce->ce_job);
+		ce->ce_job = NULL;
 	}
 	evtimer_del(ce->ce_timer);
 	if (ce->ce_order_open) {
@@ -502,6 +509,7 @@ order_drive(struct cert *ce)
 		accept = "application/pem-certificate-chain";
 		break;
 	case ORDER_CHALLENGE:
+	case ORDER_STORE:
 	case ORDER_IDLE:
 	case ORDER_BACKOFF:
 	case ORDER_STATE_MAX:
@@ -727,11 +735,33 @@ order_chain_matches(const char *pem, const char *name)
 }
 
 static void
+order_stored(int rc, const char *cause, void *arg)
+{
+	struct cert	*ce = arg;
+	char		 until[32];
+
+	ce->ce_job = NULL;
+	if (rc == -1) {
+		order_failf(ce, "storing the certificate: %s", cause);
+		return;
+	}
+	ce->ce_have = 1;
+	ce->ce_not_before = ce->ce_stored_nb;
+	ce->ce_not_after = ce->ce_stored_na;
+	ce->ce_failures = 0;
+	free(ce->ce_last_error);
+	ce->ce_last_error = NULL;
+	order_log_time(until, sizeof(until), ce->ce_not_after);
+	log_info("certificate \"%s\" issued, valid until %s", ce->ce_id, until);
+	order_reset(ce);
+	order_schedule_renewal(ce);
+}
+
+/* Hand the chain and its key to the writer thread. */
+static void
 order_store(struct cert *ce, const char *chain)
 {
 	struct cert_meta	 meta;
-	char			*cause = NULL;
-	char			 until[32];
 
 	memset(&meta, 0, sizeof(meta));
 	if (store_chain_dates(chain, &meta.cm_not_before,
@@ -744,22 +774,11 @@ order_store(struct cert *ce, const char *chain)
 	meta.cm_idents = ce->ce_idents;
 	meta.cm_nidents = ce->ce_nidents;
 	meta.cm_key = ce->ce_key;
-	if (store_save_cert(acme_issuer_state_path(ce->ce_issuer), ce->ce_id,
-	    chain, ce->ce_new_key, &meta, &cause) == -1) {
-		order_failf(ce, "storing the certificate: %s", cause);
-		free(cause);
-		return;
-	}
-	ce->ce_have = 1;
-	ce->ce_not_before = meta.cm_not_before;
-	ce->ce_not_after = meta.cm_not_after;
-	ce->ce_failures = 0;
-	free(ce->ce_last_error);
-	ce->ce_last_error = NULL;
-	order_log_time(until, sizeof(until), ce->ce_not_after);
-	log_info("certificate \"%s\" issued, valid until %s", ce->ce_id, until);
-	order_reset(ce);
-	order_schedule_renewal(ce);
+	ce->ce_stored_nb = meta.cm_not_before;
+	ce->ce_stored_na = meta.cm_not_after;
+	order_set_state(ce, ORDER_STORE);
+	ce->ce_job = writer_save_cert(acme_issuer_state_path(ce->ce_issuer),
+	    ce->ce_id, chain, ce->ce_new_key, &meta, order_stored, ce);
 }
 
 /*
@@ -854,6 +873,7 @@ order_reply(const struct acme_reply *r, void *arg)
 		}
 		order_on_chain(ce, r);
 		break;
+	case ORDER_STORE:
 	case ORDER_IDLE:
 	case ORDER_BACKOFF:
 	case ORDER_STATE_MAX:

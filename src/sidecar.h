@@ -229,6 +229,16 @@ void		 store_meta_clear(struct cert_meta *);
 /* Fill not_before/not_after from the first certificate of a PEM chain. */
 int		 store_chain_dates(const char *, time_t *, time_t *);
 
+/* writer.c: store_save_cert() on a thread of its own. */
+typedef void	(*writer_cb)(int rc, const char *cause, void *);
+struct writer_job;
+int		 writer_start(struct event_base *, char **);
+void		 writer_stop(void);
+struct writer_job *writer_save_cert(const char *dir, const char *id,
+		    const char *chain, EVP_PKEY *, const struct cert_meta *,
+		    writer_cb, void *);
+void		 writer_cancel(struct writer_job *);
+
 /* challenge.c: HTTP-01 responder on libmicrohttpd inside the loop. */
 #define CHALLENGE_MAX_CONNS	256
 #define CHALLENGE_CONN_TIMEOUT	10	/* seconds */
@@ -324,6 +334,7 @@ enum order_state {
 	ORDER_FINALIZE,		/* CSR sent */
 	ORDER_ORDER_POLL,	/* waiting for the certificate */
 	ORDER_DOWNLOAD,		/* fetching the chain */
+	ORDER_STORE,		/* writing it to state_path */
 	ORDER_BACKOFF,		/* failed; waiting to try again */
 	ORDER_STATE_MAX
 };

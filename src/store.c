@@ -881,8 +881,18 @@ store_swap_link(const char *certs, const char *id, const char *target,
 	char	*tmp = NULL, *link = NULL;
 	int	 rc = -1;
 
-	/* One daemon owns state_path, so a fixed temp name is safe. */
+	/* The first link needs no swap (and one inode less). */
 	xasprintf(&link, "%s/%s", certs, id);
+	if (symlink(target, link) == 0) {
+		free(link);
+		return 0;
+	}
+	if (errno != EEXIST) {
+		xasprintf(cause, "symlink %s: %s", link, strerror(errno));
+		free(link);
+		return -1;
+	}
+	/* One daemon owns state_path, so a fixed temp name is safe. */
 	xasprintf(&tmp, "%s/.%s.link", certs, id);
 	if (unlink(tmp) == -1 && errno != ENOENT) {
 		xasprintf(cause, "unlink %s: %s", tmp, strerror(errno));
