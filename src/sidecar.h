@@ -272,7 +272,7 @@ enum issuer_state {
 };
 
 #define ACME_MAX_INFLIGHT	32	/* requests in flight per issuer */
-#define ACME_MAX_OPEN_ORDERS	128	/* orders under way per issuer */
+#define ACME_MAX_OPEN_ORDERS	256	/* orders under way per issuer */
 #define ACME_TIMEOUT		30	/* seconds per request */
 #define ACME_BADNONCE_TRIES	10
 #define ACME_NET_TRIES		5
