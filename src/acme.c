@@ -52,6 +52,7 @@ struct acme_req {
 	int			 ar_new_order;	/* URL is the directory's */
 	int			 ar_opened;	/* holds an open-order slot */
 	int			 ar_authz;	/* to an authorization or challenge */
+	int			 ar_account_tries;	/* accountDoesNotExist */
 	char			*ar_url;
 	char			*ar_payload;	/* NULL: POST-as-GET */
 	char			*ar_accept;
@@ -94,10 +95,12 @@ struct acme_issuer {
 	unsigned int		 ai_inflight_authz;
 	unsigned int		 ai_open_orders;
 	double			 ai_tokens;
-	struct timeval		 ai_refilled;
 	struct event		*ai_pace_ev;
 	struct event		*ai_boot_ev;
+	struct acme_req		*ai_boot_req;	/* directory or newAccount */
 	int			 ai_boot_failures;
+	int			 ai_closing;	/* being freed: send nothing */
+	double			 ai_refilled_at;	/* monotonic seconds */
 };
 
 static const char *issuer_state_names[ISSUER_STATE_MAX] = {
@@ -152,6 +155,16 @@ acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
 	ai->ai_name = ai->ai_conf->ci_name;	/* the old copy is gone */
 }
 
+/* Seconds on a clock that never jumps, for pacing. */
+static double
+acme_monotonic(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void
 acme_pace_cb(int fd, short ev, void *arg)
 {
@@ -184,7 +197,7 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 	TAILQ_INIT(&ai->ai_order_queue);
 	ai->ai_nonces = nonce_pool_new();
 	ai->ai_tokens = ci->ci_burst > 0 ? ci->ci_burst : 1;
-	evutil_gettimeofday(&ai->ai_refilled, NULL);
+	ai->ai_refilled_at = acme_monotonic();
 	ai->ai_pace_ev = evtimer_new(base, acme_pace_cb, ai);
 	ai->ai_boot_ev = evtimer_new(base, acme_boot_cb, ai);
 	if (ai->ai_pace_ev == NULL || ai->ai_boot_ev == NULL)
@@ -244,6 +257,9 @@ acme_issuer_free(struct acme_issuer *ai)
 {
 	if (ai == NULL)
 		return;
+	ai->ai_closing = 1;
+	if (ai->ai_boot_req != NULL)
+		acme_req_cancel(ai->ai_boot_req);
 	acme_queue_free(&ai->ai_boot_queue);
 	acme_queue_free(&ai->ai_queue);
 	acme_queue_free(&ai->ai_order_queue);
@@ -261,6 +277,16 @@ acme_issuer_free(struct acme_issuer *ai)
 	free(ai->ai_thumbprint);
 	conf_issuer_free(ai->ai_conf);
 	free(ai);
+}
+
+/*
+ * Send nothing more: the issuer's certificates are about to cancel their
+ * requests, and each cancel would otherwise let a queued one leave.
+ */
+void
+acme_issuer_close(struct acme_issuer *ai)
+{
+	ai->ai_closing = 1;
 }
 
 const char *
@@ -422,16 +448,15 @@ acme_req_cancel(struct acme_req *ar)
 static int
 acme_rate_allows(struct acme_issuer *ai)
 {
-	struct timeval	 now, elapsed, wait;
-	double		 rate = ai->ai_conf->ci_rate, burst, need;
+	struct timeval	 wait;
+	double		 rate = ai->ai_conf->ci_rate, burst, need, now;
 
 	if (rate <= 0)
 		return 1;
 	burst = ai->ai_conf->ci_burst > 0 ? ai->ai_conf->ci_burst : 1;
-	evutil_gettimeofday(&now, NULL);
-	evutil_timersub(&now, &ai->ai_refilled, &elapsed);
-	ai->ai_refilled = now;
-	ai->ai_tokens += rate * (elapsed.tv_sec + elapsed.tv_usec / 1e6);
+	now = acme_monotonic();
+	ai->ai_tokens += rate * (now - ai->ai_refilled_at);
+	ai->ai_refilled_at = now;
 	if (ai->ai_tokens > burst)
 		ai->ai_tokens = burst;
 	if (ai->ai_tokens >= 1.0) {
@@ -473,6 +498,8 @@ acme_next_queue(struct acme_issuer *ai)
 	if ((head = TAILQ_FIRST(&ai->ai_queue)) != NULL) {
 		if (head->ar_authz && ai->ai_inflight_new_orders > 0)
 			return NULL;
+		if (head->ar_new_order && ai->ai_inflight_authz > 0)
+			return NULL;	/* a retried newOrder */
 		return &ai->ai_queue;
 	}
 	if (!TAILQ_EMPTY(&ai->ai_order_queue) &&
@@ -488,7 +515,7 @@ acme_dispatch(struct acme_issuer *ai)
 	struct acme_reqs	*q;
 	struct acme_req		*ar;
 
-	while (ai->ai_inflight < ACME_MAX_INFLIGHT) {
+	while (!ai->ai_closing && ai->ai_inflight < ACME_MAX_INFLIGHT) {
 		if ((q = acme_next_queue(ai)) == NULL)
 			return;
 		if (!acme_rate_allows(ai))
@@ -723,7 +750,8 @@ acme_req_done(const struct http_response *hr, void *arg)
 	acme_reply_fill(&r, hr);
 
 	if (r.status != 0 && acme_problem_is(&r, "accountDoesNotExist") &&
-	    ar->ar_kind == AREQ_POST_KID && ai->ai_state == ISSUER_READY) {
+	    ar->ar_kind == AREQ_POST_KID && ai->ai_state == ISSUER_READY &&
+	    ar->ar_account_tries++ == 0) {
 		/* The CA forgot us (or was reset): register again. */
 		log_warnx("issuer \"%s\": account %s is unknown to the CA; "
 		    "registering again", ai->ai_name, ai->ai_kid);
@@ -747,17 +775,17 @@ acme_nonce_done(const struct http_response *hr, void *arg)
 	struct acme_reply	 r;
 
 	ar->ar_http = NULL;
-	if ((nonce = http_response_header(hr, "Replay-Nonce")) != NULL) {
-		nonce_put(ai->ai_nonces, nonce);
+	nonce = http_response_header(hr, "Replay-Nonce");
+	if (nonce != NULL && nonce_put(ai->ai_nonces, nonce) == 0) {
 		acme_req_send(ar);	/* keeps its slot */
 		return;
 	}
 	acme_req_landed(ar);
 	acme_reply_fill(&r, hr);
 	if (r.status != 0) {
-		/* A newNonce answer without a nonce: treat as a CA fault. */
+		/* No usable nonce: a CA fault, retried with backoff. */
 		r.status = 502;
-		r.error = "newNonce gave no Replay-Nonce";
+		r.error = "newNonce gave no usable Replay-Nonce";
 	}
 	if (!acme_req_retry(ar, &r))
 		acme_req_finish(ar, &r);
@@ -850,6 +878,7 @@ acme_account_done(const struct acme_reply *r, void *arg)
 	struct acme_issuer	*ai = arg;
 	char			*cause = NULL;
 
+	ai->ai_boot_req = NULL;
 	if ((r->status != 200 && r->status != 201) || r->location == NULL) {
 		acme_boot_failed_reply(ai, "newAccount", r);
 		return;
@@ -918,6 +947,7 @@ acme_register(struct acme_issuer *ai)
 	    NULL, acme_account_done, ai);
 	free(payload);
 	ar->ar_bootstrap = 1;
+	ai->ai_boot_req = ar;
 	acme_enqueue(ar, 0);
 }
 
@@ -1003,6 +1033,7 @@ acme_directory_done(const struct acme_reply *r, void *arg)
 	json_t			*meta;
 	const char		*tos;
 
+	ai->ai_boot_req = NULL;
 	if (r->status != 200) {
 		acme_boot_failed_reply(ai, ai->ai_conf->ci_uri, r);
 		return;
@@ -1042,5 +1073,6 @@ acme_boot(struct acme_issuer *ai)
 	    acme_directory_done, ai);
 	ar->ar_bootstrap = 1;
 	ar->ar_no_retry = 1;	/* acme_boot_failed logs and backs off */
+	ai->ai_boot_req = ar;
 	acme_enqueue(ar, 0);
 }

@@ -15,21 +15,28 @@
 
 static int	log_level_verbose;
 
+/*
+ * One line, written with one stdio call: the writer thread logs too, and
+ * stdio locks each call, so lines never interleave.
+ */
 static void
 log_vwrite(const char *level, const char *fmt, va_list ap, const char *tail)
 {
-	char		 stamp[32];
+	char		 stamp[32], *msg = NULL;
 	struct timespec	 ts;
 	struct tm	 tm;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(stamp, sizeof(stamp), "%Y/%m/%d %H:%M:%S", &tm);
-	fprintf(stderr, "%s [%s] ", stamp, level);
-	vfprintf(stderr, fmt, ap);
-	if (tail != NULL)
-		fprintf(stderr, ": %s", tail);
-	fputc('\n', stderr);
+	if (vasprintf(&msg, fmt, ap) == -1) {
+		fprintf(stderr, "%s [%s] (out of memory formatting a log line)\n",
+		    stamp, level);
+		return;
+	}
+	fprintf(stderr, "%s [%s] %s%s%s\n", stamp, level, msg,
+	    tail != NULL ? ": " : "", tail != NULL ? tail : "");
+	free(msg);
 }
 
 static void

@@ -45,12 +45,13 @@ nonce_valid(const char *nonce)
 	    strspn(nonce, b64url) == len;
 }
 
-void
+/* Keep a nonce; -1 (and nothing kept) when it is not a valid one. */
+int
 nonce_put(struct nonce_pool *np, const char *nonce)
 {
 	if (!nonce_valid(nonce)) {
 		log_debug("ignoring malformed Replay-Nonce");
-		return;
+		return -1;
 	}
 	/* Full: the slot at head holds the oldest nonce. */
 	free(np->np_ring[np->np_head]);
@@ -58,6 +59,7 @@ nonce_put(struct nonce_pool *np, const char *nonce)
 	np->np_head = (np->np_head + 1) % NONCE_POOL_MAX;
 	if (np->np_count < NONCE_POOL_MAX)
 		np->np_count++;
+	return 0;
 }
 
 char *

@@ -539,8 +539,15 @@ order_poll_later(struct cert *ce, enum order_state state,
 		delay *= 1.5;
 	if (delay > ORDER_POLL_MAX_MS / 1000.0)
 		delay = ORDER_POLL_MAX_MS / 1000.0;
-	if (r->retry_after > 0)
+	if (r->retry_after > 0) {
+		if (r->retry_after - util_now() > ACME_RETRY_AFTER_MAX) {
+			/* Not worth an open order slot: back off instead. */
+			order_fail(ce, 0, r->retry_after, "the CA asks to poll "
+			    "again only after more than an hour");
+			return;
+		}
 		delay = (double)(r->retry_after - util_now());
+	}
 	order_set_state(ce, state);
 	order_arm(ce, delay);
 }
@@ -552,13 +559,34 @@ order_status(const struct acme_reply *r)
 }
 
 /* Move on after an order object answer: newOrder, finalize, or a poll. */
+/* A string from the CA's JSON, or a stand-in for logs when it is absent. */
+static const char *
+order_json_str(json_t *o, const char *key)
+{
+	const char	*v = json_string_value(json_object_get(o, key));
+
+	return v != NULL ? v : "?";
+}
+
+/*
+ * Move on after an order object answer: newOrder, finalize, or a poll.
+ * "processing" and "valid" only mean something once this order sent its
+ * own CSR: before that, the key of that certificate is not ours.
+ */
 static void
 order_on_order(struct cert *ce, const struct acme_reply *r)
 {
 	const char	*s = order_status(r), *v;
+	int		 finalized = ce->ce_new_key != NULL;
 
 	if (s == NULL) {
 		order_failf(ce, "the CA's order has no status");
+		return;
+	}
+	if ((strcmp(s, "valid") == 0 || strcmp(s, "processing") == 0) &&
+	    !finalized) {
+		order_failf(ce, "the CA's order is %s before we finalized it; "
+		    "its key is not ours", s);
 		return;
 	}
 	if (strcmp(s, "valid") == 0) {
@@ -571,7 +599,7 @@ order_on_order(struct cert *ce, const struct acme_reply *r)
 		ce->ce_cert_url = xstrdup(v);
 		order_set_state(ce, ORDER_DOWNLOAD);
 		order_drive(ce);
-	} else if (strcmp(s, "ready") == 0 && ce->ce_new_key == NULL) {
+	} else if (strcmp(s, "ready") == 0 && !finalized) {
 		order_set_state(ce, ORDER_FINALIZE);
 		order_drive(ce);
 	} else if (strcmp(s, "processing") == 0 || strcmp(s, "ready") == 0)
@@ -584,8 +612,7 @@ order_on_order(struct cert *ce, const struct acme_reply *r)
 		json_t	*err = json_object_get(r->json, "error");
 
 		order_failf(ce, "order is %s%s%s", s, err != NULL ? ": " : "",
-		    err != NULL ? json_string_value(json_object_get(err,
-		    "detail")) : "");
+		    err != NULL ? order_json_str(err, "detail") : "");
 	}
 }
 
@@ -706,8 +733,8 @@ order_on_authz(struct cert *ce, const struct acme_reply *r)
 		order_poll_later(ce, ORDER_AUTHZ_POLL, r);
 	else if (s != NULL && strcmp(s, "invalid") == 0)
 		order_failf(ce, "authorization for %s failed: %s",
-		    json_string_value(json_object_get(json_object_get(r->json,
-		    "identifier"), "value")), order_authz_error(r->json));
+		    order_json_str(json_object_get(r->json, "identifier"),
+		    "value"), order_authz_error(r->json));
 	else
 		order_failf(ce, "authorization is %s", s != NULL ? s :
 		    "without status");
@@ -763,6 +790,10 @@ order_store(struct cert *ce, const char *chain)
 {
 	struct cert_meta	 meta;
 
+	if (ce->ce_new_key == NULL) {
+		order_failf(ce, "a certificate arrived for no key of ours");
+		return;
+	}
 	memset(&meta, 0, sizeof(meta));
 	if (store_chain_dates(chain, &meta.cm_not_before,
 	    &meta.cm_not_after) == -1) {
@@ -781,18 +812,53 @@ order_store(struct cert *ce, const char *chain)
 	    ce->ce_id, chain, ce->ce_new_key, &meta, order_stored, ce);
 }
 
+/* Fetch the next alternate chain, or settle for the default one. */
+static void
+order_next_chain(struct cert *ce)
+{
+	char	*fallback;
+
+	if (ce->ce_alternates != NULL &&
+	    ce->ce_alternates[ce->ce_alt_next] != NULL) {
+		ce->ce_alt_next++;
+		order_drive(ce);
+		return;
+	}
+	log_info("certificate \"%s\": no chain is issued by \"%s\"; keeping "
+	    "the default chain", ce->ce_id,
+	    acme_issuer_preferred_chain(ce->ce_issuer));
+	fallback = ce->ce_default_chain;
+	ce->ce_default_chain = NULL;
+	order_store(ce, fallback);
+	free(fallback);
+}
+
 /*
  * A chain arrived.  Without preferred_chain, or when it matches, store it.
  * Otherwise try each Link rel="alternate" in turn, and fall back to the
- * default chain, which is just as valid, when none matches.
+ * default chain, which is just as valid, when none matches.  An alternate
+ * that fails to download only counts as one that does not match: the
+ * certificate is issued already and must not be thrown away.
  */
 static void
 order_on_chain(struct cert *ce, const struct acme_reply *r)
 {
 	const char	*want = acme_issuer_preferred_chain(ce->ce_issuer);
-	char		*fallback;
+	int		 pem;
 
-	if (strstr(r->body, "-----BEGIN CERTIFICATE-----") == NULL) {
+	pem = r->status == 200 &&
+	    strstr(r->body, "-----BEGIN CERTIFICATE-----") != NULL;
+	if (ce->ce_alt_next > 0 && !pem) {
+		log_debug("certificate \"%s\": alternate chain %s unusable",
+		    ce->ce_id, ce->ce_alternates[ce->ce_alt_next - 1]);
+		order_next_chain(ce);
+		return;
+	}
+	if (r->status != 200) {
+		order_fail_reply(ce, "certificate download", r);
+		return;
+	}
+	if (!pem) {
 		order_failf(ce, "the CA's certificate download is not PEM");
 		return;
 	}
@@ -804,18 +870,7 @@ order_on_chain(struct cert *ce, const struct acme_reply *r)
 		ce->ce_default_chain = xstrdup(r->body);
 		ce->ce_alternates = http_response_links(r->http, "alternate");
 	}
-	if (ce->ce_alternates != NULL &&
-	    ce->ce_alternates[ce->ce_alt_next] != NULL) {
-		ce->ce_alt_next++;
-		order_drive(ce);
-		return;
-	}
-	log_info("certificate \"%s\": no chain is issued by \"%s\"; keeping "
-	    "the default chain", ce->ce_id, want);
-	fallback = ce->ce_default_chain;
-	ce->ce_default_chain = NULL;
-	order_store(ce, fallback);
-	free(fallback);
+	order_next_chain(ce);
 }
 
 static void
@@ -854,6 +909,9 @@ order_reply(const struct acme_reply *r, void *arg)
 		break;
 	case ORDER_FINALIZE:
 		if (r->status == 403 && acme_problem_is(r, "orderNotReady")) {
+			/* Not finalized: a later "ready" sends a new CSR. */
+			EVP_PKEY_free(ce->ce_new_key);
+			ce->ce_new_key = NULL;
 			order_poll_later(ce, ORDER_ORDER_POLL, r);
 			return;
 		}
@@ -867,10 +925,6 @@ order_reply(const struct acme_reply *r, void *arg)
 		order_on_order(ce, r);
 		break;
 	case ORDER_DOWNLOAD:
-		if (r->status != 200) {
-			order_fail_reply(ce, "certificate download", r);
-			return;
-		}
 		order_on_chain(ce, r);
 		break;
 	case ORDER_STORE:

@@ -92,6 +92,7 @@ sched_remove_issuer(size_t i)
 	size_t			 j;
 
 	/* Certificates first: they cancel their requests on the issuer. */
+	acme_issuer_close(ai);
 	for (j = sched_ncerts; j-- > 0;)
 		if (order_cert_issuer(sched_certs[j]) == ai)
 			sched_remove_cert(j);

@@ -258,7 +258,7 @@ unsigned long	 challenge_served(void);
 struct nonce_pool;
 struct nonce_pool *nonce_pool_new(void);
 void		 nonce_pool_free(struct nonce_pool *);
-void		 nonce_put(struct nonce_pool *, const char *);
+int		 nonce_put(struct nonce_pool *, const char *);
 char		*nonce_take(struct nonce_pool *);	/* NULL if empty */
 size_t		 nonce_count(const struct nonce_pool *);
 
@@ -298,6 +298,7 @@ struct acme_req;
 
 struct acme_issuer *acme_issuer_new(struct event_base *, struct evdns_base *,
 		    const struct conf_issuer *);
+void		 acme_issuer_close(struct acme_issuer *);
 void		 acme_issuer_free(struct acme_issuer *);
 const char	*acme_issuer_name(const struct acme_issuer *);
 enum issuer_state acme_issuer_state(const struct acme_issuer *);

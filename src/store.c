@@ -5,10 +5,10 @@
  *
  *   <dir>/account.key		account key, PKCS#8 PEM, 0600; never replaced
  *   <dir>/account.url		the account URL (the JWS "kid"), one line
- *   <dir>/certs/<id>		symlink -> <id>.<generation> (relative)
- *   <dir>/certs/<id>.<generation>/fullchain.pem	0644
- *   <dir>/certs/<id>.<generation>/key.pem		0600, PKCS#8 PEM
- *   <dir>/certs/<id>.<generation>/meta.json	0644
+ *   <dir>/certs/<id>		symlink -> <id>@<generation> (relative)
+ *   <dir>/certs/<id>@<generation>/fullchain.pem	0644
+ *   <dir>/certs/<id>@<generation>/key.pem		0600, PKCS#8 PEM
+ *   <dir>/certs/<id>@<generation>/meta.json	0644
  *
  * Folders are 0700.
  * <generation> is 16 lower-case hex digits, a counter that grows by one
@@ -764,10 +764,16 @@ store_remove_gen(const char *path)
 {
 	struct dirent	*de;
 	DIR		*d;
-	int		 rc = 0;
+	int		 fd, rc = 0;
 
-	if ((d = opendir(path)) == NULL)
+	/* Never follow a link: only a real generation folder goes. */
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC)) == -1)
 		return errno == ENOENT ? 0 : -1;
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return -1;
+	}
 	while ((de = readdir(d)) != NULL) {
 		if (strcmp(de->d_name, ".") == 0 ||
 		    strcmp(de->d_name, "..") == 0)
@@ -781,13 +787,16 @@ store_remove_gen(const char *path)
 	return rc;
 }
 
-/* "<id>.<16 hex>": one of id's generation folders. */
+/*
+ * "<id>@<16 hex>": one of id's generation folders.  '@' appears in no DNS
+ * name or IP address, so no other certificate's id can look like one.
+ */
 static int
 store_is_gen(const char *name, const char *id)
 {
 	size_t	 n = strlen(id), i;
 
-	if (strncmp(name, id, n) != 0 || name[n] != '.' ||
+	if (strncmp(name, id, n) != 0 || name[n] != '@' ||
 	    strlen(name + n + 1) != STORE_GEN_LEN)
 		return 0;
 	for (i = n + 1; name[i] != '\0'; i++) {
@@ -816,12 +825,12 @@ store_new_gen(const char *certs, const char *id, const char *old,
 	if (old != NULL && store_is_gen(old, id))
 		g = strtoull(old + strlen(id) + 1, NULL, 16);
 	if (g > 1) {
-		xasprintf(&path, "%s/%s.%016llx", certs, id, g - 1);
+		xasprintf(&path, "%s/%s@%016llx", certs, id, g - 1);
 		if (store_remove_gen(path) == -1)
 			log_warn("store: removing %s", path);
 		free(path);
 	}
-	xasprintf(&name, "%s.%016llx", id, g + 1);
+	xasprintf(&name, "%s@%016llx", id, g + 1);
 	xasprintf(&path, "%s/%s", certs, name);
 	if (mkdir(path, 0700) == -1) {
 		if (errno != EEXIST)

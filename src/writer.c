@@ -22,14 +22,7 @@
 
 #include "sidecar.h"
 
-enum writer_job_state {
-	WRITER_PENDING,		/* on writer_pending */
-	WRITER_RUNNING,		/* in the thread's hands */
-	WRITER_DONE,		/* on writer_done, awaiting the loop */
-};
-
 struct writer_job {
-	enum writer_job_state	 wj_state;
 	int			 wj_cancelled;
 	char			*wj_dir;
 	char			*wj_id;
@@ -81,14 +74,12 @@ writer_main(void *arg)
 		if ((wj = TAILQ_FIRST(&writer_pending)) == NULL)
 			break;		/* stopping, and nothing left */
 		TAILQ_REMOVE(&writer_pending, wj, wj_entry);
-		wj->wj_state = WRITER_RUNNING;
 		pthread_mutex_unlock(&writer_lock);
 
 		wj->wj_rc = store_save_cert(wj->wj_dir, wj->wj_id,
 		    wj->wj_chain, wj->wj_key, &wj->wj_meta, &wj->wj_cause);
 
 		pthread_mutex_lock(&writer_lock);
-		wj->wj_state = WRITER_DONE;
 		TAILQ_INSERT_TAIL(&writer_done, wj, wj_entry);
 		/* A full pipe already holds a wake-up: nothing is lost. */
 		if (write(writer_pipe[1], &one, 1) == -1 && errno != EAGAIN)
@@ -217,7 +208,6 @@ writer_save_cert(const char *dir, const char *id, const char *chain,
 	wj->wj_arg = arg;
 
 	pthread_mutex_lock(&writer_lock);
-	wj->wj_state = WRITER_PENDING;
 	TAILQ_INSERT_TAIL(&writer_pending, wj, wj_entry);
 	pthread_cond_signal(&writer_wake);
 	pthread_mutex_unlock(&writer_lock);
@@ -225,19 +215,14 @@ writer_save_cert(const char *dir, const char *id, const char *chain,
 }
 
 /*
- * The callback will not run.  A write not yet started is dropped; one
- * under way completes, since it is atomic and harmless either way.
+ * The callback will not run, but the write still happens: the CA has
+ * issued this certificate, and a later write of the same id replaces it
+ * in order, since one thread does them all.
  */
 void
 writer_cancel(struct writer_job *wj)
 {
 	pthread_mutex_lock(&writer_lock);
-	if (wj->wj_state == WRITER_PENDING) {
-		TAILQ_REMOVE(&writer_pending, wj, wj_entry);
-		pthread_mutex_unlock(&writer_lock);
-		writer_job_free(wj);
-		return;
-	}
 	wj->wj_cancelled = 1;
 	pthread_mutex_unlock(&writer_lock);
 }

@@ -84,8 +84,8 @@ def verify_chain(fullchain, root_file, workdir, tag):
 
 
 def gen_folders(state, cid):
-    """certs/<id>.<16 hex> folders of one certificate id."""
-    rx = re.compile(r"^%s\.[0-9a-f]{16}$" % re.escape(cid))
+    """certs/<id>@<16 hex> folders of one certificate id."""
+    rx = re.compile(r"^%s@[0-9a-f]{16}$" % re.escape(cid))
     return sorted(p.name for p in (Path(state) / "certs").iterdir()
                   if rx.match(p.name))
 

@@ -408,7 +408,7 @@ test_cert_roundtrip(void **state)
 	assert_true(n > 0);
 	target[n] = '\0';
 	assert_null(strchr(target, '/'));
-	assert_int_equal(strncmp(target, "example.com.", 12), 0);
+	assert_int_equal(strncmp(target, "example.com@", 12), 0);
 
 	free(link);
 	store_meta_clear(&got);
@@ -468,7 +468,8 @@ test_cert_replace(void **state)
 	 * One generation folder for a.example; the other two entries are
 	 * a.example.org's link and generation folder.
 	 */
-	assert_int_equal(ts_count(certs, "a.example."), 1 + 2);
+	assert_int_equal(ts_count(certs, "a.example@"), 1);
+	assert_int_equal(ts_count(certs, "a.example."), 2);
 	assert_int_equal(ts_count(certs, "a.example.org"), 2);
 	assert_int_equal(ts_count(certs, ""), 2 + 4);
 	assert_int_equal(ts_count(certs, "."), 2);
@@ -513,13 +514,13 @@ test_cert_crash_leftovers(void **state)
 	 */
 	other = ts_key();
 	otherpem = ts_cert(other, TS_NB, TS_NA, "c.example");
-	xasprintf(&gen, "%s/c.example.0000000000000002", certs);
+	xasprintf(&gen, "%s/c.example@0000000000000002", certs);
 	assert_int_equal(mkdir(gen, 0700), 0);
 	ts_write(gen, "fullchain.pem", otherpem);
 	ts_write(gen, "key.pem", "partial");
 	free(gen);
 	xasprintf(&gen, "%s/.c.example.link", certs);
-	assert_int_equal(symlink("c.example.0000000000000002", gen), 0);
+	assert_int_equal(symlink("c.example@0000000000000002", gen), 0);
 
 	assert_int_equal(store_load_cert(dir, "c.example", &chain, &loaded,
 	    &got, &cause), 0);
@@ -533,7 +534,7 @@ test_cert_crash_leftovers(void **state)
 	/* The next save cleans up and still wins. */
 	EVP_PKEY_free(key);
 	key = ts_save_many(dir, "c.example", 1, &pem);
-	assert_int_equal(ts_count(certs, "c.example."), 1);
+	assert_int_equal(ts_count(certs, "c.example@"), 1);
 	assert_int_equal(ts_count(certs, "."), 2);
 	assert_int_equal(ts_count(certs, ""), 2 + 2);
 
@@ -542,12 +543,12 @@ test_cert_crash_leftovers(void **state)
 	 * generation: the one before the linked one is left.
 	 */
 	free(gen);
-	xasprintf(&gen, "%s/c.example.0000000000000001", certs);
+	xasprintf(&gen, "%s/c.example@0000000000000001", certs);
 	assert_int_equal(mkdir(gen, 0700), 0);
 	ts_write(gen, "fullchain.pem", otherpem);
 	EVP_PKEY_free(key);
 	key = ts_save_many(dir, "c.example", 1, &pem);
-	assert_int_equal(ts_count(certs, "c.example."), 1);
+	assert_int_equal(ts_count(certs, "c.example@"), 1);
 	assert_int_equal(ts_count(certs, ""), 2 + 2);
 	assert_int_equal(store_load_cert(dir, "c.example", &chain, &loaded,
 	    &got, &cause), 0);

@@ -145,6 +145,9 @@ test_writer_saves_and_calls_back(void **state)
 	}
 	assert_int_equal(tw.calls[JOBS - 1], 0);
 
+	/* A cancelled job calls nobody back, but its certificate is kept. */
+	memset(&got, 0, sizeof(got));
+
 	/* A job queued right before stop is still written. */
 	tw_queue(&tw, 0, "last.example.test");
 	writer_stop();
@@ -152,6 +155,12 @@ test_writer_saves_and_calls_back(void **state)
 	memset(&got, 0, sizeof(got));
 	assert_int_equal(store_load_cert(tw.dir, "last.example.test", &chain,
 	    &key, &got, &cause), 0);
+	free(chain);
+	EVP_PKEY_free(key);
+	store_meta_clear(&got);
+	snprintf(id, sizeof(id), "w%d.example.test", JOBS - 1);
+	assert_int_equal(store_load_cert(tw.dir, id, &chain, &key, &got,
+	    &cause), 0);
 	free(chain);
 	EVP_PKEY_free(key);
 	store_meta_clear(&got);
