@@ -64,6 +64,7 @@ struct challenge_token {
 	char			*ct_token;
 	char			*ct_keyauth;
 	size_t			 ct_len;
+	unsigned int		 ct_refs;	/* orders presenting it */
 	struct challenge_token	*ct_next;
 };
 
@@ -179,6 +180,11 @@ challenge_table_free(void)
 	challenge.count = 0;
 }
 
+/*
+ * Two orders can be handed the same authorization, and so the same token
+ * (the same names with two key types, on a CA that reuses pending
+ * authorizations): the token stays until the last of them removes it.
+ */
 void
 challenge_add(const char *token, const char *keyauth)
 {
@@ -201,6 +207,7 @@ challenge_add(const char *token, const char *keyauth)
 	}
 	ct->ct_keyauth = xstrdup(keyauth);
 	ct->ct_len = strlen(keyauth);
+	ct->ct_refs++;
 	log_debug("challenge: token %s added", token);
 }
 
@@ -212,6 +219,8 @@ challenge_remove(const char *token)
 	if ((slot = challenge_table_slot(token)) == NULL || *slot == NULL)
 		return;
 	ct = *slot;
+	if (--ct->ct_refs > 0)
+		return;
 	*slot = ct->ct_next;
 	challenge_token_free(ct);
 	challenge.count--;

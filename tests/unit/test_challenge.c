@@ -314,6 +314,19 @@ test_remove(void **state)
 	assert_int_equal(challenge_served(), served + 2);
 }
 
+/* Two orders presenting one token: it stays until both are done. */
+static void
+test_shared_token(void **state)
+{
+	(void)state;
+	challenge_add(TC_TOKEN, TC_KEYAUTH);
+	challenge_add(TC_TOKEN, TC_KEYAUTH);
+	challenge_remove(TC_TOKEN);
+	tc_expect("GET", TC_PREFIX TC_TOKEN, 200);
+	challenge_remove(TC_TOKEN);
+	tc_expect("GET", TC_PREFIX TC_TOKEN, 404);
+}
+
 /* Thousands of tokens, through table growth, and removal of half. */
 static void
 test_many(void **state)
@@ -459,6 +472,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_method, tc_setup,
 		    tc_teardown),
 		cmocka_unit_test_setup_teardown(test_remove, tc_setup,
+		    tc_teardown),
+		cmocka_unit_test_setup_teardown(test_shared_token, tc_setup,
 		    tc_teardown),
 		cmocka_unit_test_setup_teardown(test_many, tc_setup,
 		    tc_teardown),
