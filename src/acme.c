@@ -41,6 +41,11 @@ enum acme_req_state {
 	AREQ_NONCE,		/* HEAD newNonce in flight */
 	AREQ_SENT,
 	AREQ_WAITING,		/* retry timer armed */
+	AREQ_STATE_MAX
+};
+
+static const char *acme_req_state_names[AREQ_STATE_MAX] = {
+	"queued", "nonce", "sent", "waiting"
 };
 
 struct acme_req {
@@ -108,6 +113,7 @@ static const char *issuer_state_names[ISSUER_STATE_MAX] = {
 };
 
 static void	 acme_dispatch(struct acme_issuer *);
+static void	 acme_req_set_state(struct acme_req *, enum acme_req_state);
 static void	 acme_boot(struct acme_issuer *);
 static void	 acme_req_send(struct acme_req *);
 
@@ -327,6 +333,19 @@ acme_issuer_new_order_url(const struct acme_issuer *ai)
 
 /* Requests. */
 
+/* Requests are many: their transitions log only at -v. */
+static void
+acme_req_set_state(struct acme_req *ar, enum acme_req_state state)
+{
+	if (state >= AREQ_STATE_MAX)
+		fatalx("%s: bad request state %d", __func__, state);
+	if (log_verbose())
+		log_debug("request %p %s: %s -> %s", (void *)ar, ar->ar_url,
+		    acme_req_state_names[ar->ar_state],
+		    acme_req_state_names[state]);
+	ar->ar_state = state;
+}
+
 static struct acme_req *
 acme_req_new(struct acme_issuer *ai, enum acme_req_kind kind, const char *url,
     const char *payload, const char *accept, acme_cb cb, void *arg)
@@ -359,7 +378,7 @@ acme_req_queue(struct acme_req *ar)
 static void
 acme_enqueue(struct acme_req *ar, int at_head)
 {
-	ar->ar_state = AREQ_QUEUED;
+	acme_req_set_state(ar, AREQ_QUEUED);
 	if (at_head)
 		TAILQ_INSERT_HEAD(acme_req_queue(ar), ar, ar_entry);
 	else
@@ -434,6 +453,8 @@ acme_req_cancel(struct acme_req *ar)
 		break;
 	case AREQ_WAITING:
 		break;
+	case AREQ_STATE_MAX:
+		fatalx("%s: bad request state", __func__);
 	}
 	if (ar->ar_opened)
 		ai->ai_open_orders--;
@@ -663,7 +684,7 @@ acme_req_wait(struct acme_req *ar, double seconds)
 	    (ar->ar_timer = evtimer_new(ar->ar_issuer->ai_base,
 	    acme_req_timer_cb, ar)) == NULL)
 		fatalx("%s: evtimer_new", __func__);
-	ar->ar_state = AREQ_WAITING;
+	acme_req_set_state(ar, AREQ_WAITING);
 	tv.tv_sec = (time_t)seconds;
 	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
 	evtimer_add(ar->ar_timer, &tv);
@@ -801,13 +822,13 @@ acme_req_send(struct acme_req *ar)
 	const char		*kid = NULL;
 
 	if (ar->ar_kind == AREQ_GET) {
-		ar->ar_state = AREQ_SENT;
+		acme_req_set_state(ar, AREQ_SENT);
 		ar->ar_http = http_pool_request(ai->ai_http, "GET", ar->ar_url,
 		    NULL, "application/json", NULL, 0, acme_req_done, ar);
 		return;
 	}
 	if ((nonce = nonce_take(ai->ai_nonces)) == NULL) {
-		ar->ar_state = AREQ_NONCE;
+		acme_req_set_state(ar, AREQ_NONCE);
 		ar->ar_http = http_pool_request(ai->ai_http, "HEAD",
 		    ai->ai_new_nonce, NULL, NULL, NULL, 0, acme_nonce_done, ar);
 		return;
@@ -822,7 +843,7 @@ acme_req_send(struct acme_req *ar)
 	free(nonce);
 	if (body == NULL)
 		fatalx("issuer \"%s\": signing a request failed", ai->ai_name);
-	ar->ar_state = AREQ_SENT;
+	acme_req_set_state(ar, AREQ_SENT);
 	ar->ar_http = http_pool_request(ai->ai_http, "POST", ar->ar_url,
 	    "application/jose+json", ar->ar_accept, body, strlen(body),
 	    acme_req_done, ar);
