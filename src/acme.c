@@ -804,9 +804,10 @@ acme_nonce_done(const struct http_response *hr, void *arg)
 	acme_req_landed(ar);
 	acme_reply_fill(&r, hr);
 	if (r.status != 0) {
-		/* No usable nonce: a CA fault, retried with backoff. */
-		r.status = 502;
-		r.error = "newNonce gave no usable Replay-Nonce";
+		/* No usable nonce: a CA fault, retried like a network error. */
+		r.error = nonce == NULL ? "newNonce gave no Replay-Nonce" :
+		    "newNonce gave a malformed Replay-Nonce";
+		r.status = 0;
 	}
 	if (!acme_req_retry(ar, &r))
 		acme_req_finish(ar, &r);
