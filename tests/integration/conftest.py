@@ -291,6 +291,27 @@ class Sidecar:
         self.proc = None
 
 
+class MemcheckSidecar(Sidecar):
+    """The daemon under valgrind memcheck: exit status 99 on any memory
+    error or leak, and valgrind's summary in the log."""
+
+    VALGRIND = ["valgrind", "--error-exitcode=99", "--leak-check=full",
+                "--show-leak-kinds=definite,indirect,possible",
+                "--errors-for-leak-kinds=definite,indirect,possible"]
+
+    def start(self, *extra):
+        with open(self.logfile, "ab") as log:
+            self.run_offset = log.tell()
+            self.proc = subprocess.Popen(
+                self.VALGRIND + [str(SIDECAR), "-c", str(self.config),
+                                 "-v", *extra],
+                stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=pebblelib.die_with_parent,
+                cwd=str(self.workdir))
+        return self
+
+
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")

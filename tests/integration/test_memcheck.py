@@ -2,31 +2,8 @@
 removes certificates, and SIGTERM, with no memory error and no leak."""
 
 import signal
-import subprocess
 
-import pytest
-
-import conftest
-from conftest import Sidecar, cert_id, write_config
-
-VALGRIND = ["valgrind", "--error-exitcode=99", "--leak-check=full",
-            "--show-leak-kinds=definite,indirect,possible",
-            "--errors-for-leak-kinds=definite,indirect,possible"]
-
-
-class MemcheckSidecar(Sidecar):
-    def start(self, *extra):
-        with open(self.logfile, "ab") as log:
-            self.run_offset = log.tell()
-            self.proc = subprocess.Popen(
-                VALGRIND + [str(conftest.SIDECAR), "-c", str(self.config),
-                            "-v", *extra],
-                stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=conftest.pebblelib.die_with_parent,
-                cwd=str(self.workdir))
-        return self
-
+from conftest import MemcheckSidecar, cert_id, write_config
 
 def test_memcheck_issue_reload_stop(tmp_path, pebble, http_port):
     state = tmp_path / "state"

@@ -11,14 +11,13 @@ the fake CA saw.
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-import conftest
-from conftest import Sidecar, cert_sans, cert_serial, openssl, split_pem
+from conftest import (MemcheckSidecar, cert_sans, cert_serial, openssl,
+                      split_pem)
 from fake_acme import FakeAcme, Reply, problem
 
 ISSUED_TIMEOUT = 30.0
@@ -212,27 +211,6 @@ def test_premature_order_status_backs_off(run, fake, status):
 
 
 # ------------------------------- 2. issuer removed during a bootstrap
-
-VALGRIND = ["valgrind", "--error-exitcode=99", "--leak-check=full",
-            "--show-leak-kinds=definite,indirect,possible",
-            "--errors-for-leak-kinds=definite,indirect,possible"]
-
-
-class MemcheckSidecar(Sidecar):
-    """The daemon under valgrind memcheck (as in test_memcheck.py)."""
-
-    def start(self, *extra):
-        with open(self.logfile, "ab") as log:
-            self.run_offset = log.tell()
-            self.proc = subprocess.Popen(
-                VALGRIND + [str(conftest.SIDECAR), "-c", str(self.config),
-                            "-v", *extra],
-                stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=conftest.pebblelib.die_with_parent,
-                cwd=str(self.workdir))
-        return self
-
 
 def test_issuer_removed_while_new_account_waits(run, fake, sidecar_bin):
     """newAccount answers 503 Retry-After: 3, and a SIGHUP removes the
