@@ -448,6 +448,25 @@ def test_ip_identifier(tmp_path, pebble, http_port, sidecar_factory):
     assert sidecar.stop() == 0
 
 
+def test_issuer_by_host_name(tmp_path, pebble, http_port, sidecar_factory):
+    """An issuer URI with a host name: it resolves through evdns (here
+    from /etc/hosts), and TLS checks the listener's certificate against
+    that name."""
+    state = tmp_path / "state"
+    conf = tmp_path / "acme-sidecar.conf"
+    certs = [(["named.example.test"], None)]
+    write_config(conf, pebble, state, http_port, certs)
+    by_ip = pebble.directory_url
+    assert "//127.0.0.1:" in by_ip, by_ip
+    text = conf.read_text().replace(by_ip,
+                                    by_ip.replace("//127.0.0.1:", "//localhost:"))
+    conf.write_text(text)
+    sidecar = sidecar_factory(conf, [pebble]).start()
+    sidecar.wait_certs(state, ids(certs))
+    sidecar.wait_log(r"account https://localhost:\d+/")
+    assert sidecar.stop() == 0
+
+
 # ---------------------------------------------------------------- 7. state
 
 def test_state_files_and_generations(tmp_path, pebble, http_port,
