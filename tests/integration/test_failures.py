@@ -33,8 +33,9 @@ def write_conf(path, http_port, issuers, certs):
                   "    uri %s;" % uri,
                   "    state_path %s;" % state,
                   "    accept_terms_of_service;",
-                  "    contact admin@example.test;",
-                  "    request_rate off;"]
+                  "    contact admin@example.test;"]
+        if not any(e.startswith("request_rate") for e in extra):
+            lines.append("    request_rate off;")
         lines += ["    " + e for e in extra]
         lines += ["}", ""]
     lines += ["challenge_listen 127.0.0.1:%d;" % http_port, ""]
@@ -286,3 +287,26 @@ def test_invalid_authorization_backs_off(run, fake):
                  (len(orders), delay))
     assert not (run.state / "certs" / "inv.example.test").exists()
     assert run.sidecar.alive(), run.diagnostics()
+
+
+def test_request_rate_paces_every_request(run, fake):
+    """request_rate 5r/s burst=2: whatever the orders want, no second of
+    traffic to the CA carries more than rate + burst requests, and the
+    certificates are still issued."""
+    run.issuers["fake"] = (fake.directory_url, run.state,
+                           ["request_rate 5r/s burst=2;"])
+    names = ["r%d.example.test" % i for i in range(3)]
+    run.start([[n] for n in names])
+    for n in names:
+        run.wait_issued(n, timeout=40)
+    times = sorted(r.t for r in fake.requests())
+    worst = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    if worst > 5 + 2:
+        run.fail("%d requests within one second at request_rate 5r/s "
+                 "burst=2" % worst)
+    span = times[-1] - times[0]
+    # n requests at 5/s after a burst of 2 take at least (n - 2) / 5 s.
+    if span < (len(times) - 2) / 5.0 - 0.2:
+        run.fail("%d requests in %.2fs: faster than 5r/s" %
+                 (len(times), span))
+    assert run.sidecar.stop() == 0
