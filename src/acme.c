@@ -325,12 +325,6 @@ acme_issuer_preferred_chain(const struct acme_issuer *ai)
 	return ai->ai_conf->ci_preferred_chain;
 }
 
-const char *
-acme_issuer_new_order_url(const struct acme_issuer *ai)
-{
-	return ai->ai_new_order;
-}
-
 /* Requests. */
 
 /* Requests are many: their transitions log only at -v. */

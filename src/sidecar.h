@@ -305,7 +305,6 @@ enum issuer_state acme_issuer_state(const struct acme_issuer *);
 const char	*acme_issuer_thumbprint(const struct acme_issuer *);
 const char	*acme_issuer_state_path(const struct acme_issuer *);
 const char	*acme_issuer_preferred_chain(const struct acme_issuer *);
-const char	*acme_issuer_new_order_url(const struct acme_issuer *);
 int		 acme_issuer_same_conf(const struct acme_issuer *,
 		    const struct conf_issuer *);
 void		 acme_issuer_update_conf(struct acme_issuer *,
