@@ -333,17 +333,27 @@ out:
 	return rc;
 }
 
-static EVP_PKEY *
-store_key_parse(const char *pem, size_t len, const char *path, char **cause)
+/*
+ * Read and parse the private key at path, wiping the buffer that held it.
+ * 0: loaded, 1: absent, -1: error (cause).
+ */
+static int
+store_load_key(const char *path, EVP_PKEY **key, char **cause)
 {
-	EVP_PKEY	*key;
-	char		*why = NULL;
+	char	*pem = NULL, *why = NULL;
+	size_t	 len = 0;
+	int	 r;
 
-	if ((key = keys_from_pem(pem, len, &why)) == NULL) {
+	*key = NULL;
+	if ((r = store_read_file(path, &pem, &len, cause)) != 0)
+		return r;
+	if ((*key = keys_from_pem(pem, len, &why)) == NULL) {
 		xasprintf(cause, "%s: %s", path, why);
 		free(why);
 	}
-	return key;
+	OPENSSL_cleanse(pem, len);
+	free(pem);
+	return *key != NULL ? 0 : -1;
 }
 
 /* The account URL file is one line; trailing white space is not part of it. */
@@ -373,32 +383,19 @@ store_load_url(const char *dir, char **url, char **cause)
 int
 store_load_account(const char *dir, EVP_PKEY **key, char **url, char **cause)
 {
-	char		*path = NULL, *pem = NULL;
-	size_t		 len = 0;
-	int		 rc = -1, r;
+	char		*path = NULL;
+	int		 rc = -1;
 
 	*key = NULL;
 	*url = NULL;
 	if (store_load_url(dir, url, cause) == -1)
 		goto out;
 	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_KEY);
-	if ((r = store_read_file(path, &pem, &len, cause)) == -1)
-		goto out;
-	if (r == 1) {
-		rc = 1;
-		goto out;
-	}
-	if ((*key = store_key_parse(pem, len, path, cause)) == NULL)
-		goto out;
-	rc = 0;
+	rc = store_load_key(path, key, cause);
 out:
 	if (rc == -1) {
 		free(*url);
 		*url = NULL;
-	}
-	if (pem != NULL) {
-		OPENSSL_cleanse(pem, len);
-		free(pem);
 	}
 	free(path);
 	return rc;
@@ -666,8 +663,7 @@ store_load_pair(const char *gen, char **chain, EVP_PKEY **key,
     struct cert_meta *meta, char **cause)
 {
 	X509	*x = NULL;
-	char	*path = NULL, *pem = NULL;
-	size_t	 len = 0;
+	char	*path = NULL;
 	int	 rc = -1, r;
 
 	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
@@ -684,13 +680,11 @@ store_load_pair(const char *gen, char **chain, EVP_PKEY **key,
 	}
 	free(path);
 	xasprintf(&path, "%s/%s", gen, STORE_KEY);
-	if ((r = store_read_file(path, &pem, &len, cause)) != 0) {
+	if ((r = store_load_key(path, key, cause)) != 0) {
 		if (r == 1)
 			xasprintf(cause, "%s: missing", path);
 		goto out;
 	}
-	if ((*key = store_key_parse(pem, len, path, cause)) == NULL)
-		goto out;
 	if (!X509_check_private_key(x, *key)) {
 		ERR_clear_error();
 		xasprintf(cause, "%s: does not match the certificate in %s/%s",
@@ -704,10 +698,6 @@ store_load_pair(const char *gen, char **chain, EVP_PKEY **key,
 	rc = 0;
 out:
 	X509_free(x);
-	if (pem != NULL) {
-		OPENSSL_cleanse(pem, len);
-		free(pem);
-	}
 	free(path);
 	return rc;
 }
