@@ -34,7 +34,7 @@ $(BUILD)/obj/%.o: src/%.c src/sidecar.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -o $@ $< $(LIB_OBJS) $(LDLIBS) -lcmocka
 

@@ -24,6 +24,7 @@
 #include <openssl/x509.h>
 
 #include "sidecar.h"
+#include "test_util.h"
 
 #define TS_NB	1700000000	/* 2023-11-14 */
 #define TS_NA	1707776000	/* 2024-02-12 */
@@ -84,37 +85,6 @@ ts_key(void)
 	key = EVP_EC_gen("P-256");
 	assert_non_null(key);
 	return key;
-}
-
-/* A self-signed PEM certificate for key, valid from nb to na. */
-static char *
-ts_cert(EVP_PKEY *key, time_t nb, time_t na, const char *cn)
-{
-	X509		*x;
-	X509_NAME	*name;
-	BIO		*bio;
-	char		*data, *pem;
-	long		 len;
-
-	x = X509_new();
-	assert_non_null(x);
-	X509_set_version(x, 2);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	assert_non_null(ASN1_TIME_set(X509_getm_notBefore(x), nb));
-	assert_non_null(ASN1_TIME_set(X509_getm_notAfter(x), na));
-	name = X509_get_subject_name(x);
-	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-	    (const unsigned char *)cn, -1, -1, 0);
-	X509_set_issuer_name(x, name);
-	X509_set_pubkey(x, key);
-	assert_true(X509_sign(x, key, EVP_sha256()) > 0);
-	bio = BIO_new(BIO_s_mem());
-	assert_true(PEM_write_bio_X509(bio, x));
-	len = BIO_get_mem_data(bio, &data);
-	pem = xstrndup(data, (size_t)len);
-	BIO_free(bio);
-	X509_free(x);
-	return pem;
 }
 
 static mode_t
@@ -369,7 +339,7 @@ test_cert_roundtrip(void **state)
 
 	dir = ts_state(ts);
 	key = ts_key();
-	pem = ts_cert(key, TS_NB, TS_NA, "example.com");
+	pem = tu_self_signed(key, TS_NB, TS_NA, "example.com");
 	ts_meta(&m);
 	assert_int_equal(store_save_cert(dir, "example.com", pem, key, &m,
 	    &cause), 0);
@@ -434,7 +404,7 @@ ts_save_many(const char *dir, const char *id, int n, char **lastpem)
 		EVP_PKEY_free(key);
 		free(*lastpem);
 		key = ts_key();
-		*lastpem = ts_cert(key, TS_NB + i, TS_NA + i, id);
+		*lastpem = tu_self_signed(key, TS_NB + i, TS_NA + i, id);
 		if (store_save_cert(dir, id, *lastpem, key, &m, &cause) != 0)
 			fail_msg("store_save_cert: %s", cause);
 	}
@@ -513,7 +483,7 @@ test_cert_crash_leftovers(void **state)
 	 * and the temp link names it.
 	 */
 	other = ts_key();
-	otherpem = ts_cert(other, TS_NB, TS_NA, "c.example");
+	otherpem = tu_self_signed(other, TS_NB, TS_NA, "c.example");
 	xasprintf(&gen, "%s/c.example@0000000000000002", certs);
 	assert_int_equal(mkdir(gen, 0700), 0);
 	ts_write(gen, "fullchain.pem", otherpem);
@@ -582,7 +552,7 @@ test_cert_mismatch(void **state)
 	dir = ts_state(ts);
 	key = ts_key();
 	other = ts_key();
-	pem = ts_cert(key, TS_NB, TS_NA, "m.example");
+	pem = tu_self_signed(key, TS_NB, TS_NA, "m.example");
 	ts_meta(&m);
 
 	/* Saving a mismatched pair is refused and stores nothing. */
@@ -653,7 +623,7 @@ test_chain_dates(void **state)
 
 	(void)state;
 	key = ts_key();
-	pem = ts_cert(key, TS_NB, 4102444800 /* 2100-01-01 */, "d");
+	pem = tu_self_signed(key, TS_NB, 4102444800 /* 2100-01-01 */, "d");
 	assert_int_equal(store_chain_dates(pem, &nb, &na), 0);
 	assert_int_equal(nb, TS_NB);
 	assert_int_equal(na, 4102444800);

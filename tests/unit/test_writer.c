@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 
 #include "sidecar.h"
+#include "test_util.h"
 
 #define JOBS	40
 
@@ -32,36 +33,6 @@ struct tw {
 };
 
 static struct tw	*tw_current;
-
-static char *
-tw_cert(EVP_PKEY *key, const char *cn)
-{
-	X509		*x;
-	X509_NAME	*name;
-	BIO		*bio;
-	char		*data, *pem;
-	long		 len;
-	time_t		 now = time(NULL);
-
-	assert_non_null(x = X509_new());
-	X509_set_version(x, 2);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
-	assert_non_null(ASN1_TIME_set(X509_getm_notBefore(x), now));
-	assert_non_null(ASN1_TIME_set(X509_getm_notAfter(x), now + 86400));
-	name = X509_get_subject_name(x);
-	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-	    (const unsigned char *)cn, -1, -1, 0);
-	X509_set_issuer_name(x, name);
-	X509_set_pubkey(x, key);
-	assert_true(X509_sign(x, key, EVP_sha256()) > 0);
-	bio = BIO_new(BIO_s_mem());
-	assert_true(PEM_write_bio_X509(bio, x));
-	len = BIO_get_mem_data(bio, &data);
-	pem = xstrndup(data, (size_t)len);
-	BIO_free(bio);
-	X509_free(x);
-	return pem;
-}
 
 static void
 tw_done(int rc, const char *cause, void *arg)
@@ -85,7 +56,7 @@ tw_queue(struct tw *tw, int i, const char *id)
 	char			*pem, *ident = (char *)id;
 
 	assert_non_null(key = EVP_EC_gen("P-256"));
-	pem = tw_cert(key, id);
+	pem = tu_self_signed(key, time(NULL), time(NULL) + 86400, id);
 	memset(&meta, 0, sizeof(meta));
 	meta.cm_idents = &ident;
 	meta.cm_nidents = 1;
