@@ -373,3 +373,22 @@ def sidecar_factory(tmp_path, sidecar_bin):
     yield make
     for s in made:
         s.kill()
+
+
+@pytest.fixture
+def fake(tmp_path, http_port):
+    """The scriptable fake ACME CA of fake_acme.py."""
+    from fake_acme import FakeAcme
+    f = FakeAcme(tmp_path / "fake", http_port).start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def run(tmp_path, http_port, fake, sidecar_factory):
+    """A daemon against the fake CA (fake_run.FakeRun), killed at the end."""
+    from fake_run import FakeRun
+    r = FakeRun(tmp_path, http_port, fake, sidecar_factory)
+    yield r
+    if r.sidecar is not None:
+        r.sidecar.kill()
