@@ -29,8 +29,6 @@
 #include "sidecar.h"
 
 /* Hard limits on input: a config is small and written by a person. */
-#define CONF_MAX_FILE_SIZE	(1024 * 1024)	/* bytes per file */
-#define CONF_MAX_TOKEN		4096		/* bytes per word or string */
 #define CONF_MAX_ARGS		1024		/* words per directive */
 #define CONF_MAX_INCLUDE_DEPTH	16		/* nested include levels */
 #define CONF_MAX_RATE		1000000		/* request_rate, r/s or r/m */
@@ -47,28 +45,7 @@
 #define CONF_MIN_ZONE_SIZE	(32 * 1024)		/* nginx: 8 pages */
 #define CONF_MAX_ZONE_SIZE	(1024 * 1024 * 1024)
 
-enum conf_tok {
-	CONF_TOK_WORD,
-	CONF_TOK_SEMI,
-	CONF_TOK_LBRACE,
-	CONF_TOK_RBRACE,
-	CONF_TOK_EOF,
-	CONF_TOK_ERROR
-};
-
 /* One file being read. */
-struct conf_lex {
-	char		*path;
-	char		*dir;		/* NULL when path has no '/' */
-	char		*buf;
-	size_t		 len;
-	size_t		 off;
-	int		 line;
-	int		 lastline;	/* line of the last token read */
-	char		 tok[CONF_MAX_TOKEN + 1];
-	size_t		 toklen;
-};
-
 /* The words of one directive and how it ended. */
 struct conf_args {
 	char		**v;
@@ -406,261 +383,6 @@ conf_error(struct conf_parse *p, const char *fmt, ...)
 	return -1;
 }
 
-/*
- * Read a whole regular file of at most CONF_MAX_FILE_SIZE bytes, NUL
- * terminated.  On error, *msg says why (no location) and the caller frees.
- */
-static int
-conf_read_file(const char *path, char **bufp, size_t *lenp, char **msg)
-{
-	struct stat	 st;
-	char		*buf = NULL;
-	size_t		 len = 0;
-	ssize_t		 n;
-	int		 fd = -1, rc = -1;
-
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		xasprintf(msg, "open() \"%s\" failed (%s)", path,
-		    strerror(errno));
-		goto out;
-	}
-	if (fstat(fd, &st) == -1) {
-		xasprintf(msg, "fstat() \"%s\" failed (%s)", path,
-		    strerror(errno));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		xasprintf(msg, "\"%s\" is not a regular file", path);
-		goto out;
-	}
-	/* One byte past the cap tells a file at the cap from a bigger one. */
-	buf = xmalloc(CONF_MAX_FILE_SIZE + 2);
-	for (;;) {
-		n = read(fd, buf + len, CONF_MAX_FILE_SIZE + 1 - len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1) {
-			xasprintf(msg, "read() \"%s\" failed (%s)", path,
-			    strerror(errno));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len > CONF_MAX_FILE_SIZE) {
-			xasprintf(msg, "file \"%s\" is too large (more than %d "
-			    "bytes)", path, CONF_MAX_FILE_SIZE);
-			goto out;
-		}
-	}
-	buf[len] = '\0';
-	*bufp = buf;
-	*lenp = len;
-	buf = NULL;
-	rc = 0;
-out:
-	free(buf);
-	if (fd != -1)
-		close(fd);
-	return rc;
-}
-
-static void
-conf_lex_free(struct conf_lex *lx)
-{
-	if (lx == NULL)
-		return;
-	free(lx->path);
-	free(lx->dir);
-	free(lx->buf);
-	free(lx);
-}
-
-static struct conf_lex *
-conf_lex_open(const char *path, char **msg)
-{
-	struct conf_lex	*lx;
-	const char	*slash;
-
-	lx = xcalloc(1, sizeof(*lx));
-	if (conf_read_file(path, &lx->buf, &lx->len, msg) == -1) {
-		free(lx);
-		return NULL;
-	}
-	lx->path = xstrdup(path);
-	if ((slash = strrchr(path, '/')) != NULL)
-		lx->dir = xstrndup(path, (size_t)(slash - path + 1));
-	lx->line = 1;
-	lx->lastline = 1;
-	return lx;
-}
-
-/* A relative path names a file beside the file that holds it. */
-static char *
-conf_path_resolve(struct conf_lex *lx, const char *path)
-{
-	char	*s;
-
-	if (path[0] == '/' || lx->dir == NULL)
-		return xstrdup(path);
-	xasprintf(&s, "%s%s", lx->dir, path);
-	return s;
-}
-
-static int
-conf_lex_is_sep(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r' || c == '\n' ||
-	    c == ';' || c == '{' || c == '}';
-}
-
-/* The backslash escapes nginx knows; others keep their backslash. */
-static char
-conf_lex_unescape(char c)
-{
-	switch (c) {
-	case '"':
-	case '\'':
-	case '\\':
-		return c;
-	case 't':
-		return '\t';
-	case 'r':
-		return '\r';
-	case 'n':
-		return '\n';
-	}
-	return '\0';
-}
-
-static int
-conf_lex_put(struct conf_parse *p, struct conf_lex *lx, char c, int line)
-{
-	if (lx->toklen == CONF_MAX_TOKEN) {
-		lx->tok[16] = '\0';
-		return conf_error_at(p, lx->path, line,
-		    "too long parameter \"%s...\" started", lx->tok);
-	}
-	lx->tok[lx->toklen++] = c;
-	return 0;
-}
-
-static void
-conf_lex_skip(struct conf_lex *lx)
-{
-	char	 c;
-
-	while (lx->off < lx->len) {
-		c = lx->buf[lx->off];
-		if (c == '\n')
-			lx->line++;
-		else if (c == '#') {
-			while (lx->off < lx->len && lx->buf[lx->off] != '\n')
-				lx->off++;
-			continue;
-		} else if (c != ' ' && c != '\t' && c != '\r')
-			return;
-		lx->off++;
-	}
-}
-
-static int
-conf_lex_quoted(struct conf_parse *p, struct conf_lex *lx, int line)
-{
-	char	 quote, c, e;
-
-	quote = lx->buf[lx->off++];
-	for (;;) {
-		if (lx->off >= lx->len)
-			return conf_error_at(p, lx->path, line,
-			    "unterminated quoted string");
-		c = lx->buf[lx->off++];
-		if (c == quote)
-			break;
-		if (c == '\0')
-			return conf_error_at(p, lx->path, lx->line,
-			    "unexpected NUL byte");
-		if (c == '\n')
-			lx->line++;
-		if (c == '\\' && lx->off < lx->len &&
-		    (e = conf_lex_unescape(lx->buf[lx->off])) != '\0') {
-			c = e;
-			lx->off++;
-		}
-		if (conf_lex_put(p, lx, c, line) == -1)
-			return -1;
-	}
-	/* As in nginx, a closing quote is followed by a separator. */
-	if (lx->off < lx->len && !conf_lex_is_sep(lx->buf[lx->off]))
-		return conf_error_at(p, lx->path, lx->line,
-		    "unexpected \"%c\"", lx->buf[lx->off]);
-	return 0;
-}
-
-static int
-conf_lex_bare(struct conf_parse *p, struct conf_lex *lx, int line)
-{
-	char	 c, next, e;
-
-	while (lx->off < lx->len && !conf_lex_is_sep(lx->buf[lx->off])) {
-		c = lx->buf[lx->off++];
-		if (c == '\0')
-			return conf_error_at(p, lx->path, lx->line,
-			    "unexpected NUL byte");
-		if (c == '\\' && lx->off < lx->len &&
-		    (next = lx->buf[lx->off]) != '\n' && next != '\0') {
-			lx->off++;
-			if ((e = conf_lex_unescape(next)) != '\0') {
-				if (conf_lex_put(p, lx, e, line) == -1)
-					return -1;
-				continue;
-			}
-			if (conf_lex_put(p, lx, c, line) == -1)
-				return -1;
-			c = next;
-		}
-		if (conf_lex_put(p, lx, c, line) == -1)
-			return -1;
-	}
-	return 0;
-}
-
-/* The next token; a word is left NUL terminated in lx->tok. */
-static enum conf_tok
-conf_lex_next(struct conf_parse *p, struct conf_lex *lx, int *line)
-{
-	char	 c;
-	int	 rc;
-
-	conf_lex_skip(lx);
-	if (lx->off >= lx->len) {
-		*line = lx->lastline;
-		return CONF_TOK_EOF;
-	}
-	*line = lx->lastline = lx->line;
-	c = lx->buf[lx->off];
-	switch (c) {
-	case ';':
-		lx->off++;
-		return CONF_TOK_SEMI;
-	case '{':
-		lx->off++;
-		return CONF_TOK_LBRACE;
-	case '}':
-		lx->off++;
-		return CONF_TOK_RBRACE;
-	}
-	lx->toklen = 0;
-	if (c == '"' || c == '\'')
-		rc = conf_lex_quoted(p, lx, *line);
-	else
-		rc = conf_lex_bare(p, lx, *line);
-	if (rc == -1)
-		return CONF_TOK_ERROR;
-	lx->tok[lx->toklen] = '\0';
-	return CONF_TOK_WORD;
-}
-
 static void
 conf_args_free(struct conf_args *a)
 {
@@ -701,10 +423,12 @@ conf_read_stmt(struct conf_parse *p, struct conf_lex *lx, struct conf_args *a)
 	int		 line;
 
 	for (;;) {
-		tok = conf_lex_next(p, lx, &line);
+		tok = conf_lex_next(lx, &line);
 		a->endline = line;
 		switch (tok) {
 		case CONF_TOK_ERROR:
+			if (p->cause == NULL)
+				p->cause = xstrdup(lx->cause);
 			return tok;
 		case CONF_TOK_WORD:
 			if (conf_args_add(p, lx, a, line) == -1)

@@ -134,6 +134,34 @@ struct conf {
 	char			*c_file;		/* top-level file */
 };
 
+/* conf_lex.c: the tokens of nginx's grammar. */
+#define CONF_MAX_TOKEN		4096		/* bytes per word or string */
+enum conf_tok {
+	CONF_TOK_WORD,		/* in cl->tok */
+	CONF_TOK_SEMI,
+	CONF_TOK_LBRACE,
+	CONF_TOK_RBRACE,
+	CONF_TOK_EOF,
+	CONF_TOK_ERROR		/* cl->cause says why */
+};
+struct conf_lex {
+	char		*path;
+	char		*dir;		/* NULL when path has no '/' */
+	char		*buf;
+	size_t		 len;
+	size_t		 off;
+	int		 line;
+	int		 lastline;	/* line of the last token read */
+	char		 tok[CONF_MAX_TOKEN + 1];
+	size_t		 toklen;
+	char		*cause;		/* "FILE:LINE: msg" once it failed */
+};
+int		 conf_read_file(const char *, char **, size_t *, char **);
+struct conf_lex	*conf_lex_open(const char *, char **);
+void		 conf_lex_free(struct conf_lex *);
+enum conf_tok	 conf_lex_next(struct conf_lex *, int *);
+char		*conf_path_resolve(const struct conf_lex *, const char *);
+
 struct conf	*conf_load(const char *, char **);	/* cause: "FILE:LINE: msg" */
 void		 conf_free(struct conf *);
 struct conf_issuer *conf_find_issuer(struct conf *, const char *);
