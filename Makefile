@@ -30,11 +30,11 @@ $(BUILD)/acme-sidecar: $(DAEMON_OBJS)
 $(BUILD)/acmectl: $(CTL_OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/obj/%.o: src/%.c src/sidecar.h
+$(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h $(LIB_OBJS)
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -o $@ $< $(LIB_OBJS) $(LDLIBS) -lcmocka
 

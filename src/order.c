@@ -49,8 +49,9 @@ struct cert {
 	int			 ce_order_open;	/* see acme_order_close() */
 	int			 ce_polls;
 	EVP_PKEY		*ce_new_key;
-	time_t			 ce_stored_nb;	/* dates of the chain being */
-	time_t			 ce_stored_na;	/* written */
+	char			*ce_stored_chain;	/* the chain being */
+	time_t			 ce_stored_nb;		/* written, and its */
+	time_t			 ce_stored_na;		/* dates */
 	char			**ce_alternates;	/* Link rel="alternate" */
 	size_t			 ce_alt_next;
 	char			*ce_default_chain;
@@ -157,6 +158,30 @@ order_strv_free(char **v, size_t n)
 	free(v);
 }
 
+/*
+ * A token is answered by two responders: our own listener and nginx,
+ * through the shared zone.
+ */
+static void
+order_token_set(struct cert *ce, const char *token, const char *keyauth)
+{
+	challenge_add(token, keyauth);
+	shm_token_add(token, keyauth);
+	free(ce->ce_token);
+	ce->ce_token = xstrdup(token);
+}
+
+static void
+order_token_clear(struct cert *ce)
+{
+	if (ce->ce_token == NULL)
+		return;
+	challenge_remove(ce->ce_token);
+	shm_token_remove(ce->ce_token);
+	free(ce->ce_token);
+	ce->ce_token = NULL;
+}
+
 /* Forget the order in progress, keeping the certificate in use. */
 static void
 order_reset(struct cert *ce)
@@ -174,11 +199,9 @@ order_reset(struct cert *ce)
 		ce->ce_order_open = 0;
 		acme_order_close(ce->ce_issuer);
 	}
-	if (ce->ce_token != NULL) {
-		challenge_remove(ce->ce_token);
-		free(ce->ce_token);
-		ce->ce_token = NULL;
-	}
+	order_token_clear(ce);
+	free(ce->ce_stored_chain);
+	ce->ce_stored_chain = NULL;
 	free(ce->ce_order_url);
 	free(ce->ce_finalize_url);
 	free(ce->ce_cert_url);
@@ -203,6 +226,7 @@ order_cert_free(struct cert *ce)
 	if (ce == NULL)
 		return;
 	order_reset(ce);
+	shm_cert_remove(ce->ce_id);
 	event_free(ce->ce_timer);
 	order_strv_free(ce->ce_idents, ce->ce_nidents);
 	free(ce->ce_id);
@@ -333,6 +357,14 @@ order_cert_start(struct cert *ce)
 		ce->ce_not_before = meta.cm_not_before;
 		ce->ce_not_after = meta.cm_not_after;
 	}
+	/*
+	 * nginx serves what is stored, even while a replacement for changed
+	 * identifiers is on order: it is still valid for the names it has.
+	 */
+	if (rc == 0)
+		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
+		    meta.cm_idents, meta.cm_nidents, chain, key,
+		    meta.cm_not_before, meta.cm_not_after);
 	free(chain);
 	EVP_PKEY_free(key);
 	store_meta_clear(&meta);
@@ -659,11 +691,7 @@ order_find_challenge(json_t *authz)
 static void
 order_next_authz(struct cert *ce)
 {
-	if (ce->ce_token != NULL) {
-		challenge_remove(ce->ce_token);
-		free(ce->ce_token);
-		ce->ce_token = NULL;
-	}
+	order_token_clear(ce);
 	ce->ce_polls = 0;
 	if (++ce->ce_authz_next < ce->ce_nauthz)
 		order_set_state(ce, ORDER_AUTHZ);
@@ -705,10 +733,8 @@ order_respond(struct cert *ce, json_t *authz)
 	}
 	keyauth = keys_key_authorization(token,
 	    acme_issuer_thumbprint(ce->ce_issuer));
-	challenge_add(token, keyauth);
+	order_token_set(ce, token, keyauth);
 	free(keyauth);
-	free(ce->ce_token);
-	ce->ce_token = xstrdup(token);
 	if (strcmp(status, "pending") != 0) {
 		/* Already triggered by an earlier, interrupted order. */
 		order_poll_later(ce, ORDER_AUTHZ_POLL, &(struct acme_reply){ 0 });
@@ -775,6 +801,9 @@ order_stored(int rc, const char *cause, void *arg)
 	ce->ce_have = 1;
 	ce->ce_not_before = ce->ce_stored_nb;
 	ce->ce_not_after = ce->ce_stored_na;
+	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
+	    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain, ce->ce_new_key,
+	    ce->ce_not_before, ce->ce_not_after);
 	ce->ce_failures = 0;
 	free(ce->ce_last_error);
 	ce->ce_last_error = NULL;
@@ -805,6 +834,8 @@ order_store(struct cert *ce, const char *chain)
 	meta.cm_idents = ce->ce_idents;
 	meta.cm_nidents = ce->ce_nidents;
 	meta.cm_key = ce->ce_key;
+	free(ce->ce_stored_chain);
+	ce->ce_stored_chain = xstrdup(chain);
 	ce->ce_stored_nb = meta.cm_not_before;
 	ce->ce_stored_na = meta.cm_not_after;
 	order_set_state(ce, ORDER_STORE);

@@ -267,6 +267,30 @@ struct writer_job *writer_save_cert(const char *dir, const char *id,
 		    writer_cb, void *);
 void		 writer_cancel(struct writer_job *);
 
+/* shm_writer.c: the segment nginx reads (proto/acme_shm.h). */
+struct shm_stats {
+	uint64_t	 ss_generation;		/* last published */
+	uint64_t	 ss_last_serial;
+	uint64_t	 ss_publishes;
+	uint64_t	 ss_failures;		/* images that did not fit */
+	uint32_t	 ss_used;		/* bytes of the last image */
+	uint32_t	 ss_slot_size;		/* room for one image */
+	int		 ss_full;		/* the last publish failed */
+	size_t		 ss_certs;
+	size_t		 ss_tokens;
+};
+int		 shm_open_zone(struct event_base *, const char *path,
+		    size_t, const char *group, char **);
+void		 shm_close(void);
+void		 shm_cert_set(const char *id, const char *issuer,
+		    char *const *names, size_t, const char *chain, EVP_PKEY *,
+		    time_t not_before, time_t not_after);
+void		 shm_cert_remove(const char *id);
+void		 shm_token_add(const char *token, const char *keyauth);
+void		 shm_token_remove(const char *token);
+int		 shm_publish(void);		/* now; -1 when full */
+void		 shm_get_stats(struct shm_stats *);
+
 /* challenge.c: HTTP-01 responder on libmicrohttpd inside the loop. */
 #define CHALLENGE_MAX_CONNS	256
 #define CHALLENGE_CONN_TIMEOUT	10	/* seconds */

@@ -1,0 +1,239 @@
+/*
+ * acme_shm.h: the shared-memory segment that acme-sidecar writes and
+ * nginx reads.  This header is a contract: the daemon, the nginx module
+ * and the tests include it, and src/njs/acme.js reads the same bytes.
+ *
+ * WHERE
+ *	A regular file on tmpfs, "/dev/shm/<zone name>" unless
+ *	"acme_shared_zone zone=NAME:SIZE path=FILE" says otherwise.  Mode
+ *	0640, group of the nginx workers: it holds private keys.  The writer
+ *	never shrinks it (a reader touching a page past a truncated end dies
+ *	with SIGBUS); it may grow it across a restart with a larger SIZE, so
+ *	a reader compares header.size with what it mapped and remaps.
+ *
+ * BYTE ORDER AND TYPES
+ *	Host order (the writer and every reader share one machine), which is
+ *	little-endian on every platform nginx is packaged for.  All offsets
+ *	are uint32_t byte offsets from the start of the file, never pointers;
+ *	a segment is at most ACME_SHM_MAX_SIZE bytes.  64-bit fields are
+ *	8-byte aligned.  A reader checks every offset + length against the
+ *	size it mapped before touching the bytes.
+ *
+ * LAYOUT
+ *	offset 0			struct acme_shm_header
+ *	header.slot_off[0]		slot 0, header.slot_size bytes
+ *	header.slot_off[1]		slot 1, header.slot_size bytes
+ *
+ *	Each slot holds one complete image:
+ *
+ *	slot start			struct acme_shm_image
+ *	image.certs_off			struct acme_shm_cert[image.ncerts]
+ *	image.tokens_off		struct acme_shm_token[image.ntokens]
+ *	image.by_id.off			struct acme_shm_bucket[by_id.nbuckets]
+ *	image.by_name.off		struct acme_shm_bucket[by_name.nbuckets]
+ *	image.by_token.off		struct acme_shm_bucket[by_token.nbuckets]
+ *	(anywhere in the slot)		string bytes, each followed by a NUL
+ *					that its length does not count
+ *
+ * PUBLISHING (double buffering with a generation counter)
+ *	header.generation == 0 means nothing is published (or the writer is
+ *	laying the header out); otherwise the published image is in slot
+ *	generation % 2.  The writer builds generation g + 1 in the other
+ *	slot, which no reader of generation g looks at, then stores
+ *	generation = g + 1 with release ordering.  It never writes into the
+ *	slot of the published generation.
+ *
+ *	A reader:
+ *	  1. g = header.generation (acquire); if 0, nothing to read;
+ *	  2. reads whatever it needs from slot g % 2 (copying the bytes it
+ *	     will keep: nothing read is trusted yet);
+ *	  3. acquire fence, then reads header.generation again;
+ *	  4. keeps what it read only if that is still g, and otherwise starts
+ *	     over (ACME_SHM_MAX_RETRIES times at most).
+ *	A change of generation during step 2 means the writer may since have
+ *	started to overwrite that slot; an unchanged generation means it has
+ *	not.  So no reader ever acts on a torn entry, and a reader never
+ *	waits: the writer holds no lock.  The njs reader follows the same
+ *	steps with pread(2)-style reads of the file.
+ *
+ * LOOKUPS
+ *	Three open-addressing hash tables map a key to a 32-bit value:
+ *	  by_id		certificate id		-> index into certs[]
+ *	  by_name	identifier (SNI name, lower case, or IP address
+ *			in its canonical text form) -> index into certs[]
+ *	  by_token	HTTP-01 token		-> index into tokens[]
+ *	nbuckets is a power of two (or 0 for an empty table), at most half
+ *	full.  To find KEY: h = acme_shm_hash(KEY); start at bucket
+ *	h & (nbuckets - 1) and step by one (wrapping) until a bucket whose
+ *	key_len is 0 (KEY is absent) or whose hash, key_len and key bytes
+ *	match (found), for nbuckets buckets at most.  acme_shm_lookup()
+ *	below does exactly that.
+ *
+ *	A certificate id is the first identifier of its acme_certificate
+ *	(".example.com" counts as "example.com"), followed by "_" and the
+ *	key suffix ("rsa2048", "ecdsa384", ...) when the key type is not
+ *	ecdsa:256.  When two certificates share an identifier, by_name
+ *	points at the one configured first.
+ *
+ * SERIALS
+ *	Each certificate entry carries a serial.  Equal serials for one id
+ *	mean identical chain and key bytes, for as long as the file exists
+ *	(serials only grow, and are seeded from the wall clock when the
+ *	writer starts), so a reader may keep parsed objects keyed by
+ *	(id, serial) and re-parse only entries whose serial changed.
+ *
+ * VERSIONING
+ *	ACME_SHM_VERSION changes whenever a reader written for the old
+ *	layout would misread the new one.  A reader refuses a magic or a
+ *	version it does not know, and a header_size smaller than its own
+ *	struct acme_shm_header.  Fields may be appended to the header
+ *	(header_size grows) without a version change.
+ */
+#ifndef ACME_SHM_H
+#define ACME_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ACME_SHM_MAGIC		0x534d4341u	/* "ACMS" in the file */
+#define ACME_SHM_IMAGE_MAGIC	0x474d4941u	/* "AIMG" */
+#define ACME_SHM_VERSION	1u
+#define ACME_SHM_MAX_SIZE	(1024u * 1024 * 1024)	/* 1 GiB */
+#define ACME_SHM_MIN_SIZE	(32u * 1024)
+#define ACME_SHM_MAX_RETRIES	64	/* reader start-overs per lookup */
+#define ACME_SHM_DEFAULT_DIR	"/dev/shm"
+
+/* HTTP-01 (RFC 8555 8.3): where the CA asks for a key authorization. */
+#define ACME_SHM_CHALLENGE_PREFIX "/.well-known/acme-challenge/"
+
+/* header.flags */
+#define ACME_SHM_FULL		0x1	/* the last image did not fit */
+
+struct acme_shm_header {
+	uint32_t	magic;		/* ACME_SHM_MAGIC */
+	uint32_t	version;	/* ACME_SHM_VERSION */
+	uint64_t	generation;	/* see PUBLISHING */
+	uint32_t	size;		/* bytes in the file */
+	uint32_t	header_size;	/* sizeof(struct acme_shm_header) */
+	uint32_t	slot_off[2];
+	uint32_t	slot_size;
+	uint32_t	flags;		/* ACME_SHM_* */
+	uint64_t	last_serial;	/* the writer's, see SERIALS */
+	int64_t		published;	/* Unix time of the last publish */
+	uint32_t	writer_pid;
+	uint32_t	reserved[17];	/* zero; pads the header to 128 */
+};
+
+/* A hash table: nbuckets buckets at off. */
+struct acme_shm_table {
+	uint32_t	nbuckets;
+	uint32_t	off;
+};
+
+struct acme_shm_image {
+	uint32_t		magic;		/* ACME_SHM_IMAGE_MAGIC */
+	uint32_t		used;		/* bytes of the slot in use */
+	uint64_t		generation;	/* the header's, once published */
+	uint32_t		ncerts;
+	uint32_t		certs_off;
+	uint32_t		ntokens;
+	uint32_t		tokens_off;
+	struct acme_shm_table	by_id;
+	struct acme_shm_table	by_name;
+	struct acme_shm_table	by_token;
+	uint32_t		reserved[2];	/* pads the image to 64 */
+};
+
+/* key_len == 0 marks an empty bucket. */
+struct acme_shm_bucket {
+	uint32_t	hash;		/* acme_shm_hash() of the key */
+	uint32_t	key_off;
+	uint32_t	key_len;
+	uint32_t	value;
+};
+
+struct acme_shm_cert {
+	uint64_t	serial;		/* see SERIALS */
+	int64_t		not_before;	/* Unix time, of the leaf */
+	int64_t		not_after;
+	uint32_t	id_off;
+	uint32_t	id_len;
+	uint32_t	issuer_off;	/* acme_issuer name */
+	uint32_t	issuer_len;
+	uint32_t	chain_off;	/* PEM: leaf, then intermediates */
+	uint32_t	chain_len;
+	uint32_t	key_off;	/* PEM: PKCS#8 private key */
+	uint32_t	key_len;
+	uint32_t	reserved[2];	/* pads the entry to 64 */
+};
+
+struct acme_shm_token {
+	uint32_t	token_off;
+	uint32_t	token_len;
+	uint32_t	keyauth_off;	/* "token.thumbprint" */
+	uint32_t	keyauth_len;
+};
+
+_Static_assert(sizeof(struct acme_shm_header) == 128, "header layout");
+_Static_assert(sizeof(struct acme_shm_image) == 64, "image layout");
+_Static_assert(sizeof(struct acme_shm_cert) == 64, "cert layout");
+_Static_assert(sizeof(struct acme_shm_bucket) == 16, "bucket layout");
+_Static_assert(sizeof(struct acme_shm_token) == 16, "token layout");
+
+/* FNV-1a, 32 bits: simple enough to write again in JavaScript. */
+static inline uint32_t
+acme_shm_hash(const void *key, size_t len)
+{
+	const unsigned char	*p = key;
+	uint32_t		 h = 2166136261u;
+	size_t			 i;
+
+	for (i = 0; i < len; i++) {
+		h ^= p[i];
+		h *= 16777619u;
+	}
+	return h;
+}
+
+/* Whether [off, off + len) lies inside a mapping of size bytes. */
+static inline int
+acme_shm_inside(size_t size, uint64_t off, uint64_t len)
+{
+	return off <= size && len <= size - off;
+}
+
+/*
+ * Look KEY up in table t of a segment mapped at base, size bytes long.
+ * Returns the bucket's value, or -1 when the key is absent or the table
+ * points outside the mapping.  The caller still has to check the
+ * generation afterwards.
+ */
+static inline int64_t
+acme_shm_lookup(const unsigned char *base, size_t size,
+    const struct acme_shm_table *t, const void *key, size_t len)
+{
+	const struct acme_shm_bucket	*b;
+	uint32_t			 h, i, n, mask;
+
+	n = t->nbuckets;
+	if (n == 0 || len == 0 || (n & (n - 1)) != 0 ||
+	    !acme_shm_inside(size, t->off, (uint64_t)n * sizeof(*b)))
+		return -1;
+	b = (const struct acme_shm_bucket *)(base + t->off);
+	h = acme_shm_hash(key, len);
+	mask = n - 1;
+	for (i = 0; i < n; i++) {
+		const struct acme_shm_bucket *e = &b[(h + i) & mask];
+
+		if (e->key_len == 0)
+			return -1;
+		if (e->hash == h && e->key_len == len &&
+		    acme_shm_inside(size, e->key_off, len) &&
+		    memcmp(base + e->key_off, key, len) == 0)
+			return e->value;
+	}
+	return -1;
+}
+
+#endif /* ACME_SHM_H */

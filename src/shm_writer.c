@@ -1,0 +1,668 @@
+/*
+ * The shared-memory segment nginx reads: certificates, keys and pending
+ * HTTP-01 tokens.  proto/acme_shm.h is the layout and the reader's side
+ * of the protocol; this file is the only writer.
+ *
+ * The daemon keeps a model (the certificates and tokens that should be
+ * visible) and, when it changes, publishes a complete image of it into
+ * the slot no reader of the current generation looks at, then bumps the
+ * generation.  Changes made during one turn of the loop are published
+ * together by one deferred event: a start-up that loads a thousand
+ * certificates writes one image, not a thousand.  The deferred publish
+ * still runs in the same turn, long before a CA that is sent a challenge
+ * in that turn can ask nginx for the token.
+ *
+ * The file is never shrunk and never replaced, so a reader's mapping
+ * stays valid for as long as the reader keeps it.
+ */
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "acme_shm.h"
+#include "sidecar.h"
+
+struct shm_cert {
+	char		*sc_id;
+	char		*sc_issuer;
+	char		**sc_names;
+	size_t		 sc_nnames;
+	char		*sc_chain;
+	char		*sc_key;	/* PEM; wiped when freed */
+	time_t		 sc_not_before;
+	time_t		 sc_not_after;
+	uint64_t	 sc_serial;
+};
+
+struct shm_token {
+	char		*st_token;
+	char		*st_keyauth;
+};
+
+/* The sizes of one image, worked out before anything is written. */
+struct shm_plan {
+	uint32_t	 certs_off;
+	uint32_t	 tokens_off;
+	uint32_t	 nnames;
+	struct acme_shm_table by_id;
+	struct acme_shm_table by_name;
+	struct acme_shm_table by_token;
+	uint32_t	 strings_off;
+	uint64_t	 size;
+};
+
+static struct {
+	char			*path;
+	int			 fd;
+	unsigned char		*base;
+	size_t			 size;
+	struct acme_shm_header	*hdr;
+	struct event		*publish_ev;
+	struct shm_cert		*certs;
+	size_t			 ncerts;
+	struct shm_token	*tokens;
+	size_t			 ntokens;
+	uint32_t		 slot_used[2];
+	int			 full;		/* the last publish failed */
+	struct shm_stats	 stats;
+} shm = { .fd = -1 };
+
+static size_t
+shm_align8(size_t n)
+{
+	return (n + 7) & ~(size_t)7;
+}
+
+static uint32_t
+shm_buckets_for(size_t n)
+{
+	uint32_t	 b = 1;
+
+	if (n == 0)
+		return 0;
+	while (b < 2 * n)
+		b <<= 1;
+	return b;
+}
+
+/* A serial never used before for this file: see SERIALS in acme_shm.h. */
+static uint64_t
+shm_next_serial(void)
+{
+	struct timespec	 ts;
+	uint64_t	 now, next;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+	next = shm.stats.ss_last_serial + 1;
+	if (now > next)
+		next = now;
+	shm.stats.ss_last_serial = next;
+	return next;
+}
+
+/* ------------------------------------------------------------ the file */
+
+static gid_t
+shm_group_id(const char *group, char **cause)
+{
+	struct group	*gr;
+
+	errno = 0;
+	if ((gr = getgrnam(group)) == NULL) {
+		xasprintf(cause, "group \"%s\" of the shared zone does not "
+		    "exist", group);
+		return (gid_t)-1;
+	}
+	return gr->gr_gid;
+}
+
+/*
+ * Open or create the file.  /dev/shm is writable by everyone, so a file
+ * found there may have been planted: it must be a regular file of ours,
+ * reached without following a link, before a private key goes in.
+ */
+static int
+shm_open_file(const char *path, gid_t gid, char **cause)
+{
+	struct stat	 st;
+	int		 fd;
+
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
+	if (fd == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) ||
+	    st.st_uid != geteuid()) {
+		xasprintf(cause, "%s: not a regular file owned by uid %u; "
+		    "refusing to put private keys in it", path,
+		    (unsigned)geteuid());
+		close(fd);
+		return -1;
+	}
+	if ((gid != (gid_t)-1 && fchown(fd, (uid_t)-1, gid) == -1) ||
+	    fchmod(fd, 0640) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Whether the header found in the file describes the layout we want. */
+static int
+shm_layout_ok(const struct acme_shm_header *h, size_t size)
+{
+	size_t	 slot = (size - shm_align8(sizeof(*h))) / 2 & ~(size_t)7;
+
+	return h->magic == ACME_SHM_MAGIC &&
+	    h->version == ACME_SHM_VERSION &&
+	    h->size == size && h->header_size == sizeof(*h) &&
+	    h->slot_size == slot &&
+	    h->slot_off[0] == shm_align8(sizeof(*h)) &&
+	    h->slot_off[1] == h->slot_off[0] + slot;
+}
+
+/*
+ * Lay the header out again, wiping what the old layout held (old keys
+ * included).  Generation 0 first, so that a reader that started before
+ * sees its generation change and starts over; the next generation
+ * continues the old one, so none is ever reused.
+ */
+static void
+shm_layout(size_t size, size_t old_size)
+{
+	struct acme_shm_header	*h = shm.hdr;
+	uint64_t		 gen = 0;
+	size_t			 slot, hsize = shm_align8(sizeof(*h));
+
+	if (old_size >= sizeof(*h) && h->magic == ACME_SHM_MAGIC &&
+	    h->version == ACME_SHM_VERSION) {
+		gen = h->generation;
+		if (h->last_serial > shm.stats.ss_last_serial)
+			shm.stats.ss_last_serial = h->last_serial;
+	}
+	atomic_store_explicit((_Atomic uint64_t *)&h->generation, 0,
+	    memory_order_release);
+	if (old_size > hsize)
+		memset(shm.base + hsize, 0, old_size - hsize);
+	slot = (size - hsize) / 2 & ~(size_t)7;
+	h->magic = ACME_SHM_MAGIC;
+	h->version = ACME_SHM_VERSION;
+	h->size = (uint32_t)size;
+	h->header_size = sizeof(*h);
+	h->slot_off[0] = (uint32_t)hsize;
+	h->slot_off[1] = (uint32_t)(hsize + slot);
+	h->slot_size = (uint32_t)slot;
+	h->flags = 0;
+	memset(h->reserved, 0, sizeof(h->reserved));
+	shm.stats.ss_generation = gen;
+	shm.slot_used[0] = shm.slot_used[1] = 0;
+}
+
+/* What each slot of a file we keep holds, so a publish wipes its tail. */
+static void
+shm_adopt(void)
+{
+	const struct acme_shm_image	*img;
+	int				 s;
+
+	shm.stats.ss_generation = shm.hdr->generation;
+	shm.stats.ss_last_serial = shm.hdr->last_serial;
+	for (s = 0; s < 2; s++) {
+		img = (const struct acme_shm_image *)
+		    (shm.base + shm.hdr->slot_off[s]);
+		shm.slot_used[s] = img->magic == ACME_SHM_IMAGE_MAGIC &&
+		    img->used <= shm.hdr->slot_size ? img->used :
+		    shm.hdr->slot_size;
+	}
+}
+
+static void
+shm_publish_cb(int fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	shm_publish();
+}
+
+int
+shm_open_zone(struct event_base *base, const char *path, size_t size,
+    const char *group, char **cause)
+{
+	struct stat	 st;
+	gid_t		 gid = (gid_t)-1;
+	void		*p;
+	int		 fd;
+
+	if (size < ACME_SHM_MIN_SIZE || size > ACME_SHM_MAX_SIZE) {
+		xasprintf(cause, "%s: zone size %zu is outside [%u, %u]",
+		    path, size, ACME_SHM_MIN_SIZE, ACME_SHM_MAX_SIZE);
+		return -1;
+	}
+	if (group != NULL && (gid = shm_group_id(group, cause)) == (gid_t)-1)
+		return -1;
+	if ((fd = shm_open_file(path, gid, cause)) == -1)
+		return -1;
+	if (fstat(fd, &st) == -1)
+		goto fail;
+	/* Never shrink: a reader past a truncated end dies with SIGBUS. */
+	if ((size_t)st.st_size > size) {
+		log_info("%s is %lld bytes, more than the configured %zu; "
+		    "keeping its size", path, (long long)st.st_size, size);
+		size = (size_t)st.st_size > ACME_SHM_MAX_SIZE ?
+		    ACME_SHM_MAX_SIZE : (size_t)st.st_size;
+	} else if ((size_t)st.st_size < size && ftruncate(fd, size) == -1)
+		goto fail;
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		goto fail;
+	shm.path = xstrdup(path);
+	shm.fd = fd;
+	shm.base = p;
+	shm.size = size;
+	shm.hdr = p;
+	if (shm_layout_ok(shm.hdr, size))
+		shm_adopt();
+	else
+		shm_layout(size, (size_t)st.st_size);
+	shm.stats.ss_slot_size = shm.hdr->slot_size;
+	if (base != NULL) {
+		shm.publish_ev = event_new(base, -1, 0, shm_publish_cb, NULL);
+		if (shm.publish_ev == NULL)
+			fatalx("%s: event_new", __func__);
+	}
+	log_info("shared zone %s: %zu bytes, %u per image", path, size,
+	    shm.hdr->slot_size);
+	return 0;
+fail:
+	xasprintf(cause, "%s: %s", path, strerror(errno));
+	close(fd);
+	return -1;
+}
+
+/* --------------------------------------------------------------- model */
+
+static void
+shm_cert_clear(struct shm_cert *sc)
+{
+	size_t	 i;
+
+	free(sc->sc_id);
+	free(sc->sc_issuer);
+	for (i = 0; i < sc->sc_nnames; i++)
+		free(sc->sc_names[i]);
+	free(sc->sc_names);
+	free(sc->sc_chain);
+	keys_pem_free(sc->sc_key);
+	memset(sc, 0, sizeof(*sc));
+}
+
+static struct shm_cert *
+shm_find_cert(const char *id)
+{
+	size_t	 i;
+
+	for (i = 0; i < shm.ncerts; i++)
+		if (strcmp(shm.certs[i].sc_id, id) == 0)
+			return &shm.certs[i];
+	return NULL;
+}
+
+/* Publish at the end of this turn of the loop (now, without a loop). */
+static void
+shm_changed(void)
+{
+	if (shm.base == NULL)
+		return;
+	if (shm.publish_ev != NULL)
+		event_active(shm.publish_ev, EV_TIMEOUT, 0);
+	else
+		shm_publish();
+}
+
+void
+shm_cert_set(const char *id, const char *issuer, char *const *names,
+    size_t nnames, const char *chain, EVP_PKEY *key, time_t not_before,
+    time_t not_after)
+{
+	struct shm_cert	*sc;
+	char		*pem;
+	size_t		 i;
+
+	if ((pem = keys_to_pem(key)) == NULL) {
+		log_warnx("certificate \"%s\": its key does not encode; not "
+		    "published", id);
+		return;
+	}
+	if ((sc = shm_find_cert(id)) == NULL) {
+		shm.certs = xreallocarray(shm.certs, shm.ncerts + 1,
+		    sizeof(*shm.certs));
+		sc = &shm.certs[shm.ncerts++];
+		memset(sc, 0, sizeof(*sc));
+		sc->sc_id = xstrdup(id);
+	} else if (strcmp(sc->sc_chain, chain) == 0 &&
+	    strcmp(sc->sc_key, pem) == 0) {
+		keys_pem_free(pem);	/* same bytes: keep the serial */
+		return;
+	} else {
+		free(sc->sc_issuer);
+		for (i = 0; i < sc->sc_nnames; i++)
+			free(sc->sc_names[i]);
+		free(sc->sc_names);
+		free(sc->sc_chain);
+		keys_pem_free(sc->sc_key);
+	}
+	sc->sc_issuer = xstrdup(issuer);
+	sc->sc_names = xcalloc(nnames, sizeof(*sc->sc_names));
+	for (i = 0; i < nnames; i++)
+		sc->sc_names[i] = xstrdup(names[i]);
+	sc->sc_nnames = nnames;
+	sc->sc_chain = xstrdup(chain);
+	sc->sc_key = pem;
+	sc->sc_not_before = not_before;
+	sc->sc_not_after = not_after;
+	sc->sc_serial = shm_next_serial();
+	shm_changed();
+}
+
+void
+shm_cert_remove(const char *id)
+{
+	struct shm_cert	*sc;
+	size_t		 i;
+
+	if ((sc = shm_find_cert(id)) == NULL)
+		return;
+	i = (size_t)(sc - shm.certs);
+	shm_cert_clear(sc);
+	/* Keep the order: by_name favours the certificate configured first. */
+	memmove(&shm.certs[i], &shm.certs[i + 1],
+	    (shm.ncerts - i - 1) * sizeof(*shm.certs));
+	shm.ncerts--;
+	shm_changed();
+}
+
+void
+shm_token_add(const char *token, const char *keyauth)
+{
+	size_t	 i;
+
+	for (i = 0; i < shm.ntokens; i++)
+		if (strcmp(shm.tokens[i].st_token, token) == 0)
+			return;
+	shm.tokens = xreallocarray(shm.tokens, shm.ntokens + 1,
+	    sizeof(*shm.tokens));
+	shm.tokens[shm.ntokens].st_token = xstrdup(token);
+	shm.tokens[shm.ntokens].st_keyauth = xstrdup(keyauth);
+	shm.ntokens++;
+	shm_changed();
+}
+
+void
+shm_token_remove(const char *token)
+{
+	size_t	 i;
+
+	for (i = 0; i < shm.ntokens; i++) {
+		if (strcmp(shm.tokens[i].st_token, token) != 0)
+			continue;
+		free(shm.tokens[i].st_token);
+		free(shm.tokens[i].st_keyauth);
+		shm.tokens[i] = shm.tokens[--shm.ntokens];
+		shm_changed();
+		return;
+	}
+}
+
+/* ------------------------------------------------------------- publish */
+
+/*
+ * Where everything of the next image goes in the slot at so.  Offsets
+ * are from the file start, as readers want them; size is the bytes the
+ * image needs, which the caller compares with the slot size.
+ */
+static void
+shm_plan(struct shm_plan *pl, uint32_t so)
+{
+	uint64_t	 off, strings = 0;
+	size_t		 i, j;
+
+	memset(pl, 0, sizeof(*pl));
+	for (i = 0; i < shm.ncerts; i++) {
+		const struct shm_cert *sc = &shm.certs[i];
+
+		pl->nnames += (uint32_t)sc->sc_nnames;
+		strings += strlen(sc->sc_id) + 1 + strlen(sc->sc_issuer) + 1 +
+		    strlen(sc->sc_chain) + 1 + strlen(sc->sc_key) + 1;
+		for (j = 0; j < sc->sc_nnames; j++)
+			strings += strlen(sc->sc_names[j]) + 1;
+	}
+	for (i = 0; i < shm.ntokens; i++)
+		strings += strlen(shm.tokens[i].st_token) + 1 +
+		    strlen(shm.tokens[i].st_keyauth) + 1;
+
+	off = sizeof(struct acme_shm_image);
+	pl->certs_off = so + (uint32_t)off;
+	off += (uint64_t)shm.ncerts * sizeof(struct acme_shm_cert);
+	pl->tokens_off = so + (uint32_t)off;
+	off += (uint64_t)shm.ntokens * sizeof(struct acme_shm_token);
+	pl->by_id.nbuckets = shm_buckets_for(shm.ncerts);
+	pl->by_id.off = so + (uint32_t)off;
+	off += (uint64_t)pl->by_id.nbuckets * sizeof(struct acme_shm_bucket);
+	pl->by_name.nbuckets = shm_buckets_for(pl->nnames);
+	pl->by_name.off = so + (uint32_t)off;
+	off += (uint64_t)pl->by_name.nbuckets * sizeof(struct acme_shm_bucket);
+	pl->by_token.nbuckets = shm_buckets_for(shm.ntokens);
+	pl->by_token.off = so + (uint32_t)off;
+	off += (uint64_t)pl->by_token.nbuckets * sizeof(struct acme_shm_bucket);
+	pl->strings_off = so + (uint32_t)off;
+	/* Checked before any uint32_t offset above is used. */
+	pl->size = shm_align8(off + strings);
+}
+
+/* Copy a string, NUL included, to *pos; returns where it went. */
+static uint32_t
+shm_put_string(uint32_t *pos, const char *s, uint32_t *lenp)
+{
+	size_t		 len = strlen(s);
+	uint32_t	 at = *pos;
+
+	memcpy(shm.base + at, s, len + 1);
+	*pos += (uint32_t)len + 1;
+	*lenp = (uint32_t)len;
+	return at;
+}
+
+/* Insert a key already written at key_off; a key present is kept. */
+static void
+shm_table_put(const struct acme_shm_table *t, uint32_t key_off,
+    uint32_t key_len, uint32_t value)
+{
+	struct acme_shm_bucket	*b;
+	const unsigned char	*key = shm.base + key_off;
+	uint32_t		 h, i, mask = t->nbuckets - 1;
+
+	b = (struct acme_shm_bucket *)(shm.base + t->off);
+	h = acme_shm_hash(key, key_len);
+	for (i = h & mask;; i = (i + 1) & mask) {
+		if (b[i].key_len == 0)
+			break;
+		if (b[i].hash == h && b[i].key_len == key_len &&
+		    memcmp(shm.base + b[i].key_off, key, key_len) == 0)
+			return;
+	}
+	b[i].hash = h;
+	b[i].key_off = key_off;
+	b[i].key_len = key_len;
+	b[i].value = value;
+}
+
+static void
+shm_write_cert(const struct shm_plan *pl, uint32_t *pos, size_t i)
+{
+	const struct shm_cert	*sc = &shm.certs[i];
+	struct acme_shm_cert	*e;
+	uint32_t		 off, len;
+	size_t			 j;
+
+	e = (struct acme_shm_cert *)(shm.base + pl->certs_off) + i;
+	e->serial = sc->sc_serial;
+	e->not_before = sc->sc_not_before;
+	e->not_after = sc->sc_not_after;
+	e->id_off = shm_put_string(pos, sc->sc_id, &e->id_len);
+	e->issuer_off = shm_put_string(pos, sc->sc_issuer, &e->issuer_len);
+	e->chain_off = shm_put_string(pos, sc->sc_chain, &e->chain_len);
+	e->key_off = shm_put_string(pos, sc->sc_key, &e->key_len);
+	shm_table_put(&pl->by_id, e->id_off, e->id_len, (uint32_t)i);
+	for (j = 0; j < sc->sc_nnames; j++) {
+		off = shm_put_string(pos, sc->sc_names[j], &len);
+		shm_table_put(&pl->by_name, off, len, (uint32_t)i);
+	}
+}
+
+static void
+shm_write_token(const struct shm_plan *pl, uint32_t *pos, size_t i)
+{
+	struct acme_shm_token	*t;
+
+	t = (struct acme_shm_token *)(shm.base + pl->tokens_off) + i;
+	t->token_off = shm_put_string(pos, shm.tokens[i].st_token,
+	    &t->token_len);
+	t->keyauth_off = shm_put_string(pos, shm.tokens[i].st_keyauth,
+	    &t->keyauth_len);
+	shm_table_put(&pl->by_token, t->token_off, t->token_len, (uint32_t)i);
+}
+
+/* Write the image into the slot at so; returns the bytes it uses. */
+static uint32_t
+shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen)
+{
+	struct acme_shm_image	*img;
+	uint32_t		 pos = pl->strings_off;
+	size_t			 i;
+
+	/* Entries and empty buckets start zeroed; strings overwrite. */
+	memset(shm.base + so, 0, pl->strings_off - so);
+	img = (struct acme_shm_image *)(shm.base + so);
+	img->magic = ACME_SHM_IMAGE_MAGIC;
+	img->generation = gen;
+	img->ncerts = (uint32_t)shm.ncerts;
+	img->certs_off = pl->certs_off;
+	img->ntokens = (uint32_t)shm.ntokens;
+	img->tokens_off = pl->tokens_off;
+	img->by_id = pl->by_id;
+	img->by_name = pl->by_name;
+	img->by_token = pl->by_token;
+	for (i = 0; i < shm.ncerts; i++)
+		shm_write_cert(pl, &pos, i);
+	for (i = 0; i < shm.ntokens; i++)
+		shm_write_token(pl, &pos, i);
+	img->used = (uint32_t)shm_align8(pos - so);
+	return img->used;
+}
+
+static void
+shm_set_full(int full, const struct shm_plan *pl)
+{
+	struct acme_shm_header	*h = shm.hdr;
+
+	if (full && !shm.full)
+		log_warnx("shared zone %s is full: the image needs %llu "
+		    "bytes and a slot holds %u (acme_shared_zone size %zu); "
+		    "nginx keeps generation %llu until it fits", shm.path,
+		    (unsigned long long)pl->size, h->slot_size, shm.size,
+		    (unsigned long long)shm.stats.ss_generation);
+	else if (!full && shm.full)
+		log_info("shared zone %s has room again", shm.path);
+	shm.full = full;
+	shm.stats.ss_full = full;
+	atomic_store_explicit((_Atomic uint32_t *)&h->flags,
+	    full ? ACME_SHM_FULL : 0, memory_order_relaxed);
+}
+
+int
+shm_publish(void)
+{
+	struct acme_shm_header	*h = shm.hdr;
+	struct shm_plan		 pl;
+	uint64_t		 gen;
+	uint32_t		 so, used;
+	int			 s;
+
+	if (shm.base == NULL)
+		return -1;
+	gen = shm.stats.ss_generation + 1;
+	s = (int)(gen % 2);
+	so = h->slot_off[s];
+	shm_plan(&pl, so);
+	if (pl.size > h->slot_size) {
+		shm.stats.ss_failures++;
+		shm_set_full(1, &pl);
+		return -1;
+	}
+	used = shm_write_image(&pl, so, gen);
+	/* Wipe what the slot held beyond the new image: old keys go. */
+	if (shm.slot_used[s] > used)
+		memset(shm.base + so + used, 0, shm.slot_used[s] - used);
+	shm.slot_used[s] = used;
+
+	h->last_serial = shm.stats.ss_last_serial;
+	h->published = util_now();
+	h->writer_pid = (uint32_t)getpid();
+	atomic_store_explicit((_Atomic uint64_t *)&h->generation, gen,
+	    memory_order_release);
+	shm.stats.ss_generation = gen;
+	shm.stats.ss_used = used;
+	shm.stats.ss_publishes++;
+	shm_set_full(0, &pl);
+	log_debug("shared zone: generation %llu, %zu certificates, %zu "
+	    "tokens, %u of %u bytes", (unsigned long long)gen, shm.ncerts,
+	    shm.ntokens, used, h->slot_size);
+	return 0;
+}
+
+void
+shm_get_stats(struct shm_stats *st)
+{
+	*st = shm.stats;
+	st->ss_certs = shm.ncerts;
+	st->ss_tokens = shm.ntokens;
+}
+
+/* Drop the mapping; the file and what it holds stay for nginx. */
+void
+shm_close(void)
+{
+	size_t	 i;
+
+	if (shm.publish_ev != NULL)
+		event_free(shm.publish_ev);
+	for (i = 0; i < shm.ncerts; i++)
+		shm_cert_clear(&shm.certs[i]);
+	free(shm.certs);
+	for (i = 0; i < shm.ntokens; i++) {
+		free(shm.tokens[i].st_token);
+		free(shm.tokens[i].st_keyauth);
+	}
+	free(shm.tokens);
+	if (shm.base != NULL)
+		munmap(shm.base, shm.size);
+	if (shm.fd != -1)
+		close(shm.fd);
+	free(shm.path);
+	memset(&shm, 0, sizeof(shm));
+	shm.fd = -1;
+}

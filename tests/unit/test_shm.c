@@ -1,0 +1,486 @@
+/*
+ * The shared-memory segment: what the writer publishes is what a reader
+ * following proto/acme_shm.h finds, a full segment keeps its last good
+ * image, the file never shrinks, a planted file is refused, and readers
+ * in other processes never accept a torn entry while the writer rewrites
+ * the segment as fast as it can.
+ */
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "acme_shm.h"
+#include "sidecar.h"
+
+#define TS_READERS	3
+#define TS_ROUNDS	4000
+#define TS_CERTS	8
+#define TS_KEYS		4
+
+/* What a reader took from one certificate entry. */
+struct ts_entry {
+	uint64_t	 serial;
+	char		 id[64];
+	char		*chain;
+	char		*key;
+};
+
+static char	 ts_path[64];
+
+static void
+ts_entry_clear(struct ts_entry *e)
+{
+	free(e->chain);
+	free(e->key);
+	memset(e, 0, sizeof(*e));
+}
+
+static char *
+ts_copy(const unsigned char *base, size_t size, uint32_t off, uint32_t len)
+{
+	char	*s;
+
+	if (!acme_shm_inside(size, off, (uint64_t)len + 1))
+		return NULL;
+	s = xmalloc((size_t)len + 1);
+	memcpy(s, base + off, len);
+	s[len] = '\0';
+	return s;
+}
+
+/*
+ * One attempt of the reader protocol: 1 read and consistent, 0 absent,
+ * -1 the generation moved (start over).  table picks by_id or by_name.
+ */
+static int
+ts_try_read(const unsigned char *base, size_t size, int by_name,
+    const char *key, struct ts_entry *out)
+{
+	const struct acme_shm_header	*h = (const void *)base;
+	const struct acme_shm_image	*img;
+	const struct acme_shm_cert	*c;
+	uint64_t			 g;
+	int64_t				 i;
+	int				 rc = 0;
+
+	g = atomic_load_explicit((_Atomic uint64_t *)&h->generation,
+	    memory_order_acquire);
+	if (g == 0)
+		return 0;
+	img = (const void *)(base + h->slot_off[g % 2]);
+	i = acme_shm_lookup(base, size, by_name ? &img->by_name : &img->by_id,
+	    key, strlen(key));
+	if (i >= 0 && (uint32_t)i < img->ncerts &&
+	    acme_shm_inside(size, img->certs_off,
+	    (uint64_t)img->ncerts * sizeof(*c))) {
+		c = (const void *)(base + img->certs_off);
+		c += i;
+		out->serial = c->serial;
+		if (c->id_len < sizeof(out->id) &&
+		    acme_shm_inside(size, c->id_off, c->id_len)) {
+			memcpy(out->id, base + c->id_off, c->id_len);
+			out->id[c->id_len] = '\0';
+		}
+		out->chain = ts_copy(base, size, c->chain_off, c->chain_len);
+		out->key = ts_copy(base, size, c->key_off, c->key_len);
+		rc = 1;
+	}
+	atomic_thread_fence(memory_order_acquire);
+	if (atomic_load_explicit((_Atomic uint64_t *)&h->generation,
+	    memory_order_relaxed) != g) {
+		ts_entry_clear(out);
+		return -1;
+	}
+	return rc;
+}
+
+static int
+ts_read(const unsigned char *base, size_t size, int by_name,
+    const char *key, struct ts_entry *out)
+{
+	int	 rc, tries;
+
+	memset(out, 0, sizeof(*out));
+	for (tries = 0; tries < ACME_SHM_MAX_RETRIES; tries++)
+		if ((rc = ts_try_read(base, size, by_name, key, out)) != -1)
+			return rc;
+	return -1;
+}
+
+/* The key authorization for a token, or NULL. */
+static char *
+ts_token(const unsigned char *base, size_t size, const char *token)
+{
+	const struct acme_shm_header	*h = (const void *)base;
+	const struct acme_shm_image	*img;
+	const struct acme_shm_token	*t;
+	int64_t				 i;
+
+	img = (const void *)(base + h->slot_off[h->generation % 2]);
+	i = acme_shm_lookup(base, size, &img->by_token, token, strlen(token));
+	if (i < 0 || (uint32_t)i >= img->ntokens)
+		return NULL;
+	t = (const struct acme_shm_token *)(base + img->tokens_off) + i;
+	return ts_copy(base, size, t->keyauth_off, t->keyauth_len);
+}
+
+static unsigned char *
+ts_map(size_t *size)
+{
+	struct stat	 st;
+	void		*p;
+	int		 fd;
+
+	assert_int_not_equal(fd = open(ts_path, O_RDONLY), -1);
+	assert_int_equal(fstat(fd, &st), 0);
+	*size = (size_t)st.st_size;
+	p = mmap(NULL, *size, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(p != MAP_FAILED);
+	close(fd);
+	return p;
+}
+
+static int
+ts_setup(void **state)
+{
+	(void)state;
+	snprintf(ts_path, sizeof(ts_path), "/dev/shm/acme-test-%d",
+	    (int)getpid());
+	unlink(ts_path);
+	return 0;
+}
+
+static int
+ts_teardown(void **state)
+{
+	(void)state;
+	shm_close();
+	unlink(ts_path);
+	return 0;
+}
+
+static EVP_PKEY *
+ts_key(void)
+{
+	EVP_PKEY	*k = keys_generate(KEY_ECDSA_256);
+
+	assert_non_null(k);
+	return k;
+}
+
+static void
+test_publish_and_lookup(void **state)
+{
+	char		*names_a[] = { "a.example.test", "www.a.example.test" };
+	char		*names_b[] = { "b.example.test", "a.example.test" };
+	EVP_PKEY	*ka = ts_key(), *kb = ts_key();
+	char		*pem_a = keys_to_pem(ka), *cause = NULL, *ka_text;
+	struct ts_entry	 e;
+	struct stat	 st;
+	unsigned char	*base;
+	size_t		 size;
+	uint64_t	 serial;
+
+	(void)state;
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	assert_int_equal(stat(ts_path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	assert_int_equal(st.st_size, 64 * 1024);
+
+	shm_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A", ka,
+	    100, 200);
+	shm_cert_set("b.example.test", "pebble", names_b, 2, "CHAIN B", kb,
+	    300, 400);
+	shm_token_add("tok1", "tok1.thumb");
+	base = ts_map(&size);
+
+	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 1);
+	assert_string_equal(e.chain, "CHAIN A");
+	assert_string_equal(e.key, pem_a);
+	assert_string_equal(e.id, "a.example.test");
+	serial = e.serial;
+	ts_entry_clear(&e);
+	/* by name; a shared name belongs to the certificate set first */
+	assert_int_equal(ts_read(base, size, 1, "www.a.example.test", &e), 1);
+	assert_string_equal(e.id, "a.example.test");
+	ts_entry_clear(&e);
+	assert_int_equal(ts_read(base, size, 1, "a.example.test", &e), 1);
+	assert_string_equal(e.id, "a.example.test");
+	ts_entry_clear(&e);
+	assert_int_equal(ts_read(base, size, 1, "b.example.test", &e), 1);
+	assert_string_equal(e.chain, "CHAIN B");
+	ts_entry_clear(&e);
+	assert_int_equal(ts_read(base, size, 1, "c.example.test", &e), 0);
+	assert_non_null(ka_text = ts_token(base, size, "tok1"));
+	assert_string_equal(ka_text, "tok1.thumb");
+	free(ka_text);
+
+	/* The same bytes keep their serial; new bytes get a larger one. */
+	shm_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A", ka,
+	    100, 200);
+	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 1);
+	assert_true(e.serial == serial);
+	ts_entry_clear(&e);
+	shm_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A2", ka,
+	    100, 200);
+	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 1);
+	assert_true(e.serial > serial);
+	assert_string_equal(e.chain, "CHAIN A2");
+	ts_entry_clear(&e);
+
+	/* Removal: the certificate and the token go. */
+	shm_cert_remove("a.example.test");
+	shm_token_remove("tok1");
+	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 0);
+	assert_int_equal(ts_read(base, size, 1, "a.example.test", &e), 1);
+	assert_string_equal(e.id, "b.example.test");	/* now the only one */
+	ts_entry_clear(&e);
+	assert_null(ts_token(base, size, "tok1"));
+
+	munmap(base, size);
+	keys_pem_free(pem_a);
+	EVP_PKEY_free(ka);
+	EVP_PKEY_free(kb);
+}
+
+/* A full segment keeps serving its last image and says so. */
+static void
+test_full_keeps_last_image(void **state)
+{
+	char		*names[1], id[32], *big, *cause = NULL;
+	EVP_PKEY	*k = ts_key();
+	const struct acme_shm_header *h;
+	struct shm_stats st;
+	struct ts_entry	 e;
+	unsigned char	*base;
+	size_t		 size, i;
+	uint64_t	 gen;
+
+	(void)state;
+	assert_int_equal(shm_open_zone(NULL, ts_path, ACME_SHM_MIN_SIZE, NULL,
+	    &cause), 0);
+	big = xmalloc(4000);
+	memset(big, 'x', 3999);
+	big[3999] = '\0';
+	names[0] = id;
+	for (i = 0; i < 3; i++) {
+		snprintf(id, sizeof(id), "c%zu.example.test", i);
+		shm_cert_set(id, "pebble", names, 1, big, k, 0, 1);
+	}
+	base = ts_map(&size);
+	h = (const void *)base;
+	gen = h->generation;
+	assert_true(gen > 0);
+	assert_int_equal(h->flags & ACME_SHM_FULL, 0);
+
+	/* 16 KiB per slot: a fourth and fifth 4 KB chain cannot fit. */
+	for (; i < 5; i++) {
+		snprintf(id, sizeof(id), "c%zu.example.test", i);
+		shm_cert_set(id, "pebble", names, 1, big, k, 0, 1);
+	}
+	shm_get_stats(&st);
+	assert_true(st.ss_full);
+	assert_true(st.ss_failures > 0);
+	assert_true(h->flags & ACME_SHM_FULL);
+	assert_true(h->generation == gen);
+	assert_int_equal(ts_read(base, size, 0, "c0.example.test", &e), 1);
+	ts_entry_clear(&e);
+	assert_int_equal(ts_read(base, size, 0, "c4.example.test", &e), 0);
+
+	/* Room again: the next change publishes everything that is left. */
+	shm_cert_remove("c0.example.test");
+	shm_cert_remove("c1.example.test");
+	assert_true(h->generation > gen);
+	assert_int_equal(h->flags & ACME_SHM_FULL, 0);
+	assert_int_equal(ts_read(base, size, 0, "c4.example.test", &e), 1);
+	ts_entry_clear(&e);
+
+	munmap(base, size);
+	free(big);
+	EVP_PKEY_free(k);
+}
+
+static void
+test_never_shrinks(void **state)
+{
+	struct stat	 st;
+	char		*cause = NULL;
+	int		 fd;
+
+	(void)state;
+	assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT, 0600), -1);
+	assert_int_equal(ftruncate(fd, 128 * 1024), 0);
+	close(fd);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	assert_int_equal(stat(ts_path, &st), 0);
+	assert_int_equal(st.st_size, 128 * 1024);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	shm_close();
+	/* Growing is fine. */
+	assert_int_equal(shm_open_zone(NULL, ts_path, 256 * 1024, NULL,
+	    &cause), 0);
+	assert_int_equal(stat(ts_path, &st), 0);
+	assert_int_equal(st.st_size, 256 * 1024);
+}
+
+static void
+test_refuses_planted_file(void **state)
+{
+	char	 target[80], *cause = NULL;
+	int	 fd;
+
+	(void)state;
+	snprintf(target, sizeof(target), "%s.target", ts_path);
+	assert_int_not_equal(fd = open(target, O_RDWR | O_CREAT, 0600), -1);
+	close(fd);
+	assert_int_equal(symlink(target, ts_path), 0);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), -1);
+	assert_non_null(strstr(cause, ts_path));
+	free(cause);
+	cause = NULL;
+	unlink(ts_path);
+	unlink(target);
+
+	if (geteuid() == 0) {
+		/* Someone else's file: keys must not go in. */
+		assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT,
+		    0666), -1);
+		assert_int_equal(fchown(fd, 65534, 65534), 0);
+		close(fd);
+		assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+		    &cause), -1);
+		assert_non_null(strstr(cause, "refusing"));
+		free(cause);
+	}
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024,
+	    "no-such-group-here", &cause), -1);
+	assert_non_null(strstr(cause, "no-such-group-here"));
+	free(cause);
+}
+
+/*
+ * A reader in its own process: it reads entries as fast as it can and
+ * checks each accepted one is whole: its chain names the round and the
+ * key that the same publish wrote, and its key is that key.  Exit status
+ * 0 means no torn entry was ever accepted and some entries were read.
+ */
+static int
+ts_reader(char **keys, volatile int *stop)
+{
+	struct ts_entry	 e;
+	unsigned char	*base;
+	size_t		 size;
+	unsigned long	 ok = 0, torn = 0;
+	char		 id[32];
+	unsigned int	 round, k, n = 0;
+
+	base = ts_map(&size);
+	while (!*stop || ok == 0) {
+		snprintf(id, sizeof(id), "c%u.example.test", n++ % TS_CERTS);
+		if (ts_read(base, size, n % 2, id, &e) != 1)
+			continue;
+		if (e.chain == NULL || e.key == NULL ||
+		    sscanf(e.chain, "round %u key %u", &round, &k) != 2 ||
+		    k >= TS_KEYS || strcmp(e.key, keys[k]) != 0 ||
+		    strcmp(e.id, id) != 0 ||
+		    strlen(e.chain) != 1000 + (round % 7) * 300)
+			torn++;
+		else
+			ok++;
+		ts_entry_clear(&e);
+	}
+	fprintf(stderr, "reader %d: %lu whole entries, %lu torn\n",
+	    (int)getpid(), ok, torn);
+	return torn == 0 && ok > 0 ? 0 : 1;
+}
+
+static void
+test_readers_never_see_torn_entries(void **state)
+{
+	EVP_PKEY	*keys[TS_KEYS];
+	char		*pems[TS_KEYS], *names[1], id[32], *chain, *cause = NULL;
+	volatile int	*stop;
+	pid_t		 pids[TS_READERS];
+	size_t		 len;
+	unsigned int	 r, i, k;
+	int		 status;
+
+	(void)state;
+	for (k = 0; k < TS_KEYS; k++) {
+		keys[k] = ts_key();
+		pems[k] = keys_to_pem(keys[k]);
+	}
+	stop = mmap(NULL, sizeof(*stop), PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(stop != MAP_FAILED);
+	*stop = 0;
+	assert_int_equal(shm_open_zone(NULL, ts_path, 1024 * 1024, NULL,
+	    &cause), 0);
+	names[0] = id;
+	chain = xmalloc(1000 + 7 * 300);
+	for (r = 0; r < TS_ROUNDS; r++) {
+		if (r == 1)
+			for (i = 0; i < TS_READERS; i++)
+				if ((pids[i] = fork()) == 0)
+					_exit(ts_reader(pems, stop));
+		for (i = 0; i < TS_CERTS; i++) {
+			k = (r + i) % TS_KEYS;
+			len = 1000 + (r % 7) * 300;
+			memset(chain, '.', len);
+			memcpy(chain, "round ", 6);
+			snprintf(chain + 6, 32, "%u key %u ", r, k);
+			chain[strlen(chain)] = '.';
+			chain[len] = '\0';
+			snprintf(id, sizeof(id), "c%u.example.test", i);
+			shm_cert_set(id, "pebble", names, 1, chain, keys[k],
+			    0, 1);
+		}
+	}
+	*stop = 1;
+	for (i = 0; i < TS_READERS; i++) {
+		assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+		assert_true(WIFEXITED(status));
+		assert_int_equal(WEXITSTATUS(status), 0);
+	}
+	free(chain);
+	for (k = 0; k < TS_KEYS; k++) {
+		keys_pem_free(pems[k]);
+		EVP_PKEY_free(keys[k]);
+	}
+	munmap((void *)stop, sizeof(*stop));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_publish_and_lookup,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_full_keeps_last_image,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_never_shrinks,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_refuses_planted_file,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_readers_never_see_torn_entries, ts_setup, ts_teardown),
+	};
+
+	log_init(0);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
