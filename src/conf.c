@@ -9,7 +9,12 @@
  * wording nginx uses where it has one.
  *
  * Relative paths (include patterns and every path-valued directive)
- * resolve against the directory of the file that holds the directive.
+ * resolve against the directory of the file that holds the directive; in
+ * an nginx.conf, against the directory of its main file (nginx_conf.c).
+ *
+ * conf_load_files() reads the sidecar's file, then the nginx.conf, into
+ * one struct conf: an issuer, certificate or acme_shared_zone defined in
+ * both is an error that names both places.
  */
 #include <sys/types.h>
 #include <sys/stat.h>
@@ -20,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +37,7 @@
 /* Hard limits on input: a config is small and written by a person. */
 #define CONF_MAX_ARGS		1024		/* words per directive */
 #define CONF_MAX_INCLUDE_DEPTH	16		/* nested include levels */
+#define CONF_MAX_BLOCK_DEPTH	64		/* nested { } blocks */
 #define CONF_MAX_RATE		1000000		/* request_rate, r/s or r/m */
 #define CONF_MAX_BURST		1000000		/* request_rate burst= */
 #define CONF_MAX_DNS_NAME	253
@@ -42,40 +49,13 @@
 #define CONF_DEFAULT_PORT	80
 #define CONF_DEFAULT_ZONE_NAME	"ngx_acme_shared"
 #define CONF_DEFAULT_ZONE_SIZE	(256 * 1024)
+#define CONF_ZONE_DIR		"/dev/shm/"
 #define CONF_MIN_ZONE_SIZE	(32 * 1024)		/* nginx: 8 pages */
 #define CONF_MAX_ZONE_SIZE	(1024 * 1024 * 1024)
 
-/* One file being read. */
-/* The words of one directive and how it ended. */
-struct conf_args {
-	char		**v;
-	int		  n;
-	int		  cap;
-	int		  line;		/* of the first word */
-	int		  endline;	/* of the terminator */
-};
-
-/* An acme_issuer { } block being read. */
-struct conf_block {
-	struct conf_issuer	*ci;
-	unsigned int		 seen;		/* single-valued directives */
-	char			*sp_file;	/* where state_path was set */
-	int			 sp_line;
-};
-
-struct conf_parse {
-	struct conf	*conf;
-	struct conf_lex	*lex;		/* file of the current directive */
-	int		 line;		/* line of the current directive */
-	int		 depth;		/* include nesting */
-	unsigned int	 seen;		/* single-valued top-level directives */
-	char		*cause;
-};
-
-#define CONF_TOP	0x01
-#define CONF_ISSUER	0x02
-#define CONF_BLOCK	0x04		/* takes a { } block */
-#define CONF_ONCE	0x08		/* may appear once per context */
+/* Table flags beside the contexts (CONF_TOP, ...) a directive is for. */
+#define CONF_BLOCK	0x100		/* takes a { } block */
+#define CONF_ONCE	0x200		/* may appear once per context */
 
 struct conf_cmd {
 	const char	*name;
@@ -86,8 +66,8 @@ struct conf_cmd {
 			    char **);
 };
 
-static int	conf_parse_block(struct conf_parse *, struct conf_lex *,
-		    struct conf_block *, int);
+static int	conf_directive(struct conf_parse *, const struct conf_ctx *,
+		    struct conf_args *, enum conf_tok);
 
 static int	conf_cmd_issuer(struct conf_parse *, struct conf_block *, int,
 		    char **);
@@ -130,8 +110,8 @@ static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
 
 /* The index of a CONF_ONCE row is its bit in the "seen" masks. */
 static const struct conf_cmd conf_cmds[] = {
-	{ "acme_issuer", CONF_TOP|CONF_BLOCK, 1, 1, conf_cmd_issuer },
-	{ "acme_shared_zone", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_zone },
+	{ "acme_issuer", CONF_TOP|CONF_HTTP|CONF_BLOCK, 1, 1, conf_cmd_issuer },
+	{ "acme_shared_zone", CONF_TOP|CONF_HTTP, 1, 3, conf_cmd_zone },
 	{ "acme_certificate", CONF_TOP, 1, CONF_MAX_ARGS, conf_cmd_cert },
 	{ "challenge_listen", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_listen },
 	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_control },
@@ -286,7 +266,7 @@ conf_issuer_dup(const struct conf_issuer *src)
 	return ci;
 }
 
-static void
+void
 conf_cert_free(struct conf_cert *cc)
 {
 	size_t	 i;
@@ -321,7 +301,10 @@ conf_free(struct conf *conf)
 	free(conf->c_user);
 	free(conf->c_group);
 	free(conf->c_nginx_config);
+	free(conf->c_nginx_group);
 	free(conf->c_zone_name);
+	free(conf->c_zone_path);
+	free(conf->c_zone_group);
 	free(conf->c_file);
 	free(conf);
 }
@@ -339,7 +322,8 @@ conf_new(const char *path)
 	conf->c_control_socket = xstrdup(CONF_DEFAULT_CONTROL);
 	conf->c_zone_name = xstrdup(CONF_DEFAULT_ZONE_NAME);
 	conf->c_zone_size = CONF_DEFAULT_ZONE_SIZE;
-	conf->c_file = xstrdup(path);
+	conf->c_zone_path = xstrdup(CONF_ZONE_DIR CONF_DEFAULT_ZONE_NAME);
+	conf->c_file = path != NULL ? xstrdup(path) : NULL;
 	return conf;
 }
 
@@ -359,7 +343,7 @@ conf_verror(struct conf_parse *p, const char *file, int line,
 	return -1;
 }
 
-static int PRINTFLIKE(4, 5)
+int
 conf_error_at(struct conf_parse *p, const char *file, int line,
     const char *fmt, ...)
 {
@@ -372,13 +356,13 @@ conf_error_at(struct conf_parse *p, const char *file, int line,
 }
 
 /* An error at the directive being handled. */
-static int PRINTFLIKE(2, 3)
+int
 conf_error(struct conf_parse *p, const char *fmt, ...)
 {
 	va_list	 ap;
 
 	va_start(ap, fmt);
-	conf_verror(p, p->lex->path, p->line, fmt, ap);
+	conf_verror(p, p->file, p->line, fmt, ap);
 	va_end(ap);
 	return -1;
 }
@@ -463,34 +447,48 @@ conf_read_stmt(struct conf_parse *p, struct conf_lex *lx, struct conf_args *a)
 }
 
 static int
-conf_include_file(struct conf_parse *p, struct conf_lex *lx,
-    struct conf_block *blk, const char *path)
+conf_include_file(struct conf_parse *p, const struct conf_ctx *ctx,
+    const char *path)
 {
-	struct conf_lex	*nlx;
+	struct conf_lex	*lx = p->lex, *nlx;
+	const char	*file = p->file;
 	char		*msg = NULL;
 	int		 line = p->line, rc;
 
-	if ((nlx = conf_lex_open(path, &msg)) == NULL) {
+	if ((nlx = conf_lex_open(path, p->prefix, &msg)) == NULL) {
 		conf_error(p, "%s", msg);
 		free(msg);
 		return -1;
 	}
 	p->depth++;
-	rc = conf_parse_block(p, nlx, blk, 0);
+	rc = conf_parse_block(p, nlx, ctx, 0);
 	p->depth--;
 	p->lex = lx;
+	p->file = file;
 	p->line = line;
 	conf_lex_free(nlx);
 	return rc;
 }
 
 /*
+ * As in nginx, a pattern whose folder does not exist matches nothing
+ * (an nginx.conf mounted without its modules-enabled/, say); a folder
+ * that cannot be read is an error, not certificates silently missed.
+ */
+static int
+conf_glob_error(const char *path, int error)
+{
+	(void)path;
+	return error != ENOENT && error != ENOTDIR;
+}
+
+/*
  * include PATTERN: a plain name must exist, a glob may match nothing.
  * Files are read in glob(3)'s sorted order, in the including context.
  */
-static int
-conf_include(struct conf_parse *p, struct conf_lex *lx,
-    struct conf_block *blk, struct conf_args *a, enum conf_tok end)
+int
+conf_include(struct conf_parse *p, const struct conf_ctx *ctx,
+    struct conf_args *a, enum conf_tok end)
 {
 	glob_t	 g;
 	char	*pattern = NULL;
@@ -508,12 +506,12 @@ conf_include(struct conf_parse *p, struct conf_lex *lx,
 		return conf_error(p, "include nesting is too deep (more than "
 		    "%d levels)", CONF_MAX_INCLUDE_DEPTH);
 
-	pattern = conf_path_resolve(lx, a->v[1]);
+	pattern = conf_path_resolve(p->lex, a->v[1]);
 	if (strpbrk(pattern, "*?[") == NULL) {
-		rc = conf_include_file(p, lx, blk, pattern);
+		rc = conf_include_file(p, ctx, pattern);
 		goto out;
 	}
-	r = glob(pattern, GLOB_ERR, NULL, &g);
+	r = glob(pattern, 0, conf_glob_error, &g);
 	if (r == GLOB_NOMATCH) {
 		rc = 0;
 		goto out;
@@ -523,7 +521,7 @@ conf_include(struct conf_parse *p, struct conf_lex *lx,
 		goto out;
 	}
 	for (i = 0; i < g.gl_pathc; i++) {
-		if (conf_include_file(p, lx, blk, g.gl_pathv[i]) == -1)
+		if (conf_include_file(p, ctx, g.gl_pathv[i]) == -1)
 			goto out;
 	}
 	rc = 0;
@@ -547,22 +545,19 @@ conf_cmd_find(const char *name, unsigned int *bit)
 	return NULL;
 }
 
-static int
-conf_directive(struct conf_parse *p, struct conf_lex *lx,
-    struct conf_block *blk, struct conf_args *a, enum conf_tok end)
+/* One directive of the table, in the context blk stands for. */
+int
+conf_command(struct conf_parse *p, struct conf_block *blk,
+    struct conf_args *a, enum conf_tok end)
 {
 	const struct conf_cmd	*cmd;
 	const char		*name = a->v[0];
-	unsigned int		 bit = 0, *seen;
+	unsigned int		 bit = 0;
 	int			 argc = a->n - 1;
 
-	p->lex = lx;
-	p->line = a->line;
-	if (strcmp(name, "include") == 0)
-		return conf_include(p, lx, blk, a, end);
 	if ((cmd = conf_cmd_find(name, &bit)) == NULL)
 		return conf_error(p, "unknown directive \"%s\"", name);
-	if (!(cmd->flags & (blk == NULL ? CONF_TOP : CONF_ISSUER)))
+	if (!(cmd->flags & blk->where))
 		return conf_error(p, "\"%s\" directive is not allowed here",
 		    name);
 	if ((cmd->flags & CONF_BLOCK) && end != CONF_TOK_LBRACE)
@@ -575,28 +570,42 @@ conf_directive(struct conf_parse *p, struct conf_lex *lx,
 		return conf_error(p, "invalid number of arguments in \"%s\" "
 		    "directive", name);
 	if (cmd->flags & CONF_ONCE) {
-		seen = blk == NULL ? &p->seen : &blk->seen;
-		if (*seen & bit)
+		if (blk->seen & bit)
 			return conf_error(p, "\"%s\" directive is duplicate",
 			    name);
-		*seen |= bit;
+		blk->seen |= bit;
 	}
 	return cmd->fn(p, blk, argc, a->v + 1);
 }
 
+/* The statements of the sidecar's own file and of its issuer blocks. */
+static int
+conf_directive(struct conf_parse *p, const struct conf_ctx *ctx,
+    struct conf_args *a, enum conf_tok end)
+{
+	if (strcmp(a->v[0], "include") == 0)
+		return conf_include(p, ctx, a, end);
+	return conf_command(p, ctx->cx_arg, a, end);
+}
+
 /*
  * Read directives up to the end of the file, or up to the '}' closing
- * the block when inblock.  blk is NULL at top level.
+ * the block when inblock, and hand each to ctx.
  */
-static int
+int
 conf_parse_block(struct conf_parse *p, struct conf_lex *lx,
-    struct conf_block *blk, int inblock)
+    const struct conf_ctx *ctx, int inblock)
 {
 	struct conf_args	 a;
 	enum conf_tok		 end;
 	int			 rc = -1;
 
 	memset(&a, 0, sizeof(a));
+	if (inblock && ++p->blocks > CONF_MAX_BLOCK_DEPTH) {
+		conf_error(p, "blocks are nested too deep (more than %d "
+		    "levels)", CONF_MAX_BLOCK_DEPTH);
+		goto out;
+	}
 	for (;;) {
 		end = conf_read_stmt(p, lx, &a);
 		if (end == CONF_TOK_ERROR)
@@ -617,12 +626,17 @@ conf_parse_block(struct conf_parse *p, struct conf_lex *lx,
 			}
 			break;
 		}
-		if (conf_directive(p, lx, blk, &a, end) == -1)
+		p->lex = lx;
+		p->file = lx->path;
+		p->line = a.line;
+		if (ctx->cx_stmt(p, ctx, &a, end) == -1)
 			goto out;
 		conf_args_free(&a);
 	}
 	rc = 0;
 out:
+	if (inblock)
+		p->blocks--;
 	conf_args_free(&a);
 	return rc;
 }
@@ -698,12 +712,13 @@ conf_cmd_issuer(struct conf_parse *p, struct conf_block *blk, int argc,
 {
 	struct conf_issuer	*ci, *first;
 	struct conf_block	 nb;
-	struct conf_lex		*lx = p->lex;
+	struct conf_ctx		 ctx = { conf_directive, &nb };
 	int			 rc = -1;
 
 	(void)blk;
 	(void)argc;
 	memset(&nb, 0, sizeof(nb));
+	nb.where = CONF_ISSUER;
 	if (!conf_name_valid(argv[0]))
 		return conf_error(p, "invalid issuer name \"%s\"", argv[0]);
 	if ((first = conf_find_issuer(p->conf, argv[0])) != NULL)
@@ -713,7 +728,7 @@ conf_cmd_issuer(struct conf_parse *p, struct conf_block *blk, int argc,
 
 	ci = xcalloc(1, sizeof(*ci));
 	ci->ci_name = xstrdup(argv[0]);
-	ci->ci_file = xstrdup(lx->path);
+	ci->ci_file = xstrdup(p->file);
 	ci->ci_line = p->line;
 	ci->ci_ssl_verify = 1;
 	ci->ci_account_key_type = KEY_TYPE_DEFAULT;
@@ -724,7 +739,7 @@ conf_cmd_issuer(struct conf_parse *p, struct conf_block *blk, int argc,
 	TAILQ_INSERT_TAIL(&p->conf->c_issuers, ci, ci_entry);
 
 	nb.ci = ci;
-	if (conf_parse_block(p, lx, &nb, 1) == -1)
+	if (conf_parse_block(p, p->lex, &ctx, 1) == -1)
 		goto out;
 	rc = conf_issuer_finish(p, &nb);
 out:
@@ -792,7 +807,7 @@ conf_cmd_state(struct conf_parse *p, struct conf_block *blk, int argc,
 	if (argv[0][0] == '\0')
 		return conf_error(p, "invalid state_path \"\"");
 	blk->ci->ci_state_path = conf_path_resolve(p->lex, argv[0]);
-	blk->sp_file = xstrdup(p->lex->path);
+	blk->sp_file = xstrdup(p->file);
 	blk->sp_line = p->line;
 	return 0;
 }
@@ -955,16 +970,19 @@ conf_cmd_profile(struct conf_parse *p, struct conf_block *blk, int argc,
 	return 0;
 }
 
+/* nginx-acme also takes the unversioned names "http" and "tls-alpn". */
 static int
 conf_cmd_challenge(struct conf_parse *p, struct conf_block *blk, int argc,
     char **argv)
 {
 	(void)argc;
-	if (strcasecmp(argv[0], "http-01") == 0) {
+	if (strcasecmp(argv[0], "http-01") == 0 ||
+	    strcasecmp(argv[0], "http") == 0) {
 		blk->ci->ci_challenge = CHALLENGE_HTTP_01;
 		return 0;
 	}
 	if (strcasecmp(argv[0], "tls-alpn-01") == 0 ||
+	    strcasecmp(argv[0], "tls-alpn") == 0 ||
 	    strcasecmp(argv[0], "dns-01") == 0)
 		return conf_error(p, "challenge type \"%s\" is not supported",
 		    argv[0]);
@@ -1056,20 +1074,16 @@ conf_size(const char *s, size_t *size)
 	return 0;
 }
 
+/* zone=NAME:SIZE */
 static int
-conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
-    char **argv)
+conf_zone_arg(struct conf_parse *p, const char *arg, char **namep,
+    size_t *sizep)
 {
-	const char	*arg = argv[0], *colon;
+	const char	*colon;
 	char		*name;
-	size_t		 size;
 
-	(void)blk;
-	(void)argc;
-	if (strncmp(arg, "zone=", 5) != 0)
-		return conf_error(p, "invalid parameter \"%s\"", arg);
 	if ((colon = strchr(arg + 5, ':')) == NULL ||
-	    conf_size(colon + 1, &size) == -1)
+	    conf_size(colon + 1, sizep) == -1)
 		return conf_error(p, "invalid zone size \"%s\"", arg);
 	name = xstrndup(arg + 5, (size_t)(colon - (arg + 5)));
 	if (!conf_name_valid(name)) {
@@ -1077,15 +1091,91 @@ conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
 		free(name);
 		return -1;
 	}
-	if (size < CONF_MIN_ZONE_SIZE) {
+	if (*sizep < CONF_MIN_ZONE_SIZE) {
 		conf_error(p, "zone \"%s\" is too small", name);
 		free(name);
 		return -1;
 	}
-	free(p->conf->c_zone_name);
-	p->conf->c_zone_name = name;
-	p->conf->c_zone_size = size;
+	*namep = name;
 	return 0;
+}
+
+/*
+ * path= must be absolute: the sidecar and nginx read it from two files
+ * that may not share a folder, and must agree on one segment.
+ */
+static int
+conf_zone_param(struct conf_parse *p, const char *arg, char **name,
+    size_t *size, char **path, char **group)
+{
+	if (strncmp(arg, "zone=", 5) == 0) {
+		if (*name != NULL)
+			return conf_error(p, "duplicate \"zone\" parameter");
+		return conf_zone_arg(p, arg, name, size);
+	}
+	if (strncmp(arg, "path=", 5) == 0) {
+		if (*path != NULL)
+			return conf_error(p, "duplicate \"path\" parameter");
+		if (arg[5] != '/' || arg[6] == '\0')
+			return conf_error(p, "invalid path \"%s\", it must be an "
+			    "absolute file name", arg + 5);
+		*path = xstrdup(arg + 5);
+		return 0;
+	}
+	if (strncmp(arg, "group=", 6) == 0) {
+		if (*group != NULL)
+			return conf_error(p, "duplicate \"group\" parameter");
+		if (arg[6] == '\0' || getgrnam(arg + 6) == NULL)
+			return conf_error(p, "unknown group \"%s\"", arg + 6);
+		*group = xstrdup(arg + 6);
+		return 0;
+	}
+	return conf_error(p, "invalid parameter \"%s\"", arg);
+}
+
+/* acme_shared_zone zone=NAME:SIZE [path=FILE] [group=GROUP], once. */
+static int
+conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf	*conf = p->conf;
+	char		*name = NULL, *path = NULL, *group = NULL;
+	size_t		 size = 0;
+	int		 i, rc = -1;
+
+	(void)blk;
+	if (p->zone_file != NULL)
+		return conf_error(p, "\"acme_shared_zone\" directive is "
+		    "duplicate, first defined at %s:%d", p->zone_file,
+		    p->zone_line);
+	for (i = 0; i < argc; i++) {
+		if (conf_zone_param(p, argv[i], &name, &size, &path,
+		    &group) == -1)
+			goto out;
+	}
+	if (name == NULL) {
+		conf_error(p, "\"acme_shared_zone\" must have \"zone\" "
+		    "parameter");
+		goto out;
+	}
+	if (path == NULL)
+		xasprintf(&path, "%s%s", CONF_ZONE_DIR, name);
+	free(conf->c_zone_name);
+	free(conf->c_zone_path);
+	free(conf->c_zone_group);
+	conf->c_zone_name = name;
+	conf->c_zone_size = size;
+	conf->c_zone_path = path;
+	conf->c_zone_group = group;
+	name = path = group = NULL;
+	p->zone_file = xstrdup(p->file);
+	p->zone_line = p->line;
+	rc = 0;
+out:
+	free(name);
+	free(path);
+	free(group);
+	return rc;
 }
 
 /* A letter-digit-hyphen DNS name, lower case, at most one trailing dot. */
@@ -1173,7 +1263,7 @@ conf_cert_push(struct conf_cert *cc, char *ident)
  * example.com and www.example.com: the wildcard nginx would read into it
  * cannot be validated over HTTP-01.
  */
-static int
+int
 conf_cert_ident(struct conf_parse *p, struct conf_cert *cc, const char *raw)
 {
 	char	*s, *www;
@@ -1214,34 +1304,41 @@ conf_cert_id(const struct conf_cert *cc)
 	return id;
 }
 
-static int
-conf_cmd_cert(struct conf_parse *p, struct conf_block *blk, int argc,
-    char **argv)
+/* A certificate from the directive being handled. */
+struct conf_cert *
+conf_cert_new(struct conf_parse *p, const char *issuer)
 {
-	struct conf_cert	*cc, *other;
-	int			 i, havekey = 0;
+	struct conf_cert	*cc;
 
-	(void)blk;
 	cc = xcalloc(1, sizeof(*cc));
-	cc->cc_issuer = xstrdup(argv[0]);
+	cc->cc_issuer = xstrdup(issuer);
 	cc->cc_key = KEY_TYPE_DEFAULT;
-	cc->cc_file = xstrdup(p->lex->path);
+	cc->cc_file = xstrdup(p->file);
 	cc->cc_line = p->line;
-	for (i = 1; i < argc; i++) {
-		if (strncmp(argv[i], "key=", 4) == 0) {
-			if (havekey) {
-				conf_error(p, "duplicate \"key\" parameter");
-				goto fail;
-			}
-			if (key_type_parse(argv[i] + 4, &cc->cc_key) == -1) {
-				conf_error(p, "invalid key type \"%s\"",
-				    argv[i] + 4);
-				goto fail;
-			}
-			havekey = 1;
-		} else if (conf_cert_ident(p, cc, argv[i]) == -1)
-			goto fail;
-	}
+	return cc;
+}
+
+/* A word of acme_certificate after the issuer: key=TYPE or an identifier. */
+int
+conf_cert_param(struct conf_parse *p, struct conf_cert *cc, const char *arg,
+    int *havekey)
+{
+	if (strncmp(arg, "key=", 4) != 0)
+		return conf_cert_ident(p, cc, arg);
+	if (*havekey)
+		return conf_error(p, "duplicate \"key\" parameter");
+	if (key_type_parse(arg + 4, &cc->cc_key) == -1)
+		return conf_error(p, "invalid key type \"%s\"", arg + 4);
+	*havekey = 1;
+	return 0;
+}
+
+/* Name cc and add it to the configuration; on error, cc is freed. */
+int
+conf_cert_add(struct conf_parse *p, struct conf_cert *cc)
+{
+	struct conf_cert	*other;
+
 	if (cc->cc_nidents == 0) {
 		conf_error(p, "no identifiers in \"acme_certificate\" "
 		    "directive");
@@ -1261,6 +1358,24 @@ conf_cmd_cert(struct conf_parse *p, struct conf_block *blk, int argc,
 fail:
 	conf_cert_free(cc);
 	return -1;
+}
+
+static int
+conf_cmd_cert(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_cert	*cc;
+	int			 i, havekey = 0;
+
+	(void)blk;
+	cc = conf_cert_new(p, argv[0]);
+	for (i = 1; i < argc; i++) {
+		if (conf_cert_param(p, cc, argv[i], &havekey) == -1) {
+			conf_cert_free(cc);
+			return -1;
+		}
+	}
+	return conf_cert_add(p, cc);
 }
 
 /* [ADDR:]PORT, ADDR, "*:PORT" or "[IPV6]:PORT"; port 0 binds any port. */
@@ -1354,6 +1469,8 @@ conf_cmd_nginx(struct conf_parse *p, struct conf_block *blk, int argc,
 	(void)blk;
 	(void)argc;
 	p->conf->c_nginx_config = conf_path_resolve(p->lex, argv[0]);
+	p->nginx_file = xstrdup(p->file);
+	p->nginx_line = p->line;
 	return 0;
 }
 
@@ -1371,29 +1488,63 @@ conf_check_certs(struct conf_parse *p)
 	return 0;
 }
 
+static int
+conf_read_top(struct conf_parse *p, const char *path)
+{
+	struct conf_block	 top;
+	struct conf_ctx		 ctx = { conf_directive, &top };
+	struct conf_lex		*lx;
+	int			 rc;
+
+	memset(&top, 0, sizeof(top));
+	top.where = CONF_TOP;
+	/* A file that cannot be read has no line to point at. */
+	if ((lx = conf_lex_open(path, NULL, &p->cause)) == NULL)
+		return -1;
+	rc = conf_parse_block(p, lx, &ctx, 0);
+	conf_lex_free(lx);
+	return rc;
+}
+
 struct conf *
-conf_load(const char *path, char **cause)
+conf_load_files(const char *path, const char *nginx, char **cause)
 {
 	struct conf_parse	 p;
-	struct conf_lex		*lx = NULL;
-	struct conf		*conf = NULL;
-	char			*msg = NULL;
+	struct conf		*conf;
+	int			 rc = -1;
 
 	memset(&p, 0, sizeof(p));
 	*cause = NULL;
-	if ((lx = conf_lex_open(path, &msg)) == NULL) {
-		*cause = msg;
-		return NULL;
-	}
 	conf = conf_new(path);
 	p.conf = conf;
-	p.lex = lx;
-	if (conf_parse_block(&p, lx, NULL, 0) == -1 ||
-	    conf_check_certs(&p) == -1) {
+	if (path != NULL && conf_read_top(&p, path) == -1)
+		goto out;
+	/* --nginx-conf wins over nginx_config. */
+	if (nginx != NULL) {
+		free(conf->c_nginx_config);
+		conf->c_nginx_config = xstrdup(nginx);
+		free(p.nginx_file);
+		p.nginx_file = NULL;
+	}
+	if (conf->c_nginx_config != NULL &&
+	    nginx_conf_read(&p, conf->c_nginx_config) == -1)
+		goto out;
+	if (conf_check_certs(&p) == -1)
+		goto out;
+	rc = 0;
+out:
+	free(p.zone_file);
+	free(p.nginx_file);
+	if (rc == -1) {
 		*cause = p.cause;
 		conf_free(conf);
-		conf = NULL;
+		return NULL;
 	}
-	conf_lex_free(lx);
 	return conf;
+}
+
+struct conf *
+conf_load(const char *path, char **cause)
+{
+	return conf_load_files(path, NULL, cause);
 }

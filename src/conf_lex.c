@@ -1,8 +1,8 @@
 /*
  * The tokens of nginx's configuration grammar: words (bare or quoted, with
  * nginx's backslash escapes), ';', '{' and '}', with '#' comments and
- * line numbers.  What the words mean is conf.c's business (and, later,
- * nginx_conf.c's).
+ * line numbers, split where ngx_conf_read_token() splits them.  What the
+ * words mean is conf.c's business, and nginx_conf.c's.
  */
 #include <sys/types.h>
 #include <sys/stat.h>
@@ -107,8 +107,12 @@ conf_lex_free(struct conf_lex *lx)
 	free(lx);
 }
 
+/*
+ * Relative paths in the file resolve against dir (ending in '/'), or
+ * beside the file when dir is NULL.
+ */
 struct conf_lex *
-conf_lex_open(const char *path, char **msg)
+conf_lex_open(const char *path, const char *dir, char **msg)
 {
 	struct conf_lex	*lx;
 	const char	*slash;
@@ -119,14 +123,16 @@ conf_lex_open(const char *path, char **msg)
 		return NULL;
 	}
 	lx->path = xstrdup(path);
-	if ((slash = strrchr(path, '/')) != NULL)
+	if (dir != NULL)
+		lx->dir = xstrdup(dir);
+	else if ((slash = strrchr(path, '/')) != NULL)
 		lx->dir = xstrndup(path, (size_t)(slash - path + 1));
 	lx->line = 1;
 	lx->lastline = 1;
 	return lx;
 }
 
-/* A relative path names a file beside the file that holds it. */
+/* A relative path, resolved as conf_lex_open() was told. */
 char *
 conf_path_resolve(const struct conf_lex *lx, const char *path)
 {
@@ -139,10 +145,9 @@ conf_path_resolve(const struct conf_lex *lx, const char *path)
 }
 
 static int
-conf_lex_is_sep(char c)
+conf_lex_is_space(char c)
 {
-	return c == ' ' || c == '\t' || c == '\r' || c == '\n' ||
-	    c == ';' || c == '{' || c == '}';
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
 /* The backslash escapes nginx knows; others keep their backslash. */
@@ -221,20 +226,32 @@ conf_lex_quoted(struct conf_lex *lx, int line)
 		if (conf_lex_put(lx, c, line) == -1)
 			return -1;
 	}
-	/* As in nginx, a closing quote is followed by a separator. */
-	if (lx->off < lx->len && !conf_lex_is_sep(lx->buf[lx->off]))
-		return conf_lex_error(lx, lx->line,
-		    "unexpected \"%c\"", lx->buf[lx->off]);
+	/*
+	 * As in nginx, a closing quote is followed by a space, ';', '{' or
+	 * the ')' of an if (...) condition, which starts the next word.
+	 */
+	if (lx->off < lx->len && !conf_lex_is_space(c = lx->buf[lx->off]) &&
+	    c != ';' && c != '{' && c != ')')
+		return conf_lex_error(lx, lx->line, "unexpected \"%c\"", c);
 	return 0;
 }
 
+/*
+ * A bare word ends at a space, ';' or '{', as in nginx: a '}' is part of
+ * it, and so is the '{' of "${name}".
+ */
 static int
 conf_lex_bare(struct conf_lex *lx, int line)
 {
 	char	 c, next, e;
+	int	 dollar = 0;
 
-	while (lx->off < lx->len && !conf_lex_is_sep(lx->buf[lx->off])) {
-		c = lx->buf[lx->off++];
+	while (lx->off < lx->len) {
+		c = lx->buf[lx->off];
+		if (conf_lex_is_space(c) || c == ';' || (c == '{' && !dollar))
+			break;
+		lx->off++;
+		dollar = c == '$';
 		if (c == '\0')
 			return conf_lex_error(lx, lx->line,
 			    "unexpected NUL byte");

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,34 +21,50 @@
 #include "sidecar.h"
 
 static struct conf	*main_conf;
-static const char	*main_conf_path = SIDECAR_DEFAULT_CONF;
+static const char	*main_conf_path;	/* -c; NULL: --nginx-conf only */
+static const char	*main_nginx_path;	/* --nginx-conf */
+
+#define MAIN_OPT_NGINX_CONF	256		/* long option only */
 
 static __dead void
 main_usage(void)
 {
-	fprintf(stderr, "usage: acme-sidecar [-tvV] [-c file]\n");
+	fprintf(stderr, "usage: acme-sidecar [-tvV] [-c file] "
+	    "[--nginx-conf file]\n");
 	exit(2);
 }
 
-/* nginx -t's two lines, so operators read what they already know. */
+/* nginx -t's lines, one per file, so operators read what they know. */
 static int
-main_test_conf(const char *path)
+main_test_conf(void)
 {
 	struct conf	*conf;
+	const char	*files[2];
 	char		*cause = NULL;
+	int		 i;
 
-	if ((conf = conf_load(path, &cause)) == NULL) {
+	conf = conf_load_files(main_conf_path, main_nginx_path, &cause);
+	if (conf == NULL) {
 		fprintf(stderr, "acme-sidecar: %s\n", cause);
 		fprintf(stderr, "acme-sidecar: configuration file %s test "
-		    "failed\n", path);
+		    "failed\n", main_conf_path != NULL ? main_conf_path :
+		    main_nginx_path);
 		free(cause);
 		return 1;
 	}
+	files[0] = main_conf_path;
+	files[1] = conf->c_nginx_config;
+	for (i = 0; i < 2; i++) {
+		if (files[i] != NULL)
+			fprintf(stderr, "acme-sidecar: the configuration file "
+			    "%s syntax is ok\n", files[i]);
+	}
+	for (i = 0; i < 2; i++) {
+		if (files[i] != NULL)
+			fprintf(stderr, "acme-sidecar: configuration file %s "
+			    "test is successful\n", files[i]);
+	}
 	conf_free(conf);
-	fprintf(stderr, "acme-sidecar: the configuration file %s syntax is "
-	    "ok\n", path);
-	fprintf(stderr, "acme-sidecar: configuration file %s test is "
-	    "successful\n", path);
 	return 0;
 }
 
@@ -57,8 +74,14 @@ main_reload(void)
 	struct conf	*conf;
 	char		*cause = NULL;
 
-	log_info("reloading %s", main_conf_path);
-	if ((conf = conf_load(main_conf_path, &cause)) == NULL) {
+	if (main_conf_path != NULL && main_nginx_path != NULL)
+		log_info("reloading %s and %s", main_conf_path,
+		    main_nginx_path);
+	else
+		log_info("reloading %s", main_conf_path != NULL ?
+		    main_conf_path : main_nginx_path);
+	conf = conf_load_files(main_conf_path, main_nginx_path, &cause);
+	if (conf == NULL) {
 		log_warnx("reload refused, keeping the running configuration: "
 		    "%s", cause);
 		free(cause);
@@ -67,6 +90,11 @@ main_reload(void)
 	if (conf->c_challenge_port != main_conf->c_challenge_port ||
 	    strcmp(conf->c_challenge_addr, main_conf->c_challenge_addr) != 0)
 		log_warnx("challenge_listen changed; it takes effect after a "
+		    "restart");
+	/* nginx maps the segment: it moves only with a restart. */
+	if (strcmp(conf->c_zone_path, main_conf->c_zone_path) != 0 ||
+	    conf->c_zone_size != main_conf->c_zone_size)
+		log_warnx("acme_shared_zone changed; it takes effect after a "
 		    "restart");
 	sched_apply(conf);
 	conf_free(main_conf);
@@ -91,6 +119,28 @@ main_signal(int sig, short ev, void *arg)
 	}
 }
 
+/*
+ * The segment nginx reads.  Its group is the nginx workers': the one
+ * acme_shared_zone names, else the group of nginx's "user" directive,
+ * else Debian's www-data when it exists.
+ */
+static void
+main_zone_open(struct event_base *base)
+{
+	const char	*group;
+	char		*cause = NULL;
+
+	if ((group = main_conf->c_zone_group) == NULL &&
+	    (group = main_conf->c_nginx_group) == NULL &&
+	    getgrnam("www-data") != NULL)
+		group = "www-data";
+	if (shm_open_zone(base, main_conf->c_zone_path,
+	    main_conf->c_zone_size, group, &cause) == -1)
+		fatalx("acme_shared_zone: %s", cause);
+	log_info("shared zone %s: group %s", main_conf->c_zone_path,
+	    group != NULL ? group : "unchanged");
+}
+
 static struct evdns_base *
 main_dns(struct event_base *base)
 {
@@ -111,6 +161,7 @@ main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
 		{ "help",	no_argument,	NULL, 'h' },
+		{ "nginx-conf",	required_argument, NULL, MAIN_OPT_NGINX_CONF },
 		{ "version",	no_argument,	NULL, 'V' },
 		{ NULL,		0,		NULL, 0 }
 	};
@@ -124,6 +175,9 @@ main(int argc, char *argv[])
 		switch (ch) {
 		case 'c':
 			main_conf_path = optarg;
+			break;
+		case MAIN_OPT_NGINX_CONF:
+			main_nginx_path = optarg;
 			break;
 		case 't':
 			test = 1;
@@ -140,11 +194,15 @@ main(int argc, char *argv[])
 	}
 	if (optind != argc)
 		main_usage();
+	/* With --nginx-conf alone, the sidecar's directives are defaults. */
+	if (main_conf_path == NULL && main_nginx_path == NULL)
+		main_conf_path = SIDECAR_DEFAULT_CONF;
 	if (test)
-		return main_test_conf(main_conf_path);
+		return main_test_conf();
 
 	log_init(verbose);
-	if ((main_conf = conf_load(main_conf_path, &cause)) == NULL)
+	main_conf = conf_load_files(main_conf_path, main_nginx_path, &cause);
+	if (main_conf == NULL)
 		fatalx("%s", cause);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -168,10 +226,13 @@ main(int argc, char *argv[])
 
 	if (writer_start(base, &cause) == -1)
 		fatalx("%s", cause);
+	main_zone_open(base);
 	sched_init(base, dns);
 	sched_apply(main_conf);
 	event_base_dispatch(base);
 
+	/* Before the certificates go: nginx keeps serving the last image. */
+	shm_close();
 	sched_shutdown();
 	writer_stop();
 	challenge_stop();

@@ -77,6 +77,8 @@ static struct {
 	struct shm_stats	 stats;
 } shm = { .fd = -1 };
 
+static void	shm_changed(void);
+
 static size_t
 shm_align8(size_t n)
 {
@@ -286,6 +288,7 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 	}
 	log_info("shared zone %s: %zu bytes, %u per image", path, size,
 	    shm.hdr->slot_size);
+	shm_changed();		/* publish at start-up, whatever is loaded */
 	return 0;
 fail:
 	xasprintf(cause, "%s: %s", path, strerror(errno));

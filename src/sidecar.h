@@ -114,6 +114,7 @@ struct conf_cert {
 	char			**cc_idents;	/* lower case, deduplicated */
 	size_t			 cc_nidents;
 	enum key_type		 cc_key;
+	int			 cc_nginx;	/* from a server{} of nginx.conf */
 	char			*cc_file;
 	int			 cc_line;
 	TAILQ_ENTRY(conf_cert)	 cc_entry;
@@ -128,10 +129,13 @@ struct conf {
 	char			*c_control_socket;
 	char			*c_user;
 	char			*c_group;
-	char			*c_nginx_config;
+	char			*c_nginx_config;	/* nginx.conf read, or NULL */
+	char			*c_nginx_group;		/* its "user"'s group */
 	char			*c_zone_name;		/* acme_shared_zone */
 	size_t			 c_zone_size;
-	char			*c_file;		/* top-level file */
+	char			*c_zone_path;		/* "/dev/shm/NAME" */
+	char			*c_zone_group;		/* group=, or NULL */
+	char			*c_file;		/* NULL: nginx.conf only */
 };
 
 /* conf_lex.c: the tokens of nginx's grammar. */
@@ -146,7 +150,7 @@ enum conf_tok {
 };
 struct conf_lex {
 	char		*path;
-	char		*dir;		/* NULL when path has no '/' */
+	char		*dir;		/* relative paths resolve here */
 	char		*buf;
 	size_t		 len;
 	size_t		 off;
@@ -157,12 +161,17 @@ struct conf_lex {
 	char		*cause;		/* "FILE:LINE: msg" once it failed */
 };
 int		 conf_read_file(const char *, char **, size_t *, char **);
-struct conf_lex	*conf_lex_open(const char *, char **);
+struct conf_lex	*conf_lex_open(const char *, const char *, char **);
 void		 conf_lex_free(struct conf_lex *);
 enum conf_tok	 conf_lex_next(struct conf_lex *, int *);
 char		*conf_path_resolve(const struct conf_lex *, const char *);
 
-struct conf	*conf_load(const char *, char **);	/* cause: "FILE:LINE: msg" */
+/*
+ * The sidecar's file (NULL: defaults only), then the nginx.conf given
+ * (NULL: the one nginx_config names, if any).  cause: "FILE:LINE: msg".
+ */
+struct conf	*conf_load_files(const char *, const char *, char **);
+struct conf	*conf_load(const char *, char **);	/* no --nginx-conf */
 void		 conf_free(struct conf *);
 struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
@@ -171,6 +180,70 @@ const char	*key_type_name(enum key_type);		/* "ecdsa:256" */
 const char	*key_type_suffix(enum key_type);	/* "rsa2048" */
 int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
 int		 key_type_parse(const char *, enum key_type *);
+
+/*
+ * conf.c's parser as nginx_conf.c uses it.  conf_parse_block() reads the
+ * statements of one file or block and hands each to its context's
+ * cx_stmt(); the first error sticks in cause.
+ */
+#define CONF_TOP	0x01		/* contexts: the sidecar's file */
+#define CONF_ISSUER	0x02		/* acme_issuer { } */
+#define CONF_HTTP	0x04		/* nginx.conf: http { } */
+#define CONF_SERVER	0x08		/* nginx.conf: server { } */
+#define CONF_NGX_MAIN	0x10		/* nginx.conf: main context */
+struct conf_args {			/* the words of one directive */
+	char		**v;
+	int		  n;
+	int		  cap;
+	int		  line;		/* of the first word */
+	int		  endline;	/* of the terminator */
+};
+struct conf_block {			/* a context of the directive table */
+	int			 where;		/* CONF_TOP, ... */
+	unsigned int		 seen;		/* single-valued directives */
+	struct conf_issuer	*ci;		/* CONF_ISSUER */
+	char			*sp_file;	/* where state_path was set */
+	int			 sp_line;
+};
+struct conf_parse {
+	struct conf	*conf;
+	struct conf_lex	*lex;		/* file of the current directive */
+	const char	*file;		/* errors point here ... */
+	int		 line;		/* ... at this line */
+	int		 depth;		/* include nesting */
+	int		 blocks;	/* { } nesting */
+	char		*zone_file;	/* where acme_shared_zone was */
+	int		 zone_line;
+	char		*nginx_file;	/* where nginx_config was */
+	int		 nginx_line;
+	const char	*prefix;	/* nginx.conf's folder, or NULL */
+	char		*cause;
+};
+struct conf_ctx {
+	int		(*cx_stmt)(struct conf_parse *, const struct conf_ctx *,
+			    struct conf_args *, enum conf_tok);
+	void		*cx_arg;
+};
+int		 conf_parse_block(struct conf_parse *, struct conf_lex *,
+		    const struct conf_ctx *, int inblock);
+int		 conf_include(struct conf_parse *, const struct conf_ctx *,
+		    struct conf_args *, enum conf_tok);
+int		 conf_command(struct conf_parse *, struct conf_block *,
+		    struct conf_args *, enum conf_tok);
+int		 conf_error(struct conf_parse *, const char *, ...)
+		    PRINTFLIKE(2, 3);
+int		 conf_error_at(struct conf_parse *, const char *, int,
+		    const char *, ...) PRINTFLIKE(4, 5);
+struct conf_cert *conf_cert_new(struct conf_parse *, const char *);
+int		 conf_cert_param(struct conf_parse *, struct conf_cert *,
+		    const char *, int *);	/* IDENT or key=TYPE */
+int		 conf_cert_ident(struct conf_parse *, struct conf_cert *,
+		    const char *);
+int		 conf_cert_add(struct conf_parse *, struct conf_cert *);
+void		 conf_cert_free(struct conf_cert *);
+
+/* nginx_conf.c: the acme_* directives of an nginx.conf. */
+int		 nginx_conf_read(struct conf_parse *, const char *);
 
 /* keys.c: keys, JWK, CSR, key authorization. */
 EVP_PKEY	*keys_generate(enum key_type);

@@ -8,6 +8,7 @@ The Pebble logic lives in scripts/pebble (the demo and the benchmarks use
 it from the shell); it is imported here as a module.
 """
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -45,6 +46,21 @@ def cert_id(names, key=None):
     if key is None or key == "ecdsa:256":
         return names[0]
     return "%s_%s" % (names[0], key.replace(":", ""))
+
+
+def zone_name(workdir):
+    """A shared zone of this test's own: /dev/shm/<name>, removed at the
+    end of the test by the remove_zones fixture."""
+    return "acme-test-" + hashlib.sha1(
+        str(Path(workdir).resolve()).encode()).hexdigest()[:16]
+
+
+def zone_path(workdir):
+    return Path("/dev/shm") / zone_name(workdir)
+
+
+def zone_line(workdir, size="1M"):
+    return "acme_shared_zone zone=%s:%s;" % (zone_name(workdir), size)
 
 
 def tail(path, n=40):
@@ -165,7 +181,8 @@ def write_config(path, pebble, state, http_port, certs, issuer="pebble",
     ]
     if issuer_extra:
         lines.append("    " + issuer_extra)
-    lines += ["}", "", "challenge_listen 127.0.0.1:%d;" % http_port, ""]
+    lines += ["}", "", "challenge_listen 127.0.0.1:%d;" % http_port,
+              zone_line(Path(path).parent), ""]
     for names, key in certs:
         lines.append("acme_certificate %s %s%s;" % (
             issuer, " ".join(names), " key=" + key if key else ""))
@@ -322,6 +339,16 @@ def sidecar_bin():
     return SIDECAR
 
 
+@pytest.fixture(autouse=True)
+def remove_zones(tmp_path):
+    """Every test's shared zone goes with the test."""
+    yield
+    try:
+        zone_path(tmp_path).unlink()
+    except FileNotFoundError:
+        pass
+
+
 @pytest.fixture
 def http_port():
     """Where the sidecar's HTTP-01 responder listens (Pebble's httpPort)."""
@@ -330,8 +357,9 @@ def http_port():
 
 @pytest.fixture
 def pebble_factory(tmp_path):
-    """make(http_port, listen_port=None, env=None, start=True, eab=None)
-    -> Pebble.  eab: {kid: base64url HMAC key} makes EAB required.
+    """make(http_port, listen_port=None, env=None, start=True, eab=None,
+    validity=None) -> Pebble.  eab: {kid: base64url HMAC key} makes EAB
+    required; validity: lifetime of issued certificates, in seconds.
 
     With start=False the certificates, ports and pebble.json are ready
     (directory_url and ca are known) but nothing runs yet.
@@ -339,12 +367,12 @@ def pebble_factory(tmp_path):
     started = []
 
     def make(http_port, listen_port=None, env=None, start=True,
-             name="pebble", eab=None):
+             name="pebble", eab=None, validity=None):
         e = {"PEBBLE_VA_NOSLEEP": "1"}
         e.update(env or {})
         p = pebblelib.Pebble(tmp_path / name, http_port=http_port,
                              listen_port=listen_port, env=e, tied=True,
-                             eab=eab)
+                             eab=eab, validity=validity)
         started.append(p)
         p.prepare()
         if start:

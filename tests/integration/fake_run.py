@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cert_sans, openssl, split_pem
+from conftest import cert_sans, openssl, split_pem, zone_line
 
 ISSUED_TIMEOUT = 30.0
 
@@ -32,7 +32,8 @@ def write_conf(path, http_port, issuers, certs):
             lines.append("    request_rate off;")
         lines += ["    " + e for e in extra]
         lines += ["}", ""]
-    lines += ["challenge_listen 127.0.0.1:%d;" % http_port, ""]
+    lines += ["challenge_listen 127.0.0.1:%d;" % http_port,
+              zone_line(Path(path).parent), ""]
     for issuer, names in certs:
         lines.append("acme_certificate %s %s;" % (issuer, " ".join(names)))
     tmp = str(path) + ".tmp"

@@ -125,6 +125,7 @@ test_conf_full(void **state)
 	/* Spaces and a newline around the key. */
 	path = conf_test_write(t, "eab2.key", "  aGVsbG8td29ybGQ \n");
 	free(path);
+	free(conf_test_write(t, "nginx.conf", "# no acme_* here\n"));
 	conf = conf_test_ok(t,
 	    "# acme-sidecar configuration\n"
 	    "acme_issuer letsencrypt {\n"
@@ -156,7 +157,7 @@ test_conf_full(void **state)
 	    "challenge_listen 127.0.0.1:8080;\n"
 	    "control_socket /run/test/control.sock;\n"
 	    "user acme nginx;\n"
-	    "nginx_config /etc/nginx/nginx.conf;\n");
+	    "nginx_config nginx.conf;\n");
 
 	ci = TAILQ_FIRST(&conf->c_issuers);
 	assert_non_null(ci);
@@ -239,7 +240,10 @@ test_conf_full(void **state)
 	assert_string_equal(conf->c_control_socket, "/run/test/control.sock");
 	assert_string_equal(conf->c_user, "acme");
 	assert_string_equal(conf->c_group, "nginx");
-	assert_string_equal(conf->c_nginx_config, "/etc/nginx/nginx.conf");
+	xasprintf(&expect, "%s/nginx.conf", t->dir);
+	assert_string_equal(conf->c_nginx_config, expect);
+	free(expect);
+	assert_null(conf->c_nginx_group);
 	conf_free(conf);
 }
 
@@ -262,6 +266,9 @@ test_conf_defaults(void **state)
 	assert_null(conf->c_nginx_config);
 	assert_string_equal(conf->c_zone_name, "ngx_acme_shared");
 	assert_int_equal(conf->c_zone_size, 256 * 1024);
+	assert_string_equal(conf->c_zone_path, "/dev/shm/ngx_acme_shared");
+	assert_null(conf->c_zone_group);
+	assert_null(conf->c_nginx_group);
 	conf_free(conf);
 
 	conf = conf_test_ok(t, "");
@@ -868,6 +875,13 @@ test_conf_challenge(void **state)
 	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
 	    " challenge http-02;\n}\n",
 	    "%s/sidecar.conf:3: invalid challenge type \"http-02\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge tls-alpn;\n}\n",
+	    "%s/sidecar.conf:3: challenge type \"tls-alpn\" is not supported",
+	    t->dir);
+	/* nginx-acme's unversioned name. */
+	conf_free(conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge http;\n}\n"));
 }
 
 static void
@@ -984,6 +998,603 @@ test_conf_listen_and_zone(void **state)
 	}
 }
 
+/* The tokens as nginx splits them: "${name}", "a}b", and if (... "x"). */
+static void
+test_conf_lexer_nginx_words(void **state)
+{
+	static const char *want[] = {
+		"set", "$a", "${b}c", ";", "if", "($x", "=", "y", ")", "{",
+		"return", "a}b", ";", "}", "x", "\\$", "{", "}",
+	};
+	struct conf_test	*t = *state;
+	struct conf_lex		*lx;
+	enum conf_tok		 tok;
+	char			*path, *msg = NULL;
+	const char		*got;
+	size_t			 i;
+	int			 line;
+
+	path = conf_test_write(t, "words.conf", "set $a ${b}c;\n"
+	    "if ($x = \"y\") {\n return a}b;\n}\nx \\${}");
+	assert_non_null(lx = conf_lex_open(path, NULL, &msg));
+	for (i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		tok = conf_lex_next(lx, &line);
+		assert_int_not_equal(tok, CONF_TOK_ERROR);
+		got = tok == CONF_TOK_SEMI ? ";" : tok == CONF_TOK_LBRACE ?
+		    "{" : tok == CONF_TOK_RBRACE ? "}" : lx->tok;
+		assert_string_equal(got, want[i]);
+	}
+	assert_int_equal(conf_lex_next(lx, &line), CONF_TOK_EOF);
+	conf_lex_free(lx);
+	free(path);
+
+	/* After a closing quote, '}' is as wrong as in nginx. */
+	conf_test_err(t, "\nuser \"a\"}\n",
+	    "%s/sidecar.conf:2: unexpected \"}\"", t->dir);
+}
+
+/* Write name (in the test folder) and load it as --nginx-conf alone. */
+static struct conf *
+conf_test_nginx(struct conf_test *t, const char *name, const char *text)
+{
+	struct conf	*conf;
+	char		*path, *cause = NULL;
+
+	path = conf_test_write(t, name, text);
+	conf = conf_load_files(NULL, path, &cause);
+	if (conf == NULL)
+		fail_msg("unexpected error: %s", cause);
+	assert_null(conf->c_file);
+	assert_string_equal(conf->c_nginx_config, path);
+	free(path);
+	return conf;
+}
+
+/* Like conf_test_err(), for nginx.conf alone. */
+static void PRINTFLIKE(3, 4)
+conf_test_nginx_err(struct conf_test *t, const char *text,
+    const char *want, ...)
+{
+	va_list		 ap;
+	char		*path, *cause = NULL, *expect;
+
+	va_start(ap, want);
+	if (vasprintf(&expect, want, ap) == -1)
+		fail();
+	va_end(ap);
+	path = conf_test_write(t, "nginx.conf", text);
+	assert_null(conf_load_files(NULL, path, &cause));
+	assert_non_null(cause);
+	assert_string_equal(cause, expect);
+	free(cause);
+	free(expect);
+	free(path);
+}
+
+static void
+conf_test_mkdir(struct conf_test *t, const char *name)
+{
+	char	*p;
+
+	xasprintf(&p, "%s/%s", t->dir, name);
+	assert_int_equal(mkdir(p, 0700), 0);
+	free(p);
+}
+
+/* The seed's "Full example", verbatim, in a Debian-like nginx.conf. */
+static const char conf_test_seed[] =
+    "resolver 127.0.0.1:53;\n"
+    "\n"
+    "acme_issuer example {\n"
+    "    uri         https://acme.example.com/directory;\n"
+    "    # contact   admin@example.test;\n"
+    "    state_path  /var/cache/nginx/acme-example;\n"
+    "    accept_terms_of_service;\n"
+    "}\n"
+    "\n"
+    "acme_shared_zone zone=ngx_acme_shared:1M;\n"
+    "\n"
+    "server {\n"
+    "    listen 443 ssl;\n"
+    "    server_name  .example.test;\n"
+    "\n"
+    "    acme_certificate example;\n"
+    "\n"
+    "    ssl_certificate       $acme_certificate;\n"
+    "    ssl_certificate_key   $acme_certificate_key;\n"
+    "\n"
+    "    # do not parse the certificate on each request\n"
+    "    ssl_certificate_cache max=2;\n"
+    "}\n"
+    "\n"
+    "server {\n"
+    "    # listener on port 80 is required to process ACME HTTP-01 "
+    "challenges\n"
+    "    listen 80;\n"
+    "\n"
+    "    location / {\n"
+    "        return 404;\n"
+    "    }\n"
+    "}\n";
+
+static void
+test_nginx_seed_example(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+	struct conf_cert	*cc;
+	char			*acme;
+
+	conf_test_mkdir(t, "conf.d");
+	acme = conf_test_write(t, "conf.d/acme.conf", conf_test_seed);
+	free(conf_test_write(t, "mime.types", "types {\n    text/html  html;\n"
+	    "    image/svg+xml  svg svgz;\n}\n"));
+	conf = conf_test_nginx(t, "nginx.conf",
+	    "user root;\n"
+	    "worker_processes auto;\n"
+	    "pid /run/nginx.pid;\n"
+	    "include modules-enabled/*.conf;\n"
+	    "events {\n    worker_connections 768;\n}\n"
+	    "http {\n"
+	    "    include mime.types;\n"
+	    "    default_type application/octet-stream;\n"
+	    "    include conf.d/*.conf;\n"
+	    "}\n");
+
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_non_null(ci);
+	assert_null(TAILQ_NEXT(ci, ci_entry));
+	assert_string_equal(ci->ci_name, "example");
+	assert_string_equal(ci->ci_uri, "https://acme.example.com/directory");
+	assert_string_equal(ci->ci_state_path, "/var/cache/nginx/acme-example");
+	assert_int_equal(ci->ci_accept_tos, 1);
+	assert_int_equal(ci->ci_ncontact, 0);
+	assert_string_equal(ci->ci_file, acme);
+	assert_int_equal(ci->ci_line, 3);
+
+	assert_string_equal(conf->c_zone_name, "ngx_acme_shared");
+	assert_int_equal(conf->c_zone_size, 1024 * 1024);
+	assert_string_equal(conf->c_zone_path, "/dev/shm/ngx_acme_shared");
+	assert_null(conf->c_zone_group);
+
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_non_null(cc);
+	assert_null(TAILQ_NEXT(cc, cc_entry));
+	assert_string_equal(cc->cc_id, "example.test");
+	assert_string_equal(cc->cc_issuer, "example");
+	assert_int_equal(cc->cc_nidents, 2);
+	assert_string_equal(cc->cc_idents[0], "example.test");
+	assert_string_equal(cc->cc_idents[1], "www.example.test");
+	assert_int_equal(cc->cc_key, KEY_ECDSA_256);
+	assert_int_equal(cc->cc_nginx, 1);
+	assert_string_equal(cc->cc_file, acme);
+	assert_int_equal(cc->cc_line, 16);
+
+	/* nginx's "user root;": the group named like the user. */
+	assert_string_equal(conf->c_nginx_group, "root");
+	/* The sidecar's own directives keep their defaults. */
+	assert_string_equal(conf->c_challenge_addr, "0.0.0.0");
+	assert_int_equal(conf->c_challenge_port, 80);
+	assert_null(conf->c_user);
+	conf_free(conf);
+	free(acme);
+}
+
+/*
+ * Relative paths resolve against the main nginx.conf's folder, also in
+ * files that folder's subfolders include: sites/snippets/ is a decoy.
+ */
+static void
+test_nginx_include_prefix(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+	struct conf_cert	*cc;
+	char			*p;
+
+	conf_test_mkdir(t, "sites");
+	conf_test_mkdir(t, "snippets");
+	conf_test_mkdir(t, "sites/snippets");
+	free(conf_test_write(t, "snippets/names.conf", "server_name a.test;\n"));
+	free(conf_test_write(t, "sites/snippets/names.conf",
+	    "server_name wrong.test;\n"));
+	free(conf_test_write(t, "issuer.inc", "contact x@y.test;\n"));
+	free(conf_test_write(t, "sites/a.conf",
+	    "acme_issuer le {\n"
+	    "    uri https://acme.test/dir;\n"
+	    "    state_path state/le;\n"
+	    "    ssl_trusted_certificate ca.pem;\n"
+	    "    include issuer.inc;\n"
+	    "}\n"
+	    "server {\n"
+	    "    include snippets/names.conf;\n"
+	    "    acme_certificate le;\n"
+	    "}\n"));
+	conf = conf_test_nginx(t, "nginx.conf", "http {\n"
+	    "    include sites/*.conf;\n}\n");
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	xasprintf(&p, "%s/state/le", t->dir);
+	assert_string_equal(ci->ci_state_path, p);
+	free(p);
+	xasprintf(&p, "%s/ca.pem", t->dir);
+	assert_string_equal(ci->ci_trusted_cert, p);
+	free(p);
+	assert_string_equal(ci->ci_contact[0], "mailto:x@y.test");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "a.test");
+	assert_int_equal(cc->cc_nidents, 1);
+	xasprintf(&p, "%s/sites/a.conf", t->dir);
+	assert_string_equal(cc->cc_file, p);
+	free(p);
+	assert_int_equal(cc->cc_line, 9);
+	assert_null(conf->c_nginx_group);
+	conf_free(conf);
+
+	/* A missing plain include is an error where it is included. */
+	conf_test_nginx_err(t, "http {\n    include none.conf;\n}\n",
+	    "%s/nginx.conf:2: open() \"%s/none.conf\" failed (No such file "
+	    "or directory)", t->dir, t->dir);
+}
+
+#define NGX_ISSUER "    acme_issuer le {\n        uri https://acme.test/;\n" \
+	"    }\n"
+
+static void
+test_nginx_identifiers(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+
+	conf = conf_test_nginx(t, "nginx.conf", "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        server_name *.example.test ~^re$ _;\n"
+	    "        acme_certificate le a.example.test B.example.test;\n"
+	    "    }\n"
+	    "    server {\n"
+	    "        acme_certificate le key=rsa:2048;\n"
+	    "        server_name Example.TEST \"\" _;\n"
+	    "        server_name www.example.test api.example.test;\n"
+	    "    }\n"
+	    "    server {\n"
+	    "        server_name c.test;\n"
+	    "    }\n"
+	    "}\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "a.example.test");
+	assert_int_equal(cc->cc_nidents, 2);
+	assert_string_equal(cc->cc_idents[1], "b.example.test");
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_string_equal(cc->cc_id, "example.test_rsa2048");
+	assert_int_equal(cc->cc_key, KEY_RSA_2048);
+	assert_int_equal(cc->cc_nidents, 3);
+	assert_string_equal(cc->cc_idents[0], "example.test");
+	assert_string_equal(cc->cc_idents[1], "www.example.test");
+	assert_string_equal(cc->cc_idents[2], "api.example.test");
+	assert_int_equal(cc->cc_line, 10);
+	assert_null(TAILQ_NEXT(cc, cc_entry));
+	conf_free(conf);
+
+	/* Two server blocks asking for one certificate share it. */
+	conf = conf_test_nginx(t, "nginx.conf", "http {\n" NGX_ISSUER
+	    "    server { listen 443 ssl; server_name .a.test;"
+	    " acme_certificate le; }\n"
+	    "    server { listen 8443 ssl; server_name a.test www.a.test;"
+	    " acme_certificate le; }\n"
+	    "}\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "a.test");
+	assert_int_equal(cc->cc_line, 5);
+	assert_null(TAILQ_NEXT(cc, cc_entry));
+	conf_free(conf);
+	/* The same id for other names is still a conflict. */
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server { server_name a.test; acme_certificate le; }\n"
+	    "    server { server_name a.test b.test; acme_certificate le; }\n"
+	    "}\n",
+	    "%s/nginx.conf:6: duplicate acme_certificate \"a.test\", first "
+	    "defined at %s/nginx.conf:5", t->dir, t->dir);
+}
+
+static void
+test_nginx_errors(void **state)
+{
+	struct conf_test	*t = *state;
+	char			*text;
+	size_t			 i;
+
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        server_name a.test;\n"
+	    "        server_name b.test *.example.test;\n"
+	    "        acme_certificate le;\n"
+	    "    }\n}\n",
+	    "%s/nginx.conf:7: server_name \"*.example.test\" cannot be an ACME "
+	    "identifier: HTTP-01 cannot validate a wildcard; list the "
+	    "identifiers in \"acme_certificate\"", t->dir);
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        acme_certificate le;\n"
+	    "        server_name ~^www\\d+\\.example\\.test$;\n"
+	    "    }\n}\n",
+	    "%s/nginx.conf:7: server_name \"~^www\\d+\\.example\\.test$\" cannot "
+	    "be an ACME identifier: it is a regular expression; list the "
+	    "identifiers in \"acme_certificate\"", t->dir);
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        server_name _ \"\";\n"
+	    "        acme_certificate le key=rsa:2048;\n"
+	    "    }\n}\n",
+	    "%s/nginx.conf:7: no identifiers in \"acme_certificate\" "
+	    "directive, and no server_name that can be one", t->dir);
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n        acme_certificate le;\n    }\n}\n",
+	    "%s/nginx.conf:6: no identifiers in \"acme_certificate\" "
+	    "directive, and no server_name that can be one", t->dir);
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        server_name a_b.test;\n"
+	    "        acme_certificate le;\n"
+	    "    }\n}\n",
+	    "%s/nginx.conf:6: invalid identifier \"a_b.test\"", t->dir);
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        server_name a.test;\n"
+	    "        acme_certificate nosuch;\n"
+	    "    }\n}\n",
+	    "%s/nginx.conf:7: unknown acme_issuer \"nosuch\"", t->dir);
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        server_name a.test;\n"
+	    "        acme_certificate le;\n"
+	    "        acme_certificate le key=rsa:2048;\n"
+	    "    }\n}\n",
+	    "%s/nginx.conf:8: \"acme_certificate\" directive is duplicate",
+	    t->dir);
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    acme_certificate le a.test;\n}\n",
+	    "%s/nginx.conf:5: \"acme_certificate\" directive is not allowed "
+	    "here", t->dir);
+	conf_test_nginx_err(t, "http {\n    server {\n" NGX_ISSUER "}\n}\n",
+	    "%s/nginx.conf:3: \"acme_issuer\" directive is not allowed here",
+	    t->dir);
+	conf_test_nginx_err(t, "\nacme_shared_zone zone=z:1M;\n",
+	    "%s/nginx.conf:2: \"acme_shared_zone\" directive is not allowed "
+	    "here", t->dir);
+	conf_test_nginx_err(t, "http {\n    acme_issuer_typo x;\n}\n",
+	    "%s/nginx.conf:2: unknown directive \"acme_issuer_typo\"", t->dir);
+	conf_test_nginx_err(t, "http {\n    acme_issuer le {\n"
+	    "        uri https://a.test/;\n        listen 80;\n    }\n}\n",
+	    "%s/nginx.conf:4: unknown directive \"listen\"", t->dir);
+	conf_test_nginx_err(t, "http {\n    server {\n        location / {\n"
+	    "            return 404;\n    }\n}\n",
+	    "%s/nginx.conf:6: unexpected end of file, expecting \"}\"", t->dir);
+
+	/* Nesting is capped, so a hostile file cannot exhaust the stack. */
+	text = xmalloc(70 * 4 + 1);
+	for (i = 0; i < 70; i++)
+		memcpy(text + i * 4, "a {\n", 4);
+	text[70 * 4] = '\0';
+	conf_test_nginx_err(t, text, "%s/nginx.conf:65: blocks are nested too "
+	    "deep (more than 64 levels)", t->dir);
+	free(text);
+}
+
+/* What the walk reads past, without judging it, and what it skips. */
+static void
+test_nginx_skips(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+
+	conf = conf_test_nginx(t, "nginx.conf",
+	    "load_module modules/ngx_http_acme_module.so;\n"
+	    "events { use epoll; }\n"
+	    "bogus_main_directive { whatever; }\n"
+	    "stream {\n"
+	    "    server { listen 12345; acme_certificate nosuch s.test; }\n"
+	    "}\n"
+	    "http {\n"
+	    "    map $http_host $x {\n        default 0;\n"
+	    "        ~^(?<n>.+)\\.test$ 1;\n    }\n"
+	    "    upstream b { server 127.0.0.1:8080; }\n"
+	    "    log_format main '$remote_addr \"$request\"';\n"
+	    "    server_name ignored.test;\n"
+	    NGX_ISSUER
+	    "    server {\n"
+	    "        server_name a.test;\n"
+	    "        set $v ${host}x;\n"
+	    "        if ($request_method = \"POST\") { return 405; }\n"
+	    "        location ~ \"^/x{2}$\" { return 200 \"}\"; }\n"
+	    "        location / { acme_certificate nosuch; include none; }\n"
+	    "        acme_certificate le;\n"
+	    "    }\n"
+	    "}\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "a.test");
+	assert_null(TAILQ_NEXT(cc, cc_entry));
+	assert_string_equal(TAILQ_FIRST(&conf->c_issuers)->ci_name, "le");
+	conf_free(conf);
+}
+
+/* sidecar.conf and nginx.conf together. */
+static void
+test_nginx_merge(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+	char			*side, *ngx, *other, *cause = NULL;
+
+	side = conf_test_write(t, "sidecar.conf",
+	    "acme_issuer le {\n uri https://acme.test/;\n}\n"
+	    "challenge_listen 127.0.0.1:8080;\n"
+	    "nginx_config nginx.conf;\n"
+	    "acme_certificate ngx side.test;\n");
+	ngx = conf_test_write(t, "nginx.conf", "http {\n"
+	    "    acme_issuer ngx {\n        uri https://ngx.test/;\n    }\n"
+	    "    server { server_name web.test; acme_certificate le; }\n"
+	    "}\n");
+	other = conf_test_write(t, "other.conf", "http {\n"
+	    "    acme_issuer ngx {\n        uri https://ngx.test/;\n    }\n"
+	    "    server { server_name other.test; acme_certificate ngx; }\n"
+	    "}\n");
+
+	/* Certificates may name the other file's issuers. */
+	conf = conf_load(side, &cause);
+	if (conf == NULL)
+		fail_msg("unexpected error: %s", cause);
+	assert_string_equal(conf->c_file, side);
+	assert_string_equal(conf->c_nginx_config, ngx);
+	assert_int_equal(conf->c_challenge_port, 8080);
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "side.test");
+	assert_string_equal(cc->cc_issuer, "ngx");
+	assert_int_equal(cc->cc_nginx, 0);
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_string_equal(cc->cc_id, "web.test");
+	assert_string_equal(cc->cc_issuer, "le");
+	assert_int_equal(cc->cc_nginx, 1);
+	assert_string_equal(cc->cc_file, ngx);
+	conf_free(conf);
+
+	/* --nginx-conf wins over nginx_config. */
+	conf = conf_load_files(side, other, &cause);
+	if (conf == NULL)
+		fail_msg("unexpected error: %s", cause);
+	assert_string_equal(conf->c_nginx_config, other);
+	cc = TAILQ_NEXT(TAILQ_FIRST(&conf->c_certs), cc_entry);
+	assert_string_equal(cc->cc_id, "other.test");
+	assert_null(TAILQ_NEXT(cc, cc_entry));
+	conf_free(conf);
+
+	/* Defined in both files: an error naming both places. */
+	free(conf_test_write(t, "nginx.conf", "http {\n"
+	    "    acme_issuer le {\n        uri https://b.test/;\n    }\n}\n"));
+	assert_null(conf_load(side, &cause));
+	assert_non_null(strstr(cause, "/nginx.conf:2: duplicate acme_issuer "
+	    "\"le\", first defined at "));
+	assert_non_null(strstr(cause, "/sidecar.conf:1"));
+	free(cause);
+	free(conf_test_write(t, "nginx.conf", "http {\n"
+	    "    acme_issuer ngx {\n        uri https://ngx.test/;\n    }\n"
+	    "    server {\n        server_name side.test;\n"
+	    "        acme_certificate le;\n    }\n}\n"));
+	assert_null(conf_load(side, &cause));
+	assert_non_null(strstr(cause, "/nginx.conf:7: duplicate "
+	    "acme_certificate \"side.test\", first defined at "));
+	assert_non_null(strstr(cause, "/sidecar.conf:6"));
+	free(cause);
+	free(conf_test_write(t, "nginx.conf", "http {\n"
+	    "    acme_issuer ngx {\n        uri https://ngx.test/;\n    }\n"
+	    "    acme_shared_zone zone=n:1M;\n}\n"));
+	free(conf_test_write(t, "sidecar.conf",
+	    "acme_issuer le {\n uri https://acme.test/;\n}\n"
+	    "acme_shared_zone zone=s:1M;\n"
+	    "nginx_config nginx.conf;\n"
+	    "acme_certificate ngx side.test;\n"));
+	assert_null(conf_load(side, &cause));
+	assert_non_null(strstr(cause, "/nginx.conf:5: \"acme_shared_zone\" "
+	    "directive is duplicate, first defined at "));
+	assert_non_null(strstr(cause, "/sidecar.conf:4"));
+	free(cause);
+
+	/* A missing nginx_config file: reported at nginx_config. */
+	free(conf_test_write(t, "sidecar.conf", "\nnginx_config none.conf;\n"));
+	assert_null(conf_load(side, &cause));
+	assert_non_null(strstr(cause, "/sidecar.conf:2: open() \""));
+	assert_non_null(strstr(cause, "/none.conf\" failed (No such file"));
+	free(cause);
+	free(side);
+	free(ngx);
+	free(other);
+}
+
+static void
+test_conf_zone_params(void **state)
+{
+	static const struct {
+		const char	*arg;
+		const char	*msg;
+	} bad[] = {
+		{ "zone=z:1M path=z.shm", "invalid path \"z.shm\", it must be "
+		    "an absolute file name" },
+		{ "zone=z:1M path=", "invalid path \"\", it must be an absolute "
+		    "file name" },
+		{ "zone=z:1M path=/a path=/b", "duplicate \"path\" parameter" },
+		{ "zone=z:1M group=no-such-group-here", "unknown group "
+		    "\"no-such-group-here\"" },
+		{ "zone=z:1M group=", "unknown group \"\"" },
+		{ "zone=z:1M zone=y:1M", "duplicate \"zone\" parameter" },
+		{ "path=/run/z", "\"acme_shared_zone\" must have \"zone\" "
+		    "parameter" },
+		{ "zone=z:1M mode=0600", "invalid parameter \"mode=0600\"" },
+	};
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	char			*text;
+	size_t			 i;
+
+	conf = conf_test_ok(t, "acme_shared_zone zone=z:1M path=/run/acme/z "
+	    "group=root;");
+	assert_string_equal(conf->c_zone_name, "z");
+	assert_string_equal(conf->c_zone_path, "/run/acme/z");
+	assert_string_equal(conf->c_zone_group, "root");
+	conf_free(conf);
+	conf = conf_test_nginx(t, "nginx.conf", "http {\n"
+	    "    acme_shared_zone group=root zone=n:512k;\n}\n");
+	assert_string_equal(conf->c_zone_name, "n");
+	assert_int_equal(conf->c_zone_size, 512 * 1024);
+	assert_string_equal(conf->c_zone_path, "/dev/shm/n");
+	assert_string_equal(conf->c_zone_group, "root");
+	conf_free(conf);
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		xasprintf(&text, "\nacme_shared_zone %s;", bad[i].arg);
+		conf_test_err(t, text, "%s/sidecar.conf:2: %s", t->dir,
+		    bad[i].msg);
+		free(text);
+	}
+	conf_test_err(t, "acme_shared_zone zone=a:1M;\n"
+	    "acme_shared_zone zone=a:1M;\n",
+	    "%s/sidecar.conf:2: \"acme_shared_zone\" directive is duplicate, "
+	    "first defined at %s/sidecar.conf:1", t->dir, t->dir);
+}
+
+/* nginx's user USER [GROUP]: the group its workers run as. */
+static void
+test_nginx_user(void **state)
+{
+	static const struct {
+		const char	*text;
+		const char	*group;
+	} k[] = {
+		{ "user root;", "root" },
+		{ "user daemon www-data;", "www-data" },
+		/* Debian's nobody has no group of its name: its primary. */
+		{ "user nobody;", "nogroup" },
+		{ "user no-such-user-here;", NULL },
+		{ "worker_processes 1;", NULL },
+	};
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	size_t			 i;
+
+	for (i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
+		conf = conf_test_nginx(t, "nginx.conf", k[i].text);
+		if (k[i].group == NULL)
+			assert_null(conf->c_nginx_group);
+		else
+			assert_string_equal(conf->c_nginx_group, k[i].group);
+		/* The sidecar's own user is another directive. */
+		assert_null(conf->c_user);
+		conf_free(conf);
+	}
+}
+
 int
 main(void)
 {
@@ -1017,6 +1628,15 @@ main(void)
 		T(test_conf_challenge),
 		T(test_conf_eab),
 		T(test_conf_listen_and_zone),
+		T(test_conf_lexer_nginx_words),
+		T(test_conf_zone_params),
+		T(test_nginx_seed_example),
+		T(test_nginx_include_prefix),
+		T(test_nginx_identifiers),
+		T(test_nginx_errors),
+		T(test_nginx_skips),
+		T(test_nginx_merge),
+		T(test_nginx_user),
 #undef T
 	};
 

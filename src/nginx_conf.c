@@ -1,0 +1,367 @@
+/*
+ * nginx.conf as the sidecar reads it (--nginx-conf, nginx_config): the
+ * acme_* directives of nginx's own configuration, so that one file
+ * configures nginx and the sidecar alike.
+ *
+ * The walk follows nginx's contexts and takes:
+ *	main	user USER [GROUP]		the nginx workers' group
+ *	http	acme_issuer NAME { ... }	conf.c's handlers, unchanged
+ *		acme_shared_zone ...
+ *	server	server_name, acme_certificate
+ * and follows include wherever it walks.  Every other directive and block
+ * (events, location, map, upstream, stream, if, types, ...) is read past
+ * without judging it: that is nginx -t's job.  An acme_* directive is
+ * judged wherever the walk looks, as nginx-acme would judge it.
+ *
+ * As in nginx, relative paths (include patterns, and state_path,
+ * ssl_trusted_certificate, account_key and external_account_key files)
+ * resolve against the directory of the main nginx.conf, nginx's conf
+ * prefix, and not against the file that holds them.
+ */
+#include <sys/types.h>
+
+#include <grp.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sidecar.h"
+
+/* One word of a server_name directive and where it was. */
+struct nginx_name {
+	char		*nn_name;
+	char		*nn_file;
+	int		 nn_line;
+};
+
+/* A server { } being read: nothing is decided before its '}'. */
+struct nginx_server {
+	struct nginx_name	*ns_names;
+	size_t			 ns_nnames;
+	char			**ns_cert;	/* acme_certificate's words */
+	int			 ns_ncert;	/* 0: no acme_certificate */
+	char			*ns_cert_file;
+	int			 ns_cert_line;
+};
+
+static int	nginx_conf_main(struct conf_parse *, const struct conf_ctx *,
+		    struct conf_args *, enum conf_tok);
+static int	nginx_conf_http(struct conf_parse *, const struct conf_ctx *,
+		    struct conf_args *, enum conf_tok);
+static int	nginx_conf_server(struct conf_parse *,
+		    const struct conf_ctx *, struct conf_args *, enum conf_tok);
+static int	nginx_conf_skip(struct conf_parse *, const struct conf_ctx *,
+		    struct conf_args *, enum conf_tok);
+
+static const struct conf_ctx nginx_conf_skip_ctx = { nginx_conf_skip, NULL };
+
+/* The acme_* directives are ours to judge; the others are nginx's. */
+static int
+nginx_conf_ours(const char *name)
+{
+	return strncmp(name, "acme_", 5) == 0;
+}
+
+/*
+ * Read past a directive, and past its block if it has one.  Includes in
+ * it are not followed: a block is whole within one file, and no acme_*
+ * directive belongs in it.
+ */
+static int
+nginx_conf_skip(struct conf_parse *p, const struct conf_ctx *ctx,
+    struct conf_args *a, enum conf_tok end)
+{
+	(void)a;
+	if (end != CONF_TOK_LBRACE)
+		return 0;
+	return conf_parse_block(p, p->lex, ctx, 1);
+}
+
+/*
+ * user USER [GROUP]: the group of the nginx workers, which the segment
+ * file is given.  Without GROUP nginx takes the group named like USER;
+ * where there is none, USER's primary group.  When neither is known here
+ * (the sidecar may run in a container without nginx's users), NULL.
+ * Whether nginx accepts the directive is nginx's business.
+ */
+static void
+nginx_conf_user(struct conf_parse *p, struct conf_args *a)
+{
+	struct passwd	*pw;
+	struct group	*gr;
+	char		*group = NULL;
+
+	if (a->n == 3)
+		group = xstrdup(a->v[2]);
+	else if (a->n == 2 && getgrnam(a->v[1]) != NULL)
+		group = xstrdup(a->v[1]);
+	else if (a->n == 2 && (pw = getpwnam(a->v[1])) != NULL &&
+	    (gr = getgrgid(pw->pw_gid)) != NULL)
+		group = xstrdup(gr->gr_name);
+	free(p->conf->c_nginx_group);
+	p->conf->c_nginx_group = group;
+}
+
+static void
+nginx_server_free(struct nginx_server *srv)
+{
+	size_t	 i;
+	int	 j;
+
+	for (i = 0; i < srv->ns_nnames; i++) {
+		free(srv->ns_names[i].nn_name);
+		free(srv->ns_names[i].nn_file);
+	}
+	free(srv->ns_names);
+	for (j = 0; j < srv->ns_ncert; j++)
+		free(srv->ns_cert[j]);
+	free(srv->ns_cert);
+	free(srv->ns_cert_file);
+}
+
+static void
+nginx_conf_names(struct conf_parse *p, struct nginx_server *srv,
+    struct conf_args *a)
+{
+	struct nginx_name	*nn;
+	int			 i;
+
+	srv->ns_names = xreallocarray(srv->ns_names,
+	    srv->ns_nnames + (size_t)a->n - 1, sizeof(*srv->ns_names));
+	for (i = 1; i < a->n; i++) {
+		nn = &srv->ns_names[srv->ns_nnames++];
+		nn->nn_name = xstrdup(a->v[i]);
+		nn->nn_file = xstrdup(p->file);
+		nn->nn_line = a->line;
+	}
+}
+
+/* Kept for the '}': server_name may come after it. */
+static int
+nginx_conf_cert(struct conf_parse *p, struct nginx_server *srv,
+    struct conf_args *a, enum conf_tok end)
+{
+	int	 i;
+
+	if (end != CONF_TOK_SEMI)
+		return conf_error(p, "directive \"acme_certificate\" is not "
+		    "terminated by \";\"");
+	if (a->n < 2)
+		return conf_error(p, "invalid number of arguments in "
+		    "\"acme_certificate\" directive");
+	/* nginx-acme: one certificate per server block. */
+	if (srv->ns_ncert != 0)
+		return conf_error(p, "\"acme_certificate\" directive is "
+		    "duplicate");
+	srv->ns_cert = xreallocarray(NULL, (size_t)a->n, sizeof(char *));
+	for (i = 0; i < a->n; i++)
+		srv->ns_cert[i] = xstrdup(a->v[i]);
+	srv->ns_ncert = a->n;
+	srv->ns_cert_file = xstrdup(p->file);
+	srv->ns_cert_line = a->line;
+	return 0;
+}
+
+/*
+ * The identifiers of an acme_certificate without any: the server_name
+ * words, where "_" and "" name no host.  Wildcards and regular expressions
+ * are errors at their server_name, since the certificate relies on them.
+ */
+static int
+nginx_conf_idents(struct conf_parse *p, struct nginx_server *srv,
+    struct conf_cert *cc)
+{
+	struct nginx_name	*nn;
+	size_t			 i;
+
+	for (i = 0; i < srv->ns_nnames; i++) {
+		nn = &srv->ns_names[i];
+		if (strcmp(nn->nn_name, "_") == 0 || nn->nn_name[0] == '\0')
+			continue;
+		p->file = nn->nn_file;
+		p->line = nn->nn_line;
+		if (nn->nn_name[0] == '~')
+			return conf_error(p, "server_name \"%s\" cannot be an "
+			    "ACME identifier: it is a regular expression; list "
+			    "the identifiers in \"acme_certificate\"",
+			    nn->nn_name);
+		if (strchr(nn->nn_name, '*') != NULL)
+			return conf_error(p, "server_name \"%s\" cannot be an "
+			    "ACME identifier: HTTP-01 cannot validate a "
+			    "wildcard; list the identifiers in "
+			    "\"acme_certificate\"", nn->nn_name);
+		if (conf_cert_ident(p, cc, nn->nn_name) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Two server blocks (say, two ports) may ask for the same certificate,
+ * and the nginx module gives both the one id: one certificate serves them.
+ */
+static int
+nginx_conf_same(const struct conf *conf, const struct conf_cert *cc)
+{
+	const struct conf_cert	*o;
+	size_t			 i;
+
+	TAILQ_FOREACH(o, &conf->c_certs, cc_entry) {
+		if (!o->cc_nginx || o->cc_key != cc->cc_key ||
+		    o->cc_nidents != cc->cc_nidents ||
+		    strcmp(o->cc_issuer, cc->cc_issuer) != 0)
+			continue;
+		for (i = 0; i < cc->cc_nidents; i++) {
+			if (strcmp(o->cc_idents[i], cc->cc_idents[i]) != 0)
+				break;
+		}
+		if (i == cc->cc_nidents)
+			return 1;
+	}
+	return 0;
+}
+
+/* The certificate of a server block, once all of it is read. */
+static int
+nginx_conf_server_end(struct conf_parse *p, struct nginx_server *srv)
+{
+	struct conf_cert	*cc;
+	int			 i, havekey = 0, named = 0;
+
+	if (srv->ns_ncert == 0)
+		return 0;
+	p->file = srv->ns_cert_file;
+	p->line = srv->ns_cert_line;
+	cc = conf_cert_new(p, srv->ns_cert[1]);
+	cc->cc_nginx = 1;
+	for (i = 2; i < srv->ns_ncert; i++) {
+		if (strncmp(srv->ns_cert[i], "key=", 4) != 0)
+			named = 1;
+		if (conf_cert_param(p, cc, srv->ns_cert[i], &havekey) == -1)
+			goto fail;
+	}
+	if (!named && nginx_conf_idents(p, srv, cc) == -1)
+		goto fail;
+	p->file = srv->ns_cert_file;
+	p->line = srv->ns_cert_line;
+	if (cc->cc_nidents == 0) {
+		conf_error(p, "no identifiers in \"acme_certificate\" "
+		    "directive, and no server_name that can be one");
+		goto fail;
+	}
+	if (nginx_conf_same(p->conf, cc)) {
+		conf_cert_free(cc);
+		return 0;
+	}
+	return conf_cert_add(p, cc);
+fail:
+	conf_cert_free(cc);
+	return -1;
+}
+
+static int
+nginx_conf_server_block(struct conf_parse *p)
+{
+	struct nginx_server	 srv;
+	struct conf_ctx		 ctx = { nginx_conf_server, &srv };
+	const char		*file = p->file;
+	int			 line = p->line, rc;
+
+	memset(&srv, 0, sizeof(srv));
+	rc = conf_parse_block(p, p->lex, &ctx, 1);
+	if (rc == 0)
+		rc = nginx_conf_server_end(p, &srv);
+	p->file = file;
+	p->line = line;
+	nginx_server_free(&srv);
+	return rc;
+}
+
+static int
+nginx_conf_server(struct conf_parse *p, const struct conf_ctx *ctx,
+    struct conf_args *a, enum conf_tok end)
+{
+	struct conf_block	 blk = { .where = CONF_SERVER };
+	const char		*name = a->v[0];
+
+	if (strcmp(name, "include") == 0)
+		return conf_include(p, ctx, a, end);
+	if (strcmp(name, "server_name") == 0 && end == CONF_TOK_SEMI) {
+		nginx_conf_names(p, ctx->cx_arg, a);
+		return 0;
+	}
+	if (strcmp(name, "acme_certificate") == 0)
+		return nginx_conf_cert(p, ctx->cx_arg, a, end);
+	if (nginx_conf_ours(name))
+		return conf_command(p, &blk, a, end);
+	return nginx_conf_skip(p, &nginx_conf_skip_ctx, a, end);
+}
+
+static int
+nginx_conf_http(struct conf_parse *p, const struct conf_ctx *ctx,
+    struct conf_args *a, enum conf_tok end)
+{
+	const char	*name = a->v[0];
+
+	if (strcmp(name, "include") == 0)
+		return conf_include(p, ctx, a, end);
+	if (strcmp(name, "server") == 0 && end == CONF_TOK_LBRACE)
+		return nginx_conf_server_block(p);
+	if (nginx_conf_ours(name))
+		return conf_command(p, ctx->cx_arg, a, end);
+	return nginx_conf_skip(p, &nginx_conf_skip_ctx, a, end);
+}
+
+static int
+nginx_conf_main(struct conf_parse *p, const struct conf_ctx *ctx,
+    struct conf_args *a, enum conf_tok end)
+{
+	struct conf_block	 blk = { .where = CONF_NGX_MAIN };
+	struct conf_block	 http = { .where = CONF_HTTP };
+	struct conf_ctx		 hctx = { nginx_conf_http, &http };
+	const char		*name = a->v[0];
+
+	if (strcmp(name, "include") == 0)
+		return conf_include(p, ctx, a, end);
+	if (strcmp(name, "http") == 0 && end == CONF_TOK_LBRACE)
+		return conf_parse_block(p, p->lex, &hctx, 1);
+	if (strcmp(name, "user") == 0 && end == CONF_TOK_SEMI) {
+		nginx_conf_user(p, a);
+		return 0;
+	}
+	if (nginx_conf_ours(name))
+		return conf_command(p, &blk, a, end);
+	return nginx_conf_skip(p, &nginx_conf_skip_ctx, a, end);
+}
+
+/*
+ * Walk the nginx.conf at path into p->conf.  The folder of path is
+ * nginx's conf prefix: every relative path in every file it includes
+ * resolves against it.
+ */
+int
+nginx_conf_read(struct conf_parse *p, const char *path)
+{
+	struct conf_ctx	 ctx = { nginx_conf_main, NULL };
+	struct conf_lex	*lx;
+	char		*msg = NULL;
+	int		 rc;
+
+	if ((lx = conf_lex_open(path, NULL, &msg)) == NULL) {
+		/* At the nginx_config that named it, if one did. */
+		if (p->nginx_file != NULL)
+			conf_error_at(p, p->nginx_file, p->nginx_line, "%s",
+			    msg);
+		else if (p->cause == NULL) {
+			p->cause = msg;
+			msg = NULL;
+		}
+		free(msg);
+		return -1;
+	}
+	p->prefix = lx->dir != NULL ? lx->dir : "";
+	rc = conf_parse_block(p, lx, &ctx, 0);
+	p->prefix = NULL;
+	conf_lex_free(lx);
+	return rc;
+}

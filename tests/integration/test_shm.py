@@ -1,0 +1,130 @@
+"""The shared-memory segment, as the real daemon writes it for nginx.
+
+Read with tests/integration/shmread.py, a reader written from the
+contract (proto/acme_shm.h) alone.
+"""
+
+import grp
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import shmread
+from conftest import cert_id, write_config, zone_path
+
+CERTS = [
+    (["a.example.test", "www.a.example.test"], None),
+    (["b.example.test"], "rsa:2048"),
+]
+
+
+def ids(certs):
+    return [cert_id(n, k) for n, k in certs]
+
+
+def wait_published(path, cid, timeout=10.0, serial=None):
+    """The entry for cid, once present (and, with serial, changed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if path.exists():
+            e = shmread.cert(str(path), cid)
+            if e is not None and (serial is None or e["serial"] != serial):
+                return e
+        assert time.monotonic() < deadline, "%s never published %s" % (
+            path, cid)
+        time.sleep(0.05)
+
+
+def test_segment_holds_issued_certificates(tmp_path, pebble, http_port,
+                                           sidecar_factory):
+    state = tmp_path / "state"
+    conf = tmp_path / "acme-sidecar.conf"
+    write_config(conf, pebble, state, http_port, CERTS)
+    sidecar = sidecar_factory(conf, [pebble]).start()
+    sidecar.wait_certs(state, ids(CERTS))
+    seg = zone_path(tmp_path)
+
+    st = os.stat(seg)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert st.st_size == 1024 * 1024
+    if "www-data" in [g.gr_name for g in grp.getgrall()]:
+        assert st.st_gid == grp.getgrnam("www-data").gr_gid
+
+    for names, key in CERTS:
+        cid = cert_id(names, key)
+        e = wait_published(seg, cid)
+        d = state / "certs" / cid
+        # What nginx gets is byte for byte what is stored.
+        assert e["chain"] == (d / "fullchain.pem").read_text()
+        assert e["key"] == (d / "key.pem").read_text()
+        assert e["issuer"] == "pebble"
+        assert e["not_after"] > time.time()
+        for n in names:
+            assert shmread.cert(str(seg), n, by="name")["id"] == cid
+    assert shmread.cert(str(seg), "nobody.example.test", by="name") is None
+    h = shmread.header(open(seg, "rb"))
+    assert h["flags"] & shmread.FULL == 0
+    assert h["writer_pid"] == sidecar.proc.pid
+
+    # A restart serves the same certificates at once, from a later
+    # generation, and the file keeps its size.
+    gen = h["generation"]
+    assert sidecar.stop() == 0
+    e = shmread.cert(str(seg), "a.example.test")
+    assert e is not None, "the segment must outlive the daemon"
+    sidecar.start()
+    sidecar.wait_log(r"managing 2 certificates")
+    e2 = wait_published(seg, "a.example.test", serial=None)
+    deadline = time.monotonic() + 10
+    while shmread.header(open(seg, "rb"))["generation"] <= gen:
+        assert time.monotonic() < deadline, "no publish after restart"
+        time.sleep(0.05)
+    assert e2["chain"] == e["chain"]
+    assert os.stat(seg).st_size == 1024 * 1024
+    assert "issued" not in sidecar.log().split("managing")[1]
+
+
+def test_segment_full_keeps_last_image(tmp_path, pebble, http_port,
+                                       sidecar_factory):
+    """A zone too small for the next image: the log says so and the
+    published image stays what it was."""
+    state = tmp_path / "state"
+    conf = tmp_path / "acme-sidecar.conf"
+    one = [(["a.example.test"], "rsa:2048")]
+    write_config(conf, pebble, state, http_port, one)
+    text = conf.read_text().replace(":1M;", ":32k;")
+    conf.write_text(text)
+    sidecar = sidecar_factory(conf, [pebble]).start()
+    sidecar.wait_certs(state, ids(one))
+    seg = zone_path(tmp_path)
+    first = wait_published(seg, ids(one)[0])
+
+    # About 5 KB each with RSA keys; a 32k zone holds 16k per image.
+    more = one + [(["%s.example.test" % c], "rsa:2048") for c in "bcdef"]
+    write_config(conf, pebble, state, http_port, more)
+    conf.write_text(conf.read_text().replace(":1M;", ":32k;"))
+    mark = sidecar.mark()
+    sidecar.signal(signal.SIGHUP)
+    sidecar.wait_certs(state, ids(more))
+    m = sidecar.wait_log(r"shared zone \S+ is full: the image needs (\d+) "
+                         r"bytes and a slot holds (\d+)", since=mark)
+    assert int(m.group(1)) > int(m.group(2))
+    h = shmread.header(open(seg, "rb"))
+    assert h["flags"] & shmread.FULL
+    assert shmread.cert(str(seg), ids(one)[0])["serial"] == first["serial"]
+    assert os.stat(seg).st_size == 32 * 1024
+    published = [e["id"] for e in shmread.certs(str(seg))]
+    assert ids(one)[0] in published
+    assert len(published) < len(more)
+
+    # Room again after a reload with fewer certificates: it publishes.
+    write_config(conf, pebble, state, http_port, more[:2])
+    conf.write_text(conf.read_text().replace(":1M;", ":32k;"))
+    mark = sidecar.mark()
+    sidecar.signal(signal.SIGHUP)
+    sidecar.wait_log(r"shared zone \S+ has room again", since=mark)
+    assert sorted(e["id"] for e in shmread.certs(str(seg))) == \
+        sorted(ids(more[:2]))
+    assert shmread.header(open(seg, "rb"))["flags"] & shmread.FULL == 0
