@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import (cert_serial, check_account, check_certificate,
-                      split_pem)
+                      split_pem, zone_name)
 
 SEED_NAMES = ["example.test", "www.example.test"]
 
@@ -28,7 +28,7 @@ def write(path, text):
     return path
 
 
-def seed_conf(pebble, server_name=".example.test", issuer="pebble"):
+def seed_conf(pebble, zone, server_name=".example.test", issuer="pebble"):
     """The seed's Full example, with uri and CA pointed at Pebble."""
     return """resolver 127.0.0.1:53;
 
@@ -40,7 +40,7 @@ acme_issuer pebble {
     ssl_trusted_certificate %s;
 }
 
-acme_shared_zone zone=ngx_acme_shared:1M;
+acme_shared_zone zone=%s:1M;
 
 server {
     listen 443 ssl;
@@ -63,7 +63,7 @@ server {
         return 404;
     }
 }
-""" % (pebble.directory_url, pebble.ca, server_name, issuer)
+""" % (pebble.directory_url, pebble.ca, zone, server_name, issuer)
 
 
 # Line numbers in seed_conf(), for the error messages.
@@ -85,7 +85,8 @@ def nginx_tree(tmp_path, pebble, **kw):
     """nginx/nginx.conf and nginx/conf.d/acme.conf; returns nginx.conf."""
     d = tmp_path / "nginx"
     (d / "conf.d").mkdir(parents=True, exist_ok=True)
-    write(d / "conf.d" / "acme.conf", seed_conf(pebble, **kw))
+    write(d / "conf.d" / "acme.conf",
+          seed_conf(pebble, zone_name(tmp_path), **kw))
     return write(d / "nginx.conf", NGINX_CONF)
 
 
@@ -139,7 +140,8 @@ def test_t_nginx_conf(tmp_path, pebble, http_port, sidecar_bin):
 
     # A wildcard server_name the certificate relies on.
     acme = tmp_path / "nginx" / "conf.d" / "acme.conf"
-    write(acme, seed_conf(pebble, server_name="example.test *.example.test"))
+    write(acme, seed_conf(pebble, zone_name(tmp_path),
+                          server_name="example.test *.example.test"))
     p = run_t(sidecar_bin, "--nginx-conf", nginx)
     assert p.returncode == 1, p.stdout + p.stderr
     assert ('%s:%d: server_name "*.example.test" cannot be an ACME '
@@ -148,7 +150,7 @@ def test_t_nginx_conf(tmp_path, pebble, http_port, sidecar_bin):
     assert "successful" not in p.stdout + p.stderr
 
     # An issuer nginx.conf does not define, through nginx_config.
-    write(acme, seed_conf(pebble, issuer="nosuch"))
+    write(acme, seed_conf(pebble, zone_name(tmp_path), issuer="nosuch"))
     sidecar_conf(tmp_path, http_port, "nginx_config nginx/nginx.conf;\n")
     p = run_t(sidecar_bin, "-c", conf)
     assert p.returncode == 1, p.stdout + p.stderr

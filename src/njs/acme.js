@@ -1,0 +1,327 @@
+/*
+ * acme.js: the njs reader of acme-sidecar's shared-memory segment, for
+ * nginx without the compiled module.  proto/acme_shm.h is the layout
+ * and the protocol; this file follows its READER steps with positioned
+ * reads of the file, since njs 0.7.9 can neither mmap nor fence.
+ *
+ *	js_import acme from /usr/share/acme-sidecar/acme.js;
+ *	js_set $acme_certificate     acme.certificate;
+ *	js_set $acme_certificate_key acme.key;
+ *	ssl_certificate              $acme_certificate;
+ *	ssl_certificate_key          $acme_certificate_key;
+ *
+ * Optional variables:
+ *	$acme_shared_path	the segment (default /dev/shm/ngx_acme_shared)
+ *	$acme_certificate_id	the certificate id served when the client
+ *				sends no server name or one we have no
+ *				certificate for
+ * Set them with js_var in http{} (in njs 0.7.9 a js_var is http-wide:
+ * its last definition wins, even one written inside a server{}), or per
+ * server with "map $server_name ...".  "set" does not work: nginx does
+ * not run the rewrite phase during a handshake.
+ *
+ * Each lookup opens the file, reads the header, the image header, a few
+ * hash buckets, the one certificate entry and its chain and key, reads
+ * the generation again and closes the file: a handful of pread(2)s and
+ * no state kept between handshakes (njs 0.7.9 gives every request a
+ * fresh VM, so there is nowhere to keep it).  See docs/njs.md.
+ */
+import fs from 'fs';
+
+/* From proto/acme_shm.h. */
+const SHM_MAGIC = 0x534d4341;
+const SHM_IMAGE_MAGIC = 0x474d4941;
+const SHM_VERSION = 1;
+const SHM_MAX_SIZE = 1024 * 1024 * 1024;
+const SHM_MAX_RETRIES = 64;
+const HEADER_SIZE = 128;
+const IMAGE_SIZE = 64;
+const BUCKET_SIZE = 16;
+const CERT_SIZE = 64;
+const DEFAULT_PATH = '/dev/shm/ngx_acme_shared';
+
+/* Buckets per read: a half-full table rarely probes further. */
+const BUCKETS_PER_READ = 4;
+
+/* No chain or key comes near this; a larger length is garbage. */
+const MAX_PEM = 1024 * 1024;
+
+/*
+ * The answer of the last lookup.  nginx evaluates $acme_certificate and
+ * then $acme_certificate_key in the same request, hence the same VM: the
+ * key comes from the read that found the certificate, so the two always
+ * belong together even when the sidecar publishes in between.
+ */
+let last = null;
+
+/* A reason to refuse, as opposed to a bug in this file. */
+function ShmError(message) {
+	this.message = message;
+}
+
+function fail(message) {
+	throw new ShmError(message);
+}
+
+function inside(size, off, len) {
+	return off <= size && len <= size - off;
+}
+
+/* FNV-1a, 32 bits, as acme_shm_hash(). */
+function hash(buf) {
+	let h = 2166136261;
+
+	for (let i = 0; i < buf.length; i++)
+		h = Math.imul(h ^ buf[i], 16777619);
+	return h >>> 0;
+}
+
+/* len bytes at off, all of them inside the segment, or an error. */
+function readAt(seg, off, len) {
+	if (!inside(seg.size, off, len))
+		fail(`${seg.path}: ${len} bytes at offset ${off} lie outside ` +
+		    `the segment's ${seg.size}`);
+	const buf = Buffer.alloc(len);
+	let n;
+
+	try {
+		n = fs.readSync(seg.fd, buf, 0, len, off);
+	} catch (e) {
+		fail(`${seg.path}: read at offset ${off}: ${e.message}`);
+	}
+	if (n !== len)
+		fail(`${seg.path}: short read at offset ${off} (${n} of ` +
+		    `${len} bytes); the file is smaller than its header says`);
+	return buf;
+}
+
+/* The header, refused unless its magic, version and sizes are known. */
+function readHeader(fd, path) {
+	const seg = { fd: fd, path: path, size: HEADER_SIZE };
+	const b = readAt(seg, 0, HEADER_SIZE);
+	const h = {
+		magic: b.readUInt32LE(0),
+		version: b.readUInt32LE(4),
+		genLo: b.readUInt32LE(8),
+		genHi: b.readUInt32LE(12),
+		size: b.readUInt32LE(16),
+		headerSize: b.readUInt32LE(20),
+		slotOff: [b.readUInt32LE(24), b.readUInt32LE(28)],
+	};
+
+	if (h.magic !== SHM_MAGIC)
+		fail(`${path}: not an acme-sidecar segment (magic ` +
+		    `0x${h.magic.toString(16)})`);
+	if (h.version !== SHM_VERSION)
+		fail(`${path}: segment layout version ${h.version}, this ` +
+		    `acme.js reads version ${SHM_VERSION}; update acme.js`);
+	if (h.headerSize < HEADER_SIZE || h.size < h.headerSize ||
+	    h.size > SHM_MAX_SIZE)
+		fail(`${path}: bad header (size ${h.size}, header_size ` +
+		    `${h.headerSize})`);
+	return h;
+}
+
+/* The bucket value for key in table t, or -1 when it is absent. */
+function lookup(seg, t, key) {
+	const n = t.nbuckets;
+
+	if (n === 0 || key.length === 0)
+		return -1;
+	if ((n & (n - 1)) !== 0 || !inside(seg.size, t.off, n * BUCKET_SIZE))
+		fail(`${seg.path}: bad hash table (${n} buckets at ${t.off})`);
+	const h = hash(key);
+	const mask = n - 1;
+	let i = h & mask;
+	let seen = 0;
+
+	while (seen < n) {
+		/* Contiguous buckets, up to the table's end at most. */
+		const count = Math.min(BUCKETS_PER_READ, n - i, n - seen);
+		const b = readAt(seg, t.off + i * BUCKET_SIZE,
+		    count * BUCKET_SIZE);
+
+		for (let j = 0; j < count; j++) {
+			const at = j * BUCKET_SIZE;
+			const len = b.readUInt32LE(at + 8);
+
+			if (len === 0)
+				return -1;
+			if (b.readUInt32LE(at) !== h || len !== key.length)
+				continue;
+			if (readAt(seg, b.readUInt32LE(at + 4), len).equals(key))
+				return b.readUInt32LE(at + 12);
+		}
+		seen += count;
+		i = (i + count) & mask;
+	}
+	return -1;
+}
+
+function readPem(seg, off, len, what) {
+	if (len === 0 || len > MAX_PEM)
+		fail(`${seg.path}: ${what} of ${len} bytes`);
+	return readAt(seg, off, len).toString();
+}
+
+/* Certificate number idx of the image: its chain and key. */
+function readCert(seg, img, idx) {
+	if (idx >= img.ncerts)
+		fail(`${seg.path}: entry ${idx} of ${img.ncerts}`);
+	const e = readAt(seg, img.certsOff + idx * CERT_SIZE, CERT_SIZE);
+
+	return {
+		chain: readPem(seg, e.readUInt32LE(40), e.readUInt32LE(44),
+		    'chain'),
+		key: readPem(seg, e.readUInt32LE(48), e.readUInt32LE(52),
+		    'key'),
+	};
+}
+
+function readImage(seg, h) {
+	const off = h.slotOff[h.genLo & 1];	/* slot generation % 2 */
+	const b = readAt(seg, off, IMAGE_SIZE);
+
+	if (b.readUInt32LE(0) !== SHM_IMAGE_MAGIC ||
+	    b.readUInt32LE(8) !== h.genLo || b.readUInt32LE(12) !== h.genHi)
+		fail(`${seg.path}: the published image is not generation ` +
+		    `${h.genHi * 4294967296 + h.genLo}`);
+	return {
+		ncerts: b.readUInt32LE(16),
+		certsOff: b.readUInt32LE(20),
+		byId: { nbuckets: b.readUInt32LE(32), off: b.readUInt32LE(36) },
+		byName: { nbuckets: b.readUInt32LE(40),
+		    off: b.readUInt32LE(44) },
+	};
+}
+
+function quote(s) {
+	return JSON.stringify(s.length > 256 ? s.slice(0, 256) + '...' : s);
+}
+
+/* Step 2 of READER: the entry for want.name, else for want.id. */
+function find(seg, h, want) {
+	const img = readImage(seg, h);
+	let idx = -1;
+
+	if (want.name !== '')
+		idx = lookup(seg, img.byName, Buffer.from(want.name));
+	if (idx === -1 && want.id !== '')
+		idx = lookup(seg, img.byId, Buffer.from(want.id));
+	if (idx !== -1)
+		return readCert(seg, img, idx);
+	if (want.name === '' && want.id === '')
+		fail('the client sent no server name and ' +
+		    '$acme_certificate_id is not set');
+	if (want.id === '')
+		fail(`no certificate for server name ${quote(want.name)} in ` +
+		    `${seg.path}, and $acme_certificate_id is not set`);
+	fail(`no certificate for server name ${quote(want.name)} nor for ` +
+	    `$acme_certificate_id ${quote(want.id)} in ${seg.path}`);
+}
+
+/*
+ * One pass of READER steps 1 to 4: the entry (or the reason there is
+ * none) when the generation held still, null when it moved.  A refusal
+ * found while reading is only believed once the generation says the
+ * bytes it came from were not being rewritten.
+ */
+function attempt(fd, path, want) {
+	const h = readHeader(fd, path);
+	const seg = { fd: fd, path: path, size: h.size };
+	let found;
+
+	if (h.genLo === 0 && h.genHi === 0)
+		fail(`${path}: nothing published yet`);
+	try {
+		found = find(seg, h, want);
+	} catch (e) {
+		if (!(e instanceof ShmError))
+			throw e;
+		found = e;
+	}
+	const g = readAt(seg, 8, 8);
+	if (g.readUInt32LE(0) !== h.genLo || g.readUInt32LE(4) !== h.genHi)
+		return null;
+	if (found instanceof ShmError)
+		throw found;
+	return found;
+}
+
+function read(path, want) {
+	let fd;
+
+	try {
+		fd = fs.openSync(path, 'r');
+	} catch (e) {
+		fail(`cannot open ${path}: ${e.message} (is acme-sidecar ` +
+		    `running with this acme_shared_zone, and may nginx's ` +
+		    `workers read it?)`);
+	}
+	try {
+		for (let i = 0; i < SHM_MAX_RETRIES; i++) {
+			const found = attempt(fd, path, want);
+
+			if (found !== null)
+				return found;
+		}
+	} finally {
+		fs.closeSync(fd);
+	}
+	fail(`${path}: the generation changed during each of ` +
+	    `${SHM_MAX_RETRIES} reads; giving up`);
+}
+
+function variable(r, name) {
+	const v = r.variables[name];
+
+	return v === undefined ? '' : v;
+}
+
+/*
+ * The entry this handshake wants, read once per request: { chain, key }
+ * or { error } (already logged).
+ */
+function entry(r) {
+	const path = variable(r, 'acme_shared_path') || DEFAULT_PATH;
+	const want = {
+		name: variable(r, 'ssl_server_name').toLowerCase()
+		    .replace(/\.$/, ''),
+		id: variable(r, 'acme_certificate_id'),
+	};
+	const tag = [path, want.name, want.id].join('\n');
+
+	if (last !== null && last.tag === tag)
+		return last;
+	try {
+		last = read(path, want);
+	} catch (e) {
+		if (!(e instanceof ShmError))
+			throw e;
+		r.error(`acme: ${e.message}`);
+		last = { error: e.message };
+	}
+	last.tag = tag;
+	return last;
+}
+
+/*
+ * $acme_certificate: "data:" + PEM chain.  On failure an empty "data:",
+ * which fails the handshake: nginx then logs 'cannot load certificate
+ * "data:"' after our line.  (An empty string would make it open its
+ * prefix directory as a certificate file, a misleading error.)
+ */
+function certificate(r) {
+	const e = entry(r);
+
+	return e.error === undefined ? 'data:' + e.chain : 'data:';
+}
+
+/* $acme_certificate_key: "data:" + PEM key, or "data:". */
+function key(r) {
+	const e = entry(r);
+
+	return e.error === undefined ? 'data:' + e.key : 'data:';
+}
+
+export default { certificate, key };
