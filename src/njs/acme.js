@@ -24,7 +24,7 @@
  * hash buckets, the one certificate entry and its chain and key, reads
  * the generation again and closes the file: a handful of pread(2)s and
  * no state kept between handshakes (njs 0.7.9 gives every request a
- * fresh VM, so there is nowhere to keep it).  See docs/njs.md.
+ * fresh VM, so there is nowhere to keep it).  See src/njs/README.md.
  */
 import fs from 'fs';
 
