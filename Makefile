@@ -22,7 +22,12 @@ UNIT_BINS   = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 PYTEST	?= /usr/bin/python3 -m pytest
 
-all: $(BUILD)/acme-sidecar $(BUILD)/acmectl
+all: $(BUILD)/acme-sidecar $(BUILD)/acmectl module
+
+# The nginx module, where nginx-dev is installed (the script says so and
+# succeeds when it is not).  The script knows when to configure again.
+module:
+	scripts/build-nginx-module $(BUILD)
 
 $(BUILD)/acme-sidecar: $(DAEMON_OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -57,4 +62,4 @@ demo: deps all
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all deps unit integration check demo clean
+.PHONY: all module deps unit integration check demo clean

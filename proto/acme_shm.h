@@ -206,32 +206,37 @@ acme_shm_inside(size_t size, uint64_t off, uint64_t len)
 /*
  * Look KEY up in table t of a segment mapped at base, size bytes long.
  * Returns the bucket's value, or -1 when the key is absent or the table
- * points outside the mapping.  The caller still has to check the
- * generation afterwards.
+ * points outside the mapping.  Each bucket is copied before it is
+ * checked, so a writer changing it meanwhile cannot slip an unchecked
+ * offset past the check.  The caller still has to check the generation
+ * afterwards.
  */
 static inline int64_t
 acme_shm_lookup(const unsigned char *base, size_t size,
     const struct acme_shm_table *t, const void *key, size_t len)
 {
-	const struct acme_shm_bucket	*b;
-	uint32_t			 h, i, n, mask;
+	struct acme_shm_bucket	 e;
+	struct acme_shm_table	 tab;
+	uint32_t		 h, i, mask;
 
-	n = t->nbuckets;
-	if (n == 0 || len == 0 || (n & (n - 1)) != 0 ||
-	    !acme_shm_inside(size, t->off, (uint64_t)n * sizeof(*b)))
+	memcpy(&tab, t, sizeof(tab));
+	if (tab.nbuckets == 0 || len == 0 ||
+	    (tab.nbuckets & (tab.nbuckets - 1)) != 0 ||
+	    !acme_shm_inside(size, tab.off,
+	    (uint64_t)tab.nbuckets * sizeof(e)))
 		return -1;
-	b = (const struct acme_shm_bucket *)(base + t->off);
 	h = acme_shm_hash(key, len);
-	mask = n - 1;
-	for (i = 0; i < n; i++) {
-		const struct acme_shm_bucket *e = &b[(h + i) & mask];
-
-		if (e->key_len == 0)
+	mask = tab.nbuckets - 1;
+	for (i = 0; i < tab.nbuckets; i++) {
+		memcpy(&e, base + tab.off + (size_t)((h + i) & mask) *
+		    sizeof(e), sizeof(e));
+		__asm__ __volatile__("" ::: "memory");
+		if (e.key_len == 0)
 			return -1;
-		if (e->hash == h && e->key_len == len &&
-		    acme_shm_inside(size, e->key_off, len) &&
-		    memcmp(base + e->key_off, key, len) == 0)
-			return e->value;
+		if (e.hash == h && e.key_len == len &&
+		    acme_shm_inside(size, e.key_off, len) &&
+		    memcmp(base + e.key_off, key, len) == 0)
+			return e.value;
 	}
 	return -1;
 }

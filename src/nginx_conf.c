@@ -55,11 +55,15 @@ static int	nginx_conf_skip(struct conf_parse *, const struct conf_ctx *,
 
 static const struct conf_ctx nginx_conf_skip_ctx = { nginx_conf_skip, NULL };
 
-/* The acme_* directives are ours to judge; the others are nginx's. */
+/*
+ * The acme_* directives are ours to judge; the others are nginx's, and
+ * so is acme_fallback_certificate, which only the nginx module reads.
+ */
 static int
 nginx_conf_ours(const char *name)
 {
-	return strncmp(name, "acme_", 5) == 0;
+	return strncmp(name, "acme_", 5) == 0 &&
+	    strcmp(name, "acme_fallback_certificate") != 0;
 }
 
 /*

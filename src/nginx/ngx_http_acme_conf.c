@@ -1,0 +1,1058 @@
+/*
+ * The acme_* directives in nginx.conf.
+ *
+ * The sidecar reads the same directives (acme-sidecar --nginx-conf) and
+ * acts on them; this module only checks what it cheaply can, so that
+ * "nginx -t" catches the mistakes the sidecar would refuse, and works out
+ * each server's certificate id exactly as the sidecar does (see LOOKUPS in
+ * proto/acme_shm.h), since that id is the key into the segment.
+ */
+#include <arpa/inet.h>
+
+#include "ngx_http_acme_module.h"
+
+#define NGX_HTTP_ACME_MAX_DNS_NAME	253
+#define NGX_HTTP_ACME_MAX_DNS_LABEL	63
+#define NGX_HTTP_ACME_MAX_RATE		1000000
+#define NGX_HTTP_ACME_MAX_BURST		1000000
+#define NGX_HTTP_ACME_DEFAULT_ZONE	"ngx_acme_shared"
+#define NGX_HTTP_ACME_DEFAULT_SIZE	(256 * 1024)
+
+/* Index 0 is the default and adds no suffix to the id. */
+static ngx_str_t ngx_http_acme_key_types[][2] = {
+	{ ngx_string("ecdsa:256"), ngx_null_string },
+	{ ngx_string("ecdsa:384"), ngx_string("ecdsa384") },
+	{ ngx_string("ecdsa:521"), ngx_string("ecdsa521") },
+	{ ngx_string("rsa:2048"), ngx_string("rsa2048") },
+	{ ngx_string("rsa:3072"), ngx_string("rsa3072") },
+	{ ngx_string("rsa:4096"), ngx_string("rsa4096") },
+};
+#define NGX_HTTP_ACME_NKEYS \
+	(sizeof(ngx_http_acme_key_types) / sizeof(ngx_http_acme_key_types[0]))
+
+static ngx_int_t
+ngx_http_acme_key_type(ngx_str_t *s, ngx_uint_t *t)
+{
+	ngx_uint_t	 i;
+
+	for (i = 0; i < NGX_HTTP_ACME_NKEYS; i++) {
+		if (s->len == ngx_http_acme_key_types[i][0].len &&
+		    ngx_strncmp(s->data, ngx_http_acme_key_types[i][0].data,
+		    s->len) == 0) {
+			*t = i;
+			return NGX_OK;
+		}
+	}
+	return NGX_ERROR;
+}
+
+/* Names that become file names: issuers (state_path) and the zone. */
+static ngx_int_t
+ngx_http_acme_name_valid(ngx_str_t *s)
+{
+	size_t	 i;
+	u_char	 c;
+
+	if (s->len == 0 || (s->len == 1 && s->data[0] == '.') ||
+	    (s->len == 2 && s->data[0] == '.' && s->data[1] == '.'))
+		return 0;
+	for (i = 0; i < s->len; i++) {
+		c = s->data[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+			return 0;
+	}
+	return 1;
+}
+
+static ngx_int_t
+ngx_http_acme_str_eq(ngx_str_t *a, const char *b)
+{
+	size_t	 len = ngx_strlen(b);
+
+	return a->len == len && ngx_strncmp(a->data, b, len) == 0;
+}
+
+static ngx_int_t
+ngx_http_acme_str_caseeq(ngx_str_t *a, const char *b)
+{
+	size_t	 len = ngx_strlen(b);
+
+	return a->len == len && ngx_strncasecmp(a->data, (u_char *)b,
+	    len) == 0;
+}
+
+static ngx_int_t
+ngx_http_acme_has_prefix(ngx_str_t *a, const char *p)
+{
+	size_t	 len = ngx_strlen(p);
+
+	return a->len >= len && ngx_strncmp(a->data, p, len) == 0;
+}
+
+/* ------------------------------------------------------------ identifiers */
+
+/* A letter-digit-hyphen DNS name, lower case, at most one trailing dot. */
+static ngx_int_t
+ngx_http_acme_dns_normalize(ngx_pool_t *pool, u_char *raw, size_t len,
+    ngx_str_t *out)
+{
+	u_char		*s, c;
+	size_t		 i, label = 0;
+	ngx_uint_t	 digits = 1;
+
+	if (len > 0 && raw[len - 1] == '.')
+		len--;
+	if (len == 0 || len > NGX_HTTP_ACME_MAX_DNS_NAME)
+		return NGX_DECLINED;
+	if ((s = ngx_pnalloc(pool, len + 1)) == NULL)
+		return NGX_ERROR;
+	for (i = 0; i < len; i++) {
+		c = ngx_tolower(raw[i]);
+		s[i] = c;
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return NGX_DECLINED;
+			label = 0;
+			digits = 1;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '-'))
+			return NGX_DECLINED;
+		if ((c == '-' && label == 0) ||
+		    ++label > NGX_HTTP_ACME_MAX_DNS_LABEL)
+			return NGX_DECLINED;
+		if (c < '0' || c > '9')
+			digits = 0;
+	}
+	/* An all-numeric last label is a mistyped address, not a name. */
+	if (label == 0 || s[len - 1] == '-' || digits)
+		return NGX_DECLINED;
+	s[len] = '\0';
+	out->data = s;
+	out->len = len;
+	return NGX_OK;
+}
+
+/* An IP address in inet_ntop's form (RFC 5952 for IPv6); [v6] too. */
+static ngx_int_t
+ngx_http_acme_ip_normalize(ngx_pool_t *pool, u_char *raw, size_t len,
+    ngx_str_t *out)
+{
+	u_char		 in[NGX_SOCKADDR_STRLEN + 1];
+	char		 buf[INET6_ADDRSTRLEN];
+	struct in_addr	 a4;
+	struct in6_addr	 a6;
+
+	if (len >= sizeof(in))
+		return NGX_DECLINED;
+	ngx_memcpy(in, raw, len);
+	in[len] = '\0';
+	if (inet_pton(AF_INET, (char *)in, &a4) == 1) {
+		if (inet_ntop(AF_INET, &a4, buf, sizeof(buf)) == NULL)
+			return NGX_DECLINED;
+	} else {
+		if (len > 2 && in[0] == '[' && in[len - 1] == ']') {
+			in[len - 1] = '\0';
+			ngx_memmove(in, in + 1, len - 1);
+		}
+		if (inet_pton(AF_INET6, (char *)in, &a6) != 1 ||
+		    inet_ntop(AF_INET6, &a6, buf, sizeof(buf)) == NULL)
+			return NGX_DECLINED;
+	}
+	out->len = ngx_strlen(buf);
+	if ((out->data = ngx_pnalloc(pool, out->len + 1)) == NULL)
+		return NGX_ERROR;
+	ngx_memcpy(out->data, buf, out->len + 1);
+	return NGX_OK;
+}
+
+static ngx_int_t
+ngx_http_acme_ident_push(ngx_array_t *idents, ngx_str_t *s)
+{
+	ngx_str_t	*v = idents->elts, *p;
+	ngx_uint_t	 i;
+
+	for (i = 0; i < idents->nelts; i++) {
+		if (v[i].len == s->len &&
+		    ngx_strncmp(v[i].data, s->data, s->len) == 0)
+			return NGX_OK;
+	}
+	if ((p = ngx_array_push(idents)) == NULL)
+		return NGX_ERROR;
+	*p = *s;
+	return NGX_OK;
+}
+
+/*
+ * One identifier as written, added to idents.  ".example.com" stands for
+ * example.com and www.example.com (nginx-acme's reading of nginx's
+ * wildcard shorthand): a real wildcard cannot be validated over HTTP-01.
+ * Returns NGX_DECLINED for an identifier that is refused, with *why a
+ * format for the error message, whose %V is the identifier.
+ */
+static ngx_int_t
+ngx_http_acme_ident_add(ngx_pool_t *pool, ngx_array_t *idents,
+    ngx_str_t *raw, const char **why)
+{
+	ngx_str_t	 s, www;
+	ngx_int_t	 rc;
+
+	*why = "invalid identifier \"%V\"";
+	if (raw->len > 0 && raw->data[0] == '~') {
+		*why = "regular expression \"%V\" cannot be an identifier";
+		return NGX_DECLINED;
+	}
+	if (ngx_strlchr(raw->data, raw->data + raw->len, '*') != NULL) {
+		*why = "wildcard identifier \"%V\" is not supported: HTTP-01 "
+		    "cannot validate wildcards";
+		return NGX_DECLINED;
+	}
+	if (raw->len > 0 && raw->data[0] == '.') {
+		rc = ngx_http_acme_dns_normalize(pool, raw->data + 1,
+		    raw->len - 1, &s);
+		if (rc != NGX_OK)
+			return rc;
+		if (s.len + 4 > NGX_HTTP_ACME_MAX_DNS_NAME)
+			return NGX_DECLINED;
+		www.len = s.len + 4;
+		if ((www.data = ngx_pnalloc(pool, www.len + 1)) == NULL)
+			return NGX_ERROR;
+		ngx_sprintf(www.data, "www.%V%Z", &s);
+		if (ngx_http_acme_ident_push(idents, &s) != NGX_OK ||
+		    ngx_http_acme_ident_push(idents, &www) != NGX_OK)
+			return NGX_ERROR;
+		return NGX_OK;
+	}
+	rc = ngx_http_acme_ip_normalize(pool, raw->data, raw->len, &s);
+	if (rc == NGX_DECLINED)
+		rc = ngx_http_acme_dns_normalize(pool, raw->data, raw->len,
+		    &s);
+	if (rc != NGX_OK)
+		return rc;
+	return ngx_http_acme_ident_push(idents, &s);
+}
+
+/* The first identifier, and "_" + the key type when not ecdsa:256. */
+static ngx_int_t
+ngx_http_acme_cert_id(ngx_pool_t *pool, ngx_array_t *idents,
+    ngx_uint_t key_type, ngx_str_t *id)
+{
+	ngx_str_t	*first = idents->elts, *suffix;
+
+	suffix = &ngx_http_acme_key_types[key_type][1];
+	id->len = first->len + (suffix->len > 0 ? 1 + suffix->len : 0);
+	if ((id->data = ngx_pnalloc(pool, id->len + 1)) == NULL)
+		return NGX_ERROR;
+	if (suffix->len > 0)
+		ngx_sprintf(id->data, "%V_%V%Z", first, suffix);
+	else
+		ngx_sprintf(id->data, "%V%Z", first);
+	return NGX_OK;
+}
+
+/* -------------------------------------------------------------- acme_issuer */
+
+#define NGX_HTTP_ACME_ONCE	0x1
+
+typedef char *(*ngx_http_acme_issuer_check_pt)(ngx_conf_t *,
+    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+
+static char	*ngx_http_acme_check_uri(ngx_conf_t *, ngx_http_acme_issuer_t *,
+		    ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_nonempty(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_state_path(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_on_off(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_account_key(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_profile(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_challenge(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_rate(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+
+/*
+ * The directives of an acme_issuer block, as the sidecar reads them.  The
+ * row index of a once-only directive is its bit in issuer->seen.
+ */
+static const struct {
+	const char			*name;
+	ngx_uint_t			 min;
+	ngx_uint_t			 max;
+	ngx_uint_t			 flags;
+	ngx_http_acme_issuer_check_pt	 check;
+} ngx_http_acme_issuer_cmds[] = {
+	{ "uri", 1, 1, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_uri },
+	{ "contact", 1, 1, 0, ngx_http_acme_check_nonempty },
+	{ "state_path", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_state_path },
+	{ "accept_terms_of_service", 0, 0, NGX_HTTP_ACME_ONCE, NULL },
+	{ "ssl_trusted_certificate", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_nonempty },
+	{ "ssl_verify", 1, 1, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_on_off },
+	{ "account_key", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_account_key },
+	{ "external_account_key", 2, 2, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_nonempty },
+	{ "preferred_chain", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_nonempty },
+	{ "profile", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_profile },
+	{ "challenge", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_challenge },
+	{ "request_rate", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_rate },
+};
+#define NGX_HTTP_ACME_ISSUER_NCMDS \
+	(sizeof(ngx_http_acme_issuer_cmds) / \
+	    sizeof(ngx_http_acme_issuer_cmds[0]))
+#define NGX_HTTP_ACME_ISSUER_URI	0	/* its row above */
+
+static char *
+ngx_http_acme_check_uri(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	(void)iss;
+	(void)n;
+	if ((arg->len > 8 && ngx_strncasecmp(arg->data,
+	    (u_char *)"https://", 8) == 0) ||
+	    (arg->len > 7 && ngx_strncasecmp(arg->data,
+	    (u_char *)"http://", 7) == 0))
+		return NGX_CONF_OK;
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid uri \"%V\", it must "
+	    "start with \"https://\" or \"http://\"", arg);
+	return NGX_CONF_ERROR;
+}
+
+static char *
+ngx_http_acme_check_nonempty(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_uint_t	 i;
+	ngx_str_t	*value = cf->args->elts;
+
+	(void)iss;
+	for (i = 0; i < n; i++) {
+		if (arg[i].len == 0) {
+			ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid "
+			    "empty value in \"%V\" directive", &value[0]);
+			return NGX_CONF_ERROR;
+		}
+	}
+	return NGX_CONF_OK;
+}
+
+static char *
+ngx_http_acme_check_state_path(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	if (ngx_http_acme_check_nonempty(cf, iss, arg, n) != NGX_CONF_OK)
+		return NGX_CONF_ERROR;
+	iss->state_path = *arg;
+	return NGX_CONF_OK;
+}
+
+static char *
+ngx_http_acme_check_on_off(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_str_t	*value = cf->args->elts;
+
+	(void)iss;
+	(void)n;
+	if (ngx_http_acme_str_caseeq(arg, "on") ||
+	    ngx_http_acme_str_caseeq(arg, "off"))
+		return NGX_CONF_OK;
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid value \"%V\" in "
+	    "\"%V\" directive, it must be \"on\" or \"off\"", arg, &value[0]);
+	return NGX_CONF_ERROR;
+}
+
+/* A key type, or else a PEM file holding the account key. */
+static char *
+ngx_http_acme_check_account_key(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_uint_t	 t;
+
+	(void)iss;
+	(void)n;
+	if (ngx_http_acme_key_type(arg, &t) == NGX_OK)
+		return NGX_CONF_OK;
+	/* A misspelt type is likelier than a file called "rsa:1024". */
+	if (arg->len == 0 || ngx_http_acme_has_prefix(arg, "ecdsa:") ||
+	    ngx_http_acme_has_prefix(arg, "rsa:")) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid key type "
+		    "\"%V\"", arg);
+		return NGX_CONF_ERROR;
+	}
+	return NGX_CONF_OK;
+}
+
+static char *
+ngx_http_acme_check_profile(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	if (ngx_http_acme_check_nonempty(cf, iss, arg, 1) != NGX_CONF_OK)
+		return NGX_CONF_ERROR;
+	if (n == 2 && !ngx_http_acme_str_eq(&arg[1], "require")) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter "
+		    "\"%V\"", &arg[1]);
+		return NGX_CONF_ERROR;
+	}
+	return NGX_CONF_OK;
+}
+
+static char *
+ngx_http_acme_check_challenge(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	(void)iss;
+	(void)n;
+	if (ngx_http_acme_str_caseeq(arg, "http-01"))
+		return NGX_CONF_OK;
+	if (ngx_http_acme_str_caseeq(arg, "tls-alpn-01") ||
+	    ngx_http_acme_str_caseeq(arg, "dns-01"))
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "challenge type "
+		    "\"%V\" is not supported", arg);
+	else
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid challenge "
+		    "type \"%V\"", arg);
+	return NGX_CONF_ERROR;
+}
+
+/* "off", or "20r/s" / "600r/m" as limit_req_zone's rate=, [burst=N]. */
+static char *
+ngx_http_acme_check_rate(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_int_t	 v;
+	size_t		 len = arg->len;
+
+	(void)iss;
+	if (ngx_http_acme_str_eq(arg, "off")) {
+		if (n == 1)
+			return NGX_CONF_OK;
+		goto badparam;
+	}
+	if (len <= 3 || (ngx_strncmp(arg->data + len - 3, "r/s", 3) != 0 &&
+	    ngx_strncmp(arg->data + len - 3, "r/m", 3) != 0) ||
+	    (v = ngx_atoi(arg->data, len - 3)) == NGX_ERROR || v < 1 ||
+	    v > NGX_HTTP_ACME_MAX_RATE) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid rate \"%V\"",
+		    arg);
+		return NGX_CONF_ERROR;
+	}
+	if (n == 1)
+		return NGX_CONF_OK;
+	if (!ngx_http_acme_has_prefix(&arg[1], "burst="))
+		goto badparam;
+	v = ngx_atoi(arg[1].data + 6, arg[1].len - 6);
+	if (v == NGX_ERROR || v < 1 || v > NGX_HTTP_ACME_MAX_BURST) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid burst value "
+		    "\"%V\"", &arg[1]);
+		return NGX_CONF_ERROR;
+	}
+	return NGX_CONF_OK;
+badparam:
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
+	    &arg[1]);
+	return NGX_CONF_ERROR;
+}
+
+/* One directive inside acme_issuer { }: cf->handler of that block. */
+static char *
+ngx_http_acme_issuer_directive(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+	ngx_http_acme_issuer_t	*iss = conf;
+	ngx_str_t		*value = cf->args->elts;
+	ngx_uint_t		 i, n = cf->args->nelts - 1;
+
+	(void)dummy;
+	for (i = 0; i < NGX_HTTP_ACME_ISSUER_NCMDS; i++) {
+		if (ngx_http_acme_str_eq(&value[0],
+		    ngx_http_acme_issuer_cmds[i].name))
+			break;
+	}
+	if (i == NGX_HTTP_ACME_ISSUER_NCMDS) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown directive "
+		    "\"%V\" in acme_issuer", &value[0]);
+		return NGX_CONF_ERROR;
+	}
+	if (n < ngx_http_acme_issuer_cmds[i].min ||
+	    n > ngx_http_acme_issuer_cmds[i].max) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid number of "
+		    "arguments in \"%V\" directive", &value[0]);
+		return NGX_CONF_ERROR;
+	}
+	if (ngx_http_acme_issuer_cmds[i].flags & NGX_HTTP_ACME_ONCE) {
+		if (iss->seen & ((ngx_uint_t)1 << i)) {
+			ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" "
+			    "directive is duplicate", &value[0]);
+			return NGX_CONF_ERROR;
+		}
+		iss->seen |= (ngx_uint_t)1 << i;
+	}
+	if (ngx_http_acme_issuer_cmds[i].check == NULL)
+		return NGX_CONF_OK;
+	return ngx_http_acme_issuer_cmds[i].check(cf, iss, value + 1, n);
+}
+
+/* After the block: uri is there, and no other issuer has its folder. */
+static char *
+ngx_http_acme_issuer_finish(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_issuer_t *iss)
+{
+	ngx_http_acme_issuer_t	*other = amcf->issuers.elts;
+	ngx_uint_t		 i;
+
+	if (!(iss->seen & (1 << NGX_HTTP_ACME_ISSUER_URI))) {
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "no \"uri\" is "
+		    "defined for acme_issuer \"%V\" in %s:%ui", &iss->name,
+		    iss->file, iss->line);
+		return NGX_CONF_ERROR;
+	}
+	for (i = 0; i < amcf->issuers.nelts; i++) {
+		if (&other[i] == iss || iss->state_path.len == 0 ||
+		    other[i].state_path.len != iss->state_path.len ||
+		    ngx_strncmp(other[i].state_path.data, iss->state_path.data,
+		    iss->state_path.len) != 0)
+			continue;
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "state_path \"%V\" is "
+		    "already used by acme_issuer \"%V\" in %s:%ui",
+		    &iss->state_path, &other[i].name, iss->file, iss->line);
+		return NGX_CONF_ERROR;
+	}
+	return NGX_CONF_OK;
+}
+
+char *
+ngx_http_acme_issuer_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+	ngx_http_acme_main_conf_t	*amcf = conf;
+	ngx_http_acme_issuer_t		*iss;
+	ngx_str_t			*value = cf->args->elts;
+	ngx_conf_t			 save;
+	ngx_uint_t			 i;
+	char				*rv;
+
+	(void)cmd;
+	if (!ngx_http_acme_name_valid(&value[1])) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid issuer name "
+		    "\"%V\"", &value[1]);
+		return NGX_CONF_ERROR;
+	}
+	iss = amcf->issuers.elts;
+	for (i = 0; i < amcf->issuers.nelts; i++) {
+		if (iss[i].name.len == value[1].len &&
+		    ngx_strncmp(iss[i].name.data, value[1].data,
+		    value[1].len) == 0) {
+			ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate "
+			    "acme_issuer \"%V\" (first defined at %s:%ui)",
+			    &value[1], iss[i].file, iss[i].line);
+			return NGX_CONF_ERROR;
+		}
+	}
+	if ((iss = ngx_array_push(&amcf->issuers)) == NULL)
+		return NGX_CONF_ERROR;
+	ngx_memzero(iss, sizeof(*iss));
+	iss->name = value[1];
+	iss->file = cf->conf_file->file.name.data;
+	iss->line = cf->conf_file->line;
+	amcf->enabled = 1;
+
+	save = *cf;
+	cf->handler = ngx_http_acme_issuer_directive;
+	cf->handler_conf = (char *)iss;
+	rv = ngx_conf_parse(cf, NULL);
+	*cf = save;
+	if (rv != NGX_CONF_OK)
+		return rv;
+	return ngx_http_acme_issuer_finish(cf, amcf, iss);
+}
+
+/* --------------------------------------------------------- acme_shared_zone */
+
+/* NAME:SIZE, the size with nginx's k/K/m/M suffixes, as the sidecar reads. */
+static char *
+ngx_http_acme_zone_param(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_str_t *arg)
+{
+	ngx_str_t	 name, size;
+	u_char		*colon;
+	ssize_t		 n;
+
+	name.data = arg->data + 5;
+	colon = ngx_strlchr(name.data, arg->data + arg->len, ':');
+	if (colon == NULL)
+		goto badsize;
+	name.len = colon - name.data;
+	size.data = colon + 1;
+	size.len = arg->data + arg->len - size.data;
+	if (size.len > 0 && (size.data[size.len - 1] == 'g' ||
+	    size.data[size.len - 1] == 'G'))
+		goto badsize;
+	if ((n = ngx_parse_size(&size)) == NGX_ERROR)
+		goto badsize;
+	if (!ngx_http_acme_name_valid(&name)) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone name "
+		    "\"%V\"", &name);
+		return NGX_CONF_ERROR;
+	}
+	if ((size_t)n < ACME_SHM_MIN_SIZE || (size_t)n > ACME_SHM_MAX_SIZE) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" must be "
+		    "between 32k and 1024m", &name);
+		return NGX_CONF_ERROR;
+	}
+	amcf->zone_name = name;
+	amcf->zone_size = (size_t)n;
+	return NGX_CONF_OK;
+badsize:
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"",
+	    arg);
+	return NGX_CONF_ERROR;
+}
+
+/*
+ * One parameter of acme_shared_zone.  path= must be absolute, as the
+ * sidecar wants it: the two read it from files that may not share a
+ * folder, and must agree on one segment.  group= is for the sidecar,
+ * which gives the file that group; nothing to do here.
+ */
+static char *
+ngx_http_acme_zone_arg(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_str_t *arg, ngx_str_t *path, ngx_uint_t *group)
+{
+	if (ngx_http_acme_has_prefix(arg, "zone=")) {
+		if (amcf->zone_name.len != 0)
+			return "has duplicate \"zone\" parameter";
+		return ngx_http_acme_zone_param(cf, amcf, arg);
+	}
+	if (ngx_http_acme_has_prefix(arg, "path=")) {
+		if (path->data != NULL)
+			return "has duplicate \"path\" parameter";
+		path->data = arg->data + 5;
+		path->len = arg->len - 5;
+		if (path->len < 2 || path->data[0] != '/') {
+			ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid path "
+			    "\"%V\", it must be an absolute file name", path);
+			return NGX_CONF_ERROR;
+		}
+		return NGX_CONF_OK;
+	}
+	if (ngx_http_acme_has_prefix(arg, "group=") && arg->len > 6) {
+		if ((*group)++)
+			return "has duplicate \"group\" parameter";
+		return NGX_CONF_OK;
+	}
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
+	    arg);
+	return NGX_CONF_ERROR;
+}
+
+/* acme_shared_zone zone=NAME:SIZE [path=FILE] [group=NAME]; */
+char *
+ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+	ngx_http_acme_main_conf_t	*amcf = conf;
+	ngx_str_t			*value = cf->args->elts, path;
+	ngx_uint_t			 i, group = 0;
+	char				*rv;
+
+	(void)cmd;
+	if (amcf->zone_file != NULL)
+		return "is duplicate";
+	ngx_str_null(&path);
+	for (i = 1; i < cf->args->nelts; i++) {
+		rv = ngx_http_acme_zone_arg(cf, amcf, &value[i], &path, &group);
+		if (rv != NGX_CONF_OK)
+			return rv;
+	}
+	if (amcf->zone_name.len == 0) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must have "
+		    "\"zone\" parameter", &cmd->name);
+		return NGX_CONF_ERROR;
+	}
+	if (path.data != NULL)
+		amcf->shm.path = path;	/* NUL-terminated: an argument */
+	amcf->zone_file = cf->conf_file->file.name.data;
+	amcf->zone_line = cf->conf_file->line;
+	amcf->enabled = 1;
+	return NGX_CONF_OK;
+}
+
+/* --------------------------------------------------------- acme_certificate */
+
+/* acme_certificate ISSUER [IDENT ...] [key=TYPE]; in server { }. */
+char *
+ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+	ngx_http_acme_srv_conf_t	*ascf = conf;
+	ngx_http_acme_main_conf_t	*amcf;
+	ngx_str_t			*value = cf->args->elts, type;
+	ngx_uint_t			 i, havekey = 0;
+	const char			*why;
+	ngx_int_t			 rc;
+
+	(void)cmd;
+	if (ascf->issuer.len != 0)
+		return "is duplicate";
+	if (value[1].len == 0)
+		return "has an empty issuer name";
+	ascf->issuer = value[1];
+	ascf->file = cf->conf_file->file.name.data;
+	ascf->line = cf->conf_file->line;
+	for (i = 2; i < cf->args->nelts; i++) {
+		if (ngx_http_acme_has_prefix(&value[i], "key=")) {
+			if (havekey++)
+				return "has duplicate \"key\" parameter";
+			type.data = value[i].data + 4;
+			type.len = value[i].len - 4;
+			if (ngx_http_acme_key_type(&type, &ascf->key_type) !=
+			    NGX_OK) {
+				ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+				    "invalid key type \"%V\", it must be one "
+				    "of ecdsa:256, ecdsa:384, ecdsa:521, "
+				    "rsa:2048, rsa:3072, rsa:4096", &type);
+				return NGX_CONF_ERROR;
+			}
+			continue;
+		}
+		if (ascf->listed == NULL) {
+			ascf->listed = ngx_array_create(cf->pool, 4,
+			    sizeof(ngx_str_t));
+			if (ascf->listed == NULL)
+				return NGX_CONF_ERROR;
+		}
+		rc = ngx_http_acme_ident_add(cf->pool, ascf->listed,
+		    &value[i], &why);
+		if (rc == NGX_ERROR)
+			return NGX_CONF_ERROR;
+		if (rc == NGX_DECLINED) {
+			ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, why,
+			    &value[i]);
+			return NGX_CONF_ERROR;
+		}
+	}
+	amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
+	amcf->enabled = 1;
+	return NGX_CONF_OK;
+}
+
+/* ------------------------------------------------ acme_fallback_certificate */
+
+static void
+ngx_http_acme_fallback_cleanup(void *data)
+{
+	ngx_http_acme_fallback_t	*fb = data;
+
+	ngx_http_acme_ssl_pair_free(&fb->pair);
+}
+
+/* acme_fallback_certificate FILE KEYFILE; parsed once, here. */
+char *
+ngx_http_acme_fallback(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+	ngx_http_acme_srv_conf_t	*ascf = conf;
+	ngx_http_acme_fallback_t	*fb;
+	ngx_pool_cleanup_t		*cln;
+	ngx_str_t			*value = cf->args->elts;
+
+	(void)cmd;
+	if (ascf->fallback != NGX_CONF_UNSET_PTR)
+		return "is duplicate";
+	if ((fb = ngx_pcalloc(cf->pool, sizeof(*fb))) == NULL)
+		return NGX_CONF_ERROR;
+	fb->cert_file = value[1];
+	fb->key_file = value[2];
+	if (ngx_conf_full_name(cf->cycle, &fb->cert_file, 1) != NGX_OK ||
+	    ngx_conf_full_name(cf->cycle, &fb->key_file, 1) != NGX_OK)
+		return NGX_CONF_ERROR;
+	if ((cln = ngx_pool_cleanup_add(cf->pool, 0)) == NULL)
+		return NGX_CONF_ERROR;
+	cln->handler = ngx_http_acme_fallback_cleanup;
+	cln->data = fb;
+	if (ngx_http_acme_ssl_load(cf, fb) != NGX_OK)
+		return NGX_CONF_ERROR;
+	ascf->fallback = fb;
+	return NGX_CONF_OK;
+}
+
+/* -------------------------------------------------- ssl_certificate_cache */
+
+#if (nginx_version < 1027004)
+
+/*
+ * nginx 1.27.4 added ssl_certificate_cache to keep parsed variable
+ * certificates.  The seed's configuration uses it, so on older nginx it
+ * is accepted and checked here, and otherwise ignored: where ssl_certificate
+ * is $acme_certificate the module's own per-worker cache does that job.
+ */
+char *
+ngx_http_acme_certificate_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+	ngx_http_acme_srv_conf_t	*ascf = conf;
+	ngx_str_t			*value = cf->args->elts, s;
+	ngx_uint_t			 i, max = 0;
+
+	(void)cmd;
+	if (ascf->cache_set)
+		return "is duplicate";
+	ascf->cache_set = 1;
+	if (ngx_http_acme_str_eq(&value[1], "off")) {
+		if (cf->args->nelts == 2)
+			return NGX_CONF_OK;
+		i = 2;
+		goto invalid;
+	}
+	for (i = 1; i < cf->args->nelts; i++) {
+		if (ngx_http_acme_has_prefix(&value[i], "max=")) {
+			if (max++ ||
+			    ngx_atoi(value[i].data + 4, value[i].len - 4) <= 0)
+				goto invalid;
+		} else if (ngx_http_acme_has_prefix(&value[i], "inactive=") ||
+		    ngx_http_acme_has_prefix(&value[i], "valid=")) {
+			s.data = ngx_strlchr(value[i].data,
+			    value[i].data + value[i].len, '=') + 1;
+			s.len = value[i].data + value[i].len - s.data;
+			if (ngx_parse_time(&s, 1) == (time_t)NGX_ERROR)
+				goto invalid;
+		} else
+			goto invalid;
+	}
+	if (max)
+		return NGX_CONF_OK;
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"ssl_certificate_cache\" "
+	    "must have \"max\" parameter");
+	return NGX_CONF_ERROR;
+invalid:
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
+	    &value[i]);
+	return NGX_CONF_ERROR;
+}
+
+#endif
+
+/* ----------------------------------------------------------- configuration */
+
+void *
+ngx_http_acme_create_main_conf(ngx_conf_t *cf)
+{
+	ngx_http_acme_main_conf_t	*amcf;
+
+	if ((amcf = ngx_pcalloc(cf->pool, sizeof(*amcf))) == NULL)
+		return NULL;
+	if (ngx_array_init(&amcf->issuers, cf->pool, 4,
+	    sizeof(ngx_http_acme_issuer_t)) != NGX_OK ||
+	    ngx_array_init(&amcf->certs, cf->pool, 4,
+	    sizeof(ngx_http_acme_cert_t *)) != NGX_OK)
+		return NULL;
+	return amcf;
+}
+
+static void
+ngx_http_acme_certs_cleanup(void *data)
+{
+	ngx_http_acme_main_conf_t	*amcf = data;
+	ngx_http_acme_cert_t		**cert = amcf->certs.elts;
+	ngx_uint_t			 i;
+
+	for (i = 0; i < amcf->certs.nelts; i++)
+		ngx_http_acme_ssl_pair_free(&cert[i]->pair);
+}
+
+/* The zone defaults to the sidecar's: ngx_acme_shared in /dev/shm. */
+char *
+ngx_http_acme_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+	ngx_http_acme_main_conf_t	*amcf = conf;
+	ngx_pool_cleanup_t		*cln;
+	ngx_str_t			*path = &amcf->shm.path;
+
+	if (amcf->zone_name.len == 0) {
+		ngx_str_set(&amcf->zone_name, NGX_HTTP_ACME_DEFAULT_ZONE);
+		amcf->zone_size = NGX_HTTP_ACME_DEFAULT_SIZE;
+	}
+	if (path->data == NULL) {
+		path->len = sizeof(ACME_SHM_DEFAULT_DIR "/") - 1 +
+		    amcf->zone_name.len;
+		if ((path->data = ngx_pnalloc(cf->pool, path->len + 1)) == NULL)
+			return NGX_CONF_ERROR;
+		ngx_sprintf(path->data, ACME_SHM_DEFAULT_DIR "/%V%Z",
+		    &amcf->zone_name);
+	}
+	if ((cln = ngx_pool_cleanup_add(cf->pool, 0)) == NULL)
+		return NGX_CONF_ERROR;
+	cln->handler = ngx_http_acme_certs_cleanup;
+	cln->data = amcf;
+	return NGX_CONF_OK;
+}
+
+void *
+ngx_http_acme_create_srv_conf(ngx_conf_t *cf)
+{
+	ngx_http_acme_srv_conf_t	*ascf;
+
+	if ((ascf = ngx_pcalloc(cf->pool, sizeof(*ascf))) == NULL)
+		return NULL;
+	ascf->fallback = NGX_CONF_UNSET_PTR;
+	return ascf;
+}
+
+/* The server's names as identifiers, when acme_certificate lists none. */
+static ngx_int_t
+ngx_http_acme_server_idents(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+    ngx_array_t *idents)
+{
+	ngx_http_core_srv_conf_t	*cscf;
+	ngx_http_server_name_t		*sn;
+	ngx_uint_t			 i;
+	ngx_str_t			 name;
+	const char			*why;
+	u_char				 msg[NGX_MAX_CONF_ERRSTR], *p;
+	ngx_int_t			 rc;
+
+	cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+	sn = cscf->server_names.elts;
+	for (i = 0; i < cscf->server_names.nelts; i++) {
+		name = sn[i].name;
+		/* "" and "_" name no host, as the sidecar reads them. */
+		if (name.len == 0 || (name.len == 1 && name.data[0] == '_'))
+			continue;
+		why = "regular expression \"~%V\" cannot be an identifier";
+		rc = NGX_DECLINED;
+#if (NGX_PCRE)
+		if (sn[i].regex == NULL)
+#endif
+			rc = ngx_http_acme_ident_add(cf->pool, idents, &name,
+			    &why);
+		if (rc == NGX_ERROR)
+			return NGX_ERROR;
+		if (rc == NGX_DECLINED) {
+			p = ngx_snprintf(msg, sizeof(msg), why, &name);
+			ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "%*s in "
+			    "server_name, which acme_certificate takes its "
+			    "identifiers from, in %s:%ui", (size_t)(p - msg),
+			    msg, ascf->file, ascf->line);
+			return NGX_ERROR;
+		}
+	}
+	if (idents->nelts > 0)
+		return NGX_OK;
+	ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_certificate lists no "
+	    "identifiers and its server has no server_name that can be one in "
+	    "%s:%ui", ascf->file, ascf->line);
+	return NGX_ERROR;
+}
+
+static ngx_int_t
+ngx_http_acme_idents_eq(ngx_array_t *a, ngx_array_t *b)
+{
+	ngx_str_t	*x = a->elts, *y = b->elts;
+	ngx_uint_t	 i;
+
+	if (a->nelts != b->nelts)
+		return 0;
+	for (i = 0; i < a->nelts; i++) {
+		if (x[i].len != y[i].len ||
+		    ngx_strncmp(x[i].data, y[i].data, x[i].len) != 0)
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * The shared entry for this server's id.  Two servers may name the same
+ * certificate (one name on two ports), but not two certificates with one
+ * id: the segment holds one.
+ */
+static ngx_http_acme_cert_t *
+ngx_http_acme_cert_get(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_srv_conf_t *ascf, ngx_array_t *idents, ngx_str_t *id)
+{
+	ngx_http_acme_cert_t	**certs = amcf->certs.elts, *c, **slot;
+	ngx_uint_t		 i;
+
+	for (i = 0; i < amcf->certs.nelts; i++) {
+		c = certs[i];
+		if (c->id.len != id->len ||
+		    ngx_strncmp(c->id.data, id->data, id->len) != 0)
+			continue;
+		if (c->issuer.len == ascf->issuer.len &&
+		    ngx_strncmp(c->issuer.data, ascf->issuer.data,
+		    c->issuer.len) == 0 && ngx_http_acme_idents_eq(c->idents,
+		    idents))
+			return c;
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_certificate "
+		    "with id \"%V\" differs from the one in %s:%ui in %s:%ui",
+		    id, c->file, c->line, ascf->file, ascf->line);
+		return NULL;
+	}
+	if ((c = ngx_pcalloc(cf->pool, sizeof(*c))) == NULL ||
+	    (slot = ngx_array_push(&amcf->certs)) == NULL)
+		return NULL;
+	c->id = *id;
+	c->issuer = ascf->issuer;
+	c->idents = idents;
+	c->file = ascf->file;
+	c->line = ascf->line;
+	*slot = c;
+	return c;
+}
+
+static ngx_int_t
+ngx_http_acme_issuer_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *name)
+{
+	ngx_http_acme_issuer_t	*iss = amcf->issuers.elts;
+	ngx_uint_t		 i;
+
+	for (i = 0; i < amcf->issuers.nelts; i++) {
+		if (iss[i].name.len == name->len &&
+		    ngx_strncmp(iss[i].name.data, name->data, name->len) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Runs once the whole http{} block is read, so issuers defined after the
+ * server and server_name written after acme_certificate are all known.
+ */
+char *
+ngx_http_acme_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+	ngx_http_acme_srv_conf_t	*prev = parent, *conf = child;
+	ngx_http_acme_main_conf_t	*amcf;
+	ngx_array_t			*idents;
+	ngx_str_t			 id;
+
+	ngx_conf_merge_ptr_value(conf->fallback, prev->fallback, NULL);
+	amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
+	conf->amcf = amcf;
+	if (conf->issuer.len == 0)
+		return NGX_CONF_OK;
+	if (!ngx_http_acme_issuer_known(amcf, &conf->issuer)) {
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "unknown acme_issuer "
+		    "\"%V\" in %s:%ui", &conf->issuer, conf->file, conf->line);
+		return NGX_CONF_ERROR;
+	}
+	idents = conf->listed;
+	if (idents == NULL) {
+		idents = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
+		if (idents == NULL ||
+		    ngx_http_acme_server_idents(cf, conf, idents) != NGX_OK)
+			return NGX_CONF_ERROR;
+	}
+	if (ngx_http_acme_cert_id(cf->pool, idents, conf->key_type,
+	    &id) != NGX_OK)
+		return NGX_CONF_ERROR;
+	conf->cert = ngx_http_acme_cert_get(cf, amcf, conf, idents, &id);
+	if (conf->cert == NULL)
+		return NGX_CONF_ERROR;
+	return NGX_CONF_OK;
+}
