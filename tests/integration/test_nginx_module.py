@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -240,3 +241,89 @@ def test_before_issuance_and_garbage(tmp_path, pebble, http_port, seed):
         time.sleep(0.2)
     assert nginx.worker_pids() == workers
     assert "[alert]" not in nginx.error_log()
+
+
+def test_shipped_example_passes_both_checks(tmp_path, sidecar_bin):
+    """conf/nginx-module.conf, with only the module's path made absolute,
+    is accepted by nginx -t and by the sidecar's -t --nginx-conf."""
+    from conftest import ROOT
+    text = (ROOT / "conf" / "nginx-module.conf").read_text()
+    assert "modules/ngx_http_acme_module.so" in text
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text.replace("modules/ngx_http_acme_module.so",
+                                 str(MODULE)))
+    p = subprocess.run(["/usr/sbin/nginx", "-t", "-c", str(conf)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    assert p.returncode == 0, p.stdout
+    p = subprocess.run([str(sidecar_bin), "-t", "--nginx-conf", str(conf)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    assert p.returncode == 0, p.stdout
+    assert "test is successful" in p.stdout
+
+
+@pytest.mark.parametrize("line,message", [
+    ("acme_certificate nosuch;", 'acme_issuer "nosuch"'),
+    ("acme_certificate example key=rsa:1024;", "rsa:1024"),
+    ("server_name *.example.test; acme_certificate example;",
+     "*.example.test"),
+])
+def test_nginx_t_errors_name_the_line(tmp_path, pebble, nginx_factory, line,
+                                      message):
+    nginx = nginx_factory()
+    body = ("acme_issuer example { uri %s; }\n"
+            "acme_shared_zone zone=%s:1M;\n"
+            "server {\n"
+            "    listen 127.0.0.1:%d ssl;\n"
+            "    %s\n"
+            "    ssl_certificate $acme_certificate;\n"
+            "    ssl_certificate_key $acme_certificate_key;\n"
+            "}\n") % (pebble.directory_url, zone_name(tmp_path), free_port(),
+                      line)
+    nginx.write(nginx_conf(nginx.prefix, body))
+    rc, out = nginx.test_config()
+    assert rc != 0, out
+    assert message in out, out
+    # nginx's own convention: "in FILE:LINE"; the directive is on the
+    # fifth line of the http{} body.
+    head = nginx_conf(nginx.prefix, "").count("\n") - 1
+    assert "in %s:%d" % (nginx.conf, head + 5) in out, out
+
+
+def test_fallback_and_challenge_under_redirect(tmp_path, pebble, http_port,
+                                               nginx_factory,
+                                               sidecar_factory):
+    """Before issuance a server with acme_fallback_certificate serves it;
+    a port-80 server that redirects everything still answers challenges,
+    so issuance works and the fallback gives way."""
+    tls_port = free_port()
+    fb_key, fb_cert = tmp_path / "fb.key", tmp_path / "fb.pem"
+    from conftest import openssl
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(fb_key),
+            "-out", str(fb_cert), "-subj", "/CN=fallback.invalid",
+            "-days", "1")
+    body = seed_http(pebble, tmp_path, tls_port, http_port)
+    body = body.replace("    acme_certificate example;",
+                        "    acme_certificate example;\n"
+                        "    acme_fallback_certificate %s %s;" %
+                        (fb_cert, fb_key))
+    body = body.replace("        return 404;",
+                        "        return 301 https://$host$request_uri;")
+    nginx = nginx_factory()
+    nginx.write(nginx_conf(nginx.prefix, body))
+    nginx.start([tls_port, http_port])
+    leaf = served_leaf(tls_port, "example.test")
+    assert fingerprint(leaf) == fingerprint(fb_cert.read_text())
+    status, _ = http_get(http_port, "/.well-known/acme-challenge/nosuch")
+    assert status == 301
+
+    sidecar = sidecar_factory(sidecar_conf(tmp_path), [pebble])
+    sidecar.start("--nginx-conf", str(nginx.conf))
+    sidecar.wait_certs(tmp_path / "state", ["example.test"])
+    want = fingerprint(stored_leaf(tmp_path))
+    deadline = time.monotonic() + 10
+    while fingerprint(served_leaf(tls_port, "example.test")) != want:
+        assert time.monotonic() < deadline, nginx.diagnostics()
+        time.sleep(0.1)
