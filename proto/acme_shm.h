@@ -11,6 +11,14 @@
  *	with SIGBUS); it may grow it across a restart with a larger SIZE, so
  *	a reader compares header.size with what it mapped and remaps.
  *
+ *	/dev/shm is writable by everyone, so what a reader finds at the
+ *	path may have been planted.  A reader opens it with O_NONBLOCK and
+ *	O_NOFOLLOW and uses it only if it is a regular file with one link,
+ *	not writable by group or others, owned by root or by the user that
+ *	"owner=USER" names.  The writer removes anything else it finds there
+ *	(or refuses to start when it cannot), and holds an exclusive
+ *	flock(2) on the file for as long as it runs: one writer per file.
+ *
  * BYTE ORDER AND TYPES
  *	Host order (the writer and every reader share one machine), which is
  *	little-endian on every platform nginx is packaged for.  All offsets
@@ -41,12 +49,16 @@
  *	generation % 2.  The writer builds generation g + 1 in the other
  *	slot, which no reader of generation g looks at, then stores
  *	generation = g + 1 with release ordering.  It never writes into the
- *	slot of the published generation.
+ *	slot of the published generation.  Once g + 1 is published (and
+ *	after a release fence) it wipes the slot of g, so no removed or
+ *	replaced key lingers in the file; a reader still reading g sees the
+ *	generation change and starts over.
  *
  *	A reader:
  *	  1. g = header.generation (acquire); if 0, nothing to read;
- *	  2. reads whatever it needs from slot g % 2 (copying the bytes it
- *	     will keep: nothing read is trusted yet);
+ *	  2. reads whatever it needs from slot g % 2 (copying each value
+ *	     before checking it, and checking that every offset and length
+ *	     stays inside that slot: nothing read is trusted yet);
  *	  3. acquire fence, then reads header.generation again;
  *	  4. keeps what it read only if that is still g, and otherwise starts
  *	     over (ACME_SHM_MAX_RETRIES times at most).

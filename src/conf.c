@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
+#include <pwd.h>
 #include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,7 +112,7 @@ static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
 /* The index of a CONF_ONCE row is its bit in the "seen" masks. */
 static const struct conf_cmd conf_cmds[] = {
 	{ "acme_issuer", CONF_TOP|CONF_HTTP|CONF_BLOCK, 1, 1, conf_cmd_issuer },
-	{ "acme_shared_zone", CONF_TOP|CONF_HTTP, 1, 3, conf_cmd_zone },
+	{ "acme_shared_zone", CONF_TOP|CONF_HTTP, 1, 4, conf_cmd_zone },
 	{ "acme_certificate", CONF_TOP, 1, CONF_MAX_ARGS, conf_cmd_cert },
 	{ "challenge_listen", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_listen },
 	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_control },
@@ -304,6 +305,7 @@ conf_free(struct conf *conf)
 	free(conf->c_nginx_group);
 	free(conf->c_zone_name);
 	free(conf->c_zone_path);
+	free(conf->c_zone_owner);
 	free(conf->c_zone_group);
 	free(conf->c_file);
 	free(conf);
@@ -1106,8 +1108,17 @@ conf_zone_arg(struct conf_parse *p, const char *arg, char **namep,
  */
 static int
 conf_zone_param(struct conf_parse *p, const char *arg, char **name,
-    size_t *size, char **path, char **group)
+    size_t *size, char **path, char **group, char **owner)
 {
+	/* Whom nginx's readers expect to own the file (root by default). */
+	if (strncmp(arg, "owner=", 6) == 0) {
+		if (*owner != NULL)
+			return conf_error(p, "duplicate \"owner\" parameter");
+		if (arg[6] == '\0' || getpwnam(arg + 6) == NULL)
+			return conf_error(p, "unknown user \"%s\"", arg + 6);
+		*owner = xstrdup(arg + 6);
+		return 0;
+	}
 	if (strncmp(arg, "zone=", 5) == 0) {
 		if (*name != NULL)
 			return conf_error(p, "duplicate \"zone\" parameter");
@@ -1133,13 +1144,17 @@ conf_zone_param(struct conf_parse *p, const char *arg, char **name,
 	return conf_error(p, "invalid parameter \"%s\"", arg);
 }
 
-/* acme_shared_zone zone=NAME:SIZE [path=FILE] [group=GROUP], once. */
+/*
+ * acme_shared_zone zone=NAME:SIZE [path=FILE] [group=GROUP] [owner=USER],
+ * once.
+ */
 static int
 conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
     char **argv)
 {
 	struct conf	*conf = p->conf;
 	char		*name = NULL, *path = NULL, *group = NULL;
+	char		*owner = NULL;
 	size_t		 size = 0;
 	int		 i, rc = -1;
 
@@ -1150,7 +1165,7 @@ conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
 		    p->zone_line);
 	for (i = 0; i < argc; i++) {
 		if (conf_zone_param(p, argv[i], &name, &size, &path,
-		    &group) == -1)
+		    &group, &owner) == -1)
 			goto out;
 	}
 	if (name == NULL) {
@@ -1167,7 +1182,9 @@ conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
 	conf->c_zone_size = size;
 	conf->c_zone_path = path;
 	conf->c_zone_group = group;
-	name = path = group = NULL;
+	free(conf->c_zone_owner);
+	conf->c_zone_owner = owner;
+	name = path = group = owner = NULL;
 	p->zone_file = xstrdup(p->file);
 	p->zone_line = p->line;
 	rc = 0;
@@ -1175,6 +1192,7 @@ out:
 	free(name);
 	free(path);
 	free(group);
+	free(owner);
 	return rc;
 }
 

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +125,23 @@ main_signal(int sig, short ev, void *arg)
  * acme_shared_zone names, else the group of nginx's "user" directive,
  * else Debian's www-data when it exists.
  */
+/* nginx's readers refuse a file not owned by owner= (root by default). */
+static void
+main_zone_owner_check(void)
+{
+	const char	*owner = main_conf->c_zone_owner;
+	struct passwd	*pw;
+	uid_t		 want = 0;
+
+	if (owner != NULL && (pw = getpwnam(owner)) != NULL)
+		want = pw->pw_uid;
+	if (geteuid() != want)
+		log_warnx("shared zone %s: nginx expects it owned by %s, but "
+		    "this daemon runs as uid %u: nginx will refuse it (set "
+		    "owner= in acme_shared_zone)", main_conf->c_zone_path,
+		    owner != NULL ? owner : "root", (unsigned)geteuid());
+}
+
 static void
 main_zone_open(struct event_base *base)
 {
@@ -139,6 +157,7 @@ main_zone_open(struct event_base *base)
 		fatalx("acme_shared_zone: %s", cause);
 	log_info("shared zone %s: group %s", main_conf->c_zone_path,
 	    group != NULL ? group : "unchanged");
+	main_zone_owner_check();
 }
 
 static struct evdns_base *

@@ -15,6 +15,7 @@
  * The file is never shrunk and never replaced, so a reader's mapping
  * stays valid for as long as the reader keeps it.
  */
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -74,6 +75,7 @@ static struct {
 	size_t			 ntokens;
 	uint32_t		 slot_used[2];
 	int			 full;		/* the last publish failed */
+	int			 dirty;		/* changes not yet published */
 	struct shm_stats	 stats;
 } shm = { .fd = -1 };
 
@@ -130,36 +132,87 @@ shm_group_id(const char *group, char **cause)
 }
 
 /*
- * Open or create the file.  /dev/shm is writable by everyone, so a file
- * found there may have been planted: it must be a regular file of ours,
- * reached without following a link, before a private key goes in.
+ * Whether what lies at path may receive private keys: a regular file of
+ * ours with no other name.  /dev/shm is writable by everyone, so anything
+ * else may have been planted there (a file, a FIFO, a link) for us to
+ * fill or for nginx to trust.
+ */
+static int
+shm_file_is_ours(const struct stat *st)
+{
+	return S_ISREG(st->st_mode) && st->st_uid == geteuid() &&
+	    st->st_nlink == 1;
+}
+
+/*
+ * Take the path back from a file that is not ours.  The sticky bit lets
+ * only its owner or root remove it; when we cannot, say what is there.
+ */
+static int
+shm_reclaim(const char *path, const struct stat *st, char **cause)
+{
+	if (unlink(path) == 0) {
+		log_warnx("%s was not a regular file of ours (uid %u, mode "
+		    "%o, %lu links); removed it, since nginx would trust "
+		    "what it holds", path, (unsigned)st->st_uid,
+		    (unsigned)(st->st_mode & 07777),
+		    (unsigned long)st->st_nlink);
+		return 0;
+	}
+	xasprintf(cause, "%s: not a regular file owned by uid %u (uid %u, "
+	    "mode %o, %lu links) and it cannot be removed (%s); refusing to "
+	    "put private keys in it", path, (unsigned)geteuid(),
+	    (unsigned)st->st_uid, (unsigned)(st->st_mode & 07777),
+	    (unsigned long)st->st_nlink, strerror(errno));
+	return -1;
+}
+
+/*
+ * Open the file, creating it if need be, and lock it: two daemons
+ * publishing into one file would reuse generations and readers could
+ * then accept torn entries.  The lock lasts as long as the process.
  */
 static int
 shm_open_file(const char *path, gid_t gid, char **cause)
 {
 	struct stat	 st;
-	int		 fd;
+	int		 fd = -1, tries;
 
-	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
+	for (tries = 0; fd == -1 && tries < 3; tries++) {
+		if (lstat(path, &st) == 0 && !shm_file_is_ours(&st) &&
+		    shm_reclaim(path, &st, cause) == -1)
+			return -1;
+		fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK |
+		    O_CLOEXEC, 0640);
+		if (fd == -1 && errno != ELOOP && errno != EEXIST)
+			break;
+	}
 	if (fd == -1) {
 		xasprintf(cause, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) ||
-	    st.st_uid != geteuid()) {
-		xasprintf(cause, "%s: not a regular file owned by uid %u; "
-		    "refusing to put private keys in it", path,
+	/* Whatever raced us between lstat() and open() is refused here. */
+	if (fstat(fd, &st) == -1 || !shm_file_is_ours(&st)) {
+		xasprintf(cause, "%s: not a regular file owned by uid %u with "
+		    "one link; refusing to put private keys in it", path,
 		    (unsigned)geteuid());
-		close(fd);
-		return -1;
+		goto fail;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		xasprintf(cause, "%s: %s", path, errno == EWOULDBLOCK ?
+		    "another acme-sidecar is publishing into it" :
+		    strerror(errno));
+		goto fail;
 	}
 	if ((gid != (gid_t)-1 && fchown(fd, (uid_t)-1, gid) == -1) ||
 	    fchmod(fd, 0640) == -1) {
 		xasprintf(cause, "%s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
+		goto fail;
 	}
 	return fd;
+fail:
+	close(fd);
+	return -1;
 }
 
 /* Whether the header found in the file describes the layout we want. */
@@ -196,7 +249,9 @@ shm_layout(size_t size, size_t old_size)
 			shm.stats.ss_last_serial = h->last_serial;
 	}
 	atomic_store_explicit((_Atomic uint64_t *)&h->generation, 0,
-	    memory_order_release);
+	    memory_order_relaxed);
+	/* Readers must see generation 0 before any byte changes. */
+	atomic_thread_fence(memory_order_release);
 	if (old_size > hsize)
 		memset(shm.base + hsize, 0, old_size - hsize);
 	slot = (size - hsize) / 2 & ~(size_t)7;
@@ -279,7 +334,8 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 	if (shm_layout_ok(shm.hdr, size))
 		shm_adopt();
 	else
-		shm_layout(size, (size_t)st.st_size);
+		shm_layout(size, (size_t)st.st_size < size ?
+		    (size_t)st.st_size : size);
 	shm.stats.ss_slot_size = shm.hdr->slot_size;
 	if (base != NULL) {
 		shm.publish_ev = event_new(base, -1, 0, shm_publish_cb, NULL);
@@ -330,6 +386,7 @@ shm_changed(void)
 {
 	if (shm.base == NULL)
 		return;
+	shm.dirty = 1;
 	if (shm.publish_ev != NULL)
 		event_active(shm.publish_ev, EV_TIMEOUT, 0);
 	else
@@ -617,7 +674,7 @@ shm_publish(void)
 		return -1;
 	}
 	used = shm_write_image(&pl, so, gen);
-	/* Wipe what the slot held beyond the new image: old keys go. */
+	/* A slot of a file we adopted may hold more than the new image. */
 	if (shm.slot_used[s] > used)
 		memset(shm.base + so + used, 0, shm.slot_used[s] - used);
 	shm.slot_used[s] = used;
@@ -627,6 +684,16 @@ shm_publish(void)
 	h->writer_pid = (uint32_t)getpid();
 	atomic_store_explicit((_Atomic uint64_t *)&h->generation, gen,
 	    memory_order_release);
+	/*
+	 * The previous image goes at once, keys of removed or renewed
+	 * certificates with it.  A reader still in it sees the generation
+	 * change and starts over; the fence keeps the wipe from being seen
+	 * before the new generation.
+	 */
+	atomic_thread_fence(memory_order_release);
+	memset(shm.base + h->slot_off[1 - s], 0, shm.slot_used[1 - s]);
+	shm.slot_used[1 - s] = 0;
+	shm.dirty = 0;
 	shm.stats.ss_generation = gen;
 	shm.stats.ss_used = used;
 	shm.stats.ss_publishes++;
@@ -651,6 +718,9 @@ shm_close(void)
 {
 	size_t	 i;
 
+	/* What the last turn of the loop changed still reaches nginx. */
+	if (shm.dirty)
+		shm_publish();
 	if (shm.publish_ev != NULL)
 		event_free(shm.publish_ev);
 	for (i = 0; i < shm.ncerts; i++)

@@ -135,6 +135,7 @@ struct conf {
 	size_t			 c_zone_size;
 	char			*c_zone_path;		/* "/dev/shm/NAME" */
 	char			*c_zone_group;		/* group=, or NULL */
+	char			*c_zone_owner;		/* owner=, or NULL */
 	char			*c_file;		/* NULL: nginx.conf only */
 };
 

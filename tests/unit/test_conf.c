@@ -1528,6 +1528,10 @@ test_conf_zone_params(void **state)
 		{ "zone=z:1M group=no-such-group-here", "unknown group "
 		    "\"no-such-group-here\"" },
 		{ "zone=z:1M group=", "unknown group \"\"" },
+		{ "zone=z:1M owner=no-such-user-here", "unknown user "
+		    "\"no-such-user-here\"" },
+		{ "zone=z:1M owner=root owner=root", "duplicate \"owner\" "
+		    "parameter" },
 		{ "zone=z:1M zone=y:1M", "duplicate \"zone\" parameter" },
 		{ "path=/run/z", "\"acme_shared_zone\" must have \"zone\" "
 		    "parameter" },
@@ -1539,7 +1543,8 @@ test_conf_zone_params(void **state)
 	size_t			 i;
 
 	conf = conf_test_ok(t, "acme_shared_zone zone=z:1M path=/run/acme/z "
-	    "group=root;");
+	    "group=root owner=root;");
+	assert_string_equal(conf->c_zone_owner, "root");
 	assert_string_equal(conf->c_zone_name, "z");
 	assert_string_equal(conf->c_zone_path, "/run/acme/z");
 	assert_string_equal(conf->c_zone_group, "root");

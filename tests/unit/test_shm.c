@@ -5,6 +5,7 @@
  * in other processes never accept a torn entry while the writer rewrites
  * the segment as fast as it can.
  */
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+
+#include <event2/event.h>
 
 #include "acme_shm.h"
 #include "sidecar.h"
@@ -243,6 +246,8 @@ test_publish_and_lookup(void **state)
 
 	/* Removal: the certificate and the token go. */
 	shm_cert_remove("a.example.test");
+	/* Its key is gone from both slots, not only from the published. */
+	assert_null(memmem(base, size, pem_a, strlen(pem_a)));
 	shm_token_remove("tok1");
 	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 0);
 	assert_int_equal(ts_read(base, size, 1, "a.example.test", &e), 1);
@@ -254,6 +259,33 @@ test_publish_and_lookup(void **state)
 	keys_pem_free(pem_a);
 	EVP_PKEY_free(ka);
 	EVP_PKEY_free(kb);
+}
+
+/* A change made in the loop's last turn is published on the way out. */
+static void
+test_close_publishes_pending_changes(void **state)
+{
+	char			*names[] = { "late.example.test" }, *cause = NULL;
+	struct event_base	*evb;
+	EVP_PKEY		*k = ts_key();
+	struct ts_entry		 e;
+	unsigned char		*base;
+	size_t			 size;
+
+	(void)state;
+	assert_non_null(evb = event_base_new());
+	assert_int_equal(shm_open_zone(evb, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	shm_cert_set("late.example.test", "pebble", names, 1, "LATE", k, 0,
+	    1);
+	shm_close();		/* the loop never ran the deferred publish */
+	base = ts_map(&size);
+	assert_int_equal(ts_read(base, size, 0, "late.example.test", &e), 1);
+	assert_string_equal(e.chain, "LATE");
+	ts_entry_clear(&e);
+	munmap(base, size);
+	event_base_free(evb);
+	EVP_PKEY_free(k);
 }
 
 /* A full segment keeps serving its last image and says so. */
@@ -337,11 +369,18 @@ test_never_shrinks(void **state)
 	assert_int_equal(st.st_size, 256 * 1024);
 }
 
+/*
+ * Anything at the path that is not a regular file of ours with one link
+ * may have been planted in world-writable /dev/shm: it is removed (we
+ * are root here, as the sticky bit requires) and a file of ours takes
+ * its place, leaving what a link pointed at untouched.
+ */
 static void
-test_refuses_planted_file(void **state)
+test_replaces_planted_files(void **state)
 {
-	char	 target[80], *cause = NULL;
-	int	 fd;
+	char		 target[80], *cause = NULL;
+	struct stat	 st;
+	int		 fd;
 
 	(void)state;
 	snprintf(target, sizeof(target), "%s.target", ts_path);
@@ -349,26 +388,66 @@ test_refuses_planted_file(void **state)
 	close(fd);
 	assert_int_equal(symlink(target, ts_path), 0);
 	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
-	    &cause), -1);
-	assert_non_null(strstr(cause, ts_path));
-	free(cause);
-	cause = NULL;
-	unlink(ts_path);
+	    &cause), 0);
+	assert_int_equal(lstat(ts_path, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_size, 64 * 1024);
+	assert_int_equal(stat(target, &st), 0);
+	assert_int_equal(st.st_size, 0);
+	shm_close();
+
+	/* A second name for our file (a hard link) is not ours either. */
+	unlink(target);
+	assert_int_equal(link(ts_path, target), 0);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	assert_int_equal(stat(ts_path, &st), 0);
+	assert_int_equal(st.st_nlink, 1);
+	shm_close();
 	unlink(target);
 
 	if (geteuid() == 0) {
-		/* Someone else's file: keys must not go in. */
+		unlink(ts_path);
+		assert_int_equal(mkfifo(ts_path, 0666), 0);
+		assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+		    &cause), 0);
+		assert_int_equal(stat(ts_path, &st), 0);
+		assert_true(S_ISREG(st.st_mode));
+		shm_close();
+		unlink(ts_path);
 		assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT,
 		    0666), -1);
 		assert_int_equal(fchown(fd, 65534, 65534), 0);
 		close(fd);
 		assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
-		    &cause), -1);
-		assert_non_null(strstr(cause, "refusing"));
-		free(cause);
+		    &cause), 0);
+		assert_int_equal(stat(ts_path, &st), 0);
+		assert_int_equal(st.st_uid, 0);
+		assert_int_equal(st.st_mode & 07777, 0640);
 	}
-	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024,
-	    "no-such-group-here", &cause), -1);
+}
+
+/* Two daemons publishing into one file would reuse generations. */
+static void
+test_one_writer_per_file(void **state)
+{
+	char	*cause = NULL;
+	int	 fd;
+
+	(void)state;
+	assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT, 0640), -1);
+	assert_int_equal(flock(fd, LOCK_EX), 0);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), -1);
+	assert_non_null(strstr(cause, "another acme-sidecar"));
+	free(cause);
+	cause = NULL;
+	close(fd);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+
+	assert_int_equal(shm_open_zone(NULL, "/dev/shm/acme-test-no-group",
+	    64 * 1024, "no-such-group-here", &cause), -1);
 	assert_non_null(strstr(cause, "no-such-group-here"));
 	free(cause);
 }
@@ -471,11 +550,15 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_publish_and_lookup,
 		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_close_publishes_pending_changes, ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_full_keeps_last_image,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_never_shrinks,
 		    ts_setup, ts_teardown),
-		cmocka_unit_test_setup_teardown(test_refuses_planted_file,
+		cmocka_unit_test_setup_teardown(test_replaces_planted_files,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_one_writer_per_file,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(
 		    test_readers_never_see_torn_entries, ts_setup, ts_teardown),
