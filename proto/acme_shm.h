@@ -24,8 +24,11 @@
  *	little-endian on every platform nginx is packaged for.  All offsets
  *	are uint32_t byte offsets from the start of the file, never pointers;
  *	a segment is at most ACME_SHM_MAX_SIZE bytes.  64-bit fields are
- *	8-byte aligned.  A reader checks every offset + length against the
- *	size it mapped before touching the bytes.
+ *	8-byte aligned.  A reader copies each header field once and uses
+ *	only the copy.  Every offset + length it takes from an image must lie
+ *	inside the slot of the generation it reads (slot_off[g % 2],
+ *	slot_size), and that slot inside the size it mapped: the other slot
+ *	may be half rewritten, and the generation check does not cover it.
  *
  * LAYOUT
  *	offset 0			struct acme_shm_header
@@ -208,23 +211,30 @@ acme_shm_hash(const void *key, size_t len)
 	return h;
 }
 
+/* Whether [off, off + len) lies inside [lo, hi). */
+static inline int
+acme_shm_within(uint64_t lo, uint64_t hi, uint64_t off, uint64_t len)
+{
+	return lo <= off && off <= hi && len <= hi - off;
+}
+
 /* Whether [off, off + len) lies inside a mapping of size bytes. */
 static inline int
 acme_shm_inside(size_t size, uint64_t off, uint64_t len)
 {
-	return off <= size && len <= size - off;
+	return acme_shm_within(0, size, off, len);
 }
 
 /*
- * Look KEY up in table t of a segment mapped at base, size bytes long.
- * Returns the bucket's value, or -1 when the key is absent or the table
- * points outside the mapping.  Each bucket is copied before it is
- * checked, so a writer changing it meanwhile cannot slip an unchecked
- * offset past the check.  The caller still has to check the generation
- * afterwards.
+ * Look KEY up in table t of the image in the slot [lo, hi) of a segment
+ * mapped at base (hi never beyond the mapping).  Returns the bucket's
+ * value, or -1 when the key is absent or the table points outside the
+ * slot.  Each bucket is copied before it is checked, so a writer changing
+ * it meanwhile cannot slip an unchecked offset past the check.  The
+ * caller still has to check the generation afterwards.
  */
 static inline int64_t
-acme_shm_lookup(const unsigned char *base, size_t size,
+acme_shm_lookup(const unsigned char *base, uint64_t lo, uint64_t hi,
     const struct acme_shm_table *t, const void *key, size_t len)
 {
 	struct acme_shm_bucket	 e;
@@ -234,7 +244,7 @@ acme_shm_lookup(const unsigned char *base, size_t size,
 	memcpy(&tab, t, sizeof(tab));
 	if (tab.nbuckets == 0 || len == 0 ||
 	    (tab.nbuckets & (tab.nbuckets - 1)) != 0 ||
-	    !acme_shm_inside(size, tab.off,
+	    !acme_shm_within(lo, hi, tab.off,
 	    (uint64_t)tab.nbuckets * sizeof(e)))
 		return -1;
 	h = acme_shm_hash(key, len);
@@ -246,7 +256,7 @@ acme_shm_lookup(const unsigned char *base, size_t size,
 		if (e.key_len == 0)
 			return -1;
 		if (e.hash == h && e.key_len == len &&
-		    acme_shm_inside(size, e.key_off, len) &&
+		    acme_shm_within(lo, hi, e.key_off, len) &&
 		    memcmp(base + e.key_off, key, len) == 0)
 			return e.value;
 	}

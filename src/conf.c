@@ -1114,7 +1114,9 @@ conf_zone_param(struct conf_parse *p, const char *arg, char **name,
 	if (strncmp(arg, "owner=", 6) == 0) {
 		if (*owner != NULL)
 			return conf_error(p, "duplicate \"owner\" parameter");
-		if (arg[6] == '\0' || getpwnam(arg + 6) == NULL)
+		/* A uid works too: nginx's container may not know the name. */
+		if (arg[6] == '\0' || (strspn(arg + 6, "0123456789") !=
+		    strlen(arg + 6) && getpwnam(arg + 6) == NULL))
 			return conf_error(p, "unknown user \"%s\"", arg + 6);
 		*owner = xstrdup(arg + 6);
 		return 0;

@@ -133,7 +133,9 @@ main_zone_owner_check(void)
 	struct passwd	*pw;
 	uid_t		 want = 0;
 
-	if (owner != NULL && (pw = getpwnam(owner)) != NULL)
+	if (owner != NULL && strspn(owner, "0123456789") == strlen(owner))
+		want = (uid_t)strtoul(owner, NULL, 10);
+	else if (owner != NULL && (pw = getpwnam(owner)) != NULL)
 		want = pw->pw_uid;
 	if (geteuid() != want)
 		log_warnx("shared zone %s: nginx expects it owned by %s, but "

@@ -9,6 +9,8 @@
  */
 #include <arpa/inet.h>
 
+#include <pwd.h>
+
 #include "ngx_http_acme_module.h"
 
 #define NGX_HTTP_ACME_MAX_DNS_NAME	253
@@ -618,6 +620,36 @@ badsize:
 }
 
 /*
+ * owner=USER (a name or a numeric uid): the user the sidecar runs as,
+ * whom the workers require to own the segment; root when not given.
+ * Whoever can write the file decides which key authorizations and
+ * certificates nginx serves, so nobody else is believed.
+ */
+static char *
+ngx_http_acme_zone_owner(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_str_t *arg)
+{
+	struct passwd	*pw;
+	ngx_int_t	 n;
+	u_char		*name = arg->data + 6;	/* NUL-terminated */
+
+	if (amcf->shm.owner_set++)
+		return "has duplicate \"owner\" parameter";
+	if ((pw = getpwnam((char *)name)) != NULL) {
+		amcf->shm.owner = pw->pw_uid;
+		return NGX_CONF_OK;
+	}
+	n = ngx_atoi(name, arg->len - 6);
+	if (n == NGX_ERROR || (uid_t)n != n) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid owner "
+		    "\"%s\", it must be a user name or a numeric uid", name);
+		return NGX_CONF_ERROR;
+	}
+	amcf->shm.owner = (uid_t)n;
+	return NGX_CONF_OK;
+}
+
+/*
  * One parameter of acme_shared_zone.  path= must be absolute, as the
  * sidecar wants it: the two read it from files that may not share a
  * folder, and must agree on one segment.  group= is for the sidecar,
@@ -644,6 +676,8 @@ ngx_http_acme_zone_arg(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 		}
 		return NGX_CONF_OK;
 	}
+	if (ngx_http_acme_has_prefix(arg, "owner=") && arg->len > 6)
+		return ngx_http_acme_zone_owner(cf, amcf, arg);
 	if (ngx_http_acme_has_prefix(arg, "group=") && arg->len > 6) {
 		if ((*group)++)
 			return "has duplicate \"group\" parameter";
@@ -654,7 +688,7 @@ ngx_http_acme_zone_arg(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 	return NGX_CONF_ERROR;
 }
 
-/* acme_shared_zone zone=NAME:SIZE [path=FILE] [group=NAME]; */
+/* acme_shared_zone zone=NAME:SIZE [path=FILE] [group=NAME] [owner=USER]; */
 char *
 ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {

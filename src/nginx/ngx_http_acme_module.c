@@ -24,7 +24,7 @@ static ngx_command_t ngx_http_acme_commands[] = {
 	  NGX_HTTP_MAIN_CONF | NGX_CONF_BLOCK | NGX_CONF_TAKE1,
 	  ngx_http_acme_issuer_block, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
 	{ ngx_string("acme_shared_zone"),
-	  NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE123,
+	  NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1234,
 	  ngx_http_acme_shared_zone, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL },
 	{ ngx_string("acme_certificate"),
 	  NGX_HTTP_SRV_CONF | NGX_CONF_1MORE,

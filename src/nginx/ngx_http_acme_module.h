@@ -11,8 +11,10 @@
  *				cache of parsed certificates
  *
  * Nothing here writes to the segment, and nothing read from it is trusted
- * before it is bound-checked against the mapping and confirmed by the
- * generation counter.
+ * before it is bound-checked against the slot it was read from and
+ * confirmed by the generation counter.  The file itself is trusted only
+ * when its owner is the one configured (root by default) and nobody else
+ * may write it.
  */
 #ifndef NGX_HTTP_ACME_MODULE_H
 #define NGX_HTTP_ACME_MODULE_H
@@ -45,6 +47,8 @@ typedef enum {
 /* The segment as one worker sees it; each worker maps it on its own. */
 typedef struct {
 	ngx_str_t		 path;		/* NUL-terminated */
+	uid_t			 owner;		/* who must own the file */
+	ngx_uint_t		 owner_set;	/* owner= given */
 	const u_char		*base;		/* NULL while unmapped */
 	size_t			 size;		/* header.size when mapped */
 	size_t			 mapped;	/* bytes mapped */
@@ -84,9 +88,11 @@ typedef struct {
 
 	/* Per worker: the parsed certificate and where it was seen. */
 	ngx_http_acme_pair_t	 pair;
+	time_t			 not_after;	/* of pair's leaf */
 	uint64_t		 serial;
 	uint64_t		 generation;
 	ngx_uint_t		 epoch;
+	ngx_uint_t		 stale;		/* the entry's serial is bad */
 	uint64_t		 bad_serial;	/* the last one that failed */
 	ngx_uint_t		 have_bad;
 	time_t			 bad_retry;	/* no parse before then */

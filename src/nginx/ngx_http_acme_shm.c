@@ -6,13 +6,20 @@
  * image the sidecar publishes without a system call.  The file may not
  * exist yet (the sidecar starts after nginx), may grow across a sidecar
  * restart (header.size changes) or may be replaced (another inode): each
- * is noticed by a stat(2) on the next lookup, at most once a second once
- * a file is mapped.
+ * is noticed by an lstat(2) on the next lookup, at most once a second
+ * once a file is mapped.
  *
- * Everything read from the mapping is copied to locals before it is
- * checked, so a writer that changes it under us cannot turn a checked
- * offset into an unchecked one; the compiler barrier in
- * ngx_http_acme_shm_copy() keeps the compiler from reading it twice.
+ * The file is believed only when the configured owner (root unless
+ * "acme_shared_zone ... owner=USER") owns it and nobody else may write
+ * it: /dev/shm is world-writable, so anyone may create the name before
+ * the sidecar does, and whoever writes the segment decides which key
+ * authorizations and certificates nginx serves.
+ *
+ * Everything read from the mapping, the header included, is copied to
+ * locals before it is checked and only the copy is used afterwards, so a
+ * writer that changes it under us cannot turn a checked offset into an
+ * unchecked one; the compiler barrier in ngx_http_acme_shm_copy() keeps
+ * the compiler from reading it twice.
  */
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -24,7 +31,8 @@ enum {
 	NGX_HTTP_ACME_OK = 0,
 	NGX_HTTP_ACME_NOFILE,
 	NGX_HTTP_ACME_NOOPEN,
-	NGX_HTTP_ACME_NOTREG,
+	NGX_HTTP_ACME_SYMLINK,
+	NGX_HTTP_ACME_UNTRUSTED,
 	NGX_HTTP_ACME_SHORT,
 	NGX_HTTP_ACME_NOMAP,
 	NGX_HTTP_ACME_BADMAGIC,
@@ -87,8 +95,8 @@ ngx_http_acme_shm_unmap(ngx_http_acme_shm_t *shm)
 }
 
 /*
- * Whether a freshly mapped header is one we can read.  Returns the
- * complaint, or NGX_HTTP_ACME_OK.
+ * Whether a copy of a freshly mapped header is one we can read.  Returns
+ * the complaint, or NGX_HTTP_ACME_OK.
  */
 static ngx_uint_t
 ngx_http_acme_shm_header_ok(ngx_http_acme_shm_t *shm, ngx_log_t *log,
@@ -121,40 +129,116 @@ ngx_http_acme_shm_header_ok(ngx_http_acme_shm_t *shm, ngx_log_t *log,
 	return NGX_HTTP_ACME_OK;
 }
 
+/* What st is, for a refusal. */
+static const char *
+ngx_http_acme_shm_kind(const struct stat *st)
+{
+	if (S_ISREG(st->st_mode))
+		return "a regular file";
+	if (S_ISFIFO(st->st_mode))
+		return "a FIFO";
+	if (S_ISDIR(st->st_mode))
+		return "a directory";
+	if (S_ISSOCK(st->st_mode))
+		return "a socket";
+	return "a device";
+}
+
+/*
+ * Whether the file st describes may be believed: a regular file with one
+ * name, owned by the configured owner and writable by nobody else.
+ */
+static ngx_uint_t
+ngx_http_acme_shm_trusted(ngx_http_acme_shm_t *shm, ngx_log_t *log,
+    const struct stat *st)
+{
+	ngx_uint_t	 m = st->st_mode & 07777;
+
+	if (S_ISREG(st->st_mode) && st->st_nlink == 1 &&
+	    (st->st_mode & (S_IWGRP | S_IWOTH)) == 0 &&
+	    st->st_uid == shm->owner)
+		return NGX_HTTP_ACME_OK;
+	ngx_http_acme_shm_complain(shm, log, NGX_HTTP_ACME_UNTRUSTED,
+	    NGX_LOG_ERR, 0, "acme: shared zone \"%s\" refused: it is %s "
+	    "owned by uid %uD, mode %uD%uD%uD%uD, %uL link(s); expected a "
+	    "regular file owned by uid %uD%s, not writable by group or "
+	    "others, with one link", shm->path.data, ngx_http_acme_shm_kind(st),
+	    (uint32_t)st->st_uid, (uint32_t)(m >> 9) & 7,
+	    (uint32_t)(m >> 6) & 7, (uint32_t)(m >> 3) & 7, (uint32_t)m & 7,
+	    (uint64_t)st->st_nlink, (uint32_t)shm->owner,
+	    shm->owner_set ? " (owner=)" : " (root; see owner=)");
+	return NGX_HTTP_ACME_UNTRUSTED;
+}
+
+/*
+ * Open the file and check it through the descriptor, so what is checked
+ * is what gets mapped.  O_NONBLOCK, because a FIFO planted at the path
+ * would hold the worker in open(2) until some writer came; O_NOFOLLOW,
+ * because a symbolic link would lead to a file of someone else's choice.
+ * Returns the descriptor, or -1 (logged).
+ */
+static ngx_fd_t
+ngx_http_acme_shm_open(ngx_http_acme_shm_t *shm, ngx_log_t *log,
+    struct stat *st)
+{
+	ngx_fd_t	 fd;
+	ngx_err_t	 err;
+
+	fd = open((char *)shm->path.data, O_RDONLY | O_NONBLOCK | O_NOFOLLOW |
+	    O_CLOEXEC);
+	if (fd == -1) {
+		err = ngx_errno;
+		if (err == NGX_ELOOP)
+			ngx_http_acme_shm_complain(shm, log,
+			    NGX_HTTP_ACME_SYMLINK, NGX_LOG_ERR, 0, "acme: "
+			    "shared zone \"%s\" is a symbolic link; refused",
+			    shm->path.data);
+		else
+			ngx_http_acme_shm_complain(shm, log,
+			    NGX_HTTP_ACME_NOOPEN, NGX_LOG_ERR, err, "acme: "
+			    "open(\"%s\") failed; the workers need read "
+			    "access to the shared zone (its group= "
+			    "parameter)", shm->path.data);
+		return -1;
+	}
+	if (fstat(fd, st) == -1) {
+		ngx_http_acme_shm_complain(shm, log, NGX_HTTP_ACME_NOOPEN,
+		    NGX_LOG_ERR, ngx_errno, "acme: fstat(\"%s\") failed",
+		    shm->path.data);
+		goto fail;
+	}
+	if (ngx_http_acme_shm_trusted(shm, log, st) != NGX_HTTP_ACME_OK)
+		goto fail;
+	if ((uint64_t)st->st_size < sizeof(struct acme_shm_header)) {
+		ngx_http_acme_shm_complain(shm, log, NGX_HTTP_ACME_SHORT,
+		    NGX_LOG_NOTICE, 0, "acme: shared zone \"%s\" has %L "
+		    "bytes, too few for a header; waiting for the sidecar",
+		    shm->path.data, (int64_t)st->st_size);
+		goto fail;
+	}
+	return fd;
+fail:
+	close(fd);
+	return -1;
+}
+
 /*
  * Map the file anew.  The old mapping, if any, stays until the new one
  * proves readable: a half-created file never replaces a good segment.
+ * The header is copied once and only the copy is checked and used: the
+ * writer, or anyone who can write the file, may change it meanwhile.
  */
 static void
 ngx_http_acme_shm_map(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 {
-	struct stat	 st;
-	void		*p;
-	size_t		 len;
-	ngx_fd_t	 fd;
-	ngx_uint_t	 bad;
+	struct acme_shm_header	 h;
+	struct stat		 st;
+	void			*p = MAP_FAILED;
+	size_t			 len = 0;
+	ngx_fd_t		 fd;
 
-	fd = open((char *)shm->path.data, O_RDONLY | O_CLOEXEC);
-	if (fd == -1) {
-		ngx_http_acme_shm_complain(shm, log, NGX_HTTP_ACME_NOOPEN,
-		    NGX_LOG_ERR, ngx_errno, "acme: open(\"%s\") failed; the "
-		    "workers need read access to the shared zone (its "
-		    "group= parameter)", shm->path.data);
+	if ((fd = ngx_http_acme_shm_open(shm, log, &st)) == -1)
 		return;
-	}
-	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
-		ngx_http_acme_shm_complain(shm, log, NGX_HTTP_ACME_NOTREG,
-		    NGX_LOG_ERR, 0, "acme: shared zone \"%s\" is not a "
-		    "regular file; ignored", shm->path.data);
-		goto out;
-	}
-	if ((uint64_t)st.st_size < sizeof(struct acme_shm_header)) {
-		ngx_http_acme_shm_complain(shm, log, NGX_HTTP_ACME_SHORT,
-		    NGX_LOG_NOTICE, 0, "acme: shared zone \"%s\" has %L "
-		    "bytes, too few for a header; waiting for the sidecar",
-		    shm->path.data, (int64_t)st.st_size);
-		goto out;
-	}
 	len = (uint64_t)st.st_size > ACME_SHM_MAX_SIZE ? ACME_SHM_MAX_SIZE :
 	    (size_t)st.st_size;
 	p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
@@ -164,15 +248,14 @@ ngx_http_acme_shm_map(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 		    shm->path.data);
 		goto out;
 	}
-	bad = ngx_http_acme_shm_header_ok(shm, log, p, len);
-	if (bad != NGX_HTTP_ACME_OK) {
-		munmap(p, len);
+	ngx_http_acme_shm_copy(&h, p, sizeof(h));
+	if (ngx_http_acme_shm_header_ok(shm, log, &h, len) != NGX_HTTP_ACME_OK)
 		goto out;
-	}
 	ngx_http_acme_shm_unmap(shm);
 	shm->base = p;
+	p = MAP_FAILED;		/* shm has it now */
 	shm->mapped = len;
-	shm->size = ((const struct acme_shm_header *)p)->size;
+	shm->size = ngx_min((size_t)h.size, len);
 	shm->dev = st.st_dev;
 	shm->ino = st.st_ino;
 	shm->epoch++;
@@ -180,6 +263,8 @@ ngx_http_acme_shm_map(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 	ngx_log_error(NGX_LOG_INFO, log, 0, "acme: mapped shared zone \"%s\", "
 	    "%uz bytes", shm->path.data, shm->size);
 out:
+	if (p != MAP_FAILED)
+		munmap(p, len);
 	close(fd);
 }
 
@@ -193,8 +278,9 @@ ngx_http_acme_shm_refresh(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 {
 	const struct acme_shm_header	*h;
 	struct stat			 st;
+	uint32_t			 size;
 
-	if (stat((char *)shm->path.data, &st) == -1) {
+	if (lstat((char *)shm->path.data, &st) == -1) {
 		if (shm->base == NULL)
 			ngx_http_acme_shm_complain(shm, log,
 			    NGX_HTTP_ACME_NOFILE, NGX_LOG_NOTICE, ngx_errno,
@@ -205,7 +291,9 @@ ngx_http_acme_shm_refresh(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 	if (shm->base != NULL && st.st_dev == shm->dev &&
 	    st.st_ino == shm->ino) {
 		h = (const struct acme_shm_header *)shm->base;
-		if (h->size == shm->size)
+		ngx_http_acme_shm_copy(&size, (const u_char *)&h->size,
+		    sizeof(size));
+		if (size == shm->size)
 			return;
 	}
 	ngx_http_acme_shm_map(shm, log);
@@ -266,44 +354,70 @@ ngx_http_acme_shm_log_allowed(ngx_http_acme_shm_t *shm)
 }
 
 /*
- * acme_shm_lookup(), but each bucket is copied before it is checked and
- * every offset is bounded by end, the end of the slot being read.
+ * The slot of the generation being read: every offset taken from the
+ * image must lie inside it, not merely inside the mapping.  The
+ * generation check vouches for this slot alone; the other one may be
+ * half rewritten by the writer at this very moment, and bytes read from
+ * it could be torn even when the generation holds still.
+ */
+typedef struct {
+	const u_char	*base;		/* the mapping */
+	size_t		 start;		/* slot_off[g % 2] */
+	size_t		 end;		/* start + slot_size */
+} ngx_http_acme_slot_t;
+
+/* Whether [off, off + len) lies inside the slot. */
+static int
+ngx_http_acme_shm_in_slot(const ngx_http_acme_slot_t *sl, uint64_t off,
+    uint64_t len)
+{
+	return off >= sl->start && acme_shm_inside(sl->end, off, len);
+}
+
+/*
+ * acme_shm_lookup(), but each bucket is copied before it is checked, and
+ * the table and every key must lie inside the slot being read.  Returns
+ * the value, -1 when the key is absent, -2 when the table is malformed.
  */
 static int64_t
-ngx_http_acme_shm_find(const u_char *base, size_t end,
+ngx_http_acme_shm_find(const ngx_http_acme_slot_t *sl,
     const struct acme_shm_table *t, const u_char *key, size_t len)
 {
 	struct acme_shm_bucket	 b;
 	uint32_t		 h, i, n = t->nbuckets, mask;
 
-	if (n == 0 || len == 0 || (n & (n - 1)) != 0 ||
-	    !acme_shm_inside(end, t->off, (uint64_t)n * sizeof(b)))
+	if (n == 0 || len == 0)
 		return -1;
+	if ((n & (n - 1)) != 0 ||
+	    !ngx_http_acme_shm_in_slot(sl, t->off, (uint64_t)n * sizeof(b)))
+		return -2;
 	h = acme_shm_hash(key, len);
 	mask = n - 1;
 	for (i = 0; i < n; i++) {
-		ngx_http_acme_shm_copy(&b, base + t->off +
+		ngx_http_acme_shm_copy(&b, sl->base + t->off +
 		    (size_t)((h + i) & mask) * sizeof(b), sizeof(b));
 		if (b.key_len == 0)
 			return -1;
-		if (b.hash == h && b.key_len == len &&
-		    acme_shm_inside(end, b.key_off, len) &&
-		    ngx_memcmp(base + b.key_off, key, len) == 0)
+		if (b.hash != h || b.key_len != len)
+			continue;
+		if (!ngx_http_acme_shm_in_slot(sl, b.key_off, len))
+			return -2;
+		if (ngx_memcmp(sl->base + b.key_off, key, len) == 0)
 			return b.value;
 	}
 	return -1;
 }
 
-/* Copy len bytes at off, NUL-terminated, into the pool. */
+/* Copy len bytes at off in the slot, NUL-terminated, into the pool. */
 static ngx_int_t
-ngx_http_acme_shm_dup(const u_char *base, size_t end, uint32_t off,
+ngx_http_acme_shm_dup(const ngx_http_acme_slot_t *sl, uint32_t off,
     uint32_t len, size_t max, ngx_pool_t *pool, ngx_str_t *out)
 {
-	if (len == 0 || len > max || !acme_shm_inside(end, off, len))
+	if (len == 0 || len > max || !ngx_http_acme_shm_in_slot(sl, off, len))
 		return NGX_DECLINED;
 	if ((out->data = ngx_pnalloc(pool, (size_t)len + 1)) == NULL)
 		return NGX_ERROR;
-	ngx_http_acme_shm_copy(out->data, base + off, len);
+	ngx_http_acme_shm_copy(out->data, sl->base + off, len);
 	out->data[len] = '\0';
 	out->len = len;
 	return NGX_OK;
@@ -312,7 +426,7 @@ ngx_http_acme_shm_dup(const u_char *base, size_t end, uint32_t off,
 /* What one lookup wants, and what it found; see ngx_http_acme_shm_read. */
 typedef struct {
 	const struct acme_shm_table *(*table)(const struct acme_shm_image *);
-	ngx_http_acme_status_e (*entry)(void *, const u_char *, size_t,
+	ngx_http_acme_status_e (*entry)(void *, const ngx_http_acme_slot_t *,
 	    const struct acme_shm_image *, uint32_t);
 	void		*arg;
 	ngx_str_t	*key;
@@ -329,8 +443,8 @@ ngx_http_acme_shm_attempt(ngx_http_acme_shm_t *shm, uint64_t g,
 {
 	const struct acme_shm_header	*h;
 	struct acme_shm_image		 img;
+	ngx_http_acme_slot_t		 sl;
 	uint32_t			 so, ss;
-	size_t				 end;
 	int64_t				 v;
 
 	h = (const struct acme_shm_header *)shm->base;
@@ -338,17 +452,22 @@ ngx_http_acme_shm_attempt(ngx_http_acme_shm_t *shm, uint64_t g,
 	    sizeof(so));
 	ngx_http_acme_shm_copy(&ss, (const u_char *)&h->slot_size,
 	    sizeof(ss));
-	if (ss < sizeof(img) || !acme_shm_inside(shm->size, so, ss))
+	if (so < sizeof(*h) || ss < sizeof(img) ||
+	    !acme_shm_inside(shm->size, so, ss))
 		return NGX_HTTP_ACME_MALFORMED;
-	end = (size_t)so + ss;
+	sl.base = shm->base;
+	sl.start = so;
+	sl.end = (size_t)so + ss;
 	ngx_http_acme_shm_copy(&img, shm->base + so, sizeof(img));
 	if (img.magic != ACME_SHM_IMAGE_MAGIC)
 		return NGX_HTTP_ACME_MALFORMED;
-	v = ngx_http_acme_shm_find(shm->base, end, q->table(&img),
-	    q->key->data, q->key->len);
+	v = ngx_http_acme_shm_find(&sl, q->table(&img), q->key->data,
+	    q->key->len);
+	if (v == -2)
+		return NGX_HTTP_ACME_MALFORMED;
 	if (v < 0)
 		return NGX_HTTP_ACME_ABSENT;
-	return q->entry(q->arg, shm->base, end, &img, (uint32_t)v);
+	return q->entry(q->arg, &sl, &img, (uint32_t)v);
 }
 
 /*
@@ -401,27 +520,27 @@ typedef struct {
 
 /* A certificate entry; its PEM is copied only when the serial is new. */
 static ngx_http_acme_status_e
-ngx_http_acme_shm_cert_entry(void *arg, const u_char *base, size_t end,
+ngx_http_acme_shm_cert_entry(void *arg, const ngx_http_acme_slot_t *sl,
     const struct acme_shm_image *img, uint32_t i)
 {
 	ngx_http_acme_cert_query_t	*cq = arg;
 	struct acme_shm_cert		 e;
 	ngx_int_t			 rc;
 
-	if (i >= img->ncerts || !acme_shm_inside(end, img->certs_off,
+	if (i >= img->ncerts || !ngx_http_acme_shm_in_slot(sl, img->certs_off,
 	    (uint64_t)img->ncerts * sizeof(e)))
 		return NGX_HTTP_ACME_MALFORMED;
-	ngx_http_acme_shm_copy(&e, base + img->certs_off +
+	ngx_http_acme_shm_copy(&e, sl->base + img->certs_off +
 	    (size_t)i * sizeof(e), sizeof(e));
 	cq->out->serial = e.serial;
 	ngx_str_null(&cq->out->chain);
 	ngx_str_null(&cq->out->key);
 	if (cq->known != NULL && *cq->known == e.serial)
 		return NGX_HTTP_ACME_FOUND;
-	rc = ngx_http_acme_shm_dup(base, end, e.chain_off, e.chain_len,
+	rc = ngx_http_acme_shm_dup(sl, e.chain_off, e.chain_len,
 	    NGX_HTTP_ACME_MAX_PEM, cq->pool, &cq->out->chain);
 	if (rc == NGX_OK)
-		rc = ngx_http_acme_shm_dup(base, end, e.key_off, e.key_len,
+		rc = ngx_http_acme_shm_dup(sl, e.key_off, e.key_len,
 		    NGX_HTTP_ACME_MAX_PEM, cq->pool, &cq->out->key);
 	if (rc == NGX_ERROR)
 		return NGX_HTTP_ACME_NOMEM;
@@ -456,19 +575,19 @@ typedef struct {
 } ngx_http_acme_token_query_t;
 
 static ngx_http_acme_status_e
-ngx_http_acme_shm_token_entry(void *arg, const u_char *base, size_t end,
+ngx_http_acme_shm_token_entry(void *arg, const ngx_http_acme_slot_t *sl,
     const struct acme_shm_image *img, uint32_t i)
 {
 	ngx_http_acme_token_query_t	*tq = arg;
 	struct acme_shm_token		 t;
 	ngx_int_t			 rc;
 
-	if (i >= img->ntokens || !acme_shm_inside(end, img->tokens_off,
+	if (i >= img->ntokens || !ngx_http_acme_shm_in_slot(sl, img->tokens_off,
 	    (uint64_t)img->ntokens * sizeof(t)))
 		return NGX_HTTP_ACME_MALFORMED;
-	ngx_http_acme_shm_copy(&t, base + img->tokens_off +
+	ngx_http_acme_shm_copy(&t, sl->base + img->tokens_off +
 	    (size_t)i * sizeof(t), sizeof(t));
-	rc = ngx_http_acme_shm_dup(base, end, t.keyauth_off, t.keyauth_len,
+	rc = ngx_http_acme_shm_dup(sl, t.keyauth_off, t.keyauth_len,
 	    NGX_HTTP_ACME_MAX_KEYAUTH, tq->pool, tq->keyauth);
 	if (rc == NGX_ERROR)
 		return NGX_HTTP_ACME_NOMEM;

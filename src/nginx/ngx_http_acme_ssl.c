@@ -192,7 +192,31 @@ ngx_http_acme_ssl_load(ngx_conf_t *cf, ngx_http_acme_fallback_t *fb)
 	return NGX_OK;
 }
 
-/* Replace the cached objects with a parse of the entry just read. */
+/* When x expires, on ngx_time()'s clock; 0 when it cannot be told. */
+static time_t
+ngx_http_acme_ssl_not_after(X509 *x)
+{
+	int	 days, secs;
+
+	if (ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x)) != 1) {
+		ERR_clear_error();
+		return 0;
+	}
+	return ngx_time() + (time_t)days * 86400 + secs;
+}
+
+/* Whether the parsed pair may still be served in place of a newer entry. */
+static ngx_int_t
+ngx_http_acme_ssl_still_valid(ngx_http_acme_cert_t *cert)
+{
+	return cert->pair.x509 != NULL && ngx_time() < cert->not_after;
+}
+
+/*
+ * Replace the cached objects with a parse of the entry just read.  When
+ * it does not parse, the pair held so far stays, to be served for as
+ * long as it is valid; the failure is logged once per serial.
+ */
 static ngx_int_t
 ngx_http_acme_ssl_reparse(ngx_http_acme_main_conf_t *amcf,
     ngx_http_acme_cert_t *cert, ngx_http_acme_shm_cert_t *found,
@@ -213,18 +237,44 @@ ngx_http_acme_ssl_reparse(ngx_http_acme_main_conf_t *amcf,
 		}
 		cert->bad_serial = found->serial;
 		cert->have_bad = 1;
-		ngx_ssl_error(NGX_LOG_ERR, log, 0, "acme: certificate \"%V\" "
-		    "(serial %uL) in shared zone \"%s\" does not parse",
-		    &cert->id, found->serial, amcf->shm.path.data);
+		if (ngx_http_acme_ssl_still_valid(cert))
+			ngx_ssl_error(NGX_LOG_ERR, log, 0, "acme: certificate "
+			    "\"%V\" (serial %uL) in shared zone \"%s\" does "
+			    "not parse; serving serial %uL until it expires",
+			    &cert->id, found->serial, amcf->shm.path.data,
+			    cert->serial);
+		else
+			ngx_ssl_error(NGX_LOG_ERR, log, 0, "acme: certificate "
+			    "\"%V\" (serial %uL) in shared zone \"%s\" does "
+			    "not parse", &cert->id, found->serial,
+			    amcf->shm.path.data);
 		return NGX_ERROR;
 	}
 	ngx_http_acme_ssl_pair_free(&cert->pair);
 	cert->pair = pair;
+	cert->not_after = ngx_http_acme_ssl_not_after(pair.x509);
 	cert->serial = found->serial;
 	cert->have_bad = 0;
 	ngx_log_error(NGX_LOG_INFO, log, 0, "acme: loaded certificate \"%V\" "
 	    "serial %uL", &cert->id, found->serial);
 	return NGX_OK;
+}
+
+/*
+ * Whether the entry found is what cert holds now, parsing it if it is
+ * new.  A bad new serial is parsed again once a second at most.
+ */
+static ngx_int_t
+ngx_http_acme_ssl_take(ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_cert_t *cert, ngx_http_acme_shm_cert_t *found,
+    ngx_log_t *log)
+{
+	if (found->chain.data == NULL)
+		return NGX_OK;		/* the serial we hold, unchanged */
+	if (cert->have_bad && cert->bad_serial == found->serial &&
+	    ngx_time() < cert->bad_retry)
+		return NGX_ERROR;
+	return ngx_http_acme_ssl_reparse(amcf, cert, found, log);
 }
 
 /*
@@ -239,31 +289,42 @@ ngx_http_acme_ssl_current(ngx_http_acme_main_conf_t *amcf,
 	ngx_http_acme_shm_cert_t	 found;
 	ngx_http_acme_status_e		 st;
 	ngx_pool_t			*pool;
-	const uint64_t			*known;
+	const uint64_t			*known = NULL;
+	ngx_int_t			 rc = NGX_ERROR;
 
 	if (ngx_http_acme_shm_ready(shm, log) != NGX_OK) {
 		*stp = NGX_HTTP_ACME_UNMAPPED;
 		return NULL;
 	}
-	/* Nothing was published since this certificate was last seen. */
+	/*
+	 * Nothing was published since this certificate was last seen (and
+	 * a pair kept past a bad serial has not expired since).
+	 */
 	if (cert->pair.x509 != NULL && cert->epoch == shm->epoch &&
-	    ngx_http_acme_shm_generation(shm) == cert->generation)
+	    ngx_http_acme_shm_generation(shm) == cert->generation &&
+	    (!cert->stale || ngx_time() < cert->not_after))
 		return &cert->pair;
 
 	if ((pool = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, log)) == NULL) {
 		*stp = NGX_HTTP_ACME_NOMEM;
 		return NULL;
 	}
-	known = cert->pair.x509 != NULL ? &cert->serial : NULL;
+	/* Equal serials mean equal bytes within one file only (SERIALS). */
+	if (cert->pair.x509 != NULL && cert->epoch == shm->epoch)
+		known = &cert->serial;
 	st = ngx_http_acme_shm_cert(shm, &cert->id, known, pool, &found);
-	if (st == NGX_HTTP_ACME_FOUND && found.chain.data != NULL &&
-	    !(cert->have_bad && cert->bad_serial == found.serial &&
-	    ngx_time() < cert->bad_retry))
-		(void)ngx_http_acme_ssl_reparse(amcf, cert, &found, log);
+	if (st == NGX_HTTP_ACME_FOUND)
+		rc = ngx_http_acme_ssl_take(amcf, cert, &found, log);
 	ngx_destroy_pool(pool);
 
-	if (st == NGX_HTTP_ACME_FOUND && cert->pair.x509 != NULL &&
-	    cert->serial == found.serial) {
+	/*
+	 * The entry is what we hold, or a new serial that does not parse
+	 * while what we hold is still valid: serve that, and look again only
+	 * at the next publish.
+	 */
+	if (st == NGX_HTTP_ACME_FOUND &&
+	    (rc == NGX_OK || ngx_http_acme_ssl_still_valid(cert))) {
+		cert->stale = rc != NGX_OK;
 		cert->generation = found.generation;
 		cert->epoch = shm->epoch;
 		return &cert->pair;
@@ -276,7 +337,7 @@ ngx_http_acme_ssl_current(ngx_http_acme_main_conf_t *amcf,
 	if ((st == NGX_HTTP_ACME_BUSY || st == NGX_HTTP_ACME_EMPTY) &&
 	    cert->pair.x509 != NULL)
 		return &cert->pair;
-	/* FOUND here is a serial that did not parse. */
+	/* FOUND here is a serial that did not parse, and nothing valid. */
 	*stp = st == NGX_HTTP_ACME_FOUND ? NGX_HTTP_ACME_MALFORMED : st;
 	return NULL;
 }

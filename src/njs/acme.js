@@ -12,6 +12,8 @@
  *
  * Optional variables:
  *	$acme_shared_path	the segment (default /dev/shm/ngx_acme_shared)
+ *	$acme_shared_owner	the numeric uid that must own it (default 0):
+ *				the sidecar's user
  *	$acme_certificate_id	the certificate id served when the client
  *				sends no server name or one we have no
  *				certificate for
@@ -25,6 +27,13 @@
  * the generation again and closes the file: a handful of pread(2)s and
  * no state kept between handshakes (njs 0.7.9 gives every request a
  * fresh VM, so there is nowhere to keep it).  See src/njs/README.md.
+ *
+ * The file is believed only when it is a regular file with one name,
+ * owned by $acme_shared_owner and writable by nobody else: /dev/shm is
+ * world-writable, and whoever writes the segment chooses the
+ * certificates served.  njs 0.7.9 cannot open with O_NOFOLLOW or
+ * O_NONBLOCK, so the name is checked with lstat before the open and the
+ * descriptor with fstat after it; README.md says what that leaves.
  */
 import fs from 'fs';
 
@@ -35,6 +44,7 @@ const SHM_VERSION = 1;
 const SHM_MAX_SIZE = 1024 * 1024 * 1024;
 const SHM_MAX_RETRIES = 64;
 const HEADER_SIZE = 128;
+const MAX_UID = 4294967294;
 const IMAGE_SIZE = 64;
 const BUCKET_SIZE = 16;
 const CERT_SIZE = 64;
@@ -67,6 +77,74 @@ function inside(size, off, len) {
 	return off <= size && len <= size - off;
 }
 
+/* What st is, for a refusal. */
+function kind(st) {
+	if (st.isSymbolicLink())
+		return 'a symbolic link';
+	if (st.isFIFO())
+		return 'a FIFO';
+	if (st.isFile())
+		return 'a regular file';
+	if (st.isDirectory())
+		return 'a directory';
+	return 'a special file';
+}
+
+/*
+ * Refuse a file that someone other than owner could have written: only
+ * a regular file with one name, owned by owner, not writable by group
+ * or others is believed.
+ */
+function checkOwner(path, st, owner) {
+	if (st.isFile() && st.nlink === 1 && (st.mode & 0o022) === 0 &&
+	    st.uid === owner)
+		return;
+	const mode = ('000' + (st.mode & 0o7777).toString(8)).slice(-4);
+
+	fail(`${path} refused: it is ${kind(st)} owned by uid ${st.uid}, ` +
+	    `mode ${mode}, ${st.nlink} link(s); expected a regular file ` +
+	    `owned by uid ${owner} ($acme_shared_owner), not writable by ` +
+	    'group or others, with one link');
+}
+
+function cannotOpen(path, e) {
+	fail(`cannot open ${path}: ${e.message} (is acme-sidecar ` +
+	    `running with this acme_shared_zone, and may nginx's ` +
+	    `workers read it?)`);
+}
+
+/*
+ * The descriptor of a file that passed checkOwner() both by its name,
+ * before the open (a FIFO would block the open, a symbolic link lead
+ * elsewhere), and by the descriptor, after it.
+ */
+function openChecked(path, owner) {
+	let st, fd;
+
+	try {
+		st = fs.lstatSync(path);
+	} catch (e) {
+		cannotOpen(path, e);
+	}
+	checkOwner(path, st, owner);
+	try {
+		fd = fs.openSync(path, 'r');
+	} catch (e) {
+		cannotOpen(path, e);
+	}
+	try {
+		const fst = fs.fstatSync(fd);
+
+		if (fst.dev !== st.dev || fst.ino !== st.ino)
+			fail(`${path} was replaced while being opened; refused`);
+		checkOwner(path, fst, owner);
+	} catch (e) {
+		fs.closeSync(fd);
+		throw e;
+	}
+	return fd;
+}
+
 /* FNV-1a, 32 bits, as acme_shm_hash(). */
 function hash(buf) {
 	let h = 2166136261;
@@ -76,11 +154,14 @@ function hash(buf) {
 	return h >>> 0;
 }
 
-/* len bytes at off, all of them inside the segment, or an error. */
+/*
+ * len bytes at off, all of them inside seg.lo to seg.hi (the file, or
+ * the slot being read), or an error.
+ */
 function readAt(seg, off, len) {
-	if (!inside(seg.size, off, len))
+	if (off < seg.lo || !inside(seg.hi, off, len))
 		fail(`${seg.path}: ${len} bytes at offset ${off} lie outside ` +
-		    `the segment's ${seg.size}`);
+		    `${seg.what}`);
 	const buf = Buffer.alloc(len);
 	let n;
 
@@ -97,7 +178,8 @@ function readAt(seg, off, len) {
 
 /* The header, refused unless its magic, version and sizes are known. */
 function readHeader(fd, path) {
-	const seg = { fd: fd, path: path, size: HEADER_SIZE };
+	const seg = { fd: fd, path: path, lo: 0, hi: HEADER_SIZE,
+	    what: 'the header' };
 	const b = readAt(seg, 0, HEADER_SIZE);
 	const h = {
 		magic: b.readUInt32LE(0),
@@ -107,6 +189,7 @@ function readHeader(fd, path) {
 		size: b.readUInt32LE(16),
 		headerSize: b.readUInt32LE(20),
 		slotOff: [b.readUInt32LE(24), b.readUInt32LE(28)],
+		slotSize: b.readUInt32LE(32),
 	};
 
 	if (h.magic !== SHM_MAGIC)
@@ -128,7 +211,8 @@ function lookup(seg, t, key) {
 
 	if (n === 0 || key.length === 0)
 		return -1;
-	if ((n & (n - 1)) !== 0 || !inside(seg.size, t.off, n * BUCKET_SIZE))
+	if ((n & (n - 1)) !== 0 || t.off < seg.lo ||
+	    !inside(seg.hi, t.off, n * BUCKET_SIZE))
 		fail(`${seg.path}: bad hash table (${n} buckets at ${t.off})`);
 	const h = hash(key);
 	const mask = n - 1;
@@ -178,8 +262,20 @@ function readCert(seg, img, idx) {
 	};
 }
 
-function readImage(seg, h) {
+/*
+ * The image of generation h, and its slot: every offset it holds must
+ * lie in that slot.  The generation check vouches for that slot alone;
+ * the other one may be half rewritten by the writer meanwhile.
+ */
+function readImage(file, h) {
 	const off = h.slotOff[h.genLo & 1];	/* slot generation % 2 */
+
+	if (off < HEADER_SIZE || h.slotSize < IMAGE_SIZE ||
+	    !inside(file.hi, off, h.slotSize))
+		fail(`${file.path}: bad slot (${h.slotSize} bytes at ${off})`);
+	const seg = { fd: file.fd, path: file.path, lo: off,
+	    hi: off + h.slotSize,
+	    what: `its slot (${h.slotSize} bytes at ${off})` };
 	const b = readAt(seg, off, IMAGE_SIZE);
 
 	if (b.readUInt32LE(0) !== SHM_IMAGE_MAGIC ||
@@ -187,6 +283,7 @@ function readImage(seg, h) {
 		fail(`${seg.path}: the published image is not generation ` +
 		    `${h.genHi * 4294967296 + h.genLo}`);
 	return {
+		seg: seg,
 		ncerts: b.readUInt32LE(16),
 		certsOff: b.readUInt32LE(20),
 		byId: { nbuckets: b.readUInt32LE(32), off: b.readUInt32LE(36) },
@@ -200,8 +297,9 @@ function quote(s) {
 }
 
 /* Step 2 of READER: the entry for want.name, else for want.id. */
-function find(seg, h, want) {
-	const img = readImage(seg, h);
+function find(file, h, want) {
+	const img = readImage(file, h);
+	const seg = img.seg;
 	let idx = -1;
 
 	if (want.name !== '')
@@ -228,7 +326,8 @@ function find(seg, h, want) {
  */
 function attempt(fd, path, want) {
 	const h = readHeader(fd, path);
-	const seg = { fd: fd, path: path, size: h.size };
+	const seg = { fd: fd, path: path, lo: 0, hi: h.size,
+	    what: `the segment's ${h.size} bytes` };
 	let found;
 
 	if (h.genLo === 0 && h.genHi === 0)
@@ -248,16 +347,9 @@ function attempt(fd, path, want) {
 	return found;
 }
 
-function read(path, want) {
-	let fd;
+function read(path, owner, want) {
+	const fd = openChecked(path, owner);
 
-	try {
-		fd = fs.openSync(path, 'r');
-	} catch (e) {
-		fail(`cannot open ${path}: ${e.message} (is acme-sidecar ` +
-		    `running with this acme_shared_zone, and may nginx's ` +
-		    `workers read it?)`);
-	}
 	try {
 		for (let i = 0; i < SHM_MAX_RETRIES; i++) {
 			const found = attempt(fd, path, want);
@@ -278,6 +370,17 @@ function variable(r, name) {
 	return v === undefined ? '' : v;
 }
 
+/* $acme_shared_owner as a uid; 0 (root) when it is not set. */
+function owner(r) {
+	const v = variable(r, 'acme_shared_owner');
+
+	if (v === '')
+		return 0;
+	if (!/^[0-9]{1,10}$/.test(v) || Number(v) > MAX_UID)
+		fail(`$acme_shared_owner ${quote(v)} is not a numeric uid`);
+	return Number(v);
+}
+
 /*
  * The entry this handshake wants, read once per request: { chain, key }
  * or { error } (already logged).
@@ -294,7 +397,7 @@ function entry(r) {
 	if (last !== null && last.tag === tag)
 		return last;
 	try {
-		last = read(path, want);
+		last = read(path, owner(r), want);
 	} catch (e) {
 		if (!(e instanceof ShmError))
 			throw e;

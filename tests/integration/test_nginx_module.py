@@ -328,3 +328,367 @@ def test_fallback_and_challenge_under_redirect(tmp_path, pebble, http_port,
     while fingerprint(served_leaf(tls_port, "example.test")) != want:
         assert time.monotonic() < deadline, nginx.diagnostics()
         time.sleep(0.1)
+
+
+# ------------------------------------------ segments the sidecar cannot make
+#
+# The tests below write proto/acme_shm.h segments themselves: planted by
+# someone other than the sidecar, pointing outside their slot, changing
+# under the reader, or with a certificate that does not parse.
+
+import struct   # noqa: E402
+
+ZONE_MAGIC, ZONE_IMAGE_MAGIC = 0x534D4341, 0x474D4941
+ZONE_SIZE = 64 * 1024
+ZONE_SLOT = (ZONE_SIZE - 128) // 2 & ~7
+ZONE_SLOTS = (128, 128 + ZONE_SLOT)
+NOBODY = 65534
+
+
+def _fnv1a(data):
+    h = 2166136261
+    for b in data:
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def _nbuckets(n):
+    b = 0 if n == 0 else 2
+    while b and b < 2 * n:
+        b *= 2
+    return b
+
+
+def zone_image(so, gen, certs=(), tokens=()):
+    """The image of generation gen for the slot at so: (bytes, where),
+    where maps each string, and "tokens" and "buckets", to its offset in
+    the file.  certs: [(id, serial, chain, key)], tokens: [(token,
+    keyauth)], all bytes."""
+    nbi, nbt = _nbuckets(len(certs)), _nbuckets(len(tokens))
+    certs_off = so + 64
+    tokens_off = certs_off + 64 * len(certs)
+    id_off = tokens_off + 16 * len(tokens)
+    tok_off = id_off + 16 * nbi
+    strings_off = tok_off + 16 * nbt
+    strings = bytearray()
+    where = {"tokens": tokens_off, "buckets": tok_off}
+
+    def put(b):
+        off = strings_off + len(strings)
+        strings.extend(b + b"\0")
+        where.setdefault(b, off)
+        return off, len(b)
+
+    def table(nb, keys):
+        out = [bytes(16)] * nb
+        for key, value in keys:
+            h = _fnv1a(key)
+            i = h & (nb - 1)
+            while out[i] != bytes(16):
+                i = (i + 1) & (nb - 1)
+            out[i] = struct.pack("<IIII", h, where[key], len(key), value)
+        return b"".join(out)
+
+    entries = b""
+    for cid, serial, chain, key in certs:
+        entries += struct.pack("<QqqIIIIIIII8x", serial, 0, 0, *put(cid),
+                               *put(b"fake"), *put(chain), *put(key))
+    for token, keyauth in tokens:
+        entries += struct.pack("<IIII", *put(token), *put(keyauth))
+    tables = (table(nbi, [(c[0], i) for i, c in enumerate(certs)]) +
+              table(nbt, [(t[0], i) for i, t in enumerate(tokens)]))
+    head = struct.pack("<IIQIIIIIIIIII8x", ZONE_IMAGE_MAGIC,
+                       strings_off - so + len(strings), gen, len(certs),
+                       certs_off, len(tokens), tokens_off, nbi, id_off,
+                       0, 0, nbt, tok_off)
+    return head + entries + tables + bytes(strings), where
+
+
+def zone_header(gen, size=ZONE_SIZE, slots=ZONE_SLOTS, slot_size=ZONE_SLOT):
+    return struct.pack("<IIQIIIIII", ZONE_MAGIC, 1, gen, size, 128,
+                       slots[0], slots[1], slot_size, 0).ljust(128, b"\0")
+
+
+def zone_bytes(gen, certs=(), tokens=()):
+    """A whole segment with generation gen published."""
+    buf = bytearray(ZONE_SIZE)
+    buf[0:128] = zone_header(gen)
+    so = ZONE_SLOTS[gen % 2]
+    img, _ = zone_image(so, gen, certs, tokens)
+    buf[so:so + len(img)] = img
+    return buf
+
+
+def plant(path, data, mode=0o644, uid=0, gid=0):
+    """data at path, a new file (a new inode) owned by uid:gid."""
+    tmp = "%s.tmp" % path
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, bytes(data))
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def publish(path, gen, certs=(), tokens=()):
+    """Publish generation gen in place, as the sidecar does."""
+    so = ZONE_SLOTS[gen % 2]
+    img, _ = zone_image(so, gen, certs, tokens)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, img, so)
+        os.pwrite(fd, struct.pack("<Q", gen), 8)
+    finally:
+        os.close(fd)
+
+
+def zone_server(nginx_factory, tmp_path, extra=""):
+    """nginx reading zone_path(tmp_path): a TLS server for a.example.test
+    and a plain HTTP server whose only location says 404.  Returns
+    (nginx, tls port, http port)."""
+    tls, plain = free_port(), free_port()
+    body = """
+acme_issuer fake {
+    uri https://127.0.0.1:9/dir;
+    state_path %(state)s;
+}
+acme_shared_zone zone=%(zone)s:64k path=%(path)s%(extra)s;
+server {
+    listen 127.0.0.1:%(tls)d ssl;
+    server_name a.example.test;
+    acme_certificate fake;
+    ssl_certificate $acme_certificate;
+    ssl_certificate_key $acme_certificate_key;
+}
+server {
+    listen 127.0.0.1:%(plain)d;
+    location / { return 404; }
+}
+""" % dict(state=tmp_path / "state", zone=zone_name(tmp_path),
+           path=zone_path(tmp_path), extra=extra, tls=tls, plain=plain)
+    nginx = nginx_factory()
+    nginx.write(nginx_conf(nginx.prefix, body))
+    return nginx, tls, plain
+
+
+def self_signed_pair(tmp_path, tag, name="a.example.test"):
+    """(chain PEM, key PEM) as bytes."""
+    from conftest import openssl
+    key, crt = tmp_path / ("%s.key" % tag), tmp_path / ("%s.crt" % tag)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
+            "-out", str(crt), "-subj", "/CN=" + name, "-days", "2")
+    return crt.read_bytes(), key.read_bytes()
+
+
+TOKEN = b"planted-token_0123456789"
+KEYAUTH = TOKEN + b".thumbprint"
+CHALLENGE = "/.well-known/acme-challenge/" + TOKEN.decode()
+
+
+@pytest.fixture
+def zone_extra(tmp_path):
+    """Files the tests put beside the zone, removed at the end."""
+    made = []
+    yield lambda suffix: made.append("%s%s" % (zone_path(tmp_path),
+                                               suffix)) or made[-1]
+    for p in made:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _gone(path, plain):
+    """Remove path and let the module notice (it logs the next problem
+    afresh once the file is missing)."""
+    os.unlink(path)
+    assert http_get(plain, CHALLENGE)[0] == 404
+
+
+def test_planted_zone_is_refused(tmp_path, nginx_factory, zone_extra):
+    """/dev/shm is world-writable: a file planted there before the sidecar
+    starts must not be believed.  A FIFO does not hold the workers, and a
+    file owned by another user, writable by others, a symbolic link or a
+    second name of a good file serves no key authorization; the log says
+    what was found and what is expected.  A root-owned 0640 file is
+    served, by the same workers."""
+    path = zone_path(tmp_path)
+    seg = zone_bytes(1, tokens=[(TOKEN, KEYAUTH)])
+    os.mkfifo(path, 0o644)
+    nginx, tls, plain = zone_server(nginx_factory, tmp_path)
+    nginx.start([tls, plain])       # workers open the zone at start
+    workers = nginx.worker_pids()
+    assert http_get(plain, CHALLENGE)[0] == 404
+    log = nginx.error_log()
+    assert "refused: it is a FIFO owned by uid 0, mode 0644" in log, log
+    _gone(path, plain)
+
+    cases = [
+        (dict(uid=NOBODY), "a regular file owned by uid %d, mode 0644, "
+         "1 link(s); expected a regular file owned by uid 0" % NOBODY),
+        (dict(mode=0o666), "owned by uid 0, mode 0666"),
+        (dict(mode=0o660, gid=33), "owned by uid 0, mode 0660"),
+    ]
+    for how, line in cases:
+        plant(path, seg, **how)
+        assert http_get(plain, CHALLENGE)[0] == 404, how
+        assert line in nginx.error_log(), (how, nginx.diagnostics())
+        _gone(path, plain)
+
+    good = zone_extra(".good")
+    plant(good, seg)
+    os.symlink(good, path)
+    assert http_get(plain, CHALLENGE)[0] == 404
+    assert 'shared zone "%s" is a symbolic link; refused' % path in \
+        nginx.error_log(), nginx.diagnostics()
+    _gone(path, plain)
+    os.link(good, path)
+    assert http_get(plain, CHALLENGE)[0] == 404
+    assert "mode 0644, 2 link(s)" in nginx.error_log(), nginx.diagnostics()
+    _gone(path, plain)
+
+    plant(path, seg, mode=0o640, gid=33)
+    assert http_get(plain, CHALLENGE) == (200, KEYAUTH.decode())
+    assert nginx.worker_pids() == workers, nginx.diagnostics()
+
+
+def test_zone_owner_parameter(tmp_path, nginx_factory):
+    """owner=USER names who must own the zone instead of root."""
+    path = zone_path(tmp_path)
+    seg = zone_bytes(1, tokens=[(TOKEN, KEYAUTH)])
+    nginx, tls, plain = zone_server(nginx_factory, tmp_path,
+                                    " owner=nobody")
+    nginx.start([tls, plain])
+    plant(path, seg)
+    assert http_get(plain, CHALLENGE)[0] == 404
+    assert "expected a regular file owned by uid %d (owner=)" % NOBODY in \
+        nginx.error_log(), nginx.diagnostics()
+    _gone(path, plain)
+    plant(path, seg, uid=NOBODY, mode=0o640, gid=33)
+    assert http_get(plain, CHALLENGE) == (200, KEYAUTH.decode())
+
+    bad, _, _ = zone_server(nginx_factory, tmp_path, " owner=no-such-user")
+    rc, out = bad.test_config()
+    assert rc != 0 and 'invalid owner "no-such-user"' in out, out
+
+
+def _other_slot(where):
+    """Segments whose published image (slot 1) points into slot 0 in one
+    place; slot 0 holds the same strings, so a reader bounded only by the
+    file would serve them."""
+    tokens = [(TOKEN, KEYAUTH)]
+    buf = bytearray(ZONE_SIZE)
+    buf[0:128] = zone_header(1)
+    img0, at0 = zone_image(ZONE_SLOTS[0], 1, tokens=tokens)
+    img1, at1 = zone_image(ZONE_SLOTS[1], 1, tokens=tokens)
+    buf[ZONE_SLOTS[0]:ZONE_SLOTS[0] + len(img0)] = img0
+    if where == "image":        # every offset of the image
+        buf[ZONE_SLOTS[1]:ZONE_SLOTS[1] + 64] = img0[:64]
+        return buf
+    s1 = ZONE_SLOTS[1]
+    buf[s1:s1 + len(img1)] = img1
+    if where == "keyauth":
+        struct.pack_into("<I", buf, at1["tokens"] + 8, at0[KEYAUTH])
+    elif where == "key":
+        for i in range(2):      # the bucket that holds the token
+            b = at1["buckets"] + 16 * i
+            if struct.unpack_from("<I", buf, b + 8)[0]:
+                struct.pack_into("<I", buf, b + 4, at0[TOKEN])
+    return buf
+
+
+@pytest.mark.parametrize("where", ["image", "keyauth", "key"])
+def test_offsets_outside_the_slot(tmp_path, nginx_factory, where):
+    """Offsets into the other slot, which the writer may be rewriting,
+    are refused even though they lie inside the file; the same segment
+    with slot 1 complete is served (the test can tell)."""
+    path = zone_path(tmp_path)
+    nginx, tls, plain = zone_server(nginx_factory, tmp_path)
+    nginx.start([tls, plain])
+    plant(path, _other_slot(where))
+    status, body = http_get(plain, CHALLENGE)
+    assert status == 404, (where, body)
+    assert "the shared zone is malformed" in nginx.error_log()
+    plant(path, _other_slot("none"))
+    time.sleep(1.2)     # the module looks for a new file once a second
+    assert http_get(plain, CHALLENGE) == (200, KEYAUTH.decode())
+
+
+def test_header_changing_under_the_workers(tmp_path, nginx_factory):
+    """Someone able to write the zone flips header.size between a sane
+    value and a huge one, with slot 1 far outside the file: the workers
+    must re-read nothing they checked, so none of them crashes."""
+    path = zone_path(tmp_path)
+    buf = zone_bytes(1, tokens=[(TOKEN, KEYAUTH)])
+    struct.pack_into("<II", buf, 28, 0x7FFF0000, 0x1000)   # slot_off[1]
+    plant(path, buf)
+    nginx, tls, plain = zone_server(nginx_factory, tmp_path)
+    nginx.start([tls, plain])
+    workers = nginx.worker_pids()
+    flipper = subprocess.Popen(["/usr/bin/python3", "-c", """
+import mmap, os, struct, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 4096)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    for _ in range(10000):
+        m[16:20] = b"\\x00\\x00\\x01\\x00"
+        m[16:20] = b"\\x00\\xff\\xff\\xff"
+m[16:20] = struct.pack("<I", 65536)
+""", str(path), "6"])
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            http_get(plain, CHALLENGE)
+    finally:
+        flipper.wait(20)
+    assert nginx.worker_pids() == workers, nginx.diagnostics()
+    assert "exited on signal" not in nginx.error_log(), nginx.diagnostics()
+
+
+def test_same_serial_in_a_new_file(tmp_path, nginx_factory):
+    """Serials say "same bytes" within one file only: a new file (the
+    sidecar started over) whose entry has the serial of the parsed one
+    but other bytes is served, not the parsed one."""
+    path = zone_path(tmp_path)
+    x = self_signed_pair(tmp_path, "x")
+    y = self_signed_pair(tmp_path, "y")
+    plant(path, zone_bytes(1, certs=[(b"a.example.test", 7, *x)]))
+    nginx, tls, plain = zone_server(nginx_factory, tmp_path)
+    nginx.start([tls, plain])
+    assert fingerprint(served_leaf(tls, "a.example.test")) == \
+        fingerprint(x[0].decode())
+    plant(path, zone_bytes(1, certs=[(b"a.example.test", 7, *y)]))
+    time.sleep(1.2)     # the module looks for a new file once a second
+    assert fingerprint(served_leaf(tls, "a.example.test")) == \
+        fingerprint(y[0].decode()), nginx.diagnostics()
+
+
+def test_new_serial_that_does_not_parse(tmp_path, nginx_factory):
+    """A new serial whose PEM does not parse leaves the parsed
+    certificate in service while it is valid, with one log line; the
+    next good serial replaces it."""
+    path = zone_path(tmp_path)
+    x = self_signed_pair(tmp_path, "x")
+    y = self_signed_pair(tmp_path, "y")
+    cid = b"a.example.test"
+    plant(path, zone_bytes(1, certs=[(cid, 1, *x)]))
+    nginx, tls, plain = zone_server(nginx_factory, tmp_path)
+    nginx.start([tls, plain])
+    assert fingerprint(served_leaf(tls, "a.example.test")) == \
+        fingerprint(x[0].decode())
+    garbage = b"-----BEGIN CERTIFICATE-----\nnot base64\n" \
+        b"-----END CERTIFICATE-----\n"
+    publish(path, 2, certs=[(cid, 2, garbage, x[1])])
+    for _ in range(3):
+        assert fingerprint(served_leaf(tls, "a.example.test")) == \
+            fingerprint(x[0].decode()), nginx.diagnostics()
+    log = nginx.error_log()
+    assert log.count("(serial 2) in shared zone") == 1, log
+    assert "does not parse; serving serial 1 until it expires" in log
+    publish(path, 3, certs=[(cid, 3, *y)])
+    assert fingerprint(served_leaf(tls, "a.example.test")) == \
+        fingerprint(y[0].decode()), nginx.diagnostics()

@@ -696,3 +696,145 @@ def test_njs_renewal_without_reload(tmp_path, pebble_factory, http_port,
               for k, c in results if k == "ok"}
     assert now in served, "njs kept serving the old certificate"
     assert nginx.workers() == workers, "nginx was reloaded"
+
+
+# ------------------------------------------------- files nobody should trust
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shm_files(zone):
+    """Names in /dev/shm for this test; whatever is there at the end goes."""
+    made = []
+
+    def name(suffix):
+        made.append("/dev/shm/%s-%s" % (zone, suffix))
+        return made[-1]
+
+    yield name
+    for p in made:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def test_njs_refuses_untrusted_zones(tmp_path, shm_files, nginx):
+    """/dev/shm is world-writable: a segment someone else planted there
+    must not be served.  A FIFO fails the handshake at once instead of
+    holding the worker; a file owned by another user, writable by
+    others, a symbolic link or a second name of a good file is refused
+    with a line that says what it is and what is expected.  The same
+    segment as a root-owned 0644 file is served (the test can tell)."""
+    name = "t.example.test"
+    x = self_signed(tmp_path, "x", [name])
+    certs = [(name, [name], *x)]
+
+    def segment(path, uid=0, mode=0o644):
+        seg = FakeSegment(path)
+        seg.publish(certs)
+        seg.close()
+        os.chown(path, uid, uid)
+        os.chmod(path, mode)
+        return path
+
+    good = segment(shm_files("good"))
+    linked = segment(shm_files("linked"))
+    os.link(linked, shm_files("linked2"))
+    symlink = shm_files("symlink")
+    os.symlink(good, symlink)
+    fifo = shm_files("fifo")
+    os.mkfifo(fifo, 0o644)
+    cases = [
+        (segment(shm_files("nobody"), uid=NOBODY),
+         "a regular file owned by uid %d, mode 0644, 1 link\\(s\\); "
+         "expected a regular file owned by uid 0 \\(\\$acme_shared_owner\\)"
+         ", not writable by group or others, with one link" % NOBODY),
+        (segment(shm_files("writable"), mode=0o666),
+         "a regular file owned by uid 0, mode 0666"),
+        (symlink, "a symbolic link owned by uid 0"),
+        (linked, "a regular file owned by uid 0, mode 0644, 2 link\\(s\\)"),
+        (fifo, "a FIFO owned by uid 0, mode 0644"),
+    ]
+    good_port = nginx.server(good)
+    ports = [nginx.server(path) for path, _ in cases]
+    nginx.write()
+    nginx.start()
+
+    assert tls_leaf(good_port, name) == der_digest(x[0]), nginx.diagnostics()
+    for port, (path, rx) in zip(ports, cases):
+        h = Handshake(port, name, None)
+        assert not h.ok, (path, h.out)
+        rx = r"\[error\].*js: acme: %s refused: it is %s" % (
+            re.escape(path), rx)
+        assert re.search(rx, nginx.log()), (
+            "no line /%s/ in error.log%s" % (rx, nginx.diagnostics()))
+    assert tls_leaf(good_port, name) == der_digest(x[0]), nginx.diagnostics()
+
+
+def test_njs_shared_owner_variable(tmp_path, shm_files, nginx):
+    """js_var $acme_shared_owner names the uid that must own the segment
+    (the sidecar's user) instead of root."""
+    name = "o.example.test"
+    x = self_signed(tmp_path, "x", [name])
+    paths = []
+    for tag, uid in (("theirs", NOBODY), ("roots", 0)):
+        path = shm_files(tag)
+        seg = FakeSegment(path)
+        seg.publish([(name, [name], *x)])
+        seg.close()
+        os.chown(path, uid, uid)
+        paths.append(path)
+    ports = [nginx.server(p) for p in paths]
+    nginx.write()
+    conf = nginx.prefix / "nginx.conf"
+    text = conf.read_text()
+    assert "js_var $acme_shared_owner" not in text
+    conf.write_text(text.replace(
+        "    js_set $acme_certificate acme.certificate;",
+        "    js_var $acme_shared_owner %d;\n"
+        "    js_set $acme_certificate acme.certificate;" % NOBODY))
+    nginx.start()
+    assert tls_leaf(ports[0], name) == der_digest(x[0]), nginx.diagnostics()
+    assert tls_leaf(ports[1], name) is None
+    assert "%s refused: it is a regular file owned by uid 0, mode 0644, " \
+        "1 link(s); expected a regular file owned by uid %d" % (
+            paths[1], NOBODY) in nginx.log(), nginx.diagnostics()
+
+
+@pytest.mark.parametrize("where", ["image", "chain"])
+def test_njs_offsets_outside_the_slot(tmp_path, zone, fake_segment, nginx,
+                                      where):
+    """The published image (slot 1) points into slot 0, which the writer
+    may be rewriting, while slot 0 holds the same bytes: refused, though
+    every offset lies inside the file.  Published properly, the same
+    certificate is served (the test can tell)."""
+    name = "s.example.test"
+    x = self_signed(tmp_path, "x", [name])
+    certs = [(name, [name], *x)]
+    seg = fake_segment
+    so0, so1 = seg.slot_off
+    img0 = seg.image(so0, 1, certs, 16)
+    seg.mm[so0:so0 + len(img0)] = img0
+    if where == "image":        # the image header of slot 0's image
+        seg.mm[so1:so1 + 64] = img0[:64]
+    else:                       # the chain of slot 1's entry in slot 0
+        img1 = seg.image(so1, 1, certs, 16)
+        seg.mm[so1:so1 + len(img1)] = img1
+        chain_off = struct.unpack_from("<I", img1, 64 + 40)[0]
+        struct.pack_into("<I", seg.mm, so1 + 64 + 40,
+                         chain_off - (so1 - so0))
+    seg.mm[8:16] = struct.pack("<Q", 1)
+    seg.gen = 1
+    port = nginx.server("/dev/shm/" + zone)
+    nginx.write()
+    nginx.start()
+
+    assert tls_leaf(port, name) is None
+    rx = (r"js: acme: /dev/shm/%s: (bad hash table|\d+ bytes at offset \d+ "
+          r"lie outside its slot)" % re.escape(zone))
+    assert re.search(rx, nginx.log()), nginx.diagnostics()
+    seg.publish(certs)
+    seg.publish(certs)          # generation 3: slot 1 again, whole
+    assert tls_leaf(port, name) == der_digest(x[0]), nginx.diagnostics()

@@ -1549,6 +1549,9 @@ test_conf_zone_params(void **state)
 	assert_string_equal(conf->c_zone_path, "/run/acme/z");
 	assert_string_equal(conf->c_zone_group, "root");
 	conf_free(conf);
+	conf = conf_test_ok(t, "acme_shared_zone zone=z:1M owner=1001;");
+	assert_string_equal(conf->c_zone_owner, "1001");
+	conf_free(conf);
 	conf = conf_test_nginx(t, "nginx.conf", "http {\n"
 	    "    acme_shared_zone group=root zone=n:512k;\n}\n");
 	assert_string_equal(conf->c_zone_name, "n");

@@ -50,12 +50,25 @@ ts_entry_clear(struct ts_entry *e)
 	memset(e, 0, sizeof(*e));
 }
 
+/* The slot an image lives in: [*lo, *hi), or -1 if it leaves the map. */
+static int
+ts_slot(const unsigned char *base, size_t size, uint64_t g, uint64_t *lo,
+    uint64_t *hi)
+{
+	const struct acme_shm_header	*h = (const void *)base;
+
+	*lo = h->slot_off[g % 2];
+	*hi = *lo + h->slot_size;
+	return acme_shm_inside(size, *lo, h->slot_size) ? 0 : -1;
+}
+
 static char *
-ts_copy(const unsigned char *base, size_t size, uint32_t off, uint32_t len)
+ts_copy(const unsigned char *base, uint64_t lo, uint64_t hi, uint32_t off,
+    uint32_t len)
 {
 	char	*s;
 
-	if (!acme_shm_inside(size, off, (uint64_t)len + 1))
+	if (!acme_shm_within(lo, hi, off, (uint64_t)len + 1))
 		return NULL;
 	s = xmalloc((size_t)len + 1);
 	memcpy(s, base + off, len);
@@ -74,30 +87,30 @@ ts_try_read(const unsigned char *base, size_t size, int by_name,
 	const struct acme_shm_header	*h = (const void *)base;
 	const struct acme_shm_image	*img;
 	const struct acme_shm_cert	*c;
-	uint64_t			 g;
+	uint64_t			 g, lo, hi;
 	int64_t				 i;
 	int				 rc = 0;
 
 	g = atomic_load_explicit((_Atomic uint64_t *)&h->generation,
 	    memory_order_acquire);
-	if (g == 0)
+	if (g == 0 || ts_slot(base, size, g, &lo, &hi) == -1)
 		return 0;
-	img = (const void *)(base + h->slot_off[g % 2]);
-	i = acme_shm_lookup(base, size, by_name ? &img->by_name : &img->by_id,
-	    key, strlen(key));
+	img = (const void *)(base + lo);
+	i = acme_shm_lookup(base, lo, hi, by_name ? &img->by_name :
+	    &img->by_id, key, strlen(key));
 	if (i >= 0 && (uint32_t)i < img->ncerts &&
-	    acme_shm_inside(size, img->certs_off,
+	    acme_shm_within(lo, hi, img->certs_off,
 	    (uint64_t)img->ncerts * sizeof(*c))) {
 		c = (const void *)(base + img->certs_off);
 		c += i;
 		out->serial = c->serial;
 		if (c->id_len < sizeof(out->id) &&
-		    acme_shm_inside(size, c->id_off, c->id_len)) {
+		    acme_shm_within(lo, hi, c->id_off, c->id_len)) {
 			memcpy(out->id, base + c->id_off, c->id_len);
 			out->id[c->id_len] = '\0';
 		}
-		out->chain = ts_copy(base, size, c->chain_off, c->chain_len);
-		out->key = ts_copy(base, size, c->key_off, c->key_len);
+		out->chain = ts_copy(base, lo, hi, c->chain_off, c->chain_len);
+		out->key = ts_copy(base, lo, hi, c->key_off, c->key_len);
 		rc = 1;
 	}
 	atomic_thread_fence(memory_order_acquire);
@@ -130,13 +143,19 @@ ts_token(const unsigned char *base, size_t size, const char *token)
 	const struct acme_shm_image	*img;
 	const struct acme_shm_token	*t;
 	int64_t				 i;
+	uint64_t			 lo, hi;
 
-	img = (const void *)(base + h->slot_off[h->generation % 2]);
-	i = acme_shm_lookup(base, size, &img->by_token, token, strlen(token));
-	if (i < 0 || (uint32_t)i >= img->ntokens)
+	if (ts_slot(base, size, h->generation, &lo, &hi) == -1)
+		return NULL;
+	img = (const void *)(base + lo);
+	i = acme_shm_lookup(base, lo, hi, &img->by_token, token,
+	    strlen(token));
+	if (i < 0 || (uint32_t)i >= img->ntokens ||
+	    !acme_shm_within(lo, hi, img->tokens_off,
+	    (uint64_t)img->ntokens * sizeof(*t)))
 		return NULL;
 	t = (const struct acme_shm_token *)(base + img->tokens_off) + i;
-	return ts_copy(base, size, t->keyauth_off, t->keyauth_len);
+	return ts_copy(base, lo, hi, t->keyauth_off, t->keyauth_len);
 }
 
 static unsigned char *
