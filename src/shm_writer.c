@@ -354,18 +354,28 @@ fail:
 
 /* --------------------------------------------------------------- model */
 
+/* Everything but the id, which names the entry. */
 static void
-shm_cert_clear(struct shm_cert *sc)
+shm_cert_clear_content(struct shm_cert *sc)
 {
 	size_t	 i;
 
-	free(sc->sc_id);
 	free(sc->sc_issuer);
 	for (i = 0; i < sc->sc_nnames; i++)
 		free(sc->sc_names[i]);
 	free(sc->sc_names);
 	free(sc->sc_chain);
 	keys_pem_free(sc->sc_key);
+	sc->sc_issuer = sc->sc_chain = sc->sc_key = NULL;
+	sc->sc_names = NULL;
+	sc->sc_nnames = 0;
+}
+
+static void
+shm_cert_clear(struct shm_cert *sc)
+{
+	shm_cert_clear_content(sc);
+	free(sc->sc_id);
 	memset(sc, 0, sizeof(*sc));
 }
 
@@ -417,14 +427,8 @@ shm_cert_set(const char *id, const char *issuer, char *const *names,
 	    strcmp(sc->sc_key, pem) == 0) {
 		keys_pem_free(pem);	/* same bytes: keep the serial */
 		return;
-	} else {
-		free(sc->sc_issuer);
-		for (i = 0; i < sc->sc_nnames; i++)
-			free(sc->sc_names[i]);
-		free(sc->sc_names);
-		free(sc->sc_chain);
-		keys_pem_free(sc->sc_key);
-	}
+	} else
+		shm_cert_clear_content(sc);
 	sc->sc_issuer = xstrdup(issuer);
 	sc->sc_names = xcalloc(nnames, sizeof(*sc->sc_names));
 	for (i = 0; i < nnames; i++)
