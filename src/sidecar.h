@@ -71,7 +71,7 @@ enum key_type {
 };
 #define KEY_TYPE_DEFAULT KEY_ECDSA_256
 
-/* conf.c: nginx grammar and the sidecar's directives. */
+/* conf.c: nginx grammar and the sidecar's directives (conf_cert.c: acme_certificate). */
 enum challenge_type {
 	CHALLENGE_HTTP_01,
 	CHALLENGE_TYPE_MAX
@@ -241,6 +241,8 @@ int		 conf_cert_param(struct conf_parse *, struct conf_cert *,
 int		 conf_cert_ident(struct conf_parse *, struct conf_cert *,
 		    const char *);
 int		 conf_cert_add(struct conf_parse *, struct conf_cert *);
+int		 conf_cmd_cert(struct conf_parse *, struct conf_block *, int,
+		    char **);
 void		 conf_cert_free(struct conf_cert *);
 
 /* nginx_conf.c: the acme_* directives of an nginx.conf. */

@@ -1,0 +1,272 @@
+/*
+ * Certificates in the configuration: acme_certificate's identifiers, the
+ * id they give a certificate, and key types.
+ *
+ * The id is a contract: the nginx module computes the same one from the
+ * same server{} (src/nginx/ngx_http_acme_conf.c), and the shared zone
+ * (proto/acme_shm.h) is keyed by it.
+ */
+#include <sys/types.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sidecar.h"
+
+#define CONF_MAX_DNS_NAME	253
+#define CONF_MAX_DNS_LABEL	63
+
+static const struct {
+	const char	*name;
+	const char	*suffix;
+} conf_key_types[KEY_TYPE_MAX] = {
+	[KEY_ECDSA_256] = { "ecdsa:256", "ecdsa256" },
+	[KEY_ECDSA_384] = { "ecdsa:384", "ecdsa384" },
+	[KEY_ECDSA_521] = { "ecdsa:521", "ecdsa521" },
+	[KEY_RSA_2048] = { "rsa:2048", "rsa2048" },
+	[KEY_RSA_3072] = { "rsa:3072", "rsa3072" },
+	[KEY_RSA_4096] = { "rsa:4096", "rsa4096" },
+};
+
+const char *
+key_type_name(enum key_type t)
+{
+	if (t < 0 || t >= KEY_TYPE_MAX)
+		fatalx("%s: bad key type %d", __func__, (int)t);
+	return conf_key_types[t].name;
+}
+
+const char *
+key_type_suffix(enum key_type t)
+{
+	if (t < 0 || t >= KEY_TYPE_MAX)
+		fatalx("%s: bad key type %d", __func__, (int)t);
+	return conf_key_types[t].suffix;
+}
+
+int
+key_type_parse(const char *s, enum key_type *t)
+{
+	int	 i;
+
+	for (i = 0; i < KEY_TYPE_MAX; i++) {
+		if (strcmp(s, conf_key_types[i].name) == 0) {
+			*t = (enum key_type)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+int
+conf_ident_is_ip(const char *s)
+{
+	struct in_addr	 a4;
+	struct in6_addr	 a6;
+
+	return inet_pton(AF_INET, s, &a4) == 1 ||
+	    inet_pton(AF_INET6, s, &a6) == 1;
+}
+
+/* A letter-digit-hyphen DNS name, lower case, at most one trailing dot. */
+static char *
+conf_dns_normalize(const char *raw)
+{
+	char	*s, c;
+	size_t	 len = strlen(raw), i, label = 0;
+	int	 digits = 1;
+
+	if (len > 0 && raw[len - 1] == '.')
+		len--;
+	if (len == 0 || len > CONF_MAX_DNS_NAME)
+		return NULL;
+	s = xstrndup(raw, len);
+	for (i = 0; i < len; i++) {
+		c = s[i];
+		if (c >= 'A' && c <= 'Z')
+			c = s[i] = (char)(c - 'A' + 'a');
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				goto bad;
+			label = 0;
+			digits = 1;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '-'))
+			goto bad;
+		if ((c == '-' && label == 0) || ++label > CONF_MAX_DNS_LABEL)
+			goto bad;
+		if (c < '0' || c > '9')
+			digits = 0;
+	}
+	/* An all-numeric last label is a mistyped address, not a name. */
+	if (label == 0 || s[len - 1] == '-' || digits)
+		goto bad;
+	return s;
+bad:
+	free(s);
+	return NULL;
+}
+
+/* IP literals in the text form RFC 8738 wants (RFC 5952 for IPv6). */
+static char *
+conf_ip_normalize(const char *raw)
+{
+	struct in_addr	 a4;
+	struct in6_addr	 a6;
+	char		 buf[INET6_ADDRSTRLEN], *inner;
+	size_t		 len = strlen(raw);
+	int		 ok;
+
+	if (inet_pton(AF_INET, raw, &a4) == 1 &&
+	    inet_ntop(AF_INET, &a4, buf, sizeof(buf)) != NULL)
+		return xstrdup(buf);
+	if (len > 2 && raw[0] == '[' && raw[len - 1] == ']')
+		inner = xstrndup(raw + 1, len - 2);
+	else
+		inner = xstrdup(raw);
+	ok = inet_pton(AF_INET6, inner, &a6) == 1 &&
+	    inet_ntop(AF_INET6, &a6, buf, sizeof(buf)) != NULL;
+	free(inner);
+	return ok ? xstrdup(buf) : NULL;
+}
+
+static void
+conf_cert_push(struct conf_cert *cc, char *ident)
+{
+	size_t	 i;
+
+	for (i = 0; i < cc->cc_nidents; i++) {
+		if (strcmp(cc->cc_idents[i], ident) == 0) {
+			free(ident);
+			return;
+		}
+	}
+	cc->cc_idents = xreallocarray(cc->cc_idents, cc->cc_nidents + 1,
+	    sizeof(*cc->cc_idents));
+	cc->cc_idents[cc->cc_nidents++] = ident;
+}
+
+/*
+ * One identifier as written.  nginx-acme's ".example.com" stands for
+ * example.com and www.example.com: the wildcard nginx would read into it
+ * cannot be validated over HTTP-01.
+ */
+int
+conf_cert_ident(struct conf_parse *p, struct conf_cert *cc, const char *raw)
+{
+	char	*s, *www;
+
+	if (strchr(raw, '*') != NULL)
+		return conf_error(p, "wildcard identifier \"%s\" is not "
+		    "supported: HTTP-01 cannot validate wildcard identifiers",
+		    raw);
+	if (raw[0] == '.') {
+		if ((s = conf_dns_normalize(raw + 1)) == NULL)
+			return conf_error(p, "invalid identifier \"%s\"", raw);
+		xasprintf(&www, "www.%s", s);
+		if (strlen(www) > CONF_MAX_DNS_NAME) {
+			free(s);
+			free(www);
+			return conf_error(p, "invalid identifier \"%s\"", raw);
+		}
+		conf_cert_push(cc, s);
+		conf_cert_push(cc, www);
+		return 0;
+	}
+	if ((s = conf_ip_normalize(raw)) == NULL &&
+	    (s = conf_dns_normalize(raw)) == NULL)
+		return conf_error(p, "invalid identifier \"%s\"", raw);
+	conf_cert_push(cc, s);
+	return 0;
+}
+
+/* The first identifier, and the key type when it is not the default. */
+static char *
+conf_cert_id(const struct conf_cert *cc)
+{
+	char	*id;
+
+	if (cc->cc_key == KEY_TYPE_DEFAULT)
+		return xstrdup(cc->cc_idents[0]);
+	xasprintf(&id, "%s_%s", cc->cc_idents[0], key_type_suffix(cc->cc_key));
+	return id;
+}
+
+/* A certificate from the directive being handled. */
+struct conf_cert *
+conf_cert_new(struct conf_parse *p, const char *issuer)
+{
+	struct conf_cert	*cc;
+
+	cc = xcalloc(1, sizeof(*cc));
+	cc->cc_issuer = xstrdup(issuer);
+	cc->cc_key = KEY_TYPE_DEFAULT;
+	cc->cc_file = xstrdup(p->file);
+	cc->cc_line = p->line;
+	return cc;
+}
+
+/* A word of acme_certificate after the issuer: key=TYPE or an identifier. */
+int
+conf_cert_param(struct conf_parse *p, struct conf_cert *cc, const char *arg,
+    int *havekey)
+{
+	if (strncmp(arg, "key=", 4) != 0)
+		return conf_cert_ident(p, cc, arg);
+	if (*havekey)
+		return conf_error(p, "duplicate \"key\" parameter");
+	if (key_type_parse(arg + 4, &cc->cc_key) == -1)
+		return conf_error(p, "invalid key type \"%s\"", arg + 4);
+	*havekey = 1;
+	return 0;
+}
+
+/* Name cc and add it to the configuration; on error, cc is freed. */
+int
+conf_cert_add(struct conf_parse *p, struct conf_cert *cc)
+{
+	struct conf_cert	*other;
+
+	if (cc->cc_nidents == 0) {
+		conf_error(p, "no identifiers in \"acme_certificate\" "
+		    "directive");
+		goto fail;
+	}
+	cc->cc_id = conf_cert_id(cc);
+	TAILQ_FOREACH(other, &p->conf->c_certs, cc_entry) {
+		if (strcmp(other->cc_id, cc->cc_id) == 0) {
+			conf_error(p, "duplicate acme_certificate \"%s\", first "
+			    "defined at %s:%d", cc->cc_id, other->cc_file,
+			    other->cc_line);
+			goto fail;
+		}
+	}
+	TAILQ_INSERT_TAIL(&p->conf->c_certs, cc, cc_entry);
+	return 0;
+fail:
+	conf_cert_free(cc);
+	return -1;
+}
+
+int
+conf_cmd_cert(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_cert	*cc;
+	int			 i, havekey = 0;
+
+	(void)blk;
+	cc = conf_cert_new(p, argv[0]);
+	for (i = 1; i < argc; i++) {
+		if (conf_cert_param(p, cc, argv[i], &havekey) == -1) {
+			conf_cert_free(cc);
+			return -1;
+		}
+	}
+	return conf_cert_add(p, cc);
+}
