@@ -71,7 +71,10 @@ enum key_type {
 };
 #define KEY_TYPE_DEFAULT KEY_ECDSA_256
 
-/* conf.c: nginx grammar and the sidecar's directives (conf_cert.c: acme_certificate). */
+/*
+ * conf.c: nginx grammar and the sidecar's directives; conf_cert.c:
+ * acme_certificate's identifiers, ids and key types.
+ */
 enum challenge_type {
 	CHALLENGE_HTTP_01,
 	CHALLENGE_TYPE_MAX
