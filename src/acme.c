@@ -308,6 +308,27 @@ acme_issuer_state(const struct acme_issuer *ai)
 }
 
 const char *
+acme_issuer_state_name(enum issuer_state state)
+{
+	if (state < 0 || state >= ISSUER_STATE_MAX)
+		return "unknown";
+	return issuer_state_names[state];
+}
+
+const char *
+acme_issuer_uri(const struct acme_issuer *ai)
+{
+	return ai->ai_conf->ci_uri;
+}
+
+/* The account URL (the "kid"), or NULL before the account is known. */
+const char *
+acme_issuer_account_url(const struct acme_issuer *ai)
+{
+	return ai->ai_kid;
+}
+
+const char *
 acme_issuer_thumbprint(const struct acme_issuer *ai)
 {
 	return ai->ai_thumbprint;

@@ -111,7 +111,7 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "acme_shared_zone", CONF_TOP|CONF_HTTP, 1, 4, conf_cmd_zone },
 	{ "acme_certificate", CONF_TOP, 1, CONF_MAX_ARGS, conf_cmd_cert },
 	{ "challenge_listen", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_listen },
-	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_control },
+	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_control },
 	{ "user", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_user },
 	{ "nginx_config", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_nginx },
 
@@ -244,6 +244,7 @@ conf_free(struct conf *conf)
 	}
 	free(conf->c_challenge_addr);
 	free(conf->c_control_socket);
+	free(conf->c_control_group);
 	free(conf->c_user);
 	free(conf->c_group);
 	free(conf->c_nginx_config);
@@ -1205,9 +1206,19 @@ conf_cmd_control(struct conf_parse *p, struct conf_block *blk, int argc,
     char **argv)
 {
 	(void)blk;
-	(void)argc;
 	if (argv[0][0] == '\0')
 		return conf_error(p, "invalid control_socket \"\"");
+	/* group=: who may read through the socket (control.c). */
+	if (argc == 2) {
+		if (strncmp(argv[1], "group=", 6) != 0)
+			return conf_error(p, "invalid parameter \"%s\"",
+			    argv[1]);
+		if (argv[1][6] == '\0' || getgrnam(argv[1] + 6) == NULL)
+			return conf_error(p, "unknown group \"%s\"",
+			    argv[1] + 6);
+		free(p->conf->c_control_group);
+		p->conf->c_control_group = xstrdup(argv[1] + 6);
+	}
 	free(p->conf->c_control_socket);
 	p->conf->c_control_socket = conf_path_resolve(p->lex, argv[0]);
 	return 0;

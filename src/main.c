@@ -69,11 +69,14 @@ main_test_conf(void)
 	return 0;
 }
 
-static void
-main_reload(void)
+/*
+ * SIGHUP and POST /v1/reload.  -1 with cause (the caller frees) when the
+ * new configuration is refused and the running one kept.
+ */
+static int
+main_reload(char **cause)
 {
 	struct conf	*conf;
-	char		*cause = NULL;
 
 	if (main_conf_path != NULL && main_nginx_path != NULL)
 		log_info("reloading %s and %s", main_conf_path,
@@ -81,12 +84,11 @@ main_reload(void)
 	else
 		log_info("reloading %s", main_conf_path != NULL ?
 		    main_conf_path : main_nginx_path);
-	conf = conf_load_files(main_conf_path, main_nginx_path, &cause);
+	conf = conf_load_files(main_conf_path, main_nginx_path, cause);
 	if (conf == NULL) {
 		log_warnx("reload refused, keeping the running configuration: "
-		    "%s", cause);
-		free(cause);
-		return;
+		    "%s", *cause);
+		return -1;
 	}
 	if (conf->c_challenge_port != main_conf->c_challenge_port ||
 	    strcmp(conf->c_challenge_addr, main_conf->c_challenge_addr) != 0)
@@ -97,20 +99,26 @@ main_reload(void)
 	    conf->c_zone_size != main_conf->c_zone_size)
 		log_warnx("acme_shared_zone changed; it takes effect after a "
 		    "restart");
+	if (strcmp(conf->c_control_socket, main_conf->c_control_socket) != 0)
+		log_warnx("control_socket changed; it takes effect after a "
+		    "restart");
 	sched_apply(conf);
 	conf_free(main_conf);
 	main_conf = conf;
+	return 0;
 }
 
 static void
 main_signal(int sig, short ev, void *arg)
 {
 	struct event_base	*base = arg;
+	char			*cause = NULL;
 
 	(void)ev;
 	switch (sig) {
 	case SIGHUP:
-		main_reload();
+		main_reload(&cause);	/* a refusal is logged */
+		free(cause);
 		break;
 	case SIGTERM:
 	case SIGINT:
@@ -248,10 +256,19 @@ main(int argc, char *argv[])
 	if (writer_start(base, &cause) == -1)
 		fatalx("%s", cause);
 	main_zone_open(base);
+	/*
+	 * The control socket before the first orders: a path that cannot be
+	 * bound stops the daemon before it has asked the CA for anything.
+	 * No request is served before the loop runs, after sched_apply().
+	 */
+	if (control_start(base, main_conf->c_control_socket,
+	    main_conf->c_control_group, main_reload, &cause) == -1)
+		fatalx("%s", cause);
 	sched_init(base, dns);
 	sched_apply(main_conf);
 	event_base_dispatch(base);
 
+	control_stop();
 	/* Before the certificates go: nginx keeps serving the last image. */
 	shm_close();
 	sched_shutdown();

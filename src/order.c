@@ -59,6 +59,7 @@ struct cert {
 	struct acme_req		*ce_req;
 	struct writer_job	*ce_job;
 	struct event		*ce_timer;
+	time_t			 ce_timer_at;	/* when ce_timer fires */
 	int			 ce_failures;
 	char			*ce_last_error;
 	time_t			 ce_last_error_at;
@@ -122,6 +123,7 @@ order_arm(struct cert *ce, double seconds)
 	tv.tv_sec = (time_t)seconds;
 	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
 	evtimer_add(ce->ce_timer, &tv);
+	ce->ce_timer_at = util_now() + tv.tv_sec;
 }
 
 struct cert *
@@ -256,6 +258,31 @@ struct acme_issuer *
 order_cert_issuer(const struct cert *ce)
 {
 	return ce->ce_issuer;
+}
+
+/* A snapshot for the control API; the pointers live as long as ce. */
+void
+order_cert_info(const struct cert *ce, struct order_info *oi)
+{
+	memset(oi, 0, sizeof(*oi));
+	oi->oi_id = ce->ce_id;
+	oi->oi_issuer = acme_issuer_name(ce->ce_issuer);
+	oi->oi_idents = ce->ce_idents;
+	oi->oi_nidents = ce->ce_nidents;
+	oi->oi_key = ce->ce_key;
+	oi->oi_state = ce->ce_state;
+	oi->oi_have = ce->ce_have;
+	if (ce->ce_have) {
+		oi->oi_not_before = ce->ce_not_before;
+		oi->oi_not_after = ce->ce_not_after;
+	}
+	if (ce->ce_state == ORDER_IDLE && ce->ce_have)
+		oi->oi_renew_at = ce->ce_renew_at;
+	if (ce->ce_state == ORDER_BACKOFF)
+		oi->oi_retry_at = ce->ce_timer_at;
+	oi->oi_failures = ce->ce_failures;
+	oi->oi_last_error = ce->ce_last_error;
+	oi->oi_last_error_at = ce->ce_last_error_at;
 }
 
 int

@@ -211,3 +211,39 @@ sched_shutdown(void)
 		event_free(sched_progress_ev);
 	sched_progress_ev = NULL;
 }
+
+/* The control API's view: index i of the current set, in no set order. */
+size_t
+sched_cert_count(void)
+{
+	return sched_ncerts;
+}
+
+struct cert *
+sched_cert_at(size_t i)
+{
+	return i < sched_ncerts ? sched_certs[i] : NULL;
+}
+
+struct cert *
+sched_cert_find(const char *id)
+{
+	size_t	 i;
+
+	for (i = 0; i < sched_ncerts; i++)
+		if (strcmp(order_cert_id(sched_certs[i]), id) == 0)
+			return sched_certs[i];
+	return NULL;
+}
+
+size_t
+sched_issuer_count(void)
+{
+	return sched_nissuers;
+}
+
+struct acme_issuer *
+sched_issuer_at(size_t i)
+{
+	return i < sched_nissuers ? sched_issuers[i] : NULL;
+}

@@ -130,6 +130,7 @@ struct conf {
 	char			*c_challenge_addr;	/* default "0.0.0.0" */
 	int			 c_challenge_port;	/* default 80 */
 	char			*c_control_socket;
+	char			*c_control_group;	/* group=, or NULL */
 	char			*c_user;
 	char			*c_group;
 	char			*c_nginx_config;	/* nginx.conf read, or NULL */
@@ -433,6 +434,9 @@ void		 acme_issuer_close(struct acme_issuer *);
 void		 acme_issuer_free(struct acme_issuer *);
 const char	*acme_issuer_name(const struct acme_issuer *);
 enum issuer_state acme_issuer_state(const struct acme_issuer *);
+const char	*acme_issuer_state_name(enum issuer_state);
+const char	*acme_issuer_uri(const struct acme_issuer *);
+const char	*acme_issuer_account_url(const struct acme_issuer *);
 const char	*acme_issuer_thumbprint(const struct acme_issuer *);
 const char	*acme_issuer_state_path(const struct acme_issuer *);
 const char	*acme_issuer_preferred_chain(const struct acme_issuer *);
@@ -477,6 +481,24 @@ enum order_state {
 #define ORDER_BACKOFF_MAX	(24 * 3600)
 #define ORDER_BACKOFF_PERMANENT	3600		/* first wait, hopeless errors */
 
+/* What the control API shows of one certificate (order_cert_info()). */
+struct order_info {
+	const char	*oi_id;
+	const char	*oi_issuer;
+	char *const	*oi_idents;
+	size_t		 oi_nidents;
+	enum key_type	 oi_key;
+	enum order_state oi_state;
+	int		 oi_have;		/* a certificate is stored */
+	time_t		 oi_not_before;		/* 0 without one */
+	time_t		 oi_not_after;
+	time_t		 oi_renew_at;		/* idle: the next renewal */
+	time_t		 oi_retry_at;		/* backoff: the next try */
+	int		 oi_failures;		/* since the last success */
+	const char	*oi_last_error;		/* or NULL */
+	time_t		 oi_last_error_at;
+};
+
 struct cert;
 struct cert	*order_cert_new(struct event_base *, struct acme_issuer *,
 		    const struct conf_cert *);
@@ -489,6 +511,7 @@ int		 order_cert_valid(const struct cert *);
 int		 order_cert_same_conf(const struct cert *,
 		    const struct conf_cert *);
 struct acme_issuer *order_cert_issuer(const struct cert *);
+void		 order_cert_info(const struct cert *, struct order_info *);
 const char	*order_state_name(enum order_state);
 /* When to renew: 2/3 of the lifetime, 1/2 for <= 10 days, minus jitter. */
 time_t		 order_renew_time(time_t not_before, time_t not_after,
@@ -499,5 +522,21 @@ time_t		 order_renew_time(time_t not_before, time_t not_after,
 void		 sched_init(struct event_base *, struct evdns_base *);
 void		 sched_apply(const struct conf *);
 void		 sched_shutdown(void);
+size_t		 sched_cert_count(void);
+struct cert	*sched_cert_at(size_t);
+struct cert	*sched_cert_find(const char *);
+size_t		 sched_issuer_count(void);
+struct acme_issuer *sched_issuer_at(size_t);
+
+/* control.c: the control API on a Unix socket (proto/control-api.md). */
+#define CONTROL_MAX_CONNS	64	/* open connections at once */
+#define CONTROL_CONN_TIMEOUT	30	/* seconds a connection may idle */
+#define CONTROL_MAX_BODY	(64 * 1024)	/* request body bytes */
+#define CONTROL_MEMORY_LIMIT	(32 * 1024)	/* request line + headers */
+#define CONTROL_ACCEPT_PAUSE	1	/* seconds, after EMFILE */
+typedef int	(*control_reload_cb)(char **);
+int		 control_start(struct event_base *, const char *path,
+		    const char *group, control_reload_cb, char **);
+void		 control_stop(void);
 
 #endif /* SIDECAR_H */

@@ -182,6 +182,7 @@ def write_config(path, pebble, state, http_port, certs, issuer="pebble",
     if issuer_extra:
         lines.append("    " + issuer_extra)
     lines += ["}", "", "challenge_listen 127.0.0.1:%d;" % http_port,
+              "control_socket %s;" % (Path(path).parent / "control.sock"),
               zone_line(Path(path).parent), ""]
     for names, key in certs:
         lines.append("acme_certificate %s %s%s;" % (

@@ -33,6 +33,7 @@ def write_conf(path, http_port, issuers, certs):
         lines += ["    " + e for e in extra]
         lines += ["}", ""]
     lines += ["challenge_listen 127.0.0.1:%d;" % http_port,
+              "control_socket %s;" % (Path(path).parent / "control.sock"),
               zone_line(Path(path).parent), ""]
     for issuer, names in certs:
         lines.append("acme_certificate %s %s;" % (issuer, " ".join(names)))

@@ -83,7 +83,8 @@ def nginx_conf(prefix, body):
 def sidecar_conf(tmp_path):
     """Only what nginx.conf cannot say: a responder Pebble never uses."""
     p = tmp_path / "acme-sidecar.conf"
-    p.write_text("challenge_listen 127.0.0.1:%d;\n" % free_port())
+    p.write_text("challenge_listen 127.0.0.1:%d;\ncontrol_socket %s;\n" %
+                 (free_port(), tmp_path / "control.sock"))
     return p
 
 

@@ -225,6 +225,7 @@ def sidecar_config(path, pebble, state, http_port, zone, certs):
         "    request_rate off;",
         "}",
         "challenge_listen 127.0.0.1:%d;" % http_port,
+        "control_socket %s;" % (Path(path).parent / "control.sock"),
         "acme_shared_zone zone=%s:256k;" % zone,
     ]
     for names, key in certs:
