@@ -6,11 +6,17 @@
  * The daemon keeps a model (the certificates and tokens that should be
  * visible) and, when it changes, publishes a complete image of it into
  * the slot no reader of the current generation looks at, then bumps the
- * generation.  Changes made during one turn of the loop are published
- * together by one deferred event: a start-up that loads a thousand
- * certificates writes one image, not a thousand.  The deferred publish
- * still runs in the same turn, long before a CA that is sent a challenge
- * in that turn can ask nginx for the token.
+ * generation.
+ *
+ * Certificate changes are staged and committed together after
+ * SHM_COMMIT_DELAY: a start-up that loads a thousand certificates, or a
+ * thousand orders finishing, writes a few images, not a thousand.  Token
+ * changes are published by a deferred event in the same turn of the
+ * loop, long before a CA that is sent a challenge in that turn can ask
+ * nginx for the token.  An image puts the certificates' part first, so
+ * a slot whose certificates' part is already current takes new tokens
+ * without the certificates being copied again: during mass issuance a
+ * publish costs what the tokens cost.
  *
  * The file is never shrunk and never replaced, so a reader's mapping
  * stays valid for as long as the reader keeps it.
@@ -43,6 +49,13 @@ struct shm_cert {
 	time_t		 sc_not_before;
 	time_t		 sc_not_after;
 	uint64_t	 sc_serial;
+	size_t		 sc_strings;	/* bytes of its strings, NULs too */
+};
+
+/* A change to the certificates, waiting for the next commit. */
+struct shm_pending {
+	struct shm_cert	 sp_cert;	/* sp_cert.sc_id alone: removal */
+	int		 sp_remove;
 };
 
 struct shm_token {
@@ -50,15 +63,21 @@ struct shm_token {
 	char		*st_keyauth;
 };
 
-/* The sizes of one image, worked out before anything is written. */
+/*
+ * Where everything of one image goes, worked out before anything is
+ * written.  The certificates' part comes first and the tokens' part
+ * after it, so that a slot whose certificates' part is current can take
+ * new tokens without the certificates being written again.
+ */
 struct shm_plan {
 	uint32_t	 certs_off;
-	uint32_t	 tokens_off;
-	uint32_t	 nnames;
 	struct acme_shm_table by_id;
 	struct acme_shm_table by_name;
+	uint32_t	 cert_strings_off;
+	uint32_t	 tokens_part_off;	/* where the tokens' part starts */
+	uint32_t	 tokens_off;
 	struct acme_shm_table by_token;
-	uint32_t	 strings_off;
+	uint32_t	 token_strings_off;
 	uint64_t	 size;
 };
 
@@ -69,17 +88,27 @@ static struct {
 	size_t			 size;
 	struct acme_shm_header	*hdr;
 	struct event		*publish_ev;
+	struct event		*commit_ev;
 	struct shm_cert		*certs;
 	size_t			 ncerts;
+	size_t			 nnames;
+	uint64_t		 cert_version;	/* bumps as certs change */
+	struct shm_pending	*pending;
+	size_t			 npending;
 	struct shm_token	*tokens;
 	size_t			 ntokens;
 	uint32_t		 slot_used[2];
+	uint64_t		 slot_version[2]; /* cert_version in each slot */
 	int			 full;		/* the last publish failed */
 	int			 dirty;		/* changes not yet published */
 	struct shm_stats	 stats;
 } shm = { .fd = -1 };
 
+/* Certificate changes wait this long (ms) to go out together. */
+#define SHM_COMMIT_DELAY	100
+
 static void	shm_changed(void);
+static void	shm_commit_cb(int, short, void *);
 
 static size_t
 shm_align8(size_t n)
@@ -337,9 +366,13 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 		shm_layout(size, (size_t)st.st_size < size ?
 		    (size_t)st.st_size : size);
 	shm.stats.ss_slot_size = shm.hdr->slot_size;
+	/* No slot holds the certificates' part of this model yet. */
+	shm.cert_version = 1;
+	shm.slot_version[0] = shm.slot_version[1] = 0;
 	if (base != NULL) {
 		shm.publish_ev = event_new(base, -1, 0, shm_publish_cb, NULL);
-		if (shm.publish_ev == NULL)
+		shm.commit_ev = evtimer_new(base, shm_commit_cb, NULL);
+		if (shm.publish_ev == NULL || shm.commit_ev == NULL)
 			fatalx("%s: event_new", __func__);
 	}
 	log_info("shared zone %s: %zu bytes, %u per image", path, size,
@@ -403,47 +436,20 @@ shm_changed(void)
 		shm_publish();
 }
 
-void
-shm_cert_set(const char *id, const char *issuer, char *const *names,
-    size_t nnames, const char *chain, EVP_PKEY *key, time_t not_before,
-    time_t not_after)
+static size_t
+shm_cert_strings(const struct shm_cert *sc)
 {
-	struct shm_cert	*sc;
-	char		*pem;
-	size_t		 i;
+	size_t	 n, i;
 
-	if ((pem = keys_to_pem(key)) == NULL) {
-		log_warnx("certificate \"%s\": its key does not encode; not "
-		    "published", id);
-		return;
-	}
-	if ((sc = shm_find_cert(id)) == NULL) {
-		shm.certs = xreallocarray(shm.certs, shm.ncerts + 1,
-		    sizeof(*shm.certs));
-		sc = &shm.certs[shm.ncerts++];
-		memset(sc, 0, sizeof(*sc));
-		sc->sc_id = xstrdup(id);
-	} else if (strcmp(sc->sc_chain, chain) == 0 &&
-	    strcmp(sc->sc_key, pem) == 0) {
-		keys_pem_free(pem);	/* same bytes: keep the serial */
-		return;
-	} else
-		shm_cert_clear_content(sc);
-	sc->sc_issuer = xstrdup(issuer);
-	sc->sc_names = xcalloc(nnames, sizeof(*sc->sc_names));
-	for (i = 0; i < nnames; i++)
-		sc->sc_names[i] = xstrdup(names[i]);
-	sc->sc_nnames = nnames;
-	sc->sc_chain = xstrdup(chain);
-	sc->sc_key = pem;
-	sc->sc_not_before = not_before;
-	sc->sc_not_after = not_after;
-	sc->sc_serial = shm_next_serial();
-	shm_changed();
+	n = strlen(sc->sc_id) + 1 + strlen(sc->sc_issuer) + 1 +
+	    strlen(sc->sc_chain) + 1 + strlen(sc->sc_key) + 1;
+	for (i = 0; i < sc->sc_nnames; i++)
+		n += strlen(sc->sc_names[i]) + 1;
+	return n;
 }
 
-void
-shm_cert_remove(const char *id)
+static void
+shm_apply_remove(const char *id)
 {
 	struct shm_cert	*sc;
 	size_t		 i;
@@ -451,12 +457,155 @@ shm_cert_remove(const char *id)
 	if ((sc = shm_find_cert(id)) == NULL)
 		return;
 	i = (size_t)(sc - shm.certs);
+	shm.nnames -= sc->sc_nnames;
 	shm_cert_clear(sc);
 	/* Keep the order: by_name favours the certificate configured first. */
 	memmove(&shm.certs[i], &shm.certs[i + 1],
 	    (shm.ncerts - i - 1) * sizeof(*shm.certs));
 	shm.ncerts--;
-	shm_changed();
+	shm.cert_version++;
+}
+
+/* Take the content of next (which is left empty) into the model. */
+static void
+shm_apply_set(struct shm_cert *next)
+{
+	struct shm_cert	*sc;
+
+	if ((sc = shm_find_cert(next->sc_id)) == NULL) {
+		shm.certs = xreallocarray(shm.certs, shm.ncerts + 1,
+		    sizeof(*shm.certs));
+		sc = &shm.certs[shm.ncerts++];
+		memset(sc, 0, sizeof(*sc));
+		sc->sc_id = xstrdup(next->sc_id);
+	} else if (strcmp(sc->sc_chain, next->sc_chain) == 0 &&
+	    strcmp(sc->sc_key, next->sc_key) == 0)
+		return;			/* same bytes: keep the serial */
+	else {
+		shm.nnames -= sc->sc_nnames;
+		shm_cert_clear_content(sc);
+	}
+	sc->sc_issuer = next->sc_issuer;
+	sc->sc_names = next->sc_names;
+	sc->sc_nnames = next->sc_nnames;
+	sc->sc_chain = next->sc_chain;
+	sc->sc_key = next->sc_key;
+	sc->sc_not_before = next->sc_not_before;
+	sc->sc_not_after = next->sc_not_after;
+	sc->sc_serial = shm_next_serial();
+	sc->sc_strings = shm_cert_strings(sc);
+	shm.nnames += sc->sc_nnames;
+	next->sc_issuer = next->sc_chain = next->sc_key = NULL;
+	next->sc_names = NULL;
+	next->sc_nnames = 0;
+	shm.cert_version++;
+}
+
+/* Apply every staged change to the model, in order. */
+static void
+shm_commit(void)
+{
+	struct shm_pending	*sp;
+	uint64_t		 version = shm.cert_version;
+	size_t			 i;
+
+	for (i = 0; i < shm.npending; i++) {
+		sp = &shm.pending[i];
+		if (sp->sp_remove)
+			shm_apply_remove(sp->sp_cert.sc_id);
+		else
+			shm_apply_set(&sp->sp_cert);
+		shm_cert_clear(&sp->sp_cert);
+	}
+	free(shm.pending);
+	shm.pending = NULL;
+	shm.npending = 0;
+	if (shm.cert_version != version)
+		shm_changed();
+}
+
+static void
+shm_commit_cb(int fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	shm_commit();
+}
+
+/*
+ * Stage a change to the certificates (taking sc's content).  Changes of
+ * SHM_COMMIT_DELAY go out together: every certificate change rewrites
+ * the certificates' part of an image, while tokens, which a CA is
+ * waiting for, are published in the same turn of the loop.
+ */
+static void
+shm_stage(struct shm_cert *sc, int remove)
+{
+	struct timeval		 tv = { 0, SHM_COMMIT_DELAY * 1000 };
+	struct shm_pending	*sp = NULL;
+	size_t			 i;
+
+	for (i = 0; i < shm.npending; i++)
+		if (strcmp(shm.pending[i].sp_cert.sc_id, sc->sc_id) == 0) {
+			sp = &shm.pending[i];
+			shm_cert_clear(&sp->sp_cert);
+			break;
+		}
+	if (sp == NULL) {
+		shm.pending = xreallocarray(shm.pending, shm.npending + 1,
+		    sizeof(*shm.pending));
+		sp = &shm.pending[shm.npending++];
+	}
+	sp->sp_cert = *sc;
+	sp->sp_remove = remove;
+	memset(sc, 0, sizeof(*sc));
+	if (shm.commit_ev == NULL)
+		shm_commit();
+	else if (!evtimer_pending(shm.commit_ev, NULL))
+		evtimer_add(shm.commit_ev, &tv);
+}
+
+void
+shm_cert_set(const char *id, const char *issuer, char *const *names,
+    size_t nnames, const char *chain, EVP_PKEY *key, time_t not_before,
+    time_t not_after)
+{
+	struct shm_cert	 sc;
+	char		*pem;
+	size_t		 i;
+
+	if (shm.base == NULL)
+		return;
+	if ((pem = keys_to_pem(key)) == NULL) {
+		log_warnx("certificate \"%s\": its key does not encode; not "
+		    "published", id);
+		return;
+	}
+	memset(&sc, 0, sizeof(sc));
+	sc.sc_id = xstrdup(id);
+	sc.sc_issuer = xstrdup(issuer);
+	sc.sc_names = xcalloc(nnames, sizeof(*sc.sc_names));
+	for (i = 0; i < nnames; i++)
+		sc.sc_names[i] = xstrdup(names[i]);
+	sc.sc_nnames = nnames;
+	sc.sc_chain = xstrdup(chain);
+	sc.sc_key = pem;
+	sc.sc_not_before = not_before;
+	sc.sc_not_after = not_after;
+	shm_stage(&sc, 0);
+}
+
+void
+shm_cert_remove(const char *id)
+{
+	struct shm_cert	 sc;
+
+	if (shm.base == NULL)
+		return;
+	memset(&sc, 0, sizeof(sc));
+	sc.sc_id = xstrdup(id);
+	shm_stage(&sc, 1);
 }
 
 void
@@ -496,44 +645,42 @@ shm_token_remove(const char *token)
 /*
  * Where everything of the next image goes in the slot at so.  Offsets
  * are from the file start, as readers want them; size is the bytes the
- * image needs, which the caller compares with the slot size.
+ * image needs, which the caller compares with the slot size.  The plan
+ * depends on nothing but the model, so the certificates' part of a slot
+ * written from the same cert_version is where this plan puts it.
  */
 static void
 shm_plan(struct shm_plan *pl, uint32_t so)
 {
 	uint64_t	 off, strings = 0;
-	size_t		 i, j;
+	size_t		 i;
 
 	memset(pl, 0, sizeof(*pl));
-	for (i = 0; i < shm.ncerts; i++) {
-		const struct shm_cert *sc = &shm.certs[i];
-
-		pl->nnames += (uint32_t)sc->sc_nnames;
-		strings += strlen(sc->sc_id) + 1 + strlen(sc->sc_issuer) + 1 +
-		    strlen(sc->sc_chain) + 1 + strlen(sc->sc_key) + 1;
-		for (j = 0; j < sc->sc_nnames; j++)
-			strings += strlen(sc->sc_names[j]) + 1;
-	}
-	for (i = 0; i < shm.ntokens; i++)
-		strings += strlen(shm.tokens[i].st_token) + 1 +
-		    strlen(shm.tokens[i].st_keyauth) + 1;
-
 	off = sizeof(struct acme_shm_image);
 	pl->certs_off = so + (uint32_t)off;
 	off += (uint64_t)shm.ncerts * sizeof(struct acme_shm_cert);
-	pl->tokens_off = so + (uint32_t)off;
-	off += (uint64_t)shm.ntokens * sizeof(struct acme_shm_token);
 	pl->by_id.nbuckets = shm_buckets_for(shm.ncerts);
 	pl->by_id.off = so + (uint32_t)off;
 	off += (uint64_t)pl->by_id.nbuckets * sizeof(struct acme_shm_bucket);
-	pl->by_name.nbuckets = shm_buckets_for(pl->nnames);
+	pl->by_name.nbuckets = shm_buckets_for(shm.nnames);
 	pl->by_name.off = so + (uint32_t)off;
 	off += (uint64_t)pl->by_name.nbuckets * sizeof(struct acme_shm_bucket);
+	pl->cert_strings_off = so + (uint32_t)off;
+	for (i = 0; i < shm.ncerts; i++)
+		off += shm.certs[i].sc_strings;
+	off = shm_align8(off);
+
+	pl->tokens_part_off = so + (uint32_t)off;
+	pl->tokens_off = pl->tokens_part_off;
+	off += (uint64_t)shm.ntokens * sizeof(struct acme_shm_token);
 	pl->by_token.nbuckets = shm_buckets_for(shm.ntokens);
 	pl->by_token.off = so + (uint32_t)off;
 	off += (uint64_t)pl->by_token.nbuckets * sizeof(struct acme_shm_bucket);
-	pl->strings_off = so + (uint32_t)off;
-	/* Checked before any uint32_t offset above is used. */
+	pl->token_strings_off = so + (uint32_t)off;
+	for (i = 0; i < shm.ntokens; i++)
+		strings += strlen(shm.tokens[i].st_token) + 1 +
+		    strlen(shm.tokens[i].st_keyauth) + 1;
+	/* Checked against the slot before any uint32_t offset is used. */
 	pl->size = shm_align8(off + strings);
 }
 
@@ -610,16 +757,48 @@ shm_write_token(const struct shm_plan *pl, uint32_t *pos, size_t i)
 	shm_table_put(&pl->by_token, t->token_off, t->token_len, (uint32_t)i);
 }
 
-/* Write the image into the slot at so; returns the bytes it uses. */
-static uint32_t
-shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen)
+/* The certificates' part of an image: entries, by_id, by_name, strings. */
+static void
+shm_write_certs(const struct shm_plan *pl, uint32_t so)
 {
-	struct acme_shm_image	*img;
-	uint32_t		 pos = pl->strings_off;
-	size_t			 i;
+	uint32_t	 pos = pl->cert_strings_off;
+	size_t		 i;
 
 	/* Entries and empty buckets start zeroed; strings overwrite. */
-	memset(shm.base + so, 0, pl->strings_off - so);
+	memset(shm.base + so, 0, pl->cert_strings_off - so);
+	for (i = 0; i < shm.ncerts; i++)
+		shm_write_cert(pl, &pos, i);
+}
+
+/* The tokens' part; returns where it ends. */
+static uint32_t
+shm_write_tokens(const struct shm_plan *pl)
+{
+	uint32_t	 pos = pl->token_strings_off;
+	size_t		 i;
+
+	memset(shm.base + pl->tokens_part_off, 0,
+	    pl->token_strings_off - pl->tokens_part_off);
+	for (i = 0; i < shm.ntokens; i++)
+		shm_write_token(pl, &pos, i);
+	return pos;
+}
+
+/*
+ * Write the image into the slot at so; returns the bytes it uses.  With
+ * certs_current, the slot's certificates' part is already this plan's
+ * and only the tokens' part and the image header are written.
+ */
+static uint32_t
+shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen,
+    int certs_current)
+{
+	struct acme_shm_image	*img;
+	uint32_t		 end;
+
+	if (!certs_current)
+		shm_write_certs(pl, so);
+	end = shm_write_tokens(pl);
 	img = (struct acme_shm_image *)(shm.base + so);
 	img->magic = ACME_SHM_IMAGE_MAGIC;
 	img->generation = gen;
@@ -630,11 +809,7 @@ shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen)
 	img->by_id = pl->by_id;
 	img->by_name = pl->by_name;
 	img->by_token = pl->by_token;
-	for (i = 0; i < shm.ncerts; i++)
-		shm_write_cert(pl, &pos, i);
-	for (i = 0; i < shm.ntokens; i++)
-		shm_write_token(pl, &pos, i);
-	img->used = (uint32_t)shm_align8(pos - so);
+	img->used = (uint32_t)shm_align8(end - so);
 	return img->used;
 }
 
@@ -664,7 +839,7 @@ shm_publish(void)
 	struct shm_plan		 pl;
 	uint64_t		 gen;
 	uint32_t		 so, used;
-	int			 s;
+	int			 s, current;
 
 	if (shm.base == NULL)
 		return -1;
@@ -677,11 +852,13 @@ shm_publish(void)
 		shm_set_full(1, &pl);
 		return -1;
 	}
-	used = shm_write_image(&pl, so, gen);
+	current = shm.slot_version[s] == shm.cert_version;
+	used = shm_write_image(&pl, so, gen, current);
 	/* A slot of a file we adopted may hold more than the new image. */
 	if (shm.slot_used[s] > used)
 		memset(shm.base + so + used, 0, shm.slot_used[s] - used);
 	shm.slot_used[s] = used;
+	shm.slot_version[s] = shm.cert_version;
 
 	h->last_serial = shm.stats.ss_last_serial;
 	h->published = util_now();
@@ -689,22 +866,27 @@ shm_publish(void)
 	atomic_store_explicit((_Atomic uint64_t *)&h->generation, gen,
 	    memory_order_release);
 	/*
-	 * The previous image goes at once, keys of removed or renewed
-	 * certificates with it.  A reader still in it sees the generation
-	 * change and starts over; the fence keeps the wipe from being seen
-	 * before the new generation.
+	 * A previous image written before the certificates last changed goes
+	 * at once, keys of removed or renewed certificates with it.  A reader
+	 * still in it sees the generation change and starts over; the fence
+	 * keeps the wipe from being seen before the new generation.  One
+	 * written since holds the same keys, and its certificates' part lets
+	 * the next publish write only tokens.
 	 */
-	atomic_thread_fence(memory_order_release);
-	memset(shm.base + h->slot_off[1 - s], 0, shm.slot_used[1 - s]);
-	shm.slot_used[1 - s] = 0;
+	if (shm.slot_version[1 - s] != shm.cert_version) {
+		atomic_thread_fence(memory_order_release);
+		memset(shm.base + h->slot_off[1 - s], 0, shm.slot_used[1 - s]);
+		shm.slot_used[1 - s] = 0;
+		shm.slot_version[1 - s] = 0;
+	}
 	shm.dirty = 0;
 	shm.stats.ss_generation = gen;
 	shm.stats.ss_used = used;
 	shm.stats.ss_publishes++;
 	shm_set_full(0, &pl);
 	log_debug("shared zone: generation %llu, %zu certificates, %zu "
-	    "tokens, %u of %u bytes", (unsigned long long)gen, shm.ncerts,
-	    shm.ntokens, used, h->slot_size);
+	    "tokens, %u of %u bytes%s", (unsigned long long)gen, shm.ncerts,
+	    shm.ntokens, used, h->slot_size, current ? " (tokens only)" : "");
 	return 0;
 }
 
@@ -722,11 +904,14 @@ shm_close(void)
 {
 	size_t	 i;
 
-	/* What the last turn of the loop changed still reaches nginx. */
+	/* What the last turns of the loop changed still reaches nginx. */
+	shm_commit();
 	if (shm.dirty)
 		shm_publish();
 	if (shm.publish_ev != NULL)
 		event_free(shm.publish_ev);
+	if (shm.commit_ev != NULL)
+		event_free(shm.commit_ev);
 	for (i = 0; i < shm.ncerts; i++)
 		shm_cert_clear(&shm.certs[i]);
 	free(shm.certs);

@@ -280,6 +280,55 @@ test_publish_and_lookup(void **state)
 	EVP_PKEY_free(kb);
 }
 
+/*
+ * Token changes alone leave the certificates' part of a slot as it is
+ * and write only the tokens: both slots in turn must still give every
+ * certificate whole, and exactly the tokens of the moment.
+ */
+static void
+test_token_only_publishes(void **state)
+{
+	char		*names[1], id[32], tok[32], want[64], *ka, *cause = NULL;
+	EVP_PKEY	*k = ts_key();
+	struct ts_entry	 e;
+	unsigned char	*base;
+	size_t		 size;
+	int		 i, c;
+
+	(void)state;
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	names[0] = id;
+	for (c = 0; c < 3; c++) {
+		snprintf(id, sizeof(id), "c%d.example.test", c);
+		shm_cert_set(id, "pebble", names, 1, id, k, 0, 1);
+	}
+	base = ts_map(&size);
+	for (i = 0; i < 12; i++) {
+		snprintf(tok, sizeof(tok), "token%d", i);
+		snprintf(want, sizeof(want), "token%d.thumb", i);
+		shm_token_add(tok, want);
+		if (i > 0) {
+			snprintf(tok, sizeof(tok), "token%d", i - 1);
+			shm_token_remove(tok);
+			assert_null(ts_token(base, size, tok));
+		}
+		snprintf(tok, sizeof(tok), "token%d", i);
+		assert_non_null(ka = ts_token(base, size, tok));
+		assert_string_equal(ka, want);
+		free(ka);
+		for (c = 0; c < 3; c++) {
+			snprintf(id, sizeof(id), "c%d.example.test", c);
+			assert_int_equal(ts_read(base, size, 1, id, &e), 1);
+			assert_string_equal(e.chain, id);
+			assert_string_equal(e.id, id);
+			ts_entry_clear(&e);
+		}
+	}
+	munmap(base, size);
+	EVP_PKEY_free(k);
+}
+
 /* A change made in the loop's last turn is published on the way out. */
 static void
 test_close_publishes_pending_changes(void **state)
@@ -568,6 +617,8 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_publish_and_lookup,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_token_only_publishes,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(
 		    test_close_publishes_pending_changes, ts_setup, ts_teardown),
