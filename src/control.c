@@ -239,6 +239,27 @@ control_issuers_json(void)
 	return a;
 }
 
+/* The segment nginx reads; "full" means nginx is serving an older image. */
+static json_t *
+control_zone_json(void)
+{
+	struct shm_stats	 st;
+	json_t			*j;
+
+	shm_get_stats(&st);
+	j = json_pack("{s:I, s:b, s:I, s:I, s:I, s:I, s:I}",
+	    "generation", (json_int_t)st.ss_generation,
+	    "full", st.ss_full,
+	    "used", (json_int_t)st.ss_used,
+	    "image_size", (json_int_t)st.ss_slot_size,
+	    "certificates", (json_int_t)st.ss_certs,
+	    "tokens", (json_int_t)st.ss_tokens,
+	    "failed_publishes", (json_int_t)st.ss_failures);
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
+}
+
 static enum MHD_Result
 control_get_status(struct control_ctx *cx)
 {
@@ -259,12 +280,13 @@ control_get_status(struct control_ctx *cx)
 		json_object_set_new(states, order_state_name(i),
 		    json_integer((json_int_t)count[i]));
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	j = json_pack("{s:s, s:I, s:o, s:{s:I, s:I, s:o}}",
+	j = json_pack("{s:s, s:I, s:o, s:{s:I, s:I, s:o}, s:o}",
 	    "version", SIDECAR_VERSION,
 	    "uptime", (json_int_t)(now.tv_sec - control.started.tv_sec),
 	    "issuers", control_issuers_json(),
 	    "certificates", "total", (json_int_t)n, "valid", (json_int_t)valid,
-	    "by_state", states);
+	    "by_state", states,
+	    "shared_zone", control_zone_json());
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
 	return control_reply(cx->cx_conn, MHD_HTTP_OK, j, NULL);

@@ -5,10 +5,12 @@ contract (proto/acme_shm.h) alone.
 """
 
 import grp
+import json
 import os
 import re
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +25,14 @@ CERTS = [
 
 def ids(certs):
     return [cert_id(n, k) for n, k in certs]
+
+
+def api_status(workdir):
+    """GET /v1/status on the control socket write_config gives the test."""
+    out = subprocess.run(
+        ["curl", "-sS", "--unix-socket", str(Path(workdir) / "control.sock"),
+         "http://localhost/v1/status"], stdout=subprocess.PIPE, check=True)
+    return json.loads(out.stdout)
 
 
 def wait_published(path, cid, timeout=10.0, serial=None):
@@ -115,6 +125,9 @@ def test_segment_full_keeps_last_image(tmp_path, pebble, http_port,
     assert int(m.group(1)) > int(m.group(2))
     h = shmread.header(open(seg, "rb"))
     assert h["flags"] & shmread.FULL
+    zone = api_status(tmp_path)["shared_zone"]
+    assert zone["full"] is True and zone["failed_publishes"] > 0, zone
+    assert zone["generation"] == h["generation"], zone
     assert shmread.cert(str(seg), ids(one)[0])["serial"] == first["serial"]
     assert os.stat(seg).st_size == 32 * 1024
     published = [e["id"] for e in shmread.certs(str(seg))]
@@ -130,3 +143,4 @@ def test_segment_full_keeps_last_image(tmp_path, pebble, http_port,
     assert sorted(e["id"] for e in shmread.certs(str(seg))) == \
         sorted(ids(more[:2]))
     assert shmread.header(open(seg, "rb"))["flags"] & shmread.FULL == 0
+    assert api_status(tmp_path)["shared_zone"]["full"] is False
