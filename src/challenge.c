@@ -2,10 +2,8 @@
  * HTTP-01 responder (RFC 8555 section 8.3) on libmicrohttpd.
  *
  * libmicrohttpd runs inside the daemon's libevent loop rather than in its
- * own thread: it is started with MHD_USE_EPOLL and no internal thread, its
- * epoll fd is watched by a persistent EV_READ event that calls MHD_run(),
- * and a timer re-armed from MHD_get_timeout() after every run drives its
- * connection timeouts.  So the request handler runs on the loop thread,
+ * own thread (loop.c: its epoll fd and its timeouts are events of the
+ * loop).  So the request handler runs on the loop thread,
  * the same thread that adds and removes tokens as orders progress, and the
  * token table needs no lock and can never be read half-updated.
  *
@@ -71,8 +69,7 @@ struct challenge_token {
 /* The whole responder; one per process, touched only by the loop thread. */
 static struct {
 	struct MHD_Daemon	 *daemon;
-	struct event		 *ev_read;
-	struct event		 *ev_timer;
+	struct loop_mhd		  loop;		/* drives daemon */
 	int			  port;
 	struct challenge_token	**table;
 	size_t			  nbuckets;
@@ -346,32 +343,6 @@ challenge_mhd_log(void *cls, const char *fmt, va_list ap)
 	challenge.lastmsg = msg;
 }
 
-static void
-challenge_schedule(void)
-{
-	MHD_UNSIGNED_LONG_LONG	 ms;
-	struct timeval		 tv;
-
-	if (MHD_get_timeout(challenge.daemon, &ms) == MHD_YES) {
-		tv.tv_sec = (time_t)(ms / 1000);
-		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-		evtimer_add(challenge.ev_timer, &tv);
-	} else
-		evtimer_del(challenge.ev_timer);
-}
-
-static void
-challenge_run(evutil_socket_t fd, short events, void *arg)
-{
-	(void)fd;
-	(void)events;
-	(void)arg;
-
-	if (MHD_run(challenge.daemon) != MHD_YES)
-		log_debug("challenge: MHD_run failed");
-	challenge_schedule();
-}
-
 /* "0.0.0.0", "::1" or "[::1]" into a socket address. */
 static int
 challenge_sockaddr(const char *addr, int port, struct sockaddr_storage *ss,
@@ -448,22 +419,11 @@ challenge_events(struct event_base *base, char **cause)
 {
 	const union MHD_DaemonInfo	*di;
 
-	di = MHD_get_daemon_info(challenge.daemon, MHD_DAEMON_INFO_EPOLL_FD);
-	if (di == NULL || di->epoll_fd == -1) {
-		xasprintf(cause, "challenge: libmicrohttpd has no epoll fd");
+	if (loop_mhd_start(&challenge.loop, base, challenge.daemon,
+	    "challenge", cause) == -1)
 		return -1;
-	}
-	challenge.ev_read = event_new(base, di->epoll_fd, EV_READ | EV_PERSIST,
-	    challenge_run, NULL);
-	challenge.ev_timer = evtimer_new(base, challenge_run, NULL);
-	if (challenge.ev_read == NULL || challenge.ev_timer == NULL ||
-	    event_add(challenge.ev_read, NULL) == -1) {
-		xasprintf(cause, "challenge: cannot add events");
-		return -1;
-	}
 	di = MHD_get_daemon_info(challenge.daemon, MHD_DAEMON_INFO_BIND_PORT);
 	challenge.port = di != NULL ? di->port : -1;
-	challenge_schedule();
 	return 0;
 }
 
@@ -531,13 +491,10 @@ out:
 void
 challenge_stop(void)
 {
-	if (challenge.ev_read != NULL)
-		event_free(challenge.ev_read);
-	if (challenge.ev_timer != NULL)
-		event_free(challenge.ev_timer);
-	challenge.ev_read = challenge.ev_timer = NULL;
-	if (challenge.daemon != NULL)
+	/* The loop owns the daemon once it drives it. */
+	if (challenge.loop.lm_daemon == NULL && challenge.daemon != NULL)
 		MHD_stop_daemon(challenge.daemon);
+	loop_mhd_stop(&challenge.loop);
 	challenge.daemon = NULL;
 	challenge.port = -1;
 	free(challenge.lastmsg);

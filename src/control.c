@@ -5,10 +5,9 @@
  * Debian version) has no cap on open connections and no hook at accept or
  * close time to build one, so a local client could hold any number of
  * sockets open.  libmicrohttpd has the cap, per-connection memory limits
- * and idle timeouts built in, and challenge.c already runs it inside the
- * loop the same way (its epoll fd watched by an event, MHD_run() from
- * there, a timer from MHD_get_timeout()), so every handler runs on the
- * loop thread and reads the scheduler's state with no lock.
+ * and idle timeouts built in, and loop.c already runs it inside the loop
+ * for challenge.c, so every handler runs on the loop thread and reads the
+ * scheduler's state with no lock.
  *
  * We accept connections ourselves (MHD_USE_NO_LISTEN_SOCKET, then
  * MHD_add_connection()): libmicrohttpd busy-waits when accept() fails with
@@ -97,8 +96,7 @@ static struct {
 	int			 fd;		/* listening socket */
 	struct event		*ev_accept;
 	struct event		*ev_pause;	/* after EMFILE */
-	struct event		*ev_read;	/* MHD's epoll fd */
-	struct event		*ev_timer;
+	struct loop_mhd		 loop;		/* drives daemon */
 	char			*path;
 	dev_t			 dev;		/* to unlink only our own */
 	ino_t			 ino;
@@ -588,31 +586,6 @@ control_mhd_log(void *cls, const char *fmt, va_list ap)
 	free(msg);
 }
 
-static void
-control_schedule(void)
-{
-	MHD_UNSIGNED_LONG_LONG	 ms;
-	struct timeval		 tv;
-
-	if (MHD_get_timeout(control.daemon, &ms) == MHD_YES) {
-		tv.tv_sec = (time_t)(ms / 1000);
-		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-		evtimer_add(control.ev_timer, &tv);
-	} else
-		evtimer_del(control.ev_timer);
-}
-
-static void
-control_run(evutil_socket_t fd, short events, void *arg)
-{
-	(void)fd;
-	(void)events;
-	(void)arg;
-	if (MHD_run(control.daemon) != MHD_YES)
-		log_debug("control: MHD_run failed");
-	control_schedule();
-}
-
 /* Over CONTROL_MAX_CONNS: say so in one write, best effort, and close. */
 static void
 control_refuse(int fd)
@@ -667,7 +640,7 @@ control_accept(evutil_socket_t lfd, short events, void *arg)
 	if (MHD_add_connection(control.daemon, fd, (struct sockaddr *)&sun,
 	    sizeof(sun)) != MHD_YES)
 		log_debug("control: libmicrohttpd refused a connection");
-	control_schedule();
+	loop_mhd_schedule(&control.loop);
 }
 
 static void
@@ -771,27 +744,17 @@ out:
 static int
 control_events(struct event_base *base, char **cause)
 {
-	const union MHD_DaemonInfo	*di;
-
-	di = MHD_get_daemon_info(control.daemon, MHD_DAEMON_INFO_EPOLL_FD);
-	if (di == NULL || di->epoll_fd == -1) {
-		xasprintf(cause, "control: libmicrohttpd has no epoll fd");
+	if (loop_mhd_start(&control.loop, base, control.daemon, "control",
+	    cause) == -1)
 		return -1;
-	}
-	control.ev_read = event_new(base, di->epoll_fd, EV_READ | EV_PERSIST,
-	    control_run, NULL);
-	control.ev_timer = evtimer_new(base, control_run, NULL);
 	control.ev_accept = event_new(base, control.fd, EV_READ | EV_PERSIST,
 	    control_accept, NULL);
 	control.ev_pause = evtimer_new(base, control_resume, NULL);
-	if (control.ev_read == NULL || control.ev_timer == NULL ||
-	    control.ev_accept == NULL || control.ev_pause == NULL ||
-	    event_add(control.ev_read, NULL) == -1 ||
+	if (control.ev_accept == NULL || control.ev_pause == NULL ||
 	    event_add(control.ev_accept, NULL) == -1) {
 		xasprintf(cause, "control: cannot add events");
 		return -1;
 	}
-	control_schedule();
 	return 0;
 }
 
@@ -840,14 +803,11 @@ control_stop(void)
 		event_free(control.ev_accept);
 	if (control.ev_pause != NULL)
 		event_free(control.ev_pause);
-	if (control.ev_read != NULL)
-		event_free(control.ev_read);
-	if (control.ev_timer != NULL)
-		event_free(control.ev_timer);
 	control.ev_accept = control.ev_pause = NULL;
-	control.ev_read = control.ev_timer = NULL;
-	if (control.daemon != NULL)
+	/* The loop owns the daemon once it drives it. */
+	if (control.loop.lm_daemon == NULL && control.daemon != NULL)
 		MHD_stop_daemon(control.daemon);
+	loop_mhd_stop(&control.loop);
 	control.daemon = NULL;
 	if (control.fd != -1)
 		close(control.fd);

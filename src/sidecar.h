@@ -347,6 +347,19 @@ struct writer_job *writer_save_cert(const char *dir, const char *id,
 		    writer_cb, void *);
 void		 writer_cancel(struct writer_job *);
 
+/* loop.c: a libmicrohttpd daemon driven by the libevent loop. */
+struct MHD_Daemon;
+struct loop_mhd {
+	struct MHD_Daemon	*lm_daemon;
+	struct event		*lm_read;	/* its epoll fd */
+	struct event		*lm_timer;	/* its next timeout */
+	const char		*lm_name;	/* for the log */
+};
+int		 loop_mhd_start(struct loop_mhd *, struct event_base *,
+		    struct MHD_Daemon *, const char *, char **);
+void		 loop_mhd_schedule(struct loop_mhd *);
+void		 loop_mhd_stop(struct loop_mhd *);
+
 /* shm_writer.c: the segment nginx reads (proto/acme_shm.h). */
 struct shm_stats {
 	uint64_t	 ss_generation;		/* last published */

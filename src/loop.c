@@ -1,0 +1,85 @@
+/*
+ * A libmicrohttpd daemon driven by the daemon's libevent loop, for the
+ * HTTP-01 responder (challenge.c) and the control API (control.c).
+ *
+ * The daemon is started with MHD_USE_EPOLL and no thread of its own.
+ * Its epoll fd is watched by a persistent EV_READ event, and a timer
+ * follows MHD_get_timeout() for its connection timeouts; both call
+ * MHD_run(), which does whatever is ready without blocking.  So every
+ * handler runs on the loop, and the state it touches has one owner.
+ */
+#include <sys/time.h>
+
+#include <stdlib.h>
+
+#include <event2/event.h>
+#include <microhttpd.h>
+
+#include "sidecar.h"
+
+/* Arm the timer for the next connection timeout, if there is one. */
+void
+loop_mhd_schedule(struct loop_mhd *lm)
+{
+	MHD_UNSIGNED_LONG_LONG	 ms;
+	struct timeval		 tv;
+
+	if (MHD_get_timeout(lm->lm_daemon, &ms) == MHD_YES) {
+		tv.tv_sec = (time_t)(ms / 1000);
+		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+		evtimer_add(lm->lm_timer, &tv);
+	} else
+		evtimer_del(lm->lm_timer);
+}
+
+static void
+loop_mhd_run(evutil_socket_t fd, short events, void *arg)
+{
+	struct loop_mhd	*lm = arg;
+
+	(void)fd;
+	(void)events;
+	if (MHD_run(lm->lm_daemon) != MHD_YES)
+		log_debug("%s: MHD_run failed", lm->lm_name);
+	loop_mhd_schedule(lm);
+}
+
+/* Drive daemon from base; on failure the caller still calls _stop(). */
+int
+loop_mhd_start(struct loop_mhd *lm, struct event_base *base,
+    struct MHD_Daemon *daemon, const char *name, char **cause)
+{
+	const union MHD_DaemonInfo	*di;
+
+	lm->lm_daemon = daemon;
+	lm->lm_name = name;
+	di = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_EPOLL_FD);
+	if (di == NULL || di->epoll_fd == -1) {
+		xasprintf(cause, "%s: libmicrohttpd has no epoll fd", name);
+		return -1;
+	}
+	lm->lm_read = event_new(base, di->epoll_fd, EV_READ | EV_PERSIST,
+	    loop_mhd_run, lm);
+	lm->lm_timer = evtimer_new(base, loop_mhd_run, lm);
+	if (lm->lm_read == NULL || lm->lm_timer == NULL ||
+	    event_add(lm->lm_read, NULL) == -1) {
+		xasprintf(cause, "%s: cannot add events", name);
+		return -1;
+	}
+	loop_mhd_schedule(lm);
+	return 0;
+}
+
+/* Free the events and stop the daemon; safe on a half-started one. */
+void
+loop_mhd_stop(struct loop_mhd *lm)
+{
+	if (lm->lm_read != NULL)
+		event_free(lm->lm_read);
+	if (lm->lm_timer != NULL)
+		event_free(lm->lm_timer);
+	if (lm->lm_daemon != NULL)
+		MHD_stop_daemon(lm->lm_daemon);
+	lm->lm_read = lm->lm_timer = NULL;
+	lm->lm_daemon = NULL;
+}
