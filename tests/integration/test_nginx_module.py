@@ -170,7 +170,11 @@ def test_renewal_without_reload(tmp_path, pebble_factory, http_port,
     sidecar.start("--nginx-conf", str(nginx.conf))
     sidecar.wait_certs(tmp_path / "state", ["example.test"])
     seg = str(zone_path(tmp_path))
-    first = shmread.cert(seg, "example.test")
+    # Certificates reach the zone within SHM_COMMIT_DELAY of the store.
+    deadline = time.monotonic() + 5
+    while (first := shmread.cert(seg, "example.test")) is None:
+        assert time.monotonic() < deadline, "never published"
+        time.sleep(0.05)
 
     stop = threading.Event()
     results = []
