@@ -65,7 +65,25 @@ def setup(tmp_path, pebble, http_port, sidecar_factory):
     sock = tmp_path / "control.sock"
     for cid in IDS:
         wait_idle(sock, cid)
+    wait_zone_settled(sock)
     return sidecar, state, sock
+
+
+def wait_zone_settled(sock, timeout=10):
+    """Certificates reach the shared zone within 100 ms of being stored:
+    wait until it holds them all and no token, so that the status the
+    tests compare does not move under them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = curl(sock, "/v1/status")
+        zone = st["shared_zone"]
+        if zone["certificates"] == st["certificates"]["total"] and \
+                zone["tokens"] == 0:
+            time.sleep(0.3)
+            if curl(sock, "/v1/status")["shared_zone"] == zone:
+                return
+        assert time.monotonic() < deadline, "zone never settled: %s" % st
+        time.sleep(0.1)
 
 
 def table(text):
