@@ -574,14 +574,10 @@ static void
 control_mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char	*msg;
-	size_t	 len;
 
 	(void)cls;
-	if (vasprintf(&msg, fmt, ap) == -1)
+	if ((msg = loop_mhd_message(fmt, ap)) == NULL)
 		return;
-	len = strlen(msg);
-	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
-		msg[--len] = '\0';
 	log_debug("control: libmicrohttpd: %s", msg);
 	free(msg);
 }

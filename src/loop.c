@@ -10,7 +10,10 @@
  */
 #include <sys/time.h>
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <event2/event.h>
 #include <microhttpd.h>
@@ -82,4 +85,22 @@ loop_mhd_stop(struct loop_mhd *lm)
 		MHD_stop_daemon(lm->lm_daemon);
 	lm->lm_read = lm->lm_timer = NULL;
 	lm->lm_daemon = NULL;
+}
+
+/*
+ * One of libmicrohttpd's log messages as a line of ours, without its
+ * trailing newline; NULL when it cannot be formatted.  Caller frees.
+ */
+char *
+loop_mhd_message(const char *fmt, va_list ap)
+{
+	char	*msg;
+	size_t	 len;
+
+	if (vasprintf(&msg, fmt, ap) == -1)
+		return NULL;
+	len = strlen(msg);
+	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
+		msg[--len] = '\0';
+	return msg;
 }

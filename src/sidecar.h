@@ -359,6 +359,7 @@ int		 loop_mhd_start(struct loop_mhd *, struct event_base *,
 		    struct MHD_Daemon *, const char *, char **);
 void		 loop_mhd_schedule(struct loop_mhd *);
 void		 loop_mhd_stop(struct loop_mhd *);
+char		*loop_mhd_message(const char *, va_list);
 
 /* shm_writer.c: the segment nginx reads (proto/acme_shm.h). */
 struct shm_stats {
