@@ -10,7 +10,9 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -181,6 +183,51 @@ def http_get(port, path, host="localhost"):
         return r.status, r.read().decode(errors="replace")
     finally:
         c.close()
+
+
+def _handshake_loop(port, name, stop, results):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port),
+                                          timeout=5) as s:
+                with ctx.wrap_socket(s, server_hostname=name) as t:
+                    results.append(("ok", t.getpeercert(binary_form=True)))
+        except (OSError, ssl.SSLError) as e:
+            results.append(("error", repr(e)))
+        time.sleep(0.01)
+
+
+def served_while(port, name, changed, timeout, diagnostics):
+    """Full handshakes with name, back to back, until changed() is true
+    and for one second after; every one must succeed.  Returns the
+    fingerprints of the leaves served."""
+    stop = threading.Event()
+    results = []
+    t = threading.Thread(target=_handshake_loop,
+                         args=(port, name, stop, results))
+    t.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not changed():
+            assert time.monotonic() < deadline, \
+                "no renewal within %ds%s" % (timeout, diagnostics())
+            time.sleep(0.2)
+        # Keep handshaking a little after the switch.
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    errors = [r for k, r in results if k == "error"]
+    assert len(results) > 100, "only %d handshakes" % len(results)
+    assert not errors, "%d of %d handshakes failed during the renewal: %s" \
+        % (len(errors), len(results), errors[:3])
+    # Distinct leaves first: one openssl run per certificate, not per
+    # handshake, so the caller looks at nginx before the next renewal.
+    leaves = {ssl.DER_cert_to_PEM_cert(c) for k, c in results if k == "ok"}
+    return {fingerprint(pem) for pem in leaves}
 
 
 @pytest.fixture

@@ -10,10 +10,7 @@ port-80 server through the module, with its "return 404" in place.
 
 import os
 import signal
-import socket
-import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import shmread
 from conftest import free_port, split_pem, zone_name, zone_path
 from nginxlib import (MODULE, fingerprint, handshake, http_block_head,
                       http_get, main_block, nginx_factory, served_leaf,
-                      verify_served)
+                      served_while, verify_served)
 
 NAMES = ["example.test", "www.example.test"]
 
@@ -139,21 +136,6 @@ def test_seed_full_example(tmp_path, pebble, http_port, seed):
     assert "[crit]" not in nginx.error_log()
 
 
-def _handshake_loop(port, name, stop, results):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    while not stop.is_set():
-        try:
-            with socket.create_connection(("127.0.0.1", port),
-                                          timeout=5) as s:
-                with ctx.wrap_socket(s, server_hostname=name) as t:
-                    results.append(("ok", t.getpeercert(binary_form=True)))
-        except (OSError, ssl.SSLError) as e:
-            results.append(("error", repr(e)))
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize("validity", [30])
 def test_renewal_without_reload(tmp_path, pebble_factory, http_port,
                                 nginx_factory, sidecar_factory, validity):
@@ -176,35 +158,16 @@ def test_renewal_without_reload(tmp_path, pebble_factory, http_port,
         assert time.monotonic() < deadline, "never published"
         time.sleep(0.05)
 
-    stop = threading.Event()
-    results = []
-    t = threading.Thread(target=_handshake_loop,
-                         args=(tls_port, "www.example.test", stop, results))
-    t.start()
-    try:
-        deadline = time.monotonic() + validity + 20
-        while True:
-            e = shmread.cert(seg, "example.test")
-            if e["serial"] != first["serial"]:
-                break
-            assert time.monotonic() < deadline, \
-                "no renewal within %ds%s" % (validity + 20,
-                                            sidecar.diagnostics())
-            time.sleep(0.2)
-        # Keep handshaking a little after the switch.
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        t.join()
+    renewed = {}
 
-    errors = [r for k, r in results if k == "error"]
-    assert len(results) > 100, "only %d handshakes" % len(results)
-    certs = [r for k, r in results if k == "ok"]
-    assert not errors, "%d of %d handshakes failed during the renewal: %s" \
-        % (len(errors), len(results), errors[:3])
-    served = {ssl.DER_cert_to_PEM_cert(c) for c in certs}
-    new_leaf = split_pem(e["chain"])[0]
-    assert fingerprint(new_leaf) in {fingerprint(p) for p in served}, \
+    def changed():
+        renewed["e"] = shmread.cert(seg, "example.test")
+        return renewed["e"]["serial"] != first["serial"]
+
+    served = served_while(tls_port, "www.example.test", changed,
+                          validity + 20, sidecar.diagnostics)
+    new_leaf = split_pem(renewed["e"]["chain"])[0]
+    assert fingerprint(new_leaf) in served, \
         "nginx kept serving the old certificate%s" % nginx.diagnostics()
     assert fingerprint(served_leaf(tls_port, "example.test")) == \
         fingerprint(new_leaf)

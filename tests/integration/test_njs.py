@@ -654,7 +654,7 @@ def test_njs_renewal_without_reload(tmp_path, pebble_factory, http_port,
     """Short-lived certificates renew at half their life: nginx serves the
     new one through njs with no reload (same worker) and not one failed
     handshake while it happens."""
-    from test_nginx_module import _handshake_loop
+    from nginxlib import served_while
     validity = 30
     pebble = pebble_factory(http_port, validity=validity)
     state = tmp_path / "state"
@@ -670,31 +670,15 @@ def test_njs_renewal_without_reload(tmp_path, pebble_factory, http_port,
     assert fingerprint(wait_leaf(port, A[0], pebble.root, first).chain[0]) \
         == first
 
-    stop = threading.Event()
-    results = []
-    t = threading.Thread(target=_handshake_loop,
-                         args=(port, A[0], stop, results))
-    t.start()
-    try:
-        deadline = time.monotonic() + validity + 20
-        while True:
-            now = fingerprint(split_pem(stored_chain(state, A))[0])
-            if now != first:
-                break
-            assert time.monotonic() < deadline, \
-                "no renewal within %ds%s" % (validity + 20,
-                                            sidecar.diagnostics())
-            time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        t.join()
-    errors = [r for k, r in results if k == "error"]
-    assert len(results) > 100, "only %d handshakes" % len(results)
-    assert not errors, "%d of %d handshakes failed during the renewal: %s" \
-        % (len(errors), len(results), errors[:3])
-    served = {fingerprint(ssl.DER_cert_to_PEM_cert(c))
-              for k, c in results if k == "ok"}
+    renewed = {}
+
+    def changed():
+        renewed["now"] = fingerprint(split_pem(stored_chain(state, A))[0])
+        return renewed["now"] != first
+
+    served = served_while(port, A[0], changed, validity + 20,
+                          sidecar.diagnostics)
+    now = renewed["now"]
     assert now in served, "njs kept serving the old certificate"
     assert nginx.workers() == workers, "nginx was reloaded"
 
