@@ -85,6 +85,7 @@ struct acme_issuer {
 	char			*ai_new_nonce;
 	char			*ai_new_account;
 	char			*ai_new_order;
+	char			*ai_revoke_cert;	/* NULL if not offered */
 	char			*ai_tos;
 	int			 ai_eab_required;
 
@@ -277,6 +278,7 @@ acme_issuer_free(struct acme_issuer *ai)
 	free(ai->ai_new_nonce);
 	free(ai->ai_new_account);
 	free(ai->ai_new_order);
+	free(ai->ai_revoke_cert);
 	free(ai->ai_tos);
 	EVP_PKEY_free(ai->ai_key);
 	free(ai->ai_kid);
@@ -338,6 +340,12 @@ const char *
 acme_issuer_state_path(const struct acme_issuer *ai)
 {
 	return ai->ai_conf->ci_state_path;
+}
+
+const char *
+acme_issuer_revoke_url(const struct acme_issuer *ai)
+{
+	return ai->ai_revoke_cert;
 }
 
 const char *
@@ -1083,6 +1091,10 @@ acme_directory_done(const struct acme_reply *r, void *arg)
 		    "directory (newNonce, newAccount or newOrder missing)");
 		return;
 	}
+	/* Optional for us: only a revocation asked through the API needs it. */
+	if (acme_directory_url(r->json, "revokeCert", &ai->ai_revoke_cert) == -1)
+		log_debug("issuer \"%s\": the directory offers no revokeCert",
+		    ai->ai_name);
 	meta = json_object_get(r->json, "meta");
 	if ((tos = json_string_value(json_object_get(meta,
 	    "termsOfService"))) != NULL) {

@@ -454,6 +454,7 @@ const char	*acme_issuer_account_url(const struct acme_issuer *);
 const char	*acme_issuer_thumbprint(const struct acme_issuer *);
 const char	*acme_issuer_state_path(const struct acme_issuer *);
 const char	*acme_issuer_preferred_chain(const struct acme_issuer *);
+const char	*acme_issuer_revoke_url(const struct acme_issuer *);	/* or NULL */
 int		 acme_issuer_same_conf(const struct acme_issuer *,
 		    const struct conf_issuer *);
 void		 acme_issuer_update_conf(struct acme_issuer *,
@@ -541,6 +542,24 @@ struct cert	*sched_cert_at(size_t);
 struct cert	*sched_cert_find(const char *);
 size_t		 sched_issuer_count(void);
 struct acme_issuer *sched_issuer_at(size_t);
+
+/*
+ * metrics.c: counters for GET /metrics (Prometheus text format).  acme.c
+ * counts requests, order.c outcomes; the rest is read when rendered.
+ */
+enum metrics_outcome {
+	METRICS_ISSUED,		/* a first certificate for the id */
+	METRICS_RENEWED,	/* replaced one we had */
+	METRICS_FAILED,		/* the order failed; backing off */
+	METRICS_REVOKED,	/* revoked through the API */
+	METRICS_OUTCOME_MAX
+};
+void		 metrics_acme_request(const char *issuer, const char *endpoint,
+		    int status, double seconds);
+void		 metrics_order_outcome(const char *issuer,
+		    enum metrics_outcome);
+char		*metrics_render(void);		/* caller frees */
+void		 metrics_reset(void);		/* for the unit tests */
 
 /* control.c: the control API on a Unix socket (proto/control-api.md). */
 #define CONTROL_MAX_CONNS	64	/* open connections at once */
