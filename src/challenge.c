@@ -308,6 +308,7 @@ challenge_request(void *cls, struct MHD_Connection *conn, const char *url,
 		goto notfound;
 
 	challenge.served++;
+	feed_emit("challenge_served", "{s:s}", "token", token);
 	if (log_verbose()) {
 		challenge_client(conn, client, sizeof(client));
 		log_debug("challenge: served token %s to %s", token, client);

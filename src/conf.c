@@ -286,6 +286,11 @@ conf_verror(struct conf_parse *p, const char *file, int line,
 		return -1;
 	if (vasprintf(&msg, fmt, ap) == -1)
 		fatal("vasprintf");
+	/* No file: a certificate from the control API, checked alone. */
+	if (file == NULL) {
+		p->cause = msg;
+		return -1;
+	}
 	xasprintf(&p->cause, "%s:%d: %s", file, line, msg);
 	free(msg);
 	return -1;
@@ -1305,7 +1310,7 @@ conf_load_files(const char *path, const char *nginx, char **cause)
 	if (conf->c_nginx_config != NULL &&
 	    nginx_conf_read(&p, conf->c_nginx_config) == -1)
 		goto out;
-	if (conf_check_certs(&p) == -1)
+	if (conf_read_runtime(&p) == -1 || conf_check_certs(&p) == -1)
 		goto out;
 	rc = 0;
 out:

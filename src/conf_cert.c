@@ -11,8 +11,11 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sidecar.h"
 
@@ -206,7 +209,7 @@ conf_cert_new(struct conf_parse *p, const char *issuer)
 	cc = xcalloc(1, sizeof(*cc));
 	cc->cc_issuer = xstrdup(issuer);
 	cc->cc_key = KEY_TYPE_DEFAULT;
-	cc->cc_file = xstrdup(p->file);
+	cc->cc_file = p->file != NULL ? xstrdup(p->file) : NULL;
 	cc->cc_line = p->line;
 	return cc;
 }
@@ -269,4 +272,163 @@ conf_cmd_cert(struct conf_parse *p, struct conf_block *blk, int argc,
 		}
 	}
 	return conf_cert_add(p, cc);
+}
+
+/*
+ * Certificates added through the control API.  They live in one file per
+ * issuer, STATE_PATH/certificates.conf, in this grammar and with these
+ * checks, so that a certificate added at run time is read at start, at
+ * reload and by -t like any line of the configuration.
+ */
+
+char *
+conf_runtime_path(const struct conf_issuer *ci)
+{
+	char	*path;
+
+	xasprintf(&path, "%s/%s", ci->ci_state_path, CONF_RUNTIME_FILE);
+	return path;
+}
+
+/* The file holds acme_certificate lines of its own issuer, nothing else. */
+static int
+conf_runtime_stmt(struct conf_parse *p, const struct conf_ctx *ctx,
+    struct conf_args *a, enum conf_tok end)
+{
+	const struct conf_issuer	*ci = ctx->cx_arg;
+
+	if (strcmp(a->v[0], "acme_certificate") != 0)
+		return conf_error(p, "\"%s\" directive is not allowed here: "
+		    "this file only holds the acme_certificate lines added "
+		    "through the control API", a->v[0]);
+	if (end != CONF_TOK_SEMI)
+		return conf_error(p, "directive \"acme_certificate\" is not "
+		    "terminated by \";\"");
+	if (a->n < 3)
+		return conf_error(p, "invalid number of arguments in "
+		    "\"acme_certificate\" directive");
+	if (strcmp(a->v[1], ci->ci_name) != 0)
+		return conf_error(p, "acme_certificate of issuer \"%s\" in the "
+		    "file of issuer \"%s\"", a->v[1], ci->ci_name);
+	if (conf_cmd_cert(p, NULL, a->n - 1, a->v + 1) == -1)
+		return -1;
+	TAILQ_LAST(&p->conf->c_certs, conf_certs)->cc_runtime = 1;
+	return 0;
+}
+
+int
+conf_read_runtime(struct conf_parse *p)
+{
+	struct conf_issuer	*ci;
+	struct conf_ctx		 ctx = { conf_runtime_stmt, NULL };
+	struct conf_lex		*lx;
+	char			*path;
+	int			 rc = 0;
+
+	TAILQ_FOREACH(ci, &p->conf->c_issuers, ci_entry) {
+		path = conf_runtime_path(ci);
+		if (access(path, F_OK) == -1 && errno == ENOENT) {
+			free(path);
+			continue;
+		}
+		ctx.cx_arg = ci;
+		lx = conf_lex_open(path, NULL, &p->cause);
+		free(path);
+		if (lx == NULL)
+			return -1;
+		rc = conf_parse_block(p, lx, &ctx, 0);
+		conf_lex_free(lx);
+		if (rc == -1)
+			break;
+	}
+	return rc;
+}
+
+/*
+ * Check one certificate as its acme_certificate line would be checked,
+ * and add it to conf as added at run time.  Returns CONF_ADD_OK, or
+ * CONF_ADD_INVALID or CONF_ADD_DUPLICATE with the reason in cause.
+ */
+int
+conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
+    size_t nidents, const char *key, char **cause)
+{
+	struct conf_parse	 p;
+	struct conf_cert	*cc, *other;
+	char			*word = NULL;
+	int			 havekey = 0;
+	size_t			 i;
+
+	memset(&p, 0, sizeof(p));
+	p.conf = conf;
+	if (conf_find_issuer(conf, issuer) == NULL) {
+		xasprintf(cause, "unknown acme_issuer \"%s\"", issuer);
+		return CONF_ADD_INVALID;
+	}
+	cc = conf_cert_new(&p, issuer);
+	for (i = 0; i < nidents && p.cause == NULL; i++)
+		conf_cert_ident(&p, cc, idents[i]);
+	if (key != NULL && p.cause == NULL) {
+		xasprintf(&word, "key=%s", key);
+		conf_cert_param(&p, cc, word, &havekey);
+		free(word);
+	}
+	if (p.cause == NULL && cc->cc_nidents == 0)
+		conf_error(&p, "no identifiers");
+	if (p.cause != NULL) {
+		conf_cert_free(cc);
+		*cause = p.cause;
+		return CONF_ADD_INVALID;
+	}
+	cc->cc_id = conf_cert_id(cc);
+	TAILQ_FOREACH(other, &conf->c_certs, cc_entry) {
+		if (strcmp(other->cc_id, cc->cc_id) != 0)
+			continue;
+		xasprintf(cause, "certificate \"%s\" is already managed, "
+		    "defined at %s:%d", cc->cc_id, other->cc_file,
+		    other->cc_line);
+		conf_cert_free(cc);
+		return CONF_ADD_DUPLICATE;
+	}
+	cc->cc_runtime = 1;
+	TAILQ_INSERT_TAIL(&conf->c_certs, cc, cc_entry);
+	return CONF_ADD_OK;
+}
+
+/*
+ * The text of issuer's certificates.conf, from conf's certificates added
+ * at run time; each learns its file and line there.
+ */
+char *
+conf_runtime_text(struct conf *conf, const struct conf_issuer *ci)
+{
+	struct conf_cert	*cc;
+	FILE			*f;
+	char			*text = NULL, *path;
+	size_t			 len, i;
+	int			 line = 3;
+
+	if ((f = open_memstream(&text, &len)) == NULL)
+		fatal("open_memstream");
+	fprintf(f, "# Certificates added through the control API of "
+	    "acme-sidecar, issuer \"%s\".\n# The daemon rewrites this file: "
+	    "use acmectl add and acmectl remove.\n", ci->ci_name);
+	path = conf_runtime_path(ci);
+	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry) {
+		if (!cc->cc_runtime || strcmp(cc->cc_issuer, ci->ci_name) != 0)
+			continue;
+		fprintf(f, "acme_certificate %s", cc->cc_issuer);
+		for (i = 0; i < cc->cc_nidents; i++)
+			fprintf(f, " %s", cc->cc_idents[i]);
+		if (cc->cc_key != KEY_TYPE_DEFAULT)
+			fprintf(f, " key=%s", key_type_name(cc->cc_key));
+		fprintf(f, ";\n");
+		free(cc->cc_file);
+		cc->cc_file = xstrdup(path);
+		cc->cc_line = line++;
+	}
+	free(path);
+	if (fclose(f) != 0)
+		fatal("open_memstream");
+	return text;
 }

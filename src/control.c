@@ -19,10 +19,16 @@
  * each request's caller is read with SO_PEERCRED: reads for root, our own
  * uid and members of that group; changes for root and our own uid only.
  *
- * Routes are one table, one row each: method, path, access, handler.  A
- * path segment "{id}" matches one segment.  No route for the path is a
- * 404, a route for another method a 405 with Allow.  Every error is
- * {"error": {"status": N, "message": "..."}} and changes nothing.
+ * Routes are one table, one row each: method, path, access, the body
+ * fields it takes, handler.  A path segment "{id}" matches one segment.
+ * No route for the path is a 404, a route for another method a 405 with
+ * Allow.  Every error is {"error": {"status": N, "message": "..."}} and
+ * changes nothing.
+ *
+ * Two kinds of answer wait, with their connection suspended: a revocation
+ * (until the CA answers) and GET /v1/events (until the next event).  The
+ * daemon resumes them all before it stops libmicrohttpd, which refuses to
+ * stop with a connection suspended.
  */
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -30,6 +36,7 @@
 #include <sys/un.h>
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <libgen.h>
@@ -39,6 +46,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <microhttpd.h>
 
@@ -53,14 +61,33 @@ enum control_access {
 	CONTROL_CHANGE		/* root and our uid */
 };
 
+/* One request: its body, and the answer of a revocation once it came. */
 struct control_req {
+	struct MHD_Connection	*cr_conn;
 	char			*cr_body;
 	size_t			 cr_len;
 	int			 cr_too_big;
+	struct cert		*cr_revoking;	/* suspended for it */
+	const char		*cr_reason;	/* its RFC 5280 name */
+	json_t			*cr_answer;	/* then this ... */
+	unsigned int		 cr_status;	/* ... with this status */
+	TAILQ_ENTRY(control_req) cr_entry;
 };
+TAILQ_HEAD(control_reqs, control_req);
+
+/* One GET /v1/events. */
+struct control_stream {
+	struct MHD_Connection	*cs_conn;
+	struct evbuffer		*cs_buf;	/* lines not sent yet */
+	int			 cs_suspended;	/* waiting for an event */
+	int			 cs_end;	/* 0, or an MHD_CONTENT_READER_ */
+	TAILQ_ENTRY(control_stream) cs_entry;
+};
+TAILQ_HEAD(control_streams, control_stream);
 
 struct control_ctx {
 	struct MHD_Connection	*cx_conn;
+	struct control_req	*cx_req;
 	const char		*cx_id;		/* the {id} segment, or NULL */
 	json_t			*cx_body;	/* the JSON object, or NULL */
 };
@@ -69,8 +96,22 @@ struct control_route {
 	const char		*cr_method;
 	const char		*cr_path;
 	enum control_access	 cr_access;
+	const char *const	*cr_fields;	/* of the body, NULL: none */
 	enum MHD_Result		(*cr_handler)(struct control_ctx *);
 };
+
+/* RFC 5280 section 5.3.1 CRLReason; 7 is not used. */
+static const struct {
+	const char	*name;
+	int		 code;
+} control_reasons[] = {
+	{ "unspecified", 0 }, { "keyCompromise", 1 }, { "cACompromise", 2 },
+	{ "affiliationChanged", 3 }, { "superseded", 4 },
+	{ "cessationOfOperation", 5 }, { "certificateHold", 6 },
+	{ "removeFromCRL", 8 }, { "privilegeWithdrawn", 9 },
+	{ "aACompromise", 10 }
+};
+#define CONTROL_NREASONS (sizeof(control_reasons) / sizeof(control_reasons[0]))
 
 static enum MHD_Result	control_get_status(struct control_ctx *);
 static enum MHD_Result	control_get_certs(struct control_ctx *);
@@ -78,15 +119,34 @@ static enum MHD_Result	control_get_cert(struct control_ctx *);
 static enum MHD_Result	control_get_issuers(struct control_ctx *);
 static enum MHD_Result	control_post_reload(struct control_ctx *);
 static enum MHD_Result	control_post_renew(struct control_ctx *);
+static enum MHD_Result	control_post_cert(struct control_ctx *);
+static enum MHD_Result	control_delete_cert(struct control_ctx *);
+static enum MHD_Result	control_post_revoke(struct control_ctx *);
+static enum MHD_Result	control_get_events(struct control_ctx *);
+static enum MHD_Result	control_get_metrics(struct control_ctx *);
+
+static const char *const control_add_fields[] = {
+	"issuer", "identifiers", "key", NULL
+};
+static const char *const control_revoke_fields[] = { "reason", NULL };
 
 static const struct control_route control_routes[] = {
-	{ "GET", "/v1/status", CONTROL_READ, control_get_status },
-	{ "GET", "/v1/certificates", CONTROL_READ, control_get_certs },
-	{ "GET", "/v1/certificates/{id}", CONTROL_READ, control_get_cert },
-	{ "GET", "/v1/issuers", CONTROL_READ, control_get_issuers },
-	{ "POST", "/v1/reload", CONTROL_CHANGE, control_post_reload },
-	{ "POST", "/v1/certificates/{id}/renew", CONTROL_CHANGE,
+	{ "GET", "/v1/status", CONTROL_READ, NULL, control_get_status },
+	{ "GET", "/v1/certificates", CONTROL_READ, NULL, control_get_certs },
+	{ "POST", "/v1/certificates", CONTROL_CHANGE, control_add_fields,
+	    control_post_cert },
+	{ "GET", "/v1/certificates/{id}", CONTROL_READ, NULL,
+	    control_get_cert },
+	{ "DELETE", "/v1/certificates/{id}", CONTROL_CHANGE, NULL,
+	    control_delete_cert },
+	{ "POST", "/v1/certificates/{id}/renew", CONTROL_CHANGE, NULL,
 	    control_post_renew },
+	{ "POST", "/v1/certificates/{id}/revoke", CONTROL_CHANGE,
+	    control_revoke_fields, control_post_revoke },
+	{ "GET", "/v1/issuers", CONTROL_READ, NULL, control_get_issuers },
+	{ "POST", "/v1/reload", CONTROL_CHANGE, NULL, control_post_reload },
+	{ "GET", "/v1/events", CONTROL_READ, NULL, control_get_events },
+	{ "GET", "/metrics", CONTROL_READ, NULL, control_get_metrics },
 };
 #define CONTROL_NROUTES	(sizeof(control_routes) / sizeof(control_routes[0]))
 
@@ -96,20 +156,29 @@ static struct {
 	int			 fd;		/* listening socket */
 	struct event		*ev_accept;
 	struct event		*ev_pause;	/* after EMFILE */
+	struct event		*ev_check;	/* streams' hang-ups */
 	struct loop_mhd		 loop;		/* drives daemon */
+	struct control_streams	 streams;
+	size_t			 nstreams;
+	struct control_reqs	 revoking;	/* suspended for the CA */
 	char			*path;
 	dev_t			 dev;		/* to unlink only our own */
 	ino_t			 ino;
 	gid_t			 gid;		/* the socket's group */
-	control_reload_cb	 reload;
+	struct control_hooks	 hooks;
 	struct timespec		 started;
-} control = { .fd = -1 };
+} control = {
+	.fd = -1,
+	.streams = TAILQ_HEAD_INITIALIZER(control.streams),
+	.revoking = TAILQ_HEAD_INITIALIZER(control.revoking)
+};
 
 /* ---------------------------------------------------------------- replies */
 
+/* Queue j (consumed) as the answer, with one extra header if name. */
 static enum MHD_Result
 control_reply(struct MHD_Connection *conn, unsigned int status, json_t *j,
-    const char *allow)
+    const char *name, const char *value)
 {
 	struct MHD_Response	*resp;
 	enum MHD_Result		 ret;
@@ -130,11 +199,23 @@ control_reply(struct MHD_Connection *conn, unsigned int status, json_t *j,
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
 	    "application/json");
-	if (allow != NULL)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+	if (name != NULL)
+		MHD_add_response_header(resp, name, value);
 	ret = MHD_queue_response(conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
+}
+
+static json_t *
+control_error_json(unsigned int status, const char *msg)
+{
+	json_t	*j;
+
+	j = json_pack("{s:{s:i, s:s}}", "error", "status", (int)status,
+	    "message", msg);
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
 }
 
 static enum MHD_Result
@@ -153,25 +234,21 @@ control_error(struct MHD_Connection *conn, unsigned int status,
 	if (vasprintf(&msg, fmt, ap) == -1)
 		fatalx("%s: vasprintf", __func__);
 	va_end(ap);
-	j = json_pack("{s:{s:i, s:s}}", "error", "status", (int)status,
-	    "message", msg);
+	j = control_error_json(status, msg);
 	free(msg);
-	if (j == NULL)
-		fatalx("%s: json_pack", __func__);
-	return control_reply(conn, status, j, allow);
+	return control_reply(conn, status, j, allow != NULL ?
+	    MHD_HTTP_HEADER_ALLOW : NULL, allow);
 }
 
 /* RFC 3339 in UTC, or JSON null for "never". */
 static json_t *
 control_time(time_t t)
 {
-	struct tm	 tm;
-	char		 buf[32];
+	char	 buf[UTIL_TIME_LEN];
 
 	if (t == 0)
 		return json_null();
-	gmtime_r(&t, &tm);
-	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	util_time_rfc3339(t, buf, sizeof(buf));
 	return json_string(buf);
 }
 
@@ -287,7 +364,7 @@ control_get_status(struct control_ctx *cx)
 	    "shared_zone", control_zone_json());
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
-	return control_reply(cx->cx_conn, MHD_HTTP_OK, j, NULL);
+	return control_reply(cx->cx_conn, MHD_HTTP_OK, j, NULL, NULL);
 }
 
 static enum MHD_Result
@@ -299,7 +376,7 @@ control_get_certs(struct control_ctx *cx)
 	for (i = 0; i < sched_cert_count(); i++)
 		json_array_append_new(a, control_cert_json(sched_cert_at(i)));
 	return control_reply(cx->cx_conn, MHD_HTTP_OK,
-	    json_pack("{s:o}", "certificates", a), NULL);
+	    json_pack("{s:o}", "certificates", a), NULL, NULL);
 }
 
 static enum MHD_Result
@@ -311,14 +388,15 @@ control_get_cert(struct control_ctx *cx)
 		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
 		    "no certificate \"%s\"", cx->cx_id);
 	return control_reply(cx->cx_conn, MHD_HTTP_OK, control_cert_json(ce),
-	    NULL);
+	    NULL, NULL);
 }
 
 static enum MHD_Result
 control_get_issuers(struct control_ctx *cx)
 {
 	return control_reply(cx->cx_conn, MHD_HTTP_OK,
-	    json_pack("{s:o}", "issuers", control_issuers_json()), NULL);
+	    json_pack("{s:o}", "issuers", control_issuers_json()), NULL,
+	    NULL);
 }
 
 /* The same reload as SIGHUP; a configuration that fails is refused. */
@@ -328,7 +406,7 @@ control_post_reload(struct control_ctx *cx)
 	enum MHD_Result	 ret;
 	char		*cause = NULL;
 
-	if (control.reload(&cause) == -1) {
+	if (control.hooks.ch_reload(&cause) == -1) {
 		ret = control_error(cx->cx_conn,
 		    MHD_HTTP_UNPROCESSABLE_CONTENT, NULL,
 		    "reload refused, the running configuration is kept: %s",
@@ -338,7 +416,7 @@ control_post_reload(struct control_ctx *cx)
 	}
 	return control_reply(cx->cx_conn, MHD_HTTP_OK, json_pack("{s:b, s:I}",
 	    "reloaded", 1, "certificates", (json_int_t)sched_cert_count()),
-	    NULL);
+	    NULL, NULL);
 }
 
 static enum MHD_Result
@@ -359,7 +437,367 @@ control_post_renew(struct control_ctx *cx)
 	    "socket", cx->cx_id);
 	order_renew_now(ce);
 	return control_reply(cx->cx_conn, MHD_HTTP_ACCEPTED,
-	    control_cert_json(ce), NULL);
+	    control_cert_json(ce), NULL, NULL);
+}
+
+/* A field that must be a string, or NULL with a 400 queued. */
+static const char *
+control_string_field(struct control_ctx *cx, const char *name, int required,
+    int *failed)
+{
+	json_t	*v = json_object_get(cx->cx_body, name);
+
+	*failed = 0;
+	if (v == NULL && !required)
+		return NULL;
+	if (json_is_string(v))
+		return json_string_value(v);
+	*failed = 1;
+	control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL, v == NULL ?
+	    "missing field \"%s\"" : "field \"%s\" must be a string", name);
+	return NULL;
+}
+
+/* "identifiers": a non-empty array of strings; NULL with a 400 queued. */
+static const char **
+control_idents_field(struct control_ctx *cx, size_t *n)
+{
+	json_t		*a = json_object_get(cx->cx_body, "identifiers"), *v;
+	const char	**idents;
+	size_t		 i;
+
+	if (!json_is_array(a) || json_array_size(a) == 0) {
+		control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL, a == NULL ?
+		    "missing field \"identifiers\"" : "field \"identifiers\" "
+		    "must be a non-empty array of strings");
+		return NULL;
+	}
+	idents = xreallocarray(NULL, json_array_size(a), sizeof(*idents));
+	json_array_foreach(a, i, v) {
+		if ((idents[i] = json_string_value(v)) == NULL) {
+			free(idents);
+			control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL,
+			    "identifiers[%zu] must be a string", i);
+			return NULL;
+		}
+	}
+	*n = json_array_size(a);
+	return idents;
+}
+
+static unsigned int
+control_result_status(enum control_result r)
+{
+	switch (r) {
+	case CONTROL_OK:
+		return MHD_HTTP_OK;
+	case CONTROL_INVALID:
+		return MHD_HTTP_UNPROCESSABLE_CONTENT;
+	case CONTROL_CONFLICT:
+		return MHD_HTTP_CONFLICT;
+	case CONTROL_NOT_FOUND:
+		return MHD_HTTP_NOT_FOUND;
+	case CONTROL_FAILED:
+		break;
+	}
+	return MHD_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+/* Add a certificate as an acme_certificate line would (main.c saves it). */
+static enum MHD_Result
+control_post_cert(struct control_ctx *cx)
+{
+	const char		*issuer, *key, *id, **idents;
+	char			*cause = NULL, location[600];
+	struct cert		*ce;
+	enum control_result	 r;
+	enum MHD_Result		 ret;
+	size_t			 n;
+	int			 failed;
+
+	if ((issuer = control_string_field(cx, "issuer", 1, &failed)) == NULL)
+		return MHD_YES;
+	key = control_string_field(cx, "key", 0, &failed);
+	if (failed || (idents = control_idents_field(cx, &n)) == NULL)
+		return MHD_YES;
+	r = control.hooks.ch_add(issuer, (char *const *)idents, n, key, &id,
+	    &cause);
+	free(idents);
+	if (r != CONTROL_OK) {
+		ret = control_error(cx->cx_conn, control_result_status(r), NULL,
+		    "%s", cause);
+		free(cause);
+		return ret;
+	}
+	if ((ce = sched_cert_find(id)) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+		    NULL, "certificate \"%s\" is saved but its issuer is not "
+		    "running", id);
+	snprintf(location, sizeof(location), "/v1/certificates/%s", id);
+	return control_reply(cx->cx_conn, MHD_HTTP_CREATED,
+	    control_cert_json(ce), MHD_HTTP_HEADER_LOCATION, location);
+}
+
+static enum MHD_Result
+control_delete_cert(struct control_ctx *cx)
+{
+	enum control_result	 r;
+	enum MHD_Result		 ret;
+	char			*cause = NULL;
+
+	if (sched_cert_find(cx->cx_id) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+		    "no certificate \"%s\"", cx->cx_id);
+	if ((r = control.hooks.ch_remove(cx->cx_id, &cause)) != CONTROL_OK) {
+		ret = control_error(cx->cx_conn, control_result_status(r), NULL,
+		    "%s", cause);
+		free(cause);
+		return ret;
+	}
+	return control_reply(cx->cx_conn, MHD_HTTP_OK,
+	    json_pack("{s:s}", "deleted", cx->cx_id), NULL, NULL);
+}
+
+/* "reason": an RFC 5280 name or code; -1 with a 400 queued. */
+static int
+control_reason(struct control_ctx *cx)
+{
+	json_t		*v = json_object_get(cx->cx_body, "reason");
+	const char	*name = json_string_value(v);
+	size_t		 i;
+
+	if (v == NULL)
+		return 0;
+	for (i = 0; i < CONTROL_NREASONS; i++) {
+		if (name != NULL && strcmp(name, control_reasons[i].name) == 0)
+			return (int)i;
+		if (json_is_integer(v) &&
+		    json_integer_value(v) == control_reasons[i].code)
+			return (int)i;
+	}
+	control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL, "invalid "
+	    "\"reason\": an RFC 5280 reason is expected, by name "
+	    "(\"keyCompromise\") or by code (0-6, 8-10)");
+	return -1;
+}
+
+/* The CA answered a revocation: wake its request up with the answer. */
+static void
+control_revoked(int rc, const char *why, void *arg)
+{
+	struct control_req	*cr = arg;
+	struct cert		*ce = cr->cr_revoking;
+
+	TAILQ_REMOVE(&control.revoking, cr, cr_entry);
+	cr->cr_revoking = NULL;
+	if (rc == 0) {
+		cr->cr_status = MHD_HTTP_OK;
+		cr->cr_answer = json_pack("{s:s, s:s, s:o}", "revoked",
+		    order_cert_id(ce), "reason", cr->cr_reason,
+		    "certificate", control_cert_json(ce));
+	} else {
+		cr->cr_status = rc == -2 ? MHD_HTTP_CONFLICT :
+		    MHD_HTTP_BAD_GATEWAY;
+		cr->cr_answer = control_error_json(cr->cr_status, why);
+	}
+	MHD_resume_connection(cr->cr_conn);
+	loop_mhd_wake(&control.loop);
+}
+
+static enum MHD_Result
+control_post_revoke(struct control_ctx *cx)
+{
+	struct cert		*ce;
+	struct acme_issuer	*ai;
+	struct order_info	 oi;
+	enum MHD_Result		 ret;
+	char			*cause = NULL;
+	int			 i;
+
+	if ((ce = sched_cert_find(cx->cx_id)) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+		    "no certificate \"%s\"", cx->cx_id);
+	if ((i = control_reason(cx)) == -1)
+		return MHD_YES;
+	ai = order_cert_issuer(ce);
+	if (acme_issuer_state(ai) != ISSUER_READY ||
+	    acme_issuer_revoke_url(ai) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+		    NULL, "issuer \"%s\" cannot revoke now: %s",
+		    acme_issuer_name(ai), acme_issuer_state(ai) != ISSUER_READY ?
+		    "its account is not ready" : "its directory has no "
+		    "revokeCert");
+	order_cert_info(ce, &oi);
+	if (!oi.oi_have || order_revoking(ce))
+		return control_error(cx->cx_conn, MHD_HTTP_CONFLICT, NULL,
+		    "certificate \"%s\": %s", cx->cx_id, !oi.oi_have ?
+		    "no certificate is stored yet" : "a revocation is already "
+		    "under way");
+	if (order_revoke(ce, control_reasons[i].code, control_reasons[i].name,
+	    control_revoked, cx->cx_req, &cause) == -1) {
+		ret = control_error(cx->cx_conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+		    NULL, "certificate \"%s\": %s", cx->cx_id, cause);
+		free(cause);
+		return ret;
+	}
+	log_info("certificate \"%s\": revocation (%s) asked through the "
+	    "control socket", cx->cx_id, control_reasons[i].name);
+	cx->cx_req->cr_revoking = ce;
+	cx->cx_req->cr_reason = control_reasons[i].name;
+	TAILQ_INSERT_TAIL(&control.revoking, cx->cx_req, cr_entry);
+	MHD_suspend_connection(cx->cx_conn);
+	return MHD_YES;
+}
+
+/* ----------------------------------------------------------------- events */
+
+static void
+control_stream_wake(struct control_stream *cs)
+{
+	if (cs->cs_suspended) {
+		cs->cs_suspended = 0;
+		MHD_resume_connection(cs->cs_conn);
+	}
+}
+
+/* feed.c's listener: one line to every stream. */
+static void
+control_feed(const char *line, void *arg)
+{
+	struct control_stream	*cs;
+	size_t			 len = strlen(line);
+
+	(void)arg;
+	TAILQ_FOREACH(cs, &control.streams, cs_entry) {
+		if (cs->cs_end != 0)
+			continue;
+		if (evbuffer_get_length(cs->cs_buf) + len >
+		    CONTROL_STREAM_BACKLOG) {
+			log_warnx("control: an event stream's client reads "
+			    "too slowly (%d bytes unread); disconnecting it",
+			    CONTROL_STREAM_BACKLOG);
+			cs->cs_end = MHD_CONTENT_READER_END_WITH_ERROR;
+		} else {
+			evbuffer_add(cs->cs_buf, line, len);
+			evbuffer_add(cs->cs_buf, "\n", 1);
+		}
+		control_stream_wake(cs);
+	}
+	loop_mhd_wake(&control.loop);
+}
+
+/* libmicrohttpd wants more of the stream: give it, or wait for it. */
+static ssize_t
+control_stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct control_stream	*cs = cls;
+	int			 n;
+
+	(void)pos;
+	if (evbuffer_get_length(cs->cs_buf) > 0 &&
+	    cs->cs_end != MHD_CONTENT_READER_END_WITH_ERROR) {
+		n = evbuffer_remove(cs->cs_buf, buf, max);
+		return n > 0 ? n : MHD_CONTENT_READER_END_WITH_ERROR;
+	}
+	if (cs->cs_end != 0)
+		return cs->cs_end;
+	/* Nothing to send: sleep until control_feed() wakes us. */
+	cs->cs_suspended = 1;
+	MHD_suspend_connection(cs->cs_conn);
+	return 0;
+}
+
+static void
+control_stream_free(void *cls)
+{
+	struct control_stream	*cs = cls;
+
+	TAILQ_REMOVE(&control.streams, cs, cs_entry);
+	control.nstreams--;
+	evbuffer_free(cs->cs_buf);
+	free(cs);
+}
+
+static enum MHD_Result
+control_get_events(struct control_ctx *cx)
+{
+	struct control_stream	*cs;
+	struct MHD_Response	*resp;
+	enum MHD_Result		 ret;
+
+	if (control.nstreams >= CONTROL_MAX_STREAMS)
+		return control_error(cx->cx_conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+		    NULL, "too many event streams (%d)", CONTROL_MAX_STREAMS);
+	cs = xcalloc(1, sizeof(*cs));
+	cs->cs_conn = cx->cx_conn;
+	if ((cs->cs_buf = evbuffer_new()) == NULL)
+		fatalx("%s: evbuffer_new", __func__);
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096,
+	    control_stream_read, cs, control_stream_free);
+	if (resp == NULL) {
+		evbuffer_free(cs->cs_buf);
+		free(cs);
+		return MHD_NO;
+	}
+	TAILQ_INSERT_TAIL(&control.streams, cs, cs_entry);
+	control.nstreams++;
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+	    "application/x-ndjson");
+	ret = MHD_queue_response(cx->cx_conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/*
+ * A suspended connection does not see its client hang up, so every
+ * CONTROL_STREAM_CHECK seconds each sleeping stream peeks at its socket.
+ */
+static void
+control_check_streams(evutil_socket_t fd, short events, void *arg)
+{
+	const union MHD_ConnectionInfo	*ci;
+	struct control_stream		*cs;
+	char				 c;
+	ssize_t				 n;
+
+	(void)fd;
+	(void)events;
+	(void)arg;
+	TAILQ_FOREACH(cs, &control.streams, cs_entry) {
+		if (!cs->cs_suspended)
+			continue;
+		ci = MHD_get_connection_info(cs->cs_conn,
+		    MHD_CONNECTION_INFO_CONNECTION_FD);
+		if (ci == NULL)
+			continue;
+		n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+		if (n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR)) {
+			cs->cs_end = MHD_CONTENT_READER_END_WITH_ERROR;
+			control_stream_wake(cs);
+		}
+	}
+	loop_mhd_wake(&control.loop);
+}
+
+static enum MHD_Result
+control_get_metrics(struct control_ctx *cx)
+{
+	struct MHD_Response	*resp;
+	enum MHD_Result		 ret;
+	char			*text;
+
+	text = metrics_render();
+	resp = MHD_create_response_from_buffer(strlen(text), text,
+	    MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+	    "text/plain; version=0.0.4; charset=utf-8");
+	ret = MHD_queue_response(cx->cx_conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -431,12 +869,22 @@ control_allowed(struct MHD_Connection *conn, enum control_access access,
 }
 
 /*
- * None of this increment's routes takes a body: an empty one, or an
- * empty JSON object, is all they accept.
+ * The body: empty, or a JSON object with only the route's fields (their
+ * types are the handler's to check).  Routes without fields accept an
+ * empty body or {}.
  */
+static int
+control_field_known(const char *const *fields, const char *key)
+{
+	for (; fields != NULL && *fields != NULL; fields++)
+		if (strcmp(*fields, key) == 0)
+			return 1;
+	return 0;
+}
+
 static enum MHD_Result
 control_check_body(struct MHD_Connection *conn, struct control_req *cr,
-    json_t **body)
+    const char *const *fields, json_t **body)
 {
 	json_error_t	 err;
 	const char	*key;
@@ -459,6 +907,8 @@ control_check_body(struct MHD_Connection *conn, struct control_req *cr,
 		return MHD_NO;
 	}
 	json_object_foreach(*body, key, v) {
+		if (control_field_known(fields, key))
+			continue;
 		control_error(conn, MHD_HTTP_BAD_REQUEST, NULL,
 		    "unknown field \"%s\"", key);
 		return MHD_NO;
@@ -504,8 +954,10 @@ control_dispatch(struct MHD_Connection *conn, const char *url,
 
 	memset(&cx, 0, sizeof(cx));
 	cx.cx_conn = conn;
+	cx.cx_req = cr;
 	cx.cx_id = id;
-	if (control_check_body(conn, cr, &cx.cx_body) == MHD_NO) {
+	if (control_check_body(conn, cr, found->cr_fields, &cx.cx_body) ==
+	    MHD_NO) {
 		json_decref(cx.cx_body);
 		return MHD_YES;		/* the error is queued */
 	}
@@ -525,8 +977,16 @@ control_request(void *cls, struct MHD_Connection *conn, const char *url,
 
 	(void)cls;
 	(void)version;
+	if (cr != NULL && cr->cr_answer != NULL) {
+		/* Resumed: the CA answered the revocation. */
+		json_t	*j = cr->cr_answer;
+
+		cr->cr_answer = NULL;
+		return control_reply(conn, cr->cr_status, j, NULL, NULL);
+	}
 	if (cr == NULL) {
-		*con_cls = xcalloc(1, sizeof(*cr));
+		*con_cls = cr = xcalloc(1, sizeof(*cr));
+		cr->cr_conn = conn;
 		/* Refuse a body announced too big before reading it. */
 		clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 		    MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -563,6 +1023,7 @@ control_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	(void)toe;
 	if (cr == NULL)
 		return;
+	json_decref(cr->cr_answer);
 	free(cr->cr_body);
 	free(cr);
 	*con_cls = NULL;
@@ -740,14 +1201,20 @@ out:
 static int
 control_events(struct event_base *base, char **cause)
 {
+	struct timeval	 check = { CONTROL_STREAM_CHECK, 0 };
+
 	if (loop_mhd_start(&control.loop, base, control.daemon, "control",
 	    cause) == -1)
 		return -1;
 	control.ev_accept = event_new(base, control.fd, EV_READ | EV_PERSIST,
 	    control_accept, NULL);
 	control.ev_pause = evtimer_new(base, control_resume, NULL);
+	control.ev_check = event_new(base, -1, EV_PERSIST,
+	    control_check_streams, NULL);
 	if (control.ev_accept == NULL || control.ev_pause == NULL ||
-	    event_add(control.ev_accept, NULL) == -1) {
+	    control.ev_check == NULL ||
+	    event_add(control.ev_accept, NULL) == -1 ||
+	    evtimer_add(control.ev_check, &check) == -1) {
 		xasprintf(cause, "control: cannot add events");
 		return -1;
 	}
@@ -756,19 +1223,19 @@ control_events(struct event_base *base, char **cause)
 
 int
 control_start(struct event_base *base, const char *path, const char *group,
-    control_reload_cb reload, char **cause)
+    const struct control_hooks *hooks, char **cause)
 {
 	if (control.daemon != NULL) {
 		xasprintf(cause, "control: already started");
 		return -1;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &control.started);
-	control.reload = reload;
+	control.hooks = *hooks;
 	if ((control.fd = control_bind(path, group, cause)) == -1)
 		return -1;
 	control.path = xstrdup(path);
 	control.daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-	    MHD_USE_NO_LISTEN_SOCKET, 0, NULL, NULL, control_request, NULL,
+	    MHD_USE_NO_LISTEN_SOCKET | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, control_request, NULL,
 	    MHD_OPTION_EXTERNAL_LOGGER, control_mhd_log, NULL,
 	    MHD_OPTION_NOTIFY_COMPLETED, control_completed, NULL,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CONTROL_MAX_CONNS,
@@ -785,9 +1252,33 @@ control_start(struct event_base *base, const char *path, const char *group,
 		control_stop();
 		return -1;
 	}
+	feed_listen(control_feed, NULL);
 	log_info("control: listening on %s (group %u)", path,
 	    (unsigned)control.gid);
 	return 0;
+}
+
+/*
+ * libmicrohttpd cannot stop with a connection suspended: end the streams,
+ * drop the revocations still waiting for the CA, and wake them all.
+ */
+static void
+control_wake_all(void)
+{
+	struct control_stream	*cs;
+	struct control_req	*cr;
+
+	feed_listen(NULL, NULL);
+	TAILQ_FOREACH(cs, &control.streams, cs_entry) {
+		cs->cs_end = MHD_CONTENT_READER_END_OF_STREAM;
+		control_stream_wake(cs);
+	}
+	while ((cr = TAILQ_FIRST(&control.revoking)) != NULL) {
+		TAILQ_REMOVE(&control.revoking, cr, cr_entry);
+		order_revoke_cancel(cr->cr_revoking);
+		cr->cr_revoking = NULL;
+		MHD_resume_connection(cr->cr_conn);
+	}
 }
 
 void
@@ -795,11 +1286,15 @@ control_stop(void)
 {
 	struct stat	 st;
 
+	if (control.daemon != NULL)
+		control_wake_all();
 	if (control.ev_accept != NULL)
 		event_free(control.ev_accept);
 	if (control.ev_pause != NULL)
 		event_free(control.ev_pause);
-	control.ev_accept = control.ev_pause = NULL;
+	if (control.ev_check != NULL)
+		event_free(control.ev_check);
+	control.ev_accept = control.ev_pause = control.ev_check = NULL;
 	/* The loop owns the daemon once it drives it. */
 	if (control.loop.lm_daemon == NULL && control.daemon != NULL)
 		MHD_stop_daemon(control.daemon);

@@ -35,6 +35,18 @@ loop_mhd_schedule(struct loop_mhd *lm)
 		evtimer_del(lm->lm_timer);
 }
 
+/*
+ * Run the daemon on the next turn of the loop.  For a connection resumed
+ * from outside libmicrohttpd's callbacks: its epoll fd does not say so.
+ */
+void
+loop_mhd_wake(struct loop_mhd *lm)
+{
+	struct timeval	 now = { 0, 0 };
+
+	evtimer_add(lm->lm_timer, &now);
+}
+
 static void
 loop_mhd_run(evutil_socket_t fd, short events, void *arg)
 {

@@ -108,6 +108,103 @@ main_reload(char **cause)
 	return 0;
 }
 
+/* Write issuer's certificates.conf from main_conf, atomically. */
+static int
+main_runtime_save(const struct conf_issuer *ci, char **cause)
+{
+	char	*text, *path;
+	int	 rc = -1;
+
+	text = conf_runtime_text(main_conf, ci);
+	path = conf_runtime_path(ci);
+	if (store_init(ci->ci_state_path, cause) == 0 &&
+	    store_write_atomic(path, text, strlen(text), 0600, cause) == 0)
+		rc = 0;
+	free(path);
+	free(text);
+	return rc;
+}
+
+/*
+ * POST /v1/certificates: checked as its configuration line would be,
+ * saved, then started.  Nothing changes unless it is saved.
+ */
+static enum control_result
+main_cert_add(const char *issuer, char *const *idents, size_t n,
+    const char *key, const char **id, char **cause)
+{
+	struct conf_cert	*cc;
+	char			*why = NULL;
+
+	switch (conf_runtime_add(main_conf, issuer, idents, n, key, cause)) {
+	case CONF_ADD_INVALID:
+		return CONTROL_INVALID;
+	case CONF_ADD_DUPLICATE:
+		return CONTROL_CONFLICT;
+	}
+	cc = TAILQ_LAST(&main_conf->c_certs, conf_certs);
+	if (main_runtime_save(conf_find_issuer(main_conf, issuer), &why) ==
+	    -1) {
+		xasprintf(cause, "certificate \"%s\" not added: %s", cc->cc_id,
+		    why);
+		free(why);
+		TAILQ_REMOVE(&main_conf->c_certs, cc, cc_entry);
+		conf_cert_free(cc);
+		return CONTROL_FAILED;
+	}
+	log_info("certificate \"%s\": added through the control socket, "
+	    "saved in %s", cc->cc_id, cc->cc_file);
+	feed_emit("added", "{s:s, s:s}", "certificate", cc->cc_id, "issuer",
+	    issuer);
+	sched_add_cert(cc);
+	*id = cc->cc_id;
+	return CONTROL_OK;
+}
+
+/* DELETE /v1/certificates/{id}: only what the API added. */
+static enum control_result
+main_cert_remove(const char *id, char **cause)
+{
+	struct conf_cert	*cc, *prev;
+	struct conf_issuer	*ci;
+	char			*why = NULL;
+
+	TAILQ_FOREACH(cc, &main_conf->c_certs, cc_entry)
+		if (strcmp(cc->cc_id, id) == 0)
+			break;
+	if (cc == NULL) {
+		xasprintf(cause, "no certificate \"%s\"", id);
+		return CONTROL_NOT_FOUND;
+	}
+	if (!cc->cc_runtime) {
+		xasprintf(cause, "certificate \"%s\" is defined at %s:%d: "
+		    "remove it there, then reload", id, cc->cc_file,
+		    cc->cc_line);
+		return CONTROL_CONFLICT;
+	}
+	ci = conf_find_issuer(main_conf, cc->cc_issuer);
+	prev = TAILQ_PREV(cc, conf_certs, cc_entry);
+	TAILQ_REMOVE(&main_conf->c_certs, cc, cc_entry);
+	if (main_runtime_save(ci, &why) == -1) {
+		xasprintf(cause, "certificate \"%s\" not deleted: %s", id, why);
+		free(why);
+		if (prev != NULL)
+			TAILQ_INSERT_AFTER(&main_conf->c_certs, prev, cc,
+			    cc_entry);
+		else
+			TAILQ_INSERT_HEAD(&main_conf->c_certs, cc, cc_entry);
+		free(conf_runtime_text(main_conf, ci));	/* lines back */
+		return CONTROL_FAILED;
+	}
+	log_info("certificate \"%s\": deleted through the control socket",
+	    id);
+	feed_emit("deleted", "{s:s, s:s}", "certificate", id, "issuer",
+	    cc->cc_issuer);
+	sched_drop_cert(id);
+	conf_cert_free(cc);
+	return CONTROL_OK;
+}
+
 static void
 main_signal(int sig, short ev, void *arg)
 {
@@ -196,6 +293,9 @@ main(int argc, char *argv[])
 	};
 	struct event_base	*base;
 	struct evdns_base	*dns;
+	static const struct control_hooks hooks = {
+		main_reload, main_cert_add, main_cert_remove
+	};
 	struct event		*sig_hup, *sig_term, *sig_int;
 	char			*cause = NULL;
 	int			 ch, test = 0, verbose = 0;
@@ -262,7 +362,7 @@ main(int argc, char *argv[])
 	 * No request is served before the loop runs, after sched_apply().
 	 */
 	if (control_start(base, main_conf->c_control_socket,
-	    main_conf->c_control_group, main_reload, &cause) == -1)
+	    main_conf->c_control_group, &hooks, &cause) == -1)
 		fatalx("%s", cause);
 	sched_init(base, dns);
 	sched_apply(main_conf);

@@ -63,6 +63,12 @@ struct cert {
 	int			 ce_failures;
 	char			*ce_last_error;
 	time_t			 ce_last_error_at;
+
+	/* A revocation asked through the control API (order_revoke()). */
+	struct acme_req		*ce_revoke_req;
+	const char		*ce_revoke_reason;	/* static name */
+	order_revoke_cb		 ce_revoke_cb;
+	void			*ce_revoke_arg;
 };
 
 static const char *order_state_names[ORDER_STATE_MAX] = {
@@ -228,6 +234,12 @@ order_cert_free(struct cert *ce)
 	if (ce == NULL)
 		return;
 	order_reset(ce);
+	if (ce->ce_revoke_req != NULL) {
+		acme_req_cancel(ce->ce_revoke_req);
+		ce->ce_revoke_req = NULL;
+		ce->ce_revoke_cb(-2, "the certificate is no longer managed",
+		    ce->ce_revoke_arg);
+	}
 	shm_cert_remove(ce->ce_id);
 	event_free(ce->ce_timer);
 	order_strv_free(ce->ce_idents, ce->ce_nidents);
@@ -432,6 +444,7 @@ order_fail(struct cert *ce, int permanent, time_t not_before,
 {
 	double	 delay;
 	int	 repeated;
+	char	 retry[UTIL_TIME_LEN];
 
 	order_reset(ce);
 	ce->ce_failures++;
@@ -458,6 +471,11 @@ order_fail(struct cert *ce, int permanent, time_t not_before,
 		    ce->ce_id, why, delay);
 	order_set_state(ce, ORDER_BACKOFF);
 	order_arm(ce, delay);
+	util_time_rfc3339(ce->ce_timer_at, retry, sizeof(retry));
+	feed_emit("failed", "{s:s, s:s, s:s, s:i, s:s}", "certificate",
+	    ce->ce_id, "issuer", acme_issuer_name(ce->ce_issuer), "error", why,
+	    "failures", ce->ce_failures, "next_retry", retry);
+	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), METRICS_FAILED);
 }
 
 static void
@@ -496,6 +514,8 @@ order_begin(struct cert *ce)
 	log_info("certificate \"%s\": ordering from \"%s\"%s", ce->ce_id,
 	    acme_issuer_name(ce->ce_issuer), ce->ce_have ? " (renewal)" : "");
 	order_set_state(ce, ORDER_NEW);
+	feed_emit("order", "{s:s, s:s, s:b}", "certificate", ce->ce_id,
+	    "issuer", acme_issuer_name(ce->ce_issuer), "renewal", ce->ce_have);
 	order_drive(ce);
 }
 
@@ -818,7 +838,8 @@ static void
 order_stored(int rc, const char *cause, void *arg)
 {
 	struct cert	*ce = arg;
-	char		 until[32];
+	char		 until[32], na[UTIL_TIME_LEN];
+	int		 renewal = ce->ce_have;
 
 	ce->ce_job = NULL;
 	if (rc == -1) {
@@ -836,6 +857,12 @@ order_stored(int rc, const char *cause, void *arg)
 	ce->ce_last_error = NULL;
 	order_log_time(until, sizeof(until), ce->ce_not_after);
 	log_info("certificate \"%s\" issued, valid until %s", ce->ce_id, until);
+	util_time_rfc3339(ce->ce_not_after, na, sizeof(na));
+	feed_emit(renewal ? "renewed" : "issued", "{s:s, s:s, s:s}",
+	    "certificate", ce->ce_id, "issuer", acme_issuer_name(ce->ce_issuer),
+	    "not_after", na);
+	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), renewal ?
+	    METRICS_RENEWED : METRICS_ISSUED);
 	order_reset(ce);
 	order_schedule_renewal(ce);
 }
@@ -992,4 +1019,123 @@ order_reply(const struct acme_reply *r, void *arg)
 		fatalx("%s: reply in state %s", __func__,
 		    order_state_name(ce->ce_state));
 	}
+}
+
+/* Revocation (RFC 8555 section 7.6), asked through the control API. */
+
+/* {"certificate": base64url(DER of the leaf), "reason": code} */
+static char *
+order_revoke_payload(const char *chain, int reason, char **cause)
+{
+	BIO		*bio;
+	X509		*x;
+	unsigned char	*der = NULL;
+	char		*b64 = NULL, *text = NULL;
+	json_t		*j;
+	int		 len;
+
+	if ((bio = BIO_new_mem_buf(chain, -1)) == NULL)
+		fatalx("%s: BIO_new_mem_buf", __func__);
+	x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+	BIO_free(bio);
+	if (x == NULL || (len = i2d_X509(x, &der)) <= 0) {
+		ERR_clear_error();
+		X509_free(x);
+		xasprintf(cause, "the stored certificate does not parse");
+		return NULL;
+	}
+	X509_free(x);
+	b64 = b64url_encode(der, (size_t)len);
+	OPENSSL_free(der);
+	j = json_pack("{s:s, s:i}", "certificate", b64, "reason", reason);
+	if (j == NULL || (text = json_dumps(j, JSON_COMPACT)) == NULL)
+		fatalx("%s: json", __func__);
+	json_decref(j);
+	free(b64);
+	return text;
+}
+
+static void
+order_revoked(const struct acme_reply *r, void *arg)
+{
+	struct cert	*ce = arg;
+	char		*desc, *why;
+
+	ce->ce_revoke_req = NULL;
+	if (r->status != 200) {
+		desc = acme_reply_describe(r);
+		xasprintf(&why, "revokeCert: %s", desc);
+		log_warnx("certificate \"%s\": %s", ce->ce_id, why);
+		ce->ce_revoke_cb(-1, why, ce->ce_revoke_arg);
+		free(why);
+		free(desc);
+		return;
+	}
+	log_info("certificate \"%s\" revoked (%s); ordering a replacement",
+	    ce->ce_id, ce->ce_revoke_reason);
+	feed_emit("revoked", "{s:s, s:s, s:s}", "certificate", ce->ce_id,
+	    "issuer", acme_issuer_name(ce->ce_issuer), "reason",
+	    ce->ce_revoke_reason);
+	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), METRICS_REVOKED);
+	/* An order under way replaces it anyway. */
+	if (ce->ce_state == ORDER_IDLE || ce->ce_state == ORDER_BACKOFF)
+		order_begin(ce);
+	ce->ce_revoke_cb(0, NULL, ce->ce_revoke_arg);
+}
+
+/*
+ * Ask the CA to revoke the certificate stored for ce; cb runs exactly
+ * once, unless order_revoke_cancel() comes first: with 0, with -1 when
+ * the CA refused, or with -2 when ce is being freed.  reason is an RFC 5280
+ * CRLReason code, name its name (a static string).
+ */
+int
+order_revoke(struct cert *ce, int reason, const char *name,
+    order_revoke_cb cb, void *arg, char **cause)
+{
+	struct cert_meta	 meta;
+	EVP_PKEY		*key = NULL;
+	char			*chain = NULL, *payload;
+	const char		*url = acme_issuer_revoke_url(ce->ce_issuer);
+	int			 rc;
+
+	if (ce->ce_revoke_req != NULL || url == NULL) {
+		xasprintf(cause, ce->ce_revoke_req != NULL ? "a revocation "
+		    "is already under way" : "the CA offers no revokeCert");
+		return -1;
+	}
+	memset(&meta, 0, sizeof(meta));
+	rc = store_load_cert(acme_issuer_state_path(ce->ce_issuer), ce->ce_id,
+	    &chain, &key, &meta, cause);
+	EVP_PKEY_free(key);
+	store_meta_clear(&meta);
+	if (rc == 1)
+		xasprintf(cause, "no certificate is stored yet");
+	if (rc != 0)
+		return -1;
+	payload = order_revoke_payload(chain, reason, cause);
+	free(chain);
+	if (payload == NULL)
+		return -1;
+	ce->ce_revoke_reason = name;
+	ce->ce_revoke_cb = cb;
+	ce->ce_revoke_arg = arg;
+	ce->ce_revoke_req = acme_post(ce->ce_issuer, url, payload, NULL,
+	    order_revoked, ce);
+	free(payload);
+	return 0;
+}
+
+void
+order_revoke_cancel(struct cert *ce)
+{
+	if (ce->ce_revoke_req != NULL)
+		acme_req_cancel(ce->ce_revoke_req);
+	ce->ce_revoke_req = NULL;
+}
+
+int
+order_revoking(const struct cert *ce)
+{
+	return ce->ce_revoke_req != NULL;
 }

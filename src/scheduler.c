@@ -159,11 +159,45 @@ sched_have_cert(const char *id)
 	return 0;
 }
 
+/* Start managing cc: its stored certificate, or an order at once. */
+struct cert *
+sched_add_cert(const struct conf_cert *cc)
+{
+	struct acme_issuer	*ai;
+	struct cert		*ce;
+
+	if ((ai = sched_find_issuer(cc->cc_issuer)) == NULL) {
+		log_warnx("certificate \"%s\": issuer \"%s\" is not "
+		    "available", cc->cc_id, cc->cc_issuer);
+		return NULL;
+	}
+	ce = order_cert_new(sched_base, ai, cc);
+	sched_certs = xreallocarray(sched_certs, sched_ncerts + 1,
+	    sizeof(*sched_certs));
+	sched_certs[sched_ncerts++] = ce;
+	order_cert_start(ce);
+	return ce;
+}
+
+/* Stop managing a certificate: its order stops, it leaves the zone. */
+int
+sched_drop_cert(const char *id)
+{
+	size_t	 i;
+
+	for (i = 0; i < sched_ncerts; i++) {
+		if (strcmp(order_cert_id(sched_certs[i]), id) == 0) {
+			sched_remove_cert(i);
+			return 0;
+		}
+	}
+	return -1;
+}
+
 void
 sched_apply(const struct conf *conf)
 {
 	const struct conf_cert	*cc;
-	struct acme_issuer	*ai;
 	struct cert		*ce;
 	size_t			 i;
 
@@ -179,18 +213,8 @@ sched_apply(const struct conf *conf)
 			sched_remove_cert(i);
 	}
 	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry) {
-		if (sched_have_cert(cc->cc_id))
-			continue;
-		if ((ai = sched_find_issuer(cc->cc_issuer)) == NULL) {
-			log_warnx("certificate \"%s\": issuer \"%s\" is not "
-			    "available", cc->cc_id, cc->cc_issuer);
-			continue;
-		}
-		ce = order_cert_new(sched_base, ai, cc);
-		sched_certs = xreallocarray(sched_certs, sched_ncerts + 1,
-		    sizeof(*sched_certs));
-		sched_certs[sched_ncerts++] = ce;
-		order_cert_start(ce);
+		if (!sched_have_cert(cc->cc_id))
+			sched_add_cert(cc);
 	}
 	log_info("managing %zu certificates from %zu issuers", sched_ncerts,
 	    sched_nissuers);

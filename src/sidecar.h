@@ -55,6 +55,8 @@ int	 b64url_decode(const char *, unsigned char **, size_t *);
 double	 util_random_unit(void);			/* uniform in [0, 1) */
 double	 util_jitter(double, double);			/* v * (1 +- frac) */
 time_t	 util_now(void);				/* wall clock */
+#define UTIL_TIME_LEN	32
+void	 util_time_rfc3339(time_t, char *, size_t);
 
 /*
  * Key types, shared by account keys (account_key) and certificate keys
@@ -118,6 +120,7 @@ struct conf_cert {
 	size_t			 cc_nidents;
 	enum key_type		 cc_key;
 	int			 cc_nginx;	/* from a server{} of nginx.conf */
+	int			 cc_runtime;	/* added through the API */
 	char			*cc_file;
 	int			 cc_line;
 	TAILQ_ENTRY(conf_cert)	 cc_entry;
@@ -249,6 +252,19 @@ int		 conf_cmd_cert(struct conf_parse *, struct conf_block *, int,
 		    char **);
 void		 conf_cert_free(struct conf_cert *);
 
+/* conf_cert.c: certificates added at run time (STATE_PATH/CONF_RUNTIME_FILE). */
+#define CONF_RUNTIME_FILE	"certificates.conf"
+enum {
+	CONF_ADD_OK,
+	CONF_ADD_INVALID,	/* the configuration would refuse it */
+	CONF_ADD_DUPLICATE	/* its id is taken */
+};
+char		*conf_runtime_path(const struct conf_issuer *);
+int		 conf_read_runtime(struct conf_parse *);
+int		 conf_runtime_add(struct conf *, const char *issuer,
+		    char *const *idents, size_t, const char *key, char **);
+char		*conf_runtime_text(struct conf *, const struct conf_issuer *);
+
 /* nginx_conf.c: the acme_* directives of an nginx.conf. */
 int		 nginx_conf_read(struct conf_parse *, const char *);
 
@@ -358,6 +374,7 @@ struct loop_mhd {
 int		 loop_mhd_start(struct loop_mhd *, struct event_base *,
 		    struct MHD_Daemon *, const char *, char **);
 void		 loop_mhd_schedule(struct loop_mhd *);
+void		 loop_mhd_wake(struct loop_mhd *);
 void		 loop_mhd_stop(struct loop_mhd *);
 char		*loop_mhd_message(const char *, va_list);
 
@@ -515,6 +532,7 @@ struct order_info {
 };
 
 struct cert;
+typedef void	(*order_revoke_cb)(int rc, const char *why, void *);
 struct cert	*order_cert_new(struct event_base *, struct acme_issuer *,
 		    const struct conf_cert *);
 void		 order_cert_free(struct cert *);
@@ -528,6 +546,10 @@ int		 order_cert_same_conf(const struct cert *,
 struct acme_issuer *order_cert_issuer(const struct cert *);
 void		 order_cert_info(const struct cert *, struct order_info *);
 const char	*order_state_name(enum order_state);
+int		 order_revoke(struct cert *, int reason, const char *name,
+		    order_revoke_cb, void *, char **);
+void		 order_revoke_cancel(struct cert *);
+int		 order_revoking(const struct cert *);
 /* When to renew: 2/3 of the lifetime, 1/2 for <= 10 days, minus jitter. */
 time_t		 order_renew_time(time_t not_before, time_t not_after,
 		    double random_unit);
@@ -536,12 +558,22 @@ time_t		 order_renew_time(time_t not_before, time_t not_after,
 #define SCHED_PROGRESS_INTERVAL	10	/* seconds between progress lines */
 void		 sched_init(struct event_base *, struct evdns_base *);
 void		 sched_apply(const struct conf *);
+struct cert	*sched_add_cert(const struct conf_cert *);
+int		 sched_drop_cert(const char *);
 void		 sched_shutdown(void);
 size_t		 sched_cert_count(void);
 struct cert	*sched_cert_at(size_t);
 struct cert	*sched_cert_find(const char *);
 size_t		 sched_issuer_count(void);
 struct acme_issuer *sched_issuer_at(size_t);
+
+/*
+ * feed.c: events for GET /v1/events.  feed_emit(type, fmt, ...) packs the
+ * fields with json_pack(fmt, ...); the listener gets one JSON text.
+ */
+typedef void	(*feed_cb)(const char *line, void *);
+void		 feed_listen(feed_cb, void *);
+void		 feed_emit(const char *type, const char *fmt, ...);
 
 /*
  * metrics.c: counters for GET /metrics (Prometheus text format).  acme.c
@@ -567,9 +599,27 @@ void		 metrics_reset(void);		/* for the unit tests */
 #define CONTROL_MAX_BODY	(64 * 1024)	/* request body bytes */
 #define CONTROL_MEMORY_LIMIT	(32 * 1024)	/* request line + headers */
 #define CONTROL_ACCEPT_PAUSE	1	/* seconds, after EMFILE */
-typedef int	(*control_reload_cb)(char **);
+#define CONTROL_MAX_STREAMS	16	/* GET /v1/events at once */
+#define CONTROL_STREAM_BACKLOG	(1024 * 1024)	/* unread event bytes */
+#define CONTROL_STREAM_CHECK	5	/* seconds between hang-up checks */
+
+/* What main.c does for the API: it owns the configuration. */
+enum control_result {
+	CONTROL_OK,
+	CONTROL_INVALID,	/* 422: the configuration would refuse it */
+	CONTROL_CONFLICT,	/* 409 */
+	CONTROL_NOT_FOUND,	/* 404 */
+	CONTROL_FAILED		/* 500: it could not be saved */
+};
+struct control_hooks {
+	int			 (*ch_reload)(char **);
+	enum control_result	 (*ch_add)(const char *issuer, char *const *,
+				    size_t, const char *key, const char **id,
+				    char **);
+	enum control_result	 (*ch_remove)(const char *id, char **);
+};
 int		 control_start(struct event_base *, const char *path,
-		    const char *group, control_reload_cb, char **);
+		    const char *group, const struct control_hooks *, char **);
 void		 control_stop(void);
 
 #endif /* SIDECAR_H */

@@ -186,3 +186,14 @@ util_now(void)
 {
 	return time(NULL);
 }
+
+/* RFC 3339 in UTC: "2026-11-28T21:33:18Z". */
+void
+util_time_rfc3339(time_t t, char *buf, size_t len)
+{
+	struct tm	 tm;
+
+	gmtime_r(&t, &tm);
+	if (strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0 && len > 0)
+		buf[0] = '\0';
+}

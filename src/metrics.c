@@ -1,0 +1,594 @@
+/*
+ * metrics.c: the counters behind GET /metrics and their rendering in the
+ * Prometheus text format 0.0.4 (proto/control-api.md).
+ *
+ * acme.c counts every exchange with a CA and order.c every order's outcome;
+ * the per-certificate gauges, the challenge counter and the shared zone
+ * are read from their owners when rendered, so they cannot drift.
+ */
+
+#include <sys/types.h>
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sidecar.h"
+
+/*
+ * Label sets are kept in small arrays searched linearly: there are a few
+ * issuers, ten endpoints and a handful of statuses, and a request to a CA
+ * costs far more than the search.  The cap bounds memory if something
+ * unexpected (a CA answering with every status there is) floods a family;
+ * beyond it new label sets are dropped and one warning is logged.  4096
+ * is 400 (issuer, endpoint) pairs or 40 issuers x 10 endpoints x 10
+ * statuses.
+ */
+#define METRICS_MAX_LABELSETS	4096
+
+/*
+ * Latency buckets in seconds, from a fast local CA (Pebble answers in a
+ * few ms) to the 30 s beyond which http_client gives up.
+ */
+static const double metrics_buckets[] = {
+	0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
+};
+static const char *const metrics_bucket_names[] = {
+	"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+	"5", "10", "30"
+};
+#define METRICS_NBUCKETS \
+	(sizeof(metrics_buckets) / sizeof(metrics_buckets[0]))
+
+static const char *const metrics_outcome_names[] = {
+	"issued", "renewed", "failed", "revoked"
+};
+
+struct metrics_request {
+	char		*mr_issuer;
+	char		*mr_endpoint;
+	int		 mr_status;		/* 0: no answer */
+	uint64_t	 mr_count;
+};
+
+struct metrics_latency {
+	char		*ml_issuer;
+	char		*ml_endpoint;
+	uint64_t	 ml_bucket[METRICS_NBUCKETS];	/* not cumulative */
+	uint64_t	 ml_count;
+	double		 ml_sum;
+};
+
+struct metrics_orders {
+	char		*mo_issuer;
+	uint64_t	 mo_count[METRICS_OUTCOME_MAX];
+};
+
+/* The text being rendered; grows by doubling. */
+struct metrics_buf {
+	char		*mb_data;
+	size_t		 mb_len;
+	size_t		 mb_size;
+};
+
+static struct {
+	struct metrics_request	*requests;
+	size_t			 nrequests;
+	struct metrics_latency	*latencies;
+	size_t			 nlatencies;
+	struct metrics_orders	*orders;
+	size_t			 norders;
+	int			 warned;	/* the cap was hit */
+} metrics;
+
+static int
+metrics_full(size_t n)
+{
+	if (n < METRICS_MAX_LABELSETS)
+		return 0;
+	if (!metrics.warned) {
+		log_warnx("metrics: more than %d label sets; dropping new ones",
+		    METRICS_MAX_LABELSETS);
+		metrics.warned = 1;
+	}
+	return 1;
+}
+
+static struct metrics_request *
+metrics_find_request(const char *issuer, const char *endpoint, int status)
+{
+	struct metrics_request	*mr;
+	size_t			 i;
+
+	for (i = 0; i < metrics.nrequests; i++) {
+		mr = &metrics.requests[i];
+		if (mr->mr_status == status &&
+		    strcmp(mr->mr_endpoint, endpoint) == 0 &&
+		    strcmp(mr->mr_issuer, issuer) == 0)
+			return mr;
+	}
+	if (metrics_full(metrics.nrequests))
+		return NULL;
+	metrics.requests = xreallocarray(metrics.requests,
+	    metrics.nrequests + 1, sizeof(*metrics.requests));
+	mr = &metrics.requests[metrics.nrequests++];
+	mr->mr_issuer = xstrdup(issuer);
+	mr->mr_endpoint = xstrdup(endpoint);
+	mr->mr_status = status;
+	mr->mr_count = 0;
+	return mr;
+}
+
+static struct metrics_latency *
+metrics_find_latency(const char *issuer, const char *endpoint)
+{
+	struct metrics_latency	*ml;
+	size_t			 i;
+
+	for (i = 0; i < metrics.nlatencies; i++) {
+		ml = &metrics.latencies[i];
+		if (strcmp(ml->ml_endpoint, endpoint) == 0 &&
+		    strcmp(ml->ml_issuer, issuer) == 0)
+			return ml;
+	}
+	if (metrics_full(metrics.nlatencies))
+		return NULL;
+	metrics.latencies = xreallocarray(metrics.latencies,
+	    metrics.nlatencies + 1, sizeof(*metrics.latencies));
+	ml = &metrics.latencies[metrics.nlatencies++];
+	memset(ml, 0, sizeof(*ml));
+	ml->ml_issuer = xstrdup(issuer);
+	ml->ml_endpoint = xstrdup(endpoint);
+	return ml;
+}
+
+static struct metrics_orders *
+metrics_find_orders(const char *issuer)
+{
+	struct metrics_orders	*mo;
+	size_t			 i;
+
+	for (i = 0; i < metrics.norders; i++) {
+		mo = &metrics.orders[i];
+		if (strcmp(mo->mo_issuer, issuer) == 0)
+			return mo;
+	}
+	if (metrics_full(metrics.norders))
+		return NULL;
+	metrics.orders = xreallocarray(metrics.orders, metrics.norders + 1,
+	    sizeof(*metrics.orders));
+	mo = &metrics.orders[metrics.norders++];
+	memset(mo, 0, sizeof(*mo));
+	mo->mo_issuer = xstrdup(issuer);
+	return mo;
+}
+
+/* One exchange with a CA; status is the HTTP status or 0 without one. */
+void
+metrics_acme_request(const char *issuer, const char *endpoint, int status,
+    double seconds)
+{
+	struct metrics_request	*mr;
+	struct metrics_latency	*ml;
+	size_t			 i;
+
+	if (status < 0)
+		status = 0;
+	if (seconds < 0)
+		seconds = 0;	/* the clock is monotonic; be safe anyway */
+	if ((mr = metrics_find_request(issuer, endpoint, status)) != NULL)
+		mr->mr_count++;
+	if ((ml = metrics_find_latency(issuer, endpoint)) == NULL)
+		return;
+	for (i = 0; i < METRICS_NBUCKETS; i++) {
+		if (seconds <= metrics_buckets[i]) {
+			ml->ml_bucket[i]++;
+			break;
+		}
+	}
+	ml->ml_count++;
+	ml->ml_sum += seconds;
+}
+
+void
+metrics_order_outcome(const char *issuer, enum metrics_outcome outcome)
+{
+	struct metrics_orders	*mo;
+
+	if ((int)outcome < 0 || outcome >= METRICS_OUTCOME_MAX)
+		fatalx("%s: bad outcome %d", __func__, (int)outcome);
+	if ((mo = metrics_find_orders(issuer)) != NULL)
+		mo->mo_count[outcome]++;
+}
+
+void
+metrics_reset(void)
+{
+	size_t	 i;
+
+	for (i = 0; i < metrics.nrequests; i++) {
+		free(metrics.requests[i].mr_issuer);
+		free(metrics.requests[i].mr_endpoint);
+	}
+	for (i = 0; i < metrics.nlatencies; i++) {
+		free(metrics.latencies[i].ml_issuer);
+		free(metrics.latencies[i].ml_endpoint);
+	}
+	for (i = 0; i < metrics.norders; i++)
+		free(metrics.orders[i].mo_issuer);
+	free(metrics.requests);
+	free(metrics.latencies);
+	free(metrics.orders);
+	memset(&metrics, 0, sizeof(metrics));
+}
+
+static void
+metrics_reserve(struct metrics_buf *mb, size_t more)
+{
+	size_t	 size;
+
+	if (mb->mb_size - mb->mb_len > more)
+		return;
+	size = mb->mb_size == 0 ? 8192 : mb->mb_size;
+	while (size - mb->mb_len <= more)
+		size *= 2;
+	mb->mb_data = xreallocarray(mb->mb_data, size, 1);
+	mb->mb_size = size;
+}
+
+static void
+metrics_puts(struct metrics_buf *mb, const char *s)
+{
+	size_t	 len = strlen(s);
+
+	metrics_reserve(mb, len);
+	memcpy(mb->mb_data + mb->mb_len, s, len + 1);
+	mb->mb_len += len;
+}
+
+static void PRINTFLIKE(2, 3)
+metrics_printf(struct metrics_buf *mb, const char *fmt, ...)
+{
+	va_list	 ap;
+	int	 n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(mb->mb_data + mb->mb_len, mb->mb_size - mb->mb_len,
+	    fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		fatalx("%s: vsnprintf failed", __func__);
+	if ((size_t)n < mb->mb_size - mb->mb_len) {
+		mb->mb_len += n;
+		return;
+	}
+	metrics_reserve(mb, n);
+	va_start(ap, fmt);
+	vsnprintf(mb->mb_data + mb->mb_len, mb->mb_size - mb->mb_len, fmt, ap);
+	va_end(ap);
+	mb->mb_len += n;
+}
+
+/* A label value: the format escapes backslash, double quote and newline. */
+static void
+metrics_label(struct metrics_buf *mb, const char *name, const char *value,
+    int first)
+{
+	const char	*p;
+	char		*out;
+
+	/* Worst case every byte doubles, plus name, quotes and comma. */
+	metrics_reserve(mb, strlen(name) + 2 * strlen(value) + 4);
+	out = mb->mb_data + mb->mb_len;
+	if (!first)
+		*out++ = ',';
+	out = stpcpy(out, name);
+	*out++ = '=';
+	*out++ = '"';
+	for (p = value; *p != '\0'; p++) {
+		switch (*p) {
+		case '\\':
+			*out++ = '\\';
+			*out++ = '\\';
+			break;
+		case '"':
+			*out++ = '\\';
+			*out++ = '"';
+			break;
+		case '\n':
+			*out++ = '\\';
+			*out++ = 'n';
+			break;
+		default:
+			*out++ = *p;
+			break;
+		}
+	}
+	*out++ = '"';
+	*out = '\0';
+	mb->mb_len = out - mb->mb_data;
+}
+
+static void
+metrics_family(struct metrics_buf *mb, const char *name, const char *type,
+    const char *help)
+{
+	metrics_printf(mb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name,
+	    type);
+}
+
+static void
+metrics_render_requests(struct metrics_buf *mb)
+{
+	struct metrics_request	*mr;
+	size_t			 i;
+
+	metrics_family(mb, "acme_sidecar_acme_requests_total", "counter",
+	    "Requests to the CA by answer.");
+	for (i = 0; i < metrics.nrequests; i++) {
+		mr = &metrics.requests[i];
+		metrics_puts(mb, "acme_sidecar_acme_requests_total{");
+		metrics_label(mb, "issuer", mr->mr_issuer, 1);
+		metrics_label(mb, "endpoint", mr->mr_endpoint, 0);
+		if (mr->mr_status == 0)
+			metrics_puts(mb, ",status=\"error\"");
+		else
+			metrics_printf(mb, ",status=\"%d\"", mr->mr_status);
+		metrics_printf(mb, "} %llu\n",
+		    (unsigned long long)mr->mr_count);
+	}
+}
+
+static void
+metrics_render_latency(struct metrics_buf *mb, struct metrics_latency *ml)
+{
+	const char	*name = "acme_sidecar_acme_request_duration_seconds";
+	uint64_t	 cumulative = 0;
+	size_t		 i;
+
+	for (i = 0; i < METRICS_NBUCKETS; i++) {
+		cumulative += ml->ml_bucket[i];
+		metrics_printf(mb, "%s_bucket{", name);
+		metrics_label(mb, "issuer", ml->ml_issuer, 1);
+		metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
+		metrics_printf(mb, ",le=\"%s\"} %llu\n",
+		    metrics_bucket_names[i], (unsigned long long)cumulative);
+	}
+	metrics_printf(mb, "%s_bucket{", name);
+	metrics_label(mb, "issuer", ml->ml_issuer, 1);
+	metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
+	metrics_printf(mb, ",le=\"+Inf\"} %llu\n",
+	    (unsigned long long)ml->ml_count);
+
+	metrics_printf(mb, "%s_sum{", name);
+	metrics_label(mb, "issuer", ml->ml_issuer, 1);
+	metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
+	metrics_printf(mb, "} %.6f\n", ml->ml_sum);
+
+	metrics_printf(mb, "%s_count{", name);
+	metrics_label(mb, "issuer", ml->ml_issuer, 1);
+	metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
+	metrics_printf(mb, "} %llu\n", (unsigned long long)ml->ml_count);
+}
+
+static void
+metrics_render_orders(struct metrics_buf *mb)
+{
+	struct metrics_orders	*mo;
+	size_t			 i;
+	int			 o;
+
+	metrics_family(mb, "acme_sidecar_orders_total", "counter",
+	    "Orders by outcome: issued, renewed, failed, revoked.");
+	for (i = 0; i < metrics.norders; i++) {
+		mo = &metrics.orders[i];
+		for (o = 0; o < METRICS_OUTCOME_MAX; o++) {
+			metrics_puts(mb, "acme_sidecar_orders_total{");
+			metrics_label(mb, "issuer", mo->mo_issuer, 1);
+			metrics_printf(mb, ",outcome=\"%s\"} %llu\n",
+			    metrics_outcome_names[o],
+			    (unsigned long long)mo->mo_count[o]);
+		}
+	}
+}
+
+/* One sample of a per-certificate gauge, labelled by id and issuer. */
+static void
+metrics_cert_sample(struct metrics_buf *mb, const char *name,
+    const struct order_info *oi, long long value)
+{
+	metrics_puts(mb, name);
+	metrics_puts(mb, "{");
+	metrics_label(mb, "id", oi->oi_id, 1);
+	metrics_label(mb, "issuer", oi->oi_issuer != NULL ? oi->oi_issuer : "",
+	    0);
+	metrics_printf(mb, "} %lld\n", value);
+}
+
+/* When the next order starts: absent while one runs or none is planned. */
+static time_t
+metrics_next_order(const struct order_info *oi)
+{
+	if (oi->oi_state == ORDER_IDLE)
+		return oi->oi_renew_at;
+	if (oi->oi_state == ORDER_BACKOFF)
+		return oi->oi_retry_at;
+	return 0;
+}
+
+/*
+ * The per-certificate gauges.  A family's samples must be together, so the
+ * certificates are snapshotted once and walked once per family.
+ */
+static void
+metrics_render_certs(struct metrics_buf *mb)
+{
+	struct order_info	*oi = NULL;
+	int			*ready = NULL;
+	struct cert		*ce;
+	size_t			 i, n;
+	time_t			 next;
+
+	n = sched_cert_count();
+	if (n != 0) {
+		oi = xreallocarray(NULL, n, sizeof(*oi));
+		ready = xreallocarray(NULL, n, sizeof(*ready));
+	}
+	for (i = 0; i < n; i++) {
+		ce = sched_cert_at(i);
+		order_cert_info(ce, &oi[i]);
+		ready[i] = order_cert_valid(ce);
+	}
+
+	metrics_family(mb, "acme_sidecar_certificate_ready", "gauge",
+	    "1 while an unexpired certificate is held.");
+	for (i = 0; i < n; i++) {
+		metrics_cert_sample(mb, "acme_sidecar_certificate_ready",
+		    &oi[i], ready[i] ? 1 : 0);
+	}
+
+	metrics_family(mb, "acme_sidecar_certificate_expiry_timestamp_seconds",
+	    "gauge", "notAfter of the certificate held.");
+	for (i = 0; i < n; i++) {
+		if (!oi[i].oi_have || oi[i].oi_not_after == 0)
+			continue;
+		metrics_cert_sample(mb,
+		    "acme_sidecar_certificate_expiry_timestamp_seconds",
+		    &oi[i], (long long)oi[i].oi_not_after);
+	}
+
+	metrics_family(mb,
+	    "acme_sidecar_certificate_next_renewal_timestamp_seconds", "gauge",
+	    "When the next order starts (renewal, or retry after a failure).");
+	for (i = 0; i < n; i++) {
+		if ((next = metrics_next_order(&oi[i])) == 0)
+			continue;
+		metrics_cert_sample(mb,
+		    "acme_sidecar_certificate_next_renewal_timestamp_seconds",
+		    &oi[i], (long long)next);
+	}
+
+	metrics_family(mb, "acme_sidecar_certificate_failures", "gauge",
+	    "Failed orders since the last success.");
+	for (i = 0; i < n; i++) {
+		metrics_cert_sample(mb, "acme_sidecar_certificate_failures",
+		    &oi[i], oi[i].oi_failures);
+	}
+
+	free(ready);
+	free(oi);
+}
+
+static void
+metrics_render_shm(struct metrics_buf *mb)
+{
+	struct shm_stats	 st;
+
+	shm_get_stats(&st);
+	metrics_family(mb, "acme_sidecar_shared_zone_full", "gauge",
+	    "1 while the latest image does not fit.");
+	metrics_printf(mb, "acme_sidecar_shared_zone_full %d\n",
+	    st.ss_full ? 1 : 0);
+	metrics_family(mb, "acme_sidecar_shared_zone_used_bytes", "gauge",
+	    "Bytes of the last image published.");
+	metrics_printf(mb, "acme_sidecar_shared_zone_used_bytes %llu\n",
+	    (unsigned long long)st.ss_used);
+	metrics_family(mb, "acme_sidecar_shared_zone_image_size_bytes",
+	    "gauge", "Room for one image (half the zone).");
+	metrics_printf(mb, "acme_sidecar_shared_zone_image_size_bytes %llu\n",
+	    (unsigned long long)st.ss_slot_size);
+	metrics_family(mb, "acme_sidecar_shared_zone_failed_publishes_total",
+	    "counter", "Images that did not fit.");
+	metrics_printf(mb,
+	    "acme_sidecar_shared_zone_failed_publishes_total %llu\n",
+	    (unsigned long long)st.ss_failures);
+}
+
+/*
+ * When this process started, from the kernel: /proc/self/stat's field 22
+ * is the start in clock ticks after boot, /proc/stat's btime the boot.
+ * This needs no init call from main.c and does not move if the first
+ * scrape comes late.  Without /proc, the first render stands in.
+ */
+static time_t
+metrics_proc_start(void)
+{
+	FILE			*f = NULL;
+	char			 line[1024], *p;
+	unsigned long long	 ticks = 0, btime = 0;
+	long			 hz;
+	int			 field;
+	time_t			 t = -1;
+
+	if ((f = fopen("/proc/self/stat", "r")) == NULL)
+		goto out;
+	if (fgets(line, sizeof(line), f) == NULL)
+		goto out;
+	fclose(f);
+	f = NULL;
+	/* The command name may hold spaces; the fields after it do not. */
+	if ((p = strrchr(line, ')')) == NULL)
+		goto out;
+	for (field = 2; field < 22 && p != NULL; field++)
+		p = strchr(p + 1, ' ');
+	if (p == NULL || sscanf(p, " %llu", &ticks) != 1)
+		goto out;
+
+	if ((f = fopen("/proc/stat", "r")) == NULL)
+		goto out;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, "btime %llu", &btime) == 1)
+			break;
+	}
+	if (btime == 0 || (hz = sysconf(_SC_CLK_TCK)) <= 0)
+		goto out;
+	t = (time_t)(btime + ticks / hz);
+out:
+	if (f != NULL)
+		fclose(f);
+	return t;
+}
+
+static time_t
+metrics_start_time(void)
+{
+	static time_t	 start = -1;
+
+	if (start == -1 && (start = metrics_proc_start()) == -1)
+		start = util_now();
+	return start;
+}
+
+/* The whole exposition, Prometheus text format 0.0.4; caller frees. */
+char *
+metrics_render(void)
+{
+	struct metrics_buf	 mb = { NULL, 0, 0 };
+	size_t			 i;
+
+	metrics_reserve(&mb, 0);
+	mb.mb_data[0] = '\0';
+
+	metrics_render_certs(&mb);
+	metrics_render_requests(&mb);
+	metrics_family(&mb, "acme_sidecar_acme_request_duration_seconds",
+	    "histogram", "Time from sending a request to the CA to its answer.");
+	for (i = 0; i < metrics.nlatencies; i++)
+		metrics_render_latency(&mb, &metrics.latencies[i]);
+	metrics_render_orders(&mb);
+
+	metrics_family(&mb, "acme_sidecar_challenges_served_total", "counter",
+	    "Key authorizations the daemon served.");
+	metrics_printf(&mb, "acme_sidecar_challenges_served_total %lu\n",
+	    challenge_served());
+	metrics_render_shm(&mb);
+	metrics_family(&mb, "acme_sidecar_start_time_seconds", "gauge",
+	    "When the daemon started, in Unix seconds.");
+	metrics_printf(&mb, "acme_sidecar_start_time_seconds %lld\n",
+	    (long long)metrics_start_time());
+	return mb.mb_data;
+}
