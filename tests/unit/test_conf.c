@@ -1603,6 +1603,111 @@ test_nginx_user(void **state)
 	}
 }
 
+
+static void
+test_conf_control_group(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+
+	conf = conf_test_ok(t, "control_socket /run/x/control.sock "
+	    "group=adm;\n");
+	assert_string_equal(conf->c_control_socket, "/run/x/control.sock");
+	assert_string_equal(conf->c_control_group, "adm");
+	conf_free(conf);
+	conf = conf_test_ok(t, "control_socket /run/x/control.sock;\n");
+	assert_null(conf->c_control_group);
+	conf_free(conf);
+	conf_test_err(t, "control_socket /x owner=adm;\n",
+	    "%s/sidecar.conf:1: invalid parameter \"owner=adm\"", t->dir);
+}
+
+/* The issuer le, keeping its state in the test folder. */
+static char *
+conf_test_state_issuer(struct conf_test *t)
+{
+	char	*text;
+
+	xasprintf(&text, "acme_issuer le {\n    uri https://acme.test/dir;\n"
+	    "    state_path %s;\n}\nacme_certificate le a.example.test;\n",
+	    t->dir);
+	return text;
+}
+
+static void
+test_conf_runtime_certs(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+	char			*top = conf_test_state_issuer(t), *text, *cause;
+	char			*idents[] = { "B.example.test", ".c.example.test" };
+	char			*dup[] = { "a.example.test" }, *wild[] = { "*.x" };
+	struct conf_issuer	*ci;
+
+	free(conf_test_write(t, CONF_RUNTIME_FILE, "# comment\n"
+	    "acme_certificate le x.example.test key=rsa:2048;\n"));
+	conf = conf_test_ok(t, top);
+	cc = TAILQ_LAST(&conf->c_certs, conf_certs);
+	assert_string_equal(cc->cc_id, "x.example.test_rsa2048");
+	assert_true(cc->cc_runtime);
+	assert_false(TAILQ_FIRST(&conf->c_certs)->cc_runtime);
+
+	/* Added as its configuration line would be, then written out. */
+	cause = NULL;
+	assert_int_equal(conf_runtime_add(conf, "le", idents, 2, "ecdsa:384",
+	    &cause), CONF_ADD_OK);
+	assert_int_equal(conf_runtime_add(conf, "le", dup, 1, NULL, &cause),
+	    CONF_ADD_DUPLICATE);
+	assert_non_null(strstr(cause, "sidecar.conf:5"));
+	free(cause);
+	assert_int_equal(conf_runtime_add(conf, "le", wild, 1, NULL, &cause),
+	    CONF_ADD_INVALID);
+	assert_string_equal(cause, "wildcard identifier \"*.x\" is not "
+	    "supported: HTTP-01 cannot validate wildcard identifiers");
+	free(cause);
+	assert_int_equal(conf_runtime_add(conf, "nope", idents, 2, NULL,
+	    &cause), CONF_ADD_INVALID);
+	assert_string_equal(cause, "unknown acme_issuer \"nope\"");
+	free(cause);
+	assert_int_equal(conf_runtime_add(conf, "le", idents, 1, "dsa",
+	    &cause), CONF_ADD_INVALID);
+	assert_string_equal(cause, "invalid key type \"dsa\"");
+	free(cause);
+
+	ci = conf_find_issuer(conf, "le");
+	text = conf_runtime_text(conf, ci);
+	assert_non_null(strstr(text, "\nacme_certificate le x.example.test "
+	    "key=rsa:2048;\nacme_certificate le b.example.test c.example.test "
+	    "www.c.example.test key=ecdsa:384;\n"));
+	/* What is written reads back the same. */
+	free(conf_test_write(t, CONF_RUNTIME_FILE, text));
+	free(text);
+	conf_free(conf);
+	conf = conf_test_ok(t, top);
+	cc = TAILQ_LAST(&conf->c_certs, conf_certs);
+	assert_string_equal(cc->cc_id, "b.example.test_ecdsa384");
+	assert_int_equal(cc->cc_nidents, 3);
+	assert_int_equal(cc->cc_line, 4);
+	conf_free(conf);
+
+	/* Only acme_certificate lines of its own issuer belong there. */
+	free(conf_test_write(t, CONF_RUNTIME_FILE, "user root;\n"));
+	conf_test_err(t, top, "%s/" CONF_RUNTIME_FILE ":1: \"user\" directive "
+	    "is not allowed here: this file only holds the acme_certificate "
+	    "lines added through the control API", t->dir);
+	free(conf_test_write(t, CONF_RUNTIME_FILE,
+	    "acme_certificate other y.example.test;\n"));
+	conf_test_err(t, top, "%s/" CONF_RUNTIME_FILE ":1: acme_certificate of "
+	    "issuer \"other\" in the file of issuer \"le\"", t->dir);
+	free(conf_test_write(t, CONF_RUNTIME_FILE,
+	    "\nacme_certificate le a.example.test;\n"));
+	conf_test_err(t, top, "%s/" CONF_RUNTIME_FILE ":2: duplicate "
+	    "acme_certificate \"a.example.test\", first defined at "
+	    "%s/sidecar.conf:5", t->dir, t->dir);
+	free(top);
+}
+
 int
 main(void)
 {
@@ -1645,6 +1750,8 @@ main(void)
 		T(test_nginx_skips),
 		T(test_nginx_merge),
 		T(test_nginx_user),
+		T(test_conf_control_group),
+		T(test_conf_runtime_certs),
 #undef T
 	};
 
