@@ -66,6 +66,7 @@ struct acme_req {
 	int			 ar_badnonce_tries;
 	int			 ar_net_tries;
 	int			 ar_rate_tries;
+	double			 ar_sent_at;	/* monotonic, for metrics */
 	struct http_request	*ar_http;
 	struct event		*ar_timer;
 	TAILQ_ENTRY(acme_req)	 ar_entry;
@@ -436,6 +437,51 @@ acme_new_order(struct acme_issuer *ai, const char *payload, acme_cb cb,
 	return ar;
 }
 
+/*
+ * The endpoint label of GET /metrics.  A request does not carry its
+ * purpose, only what its caller handed over, so it is told from that:
+ * the kind and flags set by the acme_* entry points, the directory's
+ * revokeCert URL, and for the POSTs of orders the payload and Accept
+ * that order.c gives each step (a challenge is answered with "{}", a
+ * finalize sends the CSR, a download asks for the PEM chain).
+ */
+static const char *
+acme_req_endpoint(const struct acme_req *ar)
+{
+	const char	*revoke = ar->ar_issuer->ai_revoke_cert;
+
+	if (ar->ar_kind == AREQ_GET)
+		return "directory";
+	/* Before newAccount: a revocation may be signed with a JWK too. */
+	if (revoke != NULL && strcmp(ar->ar_url, revoke) == 0)
+		return "revokeCert";
+	if (ar->ar_kind == AREQ_POST_JWK)
+		return "newAccount";
+	if (ar->ar_new_order)
+		return "newOrder";
+	if (ar->ar_authz) {
+		if (ar->ar_payload != NULL && strcmp(ar->ar_payload, "{}") == 0)
+			return "challenge";
+		return "authz";
+	}
+	if (ar->ar_payload != NULL &&
+	    strstr(ar->ar_payload, "\"csr\"") != NULL)
+		return "finalize";
+	if (ar->ar_accept != NULL &&
+	    strcmp(ar->ar_accept, "application/pem-certificate-chain") == 0)
+		return "certificate";
+	return "order";
+}
+
+/* One exchange with the CA is over: count it, retries and nonces too. */
+static void
+acme_req_count(const struct acme_req *ar, const char *endpoint,
+    const struct http_response *hr)
+{
+	metrics_acme_request(ar->ar_issuer->ai_name, endpoint, hr->hr_status,
+	    acme_monotonic() - ar->ar_sent_at);
+}
+
 /* A request left the network: give back its slot. */
 static void
 acme_req_landed(struct acme_req *ar)
@@ -788,6 +834,7 @@ acme_req_done(const struct http_response *hr, void *arg)
 	const char		*nonce;
 
 	ar->ar_http = NULL;
+	acme_req_count(ar, acme_req_endpoint(ar), hr);
 	acme_req_landed(ar);
 	if ((nonce = http_response_header(hr, "Replay-Nonce")) != NULL)
 		nonce_put(ai->ai_nonces, nonce);
@@ -819,6 +866,7 @@ acme_nonce_done(const struct http_response *hr, void *arg)
 	struct acme_reply	 r;
 
 	ar->ar_http = NULL;
+	acme_req_count(ar, "newNonce", hr);
 	nonce = http_response_header(hr, "Replay-Nonce");
 	if (nonce != NULL && nonce_put(ai->ai_nonces, nonce) == 0) {
 		acme_req_send(ar);	/* keeps its slot */
@@ -847,12 +895,14 @@ acme_req_send(struct acme_req *ar)
 
 	if (ar->ar_kind == AREQ_GET) {
 		acme_req_set_state(ar, AREQ_SENT);
+		ar->ar_sent_at = acme_monotonic();
 		ar->ar_http = http_pool_request(ai->ai_http, "GET", ar->ar_url,
 		    NULL, "application/json", NULL, 0, acme_req_done, ar);
 		return;
 	}
 	if ((nonce = nonce_take(ai->ai_nonces)) == NULL) {
 		acme_req_set_state(ar, AREQ_NONCE);
+		ar->ar_sent_at = acme_monotonic();
 		ar->ar_http = http_pool_request(ai->ai_http, "HEAD",
 		    ai->ai_new_nonce, NULL, NULL, NULL, 0, acme_nonce_done, ar);
 		return;
@@ -868,6 +918,7 @@ acme_req_send(struct acme_req *ar)
 	if (body == NULL)
 		fatalx("issuer \"%s\": signing a request failed", ai->ai_name);
 	acme_req_set_state(ar, AREQ_SENT);
+	ar->ar_sent_at = acme_monotonic();
 	ar->ar_http = http_pool_request(ai->ai_http, "POST", ar->ar_url,
 	    "application/jose+json", ar->ar_accept, body, strlen(body),
 	    acme_req_done, ar);

@@ -22,10 +22,10 @@
 /*
  * Label sets are kept in small arrays searched linearly: there are a few
  * issuers, ten endpoints and a handful of statuses, and a request to a CA
- * costs far more than the search.  The cap bounds memory if something
- * unexpected (a CA answering with every status there is) floods a family;
- * beyond it new label sets are dropped and one warning is logged.  4096
- * is 400 (issuer, endpoint) pairs or 40 issuers x 10 endpoints x 10
+ * costs far more than the search.  The cap, per family, bounds memory if
+ * something unexpected (a CA answering with every status there is) floods
+ * one; beyond it new label sets are dropped, those known keep counting,
+ * and one warning is logged.  4096 is 40 issuers x 10 endpoints x 10
  * statuses.
  */
 #define METRICS_MAX_LABELSETS	4096
