@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import SIDECAR, cert_sans, cert_serial, split_pem
 from test_control import CERTS, api, check_error, setup, wait_idle  # noqa
@@ -80,17 +81,23 @@ class Events:
 
 
 def metrics(sock):
+    """GET /metrics as {'name{labels}': value}, once Prometheus' own parser
+    has read the whole text."""
     p = subprocess.run(["curl", "-sS", "-D", "-", "--unix-socket", str(sock),
                         "http://localhost/metrics"], stdout=subprocess.PIPE,
-                       text=True, timeout=20, check=True)
-    head, _, body = p.stdout.partition("\r\n\r\n")
+                       timeout=20, check=True)
+    head, _, body = p.stdout.decode().partition("\r\n\r\n")
     assert re.search(r"(?mi)^content-type: text/plain; version=0\.0\.4",
                      head), head
+    parsed = 0
+    for family in text_string_to_metric_families(body):
+        parsed += len(family.samples)
     samples = {}
     for line in body.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
+    assert parsed == len(samples), body
     return samples
 
 
