@@ -175,14 +175,34 @@ static struct {
 
 /* ---------------------------------------------------------------- replies */
 
+/* Queue len bytes of text (consumed), with one extra header if name. */
+static enum MHD_Result
+control_send(struct MHD_Connection *conn, unsigned int status, char *text,
+    size_t len, const char *type, const char *name, const char *value)
+{
+	struct MHD_Response	*resp;
+	enum MHD_Result		 ret;
+
+	resp = MHD_create_response_from_buffer(len, text,
+	    MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	if (name != NULL)
+		MHD_add_response_header(resp, name, value);
+	ret = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 /* Queue j (consumed) as the answer, with one extra header if name. */
 static enum MHD_Result
 control_reply(struct MHD_Connection *conn, unsigned int status, json_t *j,
     const char *name, const char *value)
 {
-	struct MHD_Response	*resp;
-	enum MHD_Result		 ret;
-	char			*text;
+	char	*text;
 
 	text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(j);
@@ -191,19 +211,8 @@ control_reply(struct MHD_Connection *conn, unsigned int status, json_t *j,
 	/* A newline, so that curl's output ends on its own line. */
 	text = xreallocarray(text, strlen(text) + 2, 1);
 	strcat(text, "\n");
-	resp = MHD_create_response_from_buffer(strlen(text), text,
-	    MHD_RESPMEM_MUST_FREE);
-	if (resp == NULL) {
-		free(text);
-		return MHD_NO;
-	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-	    "application/json");
-	if (name != NULL)
-		MHD_add_response_header(resp, name, value);
-	ret = MHD_queue_response(conn, status, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return control_send(conn, status, text, strlen(text),
+	    "application/json", name, value);
 }
 
 static json_t *
@@ -375,8 +384,6 @@ control_get_status(struct control_ctx *cx)
 static enum MHD_Result
 control_get_certs(struct control_ctx *cx)
 {
-	struct MHD_Response	*resp;
-	enum MHD_Result		 ret;
 	FILE			*f;
 	char			*text = NULL;
 	size_t			 len, i, n = sched_cert_count();
@@ -395,17 +402,8 @@ control_get_certs(struct control_ctx *cx)
 	fputs(n == 0 ? "]\n}\n" : "\n  ]\n}\n", f);
 	if (fclose(f) != 0)
 		fatal("%s: open_memstream", __func__);
-	resp = MHD_create_response_from_buffer(len, text,
-	    MHD_RESPMEM_MUST_FREE);
-	if (resp == NULL) {
-		free(text);
-		return MHD_NO;
-	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-	    "application/json");
-	ret = MHD_queue_response(cx->cx_conn, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return control_send(cx->cx_conn, MHD_HTTP_OK, text, len,
+	    "application/json", NULL, NULL);
 }
 
 static enum MHD_Result
@@ -811,22 +809,10 @@ control_check_streams(evutil_socket_t fd, short events, void *arg)
 static enum MHD_Result
 control_get_metrics(struct control_ctx *cx)
 {
-	struct MHD_Response	*resp;
-	enum MHD_Result		 ret;
-	char			*text;
+	char	*text = metrics_render();
 
-	text = metrics_render();
-	resp = MHD_create_response_from_buffer(strlen(text), text,
-	    MHD_RESPMEM_MUST_FREE);
-	if (resp == NULL) {
-		free(text);
-		return MHD_NO;
-	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-	    "text/plain; version=0.0.4; charset=utf-8");
-	ret = MHD_queue_response(cx->cx_conn, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return control_send(cx->cx_conn, MHD_HTTP_OK, text, strlen(text),
+	    "text/plain; version=0.0.4; charset=utf-8", NULL, NULL);
 }
 
 /* ---------------------------------------------------------------- dispatch */

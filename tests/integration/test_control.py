@@ -235,8 +235,25 @@ def test_changes_refused_to_others(tmp_path, pebble, http_port,
         check_error(api(sock, "POST", "/v1/certificates/a.example.test/renew",
                         as_user=NOBODY), 403)
         check_error(api(sock, "POST", "/v1/reload", as_user=NOBODY), 403)
+        check_error(api(sock, "POST", "/v1/certificates", as_user=NOBODY,
+                        body='{"issuer": "pebble", "identifiers": '
+                        '["x.example.test"]}'), 403)
+        check_error(api(sock, "DELETE", "/v1/certificates/a.example.test",
+                        as_user=NOBODY), 403)
+        check_error(api(sock, "POST", "/v1/certificates/a.example.test/"
+                        "revoke", as_user=NOBODY, body="{}"), 403)
         log = sidecar.log(since=mark)
-        assert "renewal asked" not in log and "reloading" not in log, log
+        for word in ("renewal asked", "reloading", "added", "deleted",
+                     "revocation"):
+            assert word not in log, (word, log)
+        status, j, _ = api(sock, "GET", "/v1/status", as_user=NOBODY)
+        assert j["certificates"]["total"] == 1, j
+        # Events and metrics are reads.
+        p = subprocess.run(NOBODY + [
+            "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+            "--unix-socket", str(sock), "http://localhost/metrics"],
+            stdout=subprocess.PIPE, text=True, timeout=20)
+        assert p.stdout == "200", p.stdout
         # Root still may.
         status, j, _ = api(sock, "POST", "/v1/reload")
         assert status == 200, j
