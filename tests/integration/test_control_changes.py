@@ -387,3 +387,48 @@ def test_malformed_input_changes_nothing(setup):
     _, after, _ = api(sock, "GET", "/v1/certificates")
     assert after == before
     assert runtime_lines(state) == []
+
+
+def cpu_seconds(pid):
+    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_backs_off(setup):
+    """accept() failing with EMFILE pauses accepting instead of spinning,
+    and the API answers again once descriptors are free."""
+    import resource
+    import socket
+    sidecar, state, sock, _ = setup
+    wait_idle(sidecar, sock, "a.example.test")
+    pid = sidecar.proc.pid
+    used = len(os.listdir("/proc/%d/fd" % pid))
+    # The soft limit only: the hard one may not come back up.
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 3, hard))
+    mark = sidecar.mark()
+    clients = []
+    try:
+        for _ in range(12):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(str(sock))
+            clients.append(c)
+        sidecar.wait_log(r"control: accept: Too many open files", since=mark)
+        before = cpu_seconds(pid)
+        time.sleep(3)
+        # Spinning on accept() would burn about 3 s of CPU here.
+        assert cpu_seconds(pid) - before < 1.0
+    finally:
+        for c in clients:
+            c.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    deadline = time.monotonic() + 10
+    while True:
+        p = subprocess.run(["curl", "-sS", "--max-time", "2", "--unix-socket",
+                            str(sock), "http://localhost/v1/status"],
+                           stdout=subprocess.PIPE, text=True)
+        if p.returncode == 0:
+            break
+        assert time.monotonic() < deadline, "the API did not come back"
+    assert json.loads(p.stdout)["certificates"]["total"] == 2
+    assert sidecar.alive()
