@@ -8,7 +8,8 @@ PKGS	 = libevent libevent_openssl openssl jansson libmicrohttpd
 CC	?= cc
 CFLAGS	?= -O2 -g
 CFLAGS	+= -std=gnu11 -Wall -Wextra -Werror=implicit-function-declaration \
-	   -D_GNU_SOURCE -pthread $(shell pkg-config --cflags $(PKGS))
+	   -D_GNU_SOURCE -pthread $(shell pkg-config --cflags $(PKGS)) $(SANFLAGS)
+LDFLAGS	+= $(SANFLAGS)
 LDLIBS	+= $(shell pkg-config --libs $(PKGS)) -lm -pthread
 
 BUILD	 = build
@@ -55,6 +56,51 @@ integration: all
 check: deps all
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) sanitize
+	$(MAKE) memcheck
+
+# The unit and integration tests again, with the daemon, acmectl and the
+# unit tests built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (LeakSanitizer included).  Every report goes to a file under
+# $(SAN_BUILD)/reports, and any file there fails the run: a report from a
+# process whose exit status no test looks at still counts.
+SAN_BUILD	 = build/san
+SAN_FLAGS	 = -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+		   -fno-sanitize-recover=all
+SAN_REPORTS	 = $(abspath $(SAN_BUILD))/reports
+SAN_ENV		 = ASAN_OPTIONS=log_path=$(SAN_REPORTS)/asan:detect_leaks=1:abort_on_error=0 \
+		   UBSAN_OPTIONS=log_path=$(SAN_REPORTS)/ubsan:print_stacktrace=1 \
+		   LSAN_OPTIONS=log_path=$(SAN_REPORTS)/lsan
+
+sanitize:
+	$(MAKE) BUILD=$(SAN_BUILD) SANFLAGS="$(SAN_FLAGS)" \
+	    $(SAN_BUILD)/acme-sidecar $(SAN_BUILD)/acmectl san-unit-bins
+	rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
+	@set -e; for t in $(UNIT_BINS:$(BUILD)/%=$(SAN_BUILD)/%); do \
+	    echo "== $$t (sanitizers)"; $(SAN_ENV) $$t; done
+	$(SAN_ENV) ACME_SIDECAR=$(abspath $(SAN_BUILD))/acme-sidecar \
+	    ACMECTL=$(abspath $(SAN_BUILD))/acmectl ACME_SANITIZED=1 \
+	    $(PYTEST) -q tests/integration
+	@if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
+	    echo "sanitizer reports:"; cat $(SAN_REPORTS)/*; exit 1; fi
+	@echo "sanitize: no report"
+
+san-unit-bins: $(UNIT_BINS)
+
+# The unit tests under valgrind memcheck, and the daemon under memcheck
+# through issuance, reload, every change of the control API and exit
+# (tests/integration/test_memcheck.py).  The whole integration suite under
+# valgrind would take an hour: key generation alone slows by 50 times.
+# test_shm's hammer of forked readers is skipped (TEST_SHM_ROUNDS=0): each
+# reader's leak check would report the parent's buffers.
+MEMCHECK	 = valgrind -q --error-exitcode=99 --leak-check=full \
+		   --show-leak-kinds=definite,indirect,possible \
+		   --errors-for-leak-kinds=definite,indirect,possible
+
+memcheck: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t (memcheck)"; \
+	    TEST_SHM_ROUNDS=0 $(MEMCHECK) $$t >/dev/null; done
+	$(PYTEST) -q tests/integration/test_memcheck.py
 
 demo: deps all
 	scripts/demo
@@ -62,4 +108,5 @@ demo: deps all
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all module deps unit integration check demo clean
+.PHONY: all module deps unit integration check sanitize san-unit-bins \
+	memcheck demo clean

@@ -13,6 +13,7 @@ route (404 "no route" or 405).
 
 import json
 import os
+from pathlib import Path
 import queue
 import re
 import socket
@@ -25,7 +26,7 @@ import pytest
 from conftest import (ROOT, cert_id, cert_serial, check_certificate,
                       split_pem, write_config)
 
-ACMECTL = ROOT / "build" / "acmectl"
+ACMECTL = Path(os.environ.get("ACMECTL", ROOT / "build" / "acmectl"))
 CERTS = [(["a.example.test"], None), (["b.example.test", "c.example.test"],
                                        "rsa:2048")]
 IDS = sorted(cert_id(n, k) for n, k in CERTS)

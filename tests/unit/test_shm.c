@@ -28,7 +28,7 @@
 #include "sidecar.h"
 
 #define TS_READERS	3
-#define TS_ROUNDS	4000
+#define TS_ROUNDS	4000	/* TEST_SHM_ROUNDS overrides; 0 skips */
 #define TS_CERTS	8
 #define TS_KEYS		4
 
@@ -564,10 +564,19 @@ test_readers_never_see_torn_entries(void **state)
 	volatile int	*stop;
 	pid_t		 pids[TS_READERS];
 	size_t		 len;
-	unsigned int	 r, i, k;
+	unsigned long	 r, rounds;
+	unsigned int	 i, k;
 	int		 status;
 
 	(void)state;
+	/*
+	 * make memcheck skips it: valgrind's leak check in each forked
+	 * reader finds the parent's buffers, and 4000 rounds take minutes.
+	 */
+	rounds = getenv("TEST_SHM_ROUNDS") != NULL ?
+	    strtoul(getenv("TEST_SHM_ROUNDS"), NULL, 10) : TS_ROUNDS;
+	if (rounds < 2)
+		skip();
 	for (k = 0; k < TS_KEYS; k++) {
 		keys[k] = ts_key();
 		pems[k] = keys_to_pem(keys[k]);
@@ -580,7 +589,7 @@ test_readers_never_see_torn_entries(void **state)
 	    &cause), 0);
 	names[0] = id;
 	chain = xmalloc(1000 + 7 * 300);
-	for (r = 0; r < TS_ROUNDS; r++) {
+	for (r = 0; r < rounds; r++) {
 		if (r == 1)
 			for (i = 0; i < TS_READERS; i++)
 				if ((pids[i] = fork()) == 0)
@@ -590,7 +599,7 @@ test_readers_never_see_torn_entries(void **state)
 			len = 1000 + (r % 7) * 300;
 			memset(chain, '.', len);
 			memcpy(chain, "round ", 6);
-			snprintf(chain + 6, 32, "%u key %u ", r, k);
+			snprintf(chain + 6, 32, "%lu key %u ", r, k);
 			chain[strlen(chain)] = '.';
 			chain[len] = '\0';
 			snprintf(id, sizeof(id), "c%u.example.test", i);
