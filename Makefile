@@ -1,7 +1,9 @@
 # acme-sidecar
 #
 #   make          build/acme-sidecar, build/acmectl
-#   make check    unit tests (cmocka) and integration tests (pytest, Pebble)
+#   make check    unit tests (cmocka) and integration tests (pytest, Pebble),
+#                 again under ASan+UBSan and valgrind, and each fuzzer 20 s
+#   make fuzz     each libFuzzer harness for FUZZ_TIME seconds
 #   make demo     install dependencies, issue certificates from a local Pebble
 
 PKGS	 = libevent libevent_openssl openssl jansson libmicrohttpd
@@ -44,6 +46,8 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h $(LIB_O
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -o $@ $< $(LIB_OBJS) $(LDLIBS) -lcmocka
 
+include tests/fuzz/fuzz.mk
+
 deps:
 	scripts/install-deps
 
@@ -58,6 +62,7 @@ check: deps all
 	$(MAKE) integration
 	$(MAKE) sanitize
 	$(MAKE) memcheck
+	$(MAKE) fuzz-check
 
 # The unit and integration tests again, with the daemon, acmectl and the
 # unit tests built with AddressSanitizer and UndefinedBehaviorSanitizer

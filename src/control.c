@@ -215,13 +215,38 @@ control_reply(struct MHD_Connection *conn, unsigned int status, json_t *j,
 	    "application/json", name, value);
 }
 
+/*
+ * msg may quote the client's own bytes (a path, an identifier) and JSON
+ * strings are UTF-8: a message that is not becomes one with '?' for each
+ * byte outside ASCII (found by tests/fuzz: a path of two bytes stopped
+ * the daemon).
+ */
+static json_t *
+control_message(const char *msg)
+{
+	json_t	*j;
+	char	*copy, *c;
+
+	if ((j = json_string(msg)) != NULL)
+		return j;
+	copy = xstrdup(msg);
+	for (c = copy; *c != '\0'; c++)
+		if ((unsigned char)*c >= 0x80)
+			*c = '?';
+	j = json_string(copy);
+	free(copy);
+	if (j == NULL)
+		fatalx("%s: json_string", __func__);
+	return j;
+}
+
 static json_t *
 control_error_json(unsigned int status, const char *msg)
 {
 	json_t	*j;
 
-	j = json_pack("{s:{s:i, s:s}}", "error", "status", (int)status,
-	    "message", msg);
+	j = json_pack("{s:{s:i, s:o}}", "error", "status", (int)status,
+	    "message", control_message(msg));
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
 	return j;

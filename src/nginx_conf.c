@@ -291,6 +291,10 @@ nginx_conf_server(struct conf_parse *p, const struct conf_ctx *ctx,
 	if (strcmp(name, "include") == 0)
 		return conf_include(p, ctx, a, end);
 	if (strcmp(name, "server_name") == 0 && end == CONF_TOK_SEMI) {
+		/* nginx -t refuses it too (found by tests/fuzz). */
+		if (a->n < 2)
+			return conf_error(p, "invalid number of arguments in "
+			    "\"server_name\" directive");
 		nginx_conf_names(p, ctx->cx_arg, a);
 		return 0;
 	}

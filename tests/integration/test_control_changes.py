@@ -432,3 +432,32 @@ def test_out_of_descriptors_backs_off(setup):
         assert time.monotonic() < deadline, "the API did not come back"
     assert json.loads(p.stdout)["certificates"]["total"] == 2
     assert sidecar.alive()
+
+
+def test_non_utf8_path_is_a_404(setup):
+    """Found by tests/fuzz: a path that is not UTF-8 went into the JSON
+    error message, and jansson's refusal stopped the daemon."""
+    import socket
+    sidecar, state, sock, _ = setup
+    for path in (b"/v1/\xcf\xcd", b"/v1/certificates/\xff", b"/v1/status\x80"):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(10)
+        c.connect(str(sock))
+        c.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                  b"Connection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        c.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        assert status in (404, 405), data
+        j = json.loads(body)
+        assert j["error"]["status"] == status and "?" in \
+            j["error"]["message"], j
+    assert sidecar.alive()
+    status, j, _ = api(sock, "GET", "/v1/status")
+    assert status == 200, j

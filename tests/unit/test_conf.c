@@ -1322,6 +1322,13 @@ test_nginx_errors(void **state)
 	    "%s/nginx.conf:7: server_name \"~^www\\d+\\.example\\.test$\" cannot "
 	    "be an ACME identifier: it is a regular expression; list the "
 	    "identifiers in \"acme_certificate\"", t->dir);
+	/* Found by tests/fuzz: this used to stop the daemon. */
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server {\n"
+	    "        server_name ;\n"
+	    "    }\n}\n",
+	    "%s/nginx.conf:6: invalid number of arguments in \"server_name\" "
+	    "directive", t->dir);
 	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
 	    "    server {\n"
 	    "        server_name _ \"\";\n"

@@ -1,0 +1,70 @@
+# libFuzzer harnesses (tests/fuzz/README.md), included by the Makefile.
+#
+#   make fuzz        each harness for FUZZ_TIME seconds
+#   make fuzz-check  regressions first, then each for FUZZ_CHECK_TIME
+#
+# Every harness runs even when one fails; the target fails if any did.
+#
+# Everything is built into build/fuzz/ with clang and its sanitizers, apart
+# from the normal objects in build/obj: coverage instrumentation must be in
+# the daemon's code itself, not only in the harnesses.
+
+FUZZ_CC		?= clang-14
+FUZZ_TIME	?= 300
+FUZZ_CHECK_TIME	?= 20
+FUZZ_SAN	 = -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS	 = -g -O1 $(FUZZ_SAN) -std=gnu11 -Wall -Wextra \
+		   -Werror=implicit-function-declaration -D_GNU_SOURCE -pthread \
+		   $(shell pkg-config --cflags $(PKGS)) -Isrc -Iproto
+FUZZ_LDLIBS	 = $(shell pkg-config --libs $(PKGS)) -lm -pthread
+
+FUZZ		 = $(BUILD)/fuzz
+FUZZ_NAMES	 = conf control acme challenge shm
+FUZZ_BINS	 = $(FUZZ_NAMES:%=$(FUZZ)/fuzz_%)
+FUZZ_OBJS	 = $(filter-out $(FUZZ)/obj/main.o, \
+		   $(DAEMON_SRCS:src/%.c=$(FUZZ)/obj/%.o))
+
+# Harnesses that #include a daemon file (to reach its static parsers) are
+# linked without that file's object.
+FUZZ_WITHOUT_control	 = $(FUZZ)/obj/control.o
+FUZZ_WITHOUT_challenge	 = $(FUZZ)/obj/challenge.o
+FUZZ_WITHOUT_acme	 = $(FUZZ)/obj/acme.o $(FUZZ)/obj/order.o
+# The configuration harness sees only files in its own folder.
+FUZZ_LDFLAGS_conf	 = -Wl,--wrap=open,--wrap=glob
+
+$(FUZZ)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ)/fuzz_conf $(FUZZ)/fuzz_control $(FUZZ)/fuzz_acme \
+$(FUZZ)/fuzz_challenge: $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c \
+    tests/fuzz/fuzz.h tests/fuzz/fuzz_mhd.h $(FUZZ_OBJS) $(wildcard src/*.c)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(FUZZ_LDFLAGS_$*) -o $@ \
+	    $< $(filter-out $(FUZZ_WITHOUT_$*),$(FUZZ_OBJS)) $(FUZZ_LDLIBS)
+
+# The nginx module's segment reader, compiled with nginx's own headers as
+# scripts/build-nginx-module configures them (build/nginx-src/objs).
+FUZZ_NGX	 = $(BUILD)/nginx-src
+FUZZ_NGX_INC	 = -I$(FUZZ_NGX)/src/core -I$(FUZZ_NGX)/src/event \
+		   -I$(FUZZ_NGX)/src/event/modules -I$(FUZZ_NGX)/src/os/unix \
+		   -I$(FUZZ_NGX)/src/http -I$(FUZZ_NGX)/src/http/modules \
+		   -I$(FUZZ_NGX)/src/http/v2 -I$(FUZZ_NGX)/objs -Isrc/nginx
+
+$(FUZZ)/fuzz_shm: tests/fuzz/fuzz_shm.c src/nginx/ngx_http_acme_shm.c \
+    src/nginx/ngx_http_acme_module.h proto/acme_shm.h module
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -g -O1 $(FUZZ_SAN) -fsanitize=fuzzer -Wall -Wextra \
+	    -D_GNU_SOURCE $(FUZZ_NGX_INC) -Iproto -o $@ $<
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@rc=0; for n in $(FUZZ_NAMES); do \
+	    tests/fuzz/run $(BUILD) $$n $(FUZZ_TIME) || rc=1; done; exit $$rc
+
+fuzz-check: fuzz-build
+	@rc=0; for n in $(FUZZ_NAMES); do \
+	    tests/fuzz/run $(BUILD) $$n $(FUZZ_CHECK_TIME) || rc=1; done; exit $$rc
+
+.PHONY: fuzz fuzz-build fuzz-check
