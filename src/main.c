@@ -6,7 +6,10 @@
  * and SIGINT stop the loop.  Every state file is written atomically, so a
  * stop at any moment leaves no half-written file.
  */
+#include <sys/stat.h>
+
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
@@ -24,6 +27,8 @@
 static struct conf	*main_conf;
 static const char	*main_conf_path;	/* -c; NULL: --nginx-conf only */
 static const char	*main_nginx_path;	/* --nginx-conf */
+static struct priv_user	 main_user;		/* once dropped to it */
+static int		 main_dropped;
 
 #define MAIN_OPT_NGINX_CONF	256		/* long option only */
 
@@ -35,16 +40,101 @@ main_usage(void)
 	exit(2);
 }
 
+/* The "user" directive's ids; pu is cleared either way. */
+static int
+main_user_lookup(const struct conf *conf, struct priv_user *pu, char **cause)
+{
+	char	*why = NULL;
+
+	memset(pu, 0, sizeof(*pu));
+	if (conf->c_user == NULL)
+		return 0;
+	if (priv_lookup(conf->c_user, conf->c_group, pu, &why) == -1) {
+		xasprintf(cause, "%s: %s", conf->c_file != NULL ?
+		    conf->c_file : "user", why);
+		free(why);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * After the drop, all the daemon reads and writes is read and written as
+ * the user: an issuer's state_path (a new one is created now, so a folder
+ * the user cannot create is said at once), its account_key and its
+ * ssl_trusted_certificate.
+ */
+static int
+main_issuer_usable(const struct conf_issuer *ci, char **cause)
+{
+	if (access(ci->ci_state_path, F_OK) == -1 &&
+	    store_init(ci->ci_state_path, cause) == -1)
+		return -1;
+	if (priv_state_check(ci->ci_state_path, &main_user, cause) == -1)
+		return -1;
+	if (ci->ci_account_key_file != NULL && priv_readable("account_key",
+	    ci->ci_account_key_file, &main_user, cause) == -1)
+		return -1;
+	if (ci->ci_trusted_cert != NULL && priv_readable(
+	    "ssl_trusted_certificate", ci->ci_trusted_cert, &main_user,
+	    cause) == -1)
+		return -1;
+	return 0;
+}
+
+/* -1 with the first issuer the user could not serve in cause. */
+static int
+main_user_check(const struct conf *conf, char **cause)
+{
+	struct conf_issuer	*ci;
+	char			*why = NULL;
+
+	TAILQ_FOREACH(ci, &conf->c_issuers, ci_entry) {
+		if (main_issuer_usable(ci, &why) == -1) {
+			xasprintf(cause, "acme_issuer \"%s\" (%s:%d): %s",
+			    ci->ci_name, ci->ci_file, ci->ci_line, why);
+			free(why);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* SIGHUP re-reads the files as the user: say now if it cannot. */
+static void
+main_conf_readable(void)
+{
+	const char	*files[3];
+	int		 i;
+
+	files[0] = main_conf_path;
+	files[1] = main_nginx_path;
+	files[2] = main_conf->c_nginx_config;
+	for (i = 0; i < 3; i++) {
+		if (files[i] != NULL && access(files[i], R_OK) == -1)
+			log_warnx("%s: %s as user %s: a reload (SIGHUP) will "
+			    "fail until the user can read it", files[i],
+			    strerror(errno), main_user.pu_user);
+	}
+}
+
 /* nginx -t's lines, one per file, so operators read what they know. */
 static int
 main_test_conf(void)
 {
+	struct priv_user pu;
 	struct conf	*conf;
 	const char	*files[2];
 	char		*cause = NULL;
 	int		 i;
 
+	memset(&pu, 0, sizeof(pu));
 	conf = conf_load_files(main_conf_path, main_nginx_path, &cause);
+	if (conf != NULL && main_user_lookup(conf, &pu, &cause) == -1) {
+		conf_free(conf);
+		conf = NULL;
+	}
+	priv_user_clear(&pu);
 	if (conf == NULL) {
 		fprintf(stderr, "acme-sidecar: %s\n", cause);
 		fprintf(stderr, "acme-sidecar: configuration file %s test "
@@ -69,6 +159,14 @@ main_test_conf(void)
 	return 0;
 }
 
+static int
+main_str_eq(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
 /*
  * SIGHUP and POST /v1/reload.  -1 with cause (the caller frees) when the
  * new configuration is refused and the running one kept.
@@ -85,9 +183,15 @@ main_reload(char **cause)
 		log_info("reloading %s", main_conf_path != NULL ?
 		    main_conf_path : main_nginx_path);
 	conf = conf_load_files(main_conf_path, main_nginx_path, cause);
+	if (conf != NULL && main_dropped && main_user_check(conf, cause) ==
+	    -1) {
+		conf_free(conf);
+		conf = NULL;
+	}
 	if (conf == NULL) {
 		log_warnx("reload refused, keeping the running configuration: "
-		    "%s", *cause);
+		    "%s%s%s", *cause, main_dropped ? "; read as user " : "",
+		    main_dropped ? main_user.pu_user : "");
 		return -1;
 	}
 	if (conf->c_challenge_port != main_conf->c_challenge_port ||
@@ -102,6 +206,9 @@ main_reload(char **cause)
 	if (strcmp(conf->c_control_socket, main_conf->c_control_socket) != 0)
 		log_warnx("control_socket changed; it takes effect after a "
 		    "restart");
+	if (!main_str_eq(conf->c_user, main_conf->c_user) ||
+	    !main_str_eq(conf->c_group, main_conf->c_group))
+		log_warnx("user changed; it takes effect after a restart");
 	sched_apply(conf);
 	conf_free(main_conf);
 	main_conf = conf;
@@ -230,23 +337,33 @@ main_signal(int sig, short ev, void *arg)
  * acme_shared_zone names, else the group of nginx's "user" directive,
  * else Debian's www-data when it exists.
  */
-/* nginx's readers refuse a file not owned by owner= (root by default). */
+/*
+ * nginx's readers refuse a file not owned by owner= (root by default).
+ * The file is the uid's that opened it: with "user", root's, since the
+ * zone is opened before the drop and stays root's (the open descriptor
+ * and the mapping keep writing it as the user).
+ */
 static void
 main_zone_owner_check(void)
 {
 	const char	*owner = main_conf->c_zone_owner;
 	struct passwd	*pw;
+	struct stat	 st;
 	uid_t		 want = 0;
 
 	if (owner != NULL && strspn(owner, "0123456789") == strlen(owner))
 		want = (uid_t)strtoul(owner, NULL, 10);
 	else if (owner != NULL && (pw = getpwnam(owner)) != NULL)
 		want = pw->pw_uid;
-	if (geteuid() != want)
+	if (stat(main_conf->c_zone_path, &st) == -1)
+		fatal("%s", main_conf->c_zone_path);
+	if (st.st_uid != want)
 		log_warnx("shared zone %s: nginx expects it owned by %s, but "
-		    "this daemon runs as uid %u: nginx will refuse it (set "
+		    "it is owned by uid %u%s: nginx will refuse it (set "
 		    "owner= in acme_shared_zone)", main_conf->c_zone_path,
-		    owner != NULL ? owner : "root", (unsigned)geteuid());
+		    owner != NULL ? owner : "root", (unsigned)st.st_uid,
+		    main_conf->c_user != NULL && geteuid() == 0 ?
+		    ", who opens it before the daemon becomes its user" : "");
 }
 
 static void
@@ -265,6 +382,69 @@ main_zone_open(struct event_base *base)
 	log_info("shared zone %s: group %s", main_conf->c_zone_path,
 	    group != NULL ? group : "unchanged");
 	main_zone_owner_check();
+}
+
+/*
+ * The control socket's group: group=, else the daemon's group, which with
+ * "user" is the user's (as if the user had bound it), not root's.
+ */
+static const char *
+main_control_group(void)
+{
+	if (main_conf->c_control_group != NULL)
+		return main_conf->c_control_group;
+	if (main_conf->c_user != NULL && geteuid() == 0 &&
+	    getgrnam(main_user.pu_group) != NULL)
+		return main_user.pu_group;
+	return NULL;
+}
+
+/*
+ * control.c lets root and the daemon's own uid change things: after the
+ * drop that uid is the user's, so the socket becomes the user's too.
+ */
+static void
+main_control_chown(void)
+{
+	if (fchownat(AT_FDCWD, main_conf->c_control_socket, main_user.pu_uid,
+	    (gid_t)-1, AT_SYMLINK_NOFOLLOW) == -1)
+		fatal("control_socket %s: chown", main_conf->c_control_socket);
+}
+
+/*
+ * "user": after every bind and open that needs root, before any thread
+ * and before the first order.  nginx's rule when not root: warn, go on.
+ */
+static void
+main_drop(void)
+{
+	struct conf_issuer	*ci;
+	char			*cause = NULL;
+
+	if (main_conf->c_user == NULL)
+		return;
+	if (geteuid() != 0) {
+		if (geteuid() != main_user.pu_uid)
+			log_warnx("\"user %s\" ignored: running as uid %u, "
+			    "not root", main_user.pu_user,
+			    (unsigned)geteuid());
+		return;
+	}
+	main_control_chown();
+	TAILQ_FOREACH(ci, &main_conf->c_issuers, ci_entry) {
+		if (priv_state_prepare(ci->ci_state_path, &main_user,
+		    &cause) == -1)
+			fatalx("acme_issuer \"%s\": %s", ci->ci_name, cause);
+	}
+	if (priv_drop(&main_user, &cause) == -1)
+		fatalx("user %s: %s", main_user.pu_user, cause);
+	main_dropped = 1;
+	log_info("running as user %s (uid %u), group %s (gid %u)",
+	    main_user.pu_user, (unsigned)main_user.pu_uid,
+	    main_user.pu_group, (unsigned)main_user.pu_gid);
+	if (main_user_check(main_conf, &cause) == -1)
+		fatalx("%s", cause);
+	main_conf_readable();
 }
 
 static struct evdns_base *
@@ -297,6 +477,7 @@ main(int argc, char *argv[])
 		main_reload, main_cert_add, main_cert_remove
 	};
 	struct event		*sig_hup, *sig_term, *sig_int;
+	sigset_t		 sigs, oldsigs;
 	char			*cause = NULL;
 	int			 ch, test = 0, verbose = 0;
 
@@ -330,8 +511,20 @@ main(int argc, char *argv[])
 		return main_test_conf();
 
 	log_init(verbose);
+	/*
+	 * A SIGTERM before libevent handles it would kill the daemon by its
+	 * default action: hold the signals until then, they arrive after.
+	 */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigprocmask(SIG_BLOCK, &sigs, &oldsigs);
 	main_conf = conf_load_files(main_conf_path, main_nginx_path, &cause);
 	if (main_conf == NULL)
+		fatalx("%s", cause);
+	/* An unknown user stops the daemon before it binds anything. */
+	if (main_user_lookup(main_conf, &main_user, &cause) == -1)
 		fatalx("%s", cause);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -352,9 +545,8 @@ main(int argc, char *argv[])
 	evsignal_add(sig_hup, NULL);
 	evsignal_add(sig_term, NULL);
 	evsignal_add(sig_int, NULL);
+	sigprocmask(SIG_SETMASK, &oldsigs, NULL);
 
-	if (writer_start(base, &cause) == -1)
-		fatalx("%s", cause);
 	main_zone_open(base);
 	/*
 	 * The control socket before the first orders: a path that cannot be
@@ -362,7 +554,11 @@ main(int argc, char *argv[])
 	 * No request is served before the loop runs, after sched_apply().
 	 */
 	if (control_start(base, main_conf->c_control_socket,
-	    main_conf->c_control_group, &hooks, &cause) == -1)
+	    main_control_group(), &hooks, &cause) == -1)
+		fatalx("%s", cause);
+	main_drop();
+	/* After the drop: a thread of root's is never needed. */
+	if (writer_start(base, &cause) == -1)
 		fatalx("%s", cause);
 	sched_init(base, dns);
 	sched_apply(main_conf);
@@ -380,5 +576,6 @@ main(int argc, char *argv[])
 	evdns_base_free(dns, 0);
 	event_base_free(base);
 	conf_free(main_conf);
+	priv_user_clear(&main_user);
 	return 0;
 }

@@ -622,4 +622,22 @@ int		 control_start(struct event_base *, const char *path,
 		    const char *group, const struct control_hooks *, char **);
 void		 control_stop(void);
 
+/* priv.c: "user NAME [GROUP]": root only until the sockets are bound. */
+struct priv_user {
+	char		*pu_user;
+	char		*pu_group;		/* name, or the gid in digits */
+	uid_t		 pu_uid;
+	gid_t		 pu_gid;
+};
+int		 priv_lookup(const char *user, const char *group,
+		    struct priv_user *, char **);
+void		 priv_user_clear(struct priv_user *);
+int		 priv_state_prepare(const char *dir, const struct priv_user *,
+		    char **);			/* as root: create if missing */
+int		 priv_drop(const struct priv_user *, char **);
+int		 priv_state_check(const char *dir, const struct priv_user *,
+		    char **);			/* after: all of it the user's */
+int		 priv_readable(const char *what, const char *path,
+		    const struct priv_user *, char **);
+
 #endif /* SIDECAR_H */
