@@ -1237,6 +1237,13 @@ conf_cmd_user(struct conf_parse *p, struct conf_block *blk, int argc,
 	if (argv[0][0] == '\0' || (argc == 2 && argv[1][0] == '\0'))
 		return conf_error(p, "invalid number of arguments in \"user\" "
 		    "directive");
+	/* As nginx -t does: a user that does not exist here is an error. */
+	if (getpwnam(argv[0]) == NULL)
+		return conf_error(p, "unknown user \"%s\" in \"user\" "
+		    "directive", argv[0]);
+	if (argc == 2 && getgrnam(argv[1]) == NULL)
+		return conf_error(p, "unknown group \"%s\" in \"user\" "
+		    "directive", argv[1]);
 	p->conf->c_user = xstrdup(argv[0]);
 	if (argc == 2)
 		p->conf->c_group = xstrdup(argv[1]);

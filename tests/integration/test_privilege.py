@@ -259,12 +259,13 @@ def test_unknown_user(pdir, sidecar_factory, http_port):
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=10)
     assert t.returncode == 1, t.stdout
-    assert '%s: user "no-such-user-here": no such user' % conf in t.stdout
+    want = '%s:5: unknown user "no-such-user-here" in "user" directive' % conf
+    assert want in t.stdout
     assert "test failed" in t.stdout
     sidecar = sidecar_factory(conf).start()
     assert sidecar.proc.wait(10) == 1
     log = sidecar.log()
-    assert '%s: user "no-such-user-here": no such user' % conf in log, log
+    assert want in log, log
     # Refused before anything is bound or created.
     assert not (pdir / "control.sock").exists()
     assert not (pdir / "s").exists()

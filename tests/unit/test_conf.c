@@ -156,7 +156,7 @@ test_conf_full(void **state)
 	    "acme_certificate second 192.0.2.1 [2001:DB8::0:1];\n"
 	    "challenge_listen 127.0.0.1:8080;\n"
 	    "control_socket /run/test/control.sock;\n"
-	    "user acme nginx;\n"
+	    "user nobody nogroup;\n"
 	    "nginx_config nginx.conf;\n");
 
 	ci = TAILQ_FIRST(&conf->c_issuers);
@@ -238,8 +238,8 @@ test_conf_full(void **state)
 	assert_string_equal(conf->c_challenge_addr, "127.0.0.1");
 	assert_int_equal(conf->c_challenge_port, 8080);
 	assert_string_equal(conf->c_control_socket, "/run/test/control.sock");
-	assert_string_equal(conf->c_user, "acme");
-	assert_string_equal(conf->c_group, "nginx");
+	assert_string_equal(conf->c_user, "nobody");
+	assert_string_equal(conf->c_group, "nogroup");
 	xasprintf(&expect, "%s/nginx.conf", t->dir);
 	assert_string_equal(conf->c_nginx_config, expect);
 	free(expect);
@@ -320,7 +320,7 @@ test_conf_lexer(void **state)
 	conf_free(conf);
 
 	/* Lines inside a quoted string still count. */
-	conf_test_err(t, "user \"a\nb\";\nbogus;\n",
+	conf_test_err(t, "control_socket \"/a\nb\";\nbogus;\n",
 	    "%s/sidecar.conf:3: unknown directive \"bogus\"", t->dir);
 }
 
@@ -377,6 +377,12 @@ test_conf_blocks_and_arguments(void **state)
 	    " acme_issuer b { }\n}\n",
 	    "%s/sidecar.conf:3: \"acme_issuer\" directive is not allowed "
 	    "here", t->dir);
+	conf_test_err(t, "user nosuchuser-acme;\n",
+	    "%s/sidecar.conf:1: unknown user \"nosuchuser-acme\" in \"user\" "
+	    "directive", t->dir);
+	conf_test_err(t, "\nuser nobody nosuchgroup-acme;\n",
+	    "%s/sidecar.conf:2: unknown group \"nosuchgroup-acme\" in "
+	    "\"user\" directive", t->dir);
 	conf_test_err(t, "user a b c;\n",
 	    "%s/sidecar.conf:1: invalid number of arguments in \"user\" "
 	    "directive", t->dir);
