@@ -1149,7 +1149,11 @@ control_resume(evutil_socket_t fd, short events, void *arg)
 	event_add(control.ev_accept, NULL);
 }
 
-/* The socket's folder: made 0750 when missing (e.g. /run/acme-sidecar). */
+/*
+ * The socket's folder, when missing (e.g. /run/acme-sidecar): made 0750
+ * in the socket's group, so that its members can reach the socket.  A
+ * folder that exists is left as it is.
+ */
 static int
 control_mkdir(const char *path, char **cause)
 {
@@ -1158,9 +1162,17 @@ control_mkdir(const char *path, char **cause)
 
 	copy = xstrdup(path);
 	dir = dirname(copy);
-	if (mkdir(dir, 0750) == -1 && errno != EEXIST) {
-		xasprintf(cause, "control_socket %s: cannot create %s: %s",
-		    path, dir, strerror(errno));
+	if (mkdir(dir, 0750) == -1) {
+		if (errno == EEXIST)
+			rc = 0;
+		else
+			xasprintf(cause, "control_socket %s: cannot create "
+			    "%s: %s", path, dir, strerror(errno));
+		goto out;
+	}
+	if (chown(dir, (uid_t)-1, control.gid) == -1) {
+		xasprintf(cause, "control_socket %s: chown %s: %s", path, dir,
+		    strerror(errno));
 		goto out;
 	}
 	rc = 0;

@@ -214,7 +214,8 @@ def test_changes_refused_to_others(tmp_path, pebble, http_port,
     sockdir = Path(tempfile.mkdtemp(prefix="acme-control-"))
     try:
         os.chmod(sockdir, 0o755)
-        sock = sockdir / "control.sock"
+        # A missing folder is made 0750 in the socket's group.
+        sock = sockdir / "run" / "control.sock"
         conf = tmp_path / "acme-sidecar.conf"
         state = tmp_path / "state"
         write_config(conf, pebble, state, http_port, CERTS[:1])
@@ -226,6 +227,8 @@ def test_changes_refused_to_others(tmp_path, pebble, http_port,
         sidecar.wait_certs(state, ["a.example.test"])
         sidecar.wait_log(r"control: listening on")
         assert os.stat(sock).st_gid == 65534
+        st = os.stat(sock.parent)
+        assert st.st_gid == 65534 and st.st_mode & 0o777 == 0o750
 
         # Reads are open to the group ...
         status, j, _ = api(sock, "GET", "/v1/status", as_user=NOBODY)
