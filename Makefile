@@ -42,6 +42,8 @@ $(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -c -o $@ $<
 
+$(CTL_OBJS): src/acmectl/ctl.h
+
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -o $@ $< $(LIB_OBJS) $(LDLIBS) -lcmocka
