@@ -710,9 +710,37 @@ acme_problem_is(const struct acme_reply *r, const char *name)
 	    strcmp(r->problem_type + len, name) == 0;
 }
 
+/*
+ * Why a reply holds no JSON object, for the log ("" when it does), so that
+ * "HTTP 200" from a CA that sent HTML or half a document says which.  The
+ * CA's Content-Type is shown with anything unprintable replaced.
+ */
+static const char *
+acme_reply_shape(const struct acme_reply *r, char *buf, size_t len)
+{
+	const char	*ct;
+	size_t		 i;
+
+	if (json_is_object(r->json) || r->http == NULL)
+		return "";
+	if (r->len == 0)
+		return ", empty body";
+	if ((ct = http_response_header(r->http, "Content-Type")) == NULL)
+		return ", no Content-Type";
+	if (acme_is_json(r->http))
+		return r->json == NULL ? ", body is not valid JSON" :
+		    ", body is not a JSON object";
+	snprintf(buf, len, ", Content-Type %.48s", ct);
+	for (i = 0; buf[i] != '\0'; i++)
+		if (buf[i] < 0x20 || buf[i] > 0x7e)
+			buf[i] = '?';
+	return buf;
+}
+
 char *
 acme_reply_describe(const struct acme_reply *r)
 {
+	char		 shape[80];
 	char		*s;
 	const char	*type = r->problem_type;
 
@@ -729,7 +757,8 @@ acme_reply_describe(const struct acme_reply *r)
 	else if (type != NULL)
 		xasprintf(&s, "HTTP %d %s", r->status, type);
 	else
-		xasprintf(&s, "HTTP %d", r->status);
+		xasprintf(&s, "HTTP %d%s", r->status,
+		    acme_reply_shape(r, shape, sizeof(shape)));
 	return s;
 }
 

@@ -308,6 +308,9 @@ main_cert_remove(const char *id, char **cause)
 	feed_emit("deleted", "{s:s, s:s}", "certificate", id, "issuer",
 	    cc->cc_issuer);
 	sched_drop_cert(id);
+	/* An order it left half done must not come back with a new add. */
+	if (ci != NULL)
+		store_remove_pending(ci->ci_state_path, id);
 	conf_cert_free(cc);
 	return CONTROL_OK;
 }

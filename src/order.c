@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include <event2/event.h>
+#include <event2/http.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -52,6 +53,8 @@ struct cert {
 	char			*ce_stored_chain;	/* the chain being */
 	time_t			 ce_stored_nb;		/* written, and its */
 	time_t			 ce_stored_na;		/* dates */
+	int			 ce_store_tries;	/* failed writes */
+	int			 ce_resumed;	/* order from pending/ */
 	char			**ce_alternates;	/* Link rel="alternate" */
 	size_t			 ce_alt_next;
 	char			*ce_default_chain;
@@ -84,9 +87,21 @@ static const char *order_permanent_problems[] = {
 	"externalAccountRequired", NULL
 };
 
+/*
+ * An issued certificate that state_path refused is kept in memory and its
+ * write retried, from a few seconds up to five minutes apart: a full disk
+ * is usually freed by a person, and the next try should follow soon.
+ */
+#define ORDER_STORE_RETRY_MIN	2		/* seconds */
+#define ORDER_STORE_RETRY_MAX	300
+
 static void	 order_drive(struct cert *);
 static void	 order_reply(const struct acme_reply *, void *);
 static void	 order_begin(struct cert *);
+static void	 order_store_write(struct cert *);
+static void	 order_abandon(struct cert *, const char *);
+static int	 order_resume(struct cert *);
+static void	 order_begin_new(struct cert *);
 
 const char *
 order_state_name(enum order_state state)
@@ -115,6 +130,8 @@ order_timer_cb(int fd, short ev, void *arg)
 	(void)ev;
 	if (ce->ce_state == ORDER_IDLE || ce->ce_state == ORDER_BACKOFF)
 		order_begin(ce);
+	else if (ce->ce_state == ORDER_STORE)
+		order_store_write(ce);
 	else
 		order_drive(ce);
 }
@@ -226,6 +243,8 @@ order_reset(struct cert *ce)
 	EVP_PKEY_free(ce->ce_new_key);
 	ce->ce_new_key = NULL;
 	ce->ce_polls = 0;
+	ce->ce_store_tries = 0;
+	ce->ce_resumed = 0;
 }
 
 void
@@ -290,7 +309,8 @@ order_cert_info(const struct cert *ce, struct order_info *oi)
 	}
 	if (ce->ce_state == ORDER_IDLE && ce->ce_have)
 		oi->oi_renew_at = ce->ce_renew_at;
-	if (ce->ce_state == ORDER_BACKOFF)
+	if (ce->ce_state == ORDER_BACKOFF ||
+	    (ce->ce_state == ORDER_STORE && ce->ce_store_tries > 0))
 		oi->oi_retry_at = ce->ce_timer_at;
 	oi->oi_failures = ce->ce_failures;
 	oi->oi_last_error = ce->ce_last_error;
@@ -410,9 +430,11 @@ order_cert_start(struct cert *ce)
 
 	if (ce->ce_have &&
 	    order_renew_time(ce->ce_not_before, ce->ce_not_after, 0) >
-	    util_now())
-		order_schedule_renewal(ce);
-	else
+	    util_now()) {
+		/* A renewal finalized before a restart is still wanted. */
+		if (order_resume(ce) == -1)
+			order_schedule_renewal(ce);
+	} else
 		order_begin(ce);
 }
 
@@ -457,6 +479,9 @@ order_fail(struct cert *ce, int permanent, time_t not_before,
 	delay = util_jitter(delay, 0.2);
 	if (not_before > 0 && (double)(not_before - util_now()) > delay)
 		delay = (double)(not_before - util_now());
+	/* A Retry-After of years is a broken CA, not a plan: cap it too. */
+	if (delay > ORDER_BACKOFF_MAX)
+		delay = util_jitter(ORDER_BACKOFF_MAX, 0.2);
 
 	repeated = ce->ce_last_error != NULL &&
 	    strcmp(ce->ce_last_error, why) == 0;
@@ -478,6 +503,60 @@ order_fail(struct cert *ce, int permanent, time_t not_before,
 	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), METRICS_FAILED);
 }
 
+/*
+ * Resume the order a previous run finalized but did not see through to a
+ * stored certificate (store_save_pending()): fetch it, and download its
+ * certificate for the key kept with it.  Returns 0 when resumed.
+ */
+static int
+order_resume(struct cert *ce)
+{
+	const char	*dir = acme_issuer_state_path(ce->ce_issuer);
+	char		*url = NULL, *cause = NULL;
+	EVP_PKEY	*key = NULL;
+	int		 rc;
+
+	rc = store_load_pending(dir, ce->ce_id, ce->ce_idents, ce->ce_nidents,
+	    &url, &key, &cause);
+	if (rc == -1) {
+		log_warnx("certificate \"%s\": %s", ce->ce_id, cause);
+		free(cause);
+	}
+	if (rc != 0)
+		return -1;
+	log_info("certificate \"%s\": resuming order %s, finalized before "
+	    "a restart", ce->ce_id, url);
+	ce->ce_order_url = url;
+	ce->ce_new_key = key;
+	ce->ce_resumed = 1;
+	order_set_state(ce, ORDER_ORDER_POLL);
+	order_drive(ce);
+	return 0;
+}
+
+/*
+ * A resumed order is no good: forget it, and order anew at once unless the
+ * certificate in use is not due yet.  Never resume again from here: the
+ * pending file may be on a disk that refuses to remove it.
+ */
+static void
+order_abandon(struct cert *ce, const char *why)
+{
+	int	 due;
+
+	due = !ce->ce_have || order_renew_time(ce->ce_not_before,
+	    ce->ce_not_after, 0) <= util_now();
+	log_warnx("certificate \"%s\": the resumed order %s is no good (%s)%s",
+	    ce->ce_id, ce->ce_order_url, why, due ? "; ordering a new one" : "");
+	store_remove_pending(acme_issuer_state_path(ce->ce_issuer), ce->ce_id);
+	if (due)
+		order_begin_new(ce);
+	else {
+		order_reset(ce);
+		order_schedule_renewal(ce);
+	}
+}
+
 static void
 order_fail_reply(struct cert *ce, const char *what, const struct acme_reply *r)
 {
@@ -485,7 +564,10 @@ order_fail_reply(struct cert *ce, const char *what, const struct acme_reply *r)
 
 	desc = acme_reply_describe(r);
 	xasprintf(&why, "%s: %s", what, desc);
-	order_fail(ce, order_is_permanent(r), r->retry_after, why);
+	if (ce->ce_resumed && r->status != 0)
+		order_abandon(ce, why);
+	else
+		order_fail(ce, order_is_permanent(r), r->retry_after, why);
 	free(why);
 	free(desc);
 }
@@ -503,12 +585,25 @@ order_failf(struct cert *ce, const char *fmt, ...)
 	if (vasprintf(&why, fmt, ap) == -1)
 		fatal("vasprintf");
 	va_end(ap);
-	order_fail(ce, 0, 0, why);
+	if (ce->ce_resumed)
+		order_abandon(ce, why);
+	else
+		order_fail(ce, 0, 0, why);
 	free(why);
 }
 
+/* Order anew, or resume the order a restart interrupted. */
 static void
 order_begin(struct cert *ce)
+{
+	order_reset(ce);
+	if (order_resume(ce) == 0)
+		return;
+	order_begin_new(ce);
+}
+
+static void
+order_begin_new(struct cert *ce)
 {
 	order_reset(ce);
 	log_info("certificate \"%s\": ordering from \"%s\"%s", ce->ce_id,
@@ -538,13 +633,27 @@ order_new_order_payload(const struct cert *ce)
 	return s;
 }
 
+/*
+ * The CSR for a new key (or the resumed order's key), with the order saved
+ * as pending first: from the finalize on, the CA may issue, and a restart
+ * must find this order again rather than make another.
+ */
 static char *
 order_finalize_payload(struct cert *ce)
 {
-	char	*csr, *s;
+	char	*csr, *s, *cause = NULL;
 
-	if ((ce->ce_new_key = keys_generate(ce->ce_key)) == NULL)
+	if (ce->ce_new_key == NULL &&
+	    (ce->ce_new_key = keys_generate(ce->ce_key)) == NULL)
 		return NULL;
+	if (store_save_pending(acme_issuer_state_path(ce->ce_issuer),
+	    ce->ce_id, ce->ce_order_url, ce->ce_idents, ce->ce_nidents,
+	    ce->ce_new_key, &cause) == -1) {
+		log_warnx("certificate \"%s\": saving the pending order: %s; "
+		    "a restart before the certificate is stored will order "
+		    "it again", ce->ce_id, cause);
+		free(cause);
+	}
 	if ((csr = keys_csr(ce->ce_new_key, ce->ce_idents,
 	    ce->ce_nidents)) == NULL)
 		return NULL;
@@ -678,7 +787,19 @@ order_on_order(struct cert *ce, const struct acme_reply *r)
 		ce->ce_cert_url = xstrdup(v);
 		order_set_state(ce, ORDER_DOWNLOAD);
 		order_drive(ce);
-	} else if (strcmp(s, "ready") == 0 && !finalized) {
+	} else if (strcmp(s, "ready") == 0 && (!finalized || ce->ce_resumed)) {
+		/* A resumed "ready" order: its finalize never arrived. */
+		if (ce->ce_resumed) {
+			if ((v = json_string_value(json_object_get(r->json,
+			    "finalize"))) == NULL) {
+				order_failf(ce, "ready order without a "
+				    "finalize URL");
+				return;
+			}
+			free(ce->ce_finalize_url);
+			ce->ce_finalize_url = xstrdup(v);
+			ce->ce_resumed = 0;
+		}
 		order_set_state(ce, ORDER_FINALIZE);
 		order_drive(ce);
 	} else if (strcmp(s, "processing") == 0 || strcmp(s, "ready") == 0)
@@ -695,6 +816,26 @@ order_on_order(struct cert *ce, const struct acme_reply *r)
 	}
 }
 
+/*
+ * Whether the CA gave a URL we can request: one that parses, over http or
+ * https.  Checked when it arrives, since no retry can mend it later.
+ */
+static int
+order_url_ok(const char *url)
+{
+	struct evhttp_uri	*uri;
+	const char		*scheme;
+	int			 ok;
+
+	if (url == NULL || (uri = evhttp_uri_parse(url)) == NULL)
+		return 0;
+	scheme = evhttp_uri_get_scheme(uri);
+	ok = scheme != NULL && evhttp_uri_get_host(uri) != NULL &&
+	    (strcmp(scheme, "https") == 0 || strcmp(scheme, "http") == 0);
+	evhttp_uri_free(uri);
+	return ok;
+}
+
 static int
 order_take_new_order(struct cert *ce, const struct acme_reply *r)
 {
@@ -704,15 +845,16 @@ order_take_new_order(struct cert *ce, const struct acme_reply *r)
 
 	authz = json_object_get(r->json, "authorizations");
 	fin = json_string_value(json_object_get(r->json, "finalize"));
-	if (r->location == NULL || fin == NULL || !json_is_array(authz) ||
-	    json_array_size(authz) == 0 || json_array_size(authz) > 100)
+	if (!order_url_ok(r->location) || !order_url_ok(fin) ||
+	    !json_is_array(authz) || json_array_size(authz) == 0 ||
+	    json_array_size(authz) > 100)
 		return -1;
 	ce->ce_order_url = xstrdup(r->location);
 	ce->ce_finalize_url = xstrdup(fin);
 	ce->ce_nauthz = json_array_size(authz);
 	ce->ce_authz = xcalloc(ce->ce_nauthz, sizeof(char *));
 	json_array_foreach(authz, i, v) {
-		if (!json_is_string(v))
+		if (!order_url_ok(json_string_value(v)))
 			return -1;
 		ce->ce_authz[i] = xstrdup(json_string_value(v));
 	}
@@ -834,6 +976,44 @@ order_chain_matches(const char *pem, const char *name)
 	return found;
 }
 
+/*
+ * The CA issued the certificate but state_path refused it (full, read-only,
+ * gone).  Ordering again would issue it a second time, so the chain and its
+ * key stay in memory, nginx gets them from the segment at once, and the
+ * write is retried with backoff until the disk takes it.  Only a restart
+ * in between loses them.
+ */
+static void
+order_store_failed(struct cert *ce, const char *cause)
+{
+	double	 delay;
+	int	 n;
+
+	if (ce->ce_order_open) {
+		/* The CA is done with this order: free its slot. */
+		ce->ce_order_open = 0;
+		acme_order_close(ce->ce_issuer);
+	}
+	if (ce->ce_store_tries++ == 0)
+		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
+		    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
+		    ce->ce_new_key, ce->ce_stored_nb, ce->ce_stored_na);
+	n = ce->ce_store_tries > 9 ? 9 : ce->ce_store_tries - 1;
+	delay = (double)ORDER_STORE_RETRY_MIN * (double)(1 << n);
+	if (delay > ORDER_STORE_RETRY_MAX)
+		delay = ORDER_STORE_RETRY_MAX;
+	delay = util_jitter(delay, 0.2);
+
+	free(ce->ce_last_error);
+	xasprintf(&ce->ce_last_error, "issued, but storing it in %s failed: "
+	    "%s", acme_issuer_state_path(ce->ce_issuer), cause);
+	ce->ce_last_error_at = util_now();
+	log_warnx("certificate \"%s\": %s; serving it from memory and "
+	    "retrying the write in %.0fs (try %d)", ce->ce_id,
+	    ce->ce_last_error, delay, ce->ce_store_tries);
+	order_arm(ce, delay);
+}
+
 static void
 order_stored(int rc, const char *cause, void *arg)
 {
@@ -843,9 +1023,14 @@ order_stored(int rc, const char *cause, void *arg)
 
 	ce->ce_job = NULL;
 	if (rc == -1) {
-		order_failf(ce, "storing the certificate: %s", cause);
+		order_store_failed(ce, cause);
 		return;
 	}
+	store_remove_pending(acme_issuer_state_path(ce->ce_issuer), ce->ce_id);
+	if (ce->ce_store_tries > 0)
+		log_info("certificate \"%s\": stored in %s after %d failed "
+		    "write%s", ce->ce_id, acme_issuer_state_path(ce->ce_issuer),
+		    ce->ce_store_tries, ce->ce_store_tries > 1 ? "s" : "");
 	ce->ce_have = 1;
 	ce->ce_not_before = ce->ce_stored_nb;
 	ce->ce_not_after = ce->ce_stored_na;
@@ -867,34 +1052,45 @@ order_stored(int rc, const char *cause, void *arg)
 	order_schedule_renewal(ce);
 }
 
-/* Hand the chain and its key to the writer thread. */
+/* Hand the chain kept in ce_stored_chain and its key to the writer. */
+static void
+order_store_write(struct cert *ce)
+{
+	struct cert_meta	 meta;
+
+	memset(&meta, 0, sizeof(meta));
+	meta.cm_issued = util_now();
+	meta.cm_not_before = ce->ce_stored_nb;
+	meta.cm_not_after = ce->ce_stored_na;
+	meta.cm_url = ce->ce_cert_url;
+	meta.cm_idents = ce->ce_idents;
+	meta.cm_nidents = ce->ce_nidents;
+	meta.cm_key = ce->ce_key;
+	ce->ce_job = writer_save_cert(acme_issuer_state_path(ce->ce_issuer),
+	    ce->ce_id, ce->ce_stored_chain, ce->ce_new_key, &meta, order_stored,
+	    ce);
+}
+
+/* Check what the CA sent, keep it, and write it to state_path. */
 static void
 order_store(struct cert *ce, const char *chain)
 {
-	struct cert_meta	 meta;
+	time_t	 nb, na;
 
 	if (ce->ce_new_key == NULL) {
 		order_failf(ce, "a certificate arrived for no key of ours");
 		return;
 	}
-	memset(&meta, 0, sizeof(meta));
-	if (store_chain_dates(chain, &meta.cm_not_before,
-	    &meta.cm_not_after) == -1) {
+	if (store_chain_dates(chain, &nb, &na) == -1) {
 		order_failf(ce, "the CA sent a certificate that does not parse");
 		return;
 	}
-	meta.cm_issued = util_now();
-	meta.cm_url = ce->ce_cert_url;
-	meta.cm_idents = ce->ce_idents;
-	meta.cm_nidents = ce->ce_nidents;
-	meta.cm_key = ce->ce_key;
 	free(ce->ce_stored_chain);
 	ce->ce_stored_chain = xstrdup(chain);
-	ce->ce_stored_nb = meta.cm_not_before;
-	ce->ce_stored_na = meta.cm_not_after;
+	ce->ce_stored_nb = nb;
+	ce->ce_stored_na = na;
 	order_set_state(ce, ORDER_STORE);
-	ce->ce_job = writer_save_cert(acme_issuer_state_path(ce->ce_issuer),
-	    ce->ce_id, chain, ce->ce_new_key, &meta, order_stored, ce);
+	order_store_write(ce);
 }
 
 /* Fetch the next alternate chain, or settle for the default one. */
@@ -972,7 +1168,9 @@ order_reply(const struct acme_reply *r, void *arg)
 			return;
 		}
 		if (order_take_new_order(ce, r) == -1) {
-			order_failf(ce, "newOrder: malformed order object");
+			order_failf(ce, "newOrder: malformed order object "
+			    "(Location %s)", r->location != NULL ? r->location :
+			    "missing");
 			return;
 		}
 		order_on_order(ce, r);

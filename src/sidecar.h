@@ -350,6 +350,18 @@ int		 store_save_cert(const char *dir, const char *id,
 		    const char *chain, EVP_PKEY *, const struct cert_meta *,
 		    char **);
 void		 store_meta_clear(struct cert_meta *);
+/*
+ * STATE/pending/ID.json: an order from its finalize until its certificate
+ * is stored (URL, identifiers, key), so a restart resumes it instead of
+ * having the CA issue again.  Load: 0 found, 1 none, -1 error (cause).
+ */
+int		 store_save_pending(const char *dir, const char *id,
+		    const char *url, char *const *idents, size_t, EVP_PKEY *,
+		    char **);
+int		 store_load_pending(const char *dir, const char *id,
+		    char *const *idents, size_t, char **url, EVP_PKEY **,
+		    char **);
+void		 store_remove_pending(const char *dir, const char *id);
 /* Fill not_before/not_after from the first certificate of a PEM chain. */
 int		 store_chain_dates(const char *, time_t *, time_t *);
 

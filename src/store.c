@@ -62,6 +62,7 @@
 #define STORE_META		"meta.json"
 #define STORE_GEN_LEN		16		/* hex digits */
 #define STORE_MAX_FILE		(1024 * 1024)	/* no PEM or JSON is larger */
+#define STORE_PENDING		"pending"	/* orders being finalized */
 
 static int
 store_fsync_dir(const char *dir, char **cause)
@@ -991,4 +992,164 @@ out:
 	free(old);
 	free(certs);
 	return rc;
+}
+
+/*
+ * An order about to be finalized: its URL, identifiers and new private key,
+ * kept in pending/<id>.json (0600) until the certificate is stored.  A daemon
+ * killed in between then fetches that certificate on restart, instead of
+ * ordering another one for the CA to issue a second time.
+ *
+ * It is written before every finalize, on the loop, so it gets rename() but
+ * no fsync: that protects it from a crash of the daemon, which is what it is
+ * for.  After a power cut it may be missing or torn; the loader then treats
+ * it as absent, and the certificate is ordered again, as without it.
+ */
+static char *
+store_pending_path(const char *dir, const char *id)
+{
+	char	*path;
+
+	xasprintf(&path, "%s/%s/%s.json", dir, STORE_PENDING, id);
+	return path;
+}
+
+int
+store_save_pending(const char *dir, const char *id, const char *url,
+    char *const *idents, size_t nidents, EVP_PKEY *key, char **cause)
+{
+	json_t	*o = NULL, *a;
+	char	*pdir = NULL, *path = NULL, *tmp = NULL, *pem = NULL;
+	char	*text = NULL;
+	size_t	 i;
+	int	 fd = -1, rc = -1;
+
+	if (store_id_valid(id, cause) == -1)
+		goto out;
+	if ((pem = keys_to_pem(key)) == NULL) {
+		xasprintf(cause, "cannot encode the private key as PKCS#8");
+		goto out;
+	}
+	a = json_array();
+	for (i = 0; i < nidents; i++)
+		json_array_append_new(a, json_string(idents[i]));
+	o = json_pack("{s:s, s:o, s:s}", "order", url, "identifiers", a,
+	    "key", pem);
+	if (o == NULL || (text = json_dumps(o, JSON_COMPACT)) == NULL) {
+		xasprintf(cause, "%s: cannot encode the pending order", id);
+		goto out;
+	}
+	xasprintf(&pdir, "%s/%s", dir, STORE_PENDING);
+	if (store_mkdir(pdir, cause) == -1)
+		goto out;
+	path = store_pending_path(dir, id);
+	xasprintf(&tmp, "%s/.%s.XXXXXX", pdir, id);
+	if ((fd = mkostemp(tmp, O_CLOEXEC)) == -1) {
+		xasprintf(cause, "%s: %s", tmp, strerror(errno));
+		free(tmp);
+		tmp = NULL;
+		goto out;
+	}
+	errno = 0;
+	if (fchmod(fd, 0600) == -1 ||
+	    write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
+		xasprintf(cause, "write %s: %s", tmp, errno == 0 ? "short write" :
+		    strerror(errno));
+		goto out;
+	}
+	if (close(fd) == -1) {
+		fd = -1;
+		xasprintf(cause, "close %s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path) == -1) {
+		xasprintf(cause, "rename %s: %s", path, strerror(errno));
+		goto out;
+	}
+	free(tmp);
+	tmp = NULL;
+	rc = 0;
+out:
+	if (fd != -1)
+		close(fd);
+	if (tmp != NULL) {
+		unlink(tmp);
+		free(tmp);
+	}
+	if (text != NULL) {
+		OPENSSL_cleanse(text, strlen(text));
+		free(text);
+	}
+	json_decref(o);		/* its copy of the key is not wiped */
+	keys_pem_free(pem);
+	free(path);
+	free(pdir);
+	return rc;
+}
+
+/*
+ * The pending order of id, if there is one for exactly these identifiers.
+ * 0: *url and *key are set; 1: none (or one for other identifiers, or one
+ * that does not parse: see above); -1: unreadable.
+ */
+int
+store_load_pending(const char *dir, const char *id, char *const *idents,
+    size_t nidents, char **url, EVP_PKEY **key, char **cause)
+{
+	json_t		*o = NULL, *a;
+	json_error_t	 jerr;
+	const char	*u, *pem;
+	char		*path = NULL, *text = NULL, *why = NULL;
+	size_t		 len, i;
+	int		 rc;
+
+	*url = NULL;
+	*key = NULL;
+	if (store_id_valid(id, cause) == -1)
+		return -1;
+	path = store_pending_path(dir, id);
+	if ((rc = store_read_file(path, &text, &len, cause)) != 0)
+		goto out;
+	rc = 1;
+	o = json_loadb(text, len, 0, &jerr);
+	u = json_string_value(json_object_get(o, "order"));
+	pem = json_string_value(json_object_get(o, "key"));
+	a = json_object_get(o, "identifiers");
+	if (u == NULL || pem == NULL || json_array_size(a) != nidents) {
+		log_warnx("store: %s: not a pending order; ignored", path);
+		goto out;
+	}
+	for (i = 0; i < nidents; i++) {
+		if (!json_is_string(json_array_get(a, i)) || strcmp(idents[i],
+		    json_string_value(json_array_get(a, i))) != 0) {
+			log_debug("store: %s: for other identifiers", path);
+			goto out;
+		}
+	}
+	if ((*key = keys_from_pem(pem, strlen(pem), &why)) == NULL) {
+		log_warnx("store: %s: %s; ignored", path, why);
+		free(why);
+		goto out;
+	}
+	*url = xstrdup(u);
+	rc = 0;
+out:
+	if (text != NULL) {
+		OPENSSL_cleanse(text, len);
+		free(text);
+	}
+	json_decref(o);
+	free(path);
+	return rc;
+}
+
+void
+store_remove_pending(const char *dir, const char *id)
+{
+	char	*path = store_pending_path(dir, id);
+
+	if (unlink(path) == -1 && errno != ENOENT)
+		log_warn("store: unlink %s", path);
+	free(path);
 }
