@@ -22,6 +22,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SIDECAR = Path(os.environ.get("ACME_SIDECAR", ROOT / "build" / "acme-sidecar"))
+
+# make memcheck: every daemon a test starts runs under valgrind, which
+# writes its findings to ACME_MEMCHECK_LOGS/vg.PID; the Makefile fails on
+# any error found there.  Stops and signals work as without it.
+MEMCHECK_WRAPPER = []
+if os.environ.get("ACME_MEMCHECK_LOGS"):
+    MEMCHECK_WRAPPER = [
+        "valgrind", "-q", "--leak-check=full",
+        "--show-leak-kinds=definite,indirect,possible",
+        "--errors-for-leak-kinds=definite,indirect,possible",
+        "--log-file=%s/vg.%%p" % os.environ["ACME_MEMCHECK_LOGS"]]
 ISSUE_TIMEOUT = 60.0
 
 
@@ -211,6 +222,7 @@ class Sidecar:
             self.run_offset = log.tell()
             log.write(b"==== test: starting acme-sidecar\n")
             self.proc = subprocess.Popen(
+                MEMCHECK_WRAPPER +
                 [str(SIDECAR), "-c", str(self.config), "-v", *extra],
                 stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
