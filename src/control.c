@@ -647,6 +647,8 @@ control_revoked(int rc, const char *why, void *arg)
 		cr->cr_answer = json_pack("{s:s, s:s, s:o}", "revoked",
 		    order_cert_id(ce), "reason", cr->cr_reason,
 		    "certificate", control_cert_json(ce));
+		if (cr->cr_answer == NULL)
+			fatalx("%s: json_pack", __func__);
 	} else {
 		cr->cr_status = rc == -2 ? MHD_HTTP_CONFLICT :
 		    MHD_HTTP_BAD_GATEWAY;
@@ -664,7 +666,7 @@ control_post_revoke(struct control_ctx *cx)
 	struct order_info	 oi;
 	enum MHD_Result		 ret;
 	char			*cause = NULL;
-	int			 i;
+	int			 i, rc;
 
 	if ((ce = sched_cert_find(cx->cx_id)) == NULL)
 		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
@@ -685,10 +687,12 @@ control_post_revoke(struct control_ctx *cx)
 		    "certificate \"%s\": %s", cx->cx_id, !oi.oi_have ?
 		    "no certificate is stored yet" : "a revocation is already "
 		    "under way");
-	if (order_revoke(ce, control_reasons[i].code, control_reasons[i].name,
-	    control_revoked, cx->cx_req, &cause) == -1) {
-		ret = control_error(cx->cx_conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
-		    NULL, "certificate \"%s\": %s", cx->cx_id, cause);
+	if ((rc = order_revoke(ce, control_reasons[i].code,
+	    control_reasons[i].name, control_revoked, cx->cx_req,
+	    &cause)) != 0) {
+		ret = control_error(cx->cx_conn, rc == -2 ? MHD_HTTP_CONFLICT :
+		    MHD_HTTP_INTERNAL_SERVER_ERROR, NULL,
+		    "certificate \"%s\": %s", cx->cx_id, cause);
 		free(cause);
 		return ret;
 	}

@@ -36,15 +36,15 @@ loop_mhd_schedule(struct loop_mhd *lm)
 }
 
 /*
- * Run the daemon on the next turn of the loop.  For a connection resumed
+ * Run the daemon on the next turn of the loop, for a connection resumed
  * from outside libmicrohttpd's callbacks: its epoll fd does not say so.
+ * The read event is made active, not the timer, which the run in progress
+ * (if any) re-arms when it returns.
  */
 void
 loop_mhd_wake(struct loop_mhd *lm)
 {
-	struct timeval	 now = { 0, 0 };
-
-	evtimer_add(lm->lm_timer, &now);
+	event_active(lm->lm_read, EV_READ, 0);
 }
 
 static void

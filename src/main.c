@@ -243,6 +243,13 @@ main_cert_add(const char *issuer, char *const *idents, size_t n,
 	struct conf_cert	*cc;
 	char			*why = NULL;
 
+	/* Configured but not running (its set-up failed): nothing to save. */
+	if (conf_find_issuer(main_conf, issuer) != NULL &&
+	    sched_find_issuer(issuer) == NULL) {
+		xasprintf(cause, "issuer \"%s\" is not running: see the log",
+		    issuer);
+		return CONTROL_INVALID;
+	}
 	switch (conf_runtime_add(main_conf, issuer, idents, n, key, cause)) {
 	case CONF_ADD_INVALID:
 		return CONTROL_INVALID;

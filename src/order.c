@@ -530,6 +530,9 @@ order_resume(struct cert *ce)
 	ce->ce_new_key = key;
 	ce->ce_resumed = 1;
 	order_set_state(ce, ORDER_ORDER_POLL);
+	feed_emit("order", "{s:s, s:s, s:b, s:b}", "certificate", ce->ce_id,
+	    "issuer", acme_issuer_name(ce->ce_issuer), "renewal", ce->ce_have,
+	    "resumed", 1);
 	order_drive(ce);
 	return 0;
 }
@@ -564,7 +567,13 @@ order_fail_reply(struct cert *ce, const char *what, const struct acme_reply *r)
 
 	desc = acme_reply_describe(r);
 	xasprintf(&why, "%s: %s", what, desc);
-	if (ce->ce_resumed && r->status != 0)
+	/*
+	 * A resumed order is given up only when the CA says it is gone or
+	 * refused; a 5xx, a 429 or no answer keeps it for the next try, or
+	 * a short outage at a restart would have the CA issue twice.
+	 */
+	if (ce->ce_resumed && (r->status == 403 || r->status == 404 ||
+	    r->status == 410))
 		order_abandon(ce, why);
 	else
 		order_fail(ce, order_is_permanent(r), r->retry_after, why);
@@ -1275,16 +1284,24 @@ order_revoked(const struct acme_reply *r, void *arg)
 	    "issuer", acme_issuer_name(ce->ce_issuer), "reason",
 	    ce->ce_revoke_reason);
 	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), METRICS_REVOKED);
-	/* An order under way replaces it anyway. */
-	if (ce->ce_state == ORDER_IDLE || ce->ce_state == ORDER_BACKOFF)
+	/*
+	 * An order under way replaces it anyway.  A pending order left from
+	 * before is not resumed: its key may be the compromised one.
+	 */
+	if (ce->ce_state == ORDER_IDLE || ce->ce_state == ORDER_BACKOFF) {
+		store_remove_pending(acme_issuer_state_path(ce->ce_issuer),
+		    ce->ce_id);
 		order_begin(ce);
+	}
 	ce->ce_revoke_cb(0, NULL, ce->ce_revoke_arg);
 }
 
 /*
  * Ask the CA to revoke the certificate stored for ce; cb runs exactly
  * once, unless order_revoke_cancel() comes first: with 0, with -1 when
- * the CA refused, or with -2 when ce is being freed.  reason is an RFC 5280
+ * the CA refused, or with -2 when ce is being freed.  Returns 0, -2 when
+ * the certificate is in no state to be revoked (nothing stored yet, a
+ * new one being stored, a revocation under way), -1 on other errors.  reason is an RFC 5280
  * CRLReason code, name its name (a static string).
  */
 int
@@ -1297,18 +1314,26 @@ order_revoke(struct cert *ce, int reason, const char *name,
 	const char		*url = acme_issuer_revoke_url(ce->ce_issuer);
 	int			 rc;
 
-	if (ce->ce_revoke_req != NULL || url == NULL) {
-		xasprintf(cause, ce->ce_revoke_req != NULL ? "a revocation "
-		    "is already under way" : "the CA offers no revokeCert");
+	if (url == NULL) {
+		xasprintf(cause, "the CA offers no revokeCert");
 		return -1;
+	}
+	/* While a new one is stored, nginx may serve it and not the file's. */
+	if (ce->ce_revoke_req != NULL || ce->ce_state == ORDER_STORE) {
+		xasprintf(cause, ce->ce_revoke_req != NULL ? "a revocation "
+		    "is already under way" : "a new certificate is being "
+		    "stored: revoke it once it is");
+		return -2;
 	}
 	memset(&meta, 0, sizeof(meta));
 	rc = store_load_cert(acme_issuer_state_path(ce->ce_issuer), ce->ce_id,
 	    &chain, &key, &meta, cause);
 	EVP_PKEY_free(key);
 	store_meta_clear(&meta);
-	if (rc == 1)
+	if (rc == 1) {
 		xasprintf(cause, "no certificate is stored yet");
+		return -2;
+	}
 	if (rc != 0)
 		return -1;
 	payload = order_revoke_payload(chain, reason, cause);

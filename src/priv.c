@@ -213,6 +213,9 @@ priv_walk_one(const char *path, const struct stat *st, int flag,
     struct FTW *ftw)
 {
 	(void)ftw;
+	/* The writer thread may remove an old generation during the walk. */
+	if ((flag == FTW_NS || flag == FTW_DNR) && errno == ENOENT)
+		return 0;
 	if (flag == FTW_NS) {
 		priv_walk_bad = xstrdup(path);
 		priv_walk_errno = errno != 0 ? errno : EACCES;

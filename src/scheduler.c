@@ -65,7 +65,7 @@ sched_init(struct event_base *base, struct evdns_base *dns)
 	evtimer_add(sched_progress_ev, &tv);
 }
 
-static struct acme_issuer *
+struct acme_issuer *
 sched_find_issuer(const char *name)
 {
 	size_t	 i;

@@ -577,6 +577,7 @@ size_t		 sched_cert_count(void);
 struct cert	*sched_cert_at(size_t);
 struct cert	*sched_cert_find(const char *);
 size_t		 sched_issuer_count(void);
+struct acme_issuer *sched_find_issuer(const char *);
 struct acme_issuer *sched_issuer_at(size_t);
 
 /*
