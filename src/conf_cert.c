@@ -395,27 +395,52 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 	return CONF_ADD_OK;
 }
 
+#define CONF_RUNTIME_HEADER_LINES	2
+
+static int
+conf_runtime_of(const struct conf_cert *cc, const struct conf_issuer *ci)
+{
+	return cc->cc_runtime && strcmp(cc->cc_issuer, ci->ci_name) == 0;
+}
+
 /*
- * The text of issuer's certificates.conf, from conf's certificates added
- * at run time; each learns its file and line there.
+ * Where each of issuer's certificates added at run time stands in its
+ * certificates.conf, as conf_runtime_text() writes it: the file and line
+ * that errors name.
  */
+void
+conf_runtime_renumber(struct conf *conf, const struct conf_issuer *ci)
+{
+	struct conf_cert	*cc;
+	char			*path = conf_runtime_path(ci);
+	int			 line = CONF_RUNTIME_HEADER_LINES + 1;
+
+	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry) {
+		if (!conf_runtime_of(cc, ci))
+			continue;
+		free(cc->cc_file);
+		cc->cc_file = xstrdup(path);
+		cc->cc_line = line++;
+	}
+	free(path);
+}
+
+/* The text of issuer's certificates.conf; each certificate is renumbered. */
 char *
 conf_runtime_text(struct conf *conf, const struct conf_issuer *ci)
 {
 	struct conf_cert	*cc;
 	FILE			*f;
-	char			*text = NULL, *path;
+	char			*text = NULL;
 	size_t			 len, i;
-	int			 line = 3;
 
 	if ((f = open_memstream(&text, &len)) == NULL)
 		fatal("open_memstream");
 	fprintf(f, "# Certificates added through the control API of "
 	    "acme-sidecar, issuer \"%s\".\n# The daemon rewrites this file: "
 	    "use acmectl add and acmectl remove.\n", ci->ci_name);
-	path = conf_runtime_path(ci);
 	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry) {
-		if (!cc->cc_runtime || strcmp(cc->cc_issuer, ci->ci_name) != 0)
+		if (!conf_runtime_of(cc, ci))
 			continue;
 		fprintf(f, "acme_certificate %s", cc->cc_issuer);
 		for (i = 0; i < cc->cc_nidents; i++)
@@ -423,12 +448,9 @@ conf_runtime_text(struct conf *conf, const struct conf_issuer *ci)
 		if (cc->cc_key != KEY_TYPE_DEFAULT)
 			fprintf(f, " key=%s", key_type_name(cc->cc_key));
 		fprintf(f, ";\n");
-		free(cc->cc_file);
-		cc->cc_file = xstrdup(path);
-		cc->cc_line = line++;
 	}
-	free(path);
 	if (fclose(f) != 0)
 		fatal("open_memstream");
+	conf_runtime_renumber(conf, ci);
 	return text;
 }

@@ -307,7 +307,7 @@ main_cert_remove(const char *id, char **cause)
 			    cc_entry);
 		else
 			TAILQ_INSERT_HEAD(&main_conf->c_certs, cc, cc_entry);
-		free(conf_runtime_text(main_conf, ci));	/* lines back */
+		conf_runtime_renumber(main_conf, ci);
 		return CONTROL_FAILED;
 	}
 	log_info("certificate \"%s\": deleted through the control socket",

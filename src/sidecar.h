@@ -264,6 +264,8 @@ int		 conf_read_runtime(struct conf_parse *);
 int		 conf_runtime_add(struct conf *, const char *issuer,
 		    char *const *idents, size_t, const char *key, char **);
 char		*conf_runtime_text(struct conf *, const struct conf_issuer *);
+void		 conf_runtime_renumber(struct conf *,
+		    const struct conf_issuer *);
 
 /* nginx_conf.c: the acme_* directives of an nginx.conf. */
 int		 nginx_conf_read(struct conf_parse *, const char *);
