@@ -344,6 +344,15 @@ class MemcheckSidecar(Sidecar):
                 cwd=str(self.workdir))
         return self
 
+    def stop_clean(self, timeout=60.0):
+        """SIGTERM, then fail unless valgrind found nothing and the
+        daemon exited 0."""
+        rc = self.stop(timeout=timeout)
+        assert "ERROR SUMMARY: 0 errors" in self.log(), \
+            "valgrind reported errors" + self.diagnostics()
+        assert rc == 0, "exit status %s under valgrind%s" % (
+            rc, self.diagnostics())
+
 
 # ---------------------------------------------------------------- fixtures
 
