@@ -6,7 +6,7 @@
 #   make fuzz     each libFuzzer harness for FUZZ_TIME seconds
 #   make demo     install dependencies, issue certificates from a local Pebble
 
-PKGS	 = libevent libevent_openssl openssl jansson libmicrohttpd
+PKGS	 = libevent libevent_openssl openssl jansson libmicrohttpd hiredis
 CC	?= cc
 CFLAGS	?= -O2 -g
 CFLAGS	+= -std=gnu11 -Wall -Wextra -Werror=implicit-function-declaration \

@@ -114,6 +114,7 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_control },
 	{ "user", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_user },
 	{ "nginx_config", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_nginx },
+	{ "cluster", CONF_TOP|CONF_ONCE, 1, 5, conf_cmd_cluster },
 
 	{ "uri", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_uri },
 	{ "contact", CONF_ISSUER, 1, 1, conf_cmd_contact },
@@ -253,6 +254,7 @@ conf_free(struct conf *conf)
 	free(conf->c_zone_path);
 	free(conf->c_zone_owner);
 	free(conf->c_zone_group);
+	conf_cluster_free(conf->c_cluster);
 	free(conf->c_file);
 	free(conf);
 }
@@ -612,7 +614,7 @@ conf_name_valid(const char *s)
 }
 
 /* A decimal number in [min, max], the whole string. */
-static int
+int
 conf_number(const char *s, long long min, long long max, long long *out)
 {
 	long long	 v = 0;

@@ -127,6 +127,31 @@ struct conf_cert {
 };
 TAILQ_HEAD(conf_certs, conf_cert);
 
+/*
+ * "cluster" (conf_cluster.c): replicas sharing one state through Redis.
+ * Only the sealing key derived from secret_file is kept, never the secret.
+ */
+#define CLUSTER_NAME_MAX	64	/* node= and prefix= */
+#define CLUSTER_DB_MAX		65535
+#define CLUSTER_UNIX_PATH_MAX	108	/* sun_path */
+#define CLUSTER_SECRET_MIN	32	/* bytes in secret_file */
+#define CLUSTER_KEY_LEN		32	/* AES-256 */
+struct conf_cluster {
+	char			*cl_url;	/* as written */
+	char			*cl_host;	/* redis://, or NULL */
+	int			 cl_port;
+	char			*cl_unix;	/* unix:, or NULL */
+	int			 cl_db;
+	char			*cl_user;	/* ACL user, or NULL */
+	char			*cl_password;	/* or NULL */
+	char			*cl_prefix;
+	char			*cl_node;
+	unsigned char		 cl_key[CLUSTER_KEY_LEN];
+	int			 cl_have_key;
+	char			*cl_file;
+	int			 cl_line;
+};
+
 struct conf {
 	struct conf_issuers	 c_issuers;
 	struct conf_certs	 c_certs;
@@ -143,6 +168,7 @@ struct conf {
 	char			*c_zone_path;		/* "/dev/shm/NAME" */
 	char			*c_zone_group;		/* group=, or NULL */
 	char			*c_zone_owner;		/* owner=, or NULL */
+	struct conf_cluster	*c_cluster;		/* or NULL */
 	char			*c_file;		/* NULL: nginx.conf only */
 };
 
@@ -252,6 +278,12 @@ int		 conf_cmd_cert(struct conf_parse *, struct conf_block *, int,
 		    char **);
 void		 conf_cert_free(struct conf_cert *);
 
+int		 conf_number(const char *, long long min, long long max,
+		    long long *);
+int		 conf_cmd_cluster(struct conf_parse *, struct conf_block *, int,
+		    char **);
+void		 conf_cluster_free(struct conf_cluster *);
+
 /* conf_cert.c: certificates added at run time (STATE_PATH/CONF_RUNTIME_FILE). */
 #define CONF_RUNTIME_FILE	"certificates.conf"
 enum {
@@ -266,6 +298,24 @@ int		 conf_runtime_add(struct conf *, const char *issuer,
 char		*conf_runtime_text(struct conf *, const struct conf_issuer *);
 void		 conf_runtime_renumber(struct conf *,
 		    const struct conf_issuer *);
+
+/*
+ * cluster_seal.c: AES-256-GCM for what reaches Redis.  A sealed value is
+ * "s1.KEYID.BASE64URL(nonce | ciphertext | tag)", bound by the GCM
+ * associated data to the name it is stored under, so a value copied to
+ * another key does not open.  KEYID tells "another secret_file" from
+ * "damaged".
+ */
+#define CLUSTER_KEY_ID_LEN	16	/* hex digits */
+int		 cluster_seal_derive(const char *secret, size_t,
+		    unsigned char key[CLUSTER_KEY_LEN]);
+void		 cluster_seal_key_id(const unsigned char key[CLUSTER_KEY_LEN],
+		    char id[CLUSTER_KEY_ID_LEN + 1]);
+char		*cluster_seal(const unsigned char key[CLUSTER_KEY_LEN],
+		    const char *name, const void *, size_t);	/* caller frees */
+int		 cluster_unseal(const unsigned char key[CLUSTER_KEY_LEN],
+		    const char *name, const char *sealed, unsigned char **,
+		    size_t *, char **cause);	/* wipe and free the result */
 
 /* nginx_conf.c: the acme_* directives of an nginx.conf. */
 int		 nginx_conf_read(struct conf_parse *, const char *);

@@ -1721,6 +1721,135 @@ test_conf_runtime_certs(void **state)
 	free(top);
 }
 
+
+/* cluster: every form of the address, the files read at once, the errors. */
+static void
+test_conf_cluster(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cluster	*cl;
+	unsigned char		 key[CLUSTER_KEY_LEN];
+	char			*path, *text;
+	const char		*secret = "0123456789abcdef0123456789abcdef\n";
+
+	free(conf_test_write(t, "secret", secret));
+	free(conf_test_write(t, "short", "too short\n"));
+	free(conf_test_write(t, "empty", " \n"));
+	free(conf_test_write(t, "pw", "s3cret\n"));
+	free(conf_test_write(t, "acl", "fleet  s3cret pass\n"));
+	free(conf_test_write(t, "twolines", "a\nb\n"));
+
+	conf = conf_test_ok(t, "cluster redis://10.0.0.7:6380/3 "
+	    "secret_file=secret password_file=acl prefix=fleet-a node=n1;\n");
+	assert_non_null(cl = conf->c_cluster);
+	assert_string_equal(cl->cl_host, "10.0.0.7");
+	assert_int_equal(cl->cl_port, 6380);
+	assert_int_equal(cl->cl_db, 3);
+	assert_null(cl->cl_unix);
+	assert_string_equal(cl->cl_user, "fleet");
+	assert_string_equal(cl->cl_password, "s3cret pass");
+	assert_string_equal(cl->cl_prefix, "fleet-a");
+	assert_string_equal(cl->cl_node, "n1");
+	assert_int_equal(cl->cl_line, 1);
+	/* The key is derived from the trimmed secret, never kept itself. */
+	assert_int_equal(cluster_seal_derive(secret, strlen(secret) - 1, key),
+	    0);
+	assert_memory_equal(cl->cl_key, key, sizeof(key));
+	conf_free(conf);
+
+	/* Defaults: port 6379, db 0, prefix, the host name as node. */
+	conf = conf_test_ok(t, "cluster redis://redis.example secret_file="
+	    "secret password_file=pw;\n");
+	cl = conf->c_cluster;
+	assert_string_equal(cl->cl_host, "redis.example");
+	assert_int_equal(cl->cl_port, 6379);
+	assert_int_equal(cl->cl_db, 0);
+	assert_null(cl->cl_user);
+	assert_string_equal(cl->cl_password, "s3cret");
+	assert_string_equal(cl->cl_prefix, "acme-sidecar");
+	assert_non_null(cl->cl_node);
+	conf_free(conf);
+
+	conf = conf_test_ok(t, "cluster unix:/run/redis/redis.sock?db=5 "
+	    "secret_file=secret;\n");
+	assert_string_equal(conf->c_cluster->cl_unix, "/run/redis/redis.sock");
+	assert_int_equal(conf->c_cluster->cl_db, 5);
+	assert_null(conf->c_cluster->cl_host);
+	conf_free(conf);
+
+	conf = conf_test_ok(t, "cluster redis://[::1]:7000 secret_file=secret;"
+	    "\n");
+	assert_string_equal(conf->c_cluster->cl_host, "::1");
+	assert_int_equal(conf->c_cluster->cl_port, 7000);
+	conf_free(conf);
+
+	/* Without it: one node, files only. */
+	conf = conf_test_ok(t, "challenge_listen 8080;\n");
+	assert_null(conf->c_cluster);
+	conf_free(conf);
+
+	conf_test_err(t, "cluster redis://h;\n", "%s/sidecar.conf:1: "
+	    "\"cluster\" needs secret_file=: private keys reach Redis only "
+	    "sealed with it", t->dir);
+	conf_test_err(t, "\ncluster redis://h secret_file=short;\n",
+	    "%s/sidecar.conf:2: secret_file: \"short\" holds 9 bytes; at least "
+	    "32 are needed (head -c 32 /dev/urandom | base64)", t->dir);
+	conf_test_err(t, "cluster redis://h secret_file=empty;\n",
+	    "%s/sidecar.conf:1: secret_file: \"%s/empty\" is empty", t->dir,
+	    t->dir);
+	conf_test_err(t, "cluster redis://h secret_file=none;\n",
+	    "%s/sidecar.conf:1: secret_file: open() \"%s/none\" failed (No "
+	    "such file or directory)", t->dir, t->dir);
+	conf_test_err(t, "cluster redis://h secret_file=secret "
+	    "password_file=twolines;\n", "%s/sidecar.conf:1: password_file: "
+	    "one line is expected: PASSWORD, or USER PASSWORD", t->dir);
+	conf_test_err(t, "cluster http://h secret_file=secret;\n",
+	    "%s/sidecar.conf:1: invalid address \"http://h\" in the "
+	    "\"cluster\" directive: redis://HOST:PORT[/DB] or unix:/PATH",
+	    t->dir);
+	conf_test_err(t, "cluster redis://h:0 secret_file=secret;\n",
+	    "%s/sidecar.conf:1: invalid port in \"redis://h:0\" of the "
+	    "\"cluster\" directive", t->dir);
+	conf_test_err(t, "cluster redis://h/x secret_file=secret;\n",
+	    "%s/sidecar.conf:1: invalid database in \"redis://h/x\" of the "
+	    "\"cluster\" directive (0 to 65535)", t->dir);
+	conf_test_err(t, "cluster redis://:pw@h secret_file=secret;\n",
+	    "%s/sidecar.conf:1: \"redis://:pw@h\" of the \"cluster\" "
+	    "directive: give the password in password_file=, not in the URL",
+	    t->dir);
+	conf_test_err(t, "cluster redis:// secret_file=secret;\n",
+	    "%s/sidecar.conf:1: invalid host in \"redis://\" of the "
+	    "\"cluster\" directive", t->dir);
+	conf_test_err(t, "cluster unix:run/r.sock secret_file=secret;\n",
+	    "%s/sidecar.conf:1: invalid socket path in \"unix:run/r.sock\" of "
+	    "the \"cluster\" directive: an absolute path of at most 107 bytes",
+	    t->dir);
+	conf_test_err(t, "cluster redis://h secret_file=secret node=a/b;\n",
+	    "%s/sidecar.conf:1: invalid node \"a/b\": 1 to 64 letters, digits, "
+	    "'.', '_' or '-'", t->dir);
+	conf_test_err(t, "cluster redis://h secret_file=secret prefix=a "
+	    "prefix=b;\n", "%s/sidecar.conf:1: duplicate parameter \"prefix\"",
+	    t->dir);
+	conf_test_err(t, "cluster redis://h secret_file=secret db=1;\n",
+	    "%s/sidecar.conf:1: invalid parameter \"db=1\"", t->dir);
+	conf_test_err(t, "cluster redis://a secret_file=secret;\n"
+	    "cluster redis://b secret_file=secret;\n",
+	    "%s/sidecar.conf:2: \"cluster\" directive is duplicate", t->dir);
+	conf_test_err(t, ISSUER "acme_issuer x { uri https://a/d; cluster "
+	    "redis://h secret_file=secret; }\n", "%s/sidecar.conf:4: "
+	    "\"cluster\" directive is not allowed here", t->dir);
+
+	/* A password file never shows in a message. */
+	path = conf_test_write(t, "sidecar.conf", "cluster redis://h "
+	    "secret_file=secret password_file=twolines;\n");
+	text = NULL;
+	assert_null(conf_load(path, &text));
+	assert_null(strstr(text, "a\nb"));
+	free(text);
+	free(path);
+}
+
 int
 main(void)
 {
@@ -1765,6 +1894,7 @@ main(void)
 		T(test_nginx_user),
 		T(test_conf_control_group),
 		T(test_conf_runtime_certs),
+		T(test_conf_cluster),
 #undef T
 	};
 
