@@ -12,8 +12,10 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -46,7 +48,69 @@ def _load_pebble_script():
 
 
 pebblelib = _load_pebble_script()
-free_port = pebblelib.free_port
+
+
+# ---------------------------------------------------------------- ports
+
+def _port_slice():
+    """(first, end) of the ports this process hands out.
+
+    A port is picked now and bound later (Pebble's, the responder's,
+    nginx's), so it must not be handed to anyone else meanwhile.  The
+    kernel's ephemeral range is out: bind(0) and every outgoing
+    connection draw from it.  The ports below it (or above it, if more
+    are there) are split between the pytest-xdist workers of a run, one
+    slice each, so two workers never pick the same port.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    first, end = max((20000, lo), (hi + 1, 65536),
+                     key=lambda r: r[1] - r[0])
+    if end - first < 1000:
+        first, end = 1024, 65536       # all is ephemeral: share it
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if re.fullmatch(r"gw\d+", worker) and count > 1:
+        span = (end - first) // count
+        first += int(worker[2:]) % count * span
+        end = first + span
+    return first, end
+
+
+_PORTS = _port_slice()
+_next_port = [random.randrange(*_PORTS)]
+
+
+def _bindable(port, kind):
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port(udp_too=False):
+    """A loopback port that is free now (TCP, and UDP if asked), from this
+    process's own slice (_port_slice), and not handed out before unless
+    the whole slice went round since."""
+    first, end = _PORTS
+    for _ in range(end - first):
+        port = _next_port[0]
+        _next_port[0] = first + (port + 1 - first) % (end - first)
+        if _bindable(port, socket.SOCK_STREAM) and (
+                not udp_too or _bindable(port, socket.SOCK_DGRAM)):
+            return port
+    raise pebblelib.PebbleError("no free port in %d-%d" % (first, end - 1))
+
+
+# Pebble's own ports come from the same slice.
+pebblelib.free_port = free_port
 
 
 # ---------------------------------------------------------------- helpers
