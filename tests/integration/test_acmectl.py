@@ -709,6 +709,8 @@ def test_requests_sent(tmp_path):
                                  "HTTP/1.1\r\n"), reqs
 
 
+# Alone: counts the polls made within a wall-clock second.
+@pytest.mark.serial
 def test_wait_timeout(tmp_path):
     """An order that never ends: acmectl stops waiting, exit 1."""
     reply = answer(202, cert("x.example.test", "authz"))

@@ -394,6 +394,8 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Alone: a spinning daemon sharing the CPU would burn less than 1 s.
+@pytest.mark.serial
 def test_out_of_descriptors_backs_off(setup):
     """accept() failing with EMFILE pauses accepting instead of spinning,
     and the API answers again once descriptors are free."""

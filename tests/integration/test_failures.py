@@ -8,8 +8,15 @@ CA sees (which requests arrive, and when).  Every wait is bounded.
 import re
 import time
 
+import pytest
+
 from conftest import check_certificate
 from fake_acme import Reply, problem
+
+# The tests that time the gaps between requests (gap_between, the pacing
+# of request_rate) are marked serial: they run alone, since a CPU shared
+# with other tests would stretch a gap or bunch the requests.
+
 
 def gap_between(run, reqs, i, lo, hi, what):
     """Seconds between requests i-1 and i, which must lie in [lo, hi)."""
@@ -25,6 +32,7 @@ def gap_between(run, reqs, i, lo, hi, what):
 
 # ------------------------------------------------------------------ tests
 
+@pytest.mark.serial
 def test_rate_limited_honours_retry_after(run, fake):
     fake.on("/new-order", problem(429, "rateLimited", "slow down",
                                   {"Retry-After": "3"}))
@@ -39,6 +47,7 @@ def test_rate_limited_honours_retry_after(run, fake):
                  r'retrying in 3s')
 
 
+@pytest.mark.serial
 def test_503_honours_retry_after(run, fake):
     fake.on("/finalize/.*", problem(503, "serverInternal", "maintenance",
                                     {"Retry-After": "3"}))
@@ -54,6 +63,7 @@ def test_503_honours_retry_after(run, fake):
                  r'retrying in 3s')
 
 
+@pytest.mark.serial
 def test_poll_honours_retry_after(run, fake):
     def pending_once(req):
         reply = fake.default(req)
@@ -133,6 +143,7 @@ def test_bad_nonce_retried_with_fresh_nonce(run, fake):
                            "\n".join(map(repr, bad)))
 
 
+@pytest.mark.serial
 def test_directory_garbage_then_good(run, fake):
     fake.on("/dir", Reply(200, "{this is not json",
                           {"Content-Type": "application/json"}))
@@ -178,6 +189,7 @@ def test_invalid_authorization_backs_off(run, fake):
     assert run.sidecar.alive(), run.diagnostics()
 
 
+@pytest.mark.serial
 def test_request_rate_paces_every_request(run, fake):
     """request_rate 5r/s burst=2: whatever the orders want, no second of
     traffic to the CA carries more than rate + burst requests, and the

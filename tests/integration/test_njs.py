@@ -604,6 +604,8 @@ def test_njs_probes_across_reads_and_wraps(tmp_path, zone, fake_segment,
     assert tls_leaf(fallback, None) == der_digest(y[0])
 
 
+# Alone: the writer must outpace the handshakes (published > 2 * seen).
+@pytest.mark.serial
 def test_njs_certificate_and_key_match_while_publishing(tmp_path, zone,
                                                         fake_segment, nginx):
     """The writer flips a name between two certificates (with their own
