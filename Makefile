@@ -24,6 +24,13 @@ UNIT_SRCS   = $(wildcard tests/unit/test_*.c)
 UNIT_BINS   = $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 PYTEST	?= /usr/bin/python3 -m pytest
+# make check: builds and unit test binaries JOBS at a time, the
+# integration tests on PYTEST_WORKERS pytest-xdist workers (they spend
+# most of their time waiting), then those marked serial alone
+# (tests/integration/run).
+JOBS		?= $(shell nproc)
+PYTEST_WORKERS	?= 3
+integration_run	 = PYTEST="$(PYTEST)" PYTEST_WORKERS=$(1) tests/integration/run -q
 
 all: $(BUILD)/acme-sidecar $(BUILD)/acmectl module
 
@@ -57,7 +64,7 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: all
-	$(PYTEST) -q tests/integration
+	$(call integration_run,$(PYTEST_WORKERS)) tests/integration
 
 check: deps all
 	$(MAKE) unit
@@ -87,7 +94,7 @@ sanitize:
 	    echo "== $$t (sanitizers)"; $(SAN_ENV) $$t; done
 	$(SAN_ENV) ACME_SIDECAR=$(abspath $(SAN_BUILD))/acme-sidecar \
 	    ACMECTL=$(abspath $(SAN_BUILD))/acmectl ACME_SANITIZED=1 \
-	    $(PYTEST) -q tests/integration
+	    $(call integration_run,$(PYTEST_WORKERS)) tests/integration
 	@if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
 	    echo "sanitizer reports:"; cat $(SAN_REPORTS)/*; exit 1; fi
 	@echo "sanitize: no report"
@@ -109,12 +116,13 @@ MEMCHECK	 = valgrind -q --error-exitcode=99 --leak-check=full \
 
 VG_LOGS		 = $(abspath $(BUILD))/valgrind
 
+# A daemon under valgrind keeps a core busy: JOBS pytest workers here.
 memcheck: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t (memcheck)"; \
 	    TEST_SHM_ROUNDS=0 $(MEMCHECK) $$t >/dev/null; done
-	$(PYTEST) -q tests/integration/test_memcheck.py
+	$(call integration_run,$(JOBS)) tests/integration/test_memcheck.py
 	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)
-	ACME_MEMCHECK_LOGS=$(VG_LOGS) $(PYTEST) -q \
+	ACME_MEMCHECK_LOGS=$(VG_LOGS) $(call integration_run,$(JOBS)) \
 	    tests/integration/test_control.py
 	@if [ -n "$$(find $(VG_LOGS) -type f -size +0)" ]; then \
 	    echo "valgrind reports:"; cat $(VG_LOGS)/*; exit 1; fi

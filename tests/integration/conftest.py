@@ -418,6 +418,36 @@ class MemcheckSidecar(Sidecar):
             rc, self.diagnostics())
 
 
+# ---------------------------------------------------------------- order
+
+# The longest tests (10 s to 2 min each, measured on 2 cores) go first.
+# tests/integration/run hands the tests out one at a time, in this order,
+# to whichever xdist worker is free (--dist loadgroup, no test in a group):
+# a worker that drew one of these near the end would keep the whole run
+# waiting for it.  Every other test keeps its place, after these.
+LONGEST_FIRST = [
+    "test_faults.py::test_ca_outage_60s",
+    "test_faults.py::test_nonce_reject_50",
+    "test_faults.py::test_kill_9_during_200_orders",
+    "test_faults.py::test_garbage_ca_isolated[slow]",
+    "test_faults.py::test_state_path_fault",
+    "test_nginx_module.py::test_renewal_without_reload",
+    "test_njs.py::test_njs_renewal_without_reload",
+    "test_memcheck.py::test_memcheck_issue_reload_stop",
+    "test_challenge_hostile.py::test_idle_connections_beyond_the_cap",
+]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = "%s::%s" % (item.path.name, item.name)
+        for i, prefix in enumerate(LONGEST_FIRST):
+            if name.startswith(prefix):
+                return i
+        return len(LONGEST_FIRST)
+    items.sort(key=rank)
+
+
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")
