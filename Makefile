@@ -60,13 +60,20 @@ include tests/fuzz/fuzz.mk
 deps:
 	scripts/install-deps
 
+# Each test binary is a target of its own (.run, .san, .memcheck), so
+# that make -j runs them side by side; -O prints each one's output whole.
 unit: $(UNIT_BINS)
-	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+	@$(MAKE) --no-print-directory -j$(JOBS) -O $(UNIT_BINS:%=%.run)
+
+$(UNIT_BINS:%=%.run): %.run: %
+	@echo "== $<"; $<
 
 integration: all
 	$(call integration_run,$(PYTEST_WORKERS)) tests/integration
 
-check: deps all
+check: deps
+	$(MAKE) -j$(JOBS) all
+	$(MAKE) -j$(JOBS) $(UNIT_BINS)
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) sanitize
@@ -86,12 +93,13 @@ SAN_ENV		 = ASAN_OPTIONS=log_path=$(SAN_REPORTS)/asan:detect_leaks=1:abort_on_er
 		   UBSAN_OPTIONS=log_path=$(SAN_REPORTS)/ubsan:print_stacktrace=1 \
 		   LSAN_OPTIONS=log_path=$(SAN_REPORTS)/lsan
 
+SAN_UNIT_BINS	 = $(UNIT_BINS:$(BUILD)/%=$(SAN_BUILD)/%)
+
 sanitize:
-	$(MAKE) BUILD=$(SAN_BUILD) SANFLAGS="$(SAN_FLAGS)" \
+	$(MAKE) -j$(JOBS) BUILD=$(SAN_BUILD) SANFLAGS="$(SAN_FLAGS)" \
 	    $(SAN_BUILD)/acme-sidecar $(SAN_BUILD)/acmectl san-unit-bins
 	rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
-	@set -e; for t in $(UNIT_BINS:$(BUILD)/%=$(SAN_BUILD)/%); do \
-	    echo "== $$t (sanitizers)"; $(SAN_ENV) $$t; done
+	@$(MAKE) --no-print-directory -j$(JOBS) -O $(SAN_UNIT_BINS:%=%.san)
 	$(SAN_ENV) ACME_SIDECAR=$(abspath $(SAN_BUILD))/acme-sidecar \
 	    ACMECTL=$(abspath $(SAN_BUILD))/acmectl ACME_SANITIZED=1 \
 	    $(call integration_run,$(PYTEST_WORKERS)) tests/integration
@@ -100,6 +108,10 @@ sanitize:
 	@echo "sanitize: no report"
 
 san-unit-bins: $(UNIT_BINS)
+
+# Built by the sanitize target above (BUILD=$(SAN_BUILD)).
+$(SAN_UNIT_BINS:%=%.san): %.san:
+	@echo "== $* (sanitizers)"; $(SAN_ENV) $*
 
 # The unit tests under valgrind memcheck, and the daemon under memcheck
 # through issuance, reload, every change of the control API and exit
@@ -118,8 +130,7 @@ VG_LOGS		 = $(abspath $(BUILD))/valgrind
 
 # A daemon under valgrind keeps a core busy: JOBS pytest workers here.
 memcheck: $(UNIT_BINS)
-	@set -e; for t in $(UNIT_BINS); do echo "== $$t (memcheck)"; \
-	    TEST_SHM_ROUNDS=0 $(MEMCHECK) $$t >/dev/null; done
+	@$(MAKE) --no-print-directory -j$(JOBS) -O $(UNIT_BINS:%=%.memcheck)
 	$(call integration_run,$(JOBS)) tests/integration/test_memcheck.py
 	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)
 	ACME_MEMCHECK_LOGS=$(VG_LOGS) $(call integration_run,$(JOBS)) \
@@ -128,6 +139,9 @@ memcheck: $(UNIT_BINS)
 	    echo "valgrind reports:"; cat $(VG_LOGS)/*; exit 1; fi
 	@echo "memcheck: no report"
 
+$(UNIT_BINS:%=%.memcheck): %.memcheck: %
+	@echo "== $< (memcheck)"; TEST_SHM_ROUNDS=0 $(MEMCHECK) $< >/dev/null
+
 demo: deps all
 	scripts/demo
 
@@ -135,4 +149,5 @@ clean:
 	rm -rf $(BUILD)
 
 .PHONY: all module deps unit integration check sanitize san-unit-bins \
-	memcheck demo clean
+	memcheck demo clean $(UNIT_BINS:%=%.run) $(SAN_UNIT_BINS:%=%.san) \
+	$(UNIT_BINS:%=%.memcheck)
