@@ -369,6 +369,41 @@ control_zone_json(void)
 	return j;
 }
 
+/* "cluster": {"enabled": false}, or the link, members and leases. */
+static json_t *
+control_cluster_json(void)
+{
+	struct cluster_status	 cs;
+	json_t			*j, *members;
+	char			 at[UTIL_TIME_LEN];
+	size_t			 i;
+
+	cluster_get_status(&cs);
+	if (!cs.cs_enabled)
+		return json_pack("{s:b}", "enabled", 0);
+	members = json_array();
+	for (i = 0; i < cs.cs_nmembers; i++)
+		json_array_append_new(members, json_string(cs.cs_members[i]));
+	j = json_pack("{s:b, s:b, s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:I, "
+	    "s:I}", "enabled", 1, "connected", cs.cs_connected,
+	    "state", cs.cs_state, "node", cs.cs_node, "redis", cs.cs_url,
+	    "prefix", cs.cs_prefix, "members", members,
+	    "leases", (json_int_t)cs.cs_leases,
+	    "secret", cs.cs_secret_ok == 1 ? "ok" : cs.cs_secret_ok == 0 ?
+	    "mismatch" : "unchecked",
+	    "connects", (json_int_t)cs.cs_connects,
+	    "drops", (json_int_t)cs.cs_drops);
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	if (cs.cs_last_error != NULL) {
+		util_time_rfc3339(cs.cs_last_error_at, at, sizeof(at));
+		json_object_set_new(j, "last_error",
+		    json_string(cs.cs_last_error));
+		json_object_set_new(j, "last_error_at", json_string(at));
+	}
+	return j;
+}
+
 static enum MHD_Result
 control_get_status(struct control_ctx *cx)
 {
@@ -389,13 +424,14 @@ control_get_status(struct control_ctx *cx)
 		json_object_set_new(states, order_state_name(i),
 		    json_integer((json_int_t)count[i]));
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	j = json_pack("{s:s, s:I, s:o, s:{s:I, s:I, s:o}, s:o}",
+	j = json_pack("{s:s, s:I, s:o, s:{s:I, s:I, s:o}, s:o, s:o}",
 	    "version", SIDECAR_VERSION,
 	    "uptime", (json_int_t)(now.tv_sec - control.started.tv_sec),
 	    "issuers", control_issuers_json(),
 	    "certificates", "total", (json_int_t)n, "valid", (json_int_t)valid,
 	    "by_state", states,
-	    "shared_zone", control_zone_json());
+	    "shared_zone", control_zone_json(),
+	    "cluster", control_cluster_json());
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
 	return control_reply(cx->cx_conn, MHD_HTTP_OK, j, NULL, NULL);

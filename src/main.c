@@ -29,6 +29,7 @@ static const char	*main_conf_path;	/* -c; NULL: --nginx-conf only */
 static const char	*main_nginx_path;	/* --nginx-conf */
 static struct priv_user	 main_user;		/* once dropped to it */
 static int		 main_dropped;
+static struct conf_cluster *main_cluster;	/* for the run, or NULL */
 
 #define MAIN_OPT_NGINX_CONF	256		/* long option only */
 
@@ -167,6 +168,22 @@ main_str_eq(const char *a, const char *b)
 	return strcmp(a, b) == 0;
 }
 
+/* Whether a reloaded "cluster" is the one running (secret included). */
+static int
+main_cluster_same(const struct conf_cluster *a)
+{
+	const struct conf_cluster *b = main_cluster;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a->cl_url, b->cl_url) == 0 &&
+	    strcmp(a->cl_prefix, b->cl_prefix) == 0 &&
+	    strcmp(a->cl_node, b->cl_node) == 0 &&
+	    main_str_eq(a->cl_user, b->cl_user) &&
+	    main_str_eq(a->cl_password, b->cl_password) &&
+	    memcmp(a->cl_key, b->cl_key, sizeof(a->cl_key)) == 0;
+}
+
 /*
  * SIGHUP and POST /v1/reload.  -1 with cause (the caller frees) when the
  * new configuration is refused and the running one kept.
@@ -209,6 +226,8 @@ main_reload(char **cause)
 	if (!main_str_eq(conf->c_user, main_conf->c_user) ||
 	    !main_str_eq(conf->c_group, main_conf->c_group))
 		log_warnx("user changed; it takes effect after a restart");
+	if (!main_cluster_same(conf->c_cluster))
+		log_warnx("cluster changed; it takes effect after a restart");
 	sched_apply(conf);
 	conf_free(main_conf);
 	main_conf = conf;
@@ -457,6 +476,25 @@ main_drop(void)
 	main_conf_readable();
 }
 
+/*
+ * "cluster": the link to Redis starts before the first order, so that no
+ * order starts without a lease.  It keeps the directive it started with:
+ * a reload that changes it only says so.
+ */
+static void
+main_cluster_start(struct event_base *base, struct evdns_base *dns)
+{
+	static const struct cluster_sync_hooks hooks = {
+		sched_cluster_up, sched_cluster_cert, NULL
+	};
+
+	if (main_conf->c_cluster == NULL)
+		return;
+	main_cluster = main_conf->c_cluster;
+	main_conf->c_cluster = NULL;
+	cluster_sync_start(base, dns, main_cluster, &hooks);
+}
+
 static struct evdns_base *
 main_dns(struct event_base *base)
 {
@@ -571,6 +609,7 @@ main(int argc, char *argv[])
 	if (writer_start(base, &cause) == -1)
 		fatalx("%s", cause);
 	sched_init(base, dns);
+	main_cluster_start(base, dns);
 	sched_apply(main_conf);
 	event_base_dispatch(base);
 
@@ -578,6 +617,8 @@ main(int argc, char *argv[])
 	/* Before the certificates go: nginx keeps serving the last image. */
 	shm_close();
 	sched_shutdown();
+	cluster_sync_stop();
+	conf_cluster_free(main_cluster);
 	writer_stop();
 	challenge_stop();
 	event_free(sig_hup);

@@ -508,6 +508,41 @@ metrics_render_shm(struct metrics_buf *mb)
 	    (unsigned long long)st.ss_failures);
 }
 
+/* Only with "cluster": the link to Redis, its members, our leases. */
+static void
+metrics_render_cluster(struct metrics_buf *mb)
+{
+	struct cluster_status	 cs;
+
+	cluster_get_status(&cs);
+	if (!cs.cs_enabled)
+		return;
+	metrics_family(mb, "acme_sidecar_cluster_connected", "gauge",
+	    "1 while the link to Redis is up.");
+	metrics_printf(mb, "acme_sidecar_cluster_connected %d\n",
+	    cs.cs_connected ? 1 : 0);
+	metrics_family(mb, "acme_sidecar_cluster_members", "gauge",
+	    "Live replicas, this one included, as of the last heartbeat.");
+	metrics_printf(mb, "acme_sidecar_cluster_members %zu\n",
+	    cs.cs_nmembers);
+	metrics_family(mb, "acme_sidecar_cluster_leases", "gauge",
+	    "Certificate leases this replica holds.");
+	metrics_printf(mb, "acme_sidecar_cluster_leases %zu\n", cs.cs_leases);
+	metrics_family(mb, "acme_sidecar_cluster_secret_ok", "gauge",
+	    "1 when secret_file opens the fleet's values, 0 when not, -1 "
+	    "not checked yet.");
+	metrics_printf(mb, "acme_sidecar_cluster_secret_ok %d\n",
+	    cs.cs_secret_ok);
+	metrics_family(mb, "acme_sidecar_cluster_connects_total", "counter",
+	    "Times the link to Redis came up.");
+	metrics_printf(mb, "acme_sidecar_cluster_connects_total %llu\n",
+	    (unsigned long long)cs.cs_connects);
+	metrics_family(mb, "acme_sidecar_cluster_drops_total", "counter",
+	    "Times the link to Redis dropped.");
+	metrics_printf(mb, "acme_sidecar_cluster_drops_total %llu\n",
+	    (unsigned long long)cs.cs_drops);
+}
+
 /*
  * When this process started, from the kernel: /proc/self/stat's field 22
  * is the start in clock ticks after boot, /proc/stat's btime the boot.
@@ -586,6 +621,7 @@ metrics_render(void)
 	metrics_printf(&mb, "acme_sidecar_challenges_served_total %lu\n",
 	    challenge_served());
 	metrics_render_shm(&mb);
+	metrics_render_cluster(&mb);
 	metrics_family(&mb, "acme_sidecar_start_time_seconds", "gauge",
 	    "When the daemon started, in Unix seconds.");
 	metrics_printf(&mb, "acme_sidecar_start_time_seconds %lld\n",

@@ -23,60 +23,11 @@
 #include <openssl/x509.h>
 
 #include "sidecar.h"
-
-struct cert {
-	struct event_base	*ce_base;
-	struct acme_issuer	*ce_issuer;
-	char			*ce_id;
-	char			**ce_idents;
-	size_t			 ce_nidents;
-	enum key_type		 ce_key;
-	enum order_state	 ce_state;
-
-	/* The certificate in use, if any. */
-	int			 ce_have;
-	time_t			 ce_not_before;
-	time_t			 ce_not_after;
-	time_t			 ce_renew_at;
-
-	/* The order in progress. */
-	char			*ce_order_url;
-	char			*ce_finalize_url;
-	char			*ce_cert_url;
-	char			**ce_authz;
-	size_t			 ce_nauthz;
-	size_t			 ce_authz_next;
-	char			*ce_token;	/* registered with challenge.c */
-	int			 ce_order_open;	/* see acme_order_close() */
-	int			 ce_polls;
-	EVP_PKEY		*ce_new_key;
-	char			*ce_stored_chain;	/* the chain being */
-	time_t			 ce_stored_nb;		/* written, and its */
-	time_t			 ce_stored_na;		/* dates */
-	int			 ce_store_tries;	/* failed writes */
-	int			 ce_resumed;	/* order from pending/ */
-	char			**ce_alternates;	/* Link rel="alternate" */
-	size_t			 ce_alt_next;
-	char			*ce_default_chain;
-
-	struct acme_req		*ce_req;
-	struct writer_job	*ce_job;
-	struct event		*ce_timer;
-	time_t			 ce_timer_at;	/* when ce_timer fires */
-	int			 ce_failures;
-	char			*ce_last_error;
-	time_t			 ce_last_error_at;
-
-	/* A revocation asked through the control API (order_revoke()). */
-	struct acme_req		*ce_revoke_req;
-	const char		*ce_revoke_reason;	/* static name */
-	order_revoke_cb		 ce_revoke_cb;
-	void			*ce_revoke_arg;
-};
+#include "order.h"
 
 static const char *order_state_names[ORDER_STATE_MAX] = {
 	"idle", "new", "authz", "challenge", "authz-poll", "finalize",
-	"order-poll", "download", "store", "backoff"
+	"order-poll", "download", "store", "backoff", "lease", "sync", "share"
 };
 
 /* Problems that the same order cannot overcome by trying again soon. */
@@ -95,13 +46,10 @@ static const char *order_permanent_problems[] = {
 #define ORDER_STORE_RETRY_MIN	2		/* seconds */
 #define ORDER_STORE_RETRY_MAX	300
 
-static void	 order_drive(struct cert *);
 static void	 order_reply(const struct acme_reply *, void *);
 static void	 order_begin(struct cert *);
-static void	 order_store_write(struct cert *);
 static void	 order_abandon(struct cert *, const char *);
 static int	 order_resume(struct cert *);
-static void	 order_begin_new(struct cert *);
 
 const char *
 order_state_name(enum order_state state)
@@ -111,7 +59,7 @@ order_state_name(enum order_state state)
 	return order_state_names[state];
 }
 
-static void
+void
 order_set_state(struct cert *ce, enum order_state state)
 {
 	if (state >= ORDER_STATE_MAX)
@@ -132,11 +80,15 @@ order_timer_cb(int fd, short ev, void *arg)
 		order_begin(ce);
 	else if (ce->ce_state == ORDER_STORE)
 		order_store_write(ce);
+	else if (ce->ce_state == ORDER_LEASE)
+		order_lease(ce);
+	else if (ce->ce_state == ORDER_SHARE)
+		order_share_cert(ce);
 	else
 		order_drive(ce);
 }
 
-static void
+void
 order_arm(struct cert *ce, double seconds)
 {
 	struct timeval	 tv;
@@ -171,7 +123,7 @@ order_cert_new(struct event_base *base, struct acme_issuer *ai,
 	return ce;
 }
 
-static void
+void
 order_strv_free(char **v, size_t n)
 {
 	size_t	 i;
@@ -207,8 +159,11 @@ order_token_clear(struct cert *ce)
 	ce->ce_token = NULL;
 }
 
-/* Forget the order in progress, keeping the certificate in use. */
-static void
+/*
+ * Forget the order in progress, keeping the certificate in use (and, with
+ * several replicas, the lease the next try runs under).
+ */
+void
 order_reset(struct cert *ce)
 {
 	if (ce->ce_req != NULL) {
@@ -225,6 +180,7 @@ order_reset(struct cert *ce)
 		acme_order_close(ce->ce_issuer);
 	}
 	order_token_clear(ce);
+	order_cluster_reset(ce);
 	free(ce->ce_stored_chain);
 	ce->ce_stored_chain = NULL;
 	free(ce->ce_order_url);
@@ -253,6 +209,7 @@ order_cert_free(struct cert *ce)
 	if (ce == NULL)
 		return;
 	order_reset(ce);
+	order_cluster_free(ce);
 	if (ce->ce_revoke_req != NULL) {
 		acme_req_cancel(ce->ce_revoke_req);
 		ce->ce_revoke_req = NULL;
@@ -309,8 +266,9 @@ order_cert_info(const struct cert *ce, struct order_info *oi)
 	}
 	if (ce->ce_state == ORDER_IDLE && ce->ce_have)
 		oi->oi_renew_at = ce->ce_renew_at;
-	if (ce->ce_state == ORDER_BACKOFF ||
-	    (ce->ce_state == ORDER_STORE && ce->ce_store_tries > 0))
+	if (ce->ce_state == ORDER_BACKOFF || ce->ce_state == ORDER_LEASE ||
+	    (ce->ce_state == ORDER_STORE && ce->ce_store_tries > 0) ||
+	    (ce->ce_state == ORDER_SHARE && ce->ce_share_tries > 0))
 		oi->oi_retry_at = ce->ce_timer_at;
 	oi->oi_failures = ce->ce_failures;
 	oi->oi_last_error = ce->ce_last_error;
@@ -347,7 +305,7 @@ order_renew_time(time_t not_before, time_t not_after, double random_unit)
 	    (time_t)(random_unit * (double)jitter_max);
 }
 
-static void
+void
 order_log_time(char *buf, size_t len, time_t t)
 {
 	struct tm	 tm;
@@ -356,14 +314,18 @@ order_log_time(char *buf, size_t len, time_t t)
 	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* Arm the renewal timer for the certificate in use. */
-static void
-order_schedule_renewal(struct cert *ce)
+/*
+ * Arm the renewal timer for the certificate in use: at renew_at (another
+ * replica's choice), or when 0 at a time of our own.
+ */
+void
+order_schedule_renewal(struct cert *ce, time_t renew_at)
 {
 	char	 until[32], at[32];
 
-	ce->ce_renew_at = order_renew_time(ce->ce_not_before,
-	    ce->ce_not_after, util_random_unit());
+	ce->ce_renew_at = renew_at != 0 ? renew_at :
+	    order_renew_time(ce->ce_not_before, ce->ce_not_after,
+	    util_random_unit());
 	order_log_time(until, sizeof(until), ce->ce_not_after);
 	order_log_time(at, sizeof(at), ce->ce_renew_at);
 	log_info("certificate \"%s\" valid until %s, renewal at %s",
@@ -372,18 +334,20 @@ order_schedule_renewal(struct cert *ce)
 	order_arm(ce, (double)(ce->ce_renew_at - util_now()));
 }
 
-static int
-order_meta_matches(const struct cert *ce, const struct cert_meta *m)
+/* Whether a stored certificate is for ce's identifiers and key type. */
+int
+order_idents_match(const struct cert *ce, char *const *idents, size_t n,
+    enum key_type key)
 {
 	size_t	 i, j;
 
-	if (m->cm_key != ce->ce_key || m->cm_nidents != ce->ce_nidents)
+	if (key != ce->ce_key || n != ce->ce_nidents)
 		return 0;
 	for (i = 0; i < ce->ce_nidents; i++) {
-		for (j = 0; j < m->cm_nidents; j++)
-			if (strcmp(ce->ce_idents[i], m->cm_idents[j]) == 0)
+		for (j = 0; j < n; j++)
+			if (strcmp(ce->ce_idents[i], idents[j]) == 0)
 				break;
-		if (j == m->cm_nidents)
+		if (j == n)
 			return 0;
 	}
 	return 1;
@@ -408,7 +372,8 @@ order_cert_start(struct cert *ce)
 		log_warnx("certificate \"%s\": %s; ordering a new one",
 		    ce->ce_id, cause);
 		free(cause);
-	} else if (rc == 0 && !order_meta_matches(ce, &meta))
+	} else if (rc == 0 && !order_idents_match(ce, meta.cm_idents,
+	    meta.cm_nidents, meta.cm_key))
 		log_info("certificate \"%s\": identifiers or key type "
 		    "changed; ordering a new one", ce->ce_id);
 	else if (rc == 0) {
@@ -432,8 +397,8 @@ order_cert_start(struct cert *ce)
 	    order_renew_time(ce->ce_not_before, ce->ce_not_after, 0) >
 	    util_now()) {
 		/* A renewal finalized before a restart is still wanted. */
-		if (order_resume(ce) == -1)
-			order_schedule_renewal(ce);
+		if (cluster_enabled() || order_resume(ce) == -1)
+			order_schedule_renewal(ce, 0);
 	} else
 		order_begin(ce);
 }
@@ -460,7 +425,7 @@ order_is_permanent(const struct acme_reply *r)
  * from ORDER_BACKOFF_MIN to ORDER_BACKOFF_MAX; problems that another try
  * cannot fix start at ORDER_BACKOFF_PERMANENT and are logged once.
  */
-static void
+void
 order_fail(struct cert *ce, int permanent, time_t not_before,
     const char *why)
 {
@@ -556,7 +521,8 @@ order_abandon(struct cert *ce, const char *why)
 		order_begin_new(ce);
 	else {
 		order_reset(ce);
-		order_schedule_renewal(ce);
+		order_cluster_done(ce);
+		order_schedule_renewal(ce, 0);
 	}
 }
 
@@ -601,17 +567,24 @@ order_failf(struct cert *ce, const char *fmt, ...)
 	free(why);
 }
 
-/* Order anew, or resume the order a restart interrupted. */
+/*
+ * Order anew, or resume the order a restart interrupted.  With several
+ * replicas, the lease first: what to do then is in Redis.
+ */
 static void
 order_begin(struct cert *ce)
 {
 	order_reset(ce);
+	if (cluster_enabled()) {
+		order_lease(ce);
+		return;
+	}
 	if (order_resume(ce) == 0)
 		return;
 	order_begin_new(ce);
 }
 
-static void
+void
 order_begin_new(struct cert *ce)
 {
 	order_reset(ce);
@@ -655,7 +628,8 @@ order_finalize_payload(struct cert *ce)
 	if (ce->ce_new_key == NULL &&
 	    (ce->ce_new_key = keys_generate(ce->ce_key)) == NULL)
 		return NULL;
-	if (store_save_pending(acme_issuer_state_path(ce->ce_issuer),
+	/* Several replicas keep it in Redis instead (order_share_order()). */
+	if (!cluster_enabled() && store_save_pending(acme_issuer_state_path(ce->ce_issuer),
 	    ce->ce_id, ce->ce_order_url, ce->ce_idents, ce->ce_nidents,
 	    ce->ce_new_key, &cause) == -1) {
 		log_warnx("certificate \"%s\": saving the pending order: %s; "
@@ -672,7 +646,7 @@ order_finalize_payload(struct cert *ce)
 }
 
 /* Send the request that the current state calls for. */
-static void
+void
 order_drive(struct cert *ce)
 {
 	struct acme_issuer	*ai = ce->ce_issuer;
@@ -691,6 +665,11 @@ order_drive(struct cert *ce)
 		    NULL, order_reply, ce);
 		return;
 	case ORDER_FINALIZE:
+		/* From here the CA may issue: other replicas must know. */
+		if (cluster_enabled() && !ce->ce_order_shared) {
+			order_share_order(ce);
+			return;
+		}
 		if ((payload = order_finalize_payload(ce)) == NULL) {
 			order_failf(ce, "creating the key and CSR failed");
 			return;
@@ -709,6 +688,9 @@ order_drive(struct cert *ce)
 	case ORDER_STORE:
 	case ORDER_IDLE:
 	case ORDER_BACKOFF:
+	case ORDER_LEASE:
+	case ORDER_SYNC:
+	case ORDER_SHARE:
 	case ORDER_STATE_MAX:
 		fatalx("%s: nothing to send in state %s", __func__,
 		    order_state_name(ce->ce_state));
@@ -909,6 +891,15 @@ order_authz_error(json_t *authz)
 	return d != NULL ? d : "no detail given";
 }
 
+/* Tell the CA the challenge is ready to be validated. */
+void
+order_challenge(struct cert *ce)
+{
+	order_set_state(ce, ORDER_CHALLENGE);
+	ce->ce_req = acme_post_authz(ce->ce_issuer, ce->ce_challenge_url, "{}",
+	    order_reply, ce);
+}
+
 /* Present the HTTP-01 challenge and tell the CA to validate it. */
 static void
 order_respond(struct cert *ce, json_t *authz)
@@ -938,8 +929,14 @@ order_respond(struct cert *ce, json_t *authz)
 		order_poll_later(ce, ORDER_AUTHZ_POLL, &(struct acme_reply){ 0 });
 		return;
 	}
-	order_set_state(ce, ORDER_CHALLENGE);
-	ce->ce_req = acme_post_authz(ce->ce_issuer, url, "{}", order_reply, ce);
+	free(ce->ce_challenge_url);
+	ce->ce_challenge_url = xstrdup(url);
+	/* The CA may ask any replica: all of them must have the token. */
+	if (cluster_enabled()) {
+		order_sync(ce);
+		return;
+	}
+	order_challenge(ce);
 }
 
 static void
@@ -992,7 +989,7 @@ order_chain_matches(const char *pem, const char *name)
  * write is retried with backoff until the disk takes it.  Only a restart
  * in between loses them.
  */
-static void
+void
 order_store_failed(struct cert *ce, const char *cause)
 {
 	double	 delay;
@@ -1029,6 +1026,7 @@ order_stored(int rc, const char *cause, void *arg)
 	struct cert	*ce = arg;
 	char		 until[32], na[UTIL_TIME_LEN];
 	int		 renewal = ce->ce_have;
+	time_t		 renew_at;
 
 	ce->ce_job = NULL;
 	if (rc == -1) {
@@ -1057,12 +1055,14 @@ order_stored(int rc, const char *cause, void *arg)
 	    "not_after", na);
 	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), renewal ?
 	    METRICS_RENEWED : METRICS_ISSUED);
+	renew_at = ce->ce_stored_renew;
 	order_reset(ce);
-	order_schedule_renewal(ce);
+	order_cluster_done(ce);
+	order_schedule_renewal(ce, renew_at);
 }
 
 /* Hand the chain kept in ce_stored_chain and its key to the writer. */
-static void
+void
 order_store_write(struct cert *ce)
 {
 	struct cert_meta	 meta;
@@ -1098,6 +1098,11 @@ order_store(struct cert *ce, const char *chain)
 	ce->ce_stored_chain = xstrdup(chain);
 	ce->ce_stored_nb = nb;
 	ce->ce_stored_na = na;
+	/* Redis first: only a certificate the fence accepts is ours to keep. */
+	if (cluster_enabled()) {
+		order_share_cert(ce);
+		return;
+	}
 	order_set_state(ce, ORDER_STORE);
 	order_store_write(ce);
 }
@@ -1222,6 +1227,9 @@ order_reply(const struct acme_reply *r, void *arg)
 	case ORDER_STORE:
 	case ORDER_IDLE:
 	case ORDER_BACKOFF:
+	case ORDER_LEASE:
+	case ORDER_SYNC:
+	case ORDER_SHARE:
 	case ORDER_STATE_MAX:
 		fatalx("%s: reply in state %s", __func__,
 		    order_state_name(ce->ce_state));
@@ -1319,7 +1327,8 @@ order_revoke(struct cert *ce, int reason, const char *name,
 		return -1;
 	}
 	/* While a new one is stored, nginx may serve it and not the file's. */
-	if (ce->ce_revoke_req != NULL || ce->ce_state == ORDER_STORE) {
+	if (ce->ce_revoke_req != NULL || ce->ce_state == ORDER_STORE ||
+	    ce->ce_state == ORDER_SHARE) {
 		xasprintf(cause, ce->ce_revoke_req != NULL ? "a revocation "
 		    "is already under way" : "a new certificate is being "
 		    "stored: revoke it once it is");

@@ -236,6 +236,28 @@ sched_shutdown(void)
 	sched_progress_ev = NULL;
 }
 
+/*
+ * Several replicas: at each (re)connection to Redis every certificate
+ * catches up, and a "cert" message brings one.
+ */
+void
+sched_cluster_up(void)
+{
+	size_t	 i;
+
+	for (i = 0; i < sched_ncerts; i++)
+		order_cluster_sync(sched_certs[i]);
+}
+
+void
+sched_cluster_cert(const char *id)
+{
+	struct cert	*ce;
+
+	if ((ce = sched_cert_find(id)) != NULL)
+		order_cluster_sync(ce);
+}
+
 /* The control API's view: index i of the current set, in no set order. */
 size_t
 sched_cert_count(void)

@@ -317,6 +317,151 @@ int		 cluster_unseal(const unsigned char key[CLUSTER_KEY_LEN],
 		    const char *name, const char *sealed, unsigned char **,
 		    size_t *, char **cause);	/* wipe and free the result */
 
+/*
+ * cluster.c: the link to Redis (hiredis on the loop), membership and
+ * status.  Keys are PREFIX:KIND[:NAME] (cluster_keyname()); the README's
+ * "Several replicas" has the data model.
+ */
+#define CLUSTER_CMD_TIMEOUT	5	/* seconds: no answer drops the link */
+#define CLUSTER_BACKOFF_MIN	1	/* seconds between reconnects ... */
+#define CLUSTER_BACKOFF_MAX	30	/* ... doubling up to this */
+#define CLUSTER_HEARTBEAT	2	/* seconds between heartbeats */
+#define CLUSTER_MEMBER_TTL	6	/* seconds a heartbeat counts */
+#define CLUSTER_MESSAGE_MAX	1024	/* bytes of a pub/sub message */
+#define CLUSTER_MAX_ARGS	16	/* cluster_command() */
+
+struct redisReply;
+struct cluster_cmd;
+typedef void	(*cluster_reply_cb)(const struct redisReply *, void *);
+struct cluster_hooks {
+	void	(*ch_up)(void);			/* connected, or back */
+	void	(*ch_down)(void);		/* the link dropped */
+	void	(*ch_message)(const char *);	/* on PREFIX:events */
+	void	(*ch_tick)(void);		/* each second while up */
+};
+struct cluster_status {
+	int		 cs_enabled;
+	int		 cs_connected;
+	const char	*cs_state;
+	const char	*cs_node;
+	const char	*cs_url;
+	const char	*cs_prefix;
+	char *const	*cs_members;		/* live, from the last heartbeat */
+	size_t		 cs_nmembers;
+	int		 cs_secret_ok;		/* -1 not known yet */
+	size_t		 cs_leases;		/* held by this node */
+	uint64_t	 cs_connects;
+	uint64_t	 cs_drops;
+	size_t		 cs_inflight;
+	const char	*cs_last_error;		/* or NULL */
+	time_t		 cs_last_error_at;
+};
+int		 cluster_start(struct event_base *, struct evdns_base *,
+		    const struct conf_cluster *, const struct cluster_hooks *);
+void		 cluster_stop(void);
+int		 cluster_enabled(void);
+int		 cluster_up(void);
+const char	*cluster_node(void);
+const unsigned char *cluster_key(void);
+char		*cluster_keyname(const char *kind, const char *name);
+const char	*cluster_keyname_prefix(void);
+struct cluster_cmd *cluster_command(cluster_reply_cb, void *,
+		    const char *, ...) __attribute__((__sentinel__));
+struct cluster_cmd *cluster_command_argv(cluster_reply_cb, void *, int,
+		    const char **, const size_t *);
+void		 cluster_cancel(struct cluster_cmd *);
+int		 cluster_reply_failed(const struct redisReply *, const char *);
+size_t		 cluster_members(char *const **);
+void		 cluster_secret_verdict(int);
+void		 cluster_link_status(struct cluster_status *);
+
+/*
+ * cluster_sync.c: leases with fencing tokens, fenced writes of
+ * certificates and orders, challenge tokens every replica acknowledges.
+ */
+#define CLUSTER_LEASE_TTL	15	/* seconds a lease lasts ... */
+#define CLUSTER_LEASE_RENEW	5	/* ... renewed this often */
+#define CLUSTER_TOKEN_TTL	600	/* seconds a shared token lives */
+#define CLUSTER_TOKEN_WAIT	5	/* seconds to wait for every ack */
+#define CLUSTER_TOKEN_POLL_MS	100
+
+enum cluster_lease_event {
+	LEASE_GRANTED,
+	LEASE_BUSY,		/* another node holds it */
+	LEASE_UNAVAILABLE,	/* Redis did not answer, or refused */
+	LEASE_LOST		/* a held lease is another node's now */
+};
+struct cluster_lease;
+struct cluster_op;
+struct cluster_token;
+struct cluster_rec;
+typedef void	(*cluster_lease_cb)(enum cluster_lease_event, void *);
+typedef void	(*cluster_put_cb)(int rc, void *);	/* 1, 0 stale, -1 */
+typedef void	(*cluster_state_cb)(int rc, struct cluster_rec *order,
+		    struct cluster_rec *cert, void *);
+typedef void	(*cluster_token_cb)(int all, void *);
+struct cluster_sync_hooks {
+	void	(*sh_up)(void);			/* reconcile everything */
+	void	(*sh_cert)(const char *id);	/* another node stored it */
+	void	(*sh_runtime)(void);		/* API-added set changed */
+};
+void		 cluster_sync_start(struct event_base *, struct evdns_base *,
+		    const struct conf_cluster *,
+		    const struct cluster_sync_hooks *);
+void		 cluster_sync_stop(void);
+struct cluster_lease *cluster_lease_take(const char *id, cluster_lease_cb,
+		    void *);
+int		 cluster_lease_held(const struct cluster_lease *);
+uint64_t	 cluster_lease_fence(const struct cluster_lease *);
+void		 cluster_lease_release(struct cluster_lease *);
+size_t		 cluster_lease_count(void);
+struct cluster_op *cluster_put_cert(struct cluster_lease *,
+		    const struct cluster_rec *, cluster_put_cb, void *);
+struct cluster_op *cluster_put_order(struct cluster_lease *,
+		    const struct cluster_rec *, cluster_put_cb, void *);
+struct cluster_op *cluster_get_state(const char *id, cluster_state_cb,
+		    void *);
+void		 cluster_op_cancel(struct cluster_op *);
+struct cluster_token *cluster_token_share(const char *token,
+		    const char *keyauth, cluster_token_cb, void *);
+void		 cluster_token_drop(struct cluster_token *);
+void		 cluster_get_status(struct cluster_status *);
+
+/*
+ * cluster_record.c: the values kept in Redis, built and checked.  A value
+ * is used only once it parsed whole and its sealed key opened.
+ */
+struct cluster_rec {
+	char		*cr_id;
+	char		*cr_issuer;	/* account: the directory URI */
+	char		*cr_url;	/* order or account URL */
+	char		**cr_idents;
+	size_t		 cr_nidents;
+	enum key_type	 cr_key_type;
+	char		*cr_chain;
+	EVP_PKEY	*cr_key;
+	time_t		 cr_not_before;
+	time_t		 cr_not_after;
+	time_t		 cr_renew_at;
+	uint64_t	 cr_fence;
+	char		*cr_node;	/* who wrote it */
+};
+void		 cluster_rec_clear(struct cluster_rec *);
+char		*cluster_rec_cert_json(const char *name,
+		    const struct cluster_rec *);
+char		*cluster_rec_order_json(const char *name,
+		    const struct cluster_rec *);
+char		*cluster_rec_account_json(const char *name, const char *uri,
+		    const char *url, EVP_PKEY *);
+int		 cluster_rec_cert_parse(const char *name, const char *id,
+		    const char *, size_t, struct cluster_rec *, char **);
+int		 cluster_rec_order_parse(const char *name, const char *id,
+		    const char *, size_t, struct cluster_rec *, char **);
+int		 cluster_rec_account_parse(const char *name, const char *,
+		    size_t, struct cluster_rec *, char **);
+int		 cluster_rec_keyauth_ok(const char *token, const char *,
+		    size_t);
+
 /* nginx_conf.c: the acme_* directives of an nginx.conf. */
 int		 nginx_conf_read(struct conf_parse *, const char *);
 
@@ -414,6 +559,9 @@ int		 store_load_pending(const char *dir, const char *id,
 		    char *const *idents, size_t, char **url, EVP_PKEY **,
 		    char **);
 void		 store_remove_pending(const char *dir, const char *id);
+/* -1 (cause) unless chain's first certificate is key's. */
+int		 store_check_pair(const char *id, const char *chain, EVP_PKEY *,
+		    char **);
 /* Fill not_before/not_after from the first certificate of a PEM chain. */
 int		 store_chain_dates(const char *, time_t *, time_t *);
 
@@ -567,6 +715,9 @@ enum order_state {
 	ORDER_DOWNLOAD,		/* fetching the chain */
 	ORDER_STORE,		/* writing it to state_path */
 	ORDER_BACKOFF,		/* failed; waiting to try again */
+	ORDER_LEASE,		/* replicas: the lease, then Redis' state */
+	ORDER_SYNC,		/* replicas: every one has the token */
+	ORDER_SHARE,		/* replicas: a fenced write to Redis */
 	ORDER_STATE_MAX
 };
 
@@ -613,6 +764,7 @@ const char	*order_state_name(enum order_state);
 int		 order_revoke(struct cert *, int reason, const char *name,
 		    order_revoke_cb, void *, char **);
 void		 order_revoke_cancel(struct cert *);
+void		 order_cluster_sync(struct cert *);	/* order_cluster.c */
 int		 order_revoking(const struct cert *);
 /* When to renew: 2/3 of the lifetime, 1/2 for <= 10 days, minus jitter. */
 time_t		 order_renew_time(time_t not_before, time_t not_after,
@@ -631,6 +783,8 @@ struct cert	*sched_cert_find(const char *);
 size_t		 sched_issuer_count(void);
 struct acme_issuer *sched_find_issuer(const char *);
 struct acme_issuer *sched_issuer_at(size_t);
+void		 sched_cluster_up(void);
+void		 sched_cluster_cert(const char *);
 
 /*
  * feed.c: events for GET /v1/events.  feed_emit(type, fmt, ...) packs the

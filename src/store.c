@@ -915,7 +915,7 @@ out:
 }
 
 /* Refuse to store a pair that store_load_cert would reject. */
-static int
+int
 store_check_pair(const char *id, const char *chain, EVP_PKEY *key,
     char **cause)
 {

@@ -429,6 +429,7 @@ LONGEST_FIRST = [
     "test_faults.py::test_ca_outage_60s",
     "test_faults.py::test_nonce_reject_50",
     "test_faults.py::test_kill_9_during_200_orders",
+    "test_cluster.py",
     "test_faults.py::test_garbage_ca_isolated[slow]",
     "test_faults.py::test_state_path_fault",
     "test_nginx_module.py::test_renewal_without_reload",

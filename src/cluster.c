@@ -1,0 +1,714 @@
+/*
+ * The link to Redis that replicas share (the "cluster" directive).
+ *
+ * Two hiredis connections driven by the libevent loop: one for commands,
+ * one subscribed to PREFIX:events (a subscribed connection takes no other
+ * command).  Both come up together and go down together: the link is up
+ * when both have authenticated, selected the database and, for the
+ * subscriber, subscribed.
+ *
+ * Nothing here blocks.  A host name is resolved with evdns before hiredis
+ * dials the address (hiredis would call getaddrinfo), and since hiredis
+ * 0.14 has no timeouts of its own, a watchdog drops the link when the
+ * oldest command has waited CLUSTER_CMD_TIMEOUT: a stopped Redis is then
+ * noticed as surely as a closed one.  Every drop reconnects after a
+ * backoff, doubling from CLUSTER_BACKOFF_MIN to CLUSTER_BACKOFF_MAX.
+ *
+ * Membership is a sorted set, PREFIX:members, of node names scored by the
+ * time (ms) their last heartbeat expires; a node is live while its score
+ * is in the future.  The heartbeat also reads who else is live.
+ */
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "sidecar.h"
+
+enum cluster_link_state {
+	LINK_DOWN,		/* waiting to reconnect */
+	LINK_RESOLVING,		/* evdns */
+	LINK_CONNECTING,	/* AUTH, SELECT, SUBSCRIBE sent */
+	LINK_UP,
+	LINK_STATE_MAX
+};
+
+static const char *cluster_link_names[LINK_STATE_MAX] = {
+	"down", "resolving", "connecting", "up"
+};
+
+/* One command in flight on the command connection. */
+struct cluster_cmd {
+	cluster_reply_cb		 cc_cb;		/* NULL: cancelled */
+	void				*cc_arg;
+	double				 cc_sent;	/* monotonic */
+	TAILQ_ENTRY(cluster_cmd)	 cc_entry;
+};
+TAILQ_HEAD(cluster_cmds, cluster_cmd);
+
+static struct {
+	struct event_base	*base;
+	struct evdns_base	*dns;
+	const struct conf_cluster *conf;	/* main.c's, for the run */
+	const struct cluster_hooks *hooks;
+	char			*channel;	/* PREFIX:events */
+	char			 key_id[CLUSTER_KEY_ID_LEN + 1];
+
+	enum cluster_link_state	 state;
+	redisAsyncContext	*cmd;
+	redisAsyncContext	*sub;
+	int			 cmd_ready;	/* AUTH/SELECT answered */
+	int			 sub_ready;	/* SUBSCRIBE answered */
+	struct evdns_getaddrinfo_request *resolve;
+	char			 addr[INET6_ADDRSTRLEN];
+	struct cluster_cmds	 inflight;
+	size_t			 ninflight;
+
+	struct event		*retry_ev;	/* reconnect */
+	struct event		*tick_ev;	/* watchdog and heartbeat */
+	int			 failures;	/* since the link was up */
+	double			 connect_started;	/* monotonic */
+	time_t			 next_heartbeat;
+
+	char			**members;	/* live, from the heartbeat */
+	size_t			 nmembers;
+	int			 secret_ok;	/* -1 unknown, 0 refused, 1 */
+	uint64_t		 connects;
+	uint64_t		 drops;
+	char			*last_error;
+	time_t			 last_error_at;
+} cl;
+
+static void	 cluster_connect(void);
+static void	 cluster_drop(const char *, ...) PRINTFLIKE(1, 2);
+
+static void
+cluster_set_state(enum cluster_link_state state)
+{
+	if (state >= LINK_STATE_MAX)
+		fatalx("%s: bad link state %d", __func__, state);
+	log_debug("cluster: %s -> %s", cluster_link_names[cl.state],
+	    cluster_link_names[state]);
+	cl.state = state;
+}
+
+int
+cluster_enabled(void)
+{
+	return cl.conf != NULL;
+}
+
+int
+cluster_up(void)
+{
+	return cl.state == LINK_UP;
+}
+
+const char *
+cluster_node(void)
+{
+	return cl.conf != NULL ? cl.conf->cl_node : NULL;
+}
+
+const unsigned char *
+cluster_key(void)
+{
+	return cl.conf->cl_key;
+}
+
+/* PREFIX:a:b, for the key names of the data model; caller frees. */
+char *
+cluster_keyname(const char *kind, const char *name)
+{
+	char	*s;
+
+	if (name != NULL)
+		xasprintf(&s, "%s:%s:%s", cl.conf->cl_prefix, kind, name);
+	else
+		xasprintf(&s, "%s:%s", cl.conf->cl_prefix, kind);
+	return s;
+}
+
+const char *
+cluster_keyname_prefix(void)
+{
+	return cl.conf->cl_prefix;
+}
+
+static void
+cluster_error(const char *msg)
+{
+	free(cl.last_error);
+	cl.last_error = xstrdup(msg);
+	cl.last_error_at = util_now();
+}
+
+static double
+cluster_monotonic(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Commands. */
+
+static void
+cluster_cmd_done(redisAsyncContext *ac, void *reply, void *arg)
+{
+	struct cluster_cmd	*cc = arg;
+	const redisReply	*r = reply;
+
+	(void)ac;
+	TAILQ_REMOVE(&cl.inflight, cc, cc_entry);
+	cl.ninflight--;
+	if (cc->cc_cb != NULL)
+		cc->cc_cb(r, cc->cc_arg);
+	free(cc);
+}
+
+/*
+ * Send a command; cb gets its reply, or NULL if the link drops first.
+ * Returns NULL, and never calls cb, when the link is not up.
+ */
+struct cluster_cmd *
+cluster_command_argv(cluster_reply_cb cb, void *arg, int argc,
+    const char **argv, const size_t *lens)
+{
+	struct cluster_cmd	*cc;
+
+	if (cl.state != LINK_UP)
+		return NULL;
+	cc = xcalloc(1, sizeof(*cc));
+	cc->cc_cb = cb;
+	cc->cc_arg = arg;
+	cc->cc_sent = cluster_monotonic();
+	if (redisAsyncCommandArgv(cl.cmd, cluster_cmd_done, cc, argc, argv,
+	    lens) != REDIS_OK) {
+		free(cc);
+		return NULL;
+	}
+	TAILQ_INSERT_TAIL(&cl.inflight, cc, cc_entry);
+	cl.ninflight++;
+	return cc;
+}
+
+/* The same with NUL-terminated arguments, at most CLUSTER_MAX_ARGS. */
+struct cluster_cmd *
+cluster_command(cluster_reply_cb cb, void *arg, const char *first, ...)
+{
+	const char	*argv[CLUSTER_MAX_ARGS];
+	size_t		 lens[CLUSTER_MAX_ARGS];
+	va_list		 ap;
+	int		 argc = 0;
+	const char	*s;
+
+	va_start(ap, first);
+	for (s = first; s != NULL; s = va_arg(ap, const char *)) {
+		if (argc == CLUSTER_MAX_ARGS)
+			fatalx("%s: too many arguments", __func__);
+		argv[argc] = s;
+		lens[argc++] = strlen(s);
+	}
+	va_end(ap);
+	return cluster_command_argv(cb, arg, argc, argv, lens);
+}
+
+/* The reply will arrive, but nobody is waiting for it any more. */
+void
+cluster_cancel(struct cluster_cmd *cc)
+{
+	if (cc != NULL)
+		cc->cc_cb = NULL;
+}
+
+/* A reply that is an error, or none: described for the log. */
+int
+cluster_reply_failed(const redisReply *r, const char *what)
+{
+	char	*msg;
+
+	if (r != NULL && r->type != REDIS_REPLY_ERROR)
+		return 0;
+	if (r == NULL)
+		xasprintf(&msg, "%s: no answer (the link to Redis dropped)",
+		    what);
+	else
+		xasprintf(&msg, "%s: %.*s", what, (int)r->len, r->str);
+	log_warnx("cluster: %s", msg);
+	cluster_error(msg);
+	free(msg);
+	return 1;
+}
+
+/* The link: up, down, and back. */
+
+static void
+cluster_members_clear(void)
+{
+	size_t	 i;
+
+	for (i = 0; i < cl.nmembers; i++)
+		free(cl.members[i]);
+	free(cl.members);
+	cl.members = NULL;
+	cl.nmembers = 0;
+}
+
+static void
+cluster_link_free(redisAsyncContext **acp)
+{
+	redisAsyncContext	*ac = *acp;
+
+	if (ac == NULL)
+		return;
+	*acp = NULL;
+	ac->data = NULL;
+	/* Runs every pending callback with a NULL reply. */
+	redisAsyncFree(ac);
+}
+
+static void
+cluster_retry_later(void)
+{
+	struct timeval	 tv;
+	double		 delay;
+	int		 n = cl.failures > 8 ? 8 : cl.failures;
+
+	delay = (double)CLUSTER_BACKOFF_MIN * (double)(1 << n);
+	if (delay > CLUSTER_BACKOFF_MAX)
+		delay = CLUSTER_BACKOFF_MAX;
+	delay = util_jitter(delay, 0.2);
+	cl.failures++;
+	tv.tv_sec = (time_t)delay;
+	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
+	evtimer_add(cl.retry_ev, &tv);
+	log_debug("cluster: reconnecting in %.1fs", delay);
+}
+
+static void
+cluster_drop(const char *fmt, ...)
+{
+	va_list		 ap;
+	char		*why;
+	int		 was_up = cl.state == LINK_UP;
+
+	va_start(ap, fmt);
+	if (vasprintf(&why, fmt, ap) == -1)
+		fatal("vasprintf");
+	va_end(ap);
+	if (was_up || cl.failures == 0)
+		log_warnx("cluster: Redis %s: %s; serving what is here, "
+		    "no new order until it is back", cl.conf->cl_url, why);
+	else
+		log_debug("cluster: Redis %s: %s", cl.conf->cl_url, why);
+	cluster_error(why);
+	free(why);
+	if (cl.resolve != NULL) {
+		evdns_getaddrinfo_cancel(cl.resolve);
+		cl.resolve = NULL;
+	}
+	cluster_set_state(LINK_DOWN);
+	cl.drops += was_up;
+	cl.cmd_ready = cl.sub_ready = 0;
+	cluster_link_free(&cl.cmd);
+	cluster_link_free(&cl.sub);
+	cluster_members_clear();
+	if (was_up && cl.hooks != NULL && cl.hooks->ch_down != NULL)
+		cl.hooks->ch_down();
+	cluster_retry_later();
+}
+
+static void
+cluster_disconnected(const redisAsyncContext *ac, int status)
+{
+	(void)status;
+	/* Our own redisAsyncFree() cleared data: nothing more to do. */
+	if (ac->data == NULL)
+		return;
+	if (ac == cl.cmd)
+		cl.cmd = NULL;
+	else if (ac == cl.sub)
+		cl.sub = NULL;
+	cluster_drop("connection closed%s%s", ac->errstr[0] != '\0' ? ": " :
+	    "", ac->errstr);
+}
+
+static void
+cluster_connected(const redisAsyncContext *ac, int status)
+{
+	if (status == REDIS_OK || ac->data == NULL)
+		return;
+	if (ac == cl.cmd)
+		cl.cmd = NULL;
+	else if (ac == cl.sub)
+		cl.sub = NULL;
+	cluster_drop("cannot connect: %s", ac->errstr);
+}
+
+static void
+cluster_heartbeat(void);
+
+static void
+cluster_maybe_up(void)
+{
+	if (!cl.cmd_ready || !cl.sub_ready || cl.state == LINK_UP)
+		return;
+	cluster_set_state(LINK_UP);
+	cl.connects++;
+	log_info("cluster: connected to Redis %s as node \"%s\"%s",
+	    cl.conf->cl_url, cl.conf->cl_node, cl.failures > 0 ?
+	    "; catching up" : "");
+	cl.failures = 0;
+	cl.next_heartbeat = 0;
+	cluster_heartbeat();
+	if (cl.hooks != NULL && cl.hooks->ch_up != NULL)
+		cl.hooks->ch_up();
+}
+
+/* AUTH and SELECT on either connection: an error drops the link. */
+static void
+cluster_setup_done(redisAsyncContext *ac, void *reply, void *arg)
+{
+	const redisReply	*r = reply;
+	const char		*what = arg;
+
+	if (r == NULL || ac->data == NULL)
+		return;		/* dropped meanwhile */
+	if (r->type == REDIS_REPLY_ERROR) {
+		cluster_drop("%s refused: %.*s", what, (int)r->len, r->str);
+		return;
+	}
+	if (strcmp(what, "SELECT") == 0) {
+		if (ac == cl.cmd)
+			cl.cmd_ready = 1;
+		cluster_maybe_up();
+	}
+}
+
+static void
+cluster_message(redisAsyncContext *ac, void *reply, void *arg)
+{
+	const redisReply	*r = reply, *kind, *payload;
+	char			*msg;
+
+	(void)arg;
+	if (r == NULL || ac->data == NULL)
+		return;
+	if (r->type == REDIS_REPLY_ERROR) {
+		cluster_drop("SUBSCRIBE refused: %.*s", (int)r->len, r->str);
+		return;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+		return;
+	kind = r->element[0];
+	payload = r->element[2];
+	if (kind->type != REDIS_REPLY_STRING)
+		return;
+	if (strcmp(kind->str, "subscribe") == 0) {
+		cl.sub_ready = 1;
+		cluster_maybe_up();
+		return;
+	}
+	if (strcmp(kind->str, "message") != 0 ||
+	    payload->type != REDIS_REPLY_STRING || cl.state != LINK_UP)
+		return;
+	if (payload->len > CLUSTER_MESSAGE_MAX) {
+		log_warnx("cluster: a message of %zu bytes on %s ignored",
+		    payload->len, cl.channel);
+		return;
+	}
+	msg = xstrndup(payload->str, payload->len);
+	if (cl.hooks != NULL && cl.hooks->ch_message != NULL)
+		cl.hooks->ch_message(msg);
+	free(msg);
+}
+
+static void
+cluster_auth_select(redisAsyncContext *ac)
+{
+	char	 db[16];
+
+	if (cl.conf->cl_password != NULL && cl.conf->cl_user != NULL)
+		redisAsyncCommand(ac, cluster_setup_done, (void *)"AUTH",
+		    "AUTH %s %s", cl.conf->cl_user, cl.conf->cl_password);
+	else if (cl.conf->cl_password != NULL)
+		redisAsyncCommand(ac, cluster_setup_done, (void *)"AUTH",
+		    "AUTH %s", cl.conf->cl_password);
+	snprintf(db, sizeof(db), "%d", cl.conf->cl_db);
+	redisAsyncCommand(ac, cluster_setup_done, (void *)"SELECT",
+	    "SELECT %s", db);
+}
+
+static redisAsyncContext *
+cluster_dial(void)
+{
+	redisAsyncContext	*ac;
+
+	if (cl.conf->cl_unix != NULL)
+		ac = redisAsyncConnectUnix(cl.conf->cl_unix);
+	else
+		ac = redisAsyncConnect(cl.addr, cl.conf->cl_port);
+	if (ac == NULL)
+		fatalx("%s: out of memory", __func__);
+	if (ac->err) {
+		cluster_error(ac->errstr);
+		redisAsyncFree(ac);
+		return NULL;
+	}
+	ac->data = &cl;
+	if (redisLibeventAttach(ac, cl.base) != REDIS_OK)
+		fatalx("%s: redisLibeventAttach", __func__);
+	redisAsyncSetConnectCallback(ac, cluster_connected);
+	redisAsyncSetDisconnectCallback(ac, cluster_disconnected);
+	cluster_auth_select(ac);
+	return ac;
+}
+
+static void
+cluster_open(void)
+{
+	char	*why;
+
+	cluster_set_state(LINK_CONNECTING);
+	if ((cl.cmd = cluster_dial()) == NULL ||
+	    (cl.sub = cluster_dial()) == NULL) {
+		why = xstrdup(cl.last_error != NULL ? cl.last_error : "?");
+		cluster_drop("cannot connect: %s", why);
+		free(why);
+		return;
+	}
+	redisAsyncCommand(cl.sub, cluster_message, NULL, "SUBSCRIBE %s",
+	    cl.channel);
+}
+
+static void
+cluster_resolved(int err, struct evutil_addrinfo *ai, void *arg)
+{
+	(void)arg;
+	cl.resolve = NULL;
+	if (err == EVUTIL_EAI_CANCEL)
+		return;
+	if (err != 0 || ai == NULL) {
+		cluster_drop("cannot resolve %s: %s", cl.conf->cl_host,
+		    evutil_gai_strerror(err));
+		return;
+	}
+	if (ai->ai_family == AF_INET6)
+		evutil_inet_ntop(AF_INET6, &((struct sockaddr_in6 *)
+		    (void *)ai->ai_addr)->sin6_addr, cl.addr, sizeof(cl.addr));
+	else
+		evutil_inet_ntop(AF_INET, &((struct sockaddr_in *)
+		    (void *)ai->ai_addr)->sin_addr, cl.addr, sizeof(cl.addr));
+	evutil_freeaddrinfo(ai);
+	cluster_open();
+}
+
+static void
+cluster_connect(void)
+{
+	struct evutil_addrinfo	 hints;
+
+	cl.connect_started = cluster_monotonic();
+	if (cl.conf->cl_unix != NULL) {
+		cluster_open();
+		return;
+	}
+	cluster_set_state(LINK_RESOLVING);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	cl.resolve = evdns_getaddrinfo(cl.dns, cl.conf->cl_host, NULL, &hints,
+	    cluster_resolved, NULL);
+}
+
+static void
+cluster_retry_cb(int fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (cl.state == LINK_DOWN)
+		cluster_connect();
+}
+
+/* Heartbeat and membership. */
+
+static void
+cluster_members_done(const redisReply *r, void *arg)
+{
+	size_t	 i;
+
+	(void)arg;
+	if (cluster_reply_failed(r, "reading the members"))
+		return;
+	if (r->type != REDIS_REPLY_ARRAY) {
+		log_warnx("cluster: %s:members is not a sorted set",
+		    cl.conf->cl_prefix);
+		return;
+	}
+	cluster_members_clear();
+	cl.members = xcalloc(r->elements + 1, sizeof(char *));
+	for (i = 0; i < r->elements; i++) {
+		if (r->element[i]->type != REDIS_REPLY_STRING)
+			continue;
+		cl.members[cl.nmembers++] = xstrndup(r->element[i]->str,
+		    r->element[i]->len);
+	}
+}
+
+static void
+cluster_heartbeat_done(const redisReply *r, void *arg)
+{
+	(void)arg;
+	cluster_reply_failed(r, "heartbeat");
+}
+
+static void
+cluster_heartbeat(void)
+{
+	char	*key, until[32], now[32], stale[32];
+	int64_t	 ms = (int64_t)util_now() * 1000;
+
+	if (cl.state != LINK_UP || util_now() < cl.next_heartbeat)
+		return;
+	cl.next_heartbeat = util_now() + CLUSTER_HEARTBEAT;
+	key = cluster_keyname("members", NULL);
+	snprintf(until, sizeof(until), "%lld", (long long)(ms +
+	    CLUSTER_MEMBER_TTL * 1000));
+	snprintf(now, sizeof(now), "%lld", (long long)ms);
+	/* Members gone for a day are forgotten, not kept forever. */
+	snprintf(stale, sizeof(stale), "(%lld", (long long)(ms - 86400000LL));
+	cluster_command(cluster_heartbeat_done, NULL, "ZADD", key, until,
+	    cl.conf->cl_node, NULL);
+	cluster_command(cluster_heartbeat_done, NULL, "ZREMRANGEBYSCORE", key,
+	    "-inf", stale, NULL);
+	cluster_command(cluster_members_done, NULL, "ZRANGEBYSCORE", key, now,
+	    "+inf", NULL);
+	free(key);
+}
+
+/* Once a second: the watchdog, the heartbeat, the hooks' own tick. */
+static void
+cluster_tick(int fd, short ev, void *arg)
+{
+	struct cluster_cmd	*cc;
+
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (cl.state == LINK_CONNECTING || cl.state == LINK_RESOLVING) {
+		if (cluster_monotonic() - cl.connect_started >
+		    CLUSTER_CMD_TIMEOUT)
+			cluster_drop("no answer within %ds",
+			    CLUSTER_CMD_TIMEOUT);
+		return;
+	}
+	if ((cc = TAILQ_FIRST(&cl.inflight)) != NULL &&
+	    cluster_monotonic() - cc->cc_sent > CLUSTER_CMD_TIMEOUT) {
+		cluster_drop("no answer within %ds (%zu commands waiting)",
+		    CLUSTER_CMD_TIMEOUT, cl.ninflight);
+		return;
+	}
+	cluster_heartbeat();
+	if (cl.state == LINK_UP && cl.hooks != NULL && cl.hooks->ch_tick != NULL)
+		cl.hooks->ch_tick();
+}
+
+int
+cluster_start(struct event_base *base, struct evdns_base *dns,
+    const struct conf_cluster *conf, const struct cluster_hooks *hooks)
+{
+	struct timeval	 tv = { 1, 0 };
+
+	memset(&cl, 0, sizeof(cl));
+	TAILQ_INIT(&cl.inflight);
+	cl.base = base;
+	cl.dns = dns;
+	cl.conf = conf;
+	cl.hooks = hooks;
+	cl.secret_ok = -1;
+	cl.channel = cluster_keyname("events", NULL);
+	cluster_seal_key_id(conf->cl_key, cl.key_id);
+	cl.retry_ev = evtimer_new(base, cluster_retry_cb, NULL);
+	cl.tick_ev = event_new(base, -1, EV_PERSIST, cluster_tick, NULL);
+	if (cl.retry_ev == NULL || cl.tick_ev == NULL)
+		fatalx("%s: event_new", __func__);
+	evtimer_add(cl.tick_ev, &tv);
+	log_info("cluster: node \"%s\", Redis %s, prefix \"%s\", secret key "
+	    "id %s", conf->cl_node, conf->cl_url, conf->cl_prefix, cl.key_id);
+	cluster_connect();
+	return 0;
+}
+
+void
+cluster_stop(void)
+{
+	if (cl.conf == NULL)
+		return;
+	if (cl.resolve != NULL)
+		evdns_getaddrinfo_cancel(cl.resolve);
+	cl.resolve = NULL;
+	cl.state = LINK_DOWN;
+	cluster_link_free(&cl.cmd);
+	cluster_link_free(&cl.sub);
+	cluster_members_clear();
+	event_free(cl.retry_ev);
+	event_free(cl.tick_ev);
+	free(cl.channel);
+	free(cl.last_error);
+	memset(&cl, 0, sizeof(cl));
+}
+
+/* Whether node is live (its heartbeat has not expired), as last read. */
+size_t
+cluster_members(char *const **members)
+{
+	*members = cl.members;
+	return cl.nmembers;
+}
+
+void
+cluster_secret_verdict(int ok)
+{
+	cl.secret_ok = ok;
+}
+
+/* The link's part of GET /v1/status (cluster_get_status() adds leases). */
+void
+cluster_link_status(struct cluster_status *cs)
+{
+	memset(cs, 0, sizeof(*cs));
+	if (cl.conf == NULL)
+		return;
+	cs->cs_enabled = 1;
+	cs->cs_connected = cl.state == LINK_UP;
+	cs->cs_state = cluster_link_names[cl.state];
+	cs->cs_node = cl.conf->cl_node;
+	cs->cs_url = cl.conf->cl_url;
+	cs->cs_prefix = cl.conf->cl_prefix;
+	cs->cs_members = cl.members;
+	cs->cs_nmembers = cl.nmembers;
+	cs->cs_secret_ok = cl.secret_ok;
+	cs->cs_connects = cl.connects;
+	cs->cs_drops = cl.drops;
+	cs->cs_inflight = cl.ninflight;
+	cs->cs_last_error = cl.last_error;
+	cs->cs_last_error_at = cl.last_error_at;
+}

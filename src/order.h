@@ -1,0 +1,101 @@
+/*
+ * order.h: what order.c and order_cluster.c share of one certificate.
+ * Private to those two files; the rest of the daemon sees struct cert
+ * only through sidecar.h's order_* functions.
+ */
+#ifndef ORDER_H
+#define ORDER_H
+
+struct cert {
+	struct event_base	*ce_base;
+	struct acme_issuer	*ce_issuer;
+	char			*ce_id;
+	char			**ce_idents;
+	size_t			 ce_nidents;
+	enum key_type		 ce_key;
+	enum order_state	 ce_state;
+
+	/* The certificate in use, if any. */
+	int			 ce_have;
+	time_t			 ce_not_before;
+	time_t			 ce_not_after;
+	time_t			 ce_renew_at;
+
+	/* The order in progress. */
+	char			*ce_order_url;
+	char			*ce_finalize_url;
+	char			*ce_cert_url;
+	char			**ce_authz;
+	size_t			 ce_nauthz;
+	size_t			 ce_authz_next;
+	char			*ce_token;	/* registered with challenge.c */
+	int			 ce_order_open;	/* see acme_order_close() */
+	int			 ce_polls;
+	EVP_PKEY		*ce_new_key;
+	char			*ce_stored_chain;	/* the chain being */
+	time_t			 ce_stored_nb;		/* written, and its */
+	time_t			 ce_stored_na;		/* dates */
+	int			 ce_store_tries;	/* failed writes */
+	int			 ce_resumed;	/* order from pending/ */
+	char			**ce_alternates;	/* Link rel="alternate" */
+	size_t			 ce_alt_next;
+	char			*ce_default_chain;
+
+	struct acme_req		*ce_req;
+	struct writer_job	*ce_job;
+	struct event		*ce_timer;
+	time_t			 ce_timer_at;	/* when ce_timer fires */
+	int			 ce_failures;
+	char			*ce_last_error;
+	time_t			 ce_last_error_at;
+
+	/*
+	 * Several replicas (order_cluster.c): the lease this certificate's
+	 * orders run under, a read or fenced write in flight, the token the
+	 * other replicas serve, and a copy of another node's certificate
+	 * being written to state_path.
+	 */
+	struct cluster_lease	*ce_lease;
+	struct cluster_op	*ce_op;
+	struct cluster_op	*ce_sync_op;	/* order_cluster_sync() */
+	struct cluster_token	*ce_shared;
+	char			*ce_challenge_url;	/* sent once synced */
+	int			 ce_order_shared;	/* before finalize */
+	time_t			 ce_stored_renew;	/* shared renewal */
+	int			 ce_share_tries;
+	int			 ce_lease_tries;
+	struct writer_job	*ce_cache_job;
+
+	/* A revocation asked through the control API (order_revoke()). */
+	struct acme_req		*ce_revoke_req;
+	const char		*ce_revoke_reason;	/* static name */
+	order_revoke_cb		 ce_revoke_cb;
+	void			*ce_revoke_arg;
+};
+
+/* order.c */
+void		 order_set_state(struct cert *, enum order_state);
+void		 order_arm(struct cert *, double);
+void		 order_drive(struct cert *);
+void		 order_challenge(struct cert *);
+void		 order_reset(struct cert *);
+void		 order_fail(struct cert *, int, time_t, const char *);
+void		 order_begin_new(struct cert *);
+void		 order_schedule_renewal(struct cert *, time_t);
+void		 order_store_write(struct cert *);
+void		 order_store_failed(struct cert *, const char *);
+void		 order_log_time(char *, size_t, time_t);
+int		 order_idents_match(const struct cert *, char *const *, size_t,
+		    enum key_type);
+void		 order_strv_free(char **, size_t);
+
+/* order_cluster.c */
+void		 order_lease(struct cert *);
+void		 order_sync(struct cert *);
+void		 order_share_order(struct cert *);
+void		 order_share_cert(struct cert *);
+void		 order_cluster_reset(struct cert *);
+void		 order_cluster_free(struct cert *);
+void		 order_cluster_done(struct cert *);
+
+#endif /* ORDER_H */

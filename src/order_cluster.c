@@ -1,0 +1,473 @@
+/*
+ * One certificate's orders when several replicas share it (the "cluster"
+ * directive, cluster_sync.c).  order.c's machine gains three states:
+ *
+ *   LEASE  taking the certificate's lease, then reading what Redis holds:
+ *          an order another node finalized is resumed, a certificate
+ *          another node renewed is taken as it is, and only otherwise is
+ *          a new order placed.  A busy lease, or Redis out of reach, waits
+ *          here and tries again: no order starts without the lease.
+ *   SYNC   the challenge token is published and every live replica has
+ *          to acknowledge it before the CA is told to validate.
+ *   SHARE  a fenced write: the order before its finalize (so another node
+ *          can resume it), or the certificate before it is stored (so that
+ *          a node that slept past its lease keeps nothing of its own).
+ *
+ * The lease is kept through backoffs, renewed by cluster_sync.c, and
+ * given back once the certificate is stored or found done by another.
+ * Certificates other nodes store reach every node through
+ * order_cluster_sync(): at each (re)connection and on each "cert" message.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "sidecar.h"
+#include "order.h"
+
+/* Redis away: try the lease again after 2 s, doubling up to 30 s. */
+#define ORDER_LEASE_RETRY_MIN	2
+#define ORDER_LEASE_RETRY_MAX	30
+
+static void	 order_lease_granted(struct cert *);
+static void	 order_adopt(struct cert *, const struct cluster_rec *);
+static void	 order_cluster_fetch(struct cert *);
+
+/* Wait in LEASE, without a lease, and try again after delay. */
+static void
+order_lease_later(struct cert *ce, double delay)
+{
+	cluster_lease_release(ce->ce_lease);
+	ce->ce_lease = NULL;
+	order_set_state(ce, ORDER_LEASE);
+	order_arm(ce, util_jitter(delay, 0.2));
+}
+
+static void
+order_lease_unreachable(struct cert *ce)
+{
+	double	 delay;
+	int	 n = ce->ce_lease_tries > 4 ? 4 : ce->ce_lease_tries;
+
+	ce->ce_lease_tries++;
+	delay = (double)ORDER_LEASE_RETRY_MIN * (double)(1 << n);
+	if (delay > ORDER_LEASE_RETRY_MAX)
+		delay = ORDER_LEASE_RETRY_MAX;
+	log_debug("certificate \"%s\": Redis is out of reach; no order "
+	    "without the lease, trying again in %.0fs", ce->ce_id, delay);
+	order_lease_later(ce, delay);
+}
+
+/*
+ * The lease went to another node (this one slept past it, or Redis lost
+ * it): what this node was doing stops, and the newer holder's work wins.
+ */
+static void
+order_lease_lost(struct cert *ce)
+{
+	cluster_lease_release(ce->ce_lease);
+	ce->ce_lease = NULL;
+	/* A write already accepted by Redis: let the local copy finish. */
+	if (ce->ce_state == ORDER_STORE)
+		return;
+	order_reset(ce);
+	if (ce->ce_have && order_renew_time(ce->ce_not_before,
+	    ce->ce_not_after, 0) > util_now())
+		order_schedule_renewal(ce, 0);
+	else
+		order_lease_later(ce, CLUSTER_LEASE_TTL);
+	order_cluster_fetch(ce);
+}
+
+static void
+order_leased(enum cluster_lease_event ev, void *arg)
+{
+	struct cert	*ce = arg;
+
+	switch (ev) {
+	case LEASE_GRANTED:
+		ce->ce_lease_tries = 0;
+		order_lease_granted(ce);
+		break;
+	case LEASE_BUSY:
+		/* The holder's "cert" message usually comes first. */
+		order_lease_later(ce, CLUSTER_LEASE_TTL);
+		break;
+	case LEASE_UNAVAILABLE:
+		order_lease_unreachable(ce);
+		break;
+	case LEASE_LOST:
+		order_lease_lost(ce);
+		break;
+	}
+}
+
+/* Take the lease (or keep the one held), then see what Redis holds. */
+void
+order_lease(struct cert *ce)
+{
+	evtimer_del(ce->ce_timer);
+	order_set_state(ce, ORDER_LEASE);
+	if (cluster_lease_held(ce->ce_lease)) {
+		order_lease_granted(ce);
+		return;
+	}
+	cluster_lease_release(ce->ce_lease);
+	if ((ce->ce_lease = cluster_lease_take(ce->ce_id, order_leased,
+	    ce)) == NULL)
+		order_lease_unreachable(ce);
+}
+
+/* Resume the order another node finalized: its key is in the record. */
+static void
+order_resume_shared(struct cert *ce, struct cluster_rec *order)
+{
+	log_info("certificate \"%s\": resuming order %s, finalized by node "
+	    "\"%s\"", ce->ce_id, order->cr_url, order->cr_node);
+	ce->ce_order_url = order->cr_url;
+	order->cr_url = NULL;
+	ce->ce_new_key = order->cr_key;
+	order->cr_key = NULL;
+	ce->ce_resumed = 1;
+	ce->ce_order_shared = 1;
+	order_set_state(ce, ORDER_ORDER_POLL);
+	feed_emit("order", "{s:s, s:s, s:b, s:b}", "certificate", ce->ce_id,
+	    "issuer", acme_issuer_name(ce->ce_issuer), "renewal", ce->ce_have,
+	    "resumed", 1);
+	order_drive(ce);
+}
+
+/* A certificate record for ce, valid and not yet due. */
+static int
+order_rec_current(const struct cert *ce, const struct cluster_rec *cert)
+{
+	return cert != NULL && strcmp(cert->cr_issuer,
+	    acme_issuer_name(ce->ce_issuer)) == 0 &&
+	    order_idents_match(ce, cert->cr_idents, cert->cr_nidents,
+	    cert->cr_key_type) && cert->cr_not_after > util_now() &&
+	    cert->cr_renew_at > util_now();
+}
+
+static void
+order_lease_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
+    void *arg)
+{
+	struct cert	*ce = arg;
+
+	ce->ce_op = NULL;
+	if (rc == -1) {
+		order_lease_unreachable(ce);
+		return;
+	}
+	if (order != NULL && strcmp(order->cr_issuer,
+	    acme_issuer_name(ce->ce_issuer)) == 0 &&
+	    order_idents_match(ce, order->cr_idents, order->cr_nidents,
+	    ce->ce_key)) {
+		order_resume_shared(ce, order);
+		return;
+	}
+	if (order_rec_current(ce, cert)) {
+		order_adopt(ce, cert);
+		if (ce->ce_state == ORDER_LEASE) {
+			order_cluster_done(ce);
+			order_schedule_renewal(ce, cert->cr_renew_at);
+		}
+		return;
+	}
+	order_begin_new(ce);
+}
+
+static void
+order_lease_granted(struct cert *ce)
+{
+	if ((ce->ce_op = cluster_get_state(ce->ce_id, order_lease_state,
+	    ce)) == NULL)
+		order_lease_unreachable(ce);
+}
+
+/* SYNC: every live replica has the token; now the CA may look. */
+static void
+order_synced(int all, void *arg)
+{
+	struct cert	*ce = arg;
+
+	(void)all;
+	order_challenge(ce);
+}
+
+void
+order_sync(struct cert *ce)
+{
+	char	*keyauth;
+
+	keyauth = keys_key_authorization(ce->ce_token,
+	    acme_issuer_thumbprint(ce->ce_issuer));
+	order_set_state(ce, ORDER_SYNC);
+	cluster_token_drop(ce->ce_shared);
+	ce->ce_shared = cluster_token_share(ce->ce_token, keyauth,
+	    order_synced, ce);
+	free(keyauth);
+}
+
+/* SHARE: the fields of a record that point into ce (nothing to free). */
+static void
+order_rec_fill(struct cert *ce, struct cluster_rec *rec)
+{
+	memset(rec, 0, sizeof(*rec));
+	rec->cr_id = ce->ce_id;
+	rec->cr_issuer = (char *)acme_issuer_name(ce->ce_issuer);
+	rec->cr_url = ce->ce_order_url;
+	rec->cr_idents = ce->ce_idents;
+	rec->cr_nidents = ce->ce_nidents;
+	rec->cr_key_type = ce->ce_key;
+	rec->cr_chain = ce->ce_stored_chain;
+	rec->cr_key = ce->ce_new_key;
+	rec->cr_not_before = ce->ce_stored_nb;
+	rec->cr_not_after = ce->ce_stored_na;
+	rec->cr_renew_at = ce->ce_stored_renew;
+	rec->cr_fence = cluster_lease_fence(ce->ce_lease);
+}
+
+/* A fenced write was refused: a newer lease holder has the say. */
+static void
+order_share_stale(struct cert *ce, const char *what)
+{
+	log_warnx("certificate \"%s\": another node holds a newer lease; "
+	    "this node's %s is dropped", ce->ce_id, what);
+	order_lease_lost(ce);
+}
+
+static void
+order_order_shared(int rc, void *arg)
+{
+	struct cert	*ce = arg;
+
+	ce->ce_op = NULL;
+	if (rc == 0) {
+		order_share_stale(ce, "order");
+		return;
+	}
+	if (rc == -1) {
+		order_fail(ce, 0, 0, "the order could not be written to Redis; "
+		    "not finalizing what no other replica could resume");
+		return;
+	}
+	ce->ce_order_shared = 1;
+	order_set_state(ce, ORDER_FINALIZE);
+	order_drive(ce);
+}
+
+void
+order_share_order(struct cert *ce)
+{
+	struct cluster_rec	 rec;
+
+	if (ce->ce_new_key == NULL &&
+	    (ce->ce_new_key = keys_generate(ce->ce_key)) == NULL) {
+		order_fail(ce, 0, 0, "creating the key failed");
+		return;
+	}
+	order_set_state(ce, ORDER_SHARE);
+	order_rec_fill(ce, &rec);
+	if ((ce->ce_op = cluster_put_order(ce->ce_lease, &rec,
+	    order_order_shared, ce)) == NULL)
+		order_order_shared(-1, ce);
+}
+
+/*
+ * The CA issued, but Redis did not take the certificate.  As with a full
+ * disk (order_store_failed()), it is served from memory and the write is
+ * tried again: from 2 s, doubling, up to 5 min.
+ */
+static void
+order_share_failed(struct cert *ce)
+{
+	double	 delay;
+	int	 n = ce->ce_share_tries > 8 ? 8 : ce->ce_share_tries;
+
+	if (ce->ce_order_open) {
+		/* The CA is done with this order: free its slot. */
+		ce->ce_order_open = 0;
+		acme_order_close(ce->ce_issuer);
+	}
+	if (ce->ce_share_tries++ == 0)
+		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
+		    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
+		    ce->ce_new_key, ce->ce_stored_nb, ce->ce_stored_na);
+	delay = 2.0 * (double)(1 << n);
+	if (delay > 300)
+		delay = 300;
+	delay = util_jitter(delay, 0.2);
+	free(ce->ce_last_error);
+	ce->ce_last_error = xstrdup("issued, but Redis did not take it yet");
+	ce->ce_last_error_at = util_now();
+	log_warnx("certificate \"%s\": %s; serving it from memory and trying "
+	    "again in %.0fs (try %d)", ce->ce_id, ce->ce_last_error, delay,
+	    ce->ce_share_tries);
+	order_arm(ce, delay);
+}
+
+static void
+order_cert_shared(int rc, void *arg)
+{
+	struct cert	*ce = arg;
+
+	ce->ce_op = NULL;
+	if (rc == 0) {
+		order_share_stale(ce, "certificate");
+		return;
+	}
+	if (rc == -1) {
+		order_share_failed(ce);
+		return;
+	}
+	order_set_state(ce, ORDER_STORE);
+	order_store_write(ce);
+}
+
+void
+order_share_cert(struct cert *ce)
+{
+	struct cluster_rec	 rec;
+
+	order_set_state(ce, ORDER_SHARE);
+	if (ce->ce_stored_renew == 0)
+		ce->ce_stored_renew = order_renew_time(ce->ce_stored_nb,
+		    ce->ce_stored_na, util_random_unit());
+	order_rec_fill(ce, &rec);
+	if ((ce->ce_op = cluster_put_cert(ce->ce_lease, &rec,
+	    order_cert_shared, ce)) == NULL)
+		order_share_failed(ce);
+}
+
+/* Taking another node's certificate. */
+
+static void
+order_cached(int rc, const char *cause, void *arg)
+{
+	struct cert	*ce = arg;
+
+	ce->ce_cache_job = NULL;
+	if (rc == -1)
+		log_warnx("certificate \"%s\": keeping a copy in %s failed: "
+		    "%s; serving it from memory", ce->ce_id,
+		    acme_issuer_state_path(ce->ce_issuer), cause);
+}
+
+/* Serve rec, keep a copy in state_path, and renew when rec says. */
+static void
+order_adopt(struct cert *ce, const struct cluster_rec *rec)
+{
+	struct cert_meta	 meta;
+	char			 until[32], na[UTIL_TIME_LEN];
+	int			 renewal = ce->ce_have;
+
+	if (ce->ce_have && ce->ce_not_before == rec->cr_not_before &&
+	    ce->ce_not_after == rec->cr_not_after)
+		return;
+	order_log_time(until, sizeof(until), rec->cr_not_after);
+	log_info("certificate \"%s\": node \"%s\" stored one valid until %s; "
+	    "serving it", ce->ce_id, rec->cr_node, until);
+	ce->ce_have = 1;
+	ce->ce_not_before = rec->cr_not_before;
+	ce->ce_not_after = rec->cr_not_after;
+	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
+	    rec->cr_idents, rec->cr_nidents, rec->cr_chain, rec->cr_key,
+	    rec->cr_not_before, rec->cr_not_after);
+	memset(&meta, 0, sizeof(meta));
+	meta.cm_issued = util_now();
+	meta.cm_idents = rec->cr_idents;
+	meta.cm_nidents = rec->cr_nidents;
+	meta.cm_key = rec->cr_key_type;
+	if (ce->ce_cache_job != NULL)
+		writer_cancel(ce->ce_cache_job);
+	ce->ce_cache_job = writer_save_cert(acme_issuer_state_path(
+	    ce->ce_issuer), ce->ce_id, rec->cr_chain, rec->cr_key, &meta,
+	    order_cached, ce);
+	util_time_rfc3339(rec->cr_not_after, na, sizeof(na));
+	feed_emit(renewal ? "renewed" : "issued", "{s:s, s:s, s:s, s:s}",
+	    "certificate", ce->ce_id, "issuer", acme_issuer_name(ce->ce_issuer),
+	    "not_after", na, "node", rec->cr_node);
+	/* Waiting for a renewal time or a lease: the new one decides. */
+	if (ce->ce_state == ORDER_IDLE || ce->ce_state == ORDER_BACKOFF ||
+	    (ce->ce_state == ORDER_LEASE && ce->ce_op == NULL)) {
+		order_reset(ce);
+		order_cluster_done(ce);
+		ce->ce_failures = 0;
+		order_schedule_renewal(ce, rec->cr_renew_at);
+	}
+}
+
+static void
+order_synced_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
+    void *arg)
+{
+	struct cert	*ce = arg;
+
+	(void)order;
+	ce->ce_sync_op = NULL;
+	if (rc == 0 && cert != NULL && strcmp(cert->cr_issuer,
+	    acme_issuer_name(ce->ce_issuer)) == 0 && order_idents_match(ce,
+	    cert->cr_idents, cert->cr_nidents, cert->cr_key_type))
+		order_adopt(ce, cert);
+}
+
+static void
+order_cluster_fetch(struct cert *ce)
+{
+	if (ce->ce_sync_op == NULL)
+		ce->ce_sync_op = cluster_get_state(ce->ce_id,
+		    order_synced_state, ce);
+}
+
+/*
+ * Catch up with Redis: take the certificate another node stored, and try
+ * the lease at once if waiting for Redis to come back.
+ */
+void
+order_cluster_sync(struct cert *ce)
+{
+	if (ce->ce_state == ORDER_LEASE && ce->ce_lease == NULL &&
+	    ce->ce_op == NULL) {
+		ce->ce_lease_tries = 0;
+		order_lease(ce);
+		return;
+	}
+	order_cluster_fetch(ce);
+}
+
+/* order_reset()'s part: the order's cluster work, not the lease. */
+void
+order_cluster_reset(struct cert *ce)
+{
+	cluster_op_cancel(ce->ce_op);
+	ce->ce_op = NULL;
+	cluster_token_drop(ce->ce_shared);
+	ce->ce_shared = NULL;
+	free(ce->ce_challenge_url);
+	ce->ce_challenge_url = NULL;
+	ce->ce_order_shared = 0;
+	ce->ce_stored_renew = 0;
+	ce->ce_share_tries = 0;
+}
+
+/* The certificate is settled for now: the lease goes back. */
+void
+order_cluster_done(struct cert *ce)
+{
+	cluster_lease_release(ce->ce_lease);
+	ce->ce_lease = NULL;
+}
+
+void
+order_cluster_free(struct cert *ce)
+{
+	order_cluster_done(ce);
+	cluster_op_cancel(ce->ce_sync_op);
+	ce->ce_sync_op = NULL;
+	if (ce->ce_cache_job != NULL)
+		writer_cancel(ce->ce_cache_job);
+	ce->ce_cache_job = NULL;
+}

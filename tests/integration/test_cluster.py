@@ -1,0 +1,124 @@
+"""Several replicas behind a load balancer, sharing one Redis.
+
+What a user of a fleet observes: the CA issues each certificate once,
+every replica serves every certificate, no validation fails although the
+CA's request reaches any replica, and Redis never holds a key in clear.
+"""
+
+import time
+
+import pytest
+
+from clusterlib import (PREFIX, Balancer, Redis, Replica, fingerprint,
+                        issued_by_pebble, join, names_of, served_leaf,
+                        stored_leaf, verify_leaf, write_secret)
+from nginxlib import MODULE
+
+pytestmark = pytest.mark.skipif(
+    not MODULE.exists(), reason="%s is not built (nginx-dev missing?)" %
+    MODULE)
+
+FLEET_TIMEOUT = 120.0
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = Redis(tmp_path / "redis").start()
+    yield r
+    r.kill()
+
+
+@pytest.fixture
+def fleet(tmp_path, pebble, http_port, redis):
+    """make(n, ncerts) -> replicas, all started, behind the balancer."""
+    made = []
+
+    def make(n, ncerts, secret=None):
+        secret = secret or write_secret(tmp_path / "secret")
+        certs = [names_of(i) for i in range(ncerts)]
+        replicas = [Replica(tmp_path, "node%d" % i, pebble, redis, certs,
+                            secret) for i in range(n)]
+        made.extend(replicas)
+        balancer = Balancer(tmp_path, http_port, replicas).start()
+        made.append(balancer)
+        for r in replicas:
+            r.start()
+        join(replicas)
+        return replicas, certs
+
+    yield make
+    for m in made:
+        m.stop()
+
+
+def wait_served(replicas, certs, pebble, tmp_path, timeout=FLEET_TIMEOUT):
+    """Until every replica serves every certificate over TLS, each
+    verifying against Pebble's root; returns {name: fingerprint}."""
+    deadline = time.monotonic() + timeout
+    pending = {(r.name, n[0]) for r in replicas for n in certs}
+    byname = {r.name: r for r in replicas}
+    served = {}
+    while pending:
+        for rname, name in sorted(pending):
+            leaf = served_leaf(byname[rname], name)
+            if leaf is None:
+                continue
+            ok, out = verify_leaf(leaf, name, pebble, tmp_path)
+            if ok:
+                pending.discard((rname, name))
+                served.setdefault(name, set()).add(fingerprint(leaf))
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            r = byname[sorted(pending)[0][0]]
+            pytest.fail("after %.0fs, %d (replica, name) pairs are not "
+                        "served, e.g. %s%s" % (timeout, len(pending),
+                                               sorted(pending)[:3],
+                                               r.sidecar.diagnostics()),
+                        pytrace=False)
+        for r in replicas:
+            r.sidecar._check_alive("waiting for the fleet")
+        time.sleep(0.5)
+    return served
+
+
+def validation_failures(replicas):
+    return [line for r in replicas for line in r.sidecar.log().splitlines()
+            if "authorization for" in line and "failed" in line]
+
+
+def test_three_replicas_sixty_certificates(tmp_path, pebble, redis, fleet):
+    replicas, certs = fleet(3, 60)
+    served = wait_served(replicas, certs, pebble, tmp_path)
+
+    # One certificate per name, the same one on every replica.
+    for name, fps in served.items():
+        assert len(fps) == 1, "%s: replicas serve %d different leaves" % (
+            name, len(fps))
+    issued = issued_by_pebble(pebble)
+    assert len(issued) == 60, "Pebble issued %d certificates for 60" % \
+        len(issued)
+    assert validation_failures(replicas) == []
+
+    # Each replica keeps its own copy in state_path.
+    for r in replicas:
+        for names in certs:
+            assert stored_leaf(r, names[0]) is not None, (r.name, names)
+
+    # The status API shows the fleet.
+    for r in replicas:
+        st = r.status()
+        c = st["cluster"]
+        assert c["enabled"] and c["connected"] and c["secret"] == "ok", c
+        assert sorted(c["members"]) == ["node0", "node1", "node2"], c
+        assert c["node"] == r.name
+        assert st["certificates"]["valid"] == 60, st["certificates"]
+
+    # No private key in clear anywhere in Redis.
+    for key in redis.keys("*"):
+        kind = redis.cli("TYPE", key).strip()
+        if kind != "string":
+            continue
+        value = redis.cli("GET", key)
+        assert "PRIVATE KEY" not in value, key
+    assert "%s:cert:c0.example.test" % PREFIX in redis.keys("%s:*" % PREFIX)
