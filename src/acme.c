@@ -107,6 +107,10 @@ struct acme_issuer {
 	struct acme_req		*ai_boot_req;	/* directory or newAccount */
 	int			 ai_boot_failures;
 	int			 ai_closing;	/* being freed: send nothing */
+
+	/* With a cluster: the fleet's account (acme_fleet_account()). */
+	struct cluster_account_op *ai_fleet_op;
+	struct cluster_lease	*ai_fleet_lease;	/* making it */
 	double			 ai_refilled_at;	/* monotonic seconds */
 };
 
@@ -118,6 +122,8 @@ static void	 acme_dispatch(struct acme_issuer *);
 static void	 acme_req_set_state(struct acme_req *, enum acme_req_state);
 static void	 acme_boot(struct acme_issuer *);
 static void	 acme_req_send(struct acme_req *);
+static void	 acme_account_local(struct acme_issuer *);
+static void	 acme_set_ready(struct acme_issuer *);
 
 static void
 acme_set_state(struct acme_issuer *ai, enum issuer_state state)
@@ -268,6 +274,8 @@ acme_issuer_free(struct acme_issuer *ai)
 	ai->ai_closing = 1;
 	if (ai->ai_boot_req != NULL)
 		acme_req_cancel(ai->ai_boot_req);
+	cluster_account_cancel(ai->ai_fleet_op);
+	cluster_lease_release(ai->ai_fleet_lease);
 	acme_queue_free(&ai->ai_boot_queue);
 	acme_queue_free(&ai->ai_queue);
 	acme_queue_free(&ai->ai_order_queue);
@@ -997,6 +1005,197 @@ acme_set_ready(struct acme_issuer *ai)
 	acme_dispatch(ai);
 }
 
+/*
+ * With a cluster, the whole fleet uses one account per issuer, kept in
+ * Redis (cluster_account.c): an order that one node began, another can
+ * resume, and the CA sees one client.  The first node to find none makes
+ * it under the lease "account/ISSUER" (no certificate id has a '/'): it
+ * takes its own account from state_path, or registers one, then stores
+ * it with SET NX.  Every other node loads the fleet's account, and keeps
+ * a copy in its state_path; an account of its own is set aside, not
+ * lost.  An account_key file is the same on every node, so it needs none
+ * of this: newAccount with the same key finds the same account.
+ */
+static int
+acme_fleet_shares_account(const struct acme_issuer *ai)
+{
+	return cluster_enabled() && ai->ai_conf->ci_account_key_file == NULL;
+}
+
+static void
+acme_fleet_retry(struct acme_issuer *ai, int seconds)
+{
+	struct timeval	 tv = { seconds, 0 };
+
+	evtimer_add(ai->ai_boot_ev, &tv);
+}
+
+static void
+acme_fleet_use(struct acme_issuer *ai, struct cluster_rec *rec)
+{
+	ai->ai_key = rec->cr_key;
+	rec->cr_key = NULL;
+	ai->ai_thumbprint = keys_thumbprint(ai->ai_key);
+	free(ai->ai_kid);
+	ai->ai_kid = xstrdup(rec->cr_url);
+	log_info("issuer \"%s\": using the fleet's account %s", ai->ai_name,
+	    ai->ai_kid);
+	acme_set_ready(ai);
+}
+
+/* The local copy of the fleet's account, so state_path holds it too. */
+static int
+acme_fleet_cache(struct acme_issuer *ai, struct cluster_rec *rec,
+    char **cause)
+{
+	const char	*dir = ai->ai_conf->ci_state_path;
+	EVP_PKEY	*own = NULL;
+	char		*url = NULL, *ignored = NULL, suffix[32];
+	int		 same;
+
+	if (store_init(dir, cause) == -1)
+		return -1;
+	if (store_load_account(dir, &own, &url, &ignored) == -1)
+		free(ignored);	/* none, or unreadable: nothing to keep */
+	same = own != NULL && EVP_PKEY_eq(own, rec->cr_key) == 1;
+	EVP_PKEY_free(own);
+	free(url);
+	if (own != NULL && !same) {
+		snprintf(suffix, sizeof(suffix), "own-%lld",
+		    (long long)time(NULL));
+		log_warnx("issuer \"%s\": this node's own account is set "
+		    "aside as %s/account.key.%s; the fleet's is used", ai->ai_name,
+		    dir, suffix);
+		if (store_set_aside_account(dir, suffix, cause) == -1)
+			return -1;
+	}
+	if (!same && store_save_account_key(dir, rec->cr_key, cause) == -1)
+		return -1;
+	return store_save_account_url(dir, rec->cr_url, cause);
+}
+
+static void
+acme_fleet_adopt(struct acme_issuer *ai, struct cluster_rec *rec)
+{
+	char	*cause = NULL;
+
+	if (strcmp(rec->cr_issuer, ai->ai_conf->ci_uri) != 0) {
+		xasprintf(&cause, "Redis holds an account of %s for this "
+		    "issuer, not of %s: every node must give issuer \"%s\" the "
+		    "same uri", rec->cr_issuer, ai->ai_conf->ci_uri,
+		    ai->ai_name);
+		acme_boot_failed(ai, "the fleet's account", cause);
+		free(cause);
+		return;
+	}
+	if (acme_fleet_cache(ai, rec, &cause) == -1) {
+		acme_boot_failed(ai, "keeping the fleet's account", cause);
+		free(cause);
+		return;
+	}
+	acme_fleet_use(ai, rec);
+}
+
+static void
+acme_fleet_leased(enum cluster_lease_event ev, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+
+	switch (ev) {
+	case LEASE_GRANTED:
+		log_info("issuer \"%s\": the fleet has no account yet; this "
+		    "node provides it", ai->ai_name);
+		acme_account_local(ai);
+		break;
+	case LEASE_LOST:
+		break;	/* SET NX still keeps the first account stored */
+	case LEASE_BUSY:	/* another node is making it */
+	case LEASE_UNAVAILABLE:
+		cluster_lease_release(ai->ai_fleet_lease);
+		ai->ai_fleet_lease = NULL;
+		acme_fleet_retry(ai, 1);
+		break;
+	}
+}
+
+static void
+acme_fleet_got(int rc, struct cluster_rec *rec, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	char			*id;
+
+	ai->ai_fleet_op = NULL;
+	if (rc == -1) {
+		acme_boot_failed(ai, "the fleet's account", "Redis did not "
+		    "answer, or holds a value this node cannot use (logged)");
+		return;
+	}
+	if (rc == 1) {
+		acme_fleet_adopt(ai, rec);
+		return;
+	}
+	xasprintf(&id, "account/%s", ai->ai_name);
+	ai->ai_fleet_lease = cluster_lease_take(id, acme_fleet_leased, ai);
+	free(id);
+	if (ai->ai_fleet_lease == NULL)
+		acme_fleet_retry(ai, 1);
+}
+
+static void
+acme_fleet_account(struct acme_issuer *ai)
+{
+	if (cluster_up())
+		ai->ai_fleet_op = cluster_account_get(ai->ai_name,
+		    acme_fleet_got, ai);
+	if (ai->ai_fleet_op == NULL) {
+		log_debug("issuer \"%s\": waiting for Redis for the fleet's "
+		    "account", ai->ai_name);
+		acme_fleet_retry(ai, 1);
+	}
+}
+
+static void
+acme_fleet_stored(int rc, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+
+	ai->ai_fleet_op = NULL;
+	cluster_lease_release(ai->ai_fleet_lease);
+	ai->ai_fleet_lease = NULL;
+	if (rc == 1) {
+		log_info("issuer \"%s\": account %s is the fleet's now",
+		    ai->ai_name, ai->ai_kid);
+		acme_set_ready(ai);
+		return;
+	}
+	/* Another node's came first (rc 0), or Redis failed: ask again. */
+	EVP_PKEY_free(ai->ai_key);
+	ai->ai_key = NULL;
+	free(ai->ai_kid);
+	ai->ai_kid = NULL;
+	free(ai->ai_thumbprint);
+	ai->ai_thumbprint = NULL;
+	if (rc == 0)
+		acme_fleet_account(ai);
+	else
+		acme_boot_failed(ai, "storing the fleet's account",
+		    "Redis did not take it");
+}
+
+/* The account is known; with a fleet being given one, store it first. */
+static void
+acme_account_ready(struct acme_issuer *ai)
+{
+	if (ai->ai_fleet_lease == NULL) {
+		acme_set_ready(ai);
+		return;
+	}
+	ai->ai_fleet_op = cluster_account_put(ai->ai_name, ai->ai_conf->ci_uri,
+	    ai->ai_kid, ai->ai_key, acme_fleet_stored, ai);
+	if (ai->ai_fleet_op == NULL)
+		acme_fleet_stored(-1, ai);
+}
+
 static void
 acme_account_done(const struct acme_reply *r, void *arg)
 {
@@ -1017,7 +1216,7 @@ acme_account_done(const struct acme_reply *r, void *arg)
 	ai->ai_kid = xstrdup(r->location);
 	log_info("issuer \"%s\": registered account %s", ai->ai_name,
 	    ai->ai_kid);
-	acme_set_ready(ai);
+	acme_account_ready(ai);
 }
 
 static char *
@@ -1114,12 +1313,12 @@ acme_account_key(struct acme_issuer *ai, char **url, char **cause)
 	return key;
 }
 
+/* This node's own account: from state_path, or registered now. */
 static void
-acme_account(struct acme_issuer *ai)
+acme_account_local(struct acme_issuer *ai)
 {
 	char	*cause = NULL, *url = NULL;
 
-	acme_set_state(ai, ISSUER_ACCOUNT);
 	if (ai->ai_key == NULL) {
 		if ((ai->ai_key = acme_account_key(ai, &url, &cause)) == NULL) {
 			acme_boot_failed(ai, "account key", cause);
@@ -1134,9 +1333,19 @@ acme_account(struct acme_issuer *ai)
 		free(url);
 	}
 	if (ai->ai_kid != NULL)
-		acme_set_ready(ai);
+		acme_account_ready(ai);
 	else
 		acme_register(ai);
+}
+
+static void
+acme_account(struct acme_issuer *ai)
+{
+	acme_set_state(ai, ISSUER_ACCOUNT);
+	if (ai->ai_key == NULL && acme_fleet_shares_account(ai))
+		acme_fleet_account(ai);
+	else
+		acme_account_local(ai);
 }
 
 static int

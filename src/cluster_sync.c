@@ -213,7 +213,7 @@ sync_lease_taken(const struct redisReply *r, void *arg)
 		return;
 	}
 	if (!granted->integer) {
-		log_debug("cluster: certificate \"%s\" is leased by %s",
+		log_debug("cluster: \"%s\" is leased by %s",
 		    l->cl_id, value->str);
 		sync_lease_end(l, LEASE_BUSY);
 		return;
@@ -224,7 +224,7 @@ sync_lease_taken(const struct redisReply *r, void *arg)
 		sync_lease_end(l, LEASE_UNAVAILABLE);
 		return;
 	}
-	log_debug("cluster: certificate \"%s\": lease taken, fence %llu",
+	log_debug("cluster: lease of \"%s\" taken, fence %llu",
 	    l->cl_id, (unsigned long long)l->cl_fence);
 	l->cl_state = LEASE_HELD;
 	l->cl_renew_at = util_now() + CLUSTER_LEASE_RENEW;

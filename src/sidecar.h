@@ -427,6 +427,16 @@ struct cluster_token *cluster_token_share(const char *token,
 void		 cluster_token_drop(struct cluster_token *);
 void		 cluster_get_status(struct cluster_status *);
 
+/* cluster_account.c: the fleet's ACME account per issuer. */
+struct cluster_account_op;
+typedef void	(*cluster_account_cb)(int rc, struct cluster_rec *, void *);
+struct cluster_account_op *cluster_account_get(const char *issuer,
+		    cluster_account_cb, void *);
+struct cluster_account_op *cluster_account_put(const char *issuer,
+		    const char *uri, const char *url, EVP_PKEY *,
+		    cluster_put_cb, void *);
+void		 cluster_account_cancel(struct cluster_account_op *);
+
 /*
  * cluster_record.c: the values kept in Redis, built and checked.  A value
  * is used only once it parsed whole and its sealed key opened.
@@ -541,6 +551,8 @@ int		 store_load_account(const char *dir, EVP_PKEY **, char **url,
 		    char **);
 int		 store_save_account_key(const char *dir, EVP_PKEY *, char **);
 int		 store_save_account_url(const char *dir, const char *, char **);
+int		 store_set_aside_account(const char *dir, const char *suffix,
+		    char **);
 int		 store_load_cert(const char *dir, const char *id, char **chain,
 		    EVP_PKEY **, struct cert_meta *, char **);
 int		 store_save_cert(const char *dir, const char *id,

@@ -448,6 +448,36 @@ store_save_account_url(const char *dir, const char *url, char **cause)
 	return rc;
 }
 
+/*
+ * Keep the account in state_path under another name: a node that joins a
+ * fleet takes the fleet's account, and its own must not be lost, since
+ * only its key can deactivate it or revoke what it issued.  The files
+ * become account.key.SUFFIX and account.url.SUFFIX.
+ */
+int
+store_set_aside_account(const char *dir, const char *suffix, char **cause)
+{
+	const char	*names[] = { STORE_ACCOUNT_KEY, STORE_ACCOUNT_URL };
+	char		*from, *to;
+	size_t		 i;
+	int		 rc = 0;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]) && rc == 0; i++) {
+		xasprintf(&from, "%s/%s", dir, names[i]);
+		xasprintf(&to, "%s/%s.%s", dir, names[i], suffix);
+		if (rename(from, to) == -1 && errno != ENOENT) {
+			xasprintf(cause, "rename %s to %s: %s", from, to,
+			    strerror(errno));
+			rc = -1;
+		}
+		free(from);
+		free(to);
+	}
+	if (rc == 0)
+		rc = store_fsync_dir(dir, cause);
+	return rc;
+}
+
 /* An id names files: no '/', no leading '.', which marks temp files. */
 static int
 store_id_valid(const char *id, char **cause)

@@ -5,6 +5,9 @@ every replica serves every certificate, no validation fails although the
 CA's request reaches any replica, and Redis never holds a key in clear.
 """
 
+import json
+import os
+import subprocess
 import time
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from clusterlib import (PREFIX, Balancer, Redis, Replica, fingerprint,
                         issued_by_pebble, join, names_of, served_leaf,
                         stored_leaf, verify_leaf, write_secret)
+from conftest import openssl
 from nginxlib import MODULE
 
 pytestmark = pytest.mark.skipif(
@@ -33,11 +37,14 @@ def fleet(tmp_path, pebble, http_port, redis):
     """make(n, ncerts) -> replicas, all started, behind the balancer."""
     made = []
 
-    def make(n, ncerts, secret=None):
+    def make(n, ncerts, secret=None, before_start=None):
+        """before_start(replica, tmp_path) runs for the last replica."""
         secret = secret or write_secret(tmp_path / "secret")
         certs = [names_of(i) for i in range(ncerts)]
         replicas = [Replica(tmp_path, "node%d" % i, pebble, redis, certs,
                             secret) for i in range(n)]
+        if before_start is not None:
+            replicas[-1].planted = before_start(replicas[-1], tmp_path)
         made.extend(replicas)
         balancer = Balancer(tmp_path, http_port, replicas).start()
         made.append(balancer)
@@ -82,13 +89,35 @@ def wait_served(replicas, certs, pebble, tmp_path, timeout=FLEET_TIMEOUT):
     return served
 
 
+def account_url(replica, issuer="pebble"):
+    out = subprocess.run(
+        ["curl", "-sS", "--unix-socket", str(replica.dir / "control.sock"),
+         "http://localhost/v1/issuers"], stdout=subprocess.PIPE,
+        check=True).stdout
+    return next(i["account_url"] for i in json.loads(out)["issuers"]
+                if i["name"] == issuer)
+
+
 def validation_failures(replicas):
     return [line for r in replicas for line in r.sidecar.log().splitlines()
             if "authorization for" in line and "failed" in line]
 
 
+def plant_own_account(replica, tmp_path):
+    """An account node2 had before it joined the fleet: never lost."""
+    replica.state.mkdir(mode=0o700, parents=True)
+    key = openssl("genpkey", "-algorithm", "EC", "-pkeyopt",
+                  "ec_paramgen_curve:P-256").stdout
+    (replica.state / "account.key").write_text(key)
+    (replica.state / "account.url").write_text(
+        "https://ca.invalid/acct/own\n")
+    os.chmod(replica.state / "account.key", 0o600)
+    return key
+
+
 def test_three_replicas_sixty_certificates(tmp_path, pebble, redis, fleet):
-    replicas, certs = fleet(3, 60)
+    replicas, certs = fleet(3, 60, before_start=plant_own_account)
+    own_key = replicas[2].planted
     served = wait_served(replicas, certs, pebble, tmp_path)
 
     # One certificate per name, the same one on every replica.
@@ -113,6 +142,15 @@ def test_three_replicas_sixty_certificates(tmp_path, pebble, redis, fleet):
         assert sorted(c["members"]) == ["node0", "node1", "node2"], c
         assert c["node"] == r.name
         assert st["certificates"]["valid"] == 60, st["certificates"]
+
+    # One ACME account for the whole fleet, cached in each state_path.
+    accounts = {account_url(r) for r in replicas}
+    assert len(accounts) == 1 and None not in accounts, accounts
+    for r in replicas:
+        assert (r.state / "account.url").read_text().strip() in accounts
+    aside = list(replicas[2].state.glob("account.key.own-*"))
+    assert len(aside) == 1 and aside[0].read_text() == own_key, aside
+    assert (replicas[2].state / "account.key").read_text() != own_key
 
     # No private key in clear anywhere in Redis.
     for key in redis.keys("*"):
