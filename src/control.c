@@ -585,6 +585,8 @@ control_result_status(enum control_result r)
 		return MHD_HTTP_CONFLICT;
 	case CONTROL_NOT_FOUND:
 		return MHD_HTTP_NOT_FOUND;
+	case CONTROL_UNAVAILABLE:
+		return MHD_HTTP_SERVICE_UNAVAILABLE;
 	case CONTROL_FAILED:
 		break;
 	}

@@ -252,12 +252,13 @@ main_runtime_save(const struct conf_issuer *ci, char **cause)
 }
 
 /*
- * POST /v1/certificates: checked as its configuration line would be,
- * saved, then started.  Nothing changes unless it is saved.
+ * Add a certificate as its configuration line would be: checked, saved,
+ * then started.  Nothing changes unless it is saved.  how says where it
+ * came from, for the log.
  */
 static enum control_result
-main_cert_add(const char *issuer, char *const *idents, size_t n,
-    const char *key, const char **id, char **cause)
+main_runtime_add(const char *issuer, char *const *idents, size_t n,
+    const char *key, const char *how, struct conf_cert **added, char **cause)
 {
 	struct conf_cert	*cc;
 	char			*why = NULL;
@@ -285,27 +286,35 @@ main_cert_add(const char *issuer, char *const *idents, size_t n,
 		conf_cert_free(cc);
 		return CONTROL_FAILED;
 	}
-	log_info("certificate \"%s\": added through the control socket, "
-	    "saved in %s", cc->cc_id, cc->cc_file);
+	log_info("certificate \"%s\": added %s, saved in %s", cc->cc_id, how,
+	    cc->cc_file);
 	feed_emit("added", "{s:s, s:s}", "certificate", cc->cc_id, "issuer",
 	    issuer);
 	sched_add_cert(cc);
-	*id = cc->cc_id;
+	*added = cc;
 	return CONTROL_OK;
 }
 
-/* DELETE /v1/certificates/{id}: only what the API added. */
+static struct conf_cert *
+main_find_cert(const char *id)
+{
+	struct conf_cert	*cc;
+
+	TAILQ_FOREACH(cc, &main_conf->c_certs, cc_entry)
+		if (strcmp(cc->cc_id, id) == 0)
+			return cc;
+	return NULL;
+}
+
+/* Delete a certificate the API added (here or on another node). */
 static enum control_result
-main_cert_remove(const char *id, char **cause)
+main_runtime_remove(const char *id, const char *how, char **cause)
 {
 	struct conf_cert	*cc, *prev;
 	struct conf_issuer	*ci;
 	char			*why = NULL;
 
-	TAILQ_FOREACH(cc, &main_conf->c_certs, cc_entry)
-		if (strcmp(cc->cc_id, id) == 0)
-			break;
-	if (cc == NULL) {
+	if ((cc = main_find_cert(id)) == NULL) {
 		xasprintf(cause, "no certificate \"%s\"", id);
 		return CONTROL_NOT_FOUND;
 	}
@@ -329,8 +338,7 @@ main_cert_remove(const char *id, char **cause)
 		conf_runtime_renumber(main_conf, ci);
 		return CONTROL_FAILED;
 	}
-	log_info("certificate \"%s\": deleted through the control socket",
-	    id);
+	log_info("certificate \"%s\": deleted %s", id, how);
 	feed_emit("deleted", "{s:s, s:s}", "certificate", id, "issuer",
 	    cc->cc_issuer);
 	sched_drop_cert(id);
@@ -339,6 +347,139 @@ main_cert_remove(const char *id, char **cause)
 		store_remove_pending(ci->ci_state_path, id);
 	conf_cert_free(cc);
 	return CONTROL_OK;
+}
+
+/* With a cluster, a change the other nodes cannot learn of is refused. */
+static int
+main_fleet_unreachable(char **cause)
+{
+	if (main_cluster == NULL || cluster_up())
+		return 0;
+	xasprintf(cause, "Redis is out of reach, so the other nodes would "
+	    "not learn of this change; nothing was changed, try again once "
+	    "GET /v1/status shows the cluster connected");
+	return 1;
+}
+
+/* POST /v1/certificates */
+static enum control_result
+main_cert_add(const char *issuer, char *const *idents, size_t n,
+    const char *key, const char **id, char **cause)
+{
+	struct conf_cert	*cc;
+	enum control_result	 rc;
+
+	if (main_fleet_unreachable(cause))
+		return CONTROL_UNAVAILABLE;
+	rc = main_runtime_add(issuer, idents, n, key,
+	    "through the control socket", &cc, cause);
+	if (rc != CONTROL_OK)
+		return rc;
+	if (main_cluster != NULL)
+		cluster_runtime_put(cc);
+	*id = cc->cc_id;
+	return CONTROL_OK;
+}
+
+/* DELETE /v1/certificates/{id}: only what the API added. */
+static enum control_result
+main_cert_remove(const char *id, char **cause)
+{
+	enum control_result	 rc;
+
+	if (main_fleet_unreachable(cause))
+		return CONTROL_UNAVAILABLE;
+	rc = main_runtime_remove(id, "through the control socket", cause);
+	if (rc == CONTROL_OK && main_cluster != NULL)
+		cluster_runtime_del(id);
+	return rc;
+}
+
+/*
+ * The fleet's API certificates (PREFIX:runtime) against this node's:
+ * Redis has the last word, except for a change of this node's that is
+ * still on its way there.  A hash never written gets this node's set.
+ */
+static void
+main_fleet_runtime_drop(const struct cluster_runtime *set, size_t n)
+{
+	struct conf_cert	*cc, *next;
+	char			*cause = NULL;
+	size_t			 i;
+
+	for (cc = TAILQ_FIRST(&main_conf->c_certs); cc != NULL; cc = next) {
+		next = TAILQ_NEXT(cc, cc_entry);
+		if (!cc->cc_runtime || cluster_runtime_pending(cc->cc_id))
+			continue;
+		for (i = 0; i < n; i++)
+			if (strcmp(set[i].cr_id, cc->cc_id) == 0)
+				break;
+		if (i < n)
+			continue;
+		if (main_runtime_remove(cc->cc_id, "on another node",
+		    &cause) != CONTROL_OK) {
+			log_warnx("cluster: %s", cause);
+			free(cause);
+			cause = NULL;
+		}
+	}
+}
+
+static void
+main_fleet_runtime_add(const struct cluster_runtime *cr)
+{
+	struct conf_cert	*cc;
+	char			*cause = NULL;
+
+	if (main_find_cert(cr->cr_id) != NULL ||
+	    cluster_runtime_pending(cr->cr_id))
+		return;
+	if (main_runtime_add(cr->cr_issuer, cr->cr_idents, cr->cr_nidents,
+	    cr->cr_key, "on another node", &cc, &cause) != CONTROL_OK) {
+		log_warnx("cluster: the API certificate \"%.64s\" of another "
+		    "node: ignored: %s", cr->cr_id, cause);
+		free(cause);
+		return;
+	}
+	if (strcmp(cc->cc_id, cr->cr_id) != 0) {
+		log_warnx("cluster: the API certificate \"%.64s\" of another "
+		    "node is \"%s\" here; ignored", cr->cr_id, cc->cc_id);
+		main_runtime_remove(cc->cc_id, "again", &cause);
+		free(cause);
+	}
+}
+
+static void
+main_fleet_runtime(int marked, const struct cluster_runtime *set, size_t n,
+    void *arg)
+{
+	struct conf_cert	*cc;
+	size_t			 i;
+
+	(void)arg;
+	if (!marked) {
+		TAILQ_FOREACH(cc, &main_conf->c_certs, cc_entry)
+			if (cc->cc_runtime)
+				cluster_runtime_put(cc);
+		return;
+	}
+	main_fleet_runtime_drop(set, n);
+	for (i = 0; i < n; i++)
+		main_fleet_runtime_add(&set[i]);
+}
+
+static void
+main_fleet_runtime_changed(void)
+{
+	cluster_runtime_fetch(main_fleet_runtime, NULL);
+}
+
+static void
+main_fleet_up(void)
+{
+	cluster_runtime_resend();
+	cluster_runtime_fetch(main_fleet_runtime, NULL);
+	sched_cluster_up();
 }
 
 static void
@@ -485,7 +626,7 @@ static void
 main_cluster_start(struct event_base *base, struct evdns_base *dns)
 {
 	static const struct cluster_sync_hooks hooks = {
-		sched_cluster_up, sched_cluster_cert, NULL
+		main_fleet_up, sched_cluster_cert, main_fleet_runtime_changed
 	};
 
 	if (main_conf->c_cluster == NULL)
@@ -618,6 +759,7 @@ main(int argc, char *argv[])
 	shm_close();
 	sched_shutdown();
 	cluster_sync_stop();
+	cluster_runtime_forget();
 	conf_cluster_free(main_cluster);
 	writer_stop();
 	challenge_stop();

@@ -437,6 +437,26 @@ struct cluster_account_op *cluster_account_put(const char *issuer,
 		    cluster_put_cb, void *);
 void		 cluster_account_cancel(struct cluster_account_op *);
 
+/* cluster_runtime.c: certificates added through the API, fleet-wide. */
+struct cluster_runtime {
+	char		*cr_id;
+	char		*cr_issuer;
+	char		**cr_idents;
+	size_t		 cr_nidents;
+	char		*cr_key;		/* key type, as in key= */
+};
+typedef void	(*cluster_runtime_cb)(int marked,
+		    const struct cluster_runtime *, size_t, void *);
+void		 cluster_runtime_put(const struct conf_cert *);
+void		 cluster_runtime_del(const char *id);
+void		 cluster_runtime_resend(void);
+void		 cluster_runtime_forget(void);
+int		 cluster_runtime_pending(const char *id);
+void		 cluster_runtime_fetch(cluster_runtime_cb, void *);
+int		 cluster_runtime_parse(const char *id, const char *, size_t,
+		    struct cluster_runtime *, char **);
+void		 cluster_runtime_clear(struct cluster_runtime *);
+
 /*
  * cluster_record.c: the values kept in Redis, built and checked.  A value
  * is used only once it parsed whole and its sealed key opened.
@@ -840,7 +860,8 @@ enum control_result {
 	CONTROL_INVALID,	/* 422: the configuration would refuse it */
 	CONTROL_CONFLICT,	/* 409 */
 	CONTROL_NOT_FOUND,	/* 404 */
-	CONTROL_FAILED		/* 500: it could not be saved */
+	CONTROL_FAILED,		/* 500: it could not be saved */
+	CONTROL_UNAVAILABLE	/* 503: Redis is away; the fleet would miss it */
 };
 struct control_hooks {
 	int			 (*ch_reload)(char **);

@@ -7,6 +7,7 @@ CA's request reaches any replica, and Redis never holds a key in clear.
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -17,6 +18,7 @@ from clusterlib import (PREFIX, Balancer, Redis, Replica, fingerprint,
                         stored_leaf, verify_leaf, write_secret)
 from conftest import openssl
 from nginxlib import MODULE
+from test_control import api
 
 pytestmark = pytest.mark.skipif(
     not MODULE.exists(), reason="%s is not built (nginx-dev missing?)" %
@@ -160,3 +162,51 @@ def test_three_replicas_sixty_certificates(tmp_path, pebble, redis, fleet):
         value = redis.cli("GET", key)
         assert "PRIVATE KEY" not in value, key
     assert "%s:cert:c0.example.test" % PREFIX in redis.keys("%s:*" % PREFIX)
+
+
+def test_api_changes_reach_every_node(tmp_path, pebble, redis, fleet):
+    """POST on one node issues once and every node keeps it; DELETE on
+    another removes it everywhere; with Redis away, both are refused."""
+    replicas, certs = fleet(2, 1)
+    wait_served(replicas, certs, pebble, tmp_path)
+    socks = [r.dir / "control.sock" for r in replicas]
+    body = json.dumps({"issuer": "pebble",
+                       "identifiers": ["api.example.test"]})
+
+    status, j, _ = api(socks[0], "POST", "/v1/certificates", body=body)
+    assert status == 201, j
+    cid = j["id"]
+    deadline = time.monotonic() + FLEET_TIMEOUT
+    for r in replicas:
+        while stored_leaf(r, cid) is None:
+            assert time.monotonic() < deadline, "%s lacks %s%s" % (
+                r.name, cid, r.sidecar.diagnostics())
+            time.sleep(0.2)
+        ok, out = verify_leaf(stored_leaf(r, cid), "api.example.test",
+                              pebble, tmp_path)
+        assert ok, out
+    assert "api.example.test" in (replicas[1].state /
+                                  "certificates.conf").read_text()
+    assert len(issued_by_pebble(pebble)) == 2
+
+    status, j, _ = api(socks[1], "DELETE", "/v1/certificates/" + cid)
+    assert status == 200, j
+    deadline = time.monotonic() + 10
+    while api(socks[0], "GET", "/v1/certificates/" + cid)[0] != 404:
+        assert time.monotonic() < deadline, replicas[0].sidecar.log()
+        time.sleep(0.1)
+    assert "api.example.test" not in (replicas[0].state /
+                                      "certificates.conf").read_text()
+    replicas[0].sidecar.wait_log(r'certificate "%s": deleted on another '
+                                 r'node' % re.escape(cid))
+
+    redis.stop()
+    deadline = time.monotonic() + 10
+    while replicas[0].status()["cluster"]["connected"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    status, j, _ = api(socks[0], "POST", "/v1/certificates", body=body)
+    assert status == 503 and "Redis is out of reach" in \
+        j["error"]["message"], j
+    assert "api.example.test" not in (replicas[0].state /
+                                      "certificates.conf").read_text()
