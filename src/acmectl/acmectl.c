@@ -196,6 +196,7 @@ ctl_cmd_status(const struct ctl_opts *o, int argc, char **argv,
 	    ctl_field(zone, "failed_publishes", b6, sizeof(b6)),
 	    json_is_true(json_object_get(zone, "full")) ?
 	    "; FULL, nginx serves the generation above" : "");
+	ctl_print_cluster(json_object_get(j, "cluster"));
 	rc = 0;
 out:
 	json_decref(j);
@@ -582,9 +583,9 @@ ctl_usage(FILE *f)
 	    "usage: acmectl [-hV] [--json] [-s socket] command [arguments]\n"
 	    "\n"
 	    "commands:\n"
-	    "  status              the daemon: version, uptime, issuers, "
-	    "certificates\n"
-	    "                      by state\n"
+	    "  status              the daemon: version, uptime, certificates "
+	    "by state,\n"
+	    "                      issuers, shared zone, cluster\n"
 	    "  list                every certificate: state, expiry, next "
 	    "renewal\n"
 	    "  show ID             one certificate\n"

@@ -69,6 +69,7 @@ const char	*ctl_field(json_t *, const char *, char *, size_t);
 void		 ctl_print_json(json_t *);
 void		 ctl_print_issuers(json_t *);
 void		 ctl_print_uptime(json_int_t);
+void		 ctl_print_cluster(json_t *);
 void		 ctl_print_certs(json_t *);
 void		 ctl_output_cert(const struct ctl_opts *, json_t *);
 void		 ctl_print_event(json_t *);

@@ -3,7 +3,8 @@
  *
  * Tables and fields for people, the API's own JSON for scripts, and one
  * line per event.  Text from the daemon is printed as it is, but an
- * event line never carries a control byte.
+ * event line never carries a control byte, nor do the names and errors
+ * of the cluster section, which come from Redis.
  */
 #include <sys/types.h>
 
@@ -122,6 +123,86 @@ ctl_print_uptime(json_int_t s)
 	printf("%llds\n", (long long)(s % 60));
 }
 
+/* Text of the daemon's, on one line: control bytes become '?'. */
+static void
+ctl_put_clean(const char *s)
+{
+	for (; *s != '\0'; s++)
+		putchar(iscntrl((unsigned char)*s) ? '?' : *s);
+}
+
+static int
+ctl_cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char * const *)a, *(char * const *)b);
+}
+
+/*
+ * The "cluster" object of a status: one line while replicas are off, a
+ * section while they share Redis.  A daemon older than the cluster sends
+ * no such object, and nothing is printed.
+ */
+void
+ctl_print_cluster(json_t *cl)
+{
+	json_t		*members, *v;
+	const char	*secret;
+	char		 b1[32], b2[32], **names;
+	size_t		 i, n;
+
+	if (!json_is_object(cl))
+		return;
+	if (!json_is_true(json_object_get(cl, "enabled"))) {
+		printf("cluster       off\n");
+		return;
+	}
+	printf("cluster       node %s, %s (%s)\n",
+	    ctl_field(cl, "node", b1, sizeof(b1)),
+	    json_is_true(json_object_get(cl, "connected")) ? "connected" :
+	    "not connected", ctl_field(cl, "state", b2, sizeof(b2)));
+	printf("  %-11s %s, prefix %s\n", "redis",
+	    ctl_field(cl, "redis", b1, sizeof(b1)),
+	    ctl_field(cl, "prefix", b2, sizeof(b2)));
+	/*
+	 * Names other nodes put in Redis, in the order of their heartbeats:
+	 * sorted, so that every node shows the fleet alike.
+	 */
+	printf("  %-11s", "members");
+	members = json_object_get(cl, "members");
+	n = json_array_size(members);
+	names = ctl_xreallocarray(NULL, n + 1, sizeof(*names));
+	json_array_foreach(members, i, v)
+		names[i] = ctl_xstrdup(ctl_scalar(v, b1, sizeof(b1)));
+	qsort(names, n, sizeof(*names), ctl_cmp_str);
+	for (i = 0; i < n; i++) {
+		putchar(' ');
+		ctl_put_clean(names[i]);
+		free(names[i]);
+	}
+	free(names);
+	printf("%s\n", n == 0 ? " (none)" : "");
+	secret = ctl_field(cl, "secret", b1, sizeof(b1));
+	printf("  %-11s %s%s\n", "secret", secret,
+	    strcmp(secret, "mismatch") == 0 ? "; not the fleet's secret_file, "
+	    "nothing is written to Redis" : "");
+	printf("  %-11s %s held by this node\n", "leases",
+	    ctl_field(cl, "leases", b1, sizeof(b1)));
+	printf("  %-11s %s connects, %s drops\n", "link",
+	    ctl_field(cl, "connects", b1, sizeof(b1)),
+	    ctl_field(cl, "drops", b2, sizeof(b2)));
+	/* Redis' own words may be in it: kept on one line. */
+	printf("  %-11s ", "last error");
+	if ((v = json_object_get(cl, "last_error")) == NULL ||
+	    json_is_null(v)) {
+		printf("-");
+	} else {
+		ctl_put_clean(ctl_field(cl, "last_error_at", b1, sizeof(b1)));
+		printf(": ");
+		ctl_put_clean(ctl_scalar(v, b2, sizeof(b2)));
+	}
+	printf("\n");
+}
+
 static int
 ctl_cmp_id(const void *a, const void *b)
 {
@@ -219,14 +300,6 @@ ctl_output_cert(const struct ctl_opts *o, json_t *ce)
 }
 
 /* ---------------------------------------------------------------- events */
-
-/* Text of the daemon's, on one line: control bytes become '?'. */
-static void
-ctl_put_clean(const char *s)
-{
-	for (; *s != '\0'; s++)
-		putchar(iscntrl((unsigned char)*s) ? '?' : *s);
-}
 
 static void
 ctl_put_value(json_t *v)

@@ -168,6 +168,9 @@ def test_tables(setup):
     zone = st["shared_zone"]
     assert "shared zone   generation %d, " % zone["generation"] in out, out
     assert "%d certificates, " % zone["certificates"] in out, out
+    # No cluster directive: the daemon says so, and so does acmectl.
+    assert st["cluster"] == {"enabled": False}, st
+    assert out.endswith(" failed publishes\ncluster       off\n"), out
 
     p = acmectl("-s", str(sock), "show", "b.example.test_rsa2048")
     assert p.returncode == 0 and p.stderr == "", p
@@ -738,6 +741,59 @@ def test_wait_failed(tmp_path):
     assert p.returncode == 1 and p.stdout == "", p
     assert p.stderr == "x.example.test: backoff\nacmectl: x.example.test: " \
         "the order failed: %s\n" % err["message"], p.stderr
+
+
+STATUS = {"version": "0.1.0", "uptime": 61, "issuers": [],
+          "certificates": {"total": 1, "valid": 1,
+                           "by_state": {"idle": 0, "lease": 1, "sync": 0}},
+          "shared_zone": {"generation": 3, "full": False, "used": 10,
+                          "image_size": 100, "certificates": 1, "tokens": 0,
+                          "failed_publishes": 0}}
+CLUSTER = {"enabled": True, "connected": False, "state": "connecting",
+           "node": "n2", "redis": "redis://10.0.0.7:6379/2",
+           "prefix": "fleet", "members": ["n3", "n1", "n2"], "leases": 4,
+           "secret": "mismatch", "connects": 3, "drops": 2,
+           "last_error": "cannot connect: Connection refused\r\nx",
+           "last_error_at": "2026-11-28T21:34:20Z"}
+
+
+@pytest.mark.parametrize("cluster,want", [
+    # A daemon from before replicas: nothing more.
+    (None, ""),
+    ({"enabled": False}, "cluster       off\n"),
+    (CLUSTER,
+     "cluster       node n2, not connected (connecting)\n"
+     "  redis       redis://10.0.0.7:6379/2, prefix fleet\n"
+     "  members     n1 n2 n3\n"
+     "  secret      mismatch; not the fleet's secret_file, nothing is "
+     "written to Redis\n"
+     "  leases      4 held by this node\n"
+     "  link        3 connects, 2 drops\n"
+     "  last error  2026-11-28T21:34:20Z: cannot connect: Connection "
+     "refused??x\n"),
+    (dict(CLUSTER, connected=True, state="up", members=[], secret="ok",
+          last_error=None, last_error_at=None),
+     "cluster       node n2, connected (up)\n"
+     "  redis       redis://10.0.0.7:6379/2, prefix fleet\n"
+     "  members     (none)\n"
+     "  secret      ok\n"
+     "  leases      4 held by this node\n"
+     "  link        3 connects, 2 drops\n"
+     "  last error  -\n"),
+], ids=["absent", "off", "connecting", "up"])
+def test_status_cluster(tmp_path, cluster, want):
+    """The cluster section of status, last, as the API gives it (a real
+    one needs a Redis: test_cluster.py); the new order states are
+    counted like the others."""
+    st = dict(STATUS)
+    if cluster is not None:
+        st["cluster"] = cluster
+    p, _ = fake_run(tmp_path, answer(200, st), "status")
+    assert p.returncode == 0 and p.stderr == "", p
+    assert "\n  lease       1\n" in p.stdout, p.stdout
+    assert p.stdout.endswith(" failed publishes\n" + want), p.stdout
+    p, _ = fake_run(tmp_path, answer(200, st), "--json", "status")
+    assert p.returncode == 0 and json.loads(p.stdout) == st, p
 
 
 class FakeDaemon:
