@@ -17,7 +17,14 @@
  * a known token is 200 with the key authorization; any other path is 404;
  * any other method is 405.  libmicrohttpd percent-decodes the path before
  * we see it, so "%2e%2e" arrives as ".." and fails the token check.
+ *
+ * A token the table lacks may be known elsewhere: with a cluster, another
+ * node may have published it in Redis a moment before this node heard of
+ * it.  The request is then suspended until the lookup answers (at most
+ * CLUSTER_CMD_TIMEOUT seconds: a Redis that does not answer drops the
+ * link, and every lookup is answered then).
  */
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -66,6 +73,21 @@ struct challenge_token {
 	struct challenge_token	*ct_next;
 };
 
+/*
+ * A request suspended for a lookup.  Freed once both are over: the lookup
+ * has answered and libmicrohttpd has finished the request.
+ */
+struct challenge_wait {
+	struct MHD_Connection	*cw_conn;
+	char			*cw_keyauth;	/* the answer; NULL: none */
+	size_t			 cw_len;
+	int			 cw_asking;	/* the lookup has not answered */
+	int			 cw_suspended;
+	int			 cw_finished;	/* the request is over */
+	LIST_ENTRY(challenge_wait) cw_entry;
+};
+LIST_HEAD(challenge_waits, challenge_wait);
+
 /* The whole responder; one per process, touched only by the loop thread. */
 static struct {
 	struct MHD_Daemon	 *daemon;
@@ -76,7 +98,9 @@ static struct {
 	size_t			  count;
 	unsigned long		  served;
 	char			 *lastmsg;	/* MHD's last complaint */
-} challenge = { .port = -1 };
+	challenge_lookup_fn	  lookup;
+	struct challenge_waits	  waits;	/* suspended requests */
+} challenge = { .port = -1, .waits = LIST_HEAD_INITIALIZER(waits) };
 
 int
 challenge_token_valid(const char *token)
@@ -278,34 +302,10 @@ challenge_client(struct MHD_Connection *conn, char *buf, size_t len)
 }
 
 static enum MHD_Result
-challenge_request(void *cls, struct MHD_Connection *conn, const char *url,
-    const char *method, const char *version, const char *upload_data,
-    size_t *upload_data_size, void **con_cls)
+challenge_serve(struct MHD_Connection *conn, const char *token,
+    const char *keyauth, size_t len)
 {
-	static const char	 notfound[] = "not found\n";
-	static const char	 notallowed[] = "method not allowed\n";
-	struct challenge_token	*ct;
-	const char		*token;
-	char			 client[NI_MAXHOST];
-
-	(void)cls;
-	(void)version;
-	(void)upload_data;
-	(void)upload_data_size;
-	(void)con_cls;
-
-	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
-	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
-		return challenge_reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
-		    notallowed, sizeof(notallowed) - 1,
-		    MHD_RESPMEM_PERSISTENT);
-	}
-	if (strncmp(url, CHALLENGE_PREFIX, strlen(CHALLENGE_PREFIX)) != 0)
-		goto notfound;
-	token = url + strlen(CHALLENGE_PREFIX);
-	if (!challenge_token_valid(token) ||
-	    (ct = challenge_table_find(token)) == NULL)
-		goto notfound;
+	char	 client[NI_MAXHOST];
 
 	challenge.served++;
 	feed_emit("challenge_served", "{s:s}", "token", token);
@@ -314,12 +314,135 @@ challenge_request(void *cls, struct MHD_Connection *conn, const char *url,
 		log_debug("challenge: served token %s to %s", token, client);
 	}
 	/* Copied: the token may be removed before the answer is sent. */
-	return challenge_reply(conn, MHD_HTTP_OK, ct->ct_keyauth, ct->ct_len,
+	return challenge_reply(conn, MHD_HTTP_OK, keyauth, len,
 	    MHD_RESPMEM_MUST_COPY);
+}
 
-notfound:
+static enum MHD_Result
+challenge_not_found(struct MHD_Connection *conn)
+{
+	static const char	 notfound[] = "not found\n";
+
 	return challenge_reply(conn, MHD_HTTP_NOT_FOUND, notfound,
 	    sizeof(notfound) - 1, MHD_RESPMEM_PERSISTENT);
+}
+
+static void
+challenge_wait_free(struct challenge_wait *cw)
+{
+	free(cw->cw_keyauth);
+	free(cw);
+}
+
+static void
+challenge_found(const char *keyauth, size_t len, void *arg)
+{
+	struct challenge_wait	*cw = arg;
+
+	cw->cw_asking = 0;
+	if (cw->cw_finished) {		/* the responder stopped meanwhile */
+		challenge_wait_free(cw);
+		return;
+	}
+	if (keyauth != NULL) {
+		cw->cw_keyauth = xmalloc(len + 1);
+		memcpy(cw->cw_keyauth, keyauth, len);
+		cw->cw_keyauth[len] = '\0';
+		cw->cw_len = len;
+	}
+	if (cw->cw_suspended) {
+		cw->cw_suspended = 0;
+		MHD_resume_connection(cw->cw_conn);
+		loop_mhd_wake(&challenge.loop);
+	}
+}
+
+/* Suspend conn until the lookup answers; -1 if it cannot ask. */
+static int
+challenge_wait(struct MHD_Connection *conn, const char *token, void **con_cls)
+{
+	struct challenge_wait	*cw;
+
+	cw = xcalloc(1, sizeof(*cw));
+	cw->cw_conn = conn;
+	cw->cw_asking = 1;
+	if (challenge.lookup(token, challenge_found, cw) == -1) {
+		challenge_wait_free(cw);
+		return -1;
+	}
+	LIST_INSERT_HEAD(&challenge.waits, cw, cw_entry);
+	*con_cls = cw;
+	if (cw->cw_asking) {	/* not answered at once */
+		cw->cw_suspended = 1;
+		MHD_suspend_connection(conn);
+	}
+	return 0;
+}
+
+/* libmicrohttpd is done with a request: a wait's share of it ends. */
+static void
+challenge_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+    enum MHD_RequestTerminationCode toe)
+{
+	struct challenge_wait	*cw = *con_cls;
+
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	if (cw == NULL)
+		return;
+	*con_cls = NULL;
+	LIST_REMOVE(cw, cw_entry);
+	cw->cw_finished = 1;
+	if (!cw->cw_asking)
+		challenge_wait_free(cw);
+}
+
+void
+challenge_set_lookup(challenge_lookup_fn fn)
+{
+	challenge.lookup = fn;
+}
+
+static enum MHD_Result
+challenge_request(void *cls, struct MHD_Connection *conn, const char *url,
+    const char *method, const char *version, const char *upload_data,
+    size_t *upload_data_size, void **con_cls)
+{
+	static const char	 notallowed[] = "method not allowed\n";
+	struct challenge_wait	*cw = *con_cls;
+	struct challenge_token	*ct;
+	const char		*token;
+
+	(void)cls;
+	(void)version;
+	(void)upload_data;
+	(void)upload_data_size;
+
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+		return challenge_reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+		    notallowed, sizeof(notallowed) - 1,
+		    MHD_RESPMEM_PERSISTENT);
+	}
+	if (strncmp(url, CHALLENGE_PREFIX, strlen(CHALLENGE_PREFIX)) != 0)
+		return challenge_not_found(conn);
+	token = url + strlen(CHALLENGE_PREFIX);
+	if (cw != NULL) {		/* back from a lookup */
+		if (cw->cw_keyauth == NULL)
+			return challenge_not_found(conn);
+		return challenge_serve(conn, token, cw->cw_keyauth,
+		    cw->cw_len);
+	}
+	if (!challenge_token_valid(token))
+		return challenge_not_found(conn);
+	if ((ct = challenge_table_find(token)) != NULL)
+		return challenge_serve(conn, token, ct->ct_keyauth,
+		    ct->ct_len);
+	if (challenge.lookup != NULL &&
+	    challenge_wait(conn, token, con_cls) == 0)
+		return MHD_YES;
+	return challenge_not_found(conn);
 }
 
 /*
@@ -452,9 +575,10 @@ challenge_start(struct event_base *base, const char *addr, int port,
 		goto out;
 	perip = challenge_is_loopback(&ss) ? 0 : CHALLENGE_PER_IP;
 
-	challenge.daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
-	    0, NULL, NULL, challenge_request, NULL,
+	challenge.daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+	    MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, challenge_request, NULL,
 	    MHD_OPTION_EXTERNAL_LOGGER, challenge_mhd_log, NULL,
+	    MHD_OPTION_NOTIFY_COMPLETED, challenge_completed, NULL,
 	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CHALLENGE_MAX_CONNS,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CHALLENGE_CONN_TIMEOUT,
@@ -488,6 +612,15 @@ out:
 void
 challenge_stop(void)
 {
+	struct challenge_wait	*cw;
+
+	/* libmicrohttpd refuses to stop with a connection suspended. */
+	LIST_FOREACH(cw, &challenge.waits, cw_entry) {
+		if (cw->cw_suspended) {
+			cw->cw_suspended = 0;
+			MHD_resume_connection(cw->cw_conn);
+		}
+	}
 	/* The loop owns the daemon once it drives it. */
 	if (challenge.loop.lm_daemon == NULL && challenge.daemon != NULL)
 		MHD_stop_daemon(challenge.daemon);

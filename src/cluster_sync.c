@@ -755,35 +755,41 @@ sync_remote_remove(struct sync_remote_token *rt)
 	free(rt);
 }
 
-static void
-sync_remote_got(const struct redisReply *r, void *arg)
+/* Whether r holds a key authorization for token; logged if not. */
+static int
+sync_remote_valid(const char *token, const struct redisReply *r)
 {
-	char				*token = arg, *akey;
-	struct sync_remote_token	*rt;
-
 	if (r == NULL || r->type != REDIS_REPLY_STRING) {
 		if (r != NULL && r->type != REDIS_REPLY_NIL)
 			log_warnx("cluster: %s:token:%s: ignored: not a "
 			    "string", cluster_keyname_prefix(), token);
-		free(token);
-		return;
+		return 0;
 	}
 	if (!cluster_rec_keyauth_ok(token, r->str, r->len)) {
 		log_warnx("cluster: %s:token:%s: ignored: not a key "
 		    "authorization for that token", cluster_keyname_prefix(),
 		    token);
-		free(token);
-		return;
+		return 0;
 	}
-	if (sync_remote_find(token) == NULL) {
+	return 1;
+}
+
+/* Another node's token: served here too, then acknowledged. */
+static void
+sync_remote_learn(const char *token, const char *keyauth)
+{
+	struct sync_remote_token	*rt;
+	char				*akey;
+
+	if ((rt = sync_remote_find(token)) == NULL) {
 		rt = xcalloc(1, sizeof(*rt));
 		rt->rt_token = xstrdup(token);
 		TAILQ_INSERT_TAIL(&sync.remote, rt, rt_entry);
-	} else
-		rt = sync_remote_find(token);
+		/* Once: challenge_remove() is called once per token. */
+		challenge_add(token, keyauth);
+		shm_token_add(token, keyauth);
+	}
 	rt->rt_expires = util_now() + CLUSTER_TOKEN_TTL;
-	challenge_add(token, r->str);
-	shm_token_add(token, r->str);
 	/* Acknowledge only what nginx can already answer. */
 	if (shm_publish() == 0) {
 		akey = cluster_keyname("ack", token);
@@ -791,7 +797,62 @@ sync_remote_got(const struct redisReply *r, void *arg)
 		    "SADD", akey, cluster_node(), NULL);
 		free(akey);
 	}
+}
+
+static void
+sync_remote_got(const struct redisReply *r, void *arg)
+{
+	char	*token = arg;
+
+	if (sync_remote_valid(token, r))
+		sync_remote_learn(token, r->str);
 	free(token);
+}
+
+/*
+ * The HTTP-01 responder asks for a token it does not have: the CA may
+ * come before the message that announces it.  cb always gets called,
+ * with NULL when Redis has no such token or did not answer.
+ */
+struct sync_lookup {
+	char			*sl_token;
+	challenge_found_cb	 sl_cb;
+	void			*sl_ctx;
+};
+
+static void
+sync_lookup_got(const struct redisReply *r, void *arg)
+{
+	struct sync_lookup	*sl = arg;
+
+	if (sync_remote_valid(sl->sl_token, r)) {
+		sync_remote_learn(sl->sl_token, r->str);
+		sl->sl_cb(r->str, r->len, sl->sl_ctx);
+	} else
+		sl->sl_cb(NULL, 0, sl->sl_ctx);
+	free(sl->sl_token);
+	free(sl);
+}
+
+static int
+sync_token_lookup(const char *token, challenge_found_cb cb, void *ctx)
+{
+	struct sync_lookup	*sl;
+	char			*key;
+
+	sl = xcalloc(1, sizeof(*sl));
+	sl->sl_token = xstrdup(token);
+	sl->sl_cb = cb;
+	sl->sl_ctx = ctx;
+	key = cluster_keyname("token", token);
+	if (cluster_command(sync_lookup_got, sl, "GET", key, NULL) == NULL) {
+		free(sl->sl_token);
+		free(sl);
+		free(key);
+		return -1;
+	}
+	free(key);
+	return 0;
 }
 
 static void
@@ -995,6 +1056,7 @@ cluster_sync_start(struct event_base *base, struct evdns_base *dns,
 	snprintf(sync.holder, sizeof(sync.holder), "%s#%02x%02x%02x%02x",
 	    conf->cl_node, r[0], r[1], r[2], r[3]);
 	cluster_start(base, dns, conf, &sync_link_hooks);
+	challenge_set_lookup(sync_token_lookup);
 }
 
 void
@@ -1002,6 +1064,7 @@ cluster_sync_stop(void)
 {
 	if (!cluster_enabled())
 		return;
+	challenge_set_lookup(NULL);
 	sync_remote_expire(1);
 	cluster_stop();
 }

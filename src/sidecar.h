@@ -658,6 +658,15 @@ void		 challenge_add(const char *token, const char *keyauth);
 void		 challenge_remove(const char *token);
 int		 challenge_token_valid(const char *);
 unsigned long	 challenge_served(void);
+/*
+ * A token the responder lacks may be looked up elsewhere (with a cluster,
+ * in Redis): lookup returns -1 if it cannot ask, else calls found once,
+ * with NULL when there is no such token.
+ */
+typedef void	(*challenge_found_cb)(const char *keyauth, size_t, void *);
+typedef int	(*challenge_lookup_fn)(const char *token, challenge_found_cb,
+		    void *);
+void		 challenge_set_lookup(challenge_lookup_fn);
 
 /* nonce.c: per-issuer pool of unused Replay-Nonce values. */
 #define NONCE_POOL_MAX		256

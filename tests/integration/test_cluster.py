@@ -17,7 +17,7 @@ from clusterlib import (PREFIX, Balancer, Redis, Replica, fingerprint,
                         issued_by_pebble, join, names_of, served_leaf,
                         stored_leaf, verify_leaf, write_secret)
 from conftest import openssl
-from nginxlib import MODULE
+from nginxlib import MODULE, http_get
 from test_control import api
 
 pytestmark = pytest.mark.skipif(
@@ -210,3 +210,30 @@ def test_api_changes_reach_every_node(tmp_path, pebble, redis, fleet):
         j["error"]["message"], j
     assert "api.example.test" not in (replicas[0].state /
                                       "certificates.conf").read_text()
+
+
+def challenge_port(replica):
+    conf = (replica.dir / "acme-sidecar.conf").read_text()
+    return int(re.search(r"challenge_listen 127\.0\.0\.1:(\d+);",
+                         conf).group(1))
+
+
+def test_responder_finds_tokens_in_redis(tmp_path, pebble, redis, fleet):
+    """The proxy_pass responder answers a token that is in Redis but was
+    never announced to this node; a bad value there is a 404, logged."""
+    (replica,), _ = fleet(1, 1)
+    port = challenge_port(replica)
+    token = "T" * 43
+    keyauth = token + ".thumbprintthumbprintthumbprintthumbprint12"
+    redis.cli("SET", "%s:token:%s" % (PREFIX, token), keyauth)
+    status, body = http_get(port, "/.well-known/acme-challenge/" + token)
+    assert (status, body) == (200, keyauth)
+
+    status, _ = http_get(port, "/.well-known/acme-challenge/" + "U" * 43)
+    assert status == 404
+    bad = "V" * 43
+    redis.cli("SET", "%s:token:%s" % (PREFIX, bad), "not-for-this-token")
+    status, _ = http_get(port, "/.well-known/acme-challenge/" + bad)
+    assert status == 404
+    replica.sidecar.wait_log(r"%s:token:%s: ignored: not a key "
+                             r"authorization" % (PREFIX, bad))
