@@ -266,7 +266,9 @@ order_cert_info(const struct cert *ce, struct order_info *oi)
 	}
 	if (ce->ce_state == ORDER_IDLE && ce->ce_have)
 		oi->oi_renew_at = ce->ce_renew_at;
-	if (ce->ce_state == ORDER_BACKOFF || ce->ce_state == ORDER_LEASE ||
+	/* In lease, a retry only while waiting, not while asking Redis. */
+	if (ce->ce_state == ORDER_BACKOFF || (ce->ce_state == ORDER_LEASE &&
+	    evtimer_pending(ce->ce_timer, NULL)) ||
 	    (ce->ce_state == ORDER_STORE && ce->ce_store_tries > 0) ||
 	    (ce->ce_state == ORDER_SHARE && ce->ce_share_tries > 0))
 		oi->oi_retry_at = ce->ce_timer_at;
