@@ -657,11 +657,60 @@ cluster_start(struct event_base *base, struct evdns_base *dns,
 	return 0;
 }
 
+static int	cluster_flushed;	/* static: may be set after we return */
+
+static void
+cluster_flush_done(const redisReply *r, void *arg)
+{
+	(void)r;
+	(void)arg;
+	cluster_flushed = 1;
+}
+
+static void
+cluster_flush_timeout(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	cluster_flushed = 1;
+}
+
+/*
+ * At exit: leave the members, then wait, at most CLUSTER_FLUSH_WAIT
+ * seconds, until Redis has answered everything sent before, so that
+ * the leases just released are free for the other nodes at once, and
+ * no ordering node waits for this one's acknowledgement.
+ */
+static void
+cluster_flush(void)
+{
+	struct timeval	 tv = { CLUSTER_FLUSH_WAIT, 0 };
+	struct event	*timer;
+	char		*key;
+
+	if (cl.state != LINK_UP)
+		return;
+	key = cluster_keyname("members", NULL);
+	cluster_command(NULL, NULL, "ZREM", key, cl.conf->cl_node, NULL);
+	free(key);
+	cluster_flushed = 0;
+	if (cluster_command(cluster_flush_done, NULL, "PING", NULL) == NULL)
+		return;
+	if ((timer = evtimer_new(cl.base, cluster_flush_timeout, NULL)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	evtimer_add(timer, &tv);
+	while (!cluster_flushed && cl.state == LINK_UP)
+		event_base_loop(cl.base, EVLOOP_ONCE);
+	event_free(timer);
+}
+
 void
 cluster_stop(void)
 {
 	if (cl.conf == NULL)
 		return;
+	cluster_flush();
 	if (cl.resolve != NULL)
 		evdns_getaddrinfo_cancel(cl.resolve);
 	cl.resolve = NULL;

@@ -329,6 +329,7 @@ int		 cluster_unseal(const unsigned char key[CLUSTER_KEY_LEN],
 #define CLUSTER_MEMBER_TTL	6	/* seconds a heartbeat counts */
 #define CLUSTER_MESSAGE_MAX	1024	/* bytes of a pub/sub message */
 #define CLUSTER_MAX_ARGS	16	/* cluster_command() */
+#define CLUSTER_FLUSH_WAIT	2	/* seconds at exit for the last replies */
 
 struct redisReply;
 struct cluster_cmd;

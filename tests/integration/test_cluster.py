@@ -237,3 +237,24 @@ def test_responder_finds_tokens_in_redis(tmp_path, pebble, redis, fleet):
     assert status == 404
     replica.sidecar.wait_log(r"%s:token:%s: ignored: not a key "
                              r"authorization" % (PREFIX, bad))
+
+
+def test_stop_hands_leases_over(tmp_path, pebble, redis, fleet):
+    """SIGTERM mid-order: the node leaves the members and gives its
+    leases back before it exits, and the other node finishes the work,
+    each certificate issued once."""
+    replicas, certs = fleet(2, 10)
+    deadline = time.monotonic() + 30
+    while replicas[0].status()["cluster"]["leases"] == 0:
+        assert time.monotonic() < deadline, replicas[0].sidecar.log()
+        time.sleep(0.05)
+    # As a pod goes: out of the load balancer first, then SIGTERM.
+    replicas[0].nginx.stop()
+    replicas[0].sidecar.stop()
+
+    held = [k for k in redis.keys("%s:lease:*" % PREFIX)
+            if redis.cli("GET", k).startswith("node0#")]
+    assert held == [], held
+    assert redis.cli("ZSCORE", "%s:members" % PREFIX, "node0").strip() == ""
+    wait_served(replicas[1:], certs, pebble, tmp_path)
+    assert len(issued_by_pebble(pebble)) == 10
