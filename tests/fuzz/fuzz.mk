@@ -19,7 +19,7 @@ FUZZ_CFLAGS	 = -g -O1 $(FUZZ_SAN) -std=gnu11 -Wall -Wextra \
 FUZZ_LDLIBS	 = $(shell pkg-config --libs $(PKGS)) -lm -pthread
 
 FUZZ		 = $(BUILD)/fuzz
-FUZZ_NAMES	 = conf control acme challenge shm
+FUZZ_NAMES	 = conf control acme challenge cluster shm
 FUZZ_BINS	 = $(FUZZ_NAMES:%=$(FUZZ)/fuzz_%)
 FUZZ_OBJS	 = $(filter-out $(FUZZ)/obj/main.o, \
 		   $(DAEMON_SRCS:src/%.c=$(FUZZ)/obj/%.o))
@@ -31,13 +31,16 @@ FUZZ_WITHOUT_challenge	 = $(FUZZ)/obj/challenge.o
 FUZZ_WITHOUT_acme	 = $(FUZZ)/obj/acme.o $(FUZZ)/obj/order.o
 # The configuration harness sees only files in its own folder.
 FUZZ_LDFLAGS_conf	 = -Wl,--wrap=open,--wrap=glob
+# The cluster harness gives the records its own sealing key and node name.
+FUZZ_LDFLAGS_cluster	 = -Wl,--wrap=cluster_key,--wrap=cluster_node
 
 $(FUZZ)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 
 $(FUZZ)/fuzz_conf $(FUZZ)/fuzz_control $(FUZZ)/fuzz_acme \
-$(FUZZ)/fuzz_challenge: $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c \
+$(FUZZ)/fuzz_challenge $(FUZZ)/fuzz_cluster: \
+    $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c \
     tests/fuzz/fuzz.h tests/fuzz/fuzz_mhd.h $(FUZZ_OBJS) $(wildcard src/*.c)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(FUZZ_LDFLAGS_$*) -o $@ \
