@@ -1182,6 +1182,32 @@ acme_fleet_stored(int rc, void *arg)
 		    "Redis did not take it");
 }
 
+static void
+acme_fleet_kept(int rc, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+
+	ai->ai_fleet_op = NULL;
+	if (rc == 1)
+		log_info("issuer \"%s\": Redis had lost the fleet's account; "
+		    "stored there again", ai->ai_name);
+}
+
+/*
+ * The link is back: a Redis that lost the fleet's account (a failover, a
+ * restart from an old AOF) gets it again, so that a node that starts now
+ * does not register another.  SET NX: one that is there stays.
+ */
+void
+acme_fleet_up(struct acme_issuer *ai)
+{
+	if (ai->ai_state != ISSUER_READY || !acme_fleet_shares_account(ai) ||
+	    ai->ai_fleet_op != NULL || ai->ai_key == NULL)
+		return;
+	ai->ai_fleet_op = cluster_account_put(ai->ai_name, ai->ai_conf->ci_uri,
+	    ai->ai_kid, ai->ai_key, acme_fleet_kept, ai);
+}
+
 /* The account is known; with a fleet being given one, store it first. */
 static void
 acme_account_ready(struct acme_issuer *ai)

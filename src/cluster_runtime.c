@@ -4,9 +4,10 @@
  * The hash PREFIX:runtime holds one field per certificate, its id, with
  * {"v":1, "issuer":NAME, "identifiers":[...], "key":TYPE} as the value:
  * what POST /v1/certificates was given, checked again by each node as
- * its own POST would be (main.c).  The field ".fleet", which no id can
- * be (store.c refuses a leading '.'), is always there: a hash without it
- * has never been written, and the first node uploads its own set.
+ * its own POST would be (main.c).  A deletion leaves {"v":1,
+ * "deleted":true}: a field that is missing is one Redis lost (a failover,
+ * an old AOF), and the nodes that have it put it back, while a deleted
+ * one is deleted everywhere.
  *
  * A change is sent after the local save.  Until Redis confirms it, it
  * stays queued and is sent again first thing after a reconnect, before
@@ -24,7 +25,6 @@
 
 #include "sidecar.h"
 
-#define RUNTIME_MARK		".fleet"
 #define RUNTIME_VERSION		1
 #define RUNTIME_VALUE_MAX	65536	/* bytes of one value */
 #define RUNTIME_IDENTS_MAX	100	/* names per certificate, as CAs allow */
@@ -32,7 +32,7 @@
 
 struct runtime_change {
 	char			*rc_id;
-	char			*rc_value;	/* NULL: deleted */
+	char			*rc_value;
 	unsigned int		 rc_gen;	/* which send is confirmed */
 	TAILQ_ENTRY(runtime_change) rc_entry;
 };
@@ -90,10 +90,8 @@ runtime_send(struct runtime_change *rc)
 	rs = xcalloc(1, sizeof(*rs));
 	rs->rs_id = xstrdup(rc->rc_id);
 	rs->rs_gen = rc->rc_gen;
-	if ((rc->rc_value != NULL ? cluster_command(runtime_confirmed, rs,
-	    "HSET", key, rc->rc_id, rc->rc_value, RUNTIME_MARK, "1", NULL) :
-	    cluster_command(runtime_confirmed, rs, "HDEL", key, rc->rc_id,
-	    NULL)) == NULL) {
+	if (cluster_command(runtime_confirmed, rs, "HSET", key, rc->rc_id,
+	    rc->rc_value, NULL) == NULL) {
 		/* Redis is away: queued, sent again once it is back. */
 		free(rs->rs_id);
 		free(rs);
@@ -152,7 +150,10 @@ cluster_runtime_put(const struct conf_cert *cc)
 void
 cluster_runtime_del(const char *id)
 {
-	runtime_queue_change(id, NULL);
+	char	*s;
+
+	xasprintf(&s, "{\"v\":%d,\"deleted\":true}", RUNTIME_VERSION);
+	runtime_queue_change(id, s);
 }
 
 /* After a reconnect: what Redis may have missed, before reading it. */
@@ -254,7 +255,11 @@ cluster_runtime_parse(const char *id, const char *text, size_t len,
 	if (!json_is_object(o) || json_integer_value(json_object_get(o,
 	    "v")) != RUNTIME_VERSION)
 		xasprintf(cause, "not a version %d certificate", RUNTIME_VERSION);
-	else if (runtime_string(json_object_get(o, "issuer"), RUNTIME_STRING_MAX,
+	else if (json_is_true(json_object_get(o, "deleted"))) {
+		cr->cr_id = xstrdup(id);
+		cr->cr_deleted = 1;
+		rc = 0;
+	} else if (runtime_string(json_object_get(o, "issuer"), RUNTIME_STRING_MAX,
 	    &issuer) == -1)
 		xasprintf(cause, "\"issuer\" is not a name");
 	else if (runtime_string(json_object_get(o, "key"), RUNTIME_STRING_MAX,
@@ -286,7 +291,6 @@ runtime_fetched(const struct redisReply *r, void *arg)
 	const struct redisReply	*f, *v;
 	char			*key, *cause = NULL;
 	size_t			 i, n = 0;
-	int			 marked = 0;
 
 	if (cluster_reply_failed(r, "reading the API's certificates") ||
 	    r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) {
@@ -301,10 +305,6 @@ runtime_fetched(const struct redisReply *r, void *arg)
 		if (f->type != REDIS_REPLY_STRING ||
 		    v->type != REDIS_REPLY_STRING)
 			continue;
-		if (strcmp(f->str, RUNTIME_MARK) == 0) {
-			marked = 1;
-			continue;
-		}
 		cr = &set[n];
 		if (cluster_runtime_parse(f->str, v->str, v->len, cr,
 		    &cause) == -1) {
@@ -316,10 +316,7 @@ runtime_fetched(const struct redisReply *r, void *arg)
 		}
 		n++;
 	}
-	rf->rf_cb(marked, set, n, rf->rf_arg);
-	if (!marked)	/* from now on, an empty set is a set */
-		cluster_command(NULL, NULL, "HSET", key, RUNTIME_MARK, "1",
-		    NULL);
+	rf->rf_cb(set, n, rf->rf_arg);
 	for (i = 0; i < n; i++)
 		cluster_runtime_clear(&set[i]);
 	free(set);
@@ -328,9 +325,8 @@ runtime_fetched(const struct redisReply *r, void *arg)
 }
 
 /*
- * cb(marked, set, n): the fleet's API certificates; marked is 0 when the
- * hash was never written.  No call when Redis does not answer: the next
- * reconnect reads it again.
+ * cb(set, n): the fleet's API certificates, deleted ones included.  No
+ * call when Redis does not answer: the next reconnect reads it again.
  */
 void
 cluster_runtime_fetch(cluster_runtime_cb cb, void *arg)

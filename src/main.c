@@ -396,28 +396,39 @@ main_cert_remove(const char *id, char **cause)
 }
 
 /*
- * The fleet's API certificates (PREFIX:runtime) against this node's:
- * Redis has the last word, except for a change of this node's that is
- * still on its way there.  A hash never written gets this node's set.
+ * The fleet's API certificates (PREFIX:runtime) against this node's.  A
+ * change of this node's still on its way to Redis is left alone.
  */
-static void
-main_fleet_runtime_drop(const struct cluster_runtime *set, size_t n)
+static const struct cluster_runtime *
+main_fleet_runtime_find(const struct cluster_runtime *set, size_t n,
+    const char *id)
 {
-	struct conf_cert	*cc, *next;
-	char			*cause = NULL;
-	size_t			 i;
+	size_t	 i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(set[i].cr_id, id) == 0)
+			return &set[i];
+	return NULL;
+}
+
+/* Deleted elsewhere: deleted here.  Missing from Redis: it lost it. */
+static void
+main_fleet_runtime_mine(const struct cluster_runtime *set, size_t n)
+{
+	const struct cluster_runtime	*cr;
+	struct conf_cert		*cc, *next;
+	char				*cause = NULL;
 
 	for (cc = TAILQ_FIRST(&main_conf->c_certs); cc != NULL; cc = next) {
 		next = TAILQ_NEXT(cc, cc_entry);
 		if (!cc->cc_runtime || cluster_runtime_pending(cc->cc_id))
 			continue;
-		for (i = 0; i < n; i++)
-			if (strcmp(set[i].cr_id, cc->cc_id) == 0)
-				break;
-		if (i < n)
-			continue;
-		if (main_runtime_remove(cc->cc_id, "on another node",
-		    &cause) != CONTROL_OK) {
+		if ((cr = main_fleet_runtime_find(set, n, cc->cc_id)) == NULL) {
+			log_info("cluster: certificate \"%s\": Redis had lost "
+			    "it; stored there again", cc->cc_id);
+			cluster_runtime_put(cc);
+		} else if (cr->cr_deleted && main_runtime_remove(cc->cc_id,
+		    "on another node", &cause) != CONTROL_OK) {
 			log_warnx("cluster: %s", cause);
 			free(cause);
 			cause = NULL;
@@ -431,7 +442,7 @@ main_fleet_runtime_add(const struct cluster_runtime *cr)
 	struct conf_cert	*cc;
 	char			*cause = NULL;
 
-	if (main_find_cert(cr->cr_id) != NULL ||
+	if (cr->cr_deleted || main_find_cert(cr->cr_id) != NULL ||
 	    cluster_runtime_pending(cr->cr_id))
 		return;
 	if (main_runtime_add(cr->cr_issuer, cr->cr_idents, cr->cr_nidents,
@@ -450,20 +461,12 @@ main_fleet_runtime_add(const struct cluster_runtime *cr)
 }
 
 static void
-main_fleet_runtime(int marked, const struct cluster_runtime *set, size_t n,
-    void *arg)
+main_fleet_runtime(const struct cluster_runtime *set, size_t n, void *arg)
 {
-	struct conf_cert	*cc;
-	size_t			 i;
+	size_t	 i;
 
 	(void)arg;
-	if (!marked) {
-		TAILQ_FOREACH(cc, &main_conf->c_certs, cc_entry)
-			if (cc->cc_runtime)
-				cluster_runtime_put(cc);
-		return;
-	}
-	main_fleet_runtime_drop(set, n);
+	main_fleet_runtime_mine(set, n);
 	for (i = 0; i < n; i++)
 		main_fleet_runtime_add(&set[i]);
 }

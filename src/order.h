@@ -65,6 +65,9 @@ struct cert {
 	int			 ce_share_tries;
 	int			 ce_lease_tries;
 	struct writer_job	*ce_cache_job;
+	/* Putting back what Redis lost (order_restore()). */
+	struct cluster_lease	*ce_restore_lease;
+	struct cluster_op	*ce_restore_op;
 
 	/* A revocation asked through the control API (order_revoke()). */
 	struct acme_req		*ce_revoke_req;

@@ -34,6 +34,7 @@
 static void	 order_lease_granted(struct cert *);
 static void	 order_adopt(struct cert *, const struct cluster_rec *);
 static void	 order_cluster_fetch(struct cert *);
+static void	 order_restore_end(struct cert *);
 
 /* Wait in LEASE, without a lease, and try again after delay. */
 static void
@@ -109,6 +110,7 @@ void
 order_lease(struct cert *ce)
 {
 	evtimer_del(ce->ce_timer);
+	order_restore_end(ce);	/* an order's lease comes first */
 	order_set_state(ce, ORDER_LEASE);
 	if (cluster_lease_held(ce->ce_lease)) {
 		order_lease_granted(ce);
@@ -356,6 +358,86 @@ order_cached(int rc, const char *cause, void *arg)
 		    acme_issuer_state_path(ce->ce_issuer), cause);
 }
 
+/*
+ * Redis lacks the certificate this node serves, or holds an older one:
+ * it lost a write (a failover, a restart from an old AOF).  This node's
+ * goes back, under a lease and fenced like any write, so that the fleet
+ * sees it again and a newer holder's write is never undone.
+ */
+static void
+order_restore_end(struct cert *ce)
+{
+	cluster_op_cancel(ce->ce_restore_op);
+	ce->ce_restore_op = NULL;
+	cluster_lease_release(ce->ce_restore_lease);
+	ce->ce_restore_lease = NULL;
+}
+
+static void
+order_restored(int rc, void *arg)
+{
+	struct cert	*ce = arg;
+
+	ce->ce_restore_op = NULL;
+	if (rc == 1)
+		log_info("certificate \"%s\": Redis had lost it; stored "
+		    "there again", ce->ce_id);
+	order_restore_end(ce);
+}
+
+static void
+order_restore_leased(enum cluster_lease_event ev, void *arg)
+{
+	struct cert		*ce = arg;
+	struct cluster_rec	 rec;
+	struct cert_meta	 meta;
+	EVP_PKEY		*key = NULL;
+	char			*chain = NULL, *cause = NULL;
+
+	if (ev != LEASE_GRANTED) {	/* busy: another node puts it back */
+		order_restore_end(ce);
+		return;
+	}
+	memset(&meta, 0, sizeof(meta));
+	if (store_load_cert(acme_issuer_state_path(ce->ce_issuer), ce->ce_id,
+	    &chain, &key, &meta, &cause) != 0) {
+		log_warnx("certificate \"%s\": cannot put it back in Redis: "
+		    "%s", ce->ce_id, cause != NULL ? cause : "not stored");
+		free(cause);
+		order_restore_end(ce);
+		return;
+	}
+	memset(&rec, 0, sizeof(rec));
+	rec.cr_id = ce->ce_id;
+	rec.cr_issuer = (char *)acme_issuer_name(ce->ce_issuer);
+	rec.cr_idents = ce->ce_idents;
+	rec.cr_nidents = ce->ce_nidents;
+	rec.cr_key_type = ce->ce_key;
+	rec.cr_chain = chain;
+	rec.cr_key = key;
+	rec.cr_not_before = ce->ce_not_before;
+	rec.cr_not_after = ce->ce_not_after;
+	rec.cr_renew_at = ce->ce_renew_at;
+	rec.cr_fence = cluster_lease_fence(ce->ce_restore_lease);
+	ce->ce_restore_op = cluster_put_cert(ce->ce_restore_lease, &rec,
+	    order_restored, ce);
+	if (ce->ce_restore_op == NULL)
+		order_restore_end(ce);
+	EVP_PKEY_free(key);
+	free(chain);
+	store_meta_clear(&meta);
+}
+
+static void
+order_restore(struct cert *ce)
+{
+	if (ce->ce_state != ORDER_IDLE || !ce->ce_have ||
+	    ce->ce_restore_lease != NULL || ce->ce_not_after <= util_now())
+		return;
+	ce->ce_restore_lease = cluster_lease_take(ce->ce_id,
+	    order_restore_leased, ce);
+}
+
 /* Serve rec, keep a copy in state_path, and renew when rec says. */
 static void
 order_adopt(struct cert *ce, const struct cluster_rec *rec)
@@ -367,6 +449,11 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 	if (ce->ce_have && ce->ce_not_before == rec->cr_not_before &&
 	    ce->ce_not_after == rec->cr_not_after)
 		return;
+	/* Never back to an older one: Redis lost the newer. */
+	if (ce->ce_have && rec->cr_not_before < ce->ce_not_before) {
+		order_restore(ce);
+		return;
+	}
 	order_log_time(until, sizeof(until), rec->cr_not_after);
 	log_info("certificate \"%s\": node \"%s\" stored one valid until %s; "
 	    "serving it", ce->ce_id, rec->cr_node, until);
@@ -408,10 +495,20 @@ order_synced_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
 
 	(void)order;
 	ce->ce_sync_op = NULL;
-	if (rc == 0 && cert != NULL && strcmp(cert->cr_issuer,
+	if (rc != 0)
+		return;
+	if (cert != NULL && strcmp(cert->cr_issuer,
 	    acme_issuer_name(ce->ce_issuer)) == 0 && order_idents_match(ce,
 	    cert->cr_idents, cert->cr_nidents, cert->cr_key_type))
 		order_adopt(ce, cert);
+	else if (cert == NULL)
+		order_restore(ce);
+	/* Still waiting for a lease (Redis was away, or it was busy): now. */
+	if (ce->ce_state == ORDER_LEASE && ce->ce_lease == NULL &&
+	    ce->ce_op == NULL) {
+		ce->ce_lease_tries = 0;
+		order_lease(ce);
+	}
 }
 
 static void
@@ -423,18 +520,13 @@ order_cluster_fetch(struct cert *ce)
 }
 
 /*
- * Catch up with Redis: take the certificate another node stored, and try
- * the lease at once if waiting for Redis to come back.
+ * Catch up with Redis (a reconnect, or another node's "cert" message):
+ * read what it holds first, and take the certificate another node stored,
+ * before asking again for a lease that node may still hold.
  */
 void
 order_cluster_sync(struct cert *ce)
 {
-	if (ce->ce_state == ORDER_LEASE && ce->ce_lease == NULL &&
-	    ce->ce_op == NULL) {
-		ce->ce_lease_tries = 0;
-		order_lease(ce);
-		return;
-	}
 	order_cluster_fetch(ce);
 }
 
@@ -464,6 +556,7 @@ order_cluster_done(struct cert *ce)
 void
 order_cluster_free(struct cert *ce)
 {
+	order_restore_end(ce);
 	order_cluster_done(ce);
 	cluster_op_cancel(ce->ce_sync_op);
 	ce->ce_sync_op = NULL;

@@ -245,6 +245,8 @@ sched_cluster_up(void)
 {
 	size_t	 i;
 
+	for (i = 0; i < sched_nissuers; i++)
+		acme_fleet_up(sched_issuers[i]);
 	for (i = 0; i < sched_ncerts; i++)
 		order_cluster_sync(sched_certs[i]);
 }

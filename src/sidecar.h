@@ -445,9 +445,10 @@ struct cluster_runtime {
 	char		**cr_idents;
 	size_t		 cr_nidents;
 	char		*cr_key;		/* key type, as in key= */
+	int		 cr_deleted;		/* only cr_id is set */
 };
-typedef void	(*cluster_runtime_cb)(int marked,
-		    const struct cluster_runtime *, size_t, void *);
+typedef void	(*cluster_runtime_cb)(const struct cluster_runtime *,
+		    size_t, void *);
 void		 cluster_runtime_put(const struct conf_cert *);
 void		 cluster_runtime_del(const char *id);
 void		 cluster_runtime_resend(void);
@@ -726,6 +727,7 @@ const char	*acme_issuer_thumbprint(const struct acme_issuer *);
 const char	*acme_issuer_state_path(const struct acme_issuer *);
 const char	*acme_issuer_preferred_chain(const struct acme_issuer *);
 const char	*acme_issuer_revoke_url(const struct acme_issuer *);	/* or NULL */
+void		 acme_fleet_up(struct acme_issuer *);
 int		 acme_issuer_same_conf(const struct acme_issuer *,
 		    const struct conf_issuer *);
 void		 acme_issuer_update_conf(struct acme_issuer *,

@@ -52,6 +52,7 @@ enum {
 	FUZZ_ACCOUNT,
 	FUZZ_KEYAUTH,
 	FUZZ_UNSEAL,
+	FUZZ_RUNTIME,		/* a field of PREFIX:runtime */
 	FUZZ_KINDS
 };
 
@@ -255,6 +256,32 @@ fuzz_unseal(const uint8_t *data, size_t size)
 	free(sealed);
 }
 
+/* A field of PREFIX:runtime: whole, or refused with a cause. */
+static void
+fuzz_runtime(const uint8_t *data, size_t size)
+{
+	struct cluster_runtime	 cr;
+	char			*cause = NULL;
+	size_t			 i;
+
+	if (cluster_runtime_parse("c0.example.test", (const char *)data, size,
+	    &cr, &cause) == -1) {
+		FUZZ_ASSERT(cause != NULL && cr.cr_id == NULL &&
+		    cr.cr_idents == NULL);
+		free(cause);
+		return;
+	}
+	FUZZ_ASSERT(cause == NULL && strcmp(cr.cr_id, "c0.example.test") == 0);
+	if (!cr.cr_deleted) {
+		FUZZ_ASSERT(cr.cr_issuer != NULL && *cr.cr_issuer != '\0');
+		FUZZ_ASSERT(cr.cr_key != NULL && *cr.cr_key != '\0');
+		FUZZ_ASSERT(cr.cr_nidents >= 1 && cr.cr_nidents <= 100);
+		for (i = 0; i < cr.cr_nidents; i++)
+			FUZZ_ASSERT(*cr.cr_idents[i] != '\0');
+	}
+	cluster_runtime_clear(&cr);
+}
+
 /* The seeds. */
 
 static void
@@ -446,6 +473,14 @@ fuzz_seeds(const char *dir)
 	fuzz_seed_str(dir, "seal-empty", FUZZ_UNSEAL, s);
 	free(s);
 
+	fuzz_seed_str(dir, "runtime", FUZZ_RUNTIME, "{\"v\":1,\"issuer\":"
+	    "\"pebble\",\"identifiers\":[\"a.example.test\",\"b.example."
+	    "test\"],\"key\":\"ecdsa:256\"}");
+	fuzz_seed_str(dir, "runtime-deleted", FUZZ_RUNTIME,
+	    "{\"v\":1,\"deleted\":true}");
+	fuzz_seed_str(dir, "runtime-foreign", FUZZ_RUNTIME,
+	    "{\"v\":1,\"issuer\":7,\"identifiers\":\"a\"}");
+
 	fuzz_seed_rec_free(&ec);
 	fuzz_seed_rec_free(&rsa);
 }
@@ -485,6 +520,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	case FUZZ_UNSEAL:
 		fuzz_unseal(data + 1, size - 1);
+		break;
+	case FUZZ_RUNTIME:
+		fuzz_runtime(data + 1, size - 1);
 		break;
 	}
 	return 0;

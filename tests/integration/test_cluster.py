@@ -258,3 +258,29 @@ def test_stop_hands_leases_over(tmp_path, pebble, redis, fleet):
     assert redis.cli("ZSCORE", "%s:members" % PREFIX, "node0").strip() == ""
     wait_served(replicas[1:], certs, pebble, tmp_path)
     assert len(issued_by_pebble(pebble)) == 10
+
+
+def test_lost_writes_are_put_back(tmp_path, pebble, redis, fleet):
+    """A Redis that loses its data (FLUSHALL here; a failover or an old
+    AOF in real life) gets the account and the certificates back from
+    the nodes when they reconnect, and nothing is ordered again."""
+    replicas, certs = fleet(2, 3)
+    wait_served(replicas, certs, pebble, tmp_path)
+    keys = ["%s:cert:%s" % (PREFIX, n[0]) for n in certs] + \
+        ["%s:account:pebble" % PREFIX]
+    before = {k: redis.cli("GET", k) for k in keys}
+    redis.cli("FLUSHALL")
+    redis.cli("CLIENT", "KILL", "TYPE", "normal")
+    redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+    deadline = time.monotonic() + 30
+    while redis.cli("EXISTS", *keys).strip() != str(len(keys)):
+        assert time.monotonic() < deadline, replicas[0].sidecar.log()
+        time.sleep(0.2)
+    # The same certificates and account, sealed again.
+    for k in keys:
+        assert json.loads(redis.cli("GET", k))["v"] == \
+            json.loads(before[k])["v"]
+    for r in replicas:
+        assert served_leaf(r, certs[0][0]) is not None
+    assert len(issued_by_pebble(pebble)) == 3
+    assert validation_failures(replicas) == []
