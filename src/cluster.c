@@ -26,6 +26,7 @@
 #include <arpa/inet.h>
 
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,7 @@
 
 enum cluster_link_state {
 	LINK_DOWN,		/* waiting to reconnect */
+	LINK_SENTINEL,		/* asking a sentinel where the master is */
 	LINK_RESOLVING,		/* evdns */
 	LINK_CONNECTING,	/* AUTH, SELECT, SUBSCRIBE sent */
 	LINK_UP,
@@ -49,7 +51,7 @@ enum cluster_link_state {
 };
 
 static const char *cluster_link_names[LINK_STATE_MAX] = {
-	"down", "resolving", "connecting", "up"
+	"down", "sentinel", "resolving", "connecting", "up"
 };
 
 /* One command in flight on the command connection. */
@@ -72,6 +74,10 @@ static struct {
 	enum cluster_link_state	 state;
 	redisAsyncContext	*cmd;
 	redisAsyncContext	*sub;
+	redisAsyncContext	*sentinel;	/* while asking one */
+	int			 next_sentinel;	/* which one to ask */
+	char			*host;		/* resolving or connected to */
+	int			 port;
 	int			 cmd_ready;	/* AUTH/SELECT answered */
 	int			 sub_ready;	/* SUBSCRIBE answered */
 	struct evdns_getaddrinfo_request *resolve;
@@ -95,6 +101,7 @@ static struct {
 } cl;
 
 static void	 cluster_connect(void);
+static void	 cluster_sentinel_dial(void);
 static void	 cluster_drop(const char *, ...) PRINTFLIKE(1, 2);
 
 static void
@@ -181,6 +188,10 @@ cluster_cmd_done(redisAsyncContext *ac, void *reply, void *arg)
 	if (cc->cc_cb != NULL)
 		cc->cc_cb(r, cc->cc_arg);
 	free(cc);
+	/* A master that became a replica: ask the sentinels again. */
+	if (r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    strncmp(r->str, "READONLY", 8) == 0 && ac->data != NULL)
+		cluster_drop("%s:%d is a replica now", cl.host, cl.port);
 }
 
 /*
@@ -329,6 +340,7 @@ cluster_drop(const char *fmt, ...)
 	cl.cmd_ready = cl.sub_ready = 0;
 	cluster_link_free(&cl.cmd);
 	cluster_link_free(&cl.sub);
+	cluster_link_free(&cl.sentinel);
 	cluster_members_clear();
 	if (was_up && cl.hooks != NULL && cl.hooks->ch_down != NULL)
 		cl.hooks->ch_down();
@@ -346,6 +358,8 @@ cluster_disconnected(const redisAsyncContext *ac, int status)
 		cl.cmd = NULL;
 	else if (ac == cl.sub)
 		cl.sub = NULL;
+	else if (ac == cl.sentinel)
+		cl.sentinel = NULL;
 	cluster_drop("connection closed%s%s", ac->errstr[0] != '\0' ? ": " :
 	    "", ac->errstr);
 }
@@ -359,6 +373,13 @@ cluster_connected(const redisAsyncContext *ac, int status)
 		cl.cmd = NULL;
 	else if (ac == cl.sub)
 		cl.sub = NULL;
+	else if (ac == cl.sentinel) {
+		cl.sentinel = NULL;
+		cl.next_sentinel++;
+		cluster_drop("cannot connect to sentinel %s:%d: %s", cl.host,
+		    cl.port, ac->errstr);
+		return;
+	}
 	cluster_drop("cannot connect: %s", ac->errstr);
 }
 
@@ -396,10 +417,31 @@ cluster_setup_done(redisAsyncContext *ac, void *reply, void *arg)
 		return;
 	}
 	if (strcmp(what, "SELECT") == 0) {
-		if (ac == cl.cmd)
+		if (ac == cl.cmd && cl.conf->cl_master == NULL)
 			cl.cmd_ready = 1;
 		cluster_maybe_up();
 	}
+}
+
+/* Through a sentinel: only a master will do (its answer may be stale). */
+static void
+cluster_role_done(redisAsyncContext *ac, void *reply, void *arg)
+{
+	const redisReply	*r = reply;
+
+	(void)arg;
+	if (r == NULL || ac->data == NULL)
+		return;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    strcmp(r->element[0]->str, "master") != 0) {
+		cl.next_sentinel++;
+		cluster_drop("%s:%d, given by the sentinel, is not the master",
+		    cl.host, cl.port);
+		return;
+	}
+	cl.cmd_ready = 1;
+	cluster_maybe_up();
 }
 
 static void
@@ -464,7 +506,7 @@ cluster_dial(void)
 	if (cl.conf->cl_unix != NULL)
 		ac = redisAsyncConnectUnix(cl.conf->cl_unix);
 	else
-		ac = redisAsyncConnect(cl.addr, cl.conf->cl_port);
+		ac = redisAsyncConnect(cl.addr, cl.port);
 	if (ac == NULL)
 		fatalx("%s: out of memory", __func__);
 	if (ac->err) {
@@ -496,6 +538,8 @@ cluster_open(void)
 	}
 	redisAsyncCommand(cl.sub, cluster_message, NULL, "SUBSCRIBE %s",
 	    cl.channel);
+	if (cl.conf->cl_master != NULL)
+		redisAsyncCommand(cl.cmd, cluster_role_done, NULL, "ROLE");
 }
 
 static void
@@ -506,7 +550,9 @@ cluster_resolved(int err, struct evutil_addrinfo *ai, void *arg)
 	if (err == EVUTIL_EAI_CANCEL)
 		return;
 	if (err != 0 || ai == NULL) {
-		cluster_drop("cannot resolve %s: %s", cl.conf->cl_host,
+		if (cl.state == LINK_SENTINEL)
+			cl.next_sentinel++;
+		cluster_drop("cannot resolve %s: %s", cl.host,
 		    evutil_gai_strerror(err));
 		return;
 	}
@@ -517,25 +563,106 @@ cluster_resolved(int err, struct evutil_addrinfo *ai, void *arg)
 		evutil_inet_ntop(AF_INET, &((struct sockaddr_in *)
 		    (void *)ai->ai_addr)->sin_addr, cl.addr, sizeof(cl.addr));
 	evutil_freeaddrinfo(ai);
-	cluster_open();
+	if (cl.state == LINK_SENTINEL)
+		cluster_sentinel_dial();
+	else
+		cluster_open();
+}
+
+static void
+cluster_resolve(const char *host, int port)
+{
+	struct evutil_addrinfo	 hints;
+
+	free(cl.host);
+	cl.host = xstrdup(host);
+	cl.port = port;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	cl.resolve = evdns_getaddrinfo(cl.dns, cl.host, NULL, &hints,
+	    cluster_resolved, NULL);
+}
+
+/*
+ * Redis Sentinel: ask one sentinel where the master is, then connect to
+ * it as to any Redis.  A sentinel that fails is passed over for the next
+ * at the next attempt; so is one whose answer was not a master.
+ */
+static void
+cluster_sentinel_answer(redisAsyncContext *ac, void *reply, void *arg)
+{
+	const redisReply	*r = reply;
+	long long		 port;
+	char			*host;
+
+	(void)arg;
+	if (r == NULL || ac->data == NULL)
+		return;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_STRING ||
+	    conf_number(r->element[1]->str, 1, 65535, &port) == -1 ||
+	    r->element[0]->len == 0 || r->element[0]->len > NI_MAXHOST) {
+		cl.next_sentinel++;
+		cluster_drop("sentinel %s:%d knows no master \"%s\"", cl.host,
+		    cl.port, cl.conf->cl_master);
+		return;
+	}
+	host = xstrdup(r->element[0]->str);
+	log_debug("cluster: sentinel %s:%d: master \"%s\" is %s:%lld",
+	    cl.host, cl.port, cl.conf->cl_master, host, port);
+	cluster_link_free(&cl.sentinel);
+	cluster_set_state(LINK_RESOLVING);
+	cluster_resolve(host, (int)port);
+	free(host);
+}
+
+static void
+cluster_sentinel_dial(void)
+{
+	redisAsyncContext	*ac;
+
+	ac = redisAsyncConnect(cl.addr, cl.port);
+	if (ac == NULL)
+		fatalx("%s: out of memory", __func__);
+	if (ac->err) {
+		cl.next_sentinel++;
+		cluster_drop("cannot connect to sentinel %s:%d: %s", cl.host,
+		    cl.port, ac->errstr);
+		redisAsyncFree(ac);
+		return;
+	}
+	ac->data = &cl;
+	if (redisLibeventAttach(ac, cl.base) != REDIS_OK)
+		fatalx("%s: redisLibeventAttach", __func__);
+	redisAsyncSetConnectCallback(ac, cluster_connected);
+	redisAsyncSetDisconnectCallback(ac, cluster_disconnected);
+	cl.sentinel = ac;
+	redisAsyncCommand(ac, cluster_sentinel_answer, NULL,
+	    "SENTINEL get-master-addr-by-name %s", cl.conf->cl_master);
 }
 
 static void
 cluster_connect(void)
 {
-	struct evutil_addrinfo	 hints;
+	const struct conf_cluster	*conf = cl.conf;
+	int				 i;
 
 	cl.connect_started = cluster_monotonic();
-	if (cl.conf->cl_unix != NULL) {
+	if (conf->cl_unix != NULL) {
 		cluster_open();
 		return;
 	}
+	if (conf->cl_master != NULL) {
+		cluster_set_state(LINK_SENTINEL);
+		i = cl.next_sentinel % conf->cl_nsentinels;
+		cluster_resolve(conf->cl_sentinel_hosts[i],
+		    conf->cl_sentinel_ports[i]);
+		return;
+	}
 	cluster_set_state(LINK_RESOLVING);
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	cl.resolve = evdns_getaddrinfo(cl.dns, cl.conf->cl_host, NULL, &hints,
-	    cluster_resolved, NULL);
+	cluster_resolve(conf->cl_host, conf->cl_port);
 }
 
 static void
@@ -613,11 +740,16 @@ cluster_tick(int fd, short ev, void *arg)
 	(void)fd;
 	(void)ev;
 	(void)arg;
-	if (cl.state == LINK_CONNECTING || cl.state == LINK_RESOLVING) {
+	if (cl.state == LINK_CONNECTING || cl.state == LINK_RESOLVING ||
+	    cl.state == LINK_SENTINEL) {
 		if (cluster_monotonic() - cl.connect_started >
-		    CLUSTER_CMD_TIMEOUT)
-			cluster_drop("no answer within %ds",
+		    CLUSTER_CMD_TIMEOUT) {
+			if (cl.state == LINK_SENTINEL)
+				cl.next_sentinel++;
+			cluster_drop("no answer from %s:%d within %ds",
+			    cl.host != NULL ? cl.host : "?", cl.port,
 			    CLUSTER_CMD_TIMEOUT);
+		}
 		return;
 	}
 	if ((cc = TAILQ_FIRST(&cl.inflight)) != NULL &&
@@ -720,6 +852,8 @@ cluster_stop(void)
 	cluster_members_clear();
 	event_free(cl.retry_ev);
 	event_free(cl.tick_ev);
+	cluster_link_free(&cl.sentinel);
+	free(cl.host);
 	free(cl.channel);
 	free(cl.last_error);
 	memset(&cl, 0, sizeof(cl));

@@ -2,6 +2,7 @@
  * The "cluster" directive: several replicas sharing one state in Redis.
  *
  *   cluster redis://HOST:PORT[/DB] | unix:/PATH[?db=DB]
+ *           | sentinel://HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]
  *           [password_file=FILE] [prefix=NAME] [secret_file=FILE]
  *           [node=NAME];
  *
@@ -25,15 +26,21 @@
 
 #define CONF_CLUSTER_PREFIX	"acme-sidecar"
 #define CONF_CLUSTER_PORT	6379
+#define CONF_CLUSTER_SENTINEL_PORT 26379
 
 void
 conf_cluster_free(struct conf_cluster *cl)
 {
+	int	 i;
+
 	if (cl == NULL)
 		return;
 	free(cl->cl_url);
 	free(cl->cl_host);
 	free(cl->cl_unix);
+	free(cl->cl_master);
+	for (i = 0; i < cl->cl_nsentinels; i++)
+		free(cl->cl_sentinel_hosts[i]);
 	free(cl->cl_user);
 	if (cl->cl_password != NULL) {
 		explicit_bzero(cl->cl_password, strlen(cl->cl_password));
@@ -68,65 +75,127 @@ conf_cluster_port(const char *s, int *port)
 	return 0;
 }
 
-/* redis://HOST[:PORT][/DB]; HOST may be [IPv6]. */
+/* HOST[:PORT], HOST may be [IPv6]: of url, for the errors. */
+static int
+conf_cluster_hostport(struct conf_parse *p, const char *url,
+    const char *hostport, char **host, int *port)
+{
+	const char	*end, *colon;
+
+	if (strchr(hostport, '@') != NULL)
+		return conf_error(p, "\"%s\" of the \"cluster\" directive: give "
+		    "the password in password_file=, not in the URL", url);
+	if (hostport[0] == '[') {
+		if ((end = strchr(hostport, ']')) == NULL ||
+		    (end[1] != ':' && end[1] != '\0'))
+			goto badhost;
+		*host = xstrndup(hostport + 1, (size_t)(end - hostport - 1));
+		colon = end[1] == ':' ? end + 1 : NULL;
+	} else {
+		colon = strchr(hostport, ':');
+		*host = colon != NULL ? xstrndup(hostport,
+		    (size_t)(colon - hostport)) : xstrdup(hostport);
+	}
+	if ((*host)[0] == '\0' || strspn(*host, "abcdefghijklmnopqrstuvwxyz"
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:") != strlen(*host))
+		goto badhost;
+	if (colon != NULL && conf_cluster_port(colon + 1, port) == -1)
+		return conf_error(p, "invalid port in \"%s\" of the \"cluster\" "
+		    "directive", url);
+	return 0;
+badhost:
+	return conf_error(p, "invalid host in \"%s\" of the \"cluster\" "
+	    "directive", url);
+}
+
+/* /DB at the end of url, if any: cut off from s (which is a copy). */
+static int
+conf_cluster_db(struct conf_parse *p, struct conf_cluster *cl,
+    const char *url, char *s)
+{
+	char		*slash;
+	long long	 v;
+
+	if ((slash = strrchr(s, '/')) == NULL)
+		return 0;
+	if (conf_number(slash + 1, 0, CLUSTER_DB_MAX, &v) == -1)
+		return conf_error(p, "invalid database in \"%s\" of the "
+		    "\"cluster\" directive (0 to %d)", url, CLUSTER_DB_MAX);
+	cl->cl_db = (int)v;
+	*slash = '\0';
+	return 0;
+}
+
+/* redis://HOST[:PORT][/DB] */
 static int
 conf_cluster_tcp(struct conf_parse *p, struct conf_cluster *cl,
     const char *url)
 {
-	const char	*s = url + strlen("redis://"), *end, *db;
-	char		*hostport = NULL, *colon;
-	long long	 v;
-	int		 rc = -1;
+	char	*s = xstrdup(url + strlen("redis://"));
+	int	 rc;
 
 	cl->cl_port = CONF_CLUSTER_PORT;
-	if ((db = strchr(s, '/')) != NULL) {
-		if (conf_number(db + 1, 0, CLUSTER_DB_MAX, &v) == -1) {
-			conf_error(p, "invalid database in \"%s\" of the "
-			    "\"cluster\" directive (0 to %d)", url,
-			    CLUSTER_DB_MAX);
-			goto out;
-		}
-		cl->cl_db = (int)v;
-		hostport = xstrndup(s, (size_t)(db - s));
-	} else
-		hostport = xstrdup(s);
-	if (strchr(hostport, '@') != NULL) {
-		conf_error(p, "\"%s\" of the \"cluster\" directive: give the "
-		    "password in password_file=, not in the URL", url);
+	rc = conf_cluster_db(p, cl, url, s);
+	if (rc == 0)
+		rc = conf_cluster_hostport(p, url, s, &cl->cl_host,
+		    &cl->cl_port);
+	free(s);
+	return rc;
+}
+
+/*
+ * sentinel://HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]: Redis Sentinel
+ * tells where the master named MASTER is (cluster.c asks at each connect).
+ */
+static int
+conf_cluster_sentinel(struct conf_parse *p, struct conf_cluster *cl,
+    const char *url)
+{
+	char	*s = xstrdup(url + strlen("sentinel://")), *master, *list;
+	char	*one, *last = NULL;
+	int	 rc = -1;
+
+	if ((master = strchr(s, '/')) == NULL) {
+		conf_error(p, "\"%s\" of the \"cluster\" directive names no "
+		    "master: sentinel://HOST[:PORT][,...]/MASTER[/DB]", url);
 		goto out;
 	}
-	if (hostport[0] == '[') {
-		if ((end = strchr(hostport, ']')) == NULL)
-			goto badhost;
-		cl->cl_host = xstrndup(hostport + 1, (size_t)(end - hostport - 1));
-		if (end[1] == ':' && conf_cluster_port(end + 2, &cl->cl_port) ==
-		    -1)
-			goto badport;
-		if (end[1] != ':' && end[1] != '\0')
-			goto badhost;
-	} else {
-		if ((colon = strchr(hostport, ':')) != NULL) {
-			*colon = '\0';
-			if (conf_cluster_port(colon + 1, &cl->cl_port) == -1)
-				goto badport;
-		}
-		cl->cl_host = xstrdup(hostport);
+	*master++ = '\0';
+	list = s;
+	if (strchr(master, '/') != NULL &&
+	    conf_cluster_db(p, cl, url, master) == -1)
+		goto out;
+	if (!conf_cluster_name_ok(master)) {
+		conf_error(p, "invalid master name in \"%s\" of the \"cluster\" "
+		    "directive", url);
+		goto out;
 	}
-	if (cl->cl_host[0] == '\0' || strspn(cl->cl_host,
-	    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
-	    != strlen(cl->cl_host))
-		goto badhost;
+	cl->cl_master = xstrdup(master);
+	for (one = strtok_r(list, ",", &last); one != NULL;
+	    one = strtok_r(NULL, ",", &last)) {
+		if (cl->cl_nsentinels == CLUSTER_SENTINELS_MAX) {
+			conf_error(p, "more than %d sentinels in \"%s\" of the "
+			    "\"cluster\" directive", CLUSTER_SENTINELS_MAX, url);
+			goto out;
+		}
+		cl->cl_sentinel_ports[cl->cl_nsentinels] =
+		    CONF_CLUSTER_SENTINEL_PORT;
+		if (conf_cluster_hostport(p, url, one,
+		    &cl->cl_sentinel_hosts[cl->cl_nsentinels],
+		    &cl->cl_sentinel_ports[cl->cl_nsentinels]) == -1) {
+			cl->cl_nsentinels++;	/* freed with cl */
+			goto out;
+		}
+		cl->cl_nsentinels++;
+	}
+	if (cl->cl_nsentinels == 0) {
+		conf_error(p, "\"%s\" of the \"cluster\" directive names no "
+		    "sentinel", url);
+		goto out;
+	}
 	rc = 0;
-	goto out;
-badport:
-	conf_error(p, "invalid port in \"%s\" of the \"cluster\" directive",
-	    url);
-	goto out;
-badhost:
-	conf_error(p, "invalid host in \"%s\" of the \"cluster\" directive",
-	    url);
 out:
-	free(hostport);
+	free(s);
 	return rc;
 }
 
@@ -349,10 +418,13 @@ conf_cmd_cluster(struct conf_parse *p, struct conf_block *blk, int argc,
 	} else if (strncmp(argv[0], "unix:", 5) == 0) {
 		if (conf_cluster_unix(p, cl, argv[0]) == -1)
 			goto fail;
+	} else if (strncmp(argv[0], "sentinel://", 11) == 0) {
+		if (conf_cluster_sentinel(p, cl, argv[0]) == -1)
+			goto fail;
 	} else {
 		conf_error(p, "invalid address \"%s\" in the \"cluster\" "
-		    "directive: redis://HOST:PORT[/DB] or unix:/PATH",
-		    argv[0]);
+		    "directive: redis://HOST:PORT[/DB], unix:/PATH or "
+		    "sentinel://HOST:PORT/MASTER", argv[0]);
 		goto fail;
 	}
 	for (i = 1; i < argc; i++) {

@@ -136,11 +136,16 @@ TAILQ_HEAD(conf_certs, conf_cert);
 #define CLUSTER_UNIX_PATH_MAX	108	/* sun_path */
 #define CLUSTER_SECRET_MIN	32	/* bytes in secret_file */
 #define CLUSTER_KEY_LEN		32	/* AES-256 */
+#define CLUSTER_SENTINELS_MAX	8	/* addresses in sentinel:// */
 struct conf_cluster {
 	char			*cl_url;	/* as written */
 	char			*cl_host;	/* redis://, or NULL */
 	int			 cl_port;
 	char			*cl_unix;	/* unix:, or NULL */
+	char			*cl_master;	/* sentinel://, or NULL */
+	char			*cl_sentinel_hosts[CLUSTER_SENTINELS_MAX];
+	int			 cl_sentinel_ports[CLUSTER_SENTINELS_MAX];
+	int			 cl_nsentinels;
 	int			 cl_db;
 	char			*cl_user;	/* ACL user, or NULL */
 	char			*cl_password;	/* or NULL */

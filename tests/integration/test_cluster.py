@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from clusterlib import (PREFIX, Balancer, Redis, Replica, fingerprint,
+from clusterlib import (PREFIX, REDIS_CLI, REDIS_SERVER, Balancer, Redis,
+                        Replica, fingerprint,
                         issued_by_pebble, join, names_of, served_leaf,
                         stored_leaf, verify_leaf, write_secret)
-from conftest import openssl
+from conftest import free_port, openssl
 from nginxlib import MODULE, http_get
 from test_control import api
 
@@ -258,6 +259,115 @@ def test_stop_hands_leases_over(tmp_path, pebble, redis, fleet):
     assert redis.cli("ZSCORE", "%s:members" % PREFIX, "node0").strip() == ""
     wait_served(replicas[1:], certs, pebble, tmp_path)
     assert len(issued_by_pebble(pebble)) == 10
+
+
+class Sentinel:
+    """redis-server --sentinel watching one master, quick to fail over."""
+
+    MASTER = "fleetmaster"
+
+    def __init__(self, directory, master_port):
+        self.dir = directory
+        self.dir.mkdir(parents=True)
+        self.port = free_port()
+        self.conf = self.dir / "sentinel.conf"
+        self.conf.write_text(
+            "port %d\nbind 127.0.0.1\ndir %s\n"
+            "sentinel monitor %s 127.0.0.1 %d 1\n"
+            "sentinel down-after-milliseconds %s 1000\n"
+            "sentinel failover-timeout %s 10000\n" % (
+                self.port, self.dir, self.MASTER, master_port, self.MASTER,
+                self.MASTER))
+        self.proc = None
+
+    def cli(self, *args):
+        return subprocess.run([REDIS_CLI, "-p", str(self.port), "--raw",
+                               *args], stdout=subprocess.PIPE, text=True,
+                              timeout=10).stdout
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, str(self.conf), "--sentinel"],
+            stdout=open(self.dir / "sentinel.log", "ab"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while self.cli("PING").strip() != "PONG":
+            assert time.monotonic() < deadline, "sentinel did not start"
+            time.sleep(0.05)
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def role(port):
+    return subprocess.run([REDIS_CLI, "-p", str(port), "--raw", "ROLE"],
+                          stdout=subprocess.PIPE, text=True,
+                          timeout=10).stdout.split("\n")[0]
+
+
+def test_sentinel_failover(tmp_path, pebble, http_port, redis):
+    """cluster sentinel://: the node finds the master through Sentinel,
+    and after a failover writes to the new master."""
+    standby = Redis(tmp_path / "standby").start()
+    sentinel = None
+    made = []
+    try:
+        standby.cli("REPLICAOF", "127.0.0.1", str(redis.port))
+        sentinel = Sentinel(tmp_path / "sentinel", redis.port).start()
+        deadline = time.monotonic() + 30
+        while "127.0.0.1" not in sentinel.cli("SENTINEL", "replicas",
+                                              Sentinel.MASTER) or \
+                "state=online" not in redis.cli("INFO", "replication"):
+            assert time.monotonic() < deadline, "no replica in sync"
+            time.sleep(0.2)
+
+        certs = [names_of(0)]
+        node = Replica(tmp_path, "node0", pebble, redis, certs,
+                       write_secret(tmp_path / "secret"))
+        conf = node.dir / "acme-sidecar.conf"
+        conf.write_text(conf.read_text().replace(
+            "redis://127.0.0.1:%d" % redis.port, "sentinel://127.0.0.1:%d,"
+            "127.0.0.1:1/%s" % (sentinel.port, Sentinel.MASTER)))
+        made.append(node)
+        made.append(Balancer(tmp_path, http_port, [node]).start())
+        node.start()
+        join([node])
+        wait_served([node], certs, pebble, tmp_path)
+        assert redis.cli("EXISTS", "%s:cert:c0.example.test" % PREFIX) \
+            .strip() == "1"
+
+        sentinel.cli("SENTINEL", "FAILOVER", Sentinel.MASTER)
+        deadline = time.monotonic() + 30
+        while role(standby.port) != "master":
+            assert time.monotonic() < deadline, "no failover"
+            time.sleep(0.2)
+
+        # A write after the failover lands on the new master.
+        body = json.dumps({"issuer": "pebble",
+                           "identifiers": ["after.example.test"]})
+        deadline = time.monotonic() + 30
+        while True:
+            status, j, _ = api(node.dir / "control.sock", "POST",
+                               "/v1/certificates", body=body)
+            if status == 201:
+                break
+            assert status == 503 and time.monotonic() < deadline, j
+            time.sleep(0.2)
+        key = "%s:cert:%s" % (PREFIX, j["id"])
+        deadline = time.monotonic() + FLEET_TIMEOUT
+        while standby.cli("EXISTS", key).strip() != "1":
+            assert time.monotonic() < deadline, node.sidecar.log()
+            time.sleep(0.2)
+        assert node.status()["cluster"]["connected"]
+    finally:
+        for m in made:
+            m.stop()
+        if sentinel is not None:
+            sentinel.stop()
+        standby.kill()
 
 
 def test_lost_writes_are_put_back(tmp_path, pebble, redis, fleet):

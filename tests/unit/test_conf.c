@@ -1784,6 +1784,36 @@ test_conf_cluster(void **state)
 	assert_int_equal(conf->c_cluster->cl_port, 7000);
 	conf_free(conf);
 
+	conf = conf_test_ok(t, "cluster sentinel://s1,[::1]:26380,s3:7/fleet/2 "
+	    "secret_file=secret;\n");
+	assert_string_equal(conf->c_cluster->cl_master, "fleet");
+	assert_int_equal(conf->c_cluster->cl_db, 2);
+	assert_int_equal(conf->c_cluster->cl_nsentinels, 3);
+	assert_string_equal(conf->c_cluster->cl_sentinel_hosts[0], "s1");
+	assert_int_equal(conf->c_cluster->cl_sentinel_ports[0], 26379);
+	assert_string_equal(conf->c_cluster->cl_sentinel_hosts[1], "::1");
+	assert_int_equal(conf->c_cluster->cl_sentinel_ports[1], 26380);
+	assert_int_equal(conf->c_cluster->cl_sentinel_ports[2], 7);
+	assert_null(conf->c_cluster->cl_host);
+	conf_free(conf);
+	conf_test_err(t, "cluster sentinel://s1 secret_file=secret;\n",
+	    "%s/sidecar.conf:1: \"sentinel://s1\" of the \"cluster\" "
+	    "directive names no master: sentinel://HOST[:PORT][,...]/MASTER[/DB]",
+	    t->dir);
+	conf_test_err(t, "cluster sentinel:///m secret_file=secret;\n",
+	    "%s/sidecar.conf:1: \"sentinel:///m\" of the \"cluster\" "
+	    "directive names no sentinel", t->dir);
+	conf_test_err(t, "cluster sentinel://a,b:0/m secret_file=secret;\n",
+	    "%s/sidecar.conf:1: invalid port in \"sentinel://a,b:0/m\" of the "
+	    "\"cluster\" directive", t->dir);
+	conf_test_err(t, "cluster sentinel://a/m/x secret_file=secret;\n",
+	    "%s/sidecar.conf:1: invalid database in \"sentinel://a/m/x\" of "
+	    "the \"cluster\" directive (0 to 65535)", t->dir);
+	conf_test_err(t, "cluster sentinel://a,b,c,d,e,f,g,h,i/m "
+	    "secret_file=secret;\n", "%s/sidecar.conf:1: more than 8 sentinels "
+	    "in \"sentinel://a,b,c,d,e,f,g,h,i/m\" of the \"cluster\" "
+	    "directive", t->dir);
+
 	/* Without it: one node, files only. */
 	conf = conf_test_ok(t, "challenge_listen 8080;\n");
 	assert_null(conf->c_cluster);
@@ -1806,8 +1836,8 @@ test_conf_cluster(void **state)
 	    "one line is expected: PASSWORD, or USER PASSWORD", t->dir);
 	conf_test_err(t, "cluster http://h secret_file=secret;\n",
 	    "%s/sidecar.conf:1: invalid address \"http://h\" in the "
-	    "\"cluster\" directive: redis://HOST:PORT[/DB] or unix:/PATH",
-	    t->dir);
+	    "\"cluster\" directive: redis://HOST:PORT[/DB], unix:/PATH or "
+	    "sentinel://HOST:PORT/MASTER", t->dir);
 	conf_test_err(t, "cluster redis://h:0 secret_file=secret;\n",
 	    "%s/sidecar.conf:1: invalid port in \"redis://h:0\" of the "
 	    "\"cluster\" directive", t->dir);
