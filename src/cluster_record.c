@@ -294,6 +294,7 @@ cluster_rec_cert_parse(const char *name, const char *id, const char *text,
 	json_t		*o;
 	const char	*s;
 	json_int_t	 renew;
+	enum key_type	 type;
 	char		*why = NULL;
 	int		 rc = -1;
 
@@ -323,6 +324,13 @@ cluster_rec_cert_parse(const char *name, const char *id, const char *text,
 	if (store_check_pair(id, rec->cr_chain, rec->cr_key, &why) == -1) {
 		xasprintf(cause, "%s", why);
 		free(why);
+		goto out;
+	}
+	/* Matching names to the configuration needs the key's real type. */
+	if (store_key_type(rec->cr_key, &type) == -1 ||
+	    type != rec->cr_key_type) {
+		xasprintf(cause, "\"key_type\" is %s, but the key is not",
+		    key_type_name(rec->cr_key_type));
 		goto out;
 	}
 	rc = 0;

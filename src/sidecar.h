@@ -580,6 +580,7 @@ int		 store_save_account_key(const char *dir, EVP_PKEY *, char **);
 int		 store_save_account_url(const char *dir, const char *, char **);
 int		 store_set_aside_account(const char *dir, const char *suffix,
 		    char **);
+int		 store_key_type(EVP_PKEY *, enum key_type *);
 int		 store_load_cert(const char *dir, const char *id, char **chain,
 		    EVP_PKEY **, struct cert_meta *, char **);
 int		 store_save_cert(const char *dir, const char *id,

@@ -536,7 +536,7 @@ out:
 }
 
 /* The key type from the key itself, -1 for one we do not issue. */
-static int
+int
 store_key_type(EVP_PKEY *key, enum key_type *type)
 {
 	int	 bits = EVP_PKEY_get_bits(key);
