@@ -677,13 +677,35 @@ cluster_retry_cb(int fd, short ev, void *arg)
 
 /* Heartbeat and membership. */
 
+/*
+ * PREFIX:members of another type (written by something else): it holds
+ * nothing but heartbeats, which are made again within 2 s, so it is
+ * replaced rather than left to keep every node out of the fleet.
+ */
+static int
+cluster_members_wrong_type(const redisReply *r)
+{
+	char	*key;
+
+	if (r == NULL || r->type != REDIS_REPLY_ERROR ||
+	    strncmp(r->str, "WRONGTYPE", 9) != 0)
+		return 0;
+	key = cluster_keyname("members", NULL);
+	log_warnx("cluster: %s: ignored: not a sorted set; replaced", key);
+	cluster_command(NULL, NULL, "DEL", key, NULL);
+	cl.next_heartbeat = 0;
+	free(key);
+	return 1;
+}
+
 static void
 cluster_members_done(const redisReply *r, void *arg)
 {
 	size_t	 i;
 
 	(void)arg;
-	if (cluster_reply_failed(r, "reading the members"))
+	if (cluster_members_wrong_type(r) ||
+	    cluster_reply_failed(r, "reading the members"))
 		return;
 	if (r->type != REDIS_REPLY_ARRAY) {
 		log_warnx("cluster: %s:members is not a sorted set",
@@ -704,7 +726,8 @@ static void
 cluster_heartbeat_done(const redisReply *r, void *arg)
 {
 	(void)arg;
-	cluster_reply_failed(r, "heartbeat");
+	if (!cluster_members_wrong_type(r))
+		cluster_reply_failed(r, "heartbeat");
 }
 
 static void

@@ -30,9 +30,23 @@
 
 #include "sidecar.h"
 
-/* KEYS lease, fence; ARGV holder, ttl ms.  Returns {granted, value}. */
+/*
+ * KEYS lease, fence; ARGV holder, ttl ms.  Returns {1, value[, why]}
+ * granted, {0, value} held by another, {2, why} the fence is not a
+ * counter.  A lease key that holds no lease (another type, or not
+ * "HOLDER FENCE") would block the certificate for good, having no TTL:
+ * it is taken over, and why says what it held.
+ */
 static const char sync_lua_take[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
+    "local cur = redis.pcall('GET', KEYS[1])\n"
+    "local why = false\n"
+    "if type(cur) == 'table' then\n"
+    "  why = 'not a string'\n"
+    "  cur = false\n"
+    "elseif cur and not string.match(cur, '^%S+ %d+$') then\n"
+    "  why = 'not a lease'\n"
+    "  cur = false\n"
+    "end\n"
     "if cur then\n"
     "  if string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then\n"
     "    redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
@@ -40,9 +54,13 @@ static const char sync_lua_take[] =
     "  end\n"
     "  return {0, cur}\n"
     "end\n"
-    "local v = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])\n"
+    "local f = redis.pcall('INCR', KEYS[2])\n"
+    "if type(f) == 'table' then\n"
+    "  return {2, 'not a whole number'}\n"
+    "end\n"
+    "local v = ARGV[1] .. ' ' .. f\n"
     "redis.call('SET', KEYS[1], v, 'PX', ARGV[2])\n"
-    "return {1, v}\n";
+    "return {1, v, why}\n";
 
 /*
  * KEYS lease, fence; ARGV holder, fence, ttl ms.  A lease that expired
@@ -83,6 +101,13 @@ static const char sync_lua_put[] =
     "end\n"
     "redis.call('PUBLISH', ARGV[3], ARGV[4])\n"
     "return 1\n";
+
+/*
+ * KEYS order, cert: both values, where a key of another type answers
+ * its error (MGET would answer nil, as for a key that is not there).
+ */
+static const char sync_lua_get2[] =
+    "return {redis.pcall('GET', KEYS[1]), redis.pcall('GET', KEYS[2])}\n";
 
 /*
  * KEYS members, ack; ARGV now (ms).  Returns {live, {missing...}}: the
@@ -189,6 +214,17 @@ sync_lease_fence(const char *value)
 	return *end == '\0' ? (uint64_t)v : 0;
 }
 
+/* A value under a lease's keys that is none of ours. */
+static void
+sync_lease_bad_value(const struct cluster_lease *l, const char *kind,
+    const char *why, const char *what_now)
+{
+	char	*key = cluster_keyname(kind, l->cl_id);
+
+	log_warnx("cluster: %s: ignored: %s; %s", key, why, what_now);
+	free(key);
+}
+
 static void
 sync_lease_taken(const struct redisReply *r, void *arg)
 {
@@ -204,7 +240,7 @@ sync_lease_taken(const struct redisReply *r, void *arg)
 		return;
 	}
 	free(what);
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
 	    (granted = r->element[0])->type != REDIS_REPLY_INTEGER ||
 	    (value = r->element[1])->type != REDIS_REPLY_STRING) {
 		log_warnx("cluster: lease of \"%s\": unexpected answer",
@@ -212,6 +248,15 @@ sync_lease_taken(const struct redisReply *r, void *arg)
 		sync_lease_end(l, LEASE_UNAVAILABLE);
 		return;
 	}
+	if (granted->integer == 2) {
+		sync_lease_bad_value(l, "fence", value->str,
+		    "its certificate takes no lease until it is deleted");
+		sync_lease_end(l, LEASE_UNAVAILABLE);
+		return;
+	}
+	if (r->elements == 3 && r->element[2]->type == REDIS_REPLY_STRING)
+		sync_lease_bad_value(l, "lease", r->element[2]->str,
+		    "taken over");
 	if (!granted->integer) {
 		log_debug("cluster: \"%s\" is leased by %s",
 		    l->cl_id, value->str);
@@ -510,7 +555,7 @@ cluster_put_order(struct cluster_lease *l, const struct cluster_rec *rec,
 
 /* Reads: an id's order and certificate, checked. */
 
-/* Parse one value of an MGET; a bad one is logged with its key. */
+/* Parse one value read back; a bad one is logged with its key. */
 static int
 sync_parse(const char *kind, const char *id, const struct redisReply *v,
     struct cluster_rec *rec)
@@ -567,13 +612,14 @@ cluster_get_state(const char *id, cluster_state_cb cb, void *arg)
 {
 	struct cluster_op	*op;
 	char			*k1, *k2;
+	const char		*keys[2];
 
-	k1 = cluster_keyname("order", id);
-	k2 = cluster_keyname("cert", id);
+	keys[0] = k1 = cluster_keyname("order", id);
+	keys[1] = k2 = cluster_keyname("cert", id);
 	op = sync_op_new(id, k2);
 	op->op_state = cb;
 	op->op_arg = arg;
-	if (cluster_command(sync_got, op, "MGET", k1, k2, NULL) == NULL) {
+	if (sync_eval(sync_got, op, sync_lua_get2, 2, keys, 0, NULL) == NULL) {
 		sync_op_free(op);
 		op = NULL;
 	}

@@ -408,6 +408,8 @@ order_cert_start(struct cert *ce)
 void
 order_renew_now(struct cert *ce)
 {
+	/* With a cluster: a new one, not the current one in Redis. */
+	ce->ce_renew_asked = 1;
 	order_begin(ce);
 }
 

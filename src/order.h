@@ -64,6 +64,7 @@ struct cert {
 	time_t			 ce_stored_renew;	/* shared renewal */
 	int			 ce_share_tries;
 	int			 ce_lease_tries;
+	int			 ce_renew_asked;	/* order_renew_now() */
 	struct writer_job	*ce_cache_job;
 	/* Putting back what Redis lost (order_restore()). */
 	struct cluster_lease	*ce_restore_lease;

@@ -157,12 +157,14 @@ order_lease_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
     void *arg)
 {
 	struct cert	*ce = arg;
+	int		 asked = ce->ce_renew_asked;	/* a new one, then */
 
 	ce->ce_op = NULL;
 	if (rc == -1) {
 		order_lease_unreachable(ce);
 		return;
 	}
+	ce->ce_renew_asked = 0;
 	if (order != NULL && strcmp(order->cr_issuer,
 	    acme_issuer_name(ce->ce_issuer)) == 0 &&
 	    order_idents_match(ce, order->cr_idents, order->cr_nidents,
@@ -170,7 +172,7 @@ order_lease_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
 		order_resume_shared(ce, order);
 		return;
 	}
-	if (order_rec_current(ce, cert)) {
+	if (!asked && order_rec_current(ce, cert)) {
 		order_adopt(ce, cert);
 		if (ce->ce_state == ORDER_LEASE) {
 			order_cluster_done(ce);
