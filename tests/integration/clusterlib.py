@@ -7,10 +7,14 @@ replicas' port-80 servers: Pebble's validation reaches whichever replica
 the balancer picks, as behind a real load balancer.
 """
 
+import base64
+import hashlib
 import json
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +31,69 @@ PEBBLE_ISSUED = re.compile(r"Issued certificate serial ([0-9a-f]+) for order")
 PREFIX = "fleet"
 
 
+class RedisError(Exception):
+    """An error reply (-ERR ..., -WRONGTYPE ...)."""
+
+
+class RespClient:
+    """One connection speaking RESP: fast enough to poll every few ms,
+    and binary-safe (bulk strings come back as bytes)."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port),
+                                             timeout=timeout)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def __call__(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if isinstance(a, str):
+                a = a.encode()
+            elif isinstance(a, int):
+                a = str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        return self._reply()
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exactly(self, n):
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RedisError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exactly(n)
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise ConnectionError("unexpected RESP line %r" % line)
+
+
 class Redis:
     """redis-server in the foreground with AOF (appendfsync everysec)."""
 
@@ -35,6 +102,7 @@ class Redis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc = None
+        self._conn = None
 
     def start(self, timeout=10.0):
         log = open(self.dir / "redis.log", "ab")
@@ -72,8 +140,57 @@ class Redis:
         return sorted(k for k in self.cli("--scan", "--pattern",
                                           pattern).split("\n") if k)
 
+    def call(self, *args):
+        """One command on a kept connection (made again after a restart);
+        the decoded reply, bytes for bulk strings."""
+        for attempt in (0, 1):
+            try:
+                if self._conn is None:
+                    self._conn = RespClient(self.port)
+                return self._conn(*args)
+            except (OSError, ConnectionError):
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+
+    def get_text(self, key):
+        v = self.call("GET", key)
+        return None if v is None else v.decode(errors="replace")
+
+    def snapshot(self, pattern="*"):
+        """{key: (type, value)} of every key matching pattern, whatever
+        its type, for comparing the whole database before and after."""
+        snap = {}
+        for k in self.call("KEYS", pattern):
+            key = k.decode(errors="replace")
+            kind = self.call("TYPE", k)
+            if kind == "string":
+                v = self.call("GET", k)
+            elif kind == "hash":
+                v = sorted(pairs(self.call("HGETALL", k)))
+            elif kind == "list":
+                v = self.call("LRANGE", k, 0, -1)
+            elif kind == "set":
+                v = sorted(self.call("SMEMBERS", k))
+            elif kind == "zset":
+                v = pairs(self.call("ZRANGE", k, 0, -1, "WITHSCORES"))
+            else:
+                v = None        # vanished meanwhile ("none"), or a stream
+            snap[key] = (kind, v)
+        return snap
+
+    def freeze(self):
+        """SIGSTOP: the port still accepts, nothing answers."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
@@ -81,12 +198,22 @@ class Redis:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+
+def pairs(flat):
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 def names_of(i):
@@ -100,6 +227,7 @@ class Replica:
 
     def __init__(self, workdir, name, pebble, redis, certs, secret):
         self.name = name
+        self.pebble = pebble
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = self.dir / "state"
@@ -167,7 +295,51 @@ class Replica:
         self.sidecar.signal(signal.SIGHUP)
         self.sidecar.wait_log(r"reloading ", since=mark)
 
+    def control(self, method, path, body=None):
+        """(HTTP status, parsed JSON body) of a control API call."""
+        args = ["curl", "-sS", "--unix-socket", str(self.dir / "control.sock"),
+                "-X", method, "-w", "\n%{http_code}",
+                "http://localhost" + path]
+        if body is not None:
+            args += ["-H", "Content-Type: application/json", "--data-binary",
+                     json.dumps(body)]
+        out = subprocess.run(args, stdout=subprocess.PIPE, check=True,
+                             text=True).stdout
+        text, code = out.rsplit("\n", 1)
+        try:
+            return int(code), json.loads(text) if text else None
+        except ValueError:
+            return int(code), text
+
+    def renew(self, cid):
+        return self.control("POST", "/v1/certificates/%s/renew" % cid)
+
+    def configure(self, certs):
+        """The sidecar's view of nginx.conf with only these certificates
+        (nginx itself has every server block from the start), then a
+        reload if the sidecar runs.  A sidecar started later reads it."""
+        self.sidecar_view.write_text(self._nginx_conf(self.pebble, certs))
+        if self.sidecar.alive():
+            mark = self.sidecar.mark()
+            self.sidecar.signal(signal.SIGHUP)
+            self.sidecar.wait_log(r"reloading ", since=mark)
+
+    def kill(self):
+        """kill -9 of the sidecar; nginx keeps serving its zone."""
+        self.sidecar.kill()
+
+    def freeze(self):
+        os.killpg(self.sidecar.proc.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        os.killpg(self.sidecar.proc.pid, signal.SIGCONT)
+
     def stop(self):
+        if self.sidecar.proc is not None:
+            try:
+                os.killpg(self.sidecar.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         self.sidecar.kill()
         self.nginx.stop()
 
@@ -182,13 +354,19 @@ def join(replicas, timeout=30.0):
     zone. Kubernetes gets this from the sidecar's readiness probe; the
     test gets it by configuring the certificates once all have joined.
     """
+    def members(r):
+        try:
+            return sorted(r.status()["cluster"]["members"])
+        except subprocess.CalledProcessError:
+            return None     # the control socket is not there yet
+
     want = sorted(r.name for r in replicas)
     deadline = time.monotonic() + timeout
     for r in replicas:
-        while sorted(r.status()["cluster"]["members"]) != want:
+        while members(r) != want:
             if time.monotonic() > deadline:
                 pytest.fail("%s sees members %s, not %s%s" % (
-                    r.name, r.status()["cluster"]["members"], want,
+                    r.name, members(r), want,
                     r.sidecar.diagnostics()), pytrace=False)
             time.sleep(0.1)
     for r in replicas:
@@ -219,6 +397,125 @@ class Balancer:
 
     def stop(self):
         self.nginx.stop()
+
+
+class Fleet:
+    """n replicas, each nginx with a server block for every one of certs,
+    behind the balancer on Pebble's HTTP-01 port.  secrets: one
+    secret_file per replica (default: one for all)."""
+
+    def __init__(self, workdir, pebble, http_port, redis, n, certs,
+                 secrets=None):
+        self.workdir = Path(workdir)
+        self.pebble = pebble
+        self.redis = redis
+        self.certs = certs
+        if secrets is None:
+            secrets = [write_secret(self.workdir / "secret")] * n
+        self.replicas = [Replica(workdir, "node%d" % i, pebble, redis,
+                                 certs, secrets[i]) for i in range(n)]
+        self.balancer = Balancer(workdir, http_port, self.replicas)
+
+    def start(self, replicas=None):
+        """Start replicas (default all), with no certificate, and wait
+        until each sees them all as members.  A replica behind the
+        balancer must be a member before the first order: the ordering
+        node waits for the members' acknowledgements of its token."""
+        replicas = self.replicas if replicas is None else replicas
+        if self.balancer.nginx.proc is None:
+            self.balancer.start()
+        for r in replicas:
+            r.start()
+        wait_members(replicas)
+        return self
+
+    def stop(self):
+        for r in self.replicas:
+            r.stop()
+        self.balancer.stop()
+
+
+def wait_members(replicas, timeout=30.0):
+    want = sorted(r.name for r in replicas)
+    deadline = time.monotonic() + timeout
+    for r in replicas:
+        while not set(want) <= set(r.status()["cluster"]["members"]):
+            if time.monotonic() > deadline:
+                pytest.fail("%s sees members %s, not %s%s" % (
+                    r.name, r.status()["cluster"]["members"], want,
+                    r.sidecar.diagnostics()), pytrace=False)
+            time.sleep(0.1)
+
+
+def pem_der(pem):
+    body = re.search(r"-----BEGIN CERTIFICATE-----(.+?)-----END",
+                     pem, re.S).group(1)
+    return base64.b64decode("".join(body.split()))
+
+
+def leaf_id(pem_or_der):
+    """A short SHA-256 of a certificate (PEM or DER): which leaf it is."""
+    der = pem_or_der if isinstance(pem_or_der, bytes) else \
+        pem_der(pem_or_der)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def quick_leaf(replica, name, timeout=5.0):
+    """A TLS handshake with SNI name, in-process: (leaf DER, None), or
+    (None, the error)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", replica.tls_port),
+                                      timeout=timeout) as s:
+            with ctx.wrap_socket(s, server_hostname=name) as t:
+                return t.getpeercert(binary_form=True), None
+    except (OSError, ssl.SSLError) as e:
+        return None, repr(e)
+
+
+def wait_served(replicas, certs, pebble, workdir, timeout=120.0):
+    """Until every replica serves every certificate over TLS (openssl
+    s_client), each verifying against Pebble's root and for its name
+    (openssl verify); returns {name: {leaf_id served}}."""
+    deadline = time.monotonic() + timeout
+    pending = {(r.name, n[0]) for r in replicas for n in certs}
+    byname = {r.name: r for r in replicas}
+    served = {}
+    while pending:
+        for rname, name in sorted(pending):
+            leaf = served_leaf(byname[rname], name)
+            if leaf is None:
+                continue
+            ok, _ = verify_leaf(leaf, name, pebble, workdir)
+            if ok:
+                pending.discard((rname, name))
+                served.setdefault(name, set()).add(leaf_id(leaf))
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            r = byname[sorted(pending)[0][0]]
+            pytest.fail("after %.0fs, %d (replica, name) pairs are not "
+                        "served, e.g. %s%s" % (timeout, len(pending),
+                                               sorted(pending)[:3],
+                                               r.sidecar.diagnostics()),
+                        pytrace=False)
+        for r in replicas:
+            r.sidecar._check_alive("waiting for the fleet")
+        time.sleep(0.25)
+    return served
+
+
+def redis_leaf(redis, cid):
+    """The leaf of PREFIX:cert:ID's chain, or None."""
+    raw = redis.get_text("%s:cert:%s" % (PREFIX, cid))
+    if raw is None:
+        return None
+    try:
+        return split_pem(json.loads(raw)["chain"])[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def issued_by_pebble(pebble):
