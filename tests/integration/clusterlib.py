@@ -436,13 +436,21 @@ class Fleet:
 
 
 def wait_members(replicas, timeout=30.0):
-    want = sorted(r.name for r in replicas)
+    """Until each of replicas sees (at least) all of them as members."""
+    def members(r):
+        try:
+            return set(r.status()["cluster"]["members"])
+        except subprocess.CalledProcessError:
+            return set()    # the control socket is not there yet
+
+    want = {r.name for r in replicas}
     deadline = time.monotonic() + timeout
     for r in replicas:
-        while not set(want) <= set(r.status()["cluster"]["members"]):
+        while not want <= members(r):
+            r.sidecar._check_alive("joining the fleet")
             if time.monotonic() > deadline:
                 pytest.fail("%s sees members %s, not %s%s" % (
-                    r.name, r.status()["cluster"]["members"], want,
+                    r.name, sorted(members(r)), sorted(want),
                     r.sidecar.diagnostics()), pytrace=False)
             time.sleep(0.1)
 
