@@ -426,10 +426,14 @@ class MemcheckSidecar(Sidecar):
 # a worker that drew one of these near the end would keep the whole run
 # waiting for it.  Every other test keeps its place, after these.
 LONGEST_FIRST = [
+    "test_cluster_faults.py::test_redis_away_30s",
     "test_faults.py::test_ca_outage_60s",
     "test_faults.py::test_nonce_reject_50",
     "test_faults.py::test_kill_9_during_200_orders",
     "test_cluster.py",
+    "test_cluster_faults.py::test_redis_restart_mid_run",
+    "test_cluster_faults.py::test_kill_9_lease_holders",
+    "test_cluster_faults.py::test_fencing_frozen_holder",
     "test_faults.py::test_garbage_ca_isolated[slow]",
     "test_faults.py::test_state_path_fault",
     "test_nginx_module.py::test_renewal_without_reload",
