@@ -19,6 +19,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -317,6 +318,17 @@ order_log_time(char *buf, size_t len, time_t t)
 }
 
 /*
+ * What tells two certificates apart: a renewal may be issued within the
+ * second of the one it replaces, so the dates alone do not.
+ */
+void
+order_chain_digest(const char *chain, unsigned char md[32])
+{
+	if (!EVP_Digest(chain, strlen(chain), md, NULL, EVP_sha256(), NULL))
+		fatalx("%s: EVP_Digest", __func__);
+}
+
+/*
  * Arm the renewal timer for the certificate in use: at renew_at (another
  * replica's choice), or when 0 at a time of our own.
  */
@@ -382,6 +394,7 @@ order_cert_start(struct cert *ce)
 		ce->ce_have = 1;
 		ce->ce_not_before = meta.cm_not_before;
 		ce->ce_not_after = meta.cm_not_after;
+		order_chain_digest(chain, ce->ce_chain_md);
 	}
 	/*
 	 * nginx serves what is stored, even while a replacement for changed
@@ -1045,6 +1058,7 @@ order_stored(int rc, const char *cause, void *arg)
 	ce->ce_have = 1;
 	ce->ce_not_before = ce->ce_stored_nb;
 	ce->ce_not_after = ce->ce_stored_na;
+	order_chain_digest(ce->ce_stored_chain, ce->ce_chain_md);
 	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
 	    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain, ce->ce_new_key,
 	    ce->ce_not_before, ce->ce_not_after);

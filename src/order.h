@@ -20,6 +20,7 @@ struct cert {
 	time_t			 ce_not_before;
 	time_t			 ce_not_after;
 	time_t			 ce_renew_at;
+	unsigned char		 ce_chain_md[32];	/* SHA-256 of its PEM */
 
 	/* The order in progress. */
 	char			*ce_order_url;
@@ -89,6 +90,7 @@ void		 order_schedule_renewal(struct cert *, time_t);
 void		 order_store_write(struct cert *);
 void		 order_store_failed(struct cert *, const char *);
 void		 order_log_time(char *, size_t, time_t);
+void		 order_chain_digest(const char *, unsigned char [32]);
 int		 order_idents_match(const struct cert *, char *const *, size_t,
 		    enum key_type);
 void		 order_strv_free(char **, size_t);

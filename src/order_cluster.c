@@ -446,10 +446,11 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 {
 	struct cert_meta	 meta;
 	char			 until[32], na[UTIL_TIME_LEN];
+	unsigned char		 md[32];
 	int			 renewal = ce->ce_have;
 
-	if (ce->ce_have && ce->ce_not_before == rec->cr_not_before &&
-	    ce->ce_not_after == rec->cr_not_after)
+	order_chain_digest(rec->cr_chain, md);
+	if (ce->ce_have && memcmp(md, ce->ce_chain_md, sizeof(md)) == 0)
 		return;
 	/* Never back to an older one: Redis lost the newer. */
 	if (ce->ce_have && rec->cr_not_before < ce->ce_not_before) {
@@ -462,6 +463,7 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 	ce->ce_have = 1;
 	ce->ce_not_before = rec->cr_not_before;
 	ce->ce_not_after = rec->cr_not_after;
+	memcpy(ce->ce_chain_md, md, sizeof(md));
 	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
 	    rec->cr_idents, rec->cr_nidents, rec->cr_chain, rec->cr_key,
 	    rec->cr_not_before, rec->cr_not_after);
