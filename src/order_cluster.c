@@ -30,6 +30,8 @@
 /* Redis away: try the lease again after 2 s, doubling up to 30 s. */
 #define ORDER_LEASE_RETRY_MIN	2
 #define ORDER_LEASE_RETRY_MAX	30
+/* Redis did not take a ready order: 1+2+4+8+16 s of tries, then fail. */
+#define ORDER_SHARE_ORDER_TRIES	5
 
 static void	 order_lease_granted(struct cert *);
 static void	 order_adopt(struct cert *, const struct cluster_rec *);
@@ -243,6 +245,33 @@ order_share_stale(struct cert *ce, const char *what)
 	order_lease_lost(ce);
 }
 
+/*
+ * Redis did not answer the order's write (a reconnect, a failover): the
+ * CA keeps a ready order for hours, so try again from 1 s, doubling,
+ * before giving the order up.  Tries made while the link is down do not
+ * count: the write is tried again, and the fence decides, once it is up.
+ */
+static void
+order_share_order_later(struct cert *ce)
+{
+	double	 delay = util_jitter((double)(1 << ce->ce_share_tries), 0.2);
+
+	if (!cluster_up()) {
+		log_debug("certificate \"%s\": the order waits for Redis",
+		    ce->ce_id);
+		order_arm(ce, util_jitter(ORDER_LEASE_RETRY_MIN, 0.2));
+		return;
+	}
+	ce->ce_share_tries++;
+	free(ce->ce_last_error);
+	ce->ce_last_error = xstrdup("Redis did not take the order yet");
+	ce->ce_last_error_at = util_now();
+	log_warnx("certificate \"%s\": %s; trying again in %.1fs (try %d of "
+	    "%d)", ce->ce_id, ce->ce_last_error, delay, ce->ce_share_tries,
+	    ORDER_SHARE_ORDER_TRIES);
+	order_arm(ce, delay);
+}
+
 static void
 order_order_shared(int rc, void *arg)
 {
@@ -253,11 +282,16 @@ order_order_shared(int rc, void *arg)
 		order_share_stale(ce, "order");
 		return;
 	}
+	if (rc == -1 && ce->ce_share_tries < ORDER_SHARE_ORDER_TRIES) {
+		order_share_order_later(ce);
+		return;
+	}
 	if (rc == -1) {
 		order_fail(ce, 0, 0, "the order could not be written to Redis; "
 		    "not finalizing what no other replica could resume");
 		return;
 	}
+	ce->ce_share_tries = 0;
 	ce->ce_order_shared = 1;
 	order_set_state(ce, ORDER_FINALIZE);
 	order_drive(ce);
