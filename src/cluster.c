@@ -17,6 +17,12 @@
  * Membership is a sorted set, PREFIX:members, of node names scored by the
  * time (ms) their last heartbeat expires; a node is live while its score
  * is in the future.  The heartbeat also reads who else is live.
+ *
+ * Back from a drop, a node is "settling": the nodes it saw before went
+ * down with Redis too, and each comes back after its own backoff.  Until
+ * they are all live again, or CLUSTER_SETTLE_MAX has passed, a token is
+ * not called shared (cluster_sync.c): a node still reconnecting could not
+ * find it in Redis when the CA's request reaches it.
  */
 #include <sys/queue.h>
 #include <sys/socket.h>
@@ -93,6 +99,9 @@ static struct {
 
 	char			**members;	/* live, from the heartbeat */
 	size_t			 nmembers;
+	char			**awaited;	/* live before the drop */
+	size_t			 nawaited;
+	time_t			 settle_until;	/* or 0 */
 	int			 secret_ok;	/* -1 unknown, 0 refused, 1 */
 	uint64_t		 connects;
 	uint64_t		 drops;
@@ -271,15 +280,80 @@ cluster_reply_failed(const redisReply *r, const char *what)
 /* The link: up, down, and back. */
 
 static void
-cluster_members_clear(void)
+cluster_strv_free(char ***vp, size_t *np)
 {
 	size_t	 i;
 
-	for (i = 0; i < cl.nmembers; i++)
-		free(cl.members[i]);
-	free(cl.members);
-	cl.members = NULL;
-	cl.nmembers = 0;
+	for (i = 0; i < *np; i++)
+		free((*vp)[i]);
+	free(*vp);
+	*vp = NULL;
+	*np = 0;
+}
+
+static void
+cluster_members_clear(void)
+{
+	cluster_strv_free(&cl.members, &cl.nmembers);
+}
+
+/* The link dropped: the other nodes live until now are awaited back. */
+static void
+cluster_members_await(void)
+{
+	size_t	 i;
+
+	cluster_strv_free(&cl.awaited, &cl.nawaited);
+	cl.settle_until = 0;
+	for (i = 0; i < cl.nmembers; i++) {
+		if (strcmp(cl.members[i], cl.conf->cl_node) == 0)
+			continue;
+		if (cl.awaited == NULL)
+			cl.awaited = xcalloc(cl.nmembers, sizeof(char *));
+		cl.awaited[cl.nawaited++] = xstrdup(cl.members[i]);
+	}
+}
+
+static void
+cluster_settled(const char *why)
+{
+	if (cl.settle_until != 0)
+		log_info("cluster: %s; tokens are shared again", why);
+	cluster_strv_free(&cl.awaited, &cl.nawaited);
+	cl.settle_until = 0;
+}
+
+/* Strike the awaited nodes that are live again. */
+static void
+cluster_members_returned(void)
+{
+	size_t	 i, j, left = 0;
+
+	for (i = 0; i < cl.nawaited; i++) {
+		for (j = 0; j < cl.nmembers; j++)
+			if (strcmp(cl.awaited[i], cl.members[j]) == 0)
+				break;
+		if (j < cl.nmembers)
+			free(cl.awaited[i]);
+		else
+			cl.awaited[left++] = cl.awaited[i];
+	}
+	cl.nawaited = left;
+	if (left == 0 && cl.awaited != NULL)
+		cluster_settled("every node seen before the drop is back");
+}
+
+/*
+ * While settling, when it ends; otherwise 0.  Nodes not back by then are
+ * taken for gone.
+ */
+time_t
+cluster_settle_until(void)
+{
+	if (cl.settle_until != 0 && util_now() >= cl.settle_until)
+		cluster_settled("nodes seen before the drop did not come back "
+		    "within the settle time");
+	return cl.settle_until;
 }
 
 static void
@@ -341,6 +415,8 @@ cluster_drop(const char *fmt, ...)
 	cluster_link_free(&cl.cmd);
 	cluster_link_free(&cl.sub);
 	cluster_link_free(&cl.sentinel);
+	if (was_up)
+		cluster_members_await();
 	cluster_members_clear();
 	if (was_up && cl.hooks != NULL && cl.hooks->ch_down != NULL)
 		cl.hooks->ch_down();
@@ -398,6 +474,12 @@ cluster_maybe_up(void)
 	    "; catching up" : "");
 	cl.failures = 0;
 	cl.next_heartbeat = 0;
+	if (cl.nawaited > 0) {
+		cl.settle_until = util_now() + CLUSTER_SETTLE_MAX;
+		log_info("cluster: waiting up to %ds for the %zu other "
+		    "node%s seen before the drop", CLUSTER_SETTLE_MAX,
+		    cl.nawaited, cl.nawaited > 1 ? "s" : "");
+	}
 	cluster_heartbeat();
 	if (cl.hooks != NULL && cl.hooks->ch_up != NULL)
 		cl.hooks->ch_up();
@@ -720,6 +802,7 @@ cluster_members_done(const redisReply *r, void *arg)
 		cl.members[cl.nmembers++] = xstrndup(r->element[i]->str,
 		    r->element[i]->len);
 	}
+	cluster_members_returned();
 }
 
 static void
@@ -873,6 +956,7 @@ cluster_stop(void)
 	cluster_link_free(&cl.cmd);
 	cluster_link_free(&cl.sub);
 	cluster_members_clear();
+	cluster_strv_free(&cl.awaited, &cl.nawaited);
 	event_free(cl.retry_ev);
 	event_free(cl.tick_ev);
 	cluster_link_free(&cl.sentinel);

@@ -651,6 +651,7 @@ sync_token_acks(const struct redisReply *r, void *arg)
 	long long		 live = -1;
 	size_t			 missing = 0;
 	const char		*first = "?";
+	int			 settling;
 
 	ct->ct_cmd = NULL;
 	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
@@ -662,14 +663,19 @@ sync_token_acks(const struct redisReply *r, void *arg)
 		    r->element[1]->element[0]->type == REDIS_REPLY_STRING)
 			first = r->element[1]->element[0]->str;
 	}
-	if (live > 0 && missing == 0) {
+	settling = cluster_settle_until() != 0;
+	if (live > 0 && missing == 0 && !settling) {
 		log_debug("cluster: token %s is on all %lld nodes",
 		    ct->ct_token, live);
 		sync_token_finish(ct, 1);
 		return;
 	}
 	if (util_now() >= ct->ct_deadline) {
-		if (live < 0)
+		if (live > 0 && missing == 0)
+			log_warnx("cluster: token %s: nodes seen before the "
+			    "drop are not back; validating anyway",
+			    ct->ct_token);
+		else if (live < 0)
 			log_warnx("cluster: token %s: Redis did not answer "
 			    "within %ds; validating anyway", ct->ct_token,
 			    CLUSTER_TOKEN_WAIT);
@@ -715,7 +721,8 @@ sync_token_timer(int fd, short ev, void *arg)
 /*
  * Publish token and its key authorization for every replica, and call cb
  * once every live member has it in its zone (all = 1), or after
- * CLUSTER_TOKEN_WAIT seconds, or at once when Redis is away (all = 0).
+ * CLUSTER_TOKEN_WAIT seconds (CLUSTER_SETTLE_MAX, back from a drop), or
+ * at once when Redis is away (all = 0).
  */
 struct cluster_token *
 cluster_token_share(const char *token, const char *keyauth,
@@ -728,7 +735,10 @@ cluster_token_share(const char *token, const char *keyauth,
 	ct->ct_token = xstrdup(token);
 	ct->ct_cb = cb;
 	ct->ct_arg = arg;
+	/* Back from a drop, the nodes seen before may take longer. */
 	ct->ct_deadline = util_now() + CLUSTER_TOKEN_WAIT;
+	if (cluster_settle_until() > ct->ct_deadline)
+		ct->ct_deadline = cluster_settle_until();
 	if ((ct->ct_ev = evtimer_new(sync.base, sync_token_timer, ct)) == NULL)
 		fatalx("%s: evtimer_new", __func__);
 	tkey = cluster_keyname("token", token);

@@ -335,6 +335,9 @@ int		 cluster_unseal(const unsigned char key[CLUSTER_KEY_LEN],
 #define CLUSTER_MESSAGE_MAX	1024	/* bytes of a pub/sub message */
 #define CLUSTER_MAX_ARGS	16	/* cluster_command() */
 #define CLUSTER_FLUSH_WAIT	2	/* seconds at exit for the last replies */
+/* Back from a drop: wait this long, at most, for the nodes seen before. */
+#define CLUSTER_SETTLE_MAX	(CLUSTER_BACKOFF_MAX * 6 / 5 + \
+				    2 * CLUSTER_HEARTBEAT)
 
 struct redisReply;
 struct cluster_cmd;
@@ -378,6 +381,7 @@ struct cluster_cmd *cluster_command_argv(cluster_reply_cb, void *, int,
 void		 cluster_cancel(struct cluster_cmd *);
 int		 cluster_reply_failed(const struct redisReply *, const char *);
 size_t		 cluster_members(char *const **);
+time_t		 cluster_settle_until(void);
 void		 cluster_secret_verdict(int);
 void		 cluster_link_status(struct cluster_status *);
 

@@ -710,6 +710,11 @@ def test_redis_away_30s(tmp_path, pebble, redis, fleet):
     issued = issued_by_pebble(pebble)
     assert len(issued) == len(set(issued)) == 6, \
         "Pebble issued %d certificates for 6" % len(issued)
+    # The first node back waited for the other before its CA looked.
+    failed = [line for r in f.replicas for line in
+              r.sidecar.log().splitlines()
+              if "authorization for" in line and "failed" in line]
+    assert failed == [], failed
 
 
 # ------------------------------------------------------------ secrets
