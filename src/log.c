@@ -16,26 +16,58 @@
 static int	log_level_verbose;
 
 /*
+ * Control bytes become \xHH, so that a value from outside (Redis, a
+ * peer, a hook's output) can neither end the line early nor forge one.
+ */
+static char *
+log_escape(const char *msg)
+{
+	static const char	 hex[] = "0123456789abcdef";
+	const unsigned char	*p;
+	char			*out, *o;
+
+	/* Not xcalloc(): fatal() would log again. */
+	if ((out = o = malloc(strlen(msg) * 4 + 1)) == NULL)
+		return NULL;
+	for (p = (const unsigned char *)msg; *p != '\0'; p++) {
+		if (*p >= 0x20 && *p != 0x7f) {
+			*o++ = (char)*p;
+			continue;
+		}
+		*o++ = '\\';
+		*o++ = 'x';
+		*o++ = hex[*p >> 4];
+		*o++ = hex[*p & 0xf];
+	}
+	*o = '\0';
+	return out;
+}
+
+/*
  * One line, written with one stdio call: the writer thread logs too, and
  * stdio locks each call, so lines never interleave.
  */
 static void
 log_vwrite(const char *level, const char *fmt, va_list ap, const char *tail)
 {
-	char		 stamp[32], *msg = NULL;
+	char		 stamp[32], *msg = NULL, *safe;
 	struct timespec	 ts;
 	struct tm	 tm;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(stamp, sizeof(stamp), "%Y/%m/%d %H:%M:%S", &tm);
-	if (vasprintf(&msg, fmt, ap) == -1) {
+	if (vasprintf(&msg, fmt, ap) == -1)
+		msg = NULL;
+	if (msg == NULL || (safe = log_escape(msg)) == NULL) {
+		free(msg);
 		fprintf(stderr, "%s [%s] (out of memory formatting a log line)\n",
 		    stamp, level);
 		return;
 	}
-	fprintf(stderr, "%s [%s] %s%s%s\n", stamp, level, msg,
+	fprintf(stderr, "%s [%s] %s%s%s\n", stamp, level, safe,
 	    tail != NULL ? ": " : "", tail != NULL ? tail : "");
+	free(safe);
 	free(msg);
 }
 

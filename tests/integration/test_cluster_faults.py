@@ -397,6 +397,9 @@ GARBAGE_MESSAGES = [
     (b"\x00\xff\xfe binary noise", r'unreadable message "" ignored'),
     (b"oneword", r'unreadable message "oneword" ignored'),
     (b"two words", r'unreadable message "two words" ignored'),
+    # A line forged in a message stays inside the line that logs it.
+    (b"lone\n[info]forged", r'unreadable message "lone\\x0a\[info\]forged" '
+     r'ignored'),
     (b"x" * 5000, r"a message of 5000 bytes on %s ignored" % EVENTS),
     (b"frobnicate c0.example.test intruder",
      r'message "frobnicate" ignored'),
@@ -440,6 +443,8 @@ def test_garbage_events(tmp_path, pebble, redis, fleet):
             time.sleep(0.05)
     check_unharmed(f, tmp_path, served, "after garbage messages")
     assert not silent, "these messages were not logged: %s" % silent
+    assert not [line for r in f.replicas for line in
+                r.sidecar.log().splitlines() if line.startswith("[info]")]
 
 
 # ------------------------------------------------------------ kill -9
