@@ -300,6 +300,19 @@ sync_eval(cluster_reply_cb cb, void *arg, const char *script, int nkeys,
 	return cluster_command_argv(cb, arg, argc, argv, lens);
 }
 
+/* Why cluster_lease_take() gives nothing now, for logs and status. */
+const char *
+cluster_lease_refusal(void)
+{
+	if (!cluster_up())
+		return "Redis is out of reach";
+	if (sync.secret_ok == 0)
+		return "this node's secret_file is not the fleet's";
+	if (sync.secret_ok == -1)
+		return "the fleet's secret check has not been read yet";
+	return "Redis did not grant it";
+}
+
 /*
  * Ask for the lease of certificate id.  cb hears once whether it is
  * granted, busy or out of reach, and later LEASE_LOST if it is lost.

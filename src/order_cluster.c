@@ -58,8 +58,8 @@ order_lease_unreachable(struct cert *ce)
 	delay = (double)ORDER_LEASE_RETRY_MIN * (double)(1 << n);
 	if (delay > ORDER_LEASE_RETRY_MAX)
 		delay = ORDER_LEASE_RETRY_MAX;
-	log_debug("certificate \"%s\": Redis is out of reach; no order "
-	    "without the lease, trying again in %.0fs", ce->ce_id, delay);
+	log_debug("certificate \"%s\": no lease (%s); no order without it, "
+	    "trying again in %.0fs", ce->ce_id, cluster_lease_refusal(), delay);
 	order_lease_later(ce, delay);
 }
 

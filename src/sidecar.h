@@ -419,6 +419,7 @@ void		 cluster_sync_start(struct event_base *, struct evdns_base *,
 		    const struct conf_cluster *,
 		    const struct cluster_sync_hooks *);
 void		 cluster_sync_stop(void);
+const char	*cluster_lease_refusal(void);
 struct cluster_lease *cluster_lease_take(const char *id, cluster_lease_cb,
 		    void *);
 int		 cluster_lease_held(const struct cluster_lease *);

@@ -761,8 +761,9 @@ def test_wrong_secret_file(tmp_path, pebble, redis, fleet):
     wait_until("node0 sees node2", lambda: intruder.name in fleet_nodes[0]
                .status()["cluster"]["members"], 10, [intruder])
     for cid in ids_of(certs):
-        missing = wait_logged([intruder], r'certificate "%s": Redis is out '
-                              r'of reach' % re.escape(cid), verdict, 15,
+        missing = wait_logged([intruder], r'certificate "%s": no lease '
+                              r"\(this node's secret_file is not the "
+                              r"fleet's\)" % re.escape(cid), verdict, 15,
                               count=2)
         assert not missing, "node2 never tried to lease %s" % cid
     # Another node's "cert" message: node2 reads the record, cannot open
@@ -775,7 +776,8 @@ def test_wrong_secret_file(tmp_path, pebble, redis, fleet):
     assert not missing, "node2 did not refuse the fleet's certificate"
     # And after that, it carried on trying (and failing) to lease.
     since = {intruder.name: intruder.sidecar.mark()}
-    assert not wait_logged([intruder], r"Redis is out of reach", since, 10)
+    assert not wait_logged([intruder], r"no lease \(this node's "
+                           r"secret_file is not the fleet's\)", since, 10)
 
     after = durable(redis.snapshot("%s:*" % PREFIX))
     assert after == before, "node2 changed %s" % sorted(
