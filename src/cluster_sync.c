@@ -683,6 +683,11 @@ sync_token_acks(const struct redisReply *r, void *arg)
 		sync_token_finish(ct, 1);
 		return;
 	}
+	/* Away: nobody could acknowledge it; the caller waits for Redis. */
+	if (live < 0 && !cluster_up()) {
+		sync_token_finish(ct, 0);
+		return;
+	}
 	if (util_now() >= ct->ct_deadline) {
 		if (live > 0 && missing == 0)
 			log_warnx("cluster: token %s: nodes seen before the "
@@ -735,7 +740,7 @@ sync_token_timer(int fd, short ev, void *arg)
  * Publish token and its key authorization for every replica, and call cb
  * once every live member has it in its zone (all = 1), or after
  * CLUSTER_TOKEN_WAIT seconds (CLUSTER_SETTLE_MAX, back from a drop), or
- * at once when Redis is away (all = 0).
+ * at once when Redis is away (all = 0, and cluster_up() false).
  */
 struct cluster_token *
 cluster_token_share(const char *token, const char *keyauth,

@@ -83,6 +83,8 @@ order_timer_cb(int fd, short ev, void *arg)
 		order_store_write(ce);
 	else if (ce->ce_state == ORDER_LEASE)
 		order_lease(ce);
+	else if (ce->ce_state == ORDER_SYNC)
+		order_sync(ce);
 	else if (ce->ce_state == ORDER_SHARE && ce->ce_stored_chain == NULL)
 		order_share_order(ce);
 	else if (ce->ce_state == ORDER_SHARE)

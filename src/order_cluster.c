@@ -193,13 +193,23 @@ order_lease_granted(struct cert *ce)
 		order_lease_unreachable(ce);
 }
 
-/* SYNC: every live replica has the token; now the CA may look. */
+/*
+ * SYNC: every live replica has the token; now the CA may look.  With
+ * Redis away the other replicas cannot have it, and a failed validation
+ * counts against the CA's limits: the token is shared again once Redis
+ * is back (the lease decides then whether this node still orders).
+ */
 static void
 order_synced(int all, void *arg)
 {
 	struct cert	*ce = arg;
 
-	(void)all;
+	if (!all && !cluster_up()) {
+		log_debug("certificate \"%s\": Redis is away; the CA is not "
+		    "asked to validate before the token is shared", ce->ce_id);
+		order_arm(ce, util_jitter(ORDER_LEASE_RETRY_MIN, 0.2));
+		return;
+	}
 	order_challenge(ce);
 }
 
