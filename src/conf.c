@@ -167,6 +167,7 @@ conf_issuer_free(struct conf_issuer *ci)
 	free(ci->ci_preferred_chain);
 	free(ci->ci_profile);
 	free(ci->ci_file);
+	free(ci->ci_state_file);
 	free(ci);
 }
 
@@ -204,6 +205,7 @@ conf_issuer_dup(const struct conf_issuer *src)
 	ci->ci_preferred_chain = conf_strdup_null(src->ci_preferred_chain);
 	ci->ci_profile = conf_strdup_null(src->ci_profile);
 	ci->ci_file = conf_strdup_null(src->ci_file);
+	ci->ci_state_file = conf_strdup_null(src->ci_state_file);
 	ci->ci_eab_hmac = NULL;
 	if (src->ci_eab_hmac != NULL) {
 		ci->ci_eab_hmac = xmalloc(src->ci_eab_hmac_len);
@@ -764,6 +766,8 @@ conf_cmd_state(struct conf_parse *p, struct conf_block *blk, int argc,
 	blk->ci->ci_state_path = conf_path_resolve(p->lex, argv[0]);
 	blk->sp_file = xstrdup(p->file);
 	blk->sp_line = p->line;
+	blk->ci->ci_state_file = xstrdup(p->file);
+	blk->ci->ci_state_line = p->line;
 	return 0;
 }
 
@@ -1278,6 +1282,53 @@ conf_check_certs(struct conf_parse *p)
 	return 0;
 }
 
+/*
+ * The uid state_path is read and written as: the "user" when started as
+ * root (priv.c drops to it), else the daemon's own.
+ */
+static uid_t
+conf_state_uid(const struct conf *conf)
+{
+	struct passwd	*pw;
+
+	if (conf->c_user != NULL && geteuid() == 0 &&
+	    (pw = getpwnam(conf->c_user)) != NULL)
+		return pw->pw_uid;
+	return geteuid();
+}
+
+/*
+ * A state_path that exists must be a folder that no other user controls:
+ * whoever does could swap the keys and certificates in it (fsafe.c).  A
+ * missing one is made later (priv.c, store.c); the parents it has are
+ * judged now.  Before certificates.conf is read from it.
+ */
+static int
+conf_check_state(struct conf_parse *p)
+{
+	struct conf_issuer	*ci;
+	char			*why = NULL;
+	uid_t			 uid = conf_state_uid(p->conf);
+	int			 fd;
+
+	TAILQ_FOREACH(ci, &p->conf->c_issuers, ci_entry) {
+		fd = fsafe_opendir(ci->ci_state_path, 0700, uid, &why);
+		if (fd != -1)
+			close(fd);
+		else if (errno != ENOENT) {
+			conf_error_at(p, ci->ci_state_file != NULL ?
+			    ci->ci_state_file : ci->ci_file,
+			    ci->ci_state_file != NULL ? ci->ci_state_line :
+			    ci->ci_line, "state_path refused: %s", why);
+			free(why);
+			return -1;
+		}
+		free(why);
+		why = NULL;
+	}
+	return 0;
+}
+
 static int
 conf_read_top(struct conf_parse *p, const char *path)
 {
@@ -1319,7 +1370,8 @@ conf_load_files(const char *path, const char *nginx, char **cause)
 	if (conf->c_nginx_config != NULL &&
 	    nginx_conf_read(&p, conf->c_nginx_config) == -1)
 		goto out;
-	if (conf_read_runtime(&p) == -1 || conf_check_certs(&p) == -1)
+	if (conf_check_state(&p) == -1 || conf_read_runtime(&p) == -1 ||
+	    conf_check_certs(&p) == -1)
 		goto out;
 	rc = 0;
 out:

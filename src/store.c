@@ -229,26 +229,24 @@ static int
 store_read_file(const char *path, char **out, size_t *outlen, char **cause)
 {
 	struct stat	 sb;
-	char		*buf = NULL;
+	char		*buf = NULL, *why = NULL;
 	size_t		 len = 0;
 	ssize_t		 n;
 	int		 fd = -1, rc = -1;
 
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		if (errno == ENOENT) {
+	/* A FIFO planted here would stop the loop for good. */
+	if ((fd = fsafe_open_regular(path, 0, &sb, &why)) == -1) {
+		if (errno == ENOENT && sb.st_mode == 0)
 			rc = 1;
-			goto out;
+		else {
+			*cause = why;
+			why = NULL;
 		}
-		xasprintf(cause, "%s: %s", path, strerror(errno));
 		goto out;
 	}
-	if (fstat(fd, &sb) == -1) {
-		xasprintf(cause, "%s: %s", path, strerror(errno));
-		goto out;
-	}
-	if (!S_ISREG(sb.st_mode) || sb.st_size > STORE_MAX_FILE) {
-		xasprintf(cause, "%s: not a regular file of at most %d bytes",
-		    path, STORE_MAX_FILE);
+	if (sb.st_size > STORE_MAX_FILE) {
+		xasprintf(cause, "%s: larger than %d bytes", path,
+		    STORE_MAX_FILE);
 		goto out;
 	}
 	buf = xmalloc((size_t)sb.st_size + 1);
@@ -271,6 +269,7 @@ store_read_file(const char *path, char **out, size_t *outlen, char **cause)
 		*outlen = len;
 	rc = 0;
 out:
+	free(why);
 	if (fd != -1)
 		close(fd);
 	if (buf != NULL) {
@@ -280,56 +279,63 @@ out:
 	return rc;
 }
 
+/*
+ * A folder of state_path, made 0700 if missing.  One that exists must be
+ * root's or the daemon's own and writable by nobody else (fsafe.c): a
+ * local user who made it first, or planted a link there, would otherwise
+ * get to swap what the daemon keeps in it.
+ */
 static int
 store_mkdir(const char *path, char **cause)
 {
-	struct stat	 sb;
+	int	 fd;
 
-	if (mkdir(path, 0700) == 0)
-		return 0;
-	if (errno != EEXIST) {
-		xasprintf(cause, "mkdir %s: %s", path, strerror(errno));
+	if ((fd = fsafe_mkdir(path, 0700, geteuid(), (gid_t)-1, cause)) == -1)
 		return -1;
-	}
-	if (stat(path, &sb) == -1) {
-		xasprintf(cause, "%s: %s", path, strerror(errno));
-		return -1;
-	}
-	if (!S_ISDIR(sb.st_mode)) {
-		xasprintf(cause, "%s: not a directory", path);
-		return -1;
-	}
+	close(fd);
 	return 0;
 }
 
-/* mkdir -p, each missing component 0700. */
+/*
+ * An existing folder of state_path, judged as store_mkdir() does.  0: it
+ * is fine, 1: it is missing, -1: refused (cause).
+ */
+static int
+store_dir_ok(const char *path, char **cause)
+{
+	char	*why = NULL;
+	int	 fd;
+
+	if ((fd = fsafe_opendir(path, 0700, geteuid(), &why)) != -1) {
+		close(fd);
+		return 0;
+	}
+	if (errno == ENOENT) {
+		free(why);
+		return 1;
+	}
+	*cause = why;
+	return -1;
+}
+
+/* state_path and its certs/, missing parents made 0755 (fsafe.c). */
 int
 store_init(const char *dir, char **cause)
 {
-	char	*copy = NULL, *p, *certs = NULL;
+	char	*certs = NULL;
 	int	 rc = -1;
 
 	if (*dir == '\0') {
 		xasprintf(cause, "state_path: empty path");
 		return -1;
 	}
-	copy = xstrdup(dir);
-	for (p = copy + 1; *p != '\0'; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (store_mkdir(copy, cause) == -1)
-			goto out;
-		*p = '/';
-	}
-	if (store_mkdir(copy, cause) == -1)
+	if (store_mkdir(dir, cause) == -1)
 		goto out;
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
 	if (store_mkdir(certs, cause) == -1)
 		goto out;
 	rc = 0;
 out:
-	free(copy);
 	free(certs);
 	return rc;
 }
@@ -389,6 +395,9 @@ store_load_account(const char *dir, EVP_PKEY **key, char **url, char **cause)
 
 	*key = NULL;
 	*url = NULL;
+	if ((rc = store_dir_ok(dir, cause)) != 0)
+		goto out;
+	rc = -1;
 	if (store_load_url(dir, url, cause) == -1)
 		goto out;
 	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_KEY);
@@ -747,7 +756,8 @@ store_load_cert(const char *dir, const char *id, char **chain, EVP_PKEY **key,
 	if (store_id_valid(id, cause) == -1)
 		goto out;
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
-	if ((r = store_cert_target(certs, id, &target, cause)) != 0) {
+	if ((r = store_dir_ok(certs, cause)) != 0 ||
+	    (r = store_cert_target(certs, id, &target, cause)) != 0) {
 		rc = r;
 		goto out;
 	}
@@ -990,7 +1000,8 @@ store_save_cert(const char *dir, const char *id, const char *chain,
 		goto out;
 	}
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
-	if (store_cert_target(certs, id, &old, cause) == -1)
+	if (store_mkdir(certs, cause) == -1 ||
+	    store_cert_target(certs, id, &old, cause) == -1)
 		goto out;
 	if ((name = store_new_gen(certs, id, old, cause)) == NULL)
 		goto out;
@@ -1130,7 +1141,7 @@ store_load_pending(const char *dir, const char *id, char *const *idents,
 	json_t		*o = NULL, *a;
 	json_error_t	 jerr;
 	const char	*u, *pem;
-	char		*path = NULL, *text = NULL, *why = NULL;
+	char		*pdir = NULL, *path = NULL, *text = NULL, *why = NULL;
 	size_t		 len, i;
 	int		 rc;
 
@@ -1138,8 +1149,10 @@ store_load_pending(const char *dir, const char *id, char *const *idents,
 	*key = NULL;
 	if (store_id_valid(id, cause) == -1)
 		return -1;
+	xasprintf(&pdir, "%s/%s", dir, STORE_PENDING);
 	path = store_pending_path(dir, id);
-	if ((rc = store_read_file(path, &text, &len, cause)) != 0)
+	if ((rc = store_dir_ok(pdir, cause)) != 0 ||
+	    (rc = store_read_file(path, &text, &len, cause)) != 0)
 		goto out;
 	rc = 1;
 	o = json_loadb(text, len, 0, &jerr);
@@ -1171,6 +1184,7 @@ out:
 	}
 	json_decref(o);
 	free(path);
+	free(pdir);
 	return rc;
 }
 

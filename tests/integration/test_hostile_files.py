@@ -1,0 +1,244 @@
+"""Local attackers and hostile files (issue 12).
+
+What a local user with ordinary rights can put where the daemon looks: a
+state folder made before the daemon made it, a symbolic link in its place,
+a FIFO where a file is expected, a configuration that includes itself
+through globs, a damaged meta.json, a pending order that points elsewhere.
+The daemon must refuse what is not its own with a message that says what
+and where, never hang (SIGTERM still stops it), and lose nothing it had.
+
+The tests run as root; the attacker's steps run in a forked child that has
+become nobody.  Nothing here needs Pebble: a CA that never answers is
+enough where the stored certificates are the point, and the fake CA of
+fake_acme.py where an order is.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import shmread
+from conftest import SIDECAR, free_port, openssl, zone_line, zone_path
+
+NOBODY = 65534
+NOGROUP = 65534
+T_TIMEOUT = 10          # acme-sidecar -t; it used to hang on a FIFO
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="the attacker is another uid")
+
+
+# ---------------------------------------------------------------- helpers
+
+def as_nobody(fn, *args):
+    """Run fn(*args) in a child that is nobody:nogroup, with no other
+    group; raise if it failed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresgid(NOGROUP, NOGROUP, NOGROUP)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            os.umask(0o022)
+            fn(*args)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the attacker failed"
+
+
+@pytest.fixture
+def shared():
+    """A folder like /tmp: everyone may create in it (sticky, 1777), so
+    nobody can get there first.  pytest's tmp_path is 0700."""
+    d = Path(tempfile.mkdtemp(prefix="acme-hostile-", dir="/tmp"))
+    os.chmod(d, 0o1777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_cert(workdir, name, days=60):
+    """A self-signed certificate for name and its PKCS#8 key (PEM)."""
+    key = Path(workdir) / ("%s.key" % name)
+    crt = Path(workdir) / ("%s.crt" % name)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
+            "-out", str(crt), "-days", str(days), "-subj", "/CN=" + name,
+            "-addext", "subjectAltName=DNS:" + name)
+    return crt.read_text(), key.read_text()
+
+
+def plant_cert(state, cid, chain, key, meta=None, gen=1):
+    """What store.c would have written: certs/ID -> ID@GEN/."""
+    certs = Path(state) / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    name = "%s@%016x" % (cid, gen)
+    g = certs / name
+    g.mkdir(mode=0o700)
+    (g / "fullchain.pem").write_text(chain)
+    (g / "key.pem").write_text(key)
+    os.chmod(g / "key.pem", 0o600)
+    if meta is not None:
+        (g / "meta.json").write_text(meta)
+    os.symlink(name, certs / cid)
+    return g
+
+
+def write_conf(workdir, state, certs=("a.example.test",), uri=None,
+               issuer_extra=(), top_extra=()):
+    """A configuration of the test's own: its CA (by default one that
+    never answers), ports, socket and zone."""
+    if uri is None:
+        uri = "https://127.0.0.1:%d/dir" % free_port()
+    lines = ["acme_issuer test {",
+             "    uri %s;" % uri,
+             "    state_path %s;" % state,
+             "    accept_terms_of_service;",
+             "    request_rate off;"]
+    lines += ["    " + x for x in issuer_extra]
+    lines += ["}",
+              "challenge_listen 127.0.0.1:%d;" % free_port(),
+              "control_socket %s;" % (Path(workdir) / "control.sock"),
+              zone_line(workdir)]
+    lines += list(top_extra)
+    lines += ["acme_certificate test %s;" % c for c in certs]
+    conf = Path(workdir) / "acme-sidecar.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def run_t(conf, timeout=T_TIMEOUT):
+    """acme-sidecar -t; a hang fails the test instead of the suite."""
+    try:
+        p = subprocess.run([str(SIDECAR), "-t", "-c", str(conf)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail("acme-sidecar -t -c %s still running after %ds" %
+                    (conf, timeout), pytrace=False)
+    return p.returncode, p.stdout + p.stderr
+
+
+def zone_cert(workdir, cid):
+    try:
+        return shmread.cert(str(zone_path(workdir)), cid)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def wait_exit(sidecar, timeout=10):
+    try:
+        return sidecar.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def wait_zone(sidecar, workdir, cid, timeout=10):
+    """The zone entry of cid once published, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = zone_cert(workdir, cid)
+        if c is not None or not sidecar.alive():
+            return c
+        time.sleep(0.1)
+    return None
+
+
+def stop_in_time(sidecar, timeout=5):
+    """SIGTERM must stop the daemon: True if it did within timeout."""
+    sidecar.signal(signal.SIGTERM)
+    try:
+        sidecar.proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        sidecar.kill()
+        return False
+
+
+# ---------------------------------------------------- 1. folders not ours
+
+def attacker_state_folder(state, chain, key):
+    """nobody makes the state folder first, with a certificate of theirs
+    in it for the daemon to serve."""
+    os.mkdir(state, 0o755)
+    plant_cert(state, "a.example.test", chain, key,
+               meta=json.dumps({"identifiers": ["a.example.test"]}))
+
+
+def attacker_state_link(shared, state, chain, key):
+    """nobody plants a symbolic link where the state folder will be."""
+    theirs = shared / "theirs"
+    os.mkdir(theirs, 0o755)
+    attacker_state_folder(theirs / "state", chain, key)
+    os.symlink(theirs / "state", state)
+
+
+@pytest.mark.parametrize("how", ["folder", "symlink"])
+def test_state_folder_of_another_user(how, shared, tmp_path,
+                                      sidecar_factory):
+    chain, key = make_cert(tmp_path, "a.example.test")
+    state = shared / "state"
+    if how == "folder":
+        as_nobody(attacker_state_folder, state, chain, key)
+        what = "%s: folder owned by user nobody (uid 65534), mode 0755" % \
+            state
+    else:
+        as_nobody(attacker_state_link, shared, state, chain, key)
+        what = "%s: symbolic link owned by user nobody (uid 65534)" % state
+    conf = write_conf(tmp_path, state)
+
+    sidecar = sidecar_factory(conf).start()
+    rc = wait_exit(sidecar, timeout=3)
+    served = zone_cert(tmp_path, "a.example.test")
+    theirs_served = served is not None and served["key"] == key
+    assert not theirs_served, \
+        "the daemon serves the attacker's key" + sidecar.diagnostics()
+    assert rc is not None and rc != 0, \
+        "the daemon runs with a state folder of nobody's" + \
+        sidecar.diagnostics()
+    assert what in sidecar.log(), sidecar.log()
+    assert "only root may own it" in sidecar.log(), sidecar.log()
+
+    rc, out = run_t(conf)
+    assert rc != 0, "-t accepted a state folder of nobody's:\n" + out
+    assert what in out, out
+
+
+def test_state_folder_writable_by_others(shared, tmp_path, sidecar_factory):
+    """root's, but 0777: anyone could swap what the daemon writes."""
+    state = shared / "state"
+    state.mkdir()
+    os.chmod(state, 0o777)
+    conf = write_conf(tmp_path, state)
+    rc, out = run_t(conf)
+    assert rc != 0, out
+    assert "%s: folder owned by user root (uid 0), mode 0777: others than " \
+        "its owner may write to it" % state in out, out
+
+
+def test_state_folder_of_ours_is_used(shared, tmp_path, sidecar_factory):
+    """The control: root's own state folder in the same shared /tmp, and
+    its parents created by the daemon, are accepted and used."""
+    state = shared / "new" / "state"
+    conf = write_conf(tmp_path, state)
+    rc, out = run_t(conf)
+    assert rc == 0, out
+    sidecar = sidecar_factory(conf).start()
+    sidecar.wait_log(r"control: listening on")
+    # An unreachable CA: the daemon keeps trying, and keeps running.
+    time.sleep(0.5)
+    assert sidecar.alive(), sidecar.diagnostics()
+    assert stop_in_time(sidecar)
