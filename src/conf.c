@@ -782,13 +782,28 @@ conf_cmd_tos(struct conf_parse *p, struct conf_block *blk, int argc,
 	return 0;
 }
 
+/*
+ * A file read later, on the loop: a FIFO there would stop it for good.
+ * One that does not exist yet may be put there before it is needed.
+ */
+static int
+conf_check_regular(struct conf_parse *p, const char *path)
+{
+	struct stat	 st;
+
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+		return conf_error(p, "\"%s\" is not a regular file (%s)",
+		    path, fsafe_type(st.st_mode));
+	return 0;
+}
+
 static int
 conf_cmd_trusted(struct conf_parse *p, struct conf_block *blk, int argc,
     char **argv)
 {
 	(void)argc;
 	blk->ci->ci_trusted_cert = conf_path_resolve(p->lex, argv[0]);
-	return 0;
+	return conf_check_regular(p, blk->ci->ci_trusted_cert);
 }
 
 static int
@@ -821,7 +836,7 @@ conf_cmd_account(struct conf_parse *p, struct conf_block *blk, int argc,
 	    strncmp(argv[0], "rsa:", 4) == 0 || argv[0][0] == '\0')
 		return conf_error(p, "invalid key type \"%s\"", argv[0]);
 	ci->ci_account_key_file = conf_path_resolve(p->lex, argv[0]);
-	return 0;
+	return conf_check_regular(p, ci->ci_account_key_file);
 }
 
 /*

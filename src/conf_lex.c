@@ -39,34 +39,40 @@ conf_lex_error(struct conf_lex *lx, int line, const char *fmt, ...)
 /*
  * Read a whole regular file of at most CONF_MAX_FILE_SIZE bytes, NUL
  * terminated.  On error, *msg says why (no location) and the caller frees.
+ *
+ * A FIFO, a device or a socket is refused without blocking (fsafe.c): a
+ * FIFO named by an include would stop -t, a start or a reload for good.
+ * The buffer is the file's size, not the cap: an include fan-out opens
+ * many files, and conf.c caps their total (CONF_MAX_TOTAL_SIZE).  Bytes
+ * appended while it is read are not seen.
  */
 int
 conf_read_file(const char *path, char **bufp, size_t *lenp, char **msg)
 {
 	struct stat	 st;
-	char		*buf = NULL;
-	size_t		 len = 0;
+	char		*buf = NULL, *why = NULL;
+	size_t		 len = 0, size;
 	ssize_t		 n;
 	int		 fd = -1, rc = -1;
 
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		xasprintf(msg, "open() \"%s\" failed (%s)", path,
-		    strerror(errno));
+	if ((fd = fsafe_open_regular(path, 0, &st, &why)) == -1) {
+		if (st.st_mode != 0)
+			xasprintf(msg, "\"%s\" is not a regular file (%s)",
+			    path, fsafe_type(st.st_mode));
+		else
+			xasprintf(msg, "open() \"%s\" failed (%s)", path,
+			    strerror(errno));
 		goto out;
 	}
-	if (fstat(fd, &st) == -1) {
-		xasprintf(msg, "fstat() \"%s\" failed (%s)", path,
-		    strerror(errno));
+	if (st.st_size > CONF_MAX_FILE_SIZE) {
+		xasprintf(msg, "file \"%s\" is too large (more than %d "
+		    "bytes)", path, CONF_MAX_FILE_SIZE);
 		goto out;
 	}
-	if (!S_ISREG(st.st_mode)) {
-		xasprintf(msg, "\"%s\" is not a regular file", path);
-		goto out;
-	}
-	/* One byte past the cap tells a file at the cap from a bigger one. */
-	buf = xmalloc(CONF_MAX_FILE_SIZE + 2);
-	for (;;) {
-		n = read(fd, buf + len, CONF_MAX_FILE_SIZE + 1 - len);
+	size = (size_t)st.st_size;
+	buf = xmalloc(size + 1);
+	while (len < size) {
+		n = read(fd, buf + len, size - len);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1) {
@@ -77,11 +83,6 @@ conf_read_file(const char *path, char **bufp, size_t *lenp, char **msg)
 		if (n == 0)
 			break;
 		len += (size_t)n;
-		if (len > CONF_MAX_FILE_SIZE) {
-			xasprintf(msg, "file \"%s\" is too large (more than %d "
-			    "bytes)", path, CONF_MAX_FILE_SIZE);
-			goto out;
-		}
 	}
 	buf[len] = '\0';
 	*bufp = buf;
@@ -89,6 +90,7 @@ conf_read_file(const char *path, char **bufp, size_t *lenp, char **msg)
 	buf = NULL;
 	rc = 0;
 out:
+	free(why);
 	free(buf);
 	if (fd != -1)
 		close(fd);

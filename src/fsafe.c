@@ -312,7 +312,9 @@ fsafe_open_regular(const char *path, int flags, struct stat *sb,
 	}
 	if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC |
 	    flags)) == -1) {
-		xasprintf(cause, "%s: %s", path, strerror(errno));
+		e = errno;
+		xasprintf(cause, "%s: %s", path, strerror(e));
+		errno = e;
 		return -1;
 	}
 	if (fstat(fd, &st) == -1)

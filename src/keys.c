@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
@@ -166,28 +167,36 @@ keys_from_pem(const char *buf, size_t len, char **cause)
 	return keys_parse_pem(buf, len, cause);
 }
 
+/* A FIFO or a device for a key file is refused, never waited on. */
 EVP_PKEY *
 keys_load_file(const char *path, char **cause)
 {
-	FILE		*f = NULL;
+	struct stat	 st;
 	EVP_PKEY	*key = NULL;
 	char		*buf = NULL, *why = NULL;
 	size_t		 len = 0;
+	ssize_t		 n;
+	int		 fd;
 
-	if ((f = fopen(path, "re")) == NULL) {
-		xasprintf(cause, "%s: %s", path, strerror(errno));
-		goto out;
-	}
-	buf = xmalloc(KEYS_PEM_MAX + 1);
-	len = fread(buf, 1, KEYS_PEM_MAX + 1, f);
-	if (ferror(f)) {
-		xasprintf(cause, "%s: read: %s", path, strerror(errno));
-		goto out;
-	}
-	if (len > KEYS_PEM_MAX) {
+	if ((fd = fsafe_open_regular(path, 0, &st, cause)) == -1)
+		return NULL;
+	if (st.st_size > KEYS_PEM_MAX) {
 		xasprintf(cause, "%s: larger than %d bytes", path,
 		    KEYS_PEM_MAX);
 		goto out;
+	}
+	buf = xmalloc((size_t)st.st_size + 1);
+	while (len < (size_t)st.st_size) {
+		n = read(fd, buf + len, (size_t)st.st_size - len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			xasprintf(cause, "%s: read: %s", path, strerror(errno));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
 	}
 	if ((key = keys_parse_pem(buf, len, &why)) == NULL) {
 		xasprintf(cause, "%s: %s", path, why);
@@ -200,8 +209,7 @@ out:
 		free(buf);
 	}
 	free(why);
-	if (f != NULL)
-		fclose(f);
+	close(fd);
 	return key;
 }
 

@@ -242,3 +242,87 @@ def test_state_folder_of_ours_is_used(shared, tmp_path, sidecar_factory):
     time.sleep(0.5)
     assert sidecar.alive(), sidecar.diagnostics()
     assert stop_in_time(sidecar)
+
+
+# ---------------------------------------------------- 2. FIFOs for files
+
+def fifo(path):
+    os.mkfifo(path, 0o644)
+    return path
+
+
+FIFO_CASES = {
+    # case: (issuer lines, top lines, the FIFO, line of the directive)
+    "include": ((), ("include {fifo};",), "in.conf", 10),
+    "secret_file": ((), ("cluster redis://127.0.0.1:1 secret_file={fifo};",),
+                    "secret", 10),
+    "password_file": ((), ("cluster redis://127.0.0.1:1 password_file={fifo} "
+                           "secret_file={secret};",), "password", 10),
+    "external_account_key": (("external_account_key kid-1 {fifo};",), (),
+                             "eab.key", 6),
+    "account_key": (("account_key {fifo};",), (), "account.pem", 6),
+    "ssl_trusted_certificate": (("ssl_trusted_certificate {fifo};",), (),
+                                "ca.pem", 6),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIFO_CASES))
+def test_fifo_in_configuration(case, tmp_path):
+    """A FIFO where the configuration names a file: -t says so at the
+    directive's FILE:LINE instead of waiting for a writer forever."""
+    issuer, top, name, line = FIFO_CASES[case]
+    f = fifo(tmp_path / name)
+    secret = tmp_path / "secret.ok"
+    secret.write_text("s3cret-s3cret-s3cret-s3cret\n")
+    conf = write_conf(tmp_path, tmp_path / "state",
+                      issuer_extra=[x.format(fifo=f) for x in issuer],
+                      top_extra=[x.format(fifo=f, secret=secret)
+                                 for x in top])
+    rc, out = run_t(conf)
+    assert rc != 0, out
+    assert "%s:%d: " % (conf, line) in out, out
+    assert "is not a regular file (a FIFO)" in out, out
+    assert str(f) in out, out
+
+
+def test_fifo_as_the_configuration(tmp_path):
+    conf = fifo(tmp_path / "acme-sidecar.conf")
+    rc, out = run_t(conf)
+    assert rc != 0, out
+    assert '"%s" is not a regular file (a FIFO)' % conf in out, out
+
+
+def test_fifo_in_state_path(tmp_path):
+    """certificates.conf of state_path, read with the configuration."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    f = fifo(state / "certificates.conf")
+    conf = write_conf(tmp_path, state)
+    rc, out = run_t(conf)
+    assert rc != 0, out
+    assert '"%s" is not a regular file (a FIFO)' % f in out, out
+
+
+def test_fifo_in_stored_files(tmp_path, sidecar_factory):
+    """FIFOs for a pending order and a meta.json: the daemon starts,
+    serves what it has, and SIGTERM stops it."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    chain, key = make_cert(tmp_path, "a.example.test")
+    plant_cert(state, "a.example.test", chain, key,
+               meta=json.dumps({"identifiers": ["a.example.test"]}))
+    (state / "pending").mkdir(mode=0o700)
+    fifo(state / "pending" / "a.example.test.json")
+    chain_b, key_b = make_cert(tmp_path, "b.example.test")
+    g = plant_cert(state, "b.example.test", chain_b, key_b)
+    fifo(g / "meta.json")
+    conf = write_conf(tmp_path, state,
+                      certs=("a.example.test", "b.example.test"))
+    sidecar = sidecar_factory(conf).start()
+    served = wait_zone(sidecar, tmp_path, "a.example.test")
+    stopped = stop_in_time(sidecar)
+    log = sidecar.log()
+    assert stopped, "SIGTERM did not stop the daemon" + sidecar.diagnostics()
+    assert served is not None and served["key"] == key, log
+    assert "pending/a.example.test.json: not a regular file but a FIFO" \
+        in log, log
