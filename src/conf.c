@@ -38,6 +38,15 @@
 /* Hard limits on input: a config is small and written by a person. */
 #define CONF_MAX_ARGS		1024		/* words per directive */
 #define CONF_MAX_INCLUDE_DEPTH	16		/* nested include levels */
+/*
+ * One load (start, -t, reload) reads at most this many files and bytes,
+ * the main files and every include counted.  Neither depth nor the size
+ * of one file (CONF_MAX_FILE_SIZE, conf_lex.c) bounds a fan-out: seven
+ * levels of ten files, each including the whole next level, are ten
+ * million opens.  Thousands of server files stay within the caps.
+ */
+#define CONF_MAX_FILES		4096		/* files read per load */
+#define CONF_MAX_TOTAL_SIZE	(16 * 1024 * 1024)	/* their bytes */
 #define CONF_MAX_BLOCK_DEPTH	64		/* nested { } blocks */
 #define CONF_MAX_RATE		1000000		/* request_rate, r/s or r/m */
 #define CONF_MAX_BURST		1000000		/* request_rate burst= */
@@ -403,6 +412,18 @@ conf_read_stmt(struct conf_parse *p, struct conf_lex *lx, struct conf_args *a)
 	}
 }
 
+/* Charge one file read to the load; the error is at the current line. */
+static int
+conf_count_file(struct conf_parse *p, const struct conf_lex *lx)
+{
+	p->nfiles++;
+	p->nbytes += lx->len;
+	if (p->nbytes > CONF_MAX_TOTAL_SIZE)
+		return conf_error(p, "included files are too large (more than "
+		    "%d bytes in all)", CONF_MAX_TOTAL_SIZE);
+	return 0;
+}
+
 static int
 conf_include_file(struct conf_parse *p, const struct conf_ctx *ctx,
     const char *path)
@@ -412,9 +433,16 @@ conf_include_file(struct conf_parse *p, const struct conf_ctx *ctx,
 	char		*msg = NULL;
 	int		 line = p->line, rc;
 
+	if (p->nfiles >= CONF_MAX_FILES)
+		return conf_error(p, "too many files included (more than %d)",
+		    CONF_MAX_FILES);
 	if ((nlx = conf_lex_open(path, p->prefix, &msg)) == NULL) {
 		conf_error(p, "%s", msg);
 		free(msg);
+		return -1;
+	}
+	if (conf_count_file(p, nlx) == -1) {
+		conf_lex_free(nlx);
 		return -1;
 	}
 	p->depth++;
@@ -1357,6 +1385,8 @@ conf_read_top(struct conf_parse *p, const char *path)
 	/* A file that cannot be read has no line to point at. */
 	if ((lx = conf_lex_open(path, NULL, &p->cause)) == NULL)
 		return -1;
+	p->nfiles++;
+	p->nbytes += lx->len;
 	rc = conf_parse_block(p, lx, &ctx, 0);
 	conf_lex_free(lx);
 	return rc;

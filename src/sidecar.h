@@ -252,6 +252,8 @@ struct conf_parse {
 	const char	*file;		/* errors point here ... */
 	int		 line;		/* ... at this line */
 	int		 depth;		/* include nesting */
+	int		 nfiles;	/* files read by this load */
+	size_t		 nbytes;	/* and their bytes */
 	int		 blocks;	/* { } nesting */
 	char		*zone_file;	/* where acme_shared_zone was */
 	int		 zone_line;
@@ -916,40 +918,6 @@ int		 priv_state_check(const char *dir, const struct priv_user *,
 		    char **);			/* after: all of it the user's */
 int		 priv_readable(const char *what, const char *path,
 		    const struct priv_user *, char **);
-
-/*
- * fsafe.c: folders and files another local user cannot hand us.
- *
- * fsafe_mkdir() opens path as a folder, creating what is missing, and
- * returns an O_DIRECTORY descriptor (the caller closes it) or -1 with
- * errno and *cause set.  Each component is opened with O_NOFOLLOW and
- * judged by fstat: it belongs to root or uid (-1: geteuid()); a parent
- * may be writable by group or others only with the sticky bit; the folder
- * itself has no group or other write bit beyond mode.  A symbolic link is
- * followed only when root or uid owns it.  A missing parent is made
- * FSAFE_PARENT_MODE and stays its creator's; the folder itself is made
- * with mode, then given uid and gid (-1: unchanged) through fchown and
- * fchmod on the descriptor.  An existing folder is never changed.
- * A relative path starts from the working folder, which is trusted.
- * fsafe_opendir() is the same walk without creating: -1 with errno ENOENT
- * when a component is missing.
- *
- * fsafe_open_regular() opens path to read (O_RDONLY | O_CLOEXEC |
- * O_NOCTTY, plus flags, e.g. O_NOFOLLOW) without blocking in open(): a
- * FIFO or device is refused, and the descriptor returned is blocking.  It
- * fills *sb.  -1 with *cause set: when path exists but is not a regular
- * file, errno is EINVAL and sb->st_mode says what it is (fsafe_type());
- * otherwise sb->st_mode is 0 and errno is open()'s.
- */
-#define FSAFE_PARENT_MODE	0755	/* the user must pass through */
-struct stat;
-int		 fsafe_mkdir(const char *path, mode_t mode, uid_t uid,
-		    gid_t gid, char **cause);
-int		 fsafe_opendir(const char *path, mode_t mode, uid_t uid,
-		    char **cause);
-int		 fsafe_open_regular(const char *path, int flags, struct stat *,
-		    char **cause);
-const char	*fsafe_type(mode_t);		/* "a FIFO" */
 
 /*
  * fsafe.c: folders and files another local user cannot hand us.

@@ -326,3 +326,41 @@ def test_fifo_in_stored_files(tmp_path, sidecar_factory):
     assert served is not None and served["key"] == key, log
     assert "pending/a.example.test.json: not a regular file but a FIFO" \
         in log, log
+
+
+# ---------------------------------------------------- 3. include fan-out
+
+def test_include_fan_out(tmp_path):
+    """Seven levels of ten files, each including all of the next level:
+    no file includes itself and no level is deep, yet a load would open
+    ten million files.  The number of files one load reads is capped."""
+    levels, width = 7, 10
+    for k in range(1, levels + 1):
+        d = tmp_path / ("L%d" % k)
+        d.mkdir()
+        nxt = "include %s/L%d/*.conf;\n" % (tmp_path, k + 1) \
+            if k < levels else "# the last level\n"
+        for i in range(width):
+            (d / ("%02d.conf" % i)).write_text(nxt)
+    conf = write_conf(tmp_path, tmp_path / "state",
+                      top_extra=["include %s/L1/*.conf;" % tmp_path])
+    t0 = time.monotonic()
+    rc, out = run_t(conf)
+    assert rc != 0, out
+    assert "too many files included (more than 4096)" in out, out
+    assert time.monotonic() - t0 < 5, "the cap took %.1fs to trip" % (
+        time.monotonic() - t0)
+
+
+def test_include_total_size(tmp_path):
+    """One big file included many times: the bytes one load reads are
+    capped too, at the include that goes over."""
+    big = tmp_path / "big.conf"
+    big.write_text(("#" * 999 + "\n") * 1000)        # 1,000,000 bytes
+    conf = write_conf(tmp_path, tmp_path / "state",
+                      top_extra=["include %s;" % big] * 20)
+    rc, out = run_t(conf)
+    assert rc != 0, out
+    # Lines 10.. are the includes: the 17th copy is one too many.
+    assert "%s:26: included files are too large (more than 16777216 " \
+        "bytes in all)" % conf in out, out

@@ -773,6 +773,70 @@ test_conf_include_depth(void **state)
 	    "levels)", t->dir);
 }
 
+/*
+ * A fan-out that no depth cap catches: 65 files that each include the
+ * 65 of the next folder are 4,291 files.  The 4,097th is refused at the
+ * include that asks for it: top (1), then 66 per a/ file, so in a62.conf
+ * when it reaches b/02.conf.
+ */
+static void
+test_conf_include_files(void **state)
+{
+	struct conf_test	*t = *state;
+	char			 name[128];
+	int			 i;
+
+	snprintf(name, sizeof(name), "%s/a", t->dir);
+	assert_int_equal(mkdir(name, 0700), 0);
+	snprintf(name, sizeof(name), "%s/b", t->dir);
+	assert_int_equal(mkdir(name, 0700), 0);
+	for (i = 0; i < 65; i++) {
+		snprintf(name, sizeof(name), "a/%02d.conf", i);
+		free(conf_test_write(t, name, "include ../b/*.conf;\n"));
+		snprintf(name, sizeof(name), "b/%02d.conf", i);
+		free(conf_test_write(t, name, "# leaf\n"));
+	}
+	conf_test_err(t, "include a/*.conf;\n",
+	    "%s/a/62.conf:1: too many files included (more than 4096)",
+	    t->dir);
+	/* Fewer pass. */
+	for (i = 62; i < 65; i++) {
+		snprintf(name, sizeof(name), "%s/a/%02d.conf", t->dir, i);
+		assert_int_equal(unlink(name), 0);
+	}
+	conf_free(conf_test_ok(t, "include a/*.conf;\n"));
+}
+
+/* The bytes of one load are capped, at the include that goes over. */
+static void
+test_conf_include_total(void **state)
+{
+	struct conf_test	*t = *state;
+	char			*big, *top;
+	size_t			 n = 1000 * 1000, i;
+
+	big = xmalloc(n + 1);
+	memset(big, '#', n);
+	for (i = 999; i < n; i += 1000)
+		big[i] = '\n';
+	big[n] = '\0';
+	free(conf_test_write(t, "big.conf", big));
+	free(big);
+	top = xstrdup("");
+	for (i = 0; i < 16; i++) {
+		big = top;
+		xasprintf(&top, "%sinclude big.conf;\n", big);
+		free(big);
+	}
+	conf_free(conf_test_ok(t, top));	/* 16,000,288 bytes */
+	big = top;
+	xasprintf(&top, "%sinclude big.conf;\n", big);
+	free(big);
+	conf_test_err(t, top, "%s/sidecar.conf:17: included files are too "
+	    "large (more than 16777216 bytes in all)", t->dir);
+	free(top);
+}
+
 static void
 test_conf_limits(void **state)
 {
@@ -1908,6 +1972,8 @@ main(void)
 		T(test_conf_unterminated_quote),
 		T(test_conf_include_glob),
 		T(test_conf_include_depth),
+		T(test_conf_include_files),
+		T(test_conf_include_total),
 		T(test_conf_limits),
 		T(test_conf_request_rate),
 		T(test_conf_challenge),
