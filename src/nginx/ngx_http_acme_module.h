@@ -50,6 +50,7 @@ typedef struct {
 	uid_t			 owner;		/* who must own the file */
 	ngx_uint_t		 owner_set;	/* owner= given */
 	const u_char		*base;		/* NULL while unmapped */
+	ngx_fd_t		 fd;		/* the mapped file's, if base */
 	size_t			 size;		/* header.size when mapped */
 	size_t			 mapped;	/* bytes mapped */
 	dev_t			 dev;

@@ -20,6 +20,19 @@
  * writer that changes it under us cannot turn a checked offset into an
  * unchecked one; the compiler barrier in ngx_http_acme_shm_copy() keeps
  * the compiler from reading it twice.
+ *
+ * Whoever can write the file can also truncate it, and a worker touching
+ * a mapped page past the new end dies with SIGBUS.  So the descriptor of
+ * the mapped file stays open, and before each lookup touches the mapping
+ * an fstat(2) checks that the file still covers it; a short file serves
+ * nothing (the certificate a worker holds, or the fallback) until the
+ * sidecar puts its size back.  That costs one system call per lookup.
+ * What it cannot close: a truncation landing between that fstat and the
+ * last byte the lookup reads, a window of microseconds that an attacker
+ * with write access would have to hit by looping.  Closing it for good
+ * would take a SIGBUS handler that longjmps out of the copy, in a worker
+ * whose signals belong to nginx.  MAP_POPULATE would not help: a
+ * truncation takes the pages away from every mapping, populated or not.
  */
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -37,7 +50,8 @@ enum {
 	NGX_HTTP_ACME_NOMAP,
 	NGX_HTTP_ACME_BADMAGIC,
 	NGX_HTTP_ACME_BADVERSION,
-	NGX_HTTP_ACME_BADSIZE
+	NGX_HTTP_ACME_BADSIZE,
+	NGX_HTTP_ACME_TRUNCATED
 };
 
 static const char *ngx_http_acme_status_texts[] = {
@@ -87,9 +101,12 @@ ngx_http_acme_shm_complain(ngx_http_acme_shm_t *shm, ngx_log_t *log,
 static void
 ngx_http_acme_shm_unmap(ngx_http_acme_shm_t *shm)
 {
-	if (shm->base != NULL)
+	if (shm->base != NULL) {
 		munmap((void *)shm->base, shm->mapped);
+		close(shm->fd);
+	}
 	shm->base = NULL;
+	shm->fd = NGX_INVALID_FILE;
 	shm->size = 0;
 	shm->mapped = 0;
 }
@@ -253,7 +270,9 @@ ngx_http_acme_shm_map(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 		goto out;
 	ngx_http_acme_shm_unmap(shm);
 	shm->base = p;
-	p = MAP_FAILED;		/* shm has it now */
+	shm->fd = fd;
+	p = MAP_FAILED;		/* shm has them now */
+	fd = NGX_INVALID_FILE;
 	shm->mapped = len;
 	shm->size = ngx_min((size_t)h.size, len);
 	shm->dev = st.st_dev;
@@ -265,7 +284,38 @@ ngx_http_acme_shm_map(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 out:
 	if (p != MAP_FAILED)
 		munmap(p, len);
-	close(fd);
+	if (fd != NGX_INVALID_FILE)
+		close(fd);
+}
+
+/*
+ * Whether the mapped file still covers what a lookup may touch (see the
+ * top of this file).  A file back to its size after a truncation may
+ * hold anything the sidecar wrote since: the epoch moves, so nothing
+ * parsed from before is taken for current without a look.
+ */
+static ngx_int_t
+ngx_http_acme_shm_intact(ngx_http_acme_shm_t *shm, ngx_log_t *log)
+{
+	struct stat	 st;
+
+	ngx_memzero(&st, sizeof(st));
+	if (fstat(shm->fd, &st) == -1 || (uint64_t)st.st_size < shm->size) {
+		ngx_http_acme_shm_complain(shm, log, NGX_HTTP_ACME_TRUNCATED,
+		    NGX_LOG_ERR, 0, "acme: shared zone \"%s\" was truncated "
+		    "to %O bytes, under the %uz mapped; nothing is read from "
+		    "it until acme-sidecar puts its size back",
+		    shm->path.data, st.st_size, shm->size);
+		return NGX_DECLINED;
+	}
+	if (shm->complaint == NGX_HTTP_ACME_TRUNCATED) {
+		ngx_log_error(NGX_LOG_NOTICE, log, 0, "acme: shared zone "
+		    "\"%s\" has its %uz bytes again", shm->path.data,
+		    shm->size);
+		shm->complaint = NGX_HTTP_ACME_OK;
+		shm->epoch++;
+	}
+	return NGX_OK;
 }
 
 /*
@@ -290,6 +340,8 @@ ngx_http_acme_shm_refresh(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 	}
 	if (shm->base != NULL && st.st_dev == shm->dev &&
 	    st.st_ino == shm->ino) {
+		if (ngx_http_acme_shm_intact(shm, log) != NGX_OK)
+			return;
 		h = (const struct acme_shm_header *)shm->base;
 		ngx_http_acme_shm_copy(&size, (const u_char *)&h->size,
 		    sizeof(size));
@@ -302,6 +354,8 @@ ngx_http_acme_shm_refresh(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 void
 ngx_http_acme_shm_init(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 {
+	shm->base = NULL;
+	shm->fd = NGX_INVALID_FILE;
 	shm->next_check = ngx_time() + 1;
 	ngx_http_acme_shm_refresh(shm, log);
 }
@@ -313,9 +367,10 @@ ngx_http_acme_shm_close(ngx_http_acme_shm_t *shm)
 }
 
 /*
- * Whether a mapping is there.  A mapped file is checked at most once a
- * second for replacement or growth.  Without a mapping every call looks:
- * the sidecar may have just created the file and sent the CA a challenge
+ * Whether a mapping is there that a lookup may read now.  A mapped file
+ * is checked at most once a second for replacement or growth, and at
+ * every call for truncation.  Without a mapping every call looks: the
+ * sidecar may have just created the file and sent the CA a challenge
  * that this very request is, and a stat(2) is nothing next to a refused
  * handshake.
  */
@@ -328,7 +383,9 @@ ngx_http_acme_shm_ready(ngx_http_acme_shm_t *shm, ngx_log_t *log)
 		shm->next_check = now + 1;
 		ngx_http_acme_shm_refresh(shm, log);
 	}
-	return shm->base != NULL ? NGX_OK : NGX_DECLINED;
+	if (shm->base == NULL)
+		return NGX_DECLINED;
+	return ngx_http_acme_shm_intact(shm, log);
 }
 
 /* The published generation, or 0; the mapping must be there. */

@@ -292,7 +292,15 @@ ngx_http_acme_ssl_current(ngx_http_acme_main_conf_t *amcf,
 	const uint64_t			*known = NULL;
 	ngx_int_t			 rc = NGX_ERROR;
 
+	/*
+	 * A file cut short under the mapping (see ngx_http_acme_shm.c) still
+	 * leaves what was parsed from it before: what the sidecar published
+	 * last, as when a writer lays the file out again below.
+	 */
 	if (ngx_http_acme_shm_ready(shm, log) != NGX_OK) {
+		if (cert->pair.x509 != NULL && shm->base != NULL &&
+		    cert->epoch == shm->epoch)
+			return &cert->pair;
 		*stp = NGX_HTTP_ACME_UNMAPPED;
 		return NULL;
 	}
