@@ -160,73 +160,153 @@ shm_group_id(const char *group, char **cause)
 	return gr->gr_gid;
 }
 
-/*
- * Whether what lies at path may receive private keys: a regular file of
- * ours with no other name.  /dev/shm is writable by everyone, so anything
- * else may have been planted there (a file, a FIFO, a link) for us to
- * fill or for nginx to trust.
- */
-static int
-shm_file_is_ours(const struct stat *st)
+/* What st is, for a refusal. */
+static const char *
+shm_kind(const struct stat *st)
 {
-	return S_ISREG(st->st_mode) && st->st_uid == geteuid() &&
-	    st->st_nlink == 1;
+	if (S_ISREG(st->st_mode))
+		return "a regular file";
+	if (S_ISLNK(st->st_mode))
+		return "a symbolic link";
+	if (S_ISFIFO(st->st_mode))
+		return "a FIFO";
+	if (S_ISDIR(st->st_mode))
+		return "a directory";
+	if (S_ISSOCK(st->st_mode))
+		return "a socket";
+	return "a device";
 }
 
 /*
- * Take the path back from a file that is not ours.  The sticky bit lets
- * only its owner or root remove it; when we cannot, say what is there.
+ * Refuse what lies at path, saying what it is.  The daemon never
+ * removes, reuses or chmods it: /dev/shm and a pod's emptyDir are
+ * writable by others, so it may be a squatter's (whose open descriptor
+ * would outlive any chmod), and path= may name a file someone needs.
  */
 static int
-shm_reclaim(const char *path, const struct stat *st, char **cause)
+shm_refuse(const char *path, const struct stat *st, const char *why,
+    char **cause)
 {
-	if (unlink(path) == 0) {
-		log_warnx("%s was not a regular file of ours (uid %u, mode "
-		    "%o, %lu links); removed it, since nginx would trust "
-		    "what it holds", path, (unsigned)st->st_uid,
-		    (unsigned)(st->st_mode & 07777),
-		    (unsigned long)st->st_nlink);
-		return 0;
-	}
-	xasprintf(cause, "%s: not a regular file owned by uid %u (uid %u, "
-	    "mode %o, %lu links) and it cannot be removed (%s); refusing to "
-	    "put private keys in it", path, (unsigned)geteuid(),
-	    (unsigned)st->st_uid, (unsigned)(st->st_mode & 07777),
-	    (unsigned long)st->st_nlink, strerror(errno));
+	xasprintf(cause, "%s: refused as the shared zone: it is %s owned by "
+	    "uid %u, mode %04o, %lu link(s); %s.  Nothing was changed: "
+	    "remove it (or point path= elsewhere) if it is not needed",
+	    path, shm_kind(st), (unsigned)st->st_uid,
+	    (unsigned)(st->st_mode & 07777), (unsigned long)st->st_nlink,
+	    why);
 	return -1;
 }
 
 /*
- * Open the file, creating it if need be, and lock it: two daemons
- * publishing into one file would reuse generations and readers could
- * then accept torn entries.  The lock lasts as long as the process.
+ * Whether an existing file may receive private keys: a regular file with
+ * no other name, ours (or root's, who could write it anyway), that
+ * nobody else can write or, since it will hold keys, read but through
+ * the group.  Whoever could write it could truncate it or choose what
+ * nginx serves; a descriptor opened while it allowed that survives any
+ * chmod, so a loose mode is refused, not fixed.
+ */
+static int
+shm_file_trusted(const char *path, const struct stat *st, char **cause)
+{
+	char	*why = NULL;
+	int	 rc;
+
+	if (S_ISREG(st->st_mode) && st->st_nlink == 1 &&
+	    (st->st_uid == geteuid() || st->st_uid == 0) &&
+	    (st->st_mode & (S_IWGRP | S_IRWXO)) == 0)
+		return 0;
+	if (geteuid() == 0)
+		why = xstrdup("a zone must be a regular file with one link, "
+		    "owned by root, that the group cannot write and others "
+		    "cannot open");
+	else
+		xasprintf(&why, "a zone must be a regular file with one link, "
+		    "owned by uid %u or root, that the group cannot write and "
+		    "others cannot open", (unsigned)geteuid());
+	rc = shm_refuse(path, st, why, cause);
+	free(why);
+	return rc;
+}
+
+/*
+ * Whether a trusted file holds a zone: our magic, version and header
+ * size, in a file large enough for a header.  Anything else is someone's
+ * data that path= named by mistake, and must keep every byte.
+ */
+static int
+shm_file_is_zone(int fd, const char *path, const struct stat *st,
+    char **cause)
+{
+	struct acme_shm_header	 h;
+	char			*why = NULL;
+	int			 rc;
+
+	if ((size_t)st->st_size >= sizeof(h) &&
+	    pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+	    h.magic == ACME_SHM_MAGIC && h.version == ACME_SHM_VERSION &&
+	    h.header_size == sizeof(h))
+		return 0;
+	xasprintf(&why, "%lld bytes, not a shared zone of acme-sidecar "
+	    "(layout %u)", (long long)st->st_size, ACME_SHM_VERSION);
+	rc = shm_refuse(path, st, why, cause);
+	free(why);
+	return rc;
+}
+
+/*
+ * Open what already lies at path, without following a link, blocking on
+ * a FIFO or taking a terminal, and check it through the descriptor: what
+ * is checked is what gets mapped.
+ */
+static int
+shm_open_existing(const char *path, int flags, char **cause)
+{
+	struct stat	 st;
+	int		 fd, err;
+
+	fd = open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+	    O_CLOEXEC);
+	if (fd == -1) {
+		err = errno;
+		if (err != ENOENT && lstat(path, &st) == 0)
+			return shm_refuse(path, &st, err == ELOOP ?
+			    "a zone is never a symbolic link" : strerror(err),
+			    cause);
+		xasprintf(cause, "%s: %s", path, strerror(err));
+		return -1;
+	}
+	if (fstat(fd, &st) == -1) {
+		xasprintf(cause, "%s: fstat: %s", path, strerror(errno));
+		goto fail;
+	}
+	if (shm_file_trusted(path, &st, cause) == -1 ||
+	    shm_file_is_zone(fd, path, &st, cause) == -1)
+		goto fail;
+	return fd;
+fail:
+	close(fd);
+	return -1;
+}
+
+/*
+ * A zone file: created anew with O_EXCL, so nobody else's file is ever
+ * taken for ours, or the one a previous run left, checked.  Then locked:
+ * two daemons publishing into one file would reuse generations and
+ * readers could then accept torn entries.  The lock lasts as long as
+ * the process.
  */
 static int
 shm_open_file(const char *path, gid_t gid, char **cause)
 {
-	struct stat	 st;
-	int		 fd = -1, tries;
+	int	 fd;
 
-	for (tries = 0; fd == -1 && tries < 3; tries++) {
-		if (lstat(path, &st) == 0 && !shm_file_is_ours(&st) &&
-		    shm_reclaim(path, &st, cause) == -1)
-			return -1;
-		fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK |
-		    O_CLOEXEC, 0640);
-		if (fd == -1 && errno != ELOOP && errno != EEXIST)
-			break;
-	}
-	if (fd == -1) {
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK |
+	    O_NOCTTY | O_CLOEXEC, 0640);
+	if (fd == -1 && errno == EEXIST)
+		fd = shm_open_existing(path, O_RDWR, cause);
+	else if (fd == -1)
 		xasprintf(cause, "%s: %s", path, strerror(errno));
+	if (fd == -1)
 		return -1;
-	}
-	/* Whatever raced us between lstat() and open() is refused here. */
-	if (fstat(fd, &st) == -1 || !shm_file_is_ours(&st)) {
-		xasprintf(cause, "%s: not a regular file owned by uid %u with "
-		    "one link; refusing to put private keys in it", path,
-		    (unsigned)geteuid());
-		goto fail;
-	}
 	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
 		xasprintf(cause, "%s: %s", path, errno == EWOULDBLOCK ?
 		    "another acme-sidecar is publishing into it" :
@@ -242,6 +322,34 @@ shm_open_file(const char *path, gid_t gid, char **cause)
 fail:
 	close(fd);
 	return -1;
+}
+
+/*
+ * For the configuration's check (-t included): NULL when path is free,
+ * or holds a zone the daemon may take up (the one it runs with, on a
+ * reload), else why not, which the caller frees.  The file is only
+ * opened for reading and left as it is.
+ */
+char *
+shm_zone_check(const char *path)
+{
+	struct stat	 st, ours;
+	char		*cause = NULL;
+	int		 fd;
+
+	if (lstat(path, &st) == -1) {
+		if (errno == ENOENT)
+			return NULL;
+		xasprintf(&cause, "%s: %s", path, strerror(errno));
+		return cause;
+	}
+	if (shm.fd != -1 && fstat(shm.fd, &ours) == 0 &&
+	    st.st_dev == ours.st_dev && st.st_ino == ours.st_ino)
+		return NULL;
+	if ((fd = shm_open_existing(path, O_RDONLY, &cause)) == -1)
+		return cause;
+	close(fd);
+	return NULL;
 }
 
 /* Whether the header found in the file describes the layout we want. */

@@ -662,6 +662,7 @@ void		 shm_token_add(const char *token, const char *keyauth);
 void		 shm_token_remove(const char *token);
 int		 shm_publish(void);		/* now; -1 when full */
 void		 shm_get_stats(struct shm_stats *);
+char		*shm_zone_check(const char *path);	/* NULL: usable */
 
 /* challenge.c: HTTP-01 responder on libmicrohttpd inside the loop. */
 #define CHALLENGE_MAX_CONNS	256
