@@ -20,6 +20,18 @@
  *
  * The file is never shrunk and never replaced, so a reader's mapping
  * stays valid for as long as the reader keeps it.
+ *
+ * Others may: whoever can write the file (its owner, root, or a
+ * descriptor someone opened before we owned it, which is why a file we
+ * did not create is refused unless its owner and mode rule that out) can
+ * truncate it, and touching the mapping past the new end is SIGBUS.  So
+ * each publish checks the size through the descriptor first and, when
+ * the file was cut, puts the size back and lays everything out again,
+ * with a warning; a timer looks every SHM_WATCH_INTERVAL so that nginx
+ * is not left without an image until the next renewal.  What remains is
+ * a truncation landing between that check and the last byte a publish
+ * writes: a window of a few microseconds (a memcpy of the image) that
+ * only a process already able to write the file can aim at.
  */
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -89,6 +101,7 @@ static struct {
 	struct acme_shm_header	*hdr;
 	struct event		*publish_ev;
 	struct event		*commit_ev;
+	struct event		*watch_ev;
 	struct shm_cert		*certs;
 	size_t			 ncerts;
 	size_t			 nnames;
@@ -106,6 +119,9 @@ static struct {
 
 /* Certificate changes wait this long (ms) to go out together. */
 #define SHM_COMMIT_DELAY	100
+
+/* How often (s) the file's size is checked between publishes. */
+#define SHM_WATCH_INTERVAL	2
 
 static void	shm_changed(void);
 static void	shm_commit_cb(int, short, void *);
@@ -423,6 +439,60 @@ shm_adopt(void)
 	}
 }
 
+/*
+ * Put back the size of a file someone cut (see the top of this file),
+ * keeping our own generation and serials: whatever the header held
+ * before the cut is no longer ours to believe.
+ */
+static int
+shm_restore(const struct stat *st)
+{
+	uint64_t	 gen = shm.stats.ss_generation;
+	uint64_t	 serial = shm.stats.ss_last_serial;
+
+	log_warnx("shared zone %s was truncated to %lld bytes, under its %zu: "
+	    "someone able to write it cut it; putting its size back and "
+	    "publishing everything again", shm.path, (long long)st->st_size,
+	    shm.size);
+	if (ftruncate(shm.fd, (off_t)shm.size) == -1) {
+		log_warn("shared zone %s: ftruncate", shm.path);
+		return -1;
+	}
+	shm_layout(shm.size, (size_t)st->st_size);
+	shm.stats.ss_generation = gen;
+	shm.stats.ss_last_serial = serial;
+	shm.slot_version[0] = shm.slot_version[1] = 0;
+	shm.stats.ss_restores++;
+	return 0;
+}
+
+/* Whether the mapping may be written: -1 when the file stays short. */
+static int
+shm_intact(void)
+{
+	struct stat	 st;
+
+	if (fstat(shm.fd, &st) == -1) {
+		log_warn("shared zone %s: fstat", shm.path);
+		return -1;
+	}
+	if ((uint64_t)st.st_size >= shm.size)
+		return 0;
+	return shm_restore(&st);
+}
+
+static void
+shm_watch_cb(int fd, short ev, void *arg)
+{
+	struct stat	 st;
+
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (fstat(shm.fd, &st) == 0 && (uint64_t)st.st_size < shm.size)
+		shm_changed();
+}
+
 static void
 shm_publish_cb(int fd, short ev, void *arg)
 {
@@ -436,6 +506,7 @@ int
 shm_open_zone(struct event_base *base, const char *path, size_t size,
     const char *group, char **cause)
 {
+	struct timeval	 watch = { SHM_WATCH_INTERVAL, 0 };
 	struct stat	 st;
 	gid_t		 gid = (gid_t)-1;
 	void		*p;
@@ -480,8 +551,12 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 	if (base != NULL) {
 		shm.publish_ev = event_new(base, -1, 0, shm_publish_cb, NULL);
 		shm.commit_ev = evtimer_new(base, shm_commit_cb, NULL);
-		if (shm.publish_ev == NULL || shm.commit_ev == NULL)
+		shm.watch_ev = event_new(base, -1, EV_PERSIST, shm_watch_cb,
+		    NULL);
+		if (shm.publish_ev == NULL || shm.commit_ev == NULL ||
+		    shm.watch_ev == NULL)
 			fatalx("%s: event_new", __func__);
+		evtimer_add(shm.watch_ev, &watch);
 	}
 	log_info("shared zone %s: %zu bytes, %u per image", path, size,
 	    shm.hdr->slot_size);
@@ -949,7 +1024,7 @@ shm_publish(void)
 	uint32_t		 so, used;
 	int			 s, current;
 
-	if (shm.base == NULL)
+	if (shm.base == NULL || shm_intact() == -1)
 		return -1;
 	gen = shm.stats.ss_generation + 1;
 	s = (int)(gen % 2);
@@ -1020,6 +1095,8 @@ shm_close(void)
 		event_free(shm.publish_ev);
 	if (shm.commit_ev != NULL)
 		event_free(shm.commit_ev);
+	if (shm.watch_ev != NULL)
+		event_free(shm.watch_ev);
 	for (i = 0; i < shm.ncerts; i++)
 		shm_cert_clear(&shm.certs[i]);
 	free(shm.certs);

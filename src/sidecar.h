@@ -645,6 +645,7 @@ struct shm_stats {
 	uint64_t	 ss_last_serial;
 	uint64_t	 ss_publishes;
 	uint64_t	 ss_failures;		/* images that did not fit */
+	uint64_t	 ss_restores;		/* sizes put back after a cut */
 	uint32_t	 ss_used;		/* bytes of the last image */
 	uint32_t	 ss_slot_size;		/* room for one image */
 	int		 ss_full;		/* the last publish failed */
