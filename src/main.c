@@ -723,6 +723,12 @@ main(int argc, char *argv[])
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new");
 	dns = main_dns(base);
+	/*
+	 * The zone before the challenge port: a start that fails on a file
+	 * at the zone's path (a restart included) must not have bound the
+	 * port, since freeing it on the way out lets another process take it.
+	 */
+	main_zone_open(base);
 	if (challenge_start(base, main_conf->c_challenge_addr,
 	    main_conf->c_challenge_port, &cause) == -1)
 		fatalx("%s", cause);
@@ -739,7 +745,6 @@ main(int argc, char *argv[])
 	evsignal_add(sig_int, NULL);
 	sigprocmask(SIG_SETMASK, &oldsigs, NULL);
 
-	main_zone_open(base);
 	/*
 	 * The control socket before the first orders: a path that cannot be
 	 * bound stops the daemon before it has asked the CA for anything.
