@@ -36,6 +36,8 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include <arpa/inet.h>
+
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -51,6 +53,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "sidecar.h"
 
@@ -665,6 +668,88 @@ out:
 	return rc;
 }
 
+/*
+ * The identifiers a certificate is for: its subjectAltName DNS names and
+ * IP addresses, which is where a CA puts every identifier of the order
+ * (RFC 8555 section 7.4).  0 when it names none.
+ */
+static size_t
+store_cert_idents(X509 *x, char ***out)
+{
+	GENERAL_NAMES	*gens;
+	GENERAL_NAME	*gen;
+	char		 ip[INET6_ADDRSTRLEN], *s, **v = NULL;
+	size_t		 n = 0;
+	int		 i, len, af;
+
+	gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	for (i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
+		gen = sk_GENERAL_NAME_value(gens, i);
+		s = NULL;
+		if (gen->type == GEN_DNS) {
+			len = ASN1_STRING_length(gen->d.dNSName);
+			s = xstrndup((const char *)ASN1_STRING_get0_data(
+			    gen->d.dNSName), (size_t)len);
+			if (strlen(s) != (size_t)len) {	/* a NUL in it */
+				free(s);
+				continue;
+			}
+			for (len = 0; s[len] != '\0'; len++)
+				s[len] = (char)tolower((unsigned char)s[len]);
+		} else if (gen->type == GEN_IPADD) {
+			len = ASN1_STRING_length(gen->d.iPAddress);
+			af = len == 4 ? AF_INET : len == 16 ? AF_INET6 : -1;
+			if (af == -1 || inet_ntop(af, ASN1_STRING_get0_data(
+			    gen->d.iPAddress), ip, sizeof(ip)) == NULL)
+				continue;
+			s = xstrdup(ip);
+		}
+		if (s == NULL)
+			continue;
+		v = xreallocarray(v, n + 1, sizeof(*v));
+		v[n++] = s;
+	}
+	GENERAL_NAMES_free(gens);
+	*out = v;
+	return n;
+}
+
+/*
+ * meta.json is damaged or missing, but the certificate and its key are
+ * whole and match: what it says can be had from them, so the certificate
+ * is kept, not dropped and ordered again.  The order's URL is lost; the
+ * issue time becomes the certificate's notBefore.  Written anew
+ * atomically; if that fails the next load rebuilds it again.
+ */
+static int
+store_meta_rebuild(const char *path, const char *chain,
+    struct cert_meta *meta, const char *why, char **cause)
+{
+	X509	*x;
+	char	*json, *err = NULL;
+
+	if ((x = store_first_cert(chain)) == NULL) {
+		xasprintf(cause, "%s", why);
+		return -1;
+	}
+	meta->cm_nidents = store_cert_idents(x, &meta->cm_idents);
+	X509_free(x);
+	if (meta->cm_nidents == 0) {
+		xasprintf(cause, "%s; the certificate names no identifier to "
+		    "rebuild it from", why);
+		return -1;
+	}
+	meta->cm_issued = meta->cm_not_before;
+	log_warnx("store: %s; rebuilt from the certificate", why);
+	json = store_meta_json(meta);
+	if (store_write_atomic(path, json, strlen(json), 0644, &err) == -1) {
+		log_warnx("store: %s", err);
+		free(err);
+	}
+	free(json);
+	return 0;
+}
+
 /* The generation folder a certificate's symlink names.  1 when absent. */
 static int
 store_cert_target(const char *certs, const char *id, char **target,
@@ -747,7 +832,7 @@ store_load_cert(const char *dir, const char *id, char **chain, EVP_PKEY **key,
     struct cert_meta *meta, char **cause)
 {
 	char	*certs = NULL, *target = NULL, *gen = NULL, *path = NULL;
-	char	*text = NULL;
+	char	*text = NULL, *why = NULL;
 	int	 rc = -1, r;
 
 	*chain = NULL;
@@ -765,12 +850,10 @@ store_load_cert(const char *dir, const char *id, char **chain, EVP_PKEY **key,
 	if (store_load_pair(gen, chain, key, meta, cause) == -1)
 		goto out;
 	xasprintf(&path, "%s/%s", gen, STORE_META);
-	if ((r = store_read_file(path, &text, NULL, cause)) != 0) {
-		if (r == 1)
-			xasprintf(cause, "%s: missing", path);
-		goto out;
-	}
-	if (store_meta_parse(text, path, meta, cause) == -1)
+	if ((r = store_read_file(path, &text, NULL, &why)) == 1)
+		xasprintf(&why, "%s: missing", path);
+	if ((r != 0 || store_meta_parse(text, path, meta, &why) == -1) &&
+	    store_meta_rebuild(path, *chain, meta, why, cause) == -1)
 		goto out;
 	rc = 0;
 out:
@@ -781,6 +864,7 @@ out:
 		*key = NULL;
 		store_meta_clear(meta);
 	}
+	free(why);
 	free(text);
 	free(path);
 	free(gen);

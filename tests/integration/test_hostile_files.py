@@ -320,12 +320,16 @@ def test_fifo_in_stored_files(tmp_path, sidecar_factory):
                       certs=("a.example.test", "b.example.test"))
     sidecar = sidecar_factory(conf).start()
     served = wait_zone(sidecar, tmp_path, "a.example.test")
+    served_b = wait_zone(sidecar, tmp_path, "b.example.test")
     stopped = stop_in_time(sidecar)
     log = sidecar.log()
     assert stopped, "SIGTERM did not stop the daemon" + sidecar.diagnostics()
     assert served is not None and served["key"] == key, log
     assert "pending/a.example.test.json: not a regular file but a FIFO" \
         in log, log
+    # The FIFO meta.json is replaced by one rebuilt from the certificate.
+    assert served_b is not None and served_b["key"] == key_b, log
+    assert stat.S_ISREG(os.lstat(g / "meta.json").st_mode)
 
 
 # ---------------------------------------------------- 3. include fan-out
@@ -364,3 +368,35 @@ def test_include_total_size(tmp_path):
     # Lines 10.. are the includes: the 17th copy is one too many.
     assert "%s:26: included files are too large (more than 16777216 " \
         "bytes in all)" % conf in out, out
+
+
+# ---------------------------------------------------- 4. damaged meta.json
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_damaged_meta_json(damage, tmp_path, sidecar_factory):
+    """Key and chain intact and matching: the certificate stays served,
+    and meta.json is written anew from the certificate itself."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    names = ["a.example.test"]
+    chain, key = make_cert(tmp_path, names[0])
+    g = plant_cert(state, names[0], chain, key,
+                   meta='{"identifiers": ["a.exa' if damage == "garbage"
+                   else None)
+    conf = write_conf(tmp_path, state)
+    sidecar = sidecar_factory(conf).start()
+    served = wait_zone(sidecar, tmp_path, names[0], timeout=5)
+    log = sidecar.log()
+    assert stop_in_time(sidecar)
+    assert served is not None, "the certificate was dropped:\n" + log
+    assert served["key"] == key and served["chain"] == chain
+    assert "%s/meta.json" % g in log and "rebuilt" in log, log
+    assert "ordering a new one" not in log, log
+    meta = json.loads((g / "meta.json").read_text())
+    assert meta["identifiers"] == names, meta
+    assert meta["key"] == "ecdsa:256", meta
+    nb = openssl("x509", "-noout", "-startdate", input=chain).stdout
+    assert meta["not_before"] == served["not_before"], (meta, nb)
+    assert meta["not_after"] == served["not_after"], meta
+    assert not [p for p in g.iterdir() if p.name.startswith(".")], \
+        "a temp file was left behind"
