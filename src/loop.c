@@ -89,6 +89,7 @@ loop_mhd_start(struct loop_mhd *lm, struct event_base *base,
 	const union MHD_DaemonInfo	*di;
 
 	lm->lm_daemon = daemon;
+	lm->lm_base = base;
 	lm->lm_name = name;
 	di = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_EPOLL_FD);
 	if (di == NULL || di->epoll_fd == -1) {
@@ -119,6 +120,7 @@ loop_mhd_stop(struct loop_mhd *lm)
 		MHD_stop_daemon(lm->lm_daemon);
 	lm->lm_read = lm->lm_timer = NULL;
 	lm->lm_daemon = NULL;
+	lm->lm_base = NULL;
 }
 
 /*

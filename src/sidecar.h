@@ -115,6 +115,13 @@ struct conf_issuer {
 };
 TAILQ_HEAD(conf_issuers, conf_issuer);
 
+/*
+ * Identifiers in one certificate: acme_certificate, a server{}'s
+ * server_name, POST /v1/certificates.  CAs refuse larger orders (Let's
+ * Encrypt: 100 names).
+ */
+#define CONF_MAX_IDENTS		100
+
 struct conf_cert {
 	char			*cc_id;		/* unique, see conf_cert_id() */
 	char			*cc_issuer;	/* issuer name */
@@ -628,6 +635,7 @@ void		 writer_cancel(struct writer_job *);
 struct MHD_Daemon;
 struct loop_mhd {
 	struct MHD_Daemon	*lm_daemon;
+	struct event_base	*lm_base;
 	struct event		*lm_read;	/* its epoll fd */
 	struct event		*lm_timer;	/* its next timeout */
 	const char		*lm_name;	/* for the log */
@@ -638,6 +646,32 @@ void		 loop_mhd_schedule(struct loop_mhd *);
 void		 loop_mhd_wake(struct loop_mhd *);
 void		 loop_mhd_stop(struct loop_mhd *);
 char		*loop_mhd_message(const char *, va_list);
+
+/*
+ * mhd_guard.c: what both libmicrohttpd servers add to MHD's own limits,
+ * one guard per connection (its socket context): a deadline for each
+ * request to arrive whole, however slowly its bytes trickle in (MHD's
+ * timeout only counts idleness), and the request targets and headers
+ * refused before any handler sees them.
+ */
+struct MHD_Connection;
+struct mhd_guard {
+	struct MHD_Connection	*mg_conn;
+	struct loop_mhd		*mg_loop;
+	struct event		*mg_deadline;	/* NULL: no loop (fuzzing) */
+	int			 mg_seconds;	/* for each request */
+	int			 mg_nul;	/* %00 in the request target */
+	void			*mg_arg;	/* the server's own */
+};
+struct mhd_guard *mhd_guard_new(struct loop_mhd *, struct MHD_Connection *,
+		    int seconds, void *);
+void		 mhd_guard_free(struct mhd_guard *);
+struct mhd_guard *mhd_guard_of(struct MHD_Connection *);
+void		 mhd_guard_arrived(struct MHD_Connection *);
+void		 mhd_guard_next(struct MHD_Connection *);
+const char	*mhd_guard_refuse(struct MHD_Connection *);
+size_t		 mhd_guard_unescape(void *, struct MHD_Connection *, char *);
+void		 mhd_guard_cut(struct MHD_Connection *);
 
 /* shm_writer.c: the segment nginx reads (proto/acme_shm.h). */
 struct shm_stats {
@@ -668,6 +702,9 @@ char		*shm_zone_check(const char *path);	/* NULL: usable */
 /* challenge.c: HTTP-01 responder on libmicrohttpd inside the loop. */
 #define CHALLENGE_MAX_CONNS	256
 #define CHALLENGE_CONN_TIMEOUT	10	/* seconds */
+#define CHALLENGE_REQUEST_TIMEOUT 10	/* seconds from accept to request */
+#define CHALLENGE_PER_IP	64	/* connections of one address */
+#define CHALLENGE_PER_IP_LOOPBACK 128	/* listening on loopback */
 #define CHALLENGE_TOKEN_MAX	128
 int		 challenge_start(struct event_base *, const char *addr,
 		    int port, char **);
@@ -875,13 +912,20 @@ void		 metrics_reset(void);		/* for the unit tests */
 
 /* control.c: the control API on a Unix socket (proto/control-api.md). */
 #define CONTROL_MAX_CONNS	64	/* open connections at once */
+#define CONTROL_RESERVED_CONNS	8	/* of them, for root and our uid */
+#define CONTROL_MAX_CONNS_PER_UID 16	/* any other uid */
 #define CONTROL_CONN_TIMEOUT	30	/* seconds a connection may idle */
+#define CONTROL_REQUEST_TIMEOUT	30	/* seconds for a request to arrive */
 #define CONTROL_MAX_BODY	(64 * 1024)	/* request body bytes */
 #define CONTROL_MEMORY_LIMIT	(32 * 1024)	/* request line + headers */
 #define CONTROL_ACCEPT_PAUSE	1	/* seconds, after EMFILE */
 #define CONTROL_MAX_STREAMS	16	/* GET /v1/events at once */
+#define CONTROL_RESERVED_STREAMS 4	/* of them, for root and our uid */
+#define CONTROL_MAX_STREAMS_PER_UID 4	/* any other uid */
 #define CONTROL_STREAM_BACKLOG	(1024 * 1024)	/* unread event bytes */
 #define CONTROL_STREAM_CHECK	5	/* seconds between hang-up checks */
+#define CONTROL_STREAM_STALL	15	/* seconds with bytes left unread */
+#define CONTROL_STREAM_KEEPALIVE 30	/* seconds of silence: an empty line */
 
 /* What main.c does for the API: it owns the configuration. */
 enum control_result {
