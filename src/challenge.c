@@ -16,7 +16,20 @@
  * Answers: GET or HEAD of exactly /.well-known/acme-challenge/<token> with
  * a known token is 200 with the key authorization; any other path is 404;
  * any other method is 405.  libmicrohttpd percent-decodes the path before
- * we see it, so "%2e%2e" arrives as ".." and fails the token check.
+ * we see it, so "%2e%2e" arrives as ".." and fails the token check; a
+ * %00, which would cut the token short, and a request with two
+ * Content-Length headers are a 400 (mhd_guard_refuse()).
+ *
+ * Slow clients (slowloris).  Each request must arrive whole within
+ * CHALLENGE_REQUEST_TIMEOUT seconds of the accept, however it trickles
+ * in (mhd_guard.c), and one client address holds at most
+ * CHALLENGE_PER_IP of the CHALLENGE_MAX_CONNS connections.  The CA
+ * validates from a few addresses with a handful of requests each, so 64
+ * is generous for it, while one host cannot take every slot.  A loopback
+ * address has a cap too, CHALLENGE_PER_IP_LOOPBACK: all of 127.0.0.0/8
+ * is open to any local user, who must not starve the CA's 127.0.0.1
+ * from 127.0.0.2.  It is higher, half the slots, for 127.0.0.1 is where
+ * nginx's proxy_pass brings every CA's requests.
  *
  * A token the table lacks may be known elsewhere: with a cluster, another
  * node may have published it in Redis a moment before this node heard of
@@ -45,16 +58,6 @@
 #include "sidecar.h"
 
 #define CHALLENGE_PREFIX	"/.well-known/acme-challenge/"
-
-/*
- * Connections one client address may hold.  The CA validates from a few
- * addresses with a handful of requests each, so 64 is generous for it,
- * while one remote host cannot take all CHALLENGE_MAX_CONNS slots.  It is
- * not applied on a loopback address: there every client (nginx's
- * proxy_pass, a test CA) shares one address, and only local processes can
- * connect anyway.
- */
-#define CHALLENGE_PER_IP	64
 
 /*
  * Per-connection memory, which bounds the request line plus headers.  A
@@ -327,6 +330,19 @@ challenge_not_found(struct MHD_Connection *conn)
 	    sizeof(notfound) - 1, MHD_RESPMEM_PERSISTENT);
 }
 
+static enum MHD_Result
+challenge_bad_request(struct MHD_Connection *conn, const char *why)
+{
+	char	*text;
+	int	 len;
+
+	if ((len = asprintf(&text, "bad request: %s\n", why)) == -1)
+		fatalx("%s: asprintf", __func__);
+	log_debug("challenge: refused a request: %s", why);
+	return challenge_reply(conn, MHD_HTTP_BAD_REQUEST, text, (size_t)len,
+	    MHD_RESPMEM_MUST_FREE);
+}
+
 static void
 challenge_wait_free(struct challenge_wait *cw)
 {
@@ -387,8 +403,8 @@ challenge_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct challenge_wait	*cw = *con_cls;
 
 	(void)cls;
-	(void)conn;
 	(void)toe;
+	mhd_guard_next(conn);
 	if (cw == NULL)
 		return;
 	*con_cls = NULL;
@@ -396,6 +412,21 @@ challenge_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	cw->cw_finished = 1;
 	if (!cw->cw_asking)
 		challenge_wait_free(cw);
+}
+
+/* A connection opens or closes: its guard (mhd_guard.c). */
+static void
+challenge_notify(void *cls, struct MHD_Connection *conn, void **ctx,
+    enum MHD_ConnectionNotificationCode code)
+{
+	(void)cls;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED)
+		*ctx = mhd_guard_new(&challenge.loop, conn,
+		    CHALLENGE_REQUEST_TIMEOUT, NULL);
+	else {
+		mhd_guard_free(*ctx);
+		*ctx = NULL;
+	}
 }
 
 void
@@ -412,13 +443,16 @@ challenge_request(void *cls, struct MHD_Connection *conn, const char *url,
 	static const char	 notallowed[] = "method not allowed\n";
 	struct challenge_wait	*cw = *con_cls;
 	struct challenge_token	*ct;
-	const char		*token;
+	const char		*token, *why;
 
 	(void)cls;
 	(void)version;
 	(void)upload_data;
 	(void)upload_data_size;
 
+	if (cw == NULL && (why = mhd_guard_refuse(conn)) != NULL)
+		return challenge_bad_request(conn, why);
+	mhd_guard_arrived(conn);
 	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
 	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
 		return challenge_reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
@@ -573,12 +607,14 @@ challenge_start(struct event_base *base, const char *addr, int port,
 	}
 	if ((fd = challenge_listen(name, &ss, len, cause)) == -1)
 		goto out;
-	perip = challenge_is_loopback(&ss) ? 0 : CHALLENGE_PER_IP;
-
+	perip = challenge_is_loopback(&ss) ? CHALLENGE_PER_IP_LOOPBACK :
+	    CHALLENGE_PER_IP;
 	challenge.daemon = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
 	    MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, challenge_request, NULL,
 	    MHD_OPTION_EXTERNAL_LOGGER, challenge_mhd_log, NULL,
 	    MHD_OPTION_NOTIFY_COMPLETED, challenge_completed, NULL,
+	    MHD_OPTION_NOTIFY_CONNECTION, challenge_notify, NULL,
+	    MHD_OPTION_UNESCAPE_CALLBACK, mhd_guard_unescape, NULL,
 	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CHALLENGE_MAX_CONNS,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CHALLENGE_CONN_TIMEOUT,
