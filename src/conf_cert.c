@@ -138,20 +138,32 @@ conf_ip_normalize(const char *raw)
 	return ok ? xstrdup(buf) : NULL;
 }
 
-static void
-conf_cert_push(struct conf_cert *cc, char *ident)
+/*
+ * Add ident (consumed) unless cc has it.  At most CONF_MAX_IDENTS: CAs
+ * refuse a larger order, and would only learn of it at newOrder, after
+ * a key is made, on every retry.
+ */
+static int
+conf_cert_push(struct conf_parse *p, struct conf_cert *cc, char *ident)
 {
 	size_t	 i;
 
 	for (i = 0; i < cc->cc_nidents; i++) {
 		if (strcmp(cc->cc_idents[i], ident) == 0) {
 			free(ident);
-			return;
+			return 0;
 		}
+	}
+	if (cc->cc_nidents >= CONF_MAX_IDENTS) {
+		free(ident);
+		return conf_error(p, "too many identifiers in one "
+		    "certificate: at most %d (CAs refuse larger orders)",
+		    CONF_MAX_IDENTS);
 	}
 	cc->cc_idents = xreallocarray(cc->cc_idents, cc->cc_nidents + 1,
 	    sizeof(*cc->cc_idents));
 	cc->cc_idents[cc->cc_nidents++] = ident;
+	return 0;
 }
 
 /*
@@ -177,15 +189,16 @@ conf_cert_ident(struct conf_parse *p, struct conf_cert *cc, const char *raw)
 			free(www);
 			return conf_error(p, "invalid identifier \"%s\"", raw);
 		}
-		conf_cert_push(cc, s);
-		conf_cert_push(cc, www);
-		return 0;
+		if (conf_cert_push(p, cc, s) == -1) {
+			free(www);
+			return -1;
+		}
+		return conf_cert_push(p, cc, www);
 	}
 	if ((s = conf_ip_normalize(raw)) == NULL &&
 	    (s = conf_dns_normalize(raw)) == NULL)
 		return conf_error(p, "invalid identifier \"%s\"", raw);
-	conf_cert_push(cc, s);
-	return 0;
+	return conf_cert_push(p, cc, s);
 }
 
 /* The first identifier, and the key type when it is not the default. */
