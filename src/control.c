@@ -19,6 +19,15 @@
  * each request's caller is read with SO_PEERCRED: reads for root, our own
  * uid and members of that group; changes for root and our own uid only.
  *
+ * Slots.  A reader must not be able to lock the administrator out: a uid
+ * other than root and ours holds at most CONTROL_MAX_CONNS_PER_UID
+ * connections and CONTROL_MAX_STREAMS_PER_UID event streams, and the last
+ * CONTROL_RESERVED_CONNS connections and CONTROL_RESERVED_STREAMS streams
+ * are for root and our uid alone.  Each request must arrive whole within
+ * CONTROL_REQUEST_TIMEOUT seconds, however slowly it trickles in
+ * (mhd_guard.c); a %00 in the path, which would cut an id short, and two
+ * Content-Length headers are a 400 before any route is looked at.
+ *
  * Routes are one table, one row each: method, path, access, the body
  * fields it takes, handler.  A path segment "{id}" matches one segment.
  * No route for the path is a 404, a route for another method a 405 with
@@ -28,12 +37,18 @@
  * Two kinds of answer wait, with their connection suspended: a revocation
  * (until the CA answers) and GET /v1/events (until the next event).  The
  * daemon resumes them all before it stops libmicrohttpd, which refuses to
- * stop with a connection suspended.
+ * stop with a connection suspended.  An event stream may be silent for
+ * hours, so it has no idle timeout: an empty line is sent after
+ * CONTROL_STREAM_KEEPALIVE seconds of silence, and a client that leaves
+ * bytes unread for CONTROL_STREAM_STALL seconds is disconnected.
  */
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
+
+#include <linux/sockios.h>
 
 #include <errno.h>
 #include <stdarg.h>
@@ -75,12 +90,25 @@ struct control_req {
 };
 TAILQ_HEAD(control_reqs, control_req);
 
+/* One connection, from accept to close: whose it is. */
+struct control_conn {
+	struct MHD_Connection	*cn_conn;
+	uid_t			 cn_uid;
+	int			 cn_privileged;	/* root or our uid */
+	TAILQ_ENTRY(control_conn) cn_entry;
+};
+TAILQ_HEAD(control_conns, control_conn);
+
 /* One GET /v1/events. */
 struct control_stream {
 	struct MHD_Connection	*cs_conn;
 	struct evbuffer		*cs_buf;	/* lines not sent yet */
 	int			 cs_suspended;	/* waiting for an event */
 	int			 cs_end;	/* 0, or an MHD_CONTENT_READER_ */
+	uid_t			 cs_uid;
+	int			 cs_privileged;
+	time_t			 cs_sent;	/* last line queued (monotonic) */
+	time_t			 cs_unread;	/* bytes unread since, or 0 */
 	TAILQ_ENTRY(control_stream) cs_entry;
 };
 TAILQ_HEAD(control_streams, control_stream);
@@ -158,6 +186,8 @@ static struct {
 	struct event		*ev_pause;	/* after EMFILE */
 	struct event		*ev_check;	/* streams' hang-ups */
 	struct loop_mhd		 loop;		/* drives daemon */
+	struct control_conns	 conns;
+	size_t			 nconns;
 	struct control_streams	 streams;
 	size_t			 nstreams;
 	struct control_reqs	 revoking;	/* suspended for the CA */
@@ -169,9 +199,28 @@ static struct {
 	struct timespec		 started;
 } control = {
 	.fd = -1,
+	.conns = TAILQ_HEAD_INITIALIZER(control.conns),
 	.streams = TAILQ_HEAD_INITIALIZER(control.streams),
 	.revoking = TAILQ_HEAD_INITIALIZER(control.revoking)
 };
+
+/* ------------------------------------------------------------ connections */
+
+static int
+control_privileged(uid_t uid)
+{
+	return uid == 0 || uid == geteuid();
+}
+
+/* The caller of conn: never NULL once control_notify() has seen it. */
+static struct control_conn *
+control_conn_of(struct MHD_Connection *conn)
+{
+	static struct control_conn	 unknown = { .cn_uid = (uid_t)-1 };
+	struct mhd_guard		*mg = mhd_guard_of(conn);
+
+	return mg != NULL ? mg->mg_arg : &unknown;
+}
 
 /* ---------------------------------------------------------------- replies */
 
@@ -560,6 +609,13 @@ control_idents_field(struct control_ctx *cx, size_t *n)
 		    "must be a non-empty array of strings");
 		return NULL;
 	}
+	if (json_array_size(a) > CONF_MAX_IDENTS) {
+		control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL,
+		    "field \"identifiers\" holds %zu identifiers: one "
+		    "certificate may have at most %d", json_array_size(a),
+		    CONF_MAX_IDENTS);
+		return NULL;
+	}
 	idents = xreallocarray(NULL, json_array_size(a), sizeof(*idents));
 	json_array_foreach(a, i, v) {
 		if ((idents[i] = json_string_value(v)) == NULL) {
@@ -745,6 +801,16 @@ control_post_revoke(struct control_ctx *cx)
 
 /* ----------------------------------------------------------------- events */
 
+/* Seconds on the monotonic clock, for the streams' timers. */
+static time_t
+control_now(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
 static void
 control_stream_wake(struct control_stream *cs)
 {
@@ -774,6 +840,7 @@ control_feed(const char *line, void *arg)
 		} else {
 			evbuffer_add(cs->cs_buf, line, len);
 			evbuffer_add(cs->cs_buf, "\n", 1);
+			cs->cs_sent = control_now();
 		}
 		control_stream_wake(cs);
 	}
@@ -812,18 +879,59 @@ control_stream_free(void *cls)
 	free(cs);
 }
 
+/*
+ * 0 if the caller of cn may open one more stream, else -1 and why: a
+ * reader that never reads would otherwise hold a place for ever, and
+ * sixteen of them every place.
+ */
+static int
+control_stream_admit(const struct control_conn *cn, char *why, size_t len)
+{
+	struct control_stream	*cs;
+	int			 mine = 0;
+
+	if (control.nstreams >= CONTROL_MAX_STREAMS) {
+		snprintf(why, len, "too many event streams (%d)",
+		    CONTROL_MAX_STREAMS);
+		return -1;
+	}
+	if (cn->cn_privileged)
+		return 0;
+	if (control.nstreams >= CONTROL_MAX_STREAMS -
+	    CONTROL_RESERVED_STREAMS) {
+		snprintf(why, len, "too many event streams (%d, the last %d "
+		    "of them kept for root and uid %u)", CONTROL_MAX_STREAMS,
+		    CONTROL_RESERVED_STREAMS, (unsigned)geteuid());
+		return -1;
+	}
+	TAILQ_FOREACH(cs, &control.streams, cs_entry)
+		if (!cs->cs_privileged && cs->cs_uid == cn->cn_uid)
+			mine++;
+	if (mine >= CONTROL_MAX_STREAMS_PER_UID) {
+		snprintf(why, len, "uid %u has %d event streams open, the most "
+		    "one uid may have", (unsigned)cn->cn_uid, mine);
+		return -1;
+	}
+	return 0;
+}
+
 static enum MHD_Result
 control_get_events(struct control_ctx *cx)
 {
+	struct control_conn	*cn = control_conn_of(cx->cx_conn);
 	struct control_stream	*cs;
 	struct MHD_Response	*resp;
 	enum MHD_Result		 ret;
+	char			 why[256];
 
-	if (control.nstreams >= CONTROL_MAX_STREAMS)
+	if (control_stream_admit(cn, why, sizeof(why)) == -1)
 		return control_error(cx->cx_conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-		    NULL, "too many event streams (%d)", CONTROL_MAX_STREAMS);
+		    NULL, "%s", why);
 	cs = xcalloc(1, sizeof(*cs));
 	cs->cs_conn = cx->cx_conn;
+	cs->cs_uid = cn->cn_uid;
+	cs->cs_privileged = cn->cn_privileged;
+	cs->cs_sent = control_now();	/* the answer's head */
 	if ((cs->cs_buf = evbuffer_new()) == NULL)
 		fatalx("%s: evbuffer_new", __func__);
 	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096,
@@ -843,33 +951,71 @@ control_get_events(struct control_ctx *cx)
 }
 
 /*
- * A suspended connection does not see its client hang up, so every
- * CONTROL_STREAM_CHECK seconds each sleeping stream peeks at its socket.
+ * Every CONTROL_STREAM_CHECK seconds, each stream: a sleeping one peeks
+ * at its socket, for a suspended connection does not see its client hang
+ * up.  A client that has left bytes unread (in its socket, SIOCOUTQ, or
+ * still ours) for CONTROL_STREAM_STALL seconds is cut, as is one whose
+ * unread events pass CONTROL_STREAM_BACKLOG (control_feed()).  A stream
+ * silent for CONTROL_STREAM_KEEPALIVE seconds gets an empty line, which
+ * clients skip (proto/control-api.md): so one that stopped reading is
+ * found even when no event comes.
  */
 static void
-control_check_streams(evutil_socket_t fd, short events, void *arg)
+control_check_stream(struct control_stream *cs, time_t now)
 {
 	const union MHD_ConnectionInfo	*ci;
-	struct control_stream		*cs;
 	char				 c;
 	ssize_t				 n;
+	int				 outq = 0;
 
-	(void)fd;
-	(void)events;
-	(void)arg;
-	TAILQ_FOREACH(cs, &control.streams, cs_entry) {
-		if (!cs->cs_suspended)
-			continue;
-		ci = MHD_get_connection_info(cs->cs_conn,
-		    MHD_CONNECTION_INFO_CONNECTION_FD);
-		if (ci == NULL)
-			continue;
+	if (cs->cs_end != 0)
+		return;
+	ci = MHD_get_connection_info(cs->cs_conn,
+	    MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (ci == NULL)
+		return;
+	if (cs->cs_suspended) {
 		n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
 		if (n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR)) {
 			cs->cs_end = MHD_CONTENT_READER_END_WITH_ERROR;
 			control_stream_wake(cs);
+			return;
 		}
 	}
+	if (ioctl(ci->connect_fd, SIOCOUTQ, &outq) == -1)
+		outq = 0;
+	if (outq == 0 && evbuffer_get_length(cs->cs_buf) == 0)
+		cs->cs_unread = 0;
+	else if (cs->cs_unread == 0)
+		cs->cs_unread = now;
+	else if (now - cs->cs_unread >= CONTROL_STREAM_STALL) {
+		log_warnx("control: uid %u's event stream has left bytes "
+		    "unread for %d s; disconnecting it", (unsigned)cs->cs_uid,
+		    CONTROL_STREAM_STALL);
+		cs->cs_end = MHD_CONTENT_READER_END_WITH_ERROR;
+		/* Its answer may be stuck in a full socket: cut it there. */
+		mhd_guard_cut(cs->cs_conn);
+		control_stream_wake(cs);
+		return;
+	}
+	if (cs->cs_suspended && now - cs->cs_sent >= CONTROL_STREAM_KEEPALIVE) {
+		evbuffer_add(cs->cs_buf, "\n", 1);
+		cs->cs_sent = now;
+		control_stream_wake(cs);
+	}
+}
+
+static void
+control_check_streams(evutil_socket_t fd, short events, void *arg)
+{
+	struct control_stream	*cs;
+	time_t			 now = control_now();
+
+	(void)fd;
+	(void)events;
+	(void)arg;
+	TAILQ_FOREACH(cs, &control.streams, cs_entry)
+		control_check_stream(cs, now);
 	loop_mhd_wake(&control.loop);
 }
 
@@ -1055,7 +1201,7 @@ control_request(void *cls, struct MHD_Connection *conn, const char *url,
     size_t *upload_data_size, void **con_cls)
 {
 	struct control_req	*cr = *con_cls;
-	const char		*clen;
+	const char		*clen, *why;
 
 	(void)cls;
 	(void)version;
@@ -1069,13 +1215,21 @@ control_request(void *cls, struct MHD_Connection *conn, const char *url,
 	if (cr == NULL) {
 		*con_cls = cr = xcalloc(1, sizeof(*cr));
 		cr->cr_conn = conn;
+		if ((why = mhd_guard_refuse(conn)) != NULL) {
+			mhd_guard_arrived(conn);
+			return control_error(conn, MHD_HTTP_BAD_REQUEST, NULL,
+			    "%s", why);
+		}
 		/* Refuse a body announced too big before reading it. */
 		clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 		    MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (clen != NULL && strtoull(clen, NULL, 10) > CONTROL_MAX_BODY)
+		if (clen != NULL && strtoull(clen, NULL, 10) >
+		    CONTROL_MAX_BODY) {
+			mhd_guard_arrived(conn);
 			return control_error(conn, MHD_HTTP_CONTENT_TOO_LARGE,
 			    NULL, "the body is larger than %d bytes",
 			    CONTROL_MAX_BODY);
+		}
 		return MHD_YES;
 	}
 	if (*upload_data_size != 0) {
@@ -1091,6 +1245,7 @@ control_request(void *cls, struct MHD_Connection *conn, const char *url,
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
+	mhd_guard_arrived(conn);
 	return control_dispatch(conn, url, method, cr);
 }
 
@@ -1101,8 +1256,8 @@ control_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct control_req	*cr = *con_cls;
 
 	(void)cls;
-	(void)conn;
 	(void)toe;
+	mhd_guard_next(conn);
 	if (cr == NULL)
 		return;
 	json_decref(cr->cr_answer);
@@ -1125,31 +1280,119 @@ control_mhd_log(void *cls, const char *fmt, va_list ap)
 	free(msg);
 }
 
-/* Over CONTROL_MAX_CONNS: say so in one write, best effort, and close. */
+/* Over a cap: say why in one write, best effort, and close. */
 static void
-control_refuse(int fd)
+control_refuse(int fd, const char *why)
 {
-	static const char	 body[] = "{\"error\": {\"status\": 503, "
-	    "\"message\": \"too many connections\"}}\n";
-	char			 buf[256];
-	int			 n;
+	json_t	*j;
+	char	*body, *buf;
+	int	 n;
 
-	n = snprintf(buf, sizeof(buf), "HTTP/1.1 503 Service Unavailable\r\n"
+	j = control_error_json(MHD_HTTP_SERVICE_UNAVAILABLE, why);
+	body = json_dumps(j, JSON_COMPACT);
+	json_decref(j);
+	if (body == NULL)
+		fatalx("%s: json_dumps", __func__);
+	n = asprintf(&buf, "HTTP/1.1 503 Service Unavailable\r\n"
 	    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
-	    "Connection: close\r\n\r\n%s", sizeof(body) - 1, body);
+	    "Connection: close\r\n\r\n%s\n", strlen(body) + 1, body);
+	if (n == -1)
+		fatalx("%s: asprintf", __func__);
+	log_debug("control: refusing a connection: %s", why);
 	if (write(fd, buf, (size_t)n) == -1)
 		log_debug("control: refusing a connection: %s",
 		    strerror(errno));
+	free(buf);
+	free(body);
 	close(fd);
+}
+
+/*
+ * 0 if the client on fd may have one more connection, else -1 and why.
+ * Root and our uid only meet the total; any other uid its own cap and
+ * the total less the slots kept for root and our uid.
+ */
+static int
+control_admit(int fd, char *why, size_t len)
+{
+	struct control_conn	*cn;
+	struct ucred		 uc;
+	socklen_t		 ulen = sizeof(uc);
+	int			 mine = 0;
+
+	if (control.nconns >= CONTROL_MAX_CONNS) {
+		snprintf(why, len, "too many connections");
+		return -1;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ulen) == -1) {
+		snprintf(why, len, "the caller's credentials are unknown");
+		return -1;
+	}
+	if (control_privileged(uc.uid))
+		return 0;
+	if (control.nconns >= CONTROL_MAX_CONNS - CONTROL_RESERVED_CONNS) {
+		snprintf(why, len, "too many connections (the last %d are "
+		    "kept for root and uid %u)", CONTROL_RESERVED_CONNS,
+		    (unsigned)geteuid());
+		return -1;
+	}
+	TAILQ_FOREACH(cn, &control.conns, cn_entry)
+		if (cn->cn_uid == uc.uid)
+			mine++;
+	if (mine >= CONTROL_MAX_CONNS_PER_UID) {
+		snprintf(why, len, "uid %u has %d connections open, the most "
+		    "one uid may have", (unsigned)uc.uid, mine);
+		return -1;
+	}
+	return 0;
+}
+
+/* A connection opens or closes: who it is, and its guard. */
+static void
+control_notify(void *cls, struct MHD_Connection *conn, void **ctx,
+    enum MHD_ConnectionNotificationCode code)
+{
+	const union MHD_ConnectionInfo	*ci;
+	struct control_conn		*cn;
+	struct mhd_guard		*mg;
+	struct ucred			 uc;
+	socklen_t			 ulen = sizeof(uc);
+
+	(void)cls;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+		cn = xcalloc(1, sizeof(*cn));
+		cn->cn_conn = conn;
+		cn->cn_uid = (uid_t)-1;
+		ci = MHD_get_connection_info(conn,
+		    MHD_CONNECTION_INFO_CONNECTION_FD);
+		if (ci != NULL && getsockopt(ci->connect_fd, SOL_SOCKET,
+		    SO_PEERCRED, &uc, &ulen) == 0) {
+			cn->cn_uid = uc.uid;
+			cn->cn_privileged = control_privileged(uc.uid);
+		}
+		TAILQ_INSERT_TAIL(&control.conns, cn, cn_entry);
+		control.nconns++;
+		*ctx = mhd_guard_new(&control.loop, conn,
+		    CONTROL_REQUEST_TIMEOUT, cn);
+		return;
+	}
+	if ((mg = *ctx) == NULL)
+		return;
+	cn = mg->mg_arg;
+	TAILQ_REMOVE(&control.conns, cn, cn_entry);
+	control.nconns--;
+	free(cn);
+	mhd_guard_free(mg);
+	*ctx = NULL;
 }
 
 static void
 control_accept(evutil_socket_t lfd, short events, void *arg)
 {
-	const union MHD_DaemonInfo	*di;
 	struct sockaddr_un		 sun;
 	socklen_t			 len = sizeof(sun);
 	struct timeval			 tv = { CONTROL_ACCEPT_PAUSE, 0 };
+	char				 why[256];
 	int				 fd;
 
 	(void)events;
@@ -1168,10 +1411,8 @@ control_accept(evutil_socket_t lfd, short events, void *arg)
 			log_warn("control: accept");
 		return;
 	}
-	di = MHD_get_daemon_info(control.daemon,
-	    MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-	if (di != NULL && di->num_connections >= CONTROL_MAX_CONNS) {
-		control_refuse(fd);
+	if (control_admit(fd, why, sizeof(why)) == -1) {
+		control_refuse(fd, why);
 		return;
 	}
 	/* An unnamed client has a short address: hand over a full one. */
@@ -1332,6 +1573,8 @@ control_start(struct event_base *base, const char *path, const char *group,
 	    MHD_USE_NO_LISTEN_SOCKET | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, control_request, NULL,
 	    MHD_OPTION_EXTERNAL_LOGGER, control_mhd_log, NULL,
 	    MHD_OPTION_NOTIFY_COMPLETED, control_completed, NULL,
+	    MHD_OPTION_NOTIFY_CONNECTION, control_notify, NULL,
+	    MHD_OPTION_UNESCAPE_CALLBACK, mhd_guard_unescape, NULL,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CONTROL_MAX_CONNS,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONTROL_CONN_TIMEOUT,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONTROL_MEMORY_LIMIT,
