@@ -13,6 +13,11 @@
  * Input: byte 0 is a key length n, then n bytes of key, then the segment
  * file as the sidecar would have written it.  The key is looked up as a
  * certificate id (with and without a known serial) and as a token.
+ *
+ * Then the file is cut short under the mapping, as anyone able to write
+ * it may do, at a few points (nothing, a header's worth, half of it, all
+ * but one byte), and the same lookups run again on the same mapping: a
+ * worker that touched a page past the new end would die with SIGBUS.
  */
 #include "../../src/nginx/ngx_http_acme_shm.c"
 
@@ -92,16 +97,34 @@ fuzz_write(const uint8_t *data, size_t size)
 	close(fd);
 }
 
+/* Every lookup a worker makes, on whatever is mapped now. */
+static void
+fuzz_lookups(ngx_http_acme_shm_t *shm, ngx_log_t *log, ngx_str_t *key)
+{
+	ngx_http_acme_shm_cert_t	 cert;
+	ngx_str_t			 keyauth;
+	ngx_pool_t			*pool = (ngx_pool_t *)fuzz_allocs;
+	uint64_t			 serial;
+
+	if (ngx_http_acme_shm_ready(shm, log) != NGX_OK)
+		return;
+	(void)ngx_http_acme_shm_generation(shm);
+	if (ngx_http_acme_shm_cert(shm, key, NULL, pool, &cert) ==
+	    NGX_HTTP_ACME_FOUND) {
+		serial = cert.serial;
+		(void)ngx_http_acme_shm_cert(shm, key, &serial, pool, &cert);
+	}
+	(void)ngx_http_acme_shm_token(shm, key, pool, &keyauth);
+	(void)ngx_http_acme_status_text(NGX_HTTP_ACME_BUSY);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	ngx_http_acme_shm_t		 shm;
-	ngx_http_acme_shm_cert_t	 cert;
-	ngx_str_t			 key, keyauth;
-	ngx_pool_t			*pool = (ngx_pool_t *)fuzz_allocs;
+	ngx_str_t			 key;
 	ngx_log_t			 log;
-	uint64_t			 serial;
-	size_t				 i;
+	size_t				 i, seg, cuts[4];
 
 	if (size < 1 || (size_t)data[0] + 1 > size)
 		return 0;
@@ -118,16 +141,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	shm.owner = geteuid();
 	fuzz_time.sec = time(NULL);
 	ngx_http_acme_shm_init(&shm, &log);
-	if (ngx_http_acme_shm_ready(&shm, &log) == NGX_OK) {
-		(void)ngx_http_acme_shm_generation(&shm);
-		if (ngx_http_acme_shm_cert(&shm, &key, NULL, pool, &cert) ==
-		    NGX_HTTP_ACME_FOUND) {
-			serial = cert.serial;
-			(void)ngx_http_acme_shm_cert(&shm, &key, &serial, pool,
-			    &cert);
-		}
-		(void)ngx_http_acme_shm_token(&shm, &key, pool, &keyauth);
-		(void)ngx_http_acme_status_text(NGX_HTTP_ACME_BUSY);
+	fuzz_lookups(&shm, &log, &key);
+	seg = size - 1 - key.len;
+	cuts[0] = seg - (seg > 0);
+	cuts[1] = seg / 2;
+	cuts[2] = sizeof(struct acme_shm_header);
+	cuts[3] = 0;
+	for (i = 0; i < 4 && shm.base != NULL; i++) {
+		if (cuts[i] >= seg || truncate(fuzz_path, (off_t)cuts[i]) == -1)
+			continue;
+		fuzz_lookups(&shm, &log, &key);
 	}
 	ngx_http_acme_shm_close(&shm);
 	for (i = 0; i < fuzz_nallocs; i++)
