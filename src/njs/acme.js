@@ -34,6 +34,11 @@
  * certificates served.  njs 0.7.9 cannot open with O_NOFOLLOW or
  * O_NONBLOCK, so the name is checked with lstat before the open and the
  * descriptor with fstat after it; README.md says what that leaves.
+ *
+ * A file cut short (anyone able to write it can truncate it) cannot
+ * hurt this reader, which reads and never maps: a read past the end is
+ * short, and refused.  The size fstat gave is compared with the header
+ * first, so that the log says what happened.
  */
 import fs from 'fs';
 
@@ -116,7 +121,7 @@ function cannotOpen(path, e) {
 /*
  * The descriptor of a file that passed checkOwner() both by its name,
  * before the open (a FIFO would block the open, a symbolic link lead
- * elsewhere), and by the descriptor, after it.
+ * elsewhere), and by the descriptor, after it: { fd, size }.
  */
 function openChecked(path, owner) {
 	let st, fd;
@@ -138,11 +143,11 @@ function openChecked(path, owner) {
 		if (fst.dev !== st.dev || fst.ino !== st.ino)
 			fail(`${path} was replaced while being opened; refused`);
 		checkOwner(path, fst, owner);
+		return { fd: fd, size: fst.size };
 	} catch (e) {
 		fs.closeSync(fd);
 		throw e;
 	}
-	return fd;
 }
 
 /* FNV-1a, 32 bits, as acme_shm_hash(). */
@@ -324,11 +329,16 @@ function find(file, h, want) {
  * found while reading is only believed once the generation says the
  * bytes it came from were not being rewritten.
  */
-function attempt(fd, path, want) {
-	const h = readHeader(fd, path);
-	const seg = { fd: fd, path: path, lo: 0, hi: h.size,
+function attempt(file, path, want) {
+	const h = readHeader(file.fd, path);
+	const seg = { fd: file.fd, path: path, lo: 0, hi: h.size,
 	    what: `the segment's ${h.size} bytes` };
 	let found;
+
+	if (file.size < h.size)
+		fail(`${path} was cut short: ${file.size} bytes, its header ` +
+		    `says ${h.size}; nothing is read from it until ` +
+		    'acme-sidecar puts its size back');
 
 	if (h.genLo === 0 && h.genHi === 0)
 		fail(`${path}: nothing published yet`);
@@ -348,17 +358,17 @@ function attempt(fd, path, want) {
 }
 
 function read(path, owner, want) {
-	const fd = openChecked(path, owner);
+	const file = openChecked(path, owner);
 
 	try {
 		for (let i = 0; i < SHM_MAX_RETRIES; i++) {
-			const found = attempt(fd, path, want);
+			const found = attempt(file, path, want);
 
 			if (found !== null)
 				return found;
 		}
 	} finally {
-		fs.closeSync(fd);
+		fs.closeSync(file.fd);
 	}
 	fail(`${path}: the generation changed during each of ` +
 	    `${SHM_MAX_RETRIES} reads; giving up`);
