@@ -1346,8 +1346,9 @@ acme_account_local(struct acme_issuer *ai)
 	char	*cause = NULL, *url = NULL;
 
 	if (ai->ai_key == NULL) {
+		/* cause names the file: account.key, account.url or the user's. */
 		if ((ai->ai_key = acme_account_key(ai, &url, &cause)) == NULL) {
-			acme_boot_failed(ai, "account key", cause);
+			acme_boot_failed(ai, "loading the account", cause);
 			free(cause);
 			return;
 		}

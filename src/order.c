@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/event.h>
 #include <event2/http.h>
@@ -489,6 +490,48 @@ order_fail(struct cert *ce, int permanent, time_t not_before,
 	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), METRICS_FAILED);
 }
 
+static int	order_url_ok(const char *);
+
+/* The port of a parsed URL, its scheme's default when it has none. */
+static int
+order_uri_port(const struct evhttp_uri *uri)
+{
+	int	 port = evhttp_uri_get_port(uri);
+
+	if (port != -1)
+		return port;
+	return strcasecmp(evhttp_uri_get_scheme(uri), "https") == 0 ? 443 : 80;
+}
+
+/*
+ * Whether url, read back from state_path, can be one of the CA's: as good
+ * as order_url_ok() asks of the CA's own, and on the origin of the
+ * issuer's directory (scheme, host, port).  Nothing else in the file was
+ * checked by the CA, and our signed requests must not go elsewhere, nor
+ * over plain http to an https CA.
+ */
+static int
+order_url_of_issuer(const char *url, const char *directory)
+{
+	struct evhttp_uri	*u = NULL, *d = NULL;
+	int			 ok = 0;
+
+	if (!order_url_ok(url) || !order_url_ok(directory) ||
+	    (u = evhttp_uri_parse(url)) == NULL ||
+	    (d = evhttp_uri_parse(directory)) == NULL)
+		goto out;
+	ok = strcasecmp(evhttp_uri_get_scheme(u),
+	    evhttp_uri_get_scheme(d)) == 0 &&
+	    strcasecmp(evhttp_uri_get_host(u), evhttp_uri_get_host(d)) == 0 &&
+	    order_uri_port(u) == order_uri_port(d);
+out:
+	if (u != NULL)
+		evhttp_uri_free(u);
+	if (d != NULL)
+		evhttp_uri_free(d);
+	return ok;
+}
+
 /*
  * Resume the order a previous run finalized but did not see through to a
  * stored certificate (store_save_pending()): fetch it, and download its
@@ -498,6 +541,7 @@ static int
 order_resume(struct cert *ce)
 {
 	const char	*dir = acme_issuer_state_path(ce->ce_issuer);
+	const char	*ca = acme_issuer_uri(ce->ce_issuer);
 	char		*url = NULL, *cause = NULL;
 	EVP_PKEY	*key = NULL;
 	int		 rc;
@@ -507,6 +551,13 @@ order_resume(struct cert *ce)
 	if (rc == -1) {
 		log_warnx("certificate \"%s\": %s", ce->ce_id, cause);
 		free(cause);
+	}
+	if (rc == 0 && !order_url_of_issuer(url, ca)) {
+		log_warnx("certificate \"%s\": the pending order %s is not on "
+		    "the CA's origin (%s); not resumed", ce->ce_id, url, ca);
+		free(url);
+		EVP_PKEY_free(key);
+		rc = 1;
 	}
 	if (rc != 0)
 		return -1;

@@ -400,3 +400,95 @@ def test_damaged_meta_json(damage, tmp_path, sidecar_factory):
     assert meta["not_after"] == served["not_after"], meta
     assert not [p for p in g.iterdir() if p.name.startswith(".")], \
         "a temp file was left behind"
+
+
+# --------------------------------------------- 5. URLs read from the state
+
+class Listener:
+    """A loopback port that records whoever connects: where a planted
+    URL would send the daemon's signed requests."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.seen = []
+        self.done = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            c.settimeout(1)
+            try:
+                self.seen.append(c.recv(4096))
+            except OSError:
+                self.seen.append(b"")
+            c.close()
+
+    def close(self):
+        self.done = True
+        self.thread.join()
+        self.sock.close()
+
+
+def test_pending_order_elsewhere(tmp_path, fake, sidecar_factory):
+    """A pending order whose URL is not the CA's (another origin, plain
+    http) is not resumed: no request goes there, and the stored
+    certificate stays served."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    name = "a.example.test"
+    chain, key = make_cert(tmp_path, name)
+    plant_cert(state, name, chain, key,
+               meta=json.dumps({"identifiers": [name]}))
+    other = Listener()
+    (state / "pending").mkdir(mode=0o700)
+    url = "http://127.0.0.1:%d/order/1" % other.port
+    _, new_key = make_cert(tmp_path, "new")
+    (state / "pending" / (name + ".json")).write_text(json.dumps(
+        {"order": url, "identifiers": [name], "key": new_key}))
+    conf = write_conf(tmp_path, state, uri=fake.directory_url)
+    sidecar = sidecar_factory(conf).start()
+    try:
+        sidecar.wait_log(r"account \S+ ready")
+        served = wait_zone(sidecar, tmp_path, name)
+        time.sleep(1.5)
+        log = sidecar.log()
+    finally:
+        other.close()
+        assert stop_in_time(sidecar)
+    assert other.seen == [], "a request went to the planted URL: %r" % (
+        other.seen[:1],)
+    assert "resuming order %s" % url not in log, log
+    assert "certificate \"%s\": the pending order %s is not on the CA's " \
+        "origin (%s); not resumed" % (name, url, fake.directory_url) in log, \
+        log
+    assert served is not None and served["key"] == key, log
+
+
+def test_bad_account_url_names_it(tmp_path, fake, sidecar_factory):
+    """A damaged account.url: the message says the account URL, not the
+    account key, is what is wrong."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt",
+            "ec_paramgen_curve:P-256", "-out", str(state / "account.key"))
+    (state / "account.url").write_text("https://a\nhttps://b\n")
+    conf = write_conf(tmp_path, state, uri=fake.directory_url)
+    sidecar = sidecar_factory(conf).start()
+    m = sidecar.wait_log(r"issuer \"test\": ([^\n]*account\.url[^\n]*)")
+    assert stop_in_time(sidecar)
+    line = m.group(1)
+    assert "account key" not in line, line
+    assert line.startswith("loading the account: %s/account.url: not a "
+                           "single URL line" % state), line
+    # Nothing stored is lost: the key is the one we put there.
+    assert (state / "account.key").read_text().startswith(
+        "-----BEGIN PRIVATE KEY-----")
