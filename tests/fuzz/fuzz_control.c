@@ -10,9 +10,15 @@
  * exists (its issuer never starts) so that the routes with an {id} get
  * past their lookup to their body fields.
  *
- * Input: byte 0 picks the method, then the path up to '\n' (any byte,
- * percent-encoded on the wire), then the body.  GET /v1/events is
- * answered by the harness: it streams until the daemon stops.
+ * Input: byte 0 picks the method (byte 0 % 6) and the framing headers
+ * ((byte 0 / 6) % 4: Content-Length alone, twice with the same value,
+ * twice with two values, or with Transfer-Encoding: the last three are
+ * refused by mhd_guard_refuse()), then the path up to '\n' (any byte,
+ * percent-encoded on the wire: %00 goes through mhd_guard_unescape()),
+ * then the body.  The daemon's connection callbacks run too, each
+ * connection with its guard and its caller (ourselves, so privileged).
+ * GET /v1/events is answered by the harness: it streams until the
+ * daemon stops.
  *
  * Known bug (regressions/control/404-invalid-utf8-path): a path that is
  * not UTF-8 makes control_error_json()'s json_pack() fail, and the daemon
@@ -25,6 +31,7 @@
 #include "fuzz_mhd.h"
 
 static struct MHD_Daemon	*fuzz_daemon;
+static struct event_base	*fuzz_base;
 static int			 fuzz_utf8_only;
 
 /* Whether s (len bytes) is well-formed UTF-8 without NUL, as jansson asks. */
@@ -123,7 +130,6 @@ fuzz_certificate(void)
 	    "    state_path /nonexistent/acme-sidecar-fuzz;\n"
 	    "}\n"
 	    "acme_certificate fuzz example;\n";
-	struct event_base	*base;
 	struct conf		*conf;
 	char			 path[] = "/tmp/fuzz-control-XXXXXX";
 	char			*cause = NULL;
@@ -139,9 +145,9 @@ fuzz_certificate(void)
 		fprintf(stderr, "fuzz_control: %s\n", cause);
 		abort();
 	}
-	if ((base = event_base_new()) == NULL)
+	if ((fuzz_base = event_base_new()) == NULL)
 		abort();
-	sched_init(base, NULL);
+	sched_init(fuzz_base, NULL);
 	sched_apply(conf);
 	conf_free(conf);
 	if (sched_cert_find("example") == NULL)
@@ -163,10 +169,15 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	clock_gettime(CLOCK_MONOTONIC, &control.started);
 	control.hooks = hooks;
 	control.gid = getegid();
+	/* The guards' deadlines are armed, never run: no loop runs. */
+	control.loop.lm_base = fuzz_base;
+	control.loop.lm_name = "control";
 	fuzz_utf8_only = getenv("FUZZ_CONTROL_UTF8_ONLY") != NULL;
 	fuzz_daemon = MHD_start_daemon(MHD_USE_NO_LISTEN_SOCKET |
 	    MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, fuzz_request, NULL,
 	    MHD_OPTION_NOTIFY_COMPLETED, control_completed, NULL,
+	    MHD_OPTION_NOTIFY_CONNECTION, control_notify, NULL,
+	    MHD_OPTION_UNESCAPE_CALLBACK, mhd_guard_unescape, NULL,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CONTROL_MAX_CONNS,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONTROL_CONN_TIMEOUT,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONTROL_MEMORY_LIMIT,
@@ -181,6 +192,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const char *const methods[] = {
 		"GET", "POST", "DELETE", "PUT", "HEAD", "PATCH"
+	};
+	static const char *const framing[] = {
+		"Content-Length: %zu\r\n",
+		"Content-Length: %zu\r\ncontent-length: %zu\r\n",
+		"Content-Length: %zu\r\nContent-Length: %zu1\r\n",
+		"Content-Length: %zu\r\nTransfer-Encoding: chunked\r\n"
 	};
 	const uint8_t	*nl;
 	char		*req;
@@ -198,7 +215,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	n = (size_t)sprintf(req, "%s ", methods[data[0] % 6]);
 	n += fuzz_mhd_encode(req + n, data + 1, plen);
 	n += (size_t)sprintf(req + n, " HTTP/1.1\r\nHost: x\r\n"
-	    "Connection: close\r\nContent-Length: %zu\r\n\r\n", blen);
+	    "Connection: close\r\n");
+	n += (size_t)sprintf(req + n, framing[(data[0] / 6) % 4], blen, blen);
+	n += (size_t)sprintf(req + n, "\r\n");
 	memcpy(req + n, nl + 1 - (blen == 0), blen);
 	fuzz_mhd_exchange(fuzz_daemon, req, n + blen);
 	free(req);
