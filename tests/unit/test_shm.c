@@ -1,7 +1,8 @@
 /*
  * The shared-memory segment: what the writer publishes is what a reader
  * following proto/acme_shm.h finds, a full segment keeps its last good
- * image, the file never shrinks, a planted file is refused, and readers
+ * image, the file never shrinks, a planted file is refused and left
+ * alone, a truncated file is put back at the next publish, and readers
  * in other processes never accept a torn entry while the writer rewrites
  * the segment as fast as it can.
  */
@@ -418,12 +419,11 @@ test_never_shrinks(void **state)
 {
 	struct stat	 st;
 	char		*cause = NULL;
-	int		 fd;
 
 	(void)state;
-	assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT, 0600), -1);
-	assert_int_equal(ftruncate(fd, 128 * 1024), 0);
-	close(fd);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 128 * 1024, NULL,
+	    &cause), 0);
+	shm_close();
 	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
 	    &cause), 0);
 	assert_int_equal(stat(ts_path, &st), 0);
@@ -438,60 +438,134 @@ test_never_shrinks(void **state)
 }
 
 /*
- * Anything at the path that is not a regular file of ours with one link
- * may have been planted in world-writable /dev/shm: it is removed (we
- * are root here, as the sticky bit requires) and a file of ours takes
- * its place, leaving what a link pointed at untouched.
+ * shm_open_zone() must fail on what is at ts_path, with a cause that
+ * says want, and leave it as it was (same inode, owner, mode, size).
  */
 static void
-test_replaces_planted_files(void **state)
+ts_refused(const char *want)
+{
+	struct stat	 before, after;
+	char		*cause = NULL, *check;
+
+	assert_int_equal(lstat(ts_path, &before), 0);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), -1);
+	if (strstr(cause, want) == NULL)
+		fail_msg("\"%s\" lacks \"%s\"", cause, want);
+	assert_non_null(strstr(cause, ts_path));
+	free(cause);
+	/* -t says the same, through shm_zone_check(). */
+	assert_non_null(check = shm_zone_check(ts_path));
+	assert_non_null(strstr(check, want));
+	free(check);
+	assert_int_equal(lstat(ts_path, &after), 0);
+	assert_true(after.st_ino == before.st_ino);
+	assert_true(after.st_uid == before.st_uid);
+	assert_true(after.st_mode == before.st_mode);
+	assert_true(after.st_size == before.st_size);
+}
+
+/*
+ * Anything at the path but a zone of ours may have been planted in
+ * world-writable /dev/shm, or named by path= by mistake: it is refused
+ * and left alone, never removed, chmod'ed or wiped.
+ */
+static void
+test_refuses_planted_files(void **state)
 {
 	char		 target[80], *cause = NULL;
 	struct stat	 st;
 	int		 fd;
 
 	(void)state;
+	assert_null(shm_zone_check(ts_path));		/* nothing there */
 	snprintf(target, sizeof(target), "%s.target", ts_path);
 	assert_int_not_equal(fd = open(target, O_RDWR | O_CREAT, 0600), -1);
 	close(fd);
 	assert_int_equal(symlink(target, ts_path), 0);
-	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
-	    &cause), 0);
-	assert_int_equal(lstat(ts_path, &st), 0);
-	assert_true(S_ISREG(st.st_mode));
-	assert_int_equal(st.st_size, 64 * 1024);
+	ts_refused("a symbolic link");
 	assert_int_equal(stat(target, &st), 0);
 	assert_int_equal(st.st_size, 0);
-	shm_close();
+	unlink(ts_path);
 
-	/* A second name for our file (a hard link) is not ours either. */
-	unlink(target);
-	assert_int_equal(link(ts_path, target), 0);
+	/* A second name for a zone of ours (a hard link) is not ours. */
 	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
 	    &cause), 0);
-	assert_int_equal(stat(ts_path, &st), 0);
-	assert_int_equal(st.st_nlink, 1);
 	shm_close();
+	assert_null(shm_zone_check(ts_path));		/* a zone: usable */
 	unlink(target);
+	assert_int_equal(link(ts_path, target), 0);
+	ts_refused("2 link(s)");
+	unlink(target);
+	unlink(ts_path);
+
+	/* Our own file, but no zone: every byte stays. */
+	assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT, 0600), -1);
+	assert_int_equal(write(fd, "precious\n", 9), 9);
+	close(fd);
+	ts_refused("9 bytes, not a shared zone");
+	unlink(ts_path);
+
+	/* A zone of ours that others could write (or hold open to). */
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	shm_close();
+	assert_int_equal(chmod(ts_path, 0660), 0);
+	ts_refused("mode 0660");
+	unlink(ts_path);
 
 	if (geteuid() == 0) {
-		unlink(ts_path);
-		assert_int_equal(mkfifo(ts_path, 0666), 0);
-		assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
-		    &cause), 0);
-		assert_int_equal(stat(ts_path, &st), 0);
-		assert_true(S_ISREG(st.st_mode));
-		shm_close();
+		assert_int_equal(mkfifo(ts_path, 0644), 0);
+		ts_refused("a FIFO owned by uid 0, mode 0644");
 		unlink(ts_path);
 		assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT,
-		    0666), -1);
+		    0644), -1);
 		assert_int_equal(fchown(fd, 65534, 65534), 0);
 		close(fd);
-		assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
-		    &cause), 0);
+		ts_refused("owned by uid 65534, mode 0644");
+	}
+}
+
+/*
+ * Someone able to write the zone truncates it: the next publish puts
+ * the size back and a whole image in it, with a later generation, and
+ * does not die of SIGBUS.
+ */
+static void
+test_truncated_zone_restored(void **state)
+{
+	const struct acme_shm_header	*h;
+	struct shm_stats		 stats;
+	unsigned char			*base;
+	struct stat			 st;
+	size_t				 size;
+	uint64_t			 gen;
+	char				*cause = NULL, *ka;
+	off_t				 cuts[] = { 0, 100, 4096, 40000 };
+	size_t				 i;
+
+	(void)state;
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	shm_token_add("tok0", "tok0.thumb");
+	for (i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+		shm_get_stats(&stats);
+		gen = stats.ss_generation;
+		assert_int_equal(truncate(ts_path, cuts[i]), 0);
+		shm_token_add(i % 2 ? "tok1" : "tok2", "thumb");
 		assert_int_equal(stat(ts_path, &st), 0);
-		assert_int_equal(st.st_uid, 0);
-		assert_int_equal(st.st_mode & 07777, 0640);
+		assert_int_equal(st.st_size, 64 * 1024);
+		shm_get_stats(&stats);
+		assert_true(stats.ss_generation > gen);
+		assert_true(stats.ss_restores == i + 1);
+		base = ts_map(&size);
+		h = (const void *)base;
+		assert_true(h->generation == stats.ss_generation);
+		assert_non_null(ka = ts_token(base, size, "tok0"));
+		assert_string_equal(ka, "tok0.thumb");
+		free(ka);
+		munmap(base, size);
+		shm_token_remove(i % 2 ? "tok1" : "tok2");
 	}
 }
 
@@ -503,7 +577,10 @@ test_one_writer_per_file(void **state)
 	int	 fd;
 
 	(void)state;
-	assert_int_not_equal(fd = open(ts_path, O_RDWR | O_CREAT, 0640), -1);
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	shm_close();
+	assert_int_not_equal(fd = open(ts_path, O_RDWR), -1);
 	assert_int_equal(flock(fd, LOCK_EX), 0);
 	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
 	    &cause), -1);
@@ -635,7 +712,9 @@ main(void)
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_never_shrinks,
 		    ts_setup, ts_teardown),
-		cmocka_unit_test_setup_teardown(test_replaces_planted_files,
+		cmocka_unit_test_setup_teardown(test_refuses_planted_files,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_truncated_zone_restored,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_one_writer_per_file,
 		    ts_setup, ts_teardown),
