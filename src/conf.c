@@ -1156,7 +1156,7 @@ conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
 {
 	struct conf	*conf = p->conf;
 	char		*name = NULL, *path = NULL, *group = NULL;
-	char		*owner = NULL;
+	char		*owner = NULL, *why;
 	size_t		 size = 0;
 	int		 i, rc = -1;
 
@@ -1177,6 +1177,12 @@ conf_cmd_zone(struct conf_parse *p, struct conf_block *blk, int argc,
 	}
 	if (path == NULL)
 		xasprintf(&path, "%s%s", CONF_ZONE_DIR, name);
+	/* Never a file that is not a zone of ours: start would refuse it. */
+	if ((why = shm_zone_check(path)) != NULL) {
+		conf_error(p, "%s", why);
+		free(why);
+		goto out;
+	}
 	free(conf->c_zone_name);
 	free(conf->c_zone_path);
 	free(conf->c_zone_group);

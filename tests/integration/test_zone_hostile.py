@@ -357,8 +357,6 @@ def test_path_to_a_file_that_is_not_a_zone(tmp_path):
         s.kill()
 
 
-@pytest.mark.xfail(strict=True, reason="needs shm_zone_check() called "
-                   "from conf_cmd_zone() in src/conf.c (not ours)")
 def test_path_to_a_file_that_is_not_a_zone_t(tmp_path):
     """The same, found by -t with FILE:LINE of acme_shared_zone, as nginx
     -t would say it; a zone at that path passes."""
