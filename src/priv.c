@@ -96,34 +96,19 @@ int
 priv_state_prepare(const char *dir, const struct priv_user *pu, char **cause)
 {
 	struct stat	 st;
-	char		*copy, *p;
-	int		 rc = -1;
+	int		 fd;
 
 	if (lstat(dir, &st) == 0 || errno != ENOENT)
 		return 0;	/* priv_state_check() judges it after */
-	copy = xstrdup(dir);
-	for (p = copy + 1; (p = strchr(p, '/')) != NULL; p++) {
-		*p = '\0';
-		if (mkdir(copy, 0755) == -1 && errno != EEXIST) {
-			xasprintf(cause, "mkdir %s: %s", copy, strerror(errno));
-			goto out;
-		}
-		*p = '/';
-	}
-	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
-		xasprintf(cause, "mkdir %s: %s", dir, strerror(errno));
-		goto out;
-	}
-	if (fchownat(AT_FDCWD, dir, pu->pu_uid, pu->pu_gid,
-	    AT_SYMLINK_NOFOLLOW) == -1) {
-		xasprintf(cause, "chown %s: %s", dir, strerror(errno));
-		goto out;
-	}
+	/*
+	 * Through descriptors (fsafe.c): a folder another user makes in the
+	 * meantime, or a link planted in the path, is refused, not adopted.
+	 */
+	if ((fd = fsafe_mkdir(dir, 0700, pu->pu_uid, pu->pu_gid, cause)) == -1)
+		return -1;
+	close(fd);
 	log_info("state_path %s: created for user %s", dir, pu->pu_user);
-	rc = 0;
-out:
-	free(copy);
-	return rc;
+	return 0;
 }
 
 /* Whether the process could still act as root or use a capability. */
