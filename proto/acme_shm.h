@@ -9,15 +9,20 @@
  *	0640, group of the nginx workers: it holds private keys.  The writer
  *	never shrinks it (a reader touching a page past a truncated end dies
  *	with SIGBUS); it may grow it across a restart with a larger SIZE, so
- *	a reader compares header.size with what it mapped and remaps.
+ *	a reader compares header.size with what it mapped and remaps.  A
+ *	reader also compares the file's size (fstat) with what it maps
+ *	before each lookup, and uses nothing while the file is shorter; the
+ *	writer checks the size before each publish and puts it back.
  *
  *	/dev/shm is writable by everyone, so what a reader finds at the
  *	path may have been planted.  A reader opens it with O_NONBLOCK and
  *	O_NOFOLLOW and uses it only if it is a regular file with one link,
  *	not writable by group or others, owned by root or by the user that
- *	"owner=USER" names.  The writer removes anything else it finds there
- *	(or refuses to start when it cannot), and holds an exclusive
- *	flock(2) on the file for as long as it runs: one writer per file.
+ *	"owner=USER" names.  The writer creates the file with O_EXCL; it
+ *	takes up an existing one only under the same rules and with this
+ *	header's magic and version, and refuses to start otherwise, leaving
+ *	the file as it is.  It holds an exclusive flock(2) on the file for as
+ *	long as it runs: one writer per file.
  *
  * BYTE ORDER AND TYPES
  *	Host order (the writer and every reader share one machine), which is
