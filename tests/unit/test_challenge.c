@@ -460,6 +460,54 @@ test_ipv6(void **state)
 	tc_free(&r);
 }
 
+/* A request with these framing headers, for a known token. */
+static int
+tc_framed(const char *path, const char *headers)
+{
+	struct tc_response	 r;
+	char			*req;
+	int			 status;
+
+	xasprintf(&req, "GET %s HTTP/1.1\r\nHost: example.com\r\n%s"
+	    "Connection: close\r\n\r\n", path, headers);
+	tc_exchange(AF_INET, req, strlen(req), &r);
+	free(req);
+	status = r.status;
+	if (status == 200)
+		assert_memory_equal(r.body, TC_KEYAUTH, strlen(TC_KEYAUTH));
+	tc_free(&r);
+	return status;
+}
+
+/*
+ * Refused before the token is looked at: a %00 that would cut the token
+ * short (TOKEN%00x was served as TOKEN), and two Content-Length headers
+ * or one with Transfer-Encoding (libmicrohttpd 0.9.75 takes the first
+ * length).  The token itself is still served.
+ */
+static void
+test_refused(void **state)
+{
+	unsigned long	 served;
+
+	(void)state;
+	challenge_add(TC_TOKEN, TC_KEYAUTH);
+	served = challenge_served();
+	assert_int_equal(tc_framed(TC_PREFIX TC_TOKEN "%00x", ""), 400);
+	assert_int_equal(tc_framed(TC_PREFIX TC_TOKEN "%00", ""), 400);
+	assert_int_equal(tc_framed(TC_PREFIX TC_TOKEN,
+	    "Content-Length: 0\r\nContent-Length: 7\r\n"), 400);
+	assert_int_equal(tc_framed(TC_PREFIX TC_TOKEN,
+	    "Content-Length: 0\r\ncontent-length: 0\r\n"), 400);
+	assert_int_equal(tc_framed(TC_PREFIX TC_TOKEN,
+	    "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n"), 400);
+	assert_int_equal(challenge_served(), served);
+	assert_int_equal(tc_framed(TC_PREFIX TC_TOKEN,
+	    "Content-Length: 0\r\n"), 200);
+	assert_int_equal(tc_framed(TC_PREFIX TC_TOKEN, ""), 200);
+	assert_int_equal(challenge_served(), served + 2);
+}
+
 int
 main(void)
 {
@@ -482,6 +530,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_bind_error, tc_setup,
 		    tc_teardown),
 		cmocka_unit_test_setup_teardown(test_ipv6, tc_setup,
+		    tc_teardown),
+		cmocka_unit_test_setup_teardown(test_refused, tc_setup,
 		    tc_teardown),
 	};
 
