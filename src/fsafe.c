@@ -9,9 +9,11 @@
  * descriptor (fstat), never again by path:
  *
  *  - it belongs to root or to the daemon's own user;
- *  - a parent may be written by its group or others only with the sticky
- *    bit (/tmp): then nobody else can rename or remove what we put there,
- *    and whatever they create first is checked in turn;
+ *  - a parent written by its group or others should have the sticky bit
+ *    (/tmp): then nobody else can rename or remove what we put there, and
+ *    whatever they create first is checked in turn.  One without it is
+ *    warned about, once, not refused: a pod's emptyDir volume is 0777,
+ *    and its writers are the pod's own containers;
  *  - the folder itself has no group or other write bit that the mode we
  *    would give it lacks;
  *  - a symbolic link is followed only when root or the daemon's user made
@@ -39,6 +41,8 @@
 #include <unistd.h>
 
 #include "sidecar.h"
+
+#define FSAFE_WARNED_MAX	16	/* folders warned about, at most */
 
 #define FSAFE_DIR_FLAGS	(O_RDONLY | O_DIRECTORY | O_CLOEXEC)
 #define FSAFE_WHO_LEN	128		/* "user NAME (uid N)" */
@@ -110,6 +114,33 @@ fsafe_refuse(const char *path, int plen, const struct stat *sb, uid_t uid,
 }
 
 /*
+ * A parent others may write to, without the sticky bit: said once per
+ * folder (the checks run at each load), for the FSAFE_WARNED_MAX first.
+ */
+static void
+fsafe_warn_open(const char *path, int plen, const struct stat *sb)
+{
+	static struct {
+		dev_t	 dev;
+		ino_t	 ino;
+	}		 warned[FSAFE_WARNED_MAX];
+	static size_t	 nwarned;
+	size_t		 i;
+
+	for (i = 0; i < nwarned; i++)
+		if (warned[i].dev == sb->st_dev && warned[i].ino == sb->st_ino)
+			return;
+	if (nwarned == FSAFE_WARNED_MAX)
+		return;
+	warned[nwarned].dev = sb->st_dev;
+	warned[nwarned].ino = sb->st_ino;
+	nwarned++;
+	log_warnx("%.*s: mode %04o: others than its owner may write to this "
+	    "folder, and it has no sticky bit; right for a pod's volume, not "
+	    "on a shared host", plen, path, (unsigned)(sb->st_mode & 07777));
+}
+
+/*
  * Judge one folder by its descriptor.  last: the folder asked for, held
  * to mode; else a parent, which may be a sticky /tmp.
  */
@@ -131,8 +162,7 @@ fsafe_judge(int fd, const char *path, int plen, int last, mode_t mode,
 		return fsafe_refuse(path, plen, &sb, uid, "others than its "
 		    "owner may write to it", cause);
 	if (!last && w != 0 && !(sb.st_mode & S_ISVTX))
-		return fsafe_refuse(path, plen, &sb, uid, "others than its "
-		    "owner may write to it, and it has no sticky bit", cause);
+		fsafe_warn_open(path, plen, &sb);
 	return 0;
 }
 

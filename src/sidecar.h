@@ -972,8 +972,9 @@ int		 priv_readable(const char *what, const char *path,
  * returns an O_DIRECTORY descriptor (the caller closes it) or -1 with
  * errno and *cause set.  Each component is opened with O_NOFOLLOW and
  * judged by fstat: it belongs to root or uid (-1: geteuid()); a parent
- * may be writable by group or others only with the sticky bit; the folder
- * itself has no group or other write bit beyond mode.  A symbolic link is
+ * writable by group or others without the sticky bit is warned about once
+ * (a pod's emptyDir); the folder itself has no group or other write bit
+ * beyond mode.  A symbolic link is
  * followed only when root or uid owns it.  A missing parent is made
  * FSAFE_PARENT_MODE and stays its creator's; the folder itself is made
  * with mode, then given uid and gid (-1: unchanged) through fchown and

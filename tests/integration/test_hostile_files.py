@@ -229,6 +229,26 @@ def test_state_folder_writable_by_others(shared, tmp_path, sidecar_factory):
         "its owner may write to it" % state in out, out
 
 
+def test_state_folder_in_a_pods_volume(shared, tmp_path, sidecar_factory):
+    """A Kubernetes emptyDir is 0777 without the sticky bit, and the pod's
+    containers are its only writers: the daemon takes its own folder in
+    it, says once that the volume is open to others, and starts."""
+    volume = shared / "emptydir"
+    volume.mkdir()
+    os.chmod(volume, 0o777)
+    state = volume / "state"
+    conf = write_conf(tmp_path, state)
+    rc, out = run_t(conf)
+    assert rc == 0, out
+    sidecar = sidecar_factory(conf).start()
+    sidecar.wait_log(r"control: listening on")
+    warned = [line for line in sidecar.log().splitlines()
+              if "%s: mode 0777: others than its owner may write to this "
+              "folder, and it has no sticky bit" % volume in line]
+    assert len(warned) == 1, sidecar.log()
+    assert stop_in_time(sidecar)
+
+
 def test_state_folder_of_ours_is_used(shared, tmp_path, sidecar_factory):
     """The control: root's own state folder in the same shared /tmp, and
     its parents created by the daemon, are accepted and used."""
