@@ -1434,34 +1434,33 @@ control_resume(evutil_socket_t fd, short events, void *arg)
 
 /*
  * The socket's folder, when missing (e.g. /run/acme-sidecar): made 0750
- * in the socket's group, so that its members can reach the socket.  A
- * folder that exists is left as it is.
+ * in the socket's group, so that its members can reach the socket.  One
+ * that exists is left as it is, but only if it and the folders above it
+ * belong to root or to us (fsafe.c): another user's could swap the socket
+ * for one of their own under our clients.  Its mode is not held to 0750:
+ * a pod shares the socket through an emptyDir, 0777.
  */
 static int
 control_mkdir(const char *path, char **cause)
 {
-	char	*copy, *dir;
-	int	 rc = -1;
+	char	*copy, *dir, *why = NULL;
+	int	 fd;
 
 	copy = xstrdup(path);
 	dir = dirname(copy);
-	if (mkdir(dir, 0750) == -1) {
-		if (errno == EEXIST)
-			rc = 0;
-		else
-			xasprintf(cause, "control_socket %s: cannot create "
-			    "%s: %s", path, dir, strerror(errno));
-		goto out;
+	fd = fsafe_opendir(dir, 0777, (uid_t)-1, &why);
+	if (fd == -1 && errno == ENOENT) {
+		free(why);
+		why = NULL;
+		fd = fsafe_mkdir(dir, 0750, (uid_t)-1, control.gid, &why);
 	}
-	if (chown(dir, (uid_t)-1, control.gid) == -1) {
-		xasprintf(cause, "control_socket %s: chown %s: %s", path, dir,
-		    strerror(errno));
-		goto out;
-	}
-	rc = 0;
-out:
+	if (fd == -1)
+		xasprintf(cause, "control_socket %s: %s", path, why);
+	else
+		close(fd);
+	free(why);
 	free(copy);
-	return rc;
+	return fd == -1 ? -1 : 0;
 }
 
 /* unlink, umask, bind, chmod, chown, listen (httpd's control_init). */

@@ -97,7 +97,7 @@ def plant_cert(state, cid, chain, key, meta=None, gen=1):
 
 
 def write_conf(workdir, state, certs=("a.example.test",), uri=None,
-               issuer_extra=(), top_extra=()):
+               issuer_extra=(), top_extra=(), socket_path=None):
     """A configuration of the test's own: its CA (by default one that
     never answers), ports, socket and zone."""
     if uri is None:
@@ -110,7 +110,8 @@ def write_conf(workdir, state, certs=("a.example.test",), uri=None,
     lines += ["    " + x for x in issuer_extra]
     lines += ["}",
               "challenge_listen 127.0.0.1:%d;" % free_port(),
-              "control_socket %s;" % (Path(workdir) / "control.sock"),
+              "control_socket %s;" % (socket_path or
+                                      Path(workdir) / "control.sock"),
               zone_line(workdir)]
     lines += list(top_extra)
     lines += ["acme_certificate test %s;" % c for c in certs]
@@ -215,6 +216,27 @@ def test_state_folder_of_another_user(how, shared, tmp_path,
     rc, out = run_t(conf)
     assert rc != 0, "-t accepted a state folder of nobody's:\n" + out
     assert what in out, out
+
+
+def attacker_socket_folder(folder):
+    """nobody makes the control socket's folder first, to put a socket of
+    their own there once the daemon's is bound."""
+    os.mkdir(folder)
+    os.chmod(folder, 0o777)
+
+
+def test_socket_folder_of_another_user(shared, tmp_path, sidecar_factory):
+    folder = shared / "run"
+    as_nobody(attacker_socket_folder, folder)
+    sock = folder / "control.sock"
+    conf = write_conf(tmp_path, tmp_path / "state", socket_path=sock)
+    sidecar = sidecar_factory(conf).start()
+    rc = wait_exit(sidecar, timeout=3)
+    assert rc is not None and rc != 0, \
+        "the daemon listens in a folder of nobody's" + sidecar.diagnostics()
+    assert not sock.exists()
+    assert "control_socket %s: %s: folder owned by user nobody (uid 65534), " \
+        "mode 0777" % (sock, folder) in sidecar.log(), sidecar.log()
 
 
 def test_state_folder_writable_by_others(shared, tmp_path, sidecar_factory):
