@@ -69,6 +69,8 @@ class Events:
             except queue.Empty:
                 continue
             assert line is not None, "the stream ended: %s" % self.seen
+            if not line.strip():
+                continue        # the keep-alive of a silent stream
             ev = json.loads(line)
             assert isinstance(ev["time"], str) and ev["type"], ev
             self.seen.append(ev)
