@@ -18,6 +18,7 @@
  */
 #include <sys/types.h>
 #include <sys/queue.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 
 #include <netinet/in.h>
@@ -38,6 +39,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -168,6 +170,49 @@ http_ssl_errstr(unsigned long e)
 	return buf;
 }
 
+/*
+ * ssl_trusted_certificate's roots (and CRLs), read from a descriptor that
+ * fsafe_open_regular() vouched for: the path was checked when the
+ * configuration loaded, but a FIFO swapped in since must not block the
+ * loop in OpenSSL's own open.
+ */
+static int
+http_load_roots(SSL_CTX *ctx, const char *cafile, char **cause)
+{
+	STACK_OF(X509_INFO)	*infos;
+	X509_INFO		*xi;
+	X509_STORE		*store = SSL_CTX_get_cert_store(ctx);
+	struct stat		 sb;
+	BIO			*bio;
+	char			*why = NULL;
+	int			 fd, i, n = 0;
+
+	if ((fd = fsafe_open_regular(cafile, 0, &sb, &why)) == -1) {
+		xasprintf(cause, "%s", why);
+		free(why);
+		return -1;
+	}
+	if ((bio = BIO_new_fd(fd, BIO_CLOSE)) == NULL)
+		fatalx("%s: BIO_new_fd", __func__);
+	infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
+	BIO_free(bio);
+	for (i = 0; infos != NULL && i < sk_X509_INFO_num(infos); i++) {
+		xi = sk_X509_INFO_value(infos, i);
+		if (xi->x509 != NULL && X509_STORE_add_cert(store, xi->x509))
+			n++;
+		if (xi->crl != NULL)
+			X509_STORE_add_crl(store, xi->crl);
+	}
+	sk_X509_INFO_pop_free(infos, X509_INFO_free);
+	if (n == 0) {
+		xasprintf(cause, "%s: cannot load CA certificates: %s", cafile,
+		    http_ssl_errstr(0));
+		return -1;
+	}
+	ERR_clear_error();
+	return 0;
+}
+
 SSL_CTX *
 http_ssl_ctx(const char *cafile, int verify, char **cause)
 {
@@ -185,9 +230,7 @@ http_ssl_ctx(const char *cafile, int verify, char **cause)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	if (cafile != NULL) {
 		/* Like nginx's ssl_trusted_certificate: only these roots. */
-		if (!SSL_CTX_load_verify_locations(ctx, cafile, NULL)) {
-			xasprintf(cause, "%s: cannot load CA certificates: %s",
-			    cafile, http_ssl_errstr(0));
+		if (http_load_roots(ctx, cafile, cause) == -1) {
 			SSL_CTX_free(ctx);
 			return NULL;
 		}
