@@ -2,8 +2,9 @@
 connections, oversized headers, path tricks and a flood of requests.
 
 Its limits (README "Limits", src/challenge.c): 256 connections, 10 s of
-idleness, 16 KiB of request line and headers per connection, 64
-connections per client address when it listens on a non-loopback address.
+idleness, 10 s from the accept to the whole request, 16 KiB of request
+line and headers per connection, 64 connections per client address (128
+per loopback address).
 """
 
 import socket
