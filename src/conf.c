@@ -113,6 +113,8 @@ static int	conf_cmd_challenge(struct conf_parse *, struct conf_block *,
 		    int, char **);
 static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
 		    char **);
+static int	conf_cmd_max_idents(struct conf_parse *, struct conf_block *,
+		    int, char **);
 
 /* The index of a CONF_ONCE row is its bit in the "seen" masks. */
 static const struct conf_cmd conf_cmds[] = {
@@ -139,6 +141,8 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "profile", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_profile },
 	{ "challenge", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_challenge },
 	{ "request_rate", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_rate },
+	{ "max_identifiers", CONF_ISSUER|CONF_ONCE, 1, 1,
+	    conf_cmd_max_idents },
 };
 #define CONF_NCMDS (sizeof(conf_cmds) / sizeof(conf_cmds[0]))
 
@@ -720,6 +724,7 @@ conf_cmd_issuer(struct conf_parse *p, struct conf_block *blk, int argc,
 	ci->ci_challenge = CHALLENGE_HTTP_01;
 	ci->ci_rate = CONF_RATE_DEFAULT;
 	ci->ci_burst = CONF_BURST_DEFAULT;
+	ci->ci_max_idents = CONF_IDENTS_DEFAULT;
 	/* In the list at once, so conf_free() owns it on any error. */
 	TAILQ_INSERT_TAIL(&p->conf->c_issuers, ci, ci_entry);
 
@@ -1044,6 +1049,22 @@ conf_cmd_rate(struct conf_parse *p, struct conf_block *blk, int argc,
 	return 0;
 }
 
+/* max_identifiers N: for a CA that takes more (or fewer) than 100. */
+static int
+conf_cmd_max_idents(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	long long	 n;
+
+	(void)argc;
+	if (conf_number(argv[0], 1, CONF_MAX_IDENTS, &n) == -1)
+		return conf_error(p, "invalid value \"%s\" in "
+		    "\"max_identifiers\" directive, it must be from 1 to %d",
+		    argv[0], CONF_MAX_IDENTS);
+	blk->ci->ci_max_idents = (size_t)n;
+	return 0;
+}
+
 /* A size with nginx's k/K/m/M suffixes. */
 static int
 conf_size(const char *s, size_t *size)
@@ -1323,10 +1344,17 @@ conf_check_certs(struct conf_parse *p)
 {
 	struct conf_cert	*cc;
 
+	struct conf_issuer	*ci;
+
 	TAILQ_FOREACH(cc, &p->conf->c_certs, cc_entry) {
-		if (conf_find_issuer(p->conf, cc->cc_issuer) == NULL)
+		if ((ci = conf_find_issuer(p->conf, cc->cc_issuer)) == NULL)
 			return conf_error_at(p, cc->cc_file, cc->cc_line,
 			    "unknown acme_issuer \"%s\"", cc->cc_issuer);
+		if (cc->cc_nidents > ci->ci_max_idents)
+			return conf_error_at(p, cc->cc_file, cc->cc_line,
+			    "%zu identifiers in one certificate: acme_issuer "
+			    "\"%s\" takes at most %zu (max_identifiers)",
+			    cc->cc_nidents, ci->ci_name, ci->ci_max_idents);
 	}
 	return 0;
 }

@@ -139,9 +139,10 @@ conf_ip_normalize(const char *raw)
 }
 
 /*
- * Add ident (consumed) unless cc has it.  At most CONF_MAX_IDENTS: CAs
- * refuse a larger order, and would only learn of it at newOrder, after
- * a key is made, on every retry.
+ * Add ident (consumed) unless cc has it.  At most CONF_MAX_IDENTS here;
+ * the issuer's own max_identifiers is checked once the issuers are all
+ * known (conf_check_certs()): CAs refuse a larger order, and would only
+ * say so at newOrder, after a key is made, on every retry.
  */
 static int
 conf_cert_push(struct conf_parse *p, struct conf_cert *cc, char *ident)
@@ -368,13 +369,14 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 {
 	struct conf_parse	 p;
 	struct conf_cert	*cc, *other;
+	struct conf_issuer	*ci;
 	char			*word = NULL;
 	int			 havekey = 0;
 	size_t			 i;
 
 	memset(&p, 0, sizeof(p));
 	p.conf = conf;
-	if (conf_find_issuer(conf, issuer) == NULL) {
+	if ((ci = conf_find_issuer(conf, issuer)) == NULL) {
 		xasprintf(cause, "unknown acme_issuer \"%s\"", issuer);
 		return CONF_ADD_INVALID;
 	}
@@ -388,6 +390,10 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 	}
 	if (p.cause == NULL && cc->cc_nidents == 0)
 		conf_error(&p, "no identifiers");
+	if (p.cause == NULL && cc->cc_nidents > ci->ci_max_idents)
+		conf_error(&p, "%zu identifiers in one certificate: acme_issuer "
+		    "\"%s\" takes at most %zu (max_identifiers)",
+		    cc->cc_nidents, ci->ci_name, ci->ci_max_idents);
 	if (p.cause != NULL) {
 		conf_cert_free(cc);
 		*cause = p.cause;

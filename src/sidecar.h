@@ -107,6 +107,7 @@ struct conf_issuer {
 	enum challenge_type	 ci_challenge;
 	double			 ci_rate;		/* r/s, 0 = off */
 	unsigned int		 ci_burst;
+	size_t			 ci_max_idents;		/* per certificate */
 	char			*ci_file;		/* where it was defined */
 	int			 ci_line;
 	char			*ci_state_file;		/* state_path's, or NULL */
@@ -118,9 +119,11 @@ TAILQ_HEAD(conf_issuers, conf_issuer);
 /*
  * Identifiers in one certificate: acme_certificate, a server{}'s
  * server_name, POST /v1/certificates.  CAs refuse larger orders (Let's
- * Encrypt: 100 names).
+ * Encrypt: 100 names), so an issuer takes CONF_IDENTS_DEFAULT unless its
+ * max_identifiers says otherwise, up to CONF_MAX_IDENTS.
  */
-#define CONF_MAX_IDENTS		100
+#define CONF_IDENTS_DEFAULT	100
+#define CONF_MAX_IDENTS		1000
 
 struct conf_cert {
 	char			*cc_id;		/* unique, see conf_cert_id() */

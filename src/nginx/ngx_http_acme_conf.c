@@ -17,6 +17,7 @@
 #define NGX_HTTP_ACME_MAX_DNS_LABEL	63
 #define NGX_HTTP_ACME_MAX_RATE		1000000
 #define NGX_HTTP_ACME_MAX_BURST		1000000
+#define NGX_HTTP_ACME_MAX_IDENTS	1000	/* CONF_MAX_IDENTS */
 #define NGX_HTTP_ACME_DEFAULT_ZONE	"ngx_acme_shared"
 #define NGX_HTTP_ACME_DEFAULT_SIZE	(256 * 1024)
 
@@ -277,6 +278,8 @@ static char	*ngx_http_acme_check_challenge(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_rate(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_max_idents(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 
 /*
  * The directives of an acme_issuer block, as the sidecar reads them.  The
@@ -307,6 +310,8 @@ static const struct {
 	{ "challenge", 1, 1, NGX_HTTP_ACME_ONCE,
 	    ngx_http_acme_check_challenge },
 	{ "request_rate", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_rate },
+	{ "max_identifiers", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_max_idents },
 };
 #define NGX_HTTP_ACME_ISSUER_NCMDS \
 	(sizeof(ngx_http_acme_issuer_cmds) / \
@@ -424,6 +429,25 @@ ngx_http_acme_check_challenge(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid challenge "
 		    "type \"%V\"", arg);
 	return NGX_CONF_ERROR;
+}
+
+/* max_identifiers N: 1 to 1000 (the sidecar's CONF_MAX_IDENTS). */
+static char *
+ngx_http_acme_check_max_idents(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_int_t	 v;
+
+	(void)iss;
+	(void)n;
+	v = ngx_atoi(arg->data, arg->len);
+	if (v == NGX_ERROR || v < 1 || v > NGX_HTTP_ACME_MAX_IDENTS) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid value \"%V\" "
+		    "in \"max_identifiers\" directive, it must be from 1 to %d",
+		    arg, NGX_HTTP_ACME_MAX_IDENTS);
+		return NGX_CONF_ERROR;
+	}
+	return NGX_CONF_OK;
 }
 
 /* "off", or "20r/s" / "600r/m" as limit_req_zone's rate=, [burst=N]. */

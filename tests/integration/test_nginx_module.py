@@ -260,6 +260,23 @@ def test_nginx_t_errors_name_the_line(tmp_path, pebble, nginx_factory, line,
     assert "in %s:%d" % (nginx.conf, head + 5) in out, out
 
 
+@pytest.mark.parametrize("value,ok", [("150", True), ("1001", False)])
+def test_nginx_t_max_identifiers(tmp_path, pebble, nginx_factory, value,
+                                 ok):
+    """max_identifiers is an issuer directive nginx -t knows, 1 to
+    1000, as the sidecar reads it."""
+    nginx = nginx_factory()
+    body = ("acme_issuer example { uri %s; max_identifiers %s; }\n"
+            "acme_shared_zone zone=%s:1M;\n") % (
+                pebble.directory_url, value, zone_name(tmp_path))
+    nginx.write(nginx_conf(nginx.prefix, body))
+    rc, out = nginx.test_config()
+    assert (rc == 0) == ok, out
+    if not ok:
+        assert 'invalid value "1001" in "max_identifiers" directive, it ' \
+            'must be from 1 to 1000' in out, out
+
+
 def test_fallback_and_challenge_under_redirect(tmp_path, pebble, http_port,
                                                nginx_factory,
                                                sidecar_factory):

@@ -485,8 +485,9 @@ def test_identifiers_per_certificate_are_capped(tmp_path, pebble, http_port,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=30)
     assert p.returncode != 0, p.stdout
-    assert "%s:%d:" % (conf, line) in p.stdout, p.stdout
-    assert "100" in p.stdout and "identifiers" in p.stdout, p.stdout
+    assert "%s:%d: 1000 identifiers in one certificate: acme_issuer " \
+        "\"pebble\" takes at most 100 (max_identifiers)" % (conf, line) \
+        in p.stdout, p.stdout
     # 100 is allowed.
     write_config(conf, pebble, tmp_path / "state", http_port,
                  [(names(MAX_IDENTS), None)])
@@ -494,6 +495,14 @@ def test_identifiers_per_certificate_are_capped(tmp_path, pebble, http_port,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=30)
     assert p.returncode == 0, p.stdout
+    # An issuer whose CA takes more says so: 150 pass, 151 do not.
+    for n, ok in ((150, True), (151, False)):
+        write_config(conf, pebble, tmp_path / "state", http_port,
+                     [(names(n), None)], issuer_extra="max_identifiers 150;")
+        p = subprocess.run([str(SIDECAR), "-t", "-c", str(conf)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=30)
+        assert (p.returncode == 0) == ok, (n, p.stdout)
 
     # Through the API: a 400 that names the cap, and nothing added.
     sidecar, _, sock, _ = start(tmp_path, pebble, http_port,
@@ -501,7 +510,12 @@ def test_identifiers_per_certificate_are_capped(tmp_path, pebble, http_port,
     status, j = api(sock, "POST", "/v1/certificates", body=json.dumps(
         {"issuer": "pebble", "identifiers": names(3000, "x.test")}))
     assert status == 400, j
-    assert "100" in j["error"]["message"], j
+    assert "at most 1000" in j["error"]["message"], j
+    # Beyond the issuer's max_identifiers: the configuration's refusal.
+    status, j = api(sock, "POST", "/v1/certificates", body=json.dumps(
+        {"issuer": "pebble", "identifiers": names(101, "y.test")}))
+    assert status == 422, j
+    assert "takes at most 100 (max_identifiers)" in j["error"]["message"], j
     status, j = api(sock, "GET", "/v1/certificates")
     assert j["certificates"] == [], j
     assert sidecar.alive()
