@@ -491,12 +491,12 @@ def pebble_factory(tmp_path):
     started = []
 
     def make(http_port, listen_port=None, env=None, start=True,
-             name="pebble", eab=None, validity=None):
+             name="pebble", eab=None, validity=None, bindir=None):
         e = {"PEBBLE_VA_NOSLEEP": "1"}
         e.update(env or {})
         p = pebblelib.Pebble(tmp_path / name, http_port=http_port,
                              listen_port=listen_port, env=e, tied=True,
-                             eab=eab, validity=validity)
+                             eab=eab, validity=validity, bindir=bindir)
         started.append(p)
         p.prepare()
         if start:
@@ -511,6 +511,20 @@ def pebble_factory(tmp_path):
 @pytest.fixture
 def pebble(pebble_factory, http_port):
     return pebble_factory(http_port)
+
+
+PEBBLE26_BIN = ROOT / "build" / "pebble-2.6" / "usr" / "bin"
+
+
+@pytest.fixture
+def pebble26(pebble_factory, http_port):
+    """Pebble 2.6.0 (Debian trixie's, which scripts/install-deps unpacks
+    into build/pebble-2.6): it has ARI (renewalInfo, "replaces").  The
+    other tests keep bookworm's 2.4.0."""
+    if not os.access(PEBBLE26_BIN / "pebble", os.X_OK):
+        pytest.fail("%s is missing: run scripts/install-deps" %
+                    (PEBBLE26_BIN / "pebble"), pytrace=False)
+    return pebble_factory(http_port, name="pebble26", bindir=str(PEBBLE26_BIN))
 
 
 @pytest.fixture
