@@ -21,17 +21,28 @@
 #define NGX_HTTP_ACME_DEFAULT_ZONE	"ngx_acme_shared"
 #define NGX_HTTP_ACME_DEFAULT_SIZE	(256 * 1024)
 
-/* Index 0 is the default and adds no suffix to the id. */
-static ngx_str_t ngx_http_acme_key_types[][2] = {
-	{ ngx_string("ecdsa:256"), ngx_null_string },
-	{ ngx_string("ecdsa:384"), ngx_string("ecdsa384") },
-	{ ngx_string("ecdsa:521"), ngx_string("ecdsa521") },
-	{ ngx_string("rsa:2048"), ngx_string("rsa2048") },
-	{ ngx_string("rsa:3072"), ngx_string("rsa3072") },
-	{ ngx_string("rsa:4096"), ngx_string("rsa4096") },
+/*
+ * Index 0 is the default and adds no suffix to the id.  The family says
+ * which slot of an SSL_CTX the certificate takes.
+ */
+static const struct {
+	ngx_str_t	 name;
+	ngx_str_t	 suffix;
+	ngx_uint_t	 family;
+} ngx_http_acme_key_types[] = {
+	{ ngx_string("ecdsa:256"), ngx_null_string, NGX_HTTP_ACME_EC },
+	{ ngx_string("ecdsa:384"), ngx_string("ecdsa384"), NGX_HTTP_ACME_EC },
+	{ ngx_string("ecdsa:521"), ngx_string("ecdsa521"), NGX_HTTP_ACME_EC },
+	{ ngx_string("rsa:2048"), ngx_string("rsa2048"), NGX_HTTP_ACME_RSA },
+	{ ngx_string("rsa:3072"), ngx_string("rsa3072"), NGX_HTTP_ACME_RSA },
+	{ ngx_string("rsa:4096"), ngx_string("rsa4096"), NGX_HTTP_ACME_RSA },
 };
 #define NGX_HTTP_ACME_NKEYS \
 	(sizeof(ngx_http_acme_key_types) / sizeof(ngx_http_acme_key_types[0]))
+
+static const char *ngx_http_acme_family_names[NGX_HTTP_ACME_NFAMILIES] = {
+	"ECDSA", "RSA"
+};
 
 static ngx_int_t
 ngx_http_acme_key_type(ngx_str_t *s, ngx_uint_t *t)
@@ -39,8 +50,8 @@ ngx_http_acme_key_type(ngx_str_t *s, ngx_uint_t *t)
 	ngx_uint_t	 i;
 
 	for (i = 0; i < NGX_HTTP_ACME_NKEYS; i++) {
-		if (s->len == ngx_http_acme_key_types[i][0].len &&
-		    ngx_strncmp(s->data, ngx_http_acme_key_types[i][0].data,
+		if (s->len == ngx_http_acme_key_types[i].name.len &&
+		    ngx_strncmp(s->data, ngx_http_acme_key_types[i].name.data,
 		    s->len) == 0) {
 			*t = i;
 			return NGX_OK;
@@ -242,9 +253,10 @@ static ngx_int_t
 ngx_http_acme_cert_id(ngx_pool_t *pool, ngx_array_t *idents,
     ngx_uint_t key_type, ngx_str_t *id)
 {
-	ngx_str_t	*first = idents->elts, *suffix;
+	ngx_str_t	*first = idents->elts;
+	const ngx_str_t	*suffix;
 
-	suffix = &ngx_http_acme_key_types[key_type][1];
+	suffix = &ngx_http_acme_key_types[key_type].suffix;
 	id->len = first->len + (suffix->len > 0 ? 1 + suffix->len : 0);
 	if ((id->data = ngx_pnalloc(pool, id->len + 1)) == NULL)
 		return NGX_ERROR;
@@ -745,57 +757,130 @@ ngx_http_acme_shared_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /* --------------------------------------------------------- acme_certificate */
 
-/* acme_certificate ISSUER [IDENT ...] [key=TYPE]; in server { }. */
+/* key=TYPE of acme_certificate. */
+static char *
+ngx_http_acme_cert_key(ngx_conf_t *cf, ngx_http_acme_line_t *line,
+    ngx_str_t *arg)
+{
+	ngx_str_t	 type;
+
+	type.data = arg->data + 4;
+	type.len = arg->len - 4;
+	if (ngx_http_acme_key_type(&type, &line->key_type) == NGX_OK)
+		return NGX_CONF_OK;
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid key type \"%V\", it "
+	    "must be one of ecdsa:256, ecdsa:384, ecdsa:521, rsa:2048, "
+	    "rsa:3072, rsa:4096", &type);
+	return NGX_CONF_ERROR;
+}
+
+/*
+ * profile=NAME: the ACME profile this certificate asks the CA for.  Only
+ * the sidecar acts on it; it is a token, as the issuer's own profile.
+ */
+static char *
+ngx_http_acme_cert_profile(ngx_conf_t *cf, ngx_http_acme_line_t *line,
+    ngx_str_t *arg)
+{
+	line->profile.data = arg->data + 8;
+	line->profile.len = arg->len - 8;
+	if (line->profile.len > 0)
+		return NGX_CONF_OK;
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid empty value in "
+	    "\"profile\" parameter");
+	return NGX_CONF_ERROR;
+}
+
+/* Any other word is an identifier. */
+static char *
+ngx_http_acme_cert_ident(ngx_conf_t *cf, ngx_http_acme_line_t *line,
+    ngx_str_t *arg)
+{
+	const char	*why;
+	ngx_int_t	 rc;
+
+	if (line->listed == NULL) {
+		line->listed = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
+		if (line->listed == NULL)
+			return NGX_CONF_ERROR;
+	}
+	rc = ngx_http_acme_ident_add(cf->pool, line->listed, arg, &why);
+	if (rc == NGX_ERROR)
+		return NGX_CONF_ERROR;
+	if (rc == NGX_DECLINED) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, why, arg);
+		return NGX_CONF_ERROR;
+	}
+	return NGX_CONF_OK;
+}
+
+/*
+ * A second acme_certificate in a server is the other key family's
+ * (nginx-acme issue #170: ECDSA for the clients that take it, RSA for
+ * the rest), as a second ssl_certificate would be: an SSL_CTX holds one
+ * certificate per family.
+ */
+static char *
+ngx_http_acme_cert_family(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+    ngx_http_acme_line_t *line)
+{
+	ngx_http_acme_line_t	*other;
+	ngx_uint_t		 fam, i;
+
+	fam = ngx_http_acme_key_types[line->key_type].family;
+	for (i = 0; i < ascf->nlines; i++) {
+		other = &ascf->lines[i];
+		if (ngx_http_acme_key_types[other->key_type].family != fam)
+			continue;
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"acme_certificate\" "
+		    "directive is duplicate: the server has an %s certificate "
+		    "from %s:%ui already, and a second one must have the other "
+		    "key type", ngx_http_acme_family_names[fam], other->file,
+		    other->line);
+		return NGX_CONF_ERROR;
+	}
+	return NGX_CONF_OK;
+}
+
+/*
+ * acme_certificate ISSUER [IDENT ...] [key=TYPE] [profile=NAME]; in
+ * server { }, once per key family.
+ */
 char *
 ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
 	ngx_http_acme_srv_conf_t	*ascf = conf;
 	ngx_http_acme_main_conf_t	*amcf;
-	ngx_str_t			*value = cf->args->elts, type;
-	ngx_uint_t			 i, havekey = 0;
-	const char			*why;
-	ngx_int_t			 rc;
+	ngx_http_acme_line_t		 l, *line = &l;
+	ngx_str_t			*value = cf->args->elts;
+	ngx_uint_t			 i, havekey = 0, haveprofile = 0;
+	char				*rv;
 
 	(void)cmd;
-	if (ascf->issuer.len != 0)
-		return "is duplicate";
 	if (value[1].len == 0)
 		return "has an empty issuer name";
-	ascf->issuer = value[1];
-	ascf->file = cf->conf_file->file.name.data;
-	ascf->line = cf->conf_file->line;
+	ngx_memzero(line, sizeof(*line));
+	line->issuer = value[1];
+	line->file = cf->conf_file->file.name.data;
+	line->line = cf->conf_file->line;
 	for (i = 2; i < cf->args->nelts; i++) {
 		if (ngx_http_acme_has_prefix(&value[i], "key=")) {
 			if (havekey++)
 				return "has duplicate \"key\" parameter";
-			type.data = value[i].data + 4;
-			type.len = value[i].len - 4;
-			if (ngx_http_acme_key_type(&type, &ascf->key_type) !=
-			    NGX_OK) {
-				ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-				    "invalid key type \"%V\", it must be one "
-				    "of ecdsa:256, ecdsa:384, ecdsa:521, "
-				    "rsa:2048, rsa:3072, rsa:4096", &type);
-				return NGX_CONF_ERROR;
-			}
-			continue;
-		}
-		if (ascf->listed == NULL) {
-			ascf->listed = ngx_array_create(cf->pool, 4,
-			    sizeof(ngx_str_t));
-			if (ascf->listed == NULL)
-				return NGX_CONF_ERROR;
-		}
-		rc = ngx_http_acme_ident_add(cf->pool, ascf->listed,
-		    &value[i], &why);
-		if (rc == NGX_ERROR)
-			return NGX_CONF_ERROR;
-		if (rc == NGX_DECLINED) {
-			ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, why,
-			    &value[i]);
-			return NGX_CONF_ERROR;
-		}
+			rv = ngx_http_acme_cert_key(cf, line, &value[i]);
+		} else if (ngx_http_acme_has_prefix(&value[i], "profile=")) {
+			if (haveprofile++)
+				return "has duplicate \"profile\" parameter";
+			rv = ngx_http_acme_cert_profile(cf, line, &value[i]);
+		} else
+			rv = ngx_http_acme_cert_ident(cf, line, &value[i]);
+		if (rv != NGX_CONF_OK)
+			return rv;
 	}
+	/* One per family, so at most NGX_HTTP_ACME_NFAMILIES. */
+	if (ngx_http_acme_cert_family(cf, ascf, line) != NGX_CONF_OK)
+		return NGX_CONF_ERROR;
+	ascf->lines[ascf->nlines++] = *line;
 	amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
 	amcf->enabled = 1;
 	return NGX_CONF_OK;
@@ -908,7 +993,9 @@ ngx_http_acme_create_main_conf(ngx_conf_t *cf)
 	if (ngx_array_init(&amcf->issuers, cf->pool, 4,
 	    sizeof(ngx_http_acme_issuer_t)) != NGX_OK ||
 	    ngx_array_init(&amcf->certs, cf->pool, 4,
-	    sizeof(ngx_http_acme_cert_t *)) != NGX_OK)
+	    sizeof(ngx_http_acme_cert_t *)) != NGX_OK ||
+	    ngx_array_init(&amcf->addrs, cf->pool, 4,
+	    sizeof(ngx_http_acme_addr_t)) != NGX_OK)
 		return NULL;
 	return amcf;
 }
@@ -964,7 +1051,7 @@ ngx_http_acme_create_srv_conf(ngx_conf_t *cf)
 
 /* The server's names as identifiers, when acme_certificate lists none. */
 static ngx_int_t
-ngx_http_acme_server_idents(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
+ngx_http_acme_server_idents(ngx_conf_t *cf, ngx_http_acme_line_t *line,
     ngx_array_t *idents)
 {
 	ngx_http_core_srv_conf_t	*cscf;
@@ -996,7 +1083,7 @@ ngx_http_acme_server_idents(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
 			ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "%*s in "
 			    "server_name, which acme_certificate takes its "
 			    "identifiers from, in %s:%ui", (size_t)(p - msg),
-			    msg, ascf->file, ascf->line);
+			    msg, line->file, line->line);
 			return NGX_ERROR;
 		}
 	}
@@ -1004,7 +1091,7 @@ ngx_http_acme_server_idents(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
 		return NGX_OK;
 	ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_certificate lists no "
 	    "identifiers and its server has no server_name that can be one in "
-	    "%s:%ui", ascf->file, ascf->line);
+	    "%s:%ui", line->file, line->line);
 	return NGX_ERROR;
 }
 
@@ -1024,41 +1111,47 @@ ngx_http_acme_idents_eq(ngx_array_t *a, ngx_array_t *b)
 	return 1;
 }
 
+static ngx_int_t
+ngx_http_acme_str_same(ngx_str_t *a, ngx_str_t *b)
+{
+	return a->len == b->len && ngx_strncmp(a->data, b->data, a->len) == 0;
+}
+
 /*
- * The shared entry for this server's id.  Two servers may name the same
+ * The shared entry for this line's id.  Two servers may name the same
  * certificate (one name on two ports), but not two certificates with one
  * id: the segment holds one.
  */
 static ngx_http_acme_cert_t *
 ngx_http_acme_cert_get(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
-    ngx_http_acme_srv_conf_t *ascf, ngx_array_t *idents, ngx_str_t *id)
+    ngx_http_acme_line_t *line, ngx_array_t *idents, ngx_str_t *id)
 {
 	ngx_http_acme_cert_t	**certs = amcf->certs.elts, *c, **slot;
 	ngx_uint_t		 i;
 
 	for (i = 0; i < amcf->certs.nelts; i++) {
 		c = certs[i];
-		if (c->id.len != id->len ||
-		    ngx_strncmp(c->id.data, id->data, id->len) != 0)
+		if (!ngx_http_acme_str_same(&c->id, id))
 			continue;
-		if (c->issuer.len == ascf->issuer.len &&
-		    ngx_strncmp(c->issuer.data, ascf->issuer.data,
-		    c->issuer.len) == 0 && ngx_http_acme_idents_eq(c->idents,
-		    idents))
+		if (ngx_http_acme_str_same(&c->issuer, &line->issuer) &&
+		    ngx_http_acme_str_same(&c->profile, &line->profile) &&
+		    ngx_http_acme_idents_eq(c->idents, idents))
 			return c;
 		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_certificate "
 		    "with id \"%V\" differs from the one in %s:%ui in %s:%ui",
-		    id, c->file, c->line, ascf->file, ascf->line);
+		    id, c->file, c->line, line->file, line->line);
 		return NULL;
 	}
 	if ((c = ngx_pcalloc(cf->pool, sizeof(*c))) == NULL ||
 	    (slot = ngx_array_push(&amcf->certs)) == NULL)
 		return NULL;
 	c->id = *id;
-	c->issuer = ascf->issuer;
+	c->issuer = line->issuer;
 	c->idents = idents;
-	c->file = ascf->file;
-	c->line = ascf->line;
+	c->profile = line->profile;
+	c->family = ngx_http_acme_key_types[line->key_type].family;
+	c->file = line->file;
+	c->line = line->line;
 	*slot = c;
 	return c;
 }
@@ -1077,6 +1170,33 @@ ngx_http_acme_issuer_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *name)
 	return 0;
 }
 
+/* One acme_certificate of a server, once the server is read whole. */
+static ngx_int_t
+ngx_http_acme_merge_line(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_line_t *line)
+{
+	ngx_array_t	*idents;
+	ngx_str_t	 id;
+
+	if (!ngx_http_acme_issuer_known(amcf, &line->issuer)) {
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "unknown acme_issuer "
+		    "\"%V\" in %s:%ui", &line->issuer, line->file, line->line);
+		return NGX_ERROR;
+	}
+	idents = line->listed;
+	if (idents == NULL) {
+		idents = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
+		if (idents == NULL ||
+		    ngx_http_acme_server_idents(cf, line, idents) != NGX_OK)
+			return NGX_ERROR;
+	}
+	if (ngx_http_acme_cert_id(cf->pool, idents, line->key_type,
+	    &id) != NGX_OK)
+		return NGX_ERROR;
+	line->cert = ngx_http_acme_cert_get(cf, amcf, line, idents, &id);
+	return line->cert != NULL ? NGX_OK : NGX_ERROR;
+}
+
 /*
  * Runs once the whole http{} block is read, so issuers defined after the
  * server and server_name written after acme_certificate are all known.
@@ -1086,31 +1206,15 @@ ngx_http_acme_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 {
 	ngx_http_acme_srv_conf_t	*prev = parent, *conf = child;
 	ngx_http_acme_main_conf_t	*amcf;
-	ngx_array_t			*idents;
-	ngx_str_t			 id;
+	ngx_uint_t			 i;
 
 	ngx_conf_merge_ptr_value(conf->fallback, prev->fallback, NULL);
 	amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_acme_module);
 	conf->amcf = amcf;
-	if (conf->issuer.len == 0)
-		return NGX_CONF_OK;
-	if (!ngx_http_acme_issuer_known(amcf, &conf->issuer)) {
-		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "unknown acme_issuer "
-		    "\"%V\" in %s:%ui", &conf->issuer, conf->file, conf->line);
-		return NGX_CONF_ERROR;
-	}
-	idents = conf->listed;
-	if (idents == NULL) {
-		idents = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
-		if (idents == NULL ||
-		    ngx_http_acme_server_idents(cf, conf, idents) != NGX_OK)
+	for (i = 0; i < conf->nlines; i++) {
+		if (ngx_http_acme_merge_line(cf, amcf, &conf->lines[i]) !=
+		    NGX_OK)
 			return NGX_CONF_ERROR;
 	}
-	if (ngx_http_acme_cert_id(cf->pool, idents, conf->key_type,
-	    &id) != NGX_OK)
-		return NGX_CONF_ERROR;
-	conf->cert = ngx_http_acme_cert_get(cf, amcf, conf, idents, &id);
-	if (conf->cert == NULL)
-		return NGX_CONF_ERROR;
 	return NGX_CONF_OK;
 }

@@ -80,7 +80,9 @@ ngx_http_acme_data_value(ngx_pool_t *pool, ngx_str_t *pem, ngx_str_t *out)
 
 /*
  * Both values at once, from one consistent read, so a certificate and a
- * key from two different generations never meet in one handshake.
+ * key from two different generations never meet in one handshake.  A
+ * server with an ECDSA and an RSA certificate has the first one written
+ * here: nginx loads one pair per variable; the fast path serves both.
  */
 static ngx_int_t
 ngx_http_acme_variable_fill(ngx_http_request_t *r,
@@ -88,6 +90,7 @@ ngx_http_acme_variable_fill(ngx_http_request_t *r,
 {
 	ngx_http_acme_main_conf_t	*amcf;
 	ngx_http_acme_srv_conf_t	*ascf;
+	ngx_http_acme_cert_t		*cert;
 	ngx_http_acme_shm_cert_t	 found;
 	ngx_http_acme_status_e		 st = NGX_HTTP_ACME_UNMAPPED;
 	ngx_log_t			*log = r->connection->log;
@@ -95,15 +98,16 @@ ngx_http_acme_variable_fill(ngx_http_request_t *r,
 
 	amcf = ngx_http_get_module_main_conf(r, ngx_http_acme_module);
 	ascf = ngx_http_get_module_srv_conf(r, ngx_http_acme_module);
-	if (ascf->cert == NULL) {
+	if (ascf->nlines == 0) {
 		if (ngx_http_acme_shm_log_allowed(&amcf->shm))
 			ngx_log_error(NGX_LOG_ERR, log, 0, "acme: "
 			    "$acme_certificate is empty in a server without "
 			    "acme_certificate");
 		return NGX_OK;
 	}
+	cert = ascf->lines[0].cert;
 	if (ngx_http_acme_shm_ready(&amcf->shm, log) == NGX_OK)
-		st = ngx_http_acme_shm_cert(&amcf->shm, &ascf->cert->id, NULL,
+		st = ngx_http_acme_shm_cert(&amcf->shm, &cert->id, NULL,
 		    r->pool, &found);
 	if (st == NGX_HTTP_ACME_FOUND) {
 		if (ngx_http_acme_data_value(r->pool, &found.chain,
@@ -118,7 +122,7 @@ ngx_http_acme_variable_fill(ngx_http_request_t *r,
 	level = ascf->fallback != NULL ? NGX_LOG_WARN : NGX_LOG_ERR;
 	if (ngx_http_acme_shm_log_allowed(&amcf->shm))
 		ngx_log_error(level, log, 0, "acme: no certificate \"%V\" in "
-		    "shared zone \"%s\" (%s)%s", &ascf->cert->id,
+		    "shared zone \"%s\" (%s)%s", &cert->id,
 		    amcf->shm.path.data, ngx_http_acme_status_text(st),
 		    ascf->fallback != NULL ? "; serving the fallback" : "");
 	if (ascf->fallback != NULL) {
@@ -283,9 +287,10 @@ ngx_http_acme_is_var(ngx_str_t *s, const char *name)
 /*
  * Where this server's only certificate is $acme_certificate with
  * $acme_certificate_key, put our callback in place of nginx's, which
- * would evaluate the variables and parse PEM on every handshake.  Any
- * other combination (a static certificate beside it, say) stays with
- * nginx's callback and the variables.
+ * would evaluate the variables and parse PEM on every handshake.  That
+ * one pair of lines serves every acme_certificate of the server (an
+ * ECDSA and an RSA one).  Any other combination (a static certificate
+ * beside it, say) stays with nginx's callback and the variables.
  */
 static void
 ngx_http_acme_fast_path(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf)
@@ -296,7 +301,7 @@ ngx_http_acme_fast_path(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf)
 
 	ascf = cscf->ctx->srv_conf[ngx_http_acme_module.ctx_index];
 	sscf = cscf->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
-	if (ascf->cert == NULL || sscf->ssl.ctx == NULL ||
+	if (ascf->nlines == 0 || sscf->ssl.ctx == NULL ||
 	    sscf->certificates == NULL || sscf->certificate_keys == NULL ||
 	    sscf->certificates->nelts != 1 ||
 	    sscf->certificate_keys->nelts != 1)
@@ -309,7 +314,8 @@ ngx_http_acme_fast_path(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf)
 	ascf->ssl_ctx = sscf->ssl.ctx;
 	SSL_CTX_set_cert_cb(sscf->ssl.ctx, ngx_http_acme_ssl_cert_cb, ascf);
 	ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cf->log, 0,
-	    "acme: fast path for certificate \"%V\"", &ascf->cert->id);
+	    "acme: fast path for certificate \"%V\"",
+	    &ascf->lines[0].cert->id);
 }
 
 static ngx_int_t
@@ -332,7 +338,7 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 	cscfp = cmcf->servers.elts;
 	for (s = 0; s < cmcf->servers.nelts; s++)
 		ngx_http_acme_fast_path(cf, cscfp[s]);
-	return NGX_OK;
+	return ngx_http_acme_ssl_addresses(cf, amcf);
 }
 
 /* ------------------------------------------------------------- processes */

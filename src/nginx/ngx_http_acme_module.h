@@ -33,6 +33,15 @@
 #define NGX_HTTP_ACME_MAX_PEM		(1024 * 1024)
 #define NGX_HTTP_ACME_MAX_KEYAUTH	1024
 
+/*
+ * Key families.  An SSL_CTX holds one certificate of each, and OpenSSL
+ * picks between them from the ClientHello, so a server may have one
+ * acme_certificate of each family and no more.
+ */
+#define NGX_HTTP_ACME_EC		0
+#define NGX_HTTP_ACME_RSA		1
+#define NGX_HTTP_ACME_NFAMILIES		2
+
 /* Why a lookup found nothing, for the log. */
 typedef enum {
 	NGX_HTTP_ACME_FOUND = 0,
@@ -84,6 +93,8 @@ typedef struct {
 	ngx_str_t		 id;
 	ngx_str_t		 issuer;
 	ngx_array_t		*idents;	/* ngx_str_t, normalised */
+	ngx_str_t		 profile;	/* profile=, or empty */
+	ngx_uint_t		 family;	/* NGX_HTTP_ACME_EC or _RSA */
 	u_char			*file;		/* its acme_certificate */
 	ngx_uint_t		 line;
 
@@ -115,9 +126,36 @@ typedef struct {
 	ngx_uint_t		 line;
 } ngx_http_acme_issuer_t;
 
+/* One acme_certificate directive of a server. */
+typedef struct {
+	ngx_str_t		 issuer;
+	ngx_array_t		*listed;	/* NULL: use server_name */
+	ngx_uint_t		 key_type;
+	ngx_str_t		 profile;
+	u_char			*file;
+	ngx_uint_t		 line;
+	ngx_http_acme_cert_t	*cert;		/* set when merged */
+} ngx_http_acme_line_t;
+
+typedef struct ngx_http_acme_srv_conf_s ngx_http_acme_srv_conf_t;
+
+/*
+ * A server whose certificate has IP identifiers, on one of its listen
+ * addresses: a handshake without SNI that arrives at that address gets
+ * it (TLS clients send no SNI for an address).
+ */
+typedef struct {
+	struct sockaddr		*listen;	/* the listen address:port */
+	socklen_t		 socklen;
+	int			 family;	/* of addr: AF_INET, AF_INET6 */
+	u_char			 addr[16];	/* the identifier, binary */
+	ngx_http_acme_srv_conf_t *ascf;
+} ngx_http_acme_addr_t;
+
 typedef struct {
 	ngx_array_t		 issuers;	/* ngx_http_acme_issuer_t */
 	ngx_array_t		 certs;		/* ngx_http_acme_cert_t * */
+	ngx_array_t		 addrs;		/* ngx_http_acme_addr_t */
 	ngx_str_t		 zone_name;
 	size_t			 zone_size;
 	u_char			*zone_file;	/* acme_shared_zone, if any */
@@ -126,22 +164,23 @@ typedef struct {
 	ngx_http_acme_shm_t	 shm;
 } ngx_http_acme_main_conf_t;
 
-typedef struct {
+struct ngx_http_acme_srv_conf_s {
 	ngx_http_acme_main_conf_t *amcf;
-	ngx_str_t		 issuer;	/* empty: no acme_certificate */
-	ngx_array_t		*listed;	/* NULL: use server_name */
-	ngx_uint_t		 key_type;
-	u_char			*file;
-	ngx_uint_t		 line;
-	ngx_http_acme_cert_t	*cert;		/* set when merged */
+	ngx_http_acme_line_t	 lines[NGX_HTTP_ACME_NFAMILIES];
+	ngx_uint_t		 nlines;	/* 0: no acme_certificate */
 	ngx_http_acme_fallback_t *fallback;
 	ngx_flag_t		 cache_set;	/* ssl_certificate_cache seen */
 
-	/* The fast path: the server's SSL_CTX and what it holds. */
+	/*
+	 * The fast path: the server's SSL_CTX and, per worker, what this
+	 * module put in it: one certificate per key family, and the one
+	 * put there last, which every connection made since starts with as
+	 * its current certificate.
+	 */
 	SSL_CTX			*ssl_ctx;
-	X509			*ctx_x509;	/* per worker */
-	int			 ctx_type;	/* its EVP_PKEY_get_base_id() */
-} ngx_http_acme_srv_conf_t;
+	X509			*ctx_x509[NGX_HTTP_ACME_NFAMILIES];
+	X509			*ctx_last;
+};
 
 extern ngx_module_t	 ngx_http_acme_module;
 
@@ -183,5 +222,7 @@ ngx_http_acme_pair_t *ngx_http_acme_ssl_current(ngx_http_acme_main_conf_t *,
 		    ngx_http_acme_cert_t *, ngx_log_t *,
 		    ngx_http_acme_status_e *);
 int		 ngx_http_acme_ssl_cert_cb(ngx_ssl_conn_t *, void *);
+ngx_int_t	 ngx_http_acme_ssl_addresses(ngx_conf_t *,
+		    ngx_http_acme_main_conf_t *);
 
 #endif /* NGX_HTTP_ACME_MODULE_H */

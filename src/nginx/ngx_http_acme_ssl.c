@@ -13,6 +13,8 @@
  * worker, so that new connections start with it exactly as they would
  * with a static certificate, and the callback finds nothing left to do.
  */
+#include <arpa/inet.h>
+
 #include "ngx_http_acme_module.h"
 
 /* Encrypted keys have no place here: never prompt on a terminal. */
@@ -351,50 +353,265 @@ ngx_http_acme_ssl_current(ngx_http_acme_main_conf_t *amcf,
 }
 
 /*
- * Make pair the certificate the server's SSL_CTX hands every new
- * connection, as it would a static one, so later handshakes need nothing
- * from us.  A context cannot drop a certificate, only replace the one of
- * the same key type, so only certificates of one key type go there.
+ * The key family a parsed pair goes into the SSL_CTX under, or -1 when
+ * its key is not of the family its acme_certificate asked for (only a
+ * planted entry can do that).  Such a pair is handed to one connection
+ * at a time, never to the SSL_CTX, which could not drop it again: a
+ * context only replaces the certificate of the same family.
+ */
+static ngx_int_t
+ngx_http_acme_ssl_family(ngx_http_acme_cert_t *cert,
+    ngx_http_acme_pair_t *pair)
+{
+	int	 want, type = EVP_PKEY_get_base_id(pair->pkey);
+
+	want = cert->family == NGX_HTTP_ACME_RSA ? EVP_PKEY_RSA : EVP_PKEY_EC;
+	return type == want ? (ngx_int_t)cert->family : -1;
+}
+
+/*
+ * Make pair the certificate of its family that the server's SSL_CTX
+ * hands every new connection, as it would a static one, so later
+ * handshakes need nothing from us.
  */
 static void
 ngx_http_acme_ssl_install(ngx_http_acme_srv_conf_t *ascf,
-    ngx_http_acme_pair_t *pair, ngx_log_t *log)
+    ngx_http_acme_cert_t *cert, ngx_http_acme_pair_t *pair, ngx_log_t *log)
 {
-	int	 type = EVP_PKEY_get_base_id(pair->pkey);
+	ngx_int_t	 fam = ngx_http_acme_ssl_family(cert, pair);
 
-	if (ascf->ctx_x509 != NULL && ascf->ctx_type != type)
+	if (fam < 0 || ascf->ctx_x509[fam] == pair->x509)
 		return;
 	if (SSL_CTX_use_cert_and_key(ascf->ssl_ctx, pair->x509, pair->pkey,
 	    pair->chain, 1) != 1) {
 		ngx_ssl_error(NGX_LOG_ERR, log, 0, "acme: "
-		    "SSL_CTX_use_cert_and_key(\"%V\") failed", &ascf->cert->id);
+		    "SSL_CTX_use_cert_and_key(\"%V\") failed", &cert->id);
 		return;
 	}
-	ascf->ctx_x509 = pair->x509;
-	ascf->ctx_type = type;
+	ascf->ctx_x509[fam] = pair->x509;
+	ascf->ctx_last = pair->x509;
+}
+
+/*
+ * Whether this connection already holds pairs, every one of the
+ * server's certificates: when the SSL_CTX holds them all, a connection
+ * made since the last install starts with a copy of its certificates,
+ * and with the one installed last as its current one.  A connection
+ * made before that install has another current certificate: the
+ * context holds a reference to every certificate it was given, so no
+ * newer one can have the address of one a connection still holds.
+ */
+static ngx_int_t
+ngx_http_acme_ssl_in_ctx(ngx_http_acme_srv_conf_t *ascf,
+    ngx_http_acme_pair_t **pairs, ngx_ssl_conn_t *ssl_conn)
+{
+	ngx_uint_t	 i;
+	ngx_int_t	 fam;
+
+	for (i = 0; i < ascf->nlines; i++) {
+		if (pairs[i] == NULL)
+			return 0;
+		fam = ngx_http_acme_ssl_family(ascf->lines[i].cert, pairs[i]);
+		if (fam < 0 || ascf->ctx_x509[fam] != pairs[i]->x509)
+			return 0;
+	}
+	return ascf->ctx_last != NULL &&
+	    SSL_get_certificate(ssl_conn) == ascf->ctx_last;
 }
 
 static void
 ngx_http_acme_ssl_log_missing(ngx_http_acme_srv_conf_t *ascf,
-    ngx_http_acme_status_e st, ngx_log_t *log)
+    ngx_http_acme_cert_t *cert, ngx_http_acme_status_e st,
+    ngx_uint_t others, ngx_log_t *log)
 {
 	ngx_http_acme_main_conf_t	*amcf = ascf->amcf;
 
 	if (!ngx_http_acme_shm_log_allowed(&amcf->shm))
 		return;
 	/* ngx_log_error() is a macro with an if of its own. */
-	if (ascf->fallback != NULL) {
+	if (others) {
+		ngx_log_error(NGX_LOG_WARN, log, 0, "acme: no certificate "
+		    "\"%V\" in shared zone \"%s\" (%s); serving the server's "
+		    "other certificate", &cert->id, amcf->shm.path.data,
+		    ngx_http_acme_status_text(st));
+	} else if (ascf->fallback != NULL) {
 		ngx_log_error(NGX_LOG_WARN, log, 0, "acme: no certificate "
 		    "\"%V\" in shared zone \"%s\" (%s); serving the fallback "
-		    "\"%s\"", &ascf->cert->id, amcf->shm.path.data,
+		    "\"%s\"", &cert->id, amcf->shm.path.data,
 		    ngx_http_acme_status_text(st),
 		    ascf->fallback->cert_file.data);
 	} else {
 		ngx_log_error(NGX_LOG_ERR, log, 0, "acme: no certificate "
 		    "\"%V\" in shared zone \"%s\" (%s); handshake refused",
-		    &ascf->cert->id, amcf->shm.path.data,
+		    &cert->id, amcf->shm.path.data,
 		    ngx_http_acme_status_text(st));
 	}
+}
+
+/*
+ * The current pair of each of the server's certificates, NULL for one
+ * the segment has none of; returns how many there are, having logged
+ * the missing ones.
+ */
+static ngx_uint_t
+ngx_http_acme_ssl_pairs(ngx_http_acme_srv_conf_t *ascf,
+    ngx_http_acme_pair_t **pairs, ngx_log_t *log)
+{
+	ngx_http_acme_status_e	 st[NGX_HTTP_ACME_NFAMILIES];
+	ngx_uint_t		 i, n = 0;
+
+	for (i = 0; i < ascf->nlines; i++) {
+		pairs[i] = ngx_http_acme_ssl_current(ascf->amcf,
+		    ascf->lines[i].cert, log, &st[i]);
+		if (pairs[i] != NULL)
+			n++;
+	}
+	for (i = 0; i < ascf->nlines; i++) {
+		if (pairs[i] == NULL)
+			ngx_http_acme_ssl_log_missing(ascf, ascf->lines[i].cert,
+			    st[i], n, log);
+	}
+	return n;
+}
+
+/*
+ * Give this connection pairs of its own, in place of whatever the
+ * context gave it, which must not be served.  With an ECDSA and an RSA
+ * pair, OpenSSL picks from the ClientHello as it would between two
+ * ssl_certificate files.
+ */
+static int
+ngx_http_acme_ssl_use(ngx_http_acme_srv_conf_t *ascf,
+    ngx_http_acme_pair_t **pairs, ngx_uint_t npairs, ngx_ssl_conn_t *ssl_conn,
+    ngx_log_t *log)
+{
+	ngx_uint_t	 i;
+
+	SSL_certs_clear(ssl_conn);
+	for (i = 0; i < npairs; i++) {
+		if (pairs[i] == NULL)
+			continue;
+		if (SSL_use_cert_and_key(ssl_conn, pairs[i]->x509,
+		    pairs[i]->pkey, pairs[i]->chain, 1) != 1) {
+			ngx_ssl_error(NGX_LOG_ERR, log, 0, "acme: "
+			    "SSL_use_cert_and_key(\"%V\") failed",
+			    &ascf->lines[i < ascf->nlines ? i : 0].cert->id);
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/*
+ * Serve ascf's certificates.  own: ascf's SSL_CTX is this connection's,
+ * so it may be brought up to date, and may already have given the
+ * connection the current certificates.
+ */
+static int
+ngx_http_acme_ssl_serve(ngx_http_acme_srv_conf_t *ascf,
+    ngx_ssl_conn_t *ssl_conn, ngx_log_t *log, ngx_uint_t own)
+{
+	ngx_http_acme_pair_t	*pairs[NGX_HTTP_ACME_NFAMILIES];
+	ngx_uint_t		 i, n;
+
+	n = ngx_http_acme_ssl_pairs(ascf, pairs, log);
+	if (n == 0) {
+		if (ascf->fallback == NULL)
+			return 0;
+		pairs[0] = &ascf->fallback->pair;
+		return ngx_http_acme_ssl_use(ascf, pairs, 1, ssl_conn, log);
+	}
+	if (own) {
+		if (n == ascf->nlines &&
+		    ngx_http_acme_ssl_in_ctx(ascf, pairs, ssl_conn))
+			return 1;
+		for (i = 0; i < ascf->nlines; i++) {
+			if (pairs[i] != NULL)
+				ngx_http_acme_ssl_install(ascf,
+				    ascf->lines[i].cert, pairs[i], log);
+		}
+	}
+	return ngx_http_acme_ssl_use(ascf, pairs, ascf->nlines, ssl_conn, log);
+}
+
+/* A socket address as an identifier would hold it: binary, v4 as v4. */
+static ngx_int_t
+ngx_http_acme_ssl_addr_of(struct sockaddr *sa, int *family, u_char *addr)
+{
+	struct sockaddr_in	*sin;
+	struct sockaddr_in6	*sin6;
+
+	switch (sa->sa_family) {
+	case AF_INET:
+		sin = (struct sockaddr_in *)sa;
+		*family = AF_INET;
+		ngx_memcpy(addr, &sin->sin_addr, 4);
+		return NGX_OK;
+	case AF_INET6:
+		sin6 = (struct sockaddr_in6 *)sa;
+		/* A v4 client of a [::] listen with ipv6only=off. */
+		if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+			*family = AF_INET;
+			ngx_memcpy(addr, &sin6->sin6_addr.s6_addr[12], 4);
+		} else {
+			*family = AF_INET6;
+			ngx_memcpy(addr, &sin6->sin6_addr, 16);
+		}
+		return NGX_OK;
+	}
+	return NGX_DECLINED;
+}
+
+/* Whether a, an IP identifier on a listen, names where c arrived. */
+static ngx_int_t
+ngx_http_acme_ssl_addr_match(ngx_http_acme_addr_t *a, int family,
+    u_char *addr, ngx_connection_t *c)
+{
+	if (a->family != family ||
+	    ngx_memcmp(a->addr, addr, family == AF_INET ? 4 : 16) != 0 ||
+	    ngx_inet_get_port(a->listen) !=
+	    ngx_inet_get_port(c->local_sockaddr))
+		return 0;
+	return ngx_inet_wildcard(a->listen) ||
+	    ngx_cmp_sockaddr(a->listen, a->socklen, c->local_sockaddr,
+	    c->local_socklen, 1) == NGX_OK;
+}
+
+/*
+ * TLS clients send no SNI for an IP address (RFC 6066 3), so nginx
+ * leaves such a connection with the default server of its listen
+ * address.  The certificate with the address the connection arrived at
+ * as an identifier is the one it asked for: the server that has it on
+ * that listen address.  ascf itself when it has it, when there is none,
+ * or when the client sent SNI.
+ */
+static ngx_http_acme_srv_conf_t *
+ngx_http_acme_ssl_by_address(ngx_http_acme_srv_conf_t *ascf,
+    ngx_ssl_conn_t *ssl_conn, ngx_connection_t *c)
+{
+	ngx_http_acme_main_conf_t	*amcf = ascf->amcf;
+	ngx_http_acme_addr_t		*a;
+	ngx_http_acme_srv_conf_t	*found = NULL;
+	ngx_uint_t			 i;
+	u_char				 addr[16];
+	int				 family;
+
+	if (amcf->addrs.nelts == 0 ||
+	    SSL_get_servername(ssl_conn, TLSEXT_NAMETYPE_host_name) != NULL ||
+	    ngx_connection_local_sockaddr(c, NULL, 0) != NGX_OK ||
+	    ngx_http_acme_ssl_addr_of(c->local_sockaddr, &family, addr) !=
+	    NGX_OK)
+		return ascf;
+	a = amcf->addrs.elts;
+	for (i = 0; i < amcf->addrs.nelts; i++) {
+		if (!ngx_http_acme_ssl_addr_match(&a[i], family, addr, c))
+			continue;
+		if (a[i].ascf == ascf)
+			return ascf;
+		if (found == NULL)
+			found = a[i].ascf;
+	}
+	return found != NULL ? found : ascf;
 }
 
 /*
@@ -402,44 +619,101 @@ ngx_http_acme_ssl_log_missing(ngx_http_acme_srv_conf_t *ascf,
  * $acme_certificate.  nginx's SNI callback moves the connection to the
  * chosen server's SSL_CTX before OpenSSL calls this, and the callback
  * travels with the context, so arg is the chosen server's configuration.
+ * Without SNI, the server whose certificate has the connection's local
+ * address is chosen here instead, for this connection's certificate only.
  *
  * A connection starts with a copy of its SSL_CTX's certificates.  When
- * that copy is the current certificate there is nothing to do, which is
- * the common case and costs what a static certificate costs.  Otherwise
- * (a new serial, a connection accepted before it, the fallback) this
- * connection gets the certificate of its own.
+ * that copy is the current certificates there is nothing to do, which is
+ * the common case and costs what static certificates cost.  Otherwise
+ * (a new serial, a connection accepted before it, the fallback, another
+ * server's certificate by address) this connection gets certificates of
+ * its own.
  */
 int
 ngx_http_acme_ssl_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)
 {
-	ngx_http_acme_srv_conf_t	*ascf = arg;
-	ngx_http_acme_pair_t		*pair;
-	ngx_http_acme_status_e		 st;
+	ngx_http_acme_srv_conf_t	*ascf = arg, *chosen;
 	ngx_connection_t		*c;
 
 	c = ngx_ssl_get_connection(ssl_conn);
 	/* No renegotiation, as in nginx's own callback. */
 	if (c->ssl->handshaked)
 		return 0;
-	pair = ngx_http_acme_ssl_current(ascf->amcf, ascf->cert, c->log, &st);
-	if (pair != NULL) {
-		if (SSL_get_certificate(ssl_conn) == pair->x509)
-			return 1;
-		if (ascf->ctx_x509 != pair->x509)
-			ngx_http_acme_ssl_install(ascf, pair, c->log);
-	} else {
-		ngx_http_acme_ssl_log_missing(ascf, st, c->log);
-		if (ascf->fallback == NULL)
-			return 0;
-		pair = &ascf->fallback->pair;
+	chosen = ngx_http_acme_ssl_by_address(ascf, ssl_conn, c);
+	return ngx_http_acme_ssl_serve(chosen, ssl_conn, c->log,
+	    chosen == ascf);
+}
+
+/* The IP identifiers of ascf's certificates, on the listen addr. */
+static ngx_int_t
+ngx_http_acme_ssl_add_addrs(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
+    ngx_http_acme_srv_conf_t *ascf, ngx_http_conf_addr_t *addr)
+{
+	ngx_http_acme_addr_t	*a;
+	ngx_str_t		*ident;
+	ngx_uint_t		 i, j;
+	u_char			 bin[16];
+	int			 family;
+
+	for (i = 0; i < ascf->nlines; i++) {
+		ident = ascf->lines[i].cert->idents->elts;
+		for (j = 0; j < ascf->lines[i].cert->idents->nelts; j++) {
+			/* Normalised and NUL-terminated (ngx_http_acme_conf.c). */
+			if (inet_pton(AF_INET, (char *)ident[j].data, bin) == 1)
+				family = AF_INET;
+			else if (inet_pton(AF_INET6, (char *)ident[j].data,
+			    bin) == 1)
+				family = AF_INET6;
+			else
+				continue;
+			if ((a = ngx_array_push(&amcf->addrs)) == NULL ||
+			    (a->listen = ngx_palloc(cf->pool,
+			    addr->opt.socklen)) == NULL)
+				return NGX_ERROR;
+			ngx_memcpy(a->listen, addr->opt.sockaddr,
+			    addr->opt.socklen);
+			a->socklen = addr->opt.socklen;
+			a->family = family;
+			ngx_memcpy(a->addr, bin, sizeof(bin));
+			a->ascf = ascf;
+		}
 	}
-	/* Whatever the context gave this connection must not be served. */
-	SSL_certs_clear(ssl_conn);
-	if (SSL_use_cert_and_key(ssl_conn, pair->x509, pair->pkey,
-	    pair->chain, 1) != 1) {
-		ngx_ssl_error(NGX_LOG_ERR, c->log, 0, "acme: "
-		    "SSL_use_cert_and_key(\"%V\") failed", &ascf->cert->id);
-		return 0;
+	return NGX_OK;
+}
+
+/*
+ * At postconfiguration, before nginx turns its listen addresses into
+ * listening sockets: every server with an IP identifier, on each of its
+ * ssl listen addresses, for ngx_http_acme_ssl_by_address().
+ */
+ngx_int_t
+ngx_http_acme_ssl_addresses(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf)
+{
+	ngx_http_core_main_conf_t	*cmcf;
+	ngx_http_conf_port_t		*port;
+	ngx_http_conf_addr_t		*addr;
+	ngx_http_core_srv_conf_t	**cscfp;
+	ngx_http_acme_srv_conf_t	*ascf;
+	ngx_uint_t			 p, a, s;
+
+	cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+	if (cmcf->ports == NULL)
+		return NGX_OK;
+	port = cmcf->ports->elts;
+	for (p = 0; p < cmcf->ports->nelts; p++) {
+		addr = port[p].addrs.elts;
+		for (a = 0; a < port[p].addrs.nelts; a++) {
+			if (!addr[a].opt.ssl)
+				continue;
+			cscfp = addr[a].servers.elts;
+			for (s = 0; s < addr[a].servers.nelts; s++) {
+				ascf = cscfp[s]->ctx->srv_conf[
+				    ngx_http_acme_module.ctx_index];
+				if (ngx_http_acme_ssl_add_addrs(cf, amcf, ascf,
+				    &addr[a]) != NGX_OK)
+					return NGX_ERROR;
+			}
+		}
 	}
-	return 1;
+	return NGX_OK;
 }
