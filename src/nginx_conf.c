@@ -7,7 +7,7 @@
  *	main	user USER [GROUP]		the nginx workers' group
  *	http	acme_issuer NAME { ... }	conf.c's handlers, unchanged
  *		acme_shared_zone ...
- *	server	server_name, acme_certificate
+ *	server	server_name, acme_certificate (one per key family)
  * and follows include wherever it walks.  Every other directive and block
  * (events, location, map, upstream, stream, if, types, ...) is read past
  * without judging it: that is nginx -t's job.  An acme_* directive is
@@ -34,14 +34,27 @@ struct nginx_name {
 	int		 nn_line;
 };
 
+/* Key families: a server may have one acme_certificate of each. */
+enum nginx_family {
+	NGINX_FAMILY_EC,
+	NGINX_FAMILY_RSA,
+	NGINX_FAMILY_MAX
+};
+
+/* One acme_certificate directive of a server. */
+struct nginx_cert {
+	char			**nc_words;	/* its words, the name first */
+	int			 nc_nwords;
+	char			*nc_file;
+	int			 nc_line;
+};
+
 /* A server { } being read: nothing is decided before its '}'. */
 struct nginx_server {
 	struct nginx_name	*ns_names;
 	size_t			 ns_nnames;
-	char			**ns_cert;	/* acme_certificate's words */
-	int			 ns_ncert;	/* 0: no acme_certificate */
-	char			*ns_cert_file;
-	int			 ns_cert_line;
+	struct nginx_cert	 ns_certs[NGINX_FAMILY_MAX];
+	int			 ns_ncerts;	/* 0: no acme_certificate */
 };
 
 static int	nginx_conf_main(struct conf_parse *, const struct conf_ctx *,
@@ -109,18 +122,22 @@ nginx_conf_user(struct conf_parse *p, struct conf_args *a)
 static void
 nginx_server_free(struct nginx_server *srv)
 {
-	size_t	 i;
-	int	 j;
+	struct nginx_cert	*nc;
+	size_t			 i;
+	int			 j, k;
 
 	for (i = 0; i < srv->ns_nnames; i++) {
 		free(srv->ns_names[i].nn_name);
 		free(srv->ns_names[i].nn_file);
 	}
 	free(srv->ns_names);
-	for (j = 0; j < srv->ns_ncert; j++)
-		free(srv->ns_cert[j]);
-	free(srv->ns_cert);
-	free(srv->ns_cert_file);
+	for (j = 0; j < srv->ns_ncerts; j++) {
+		nc = &srv->ns_certs[j];
+		for (k = 0; k < nc->nc_nwords; k++)
+			free(nc->nc_words[k]);
+		free(nc->nc_words);
+		free(nc->nc_file);
+	}
 }
 
 static void
@@ -140,12 +157,67 @@ nginx_conf_names(struct conf_parse *p, struct nginx_server *srv,
 	}
 }
 
+/*
+ * The key family of acme_certificate's words: ECDSA unless key= says
+ * RSA.  -1 for a key= that names neither, which conf_cert_param() will
+ * refuse with its own message.
+ */
+static int
+nginx_conf_family(const struct conf_args *a)
+{
+	int	 i;
+
+	for (i = 2; i < a->n; i++) {
+		if (strncmp(a->v[i], "key=", 4) != 0)
+			continue;
+		if (strncmp(a->v[i] + 4, "rsa", 3) == 0)
+			return NGINX_FAMILY_RSA;
+		if (strncmp(a->v[i] + 4, "ecdsa", 5) == 0)
+			return NGINX_FAMILY_EC;
+		return -1;
+	}
+	return NGINX_FAMILY_EC;
+}
+
+/*
+ * nginx-acme allows one acme_certificate per server; we allow one per
+ * key family, as nginx allows one ssl_certificate per family: the module
+ * serves ECDSA to the clients that take it and RSA to the others.
+ */
+static int
+nginx_conf_cert_family(struct conf_parse *p, struct nginx_server *srv,
+    const struct conf_args *a)
+{
+	static const char	*names[NGINX_FAMILY_MAX] = { "ECDSA", "RSA" };
+	struct nginx_cert	*nc;
+	int			 fam, i;
+
+	if ((fam = nginx_conf_family(a)) == -1)
+		return 0;
+	for (i = 0; i < srv->ns_ncerts; i++) {
+		nc = &srv->ns_certs[i];
+		if (nginx_conf_family(&(struct conf_args){ .v = nc->nc_words,
+		    .n = nc->nc_nwords }) != fam)
+			continue;
+		return conf_error(p, "\"acme_certificate\" directive is "
+		    "duplicate: the server has an %s certificate from %s:%d "
+		    "already, and a second one must have the other key type",
+		    names[fam], nc->nc_file, nc->nc_line);
+	}
+	/* Two of unknown families: the second key= is refused later. */
+	if (srv->ns_ncerts == NGINX_FAMILY_MAX)
+		return conf_error(p, "\"acme_certificate\" directive is "
+		    "duplicate");
+	return 0;
+}
+
 /* Kept for the '}': server_name may come after it. */
 static int
 nginx_conf_cert(struct conf_parse *p, struct nginx_server *srv,
     struct conf_args *a, enum conf_tok end)
 {
-	int	 i;
+	struct nginx_cert	*nc;
+	int			 i;
 
 	if (end != CONF_TOK_SEMI)
 		return conf_error(p, "directive \"acme_certificate\" is not "
@@ -153,16 +225,15 @@ nginx_conf_cert(struct conf_parse *p, struct nginx_server *srv,
 	if (a->n < 2)
 		return conf_error(p, "invalid number of arguments in "
 		    "\"acme_certificate\" directive");
-	/* nginx-acme: one certificate per server block. */
-	if (srv->ns_ncert != 0)
-		return conf_error(p, "\"acme_certificate\" directive is "
-		    "duplicate");
-	srv->ns_cert = xreallocarray(NULL, (size_t)a->n, sizeof(char *));
+	if (nginx_conf_cert_family(p, srv, a) == -1)
+		return -1;
+	nc = &srv->ns_certs[srv->ns_ncerts++];
+	nc->nc_words = xreallocarray(NULL, (size_t)a->n, sizeof(char *));
 	for (i = 0; i < a->n; i++)
-		srv->ns_cert[i] = xstrdup(a->v[i]);
-	srv->ns_ncert = a->n;
-	srv->ns_cert_file = xstrdup(p->file);
-	srv->ns_cert_line = a->line;
+		nc->nc_words[i] = xstrdup(a->v[i]);
+	nc->nc_nwords = a->n;
+	nc->nc_file = xstrdup(p->file);
+	nc->nc_line = a->line;
 	return 0;
 }
 
@@ -225,29 +296,33 @@ nginx_conf_same(const struct conf *conf, const struct conf_cert *cc)
 	return 0;
 }
 
-/* The certificate of a server block, once all of it is read. */
+/*
+ * One acme_certificate of a server block, once all of it is read.  Its
+ * words are parameters (key=, profile=, ...: conf_cert_param() knows
+ * them) and identifiers, which never hold a '='; without identifiers
+ * the server's names are its identifiers.
+ */
 static int
-nginx_conf_server_end(struct conf_parse *p, struct nginx_server *srv)
+nginx_conf_cert_end(struct conf_parse *p, struct nginx_server *srv,
+    struct nginx_cert *nc)
 {
 	struct conf_cert	*cc;
 	int			 i, havekey = 0, named = 0;
 
-	if (srv->ns_ncert == 0)
-		return 0;
-	p->file = srv->ns_cert_file;
-	p->line = srv->ns_cert_line;
-	cc = conf_cert_new(p, srv->ns_cert[1]);
+	p->file = nc->nc_file;
+	p->line = nc->nc_line;
+	cc = conf_cert_new(p, nc->nc_words[1]);
 	cc->cc_nginx = 1;
-	for (i = 2; i < srv->ns_ncert; i++) {
-		if (strncmp(srv->ns_cert[i], "key=", 4) != 0)
+	for (i = 2; i < nc->nc_nwords; i++) {
+		if (strchr(nc->nc_words[i], '=') == NULL)
 			named = 1;
-		if (conf_cert_param(p, cc, srv->ns_cert[i], &havekey) == -1)
+		if (conf_cert_param(p, cc, nc->nc_words[i], &havekey) == -1)
 			goto fail;
 	}
 	if (!named && nginx_conf_idents(p, srv, cc) == -1)
 		goto fail;
-	p->file = srv->ns_cert_file;
-	p->line = srv->ns_cert_line;
+	p->file = nc->nc_file;
+	p->line = nc->nc_line;
 	if (cc->cc_nidents == 0) {
 		conf_error(p, "no identifiers in \"acme_certificate\" "
 		    "directive, and no server_name that can be one");
@@ -261,6 +336,19 @@ nginx_conf_server_end(struct conf_parse *p, struct nginx_server *srv)
 fail:
 	conf_cert_free(cc);
 	return -1;
+}
+
+/* The certificates of a server block, once all of it is read. */
+static int
+nginx_conf_server_end(struct conf_parse *p, struct nginx_server *srv)
+{
+	int	 i;
+
+	for (i = 0; i < srv->ns_ncerts; i++) {
+		if (nginx_conf_cert_end(p, srv, &srv->ns_certs[i]) == -1)
+			return -1;
+	}
+	return 0;
 }
 
 static int

@@ -1426,10 +1426,12 @@ test_nginx_errors(void **state)
 	    "    server {\n"
 	    "        server_name a.test;\n"
 	    "        acme_certificate le;\n"
-	    "        acme_certificate le key=rsa:2048;\n"
+	    "        acme_certificate le key=ecdsa:384;\n"
 	    "    }\n}\n",
-	    "%s/nginx.conf:8: \"acme_certificate\" directive is duplicate",
-	    t->dir);
+	    "%s/nginx.conf:8: \"acme_certificate\" directive is duplicate: "
+	    "the server has an ECDSA certificate from %s/nginx.conf:7 "
+	    "already, and a second one must have the other key type",
+	    t->dir, t->dir);
 	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
 	    "    acme_certificate le a.test;\n}\n",
 	    "%s/nginx.conf:5: \"acme_certificate\" directive is not allowed "
