@@ -136,10 +136,14 @@ def _accepts(port):
         return False
 
 
-def handshake(port, servername, check=True):
+def handshake(port, servername, check=True, host="127.0.0.1", extra=()):
     """openssl s_client: (exit status, the served chain as PEM blocks,
-    its output)."""
-    args = ["s_client", "-connect", "127.0.0.1:%d" % port, "-showcerts"]
+    its output).  Without servername no SNI is sent when host is an
+    address, as a browser sends none; extra: more s_client options
+    (-sigalgs, -cipher, -tls1_2 ...)."""
+    where = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host,
+                                                                    port)
+    args = ["s_client", "-connect", where, "-showcerts", *extra]
     if servername:
         args += ["-servername", servername]
     p = openssl(*args, input="", check=False)
