@@ -163,16 +163,16 @@ nginx_conf_names(struct conf_parse *p, struct nginx_server *srv,
  * refuse with its own message.
  */
 static int
-nginx_conf_family(const struct conf_args *a)
+nginx_conf_family(char *const *words, int nwords)
 {
 	int	 i;
 
-	for (i = 2; i < a->n; i++) {
-		if (strncmp(a->v[i], "key=", 4) != 0)
+	for (i = 2; i < nwords; i++) {
+		if (strncmp(words[i], "key=", 4) != 0)
 			continue;
-		if (strncmp(a->v[i] + 4, "rsa", 3) == 0)
+		if (strncmp(words[i] + 4, "rsa", 3) == 0)
 			return NGINX_FAMILY_RSA;
-		if (strncmp(a->v[i] + 4, "ecdsa", 5) == 0)
+		if (strncmp(words[i] + 4, "ecdsa", 5) == 0)
 			return NGINX_FAMILY_EC;
 		return -1;
 	}
@@ -192,12 +192,11 @@ nginx_conf_cert_family(struct conf_parse *p, struct nginx_server *srv,
 	struct nginx_cert	*nc;
 	int			 fam, i;
 
-	if ((fam = nginx_conf_family(a)) == -1)
+	if ((fam = nginx_conf_family(a->v, a->n)) == -1)
 		return 0;
 	for (i = 0; i < srv->ns_ncerts; i++) {
 		nc = &srv->ns_certs[i];
-		if (nginx_conf_family(&(struct conf_args){ .v = nc->nc_words,
-		    .n = nc->nc_nwords }) != fam)
+		if (nginx_conf_family(nc->nc_words, nc->nc_nwords) != fam)
 			continue;
 		return conf_error(p, "\"acme_certificate\" directive is "
 		    "duplicate: the server has an %s certificate from %s:%d "

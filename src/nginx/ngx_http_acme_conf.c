@@ -18,6 +18,7 @@
 #define NGX_HTTP_ACME_MAX_RATE		1000000
 #define NGX_HTTP_ACME_MAX_BURST		1000000
 #define NGX_HTTP_ACME_MAX_IDENTS	1000	/* CONF_MAX_IDENTS */
+#define NGX_HTTP_ACME_MAX_PROFILE	64	/* CONF_PROFILE_MAX */
 #define NGX_HTTP_ACME_DEFAULT_ZONE	"ngx_acme_shared"
 #define NGX_HTTP_ACME_DEFAULT_SIZE	(256 * 1024)
 
@@ -776,19 +777,35 @@ ngx_http_acme_cert_key(ngx_conf_t *cf, ngx_http_acme_line_t *line,
 
 /*
  * profile=NAME: the ACME profile this certificate asks the CA for.  Only
- * the sidecar acts on it; it is a token, as the issuer's own profile.
+ * the sidecar acts on it; the CA's word, so a short plain token, checked
+ * as the sidecar checks it (conf_profile_valid()).
  */
 static char *
 ngx_http_acme_cert_profile(ngx_conf_t *cf, ngx_http_acme_line_t *line,
     ngx_str_t *arg)
 {
-	line->profile.data = arg->data + 8;
-	line->profile.len = arg->len - 8;
-	if (line->profile.len > 0)
-		return NGX_CONF_OK;
-	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid empty value in "
-	    "\"profile\" parameter");
-	return NGX_CONF_ERROR;
+	ngx_str_t	*p = &line->profile;
+	size_t		 i;
+	u_char		 c;
+
+	p->data = arg->data + 8;
+	p->len = arg->len - 8;
+	if (p->len == 0) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid empty value "
+		    "in \"profile\" parameter");
+		return NGX_CONF_ERROR;
+	}
+	for (i = 0; i < p->len; i++) {
+		c = p->data[i];
+		if (i >= NGX_HTTP_ACME_MAX_PROFILE ||
+		    !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) {
+			ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid "
+			    "profile \"%V\"", p);
+			return NGX_CONF_ERROR;
+		}
+	}
+	return NGX_CONF_OK;
 }
 
 /* Any other word is an identifier. */

@@ -238,8 +238,8 @@ def test_same_key_family_twice(tmp_path, nginx_factory, sidecar_bin, lines,
 
 def test_profile_parameter(tmp_path, nginx_factory, sidecar_bin):
     """profile=NAME is an acme_certificate parameter for nginx -t (not an
-    identifier: the server's names stay the identifiers), and an empty
-    one is refused.  The sidecar's side runs once conf_cert.c knows
+    identifier: the server's names stay the identifiers); an empty one or
+    one with other than letters, digits, "-", "_", "." is refused.  The sidecar's side runs once conf_cert.c knows
     profile=."""
     nginx = nginx_factory()
     body = zone_http(tmp_path, tls_server(
@@ -252,6 +252,10 @@ def test_profile_parameter(tmp_path, nginx_factory, sidecar_bin):
                                                       "profile=")))
     rc, out = nginx.test_config()
     assert rc != 0 and 'invalid empty value in "profile"' in out, out
+    nginx.write(nginx_conf(nginx.prefix, body.replace("shortlived",
+                                                      "short/lived")))
+    rc, out = nginx.test_config()
+    assert rc != 0 and 'invalid profile "short/lived"' in out, out
 
     nginx.write(nginx_conf(nginx.prefix, body))
     p = subprocess.run([str(sidecar_bin), "-t", "--nginx-conf",
