@@ -9,6 +9,7 @@ they need no CA; one issues everything from Pebble through nginx.
 """
 
 import json
+import socket
 import subprocess
 import time
 
@@ -25,6 +26,19 @@ pytestmark = pytest.mark.skipif(
     MODULE)
 
 __all__ = ["nginx_factory"]
+
+
+def _has_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(),
+                                reason="no IPv6 loopback (::1) here")
 
 # What a client offers: only ECDSA, or only RSA, in TLS 1.3 and 1.2.
 ECDSA_13 = ("-tls1_3", "-sigalgs", "ECDSA+SHA256")
@@ -107,6 +121,7 @@ def test_ecdsa_and_rsa_in_one_server(tmp_path, nginx_factory):
     assert nginx.worker_pids() == workers
 
 
+@needs_ipv6
 def test_address_without_sni(tmp_path, nginx_factory):
     """A client that connects to 127.0.0.1 or ::1 and sends no SNI gets
     the certificate with that IP identifier, though another server is
@@ -266,6 +281,7 @@ def test_profile_parameter(tmp_path, nginx_factory, sidecar_bin):
     assert p.returncode == 0, p.stdout
 
 
+@needs_ipv6
 def test_issue_and_serve_pair_and_addresses(tmp_path, pebble, http_port,
                                             nginx_factory, sidecar_factory):
     """End to end: the sidecar reads nginx.conf and Pebble issues an
