@@ -57,6 +57,7 @@ struct acme_req {
 	int			 ar_new_order;	/* URL is the directory's */
 	int			 ar_opened;	/* holds an open-order slot */
 	int			 ar_authz;	/* to an authorization or challenge */
+	int			 ar_ari;	/* GET renewalInfo/CertID */
 	int			 ar_account_tries;	/* accountDoesNotExist */
 	char			*ar_url;
 	char			*ar_payload;	/* NULL: POST-as-GET */
@@ -89,6 +90,8 @@ struct acme_issuer {
 	char			*ai_revoke_cert;	/* NULL if not offered */
 	char			*ai_tos;
 	int			 ai_eab_required;
+	char			*ai_renewal_info;	/* RFC 9773, or NULL */
+	json_t			*ai_profiles;	/* meta.profiles, or NULL */
 
 	EVP_PKEY		*ai_key;
 	char			*ai_kid;
@@ -289,6 +292,8 @@ acme_issuer_free(struct acme_issuer *ai)
 	free(ai->ai_new_order);
 	free(ai->ai_revoke_cert);
 	free(ai->ai_tos);
+	free(ai->ai_renewal_info);
+	json_decref(ai->ai_profiles);
 	EVP_PKEY_free(ai->ai_key);
 	free(ai->ai_kid);
 	free(ai->ai_thumbprint);
@@ -361,6 +366,32 @@ const char *
 acme_issuer_preferred_chain(const struct acme_issuer *ai)
 {
 	return ai->ai_conf->ci_preferred_chain;
+}
+
+/* The directory's renewalInfo (RFC 9773), or NULL: none, or not loaded. */
+const char *
+acme_issuer_renewal_info(const struct acme_issuer *ai)
+{
+	return ai->ai_state == ISSUER_READY ? ai->ai_renewal_info : NULL;
+}
+
+const char *
+acme_issuer_profile(const struct acme_issuer *ai, int *require)
+{
+	*require = ai->ai_conf->ci_profile_require;
+	return ai->ai_conf->ci_profile;
+}
+
+/*
+ * Whether the directory's meta.profiles names name (an object of names to
+ * descriptions, draft-ietf-acme-profiles).  Asked when newOrder leaves,
+ * so the directory is known by then.
+ */
+int
+acme_issuer_profile_listed(const struct acme_issuer *ai, const char *name)
+{
+	return ai->ai_profiles != NULL &&
+	    json_object_get(ai->ai_profiles, name) != NULL;
 }
 
 /* Requests. */
@@ -446,6 +477,30 @@ acme_new_order(struct acme_issuer *ai, const char *payload, acme_cb cb,
 }
 
 /*
+ * GET renewalInfo/cert_id, unsigned.  Not retried here: a failure only
+ * means the lifetime rule for a while, and the caller asks again later.
+ */
+struct acme_req *
+acme_renewal_info(struct acme_issuer *ai, const char *cert_id, acme_cb cb,
+    void *arg)
+{
+	struct acme_req	*ar;
+	char		*url;
+
+	if (ai->ai_renewal_info == NULL)
+		fatalx("%s: no renewalInfo", __func__);
+	xasprintf(&url, "%s%s%s", ai->ai_renewal_info,
+	    ai->ai_renewal_info[strlen(ai->ai_renewal_info) - 1] == '/' ?
+	    "" : "/", cert_id);
+	ar = acme_req_new(ai, AREQ_GET, url, NULL, NULL, cb, arg);
+	free(url);
+	ar->ar_ari = 1;
+	ar->ar_no_retry = 1;
+	acme_enqueue(ar, 0);
+	return ar;
+}
+
+/*
  * The endpoint label of GET /metrics.  A request does not carry its
  * purpose, only what its caller handed over, so it is told from that:
  * the kind and flags set by the acme_* entry points, the directory's
@@ -459,7 +514,7 @@ acme_req_endpoint(const struct acme_req *ar)
 	const char	*revoke = ar->ar_issuer->ai_revoke_cert;
 
 	if (ar->ar_kind == AREQ_GET)
-		return "directory";
+		return ar->ar_ari ? "renewalInfo" : "directory";
 	/* Before newAccount: a revocation may be signed with a JWK too. */
 	if (revoke != NULL && strcmp(ar->ar_url, revoke) == 0)
 		return "revokeCert";
@@ -1407,6 +1462,12 @@ acme_directory_done(const struct acme_reply *r, void *arg)
 		    "directory (newNonce, newAccount or newOrder missing)");
 		return;
 	}
+	/* Optional: without it, renewals follow the lifetime rule alone. */
+	if (acme_directory_url(r->json, "renewalInfo",
+	    &ai->ai_renewal_info) == -1) {
+		free(ai->ai_renewal_info);
+		ai->ai_renewal_info = NULL;
+	}
 	/* Optional for us: only a revocation asked through the API needs it. */
 	if (acme_directory_url(r->json, "revokeCert", &ai->ai_revoke_cert) == -1)
 		log_debug("issuer \"%s\": the directory offers no revokeCert",
@@ -1419,6 +1480,10 @@ acme_directory_done(const struct acme_reply *r, void *arg)
 	}
 	ai->ai_eab_required = json_is_true(json_object_get(meta,
 	    "externalAccountRequired"));
+	json_decref(ai->ai_profiles);
+	ai->ai_profiles = json_object_get(meta, "profiles");
+	ai->ai_profiles = json_is_object(ai->ai_profiles) ?
+	    json_incref(ai->ai_profiles) : NULL;
 	log_debug("issuer \"%s\": directory loaded", ai->ai_name);
 	acme_account(ai);
 }

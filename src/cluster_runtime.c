@@ -2,7 +2,8 @@
  * Certificates added or deleted through the control API, fleet-wide.
  *
  * The hash PREFIX:runtime holds one field per certificate, its id, with
- * {"v":1, "issuer":NAME, "identifiers":[...], "key":TYPE} as the value:
+ * {"v":1, "issuer":NAME, "identifiers":[...], "key":TYPE} as the value,
+ * with "profile":NAME when one was given (older nodes ignore it):
  * what POST /v1/certificates was given, checked again by each node as
  * its own POST would be (main.c).  A deletion leaves {"v":1,
  * "deleted":true}: a field that is missing is one Redis lost (a failover,
@@ -133,6 +134,8 @@ runtime_value(const struct conf_cert *cc)
 	o = json_pack("{s:i, s:s, s:o, s:s}", "v", RUNTIME_VERSION, "issuer",
 	    cc->cc_issuer, "identifiers", idents, "key",
 	    key_type_name(cc->cc_key));
+	if (o != NULL && cc->cc_profile != NULL)
+		json_object_set_new(o, "profile", json_string(cc->cc_profile));
 	if (o == NULL || (s = json_dumps(o, JSON_COMPACT)) == NULL)
 		fatalx("%s: json", __func__);
 	json_decref(o);
@@ -193,6 +196,7 @@ cluster_runtime_clear(struct cluster_runtime *cr)
 		free(cr->cr_idents[i]);
 	free(cr->cr_idents);
 	free(cr->cr_key);
+	free(cr->cr_profile);
 	memset(cr, 0, sizeof(*cr));
 }
 
@@ -240,7 +244,7 @@ cluster_runtime_parse(const char *id, const char *text, size_t len,
 {
 	json_error_t	 err;
 	json_t		*o;
-	const char	*issuer, *key;
+	const char	*issuer, *key, *profile = NULL;
 	int		 rc = -1;
 
 	memset(cr, 0, sizeof(*cr));
@@ -265,11 +269,16 @@ cluster_runtime_parse(const char *id, const char *text, size_t len,
 	else if (runtime_string(json_object_get(o, "key"), RUNTIME_STRING_MAX,
 	    &key) == -1)
 		xasprintf(cause, "\"key\" is not a key type");
+	else if (json_object_get(o, "profile") != NULL &&
+	    runtime_string(json_object_get(o, "profile"), RUNTIME_STRING_MAX,
+	    &profile) == -1)
+		xasprintf(cause, "\"profile\" is not a name");
 	else if (runtime_idents(json_object_get(o, "identifiers"), cr,
 	    cause) == 0) {
 		cr->cr_id = xstrdup(id);
 		cr->cr_issuer = xstrdup(issuer);
 		cr->cr_key = xstrdup(key);
+		cr->cr_profile = profile != NULL ? xstrdup(profile) : NULL;
 		rc = 0;
 	}
 	json_decref(o);

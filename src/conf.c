@@ -238,6 +238,7 @@ conf_cert_free(struct conf_cert *cc)
 	free(cc->cc_idents);
 	free(cc->cc_id);
 	free(cc->cc_issuer);
+	free(cc->cc_profile);
 	free(cc->cc_file);
 	free(cc);
 }
@@ -972,6 +973,8 @@ conf_cmd_profile(struct conf_parse *p, struct conf_block *blk, int argc,
 {
 	if (argc == 2 && strcmp(argv[1], "require") != 0)
 		return conf_error(p, "invalid parameter \"%s\"", argv[1]);
+	if (!conf_profile_valid(argv[0]))
+		return conf_error(p, "invalid profile \"%s\"", argv[0]);
 	blk->ci->ci_profile = xstrdup(argv[0]);
 	blk->ci->ci_profile_require = argc == 2;
 	return 0;

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,11 +229,38 @@ conf_cert_new(struct conf_parse *p, const char *issuer)
 	return cc;
 }
 
-/* A word of acme_certificate after the issuer: key=TYPE or an identifier. */
+/*
+ * A profile name (draft-ietf-acme-profiles): the CA's own word, sent in
+ * newOrder and shown in logs, so a short plain token.
+ */
+int
+conf_profile_valid(const char *name)
+{
+	size_t	 i;
+
+	for (i = 0; name[i] != '\0'; i++)
+		if (i >= CONF_PROFILE_MAX || (!isalnum((unsigned char)name[i]) &&
+		    strchr("-_.", name[i]) == NULL))
+			return 0;
+	return i > 0;
+}
+
+/*
+ * A word of acme_certificate after the issuer: key=TYPE, profile=NAME (it
+ * overrides the issuer's profile for this certificate) or an identifier.
+ */
 int
 conf_cert_param(struct conf_parse *p, struct conf_cert *cc, const char *arg,
     int *havekey)
 {
+	if (strncmp(arg, "profile=", 8) == 0) {
+		if (cc->cc_profile != NULL)
+			return conf_error(p, "duplicate \"profile\" parameter");
+		if (!conf_profile_valid(arg + 8))
+			return conf_error(p, "invalid profile \"%s\"", arg + 8);
+		cc->cc_profile = xstrdup(arg + 8);
+		return 0;
+	}
 	if (strncmp(arg, "key=", 4) != 0)
 		return conf_cert_ident(p, cc, arg);
 	if (*havekey)
@@ -365,7 +393,7 @@ conf_read_runtime(struct conf_parse *p)
  */
 int
 conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
-    size_t nidents, const char *key, char **cause)
+    size_t nidents, const char *key, const char *profile, char **cause)
 {
 	struct conf_parse	 p;
 	struct conf_cert	*cc, *other;
@@ -385,6 +413,11 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 		conf_cert_ident(&p, cc, idents[i]);
 	if (key != NULL && p.cause == NULL) {
 		xasprintf(&word, "key=%s", key);
+		conf_cert_param(&p, cc, word, &havekey);
+		free(word);
+	}
+	if (profile != NULL && p.cause == NULL) {
+		xasprintf(&word, "profile=%s", profile);
 		conf_cert_param(&p, cc, word, &havekey);
 		free(word);
 	}
@@ -466,6 +499,8 @@ conf_runtime_text(struct conf *conf, const struct conf_issuer *ci)
 			fprintf(f, " %s", cc->cc_idents[i]);
 		if (cc->cc_key != KEY_TYPE_DEFAULT)
 			fprintf(f, " key=%s", key_type_name(cc->cc_key));
+		if (cc->cc_profile != NULL)
+			fprintf(f, " profile=%s", cc->cc_profile);
 		fprintf(f, ";\n");
 	}
 	if (fclose(f) != 0)

@@ -154,7 +154,7 @@ static enum MHD_Result	control_get_events(struct control_ctx *);
 static enum MHD_Result	control_get_metrics(struct control_ctx *);
 
 static const char *const control_add_fields[] = {
-	"issuer", "identifiers", "key", NULL
+	"issuer", "identifiers", "key", "profile", NULL
 };
 static const char *const control_revoke_fields[] = { "reason", NULL };
 
@@ -338,6 +338,38 @@ control_time(time_t t)
 /* ------------------------------------------------------------------ routes */
 
 static json_t *
+control_str(const char *s)
+{
+	return s != NULL ? json_string(s) : json_null();
+}
+
+/*
+ * Where next_renewal comes from: "ari", a moment inside the window the
+ * CA's renewalInfo suggested (RFC 9773), or "lifetime", the 2/3 rule.
+ */
+static json_t *
+control_renewal_json(const struct order_info *oi)
+{
+	json_t	*w = json_null(), *j;
+
+	if (oi->oi_ari_end != 0)
+		w = json_pack("{s:o, s:o}", "start",
+		    control_time(oi->oi_ari_start), "end",
+		    control_time(oi->oi_ari_end));
+	j = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}",
+	    "source", oi->oi_renew_at == 0 ? json_null() :
+	    json_string(oi->oi_renew_ari ? "ari" : "lifetime"),
+	    "at", control_time(oi->oi_renew_at),
+	    "ari_window", w,
+	    "ari_next_fetch", control_time(oi->oi_ari_next_fetch),
+	    "ari_explanation_url", control_str(oi->oi_ari_explanation),
+	    "ari_cert_id", control_str(oi->oi_cert_id));
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
+}
+
+static json_t *
 control_cert_json(const struct cert *ce)
 {
 	struct order_info	 oi;
@@ -367,6 +399,8 @@ control_cert_json(const struct cert *ce)
 	    "last_error", err);
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
+	json_object_set_new(j, "profile", control_str(oi.oi_profile));
+	json_object_set_new(j, "renewal", control_renewal_json(&oi));
 	return j;
 }
 
@@ -653,7 +687,7 @@ control_result_status(enum control_result r)
 static enum MHD_Result
 control_post_cert(struct control_ctx *cx)
 {
-	const char		*issuer, *key, *id, **idents;
+	const char		*issuer, *key, *profile, *id, **idents;
 	char			*cause = NULL, location[600];
 	struct cert		*ce;
 	enum control_result	 r;
@@ -664,10 +698,13 @@ control_post_cert(struct control_ctx *cx)
 	if ((issuer = control_string_field(cx, "issuer", 1, &failed)) == NULL)
 		return MHD_YES;
 	key = control_string_field(cx, "key", 0, &failed);
+	if (failed)
+		return MHD_YES;
+	profile = control_string_field(cx, "profile", 0, &failed);
 	if (failed || (idents = control_idents_field(cx, &n)) == NULL)
 		return MHD_YES;
-	r = control.hooks.ch_add(issuer, (char *const *)idents, n, key, &id,
-	    &cause);
+	r = control.hooks.ch_add(issuer, (char *const *)idents, n, key,
+	    profile, &id, &cause);
 	free(idents);
 	if (r != CONTROL_OK) {
 		ret = control_error(cx->cx_conn, control_result_status(r), NULL,

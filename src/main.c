@@ -258,7 +258,8 @@ main_runtime_save(const struct conf_issuer *ci, char **cause)
  */
 static enum control_result
 main_runtime_add(const char *issuer, char *const *idents, size_t n,
-    const char *key, const char *how, struct conf_cert **added, char **cause)
+    const char *key, const char *profile, const char *how,
+    struct conf_cert **added, char **cause)
 {
 	struct conf_cert	*cc;
 	char			*why = NULL;
@@ -270,7 +271,8 @@ main_runtime_add(const char *issuer, char *const *idents, size_t n,
 		    issuer);
 		return CONTROL_INVALID;
 	}
-	switch (conf_runtime_add(main_conf, issuer, idents, n, key, cause)) {
+	switch (conf_runtime_add(main_conf, issuer, idents, n, key, profile,
+	    cause)) {
 	case CONF_ADD_INVALID:
 		return CONTROL_INVALID;
 	case CONF_ADD_DUPLICATE:
@@ -364,14 +366,14 @@ main_fleet_unreachable(char **cause)
 /* POST /v1/certificates */
 static enum control_result
 main_cert_add(const char *issuer, char *const *idents, size_t n,
-    const char *key, const char **id, char **cause)
+    const char *key, const char *profile, const char **id, char **cause)
 {
 	struct conf_cert	*cc;
 	enum control_result	 rc;
 
 	if (main_fleet_unreachable(cause))
 		return CONTROL_UNAVAILABLE;
-	rc = main_runtime_add(issuer, idents, n, key,
+	rc = main_runtime_add(issuer, idents, n, key, profile,
 	    "through the control socket", &cc, cause);
 	if (rc != CONTROL_OK)
 		return rc;
@@ -446,7 +448,8 @@ main_fleet_runtime_add(const struct cluster_runtime *cr)
 	    cluster_runtime_pending(cr->cr_id))
 		return;
 	if (main_runtime_add(cr->cr_issuer, cr->cr_idents, cr->cr_nidents,
-	    cr->cr_key, "on another node", &cc, &cause) != CONTROL_OK) {
+	    cr->cr_key, cr->cr_profile, "on another node", &cc, &cause) !=
+	    CONTROL_OK) {
 		log_warnx("cluster: the API certificate \"%.64s\" of another "
 		    "node: ignored: %s", cr->cr_id, cause);
 		free(cause);

@@ -472,6 +472,52 @@ metrics_render_certs(struct metrics_buf *mb)
 		    &oi[i], (long long)next);
 	}
 
+	metrics_family(mb, "acme_sidecar_certificate_renewal_source", "gauge",
+	    "1 for where the next renewal time comes from: ari (the CA's "
+	    "renewalInfo window) or lifetime.");
+	for (i = 0; i < n; i++) {
+		if (oi[i].oi_renew_at == 0)
+			continue;
+		metrics_puts(mb, "acme_sidecar_certificate_renewal_source{");
+		metrics_label(mb, "id", oi[i].oi_id, 1);
+		metrics_label(mb, "issuer", oi[i].oi_issuer != NULL ?
+		    oi[i].oi_issuer : "", 0);
+		metrics_label(mb, "source", oi[i].oi_renew_ari ? "ari" :
+		    "lifetime", 0);
+		metrics_puts(mb, "} 1\n");
+	}
+
+	metrics_family(mb,
+	    "acme_sidecar_certificate_ari_window_start_timestamp_seconds",
+	    "gauge", "Start of the renewal window the CA suggests (ARI).");
+	for (i = 0; i < n; i++) {
+		if (oi[i].oi_ari_end == 0)
+			continue;
+		metrics_cert_sample(mb,
+		    "acme_sidecar_certificate_ari_window_start_timestamp_seconds",
+		    &oi[i], (long long)oi[i].oi_ari_start);
+	}
+	metrics_family(mb,
+	    "acme_sidecar_certificate_ari_window_end_timestamp_seconds",
+	    "gauge", "End of the renewal window the CA suggests (ARI).");
+	for (i = 0; i < n; i++) {
+		if (oi[i].oi_ari_end == 0)
+			continue;
+		metrics_cert_sample(mb,
+		    "acme_sidecar_certificate_ari_window_end_timestamp_seconds",
+		    &oi[i], (long long)oi[i].oi_ari_end);
+	}
+	metrics_family(mb,
+	    "acme_sidecar_certificate_ari_next_fetch_timestamp_seconds",
+	    "gauge", "When renewalInfo is asked next (the CA's Retry-After).");
+	for (i = 0; i < n; i++) {
+		if (oi[i].oi_ari_next_fetch == 0)
+			continue;
+		metrics_cert_sample(mb,
+		    "acme_sidecar_certificate_ari_next_fetch_timestamp_seconds",
+		    &oi[i], (long long)oi[i].oi_ari_next_fetch);
+	}
+
 	metrics_family(mb, "acme_sidecar_certificate_failures", "gauge",
 	    "Failed orders since the last success.");
 	for (i = 0; i < n; i++) {

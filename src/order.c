@@ -125,6 +125,9 @@ order_cert_new(struct event_base *base, struct acme_issuer *ai,
 		ce->ce_idents[i] = xstrdup(cc->cc_idents[i]);
 	if ((ce->ce_timer = evtimer_new(base, order_timer_cb, ce)) == NULL)
 		fatalx("%s: evtimer_new", __func__);
+	ce->ce_profile = cc->cc_profile != NULL ? xstrdup(cc->cc_profile) :
+	    NULL;
+	order_ari_init(ce);
 	ce->ce_state = ORDER_IDLE;
 	return ce;
 }
@@ -216,6 +219,7 @@ order_cert_free(struct cert *ce)
 		return;
 	order_reset(ce);
 	order_cluster_free(ce);
+	order_ari_free(ce);
 	if (ce->ce_revoke_req != NULL) {
 		acme_req_cancel(ce->ce_revoke_req);
 		ce->ce_revoke_req = NULL;
@@ -227,6 +231,8 @@ order_cert_free(struct cert *ce)
 	order_strv_free(ce->ce_idents, ce->ce_nidents);
 	free(ce->ce_id);
 	free(ce->ce_last_error);
+	free(ce->ce_profile);
+	free(ce->ce_sent_profile);
 	free(ce);
 }
 
@@ -270,8 +276,21 @@ order_cert_info(const struct cert *ce, struct order_info *oi)
 		oi->oi_not_before = ce->ce_not_before;
 		oi->oi_not_after = ce->ce_not_after;
 	}
-	if (ce->ce_state == ORDER_IDLE && ce->ce_have)
+	if (ce->ce_state == ORDER_IDLE && ce->ce_have) {
 		oi->oi_renew_at = ce->ce_renew_at;
+		oi->oi_renew_ari = ce->ce_renew_ari;
+	}
+	if (ce->ce_have && ce->ce_ari.as_end != 0) {
+		oi->oi_ari_start = ce->ce_ari.as_start;
+		oi->oi_ari_end = ce->ce_ari.as_end;
+		oi->oi_ari_explanation = ce->ce_ari.as_explanation;
+	}
+	if (ce->ce_have && evtimer_pending(ce->ce_ari_timer, NULL))
+		oi->oi_ari_next_fetch = ce->ce_ari.as_next_fetch > util_now() ?
+		    ce->ce_ari.as_next_fetch : util_now();
+	oi->oi_cert_id = ce->ce_cert_id;
+	oi->oi_profile = ce->ce_profile;
+	oi->oi_sent_profile = ce->ce_sent_profile;
 	/* In lease, a retry only while waiting, not while asking Redis. */
 	if (ce->ce_state == ORDER_BACKOFF || (ce->ce_state == ORDER_LEASE &&
 	    evtimer_pending(ce->ce_timer, NULL)) ||
@@ -290,6 +309,10 @@ order_cert_same_conf(const struct cert *ce, const struct conf_cert *cc)
 
 	if (strcmp(ce->ce_id, cc->cc_id) != 0 || ce->ce_key != cc->cc_key ||
 	    ce->ce_nidents != cc->cc_nidents)
+		return 0;
+	if ((ce->ce_profile == NULL) != (cc->cc_profile == NULL) ||
+	    (ce->ce_profile != NULL &&
+	    strcmp(ce->ce_profile, cc->cc_profile) != 0))
 		return 0;
 	for (i = 0; i < ce->ce_nidents; i++)
 		if (strcmp(ce->ce_idents[i], cc->cc_idents[i]) != 0)
@@ -342,15 +365,19 @@ order_schedule_renewal(struct cert *ce, time_t renew_at)
 {
 	char	 until[32], at[32];
 
+	ce->ce_renew_ari = 0;
+	if (renew_at == 0 && (renew_at = order_ari_renew_at(ce)) != 0)
+		ce->ce_renew_ari = 1;
 	ce->ce_renew_at = renew_at != 0 ? renew_at :
 	    order_renew_time(ce->ce_not_before, ce->ce_not_after,
 	    util_random_unit());
 	order_log_time(until, sizeof(until), ce->ce_not_after);
 	order_log_time(at, sizeof(at), ce->ce_renew_at);
-	log_info("certificate \"%s\" valid until %s, renewal at %s",
-	    ce->ce_id, until, at);
+	log_info("certificate \"%s\" valid until %s, renewal at %s (%s)",
+	    ce->ce_id, until, at, ce->ce_renew_ari ? "ari" : "lifetime");
 	order_set_state(ce, ORDER_IDLE);
 	order_arm(ce, (double)(ce->ce_renew_at - util_now()));
+	order_ari_arm(ce);
 }
 
 /* Whether a stored certificate is for ce's identifiers and key type. */
@@ -400,6 +427,7 @@ order_cert_start(struct cert *ce)
 		ce->ce_not_before = meta.cm_not_before;
 		ce->ce_not_after = meta.cm_not_after;
 		order_chain_digest(chain, ce->ce_chain_md);
+		order_ari_adopt(ce, chain);
 	}
 	/*
 	 * nginx serves what is stored, even while a replacement for changed
@@ -413,14 +441,27 @@ order_cert_start(struct cert *ce)
 	EVP_PKEY_free(key);
 	store_meta_clear(&meta);
 
-	if (ce->ce_have &&
-	    order_renew_time(ce->ce_not_before, ce->ce_not_after, 0) >
-	    util_now()) {
+	if (ce->ce_have && !order_renew_due(ce)) {
 		/* A renewal finalized before a restart is still wanted. */
 		if (cluster_enabled() || order_resume(ce) == -1)
 			order_schedule_renewal(ce, 0);
 	} else
 		order_begin(ce);
+}
+
+/*
+ * Whether the certificate in use is due: inside (or past) the CA's ARI
+ * window when there is one, else 2/3 of its lifetime, without jitter.
+ */
+int
+order_renew_due(const struct cert *ce)
+{
+	time_t	 ari = order_ari_renew_at(ce);
+
+	if (ari != 0)
+		return ari <= util_now();
+	return order_renew_time(ce->ce_not_before, ce->ce_not_after, 0) <=
+	    util_now();
 }
 
 void
@@ -584,8 +625,7 @@ order_abandon(struct cert *ce, const char *why)
 {
 	int	 due;
 
-	due = !ce->ce_have || order_renew_time(ce->ce_not_before,
-	    ce->ce_not_after, 0) <= util_now();
+	due = !ce->ce_have || order_renew_due(ce);
 	log_warnx("certificate \"%s\": the resumed order %s is no good (%s)%s",
 	    ce->ce_id, ce->ce_order_url, why, due ? "; ordering a new one" : "");
 	store_remove_pending(acme_issuer_state_path(ce->ce_issuer), ce->ce_id);
@@ -621,6 +661,23 @@ order_fail_reply(struct cert *ce, const char *what, const struct acme_reply *r)
 
 static void
 order_failf(struct cert *ce, const char *fmt, ...) PRINTFLIKE(2, 3);
+static void
+order_failf_permanent(struct cert *ce, const char *fmt, ...) PRINTFLIKE(2, 3);
+
+/* A failure that trying again soon cannot mend (a configuration's). */
+static void
+order_failf_permanent(struct cert *ce, const char *fmt, ...)
+{
+	va_list	 ap;
+	char	*why;
+
+	va_start(ap, fmt);
+	if (vasprintf(&why, fmt, ap) == -1)
+		fatal("vasprintf");
+	va_end(ap);
+	order_fail(ce, 1, 0, why);
+	free(why);
+}
 
 static void
 order_failf(struct cert *ce, const char *fmt, ...)
@@ -662,14 +719,55 @@ order_begin_new(struct cert *ce)
 	order_reset(ce);
 	log_info("certificate \"%s\": ordering from \"%s\"%s", ce->ce_id,
 	    acme_issuer_name(ce->ce_issuer), ce->ce_have ? " (renewal)" : "");
+	ce->ce_no_replaces = 0;
 	order_set_state(ce, ORDER_NEW);
 	feed_emit("order", "{s:s, s:s, s:b}", "certificate", ce->ce_id,
 	    "issuer", acme_issuer_name(ce->ce_issuer), "renewal", ce->ce_have);
 	order_drive(ce);
 }
 
+/*
+ * The profile newOrder names: this certificate's profile=, else the
+ * issuer's.  One the directory does not list is left out with a warning,
+ * or with "profile NAME require" fails the order before it is sent.
+ * Returns 0 with *name (NULL: none), 1 while the directory is not loaded
+ * yet (the order waits), -1 when the order failed.
+ */
+static int
+order_profile(struct cert *ce, const char **name)
+{
+	int		 require;
+	const char	*p = acme_issuer_profile(ce->ce_issuer, &require);
+
+	*name = NULL;
+	if (ce->ce_profile != NULL)
+		p = ce->ce_profile;
+	if (p == NULL)
+		return 0;
+	if (acme_issuer_state(ce->ce_issuer) != ISSUER_READY) {
+		order_arm(ce, 1);
+		return 1;
+	}
+	if (acme_issuer_profile_listed(ce->ce_issuer, p)) {
+		*name = p;
+		return 0;
+	}
+	if (require) {
+		order_failf_permanent(ce, "profile \"%s\" is required, but "
+		    "the CA's directory does not offer it (meta.profiles); "
+		    "no order sent", p);
+		return -1;
+	}
+	if (!ce->ce_profile_warned)
+		log_warnx("certificate \"%s\": the CA's directory does not "
+		    "offer profile \"%s\" (meta.profiles); ordering without "
+		    "it", ce->ce_id, p);
+	ce->ce_profile_warned = 1;
+	return 0;
+}
+
 static char *
-order_new_order_payload(const struct cert *ce)
+order_new_order_payload(struct cert *ce, const char *profile)
 {
 	json_t	*o, *ids;
 	char	*s;
@@ -681,6 +779,15 @@ order_new_order_payload(const struct cert *ce)
 		    conf_ident_is_ip(ce->ce_idents[i]) ? "ip" : "dns",
 		    "value", ce->ce_idents[i]));
 	o = json_pack("{s:o}", "identifiers", ids);
+	if (profile != NULL)
+		json_object_set_new(o, "profile", json_string(profile));
+	/* RFC 9773 section 5: which certificate this one replaces. */
+	ce->ce_sent_replaces = ce->ce_have && ce->ce_cert_id != NULL &&
+	    !ce->ce_no_replaces;
+	if (ce->ce_sent_replaces)
+		json_object_set_new(o, "replaces", json_string(ce->ce_cert_id));
+	free(ce->ce_sent_profile);
+	ce->ce_sent_profile = profile != NULL ? xstrdup(profile) : NULL;
 	if ((s = json_dumps(o, JSON_COMPACT)) == NULL)
 		fatalx("%s: json_dumps", __func__);
 	json_decref(o);
@@ -722,12 +829,14 @@ void
 order_drive(struct cert *ce)
 {
 	struct acme_issuer	*ai = ce->ce_issuer;
-	const char		*url = NULL, *accept = NULL;
+	const char		*url = NULL, *accept = NULL, *profile;
 	char			*payload = NULL;
 
 	switch (ce->ce_state) {
 	case ORDER_NEW:
-		payload = order_new_order_payload(ce);
+		if (order_profile(ce, &profile) != 0)
+			return;
+		payload = order_new_order_payload(ce, profile);
 		ce->ce_req = acme_new_order(ai, payload, order_reply, ce);
 		free(payload);
 		return;
@@ -1114,6 +1223,7 @@ order_stored(int rc, const char *cause, void *arg)
 	ce->ce_not_before = ce->ce_stored_nb;
 	ce->ce_not_after = ce->ce_stored_na;
 	order_chain_digest(ce->ce_stored_chain, ce->ce_chain_md);
+	order_ari_adopt(ce, ce->ce_stored_chain);
 	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
 	    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain, ce->ce_new_key,
 	    ce->ce_not_before, ce->ce_not_after);
@@ -1241,6 +1351,31 @@ order_on_chain(struct cert *ce, const struct acme_reply *r)
 	order_next_chain(ce);
 }
 
+/*
+ * The CA refused "replaces" (RFC 9773 section 5: alreadyReplaced, or a
+ * CA that finds the CertID wrong): order again once without it.  A
+ * renewal is worth more than the hint.
+ */
+static int
+order_replaces_refused(struct cert *ce, const struct acme_reply *r)
+{
+	char	*desc;
+
+	if (!ce->ce_sent_replaces || r->status < 400 || r->status >= 500 ||
+	    r->status == 429)
+		return 0;
+	if (!acme_problem_is(r, "alreadyReplaced") &&
+	    (r->problem_detail == NULL ||
+	    strcasestr(r->problem_detail, "replace") == NULL))
+		return 0;
+	desc = acme_reply_describe(r);
+	log_warnx("certificate \"%s\": newOrder refused \"replaces\" (%s); "
+	    "ordering again without it", ce->ce_id, desc);
+	free(desc);
+	ce->ce_no_replaces = 1;
+	return 1;
+}
+
 static void
 order_reply(const struct acme_reply *r, void *arg)
 {
@@ -1250,6 +1385,10 @@ order_reply(const struct acme_reply *r, void *arg)
 	switch (ce->ce_state) {
 	case ORDER_NEW:
 		ce->ce_order_open = r->status == 201;
+		if (order_replaces_refused(ce, r)) {
+			order_drive(ce);
+			return;
+		}
 		if (r->status != 201 || !json_is_object(r->json)) {
 			order_fail_reply(ce, "newOrder", r);
 			return;

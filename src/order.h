@@ -71,6 +71,23 @@ struct cert {
 	struct cluster_lease	*ce_restore_lease;
 	struct cluster_op	*ce_restore_op;
 
+	/*
+	 * What newOrder says besides the identifiers: the profile (this
+	 * certificate's profile=, else the issuer's) and "replaces", the
+	 * CertID of the certificate in use, left out once the CA refused it.
+	 * ARI (order_ari.c): what renewalInfo said of that certificate.
+	 */
+	char			*ce_profile;	/* profile=, or NULL */
+	int			 ce_profile_warned;
+	char			*ce_sent_profile;	/* in the last newOrder */
+	char			*ce_cert_id;	/* CertID of the one in use */
+	int			 ce_sent_replaces;	/* in this newOrder */
+	int			 ce_no_replaces;	/* the CA refused it */
+	int			 ce_renew_ari;	/* ce_renew_at from a window */
+	struct ari_state	 ce_ari;
+	struct acme_req		*ce_ari_req;
+	struct event		*ce_ari_timer;
+
 	/* A revocation asked through the control API (order_revoke()). */
 	struct acme_req		*ce_revoke_req;
 	const char		*ce_revoke_reason;	/* static name */
@@ -91,9 +108,17 @@ void		 order_store_write(struct cert *);
 void		 order_store_failed(struct cert *, const char *);
 void		 order_log_time(char *, size_t, time_t);
 void		 order_chain_digest(const char *, unsigned char [32]);
+int		 order_renew_due(const struct cert *);
 int		 order_idents_match(const struct cert *, char *const *, size_t,
 		    enum key_type);
 void		 order_strv_free(char **, size_t);
+
+/* order_ari.c */
+void		 order_ari_init(struct cert *);
+void		 order_ari_free(struct cert *);
+void		 order_ari_adopt(struct cert *, const char *chain);
+time_t		 order_ari_renew_at(const struct cert *);
+void		 order_ari_arm(struct cert *);
 
 /* order_cluster.c */
 void		 order_lease(struct cert *);

@@ -508,6 +508,7 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 	ce->ce_not_before = rec->cr_not_before;
 	ce->ce_not_after = rec->cr_not_after;
 	memcpy(ce->ce_chain_md, md, sizeof(md));
+	order_ari_adopt(ce, rec->cr_chain);
 	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
 	    rec->cr_idents, rec->cr_nidents, rec->cr_chain, rec->cr_key,
 	    rec->cr_not_before, rec->cr_not_after);

@@ -131,6 +131,7 @@ struct conf_cert {
 	char			**cc_idents;	/* lower case, deduplicated */
 	size_t			 cc_nidents;
 	enum key_type		 cc_key;
+	char			*cc_profile;	/* profile=, or NULL */
 	int			 cc_nginx;	/* from a server{} of nginx.conf */
 	int			 cc_runtime;	/* added through the API */
 	char			*cc_file;
@@ -289,7 +290,9 @@ int		 conf_error_at(struct conf_parse *, const char *, int,
 		    const char *, ...) PRINTFLIKE(4, 5);
 struct conf_cert *conf_cert_new(struct conf_parse *, const char *);
 int		 conf_cert_param(struct conf_parse *, struct conf_cert *,
-		    const char *, int *);	/* IDENT or key=TYPE */
+		    const char *, int *);	/* IDENT, key=, profile= */
+#define CONF_PROFILE_MAX	64
+int		 conf_profile_valid(const char *);
 int		 conf_cert_ident(struct conf_parse *, struct conf_cert *,
 		    const char *);
 int		 conf_cert_add(struct conf_parse *, struct conf_cert *);
@@ -313,7 +316,8 @@ enum {
 char		*conf_runtime_path(const struct conf_issuer *);
 int		 conf_read_runtime(struct conf_parse *);
 int		 conf_runtime_add(struct conf *, const char *issuer,
-		    char *const *idents, size_t, const char *key, char **);
+		    char *const *idents, size_t, const char *key,
+		    const char *profile, char **);
 char		*conf_runtime_text(struct conf *, const struct conf_issuer *);
 void		 conf_runtime_renumber(struct conf *,
 		    const struct conf_issuer *);
@@ -469,6 +473,7 @@ struct cluster_runtime {
 	char		**cr_idents;
 	size_t		 cr_nidents;
 	char		*cr_key;		/* key type, as in key= */
+	char		*cr_profile;		/* profile=, or NULL */
 	int		 cr_deleted;		/* only cr_id is set */
 };
 typedef void	(*cluster_runtime_cb)(const struct cluster_runtime *,
@@ -579,6 +584,36 @@ char		**http_response_links(const struct http_response *,
 void		 http_links_free(char **);
 SSL_CTX		*http_ssl_ctx(const char *cafile, int verify, char **);
 
+/*
+ * ari.c: ACME Renewal Information (RFC 9773).  What the CA said of one
+ * certificate: its suggested window, when we chose to renew inside it,
+ * and when to ask again.  Kept in STATE/ari/ID.json across restarts.
+ */
+#define ARI_RETRY_DEFAULT	(6 * 3600)	/* no Retry-After */
+#define ARI_RETRY_MIN		3600		/* clamp of Retry-After */
+#define ARI_RETRY_MAX		(24 * 3600)
+#define ARI_RETRY_ERROR		3600		/* after a failed fetch */
+#define ARI_MAX_BODY		8192
+#define ARI_CERT_ID_MAX		512
+struct ari_state {
+	char		*as_cert_id;	/* base64url(AKI keyid).base64url(serial) */
+	time_t		 as_start;	/* suggestedWindow; 0: none known */
+	time_t		 as_end;
+	time_t		 as_renew_at;	/* chosen inside it */
+	time_t		 as_next_fetch;	/* not before: Retry-After */
+	char		*as_explanation;	/* explanationURL, or NULL */
+};
+char		*ari_cert_id(const char *pem, char **);
+int		 ari_parse(const char *, size_t, struct ari_state *, char **);
+int		 ari_parse_time(const char *, time_t *);
+time_t		 ari_next_fetch(time_t now, time_t retry_after);
+time_t		 ari_pick(const struct ari_state *, time_t not_after,
+		    double random_unit);
+char		*ari_state_json(const struct ari_state *);
+int		 ari_state_parse(const char *, size_t, struct ari_state *,
+		    char **);
+void		 ari_state_clear(struct ari_state *);
+
 /* store.c: state_path, atomic files. */
 struct cert_meta {
 	time_t		 cm_not_before;
@@ -623,6 +658,13 @@ int		 store_check_pair(const char *id, const char *chain, EVP_PKEY *,
 		    char **);
 /* Fill not_before/not_after from the first certificate of a PEM chain. */
 int		 store_chain_dates(const char *, time_t *, time_t *);
+
+/* STATE/ari/ID.json (ari.c).  Load: 0 found, 1 none, -1 error. */
+int		 store_save_ari(const char *dir, const char *id,
+		    const struct ari_state *, char **);
+int		 store_load_ari(const char *dir, const char *id,
+		    struct ari_state *, char **);
+void		 store_remove_ari(const char *dir, const char *id);
 
 /* writer.c: store_save_cert() on a thread of its own. */
 typedef void	(*writer_cb)(int rc, const char *cause, void *);
@@ -784,6 +826,10 @@ const char	*acme_issuer_thumbprint(const struct acme_issuer *);
 const char	*acme_issuer_state_path(const struct acme_issuer *);
 const char	*acme_issuer_preferred_chain(const struct acme_issuer *);
 const char	*acme_issuer_revoke_url(const struct acme_issuer *);	/* or NULL */
+const char	*acme_issuer_renewal_info(const struct acme_issuer *);	/* or NULL */
+const char	*acme_issuer_profile(const struct acme_issuer *, int *require);
+int		 acme_issuer_profile_listed(const struct acme_issuer *,
+		    const char *);
 void		 acme_fleet_up(struct acme_issuer *);
 int		 acme_issuer_same_conf(const struct acme_issuer *,
 		    const struct conf_issuer *);
@@ -799,6 +845,9 @@ void		 acme_order_close(struct acme_issuer *);
 /* A POST to an authorization or a challenge (see acme_next_queue()). */
 struct acme_req	*acme_post_authz(struct acme_issuer *, const char *url,
 		    const char *payload, acme_cb, void *);
+/* GET renewalInfo/CertID (RFC 9773); acme_issuer_renewal_info() first. */
+struct acme_req	*acme_renewal_info(struct acme_issuer *, const char *cert_id,
+		    acme_cb, void *);
 void		 acme_req_cancel(struct acme_req *);
 /* Human summary of a failed reply: "HTTP 403 unauthorized: detail". */
 char		*acme_reply_describe(const struct acme_reply *);
@@ -841,6 +890,14 @@ struct order_info {
 	time_t		 oi_not_before;		/* 0 without one */
 	time_t		 oi_not_after;
 	time_t		 oi_renew_at;		/* idle: the next renewal */
+	int		 oi_renew_ari;		/* it is from an ARI window */
+	time_t		 oi_ari_start;		/* the CA's window, 0: none */
+	time_t		 oi_ari_end;
+	time_t		 oi_ari_next_fetch;	/* 0: none planned */
+	const char	*oi_ari_explanation;	/* or NULL */
+	const char	*oi_cert_id;		/* ARI CertID, or NULL */
+	const char	*oi_profile;		/* profile=, or NULL */
+	const char	*oi_sent_profile;	/* in the last newOrder */
 	time_t		 oi_retry_at;		/* backoff: the next try */
 	int		 oi_failures;		/* since the last success */
 	const char	*oi_last_error;		/* or NULL */
@@ -942,8 +999,8 @@ enum control_result {
 struct control_hooks {
 	int			 (*ch_reload)(char **);
 	enum control_result	 (*ch_add)(const char *issuer, char *const *,
-				    size_t, const char *key, const char **id,
-				    char **);
+				    size_t, const char *key, const char *profile,
+				    const char **id, char **);
 	enum control_result	 (*ch_remove)(const char *id, char **);
 };
 int		 control_start(struct event_base *, const char *path,

@@ -9,6 +9,8 @@
  *   <dir>/certs/<id>@<generation>/fullchain.pem	0644
  *   <dir>/certs/<id>@<generation>/key.pem		0600, PKCS#8 PEM
  *   <dir>/certs/<id>@<generation>/meta.json	0644
+ *   <dir>/pending/<id>.json	an order being finalized (see below)
+ *   <dir>/ari/<id>.json		the CA's renewalInfo for it (ari.c), 0600
  *
  * Folders are 0700.
  * <generation> is 16 lower-case hex digits, a counter that grows by one
@@ -66,6 +68,7 @@
 #define STORE_GEN_LEN		16		/* hex digits */
 #define STORE_MAX_FILE		(1024 * 1024)	/* no PEM or JSON is larger */
 #define STORE_PENDING		"pending"	/* orders being finalized */
+#define STORE_ARI		"ari"		/* renewalInfo answers (ari.c) */
 
 static int
 store_fsync_dir(const char *dir, char **cause)
@@ -1276,6 +1279,81 @@ void
 store_remove_pending(const char *dir, const char *id)
 {
 	char	*path = store_pending_path(dir, id);
+
+	if (unlink(path) == -1 && errno != ENOENT)
+		log_warn("store: unlink %s", path);
+	free(path);
+}
+
+/*
+ * STATE/ari/ID.json: what the CA's renewalInfo said of the certificate in
+ * use (ari.c), so that a restart keeps its renewal time and does not ask
+ * again before the CA's Retry-After.  It names the certificate by CertID:
+ * one for another certificate is stale, and the caller ignores it.
+ */
+static char *
+store_ari_path(const char *dir, const char *id)
+{
+	char	*path;
+
+	xasprintf(&path, "%s/%s/%s.json", dir, STORE_ARI, id);
+	return path;
+}
+
+int
+store_save_ari(const char *dir, const char *id, const struct ari_state *as,
+    char **cause)
+{
+	char	*adir = NULL, *path = NULL, *text = NULL;
+	int	 rc = -1;
+
+	if (store_id_valid(id, cause) == -1)
+		return -1;
+	xasprintf(&adir, "%s/%s", dir, STORE_ARI);
+	if (store_mkdir(adir, cause) == -1)
+		goto out;
+	path = store_ari_path(dir, id);
+	text = ari_state_json(as);
+	rc = store_write_atomic(path, text, strlen(text), 0600, cause);
+out:
+	free(text);
+	free(path);
+	free(adir);
+	return rc;
+}
+
+int
+store_load_ari(const char *dir, const char *id, struct ari_state *as,
+    char **cause)
+{
+	char	*adir = NULL, *path = NULL, *text = NULL, *why = NULL;
+	size_t	 len;
+	int	 rc;
+
+	if (store_id_valid(id, cause) == -1)
+		return -1;
+	xasprintf(&adir, "%s/%s", dir, STORE_ARI);
+	path = store_ari_path(dir, id);
+	if ((rc = store_dir_ok(adir, cause)) != 0 ||
+	    (rc = store_read_file(path, &text, &len, cause)) != 0)
+		goto out;
+	if (ari_state_parse(text, len, as, &why) == -1) {
+		/* Only a cache of the CA's answer: ask the CA again. */
+		log_warnx("store: %s: %s; ignored", path, why);
+		free(why);
+		rc = 1;
+	}
+out:
+	free(text);
+	free(path);
+	free(adir);
+	return rc;
+}
+
+void
+store_remove_ari(const char *dir, const char *id)
+{
+	char	*path = store_ari_path(dir, id);
 
 	if (unlink(path) == -1 && errno != ENOENT)
 		log_warn("store: unlink %s", path);

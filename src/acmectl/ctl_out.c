@@ -248,6 +248,36 @@ ctl_print_certs(json_t *a)
 	free(sorted);
 }
 
+/*
+ * Where the next renewal time comes from (ari or lifetime), the CA's ARI
+ * window and when it is asked again; the profile asked for.
+ */
+static void
+ctl_print_renewal(json_t *ce)
+{
+	json_t	*r = json_object_get(ce, "renewal"), *w;
+	char	 buf[32], buf2[32];
+
+	printf("%-14s%s\n", "profile", ctl_field(ce, "profile", buf,
+	    sizeof(buf)));
+	if (!json_is_object(r))
+		return;
+	printf("%-14s%s\n", "renewal from", ctl_field(r, "source", buf,
+	    sizeof(buf)));
+	w = json_object_get(r, "ari_window");
+	if (json_is_object(w))
+		printf("%-14s%s .. %s\n", "ari window",
+		    ctl_field(w, "start", buf, sizeof(buf)),
+		    ctl_field(w, "end", buf2, sizeof(buf2)));
+	else
+		printf("%-14s-\n", "ari window");
+	printf("%-14s%s\n", "ari next fetch", ctl_field(r, "ari_next_fetch",
+	    buf, sizeof(buf)));
+	if (json_is_string(json_object_get(r, "ari_explanation_url")))
+		printf("%-14s%s\n", "ari explains", json_string_value(
+		    json_object_get(r, "ari_explanation_url")));
+}
+
 static void
 ctl_print_cert(json_t *ce)
 {
@@ -280,6 +310,7 @@ ctl_print_cert(json_t *ce)
 			    ctl_scalar(v, buf, sizeof(buf)));
 		printf("\n");
 	}
+	ctl_print_renewal(ce);
 	err = json_object_get(ce, "last_error");
 	if (err == NULL || json_is_null(err))
 		printf("%-14s-\n", "last error");

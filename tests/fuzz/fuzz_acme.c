@@ -2,8 +2,8 @@
  * What the CA sends back (src/acme.c, src/order.c, src/store.c,
  * src/keys.c, src/http_client.c): a reply's status, headers (Location,
  * Retry-After, Content-Type, Link) and body become an acme_reply, which
- * the directory, problem, order, authorization and challenge parsers and
- * the PEM chain readers take apart.
+ * the directory, problem, order, authorization and challenge parsers,
+ * the PEM chain readers and the renewalInfo parser (ari.c) take apart.
  *
  * acme.c and order.c are #included to reach their static parsers; the
  * other objects are linked as built.  The directory goes through the real
@@ -28,6 +28,7 @@ enum {
 	FUZZ_ORDER,
 	FUZZ_AUTHZ,		/* authorization and its challenges */
 	FUZZ_CHAIN,		/* PEM chain, key, Link headers */
+	FUZZ_RENEWAL_INFO,	/* ARI: renewalInfo, its kept state */
 	FUZZ_KINDS
 };
 
@@ -157,6 +158,34 @@ fuzz_chain(struct acme_reply *r, const struct http_response *hr)
 		http_links_free(links);
 }
 
+/*
+ * renewalInfo (RFC 9773) as order_ari_reply() reads it, and the same
+ * bytes as STATE/ari/ID.json and as a certificate to take a CertID from.
+ */
+static void
+fuzz_renewal_info(struct acme_reply *r)
+{
+	struct ari_state	 as;
+	char			*cause = NULL, *id;
+
+	memset(&as, 0, sizeof(as));
+	if (ari_parse(r->body, r->len, &as, &cause) == 0)
+		(void)ari_pick(&as, as.as_end - 1, 0.5);
+	free(cause);
+	cause = NULL;
+	(void)ari_next_fetch(util_now(), r->retry_after);
+	if (ari_state_parse(r->body, r->len, &as, &cause) == 0) {
+		id = ari_state_json(&as);
+		free(id);
+	}
+	free(cause);
+	cause = NULL;
+	ari_state_clear(&as);
+	if ((id = ari_cert_id(r->body, &cause)) == NULL)
+		free(cause);
+	free(id);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -177,6 +206,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* The JSON parsers are reached only with a JSON Content-Type. */
 	if (data[0] % FUZZ_KINDS != FUZZ_REPLY &&
 	    data[0] % FUZZ_KINDS != FUZZ_CHAIN &&
+	    data[0] % FUZZ_KINDS != FUZZ_RENEWAL_INFO &&
 	    evhttp_find_header(&headers, "Content-Type") == NULL)
 		evhttp_add_header(&headers, "Content-Type", "application/json");
 	hr.hr_len = strlen(hr.hr_body);
@@ -200,6 +230,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	case FUZZ_CHAIN:
 		fuzz_chain(&r, &hr);
+		break;
+	case FUZZ_RENEWAL_INFO:
+		fuzz_renewal_info(&r);
 		break;
 	}
 	json_decref(r.json);

@@ -1735,22 +1735,22 @@ test_conf_runtime_certs(void **state)
 	/* Added as its configuration line would be, then written out. */
 	cause = NULL;
 	assert_int_equal(conf_runtime_add(conf, "le", idents, 2, "ecdsa:384",
-	    &cause), CONF_ADD_OK);
-	assert_int_equal(conf_runtime_add(conf, "le", dup, 1, NULL, &cause),
+	    "shortlived", &cause), CONF_ADD_OK);
+	assert_int_equal(conf_runtime_add(conf, "le", dup, 1, NULL, NULL, &cause),
 	    CONF_ADD_DUPLICATE);
 	assert_non_null(strstr(cause, "sidecar.conf:5"));
 	free(cause);
-	assert_int_equal(conf_runtime_add(conf, "le", wild, 1, NULL, &cause),
+	assert_int_equal(conf_runtime_add(conf, "le", wild, 1, NULL, NULL, &cause),
 	    CONF_ADD_INVALID);
 	assert_string_equal(cause, "wildcard identifier \"*.x\" is not "
 	    "supported: HTTP-01 cannot validate wildcard identifiers");
 	free(cause);
 	assert_int_equal(conf_runtime_add(conf, "nope", idents, 2, NULL,
-	    &cause), CONF_ADD_INVALID);
+	    NULL, &cause), CONF_ADD_INVALID);
 	assert_string_equal(cause, "unknown acme_issuer \"nope\"");
 	free(cause);
 	assert_int_equal(conf_runtime_add(conf, "le", idents, 1, "dsa",
-	    &cause), CONF_ADD_INVALID);
+	    NULL, &cause), CONF_ADD_INVALID);
 	assert_string_equal(cause, "invalid key type \"dsa\"");
 	free(cause);
 
@@ -1758,7 +1758,7 @@ test_conf_runtime_certs(void **state)
 	text = conf_runtime_text(conf, ci);
 	assert_non_null(strstr(text, "\nacme_certificate le x.example.test "
 	    "key=rsa:2048;\nacme_certificate le b.example.test c.example.test "
-	    "www.c.example.test key=ecdsa:384;\n"));
+	    "www.c.example.test key=ecdsa:384 profile=shortlived;\n"));
 	/* What is written reads back the same. */
 	free(conf_test_write(t, CONF_RUNTIME_FILE, text));
 	free(text);
@@ -1768,6 +1768,7 @@ test_conf_runtime_certs(void **state)
 	assert_string_equal(cc->cc_id, "b.example.test_ecdsa384");
 	assert_int_equal(cc->cc_nidents, 3);
 	assert_int_equal(cc->cc_line, 4);
+	assert_string_equal(cc->cc_profile, "shortlived");
 	conf_free(conf);
 
 	/* Only acme_certificate lines of its own issuer belong there. */
