@@ -16,6 +16,16 @@ By default it runs a minimal successful RFC 8555 flow:
     finalize -> 200 valid order with a certificate URL
     cert     -> the PEM chain: leaf and the fake's CA
 
+Two optional parts of the directory, off by default:
+
+    fake.ari = lambda cert_id: (start, end, headers, explanation_url)
+        advertises renewalInfo (RFC 9773); GET /renewal-info/CERTID
+        answers with that window (epoch seconds, sent as RFC 3339) and
+        headers ({"Retry-After": "3600"}), or 404 when ari returns None.
+        fake.ari_fetches(cert_id) counts the GETs.
+    fake.profiles = {"classic": "...", ...}
+        advertises meta.profiles; newOrder payloads are in requests().
+
 Tests script it with rules, tried in the order added before the default
 handler:
 
@@ -143,6 +153,8 @@ class FakeAcme:
         self.orders = {}
         self.authzs = {}
         self.validation_error = None    # detail: fail every validation
+        self.ari = None                 # see the module's docstring
+        self.profiles = None
         self.next_id = 1
         os.makedirs(self.dir, exist_ok=True)
         self.ca_key = os.path.join(self.dir, "fake-ca.key")
@@ -188,6 +200,16 @@ class FakeAcme:
         with self.lock:
             return [r for r in self.log if rx.fullmatch(r.path) and
                     (method is None or r.method == method)]
+
+    def ari_fetches(self, cert_id=None):
+        """GETs of renewalInfo, for cert_id or for any."""
+        return [r for r in self.requests("/renewal-info/.*", "GET")
+                if cert_id is None or r.path.split("/")[2] == cert_id]
+
+    def new_orders(self):
+        """newOrder payloads the fake accepted or refused, in order."""
+        return [r.payload for r in self.requests("/new-order", "POST")
+                if isinstance(r.payload, dict)]
 
     def summary(self, n=30):
         with self.lock:
@@ -255,10 +277,30 @@ class FakeAcme:
         return fn(req)
 
     def _do_dir(self, req):
-        return Reply(200, {"newNonce": self.base + "/nonce",
-                           "newAccount": self.base + "/new-account",
-                           "newOrder": self.base + "/new-order",
-                           "meta": {"termsOfService": self.base + "/tos"}})
+        d = {"newNonce": self.base + "/nonce",
+             "newAccount": self.base + "/new-account",
+             "newOrder": self.base + "/new-order",
+             "meta": {"termsOfService": self.base + "/tos"}}
+        if self.ari is not None:
+            d["renewalInfo"] = self.base + "/renewal-info"
+        if self.profiles is not None:
+            d["meta"]["profiles"] = dict(self.profiles)
+        return Reply(200, d)
+
+    def _do_renewal_info(self, req):
+        parts = req.path.split("/")
+        got = self.ari(parts[2]) if self.ari and len(parts) == 3 else None
+        if got is None:
+            return problem(404, "malformed", "no such certificate")
+        start, end, headers, explanation = got
+
+        def rfc3339(t):
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        body = {"suggestedWindow": {"start": rfc3339(start),
+                                    "end": rfc3339(end)}}
+        if explanation:
+            body["explanationURL"] = explanation
+        return Reply(200, body, headers)
 
     def _do_nonce(self, req):
         return Reply(200 if req.method == "HEAD" else 204,
