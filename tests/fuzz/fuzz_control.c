@@ -84,11 +84,12 @@ fuzz_reload(char **cause)
 
 static enum control_result
 fuzz_add(const char *issuer, char *const *idents, size_t n, const char *key,
-    const char **id, char **cause)
+    const char *profile, const char **id, char **cause)
 {
 	(void)idents;
 	(void)n;
 	(void)key;
+	(void)profile;
 	if (strcmp(issuer, "example") == 0) {
 		*id = "example";
 		return CONTROL_OK;
