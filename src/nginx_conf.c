@@ -192,6 +192,13 @@ nginx_conf_cert_family(struct conf_parse *p, struct nginx_server *srv,
 	struct nginx_cert	*nc;
 	int			 fam, i;
 
+	/*
+	 * Full first, whatever this one's key=: ns_certs has no room for a
+	 * third (an unknown key= is refused later, after it is kept).
+	 */
+	if (srv->ns_ncerts == NGINX_FAMILY_MAX)
+		return conf_error(p, "\"acme_certificate\" directive is "
+		    "duplicate");
 	if ((fam = nginx_conf_family(a->v, a->n)) == -1)
 		return 0;
 	for (i = 0; i < srv->ns_ncerts; i++) {
@@ -203,10 +210,6 @@ nginx_conf_cert_family(struct conf_parse *p, struct nginx_server *srv,
 		    "already, and a second one must have the other key type",
 		    names[fam], nc->nc_file, nc->nc_line);
 	}
-	/* Two of unknown families: the second key= is refused later. */
-	if (srv->ns_ncerts == NGINX_FAMILY_MAX)
-		return conf_error(p, "\"acme_certificate\" directive is "
-		    "duplicate");
 	return 0;
 }
 
