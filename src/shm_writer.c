@@ -176,23 +176,6 @@ shm_group_id(const char *group, char **cause)
 	return gr->gr_gid;
 }
 
-/* What st is, for a refusal. */
-static const char *
-shm_kind(const struct stat *st)
-{
-	if (S_ISREG(st->st_mode))
-		return "a regular file";
-	if (S_ISLNK(st->st_mode))
-		return "a symbolic link";
-	if (S_ISFIFO(st->st_mode))
-		return "a FIFO";
-	if (S_ISDIR(st->st_mode))
-		return "a directory";
-	if (S_ISSOCK(st->st_mode))
-		return "a socket";
-	return "a device";
-}
-
 /*
  * Refuse what lies at path, saying what it is.  The daemon never
  * removes, reuses or chmods it: /dev/shm and a pod's emptyDir are
@@ -206,7 +189,7 @@ shm_refuse(const char *path, const struct stat *st, const char *why,
 	xasprintf(cause, "%s: refused as the shared zone: it is %s owned by "
 	    "uid %u, mode %04o, %lu link(s); %s.  Nothing was changed: "
 	    "remove it (or point path= elsewhere) if it is not needed",
-	    path, shm_kind(st), (unsigned)st->st_uid,
+	    path, fsafe_type(st->st_mode), (unsigned)st->st_uid,
 	    (unsigned)(st->st_mode & 07777), (unsigned long)st->st_nlink,
 	    why);
 	return -1;
