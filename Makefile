@@ -45,14 +45,15 @@ $(BUILD)/acme-sidecar: $(DAEMON_OBJS)
 $(BUILD)/acmectl: $(CTL_OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h
+$(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -c -o $@ $<
 
 $(CTL_OBJS): src/acmectl/ctl.h
 $(BUILD)/obj/order.o $(BUILD)/obj/order_cluster.o: src/order.h
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h $(LIB_OBJS)
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h \
+    proto/acme_ident.h $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Iproto -o $@ $< $(LIB_OBJS) $(LDLIBS) -lcmocka
 

@@ -4,12 +4,10 @@
  *
  * The id is a contract: the nginx module computes the same one from the
  * same server{} (src/nginx/ngx_http_acme_conf.c), and the shared zone
- * (proto/acme_shm.h) is keyed by it.
+ * (proto/acme_shm.h) is keyed by it.  So the rules for identifiers, key
+ * types and ids are written once, in proto/acme_ident.h, for both.
  */
 #include <sys/types.h>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -20,27 +18,12 @@
 
 #include "sidecar.h"
 
-#define CONF_MAX_DNS_NAME	253
-#define CONF_MAX_DNS_LABEL	63
-
-static const struct {
-	const char	*name;
-	const char	*suffix;
-} conf_key_types[KEY_TYPE_MAX] = {
-	[KEY_ECDSA_256] = { "ecdsa:256", "ecdsa256" },
-	[KEY_ECDSA_384] = { "ecdsa:384", "ecdsa384" },
-	[KEY_ECDSA_521] = { "ecdsa:521", "ecdsa521" },
-	[KEY_RSA_2048] = { "rsa:2048", "rsa2048" },
-	[KEY_RSA_3072] = { "rsa:3072", "rsa3072" },
-	[KEY_RSA_4096] = { "rsa:4096", "rsa4096" },
-};
-
 const char *
 key_type_name(enum key_type t)
 {
 	if (t < 0 || t >= KEY_TYPE_MAX)
 		fatalx("%s: bad key type %d", __func__, (int)t);
-	return conf_key_types[t].name;
+	return acme_key_desc((enum acme_key_type)t)->kd_name;
 }
 
 const char *
@@ -48,95 +31,24 @@ key_type_suffix(enum key_type t)
 {
 	if (t < 0 || t >= KEY_TYPE_MAX)
 		fatalx("%s: bad key type %d", __func__, (int)t);
-	return conf_key_types[t].suffix;
+	return acme_key_desc((enum acme_key_type)t)->kd_suffix;
 }
 
 int
 key_type_parse(const char *s, enum key_type *t)
 {
-	int	 i;
+	int	 k;
 
-	for (i = 0; i < KEY_TYPE_MAX; i++) {
-		if (strcmp(s, conf_key_types[i].name) == 0) {
-			*t = (enum key_type)i;
-			return 0;
-		}
-	}
-	return -1;
+	if ((k = acme_key_parse(s, strlen(s))) == -1)
+		return -1;
+	*t = (enum key_type)k;
+	return 0;
 }
 
 int
 conf_ident_is_ip(const char *s)
 {
-	struct in_addr	 a4;
-	struct in6_addr	 a6;
-
-	return inet_pton(AF_INET, s, &a4) == 1 ||
-	    inet_pton(AF_INET6, s, &a6) == 1;
-}
-
-/* A letter-digit-hyphen DNS name, lower case, at most one trailing dot. */
-static char *
-conf_dns_normalize(const char *raw)
-{
-	char	*s, c;
-	size_t	 len = strlen(raw), i, label = 0;
-	int	 digits = 1;
-
-	if (len > 0 && raw[len - 1] == '.')
-		len--;
-	if (len == 0 || len > CONF_MAX_DNS_NAME)
-		return NULL;
-	s = xstrndup(raw, len);
-	for (i = 0; i < len; i++) {
-		c = s[i];
-		if (c >= 'A' && c <= 'Z')
-			c = s[i] = (char)(c - 'A' + 'a');
-		if (c == '.') {
-			if (label == 0 || s[i - 1] == '-')
-				goto bad;
-			label = 0;
-			digits = 1;
-			continue;
-		}
-		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		    c == '-'))
-			goto bad;
-		if ((c == '-' && label == 0) || ++label > CONF_MAX_DNS_LABEL)
-			goto bad;
-		if (c < '0' || c > '9')
-			digits = 0;
-	}
-	/* An all-numeric last label is a mistyped address, not a name. */
-	if (label == 0 || s[len - 1] == '-' || digits)
-		goto bad;
-	return s;
-bad:
-	free(s);
-	return NULL;
-}
-
-/* IP literals in the text form RFC 8738 wants (RFC 5952 for IPv6). */
-static char *
-conf_ip_normalize(const char *raw)
-{
-	struct in_addr	 a4;
-	struct in6_addr	 a6;
-	char		 buf[INET6_ADDRSTRLEN], *inner;
-	size_t		 len = strlen(raw);
-	int		 ok;
-
-	if (inet_pton(AF_INET, raw, &a4) == 1 &&
-	    inet_ntop(AF_INET, &a4, buf, sizeof(buf)) != NULL)
-		return xstrdup(buf);
-	if (len > 2 && raw[0] == '[' && raw[len - 1] == ']')
-		inner = xstrndup(raw + 1, len - 2);
-	else
-		inner = xstrdup(raw);
-	ok = inet_pton(AF_INET6, inner, &a6) == 1 &&
-	    inet_ntop(AF_INET6, &a6, buf, sizeof(buf)) != NULL;
-	free(inner);
-	return ok ? xstrdup(buf) : NULL;
+	return acme_ident_is_ip(s);
 }
 
 /*
@@ -169,50 +81,47 @@ conf_cert_push(struct conf_parse *p, struct conf_cert *cc, char *ident)
 }
 
 /*
- * One identifier as written.  nginx-acme's ".example.com" stands for
- * example.com and www.example.com: the wildcard nginx would read into it
- * cannot be validated over HTTP-01.
+ * One identifier as written, read by proto/acme_ident.h as the nginx
+ * module reads it: ".example.com" is example.com and www.example.com.
  */
 int
 conf_cert_ident(struct conf_parse *p, struct conf_cert *cc, const char *raw)
 {
-	char	*s, *www;
+	struct acme_ident_words	 w;
+	int			 i;
 
-	if (strchr(raw, '*') != NULL)
+	switch (acme_ident_parse(raw, strlen(raw), &w)) {
+	case ACME_IDENT_OK:
+		break;
+	case ACME_IDENT_WILDCARD:
 		return conf_error(p, "wildcard identifier \"%s\" is not "
 		    "supported: HTTP-01 cannot validate wildcard identifiers",
 		    raw);
-	if (raw[0] == '.') {
-		if ((s = conf_dns_normalize(raw + 1)) == NULL)
-			return conf_error(p, "invalid identifier \"%s\"", raw);
-		xasprintf(&www, "www.%s", s);
-		if (strlen(www) > CONF_MAX_DNS_NAME) {
-			free(s);
-			free(www);
-			return conf_error(p, "invalid identifier \"%s\"", raw);
-		}
-		if (conf_cert_push(p, cc, s) == -1) {
-			free(www);
-			return -1;
-		}
-		return conf_cert_push(p, cc, www);
-	}
-	if ((s = conf_ip_normalize(raw)) == NULL &&
-	    (s = conf_dns_normalize(raw)) == NULL)
+	case ACME_IDENT_REGEX:
+		return conf_error(p, "regular expression \"%s\" cannot be an "
+		    "identifier", raw);
+	default:
 		return conf_error(p, "invalid identifier \"%s\"", raw);
-	return conf_cert_push(p, cc, s);
+	}
+	for (i = 0; i < w.iw_n; i++) {
+		if (conf_cert_push(p, cc, xstrndup(w.iw_word[i],
+		    (size_t)w.iw_len[i])) == -1)
+			return -1;
+	}
+	return 0;
 }
 
 /* The first identifier, and the key type when it is not the default. */
 static char *
 conf_cert_id(const struct conf_cert *cc)
 {
-	char	*id;
+	char	 id[ACME_IDENT_ID_MAX + 1];
 
-	if (cc->cc_key == KEY_TYPE_DEFAULT)
-		return xstrdup(cc->cc_idents[0]);
-	xasprintf(&id, "%s_%s", cc->cc_idents[0], key_type_suffix(cc->cc_key));
-	return id;
+	if (acme_ident_cert_id(cc->cc_idents[0], strlen(cc->cc_idents[0]),
+	    (enum acme_key_type)cc->cc_key, id, sizeof(id)) == -1)
+		fatalx("%s: id of \"%s\" too long", __func__,
+		    cc->cc_idents[0]);
+	return xstrdup(id);
 }
 
 /* A certificate from the directive being handled. */

@@ -20,6 +20,8 @@
 #include <openssl/ssl.h>
 #include <jansson.h>
 
+#include "acme_ident.h"
+
 struct event_base;
 struct evdns_base;
 struct evkeyvalq;
@@ -60,18 +62,19 @@ void	 util_time_rfc3339(time_t, char *, size_t);
 
 /*
  * Key types, shared by account keys (account_key) and certificate keys
- * (acme_certificate key=).
+ * (acme_certificate key=): proto/acme_ident.h's, which the nginx module
+ * names certificates by too.
  */
 enum key_type {
-	KEY_ECDSA_256,
-	KEY_ECDSA_384,
-	KEY_ECDSA_521,
-	KEY_RSA_2048,
-	KEY_RSA_3072,
-	KEY_RSA_4096,
-	KEY_TYPE_MAX
+	KEY_ECDSA_256 = ACME_KEY_ECDSA_256,
+	KEY_ECDSA_384 = ACME_KEY_ECDSA_384,
+	KEY_ECDSA_521 = ACME_KEY_ECDSA_521,
+	KEY_RSA_2048 = ACME_KEY_RSA_2048,
+	KEY_RSA_3072 = ACME_KEY_RSA_3072,
+	KEY_RSA_4096 = ACME_KEY_RSA_4096,
+	KEY_TYPE_MAX = ACME_KEY_TYPE_MAX
 };
-#define KEY_TYPE_DEFAULT KEY_ECDSA_256
+#define KEY_TYPE_DEFAULT ((enum key_type)ACME_KEY_DEFAULT)
 
 /*
  * conf.c: nginx grammar and the sidecar's directives; conf_cert.c:

@@ -5,16 +5,13 @@
  * acts on them; this module only checks what it cheaply can, so that
  * "nginx -t" catches the mistakes the sidecar would refuse, and works out
  * each server's certificate id exactly as the sidecar does (see LOOKUPS in
- * proto/acme_shm.h), since that id is the key into the segment.
+ * proto/acme_shm.h), since that id is the key into the segment: both read
+ * identifiers, key types and ids with proto/acme_ident.h alone.
  */
-#include <arpa/inet.h>
-
 #include <pwd.h>
 
 #include "ngx_http_acme_module.h"
 
-#define NGX_HTTP_ACME_MAX_DNS_NAME	253
-#define NGX_HTTP_ACME_MAX_DNS_LABEL	63
 #define NGX_HTTP_ACME_MAX_RATE		1000000
 #define NGX_HTTP_ACME_MAX_BURST		1000000
 #define NGX_HTTP_ACME_MAX_IDENTS	1000	/* CONF_MAX_IDENTS */
@@ -22,43 +19,26 @@
 #define NGX_HTTP_ACME_DEFAULT_ZONE	"ngx_acme_shared"
 #define NGX_HTTP_ACME_DEFAULT_SIZE	(256 * 1024)
 
-/*
- * Index 0 is the default and adds no suffix to the id.  The family says
- * which slot of an SSL_CTX the certificate takes.
- */
-static const struct {
-	ngx_str_t	 name;
-	ngx_str_t	 suffix;
-	ngx_uint_t	 family;
-} ngx_http_acme_key_types[] = {
-	{ ngx_string("ecdsa:256"), ngx_null_string, NGX_HTTP_ACME_EC },
-	{ ngx_string("ecdsa:384"), ngx_string("ecdsa384"), NGX_HTTP_ACME_EC },
-	{ ngx_string("ecdsa:521"), ngx_string("ecdsa521"), NGX_HTTP_ACME_EC },
-	{ ngx_string("rsa:2048"), ngx_string("rsa2048"), NGX_HTTP_ACME_RSA },
-	{ ngx_string("rsa:3072"), ngx_string("rsa3072"), NGX_HTTP_ACME_RSA },
-	{ ngx_string("rsa:4096"), ngx_string("rsa4096"), NGX_HTTP_ACME_RSA },
-};
-#define NGX_HTTP_ACME_NKEYS \
-	(sizeof(ngx_http_acme_key_types) / sizeof(ngx_http_acme_key_types[0]))
-
 static const char *ngx_http_acme_family_names[NGX_HTTP_ACME_NFAMILIES] = {
 	"ECDSA", "RSA"
 };
 
+/* A key type as acme_certificate and account_key take it. */
 static ngx_int_t
 ngx_http_acme_key_type(ngx_str_t *s, ngx_uint_t *t)
 {
-	ngx_uint_t	 i;
+	int	 k;
 
-	for (i = 0; i < NGX_HTTP_ACME_NKEYS; i++) {
-		if (s->len == ngx_http_acme_key_types[i].name.len &&
-		    ngx_strncmp(s->data, ngx_http_acme_key_types[i].name.data,
-		    s->len) == 0) {
-			*t = i;
-			return NGX_OK;
-		}
-	}
-	return NGX_ERROR;
+	if ((k = acme_key_parse((const char *)s->data, s->len)) == -1)
+		return NGX_ERROR;
+	*t = (ngx_uint_t)k;
+	return NGX_OK;
+}
+
+static ngx_uint_t
+ngx_http_acme_key_family(ngx_uint_t t)
+{
+	return acme_key_desc((enum acme_key_type)t)->kd_family;
 }
 
 /* Names that become file names: issuers (state_path) and the zone. */
@@ -107,164 +87,77 @@ ngx_http_acme_has_prefix(ngx_str_t *a, const char *p)
 
 /* ------------------------------------------------------------ identifiers */
 
-/* A letter-digit-hyphen DNS name, lower case, at most one trailing dot. */
 static ngx_int_t
-ngx_http_acme_dns_normalize(ngx_pool_t *pool, u_char *raw, size_t len,
-    ngx_str_t *out)
-{
-	u_char		*s, c;
-	size_t		 i, label = 0;
-	ngx_uint_t	 digits = 1;
-
-	if (len > 0 && raw[len - 1] == '.')
-		len--;
-	if (len == 0 || len > NGX_HTTP_ACME_MAX_DNS_NAME)
-		return NGX_DECLINED;
-	if ((s = ngx_pnalloc(pool, len + 1)) == NULL)
-		return NGX_ERROR;
-	for (i = 0; i < len; i++) {
-		c = ngx_tolower(raw[i]);
-		s[i] = c;
-		if (c == '.') {
-			if (label == 0 || s[i - 1] == '-')
-				return NGX_DECLINED;
-			label = 0;
-			digits = 1;
-			continue;
-		}
-		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		    c == '-'))
-			return NGX_DECLINED;
-		if ((c == '-' && label == 0) ||
-		    ++label > NGX_HTTP_ACME_MAX_DNS_LABEL)
-			return NGX_DECLINED;
-		if (c < '0' || c > '9')
-			digits = 0;
-	}
-	/* An all-numeric last label is a mistyped address, not a name. */
-	if (label == 0 || s[len - 1] == '-' || digits)
-		return NGX_DECLINED;
-	s[len] = '\0';
-	out->data = s;
-	out->len = len;
-	return NGX_OK;
-}
-
-/* An IP address in inet_ntop's form (RFC 5952 for IPv6); [v6] too. */
-static ngx_int_t
-ngx_http_acme_ip_normalize(ngx_pool_t *pool, u_char *raw, size_t len,
-    ngx_str_t *out)
-{
-	u_char		 in[NGX_SOCKADDR_STRLEN + 1];
-	char		 buf[INET6_ADDRSTRLEN];
-	struct in_addr	 a4;
-	struct in6_addr	 a6;
-
-	if (len >= sizeof(in))
-		return NGX_DECLINED;
-	ngx_memcpy(in, raw, len);
-	in[len] = '\0';
-	if (inet_pton(AF_INET, (char *)in, &a4) == 1) {
-		if (inet_ntop(AF_INET, &a4, buf, sizeof(buf)) == NULL)
-			return NGX_DECLINED;
-	} else {
-		if (len > 2 && in[0] == '[' && in[len - 1] == ']') {
-			in[len - 1] = '\0';
-			ngx_memmove(in, in + 1, len - 1);
-		}
-		if (inet_pton(AF_INET6, (char *)in, &a6) != 1 ||
-		    inet_ntop(AF_INET6, &a6, buf, sizeof(buf)) == NULL)
-			return NGX_DECLINED;
-	}
-	out->len = ngx_strlen(buf);
-	if ((out->data = ngx_pnalloc(pool, out->len + 1)) == NULL)
-		return NGX_ERROR;
-	ngx_memcpy(out->data, buf, out->len + 1);
-	return NGX_OK;
-}
-
-static ngx_int_t
-ngx_http_acme_ident_push(ngx_array_t *idents, ngx_str_t *s)
+ngx_http_acme_ident_push(ngx_pool_t *pool, ngx_array_t *idents,
+    const char *word, size_t len)
 {
 	ngx_str_t	*v = idents->elts, *p;
 	ngx_uint_t	 i;
 
 	for (i = 0; i < idents->nelts; i++) {
-		if (v[i].len == s->len &&
-		    ngx_strncmp(v[i].data, s->data, s->len) == 0)
+		if (v[i].len == len && ngx_strncmp(v[i].data, word, len) == 0)
 			return NGX_OK;
 	}
-	if ((p = ngx_array_push(idents)) == NULL)
+	if ((p = ngx_array_push(idents)) == NULL ||
+	    (p->data = ngx_pnalloc(pool, len + 1)) == NULL)
 		return NGX_ERROR;
-	*p = *s;
+	ngx_memcpy(p->data, word, len);
+	p->data[len] = '\0';
+	p->len = len;
 	return NGX_OK;
 }
 
 /*
- * One identifier as written, added to idents.  ".example.com" stands for
- * example.com and www.example.com (nginx-acme's reading of nginx's
- * wildcard shorthand): a real wildcard cannot be validated over HTTP-01.
- * Returns NGX_DECLINED for an identifier that is refused, with *why a
- * format for the error message, whose %V is the identifier.
+ * One identifier as written, added to idents, read by proto/acme_ident.h
+ * as the sidecar reads it: ".example.com" is example.com and
+ * www.example.com.  Returns NGX_DECLINED for an identifier that is
+ * refused, with *why a format for the error message, whose %V is the
+ * identifier.
  */
 static ngx_int_t
 ngx_http_acme_ident_add(ngx_pool_t *pool, ngx_array_t *idents,
     ngx_str_t *raw, const char **why)
 {
-	ngx_str_t	 s, www;
-	ngx_int_t	 rc;
+	struct acme_ident_words	 w;
+	int			 i;
 
-	*why = "invalid identifier \"%V\"";
-	if (raw->len > 0 && raw->data[0] == '~') {
+	switch (acme_ident_parse((const char *)raw->data, raw->len, &w)) {
+	case ACME_IDENT_OK:
+		break;
+	case ACME_IDENT_REGEX:
 		*why = "regular expression \"%V\" cannot be an identifier";
 		return NGX_DECLINED;
-	}
-	if (ngx_strlchr(raw->data, raw->data + raw->len, '*') != NULL) {
+	case ACME_IDENT_WILDCARD:
 		*why = "wildcard identifier \"%V\" is not supported: HTTP-01 "
-		    "cannot validate wildcards";
+		    "cannot validate wildcard identifiers";
+		return NGX_DECLINED;
+	default:
+		*why = "invalid identifier \"%V\"";
 		return NGX_DECLINED;
 	}
-	if (raw->len > 0 && raw->data[0] == '.') {
-		rc = ngx_http_acme_dns_normalize(pool, raw->data + 1,
-		    raw->len - 1, &s);
-		if (rc != NGX_OK)
-			return rc;
-		if (s.len + 4 > NGX_HTTP_ACME_MAX_DNS_NAME)
-			return NGX_DECLINED;
-		www.len = s.len + 4;
-		if ((www.data = ngx_pnalloc(pool, www.len + 1)) == NULL)
+	for (i = 0; i < w.iw_n; i++) {
+		if (ngx_http_acme_ident_push(pool, idents, w.iw_word[i],
+		    (size_t)w.iw_len[i]) != NGX_OK)
 			return NGX_ERROR;
-		ngx_sprintf(www.data, "www.%V%Z", &s);
-		if (ngx_http_acme_ident_push(idents, &s) != NGX_OK ||
-		    ngx_http_acme_ident_push(idents, &www) != NGX_OK)
-			return NGX_ERROR;
-		return NGX_OK;
 	}
-	rc = ngx_http_acme_ip_normalize(pool, raw->data, raw->len, &s);
-	if (rc == NGX_DECLINED)
-		rc = ngx_http_acme_dns_normalize(pool, raw->data, raw->len,
-		    &s);
-	if (rc != NGX_OK)
-		return rc;
-	return ngx_http_acme_ident_push(idents, &s);
+	return NGX_OK;
 }
 
-/* The first identifier, and "_" + the key type when not ecdsa:256. */
+/* The first identifier, and "_" + the key type when not the default. */
 static ngx_int_t
 ngx_http_acme_cert_id(ngx_pool_t *pool, ngx_array_t *idents,
     ngx_uint_t key_type, ngx_str_t *id)
 {
 	ngx_str_t	*first = idents->elts;
-	const ngx_str_t	*suffix;
+	char		 buf[ACME_IDENT_ID_MAX + 1];
+	int		 len;
 
-	suffix = &ngx_http_acme_key_types[key_type].suffix;
-	id->len = first->len + (suffix->len > 0 ? 1 + suffix->len : 0);
-	if ((id->data = ngx_pnalloc(pool, id->len + 1)) == NULL)
+	len = acme_ident_cert_id((const char *)first->data, first->len,
+	    (enum acme_key_type)key_type, buf, sizeof(buf));
+	if (len == -1 || (id->data = ngx_pnalloc(pool, len + 1)) == NULL)
 		return NGX_ERROR;
-	if (suffix->len > 0)
-		ngx_sprintf(id->data, "%V_%V%Z", first, suffix);
-	else
-		ngx_sprintf(id->data, "%V%Z", first);
+	ngx_memcpy(id->data, buf, (size_t)len + 1);
+	id->len = (size_t)len;
 	return NGX_OK;
 }
 
@@ -844,10 +737,10 @@ ngx_http_acme_cert_family(ngx_conf_t *cf, ngx_http_acme_srv_conf_t *ascf,
 	ngx_http_acme_line_t	*other;
 	ngx_uint_t		 fam, i;
 
-	fam = ngx_http_acme_key_types[line->key_type].family;
+	fam = ngx_http_acme_key_family(line->key_type);
 	for (i = 0; i < ascf->nlines; i++) {
 		other = &ascf->lines[i];
-		if (ngx_http_acme_key_types[other->key_type].family != fam)
+		if (ngx_http_acme_key_family(other->key_type) != fam)
 			continue;
 		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"acme_certificate\" "
 		    "directive is duplicate: the server has an %s certificate "
@@ -1166,7 +1059,7 @@ ngx_http_acme_cert_get(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 	c->issuer = line->issuer;
 	c->idents = idents;
 	c->profile = line->profile;
-	c->family = ngx_http_acme_key_types[line->key_type].family;
+	c->family = ngx_http_acme_key_family(line->key_type);
 	c->file = line->file;
 	c->line = line->line;
 	*slot = c;

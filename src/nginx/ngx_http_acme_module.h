@@ -28,6 +28,7 @@
 #endif
 
 #include "acme_shm.h"
+#include "acme_ident.h"
 
 /* Caps on what one entry may hand us: bigger means a garbled segment. */
 #define NGX_HTTP_ACME_MAX_PEM		(1024 * 1024)
@@ -38,9 +39,9 @@
  * picks between them from the ClientHello, so a server may have one
  * acme_certificate of each family and no more.
  */
-#define NGX_HTTP_ACME_EC		0
-#define NGX_HTTP_ACME_RSA		1
-#define NGX_HTTP_ACME_NFAMILIES		2
+#define NGX_HTTP_ACME_EC		ACME_KEY_FAMILY_EC
+#define NGX_HTTP_ACME_RSA		ACME_KEY_FAMILY_RSA
+#define NGX_HTTP_ACME_NFAMILIES		ACME_KEY_FAMILY_MAX
 
 /* Why a lookup found nothing, for the log. */
 typedef enum {

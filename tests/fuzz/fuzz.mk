@@ -34,7 +34,7 @@ FUZZ_LDFLAGS_conf	 = -Wl,--wrap=open,--wrap=glob
 # The cluster harness gives the records its own sealing key and node name.
 FUZZ_LDFLAGS_cluster	 = -Wl,--wrap=cluster_key,--wrap=cluster_node
 
-$(FUZZ)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h
+$(FUZZ)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 
