@@ -184,3 +184,64 @@ def test_ari_pebble26(pebble26, http_port, tmp_path, sidecar_factory):
     while pebble_replacements(pebble26) < 2:
         assert time.monotonic() < deadline, sc.diagnostics()
         time.sleep(0.2)
+
+
+def wait_for(what, cond, sc, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        assert time.monotonic() < deadline, "%s%s" % (what, sc.diagnostics())
+        time.sleep(0.1)
+
+
+def test_ari_revoked_at_ca_renews_now_pebble26(pebble26, http_port, tmp_path,
+                                               sidecar_factory):
+    """A certificate its owner revoked at Pebble 2.6 (with its own key,
+    without the daemon) while the daemon was stopped: Pebble's window for
+    it is past, and the daemon renews at once with "replaces", years
+    before the lifetime rule would.  Killed -9 once it kept that window
+    and before its order reached the CA, it renews at once again at the
+    next start, from state_path, without asking the CA again."""
+    from ca_proxy import CaProxy, revoke_at_ca
+    proxy = CaProxy(pebble26).start()
+    try:
+        state = tmp_path / "state"
+        conf = tmp_path / "acme-sidecar.conf"
+        write_config(conf, proxy, state, http_port, [(["r.example"], None)])
+        # The first run's renewalInfo never reaches the CA: it would learn
+        # of a window before the revocation, and keep it for Retry-After.
+        proxy.hold("/renewalInfo/")
+        sc = sidecar_factory(conf, [pebble26]).start()
+        sc.wait_certs(state, ["r.example"])
+        live = state / "certs" / "r.example"
+        leaf = split_pem((live / "fullchain.pem").read_text())[0]
+        cid = cert_id_of(leaf)
+        wait_for("renewalInfo asked", lambda: any(
+            p.endswith("/" + cid) for p in proxy.held("/renewalInfo/")), sc)
+        sc.stop()
+        assert revoke_at_ca(pebble26, leaf, (live / "key.pem").read_text()) \
+            == 200
+
+        proxy.release("/renewalInfo/", forward=False)
+        proxy.hold("/order-plz")
+        sc.start()
+        wait_for("the renewal's newOrder", lambda: proxy.held("/order-plz"),
+                 sc)
+        assert proxy.payloads("/order-plz")[-1].get("replaces") == cid
+        assert proxy.ari_count(cid) == 1
+        kept = json.loads((state / "ari" / "r.example.json").read_text())
+        assert kept["cert_id"] == cid and kept["end"] < time.time(), kept
+        sc.kill()
+
+        proxy.release("/order-plz", forward=False)
+        sc.start()
+        wait_for("the renewal, after kill -9",
+                 lambda: pebble_replacements(pebble26) == 1, sc)
+        assert proxy.payloads("/order-plz")[-1].get("replaces") == cid
+        wait_for("the renewed certificate", lambda: cert_id_of(split_pem(
+            (live / "fullchain.pem").read_text())[0]) != cid, sc)
+        assert proxy.ari_count(cid) == 1, proxy.ari
+    finally:
+        proxy.stop()
