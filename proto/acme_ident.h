@@ -26,7 +26,8 @@
  *
  * KEY TYPES
  *	ecdsa:256 (the default), ecdsa:384, ecdsa:521, rsa:2048, rsa:3072,
- *	rsa:4096.
+ *	rsa:4096; "ecdsa" and "rsa" without a size are ecdsa:256 and
+ *	rsa:2048, as in nginx-acme.
  *
  * IDS
  *	The first identifier, then "_" and the key type's suffix
@@ -106,6 +107,11 @@ acme_key_parse(const char *s, size_t len)
 {
 	int	 t;
 
+	/* nginx-acme's sizeless names, with its default sizes. */
+	if (acme_ident_word_eq(s, len, "ecdsa"))
+		return ACME_KEY_ECDSA_256;
+	if (acme_ident_word_eq(s, len, "rsa"))
+		return ACME_KEY_RSA_2048;
 	for (t = 0; t < ACME_KEY_TYPE_MAX; t++) {
 		if (acme_ident_word_eq(s, len,
 		    acme_key_desc((enum acme_key_type)t)->kd_name))

@@ -34,6 +34,7 @@ key_type_suffix(enum key_type t)
 	return acme_key_desc((enum acme_key_type)t)->kd_suffix;
 }
 
+/* "rsa:2048", or nginx-acme's "rsa" and "ecdsa" (proto/acme_ident.h). */
 int
 key_type_parse(const char *s, enum key_type *t)
 {

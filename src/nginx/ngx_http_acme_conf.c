@@ -663,8 +663,8 @@ ngx_http_acme_cert_key(ngx_conf_t *cf, ngx_http_acme_line_t *line,
 	if (ngx_http_acme_key_type(&type, &line->key_type) == NGX_OK)
 		return NGX_CONF_OK;
 	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid key type \"%V\", it "
-	    "must be one of ecdsa:256, ecdsa:384, ecdsa:521, rsa:2048, "
-	    "rsa:3072, rsa:4096", &type);
+	    "must be one of ecdsa, ecdsa:256, ecdsa:384, ecdsa:521, rsa, "
+	    "rsa:2048, rsa:3072, rsa:4096", &type);
 	return NGX_CONF_ERROR;
 }
 
