@@ -529,6 +529,32 @@ metrics_render_certs(struct metrics_buf *mb)
 	free(oi);
 }
 
+/* What publishing costs: each change pays for a whole image. */
+static void
+metrics_render_shm_cost(struct metrics_buf *mb, const struct shm_stats *st)
+{
+	metrics_family(mb, "acme_sidecar_shared_zone_publishes_total",
+	    "counter", "Images published.");
+	metrics_printf(mb, "acme_sidecar_shared_zone_publishes_total %llu\n",
+	    (unsigned long long)st->ss_publishes);
+	metrics_family(mb,
+	    "acme_sidecar_shared_zone_certificate_writes_total", "counter",
+	    "Images that wrote the certificates' part, not only tokens.");
+	metrics_printf(mb,
+	    "acme_sidecar_shared_zone_certificate_writes_total %llu\n",
+	    (unsigned long long)st->ss_cert_writes);
+	metrics_family(mb, "acme_sidecar_shared_zone_written_bytes_total",
+	    "counter", "Bytes publishes wrote into the zone, wipes included.");
+	metrics_printf(mb,
+	    "acme_sidecar_shared_zone_written_bytes_total %llu\n",
+	    (unsigned long long)st->ss_bytes_written);
+	metrics_family(mb, "acme_sidecar_shared_zone_publish_cpu_seconds_total",
+	    "counter", "CPU time the daemon spent publishing images.");
+	metrics_printf(mb,
+	    "acme_sidecar_shared_zone_publish_cpu_seconds_total %.6f\n",
+	    (double)st->ss_publish_ns / 1e9);
+}
+
 static void
 metrics_render_shm(struct metrics_buf *mb)
 {
@@ -552,6 +578,7 @@ metrics_render_shm(struct metrics_buf *mb)
 	metrics_printf(mb,
 	    "acme_sidecar_shared_zone_failed_publishes_total %llu\n",
 	    (unsigned long long)st.ss_failures);
+	metrics_render_shm_cost(mb, &st);
 }
 
 /* Only with "cluster": the link to Redis, its members, our leases. */

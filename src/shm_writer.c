@@ -998,13 +998,18 @@ shm_set_full(int full, const struct shm_plan *pl)
 	    full ? ACME_SHM_FULL : 0, memory_order_relaxed);
 }
 
-int
-shm_publish(void)
+/*
+ * Publish the model; returns the bytes it wrote into the zone (wipes
+ * included), or -1.
+ */
+static int64_t
+shm_publish_image(void)
 {
 	struct acme_shm_header	*h = shm.hdr;
 	struct shm_plan		 pl;
 	uint64_t		 gen;
 	uint32_t		 so, used;
+	int64_t			 written;
 	int			 s, current;
 
 	if (shm.base == NULL || shm_intact() == -1)
@@ -1020,9 +1025,14 @@ shm_publish(void)
 	}
 	current = shm.slot_version[s] == shm.cert_version;
 	used = shm_write_image(&pl, so, gen, current);
+	written = current ? used - (pl.tokens_part_off - so) : used;
+	if (!current)
+		shm.stats.ss_cert_writes++;
 	/* A slot of a file we adopted may hold more than the new image. */
-	if (shm.slot_used[s] > used)
+	if (shm.slot_used[s] > used) {
 		memset(shm.base + so + used, 0, shm.slot_used[s] - used);
+		written += shm.slot_used[s] - used;
+	}
 	shm.slot_used[s] = used;
 	shm.slot_version[s] = shm.cert_version;
 
@@ -1042,6 +1052,7 @@ shm_publish(void)
 	if (shm.slot_version[1 - s] != shm.cert_version) {
 		atomic_thread_fence(memory_order_release);
 		memset(shm.base + h->slot_off[1 - s], 0, shm.slot_used[1 - s]);
+		written += shm.slot_used[1 - s];
 		shm.slot_used[1 - s] = 0;
 		shm.slot_version[1 - s] = 0;
 	}
@@ -1053,6 +1064,36 @@ shm_publish(void)
 	log_debug("shared zone: generation %llu, %zu certificates, %zu "
 	    "tokens, %u of %u bytes%s", (unsigned long long)gen, shm.ncerts,
 	    shm.ntokens, used, h->slot_size, current ? " (tokens only)" : "");
+	return written;
+}
+
+static uint64_t
+shm_thread_ns(void)
+{
+	struct timespec	 ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == -1)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * What a publish costs is counted (bytes written, CPU time) because it
+ * is paid for every change, renewals included, and grows with the zone's
+ * content: /metrics shows it, scripts/bench/shortlived watches it.  CPU
+ * time, not wall time, so that a preempted loop does not inflate it.
+ */
+int
+shm_publish(void)
+{
+	uint64_t	 t0 = shm_thread_ns();
+	int64_t		 written;
+
+	written = shm_publish_image();
+	shm.stats.ss_publish_ns += shm_thread_ns() - t0;
+	if (written == -1)
+		return -1;
+	shm.stats.ss_bytes_written += (uint64_t)written;
 	return 0;
 }
 

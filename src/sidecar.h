@@ -728,6 +728,9 @@ struct shm_stats {
 	uint64_t	 ss_publishes;
 	uint64_t	 ss_failures;		/* images that did not fit */
 	uint64_t	 ss_restores;		/* sizes put back after a cut */
+	uint64_t	 ss_cert_writes;	/* publishes that wrote the certs */
+	uint64_t	 ss_bytes_written;	/* by publishes, wipes included */
+	uint64_t	 ss_publish_ns;		/* CPU time publishes took */
 	uint32_t	 ss_used;		/* bytes of the last image */
 	uint32_t	 ss_slot_size;		/* room for one image */
 	int		 ss_full;		/* the last publish failed */
