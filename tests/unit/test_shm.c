@@ -330,6 +330,109 @@ test_token_only_publishes(void **state)
 	EVP_PKEY_free(k);
 }
 
+/*
+ * Whether every byte of both slots past its image is zero: what a
+ * publish left behind of an older, longer image would show here.
+ */
+static int
+ts_tails_clean(const unsigned char *base)
+{
+	const struct acme_shm_header	*h = (const void *)base;
+	const struct acme_shm_image	*img;
+	uint32_t			 used, i;
+	int				 s;
+
+	for (s = 0; s < 2; s++) {
+		img = (const void *)(base + h->slot_off[s]);
+		used = img->magic == ACME_SHM_IMAGE_MAGIC ? img->used : 0;
+		for (i = used; i < h->slot_size; i++)
+			if (base[h->slot_off[s] + i] != 0)
+				return 0;
+	}
+	return 1;
+}
+
+#define TS_FLEET	20	/* certificates renewing in turn */
+#define TS_RENEWALS	300	/* 15 renewals each */
+#define TS_CHAIN	2000	/* bytes of each (fake) chain */
+
+/* A renewal as order.c makes it: token up, token down, new chain. */
+static void
+ts_renew(EVP_PKEY *k, int i)
+{
+	char	 id[32], tok[32], chain[TS_CHAIN + 1], *names[1] = { id };
+	int	 n;
+
+	snprintf(id, sizeof(id), "c%d.example.test", i % TS_FLEET);
+	snprintf(tok, sizeof(tok), "token%d", i);
+	shm_token_add(tok, "keyauth.thumbprint");
+	shm_token_remove(tok);
+	n = snprintf(chain, sizeof(chain), "CHAIN %s renewal %06d ", id, i);
+	memset(chain + n, 'x', TS_CHAIN - n);
+	chain[TS_CHAIN] = '\0';
+	shm_cert_set(id, "pebble", names, 1, chain, k, i, i + 100);
+}
+
+/*
+ * Short-lived certificates renew forever: the zone must not grow or
+ * fill with renewals, and a renewal must cost the same publishes and
+ * bytes the 300th time as the 2nd (scripts/bench/shortlived measures
+ * the same in a running daemon).
+ */
+static void
+test_renewals_keep_zone_flat(void **state)
+{
+	EVP_PKEY		*k = ts_key();
+	struct shm_stats	 a, b;
+	struct ts_entry		 e;
+	struct stat		 st;
+	unsigned char		*base;
+	size_t			 size;
+	uint64_t		 bytes = 0;
+	uint32_t		 used = 0;
+	char			 id[32], want[64], *cause = NULL;
+	int			 i;
+
+	(void)state;
+	assert_int_equal(shm_open_zone(NULL, ts_path, 256 * 1024, NULL,
+	    &cause), 0);
+	for (i = 0; i < TS_FLEET; i++)
+		ts_renew(k, i);
+	for (i = TS_FLEET; i < TS_FLEET + TS_RENEWALS; i++) {
+		shm_get_stats(&a);
+		ts_renew(k, i);
+		shm_get_stats(&b);
+		/* Two token images and one of the new certificate. */
+		assert_true(b.ss_publishes - a.ss_publishes == 3);
+		assert_true(b.ss_cert_writes - a.ss_cert_writes == 2);
+		assert_int_equal(b.ss_failures, 0);
+		assert_true(b.ss_publish_ns >= a.ss_publish_ns);
+		if (i == TS_FLEET + 1) {
+			used = b.ss_used;
+			bytes = b.ss_bytes_written - a.ss_bytes_written;
+			/* Whole images: the certificates' part each time. */
+			assert_true(bytes >= 2 * TS_FLEET * TS_CHAIN);
+		} else if (i > TS_FLEET + 1) {
+			assert_int_equal(b.ss_used, used);
+			assert_true(b.ss_bytes_written - a.ss_bytes_written ==
+			    bytes);
+		}
+	}
+	assert_int_equal(stat(ts_path, &st), 0);
+	assert_int_equal(st.st_size, 256 * 1024);
+	base = ts_map(&size);
+	assert_true(ts_tails_clean(base));
+	for (i = TS_RENEWALS; i < TS_FLEET + TS_RENEWALS; i++) {
+		snprintf(id, sizeof(id), "c%d.example.test", i % TS_FLEET);
+		snprintf(want, sizeof(want), "CHAIN %s renewal %06d ", id, i);
+		assert_int_equal(ts_read(base, size, 1, id, &e), 1);
+		assert_int_equal(strncmp(e.chain, want, strlen(want)), 0);
+		ts_entry_clear(&e);
+	}
+	munmap(base, size);
+	EVP_PKEY_free(k);
+}
+
 /* A change made in the loop's last turn is published on the way out. */
 static void
 test_close_publishes_pending_changes(void **state)
@@ -708,6 +811,8 @@ main(void)
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(
 		    test_close_publishes_pending_changes, ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_renewals_keep_zone_flat,
+		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_full_keeps_last_image,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_never_shrinks,
