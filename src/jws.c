@@ -148,8 +148,14 @@ jws_protected(EVP_PKEY *key, const struct jws_algo *a, const char *kid,
 		if ((jwk = keys_jwk(key)) == NULL)
 			goto out;
 		/* "o" steals the reference, even on failure. */
-		hdr = json_pack("{s:s, s:o, s:s, s:s}", "alg", a->name,
-		    "jwk", jwk, "nonce", nonce, "url", url);
+		hdr = json_pack("{s:s, s:o, s:s}", "alg", a->name,
+		    "jwk", jwk, "url", url);
+		/* keyChange's inner JWS has none (RFC 8555 7.3.5). */
+		if (hdr != NULL && nonce != NULL &&
+		    json_object_set_new(hdr, "nonce", json_string(nonce)) == -1) {
+			json_decref(hdr);
+			hdr = NULL;
+		}
 	}
 	if (hdr == NULL) {
 		/* Only invalid UTF-8 from the server gets here. */
@@ -165,8 +171,9 @@ out:
 	return prot;
 }
 
-char *
-jws_sign(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
+/* With kid NULL, the key's jwk is sent; nonce NULL only for jws_sign_inner. */
+static char *
+jws_make(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
     const char *payload)
 {
 	const struct jws_algo	*a;
@@ -174,10 +181,6 @@ jws_sign(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
 	char			*prot = NULL, *b64 = NULL, *sig = NULL;
 	char			*jws = NULL;
 
-	if (nonce == NULL || url == NULL) {
-		log_warnx("jws_sign: missing nonce or url");
-		goto out;
-	}
 	if ((a = jws_algo(key)) == NULL) {
 		log_warnx("jws_sign: unsupported key");
 		goto out;
@@ -201,6 +204,32 @@ out:
 	free(b64);
 	free(sig);
 	return jws;
+}
+
+char *
+jws_sign(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
+    const char *payload)
+{
+	if (nonce == NULL || url == NULL) {
+		log_warnx("jws_sign: missing nonce or url");
+		return NULL;
+	}
+	return jws_make(key, kid, nonce, url, payload);
+}
+
+/*
+ * The inner JWS of keyChange: signed by the new key, with its jwk, the
+ * same url as the outer one and no nonce; the outer JWS is the replay
+ * protection.
+ */
+char *
+jws_sign_inner(EVP_PKEY *key, const char *url, const char *payload)
+{
+	if (url == NULL || payload == NULL) {
+		log_warnx("jws_sign_inner: missing url or payload");
+		return NULL;
+	}
+	return jws_make(key, NULL, NULL, url, payload);
 }
 
 json_t *

@@ -549,6 +549,8 @@ const char	*jws_alg(EVP_PKEY *);			/* "ES256", ... */
  */
 char		*jws_sign(EVP_PKEY *, const char *kid, const char *nonce,
 		    const char *url, const char *payload);
+/* RFC 8555 7.3.5 keyChange's inner JWS: the new key's jwk, no nonce. */
+char		*jws_sign_inner(EVP_PKEY *, const char *url, const char *payload);
 /* RFC 8555 7.3.4 externalAccountBinding object (HS256). */
 json_t		*jws_eab(const char *kid, const unsigned char *, size_t,
 		    EVP_PKEY *account, const char *url);

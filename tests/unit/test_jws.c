@@ -230,6 +230,49 @@ test_jws_post_as_get(void **state)
 		check_sign(c, KID, NULL);
 }
 
+/*
+ * keyChange's inner JWS (RFC 8555 7.3.5): the new key's jwk, the url, no
+ * nonce, and a signature by that key over the payload.
+ */
+static void
+test_jws_inner(void **state)
+{
+	const char	*payload = "{\"account\":\"" KID "\",\"oldKey\":{}}";
+	json_t		*jws, *hdr, *jwk;
+	const char	*prot, *body, *sig;
+	char		*text;
+	size_t		 c;
+
+	(void)state;
+	for (c = 0; c < NCASES; c++) {
+		assert_non_null(text = jws_sign_inner(jws_keys[c], URL,
+		    payload));
+		assert_non_null(jws = json_loads(text, 0, NULL));
+		prot = json_string_value(json_object_get(jws, "protected"));
+		body = json_string_value(json_object_get(jws, "payload"));
+		sig = json_string_value(json_object_get(jws, "signature"));
+		assert_non_null(prot);
+		assert_non_null(body);
+		assert_non_null(sig);
+		hdr = b64_json(prot);
+		assert_int_equal(json_object_size(hdr), 3);
+		assert_null(json_object_get(hdr, "nonce"));
+		assert_null(json_object_get(hdr, "kid"));
+		assert_string_equal(json_string_value(json_object_get(hdr,
+		    "url")), URL);
+		jwk = keys_jwk(jws_keys[c]);
+		assert_true(json_equal(json_object_get(hdr, "jwk"), jwk));
+		assert_true(verify(jws_keys[c], c, prot, body, sig));
+		assert_false(verify(jws_keys[c], c, prot, "eyJ4IjoxfQ", sig));
+		json_decref(jwk);
+		json_decref(hdr);
+		json_decref(jws);
+		free(text);
+	}
+	assert_null(jws_sign_inner(jws_keys[0], NULL, payload));
+	assert_null(jws_sign_inner(jws_keys[0], URL, NULL));
+}
+
 /* Many signatures: ECDSA R or S with a leading zero must stay padded. */
 static void
 test_jws_many(void **state)
@@ -350,6 +393,7 @@ main(void)
 		cmocka_unit_test(test_jws_kid),
 		cmocka_unit_test(test_jws_jwk),
 		cmocka_unit_test(test_jws_post_as_get),
+		cmocka_unit_test(test_jws_inner),
 		cmocka_unit_test(test_jws_many),
 		cmocka_unit_test(test_jws_escaping),
 		cmocka_unit_test(test_jws_unsupported),
