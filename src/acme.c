@@ -13,6 +13,11 @@
  *
  * Until the account is ready, only bootstrap requests (directory, nonce,
  * newAccount) leave the queue; orders can queue from the start.
+ *
+ * Account operations (key rollover, deactivation) are sent alone: once
+ * one is queued nothing else leaves, and it leaves when nothing else is
+ * in flight.  A request signs when it leaves, so every request queued
+ * behind a rollover is signed with the key the CA has at that moment.
  */
 #include <sys/time.h>
 
@@ -59,6 +64,8 @@ struct acme_req {
 	int			 ar_authz;	/* to an authorization or challenge */
 	int			 ar_ari;	/* GET renewalInfo/CertID */
 	int			 ar_account_tries;	/* accountDoesNotExist */
+	int			 ar_exclusive;	/* alone on the wire */
+	EVP_PKEY		*ar_key;	/* signs instead of the account's */
 	char			*ar_url;
 	char			*ar_payload;	/* NULL: POST-as-GET */
 	char			*ar_accept;
@@ -91,11 +98,26 @@ struct acme_issuer {
 	char			*ai_tos;
 	int			 ai_eab_required;
 	char			*ai_renewal_info;	/* RFC 9773, or NULL */
+	char			*ai_key_change;		/* NULL if not offered */
 	json_t			*ai_profiles;	/* meta.profiles, or NULL */
 
 	EVP_PKEY		*ai_key;
 	char			*ai_kid;
 	char			*ai_thumbprint;
+
+	/* The account at the CA (RFC 8555 7.3), and what is done to it. */
+	EVP_PKEY		*ai_next_key;	/* rollover, or its recovery */
+	struct acme_req		*ai_excl;	/* keyChange or deactivation */
+	struct acme_reqs	 ai_excl_queue;
+	acme_account_cb		 ai_acct_cb;
+	void			*ai_acct_arg;
+	const char		*ai_acct_op;	/* "key change", ... or NULL */
+	json_t			*ai_ca_contact;	/* as the CA has it, or NULL */
+	json_t			*ai_contact_sent; /* by the update in flight */
+	char			*ai_ca_status;	/* "valid", ... or NULL */
+	struct acme_req		*ai_contact_req;
+	char			*ai_deactivated; /* its URL, when deactivated */
+	struct event		*ai_fail_ev;	/* fails what is queued */
 
 	struct acme_reqs	 ai_boot_queue;
 	struct acme_reqs	 ai_queue;	/* orders under way */
@@ -118,7 +140,7 @@ struct acme_issuer {
 };
 
 static const char *issuer_state_names[ISSUER_STATE_MAX] = {
-	"directory", "account", "ready", "backoff"
+	"directory", "account", "ready", "backoff", "deactivated"
 };
 
 static void	 acme_dispatch(struct acme_issuer *);
@@ -127,6 +149,11 @@ static void	 acme_boot(struct acme_issuer *);
 static void	 acme_req_send(struct acme_req *);
 static void	 acme_account_local(struct acme_issuer *);
 static void	 acme_set_ready(struct acme_issuer *);
+static void	 acme_contact_check(struct acme_issuer *);
+static int	 acme_rollover_recover(struct acme_issuer *);
+static int	 acme_contact_keep(struct acme_issuer *,
+		    const struct acme_reply *);
+static void	 acme_fail_queued(int, short, void *);
 
 static void
 acme_set_state(struct acme_issuer *ai, enum issuer_state state)
@@ -164,12 +191,15 @@ acme_issuer_same_conf(const struct acme_issuer *ai, const struct conf_issuer *ci
 	    acme_str_eq(a->ci_eab_kid, ci->ci_eab_kid);
 }
 
+/* A reload: a changed contact goes to the CA (acme_contact_check()). */
 void
 acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
 {
 	conf_issuer_free(ai->ai_conf);
 	ai->ai_conf = conf_issuer_dup(ci);
 	ai->ai_name = ai->ai_conf->ci_name;	/* the old copy is gone */
+	if (ai->ai_state == ISSUER_READY)
+		acme_contact_check(ai);
 }
 
 /* Seconds on a clock that never jumps, for pacing. */
@@ -212,12 +242,15 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 	TAILQ_INIT(&ai->ai_boot_queue);
 	TAILQ_INIT(&ai->ai_queue);
 	TAILQ_INIT(&ai->ai_order_queue);
+	TAILQ_INIT(&ai->ai_excl_queue);
 	ai->ai_nonces = nonce_pool_new();
 	ai->ai_tokens = ci->ci_burst > 0 ? ci->ci_burst : 1;
 	ai->ai_refilled_at = acme_monotonic();
 	ai->ai_pace_ev = evtimer_new(base, acme_pace_cb, ai);
 	ai->ai_boot_ev = evtimer_new(base, acme_boot_cb, ai);
-	if (ai->ai_pace_ev == NULL || ai->ai_boot_ev == NULL)
+	ai->ai_fail_ev = evtimer_new(base, acme_fail_queued, ai);
+	if (ai->ai_pace_ev == NULL || ai->ai_boot_ev == NULL ||
+	    ai->ai_fail_ev == NULL)
 		fatalx("%s: evtimer_new", __func__);
 
 	ai->ai_ssl = http_ssl_ctx(ci->ci_trusted_cert, ci->ci_ssl_verify,
@@ -230,6 +263,7 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 		nonce_pool_free(ai->ai_nonces);
 		event_free(ai->ai_pace_ev);
 		event_free(ai->ai_boot_ev);
+		event_free(ai->ai_fail_ev);
 		free(ai);
 		return NULL;
 	}
@@ -247,6 +281,7 @@ acme_req_free(struct acme_req *ar)
 		http_request_cancel(ar->ar_http);
 	if (ar->ar_timer != NULL)
 		event_free(ar->ar_timer);
+	EVP_PKEY_free(ar->ar_key);
 	free(ar->ar_url);
 	free(ar->ar_payload);
 	free(ar->ar_accept);
@@ -277,13 +312,22 @@ acme_issuer_free(struct acme_issuer *ai)
 	ai->ai_closing = 1;
 	if (ai->ai_boot_req != NULL)
 		acme_req_cancel(ai->ai_boot_req);
+	if (ai->ai_contact_req != NULL)
+		acme_req_cancel(ai->ai_contact_req);
+	if (ai->ai_excl != NULL)
+		acme_req_cancel(ai->ai_excl);
+	if (ai->ai_acct_cb != NULL)
+		ai->ai_acct_cb(-1, "the issuer stopped (a reload changed or "
+		    "removed it)", ai->ai_acct_arg);
 	cluster_account_cancel(ai->ai_fleet_op);
 	cluster_lease_release(ai->ai_fleet_lease);
 	acme_queue_free(&ai->ai_boot_queue);
 	acme_queue_free(&ai->ai_queue);
 	acme_queue_free(&ai->ai_order_queue);
+	acme_queue_free(&ai->ai_excl_queue);
 	event_free(ai->ai_pace_ev);
 	event_free(ai->ai_boot_ev);
+	event_free(ai->ai_fail_ev);
 	http_pool_free(ai->ai_http);
 	SSL_CTX_free(ai->ai_ssl);
 	nonce_pool_free(ai->ai_nonces);
@@ -293,7 +337,13 @@ acme_issuer_free(struct acme_issuer *ai)
 	free(ai->ai_revoke_cert);
 	free(ai->ai_tos);
 	free(ai->ai_renewal_info);
+	free(ai->ai_key_change);
 	json_decref(ai->ai_profiles);
+	EVP_PKEY_free(ai->ai_next_key);
+	json_decref(ai->ai_ca_contact);
+	json_decref(ai->ai_contact_sent);
+	free(ai->ai_ca_status);
+	free(ai->ai_deactivated);
 	EVP_PKEY_free(ai->ai_key);
 	free(ai->ai_kid);
 	free(ai->ai_thumbprint);
@@ -433,6 +483,8 @@ acme_req_queue(struct acme_req *ar)
 
 	if (ar->ar_bootstrap)
 		return &ai->ai_boot_queue;
+	if (ar->ar_exclusive)
+		return &ai->ai_excl_queue;
 	if (ar->ar_new_order && !ar->ar_opened)
 		return &ai->ai_order_queue;
 	return &ai->ai_queue;
@@ -515,6 +567,12 @@ acme_req_endpoint(const struct acme_req *ar)
 
 	if (ar->ar_kind == AREQ_GET)
 		return ar->ar_ari ? "renewalInfo" : "directory";
+	if (ar->ar_issuer->ai_key_change != NULL &&
+	    strcmp(ar->ar_url, ar->ar_issuer->ai_key_change) == 0)
+		return "keyChange";
+	if (ar->ar_issuer->ai_kid != NULL &&
+	    strcmp(ar->ar_url, ar->ar_issuer->ai_kid) == 0)
+		return "account";
 	/* Before newAccount: a revocation may be signed with a JWK too. */
 	if (revoke != NULL && strcmp(ar->ar_url, revoke) == 0)
 		return "revokeCert";
@@ -590,6 +648,10 @@ acme_req_cancel(struct acme_req *ar)
 	}
 	if (ar->ar_opened)
 		ai->ai_open_orders--;
+	if (ai->ai_excl == ar)
+		ai->ai_excl = NULL;
+	if (ai->ai_contact_req == ar)
+		ai->ai_contact_req = NULL;
 	acme_req_free(ar);
 	acme_dispatch(ai);
 }
@@ -648,6 +710,11 @@ acme_next_queue(struct acme_issuer *ai)
 		return &ai->ai_boot_queue;
 	if (ai->ai_state != ISSUER_READY)
 		return NULL;
+	if (ai->ai_excl != NULL) {
+		if (!TAILQ_EMPTY(&ai->ai_excl_queue) && ai->ai_inflight == 0)
+			return &ai->ai_excl_queue;
+		return NULL;	/* it waits for quiet, or is on the wire */
+	}
 	if ((head = TAILQ_FIRST(&ai->ai_queue)) != NULL) {
 		if (head->ar_authz && ai->ai_inflight_new_orders > 0)
 			return NULL;
@@ -668,6 +735,9 @@ acme_dispatch(struct acme_issuer *ai)
 	struct acme_reqs	*q;
 	struct acme_req		*ar;
 
+	if (ai->ai_state == ISSUER_DEACTIVATED && !ai->ai_closing &&
+	    (!TAILQ_EMPTY(&ai->ai_queue) || !TAILQ_EMPTY(&ai->ai_order_queue)))
+		event_active(ai->ai_fail_ev, EV_TIMEOUT, 1);
 	while (!ai->ai_closing && ai->ai_inflight < ACME_MAX_INFLIGHT) {
 		if ((q = acme_next_queue(ai)) == NULL)
 			return;
@@ -1005,7 +1075,8 @@ acme_req_send(struct acme_req *ar)
 		free(ar->ar_url);
 		ar->ar_url = xstrdup(ai->ai_new_order);
 	}
-	body = jws_sign(ai->ai_key, kid, nonce, ar->ar_url, ar->ar_payload);
+	body = jws_sign(ar->ar_key != NULL ? ar->ar_key : ai->ai_key, kid,
+	    nonce, ar->ar_url, ar->ar_payload);
 	free(nonce);
 	if (body == NULL)
 		fatalx("issuer \"%s\": signing a request failed", ai->ai_name);
@@ -1058,6 +1129,7 @@ acme_set_ready(struct acme_issuer *ai)
 	acme_set_state(ai, ISSUER_READY);
 	log_info("issuer \"%s\": account %s ready", ai->ai_name, ai->ai_kid);
 	acme_dispatch(ai);
+	acme_contact_check(ai);
 }
 
 /*
@@ -1297,6 +1369,8 @@ acme_account_done(const struct acme_reply *r, void *arg)
 	ai->ai_kid = xstrdup(r->location);
 	log_info("issuer \"%s\": registered account %s", ai->ai_name,
 	    ai->ai_kid);
+	/* The answer is the account object: no need to read it again. */
+	acme_contact_keep(ai, r);
 	acme_account_ready(ai);
 }
 
@@ -1414,16 +1488,49 @@ acme_account_local(struct acme_issuer *ai)
 		}
 		free(url);
 	}
+	if (ai->ai_kid != NULL && acme_rollover_recover(ai))
+		return;
 	if (ai->ai_kid != NULL)
 		acme_account_ready(ai);
 	else
 		acme_register(ai);
 }
 
+/*
+ * account.deactivated: the account was deactivated (7.3.6), and a new
+ * one is registered only when the user removes that file.  1 when the
+ * issuer stops here.
+ */
+static int
+acme_account_deactivated(struct acme_issuer *ai)
+{
+	const char	*dir = ai->ai_conf->ci_state_path;
+	char		*url = NULL, *cause = NULL;
+	int		 rc;
+
+	if ((rc = store_load_deactivated(dir, &url, &cause)) == 1)
+		return 0;
+	if (rc == -1) {
+		acme_boot_failed(ai, "loading the account", cause);
+		free(cause);
+		return 1;
+	}
+	free(ai->ai_deactivated);
+	ai->ai_deactivated = url;
+	acme_set_state(ai, ISSUER_DEACTIVATED);
+	log_warnx("issuer \"%s\": account %s is deactivated (%s/"
+	    "account.deactivated): no certificate is ordered; remove that "
+	    "file and reload to register a new account", ai->ai_name, url, dir);
+	acme_dispatch(ai);
+	return 1;
+}
+
 static void
 acme_account(struct acme_issuer *ai)
 {
 	acme_set_state(ai, ISSUER_ACCOUNT);
+	if (acme_account_deactivated(ai))
+		return;
 	if (ai->ai_key == NULL && acme_fleet_shares_account(ai))
 		acme_fleet_account(ai);
 	else
@@ -1469,6 +1576,10 @@ acme_directory_done(const struct acme_reply *r, void *arg)
 		ai->ai_renewal_info = NULL;
 	}
 	/* Optional for us: only a revocation asked through the API needs it. */
+	if (acme_directory_url(r->json, "keyChange", &ai->ai_key_change) == -1) {
+		free(ai->ai_key_change);
+		ai->ai_key_change = NULL;
+	}
 	if (acme_directory_url(r->json, "revokeCert", &ai->ai_revoke_cert) == -1)
 		log_debug("issuer \"%s\": the directory offers no revokeCert",
 		    ai->ai_name);
@@ -1505,4 +1616,512 @@ acme_boot(struct acme_issuer *ai)
 	ar->ar_no_retry = 1;	/* acme_boot_failed logs and backs off */
 	ai->ai_boot_req = ar;
 	acme_enqueue(ar, 0);
+}
+
+/* The account at the CA: rollover, deactivation, contact (RFC 8555 7.3). */
+
+/*
+ * A rollover cut short leaves account.key.next beside account.key (see
+ * store.c).  Ask the CA whether it knows the new key: newAccount with
+ * onlyReturnExisting, signed by it, finds the account only if keyChange
+ * went through.  1 when the question is on its way.
+ */
+static void	 acme_rollover_probed(const struct acme_reply *, void *);
+
+static int
+acme_rollover_recover(struct acme_issuer *ai)
+{
+	const char	*dir = ai->ai_conf->ci_state_path;
+	struct acme_req	*ar;
+	char		*cause = NULL;
+	int		 rc;
+
+	if (ai->ai_conf->ci_account_key_file != NULL)
+		return 0;	/* the user's file: never rolled over here */
+	if (ai->ai_next_key == NULL) {
+		rc = store_load_account_next(dir, &ai->ai_next_key, &cause);
+		if (rc == 1)
+			return 0;
+		if (rc == -1) {
+			acme_boot_failed(ai, "loading account.key.next", cause);
+			free(cause);
+			return 1;
+		}
+	}
+	log_info("issuer \"%s\": %s/account.key.next is left from a rollover "
+	    "cut short; asking the CA which key it knows", ai->ai_name, dir);
+	ar = acme_req_new(ai, AREQ_POST_JWK, ai->ai_new_account,
+	    "{\"onlyReturnExisting\":true}", NULL, acme_rollover_probed, ai);
+	ar->ar_key = ai->ai_next_key;
+	EVP_PKEY_up_ref(ar->ar_key);
+	ar->ar_bootstrap = 1;
+	ai->ai_boot_req = ar;
+	acme_enqueue(ar, 0);
+	return 1;
+}
+
+/* The CA has the new key: it is the account's key from now on. */
+static void
+acme_account_take_next(struct acme_issuer *ai)
+{
+	EVP_PKEY_free(ai->ai_key);
+	ai->ai_key = ai->ai_next_key;
+	ai->ai_next_key = NULL;
+	free(ai->ai_thumbprint);
+	ai->ai_thumbprint = keys_thumbprint(ai->ai_key);
+}
+
+static void
+acme_rollover_probed(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	const char		*dir = ai->ai_conf->ci_state_path;
+	char			*cause = NULL;
+
+	ai->ai_boot_req = NULL;
+	if ((r->status == 200 || r->status == 201) && r->location != NULL) {
+		if (store_promote_account_next(dir, &cause) == -1) {
+			acme_boot_failed(ai, "keeping account.key.next", cause);
+			free(cause);
+			return;
+		}
+		log_info("issuer \"%s\": the CA knows the key of "
+		    "account.key.next; it is account.key now", ai->ai_name);
+		acme_account_take_next(ai);
+		if (strcmp(r->location, ai->ai_kid) != 0) {
+			free(ai->ai_kid);
+			ai->ai_kid = xstrdup(r->location);
+			if (store_save_account_url(dir, ai->ai_kid,
+			    &cause) == -1) {
+				log_warnx("issuer \"%s\": %s", ai->ai_name,
+				    cause);
+				free(cause);
+			}
+		}
+		acme_account_ready(ai);
+		return;
+	}
+	if (r->status != 400 || !acme_problem_is(r, "accountDoesNotExist")) {
+		acme_boot_failed_reply(ai, "asking the CA about "
+		    "account.key.next", r);
+		return;
+	}
+	if (store_drop_account_next(dir, &cause) == -1) {
+		acme_boot_failed(ai, "removing account.key.next", cause);
+		free(cause);
+		return;
+	}
+	log_info("issuer \"%s\": the CA does not know the key of "
+	    "account.key.next; account.key stays, the other is removed",
+	    ai->ai_name);
+	EVP_PKEY_free(ai->ai_next_key);
+	ai->ai_next_key = NULL;
+	acme_account_ready(ai);
+}
+
+/* Hand an operation's outcome to whoever asked, if they still wait. */
+static void
+acme_account_op_done(struct acme_issuer *ai, int rc, const char *why)
+{
+	acme_account_cb	 cb = ai->ai_acct_cb;
+	void		*arg = ai->ai_acct_arg;
+
+	ai->ai_acct_op = NULL;
+	ai->ai_acct_cb = NULL;
+	ai->ai_acct_arg = NULL;
+	if (cb != NULL)
+		cb(rc, why, arg);
+}
+
+/*
+ * Whether op may start now; -1 with a cause when not.  With a cluster
+ * the account is the fleet's (acme_fleet_shares_account()): every node
+ * signs with the key it loaded from Redis, which is written once (SET
+ * NX) and never replaced, so a new key or a deactivation done by one
+ * node would leave the others signing for an account that no longer
+ * takes their key.  Both are refused there rather than half done.
+ */
+static int
+acme_account_may(struct acme_issuer *ai, const char *op, char **cause)
+{
+	if (ai->ai_state == ISSUER_DEACTIVATED) {
+		xasprintf(cause, "issuer \"%s\": its account %s is "
+		    "deactivated", ai->ai_name, ai->ai_deactivated);
+		return -1;
+	}
+	if (ai->ai_state != ISSUER_READY) {
+		xasprintf(cause, "issuer \"%s\": its account is not ready "
+		    "(state %s)", ai->ai_name, issuer_state_names[ai->ai_state]);
+		return -1;
+	}
+	if (ai->ai_acct_op != NULL) {
+		xasprintf(cause, "issuer \"%s\": a %s of its account is "
+		    "already under way", ai->ai_name, ai->ai_acct_op);
+		return -1;
+	}
+	if (acme_fleet_shares_account(ai)) {
+		xasprintf(cause, "issuer \"%s\": cluster mode: the account is "
+		    "shared by every node through Redis, and a %s by one node "
+		    "would leave the others with a key the CA no longer takes; "
+		    "not supported with cluster (see README, Accounts)",
+		    ai->ai_name, op);
+		return -1;
+	}
+	return 0;
+}
+
+/* Send an account operation, alone (acme_next_queue()). */
+static void
+acme_account_send(struct acme_issuer *ai, const char *op, const char *url,
+    const char *payload, acme_cb done, acme_account_cb cb, void *arg)
+{
+	struct acme_req	*ar;
+
+	ai->ai_acct_op = op;
+	ai->ai_acct_cb = cb;
+	ai->ai_acct_arg = arg;
+	ar = acme_req_new(ai, AREQ_POST_KID, url, payload, NULL, done, ai);
+	ar->ar_exclusive = 1;
+	ar->ar_account_tries = 1;	/* never re-register under it */
+	ai->ai_excl = ar;
+	acme_enqueue(ar, 0);
+}
+
+static void
+acme_key_changed(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	const char		*dir = ai->ai_conf->ci_state_path;
+	char			*cause = NULL, *why;
+
+	ai->ai_excl = NULL;
+	if (r->status != 200) {
+		why = acme_reply_describe(r);
+		log_warnx("issuer \"%s\": keyChange refused: %s; the account "
+		    "keeps its key", ai->ai_name, why);
+		if (store_drop_account_next(dir, &cause) == -1) {
+			log_warnx("issuer \"%s\": %s", ai->ai_name, cause);
+			free(cause);
+		}
+		EVP_PKEY_free(ai->ai_next_key);
+		ai->ai_next_key = NULL;
+		acme_account_op_done(ai, -1, why);
+		free(why);
+		return;
+	}
+	/* Logged before the swap, so that a crash here can be told apart. */
+	log_info("issuer \"%s\": the CA took the new account key; replacing "
+	    "%s/account.key", ai->ai_name, dir);
+	if (store_promote_account_next(dir, &cause) == -1) {
+		/* The next start asks the CA, and keeps account.key.next. */
+		log_warnx("issuer \"%s\": %s; the new key stays in "
+		    "account.key.next", ai->ai_name, cause);
+		free(cause);
+	}
+	acme_account_take_next(ai);
+	log_info("issuer \"%s\": account %s rolled over to a new key, "
+	    "thumbprint %s", ai->ai_name, ai->ai_kid, ai->ai_thumbprint);
+	acme_account_op_done(ai, 0, NULL);
+}
+
+/*
+ * Key rollover (RFC 8555 7.3.5): a new key of type (or of account_key's
+ * type, when type is -1), written to account.key.next before keyChange
+ * leaves; the outer JWS is signed by the old key, the inner one by the
+ * new key over {account, oldKey}.  In memory the key changes only once
+ * the CA said yes, and requests sign when they leave, so orders under
+ * way carry on with whichever key the CA has.
+ */
+int
+acme_account_key_change(struct acme_issuer *ai, int type, acme_account_cb cb,
+    void *arg, char **cause)
+{
+	const char	*dir = ai->ai_conf->ci_state_path;
+	json_t		*o;
+	char		*payload = NULL, *inner = NULL, *why = NULL;
+
+	if (acme_account_may(ai, "key rollover", cause) == -1)
+		return -1;
+	if (ai->ai_conf->ci_account_key_file != NULL) {
+		xasprintf(cause, "issuer \"%s\": its account key is your file "
+		    "%s (account_key), which the daemon does not replace; roll "
+		    "it over with another client, then put the new key there",
+		    ai->ai_name, ai->ai_conf->ci_account_key_file);
+		return -1;
+	}
+	if (ai->ai_key_change == NULL) {
+		xasprintf(cause, "issuer \"%s\": the CA's directory has no "
+		    "keyChange", ai->ai_name);
+		return -1;
+	}
+	if (type < 0 || type >= KEY_TYPE_MAX)
+		type = ai->ai_conf->ci_account_key_type;
+	if ((ai->ai_next_key = keys_generate(type)) == NULL) {
+		xasprintf(cause, "issuer \"%s\": generating a %s key failed",
+		    ai->ai_name, key_type_name(type));
+		return -1;
+	}
+	if (store_save_account_next(dir, ai->ai_next_key, cause) == -1)
+		goto fail;
+	o = json_pack("{s:s, s:o}", "account", ai->ai_kid, "oldKey",
+	    keys_jwk(ai->ai_key));
+	if (o == NULL || (payload = json_dumps(o, JSON_COMPACT)) == NULL)
+		fatalx("%s: json", __func__);
+	json_decref(o);
+	inner = jws_sign_inner(ai->ai_next_key, ai->ai_key_change, payload);
+	free(payload);
+	if (inner == NULL) {
+		xasprintf(cause, "issuer \"%s\": signing keyChange failed",
+		    ai->ai_name);
+		goto drop;
+	}
+	log_info("issuer \"%s\": rolling account %s over to a new %s key",
+	    ai->ai_name, ai->ai_kid, key_type_name(type));
+	acme_account_send(ai, "key rollover", ai->ai_key_change, inner,
+	    acme_key_changed, cb, arg);
+	free(inner);
+	return 0;
+drop:
+	if (store_drop_account_next(dir, &why) == -1) {
+		log_warnx("issuer \"%s\": %s", ai->ai_name, why);
+		free(why);
+	}
+fail:
+	EVP_PKEY_free(ai->ai_next_key);
+	ai->ai_next_key = NULL;
+	return -1;
+}
+
+static void
+acme_account_gone(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	const char		*dir = ai->ai_conf->ci_state_path;
+	char			*cause = NULL, *why;
+
+	ai->ai_excl = NULL;
+	if (r->status != 200) {
+		why = acme_reply_describe(r);
+		log_warnx("issuer \"%s\": deactivation refused: %s",
+		    ai->ai_name, why);
+		acme_account_op_done(ai, -1, why);
+		free(why);
+		return;
+	}
+	free(ai->ai_deactivated);
+	ai->ai_deactivated = ai->ai_kid;
+	ai->ai_kid = NULL;
+	free(ai->ai_ca_status);
+	ai->ai_ca_status = xstrdup("deactivated");
+	acme_set_state(ai, ISSUER_DEACTIVATED);
+	log_warnx("issuer \"%s\": account %s is deactivated at the CA; no "
+	    "certificate is ordered any more", ai->ai_name, ai->ai_deactivated);
+	if (store_mark_deactivated(dir, ai->ai_deactivated, &cause) == -1) {
+		log_warnx("issuer \"%s\": %s", ai->ai_name, cause);
+		free(cause);
+	}
+	acme_account_op_done(ai, 0, NULL);
+	acme_dispatch(ai);
+}
+
+/* Deactivation (RFC 8555 7.3.6): for good, the CA never takes it back. */
+int
+acme_account_deactivate(struct acme_issuer *ai, acme_account_cb cb, void *arg,
+    char **cause)
+{
+	if (acme_account_may(ai, "deactivation", cause) == -1)
+		return -1;
+	log_warnx("issuer \"%s\": deactivating account %s", ai->ai_name,
+	    ai->ai_kid);
+	acme_account_send(ai, "deactivation", ai->ai_kid,
+	    "{\"status\":\"deactivated\"}", acme_account_gone, cb, arg);
+	return 0;
+}
+
+/* Whoever asked no longer waits (the control socket is stopping). */
+void
+acme_account_forget(struct acme_issuer *ai)
+{
+	ai->ai_acct_cb = NULL;
+	ai->ai_acct_arg = NULL;
+}
+
+/* Deactivated: what orders have queued fails, on the next turn. */
+static void
+acme_fail_queued(int fd, short ev, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	struct acme_reply	 r;
+	struct acme_req		*ar;
+	char			*why;
+
+	(void)fd;
+	(void)ev;
+	xasprintf(&why, "issuer \"%s\": account %s is deactivated; remove "
+	    "%s/account.deactivated and reload to register a new one",
+	    ai->ai_name, ai->ai_deactivated, ai->ai_conf->ci_state_path);
+	memset(&r, 0, sizeof(r));
+	r.error = why;
+	while ((ar = TAILQ_FIRST(&ai->ai_queue)) != NULL ||
+	    (ar = TAILQ_FIRST(&ai->ai_order_queue)) != NULL) {
+		TAILQ_REMOVE(acme_req_queue(ar), ar, ar_entry);
+		acme_req_finish(ar, &r);
+	}
+	free(why);
+}
+
+/* The configured contact, as the JSON array newAccount sends. */
+static json_t *
+acme_contact_conf(const struct acme_issuer *ai)
+{
+	json_t	*a = json_array();
+	size_t	 i;
+
+	for (i = 0; i < ai->ai_conf->ci_ncontact; i++)
+		json_array_append_new(a,
+		    json_string(ai->ai_conf->ci_contact[i]));
+	return a;
+}
+
+static void	 acme_contact_got(const struct acme_reply *, void *);
+static void	 acme_contact_updated(const struct acme_reply *, void *);
+
+/*
+ * Contact (RFC 8555 7.3.2): the account's contact at the CA follows the
+ * configuration.  It is read once (POST-as-GET) after the account is
+ * ready, then updated only when it differs, which it also is checked
+ * for after every reload.
+ */
+static void
+acme_contact_check(struct acme_issuer *ai)
+{
+	json_t	*want, *o;
+	char	*payload;
+
+	if (ai->ai_contact_req != NULL || ai->ai_kid == NULL ||
+	    ai->ai_state != ISSUER_READY)
+		return;
+	if (ai->ai_ca_contact == NULL) {
+		ai->ai_contact_req = acme_post(ai, ai->ai_kid, NULL, NULL,
+		    acme_contact_got, ai);
+		return;
+	}
+	want = acme_contact_conf(ai);
+	if (json_equal(want, ai->ai_ca_contact)) {
+		json_decref(want);
+		return;
+	}
+	json_decref(ai->ai_contact_sent);
+	ai->ai_contact_sent = json_incref(want);
+	o = json_pack("{s:o}", "contact", want);	/* takes want */
+	if (o == NULL || (payload = json_dumps(o, JSON_COMPACT)) == NULL)
+		fatalx("%s: json", __func__);
+	json_decref(o);
+	ai->ai_contact_req = acme_post(ai, ai->ai_kid, payload, NULL,
+	    acme_contact_updated, ai);
+	free(payload);
+}
+
+/* The account object's contact (absent: none) and status, kept. */
+static int
+acme_contact_keep(struct acme_issuer *ai, const struct acme_reply *r)
+{
+	json_t		*c;
+	const char	*status;
+
+	if ((r->status != 200 && r->status != 201) || !json_is_object(r->json))
+		return -1;
+	c = json_object_get(r->json, "contact");
+	json_decref(ai->ai_ca_contact);
+	ai->ai_ca_contact = json_is_array(c) ? json_incref(c) : json_array();
+	if ((status = json_string_value(json_object_get(r->json,
+	    "status"))) != NULL) {
+		free(ai->ai_ca_status);
+		ai->ai_ca_status = xstrdup(status);
+	}
+	return 0;
+}
+
+static void
+acme_contact_got(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	char			*why;
+
+	ai->ai_contact_req = NULL;
+	if (acme_contact_keep(ai, r) == -1) {
+		why = acme_reply_describe(r);
+		log_warnx("issuer \"%s\": reading account %s: %s", ai->ai_name,
+		    ai->ai_kid, why);
+		free(why);
+		return;
+	}
+	acme_contact_check(ai);
+}
+
+static void
+acme_contact_updated(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	char			*why, *list;
+
+	ai->ai_contact_req = NULL;
+	if (acme_contact_keep(ai, r) == -1) {
+		why = acme_reply_describe(r);
+		log_warnx("issuer \"%s\": updating the contact of account %s: "
+		    "%s", ai->ai_name, ai->ai_kid, why);
+		free(why);
+		return;
+	}
+	/*
+	 * A CA may leave contact out of the object it answers with (Pebble
+	 * does when it is empty, a CA that keeps no contact always does):
+	 * after a 200 it is taken to hold what was sent, so one change
+	 * makes one update, never a loop of them.
+	 */
+	json_decref(ai->ai_ca_contact);
+	ai->ai_ca_contact = ai->ai_contact_sent;
+	ai->ai_contact_sent = NULL;
+	if ((list = json_dumps(ai->ai_ca_contact, JSON_COMPACT)) == NULL)
+		fatalx("%s: json_dumps", __func__);
+	log_info("issuer \"%s\": account %s: contact updated at the CA to %s",
+	    ai->ai_name, ai->ai_kid, list);
+	free(list);
+	/* A reload may have changed it again meanwhile. */
+	acme_contact_check(ai);
+}
+
+/* GET /v1/issuers/{id}/account. */
+json_t *
+acme_account_json(const struct acme_issuer *ai)
+{
+	const char	*url = ai->ai_kid != NULL ? ai->ai_kid : ai->ai_deactivated;
+	const char	*status = ai->ai_ca_status;
+	enum key_type	 type;
+	json_t		*j;
+
+	if (ai->ai_state == ISSUER_DEACTIVATED)
+		status = "deactivated";
+	j = json_pack("{s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:b, "
+	    "s:o}",
+	    "issuer", ai->ai_name,
+	    "state", issuer_state_names[ai->ai_state],
+	    "url", url != NULL ? json_string(url) : json_null(),
+	    "status", status != NULL ? json_string(status) : json_null(),
+	    "key_type", ai->ai_key != NULL &&
+	    store_key_type(ai->ai_key, &type) == 0 ?
+	    json_string(key_type_name(type)) : json_null(),
+	    "thumbprint", ai->ai_thumbprint != NULL ?
+	    json_string(ai->ai_thumbprint) : json_null(),
+	    "contact", ai->ai_ca_contact != NULL ?
+	    json_incref(ai->ai_ca_contact) : json_null(),
+	    "configured_contact", acme_contact_conf(ai),
+	    "key_file", ai->ai_conf->ci_account_key_file != NULL ?
+	    json_string(ai->ai_conf->ci_account_key_file) : json_null(),
+	    "shared_by_cluster", acme_fleet_shares_account(ai),
+	    "operation", ai->ai_acct_op != NULL ?
+	    json_string(ai->ai_acct_op) : json_null());
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
 }

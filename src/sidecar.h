@@ -639,6 +639,15 @@ int		 store_save_account_key(const char *dir, EVP_PKEY *, char **);
 int		 store_save_account_url(const char *dir, const char *, char **);
 int		 store_set_aside_account(const char *dir, const char *suffix,
 		    char **);
+/* account.key.next: a rollover's new key, until the CA took it. */
+int		 store_save_account_next(const char *dir, EVP_PKEY *, char **);
+int		 store_load_account_next(const char *dir, EVP_PKEY **, char **);
+int		 store_promote_account_next(const char *dir, char **);
+int		 store_drop_account_next(const char *dir, char **);
+/* account.deactivated: the URL of an account the CA deactivated. */
+int		 store_mark_deactivated(const char *dir, const char *url,
+		    char **);
+int		 store_load_deactivated(const char *dir, char **url, char **);
 int		 store_key_type(EVP_PKEY *, enum key_type *);
 int		 store_load_cert(const char *dir, const char *id, char **chain,
 		    EVP_PKEY **, struct cert_meta *, char **);
@@ -793,6 +802,7 @@ enum issuer_state {
 	ISSUER_ACCOUNT,		/* loading or registering the account */
 	ISSUER_READY,
 	ISSUER_BACKOFF,		/* bootstrap failed; waiting to retry */
+	ISSUER_DEACTIVATED,	/* its account is deactivated: no orders */
 	ISSUER_STATE_MAX
 };
 
@@ -857,6 +867,17 @@ struct acme_req	*acme_post_authz(struct acme_issuer *, const char *url,
 struct acme_req	*acme_renewal_info(struct acme_issuer *, const char *cert_id,
 		    acme_cb, void *);
 void		 acme_req_cancel(struct acme_req *);
+/*
+ * The account (RFC 8555 7.3): one operation at a time per issuer; -1 with
+ * a cause when it cannot start, else cb(0, NULL) or cb(-1, why) later.
+ */
+typedef void	(*acme_account_cb)(int, const char *, void *);
+int		 acme_account_key_change(struct acme_issuer *, int key_type,
+		    acme_account_cb, void *, char **);
+int		 acme_account_deactivate(struct acme_issuer *, acme_account_cb,
+		    void *, char **);
+void		 acme_account_forget(struct acme_issuer *);	/* no cb */
+json_t		*acme_account_json(const struct acme_issuer *);
 /* Human summary of a failed reply: "HTTP 403 unauthorized: detail". */
 char		*acme_reply_describe(const struct acme_reply *);
 int		 acme_problem_is(const struct acme_reply *, const char *);

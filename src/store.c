@@ -3,8 +3,10 @@
  *
  * Layout (a contract: users back it up, scripts read it):
  *
- *   <dir>/account.key		account key, PKCS#8 PEM, 0600; never replaced
+ *   <dir>/account.key		account key, PKCS#8 PEM, 0600
  *   <dir>/account.url		the account URL (the JWS "kid"), one line
+ *   <dir>/account.key.next	a rollover's new key, 0600 (see below)
+ *   <dir>/account.deactivated	the URL of a deactivated account, one line
  *   <dir>/certs/<id>		symlink -> <id>@<generation> (relative)
  *   <dir>/certs/<id>@<generation>/fullchain.pem	0644
  *   <dir>/certs/<id>@<generation>/key.pem		0600, PKCS#8 PEM
@@ -31,6 +33,21 @@
  * pointing at either the old or the new complete set.  Leftovers from a
  * crash (generation folders nobody points to, temp files named ".*") are
  * ignored on load and removed by the next save of that id.
+ *
+ * Account key rollover (RFC 8555 7.3.5).  account.key is replaced only
+ * by a key the CA has taken: the new key is first written whole to
+ * account.key.next, then keyChange is sent, and only after the CA's yes
+ * does account.key.next become account.key by one rename().  A crash
+ * leaves either no account.key.next (account.key is the CA's key) or
+ * both files, and then the CA knows one of the two: acme.c asks it
+ * about account.key.next at the next start (newAccount with
+ * onlyReturnExisting) and keeps whichever key it knows.
+ *
+ * Deactivation (RFC 8555 7.3.6) sets the account aside as
+ * account.key.deactivated-TIME and account.url.deactivated-TIME and
+ * writes account.deactivated: while that file is there the issuer
+ * orders nothing; removing it lets the next start register a new
+ * account.
  *
  * Each file is written the way acme-client's serialise() does it: mkstemp
  * in the same folder, fchmod, write, fsync, rename, fsync of the folder.
@@ -61,6 +78,8 @@
 
 #define STORE_ACCOUNT_KEY	"account.key"
 #define STORE_ACCOUNT_URL	"account.url"
+#define STORE_ACCOUNT_NEXT	"account.key.next"
+#define STORE_DEACTIVATED	"account.deactivated"
 #define STORE_CERTS		"certs"
 #define STORE_CHAIN		"fullchain.pem"
 #define STORE_KEY		"key.pem"
@@ -490,6 +509,124 @@ store_set_aside_account(const char *dir, const char *suffix, char **cause)
 	}
 	if (rc == 0)
 		rc = store_fsync_dir(dir, cause);
+	return rc;
+}
+
+/* A rollover's new key, written before the CA is asked; never replaced. */
+int
+store_save_account_next(const char *dir, EVP_PKEY *key, char **cause)
+{
+	char	*path = NULL, *pem = NULL;
+	int	 rc = -1;
+
+	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_NEXT);
+	if ((pem = keys_to_pem(key)) == NULL) {
+		xasprintf(cause, "cannot encode the account key as PKCS#8");
+		goto out;
+	}
+	/* link(): one left by a rollover cut short is the CA's, maybe. */
+	if (store_write_file(path, pem, strlen(pem), 0600, 1, cause) == -1)
+		goto out;
+	rc = 0;
+out:
+	keys_pem_free(pem);
+	free(path);
+	return rc;
+}
+
+/* 0: loaded, 1: absent, -1: error (cause). */
+int
+store_load_account_next(const char *dir, EVP_PKEY **key, char **cause)
+{
+	char	*path = NULL;
+	int	 rc;
+
+	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_NEXT);
+	rc = store_load_key(path, key, cause);
+	free(path);
+	return rc;
+}
+
+/* The CA took account.key.next: it becomes account.key, in one rename(). */
+int
+store_promote_account_next(const char *dir, char **cause)
+{
+	char	*from = NULL, *to = NULL;
+	int	 rc = -1;
+
+	xasprintf(&from, "%s/%s", dir, STORE_ACCOUNT_NEXT);
+	xasprintf(&to, "%s/%s", dir, STORE_ACCOUNT_KEY);
+	if (rename(from, to) == -1) {
+		xasprintf(cause, "rename %s to %s: %s", from, to,
+		    strerror(errno));
+		goto out;
+	}
+	rc = store_fsync_dir(dir, cause);
+out:
+	free(from);
+	free(to);
+	return rc;
+}
+
+/* The CA refused account.key.next, or never saw it. */
+int
+store_drop_account_next(const char *dir, char **cause)
+{
+	char	*path = NULL;
+	int	 rc = -1;
+
+	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_NEXT);
+	if (unlink(path) == -1 && errno != ENOENT) {
+		xasprintf(cause, "unlink %s: %s", path, strerror(errno));
+		goto out;
+	}
+	rc = store_fsync_dir(dir, cause);
+out:
+	free(path);
+	return rc;
+}
+
+/*
+ * The CA deactivated the account at url: set it aside for good (its key
+ * can still tell who revoked what) and leave account.deactivated, which
+ * keeps the issuer from registering another one by itself.
+ */
+int
+store_mark_deactivated(const char *dir, const char *url, char **cause)
+{
+	char	*path = NULL, *line = NULL, suffix[48];
+	int	 rc = -1;
+
+	snprintf(suffix, sizeof(suffix), "deactivated-%lld",
+	    (long long)time(NULL));
+	xasprintf(&path, "%s/%s", dir, STORE_DEACTIVATED);
+	xasprintf(&line, "%s\n", url);
+	/* The marker first: a crash between the two leaves it set. */
+	if (store_write_atomic(path, line, strlen(line), 0600, cause) == -1)
+		goto out;
+	rc = store_set_aside_account(dir, suffix, cause);
+out:
+	free(line);
+	free(path);
+	return rc;
+}
+
+/* 0: url is the deactivated account's, 1: none, -1: error (cause). */
+int
+store_load_deactivated(const char *dir, char **url, char **cause)
+{
+	char	*path = NULL, *buf = NULL;
+	size_t	 len = 0;
+	int	 rc;
+
+	*url = NULL;
+	xasprintf(&path, "%s/%s", dir, STORE_DEACTIVATED);
+	if ((rc = store_read_file(path, &buf, &len, cause)) == 0) {
+		while (len > 0 && isspace((unsigned char)buf[len - 1]))
+			buf[--len] = '\0';
+		*url = buf;
+	}
+	free(path);
 	return rc;
 }
 
