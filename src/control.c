@@ -34,8 +34,9 @@
  * Allow.  Every error is {"error": {"status": N, "message": "..."}} and
  * changes nothing.
  *
- * Two kinds of answer wait, with their connection suspended: a revocation
- * (until the CA answers) and GET /v1/events (until the next event).  The
+ * Three kinds of answer wait, with their connection suspended: a
+ * revocation and an account operation (until the CA answers) and GET
+ * /v1/events (until the next event).  The
  * daemon resumes them all before it stops libmicrohttpd, which refuses to
  * stop with a connection suspended.  An event stream may be silent for
  * hours, so it has no idle timeout: an empty line is sent after
@@ -83,6 +84,7 @@ struct control_req {
 	size_t			 cr_len;
 	int			 cr_too_big;
 	struct cert		*cr_revoking;	/* suspended for it */
+	struct acme_issuer	*cr_account;	/* suspended for its account */
 	const char		*cr_reason;	/* its RFC 5280 name */
 	json_t			*cr_answer;	/* then this ... */
 	unsigned int		 cr_status;	/* ... with this status */
@@ -152,11 +154,15 @@ static enum MHD_Result	control_delete_cert(struct control_ctx *);
 static enum MHD_Result	control_post_revoke(struct control_ctx *);
 static enum MHD_Result	control_get_events(struct control_ctx *);
 static enum MHD_Result	control_get_metrics(struct control_ctx *);
+static enum MHD_Result	control_get_account(struct control_ctx *);
+static enum MHD_Result	control_post_key_change(struct control_ctx *);
+static enum MHD_Result	control_post_deactivate(struct control_ctx *);
 
 static const char *const control_add_fields[] = {
 	"issuer", "identifiers", "key", "profile", NULL
 };
 static const char *const control_revoke_fields[] = { "reason", NULL };
+static const char *const control_key_change_fields[] = { "key", NULL };
 
 static const struct control_route control_routes[] = {
 	{ "GET", "/v1/status", CONTROL_READ, NULL, control_get_status },
@@ -172,6 +178,12 @@ static const struct control_route control_routes[] = {
 	{ "POST", "/v1/certificates/{id}/revoke", CONTROL_CHANGE,
 	    control_revoke_fields, control_post_revoke },
 	{ "GET", "/v1/issuers", CONTROL_READ, NULL, control_get_issuers },
+	{ "GET", "/v1/issuers/{id}/account", CONTROL_READ, NULL,
+	    control_get_account },
+	{ "POST", "/v1/issuers/{id}/account/key-change", CONTROL_CHANGE,
+	    control_key_change_fields, control_post_key_change },
+	{ "POST", "/v1/issuers/{id}/account/deactivate", CONTROL_CHANGE, NULL,
+	    control_post_deactivate },
 	{ "POST", "/v1/reload", CONTROL_CHANGE, NULL, control_post_reload },
 	{ "GET", "/v1/events", CONTROL_READ, NULL, control_get_events },
 	{ "GET", "/metrics", CONTROL_READ, NULL, control_get_metrics },
@@ -191,6 +203,7 @@ static struct {
 	struct control_streams	 streams;
 	size_t			 nstreams;
 	struct control_reqs	 revoking;	/* suspended for the CA */
+	struct control_reqs	 accounts;	/* suspended for the CA */
 	char			*path;
 	dev_t			 dev;		/* to unlink only our own */
 	ino_t			 ino;
@@ -201,7 +214,8 @@ static struct {
 	.fd = -1,
 	.conns = TAILQ_HEAD_INITIALIZER(control.conns),
 	.streams = TAILQ_HEAD_INITIALIZER(control.streams),
-	.revoking = TAILQ_HEAD_INITIALIZER(control.revoking)
+	.revoking = TAILQ_HEAD_INITIALIZER(control.revoking),
+	.accounts = TAILQ_HEAD_INITIALIZER(control.accounts)
 };
 
 /* ------------------------------------------------------------ connections */
@@ -836,6 +850,110 @@ control_post_revoke(struct control_ctx *cx)
 	return MHD_YES;
 }
 
+/* --------------------------------------------------------------- accounts */
+
+static enum MHD_Result
+control_no_issuer(struct control_ctx *cx)
+{
+	return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+	    "no issuer \"%s\"", cx->cx_id);
+}
+
+static enum MHD_Result
+control_get_account(struct control_ctx *cx)
+{
+	struct acme_issuer	*ai;
+
+	if ((ai = sched_find_issuer(cx->cx_id)) == NULL)
+		return control_no_issuer(cx);
+	return control_reply(cx->cx_conn, MHD_HTTP_OK, acme_account_json(ai),
+	    NULL, NULL);
+}
+
+/*
+ * The CA answered an account operation (or the issuer stopped before
+ * it did, and is going: then it is not looked at).
+ */
+static void
+control_account_done(int rc, const char *why, void *arg)
+{
+	struct control_req	*cr = arg;
+	struct acme_issuer	*ai = cr->cr_account;
+
+	TAILQ_REMOVE(&control.accounts, cr, cr_entry);
+	cr->cr_account = NULL;
+	if (rc == 0) {
+		cr->cr_status = MHD_HTTP_OK;
+		cr->cr_answer = acme_account_json(ai);
+	} else {
+		cr->cr_status = MHD_HTTP_BAD_GATEWAY;
+		cr->cr_answer = control_error_json(cr->cr_status, why);
+	}
+	MHD_resume_connection(cr->cr_conn);
+	loop_mhd_wake(&control.loop);
+}
+
+/* An operation started (wait for the CA), or refused: a 409 now. */
+static enum MHD_Result
+control_account_wait(struct control_ctx *cx, struct acme_issuer *ai, int rc,
+    char *cause)
+{
+	enum MHD_Result	 ret;
+
+	if (rc == -1) {
+		ret = control_error(cx->cx_conn, MHD_HTTP_CONFLICT, NULL, "%s",
+		    cause);
+		free(cause);
+		return ret;
+	}
+	cx->cx_req->cr_account = ai;
+	TAILQ_INSERT_TAIL(&control.accounts, cx->cx_req, cr_entry);
+	MHD_suspend_connection(cx->cx_conn);
+	return MHD_YES;
+}
+
+static enum MHD_Result
+control_post_key_change(struct control_ctx *cx)
+{
+	struct acme_issuer	*ai;
+	const char		*key;
+	enum key_type		 type;
+	char			*cause = NULL;
+	int			 failed, rc;
+
+	if ((ai = sched_find_issuer(cx->cx_id)) == NULL)
+		return control_no_issuer(cx);
+	key = control_string_field(cx, "key", 0, &failed);
+	if (failed)
+		return MHD_YES;
+	if (key != NULL && key_type_parse(key, &type) == -1)
+		return control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL,
+		    "invalid \"key\" \"%s\": ecdsa:256, ecdsa:384, "
+		    "ecdsa:521, rsa:2048, rsa:3072 or rsa:4096 is expected",
+		    key);
+	log_info("issuer \"%s\": account key rollover asked through the "
+	    "control socket", cx->cx_id);
+	rc = acme_account_key_change(ai, key != NULL ? (int)type : -1,
+	    control_account_done, cx->cx_req, &cause);
+	return control_account_wait(cx, ai, rc, cause);
+}
+
+static enum MHD_Result
+control_post_deactivate(struct control_ctx *cx)
+{
+	struct acme_issuer	*ai;
+	char			*cause = NULL;
+	int			 rc;
+
+	if ((ai = sched_find_issuer(cx->cx_id)) == NULL)
+		return control_no_issuer(cx);
+	log_info("issuer \"%s\": account deactivation asked through the "
+	    "control socket", cx->cx_id);
+	rc = acme_account_deactivate(ai, control_account_done, cx->cx_req,
+	    &cause);
+	return control_account_wait(cx, ai, rc, cause);
+}
+
 /* ----------------------------------------------------------------- events */
 
 /* Seconds on the monotonic clock, for the streams' timers. */
@@ -1243,7 +1361,7 @@ control_request(void *cls, struct MHD_Connection *conn, const char *url,
 	(void)cls;
 	(void)version;
 	if (cr != NULL && cr->cr_answer != NULL) {
-		/* Resumed: the CA answered the revocation. */
+		/* Resumed: the CA answered (a revocation, an account). */
 		json_t	*j = cr->cr_answer;
 
 		cr->cr_answer = NULL;
@@ -1650,6 +1768,16 @@ control_wake_all(void)
 		TAILQ_REMOVE(&control.revoking, cr, cr_entry);
 		order_revoke_cancel(cr->cr_revoking);
 		cr->cr_revoking = NULL;
+		MHD_resume_connection(cr->cr_conn);
+	}
+	while ((cr = TAILQ_FIRST(&control.accounts)) != NULL) {
+		TAILQ_REMOVE(&control.accounts, cr, cr_entry);
+		acme_account_forget(cr->cr_account);
+		cr->cr_account = NULL;
+		cr->cr_status = MHD_HTTP_SERVICE_UNAVAILABLE;
+		cr->cr_answer = control_error_json(cr->cr_status,
+		    "the daemon is stopping; the operation's outcome is in "
+		    "its log");
 		MHD_resume_connection(cr->cr_conn);
 	}
 }

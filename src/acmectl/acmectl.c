@@ -40,6 +40,11 @@
 #define CTL_OPT_REASON		0x04
 #define CTL_OPT_ALL		0x08
 #define CTL_OPT_WAIT		0x10	/* --no-wait, --timeout */
+#define CTL_OPT_PROFILE		0x20
+#define CTL_OPT_YES		0x40
+
+/* The longest issuer name typed back to confirm a deactivation. */
+#define CTL_CONFIRM_MAX		256
 
 struct ctl_cmd {
 	const char	*c_name;
@@ -68,14 +73,17 @@ static int	ctl_cmd_events(const struct ctl_opts *, int, char **,
 		    char **);
 static int	ctl_cmd_metrics(const struct ctl_opts *, int, char **,
 		    char **);
+static int	ctl_cmd_account(const struct ctl_opts *, int, char **,
+		    char **);
 
 static const struct ctl_cmd ctl_cmds[] = {
 	{ "status",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_status },
 	{ "list",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_list },
 	{ "show",	" ID",	1, 1, CTL_OPT_JSON, ctl_cmd_show },
-	{ "add",	" [--key TYPE] [--no-wait] [--timeout SECONDS] "
-			"ISSUER NAME...", 2, -1,
-			CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_WAIT, ctl_cmd_add },
+	{ "add",	" [--key TYPE] [--profile NAME] [--no-wait] "
+			"[--timeout SECONDS] ISSUER NAME...", 2, -1,
+			CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_PROFILE|CTL_OPT_WAIT,
+			ctl_cmd_add },
 	{ "remove",	" ID",	1, 1, CTL_OPT_JSON, ctl_cmd_remove },
 	{ "renew",	" [--no-wait] [--timeout SECONDS] ID|--all", 0, 1,
 			CTL_OPT_JSON|CTL_OPT_ALL|CTL_OPT_WAIT, ctl_cmd_renew },
@@ -85,6 +93,9 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{ "events",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_events },
 	/* Prometheus text has no JSON form; --json is refused. */
 	{ "metrics",	"",	0, 0, 0, ctl_cmd_metrics },
+	{ "account",	" show|rollover [--key TYPE]|deactivate [--yes] "
+			"ISSUER", 2, 2, CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_YES,
+			ctl_cmd_account },
 };
 
 static const struct {
@@ -96,6 +107,8 @@ static const struct {
 	{ CTL_OPT_REASON,	"--reason" },
 	{ CTL_OPT_ALL,		"--all" },
 	{ CTL_OPT_WAIT,		"--no-wait or --timeout" },
+	{ CTL_OPT_PROFILE,	"--profile" },
+	{ CTL_OPT_YES,		"--yes" },
 };
 
 /* ---------------------------------------------------------------- memory */
@@ -275,6 +288,8 @@ ctl_cmd_add(const struct ctl_opts *o, int argc, char **argv, char **cause)
 		ctl_fatalx("%s: json_pack failed", __func__);
 	if (o->o_key != NULL)
 		json_object_set_new(req, "key", json_string(o->o_key));
+	if (o->o_profile != NULL)
+		json_object_set_new(req, "profile", json_string(o->o_profile));
 	if (ctl_call(o->o_socket, "POST", "/v1/certificates", req, &j,
 	    cause) == -1)
 		goto out;
@@ -574,6 +589,142 @@ out:
 	return rc;
 }
 
+/* ---------------------------------------------------------------- account */
+
+static int
+ctl_account_show(const struct ctl_opts *o, const char *issuer, char **cause)
+{
+	json_t	*j = NULL;
+	char	*path = ctl_issuer_path(issuer, "/account");
+	int	 rc = -1;
+
+	if (ctl_call(o->o_socket, "GET", path, NULL, &j, cause) == -1)
+		goto out;
+	ctl_output_account(o, j);
+	rc = 0;
+out:
+	json_decref(j);
+	free(path);
+	return rc;
+}
+
+static int
+ctl_account_rollover(const struct ctl_opts *o, const char *issuer,
+    char **cause)
+{
+	json_t	*req = NULL, *j = NULL;
+	char	*path = ctl_issuer_path(issuer, "/account/key-change");
+	char	 b1[32], b2[32], b3[32];
+	int	 rc = -1;
+
+	if (o->o_key != NULL)
+		req = json_pack("{s:s}", "key", o->o_key);
+	if (ctl_call(o->o_socket, "POST", path, req, &j, cause) == -1)
+		goto out;
+	if (o->o_json)
+		ctl_print_json(j);
+	else
+		printf("%s: account %s rolled over to a new %s key, "
+		    "thumbprint %s\n", issuer, ctl_field(j, "url", b1,
+		    sizeof(b1)), ctl_field(j, "key_type", b2, sizeof(b2)),
+		    ctl_field(j, "thumbprint", b3, sizeof(b3)));
+	rc = 0;
+out:
+	json_decref(j);
+	json_decref(req);
+	free(path);
+	return rc;
+}
+
+/*
+ * Deactivation cannot be undone: the issuer's name must be typed back on
+ * a terminal, or --yes given.  Without a terminal there is nobody to
+ * ask, so it is refused.
+ */
+static int
+ctl_account_confirm(const struct ctl_opts *o, const char *issuer,
+    char **cause)
+{
+	char	 line[CTL_CONFIRM_MAX];
+	size_t	 len;
+
+	if (o->o_yes)
+		return 0;
+	if (!isatty(STDIN_FILENO)) {
+		*cause = ctl_xasprintf("account deactivate %s: deactivating an "
+		    "account cannot be undone; stdin is not a terminal to "
+		    "confirm on, so pass --yes", issuer);
+		return -1;
+	}
+	fprintf(stderr, "Deactivating the account of issuer \"%s\" cannot be "
+	    "undone: the CA never takes it back, and the issuer orders\n"
+	    "nothing more until a new account is registered.  Type the "
+	    "issuer's name to confirm: ", issuer);
+	fflush(stderr);
+	if (fgets(line, sizeof(line), stdin) == NULL)
+		line[0] = '\0';
+	len = strcspn(line, "\r\n");
+	line[len] = '\0';
+	if (strcmp(line, issuer) != 0) {
+		*cause = ctl_xasprintf("account deactivate %s: not confirmed; "
+		    "nothing was done", issuer);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+ctl_account_deactivate(const struct ctl_opts *o, const char *issuer,
+    char **cause)
+{
+	json_t	*j = NULL;
+	char	*path = ctl_issuer_path(issuer, "/account/deactivate");
+	char	 buf[32];
+	int	 rc = -1;
+
+	if (ctl_account_confirm(o, issuer, cause) == -1)
+		goto out;
+	if (ctl_call(o->o_socket, "POST", path, NULL, &j, cause) == -1)
+		goto out;
+	if (o->o_json)
+		ctl_print_json(j);
+	else
+		printf("%s: account %s deactivated; the issuer orders nothing "
+		    "more\n", issuer, ctl_field(j, "url", buf, sizeof(buf)));
+	rc = 0;
+out:
+	json_decref(j);
+	free(path);
+	return rc;
+}
+
+/* account show|rollover|deactivate ISSUER */
+static int
+ctl_cmd_account(const struct ctl_opts *o, int argc, char **argv,
+    char **cause)
+{
+	const char	*sub = argv[0], *issuer = argv[1];
+
+	(void)argc;
+	if ((o->o_given & CTL_OPT_KEY) && strcmp(sub, "rollover") != 0) {
+		*cause = ctl_xasprintf("account %s does not take --key", sub);
+		return -1;
+	}
+	if ((o->o_given & CTL_OPT_YES) && strcmp(sub, "deactivate") != 0) {
+		*cause = ctl_xasprintf("account %s does not take --yes", sub);
+		return -1;
+	}
+	if (strcmp(sub, "show") == 0)
+		return ctl_account_show(o, issuer, cause);
+	if (strcmp(sub, "rollover") == 0)
+		return ctl_account_rollover(o, issuer, cause);
+	if (strcmp(sub, "deactivate") == 0)
+		return ctl_account_deactivate(o, issuer, cause);
+	*cause = ctl_xasprintf("account: unknown \"%s\": show, rollover or "
+	    "deactivate", sub);
+	return -1;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void
@@ -593,6 +744,7 @@ ctl_usage(FILE *f)
 	    "                      [--key TYPE] ecdsa:256 (default), "
 	    "ecdsa:384,\n"
 	    "                      ecdsa:521, rsa:2048, rsa:3072, rsa:4096\n"
+	    "                      [--profile NAME] the CA's profile for it\n"
 	    "  remove ID           stop managing a certificate added with add\n"
 	    "  renew ID|--all      order ID again now, or every certificate "
 	    "with\n"
@@ -607,6 +759,12 @@ ctl_usage(FILE *f)
 	    "                      ends the stream\n"
 	    "  metrics             the Prometheus metrics, as text (no "
 	    "--json)\n"
+	    "  account show ISSUER        the issuer's ACME account\n"
+	    "  account rollover ISSUER    give the account a new key "
+	    "[--key TYPE]\n"
+	    "  account deactivate ISSUER  deactivate the account for good; "
+	    "asks to\n"
+	    "                             type ISSUER back, or --yes\n"
 	    "\n"
 	    "add and renew wait for the order to end, showing its progress "
 	    "on stderr,\n"
@@ -703,6 +861,8 @@ ctl_parse_opts(int argc, char **argv, struct ctl_opts *o, int *exitnow)
 		{ "reason",	required_argument,	NULL, 'r' },
 		{ "no-wait",	no_argument,		NULL, 'n' },
 		{ "timeout",	required_argument,	NULL, 't' },
+		{ "profile",	required_argument,	NULL, 'p' },
+		{ "yes",	no_argument,		NULL, 'y' },
 		{ "socket",	required_argument,	NULL, 's' },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ "version",	no_argument,		NULL, 'V' },
@@ -744,6 +904,18 @@ ctl_parse_opts(int argc, char **argv, struct ctl_opts *o, int *exitnow)
 				    CTL_WAIT_MAX);
 				return -1;
 			}
+			break;
+		case 'p':
+			o->o_profile = optarg;
+			o->o_given |= CTL_OPT_PROFILE;
+			if (*optarg == '\0') {
+				fprintf(stderr, "acmectl: --profile: empty\n");
+				return -1;
+			}
+			break;
+		case 'y':
+			o->o_yes = 1;
+			o->o_given |= CTL_OPT_YES;
 			break;
 		case 's':
 			o->o_socket = optarg;

@@ -24,6 +24,8 @@ struct ctl_opts {
 	int		 o_timeout;	/* seconds */
 	const char	*o_key;
 	const char	*o_reason;
+	const char	*o_profile;	/* add --profile */
+	int		 o_yes;		/* account deactivate --yes */
 };
 
 /* A response read whole, split by ctl_exchange. */
@@ -57,6 +59,7 @@ char		*ctl_xstrdup(const char *);
  * parsed strictly, and the chunked event stream.
  */
 char		*ctl_cert_path(const char *, const char *);
+char		*ctl_issuer_path(const char *, const char *);
 int		 ctl_exchange(const char *, const char *, const char *,
 		     const char *, char **, struct ctl_response *, char **);
 int		 ctl_call(const char *, const char *, const char *, json_t *,
@@ -73,6 +76,7 @@ void		 ctl_print_cluster(json_t *);
 void		 ctl_print_certs(json_t *);
 void		 ctl_output_cert(const struct ctl_opts *, json_t *);
 void		 ctl_print_event(json_t *);
+void		 ctl_output_account(const struct ctl_opts *, json_t *);
 
 /* ctl_wait.c: following orders to their end, progress on stderr. */
 int		 ctl_wait_init(struct ctl_wait *, json_t *, int, char **);

@@ -402,6 +402,17 @@ ctl_cert_path(const char *id, const char *suffix)
 	return path;
 }
 
+/* "/v1/issuers/{name}" plus suffix, the name escaped. */
+char *
+ctl_issuer_path(const char *name, const char *suffix)
+{
+	char	*e = ctl_escape(name), *path;
+
+	path = ctl_xasprintf("/v1/issuers/%s%s", e, suffix);
+	free(e);
+	return path;
+}
+
 /* A non-2xx answer: the API's own message, else the HTTP reason. */
 static char *
 ctl_api_error(const struct ctl_response *rs)

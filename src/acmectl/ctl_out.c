@@ -330,6 +330,59 @@ ctl_output_cert(const struct ctl_opts *o, json_t *ce)
 		ctl_print_cert(ce);
 }
 
+/* An issuer's account, as account show prints it. */
+static void
+ctl_print_account(json_t *a)
+{
+	static const struct {
+		const char	*label, *key;
+	} rows[] = {
+		{ "issuer", "issuer" },
+		{ "state", "state" },
+		{ "url", "url" },
+		{ "status", "status" },
+		{ "key type", "key_type" },
+		{ "thumbprint", "thumbprint" },
+		{ "key file", "key_file" },
+		{ "cluster", "shared_by_cluster" },
+		{ "operation", "operation" },
+	};
+	static const struct {
+		const char	*label, *key;
+	} lists[] = {
+		{ "contact", "contact" },
+		{ "configured", "configured_contact" },
+	};
+	json_t	*l, *v;
+	char	 buf[32];
+	size_t	 i, k;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+		printf("%-14s%s\n", rows[i].label,
+		    ctl_field(a, rows[i].key, buf, sizeof(buf)));
+	for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		printf("%-14s", lists[i].label);
+		l = json_object_get(a, lists[i].key);
+		if (!json_is_array(l))
+			printf("-");	/* not read from the CA yet */
+		else if (json_array_size(l) == 0)
+			printf("(none)");
+		json_array_foreach(l, k, v)
+			printf("%s%s", k == 0 ? "" : " ",
+			    ctl_scalar(v, buf, sizeof(buf)));
+		printf("\n");
+	}
+}
+
+void
+ctl_output_account(const struct ctl_opts *o, json_t *a)
+{
+	if (o->o_json)
+		ctl_print_json(a);
+	else
+		ctl_print_account(a);
+}
+
 /* ---------------------------------------------------------------- events */
 
 static void
