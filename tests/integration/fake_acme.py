@@ -150,6 +150,7 @@ class FakeAcme:
         self.log = []
         self.nonces = set()             # issued, not yet used
         self.account_jwk = None
+        self.account = {"status": "valid"}  # the account object
         self.orders = {}
         self.authzs = {}
         self.validation_error = None    # detail: fail every validation
@@ -309,8 +310,18 @@ class FakeAcme:
     def _do_new_account(self, req):
         created = self.account_jwk is None
         self.account_jwk = req.protected.get("jwk")
-        return Reply(201 if created else 200, {"status": "valid"},
+        if created and isinstance(req.payload, dict) and \
+                "contact" in req.payload:
+            self.account["contact"] = req.payload["contact"]
+        return Reply(201 if created else 200, self.account,
                      {"Location": self.base + "/acct/1"})
+
+    def _do_acct(self, req):
+        """The account (RFC 8555 7.3.2): POST-as-GET reads it, a
+        payload with "contact" changes that."""
+        if isinstance(req.payload, dict) and "contact" in req.payload:
+            self.account["contact"] = req.payload["contact"]
+        return Reply(200, self.account)
 
     def _new_id(self):
         n = self.next_id

@@ -1,0 +1,326 @@
+"""The ACME account (RFC 8555 7.3): contact update, key rollover and its
+crash recovery, deactivation, through the control API and acmectl,
+against a real Pebble 2.4.0.
+
+What the CA holds is read from Pebble itself, with requests this file
+signs with the keys found in state_path: newAccount with
+onlyReturnExisting tells whether Pebble knows a key, and a POST-as-GET
+to the account URL returns the account object (contact, status).
+
+The crash between keyChange's answer and the file swap is a real
+SIGKILL, at that exact point: strace, attached to the daemon, kills it
+when it enters the rename() of account.key.next onto account.key (the
+rename is not carried out), with no hook in the daemon.
+"""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from conftest import ROOT, cert_id, check_certificate, mode, write_config
+
+ACMECTL = Path(os.environ.get("ACMECTL", ROOT / "build" / "acmectl"))
+NAMES = ["acct.example.test"]
+CID = cert_id(NAMES)
+
+
+def acmectl(sock, *args, stdin=subprocess.DEVNULL, timeout=60):
+    return subprocess.run([str(ACMECTL), "-s", str(sock), *args],
+                          stdin=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def acmectl_ok(sock, *args):
+    p = acmectl(sock, *args)
+    assert p.returncode == 0, "acmectl %s: exit %d: %s" % (
+        " ".join(args), p.returncode, p.stderr)
+    return p.stdout
+
+
+def show(sock):
+    return json.loads(acmectl_ok(sock, "--json", "account", "show",
+                                 "pebble"))
+
+
+# ------------------------------------------------- speaking to Pebble
+
+def b64u(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Ca:
+    """Signed requests to Pebble with a key of state_path (P-256)."""
+
+    def __init__(self, pebble):
+        self.ctx = ssl.create_default_context(cafile=str(pebble.ca))
+        with urllib.request.urlopen(pebble.directory_url,
+                                    context=self.ctx, timeout=10) as r:
+            self.dir = json.load(r)
+
+    def _nonce(self):
+        req = urllib.request.Request(self.dir["newNonce"], method="HEAD")
+        with urllib.request.urlopen(req, context=self.ctx, timeout=10) as r:
+            return r.headers["Replay-Nonce"]
+
+    def post(self, pem, url, payload, kid=None):
+        """(status, Location, JSON body) of one POST; payload None is a
+        POST-as-GET."""
+        key = serialization.load_pem_private_key(pem.encode(), None)
+        nums = key.public_key().public_numbers()
+        prot = {"alg": "ES256", "nonce": self._nonce(), "url": url}
+        if kid is None:
+            prot["jwk"] = {"kty": "EC", "crv": "P-256",
+                           "x": b64u(nums.x.to_bytes(32, "big")),
+                           "y": b64u(nums.y.to_bytes(32, "big"))}
+        else:
+            prot["kid"] = kid
+        p64 = b64u(json.dumps(prot).encode())
+        b64 = "" if payload is None else b64u(json.dumps(payload).encode())
+        der = key.sign(("%s.%s" % (p64, b64)).encode(),
+                       ec.ECDSA(hashes.SHA256()))
+        r, s = utils.decode_dss_signature(der)
+        sig = b64u(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        body = json.dumps({"protected": p64, "payload": b64,
+                           "signature": sig}).encode()
+        req = urllib.request.Request(
+            url, data=body, method="POST",
+            headers={"Content-Type": "application/jose+json"})
+        try:
+            with urllib.request.urlopen(req, context=self.ctx,
+                                        timeout=10) as r:
+                return r.status, r.headers.get("Location"), json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, None, json.loads(e.read() or b"{}")
+
+    def account_of(self, pem):
+        """The account URL Pebble finds for this key, or its problem."""
+        status, loc, body = self.post(pem, self.dir["newAccount"],
+                                      {"onlyReturnExisting": True})
+        return loc if status == 200 else body.get("type", str(status))
+
+    def account(self, pem, url):
+        status, _, body = self.post(pem, url, None, kid=url)
+        assert status == 200, "POST-as-GET %s: %d %s" % (url, status, body)
+        return body
+
+
+NOT_FOUND = "urn:ietf:params:acme:error:accountDoesNotExist"
+
+
+# ------------------------------------------------------------- the run
+
+@pytest.fixture
+def daemon(tmp_path, pebble, http_port, sidecar_factory):
+    state = tmp_path / "state"
+    conf = tmp_path / "acme-sidecar.conf"
+    write_config(conf, pebble, state, http_port, [(NAMES, None)])
+    sc = sidecar_factory(conf, [pebble]).start()
+    sc.wait_certs(state, [CID])
+    sc.state, sc.conf, sc.sock = state, conf, tmp_path / "control.sock"
+    sc.http_port = http_port
+    return sc
+
+
+def renew_and_check(sc, pebble, tmp_path):
+    """A new certificate issues (signed requests with the account key
+    the daemon holds now), and it verifies."""
+    before = (sc.state / "certs" / CID / "fullchain.pem").read_text()
+    acmectl_ok(sc.sock, "renew", "--timeout", "60", CID)
+    after = (sc.state / "certs" / CID / "fullchain.pem").read_text()
+    assert after != before, "renew stored no new certificate"
+    check_certificate(sc.state, NAMES, None, pebble, tmp_path)
+
+
+def account_requests(sock):
+    """Requests sent to the account URL so far, from /metrics."""
+    text = acmectl_ok(sock, "metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("acme_sidecar_acme_requests_total{") and
+               'endpoint="account"' in line)
+
+
+def strace_kill_at_swap(sc):
+    """strace attached to the daemon: SIGKILL when it enters the
+    rename() of account.key.next (onto account.key), which is then not
+    carried out.  Returns once the daemon is traced.  (strace 6.1's -P
+    matches a rename by its first path only.)"""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing: scripts/install-deps installs it",
+                    pytrace=False)
+    st = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(sc.proc.pid),
+         "-P", str(sc.state / "account.key.next"),
+         "-e", "trace=rename,renameat,renameat2",
+         "-e", "inject=rename,renameat,renameat2:error=EPERM:signal=KILL"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = Path("/proc/%d/status" % sc.proc.pid)
+    deadline = time.monotonic() + 20
+    while "TracerPid:\t0\n" in status.read_text():
+        if st.poll() is not None or time.monotonic() > deadline:
+            st.kill()
+            pytest.fail("strace did not attach to the daemon (exit %s)" %
+                        st.poll(), pytrace=False)
+        time.sleep(0.05)
+    return st
+
+
+def test_contact_rollover_and_crash(daemon, pebble, tmp_path):
+    """Contact follows the configuration after a reload; a rollover gives
+    the account a new key that Pebble takes and the old one it refuses,
+    and issuance goes on with it; a SIGKILL between keyChange's answer
+    and the swap of account.key leaves an account that the next start
+    finds working; a leftover key the CA never saw is dropped."""
+    sc, state = daemon, daemon.state
+    ca = Ca(pebble)
+    key1 = (state / "account.key").read_text()
+    url = (state / "account.url").read_text().strip()
+
+    # --- show, and contact at the CA
+    a = show(sc.sock)
+    assert a["url"] == url and a["status"] == "valid", a
+    assert a["key_type"] == "ecdsa:256" and a["thumbprint"], a
+    assert a["contact"] == ["mailto:admin@example.test"], a
+    text = acmectl_ok(sc.sock, "account", "show", "pebble")
+    assert "url           %s\n" % url in text, text
+    assert ca.account(key1, url)["contact"] == ["mailto:admin@example.test"]
+
+    mark = sc.mark()
+    write_config(sc.conf, pebble, state, sc.http_port, [(NAMES, None)],
+                 issuer_extra="contact ops@example.test;")
+    sc.signal(signal.SIGHUP)
+    sc.wait_log(r'contact updated at the CA to '
+                r'\["mailto:admin@example.test","mailto:ops@example.test"\]',
+                since=mark)
+    assert ca.account(key1, url)["contact"] == [
+        "mailto:admin@example.test", "mailto:ops@example.test"]
+    # Idempotent: the same contact again sends no update (checked
+    # below, once the rollover and a whole order have been through).
+    sent = account_requests(sc.sock)
+    mark = sc.mark()
+    acmectl_ok(sc.sock, "reload")
+
+    # --- rollover
+    out = acmectl_ok(sc.sock, "account", "rollover", "pebble")
+    assert "rolled over to a new ecdsa:256 key" in out, out
+    key2 = (state / "account.key").read_text()
+    assert key2 != key1 and key2.startswith("-----BEGIN PRIVATE KEY-----")
+    assert mode(state / "account.key") == 0o600
+    assert not (state / "account.key.next").exists()
+    assert ca.account_of(key2) == url
+    assert ca.account_of(key1) == NOT_FOUND, "the old key still works"
+    assert show(sc.sock)["thumbprint"] != a["thumbprint"]
+    renew_and_check(sc, pebble, tmp_path)
+    assert account_requests(sc.sock) == sent, "a reload that changed " \
+        "nothing sent the contact again"
+    assert "contact updated" not in sc.log(since=mark)
+
+    # --- a rollover killed between the CA's yes and the swap
+    st = strace_kill_at_swap(sc)
+    try:
+        p = acmectl(sc.sock, "account", "rollover", "pebble")
+        assert p.returncode != 0, "the rollover answered: %s" % p.stdout
+        sc.proc.wait(timeout=30)
+    finally:
+        st.kill()
+        st.wait()
+    assert sc.proc.returncode == -signal.SIGKILL, sc.proc.returncode
+    assert sc.log().rstrip().splitlines()[-1].endswith(
+        "the CA took the new account key; replacing %s/account.key" %
+        state), sc.log()[-500:]
+    assert (state / "account.key").read_text() == key2
+    key3 = (state / "account.key.next").read_text()
+    assert ca.account_of(key3) == url, "Pebble did not take the new key"
+    assert ca.account_of(key2) == NOT_FOUND
+
+    sc.start()
+    sc.wait_log(r"the CA knows the key of account.key.next; it is "
+                r"account.key now")
+    assert (state / "account.key").read_text() == key3
+    assert not (state / "account.key.next").exists()
+    assert mode(state / "account.key") == 0o600
+    renew_and_check(sc, pebble, tmp_path)
+
+    # --- a leftover the CA never saw (killed before keyChange left)
+    sc.kill()
+    stray = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    (state / "account.key.next").write_bytes(stray)
+    sc.start()
+    sc.wait_log(r"the CA does not know the key of account.key.next; "
+                r"account.key stays")
+    sc.wait_log(r"account %s ready" % url)
+    assert (state / "account.key").read_text() == key3
+    assert not (state / "account.key.next").exists()
+    assert sc.stop() == 0
+
+
+def test_deactivate(daemon, pebble, tmp_path):
+    """acmectl refuses without a terminal or --yes; with --yes Pebble
+    deactivates the account, the issuer says so and orders nothing, and
+    a restart registers no new account by itself."""
+    sc, state = daemon, daemon.state
+    ca = Ca(pebble)
+    key = (state / "account.key").read_text()
+    url = (state / "account.url").read_text().strip()
+
+    p = acmectl(sc.sock, "account", "deactivate", "pebble")
+    assert p.returncode == 1, p
+    assert "stdin is not a terminal" in p.stderr and "--yes" in p.stderr, \
+        p.stderr
+    assert ca.account(key, url)["status"] == "valid"
+
+    out = acmectl_ok(sc.sock, "account", "deactivate", "--yes", "pebble")
+    assert "account %s deactivated" % url in out, out
+    status, _, body = ca.post(key, url, None, kid=url)
+    assert status == 403 and body["type"].endswith(":unauthorized"), body
+    a = show(sc.sock)
+    assert a["state"] == "deactivated" and a["status"] == "deactivated", a
+    assert (state / "account.deactivated").read_text().strip() == url
+    assert not (state / "account.key").exists()
+    assert list(state.glob("account.key.deactivated-*"))
+
+    # No more orders, with an error that says why.
+    p = acmectl(sc.sock, "renew", "--timeout", "30", CID)
+    assert p.returncode == 1 and "is deactivated" in p.stderr, p.stderr
+    cert = json.loads(acmectl_ok(sc.sock, "--json", "show", CID))
+    assert "is deactivated" in cert["last_error"]["message"], cert
+    p = acmectl(sc.sock, "account", "rollover", "pebble")
+    assert p.returncode == 1 and "is deactivated" in p.stderr, p.stderr
+
+    assert sc.stop() == 0
+    sc.start()
+    sc.wait_log(r"account %s is deactivated .*account.deactivated.*remove "
+                r"that file" % url)
+    assert show(sc.sock)["state"] == "deactivated"
+    assert not (state / "account.key").exists(), "a new account was made"
+    assert sc.stop() == 0
+
+
+def test_add_with_profile(run, fake):
+    """acmectl add --profile: the order carries it (the fake CA lists
+    it; Pebble 2.4 has no profiles)."""
+    fake.profiles = {"classic": "the usual", "shortlived": "6 days"}
+    run.start([["p.example"]])
+    run.wait_issued("p.example")
+    sock = run.tmp / "control.sock"
+    out = json.loads(acmectl_ok(sock, "--json", "add", "--profile",
+                                "shortlived", "fake", "q.example"))
+    assert out["profile"] == "shortlived", out
+    sent = [p.get("profile") for p in fake.new_orders()
+            if "q.example" in [i["value"] for i in p["identifiers"]]]
+    assert sent == ["shortlived"], sent
+    p = acmectl(sock, "add", "--profile", "", "fake", "r.example")
+    assert p.returncode == 2 and "--profile: empty" in p.stderr, p.stderr
