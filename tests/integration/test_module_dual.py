@@ -176,6 +176,11 @@ ID_SERVERS = [
      "    acme_certificate fake key=rsa:2048;\n"
      "    acme_certificate fake;\n",
      ["dots.test_rsa2048", "dots.test"]),
+    # nginx-acme's sizeless key types: rsa is rsa:2048, ecdsa the default.
+    ("server_name ip4.test;\n"
+     "    acme_certificate fake 192.0.2.10 Ip4.Test. key=rsa;\n"
+     "    acme_certificate fake [2001:DB8::10] ip4.test key=ecdsa;\n",
+     ["192.0.2.10_rsa2048", "2001:db8::10"]),
 ]
 
 
@@ -218,6 +223,8 @@ def test_sidecar_and_module_agree_on_ids(tmp_path, nginx_factory,
         assert leaf(tls, name) == fp(pairs[cid]), (name, nginx.diagnostics())
     assert leaf(tls, "www.dots.test", ECDSA_13) == fp(pairs["dots.test"])
     assert leaf(tls, "dots.test", RSA_12) == fp(pairs["dots.test_rsa2048"])
+    assert leaf(tls, "ip4.test", ECDSA_13) == fp(pairs["2001:db8::10"])
+    assert leaf(tls, "ip4.test", RSA_12) == fp(pairs["192.0.2.10_rsa2048"])
 
 
 CONF_ERRORS = [

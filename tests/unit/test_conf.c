@@ -469,6 +469,54 @@ test_conf_key_types(void **state)
 	assert_int_equal(key_type_parse("RSA:2048", &type), -1);
 	assert_int_equal(key_type_parse("ecdsa256", &type), -1);
 	assert_int_equal(key_type_parse("", &type), -1);
+	/* nginx-acme's sizeless names: its default sizes. */
+	assert_int_equal(key_type_parse("rsa", &type), 0);
+	assert_int_equal(type, KEY_RSA_2048);
+	assert_int_equal(key_type_parse("ecdsa", &type), 0);
+	assert_int_equal(type, KEY_ECDSA_256);
+}
+
+/*
+ * key=rsa and key=ecdsa name the same certificates as rsa:2048 and
+ * ecdsa:256, in the file, in the API (conf_runtime_add()) and as
+ * account_key; certificates.conf keeps the sized name.
+ */
+static void
+test_conf_sizeless_key_types(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_cert	*cc;
+	char			*idents[] = { "c.test" }, *cause = NULL, *text;
+
+	conf = conf_test_ok(t, "acme_issuer le {\n    uri https://acme.test/d;"
+	    "\n    account_key rsa;\n    state_path st;\n}\n"
+	    "acme_certificate le a.test key=rsa;\n"
+	    "acme_certificate le b.test key=ecdsa;\n");
+	assert_int_equal(TAILQ_FIRST(&conf->c_issuers)->ci_account_key_type,
+	    KEY_RSA_2048);
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "a.test_rsa2048");
+	assert_int_equal(cc->cc_key, KEY_RSA_2048);
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_string_equal(cc->cc_id, "b.test");
+	assert_int_equal(cc->cc_key, KEY_ECDSA_256);
+	assert_int_equal(conf_runtime_add(conf, "le", idents, 1, "rsa", NULL,
+	    &cause), CONF_ADD_OK);
+	assert_string_equal(TAILQ_LAST(&conf->c_certs, conf_certs)->cc_id,
+	    "c.test_rsa2048");
+	text = conf_runtime_text(conf, TAILQ_FIRST(&conf->c_issuers));
+	assert_non_null(strstr(text, "acme_certificate le c.test "
+	    "key=rsa:2048;\n"));
+	free(text);
+	/* The same certificate under its other name is a duplicate. */
+	idents[0] = "a.test";
+	assert_int_equal(conf_runtime_add(conf, "le", idents, 1, "rsa:2048",
+	    NULL, &cause), CONF_ADD_DUPLICATE);
+	free(cause);
+	conf_free(conf);
+	conf_test_err(t, ISSUER "acme_certificate le a.test key=rsa:;\n",
+	    "%s/sidecar.conf:4: invalid key type \"rsa:\"", t->dir);
 }
 
 static void
@@ -1962,6 +2010,7 @@ main(void)
 		T(test_conf_duplicate_directive),
 		T(test_conf_bad_key_type),
 		T(test_conf_key_types),
+		T(test_conf_sizeless_key_types),
 		T(test_conf_unknown_issuer),
 		T(test_conf_duplicate_certificate),
 		T(test_conf_duplicate_issuer),
