@@ -432,6 +432,13 @@ acme_issuer_profile(const struct acme_issuer *ai, int *require)
 	return ai->ai_conf->ci_profile;
 }
 
+/* common_name_in_csr, as of the latest reload. */
+int
+acme_issuer_cn_in_csr(const struct acme_issuer *ai)
+{
+	return ai->ai_conf->ci_cn_in_csr;
+}
+
 /*
  * Whether the directory's meta.profiles names name (an object of names to
  * descriptions, draft-ietf-acme-profiles).  Asked when newOrder leaves,

@@ -113,6 +113,8 @@ static int	conf_cmd_challenge(struct conf_parse *, struct conf_block *,
 		    int, char **);
 static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
 		    char **);
+static int	conf_cmd_cn_in_csr(struct conf_parse *, struct conf_block *,
+		    int, char **);
 static int	conf_cmd_max_idents(struct conf_parse *, struct conf_block *,
 		    int, char **);
 
@@ -143,6 +145,8 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "request_rate", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_rate },
 	{ "max_identifiers", CONF_ISSUER|CONF_ONCE, 1, 1,
 	    conf_cmd_max_idents },
+	{ "common_name_in_csr", CONF_ISSUER|CONF_ONCE, 1, 1,
+	    conf_cmd_cn_in_csr },
 };
 #define CONF_NCMDS (sizeof(conf_cmds) / sizeof(conf_cmds[0]))
 
@@ -840,19 +844,40 @@ conf_cmd_trusted(struct conf_parse *p, struct conf_block *blk, int argc,
 	return conf_check_regular(p, blk->ci->ci_trusted_cert);
 }
 
+/* on or off, in any case, as nginx's flag directives take it. */
+static int
+conf_on_off(struct conf_parse *p, const char *directive, const char *arg,
+    int *flag)
+{
+	if (strcasecmp(arg, "on") == 0)
+		*flag = 1;
+	else if (strcasecmp(arg, "off") == 0)
+		*flag = 0;
+	else
+		return conf_error(p, "invalid value \"%s\" in \"%s\" "
+		    "directive, it must be \"on\" or \"off\"", arg, directive);
+	return 0;
+}
+
 static int
 conf_cmd_verify(struct conf_parse *p, struct conf_block *blk, int argc,
     char **argv)
 {
 	(void)argc;
-	if (strcasecmp(argv[0], "on") == 0)
-		blk->ci->ci_ssl_verify = 1;
-	else if (strcasecmp(argv[0], "off") == 0)
-		blk->ci->ci_ssl_verify = 0;
-	else
-		return conf_error(p, "invalid value \"%s\" in \"ssl_verify\" "
-		    "directive, it must be \"on\" or \"off\"", argv[0]);
-	return 0;
+	return conf_on_off(p, "ssl_verify", argv[0], &blk->ci->ci_ssl_verify);
+}
+
+/*
+ * common_name_in_csr on|off (nginx-acme 0.4): whether the CSR's subject
+ * carries the first identifier as its CN.  Off by default.
+ */
+static int
+conf_cmd_cn_in_csr(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)argc;
+	return conf_on_off(p, "common_name_in_csr", argv[0],
+	    &blk->ci->ci_cn_in_csr);
 }
 
 /* A key type, or else the name of a PEM file holding the account key. */

@@ -448,15 +448,21 @@ out:
 	return rc;
 }
 
-/* CN = the first identifier when it is a DNS name that fits; else empty. */
+/*
+ * With common_name_in_csr on, CN = the first identifier when it is a DNS
+ * name that fits in a CN; otherwise, and by default (nginx-acme 0.4), an
+ * empty subject: the names are in subjectAltName alone, which is all a
+ * CA reads, and a CN may only repeat one of them.
+ */
 static int
-keys_csr_subject(X509_REQ *req, const char *first)
+keys_csr_subject(X509_REQ *req, const char *first, int with_cn)
 {
 	X509_NAME	*name;
 	unsigned char	 addr[16];
 	int		 len;
 
-	if (keys_ident_ip(first, addr, &len) || strlen(first) > KEYS_CN_MAX)
+	if (!with_cn || keys_ident_ip(first, addr, &len) ||
+	    strlen(first) > KEYS_CN_MAX)
 		return 0;
 	if ((name = X509_REQ_get_subject_name(req)) == NULL ||
 	    !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
@@ -479,7 +485,7 @@ keys_csr_md(EVP_PKEY *key)
 }
 
 char *
-keys_csr(EVP_PKEY *key, char *const *idents, size_t n)
+keys_csr(EVP_PKEY *key, char *const *idents, size_t n, int with_cn)
 {
 	X509_REQ	*req = NULL;
 	unsigned char	*der = NULL;
@@ -497,7 +503,7 @@ keys_csr(EVP_PKEY *key, char *const *idents, size_t n)
 		log_openssl("keys_csr");
 		goto out;
 	}
-	if (keys_csr_subject(req, idents[0]) != 0 ||
+	if (keys_csr_subject(req, idents[0], with_cn) != 0 ||
 	    keys_csr_san(req, idents, n) != 0)
 		goto out;
 	if (X509_REQ_sign(req, key, keys_csr_md(key)) <= 0) {

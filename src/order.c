@@ -816,8 +816,8 @@ order_finalize_payload(struct cert *ce)
 		    "it again", ce->ce_id, cause);
 		free(cause);
 	}
-	if ((csr = keys_csr(ce->ce_new_key, ce->ce_idents,
-	    ce->ce_nidents)) == NULL)
+	if ((csr = keys_csr(ce->ce_new_key, ce->ce_idents, ce->ce_nidents,
+	    acme_issuer_cn_in_csr(ce->ce_issuer))) == NULL)
 		return NULL;
 	xasprintf(&s, "{\"csr\":\"%s\"}", csr);
 	free(csr);

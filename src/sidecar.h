@@ -107,6 +107,7 @@ struct conf_issuer {
 	char			*ci_preferred_chain;
 	char			*ci_profile;
 	int			 ci_profile_require;
+	int			 ci_cn_in_csr;		/* common_name_in_csr */
 	enum challenge_type	 ci_challenge;
 	double			 ci_rate;		/* r/s, 0 = off */
 	unsigned int		 ci_burst;
@@ -538,7 +539,8 @@ void		 keys_pem_free(char *);			/* wipes, then frees */
 json_t		*keys_jwk(EVP_PKEY *);			/* public JWK */
 char		*keys_thumbprint(EVP_PKEY *);		/* RFC 7638, b64url */
 char		*keys_key_authorization(const char *, const char *);
-char		*keys_csr(EVP_PKEY *, char *const *, size_t);	/* b64url DER */
+/* b64url DER; with_cn: the first identifier as the subject's CN. */
+char		*keys_csr(EVP_PKEY *, char *const *, size_t, int with_cn);
 
 /* jws.c: RFC 7515 flattened JSON serialisation as RFC 8555 uses it. */
 const char	*jws_alg(EVP_PKEY *);			/* "ES256", ... */
@@ -846,6 +848,7 @@ const char	*acme_issuer_preferred_chain(const struct acme_issuer *);
 const char	*acme_issuer_revoke_url(const struct acme_issuer *);	/* or NULL */
 const char	*acme_issuer_renewal_info(const struct acme_issuer *);	/* or NULL */
 const char	*acme_issuer_profile(const struct acme_issuer *, int *require);
+int		 acme_issuer_cn_in_csr(const struct acme_issuer *);
 int		 acme_issuer_profile_listed(const struct acme_issuer *,
 		    const char *);
 void		 acme_fleet_up(struct acme_issuer *);

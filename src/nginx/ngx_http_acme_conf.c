@@ -218,6 +218,8 @@ static const struct {
 	{ "request_rate", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_rate },
 	{ "max_identifiers", 1, 1, NGX_HTTP_ACME_ONCE,
 	    ngx_http_acme_check_max_idents },
+	{ "common_name_in_csr", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_on_off },
 };
 #define NGX_HTTP_ACME_ISSUER_NCMDS \
 	(sizeof(ngx_http_acme_issuer_cmds) / \

@@ -364,16 +364,17 @@ csr_sans(X509_REQ *req, char out[][128], size_t max)
 	return (size_t)n;
 }
 
+/* cn "": the subject must be empty, the names in subjectAltName only. */
 static void
-check_csr(EVP_PKEY *key, char *const *idents, size_t n, const char *cn,
-    const char *const *want)
+check_csr(EVP_PKEY *key, char *const *idents, size_t n, int with_cn,
+    const char *cn, const char *const *want)
 {
 	X509_REQ	*req;
 	EVP_PKEY	*pub;
 	char		*csr, *got_cn, sans[8][128];
 	size_t		 i, nsans;
 
-	assert_non_null(csr = keys_csr(key, idents, n));
+	assert_non_null(csr = keys_csr(key, idents, n, with_cn));
 	assert_null(strpbrk(csr, "+/="));
 	req = csr_decode(csr);
 	assert_int_equal(X509_REQ_verify(req, key), 1);
@@ -382,6 +383,9 @@ check_csr(EVP_PKEY *key, char *const *idents, size_t n, const char *cn,
 	got_cn = csr_cn(req);
 	assert_string_equal(got_cn, cn);
 	free(got_cn);
+	if (*cn == '\0')
+		assert_int_equal(X509_NAME_entry_count(
+		    X509_REQ_get_subject_name(req)), 0);
 	nsans = csr_sans(req, sans, 8);
 	assert_int_equal(nsans, n);
 	for (i = 0; i < n; i++)
@@ -403,8 +407,11 @@ test_keys_csr(void **state)
 	int	 t;
 
 	(void)state;
-	for (t = 0; t < KEY_TYPE_MAX; t++)
-		check_csr(keys[t], idents, 4, "example.com", want);
+	/* common_name_in_csr: off by default, as in nginx-acme 0.4. */
+	for (t = 0; t < KEY_TYPE_MAX; t++) {
+		check_csr(keys[t], idents, 4, 1, "example.com", want);
+		check_csr(keys[t], idents, 4, 0, "", want);
+	}
 }
 
 static void
@@ -422,7 +429,7 @@ test_keys_csr_no_cn(void **state)
 
 	(void)state;
 	/* An IP literal never becomes the CN. */
-	check_csr(keys[KEY_ECDSA_256], ip_first, 2, "", ip_want);
+	check_csr(keys[KEY_ECDSA_256], ip_first, 2, 1, "", ip_want);
 
 	/* 64 characters fit ub-common-name; 65 do not. */
 	memset(long_name, 'a', 61);
@@ -431,15 +438,16 @@ test_keys_csr_no_cn(void **state)
 	long_first[0] = long_name;
 	snprintf(long_want, sizeof(long_want), "DNS:%s", long_name);
 	long_wantp[0] = long_want;
-	check_csr(keys[KEY_ECDSA_256], long_first, 1, long_name, long_wantp);
+	check_csr(keys[KEY_ECDSA_256], long_first, 1, 1, long_name,
+	    long_wantp);
 	memset(long_name, 'a', 62);
 	memcpy(long_name + 62, ".io", 4);
 	assert_int_equal(strlen(long_name), 65);
 	snprintf(long_want, sizeof(long_want), "DNS:%s", long_name);
-	check_csr(keys[KEY_ECDSA_256], long_first, 1, "", long_wantp);
+	check_csr(keys[KEY_ECDSA_256], long_first, 1, 1, "", long_wantp);
 
 	/* The signature is over this key, not another one. */
-	csr = keys_csr(keys[KEY_ECDSA_256], ip_first, 2);
+	csr = keys_csr(keys[KEY_ECDSA_256], ip_first, 2, 1);
 	req = csr_decode(csr);
 	other = keys_generate(KEY_ECDSA_256);
 	assert_int_not_equal(X509_REQ_verify(req, other), 1);
@@ -447,7 +455,7 @@ test_keys_csr_no_cn(void **state)
 	X509_REQ_free(req);
 	free(csr);
 
-	assert_null(keys_csr(keys[KEY_ECDSA_256], ip_first, 0));
+	assert_null(keys_csr(keys[KEY_ECDSA_256], ip_first, 0, 1));
 }
 
 static void
