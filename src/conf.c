@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <glob.h>
 #include <pwd.h>
 #include <grp.h>
@@ -52,6 +53,22 @@
 #define CONF_MAX_BURST		1000000		/* request_rate burst= */
 
 #define CONF_DEFAULT_STATE_DIR	"/var/lib/acme-sidecar"
+#define CONF_VOLATILE_TEMPLATE	"acme-sidecar.XXXXXX"
+#define CONF_VOLATILE_FDS	16	/* descriptors nftw() may hold */
+
+/*
+ * "state_path off" (nginx-acme's: nothing outlives the process).  store.c
+ * knows one kind of state_path, a folder, so "off" is a folder that lives
+ * only as long as the process: one private folder (0700), made with
+ * mkdtemp(3) the first time an issuer asks for it, under
+ * $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=, which systemd removes
+ * when the service stops, however it stops), else $TMPDIR, else /tmp.
+ * Each such issuer has NAME below it.  Reloads keep it; exit() removes it.
+ * A kill -9 cannot, and leaves it: its keys are 0600 in a 0700 folder,
+ * and the next start makes a new one.
+ */
+static char	*conf_volatile_root;
+static pid_t	 conf_volatile_pid;
 #define CONF_DEFAULT_CONTROL	"/run/acme-sidecar/control.sock"
 #define CONF_DEFAULT_ADDR	"0.0.0.0"
 #define CONF_DEFAULT_PORT	80
@@ -674,14 +691,82 @@ conf_number(const char *s, long long min, long long max, long long *out)
 }
 
 static int
+conf_volatile_rm(const char *path, const struct stat *sb, int flag,
+    struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	if (remove(path) == -1 && errno != ENOENT)
+		log_warn("state_path off: %s", path);
+	return 0;
+}
+
+/* At exit, by the process that made it only. */
+static void
+conf_volatile_remove(void)
+{
+	if (conf_volatile_root == NULL || getpid() != conf_volatile_pid)
+		return;
+	nftw(conf_volatile_root, conf_volatile_rm, CONF_VOLATILE_FDS,
+	    FTW_DEPTH | FTW_PHYS);
+}
+
+const char *
+conf_volatile_dir(void)
+{
+	return conf_volatile_root;
+}
+
+/* The folder of state_path off, made at the first call. */
+static const char *
+conf_volatile_make(char **cause)
+{
+	const char	*base;
+	char		*path;
+	size_t		 len;
+
+	if (conf_volatile_root != NULL)
+		return conf_volatile_root;
+	if ((base = getenv("RUNTIME_DIRECTORY")) != NULL && *base == '/')
+		len = strcspn(base, ":");	/* the first of a list */
+	else {
+		if ((base = getenv("TMPDIR")) == NULL || *base != '/')
+			base = "/tmp";
+		len = strlen(base);
+	}
+	xasprintf(&path, "%.*s/%s", (int)len, base, CONF_VOLATILE_TEMPLATE);
+	if (mkdtemp(path) == NULL) {
+		xasprintf(cause, "state_path off: mkdtemp %s: %s", path,
+		    strerror(errno));
+		free(path);
+		return NULL;
+	}
+	conf_volatile_root = path;
+	conf_volatile_pid = getpid();
+	atexit(conf_volatile_remove);
+	return path;
+}
+
+static int
 conf_issuer_finish(struct conf_parse *p, struct conf_block *blk)
 {
+	const char		*root;
+	char			*why = NULL;
 	struct conf_issuer	*ci = blk->ci, *other;
 
 	if (ci->ci_uri == NULL)
 		return conf_error_at(p, ci->ci_file, ci->ci_line,
 		    "no \"uri\" is defined for acme_issuer \"%s\"",
 		    ci->ci_name);
+	if (ci->ci_state_off) {
+		if ((root = conf_volatile_make(&why)) == NULL) {
+			conf_error_at(p, blk->sp_file, blk->sp_line, "%s", why);
+			free(why);
+			return -1;
+		}
+		xasprintf(&ci->ci_state_path, "%s/%s", root, ci->ci_name);
+	}
 	if (ci->ci_state_path == NULL) {
 		xasprintf(&ci->ci_state_path, "%s/%s",
 		    CONF_DEFAULT_STATE_DIR, ci->ci_name);
@@ -801,7 +886,11 @@ conf_cmd_state(struct conf_parse *p, struct conf_block *blk, int argc,
 	(void)argc;
 	if (argv[0][0] == '\0')
 		return conf_error(p, "invalid state_path \"\"");
-	blk->ci->ci_state_path = conf_path_resolve(p->lex, argv[0]);
+	/* Its folder is made once the block is read (conf_issuer_finish()). */
+	if (strcmp(argv[0], "off") == 0)
+		blk->ci->ci_state_off = 1;
+	else
+		blk->ci->ci_state_path = conf_path_resolve(p->lex, argv[0]);
 	blk->sp_file = xstrdup(p->file);
 	blk->sp_line = p->line;
 	blk->ci->ci_state_file = xstrdup(p->file);

@@ -595,6 +595,7 @@ static void
 main_drop(void)
 {
 	struct conf_issuer	*ci;
+	const char		*dir;
 	char			*cause = NULL;
 
 	if (main_conf->c_user == NULL)
@@ -607,6 +608,10 @@ main_drop(void)
 		return;
 	}
 	main_control_chown();
+	/* Ours, made by mkdtemp(3) a moment ago: the user must remove it. */
+	if ((dir = conf_volatile_dir()) != NULL &&
+	    chown(dir, main_user.pu_uid, main_user.pu_gid) == -1)
+		fatal("state_path off: chown %s", dir);
 	TAILQ_FOREACH(ci, &main_conf->c_issuers, ci_entry) {
 		if (priv_state_prepare(ci->ci_state_path, &main_user,
 		    &cause) == -1)

@@ -95,6 +95,7 @@ struct conf_issuer {
 	char			**ci_contact;		/* "mailto:..." */
 	size_t			 ci_ncontact;
 	char			*ci_state_path;
+	int			 ci_state_off;		/* state_path off */
 	int			 ci_accept_tos;
 	char			*ci_trusted_cert;	/* CA file or NULL */
 	int			 ci_ssl_verify;		/* default 1 */
@@ -231,6 +232,7 @@ struct conf	*conf_load(const char *, char **);	/* no --nginx-conf */
 void		 conf_free(struct conf *);
 struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
+const char	*conf_volatile_dir(void);	/* state_path off's, or NULL */
 void		 conf_issuer_free(struct conf_issuer *);
 const char	*key_type_name(enum key_type);		/* "ecdsa:256" */
 const char	*key_type_suffix(enum key_type);	/* "rsa2048" */

@@ -266,7 +266,9 @@ ngx_http_acme_check_state_path(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 {
 	if (ngx_http_acme_check_nonempty(cf, iss, arg, n) != NGX_CONF_OK)
 		return NGX_CONF_ERROR;
-	iss->state_path = *arg;
+	/* "off": the sidecar's private folder per issuer, shared by none. */
+	if (!ngx_http_acme_str_eq(arg, "off"))
+		iss->state_path = *arg;
 	return NGX_CONF_OK;
 }
 
