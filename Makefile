@@ -50,7 +50,8 @@ $(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 	$(CC) $(CFLAGS) -Isrc -Iproto -c -o $@ $<
 
 $(CTL_OBJS): src/acmectl/ctl.h
-$(BUILD)/obj/order.o $(BUILD)/obj/order_cluster.o: src/order.h
+$(BUILD)/obj/order.o $(BUILD)/obj/order_ari.o $(BUILD)/obj/order_cluster.o: \
+    src/order.h
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h \
     proto/acme_ident.h $(LIB_OBJS)
