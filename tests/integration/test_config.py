@@ -6,11 +6,14 @@ exit status and one word of the cause.
 """
 
 import re
+import signal
+import stat
 import subprocess
+import time
 
 import pytest
 
-from conftest import ROOT, pebblelib
+from conftest import ROOT, SIDECAR, openssl, pebblelib
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +167,56 @@ def test_example_config(tmp_path, sidecar_bin):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     assert "test is successful" in out, out
+
+
+def test_nginx_acme_vocabulary(run, fake, tmp_path, monkeypatch):
+    """nginx-acme 0.4's words, against the fake CA (it signs the CSR's
+    subject as it is): by default the subject is empty, and once a reload
+    turns common_name_in_csr on, the first name is its CN; key=rsa is a
+    2048-bit key; state_path off keeps everything in one private folder
+    under TMPDIR (-t leaves nothing), which reloads keep and a clean stop
+    removes."""
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    monkeypatch.setenv("TMPDIR", str(rt))
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    default_state = run.state
+    run.issuers = {"fake": (fake.directory_url, "off", [])}
+    run.write_conf([["b.example", "c.example"]])
+    p = run_t(SIDECAR, run.conf)
+    assert p.returncode == 0, p.stderr
+    assert list(rt.iterdir()) == [], "-t left %s" % list(rt.iterdir())
+
+    run.sidecar = run.factory(run.conf).start()
+    run.t0 = time.monotonic()
+    root = run.wait(lambda: list(rt.glob("acme-sidecar.*")), 10,
+                    "the state_path off folder")[0]
+    run.check(stat.S_IMODE(root.stat().st_mode) == 0o700,
+              "%s: mode %o" % (root, root.stat().st_mode))
+    run.state = root / "fake"
+    run.wait_issued("b.example")
+    b = run.leaf("b.example")
+    run.check(subject(b) == "", "b: %r" % subject(b))
+
+    run.issuers = {"fake": (fake.directory_url, "off",
+                            ["common_name_in_csr on;"])}
+    run.write_conf([["b.example", "c.example"], ["a.example", "key=rsa"]])
+    run.sidecar.proc.send_signal(signal.SIGHUP)
+    run.wait_issued("a.example_rsa2048")
+    a = run.leaf("a.example_rsa2048")
+    run.check(subject(a) == "CN = a.example", "a: %r" % subject(a))
+    run.check("Public-Key: (2048 bit)" in openssl(
+        "x509", "-noout", "-text", input=a).stdout, "a: not RSA 2048")
+    run.check(list(rt.iterdir()) == [root] and
+              (root / "fake" / "account.key").is_file(),
+              "after the reload: %s" % list(rt.rglob("*")))
+    assert run.sidecar.stop() == 0, run.diagnostics()
+    assert list(rt.iterdir()) == [], "left after a clean stop: %s" % [
+        str(p) for p in rt.rglob("*")]
+    assert not default_state.exists()
+
+
+def subject(pem):
+    out = openssl("x509", "-noout", "-subject", "-nameopt", "oneline",
+                  input=pem).stdout.strip()
+    return out[len("subject="):].strip()

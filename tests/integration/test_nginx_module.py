@@ -277,6 +277,50 @@ def test_nginx_t_max_identifiers(tmp_path, pebble, nginx_factory, value,
             'must be from 1 to 1000' in out, out
 
 
+def test_nginx_acme_04_words(tmp_path, nginx_factory, sidecar_bin):
+    """nginx-acme 0.4's common_name_in_csr, state_path off (in two
+    issuers: no folder of theirs is shared) and sizeless key types pass
+    nginx -t and the sidecar's -t alike; a bad flag fails both, at its
+    line."""
+    nginx = nginx_factory()
+    issuers = "".join(
+        "acme_issuer %s { uri https://127.0.0.1:1/dir; state_path off; "
+        "common_name_in_csr %s; }\n" % (name, cn)
+        for name, cn in (("a", "on"), ("b", "off")))
+    servers = "".join(
+        "server {\n    listen 127.0.0.1:%d ssl;\n    server_name %s;\n"
+        "    acme_certificate %s key=%s;\n"
+        "    ssl_certificate $acme_certificate;\n"
+        "    ssl_certificate_key $acme_certificate_key;\n}\n" %
+        (free_port(), name, issuer, key)
+        for name, issuer, key in (("r.test", "a", "rsa"),
+                                  ("e.test", "b", "ecdsa")))
+    body = issuers + "acme_shared_zone zone=%s:1M;\n" % zone_name(
+        tmp_path) + servers
+    nginx.write(nginx_conf(nginx.prefix, body))
+    rc, out = nginx.test_config()
+    assert rc == 0, out
+    p = subprocess.run([str(sidecar_bin), "-t", "--nginx-conf",
+                        str(nginx.conf)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    assert p.returncode == 0, p.stdout
+
+    text = nginx_conf(nginx.prefix, body.replace(
+        "common_name_in_csr off", "common_name_in_csr maybe"))
+    nginx.write(text)
+    line = text[:text.index("maybe")].count("\n") + 1
+    want = 'invalid value "maybe" in "common_name_in_csr" directive, ' \
+        'it must be "on" or "off"'
+    rc, out = nginx.test_config()
+    assert rc != 0 and want in out, out
+    assert "%s:%d" % (nginx.conf, line) in out, out
+    p = subprocess.run([str(sidecar_bin), "-t", "--nginx-conf",
+                        str(nginx.conf)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    assert p.returncode != 0 and want in p.stdout, p.stdout
+    assert "%s:%d" % (nginx.conf, line) in p.stdout, p.stdout
+
+
 def test_fallback_and_challenge_under_redirect(tmp_path, pebble, http_port,
                                                nginx_factory,
                                                sidecar_factory):

@@ -3,7 +3,9 @@
  * exact "FILE:LINE: message" a mistake produces.
  */
 #include <sys/stat.h>
+#include <sys/wait.h>
 
+#include <dirent.h>
 #include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1189,6 +1191,77 @@ conf_test_nginx_err(struct conf_test *t, const char *text,
 	free(path);
 }
 
+/*
+ * nginx-acme 0.4's common_name_in_csr (off by default) and state_path
+ * off, in the sidecar's file and in nginx.conf.  state_path off is a
+ * private folder that the process removes at exit: a child loads the
+ * configuration, so that its exit can be watched.
+ */
+static void
+test_conf_nginx_acme_04(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*a, *b;
+	struct stat		 st;
+	struct dirent		*de;
+	DIR			*d;
+	pid_t			 pid;
+	int			 status, left = 0;
+	char			*root;
+
+	conf = conf_test_ok(t, ISSUER);
+	assert_false(TAILQ_FIRST(&conf->c_issuers)->ci_cn_in_csr);
+	conf_free(conf);
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/d;\n"
+	    "    common_name_in_csr yes;\n}\n", "%s/sidecar.conf:3: invalid "
+	    "value \"yes\" in \"common_name_in_csr\" directive, it must be "
+	    "\"on\" or \"off\"", t->dir);
+
+	if ((pid = fork()) == 0) {
+		setenv("TMPDIR", t->dir, 1);
+		unsetenv("RUNTIME_DIRECTORY");
+		conf = conf_test_nginx(t, "nginx.conf", "http {\n"
+		    "acme_issuer a {\n    uri https://acme.test/d;\n"
+		    "    state_path off;\n    common_name_in_csr ON;\n}\n"
+		    "acme_issuer b {\n    uri https://acme.test/d;\n"
+		    "    state_path off;\n}\n}\n");
+		a = TAILQ_FIRST(&conf->c_issuers);
+		b = TAILQ_NEXT(a, ci_entry);
+		root = xstrdup(conf_volatile_dir());
+		/* Private, in TMPDIR, one folder per issuer below it. */
+		if (strncmp(root, t->dir, strlen(t->dir)) != 0 ||
+		    stat(root, &st) == -1 || !S_ISDIR(st.st_mode) ||
+		    (st.st_mode & 07777) != 0700 || !a->ci_cn_in_csr ||
+		    b->ci_cn_in_csr || strcmp(strrchr(a->ci_state_path, '/'),
+		    "/a") != 0 || strcmp(strrchr(b->ci_state_path, '/'),
+		    "/b") != 0 || strncmp(a->ci_state_path, root,
+		    strlen(root)) != 0 || mkdir(a->ci_state_path, 0700) == -1)
+			_exit(2);
+		conf_free(conf);
+		/* A reload keeps the folder. */
+		conf = conf_test_nginx(t, "nginx.conf", "http {\n"
+		    "acme_issuer a {\n    uri https://acme.test/d;\n"
+		    "    state_path off;\n}\n}\n");
+		if (strcmp(conf_volatile_dir(), root) != 0)
+			_exit(3);
+		conf_free(conf);
+		free(root);
+		exit(0);	/* its atexit handler removes the folder */
+	}
+	assert_int_not_equal(pid, -1);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_non_null(d = opendir(t->dir));
+	while ((de = readdir(d)) != NULL)
+		left += strncmp(de->d_name, "acme-sidecar.", 13) == 0;
+	closedir(d);
+	assert_int_equal(left, 0);
+	/* This process made none. */
+	assert_null(conf_volatile_dir());
+}
+
 static void
 conf_test_mkdir(struct conf_test *t, const char *name)
 {
@@ -2011,6 +2084,7 @@ main(void)
 		T(test_conf_bad_key_type),
 		T(test_conf_key_types),
 		T(test_conf_sizeless_key_types),
+		T(test_conf_nginx_acme_04),
 		T(test_conf_unknown_issuer),
 		T(test_conf_duplicate_certificate),
 		T(test_conf_duplicate_issuer),
