@@ -12,6 +12,12 @@
  *   PREFIX:order:ID  {"v":1, "id", "issuer", "url", "identifiers":[...],
  *                     "key":SEALED, "fence", "node"}
  *   PREFIX:account:ISSUER {"v":1, "uri", "url", "key":SEALED}
+ *   PREFIX:ari:ID    {"v":1, "id", "cert_id", "start", "end", "renew_at",
+ *                     "next_fetch"[, "explanation_url"], "fence", "node"}
+ *
+ * The ARI record is what the last fetch of renewalInfo said of the
+ * certificate named by cert_id (ari.c's STATE/ari/ID.json, shared): every
+ * replica renews at its renew_at, and none asks the CA before next_fetch.
  *
  * The sealed keys' associated data is the Redis key name itself.
  */
@@ -415,4 +421,64 @@ cluster_rec_keyauth_ok(const char *token, const char *ka, size_t len)
 			return 0;
 	}
 	return 1;
+}
+
+/*
+ * PREFIX:ari:ID: ari.c's own JSON, plus the record's version, the
+ * certificate's id, the writer's fence and name.
+ */
+char *
+cluster_rec_ari_json(const char *id, const struct ari_state *as,
+    uint64_t fence)
+{
+	json_t		*o;
+	json_error_t	 err;
+	char		*text;
+
+	text = ari_state_json(as);
+	o = json_loads(text, 0, &err);
+	free(text);
+	if (o == NULL)
+		fatalx("%s: ari_state_json: %s", __func__, err.text);
+	if (json_object_set_new(o, "v", json_integer(REC_VERSION)) == -1 ||
+	    json_object_set_new(o, "id", json_string(id)) == -1 ||
+	    json_object_set_new(o, "fence", json_integer((json_int_t)fence)) ==
+	    -1 || json_object_set_new(o, "node", json_string(cluster_node())) ==
+	    -1)
+		fatalx("%s: json_object_set_new", __func__);
+	return cluster_rec_dump(o);
+}
+
+/*
+ * Checked as STATE/ari/ID.json is (ari_state_parse()), and it must be
+ * this certificate's, of this version, written under a fence.
+ */
+int
+cluster_rec_ari_parse(const char *id, const char *text, size_t len,
+    struct ari_state *as, char **cause)
+{
+	json_t		*o;
+	const char	*s;
+	json_int_t	 fence;
+	int		 rc = -1;
+
+	if (len > ARI_MAX_BODY) {
+		xasprintf(cause, "larger than %d bytes", ARI_MAX_BODY);
+		return -1;
+	}
+	if ((o = cluster_rec_open(text, len, cause)) == NULL)
+		return -1;
+	if ((s = cluster_rec_str(o, "id", REC_MAX_STRING, cause)) == NULL)
+		goto out;
+	if (strcmp(s, id) != 0) {
+		xasprintf(cause, "it is certificate \"%s\", not \"%s\"", s, id);
+		goto out;
+	}
+	if (cluster_rec_str(o, "node", REC_MAX_STRING, cause) == NULL ||
+	    cluster_rec_int(o, "fence", 1, &fence, cause) == -1)
+		goto out;
+	rc = ari_state_parse(text, len, as, cause);
+out:
+	json_decref(o);
+	return rc;
 }

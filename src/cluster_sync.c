@@ -15,8 +15,13 @@
  * a node that slept past its lease finds a newer fence and its write is
  * refused, whatever it has in hand.  The same script publishes the change.
  *
- * Messages on PREFIX:events, each "KIND ARG NODE": "cert ID", "token T",
- * "untoken T", "runtime -".  A node ignores its own.
+ * ARI.  PREFIX:ari:ID, what renewalInfo last said of the certificate, is
+ * written like a certificate: under the certificate's lease and fence, so
+ * the node that asked the CA is the only one that did, and a node that
+ * slept past its lease cannot overwrite a newer answer.
+ *
+ * Messages on PREFIX:events, each "KIND ARG NODE": "cert ID", "ari ID",
+ * "token T", "untoken T", "runtime -".  A node ignores its own.
  */
 #include <sys/queue.h>
 
@@ -103,11 +108,12 @@ static const char sync_lua_put[] =
     "return 1\n";
 
 /*
- * KEYS order, cert: both values, where a key of another type answers
+ * KEYS order, cert, ari: the values, where a key of another type answers
  * its error (MGET would answer nil, as for a key that is not there).
  */
-static const char sync_lua_get2[] =
-    "return {redis.pcall('GET', KEYS[1]), redis.pcall('GET', KEYS[2])}\n";
+static const char sync_lua_get3[] =
+    "return {redis.pcall('GET', KEYS[1]), redis.pcall('GET', KEYS[2]),\n"
+    "    redis.pcall('GET', KEYS[3])}\n";
 
 /*
  * KEYS members, ack; ARGV now (ms).  Returns {live, {missing...}}: the
@@ -549,6 +555,20 @@ cluster_put_cert(struct cluster_lease *l, const struct cluster_rec *rec,
 	return cmd;
 }
 
+/* What renewalInfo said of the certificate, fenced like a certificate. */
+struct cluster_op *
+cluster_put_ari(struct cluster_lease *l, const struct ari_state *as,
+    cluster_put_cb cb, void *arg)
+{
+	struct cluster_op	*cmd;
+	char			*json;
+
+	json = cluster_rec_ari_json(l->cl_id, as, l->cl_fence);
+	cmd = sync_put(l, "ari", json, NULL, cb, arg);
+	free(json);
+	return cmd;
+}
+
 struct cluster_op *
 cluster_put_order(struct cluster_lease *l, const struct cluster_rec *rec,
     cluster_put_cb cb, void *arg)
@@ -566,12 +586,12 @@ cluster_put_order(struct cluster_lease *l, const struct cluster_rec *rec,
 	return cmd;
 }
 
-/* Reads: an id's order and certificate, checked. */
+/* Reads: an id's order, certificate and ARI record, checked. */
 
 /* Parse one value read back; a bad one is logged with its key. */
 static int
 sync_parse(const char *kind, const char *id, const struct redisReply *v,
-    struct cluster_rec *rec)
+    struct cluster_rec *rec, struct ari_state *ari)
 {
 	char	*name, *cause = NULL;
 	int	 rc;
@@ -581,6 +601,8 @@ sync_parse(const char *kind, const char *id, const struct redisReply *v,
 	name = cluster_keyname(kind, id);
 	if (v->type != REDIS_REPLY_STRING)
 		rc = -1, cause = xstrdup("not a string");
+	else if (strcmp(kind, "ari") == 0)
+		rc = cluster_rec_ari_parse(id, v->str, v->len, ari, &cause);
 	else if (strcmp(kind, "cert") == 0)
 		rc = cluster_rec_cert_parse(name, id, v->str, v->len, rec,
 		    &cause);
@@ -599,45 +621,58 @@ sync_got(const struct redisReply *r, void *arg)
 {
 	struct cluster_op	*op = arg;
 	struct cluster_rec	 order, cert;
-	int			 have_order = 0, have_cert = 0, rc = 0;
+	struct ari_state	 ari;
+	int			 have_order = 0, have_cert = 0, have_ari = 0;
+	int			 rc = 0;
 
 	memset(&order, 0, sizeof(order));
 	memset(&cert, 0, sizeof(cert));
+	memset(&ari, 0, sizeof(ari));
 	if (cluster_reply_failed(r, op->op_what) ||
-	    r->type != REDIS_REPLY_ARRAY || r->elements != 2)
+	    r->type != REDIS_REPLY_ARRAY || r->elements != 3)
 		rc = -1;
 	else if (op->op_state != NULL) {
 		have_order = sync_parse("order", op->op_id, r->element[0],
-		    &order);
-		have_cert = sync_parse("cert", op->op_id, r->element[1], &cert);
+		    &order, NULL);
+		have_cert = sync_parse("cert", op->op_id, r->element[1], &cert,
+		    NULL);
+		have_ari = sync_parse("ari", op->op_id, r->element[2], NULL,
+		    &ari);
 	}
 	if (op->op_state != NULL)
 		op->op_state(rc, have_order ? &order : NULL,
-		    have_cert ? &cert : NULL, op->op_arg);
+		    have_cert ? &cert : NULL, have_ari ? &ari : NULL,
+		    op->op_arg);
 	cluster_rec_clear(&order);
 	cluster_rec_clear(&cert);
+	ari_state_clear(&ari);
 	sync_op_free(op);
 }
 
-/* cb(rc, order or NULL, certificate or NULL): what Redis holds for id. */
+/*
+ * cb(rc, order, certificate, ARI record, each or NULL): what Redis holds
+ * for id.
+ */
 struct cluster_op *
 cluster_get_state(const char *id, cluster_state_cb cb, void *arg)
 {
 	struct cluster_op	*op;
-	char			*k1, *k2;
-	const char		*keys[2];
+	char			*k1, *k2, *k3;
+	const char		*keys[3];
 
 	keys[0] = k1 = cluster_keyname("order", id);
 	keys[1] = k2 = cluster_keyname("cert", id);
+	keys[2] = k3 = cluster_keyname("ari", id);
 	op = sync_op_new(id, k2);
 	op->op_state = cb;
 	op->op_arg = arg;
-	if (sync_eval(sync_got, op, sync_lua_get2, 2, keys, 0, NULL) == NULL) {
+	if (sync_eval(sync_got, op, sync_lua_get3, 3, keys, 0, NULL) == NULL) {
 		sync_op_free(op);
 		op = NULL;
 	}
 	free(k1);
 	free(k2);
+	free(k3);
 	return op;
 }
 
@@ -1072,7 +1107,8 @@ sync_message(const char *msg)
 	else if (strcmp(kind, "untoken") == 0) {
 		if ((rt = sync_remote_find(arg)) != NULL)
 			sync_remote_remove(rt);
-	} else if (strcmp(kind, "cert") == 0) {
+	} else if (strcmp(kind, "cert") == 0 || strcmp(kind, "ari") == 0) {
+		/* Either way: read again what Redis holds for it. */
 		if (sync.hooks->sh_cert != NULL)
 			sync.hooks->sh_cert(arg);
 	} else if (strcmp(kind, "runtime") == 0) {

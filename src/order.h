@@ -59,6 +59,7 @@ struct cert {
 	struct cluster_lease	*ce_lease;
 	struct cluster_op	*ce_op;
 	struct cluster_op	*ce_sync_op;	/* order_cluster_sync() */
+	int			 ce_sync_again;	/* news during ce_sync_op */
 	struct cluster_token	*ce_shared;
 	char			*ce_challenge_url;	/* sent once synced */
 	int			 ce_order_shared;	/* before finalize */
@@ -87,6 +88,9 @@ struct cert {
 	struct ari_state	 ce_ari;
 	struct acme_req		*ce_ari_req;
 	struct event		*ce_ari_timer;
+	/* With replicas: the lease one fetch is made under, and its write. */
+	struct cluster_lease	*ce_ari_lease;
+	struct cluster_op	*ce_ari_op;
 
 	/* A revocation asked through the control API (order_revoke()). */
 	struct acme_req		*ce_revoke_req;
@@ -119,6 +123,9 @@ void		 order_ari_free(struct cert *);
 void		 order_ari_adopt(struct cert *, const char *chain);
 time_t		 order_ari_renew_at(const struct cert *);
 void		 order_ari_arm(struct cert *);
+void		 order_ari_shared(struct cert *, const struct ari_state *);
+void		 order_ari_cancel(struct cert *);
+int		 order_ari_busy(const struct cert *);
 
 /* order_cluster.c */
 void		 order_lease(struct cert *);

@@ -10,9 +10,13 @@
  * Retry-After.  A failed fetch leaves the lifetime rule (or the last
  * window) in force and is tried again ARI_RETRY_ERROR later.
  *
- * Several replicas share one renewal time through Redis (order_cluster.c)
- * that the lifetime rule sets; they do not fetch, so that N replicas do
- * not ask the CA N times per Retry-After.  They still send "replaces".
+ * Several replicas (order_cluster.c) ask the CA once for the fleet: a
+ * fetch is made under the certificate's lease, only when the ARI record
+ * in Redis (PREFIX:ari:ID) is due, and what the CA said goes back there,
+ * fenced, in place of STATE/ari/ID.json.  The other replicas take that
+ * record as it is, the renewal time chosen in the window included, so
+ * that every replica shows the same renewal and the first to take the
+ * lease when it comes places the one order.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +27,11 @@
 #include "order.h"
 
 #define ORDER_ARI_WAIT_ISSUER	1	/* seconds: directory not loaded */
+/* Replicas: the lease busy or Redis away, the record is read again then. */
+#define ORDER_ARI_WAIT_LEASE	CLUSTER_LEASE_TTL
 
 static void	 order_ari_fetch(int, short, void *);
+static void	 order_ari_settled(struct cert *);
 
 void
 order_ari_init(struct cert *ce)
@@ -34,12 +41,33 @@ order_ari_init(struct cert *ce)
 		fatalx("%s: evtimer_new", __func__);
 }
 
+/*
+ * Stop a fetch under way, and its write to Redis; an order's lease comes
+ * first (order_lease()).  The fetch is armed again with the next renewal.
+ */
 void
-order_ari_free(struct cert *ce)
+order_ari_cancel(struct cert *ce)
 {
 	if (ce->ce_ari_req != NULL)
 		acme_req_cancel(ce->ce_ari_req);
 	ce->ce_ari_req = NULL;
+	cluster_op_cancel(ce->ce_ari_op);
+	ce->ce_ari_op = NULL;
+	cluster_lease_release(ce->ce_ari_lease);
+	ce->ce_ari_lease = NULL;
+}
+
+/* Whether this node holds the certificate's lease for a fetch. */
+int
+order_ari_busy(const struct cert *ce)
+{
+	return ce->ce_ari_lease != NULL;
+}
+
+void
+order_ari_free(struct cert *ce)
+{
+	order_ari_cancel(ce);
 	if (ce->ce_ari_timer != NULL)
 		event_free(ce->ce_ari_timer);
 	ce->ce_ari_timer = NULL;
@@ -69,16 +97,16 @@ order_ari_adopt(struct cert *ce, const char *chain)
 		free(id);
 		return;
 	}
-	if (ce->ce_ari_req != NULL)
-		acme_req_cancel(ce->ce_ari_req);
-	ce->ce_ari_req = NULL;
+	order_ari_cancel(ce);
 	evtimer_del(ce->ce_ari_timer);
 	ari_state_clear(&ce->ce_ari);
 	free(ce->ce_cert_id);
 	ce->ce_cert_id = id;
-	if (id == NULL || cluster_enabled())
+	if (id == NULL)
 		return;
-	if (store_load_ari(dir, ce->ce_id, &ce->ce_ari, &cause) == -1) {
+	/* Replicas: Redis's record, read under the lease before a fetch. */
+	if (!cluster_enabled() &&
+	    store_load_ari(dir, ce->ce_id, &ce->ce_ari, &cause) == -1) {
 		log_warnx("certificate \"%s\": %s", ce->ce_id, cause);
 		free(cause);
 	}
@@ -111,12 +139,25 @@ order_ari_arm(struct cert *ce)
 	struct timeval	 tv;
 	time_t		 wait;
 
-	if (ce->ce_cert_id == NULL || cluster_enabled() ||
-	    ce->ce_ari_req != NULL)
+	if (ce->ce_cert_id == NULL || ce->ce_ari_req != NULL ||
+	    ce->ce_ari_lease != NULL)
 		return;
 	wait = ce->ce_ari.as_next_fetch - util_now();
 	tv.tv_sec = wait > 0 ? wait : 0;
 	tv.tv_usec = 0;
+	evtimer_add(ce->ce_ari_timer, &tv);
+}
+
+/* Ask again after delay seconds, jittered: replicas that wait together
+ * should not come back together. */
+static void
+order_ari_later(struct cert *ce, double delay)
+{
+	struct timeval	 tv;
+
+	delay = util_jitter(delay, 0.2);
+	tv.tv_sec = (time_t)delay;
+	tv.tv_usec = (suseconds_t)((delay - (double)tv.tv_sec) * 1e6);
 	evtimer_add(ce->ce_ari_timer, &tv);
 }
 
@@ -126,6 +167,8 @@ order_ari_save(struct cert *ce)
 {
 	char	*cause = NULL;
 
+	if (cluster_enabled())
+		return;		/* Redis keeps it: order_ari_share() */
 	if (store_save_ari(acme_issuer_state_path(ce->ce_issuer), ce->ce_id,
 	    &ce->ce_ari, &cause) == -1) {
 		log_warnx("certificate \"%s\": saving renewalInfo: %s",
@@ -163,6 +206,56 @@ order_ari_window(struct cert *ce, const struct ari_state *got)
 		    "window at %s", ce->ce_id, as->as_explanation);
 }
 
+/*
+ * What the CA said is in ce_ari: renew by it if it gave a window, and ask
+ * again when it allows.  Without a window the renewal time stays as it
+ * is (the lifetime rule, or the fleet's time from Redis).
+ */
+static void
+order_ari_settled(struct cert *ce)
+{
+	if (ce->ce_state == ORDER_IDLE && ce->ce_have &&
+	    order_ari_renew_at(ce) != 0)
+		order_schedule_renewal(ce, 0);
+	else
+		order_ari_arm(ce);
+}
+
+static void
+order_ari_lease_end(struct cert *ce)
+{
+	cluster_lease_release(ce->ce_ari_lease);
+	ce->ce_ari_lease = NULL;
+}
+
+static void
+order_ari_shared_done(int rc, void *arg)
+{
+	struct cert	*ce = arg;
+
+	ce->ce_ari_op = NULL;
+	order_ari_lease_end(ce);
+	if (rc == 0) {
+		log_warnx("certificate \"%s\": another node holds a newer "
+		    "lease; its renewalInfo answer is the fleet's, not this "
+		    "node's", ce->ce_id);
+		order_cluster_sync(ce);
+	} else if (rc == -1)
+		log_warnx("certificate \"%s\": Redis did not take the "
+		    "renewalInfo answer; the other replicas may ask again",
+		    ce->ce_id);
+	order_ari_settled(ce);
+}
+
+/* Replicas: the answer goes to Redis before this node acts on it. */
+static void
+order_ari_share(struct cert *ce)
+{
+	if ((ce->ce_ari_op = cluster_put_ari(ce->ce_ari_lease, &ce->ce_ari,
+	    order_ari_shared_done, ce)) == NULL)
+		order_ari_shared_done(-1, ce);
+}
+
 static void
 order_ari_reply(const struct acme_reply *r, void *arg)
 {
@@ -191,12 +284,141 @@ order_ari_reply(const struct acme_reply *r, void *arg)
 		ce->ce_ari.as_next_fetch = util_now() + ARI_RETRY_ERROR;
 	}
 	ari_state_clear(&got);
+	if (ce->ce_ari_lease != NULL) {
+		order_ari_share(ce);
+		return;
+	}
 	order_ari_save(ce);
-	/* Waiting for the renewal: the window may have moved it. */
-	if (ce->ce_state == ORDER_IDLE && ce->ce_have)
-		order_schedule_renewal(ce, 0);
+	order_ari_settled(ce);
+}
+
+static void
+order_ari_ask(struct cert *ce)
+{
+	log_debug("certificate \"%s\": asking renewalInfo/%s", ce->ce_id,
+	    ce->ce_cert_id);
+	ce->ce_ari_req = acme_renewal_info(ce->ce_issuer, ce->ce_cert_id,
+	    order_ari_reply, ce);
+}
+
+/*
+ * Another replica's answer, from Redis: taken as it is, so that every
+ * replica renews at the same moment.  A record of another certificate
+ * (the one this one replaced, or one not taken from Redis yet) is not
+ * this certificate's.
+ */
+void
+order_ari_shared(struct cert *ce, const struct ari_state *rec)
+{
+	struct ari_state	*as = &ce->ce_ari;
+	char			 s[UTIL_TIME_LEN], e[UTIL_TIME_LEN];
+	char			 at[UTIL_TIME_LEN];
+	int			 changed;
+
+	if (ce->ce_cert_id == NULL || rec->as_cert_id == NULL ||
+	    strcmp(rec->as_cert_id, ce->ce_cert_id) != 0 ||
+	    ce->ce_ari_lease != NULL)
+		return;
+	changed = as->as_start != rec->as_start || as->as_end != rec->as_end ||
+	    as->as_renew_at != rec->as_renew_at;
+	as->as_start = rec->as_start;
+	as->as_end = rec->as_end;
+	as->as_renew_at = rec->as_renew_at;
+	as->as_next_fetch = rec->as_next_fetch;
+	free(as->as_explanation);
+	as->as_explanation = rec->as_explanation != NULL ?
+	    xstrdup(rec->as_explanation) : NULL;
+	if (changed && as->as_end != 0) {
+		util_time_rfc3339(as->as_start, s, sizeof(s));
+		util_time_rfc3339(as->as_end, e, sizeof(e));
+		util_time_rfc3339(as->as_renew_at, at, sizeof(at));
+		log_info("certificate \"%s\": the fleet's renewalInfo: "
+		    "between %s and %s; renewal at %s%s", ce->ce_id, s, e, at,
+		    as->as_end <= util_now() ? " (past: now)" : "");
+	}
+	if (changed)
+		order_ari_settled(ce);
 	else
 		order_ari_arm(ce);
+}
+
+/*
+ * Replicas, under the lease: Redis's record first.  Another node asked
+ * already if it holds this certificate's answer and is not due; and a
+ * node that has not taken the fleet's newer certificate yet does not ask
+ * about its old one.
+ */
+static void
+order_ari_read(int rc, struct cluster_rec *order, struct cluster_rec *cert,
+    struct ari_state *ari, void *arg)
+{
+	struct cert	*ce = arg;
+	unsigned char	 md[32];
+
+	(void)order;
+	ce->ce_ari_op = NULL;
+	if (rc == -1) {
+		order_ari_lease_end(ce);
+		order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
+		return;
+	}
+	if (cert != NULL) {
+		order_chain_digest(cert->cr_chain, md);
+		if (memcmp(md, ce->ce_chain_md, sizeof(md)) != 0) {
+			order_ari_lease_end(ce);
+			order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
+			order_cluster_sync(ce);
+			return;
+		}
+	}
+	if (ari != NULL && ce->ce_cert_id != NULL &&
+	    strcmp(ari->as_cert_id, ce->ce_cert_id) == 0 &&
+	    ari->as_next_fetch > util_now()) {
+		order_ari_lease_end(ce);
+		order_ari_shared(ce, ari);
+		return;
+	}
+	order_ari_ask(ce);
+}
+
+static void
+order_ari_leased(enum cluster_lease_event ev, void *arg)
+{
+	struct cert	*ce = arg;
+
+	switch (ev) {
+	case LEASE_GRANTED:
+		if ((ce->ce_ari_op = cluster_get_state(ce->ce_id,
+		    order_ari_read, ce)) == NULL) {
+			order_ari_lease_end(ce);
+			order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
+		}
+		break;
+	case LEASE_BUSY:	/* its holder's "ari" or "cert" comes first */
+	case LEASE_UNAVAILABLE:
+		order_ari_lease_end(ce);
+		order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
+		break;
+	case LEASE_LOST:	/* the fence refuses the write, if any */
+		break;
+	}
+}
+
+/*
+ * Replicas: the fetch takes the certificate's lease, which an order under
+ * way holds already; that order's certificate is asked about next.
+ */
+static void
+order_ari_lease(struct cert *ce)
+{
+	if (ce->ce_state != ORDER_IDLE || ce->ce_lease != NULL ||
+	    ce->ce_restore_lease != NULL) {
+		order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
+		return;
+	}
+	if ((ce->ce_ari_lease = cluster_lease_take(ce->ce_id,
+	    order_ari_leased, ce)) == NULL)
+		order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
 }
 
 static void
@@ -207,7 +429,8 @@ order_ari_fetch(int fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
-	if (ce->ce_cert_id == NULL || ce->ce_ari_req != NULL)
+	if (ce->ce_cert_id == NULL || ce->ce_ari_req != NULL ||
+	    ce->ce_ari_lease != NULL)
 		return;
 	if (acme_issuer_state(ce->ce_issuer) != ISSUER_READY) {
 		evtimer_add(ce->ce_ari_timer, &tv);
@@ -215,8 +438,8 @@ order_ari_fetch(int fd, short ev, void *arg)
 	}
 	if (acme_issuer_renewal_info(ce->ce_issuer) == NULL)
 		return;		/* no ARI at this CA: the lifetime rule */
-	log_debug("certificate \"%s\": asking renewalInfo/%s", ce->ce_id,
-	    ce->ce_cert_id);
-	ce->ce_ari_req = acme_renewal_info(ce->ce_issuer, ce->ce_cert_id,
-	    order_ari_reply, ce);
+	if (cluster_enabled())
+		order_ari_lease(ce);
+	else
+		order_ari_ask(ce);
 }

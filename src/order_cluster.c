@@ -15,8 +15,10 @@
  *
  * The lease is kept through backoffs, renewed by cluster_sync.c, and
  * given back once the certificate is stored or found done by another.
- * Certificates other nodes store reach every node through
- * order_cluster_sync(): at each (re)connection and on each "cert" message.
+ * Certificates other nodes store, and the ARI records (order_ari.c), reach
+ * every node through order_cluster_sync(): at each (re)connection and on
+ * each "cert" or "ari" message.  A renewal time from the CA's window comes
+ * before the one the certificate's record holds (the lifetime rule).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +39,14 @@ static void	 order_lease_granted(struct cert *);
 static void	 order_adopt(struct cert *, const struct cluster_rec *);
 static void	 order_cluster_fetch(struct cert *);
 static void	 order_restore_end(struct cert *);
+
+/* Renew at the fleet's ARI time if there is one, else at the record's. */
+static void
+order_cluster_schedule(struct cert *ce, time_t rec_renew_at)
+{
+	order_schedule_renewal(ce, order_ari_renew_at(ce) != 0 ? 0 :
+	    rec_renew_at);
+}
 
 /* Wait in LEASE, without a lease, and try again after delay. */
 static void
@@ -113,6 +123,7 @@ order_lease(struct cert *ce)
 {
 	evtimer_del(ce->ce_timer);
 	order_restore_end(ce);	/* an order's lease comes first */
+	order_ari_cancel(ce);
 	order_set_state(ce, ORDER_LEASE);
 	if (cluster_lease_held(ce->ce_lease)) {
 		order_lease_granted(ce);
@@ -143,6 +154,22 @@ order_resume_shared(struct cert *ce, struct cluster_rec *order)
 	order_drive(ce);
 }
 
+/*
+ * When the record's certificate is due: the CA's window decides for the
+ * one this node serves, when it gave one; the record's time otherwise.
+ */
+static time_t
+order_rec_renew_at(const struct cert *ce, const struct cluster_rec *cert)
+{
+	unsigned char	 md[32];
+
+	order_chain_digest(cert->cr_chain, md);
+	if (ce->ce_have && memcmp(md, ce->ce_chain_md, sizeof(md)) == 0 &&
+	    order_ari_renew_at(ce) != 0)
+		return order_ari_renew_at(ce);
+	return cert->cr_renew_at;
+}
+
 /* A certificate record for ce, valid and not yet due. */
 static int
 order_rec_current(const struct cert *ce, const struct cluster_rec *cert)
@@ -151,12 +178,12 @@ order_rec_current(const struct cert *ce, const struct cluster_rec *cert)
 	    acme_issuer_name(ce->ce_issuer)) == 0 &&
 	    order_idents_match(ce, cert->cr_idents, cert->cr_nidents,
 	    cert->cr_key_type) && cert->cr_not_after > util_now() &&
-	    cert->cr_renew_at > util_now();
+	    order_rec_renew_at(ce, cert) > util_now();
 }
 
 static void
 order_lease_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
-    void *arg)
+    struct ari_state *ari, void *arg)
 {
 	struct cert	*ce = arg;
 	int		 asked = ce->ce_renew_asked;	/* a new one, then */
@@ -167,6 +194,8 @@ order_lease_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
 		return;
 	}
 	ce->ce_renew_asked = 0;
+	if (ari != NULL)
+		order_ari_shared(ce, ari);
 	if (order != NULL && strcmp(order->cr_issuer,
 	    acme_issuer_name(ce->ce_issuer)) == 0 &&
 	    order_idents_match(ce, order->cr_idents, order->cr_nidents,
@@ -176,9 +205,11 @@ order_lease_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
 	}
 	if (!asked && order_rec_current(ce, cert)) {
 		order_adopt(ce, cert);
+		if (ari != NULL)
+			order_ari_shared(ce, ari);
 		if (ce->ce_state == ORDER_LEASE) {
 			order_cluster_done(ce);
-			order_schedule_renewal(ce, cert->cr_renew_at);
+			order_cluster_schedule(ce, cert->cr_renew_at);
 		}
 		return;
 	}
@@ -478,7 +509,8 @@ static void
 order_restore(struct cert *ce)
 {
 	if (ce->ce_state != ORDER_IDLE || !ce->ce_have ||
-	    ce->ce_restore_lease != NULL || ce->ce_not_after <= util_now())
+	    ce->ce_restore_lease != NULL || order_ari_busy(ce) ||
+	    ce->ce_not_after <= util_now())
 		return;
 	ce->ce_restore_lease = cluster_lease_take(ce->ce_id,
 	    order_restore_leased, ce);
@@ -532,18 +564,24 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 		order_reset(ce);
 		order_cluster_done(ce);
 		ce->ce_failures = 0;
-		order_schedule_renewal(ce, rec->cr_renew_at);
+		order_cluster_schedule(ce, rec->cr_renew_at);
 	}
 }
 
 static void
 order_synced_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
-    void *arg)
+    struct ari_state *ari, void *arg)
 {
 	struct cert	*ce = arg;
 
 	(void)order;
 	ce->ce_sync_op = NULL;
+	if (ce->ce_sync_again) {
+		/* News came while this read was on its way: read again. */
+		ce->ce_sync_again = 0;
+		order_cluster_fetch(ce);
+		return;
+	}
 	if (rc != 0)
 		return;
 	if (cert != NULL && strcmp(cert->cr_issuer,
@@ -552,6 +590,9 @@ order_synced_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
 		order_adopt(ce, cert);
 	else if (cert == NULL)
 		order_restore(ce);
+	/* After the certificate: the record names the one it is for. */
+	if (ari != NULL)
+		order_ari_shared(ce, ari);
 	/* Still waiting for a lease (Redis was away, or it was busy): now. */
 	if (ce->ce_state == ORDER_LEASE && ce->ce_lease == NULL &&
 	    ce->ce_op == NULL) {
@@ -563,7 +604,9 @@ order_synced_state(int rc, struct cluster_rec *order, struct cluster_rec *cert,
 static void
 order_cluster_fetch(struct cert *ce)
 {
-	if (ce->ce_sync_op == NULL)
+	if (ce->ce_sync_op != NULL)
+		ce->ce_sync_again = 1;
+	else
 		ce->ce_sync_op = cluster_get_state(ce->ce_id,
 		    order_synced_state, ce);
 }
@@ -609,6 +652,7 @@ order_cluster_free(struct cert *ce)
 	order_cluster_done(ce);
 	cluster_op_cancel(ce->ce_sync_op);
 	ce->ce_sync_op = NULL;
+	ce->ce_sync_again = 0;
 	if (ce->ce_cache_job != NULL)
 		writer_cancel(ce->ce_cache_job);
 	ce->ce_cache_job = NULL;

@@ -429,10 +429,11 @@ struct cluster_lease;
 struct cluster_op;
 struct cluster_token;
 struct cluster_rec;
+struct ari_state;
 typedef void	(*cluster_lease_cb)(enum cluster_lease_event, void *);
 typedef void	(*cluster_put_cb)(int rc, void *);	/* 1, 0 stale, -1 */
 typedef void	(*cluster_state_cb)(int rc, struct cluster_rec *order,
-		    struct cluster_rec *cert, void *);
+		    struct cluster_rec *cert, struct ari_state *ari, void *);
 typedef void	(*cluster_token_cb)(int all, void *);
 struct cluster_sync_hooks {
 	void	(*sh_up)(void);			/* reconcile everything */
@@ -454,6 +455,8 @@ struct cluster_op *cluster_put_cert(struct cluster_lease *,
 		    const struct cluster_rec *, cluster_put_cb, void *);
 struct cluster_op *cluster_put_order(struct cluster_lease *,
 		    const struct cluster_rec *, cluster_put_cb, void *);
+struct cluster_op *cluster_put_ari(struct cluster_lease *,
+		    const struct ari_state *, cluster_put_cb, void *);
 struct cluster_op *cluster_get_state(const char *id, cluster_state_cb,
 		    void *);
 void		 cluster_op_cancel(struct cluster_op *);
@@ -528,6 +531,10 @@ int		 cluster_rec_account_parse(const char *name, const char *,
 		    size_t, struct cluster_rec *, char **);
 int		 cluster_rec_keyauth_ok(const char *token, const char *,
 		    size_t);
+char		*cluster_rec_ari_json(const char *id, const struct ari_state *,
+		    uint64_t fence);
+int		 cluster_rec_ari_parse(const char *id, const char *, size_t,
+		    struct ari_state *, char **);
 
 /* nginx_conf.c: the acme_* directives of an nginx.conf. */
 int		 nginx_conf_read(struct conf_parse *, const char *);

@@ -1,8 +1,8 @@
 /*
  * What a replica reads back from Redis (src/cluster_record.c,
- * src/cluster_seal.c): certificate, order and account records, a shared
- * token's key authorization, and a sealed value on its own (the fleet's
- * secret check).
+ * src/cluster_seal.c): certificate, order, account and ARI records, a
+ * shared token's key authorization, and a sealed value on its own (the
+ * fleet's secret check).
  *
  * A record's "key" is opened with cluster_key(), the running link's.  The
  * harness is linked with --wrap=cluster_key,--wrap=cluster_node: the key
@@ -15,7 +15,8 @@
  *
  * Checked besides the sanitizers: a refused value comes back as a cause
  * and an empty record; an accepted record, written out again by the
- * builders, reads back the same; an accepted key authorization starts
+ * builders, reads back the same (an ARI record: with a window that does
+ * not end before it starts, and times a renewal can be armed with); an accepted key authorization starts
  * with "TOKEN." and holds no NUL, as challenge_add() will take it.
  *
  * FUZZ_CLUSTER_SEEDS=DIR build/fuzz/fuzz_cluster writes the seeds of
@@ -53,6 +54,7 @@ enum {
 	FUZZ_KEYAUTH,
 	FUZZ_UNSEAL,
 	FUZZ_RUNTIME,		/* a field of PREFIX:runtime */
+	FUZZ_ARI,		/* PREFIX:ari:ID */
 	FUZZ_KINDS
 };
 
@@ -282,6 +284,41 @@ fuzz_runtime(const uint8_t *data, size_t size)
 	cluster_runtime_clear(&cr);
 }
 
+/* PREFIX:ari:ID: whole and sane, or refused with a cause. */
+static void
+fuzz_ari(const uint8_t *data, size_t size)
+{
+	struct ari_state	 as, again;
+	char			*cause = NULL, *json;
+
+	memset(&as, 0, sizeof(as));
+	memset(&again, 0, sizeof(again));
+	if (cluster_rec_ari_parse(FUZZ_ID, (const char *)data, size, &as,
+	    &cause) == -1) {
+		FUZZ_ASSERT(cause != NULL && as.as_cert_id == NULL &&
+		    as.as_explanation == NULL && as.as_end == 0);
+		free(cause);
+		return;
+	}
+	FUZZ_ASSERT(cause == NULL && as.as_cert_id != NULL &&
+	    *as.as_cert_id != '\0' && strlen(as.as_cert_id) <=
+	    ARI_CERT_ID_MAX);
+	FUZZ_ASSERT(as.as_start <= as.as_end && as.as_start >= 0 &&
+	    as.as_renew_at >= 0 && as.as_next_fetch >= 0);
+	json = cluster_rec_ari_json(FUZZ_ID, &as, 7);
+	if (cluster_rec_ari_parse(FUZZ_ID, json, strlen(json), &again,
+	    &cause) == -1)
+		fuzz_broken("an accepted ARI record does not read back", cause);
+	FUZZ_ASSERT(strcmp(as.as_cert_id, again.as_cert_id) == 0 &&
+	    as.as_start == again.as_start && as.as_end == again.as_end &&
+	    as.as_renew_at == again.as_renew_at &&
+	    as.as_next_fetch == again.as_next_fetch &&
+	    fuzz_str_eq(as.as_explanation, again.as_explanation));
+	free(json);
+	ari_state_clear(&again);
+	ari_state_clear(&as);
+}
+
 /* The seeds. */
 
 static void
@@ -378,6 +415,35 @@ fuzz_seed_account_key(const char *dir, const char *file, const char *text)
 	free(s);
 	json_decref(o);
 	free(sealed);
+}
+
+/* ARI records: one as a replica writes it, and some it must refuse. */
+static void
+fuzz_seed_ari(const char *dir)
+{
+	struct ari_state	 as;
+	char			*s;
+
+	memset(&as, 0, sizeof(as));
+	as.as_cert_id = "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE";
+	as.as_start = 1700000000;
+	as.as_end = 1700172800;
+	as.as_renew_at = 1700090000;
+	as.as_next_fetch = 1700021600;
+	as.as_explanation = "https://ca.example.net/why";
+	s = cluster_rec_ari_json(FUZZ_ID, &as, 7);
+	fuzz_seed_str(dir, "ari", FUZZ_ARI, s);
+	fuzz_seed(dir, "ari-truncated", FUZZ_ARI, s, strlen(s) / 2);
+	free(s);
+	s = cluster_rec_ari_json("mail.example.com", &as, 7);
+	fuzz_seed_str(dir, "ari-other-id", FUZZ_ARI, s);
+	free(s);
+	fuzz_seed_str(dir, "ari-backwards", FUZZ_ARI, "{\"v\":1,\"id\":\""
+	    FUZZ_ID "\",\"cert_id\":\"a.b\",\"start\":9,\"end\":8,"
+	    "\"renew_at\":8,\"next_fetch\":0,\"fence\":1,\"node\":\"n\"}");
+	fuzz_seed_str(dir, "ari-no-fence", FUZZ_ARI, "{\"v\":1,\"id\":\""
+	    FUZZ_ID "\",\"cert_id\":\"a.b\",\"start\":1,\"end\":8,"
+	    "\"renew_at\":8,\"next_fetch\":0,\"node\":\"n\"}");
 }
 
 static void
@@ -481,6 +547,7 @@ fuzz_seeds(const char *dir)
 	fuzz_seed_str(dir, "runtime-foreign", FUZZ_RUNTIME,
 	    "{\"v\":1,\"issuer\":7,\"identifiers\":\"a\"}");
 
+	fuzz_seed_ari(dir);
 	fuzz_seed_rec_free(&ec);
 	fuzz_seed_rec_free(&rsa);
 }
@@ -523,6 +590,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	case FUZZ_RUNTIME:
 		fuzz_runtime(data + 1, size - 1);
+		break;
+	case FUZZ_ARI:
+		fuzz_ari(data + 1, size - 1);
 		break;
 	}
 	return 0;
