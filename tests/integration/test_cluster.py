@@ -401,3 +401,80 @@ def test_lost_writes_are_put_back(tmp_path, pebble, redis, fleet):
         assert served_leaf(r, certs[0][0]) is not None
     assert len(issued_by_pebble(pebble)) == 3
     assert validation_failures(replicas) == []
+
+
+def test_ari_fleet_asks_once_pebble26(tmp_path, pebble26, http_port, redis):
+    """ARI across two replicas on Pebble 2.6: the fleet asks renewalInfo
+    once per certificate per Retry-After (counted at a proxy in front of
+    Pebble, which does not log them), all replicas show the same window
+    and renewal time from source "ari", and the past window Pebble gives
+    for a certificate revoked at the CA brings one renewal, with
+    "replaces", years before the lifetime rule."""
+    from ca_proxy import CaProxy, revoke_at_ca
+    from test_ari import cert_id_of
+    proxy = CaProxy(pebble26).start()
+    secret = write_secret(tmp_path / "secret")
+    certs = [names_of(0)]
+    cid = certs[0][0]
+    replicas = [Replica(tmp_path, "node%d" % i, proxy, redis, certs, secret)
+                for i in range(2)]
+    balancer = Balancer(tmp_path, http_port, replicas).start()
+
+    def wait(what, cond, timeout=FLEET_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while True:
+            v = cond()
+            if v:
+                return v
+            assert time.monotonic() < deadline, what + "".join(
+                r.sidecar.diagnostics() for r in replicas)
+            time.sleep(0.1)
+
+    def renewals():
+        return [api(r.dir / "control.sock", "GET", "/v1/certificates/" +
+                    cid)[1]["renewal"] for r in replicas]
+
+    try:
+        # Revoked before the fleet hears of a window: the first answer
+        # waits at the proxy meanwhile, the asking node holding the lease.
+        proxy.hold("/renewalInfo/")
+        for r in replicas:
+            r.start()
+        join(replicas)
+        asked = wait("renewalInfo asked", lambda: proxy.held("/renewalInfo/"))
+        first = asked[0].rsplit("/", 1)[1]
+        owner = wait("the certificate stored", lambda: [
+            r for r in replicas if stored_leaf(r, cid) is not None and
+            cert_id_of(stored_leaf(r, cid)) == first])[0]
+        live = owner.state / "certs" / cid
+        assert revoke_at_ca(pebble26, stored_leaf(owner, cid),
+                            (live / "key.pem").read_text()) == 200
+        proxy.release("/renewalInfo/", forward=True)
+
+        def settled():
+            rs = renewals()
+            ok = all(r["source"] == "ari" and r["ari_cert_id"] not in
+                     (None, first) for r in rs)
+            return rs if ok else None
+        rs = wait("every replica on the renewed certificate's window",
+                  settled)
+        second = rs[0]["ari_cert_id"]
+        assert all(r == rs[0] for r in rs), rs
+        w = rs[0]["ari_window"]
+        assert w["start"] <= rs[0]["at"] <= w["end"], rs[0]
+        assert len(issued_by_pebble(pebble26)) == 2
+        orders = proxy.payloads("/order-plz")
+        assert len(orders) == 2 and orders[1].get("replaces") == first, \
+            orders
+        with open(pebble26.path("pebble.log"), errors="replace") as f:
+            assert len(re.findall(r"ARI: order .* is a replacement of",
+                                  f.read())) == 1
+        assert proxy.ari_count(first) == 1, proxy.ari
+        assert proxy.ari_count(second) == 1, proxy.ari
+        for r in replicas:
+            assert cert_id_of(stored_leaf(r, cid)) == second
+    finally:
+        for r in replicas:
+            r.stop()
+        balancer.stop()
+        proxy.stop()
