@@ -128,7 +128,9 @@ def test_ari_past_window_renews_now_also_after_restart(run, fake):
 
 
 def test_ari_failed_fetch_falls_back_to_lifetime(run, fake):
-    """renewalInfo failing never blocks issuance: the lifetime rule."""
+    """renewalInfo failing never blocks issuance: the lifetime rule, and
+    the renewal time drawn at issuance stays (a failed fetch does not
+    draw another)."""
     fake.ari = lambda cid: None         # 404 for every CertID
     run.start([["c.example"]])
     run.wait_issued("c.example")
@@ -136,6 +138,11 @@ def test_ari_failed_fetch_falls_back_to_lifetime(run, fake):
     info = api_cert(run, "c.example")
     run.check(info["renewal"]["source"] == "lifetime", str(info))
     run.check(info["renewal"]["ari_window"] is None, str(info))
+    drawn = re.findall(r'"c\.example" valid until \S+, renewal at (\S+) ',
+                       run.sidecar.log())
+    run.check(len(drawn) == 1 and info["renewal"]["at"][:19] ==
+              drawn[0][:19], "renewal times %s, API %s" %
+              (drawn, info["renewal"]["at"]))
 
 
 def pebble_replacements(pebble):
