@@ -276,6 +276,8 @@ nginx_conf_idents(struct conf_parse *p, struct nginx_server *srv,
 /*
  * Two server blocks (say, two ports) may ask for the same certificate,
  * and the nginx module gives both the one id: one certificate serves them.
+ * The same means the same profile= too: one that differs is a conflict
+ * (as the module says), not a line whose profile would go unread.
  */
 static int
 nginx_conf_same(const struct conf *conf, const struct conf_cert *cc)
@@ -286,7 +288,10 @@ nginx_conf_same(const struct conf *conf, const struct conf_cert *cc)
 	TAILQ_FOREACH(o, &conf->c_certs, cc_entry) {
 		if (!o->cc_nginx || o->cc_key != cc->cc_key ||
 		    o->cc_nidents != cc->cc_nidents ||
-		    strcmp(o->cc_issuer, cc->cc_issuer) != 0)
+		    strcmp(o->cc_issuer, cc->cc_issuer) != 0 ||
+		    (o->cc_profile == NULL) != (cc->cc_profile == NULL) ||
+		    (o->cc_profile != NULL &&
+		    strcmp(o->cc_profile, cc->cc_profile) != 0))
 			continue;
 		for (i = 0; i < cc->cc_nidents; i++) {
 			if (strcmp(o->cc_idents[i], cc->cc_idents[i]) != 0)

@@ -1487,6 +1487,28 @@ test_nginx_identifiers(void **state)
 	    "}\n",
 	    "%s/nginx.conf:6: duplicate acme_certificate \"a.test\", first "
 	    "defined at %s/nginx.conf:5", t->dir, t->dir);
+	/*
+	 * So is another profile=: one id, one certificate, one profile.  Not
+	 * taken for the first server's, which would leave a changed
+	 * profile= unseen by a reload.
+	 */
+	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
+	    "    server { server_name a.test; acme_certificate le "
+	    "profile=shortlived; }\n"
+	    "    server { server_name a.test; acme_certificate le; }\n"
+	    "}\n",
+	    "%s/nginx.conf:6: duplicate acme_certificate \"a.test\", first "
+	    "defined at %s/nginx.conf:5", t->dir, t->dir);
+	conf = conf_test_nginx(t, "nginx.conf", "http {\n" NGX_ISSUER
+	    "    server { server_name a.test; acme_certificate le "
+	    "profile=shortlived; }\n"
+	    "    server { listen 8443; server_name a.test; acme_certificate le "
+	    "profile=shortlived; }\n"
+	    "}\n");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_profile, "shortlived");
+	assert_null(TAILQ_NEXT(cc, cc_entry));
+	conf_free(conf);
 }
 
 static void
