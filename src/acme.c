@@ -111,7 +111,8 @@ struct acme_issuer {
 	struct acme_reqs	 ai_excl_queue;
 	acme_account_cb		 ai_acct_cb;
 	void			*ai_acct_arg;
-	const char		*ai_acct_op;	/* "key change", ... or NULL */
+	const char		*ai_acct_op;	/* "key rollover", ... or NULL */
+	char			*ai_acct_why;	/* keyChange's failure */
 	json_t			*ai_ca_contact;	/* as the CA has it, or NULL */
 	json_t			*ai_contact_sent; /* by the update in flight */
 	char			*ai_ca_status;	/* "valid", ... or NULL */
@@ -342,6 +343,7 @@ acme_issuer_free(struct acme_issuer *ai)
 	EVP_PKEY_free(ai->ai_next_key);
 	json_decref(ai->ai_ca_contact);
 	json_decref(ai->ai_contact_sent);
+	free(ai->ai_acct_why);
 	free(ai->ai_ca_status);
 	free(ai->ai_deactivated);
 	EVP_PKEY_free(ai->ai_key);
@@ -1634,6 +1636,7 @@ acme_boot(struct acme_issuer *ai)
  * went through.  1 when the question is on its way.
  */
 static void	 acme_rollover_probed(const struct acme_reply *, void *);
+static struct acme_req *acme_rollover_probe(struct acme_issuer *, acme_cb);
 
 static int
 acme_rollover_recover(struct acme_issuer *ai)
@@ -1657,10 +1660,7 @@ acme_rollover_recover(struct acme_issuer *ai)
 	}
 	log_info("issuer \"%s\": %s/account.key.next is left from a rollover "
 	    "cut short; asking the CA which key it knows", ai->ai_name, dir);
-	ar = acme_req_new(ai, AREQ_POST_JWK, ai->ai_new_account,
-	    "{\"onlyReturnExisting\":true}", NULL, acme_rollover_probed, ai);
-	ar->ar_key = ai->ai_next_key;
-	EVP_PKEY_up_ref(ar->ar_key);
+	ar = acme_rollover_probe(ai, acme_rollover_probed);
 	ar->ar_bootstrap = 1;
 	ai->ai_boot_req = ar;
 	acme_enqueue(ar, 0);
@@ -1678,51 +1678,93 @@ acme_account_take_next(struct acme_issuer *ai)
 	ai->ai_thumbprint = keys_thumbprint(ai->ai_key);
 }
 
+/*
+ * What an onlyReturnExisting answer says of account.key.next: 1 the CA
+ * knows it as our account's key, 0 it does not (accountDoesNotExist, or
+ * it is another account's), -1 no telling (the CA failed to answer).
+ */
+static int
+acme_rollover_known(const struct acme_issuer *ai, const struct acme_reply *r)
+{
+	if (r->status == 200 && r->location != NULL)
+		return strcmp(r->location, ai->ai_kid) == 0;
+	if (r->status == 400 && acme_problem_is(r, "accountDoesNotExist"))
+		return 0;
+	return -1;
+}
+
+/* Ask whether the CA knows account.key.next (newAccount, by its jwk). */
+static struct acme_req *
+acme_rollover_probe(struct acme_issuer *ai, acme_cb cb)
+{
+	struct acme_req	*ar;
+
+	ar = acme_req_new(ai, AREQ_POST_JWK, ai->ai_new_account,
+	    "{\"onlyReturnExisting\":true}", NULL, cb, ai);
+	ar->ar_key = ai->ai_next_key;
+	EVP_PKEY_up_ref(ar->ar_key);
+	return ar;
+}
+
+/*
+ * The CA has account.key.next: it becomes account.key, and the key in
+ * memory.  Logged before the swap, so that a crash there can be told
+ * apart; if the rename fails, the next start asks the CA again.
+ */
+static void
+acme_rollover_promote(struct acme_issuer *ai)
+{
+	const char	*dir = ai->ai_conf->ci_state_path;
+	char		*cause = NULL;
+
+	log_info("issuer \"%s\": the CA took the new account key; replacing "
+	    "%s/account.key", ai->ai_name, dir);
+	if (store_promote_account_next(dir, &cause) == -1) {
+		log_warnx("issuer \"%s\": %s; the new key stays in "
+		    "account.key.next", ai->ai_name, cause);
+		free(cause);
+	}
+	acme_account_take_next(ai);
+}
+
+/* The CA does not have account.key.next: it goes. */
+static void
+acme_rollover_drop(struct acme_issuer *ai)
+{
+	char	*cause = NULL;
+
+	if (store_drop_account_next(ai->ai_conf->ci_state_path,
+	    &cause) == -1) {
+		log_warnx("issuer \"%s\": %s", ai->ai_name, cause);
+		free(cause);
+	}
+	EVP_PKEY_free(ai->ai_next_key);
+	ai->ai_next_key = NULL;
+}
+
 static void
 acme_rollover_probed(const struct acme_reply *r, void *arg)
 {
 	struct acme_issuer	*ai = arg;
-	const char		*dir = ai->ai_conf->ci_state_path;
-	char			*cause = NULL;
 
 	ai->ai_boot_req = NULL;
-	if ((r->status == 200 || r->status == 201) && r->location != NULL) {
-		if (store_promote_account_next(dir, &cause) == -1) {
-			acme_boot_failed(ai, "keeping account.key.next", cause);
-			free(cause);
-			return;
-		}
+	switch (acme_rollover_known(ai, r)) {
+	case 1:
 		log_info("issuer \"%s\": the CA knows the key of "
 		    "account.key.next; it is account.key now", ai->ai_name);
-		acme_account_take_next(ai);
-		if (strcmp(r->location, ai->ai_kid) != 0) {
-			free(ai->ai_kid);
-			ai->ai_kid = xstrdup(r->location);
-			if (store_save_account_url(dir, ai->ai_kid,
-			    &cause) == -1) {
-				log_warnx("issuer \"%s\": %s", ai->ai_name,
-				    cause);
-				free(cause);
-			}
-		}
-		acme_account_ready(ai);
-		return;
-	}
-	if (r->status != 400 || !acme_problem_is(r, "accountDoesNotExist")) {
+		acme_rollover_promote(ai);
+		break;
+	case 0:
+		log_info("issuer \"%s\": the CA does not know the key of "
+		    "account.key.next; account.key stays, the other is removed",
+		    ai->ai_name);
+		acme_rollover_drop(ai);
+		break;
+	default:
 		acme_boot_failed_reply(ai, "asking the CA about "
 		    "account.key.next", r);
 		return;
 	}
-	if (store_drop_account_next(dir, &cause) == -1) {
-		acme_boot_failed(ai, "removing account.key.next", cause);
-		free(cause);
-		return;
-	}
-	log_info("issuer \"%s\": the CA does not know the key of "
-	    "account.key.next; account.key stays, the other is removed",
-	    ai->ai_name);
-	EVP_PKEY_free(ai->ai_next_key);
-	ai->ai_next_key = NULL;
 	acme_account_ready(ai);
 }
 
@@ -1795,40 +1837,71 @@ acme_account_send(struct acme_issuer *ai, const char *op, const char *url,
 }
 
 static void
-acme_key_changed(const struct acme_reply *r, void *arg)
+acme_key_change_done(struct acme_issuer *ai)
 {
-	struct acme_issuer	*ai = arg;
-	const char		*dir = ai->ai_conf->ci_state_path;
-	char			*cause = NULL, *why;
-
-	ai->ai_excl = NULL;
-	if (r->status != 200) {
-		why = acme_reply_describe(r);
-		log_warnx("issuer \"%s\": keyChange refused: %s; the account "
-		    "keeps its key", ai->ai_name, why);
-		if (store_drop_account_next(dir, &cause) == -1) {
-			log_warnx("issuer \"%s\": %s", ai->ai_name, cause);
-			free(cause);
-		}
-		EVP_PKEY_free(ai->ai_next_key);
-		ai->ai_next_key = NULL;
-		acme_account_op_done(ai, -1, why);
-		free(why);
-		return;
-	}
-	/* Logged before the swap, so that a crash here can be told apart. */
-	log_info("issuer \"%s\": the CA took the new account key; replacing "
-	    "%s/account.key", ai->ai_name, dir);
-	if (store_promote_account_next(dir, &cause) == -1) {
-		/* The next start asks the CA, and keeps account.key.next. */
-		log_warnx("issuer \"%s\": %s; the new key stays in "
-		    "account.key.next", ai->ai_name, cause);
-		free(cause);
-	}
-	acme_account_take_next(ai);
 	log_info("issuer \"%s\": account %s rolled over to a new key, "
 	    "thumbprint %s", ai->ai_name, ai->ai_kid, ai->ai_thumbprint);
 	acme_account_op_done(ai, 0, NULL);
+}
+
+/*
+ * keyChange failed, and the CA was asked whether it took the new key
+ * anyway: a keyChange it carried out but whose answer was lost, then
+ * retried with the old key and refused, must not lose the account.
+ */
+static void
+acme_key_change_checked(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	char			*why = ai->ai_acct_why;
+
+	ai->ai_excl = NULL;
+	ai->ai_acct_why = NULL;
+	switch (acme_rollover_known(ai, r)) {
+	case 1:
+		acme_rollover_promote(ai);
+		acme_key_change_done(ai);
+		break;
+	case 0:
+		acme_rollover_drop(ai);
+		log_warnx("issuer \"%s\": keyChange: %s; the account keeps its "
+		    "key", ai->ai_name, why);
+		acme_account_op_done(ai, -1, why);
+		break;
+	default:
+		EVP_PKEY_free(ai->ai_next_key);
+		ai->ai_next_key = NULL;
+		free(why);
+		xasprintf(&why, "keyChange failed, and whether the CA took the "
+		    "new key is unknown: %s/account.key.next is kept, and the "
+		    "next start asks the CA again", ai->ai_conf->ci_state_path);
+		log_warnx("issuer \"%s\": %s", ai->ai_name, why);
+		acme_account_op_done(ai, -1, why);
+		break;
+	}
+	free(why);
+}
+
+static void
+acme_key_changed(const struct acme_reply *r, void *arg)
+{
+	struct acme_issuer	*ai = arg;
+	struct acme_req		*ar;
+
+	ai->ai_excl = NULL;
+	if (r->status == 200) {
+		acme_rollover_promote(ai);
+		acme_key_change_done(ai);
+		return;
+	}
+	free(ai->ai_acct_why);
+	ai->ai_acct_why = acme_reply_describe(r);
+	log_warnx("issuer \"%s\": keyChange: %s; asking the CA which key it "
+	    "has", ai->ai_name, ai->ai_acct_why);
+	ar = acme_rollover_probe(ai, acme_key_change_checked);
+	ar->ar_exclusive = 1;
+	ai->ai_excl = ar;
+	acme_enqueue(ar, 1);
 }
 
 /*
