@@ -16,6 +16,9 @@ By default it runs a minimal successful RFC 8555 flow:
     finalize -> 200 valid order with a certificate URL
     cert     -> the PEM chain: leaf and the fake's CA
 
+keyChange replaces the account's jwk with the inner JWS's; newAccount
+with onlyReturnExisting answers 200 for that jwk only.
+
 Two optional parts of the directory, off by default:
 
     fake.ari = lambda cert_id: (start, end, headers, explanation_url)
@@ -281,6 +284,7 @@ class FakeAcme:
         d = {"newNonce": self.base + "/nonce",
              "newAccount": self.base + "/new-account",
              "newOrder": self.base + "/new-order",
+             "keyChange": self.base + "/key-change",
              "meta": {"termsOfService": self.base + "/tos"}}
         if self.ari is not None:
             d["renewalInfo"] = self.base + "/renewal-info"
@@ -308,6 +312,12 @@ class FakeAcme:
                      headers={"Cache-Control": "no-store"})
 
     def _do_new_account(self, req):
+        if isinstance(req.payload, dict) and \
+                req.payload.get("onlyReturnExisting"):
+            if req.protected.get("jwk") != self.account_jwk:
+                return problem(400, "accountDoesNotExist", "unknown key")
+            return Reply(200, self.account,
+                         {"Location": self.base + "/acct/1"})
         created = self.account_jwk is None
         self.account_jwk = req.protected.get("jwk")
         if created and isinstance(req.payload, dict) and \
@@ -315,6 +325,16 @@ class FakeAcme:
             self.account["contact"] = req.payload["contact"]
         return Reply(201 if created else 200, self.account,
                      {"Location": self.base + "/acct/1"})
+
+    def _do_key_change(self, req):
+        """keyChange (RFC 8555 7.3.5): the account's key becomes the inner
+        JWS's jwk (fake.key_changed(req) does the same for a rule)."""
+        self.key_changed(req)
+        return Reply(200)
+
+    def key_changed(self, req):
+        inner = req.payload
+        self.account_jwk = json.loads(b64u_decode(inner["protected"]))["jwk"]
 
     def _do_acct(self, req):
         """The account (RFC 8555 7.3.2): POST-as-GET reads it, a
