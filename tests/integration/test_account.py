@@ -377,3 +377,37 @@ def test_key_change_refused_or_answer_lost(run, fake):
     assert fake.account_jwk == jwk_of(state / "account.key"), \
         "account.key is not the key the CA has"
     assert len(fake.requests("/key-change")) == 3
+
+
+def test_cluster_refuses_rollover_and_deactivation(tmp_path, pebble,
+                                                   http_port,
+                                                   sidecar_factory):
+    """With cluster the account is the fleet's, one record in Redis:
+    rollover and deactivation are refused, saying why, and the account
+    stays as it was at the CA."""
+    from clusterlib import Redis, write_secret
+    redis = Redis(tmp_path / "redis").start()
+    try:
+        state = tmp_path / "state"
+        conf = tmp_path / "acme-sidecar.conf"
+        write_config(conf, pebble, state, http_port, [])
+        with open(conf, "a") as f:
+            f.write("cluster redis://127.0.0.1:%d prefix=acct node=n1 "
+                    "secret_file=%s;\n" % (
+                        redis.port, write_secret(tmp_path / "secret")))
+        sc = sidecar_factory(conf, [pebble]).start()
+        sc.wait_log(r"account \S+ is the fleet's now", timeout=30)
+        sock = tmp_path / "control.sock"
+        a = show(sock)
+        assert a["shared_by_cluster"] is True and a["state"] == "ready", a
+        for args in (["rollover"], ["deactivate", "--yes"]):
+            p = acmectl(sock, "account", *args, "pebble")
+            assert p.returncode == 1, p
+            assert "cluster mode: the account is shared by every node " \
+                "through Redis" in p.stderr, p.stderr
+        key = (state / "account.key").read_text()
+        assert Ca(pebble).account_of(key) == a["url"]
+        assert not (state / "account.key.next").exists()
+        assert sc.stop() == 0
+    finally:
+        redis.kill()
