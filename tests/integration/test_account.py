@@ -16,6 +16,7 @@ rename is not carried out), with no hook in the daemon.
 import base64
 import json
 import os
+import pty
 import shutil
 import signal
 import ssl
@@ -40,6 +41,24 @@ def acmectl(sock, *args, stdin=subprocess.DEVNULL, timeout=60):
     return subprocess.run([str(ACMECTL), "-s", str(sock), *args],
                           stdin=stdin, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def acmectl_tty(sock, answer, *args):
+    """acmectl with a terminal as stdin, on which answer is typed."""
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([str(ACMECTL), "-s", str(sock), *args],
+                             stdin=slave, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        os.close(slave)
+        slave = None
+        os.write(master, (answer + "\n").encode())
+        out, err = p.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+    return p.returncode, out, err
 
 
 def acmectl_ok(sock, *args):
@@ -277,9 +296,10 @@ def test_contact_rollover_and_crash(daemon, pebble, tmp_path):
 
 
 def test_deactivate(daemon, pebble, tmp_path):
-    """acmectl refuses without a terminal or --yes; with --yes Pebble
-    deactivates the account, the issuer says so and orders nothing, and
-    a restart registers no new account by itself."""
+    """acmectl refuses without a terminal or --yes, and on a terminal
+    unless the issuer's name is typed back; then Pebble deactivates the
+    account, the issuer says so and orders nothing, and a restart
+    registers no new account by itself."""
     sc, state = daemon, daemon.state
     ca = Ca(pebble)
     key = (state / "account.key").read_text()
@@ -289,10 +309,15 @@ def test_deactivate(daemon, pebble, tmp_path):
     assert p.returncode == 1, p
     assert "stdin is not a terminal" in p.stderr and "--yes" in p.stderr, \
         p.stderr
+    rc, out, err = acmectl_tty(sc.sock, "pebbel", "account", "deactivate",
+                               "pebble")
+    assert rc == 1 and "cannot be undone" in err and \
+        "not confirmed; nothing was done" in err, (rc, out, err)
     assert ca.account(key, url)["status"] == "valid"
 
-    out = acmectl_ok(sc.sock, "account", "deactivate", "--yes", "pebble")
-    assert "account %s deactivated" % url in out, out
+    rc, out, err = acmectl_tty(sc.sock, "pebble", "account", "deactivate",
+                               "pebble")
+    assert rc == 0 and "account %s deactivated" % url in out, (rc, out, err)
     status, _, body = ca.post(key, url, None, kid=url)
     assert status == 403 and body["type"].endswith(":unauthorized"), body
     a = show(sc.sock)
@@ -307,6 +332,8 @@ def test_deactivate(daemon, pebble, tmp_path):
     cert = json.loads(acmectl_ok(sc.sock, "--json", "show", CID))
     assert "is deactivated" in cert["last_error"]["message"], cert
     p = acmectl(sc.sock, "account", "rollover", "pebble")
+    assert p.returncode == 1 and "is deactivated" in p.stderr, p.stderr
+    p = acmectl(sc.sock, "account", "deactivate", "--yes", "pebble")
     assert p.returncode == 1 and "is deactivated" in p.stderr, p.stderr
 
     assert sc.stop() == 0
