@@ -151,6 +151,7 @@ static void	 acme_req_send(struct acme_req *);
 static void	 acme_account_local(struct acme_issuer *);
 static void	 acme_set_ready(struct acme_issuer *);
 static void	 acme_contact_check(struct acme_issuer *);
+static void	 acme_account_reactivate(struct acme_issuer *);
 static int	 acme_rollover_recover(struct acme_issuer *);
 static int	 acme_contact_keep(struct acme_issuer *,
 		    const struct acme_reply *);
@@ -192,7 +193,11 @@ acme_issuer_same_conf(const struct acme_issuer *ai, const struct conf_issuer *ci
 	    acme_str_eq(a->ci_eab_kid, ci->ci_eab_kid);
 }
 
-/* A reload: a changed contact goes to the CA (acme_contact_check()). */
+/*
+ * A reload: a changed contact goes to the CA (acme_contact_check()), and
+ * a deactivated issuer whose account.deactivated was removed registers a
+ * new account.
+ */
 void
 acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
 {
@@ -201,6 +206,8 @@ acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
 	ai->ai_name = ai->ai_conf->ci_name;	/* the old copy is gone */
 	if (ai->ai_state == ISSUER_READY)
 		acme_contact_check(ai);
+	else if (ai->ai_state == ISSUER_DEACTIVATED)
+		acme_account_reactivate(ai);
 }
 
 /* Seconds on a clock that never jumps, for pacing. */
@@ -2016,6 +2023,38 @@ acme_account_deactivate(struct acme_issuer *ai, acme_account_cb cb, void *arg,
 	acme_account_send(ai, "deactivation", ai->ai_kid,
 	    "{\"status\":\"deactivated\"}", acme_account_gone, cb, arg);
 	return 0;
+}
+
+/*
+ * The user removed account.deactivated: forget the old account and start
+ * over, which registers a new one (its key was set aside with it).
+ */
+static void
+acme_account_reactivate(struct acme_issuer *ai)
+{
+	char	*url = NULL, *cause = NULL;
+	int	 rc;
+
+	rc = store_load_deactivated(ai->ai_conf->ci_state_path, &url, &cause);
+	free(url);
+	free(cause);
+	if (rc != 1)
+		return;
+	log_info("issuer \"%s\": %s/account.deactivated is gone; a new "
+	    "account is registered", ai->ai_name, ai->ai_conf->ci_state_path);
+	free(ai->ai_deactivated);
+	ai->ai_deactivated = NULL;
+	EVP_PKEY_free(ai->ai_key);
+	ai->ai_key = NULL;
+	free(ai->ai_kid);
+	ai->ai_kid = NULL;
+	free(ai->ai_thumbprint);
+	ai->ai_thumbprint = NULL;
+	json_decref(ai->ai_ca_contact);
+	ai->ai_ca_contact = NULL;
+	free(ai->ai_ca_status);
+	ai->ai_ca_status = NULL;
+	acme_boot(ai);
 }
 
 /* Whoever asked no longer waits (the control socket is stopping). */
