@@ -299,7 +299,8 @@ def test_deactivate(daemon, pebble, tmp_path):
     """acmectl refuses without a terminal or --yes, and on a terminal
     unless the issuer's name is typed back; then Pebble deactivates the
     account, the issuer says so and orders nothing, and a restart
-    registers no new account by itself."""
+    registers no new account by itself: removing account.deactivated
+    and reloading does."""
     sc, state = daemon, daemon.state
     ca = Ca(pebble)
     key = (state / "account.key").read_text()
@@ -342,6 +343,15 @@ def test_deactivate(daemon, pebble, tmp_path):
                 r"that file" % url)
     assert show(sc.sock)["state"] == "deactivated"
     assert not (state / "account.key").exists(), "a new account was made"
+
+    # Asking for a new account: remove the file, reload.
+    (state / "account.deactivated").unlink()
+    mark = sc.mark()
+    acmectl_ok(sc.sock, "reload")
+    sc.wait_log(r"registered account", since=mark)
+    a = show(sc.sock)
+    assert a["state"] == "ready" and a["url"] != url, a
+    renew_and_check(sc, pebble, tmp_path)
     assert sc.stop() == 0
 
 
