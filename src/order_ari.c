@@ -27,8 +27,14 @@
 #include "order.h"
 
 #define ORDER_ARI_WAIT_ISSUER	1	/* seconds: directory not loaded */
-/* Replicas: the lease busy or Redis away, the record is read again then. */
+/*
+ * Replicas: Redis away, the record is read again after a lease's life.
+ * The lease busy, sooner: its holder's "ari" message usually comes first,
+ * but a holder that died mid-fetch is taken over soon after its lease
+ * expires.
+ */
 #define ORDER_ARI_WAIT_LEASE	CLUSTER_LEASE_TTL
+#define ORDER_ARI_WAIT_BUSY	CLUSTER_LEASE_RENEW
 
 static void	 order_ari_fetch(int, short, void *);
 static void	 order_ari_settled(struct cert *);
@@ -394,7 +400,10 @@ order_ari_leased(enum cluster_lease_event ev, void *arg)
 			order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
 		}
 		break;
-	case LEASE_BUSY:	/* its holder's "ari" or "cert" comes first */
+	case LEASE_BUSY:
+		order_ari_lease_end(ce);
+		order_ari_later(ce, ORDER_ARI_WAIT_BUSY);
+		break;
 	case LEASE_UNAVAILABLE:
 		order_ari_lease_end(ce);
 		order_ari_later(ce, ORDER_ARI_WAIT_LEASE);
