@@ -403,78 +403,129 @@ def test_lost_writes_are_put_back(tmp_path, pebble, redis, fleet):
     assert validation_failures(replicas) == []
 
 
-def test_ari_fleet_asks_once_pebble26(tmp_path, pebble26, http_port, redis):
-    """ARI across two replicas on Pebble 2.6: the fleet asks renewalInfo
-    once per certificate per Retry-After (counted at a proxy in front of
-    Pebble, which does not log them), all replicas show the same window
-    and renewal time from source "ari", and the past window Pebble gives
-    for a certificate revoked at the CA brings one renewal, with
-    "replaces", years before the lifetime rule."""
-    from ca_proxy import CaProxy, revoke_at_ca
-    from test_ari import cert_id_of
-    proxy = CaProxy(pebble26).start()
-    secret = write_secret(tmp_path / "secret")
-    certs = [names_of(0)]
-    cid = certs[0][0]
-    replicas = [Replica(tmp_path, "node%d" % i, proxy, redis, certs, secret)
-                for i in range(2)]
-    balancer = Balancer(tmp_path, http_port, replicas).start()
+class AriFleet:
+    """Two replicas on Pebble 2.6 behind ca_proxy.CaProxy (which counts
+    the renewalInfo requests Pebble does not log), one certificate, the
+    fleet's renewalInfo held at the proxy from the start."""
 
-    def wait(what, cond, timeout=FLEET_TIMEOUT):
+    def __init__(self, tmp_path, pebble, http_port, redis):
+        from ca_proxy import CaProxy
+        self.proxy = CaProxy(pebble).start()
+        self.redis = redis
+        self.cid = names_of(0)[0]
+        secret = write_secret(tmp_path / "secret")
+        self.replicas = [Replica(tmp_path, "node%d" % i, self.proxy, redis,
+                                 [names_of(0)], secret) for i in range(2)]
+        self.balancer = Balancer(tmp_path, http_port, self.replicas).start()
+        self.proxy.hold("/renewalInfo/")
+        for r in self.replicas:
+            r.start()
+        join(self.replicas)
+
+    def wait(self, what, cond, timeout=FLEET_TIMEOUT):
         deadline = time.monotonic() + timeout
         while True:
             v = cond()
             if v:
                 return v
             assert time.monotonic() < deadline, what + "".join(
-                r.sidecar.diagnostics() for r in replicas)
+                r.sidecar.diagnostics() for r in self.replicas)
             time.sleep(0.1)
 
-    def renewals():
-        return [api(r.dir / "control.sock", "GET", "/v1/certificates/" +
-                    cid)[1]["renewal"] for r in replicas]
+    def renewal(self, replica):
+        return api(replica.dir / "control.sock", "GET", "/v1/certificates/" +
+                   self.cid)[1]["renewal"]
 
-    try:
-        # Revoked before the fleet hears of a window: the first answer
-        # waits at the proxy meanwhile, the asking node holding the lease.
-        proxy.hold("/renewalInfo/")
-        for r in replicas:
-            r.start()
-        join(replicas)
-        asked = wait("renewalInfo asked", lambda: proxy.held("/renewalInfo/"))
-        first = asked[0].rsplit("/", 1)[1]
-        owner = wait("the certificate stored", lambda: [
-            r for r in replicas if stored_leaf(r, cid) is not None and
-            cert_id_of(stored_leaf(r, cid)) == first])[0]
-        live = owner.state / "certs" / cid
-        assert revoke_at_ca(pebble26, stored_leaf(owner, cid),
-                            (live / "key.pem").read_text()) == 200
-        proxy.release("/renewalInfo/", forward=True)
+    def renewals(self):
+        return [self.renewal(r) for r in self.replicas]
 
-        def settled():
-            rs = renewals()
-            ok = all(r["source"] == "ari" and r["ari_cert_id"] not in
-                     (None, first) for r in rs)
-            return rs if ok else None
-        rs = wait("every replica on the renewed certificate's window",
-                  settled)
-        second = rs[0]["ari_cert_id"]
-        assert all(r == rs[0] for r in rs), rs
-        w = rs[0]["ari_window"]
-        assert w["start"] <= rs[0]["at"] <= w["end"], rs[0]
-        assert len(issued_by_pebble(pebble26)) == 2
-        orders = proxy.payloads("/order-plz")
-        assert len(orders) == 2 and orders[1].get("replaces") == first, \
-            orders
-        with open(pebble26.path("pebble.log"), errors="replace") as f:
-            assert len(re.findall(r"ARI: order .* is a replacement of",
-                                  f.read())) == 1
-        assert proxy.ari_count(first) == 1, proxy.ari
-        assert proxy.ari_count(second) == 1, proxy.ari
-        for r in replicas:
-            assert cert_id_of(stored_leaf(r, cid)) == second
-    finally:
-        for r in replicas:
+    def asked(self, n=1):
+        """The CertIDs of the first n renewalInfo requests held."""
+        held = self.wait("%d renewalInfo held" % n, lambda: len(
+            self.proxy.held("/renewalInfo/")) >= n and
+            self.proxy.held("/renewalInfo/"))
+        return [p.rsplit("/", 1)[1] for p in held]
+
+    def lease_holder(self):
+        v = self.redis.cli("GET", "%s:lease:%s" % (PREFIX, self.cid))
+        return [r for r in self.replicas if v.startswith(r.name + "#")]
+
+    def stop(self):
+        for r in self.replicas:
             r.stop()
-        balancer.stop()
-        proxy.stop()
+        self.balancer.stop()
+        self.proxy.stop()
+
+
+@pytest.fixture
+def ari_fleet(tmp_path, pebble26, http_port, redis):
+    f = AriFleet(tmp_path, pebble26, http_port, redis)
+    yield f
+    f.stop()
+
+
+def test_ari_fleet_asks_once_pebble26(ari_fleet, pebble26):
+    """ARI across two replicas on Pebble 2.6: the fleet asks renewalInfo
+    once per certificate per Retry-After, all replicas show the same
+    window and renewal time from source "ari", and the past window Pebble
+    gives for a certificate revoked at the CA brings one renewal, with
+    "replaces", years before the lifetime rule."""
+    from ca_proxy import revoke_at_ca
+    from test_ari import cert_id_of
+    f, proxy, cid = ari_fleet, ari_fleet.proxy, ari_fleet.cid
+    # Revoked before the fleet hears of a window: the first answer waits
+    # at the proxy meanwhile, the asking node holding the lease.
+    first = f.asked()[0]
+    owner = f.wait("the certificate stored", lambda: [
+        r for r in f.replicas if stored_leaf(r, cid) is not None and
+        cert_id_of(stored_leaf(r, cid)) == first])[0]
+    live = owner.state / "certs" / cid
+    assert revoke_at_ca(pebble26, stored_leaf(owner, cid),
+                        (live / "key.pem").read_text()) == 200
+    proxy.release("/renewalInfo/", forward=True)
+
+    def settled():
+        rs = f.renewals()
+        ok = all(r["source"] == "ari" and r["ari_cert_id"] not in
+                 (None, first) for r in rs)
+        return rs if ok else None
+    rs = f.wait("every replica on the renewed certificate's window", settled)
+    second = rs[0]["ari_cert_id"]
+    assert all(r == rs[0] for r in rs), rs
+    w = rs[0]["ari_window"]
+    assert w["start"] <= rs[0]["at"] <= w["end"], rs[0]
+    assert len(issued_by_pebble(pebble26)) == 2
+    orders = proxy.payloads("/order-plz")
+    assert len(orders) == 2 and orders[1].get("replaces") == first, orders
+    with open(pebble26.path("pebble.log"), errors="replace") as log:
+        assert len(re.findall(r"ARI: order .* is a replacement of",
+                              log.read())) == 1
+    assert proxy.ari_count(first) == 1, proxy.ari
+    assert proxy.ari_count(second) == 1, proxy.ari
+    for r in f.replicas:
+        assert cert_id_of(stored_leaf(r, cid)) == second
+
+
+def test_ari_fleet_fenced_pebble26(ari_fleet):
+    """A replica that slept past its lease while asking renewalInfo has
+    its answer refused: the node that took the lease over asked too, its
+    answer is the fleet's, and the sleeper takes it."""
+    f = ari_fleet
+    f.asked()
+    sleeper = f.wait("the asking node's lease", f.lease_holder)[0]
+    other = [r for r in f.replicas if r is not sleeper][0]
+    sleeper.freeze()
+    try:
+        f.asked(2)      # the other node, once the lease expired
+        assert f.lease_holder() == [other]
+        f.proxy.release("/renewalInfo/", forward=True)
+        f.wait("the other node's answer",
+               lambda: f.renewal(other)["source"] == "ari")
+    finally:
+        sleeper.thaw()
+    sleeper.sidecar.wait_log(r"another node holds a newer lease; its "
+                             r"renewalInfo answer is the fleet's", 30)
+    rec = json.loads(f.redis.cli("GET", "%s:ari:%s" % (PREFIX, f.cid)))
+    assert rec["node"] == other.name, rec
+    f.wait("the same renewal on both", lambda: (lambda rs: rs[0] == rs[1] and
+           rs[0]["source"] == "ari")(f.renewals()), 30)
