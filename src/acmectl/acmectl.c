@@ -706,23 +706,34 @@ ctl_cmd_account(const struct ctl_opts *o, int argc, char **argv,
 	const char	*sub = argv[0], *issuer = argv[1];
 
 	(void)argc;
-	if ((o->o_given & CTL_OPT_KEY) && strcmp(sub, "rollover") != 0) {
-		*cause = ctl_xasprintf("account %s does not take --key", sub);
-		return -1;
-	}
-	if ((o->o_given & CTL_OPT_YES) && strcmp(sub, "deactivate") != 0) {
-		*cause = ctl_xasprintf("account %s does not take --yes", sub);
-		return -1;
-	}
 	if (strcmp(sub, "show") == 0)
 		return ctl_account_show(o, issuer, cause);
 	if (strcmp(sub, "rollover") == 0)
 		return ctl_account_rollover(o, issuer, cause);
-	if (strcmp(sub, "deactivate") == 0)
-		return ctl_account_deactivate(o, issuer, cause);
-	*cause = ctl_xasprintf("account: unknown \"%s\": show, rollover or "
-	    "deactivate", sub);
-	return -1;
+	return ctl_account_deactivate(o, issuer, cause);
+}
+
+/* account's subcommand, and the options it takes: 0, or -1 (usage). */
+static int
+ctl_check_account(const struct ctl_opts *o, const char *sub)
+{
+	if (strcmp(sub, "show") != 0 && strcmp(sub, "rollover") != 0 &&
+	    strcmp(sub, "deactivate") != 0) {
+		fprintf(stderr, "acmectl: account: unknown \"%s\": show, "
+		    "rollover or deactivate\n", sub);
+		return -1;
+	}
+	if ((o->o_given & CTL_OPT_KEY) && strcmp(sub, "rollover") != 0) {
+		fprintf(stderr, "acmectl: account %s does not take --key\n",
+		    sub);
+		return -1;
+	}
+	if ((o->o_given & CTL_OPT_YES) && strcmp(sub, "deactivate") != 0) {
+		fprintf(stderr, "acmectl: account %s does not take --yes\n",
+		    sub);
+		return -1;
+	}
+	return 0;
 }
 
 /* ---------------------------------------------------------------- main */
@@ -843,6 +854,8 @@ ctl_check_args(const struct ctl_cmd *cmd, const struct ctl_opts *o,
 		if (argv[k][0] == '\0')
 			goto usage;
 	}
+	if (cmd->c_run == ctl_cmd_account)
+		return ctl_check_account(o, argv[0]);
 	return 0;
 usage:
 	fprintf(stderr, "usage: acmectl [--json] [-s socket] %s%s\n",

@@ -310,6 +310,12 @@ def test_deactivate(daemon, pebble, tmp_path):
     assert p.returncode == 1, p
     assert "stdin is not a terminal" in p.stderr and "--yes" in p.stderr, \
         p.stderr
+    for args, msg in ((["show", "--yes"], "account show does not take "
+                       "--yes"), (["deactivate", "--key", "rsa:2048"],
+                                  "account deactivate does not take --key"),
+                      (["drop"], 'account: unknown "drop"')):
+        p = acmectl(sc.sock, "account", *args, "pebble")
+        assert p.returncode == 2 and msg in p.stderr, (args, p.stderr)
     rc, out, err = acmectl_tty(sc.sock, "pebbel", "account", "deactivate",
                                "pebble")
     assert rc == 1 and "cannot be undone" in err and \
