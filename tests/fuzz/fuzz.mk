@@ -38,10 +38,14 @@ $(FUZZ)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 
+$(FUZZ)/obj/order.o $(FUZZ)/obj/order_cluster.o $(FUZZ)/obj/order_ari.o: \
+    src/order.h
+
 $(FUZZ)/fuzz_conf $(FUZZ)/fuzz_control $(FUZZ)/fuzz_acme \
 $(FUZZ)/fuzz_challenge $(FUZZ)/fuzz_cluster: \
     $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c \
-    tests/fuzz/fuzz.h tests/fuzz/fuzz_mhd.h $(FUZZ_OBJS) $(wildcard src/*.c)
+    tests/fuzz/fuzz.h tests/fuzz/fuzz_mhd.h $(FUZZ_OBJS) $(wildcard src/*.c) \
+    src/sidecar.h src/order.h proto/acme_shm.h proto/acme_ident.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(FUZZ_LDFLAGS_$*) -o $@ \
 	    $< $(filter-out $(FUZZ_WITHOUT_$*),$(FUZZ_OBJS)) $(FUZZ_LDLIBS)
