@@ -288,6 +288,96 @@ test_account_roundtrip(void **state)
 	free(dir);
 }
 
+/*
+ * A rollover's files: account.key.next is written 0600 and never
+ * replaced, becomes account.key in one rename, or goes.
+ */
+static void
+test_account_next(void **state)
+{
+	struct ts	*ts = *state;
+	EVP_PKEY	*old, *next, *other, *loaded = NULL;
+	char		*dir, *url = NULL, *cause = NULL;
+
+	dir = ts_state(ts);
+	old = ts_key();
+	next = ts_key();
+	other = ts_key();
+	assert_int_equal(store_save_account_key(dir, old, &cause), 0);
+	assert_int_equal(store_save_account_url(dir, "https://ca/acct/1",
+	    &cause), 0);
+	assert_int_equal(store_load_account_next(dir, &loaded, &cause), 1);
+
+	assert_int_equal(store_save_account_next(dir, next, &cause), 0);
+	assert_int_equal(ts_mode(dir, "account.key.next"), 0600);
+	assert_int_equal(store_save_account_next(dir, other, &cause), -1);
+	assert_non_null(strstr(cause, "account.key.next"));
+	free(cause);
+	cause = NULL;
+	assert_int_equal(store_load_account_next(dir, &loaded, &cause), 0);
+	assert_int_equal(EVP_PKEY_eq(next, loaded), 1);
+	EVP_PKEY_free(loaded);
+
+	/* Dropped: account.key stays. */
+	assert_int_equal(store_drop_account_next(dir, &cause), 0);
+	assert_int_equal(ts_exists(dir, "account.key.next"), 0);
+	assert_int_equal(store_drop_account_next(dir, &cause), 0);
+	assert_int_equal(store_load_account(dir, &loaded, &url, &cause), 0);
+	assert_int_equal(EVP_PKEY_eq(old, loaded), 1);
+	EVP_PKEY_free(loaded);
+	free(url);
+
+	/* Promoted: it is account.key, 0600, and the URL is kept. */
+	assert_int_equal(store_save_account_next(dir, next, &cause), 0);
+	assert_int_equal(store_promote_account_next(dir, &cause), 0);
+	assert_int_equal(ts_exists(dir, "account.key.next"), 0);
+	assert_int_equal(ts_mode(dir, "account.key"), 0600);
+	assert_int_equal(store_load_account(dir, &loaded, &url, &cause), 0);
+	assert_int_equal(EVP_PKEY_eq(next, loaded), 1);
+	assert_string_equal(url, "https://ca/acct/1");
+	EVP_PKEY_free(loaded);
+	free(url);
+	assert_int_equal(store_promote_account_next(dir, &cause), -1);
+	free(cause);
+	assert_int_equal(ts_count(dir, ".account"), 0);
+
+	EVP_PKEY_free(old);
+	EVP_PKEY_free(next);
+	EVP_PKEY_free(other);
+	free(dir);
+}
+
+/* Deactivated: the account is set aside, the marker names its URL. */
+static void
+test_account_deactivated(void **state)
+{
+	struct ts	*ts = *state;
+	EVP_PKEY	*key, *loaded = NULL;
+	char		*dir, *url = NULL, *cause = NULL;
+
+	dir = ts_state(ts);
+	key = ts_key();
+	assert_int_equal(store_load_deactivated(dir, &url, &cause), 1);
+	assert_int_equal(store_save_account_key(dir, key, &cause), 0);
+	assert_int_equal(store_save_account_url(dir, "https://ca/acct/7",
+	    &cause), 0);
+	assert_int_equal(store_mark_deactivated(dir, "https://ca/acct/7",
+	    &cause), 0);
+	assert_int_equal(store_load_deactivated(dir, &url, &cause), 0);
+	assert_string_equal(url, "https://ca/acct/7");
+	free(url);
+	assert_int_equal(ts_mode(dir, "account.deactivated"), 0600);
+	assert_int_equal(ts_exists(dir, "account.key"), 0);
+	assert_int_equal(ts_exists(dir, "account.url"), 0);
+	assert_int_equal(ts_count(dir, "account.key.deactivated-"), 1);
+	assert_int_equal(ts_count(dir, "account.url.deactivated-"), 1);
+	/* No account now: the next registration starts from nothing. */
+	assert_int_equal(store_load_account(dir, &loaded, &url, &cause), 1);
+
+	EVP_PKEY_free(key);
+	free(dir);
+}
+
 static void
 test_account_corrupt(void **state)
 {
@@ -643,6 +733,10 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_account_absent, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test_setup_teardown(test_account_roundtrip,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_account_next,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_account_deactivated,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_account_corrupt,
 		    ts_setup, ts_teardown),
