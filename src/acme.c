@@ -15,9 +15,11 @@
  * newAccount) leave the queue; orders can queue from the start.
  *
  * Account operations (key rollover, deactivation) are sent alone: once
- * one is queued nothing else leaves, and it leaves when nothing else is
- * in flight.  A request signs when it leaves, so every request queued
- * behind a rollover is signed with the key the CA has at that moment.
+ * one is queued no new order opens, and it leaves when nothing else is
+ * in flight (a rollover: also once the open orders have closed, see
+ * acme_account_send()); nothing leaves while it is on the wire.  A
+ * request signs when it leaves, so every request queued behind a
+ * rollover is signed with the key the CA has at that moment.
  */
 #include <sys/time.h>
 
@@ -65,6 +67,7 @@ struct acme_req {
 	int			 ar_ari;	/* GET renewalInfo/CertID */
 	int			 ar_account_tries;	/* accountDoesNotExist */
 	int			 ar_exclusive;	/* alone on the wire */
+	int			 ar_after_orders; /* ... once no order is open */
 	EVP_PKEY		*ar_key;	/* signs instead of the account's */
 	char			*ar_url;
 	char			*ar_payload;	/* NULL: POST-as-GET */
@@ -727,9 +730,11 @@ acme_next_queue(struct acme_issuer *ai)
 	if (ai->ai_state != ISSUER_READY)
 		return NULL;
 	if (ai->ai_excl != NULL) {
-		if (!TAILQ_EMPTY(&ai->ai_excl_queue) && ai->ai_inflight == 0)
-			return &ai->ai_excl_queue;
-		return NULL;	/* it waits for quiet, or is on the wire */
+		if (TAILQ_EMPTY(&ai->ai_excl_queue))
+			return NULL;	/* on the wire: nothing else leaves */
+		if (!ai->ai_excl->ar_after_orders || ai->ai_open_orders == 0)
+			return ai->ai_inflight == 0 ? &ai->ai_excl_queue : NULL;
+		/* The open orders go on, to their end; no new one opens. */
 	}
 	if ((head = TAILQ_FIRST(&ai->ai_queue)) != NULL) {
 		if (head->ar_authz && ai->ai_inflight_new_orders > 0)
@@ -738,7 +743,7 @@ acme_next_queue(struct acme_issuer *ai)
 			return NULL;	/* a retried newOrder */
 		return &ai->ai_queue;
 	}
-	if (!TAILQ_EMPTY(&ai->ai_order_queue) &&
+	if (ai->ai_excl == NULL && !TAILQ_EMPTY(&ai->ai_order_queue) &&
 	    ai->ai_open_orders < ACME_MAX_OPEN_ORDERS &&
 	    ai->ai_inflight_authz == 0)
 		return &ai->ai_order_queue;
@@ -1826,10 +1831,17 @@ acme_account_may(struct acme_issuer *ai, const char *op, char **cause)
 	return 0;
 }
 
-/* Send an account operation, alone (acme_next_queue()). */
+/*
+ * Send an account operation, alone (acme_next_queue()).  after_orders:
+ * only once every open order has closed.  The CA checks an HTTP-01 key
+ * authorization against the account key's thumbprint when it validates,
+ * so a key changed while a validation runs would fail that validation
+ * (and count against the CA's failed-validation limit).
+ */
 static void
 acme_account_send(struct acme_issuer *ai, const char *op, const char *url,
-    const char *payload, acme_cb done, acme_account_cb cb, void *arg)
+    const char *payload, int after_orders, acme_cb done, acme_account_cb cb,
+    void *arg)
 {
 	struct acme_req	*ar;
 
@@ -1838,6 +1850,7 @@ acme_account_send(struct acme_issuer *ai, const char *op, const char *url,
 	ai->ai_acct_arg = arg;
 	ar = acme_req_new(ai, AREQ_POST_KID, url, payload, NULL, done, ai);
 	ar->ar_exclusive = 1;
+	ar->ar_after_orders = after_orders;
 	ar->ar_account_tries = 1;	/* never re-register under it */
 	ai->ai_excl = ar;
 	acme_enqueue(ar, 0);
@@ -1964,7 +1977,7 @@ acme_account_key_change(struct acme_issuer *ai, int type, acme_account_cb cb,
 	}
 	log_info("issuer \"%s\": rolling account %s over to a new %s key",
 	    ai->ai_name, ai->ai_kid, key_type_name(type));
-	acme_account_send(ai, "key rollover", ai->ai_key_change, inner,
+	acme_account_send(ai, "key rollover", ai->ai_key_change, inner, 1,
 	    acme_key_changed, cb, arg);
 	free(inner);
 	return 0;
@@ -2021,7 +2034,7 @@ acme_account_deactivate(struct acme_issuer *ai, acme_account_cb cb, void *arg,
 	log_warnx("issuer \"%s\": deactivating account %s", ai->ai_name,
 	    ai->ai_kid);
 	acme_account_send(ai, "deactivation", ai->ai_kid,
-	    "{\"status\":\"deactivated\"}", acme_account_gone, cb, arg);
+	    "{\"status\":\"deactivated\"}", 0, acme_account_gone, cb, arg);
 	return 0;
 }
 

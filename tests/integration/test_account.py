@@ -30,7 +30,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from conftest import ROOT, cert_id, check_certificate, mode, write_config
+from conftest import (ROOT, cert_id, check_certificate, free_port, mode,
+                      write_config)
 
 ACMECTL = Path(os.environ.get("ACMECTL", ROOT / "build" / "acmectl"))
 NAMES = ["acct.example.test"]
@@ -454,3 +455,129 @@ def test_cluster_refuses_rollover_and_deactivation(tmp_path, pebble,
         assert sc.stop() == 0
     finally:
         redis.kill()
+
+
+class HeldValidations:
+    """A TCP relay in front of the daemon's HTTP-01 responder, where
+    Pebble's VA connects: while held, a validation waits in it, and
+    the order stays open at the CA with nothing in flight between the
+    daemon's polls."""
+
+    def __init__(self, upstream_port):
+        import socketserver
+        import threading
+        relay = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                with relay.cond:
+                    relay.waiting += 1
+                    relay.cond.notify_all()
+                    while relay.holding:
+                        relay.cond.wait(0.5)
+                relay.pipe(self.request)
+
+        self.upstream_port = upstream_port
+        self.cond = threading.Condition()
+        self.holding = False
+        self.waiting = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0),
+                                                      Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever,
+                         daemon=True).start()
+
+    def pipe(self, client):
+        import select
+        import socket
+        with socket.create_connection(("127.0.0.1", self.upstream_port),
+                                      timeout=10) as up:
+            socks = [client, up]
+            while True:
+                ready, _, _ = select.select(socks, [], [], 10)
+                if not ready:
+                    return
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (up if s is client else client).sendall(data)
+
+    def hold(self):
+        with self.cond:
+            self.holding, self.waiting = True, 0
+
+    def release(self):
+        with self.cond:
+            self.holding = False
+            self.cond.notify_all()
+
+    def stop(self):
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_rollover_waits_for_open_orders(tmp_path, pebble_factory,
+                                        sidecar_factory):
+    """A rollover asked while Pebble is validating a challenge waits
+    for that order to close: Pebble checks the key authorization against
+    the account key's thumbprint, so a new key at that moment would fail
+    the validation.  The daemon's polls go on meanwhile, and once the
+    validation is let through both the new certificate and the rollover
+    succeed, keyChange after the order's finalize.  (A certificate added
+    for a new name: a renewal would reuse Pebble's valid authorization.)"""
+    from ca_proxy import CaProxy
+    http_port = free_port()
+    relay = HeldValidations(http_port)
+    pebble = pebble_factory(relay.port)
+    proxy = CaProxy(pebble).start()
+    try:
+        state = tmp_path / "state"
+        conf = tmp_path / "acme-sidecar.conf"
+        write_config(conf, proxy, state, http_port, [(NAMES, None)])
+        sc = sidecar_factory(conf, [pebble]).start()
+        sc.wait_certs(state, [CID])
+        sock = tmp_path / "control.sock"
+        key1 = (state / "account.key").read_text()
+
+        relay.hold()
+        acmectl_ok(sock, "add", "--no-wait", "pebble", "held.example.test")
+        with relay.cond:
+            assert relay.cond.wait_for(lambda: relay.waiting > 0, 30), \
+                "Pebble never validated held.example.test" + sc.diagnostics()
+        mark = sc.mark()
+        rollover = subprocess.Popen(
+            [str(ACMECTL), "-s", str(sock), "account", "rollover", "pebble"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sc.wait_log(r"rolling account \S+ over to a new", since=mark)
+        polls = len(proxy.payloads("/authZ/"))
+        deadline = time.monotonic() + 30
+        while len(proxy.payloads("/authZ/")) == polls:
+            assert time.monotonic() < deadline, "no poll" + sc.diagnostics()
+            time.sleep(0.05)
+        assert not proxy.payloads("/rollover-account-key"), \
+            "keyChange left while the CA was validating a challenge"
+
+        relay.release()
+        out, err = rollover.communicate(timeout=60)
+        assert rollover.returncode == 0, err
+        assert "rolled over to a new ecdsa:256 key" in out, out
+        paths = [path for path, _ in proxy.posts]
+        finalize = max(i for i, p in enumerate(paths)
+                       if "/finalize-order/" in p)
+        key_change = [i for i, p in enumerate(paths)
+                      if "/rollover-account-key" in p]
+        assert key_change and key_change[0] > finalize, paths
+        key2 = (state / "account.key").read_text()
+        assert key2 != key1
+        assert Ca(proxy).account_of(key2) == (state /
+                                              "account.url").read_text().strip()
+        sc.wait_certs(state, ["held.example.test"])
+        check_certificate(state, ["held.example.test"], None, pebble,
+                          tmp_path)
+        assert sc.stop() == 0
+    finally:
+        proxy.stop()
+        relay.stop()
