@@ -21,8 +21,16 @@
  *	takes inet_ntop()'s form, RFC 5952 for IPv6, which may be written
  *	in brackets.  ".example.com" stands for example.com and
  *	www.example.com (nginx-acme's reading of nginx's shorthand): the
- *	wildcard nginx reads into it cannot be validated over HTTP-01, and
- *	wildcards ("*") and regular expressions ("~") are refused.
+ *	wildcard nginx reads into it cannot be validated over HTTP-01.
+ *	Regular expressions ("~") are refused.
+ *
+ * WILDCARDS
+ *	"*.example.com" (RFC 8555 7.1.3: "*" as the whole leftmost label,
+ *	then a DNS name of at least two labels) is read, lower-cased, as
+ *	ACME_IDENT_WILDCARD with the word filled in; the caller takes it
+ *	only for a certificate validated over dns-01, the one challenge a
+ *	CA accepts for it.  Any other "*" ("a.*.test", "*x.test", "www.*")
+ *	is ACME_IDENT_INVALID: no CA issues for it.
  *
  * KEY TYPES
  *	ecdsa:256 (the default), ecdsa:384, ecdsa:521, rsa:2048, rsa:3072,
@@ -31,7 +39,11 @@
  *
  * IDS
  *	The first identifier, then "_" and the key type's suffix
- *	("rsa2048", "ecdsa384", ...) unless the type is the default.
+ *	("rsa2048", "ecdsa384", ...) unless the type is the default.  A
+ *	wildcard first identifier names its certificate with "_" for "*"
+ *	(lego's file names): "*.example.com" gives "_.example.com".  The id
+ *	names files in state_path and shell globs would read "*"; "_" never
+ *	starts a DNS identifier, so no other certificate can take the id.
  */
 #ifndef ACME_IDENT_H
 #define ACME_IDENT_H
@@ -202,7 +214,7 @@ acme_ident_is_ip(const char *s)
 	    inet_pton(AF_INET6, s, &a6) == 1;
 }
 
-/* Why acme_ident_parse() refused a word. */
+/* What acme_ident_parse() read, or why it refused a word. */
 enum acme_ident_status {
 	ACME_IDENT_OK = 0,
 	ACME_IDENT_INVALID = -1,
@@ -217,6 +229,37 @@ struct acme_ident_words {
 	char	 iw_word[2][ACME_IDENT_MAX + 1];
 };
 
+/* Whether s (NUL-terminated, normalised) is a wildcard identifier. */
+static inline int
+acme_ident_is_wildcard(const char *s)
+{
+	return s[0] == '*' && s[1] == '.';
+}
+
+/*
+ * "*.name" (WILDCARDS above) into w: ACME_IDENT_WILDCARD, or
+ * ACME_IDENT_INVALID for any other use of "*".
+ */
+static inline enum acme_ident_status
+acme_ident_wildcard(const char *raw, size_t len, struct acme_ident_words *w)
+{
+	int	 n;
+
+	if (len > 0 && raw[len - 1] == '.')
+		len--;
+	/* Checked before writing: the name goes 2 bytes into the word. */
+	if (len < 2 || len > ACME_IDENT_DNS_MAX || raw[0] != '*' ||
+	    raw[1] != '.' || memchr(raw + 2, '*', len - 2) != NULL)
+		return ACME_IDENT_INVALID;
+	n = acme_ident_dns(raw + 2, len - 2, w->iw_word[0] + 2);
+	if (n == -1 || memchr(w->iw_word[0] + 2, '.', (size_t)n) == NULL)
+		return ACME_IDENT_INVALID;
+	memcpy(w->iw_word[0], "*.", 2);
+	w->iw_len[0] = n + 2;
+	w->iw_n = 1;
+	return ACME_IDENT_WILDCARD;
+}
+
 static inline enum acme_ident_status
 acme_ident_parse(const char *raw, size_t len, struct acme_ident_words *w)
 {
@@ -226,7 +269,7 @@ acme_ident_parse(const char *raw, size_t len, struct acme_ident_words *w)
 	if (len > 0 && raw[0] == '~')
 		return ACME_IDENT_REGEX;
 	if (memchr(raw, '*', len) != NULL)
-		return ACME_IDENT_WILDCARD;
+		return acme_ident_wildcard(raw, len, w);
 	if (len > 0 && raw[0] == '.') {
 		n = acme_ident_dns(raw + 1, len - 1, w->iw_word[0]);
 		if (n == -1 || n + 4 > ACME_IDENT_DNS_MAX)
@@ -263,6 +306,8 @@ acme_ident_cert_id(const char *first, size_t len, enum acme_key_type t,
 	if (len + slen + 1 > size)
 		return -1;
 	memcpy(out, first, len);
+	if (len >= 2 && first[0] == '*' && first[1] == '.')
+		out[0] = '_';
 	if (slen > 0) {
 		out[len] = '_';
 		memcpy(out + len + 1, suffix, slen - 1);

@@ -71,7 +71,7 @@ ident_check(const char *word, const char *want, const char *want2,
 	struct acme_ident_words	 w;
 
 	assert_int_equal(acme_ident_parse(word, strlen(word), &w), status);
-	if (status != ACME_IDENT_OK) {
+	if (status != ACME_IDENT_OK && status != ACME_IDENT_WILDCARD) {
 		assert_int_equal(w.iw_n, 0);
 		return;
 	}
@@ -104,8 +104,15 @@ test_ident_names(void **state)
 	ident_check("a-.test", NULL, NULL, ACME_IDENT_INVALID);
 	ident_check("a_b.test", NULL, NULL, ACME_IDENT_INVALID);
 	ident_check("a.123", NULL, NULL, ACME_IDENT_INVALID);
-	ident_check("*.a.test", NULL, NULL, ACME_IDENT_WILDCARD);
-	ident_check("a.*.test", NULL, NULL, ACME_IDENT_WILDCARD);
+	ident_check("*.A.test.", "*.a.test", NULL, ACME_IDENT_WILDCARD);
+	ident_check("a.*.test", NULL, NULL, ACME_IDENT_INVALID);
+	ident_check("*x.a.test", NULL, NULL, ACME_IDENT_INVALID);
+	ident_check("*.*.a.test", NULL, NULL, ACME_IDENT_INVALID);
+	ident_check("www.a.*", NULL, NULL, ACME_IDENT_INVALID);
+	ident_check("*.test", NULL, NULL, ACME_IDENT_INVALID);
+	ident_check("*.", NULL, NULL, ACME_IDENT_INVALID);
+	ident_check("*", NULL, NULL, ACME_IDENT_INVALID);
+	ident_check("*.a_b.test", NULL, NULL, ACME_IDENT_INVALID);
 	ident_check("~^www\\d+$", NULL, NULL, ACME_IDENT_REGEX);
 	ident_check(".192.0.2.1", NULL, NULL, ACME_IDENT_INVALID);
 
@@ -136,6 +143,22 @@ test_ident_names(void **state)
 	name[250] = 'a';
 	name[251] = '\0';
 	ident_check(name, NULL, NULL, ACME_IDENT_INVALID);
+	/* "*.NAME": 253 bytes with the "*.", no byte written past. */
+	memset(name, 'a', 254);
+	for (size_t i = 63; i < 254; i += 64)
+		name[i] = '.';
+	name[0] = '*';
+	name[1] = '.';
+	name[253] = '\0';
+	ident_check(name, name, NULL, ACME_IDENT_WILDCARD);
+	name[253] = 'a';
+	name[254] = '\0';
+	ident_check(name, NULL, NULL, ACME_IDENT_INVALID);
+	name[253] = '.';
+	assert_int_equal(acme_ident_parse(name, 254, &w), ACME_IDENT_WILDCARD);
+	assert_int_equal(w.iw_len[0], 253);
+	assert_true(acme_ident_is_wildcard(w.iw_word[0]));
+	assert_false(acme_ident_is_wildcard("a.test"));
 }
 
 static void
@@ -175,6 +198,13 @@ test_ident_cert_id(void **state)
 	assert_int_equal(acme_ident_cert_id("a.test.more", 6,
 	    ACME_KEY_RSA_4096, id, sizeof(id)), 14);
 	assert_string_equal(id, "a.test_rsa4096");
+	/* A wildcard's "*" is "_" in its id. */
+	assert_int_equal(acme_ident_cert_id("*.a.test", 8, ACME_KEY_ECDSA_256,
+	    id, sizeof(id)), 8);
+	assert_string_equal(id, "_.a.test");
+	assert_int_equal(acme_ident_cert_id("*.a.test", 8, ACME_KEY_RSA_2048,
+	    id, sizeof(id)), 16);
+	assert_string_equal(id, "_.a.test_rsa2048");
 	/* The longest name with the longest suffix fits the buffer. */
 	memset(name, 'a', ACME_IDENT_MAX);
 	assert_int_equal(acme_ident_cert_id(name, ACME_IDENT_MAX,
