@@ -128,6 +128,8 @@ static int	conf_cmd_profile(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_challenge(struct conf_parse *, struct conf_block *,
 		    int, char **);
+static int	conf_cmd_dns_hook(struct conf_parse *, struct conf_block *,
+		    int, char **);
 static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_cn_in_csr(struct conf_parse *, struct conf_block *,
@@ -159,6 +161,7 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "preferred_chain", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_chain },
 	{ "profile", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_profile },
 	{ "challenge", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_challenge },
+	{ "dns_hook", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_dns_hook },
 	{ "request_rate", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_rate },
 	{ "max_identifiers", CONF_ISSUER|CONF_ONCE, 1, 1,
 	    conf_cmd_max_idents },
@@ -200,6 +203,7 @@ conf_issuer_free(struct conf_issuer *ci)
 	}
 	free(ci->ci_preferred_chain);
 	free(ci->ci_profile);
+	free(ci->ci_dns_hook);
 	free(ci->ci_file);
 	free(ci->ci_state_file);
 	free(ci);
@@ -238,6 +242,7 @@ conf_issuer_dup(const struct conf_issuer *src)
 	ci->ci_eab_kid = conf_strdup_null(src->ci_eab_kid);
 	ci->ci_preferred_chain = conf_strdup_null(src->ci_preferred_chain);
 	ci->ci_profile = conf_strdup_null(src->ci_profile);
+	ci->ci_dns_hook = conf_strdup_null(src->ci_dns_hook);
 	ci->ci_file = conf_strdup_null(src->ci_file);
 	ci->ci_state_file = conf_strdup_null(src->ci_state_file);
 	ci->ci_eab_hmac = NULL;
@@ -260,6 +265,7 @@ conf_cert_free(struct conf_cert *cc)
 	free(cc->cc_id);
 	free(cc->cc_issuer);
 	free(cc->cc_profile);
+	free(cc->cc_wild_file);
 	free(cc->cc_file);
 	free(cc);
 }
@@ -759,6 +765,10 @@ conf_issuer_finish(struct conf_parse *p, struct conf_block *blk)
 		return conf_error_at(p, ci->ci_file, ci->ci_line,
 		    "no \"uri\" is defined for acme_issuer \"%s\"",
 		    ci->ci_name);
+	if (ci->ci_challenge == CHALLENGE_DNS_01 && ci->ci_dns_hook == NULL)
+		return conf_error_at(p, ci->ci_file, ci->ci_line,
+		    "acme_issuer \"%s\" has challenge dns-01 but no way to "
+		    "publish the TXT record: add \"dns_hook\"", ci->ci_name);
 	if (ci->ci_state_off) {
 		if ((root = conf_volatile_make(&why)) == NULL) {
 			conf_error_at(p, blk->sp_file, blk->sp_line, "%s", why);
@@ -1094,23 +1104,68 @@ conf_cmd_profile(struct conf_parse *p, struct conf_block *blk, int argc,
 	return 0;
 }
 
-/* nginx-acme also takes the unversioned names "http" and "tls-alpn". */
 static int
 conf_cmd_challenge(struct conf_parse *p, struct conf_block *blk, int argc,
     char **argv)
 {
+	char	*why = NULL;
+	int	 rc;
+
 	(void)argc;
-	if (strcasecmp(argv[0], "http-01") == 0 ||
-	    strcasecmp(argv[0], "http") == 0) {
-		blk->ci->ci_challenge = CHALLENGE_HTTP_01;
+	if (conf_challenge_parse(argv[0], &blk->ci->ci_challenge, &why) == 0)
 		return 0;
+	rc = conf_error(p, "%s", why);
+	free(why);
+	return rc;
+}
+
+/* "30", "30s" or "2m": whole seconds, from 1 to max. */
+static int
+conf_seconds(const char *s, long long max, int *out)
+{
+	char		*num;
+	size_t		 len = strlen(s);
+	long long	 v, scale = 1;
+	int		 rc;
+
+	if (len > 1 && s[len - 1] == 's')
+		len--;
+	else if (len > 1 && s[len - 1] == 'm') {
+		scale = 60;
+		len--;
 	}
-	if (strcasecmp(argv[0], "tls-alpn-01") == 0 ||
-	    strcasecmp(argv[0], "tls-alpn") == 0 ||
-	    strcasecmp(argv[0], "dns-01") == 0)
-		return conf_error(p, "challenge type \"%s\" is not supported",
+	num = xstrndup(s, len);
+	rc = conf_number(num, 1, max, &v);
+	free(num);
+	if (rc == -1 || v > max / scale)
+		return -1;
+	*out = (int)(v * scale);
+	return 0;
+}
+
+/*
+ * dns_hook PROGRAM [timeout=TIME]: dns_hook.c runs it as "PROGRAM add|del
+ * FQDN VALUE".  An absolute path: the daemon has no PATH to trust, and a
+ * relative one would depend on where it was started.
+ */
+static int
+conf_cmd_dns_hook(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci = blk->ci;
+
+	if (argv[0][0] != '/')
+		return conf_error(p, "dns_hook \"%s\" is not an absolute path",
 		    argv[0]);
-	return conf_error(p, "invalid challenge type \"%s\"", argv[0]);
+	ci->ci_dns_hook_timeout = CONF_DNS_HOOK_TIMEOUT;
+	if (argc == 2 && (strncmp(argv[1], "timeout=", 8) != 0 ||
+	    conf_seconds(argv[1] + 8, CONF_DNS_HOOK_TIMEOUT_MAX,
+	    &ci->ci_dns_hook_timeout) == -1))
+		return conf_error(p, "invalid parameter \"%s\" of dns_hook: "
+		    "timeout=TIME takes 1s to %dm", argv[1],
+		    CONF_DNS_HOOK_TIMEOUT_MAX / 60);
+	ci->ci_dns_hook = xstrdup(argv[0]);
+	return 0;
 }
 
 /* "20r/s" or "600r/m", as nginx's limit_req_zone rate=. */
@@ -1460,8 +1515,8 @@ static int
 conf_check_certs(struct conf_parse *p)
 {
 	struct conf_cert	*cc;
-
 	struct conf_issuer	*ci;
+	char			*why = NULL;
 
 	TAILQ_FOREACH(cc, &p->conf->c_certs, cc_entry) {
 		if ((ci = conf_find_issuer(p->conf, cc->cc_issuer)) == NULL)
@@ -1472,6 +1527,13 @@ conf_check_certs(struct conf_parse *p)
 			    "%zu identifiers in one certificate: acme_issuer "
 			    "\"%s\" takes at most %zu (max_identifiers)",
 			    cc->cc_nidents, ci->ci_name, ci->ci_max_idents);
+		if (conf_cert_check_challenge(cc, ci, &why) == -1) {
+			conf_error_at(p, cc->cc_wild_file != NULL ?
+			    cc->cc_wild_file : cc->cc_file, cc->cc_wild_file !=
+			    NULL ? cc->cc_wild_line : cc->cc_line, "%s", why);
+			free(why);
+			return -1;
+		}
 	}
 	return 0;
 }

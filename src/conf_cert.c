@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "sidecar.h"
@@ -84,6 +85,8 @@ conf_cert_push(struct conf_parse *p, struct conf_cert *cc, char *ident)
 /*
  * One identifier as written, read by proto/acme_ident.h as the nginx
  * module reads it: ".example.com" is example.com and www.example.com.
+ * A wildcard is taken here and judged once the challenge is known
+ * (conf_cert_check_challenge()), at the place it was written.
  */
 int
 conf_cert_ident(struct conf_parse *p, struct conf_cert *cc, const char *raw)
@@ -95,9 +98,11 @@ conf_cert_ident(struct conf_parse *p, struct conf_cert *cc, const char *raw)
 	case ACME_IDENT_OK:
 		break;
 	case ACME_IDENT_WILDCARD:
-		return conf_error(p, "wildcard identifier \"%s\" is not "
-		    "supported: HTTP-01 cannot validate wildcard identifiers",
-		    raw);
+		if (cc->cc_wild_file == NULL && p->file != NULL) {
+			cc->cc_wild_file = xstrdup(p->file);
+			cc->cc_wild_line = p->line;
+		}
+		break;
 	case ACME_IDENT_REGEX:
 		return conf_error(p, "regular expression \"%s\" cannot be an "
 		    "identifier", raw);
@@ -125,6 +130,84 @@ conf_cert_id(const struct conf_cert *cc)
 	return xstrdup(id);
 }
 
+/*
+ * A challenge type as written: nginx-acme's words, and its unversioned
+ * "http".  tls-alpn-01 is a known word the daemon cannot answer yet.
+ */
+int
+conf_challenge_parse(const char *s, enum challenge_type *t, char **why)
+{
+	if (strcasecmp(s, "http-01") == 0 || strcasecmp(s, "http") == 0) {
+		*t = CHALLENGE_HTTP_01;
+		return 0;
+	}
+	if (strcasecmp(s, "dns-01") == 0 || strcasecmp(s, "dns") == 0) {
+		*t = CHALLENGE_DNS_01;
+		return 0;
+	}
+	if (strcasecmp(s, "tls-alpn-01") == 0 ||
+	    strcasecmp(s, "tls-alpn") == 0)
+		xasprintf(why, "challenge type \"%s\" is not supported yet: "
+		    "use http-01 or dns-01", s);
+	else
+		xasprintf(why, "invalid challenge type \"%s\": use http-01 "
+		    "or dns-01", s);
+	return -1;
+}
+
+const char *
+conf_challenge_name(enum challenge_type t)
+{
+	switch (t) {
+	case CHALLENGE_HTTP_01:
+		return "http-01";
+	case CHALLENGE_DNS_01:
+		return "dns-01";
+	default:
+		fatalx("%s: bad challenge type %d", __func__, (int)t);
+	}
+}
+
+/* The challenge cc is validated with: its challenge=, else its issuer's. */
+enum challenge_type
+conf_cert_challenge(const struct conf_cert *cc, const struct conf_issuer *ci)
+{
+	if (cc->cc_challenge != CHALLENGE_ISSUER)
+		return (enum challenge_type)cc->cc_challenge;
+	return ci->ci_challenge;
+}
+
+/*
+ * Whether ci can validate cc: a wildcard only over dns-01 (RFC 8555
+ * 7.1.3), and dns-01 only with a way to publish the record.  The reason
+ * in why otherwise.
+ */
+int
+conf_cert_check_challenge(const struct conf_cert *cc,
+    const struct conf_issuer *ci, char **why)
+{
+	enum challenge_type	 t = conf_cert_challenge(cc, ci);
+	size_t			 i;
+
+	if (t == CHALLENGE_DNS_01) {
+		if (ci->ci_dns_hook != NULL)
+			return 0;
+		xasprintf(why, "certificate \"%s\" has challenge dns-01 but "
+		    "acme_issuer \"%s\" has no way to publish the TXT record: "
+		    "add \"dns_hook\" to it", cc->cc_id, ci->ci_name);
+		return -1;
+	}
+	for (i = 0; i < cc->cc_nidents; i++) {
+		if (!acme_ident_is_wildcard(cc->cc_idents[i]))
+			continue;
+		xasprintf(why, "wildcard identifier \"%s\" needs challenge "
+		    "dns-01: %s cannot validate wildcard identifiers",
+		    cc->cc_idents[i], conf_challenge_name(t));
+		return -1;
+	}
+	return 0;
+}
+
 /* A certificate from the directive being handled. */
 struct conf_cert *
 conf_cert_new(struct conf_parse *p, const char *issuer)
@@ -134,6 +217,7 @@ conf_cert_new(struct conf_parse *p, const char *issuer)
 	cc = xcalloc(1, sizeof(*cc));
 	cc->cc_issuer = xstrdup(issuer);
 	cc->cc_key = KEY_TYPE_DEFAULT;
+	cc->cc_challenge = CHALLENGE_ISSUER;
 	cc->cc_file = p->file != NULL ? xstrdup(p->file) : NULL;
 	cc->cc_line = p->line;
 	return cc;
@@ -155,14 +239,37 @@ conf_profile_valid(const char *name)
 	return i > 0;
 }
 
+/* challenge=TYPE: this certificate's, over its issuer's. */
+static int
+conf_cert_challenge_param(struct conf_parse *p, struct conf_cert *cc,
+    const char *type)
+{
+	enum challenge_type	 t;
+	char			*why = NULL;
+	int			 rc;
+
+	if (cc->cc_challenge != CHALLENGE_ISSUER)
+		return conf_error(p, "duplicate \"challenge\" parameter");
+	if (conf_challenge_parse(type, &t, &why) == -1) {
+		rc = conf_error(p, "%s", why);
+		free(why);
+		return rc;
+	}
+	cc->cc_challenge = (int)t;
+	return 0;
+}
+
 /*
  * A word of acme_certificate after the issuer: key=TYPE, profile=NAME (it
- * overrides the issuer's profile for this certificate) or an identifier.
+ * overrides the issuer's profile for this certificate), challenge=TYPE
+ * (likewise) or an identifier.
  */
 int
 conf_cert_param(struct conf_parse *p, struct conf_cert *cc, const char *arg,
     int *havekey)
 {
+	if (strncmp(arg, "challenge=", 10) == 0)
+		return conf_cert_challenge_param(p, cc, arg + 10);
 	if (strncmp(arg, "profile=", 8) == 0) {
 		if (cc->cc_profile != NULL)
 			return conf_error(p, "duplicate \"profile\" parameter");
@@ -303,7 +410,8 @@ conf_read_runtime(struct conf_parse *p)
  */
 int
 conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
-    size_t nidents, const char *key, const char *profile, char **cause)
+    size_t nidents, const char *key, const char *profile,
+    const char *challenge, char **cause)
 {
 	struct conf_parse	 p;
 	struct conf_cert	*cc, *other;
@@ -331,6 +439,8 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 		conf_cert_param(&p, cc, word, &havekey);
 		free(word);
 	}
+	if (challenge != NULL && p.cause == NULL)
+		conf_cert_challenge_param(&p, cc, challenge);
 	if (p.cause == NULL && cc->cc_nidents == 0)
 		conf_error(&p, "no identifiers");
 	if (p.cause == NULL && cc->cc_nidents > ci->ci_max_idents)
@@ -343,6 +453,10 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 		return CONF_ADD_INVALID;
 	}
 	cc->cc_id = conf_cert_id(cc);
+	if (conf_cert_check_challenge(cc, ci, cause) == -1) {
+		conf_cert_free(cc);
+		return CONF_ADD_INVALID;
+	}
 	TAILQ_FOREACH(other, &conf->c_certs, cc_entry) {
 		if (strcmp(other->cc_id, cc->cc_id) != 0)
 			continue;
@@ -411,6 +525,9 @@ conf_runtime_text(struct conf *conf, const struct conf_issuer *ci)
 			fprintf(f, " key=%s", key_type_name(cc->cc_key));
 		if (cc->cc_profile != NULL)
 			fprintf(f, " profile=%s", cc->cc_profile);
+		if (cc->cc_challenge != CHALLENGE_ISSUER)
+			fprintf(f, " challenge=%s", conf_challenge_name(
+			    (enum challenge_type)cc->cc_challenge));
 		fprintf(f, ";\n");
 	}
 	if (fclose(f) != 0)

@@ -159,7 +159,7 @@ static enum MHD_Result	control_post_key_change(struct control_ctx *);
 static enum MHD_Result	control_post_deactivate(struct control_ctx *);
 
 static const char *const control_add_fields[] = {
-	"issuer", "identifiers", "key", "profile", NULL
+	"issuer", "identifiers", "key", "profile", "challenge", NULL
 };
 static const char *const control_revoke_fields[] = { "reason", NULL };
 static const char *const control_key_change_fields[] = { "key", NULL };
@@ -701,7 +701,8 @@ control_result_status(enum control_result r)
 static enum MHD_Result
 control_post_cert(struct control_ctx *cx)
 {
-	const char		*issuer, *key, *profile, *id, **idents;
+	const char		*issuer, *key, *profile, *challenge, *id;
+	const char		**idents;
 	char			*cause = NULL, location[600];
 	struct cert		*ce;
 	enum control_result	 r;
@@ -715,10 +716,13 @@ control_post_cert(struct control_ctx *cx)
 	if (failed)
 		return MHD_YES;
 	profile = control_string_field(cx, "profile", 0, &failed);
+	if (failed)
+		return MHD_YES;
+	challenge = control_string_field(cx, "challenge", 0, &failed);
 	if (failed || (idents = control_idents_field(cx, &n)) == NULL)
 		return MHD_YES;
 	r = control.hooks.ch_add(issuer, (char *const *)idents, n, key,
-	    profile, &id, &cause);
+	    profile, challenge, &id, &cause);
 	free(idents);
 	if (r != CONTROL_OK) {
 		ret = control_error(cx->cx_conn, control_result_status(r), NULL,

@@ -258,8 +258,8 @@ main_runtime_save(const struct conf_issuer *ci, char **cause)
  */
 static enum control_result
 main_runtime_add(const char *issuer, char *const *idents, size_t n,
-    const char *key, const char *profile, const char *how,
-    struct conf_cert **added, char **cause)
+    const char *key, const char *profile, const char *challenge,
+    const char *how, struct conf_cert **added, char **cause)
 {
 	struct conf_cert	*cc;
 	char			*why = NULL;
@@ -272,7 +272,7 @@ main_runtime_add(const char *issuer, char *const *idents, size_t n,
 		return CONTROL_INVALID;
 	}
 	switch (conf_runtime_add(main_conf, issuer, idents, n, key, profile,
-	    cause)) {
+	    challenge, cause)) {
 	case CONF_ADD_INVALID:
 		return CONTROL_INVALID;
 	case CONF_ADD_DUPLICATE:
@@ -363,17 +363,27 @@ main_fleet_unreachable(char **cause)
 	return 1;
 }
 
-/* POST /v1/certificates */
+/*
+ * POST /v1/certificates.  The fleet's record of an API certificate
+ * (cluster_runtime.c) has no challenge yet: a replica would validate it
+ * with its issuer's, so a cluster takes the issuer's only.
+ */
 static enum control_result
 main_cert_add(const char *issuer, char *const *idents, size_t n,
-    const char *key, const char *profile, const char **id, char **cause)
+    const char *key, const char *profile, const char *challenge,
+    const char **id, char **cause)
 {
 	struct conf_cert	*cc;
 	enum control_result	 rc;
 
+	if (main_cluster != NULL && challenge != NULL) {
+		xasprintf(cause, "\"challenge\" cannot be set through the API "
+		    "of a cluster yet: set \"challenge\" in acme_issuer");
+		return CONTROL_INVALID;
+	}
 	if (main_fleet_unreachable(cause))
 		return CONTROL_UNAVAILABLE;
-	rc = main_runtime_add(issuer, idents, n, key, profile,
+	rc = main_runtime_add(issuer, idents, n, key, profile, challenge,
 	    "through the control socket", &cc, cause);
 	if (rc != CONTROL_OK)
 		return rc;
@@ -448,7 +458,8 @@ main_fleet_runtime_add(const struct cluster_runtime *cr)
 	    cluster_runtime_pending(cr->cr_id))
 		return;
 	if (main_runtime_add(cr->cr_issuer, cr->cr_idents, cr->cr_nidents,
-	    cr->cr_key, cr->cr_profile, "on another node", &cc, &cause) !=
+	    cr->cr_key, cr->cr_profile, NULL, "on another node", &cc,
+	    &cause) !=
 	    CONTROL_OK) {
 		log_warnx("cluster: the API certificate \"%.64s\" of another "
 		    "node: ignored: %s", cr->cr_id, cause);

@@ -241,8 +241,10 @@ nginx_conf_cert(struct conf_parse *p, struct nginx_server *srv,
 
 /*
  * The identifiers of an acme_certificate without any: the server_name
- * words, where "_" and "" name no host.  Wildcards and regular expressions
- * are errors at their server_name, since the certificate relies on them.
+ * words, where "_" and "" name no host.  Regular expressions and
+ * wildcards other than "*.name" are errors at their server_name, since
+ * the certificate relies on them; "*.name" needs dns-01, which
+ * conf_check_certs() judges at that server_name too.
  */
 static int
 nginx_conf_idents(struct conf_parse *p, struct nginx_server *srv,
@@ -262,11 +264,12 @@ nginx_conf_idents(struct conf_parse *p, struct nginx_server *srv,
 			    "ACME identifier: it is a regular expression; list "
 			    "the identifiers in \"acme_certificate\"",
 			    nn->nn_name);
-		if (strchr(nn->nn_name, '*') != NULL)
+		if (strchr(nn->nn_name, '*') != NULL &&
+		    strncmp(nn->nn_name, "*.", 2) != 0)
 			return conf_error(p, "server_name \"%s\" cannot be an "
-			    "ACME identifier: HTTP-01 cannot validate a "
-			    "wildcard; list the identifiers in "
-			    "\"acme_certificate\"", nn->nn_name);
+			    "ACME identifier: only a wildcard \"*.name\" can "
+			    "be, with challenge dns-01; list the identifiers "
+			    "in \"acme_certificate\"", nn->nn_name);
 		if (conf_cert_ident(p, cc, nn->nn_name) == -1)
 			return -1;
 	}
@@ -276,8 +279,9 @@ nginx_conf_idents(struct conf_parse *p, struct nginx_server *srv,
 /*
  * Two server blocks (say, two ports) may ask for the same certificate,
  * and the nginx module gives both the one id: one certificate serves them.
- * The same means the same profile= too: one that differs is a conflict
- * (as the module says), not a line whose profile would go unread.
+ * The same means the same profile= and challenge= too: one that differs
+ * is a conflict (as the module says), not a line whose word would go
+ * unread.
  */
 static int
 nginx_conf_same(const struct conf *conf, const struct conf_cert *cc)
@@ -288,6 +292,7 @@ nginx_conf_same(const struct conf *conf, const struct conf_cert *cc)
 	TAILQ_FOREACH(o, &conf->c_certs, cc_entry) {
 		if (!o->cc_nginx || o->cc_key != cc->cc_key ||
 		    o->cc_nidents != cc->cc_nidents ||
+		    o->cc_challenge != cc->cc_challenge ||
 		    strcmp(o->cc_issuer, cc->cc_issuer) != 0 ||
 		    (o->cc_profile == NULL) != (cc->cc_profile == NULL) ||
 		    (o->cc_profile != NULL &&

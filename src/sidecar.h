@@ -82,8 +82,14 @@ enum key_type {
  */
 enum challenge_type {
 	CHALLENGE_HTTP_01,
+	CHALLENGE_DNS_01,
 	CHALLENGE_TYPE_MAX
 };
+#define CHALLENGE_ISSUER	(-1)	/* cc_challenge: the issuer's */
+
+/* dns_hook's timeout= (seconds). */
+#define CONF_DNS_HOOK_TIMEOUT	30
+#define CONF_DNS_HOOK_TIMEOUT_MAX 3600
 
 /* A request_rate of 0 means "off". */
 #define CONF_RATE_DEFAULT	20.0	/* requests per second per issuer */
@@ -110,6 +116,8 @@ struct conf_issuer {
 	int			 ci_profile_require;
 	int			 ci_cn_in_csr;		/* common_name_in_csr */
 	enum challenge_type	 ci_challenge;
+	char			*ci_dns_hook;		/* dns_hook PROGRAM, or NULL */
+	int			 ci_dns_hook_timeout;	/* seconds */
 	double			 ci_rate;		/* r/s, 0 = off */
 	unsigned int		 ci_burst;
 	size_t			 ci_max_idents;		/* per certificate */
@@ -137,6 +145,9 @@ struct conf_cert {
 	size_t			 cc_nidents;
 	enum key_type		 cc_key;
 	char			*cc_profile;	/* profile=, or NULL */
+	int			 cc_challenge;	/* challenge=, or CHALLENGE_ISSUER */
+	char			*cc_wild_file;	/* where its first "*." is, */
+	int			 cc_wild_line;	/* or NULL (conf_check_certs()) */
 	int			 cc_nginx;	/* from a server{} of nginx.conf */
 	int			 cc_runtime;	/* added through the API */
 	char			*cc_file;
@@ -296,7 +307,14 @@ int		 conf_error_at(struct conf_parse *, const char *, int,
 		    const char *, ...) PRINTFLIKE(4, 5);
 struct conf_cert *conf_cert_new(struct conf_parse *, const char *);
 int		 conf_cert_param(struct conf_parse *, struct conf_cert *,
-		    const char *, int *);	/* IDENT, key=, profile= */
+		    const char *, int *);	/* IDENT, key=, profile=, ... */
+int		 conf_challenge_parse(const char *, enum challenge_type *,
+		    char **);
+const char	*conf_challenge_name(enum challenge_type);
+enum challenge_type conf_cert_challenge(const struct conf_cert *,
+		    const struct conf_issuer *);
+int		 conf_cert_check_challenge(const struct conf_cert *,
+		    const struct conf_issuer *, char **);
 #define CONF_PROFILE_MAX	64
 int		 conf_profile_valid(const char *);
 int		 conf_cert_ident(struct conf_parse *, struct conf_cert *,
@@ -323,7 +341,7 @@ char		*conf_runtime_path(const struct conf_issuer *);
 int		 conf_read_runtime(struct conf_parse *);
 int		 conf_runtime_add(struct conf *, const char *issuer,
 		    char *const *idents, size_t, const char *key,
-		    const char *profile, char **);
+		    const char *profile, const char *challenge, char **);
 char		*conf_runtime_text(struct conf *, const struct conf_issuer *);
 void		 conf_runtime_renumber(struct conf *,
 		    const struct conf_issuer *);
@@ -1041,7 +1059,8 @@ struct control_hooks {
 	int			 (*ch_reload)(char **);
 	enum control_result	 (*ch_add)(const char *issuer, char *const *,
 				    size_t, const char *key, const char *profile,
-				    const char **id, char **);
+				    const char *challenge, const char **id,
+				    char **);
 	enum control_result	 (*ch_remove)(const char *id, char **);
 };
 int		 control_start(struct event_base *, const char *path,

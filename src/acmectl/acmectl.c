@@ -42,6 +42,7 @@
 #define CTL_OPT_WAIT		0x10	/* --no-wait, --timeout */
 #define CTL_OPT_PROFILE		0x20
 #define CTL_OPT_YES		0x40
+#define CTL_OPT_CHALLENGE	0x80
 
 /* The longest issuer name typed back to confirm a deactivation. */
 #define CTL_CONFIRM_MAX		256
@@ -80,10 +81,10 @@ static const struct ctl_cmd ctl_cmds[] = {
 	{ "status",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_status },
 	{ "list",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_list },
 	{ "show",	" ID",	1, 1, CTL_OPT_JSON, ctl_cmd_show },
-	{ "add",	" [--key TYPE] [--profile NAME] [--no-wait] "
-			"[--timeout SECONDS] ISSUER NAME...", 2, -1,
-			CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_PROFILE|CTL_OPT_WAIT,
-			ctl_cmd_add },
+	{ "add",	" [--key TYPE] [--profile NAME] [--challenge TYPE] "
+			"[--no-wait] [--timeout SECONDS] ISSUER NAME...", 2, -1,
+			CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_PROFILE|
+			CTL_OPT_CHALLENGE|CTL_OPT_WAIT, ctl_cmd_add },
 	{ "remove",	" ID",	1, 1, CTL_OPT_JSON, ctl_cmd_remove },
 	{ "renew",	" [--no-wait] [--timeout SECONDS] ID|--all", 0, 1,
 			CTL_OPT_JSON|CTL_OPT_ALL|CTL_OPT_WAIT, ctl_cmd_renew },
@@ -109,6 +110,7 @@ static const struct {
 	{ CTL_OPT_WAIT,		"--no-wait or --timeout" },
 	{ CTL_OPT_PROFILE,	"--profile" },
 	{ CTL_OPT_YES,		"--yes" },
+	{ CTL_OPT_CHALLENGE,	"--challenge" },
 };
 
 /* ---------------------------------------------------------------- memory */
@@ -290,6 +292,9 @@ ctl_cmd_add(const struct ctl_opts *o, int argc, char **argv, char **cause)
 		json_object_set_new(req, "key", json_string(o->o_key));
 	if (o->o_profile != NULL)
 		json_object_set_new(req, "profile", json_string(o->o_profile));
+	if (o->o_challenge != NULL)
+		json_object_set_new(req, "challenge",
+		    json_string(o->o_challenge));
 	if (ctl_call(o->o_socket, "POST", "/v1/certificates", req, &j,
 	    cause) == -1)
 		goto out;
@@ -756,6 +761,9 @@ ctl_usage(FILE *f)
 	    "ecdsa:384,\n"
 	    "                      ecdsa:521, rsa:2048, rsa:3072, rsa:4096\n"
 	    "                      [--profile NAME] the CA's profile for it\n"
+	    "                      [--challenge TYPE] http-01 or dns-01, "
+	    "over the\n"
+	    "                      issuer's challenge\n"
 	    "  remove ID           stop managing a certificate added with add\n"
 	    "  renew ID|--all      order ID again now, or every certificate "
 	    "with\n"
@@ -875,6 +883,7 @@ ctl_parse_opts(int argc, char **argv, struct ctl_opts *o, int *exitnow)
 		{ "no-wait",	no_argument,		NULL, 'n' },
 		{ "timeout",	required_argument,	NULL, 't' },
 		{ "profile",	required_argument,	NULL, 'p' },
+		{ "challenge",	required_argument,	NULL, 'c' },
 		{ "yes",	no_argument,		NULL, 'y' },
 		{ "socket",	required_argument,	NULL, 's' },
 		{ "help",	no_argument,		NULL, 'h' },
@@ -923,6 +932,15 @@ ctl_parse_opts(int argc, char **argv, struct ctl_opts *o, int *exitnow)
 			o->o_given |= CTL_OPT_PROFILE;
 			if (*optarg == '\0') {
 				fprintf(stderr, "acmectl: --profile: empty\n");
+				return -1;
+			}
+			break;
+		case 'c':
+			o->o_challenge = optarg;
+			o->o_given |= CTL_OPT_CHALLENGE;
+			if (*optarg == '\0') {
+				fprintf(stderr, "acmectl: --challenge: "
+				    "empty\n");
 				return -1;
 			}
 			break;

@@ -25,6 +25,7 @@ struct ctl_opts {
 	const char	*o_key;
 	const char	*o_reason;
 	const char	*o_profile;	/* add --profile */
+	const char	*o_challenge;	/* add --challenge */
 	int		 o_yes;		/* account deactivate --yes */
 };
 

@@ -84,12 +84,13 @@ fuzz_reload(char **cause)
 
 static enum control_result
 fuzz_add(const char *issuer, char *const *idents, size_t n, const char *key,
-    const char *profile, const char **id, char **cause)
+    const char *profile, const char *challenge, const char **id, char **cause)
 {
 	(void)idents;
 	(void)n;
 	(void)key;
 	(void)profile;
+	(void)challenge;
 	if (strcmp(issuer, "example") == 0) {
 		*id = "example";
 		return CONTROL_OK;

@@ -93,7 +93,11 @@ BAD = [
     ("no identifiers", _insert(15, "acme_certificate pebble;"), 15,
      ("identifier", "argument", "name")),
     ("wildcard", _insert(15, "acme_certificate pebble *.example.test;"), 15,
-     ("wildcard", "*.example.test")),
+     ("wildcard", "*.example.test", "needs challenge dns-01")),
+    ("dns-01 without a publisher",
+     _insert(15, "acme_certificate pebble *.example.test "
+                 "challenge=dns-01;"), 15,
+     ("dns-01", "no way to publish", "dns_hook")),
     ("unknown issuer parameter", _replace(7, "    request_rate fast;"), 7,
      ("request_rate", "fast", "invalid")),
 ]

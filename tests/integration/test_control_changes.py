@@ -165,7 +165,13 @@ def test_add_errors_change_nothing(setup):
         ('{"issuer": "nope", "identifiers": ["x.example.test"]}', 422,
          'unknown acme_issuer "nope"'),
         ('{"issuer": "pebble", "identifiers": ["*.example.test"]}', 422,
-         "wildcard"),
+         'wildcard identifier "*.example.test" needs challenge dns-01'),
+        ('{"issuer": "pebble", "identifiers": ["x.example.test"], '
+         '"challenge": "tls-alpn-01"}', 422, "not supported yet"),
+        ('{"issuer": "pebble", "identifiers": ["x.example.test"], '
+         '"challenge": 1}', 400, '"challenge" must be a string'),
+        ('{"issuer": "pebble", "identifiers": ["x.example.test"], '
+         '"challenge": "dns-01"}', 422, "no way to publish the TXT record"),
         ('{"issuer": "pebble", "identifiers": ["a b.example.test"]}', 422,
          "invalid identifier"),
         ('{"issuer": "pebble", "identifiers": ["key=rsa:2048"]}', 422,

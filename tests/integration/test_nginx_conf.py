@@ -144,8 +144,8 @@ def test_t_nginx_conf(tmp_path, pebble, http_port, sidecar_bin):
                           server_name="example.test *.example.test"))
     p = run_t(sidecar_bin, "--nginx-conf", nginx)
     assert p.returncode == 1, p.stdout + p.stderr
-    assert ('%s:%d: server_name "*.example.test" cannot be an ACME '
-            'identifier' % (acme, SERVER_NAME_LINE)) in p.stderr, p.stderr
+    assert ('%s:%d: wildcard identifier "*.example.test" needs challenge '
+            'dns-01' % (acme, SERVER_NAME_LINE)) in p.stderr, p.stderr
     assert "configuration file %s test failed" % nginx in p.stderr
     assert "successful" not in p.stdout + p.stderr
 

@@ -504,7 +504,7 @@ test_conf_sizeless_key_types(void **state)
 	assert_string_equal(cc->cc_id, "b.test");
 	assert_int_equal(cc->cc_key, KEY_ECDSA_256);
 	assert_int_equal(conf_runtime_add(conf, "le", idents, 1, "rsa", NULL,
-	    &cause), CONF_ADD_OK);
+	    NULL, &cause), CONF_ADD_OK);
 	assert_string_equal(TAILQ_LAST(&conf->c_certs, conf_certs)->cc_id,
 	    "c.test_rsa2048");
 	text = conf_runtime_text(conf, TAILQ_FIRST(&conf->c_issuers));
@@ -514,7 +514,7 @@ test_conf_sizeless_key_types(void **state)
 	/* The same certificate under its other name is a duplicate. */
 	idents[0] = "a.test";
 	assert_int_equal(conf_runtime_add(conf, "le", idents, 1, "rsa:2048",
-	    NULL, &cause), CONF_ADD_DUPLICATE);
+	    NULL, NULL, &cause), CONF_ADD_DUPLICATE);
 	free(cause);
 	conf_free(conf);
 	conf_test_err(t, ISSUER "acme_certificate le a.test key=rsa:;\n",
@@ -600,8 +600,70 @@ test_conf_wildcard(void **state)
 	struct conf_test	*t = *state;
 
 	conf_test_err(t, ISSUER "acme_certificate le a.test\n  *.a.test;\n",
-	    "%s/sidecar.conf:4: wildcard identifier \"*.a.test\" is not "
-	    "supported: HTTP-01 cannot validate wildcard identifiers", t->dir);
+	    "%s/sidecar.conf:4: wildcard identifier \"*.a.test\" needs "
+	    "challenge dns-01: http-01 cannot validate wildcard identifiers",
+	    t->dir);
+	conf_test_err(t, ISSUER "acme_certificate le a.test x.*.test;\n",
+	    "%s/sidecar.conf:4: invalid identifier \"x.*.test\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
+	    "    dns_hook /bin/true;\n}\n"
+	    "acme_certificate le *.a.test challenge=http-01;\n",
+	    "%s/sidecar.conf:5: wildcard identifier \"*.a.test\" needs "
+	    "challenge dns-01: http-01 cannot validate wildcard identifiers",
+	    t->dir);
+}
+
+#define DNS_ISSUER "acme_issuer le {\n    uri https://acme.test/dir;\n" \
+	"    challenge dns-01;\n    dns_hook /usr/local/bin/hook timeout=2m;\n}\n"
+
+/* challenge dns-01 with its hook; a wildcard's id has "_" for "*". */
+static void
+test_conf_dns01(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+	struct conf_cert	*cc;
+
+	conf = conf_test_ok(t, DNS_ISSUER
+	    "acme_certificate le *.A.test a.test;\n"
+	    "acme_certificate le b.test challenge=http-01;\n");
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_int_equal(ci->ci_challenge, CHALLENGE_DNS_01);
+	assert_string_equal(ci->ci_dns_hook, "/usr/local/bin/hook");
+	assert_int_equal(ci->ci_dns_hook_timeout, 120);
+	cc = TAILQ_FIRST(&conf->c_certs);
+	assert_string_equal(cc->cc_id, "_.a.test");
+	assert_string_equal(cc->cc_idents[0], "*.a.test");
+	assert_int_equal(conf_cert_challenge(cc, ci), CHALLENGE_DNS_01);
+	cc = TAILQ_NEXT(cc, cc_entry);
+	assert_int_equal(conf_cert_challenge(cc, ci), CHALLENGE_HTTP_01);
+	conf_free(conf);
+
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
+	    "    challenge dns-01;\n}\n",
+	    "%s/sidecar.conf:1: acme_issuer \"le\" has challenge dns-01 but "
+	    "no way to publish the TXT record: add \"dns_hook\"", t->dir);
+	conf_test_err(t, ISSUER "acme_certificate le a.test challenge=dns-01;\n",
+	    "%s/sidecar.conf:4: certificate \"a.test\" has challenge dns-01 "
+	    "but acme_issuer \"le\" has no way to publish the TXT record: add "
+	    "\"dns_hook\" to it", t->dir);
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
+	    "    challenge tls-alpn-01;\n}\n",
+	    "%s/sidecar.conf:3: challenge type \"tls-alpn-01\" is not "
+	    "supported yet: use http-01 or dns-01", t->dir);
+	conf_test_err(t, ISSUER "acme_certificate le a.test challenge=dns;\n"
+	    "acme_certificate le b.test challenge=x challenge=dns-01;\n",
+	    "%s/sidecar.conf:5: invalid challenge type \"x\": use http-01 or "
+	    "dns-01", t->dir);
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
+	    "    dns_hook hook.sh;\n}\n",
+	    "%s/sidecar.conf:3: dns_hook \"hook.sh\" is not an absolute path",
+	    t->dir);
+	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
+	    "    dns_hook /h timeout=0s;\n}\n",
+	    "%s/sidecar.conf:3: invalid parameter \"timeout=0s\" of dns_hook: "
+	    "timeout=TIME takes 1s to 60m", t->dir);
 }
 
 static void
@@ -987,18 +1049,15 @@ test_conf_challenge(void **state)
 	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
 	    " challenge tls-alpn-01;\n}\n",
 	    "%s/sidecar.conf:3: challenge type \"tls-alpn-01\" is not "
-	    "supported", t->dir);
-	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
-	    " challenge dns-01;\n}\n",
-	    "%s/sidecar.conf:3: challenge type \"dns-01\" is not supported",
-	    t->dir);
+	    "supported yet: use http-01 or dns-01", t->dir);
 	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
 	    " challenge http-02;\n}\n",
-	    "%s/sidecar.conf:3: invalid challenge type \"http-02\"", t->dir);
+	    "%s/sidecar.conf:3: invalid challenge type \"http-02\": use "
+	    "http-01 or dns-01", t->dir);
 	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
 	    " challenge tls-alpn;\n}\n",
-	    "%s/sidecar.conf:3: challenge type \"tls-alpn\" is not supported",
-	    t->dir);
+	    "%s/sidecar.conf:3: challenge type \"tls-alpn\" is not supported "
+	    "yet: use http-01 or dns-01", t->dir);
 	/* nginx-acme's unversioned name. */
 	conf_free(conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n"
 	    " challenge http;\n}\n"));
@@ -1524,9 +1583,9 @@ test_nginx_errors(void **state)
 	    "        server_name b.test *.example.test;\n"
 	    "        acme_certificate le;\n"
 	    "    }\n}\n",
-	    "%s/nginx.conf:7: server_name \"*.example.test\" cannot be an ACME "
-	    "identifier: HTTP-01 cannot validate a wildcard; list the "
-	    "identifiers in \"acme_certificate\"", t->dir);
+	    "%s/nginx.conf:7: wildcard identifier \"*.example.test\" needs "
+	    "challenge dns-01: http-01 cannot validate wildcard identifiers",
+	    t->dir);
 	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
 	    "    server {\n"
 	    "        acme_certificate le;\n"
@@ -1864,7 +1923,7 @@ test_conf_runtime_certs(void **state)
 	struct conf_cert	*cc;
 	char			*top = conf_test_state_issuer(t), *text, *cause;
 	char			*idents[] = { "B.example.test", ".c.example.test" };
-	char			*dup[] = { "a.example.test" }, *wild[] = { "*.x" };
+	char			*dup[] = { "a.example.test" }, *wild[] = { "*.x.test" };
 	struct conf_issuer	*ci;
 
 	free(conf_test_write(t, CONF_RUNTIME_FILE, "# comment\n"
@@ -1878,22 +1937,27 @@ test_conf_runtime_certs(void **state)
 	/* Added as its configuration line would be, then written out. */
 	cause = NULL;
 	assert_int_equal(conf_runtime_add(conf, "le", idents, 2, "ecdsa:384",
-	    "shortlived", &cause), CONF_ADD_OK);
-	assert_int_equal(conf_runtime_add(conf, "le", dup, 1, NULL, NULL, &cause),
-	    CONF_ADD_DUPLICATE);
+	    "shortlived", "http-01", &cause), CONF_ADD_OK);
+	assert_int_equal(conf_runtime_add(conf, "le", dup, 1, NULL, NULL, NULL,
+	    &cause), CONF_ADD_DUPLICATE);
 	assert_non_null(strstr(cause, "sidecar.conf:5"));
 	free(cause);
-	assert_int_equal(conf_runtime_add(conf, "le", wild, 1, NULL, NULL, &cause),
-	    CONF_ADD_INVALID);
-	assert_string_equal(cause, "wildcard identifier \"*.x\" is not "
-	    "supported: HTTP-01 cannot validate wildcard identifiers");
+	assert_int_equal(conf_runtime_add(conf, "le", wild, 1, NULL, NULL, NULL,
+	    &cause), CONF_ADD_INVALID);
+	assert_string_equal(cause, "wildcard identifier \"*.x.test\" needs "
+	    "challenge dns-01: http-01 cannot validate wildcard identifiers");
+	free(cause);
+	assert_int_equal(conf_runtime_add(conf, "le", wild, 1, NULL, NULL,
+	    "tls-alpn-01", &cause), CONF_ADD_INVALID);
+	assert_string_equal(cause, "challenge type \"tls-alpn-01\" is not "
+	    "supported yet: use http-01 or dns-01");
 	free(cause);
 	assert_int_equal(conf_runtime_add(conf, "nope", idents, 2, NULL,
-	    NULL, &cause), CONF_ADD_INVALID);
+	    NULL, NULL, &cause), CONF_ADD_INVALID);
 	assert_string_equal(cause, "unknown acme_issuer \"nope\"");
 	free(cause);
 	assert_int_equal(conf_runtime_add(conf, "le", idents, 1, "dsa",
-	    NULL, &cause), CONF_ADD_INVALID);
+	    NULL, NULL, &cause), CONF_ADD_INVALID);
 	assert_string_equal(cause, "invalid key type \"dsa\"");
 	free(cause);
 
@@ -1901,7 +1965,8 @@ test_conf_runtime_certs(void **state)
 	text = conf_runtime_text(conf, ci);
 	assert_non_null(strstr(text, "\nacme_certificate le x.example.test "
 	    "key=rsa:2048;\nacme_certificate le b.example.test c.example.test "
-	    "www.c.example.test key=ecdsa:384 profile=shortlived;\n"));
+	    "www.c.example.test key=ecdsa:384 profile=shortlived "
+	    "challenge=http-01;\n"));
 	/* What is written reads back the same. */
 	free(conf_test_write(t, CONF_RUNTIME_FILE, text));
 	free(text);
@@ -1912,6 +1977,7 @@ test_conf_runtime_certs(void **state)
 	assert_int_equal(cc->cc_nidents, 3);
 	assert_int_equal(cc->cc_line, 4);
 	assert_string_equal(cc->cc_profile, "shortlived");
+	assert_int_equal(cc->cc_challenge, CHALLENGE_HTTP_01);
 	conf_free(conf);
 
 	/* Only acme_certificate lines of its own issuer belong there. */
@@ -2113,6 +2179,7 @@ main(void)
 		T(test_conf_shared_state_path),
 		T(test_conf_no_identifiers),
 		T(test_conf_wildcard),
+		T(test_conf_dns01),
 		T(test_conf_invalid_identifiers),
 		T(test_conf_identifiers),
 		T(test_conf_dot_expansion),
