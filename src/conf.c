@@ -1411,6 +1411,11 @@ conf_cmd_listen(struct conf_parse *p, struct conf_block *blk, int argc,
 
 	(void)blk;
 	(void)argc;
+	/* nginx answers HTTP-01 from the zone: no listener of ours. */
+	if (strcmp(arg, "off") == 0) {
+		p->conf->c_challenge_off = 1;
+		return 0;
+	}
 	if (arg[0] == '[') {
 		if ((end = strchr(arg, ']')) == NULL)
 			goto badhost;

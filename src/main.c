@@ -212,6 +212,7 @@ main_reload(char **cause)
 		return -1;
 	}
 	if (conf->c_challenge_port != main_conf->c_challenge_port ||
+	    conf->c_challenge_off != main_conf->c_challenge_off ||
 	    strcmp(conf->c_challenge_addr, main_conf->c_challenge_addr) != 0)
 		log_warnx("challenge_listen changed; it takes effect after a "
 		    "restart");
@@ -748,11 +749,16 @@ main(int argc, char *argv[])
 	 * port, since freeing it on the way out lets another process take it.
 	 */
 	main_zone_open(base);
-	if (challenge_start(base, main_conf->c_challenge_addr,
+	if (main_conf->c_challenge_off)
+		log_info("acme-sidecar %s: challenge_listen off: nginx answers "
+		    "HTTP-01 from the shared zone", SIDECAR_VERSION);
+	else if (challenge_start(base, main_conf->c_challenge_addr,
 	    main_conf->c_challenge_port, &cause) == -1)
 		fatalx("%s", cause);
-	log_info("acme-sidecar %s: answering HTTP-01 on %s:%d",
-	    SIDECAR_VERSION, main_conf->c_challenge_addr, challenge_port());
+	else
+		log_info("acme-sidecar %s: answering HTTP-01 on %s:%d",
+		    SIDECAR_VERSION, main_conf->c_challenge_addr,
+		    challenge_port());
 
 	sig_hup = evsignal_new(base, SIGHUP, main_signal, base);
 	sig_term = evsignal_new(base, SIGTERM, main_signal, base);

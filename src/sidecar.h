@@ -191,6 +191,7 @@ struct conf {
 	struct conf_certs	 c_certs;
 	char			*c_challenge_addr;	/* default "0.0.0.0" */
 	int			 c_challenge_port;	/* default 80 */
+	int			 c_challenge_off;	/* challenge_listen off */
 	char			*c_control_socket;
 	char			*c_control_group;	/* group=, or NULL */
 	char			*c_user;
