@@ -61,6 +61,8 @@ struct shm_cert {
 	time_t		 sc_not_before;
 	time_t		 sc_not_after;
 	uint64_t	 sc_serial;
+	size_t		 sc_chain_len;	/* strlen, kept: publishes copy */
+	size_t		 sc_key_len;	/* these for every certificate */
 	size_t		 sc_strings;	/* bytes of its strings, NULs too */
 };
 
@@ -602,13 +604,20 @@ shm_changed(void)
 		shm_publish();
 }
 
+/*
+ * Measure sc's strings once, when it enters the model: every publish
+ * that writes the certificates' part copies every chain and key, and
+ * measuring them again each time cost as much as the copy.
+ */
 static size_t
-shm_cert_strings(const struct shm_cert *sc)
+shm_cert_strings(struct shm_cert *sc)
 {
 	size_t	 n, i;
 
+	sc->sc_chain_len = strlen(sc->sc_chain);
+	sc->sc_key_len = strlen(sc->sc_key);
 	n = strlen(sc->sc_id) + 1 + strlen(sc->sc_issuer) + 1 +
-	    strlen(sc->sc_chain) + 1 + strlen(sc->sc_key) + 1;
+	    sc->sc_chain_len + 1 + sc->sc_key_len + 1;
 	for (i = 0; i < sc->sc_nnames; i++)
 		n += strlen(sc->sc_names[i]) + 1;
 	return n;
@@ -850,17 +859,23 @@ shm_plan(struct shm_plan *pl, uint32_t so)
 	pl->size = shm_align8(off + strings);
 }
 
-/* Copy a string, NUL included, to *pos; returns where it went. */
+/* Copy len bytes of s and a NUL to *pos; returns where they went. */
 static uint32_t
-shm_put_string(uint32_t *pos, const char *s, uint32_t *lenp)
+shm_put_bytes(uint32_t *pos, const char *s, size_t len, uint32_t *lenp)
 {
-	size_t		 len = strlen(s);
 	uint32_t	 at = *pos;
 
-	memcpy(shm.base + at, s, len + 1);
+	memcpy(shm.base + at, s, len);
+	shm.base[at + len] = '\0';
 	*pos += (uint32_t)len + 1;
 	*lenp = (uint32_t)len;
 	return at;
+}
+
+static uint32_t
+shm_put_string(uint32_t *pos, const char *s, uint32_t *lenp)
+{
+	return shm_put_bytes(pos, s, strlen(s), lenp);
 }
 
 /* Insert a key already written at key_off; a key present is kept. */
@@ -901,8 +916,10 @@ shm_write_cert(const struct shm_plan *pl, uint32_t *pos, size_t i)
 	e->not_after = sc->sc_not_after;
 	e->id_off = shm_put_string(pos, sc->sc_id, &e->id_len);
 	e->issuer_off = shm_put_string(pos, sc->sc_issuer, &e->issuer_len);
-	e->chain_off = shm_put_string(pos, sc->sc_chain, &e->chain_len);
-	e->key_off = shm_put_string(pos, sc->sc_key, &e->key_len);
+	e->chain_off = shm_put_bytes(pos, sc->sc_chain, sc->sc_chain_len,
+	    &e->chain_len);
+	e->key_off = shm_put_bytes(pos, sc->sc_key, sc->sc_key_len,
+	    &e->key_len);
 	shm_table_put(&pl->by_id, e->id_off, e->id_len, (uint32_t)i);
 	for (j = 0; j < sc->sc_nnames; j++) {
 		off = shm_put_string(pos, sc->sc_names[j], &len);
