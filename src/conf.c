@@ -100,6 +100,8 @@ static int	conf_cmd_zone(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_listen(struct conf_parse *, struct conf_block *, int,
 		    char **);
+static int	conf_cmd_check(struct conf_parse *, struct conf_block *, int,
+		    char **);
 static int	conf_cmd_control(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_user(struct conf_parse *, struct conf_block *, int,
@@ -143,6 +145,7 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "acme_shared_zone", CONF_TOP|CONF_HTTP, 1, 4, conf_cmd_zone },
 	{ "acme_certificate", CONF_TOP, 1, CONF_MAX_ARGS, conf_cmd_cert },
 	{ "challenge_listen", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_listen },
+	{ "challenge_check", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_check },
 	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_control },
 	{ "user", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_user },
 	{ "nginx_config", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_nginx },
@@ -287,6 +290,8 @@ conf_free(struct conf *conf)
 		conf_cert_free(cc);
 	}
 	free(conf->c_challenge_addr);
+	free(conf->c_check_addr);
+	free(conf->c_check_from);
 	free(conf->c_control_socket);
 	free(conf->c_control_group);
 	free(conf->c_user);
@@ -312,6 +317,7 @@ conf_new(const char *path)
 	TAILQ_INIT(&conf->c_certs);
 	conf->c_challenge_addr = xstrdup(CONF_DEFAULT_ADDR);
 	conf->c_challenge_port = CONF_DEFAULT_PORT;
+	conf->c_check_limit = READY_LIMIT;
 	conf->c_control_socket = xstrdup(CONF_DEFAULT_CONTROL);
 	conf->c_zone_name = xstrdup(CONF_DEFAULT_ZONE_NAME);
 	conf->c_zone_size = CONF_DEFAULT_ZONE_SIZE;
@@ -1459,6 +1465,165 @@ out:
 	return rc;
 }
 
+/*
+ * An address to connect to, for the readiness check: [ADDR:]PORT, ADDR,
+ * "*:PORT" or "[IPV6]:PORT", as nginx's listen writes them.  ADDR is an
+ * IP address or "localhost"; a wildcard ("*", 0.0.0.0, [::]) or none is
+ * the loopback address of its family.  PORT is 1-65535, 80 when absent.
+ * Returns 0 with *addr (the caller frees) and *port, or -1 with *bad
+ * naming what is wrong ("host" or "port").
+ */
+int
+conf_connect_addr(const char *arg, char **addr, int *port, const char **bad)
+{
+	const char	*p = NULL, *end;
+	char		*host = NULL, buf[INET6_ADDRSTRLEN];
+	struct in_addr	 a4;
+	struct in6_addr	 a6;
+	long long	 v = 80;
+	int		 rc = -1;
+
+	*bad = "host";
+	if (arg[0] == '[') {
+		if ((end = strchr(arg, ']')) == NULL)
+			goto out;
+		host = xstrndup(arg + 1, (size_t)(end - arg - 1));
+		if (end[1] == ':')
+			p = end + 2;
+		else if (end[1] != '\0')
+			goto out;
+		if (inet_pton(AF_INET6, host, &a6) != 1)
+			goto out;
+		if (IN6_IS_ADDR_UNSPECIFIED(&a6))
+			a6 = in6addr_loopback;
+		inet_ntop(AF_INET6, &a6, buf, sizeof(buf));
+	} else {
+		if ((end = strrchr(arg, ':')) != NULL) {
+			host = xstrndup(arg, (size_t)(end - arg));
+			p = end + 1;
+		} else if (arg[0] != '\0' &&
+		    strspn(arg, "0123456789") == strlen(arg))
+			p = arg;
+		else
+			host = xstrdup(arg);
+		if (host == NULL || strcmp(host, "*") == 0 ||
+		    strcmp(host, "localhost") == 0)
+			snprintf(buf, sizeof(buf), "127.0.0.1");
+		else if (inet_pton(AF_INET, host, &a4) != 1)
+			goto out;
+		else {
+			if (a4.s_addr == htonl(INADDR_ANY))
+				a4.s_addr = htonl(INADDR_LOOPBACK);
+			inet_ntop(AF_INET, &a4, buf, sizeof(buf));
+		}
+	}
+	*bad = "port";
+	if (p != NULL && conf_number(p, 1, 65535, &v) == -1)
+		goto out;
+	*addr = xstrdup(buf);
+	*port = (int)v;
+	*bad = NULL;
+	rc = 0;
+out:
+	free(host);
+	return rc;
+}
+
+/* timeout=N or Ns: how long the check tries, 1 to READY_LIMIT_MAX s. */
+static int
+conf_check_timeout(struct conf_parse *p, const char *arg)
+{
+	char		*num;
+	size_t		 len;
+	long long	 v;
+	int		 rc;
+
+	if (strncmp(arg, "timeout=", 8) != 0)
+		return conf_error(p, "invalid parameter \"%s\" of the "
+		    "\"challenge_check\" directive", arg);
+	len = strlen(arg + 8);
+	if (len > 1 && arg[8 + len - 1] == 's')
+		len--;
+	num = xstrndup(arg + 8, len);
+	rc = conf_number(num, 1, READY_LIMIT_MAX, &v);
+	free(num);
+	if (rc == -1)
+		return conf_error(p, "invalid timeout \"%s\" of the "
+		    "\"challenge_check\" directive: 1s to %ds", arg + 8,
+		    READY_LIMIT_MAX);
+	p->conf->c_check_limit = (int)v;
+	return 0;
+}
+
+/*
+ * challenge_check [ADDR:]PORT [timeout=TIME] | timeout=TIME | off: where
+ * the readiness check fetches, and for how long it tries.
+ */
+static int
+conf_cmd_check(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf	*conf = p->conf;
+	const char	*bad;
+	char		*addr = NULL;
+	int		 port;
+
+	(void)blk;
+	if (strcmp(argv[0], "off") == 0) {
+		if (argc > 1)
+			return conf_error(p, "invalid parameter \"%s\" of the "
+			    "\"challenge_check\" directive", argv[1]);
+		conf->c_check_off = 1;
+		return 0;
+	}
+	if (strncmp(argv[argc - 1], "timeout=", 8) == 0 || argc > 1) {
+		if (conf_check_timeout(p, argv[argc - 1]) == -1)
+			return -1;
+		if (argc == 1)
+			return 0;
+	}
+	if (conf_connect_addr(argv[0], &addr, &port, &bad) == -1)
+		return conf_error(p, "invalid %s in \"%s\" of the "
+		    "\"challenge_check\" directive", bad, argv[0]);
+	conf->c_check_set = 1;
+	free(conf->c_check_addr);
+	conf->c_check_addr = addr;
+	conf->c_check_port = port;
+	free(conf->c_check_from);
+	xasprintf(&conf->c_check_from, "challenge_check at %s:%d", p->file,
+	    p->line);
+	return 0;
+}
+
+/*
+ * Without challenge_check, and with no listen in nginx.conf to take,
+ * challenge_listen's address (its port 0: the one bound, which main.c
+ * knows), else port 80 of this host.
+ */
+static void
+conf_check_default(struct conf *conf)
+{
+	const char	*a = conf->c_challenge_addr;
+
+	if (conf->c_check_off || conf->c_check_addr != NULL)
+		return;
+	if (!conf->c_challenge_off) {
+		/* A wildcard listen answers on loopback too. */
+		if (strcmp(a, "0.0.0.0") == 0)
+			a = "127.0.0.1";
+		else if (strcmp(a, "::") == 0)
+			a = "::1";
+		conf->c_check_addr = xstrdup(a);
+		conf->c_check_port = conf->c_challenge_port;
+		conf->c_check_from = xstrdup("challenge_listen");
+		return;
+	}
+	conf->c_check_addr = xstrdup("127.0.0.1");
+	conf->c_check_port = 80;
+	conf->c_check_from = xstrdup("port 80 of this host, as "
+	    "challenge_listen is off");
+}
+
 static int
 conf_cmd_control(struct conf_parse *p, struct conf_block *blk, int argc,
     char **argv)
@@ -1636,6 +1801,7 @@ conf_load_files(const char *path, const char *nginx, char **cause)
 	if (conf_check_state(&p) == -1 || conf_read_runtime(&p) == -1 ||
 	    conf_check_certs(&p) == -1)
 		goto out;
+	conf_check_default(conf);
 	rc = 0;
 out:
 	free(p.zone_file);

@@ -185,6 +185,25 @@ main_cluster_same(const struct conf_cluster *a)
 }
 
 /*
+ * Where the readiness check fetches challenges (ready.c).  challenge_listen
+ * with port 0 is checked on the port it was given when bound.
+ */
+static void
+main_ready_configure(const struct conf *conf)
+{
+	int	 port = conf->c_check_port;
+
+	if (conf->c_check_off) {
+		ready_configure(NULL, 0, 0, NULL);
+		return;
+	}
+	if (port == 0 && strcmp(conf->c_check_from, "challenge_listen") == 0)
+		port = challenge_port();
+	ready_configure(conf->c_check_addr, port, conf->c_check_limit,
+	    conf->c_check_from);
+}
+
+/*
  * SIGHUP and POST /v1/reload.  -1 with cause (the caller frees) when the
  * new configuration is refused and the running one kept.
  */
@@ -216,6 +235,7 @@ main_reload(char **cause)
 	    strcmp(conf->c_challenge_addr, main_conf->c_challenge_addr) != 0)
 		log_warnx("challenge_listen changed; it takes effect after a "
 		    "restart");
+	main_ready_configure(conf);
 	/* nginx maps the segment: it moves only with a restart. */
 	if (strcmp(conf->c_zone_path, main_conf->c_zone_path) != 0 ||
 	    conf->c_zone_size != main_conf->c_zone_size)
@@ -759,6 +779,7 @@ main(int argc, char *argv[])
 		log_info("acme-sidecar %s: answering HTTP-01 on %s:%d",
 		    SIDECAR_VERSION, main_conf->c_challenge_addr,
 		    challenge_port());
+	main_ready_configure(main_conf);
 
 	sig_hup = evsignal_new(base, SIGHUP, main_signal, base);
 	sig_term = evsignal_new(base, SIGTERM, main_signal, base);

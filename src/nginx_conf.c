@@ -7,7 +7,8 @@
  *	main	user USER [GROUP]		the nginx workers' group
  *	http	acme_issuer NAME { ... }	conf.c's handlers, unchanged
  *		acme_shared_zone ...
- *	server	server_name, acme_certificate (one per key family)
+ *	server	server_name, acme_certificate (one per key family),
+ *		listen (the readiness check's address)
  * and follows include wherever it walks.  Every other directive and block
  * (events, location, map, upstream, stream, if, types, ...) is read past
  * without judging it: that is nginx -t's job.  An acme_* directive is
@@ -381,6 +382,42 @@ nginx_conf_server_block(struct conf_parse *p)
 	return rc;
 }
 
+/*
+ * listen ADDR[:PORT] [params]: where the readiness check fetches HTTP-01
+ * answers, unless challenge_check says.  The first listen on port 80 is
+ * the one the CA reaches; without one, the first plain-HTTP listen (no
+ * ssl, no quic), as a NAT or a Kubernetes Service maps port 80 to
+ * 8080.  A unix: socket or a host name other than localhost is passed
+ * over: the check connects to an address.
+ */
+static void
+nginx_conf_listen(struct conf_parse *p, struct conf_args *a)
+{
+	struct conf	*conf = p->conf;
+	const char	*bad;
+	char		*addr = NULL;
+	int		 i, port;
+
+	if (a->n < 2 || conf->c_check_set ||
+	    (conf->c_check_addr != NULL && !conf->c_check_plain))
+		return;
+	for (i = 2; i < a->n; i++)
+		if (strcmp(a->v[i], "ssl") == 0 || strcmp(a->v[i], "quic") == 0)
+			return;
+	if (conf_connect_addr(a->v[1], &addr, &port, &bad) == -1)
+		return;
+	if (conf->c_check_addr != NULL && port != 80) {
+		free(addr);
+		return;
+	}
+	free(conf->c_check_addr);
+	free(conf->c_check_from);
+	conf->c_check_addr = addr;
+	conf->c_check_port = port;
+	conf->c_check_plain = port != 80;
+	xasprintf(&conf->c_check_from, "listen at %s:%d", p->file, a->line);
+}
+
 static int
 nginx_conf_server(struct conf_parse *p, const struct conf_ctx *ctx,
     struct conf_args *a, enum conf_tok end)
@@ -400,6 +437,10 @@ nginx_conf_server(struct conf_parse *p, const struct conf_ctx *ctx,
 	}
 	if (strcmp(name, "acme_certificate") == 0)
 		return nginx_conf_cert(p, ctx->cx_arg, a, end);
+	if (strcmp(name, "listen") == 0 && end == CONF_TOK_SEMI) {
+		nginx_conf_listen(p, a);
+		return 0;
+	}
 	if (nginx_conf_ours(name))
 		return conf_command(p, &blk, a, end);
 	return nginx_conf_skip(p, &nginx_conf_skip_ctx, a, end);

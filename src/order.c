@@ -2,13 +2,16 @@
  * One managed certificate and the state machine of its order (RFC 8555
  * section 7.4):
  *
- *   IDLE -> NEW -> (AUTHZ -> CHALLENGE -> AUTHZ_POLL)* -> FINALIZE
- *        -> ORDER_POLL -> DOWNLOAD -> IDLE
+ *   IDLE -> NEW -> (AUTHZ -> READY_CHECK -> CHALLENGE -> AUTHZ_POLL)*
+ *        -> FINALIZE -> ORDER_POLL -> DOWNLOAD -> IDLE
  *
+ * READY_CHECK fetches our own answer the way the CA will (ready.c), and
+ * tells the CA only once it answers; "challenge_check off" skips it.
  * Any failure goes to BACKOFF, which starts a new order when it expires.
- * A certificate has at most one request and one timer outstanding, so
- * freeing it only has to cancel those two.  Authorizations of one order
- * are worked one after the other; concurrency comes from the many orders.
+ * A certificate has at most one request, one timer and one readiness
+ * check outstanding, so freeing it only has to cancel those three.
+ * Authorizations of one order are worked one after the other;
+ * concurrency comes from the many orders.
  */
 #include <sys/time.h>
 
@@ -29,7 +32,8 @@
 
 static const char *order_state_names[ORDER_STATE_MAX] = {
 	"idle", "new", "authz", "challenge", "authz-poll", "finalize",
-	"order-poll", "download", "store", "backoff", "lease", "sync", "share"
+	"order-poll", "download", "store", "backoff", "lease", "sync", "share",
+	"ready-check"
 };
 
 /* Problems that the same order cannot overcome by trying again soon. */
@@ -184,6 +188,10 @@ order_reset(struct cert *ce)
 		ce->ce_job = NULL;
 	}
 	evtimer_del(ce->ce_timer);
+	ready_cancel(ce->ce_ready);
+	ce->ce_ready = NULL;
+	free(ce->ce_authz_ident);
+	ce->ce_authz_ident = NULL;
 	if (ce->ce_order_open) {
 		ce->ce_order_open = 0;
 		acme_order_close(ce->ce_issuer);
@@ -872,6 +880,7 @@ order_drive(struct cert *ce)
 	case ORDER_LEASE:
 	case ORDER_SYNC:
 	case ORDER_SHARE:
+	case ORDER_READY_CHECK:
 	case ORDER_STATE_MAX:
 		fatalx("%s: nothing to send in state %s", __func__,
 		    order_state_name(ce->ce_state));
@@ -1073,12 +1082,57 @@ order_authz_error(json_t *authz)
 }
 
 /* Tell the CA the challenge is ready to be validated. */
-void
-order_challenge(struct cert *ce)
+static void
+order_challenge_send(struct cert *ce)
 {
 	order_set_state(ce, ORDER_CHALLENGE);
 	ce->ce_req = acme_post_authz(ce->ce_issuer, ce->ce_challenge_url, "{}",
 	    order_reply, ce);
+}
+
+static void
+order_ready_done(int rc, const char *why, void *arg)
+{
+	struct cert	*ce = arg;
+
+	ready_cancel(ce->ce_ready);
+	ce->ce_ready = NULL;
+	if (rc == 0)
+		order_challenge_send(ce);
+	else
+		order_failf(ce, "%s", why);
+}
+
+/*
+ * Once our answer is in place (in every replica's zone, with several):
+ * fetch it the way the CA will, from this host, and only then ask the CA
+ * to validate, so that a responder not up yet (nginx starting after us)
+ * costs a few seconds and no failed validation.
+ */
+void
+order_challenge(struct cert *ce)
+{
+	char	*keyauth;
+
+	if (!ready_enabled() || ce->ce_token == NULL ||
+	    ce->ce_authz_ident == NULL) {
+		order_challenge_send(ce);
+		return;
+	}
+	keyauth = keys_key_authorization(ce->ce_token,
+	    acme_issuer_thumbprint(ce->ce_issuer));
+	/*
+	 * The type of the challenge answered: HTTP-01 is the one there is.
+	 * A type ready.c has no check for yet goes to the CA unchecked.
+	 */
+	ce->ce_ready = ready_start(ce->ce_base, CHALLENGE_HTTP_01,
+	    ce->ce_authz_ident, ce->ce_token, keyauth, order_ready_done, ce);
+	free(keyauth);
+	if (ce->ce_ready == NULL) {
+		order_challenge_send(ce);
+		return;
+	}
+	order_set_state(ce, ORDER_READY_CHECK);
 }
 
 /* Present the HTTP-01 challenge and tell the CA to validate it. */
@@ -1128,9 +1182,13 @@ order_on_authz(struct cert *ce, const struct acme_reply *r)
 	if (s != NULL && strcmp(s, "valid") == 0)
 		order_next_authz(ce);
 	else if (s != NULL && strcmp(s, "pending") == 0 &&
-	    ce->ce_state == ORDER_AUTHZ)
+	    ce->ce_state == ORDER_AUTHZ) {
+		/* What the readiness check sends as Host. */
+		free(ce->ce_authz_ident);
+		ce->ce_authz_ident = xstrdup(order_json_str(json_object_get(
+		    r->json, "identifier"), "value"));
 		order_respond(ce, r->json);
-	else if (s != NULL && (strcmp(s, "pending") == 0 ||
+	} else if (s != NULL && (strcmp(s, "pending") == 0 ||
 	    strcmp(s, "processing") == 0))
 		order_poll_later(ce, ORDER_AUTHZ_POLL, r);
 	else if (s != NULL && strcmp(s, "invalid") == 0)
@@ -1442,6 +1500,7 @@ order_reply(const struct acme_reply *r, void *arg)
 	case ORDER_LEASE:
 	case ORDER_SYNC:
 	case ORDER_SHARE:
+	case ORDER_READY_CHECK:
 	case ORDER_STATE_MAX:
 		fatalx("%s: reply in state %s", __func__,
 		    order_state_name(ce->ce_state));

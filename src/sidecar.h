@@ -192,6 +192,18 @@ struct conf {
 	char			*c_challenge_addr;	/* default "0.0.0.0" */
 	int			 c_challenge_port;	/* default 80 */
 	int			 c_challenge_off;	/* challenge_listen off */
+	/*
+	 * Where the readiness check (ready.c) fetches challenges:
+	 * challenge_check, else nginx.conf's first port-80 listen, else
+	 * challenge_listen's; c_check_from says which, for the log.
+	 */
+	char			*c_check_addr;	/* NULL: none found yet */
+	int			 c_check_port;
+	int			 c_check_set;	/* by challenge_check */
+	int			 c_check_off;	/* challenge_check off */
+	int			 c_check_plain;	/* from a listen not on 80 */
+	int			 c_check_limit;	/* seconds, timeout= */
+	char			*c_check_from;
 	char			*c_control_socket;
 	char			*c_control_group;	/* group=, or NULL */
 	char			*c_user;
@@ -327,6 +339,9 @@ void		 conf_cert_free(struct conf_cert *);
 
 int		 conf_number(const char *, long long min, long long max,
 		    long long *);
+/* [ADDR:]PORT to connect to (readiness check); bad: "host" or "port". */
+int		 conf_connect_addr(const char *, char **addr, int *port,
+		    const char **bad);
 int		 conf_cmd_cluster(struct conf_parse *, struct conf_block *, int,
 		    char **);
 void		 conf_cluster_free(struct conf_cluster *);
@@ -618,6 +633,32 @@ char		**http_response_links(const struct http_response *,
 		    const char *rel);
 void		 http_links_free(char **);
 SSL_CTX		*http_ssl_ctx(const char *cafile, int verify, char **);
+
+/*
+ * ready.c: before the CA is told to validate, fetch the answer the way
+ * the CA will (HTTP-01: GET the token from the configured address with
+ * Host: the identifier), and try again briefly until it answers.
+ */
+#define READY_LIMIT	30		/* seconds before the order fails */
+#define READY_LIMIT_MAX	600		/* challenge_check timeout= */
+struct ready_check;
+/* rc 0: it answers; -1: it never did, why says what came back. */
+typedef void	(*ready_cb)(int rc, const char *why, void *);
+struct ready_stats {
+	unsigned long long	 rs_passed;		/* checks that passed */
+	unsigned long long	 rs_failed_tries;	/* tries that did not */
+	unsigned long long	 rs_gave_up;		/* checks that failed */
+};
+/* addr NULL: checks are off.  from says where addr comes from. */
+void		 ready_configure(const char *addr, int port, int limit,
+		    const char *from);
+int		 ready_enabled(void);
+/* NULL when the type has no check (yet): nothing to wait for. */
+struct ready_check *ready_start(struct event_base *, enum challenge_type,
+		    const char *ident, const char *token, const char *keyauth,
+		    ready_cb, void *);
+void		 ready_cancel(struct ready_check *);	/* no callback */
+void		 ready_get_stats(struct ready_stats *);
 
 /*
  * ari.c: ACME Renewal Information (RFC 9773).  What the CA said of one
@@ -928,6 +969,7 @@ enum order_state {
 	ORDER_LEASE,		/* replicas: the lease, then Redis' state */
 	ORDER_SYNC,		/* replicas: every one has the token */
 	ORDER_SHARE,		/* replicas: a fenced write to Redis */
+	ORDER_READY_CHECK,	/* fetching our own answer, as the CA will */
 	ORDER_STATE_MAX
 };
 

@@ -2156,6 +2156,145 @@ test_conf_cluster(void **state)
 	free(path);
 }
 
+/*
+ * challenge_check: an address to connect to (wildcards are loopback),
+ * a timeout, or off; without it, challenge_listen's address, else port 80
+ * here when challenge_listen is off too.
+ */
+static void
+test_conf_challenge_check(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	static const struct {
+		const char	*arg, *addr;
+		int		 port;
+	} ok[] = {
+		{ "127.0.0.1:8080", "127.0.0.1", 8080 },
+		{ "8080", "127.0.0.1", 8080 },
+		{ "10.1.2.3", "10.1.2.3", 80 },
+		{ "*:81", "127.0.0.1", 81 },
+		{ "0.0.0.0:82", "127.0.0.1", 82 },
+		{ "localhost:83", "127.0.0.1", 83 },
+		{ "[::]:84", "::1", 84 },
+		{ "[2001:db8::1]", "2001:db8::1", 80 },
+	};
+	static const struct {
+		const char	*arg, *what;
+	} bad[] = {
+		{ "example.test:80", "host" }, { "1.2.3:80", "host" },
+		{ "[::1", "host" }, { "[::1]x", "host" }, { "", "host" },
+		{ "127.0.0.1:0", "port" }, { "127.0.0.1:65536", "port" },
+		{ "127.0.0.1:", "port" }, { "[::1]:x", "port" },
+	};
+	char	*text;
+	size_t	 i;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		xasprintf(&text, "challenge_check %s;", ok[i].arg);
+		conf = conf_test_ok(t, text);
+		assert_string_equal(conf->c_check_addr, ok[i].addr);
+		assert_int_equal(conf->c_check_port, ok[i].port);
+		assert_int_equal(conf->c_check_limit, READY_LIMIT);
+		assert_non_null(strstr(conf->c_check_from,
+		    "challenge_check at /"));
+		assert_non_null(strstr(conf->c_check_from, "sidecar.conf:1"));
+		conf_free(conf);
+		free(text);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		xasprintf(&text, "\nchallenge_check '%s';", bad[i].arg);
+		conf_test_err(t, text, "%s/sidecar.conf:2: invalid %s in \"%s\" "
+		    "of the \"challenge_check\" directive", t->dir, bad[i].what,
+		    bad[i].arg);
+		free(text);
+	}
+
+	conf = conf_test_ok(t, "challenge_check 8080 timeout=5s;");
+	assert_int_equal(conf->c_check_limit, 5);
+	conf_free(conf);
+	conf = conf_test_ok(t, "challenge_listen [::]:8081;\n"
+	    "challenge_check timeout=120;");
+	assert_int_equal(conf->c_check_limit, 120);
+	assert_string_equal(conf->c_check_addr, "::1");
+	assert_int_equal(conf->c_check_port, 8081);
+	assert_string_equal(conf->c_check_from, "challenge_listen");
+	conf_free(conf);
+	conf_test_err(t, "challenge_check 80 timeout=601s;", "%s/sidecar.conf:1: "
+	    "invalid timeout \"601s\" of the \"challenge_check\" directive: "
+	    "1s to 600s", t->dir);
+	conf_test_err(t, "challenge_check 80 retry=1;", "%s/sidecar.conf:1: "
+	    "invalid parameter \"retry=1\" of the \"challenge_check\" "
+	    "directive", t->dir);
+	conf_test_err(t, "challenge_check off timeout=1;", "%s/sidecar.conf:1: "
+	    "invalid parameter \"timeout=1\" of the \"challenge_check\" "
+	    "directive", t->dir);
+
+	conf = conf_test_ok(t, "challenge_check off;");
+	assert_int_equal(conf->c_check_off, 1);
+	assert_null(conf->c_check_addr);
+	conf_free(conf);
+	conf = conf_test_ok(t, "");
+	assert_string_equal(conf->c_check_addr, "127.0.0.1");
+	assert_int_equal(conf->c_check_port, 80);
+	assert_string_equal(conf->c_check_from, "challenge_listen");
+	conf_free(conf);
+	conf = conf_test_ok(t, "challenge_listen off;");
+	assert_int_equal(conf->c_challenge_off, 1);
+	assert_string_equal(conf->c_check_addr, "127.0.0.1");
+	assert_int_equal(conf->c_check_port, 80);
+	conf_free(conf);
+}
+
+/*
+ * nginx.conf's listens: the first on port 80 is the check's address,
+ * else the first plain-HTTP one; ssl, quic, unix: and host names are
+ * passed over; challenge_check in the sidecar's file wins.
+ */
+static void
+test_nginx_check_listen(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	char			*side, *ngx, *cause = NULL;
+	static const char	*text =
+	    "http {\n"
+	    "  server { listen 443 ssl; listen unix:/run/x.sock; }\n"
+	    "  server { listen 127.0.0.1:8080 default_server; }\n"
+	    "  server { listen 8443 quic; listen example.test:80;\n"
+	    "    listen [::]:80 ipv6only=on;\n"
+	    "    listen 80; }\n"
+	    "}\n";
+
+	conf = conf_test_nginx(t, "nginx.conf", text);
+	assert_string_equal(conf->c_check_addr, "::1");
+	assert_int_equal(conf->c_check_port, 80);
+	assert_non_null(strstr(conf->c_check_from, "nginx.conf:5"));
+	conf_free(conf);
+
+	conf = conf_test_nginx(t, "nginx.conf",
+	    "http { server { listen 443 ssl; listen 127.0.0.2:8080; } }\n");
+	assert_string_equal(conf->c_check_addr, "127.0.0.2");
+	assert_int_equal(conf->c_check_port, 8080);
+	conf_free(conf);
+
+	/* Only TLS listens: challenge_listen's. */
+	conf = conf_test_nginx(t, "nginx.conf",
+	    "http { server { listen 443 ssl; } }\n");
+	assert_string_equal(conf->c_check_from, "challenge_listen");
+	conf_free(conf);
+
+	side = conf_test_write(t, "sidecar.conf",
+	    "challenge_check 127.0.0.1:9000;\n");
+	ngx = conf_test_write(t, "nginx.conf", text);
+	assert_non_null(conf = conf_load_files(side, ngx, &cause));
+	assert_string_equal(conf->c_check_addr, "127.0.0.1");
+	assert_int_equal(conf->c_check_port, 9000);
+	conf_free(conf);
+	free(side);
+	free(ngx);
+}
+
 int
 main(void)
 {
@@ -2206,6 +2345,8 @@ main(void)
 		T(test_conf_control_group),
 		T(test_conf_runtime_certs),
 		T(test_conf_cluster),
+		T(test_conf_challenge_check),
+		T(test_nginx_check_listen),
 #undef T
 	};
 
