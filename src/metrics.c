@@ -581,6 +581,27 @@ metrics_render_shm(struct metrics_buf *mb)
 	metrics_render_shm_cost(mb, &st);
 }
 
+/* The readiness checks before validation (ready.c). */
+static void
+metrics_render_ready(struct metrics_buf *mb)
+{
+	struct ready_stats	 st;
+
+	ready_get_stats(&st);
+	metrics_family(mb, "acme_sidecar_readiness_checks_total", "counter",
+	    "Readiness checks before validation: passed, or failed (the "
+	    "order failed without asking the CA).");
+	metrics_printf(mb, "acme_sidecar_readiness_checks_total{result="
+	    "\"passed\"} %llu\n", st.rs_passed);
+	metrics_printf(mb, "acme_sidecar_readiness_checks_total{result="
+	    "\"failed\"} %llu\n", st.rs_gave_up);
+	metrics_family(mb, "acme_sidecar_readiness_failed_tries_total",
+	    "counter", "Readiness tries that did not find the answer (each "
+	    "is tried again for up to 30 s).");
+	metrics_printf(mb, "acme_sidecar_readiness_failed_tries_total %llu\n",
+	    st.rs_failed_tries);
+}
+
 /* Only with "cluster": the link to Redis, its members, our leases. */
 static void
 metrics_render_cluster(struct metrics_buf *mb)
@@ -693,6 +714,7 @@ metrics_render(void)
 	    "Key authorizations the daemon served.");
 	metrics_printf(&mb, "acme_sidecar_challenges_served_total %lu\n",
 	    challenge_served());
+	metrics_render_ready(&mb);
 	metrics_render_shm(&mb);
 	metrics_render_cluster(&mb);
 	metrics_family(&mb, "acme_sidecar_start_time_seconds", "gauge",
