@@ -91,10 +91,13 @@ def nginx_tree(tmp_path, pebble, **kw):
 
 
 def sidecar_conf(tmp_path, http_port, extra=""):
+    """No nginx runs on the seed's port 80: Pebble's requests go to the
+    sidecar's own responder, and so does the readiness check."""
     return write(tmp_path / "acme-sidecar.conf",
                  "challenge_listen 127.0.0.1:%d;\n"
+                 "challenge_check 127.0.0.1:%d;\n"
                  "control_socket %s;\n%s" %
-                 (http_port, tmp_path / "control.sock", extra))
+                 (http_port, http_port, tmp_path / "control.sock", extra))
 
 
 def run_t(sidecar_bin, *args):
