@@ -269,6 +269,7 @@ conf_cert_free(struct conf_cert *cc)
 	free(cc->cc_issuer);
 	free(cc->cc_profile);
 	free(cc->cc_wild_file);
+	free(cc->cc_dns_hook);
 	free(cc->cc_file);
 	free(cc);
 }
@@ -1704,6 +1705,7 @@ conf_check_certs(struct conf_parse *p)
 			free(why);
 			return -1;
 		}
+		conf_cert_resolve(cc, ci);
 	}
 	return 0;
 }

@@ -208,6 +208,23 @@ conf_cert_check_challenge(const struct conf_cert *cc,
 	return 0;
 }
 
+/*
+ * Copy into cc what its orders need of its issuer's challenge, so that
+ * they find it without the configuration (and a reload that changes it
+ * restarts the certificate: order_cert_same_conf()).
+ */
+void
+conf_cert_resolve(struct conf_cert *cc, const struct conf_issuer *ci)
+{
+	cc->cc_type = conf_cert_challenge(cc, ci);
+	free(cc->cc_dns_hook);
+	cc->cc_dns_hook = NULL;
+	if (cc->cc_type == CHALLENGE_DNS_01) {
+		cc->cc_dns_hook = xstrdup(ci->ci_dns_hook);
+		cc->cc_dns_hook_timeout = ci->ci_dns_hook_timeout;
+	}
+}
+
 /* A certificate from the directive being handled. */
 struct conf_cert *
 conf_cert_new(struct conf_parse *p, const char *issuer)
@@ -457,6 +474,7 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 		conf_cert_free(cc);
 		return CONF_ADD_INVALID;
 	}
+	conf_cert_resolve(cc, ci);
 	TAILQ_FOREACH(other, &conf->c_certs, cc_entry) {
 		if (strcmp(other->cc_id, cc->cc_id) != 0)
 			continue;

@@ -812,6 +812,8 @@ main(int argc, char *argv[])
 	/* Before the certificates go: nginx keeps serving the last image. */
 	shm_close();
 	sched_shutdown();
+	/* After the orders: it names the records their end left behind. */
+	dns_hook_shutdown();
 	cluster_sync_stop();
 	cluster_runtime_forget();
 	conf_cluster_free(main_cluster);

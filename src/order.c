@@ -131,6 +131,10 @@ order_cert_new(struct event_base *base, struct acme_issuer *ai,
 		fatalx("%s: evtimer_new", __func__);
 	ce->ce_profile = cc->cc_profile != NULL ? xstrdup(cc->cc_profile) :
 	    NULL;
+	ce->ce_challenge = cc->cc_type;
+	if (cc->cc_dns_hook != NULL)
+		ce->ce_dns_hook = xstrdup(cc->cc_dns_hook);
+	ce->ce_dns_hook_timeout = cc->cc_dns_hook_timeout;
 	order_ari_init(ce);
 	ce->ce_state = ORDER_IDLE;
 	return ce;
@@ -197,6 +201,7 @@ order_reset(struct cert *ce)
 		acme_order_close(ce->ce_issuer);
 	}
 	order_token_clear(ce);
+	order_dns_clear(ce);
 	order_cluster_reset(ce);
 	free(ce->ce_stored_chain);
 	ce->ce_stored_chain = NULL;
@@ -241,6 +246,7 @@ order_cert_free(struct cert *ce)
 	free(ce->ce_last_error);
 	free(ce->ce_profile);
 	free(ce->ce_sent_profile);
+	free(ce->ce_dns_hook);
 	free(ce);
 }
 
@@ -321,6 +327,12 @@ order_cert_same_conf(const struct cert *ce, const struct conf_cert *cc)
 	if ((ce->ce_profile == NULL) != (cc->cc_profile == NULL) ||
 	    (ce->ce_profile != NULL &&
 	    strcmp(ce->ce_profile, cc->cc_profile) != 0))
+		return 0;
+	if (ce->ce_challenge != cc->cc_type ||
+	    (ce->ce_dns_hook == NULL) != (cc->cc_dns_hook == NULL) ||
+	    (ce->ce_dns_hook != NULL &&
+	    (strcmp(ce->ce_dns_hook, cc->cc_dns_hook) != 0 ||
+	    ce->ce_dns_hook_timeout != cc->cc_dns_hook_timeout)))
 		return 0;
 	for (i = 0; i < ce->ce_nidents; i++)
 		if (strcmp(ce->ce_idents[i], cc->cc_idents[i]) != 0)
@@ -1042,26 +1054,29 @@ order_take_new_order(struct cert *ce, const struct acme_reply *r)
 	return 0;
 }
 
+/* The challenge of the type ce answers (its challenge=, or its issuer's). */
 static json_t *
-order_find_challenge(json_t *authz)
+order_find_challenge(const struct cert *ce, json_t *authz)
 {
 	json_t		*chall, *c;
-	const char	*type;
+	const char	*type, *want = conf_challenge_name(ce->ce_challenge);
 	size_t		 i;
 
 	chall = json_object_get(authz, "challenges");
 	json_array_foreach(chall, i, c) {
 		type = json_string_value(json_object_get(c, "type"));
-		if (type != NULL && strcmp(type, "http-01") == 0)
+		if (type != NULL && strcmp(type, want) == 0)
 			return c;
 	}
 	return NULL;
 }
 
+/* The authorization is valid: its answer goes, the next one comes. */
 static void
 order_next_authz(struct cert *ce)
 {
 	order_token_clear(ce);
+	order_dns_clear(ce);
 	ce->ce_polls = 0;
 	if (++ce->ce_authz_next < ce->ce_nauthz)
 		order_set_state(ce, ORDER_AUTHZ);
@@ -1071,9 +1086,9 @@ order_next_authz(struct cert *ce)
 }
 
 static const char *
-order_authz_error(json_t *authz)
+order_authz_error(const struct cert *ce, json_t *authz)
 {
-	json_t		*c = order_find_challenge(authz);
+	json_t		*c = order_find_challenge(ce, authz);
 	const char	*d;
 
 	d = json_string_value(json_object_get(json_object_get(c, "error"),
@@ -1135,11 +1150,34 @@ order_challenge(struct cert *ce)
 	order_set_state(ce, ORDER_READY_CHECK);
 }
 
-/* Present the HTTP-01 challenge and tell the CA to validate it. */
+/*
+ * The dns-01 record is published (rc 0), or could not be: go on as
+ * order_respond() does once an HTTP-01 token is in place.  No replica
+ * needs to know of it: the CA asks the DNS, not this host.
+ */
+void
+order_dns_published(struct cert *ce, int rc, const char *why)
+{
+	if (rc != 0) {
+		order_failf(ce, "%s", why);
+		return;
+	}
+	if (ce->ce_dns_triggered) {
+		order_poll_later(ce, ORDER_AUTHZ_POLL, &(struct acme_reply){ 0 });
+		return;
+	}
+	order_challenge(ce);
+}
+
+/*
+ * Present the challenge and tell the CA to validate it: an HTTP-01 token
+ * goes to both responders at once, a dns-01 record through the issuer's
+ * hook (order_dns.c), which calls order_dns_published() when it is done.
+ */
 static void
 order_respond(struct cert *ce, json_t *authz)
 {
-	json_t		*c = order_find_challenge(authz);
+	json_t		*c = order_find_challenge(ce, authz);
 	const char	*token, *url, *status;
 	char		*keyauth;
 
@@ -1147,7 +1185,8 @@ order_respond(struct cert *ce, json_t *authz)
 	url = json_string_value(json_object_get(c, "url"));
 	status = json_string_value(json_object_get(c, "status"));
 	if (c == NULL || token == NULL || url == NULL || status == NULL) {
-		order_failf(ce, "no usable http-01 challenge in %s",
+		order_failf(ce, "no usable %s challenge in %s",
+		    conf_challenge_name(ce->ce_challenge),
 		    ce->ce_authz[ce->ce_authz_next]);
 		return;
 	}
@@ -1157,6 +1196,14 @@ order_respond(struct cert *ce, json_t *authz)
 	}
 	keyauth = keys_key_authorization(token,
 	    acme_issuer_thumbprint(ce->ce_issuer));
+	if (ce->ce_challenge == CHALLENGE_DNS_01) {
+		free(ce->ce_challenge_url);
+		ce->ce_challenge_url = xstrdup(url);
+		ce->ce_dns_triggered = strcmp(status, "pending") != 0;
+		order_dns_present(ce, ce->ce_authz_ident, keyauth);
+		free(keyauth);
+		return;
+	}
 	order_token_set(ce, token, keyauth);
 	free(keyauth);
 	if (strcmp(status, "pending") != 0) {
@@ -1194,7 +1241,7 @@ order_on_authz(struct cert *ce, const struct acme_reply *r)
 	else if (s != NULL && strcmp(s, "invalid") == 0)
 		order_failf(ce, "authorization for %s failed: %s",
 		    order_json_str(json_object_get(r->json, "identifier"),
-		    "value"), order_authz_error(r->json));
+		    "value"), order_authz_error(ce, r->json));
 	else
 		order_failf(ce, "authorization is %s", s != NULL ? s :
 		    "without status");

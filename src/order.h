@@ -94,6 +94,16 @@ struct cert {
 	struct cluster_lease	*ce_ari_lease;
 	struct cluster_op	*ce_ari_op;
 
+	/*
+	 * The challenge its orders answer; for dns-01, the hook that
+	 * publishes the record, and the record published (order_dns.c).
+	 */
+	enum challenge_type	 ce_challenge;
+	char			*ce_dns_hook;
+	int			 ce_dns_hook_timeout;
+	struct order_dns	*ce_dns;
+	int			 ce_dns_triggered;	/* not "pending" */
+
 	/* A revocation asked through the control API (order_revoke()). */
 	struct acme_req		*ce_revoke_req;
 	const char		*ce_revoke_reason;	/* static name */
@@ -128,6 +138,14 @@ void		 order_ari_arm(struct cert *);
 void		 order_ari_shared(struct cert *, const struct ari_state *);
 void		 order_ari_cancel(struct cert *);
 int		 order_ari_busy(const struct cert *);
+
+/* order_dns.c */
+char		*order_dns_txt(const char *keyauth);
+char		*order_dns_fqdn(const char *ident);
+void		 order_dns_present(struct cert *, const char *ident,
+		    const char *keyauth);
+void		 order_dns_clear(struct cert *);
+void		 order_dns_published(struct cert *, int, const char *);
 
 /* order_cluster.c */
 void		 order_lease(struct cert *);

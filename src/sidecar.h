@@ -148,6 +148,10 @@ struct conf_cert {
 	int			 cc_challenge;	/* challenge=, or CHALLENGE_ISSUER */
 	char			*cc_wild_file;	/* where its first "*." is, */
 	int			 cc_wild_line;	/* or NULL (conf_check_certs()) */
+	/* What its orders answer, from its issuer (conf_cert_resolve()). */
+	enum challenge_type	 cc_type;
+	char			*cc_dns_hook;	/* dns-01's publisher */
+	int			 cc_dns_hook_timeout;
 	int			 cc_nginx;	/* from a server{} of nginx.conf */
 	int			 cc_runtime;	/* added through the API */
 	char			*cc_file;
@@ -328,6 +332,8 @@ enum challenge_type conf_cert_challenge(const struct conf_cert *,
 		    const struct conf_issuer *);
 int		 conf_cert_check_challenge(const struct conf_cert *,
 		    const struct conf_issuer *, char **);
+void		 conf_cert_resolve(struct conf_cert *,
+		    const struct conf_issuer *);
 #define CONF_PROFILE_MAX	64
 int		 conf_profile_valid(const char *);
 int		 conf_cert_ident(struct conf_parse *, struct conf_cert *,
@@ -831,6 +837,15 @@ void		 shm_token_remove(const char *token);
 int		 shm_publish(void);		/* now; -1 when full */
 void		 shm_get_stats(struct shm_stats *);
 char		*shm_zone_check(const char *path);	/* NULL: usable */
+
+/* dns_hook.c: "PROGRAM add|del FQDN VALUE", one at a time. */
+struct dns_hook_job;
+typedef void	(*dns_hook_cb)(int rc, const char *why, void *);
+struct dns_hook_job *dns_hook_run(struct event_base *, const char *program,
+		    int timeout, const char *verb, const char *fqdn,
+		    const char *value, dns_hook_cb, void *);
+void		 dns_hook_forget(struct dns_hook_job *);	/* no callback */
+void		 dns_hook_shutdown(void);
 
 /* challenge.c: HTTP-01 responder on libmicrohttpd inside the loop. */
 #define CHALLENGE_MAX_CONNS	256

@@ -1,0 +1,194 @@
+"""dns-01 through a dns_hook program, against Pebble and the DNS server
+of pebble-challtestsrv, which Pebble asks: the hooks set and clear TXT
+records through challtestsrv's management API, as a real hook would
+through a DNS provider's."""
+
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import (cert_sans, openssl, split_pem, write_config,
+                      ISSUE_TIMEOUT)
+
+# The hook: "add|del FQDN VALUE", as dns_hook.c calls it.
+HOOK = """#!/bin/sh
+set -e
+echo "hook $1 $2 starting"
+case "$1" in
+add) curl -sSf -d '{"host": "'"$2"'", "value": "'"$3"'"}' \\
+        http://127.0.0.1:%(port)d/set-txt ;;
+del) curl -sSf -d '{"host": "'"$2"'"}' http://127.0.0.1:%(port)d/clear-txt ;;
+*) exit 2 ;;
+esac
+echo "hook $1 $2 done"
+"""
+
+
+def hook(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text(body)
+    path.chmod(0o755)
+    return path
+
+
+def txt_records(port, name):
+    """The TXT strings challtestsrv's DNS answers for name (UDP query)."""
+    qid = random.randrange(1 << 16)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", 16, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(q, ("127.0.0.1", port))
+        r = s.recv(4096)
+    rid, _, qd, an = struct.unpack(">HHHH", r[:8])
+    assert rid == qid, "DNS answer to another query"
+    pos = 12
+    for _ in range(qd):                 # the question, echoed
+        while r[pos] != 0:
+            pos += 1 + r[pos]
+        pos += 5
+    out = []
+    for _ in range(an):
+        if r[pos] & 0xc0 == 0xc0:       # a compressed name
+            pos += 2
+        else:
+            while r[pos] != 0:
+                pos += 1 + r[pos]
+            pos += 1
+        rtype, _, _, rdlen = struct.unpack(">HHIH", r[pos:pos + 10])
+        pos += 10
+        if rtype == 16:
+            data, i = r[pos:pos + rdlen], 0
+            while i < len(data):
+                out.append(data[i + 1:i + 1 + data[i]].decode())
+                i += 1 + data[i]
+        pos += rdlen
+    return out
+
+
+def api(sock, path):
+    p = subprocess.run(["curl", "-s", "--unix-socket", str(sock),
+                        "http://localhost" + path], stdout=subprocess.PIPE,
+                       text=True, timeout=10)
+    return json.loads(p.stdout)
+
+
+def hook_processes(path):
+    """Processes whose command line names path."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path("/proc", pid, "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(path).encode() in cmd:
+            found.append(int(pid))
+    return found
+
+
+def verify(state, cid, names, pebble, tmp_path):
+    chain = (Path(state) / "certs" / cid / "fullchain.pem").read_text()
+    blocks = split_pem(chain)
+    leaf = tmp_path / (cid + ".leaf.pem")
+    leaf.write_text(blocks[0])
+    rest = tmp_path / (cid + ".chain.pem")
+    rest.write_text("".join(blocks[1:]))
+    v = openssl("verify", "-CAfile", pebble.root, "-untrusted", str(rest),
+                str(leaf), check=False)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert cert_sans(blocks[0]) == {"DNS:" + n for n in names}
+
+
+def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
+                                          sidecar_factory):
+    """A wildcard plus apex certificate is issued over dns-01 through a
+    hook, and its records are gone afterwards.  Beside it, hooks that
+    hang, fail or flood the log each cost only their own certificate."""
+    mgmt = pebble.chall_mgmt_port
+    good = hook(tmp_path, "good.sh", HOOK % {"port": mgmt})
+    # Megabytes of output, then the real work: the log is capped.
+    flood = hook(tmp_path, "flood.sh", "#!/bin/sh\n"
+                 "head -c 3000000 /dev/zero | tr '\\0' 'x'\n"
+                 "exec %s \"$@\"\n" % good)
+    fails = hook(tmp_path, "fails.sh", "#!/bin/sh\n"
+                 "echo 'provider says: bad credentials' >&2\nexit 1\n")
+    hangs = hook(tmp_path, "hangs.sh", "#!/bin/sh\nsleep 300\n")
+
+    state = tmp_path / "state"
+    conf = tmp_path / "sidecar.conf"
+    write_config(conf, pebble, state, http_port,
+                 [(["*.example.test", "example.test"], None)],
+                 issuer_extra="challenge dns-01;\n    dns_hook %s;" % good)
+    extra = []
+    for name, path, timeout in (("flood", flood, ""),
+                                ("fails", fails, ""),
+                                ("hangs", hangs, " timeout=2s")):
+        extra += [
+            "acme_issuer %s {" % name,
+            "    uri %s;" % pebble.directory_url,
+            "    state_path %s;" % (tmp_path / ("state-" + name)),
+            "    accept_terms_of_service;",
+            "    ssl_trusted_certificate %s;" % pebble.ca,
+            "    request_rate off;",
+            "    challenge dns-01;",
+            "    dns_hook %s%s;" % (path, timeout),
+            "}",
+            "acme_certificate %s %s.example.test;" % (name, name),
+        ]
+    with open(conf, "a") as f:
+        f.write("\n".join(extra) + "\n")
+
+    sidecar = sidecar_factory(conf, [pebble]).start()
+    sidecar.wait_certs(state, ["_.example.test"], ISSUE_TIMEOUT)
+    sidecar.wait_certs(tmp_path / "state-flood", ["flood.example.test"],
+                       ISSUE_TIMEOUT)
+    verify(state, "_.example.test", ["*.example.test", "example.test"],
+           pebble, tmp_path)
+    verify(tmp_path / "state-flood", "flood.example.test",
+           ["flood.example.test"], pebble, tmp_path)
+
+    sidecar.wait_log(r'dns_hook %s add _acme-challenge\.fails\.example\.test\. '
+                     r'exited with status 1 \(its last line: "provider says: '
+                     r'bad credentials"\)' % fails, timeout=30)
+    sidecar.wait_log(r'dns_hook %s add _acme-challenge\.hangs\.example\.test\. '
+                     r'timed out after 2s and was killed' % hangs, timeout=30)
+    sock = tmp_path / "control.sock"
+    for name in ("fails", "hangs"):
+        got = api(sock, "/v1/certificates/%s.example.test" % name)
+        assert got["state"] == "backoff", got
+        assert "dns_hook" in got["last_error"]["message"], got
+    # The hanging hook's whole group is gone, its "del" run too.
+    sidecar.wait_log(r"dns_hook del _acme-challenge\.hangs\.example\.test\.: "
+                     r"no result after 2s", timeout=30)
+    deadline = time.monotonic() + 10
+    while hook_processes(hangs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hook_processes(hangs) == []
+
+    # Each record went once its authorization settled.
+    sidecar.wait_log(r"dns_hook del _acme-challenge\.flood\.example\.test\.: "
+                     r"done", timeout=30)
+    done = "hook del _acme-challenge.example.test. done"
+    deadline = time.monotonic() + 30
+    while sidecar.log().count(done) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = sidecar.log()
+    # One record name for both authorizations, one after the other.
+    assert log.count("hook add _acme-challenge.example.test. done") == 2
+    assert log.count(done) == 2, log
+    for name in ("example.test", "flood.example.test"):
+        assert txt_records(pebble.dns_port, "_acme-challenge." + name) == []
+    # The flood: 64 KiB logged, the rest counted; the daemon goes on.
+    assert "more bytes of output not logged (at most 65536 a run)" in log
+    assert len(log) < 1000000, len(log)
+    assert sidecar.alive()
+    assert sidecar.stop() == 0
