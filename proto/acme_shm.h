@@ -92,8 +92,19 @@
  *	A certificate id is the first identifier of its acme_certificate
  *	(".example.com" counts as "example.com"), followed by "_" and the
  *	key suffix ("rsa2048", "ecdsa384", ...) when the key type is not
- *	ecdsa:256.  When two certificates share an identifier, by_name
- *	points at the one configured first.
+ *	ecdsa:256; a wildcard first identifier has "_" for its "*"
+ *	("*.example.com" gives "_.example.com", IDS in acme_ident.h).
+ *	When two certificates share an identifier, by_name points at the
+ *	one configured first.
+ *
+ *	A wildcard identifier is in by_name as written, "*.example.com".
+ *	A reader that finds no entry for an SNI name tries "*." followed
+ *	by the name without its first label ("a.example.com" ->
+ *	"*.example.com"; one label only, RFC 6125 6.4.3), unless that
+ *	parent is a single label.  The exact name wins over the wildcard.
+ *	The nginx module looks certificates up by id (its server{} names
+ *	the certificate, and nginx's own server_name matching picks the
+ *	server); src/njs/acme.js looks up by name, then by wildcard.
  *
  * SERIALS
  *	Each certificate entry carries a serial.  Equal serials for one id

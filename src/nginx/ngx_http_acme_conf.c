@@ -128,9 +128,8 @@ ngx_http_acme_ident_add(ngx_pool_t *pool, ngx_array_t *idents,
 		*why = "regular expression \"%V\" cannot be an identifier";
 		return NGX_DECLINED;
 	case ACME_IDENT_WILDCARD:
-		*why = "wildcard identifier \"%V\" is not supported: HTTP-01 "
-		    "cannot validate wildcard identifiers";
-		return NGX_DECLINED;
+		/* Judged with its challenge: ngx_http_acme_line_challenge(). */
+		break;
 	default:
 		*why = "invalid identifier \"%V\"";
 		return NGX_DECLINED;
@@ -182,6 +181,8 @@ static char	*ngx_http_acme_check_profile(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_challenge(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_dns_hook(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_rate(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_max_idents(ngx_conf_t *,
@@ -215,6 +216,7 @@ static const struct {
 	{ "profile", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_profile },
 	{ "challenge", 1, 1, NGX_HTTP_ACME_ONCE,
 	    ngx_http_acme_check_challenge },
+	{ "dns_hook", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_dns_hook },
 	{ "request_rate", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_rate },
 	{ "max_identifiers", 1, 1, NGX_HTTP_ACME_ONCE,
 	    ngx_http_acme_check_max_idents },
@@ -323,22 +325,60 @@ ngx_http_acme_check_profile(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 	return NGX_CONF_OK;
 }
 
+/*
+ * A challenge type as the sidecar reads it (conf_challenge_parse()):
+ * nginx-acme's words; tls-alpn-01 is known but not answered yet.
+ */
+static ngx_int_t
+ngx_http_acme_challenge_type(ngx_conf_t *cf, ngx_str_t *arg)
+{
+	if (ngx_http_acme_str_caseeq(arg, "http-01") ||
+	    ngx_http_acme_str_caseeq(arg, "http"))
+		return NGX_HTTP_ACME_HTTP_01;
+	if (ngx_http_acme_str_caseeq(arg, "dns-01") ||
+	    ngx_http_acme_str_caseeq(arg, "dns"))
+		return NGX_HTTP_ACME_DNS_01;
+	if (ngx_http_acme_str_caseeq(arg, "tls-alpn-01") ||
+	    ngx_http_acme_str_caseeq(arg, "tls-alpn"))
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "challenge type "
+		    "\"%V\" is not supported yet: use http-01 or dns-01", arg);
+	else
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid challenge "
+		    "type \"%V\": use http-01 or dns-01", arg);
+	return NGX_ERROR;
+}
+
 static char *
 ngx_http_acme_check_challenge(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
     ngx_str_t *arg, ngx_uint_t n)
 {
-	(void)iss;
+	ngx_int_t	 t;
+
 	(void)n;
-	if (ngx_http_acme_str_caseeq(arg, "http-01"))
-		return NGX_CONF_OK;
-	if (ngx_http_acme_str_caseeq(arg, "tls-alpn-01") ||
-	    ngx_http_acme_str_caseeq(arg, "dns-01"))
-		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "challenge type "
-		    "\"%V\" is not supported", arg);
-	else
-		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid challenge "
-		    "type \"%V\"", arg);
-	return NGX_CONF_ERROR;
+	if ((t = ngx_http_acme_challenge_type(cf, arg)) == NGX_ERROR)
+		return NGX_CONF_ERROR;
+	iss->challenge = (ngx_uint_t)t;
+	return NGX_CONF_OK;
+}
+
+/* dns_hook PROGRAM [timeout=TIME]: an absolute path, as the sidecar wants. */
+static char *
+ngx_http_acme_check_dns_hook(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	if (arg[0].len == 0 || arg[0].data[0] != '/') {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "dns_hook \"%V\" is "
+		    "not an absolute path", &arg[0]);
+		return NGX_CONF_ERROR;
+	}
+	if (n == 2 && (!ngx_http_acme_has_prefix(&arg[1], "timeout=") ||
+	    arg[1].len == 8)) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter "
+		    "\"%V\" of dns_hook", &arg[1]);
+		return NGX_CONF_ERROR;
+	}
+	iss->dns_hook = 1;
+	return NGX_CONF_OK;
 }
 
 /* max_identifiers N: 1 to 1000 (the sidecar's CONF_MAX_IDENTS). */
@@ -450,6 +490,13 @@ ngx_http_acme_issuer_finish(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "no \"uri\" is "
 		    "defined for acme_issuer \"%V\" in %s:%ui", &iss->name,
 		    iss->file, iss->line);
+		return NGX_CONF_ERROR;
+	}
+	if (iss->challenge == NGX_HTTP_ACME_DNS_01 && !iss->dns_hook) {
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_issuer \"%V\" "
+		    "has challenge dns-01 but no way to publish the TXT record: "
+		    "add \"dns_hook\" in %s:%ui", &iss->name, iss->file,
+		    iss->line);
 		return NGX_CONF_ERROR;
 	}
 	for (i = 0; i < amcf->issuers.nelts; i++) {
@@ -705,6 +752,21 @@ ngx_http_acme_cert_profile(ngx_conf_t *cf, ngx_http_acme_line_t *line,
 	return NGX_CONF_OK;
 }
 
+/* challenge=TYPE: this certificate's, over its issuer's. */
+static char *
+ngx_http_acme_cert_challenge(ngx_conf_t *cf, ngx_http_acme_line_t *line,
+    ngx_str_t *arg)
+{
+	ngx_str_t	 type;
+
+	type.data = arg->data + 10;
+	type.len = arg->len - 10;
+	if ((line->challenge = ngx_http_acme_challenge_type(cf, &type)) ==
+	    NGX_ERROR)
+		return NGX_CONF_ERROR;
+	return NGX_CONF_OK;
+}
+
 /* Any other word is an identifier. */
 static char *
 ngx_http_acme_cert_ident(ngx_conf_t *cf, ngx_http_acme_line_t *line,
@@ -768,6 +830,7 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 	ngx_http_acme_line_t		 l, *line = &l;
 	ngx_str_t			*value = cf->args->elts;
 	ngx_uint_t			 i, havekey = 0, haveprofile = 0;
+	ngx_uint_t			 havechallenge = 0;
 	char				*rv;
 
 	(void)cmd;
@@ -775,6 +838,7 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 		return "has an empty issuer name";
 	ngx_memzero(line, sizeof(*line));
 	line->issuer = value[1];
+	line->challenge = -1;
 	line->file = cf->conf_file->file.name.data;
 	line->line = cf->conf_file->line;
 	for (i = 2; i < cf->args->nelts; i++) {
@@ -786,6 +850,10 @@ ngx_http_acme_certificate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 			if (haveprofile++)
 				return "has duplicate \"profile\" parameter";
 			rv = ngx_http_acme_cert_profile(cf, line, &value[i]);
+		} else if (ngx_http_acme_has_prefix(&value[i], "challenge=")) {
+			if (havechallenge++)
+				return "has duplicate \"challenge\" parameter";
+			rv = ngx_http_acme_cert_challenge(cf, line, &value[i]);
 		} else
 			rv = ngx_http_acme_cert_ident(cf, line, &value[i]);
 		if (rv != NGX_CONF_OK)
@@ -1049,6 +1117,7 @@ ngx_http_acme_cert_get(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 			continue;
 		if (ngx_http_acme_str_same(&c->issuer, &line->issuer) &&
 		    ngx_http_acme_str_same(&c->profile, &line->profile) &&
+		    c->challenge == line->challenge &&
 		    ngx_http_acme_idents_eq(c->idents, idents))
 			return c;
 		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_certificate "
@@ -1063,6 +1132,7 @@ ngx_http_acme_cert_get(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 	c->issuer = line->issuer;
 	c->idents = idents;
 	c->profile = line->profile;
+	c->challenge = line->challenge;
 	c->family = ngx_http_acme_key_family(line->key_type);
 	c->file = line->file;
 	c->line = line->line;
@@ -1070,8 +1140,8 @@ ngx_http_acme_cert_get(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 	return c;
 }
 
-static ngx_int_t
-ngx_http_acme_issuer_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *name)
+static ngx_http_acme_issuer_t *
+ngx_http_acme_issuer_find(ngx_http_acme_main_conf_t *amcf, ngx_str_t *name)
 {
 	ngx_http_acme_issuer_t	*iss = amcf->issuers.elts;
 	ngx_uint_t		 i;
@@ -1079,9 +1149,43 @@ ngx_http_acme_issuer_known(ngx_http_acme_main_conf_t *amcf, ngx_str_t *name)
 	for (i = 0; i < amcf->issuers.nelts; i++) {
 		if (iss[i].name.len == name->len &&
 		    ngx_strncmp(iss[i].name.data, name->data, name->len) == 0)
-			return 1;
+			return &iss[i];
 	}
-	return 0;
+	return NULL;
+}
+
+/*
+ * As the sidecar's conf_cert_check_challenge(): a wildcard only over
+ * dns-01, and dns-01 only with a way to publish the record.
+ */
+static ngx_int_t
+ngx_http_acme_line_challenge(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_http_acme_line_t *line, ngx_array_t *idents)
+{
+	ngx_str_t	*id = idents->elts;
+	ngx_uint_t	 i, t = iss->challenge;
+
+	if (line->challenge != -1)
+		t = (ngx_uint_t)line->challenge;
+	if (t == NGX_HTTP_ACME_DNS_01) {
+		if (iss->dns_hook)
+			return NGX_OK;
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_certificate has "
+		    "challenge dns-01 but acme_issuer \"%V\" has no way to "
+		    "publish the TXT record: add \"dns_hook\" to it in %s:%ui",
+		    &iss->name, line->file, line->line);
+		return NGX_ERROR;
+	}
+	for (i = 0; i < idents->nelts; i++) {
+		if (id[i].len < 2 || id[i].data[0] != '*')
+			continue;
+		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "wildcard identifier "
+		    "\"%V\" needs challenge dns-01: http-01 cannot validate "
+		    "wildcard identifiers in %s:%ui", &id[i], line->file,
+		    line->line);
+		return NGX_ERROR;
+	}
+	return NGX_OK;
 }
 
 /* One acme_certificate of a server, once the server is read whole. */
@@ -1089,10 +1193,11 @@ static ngx_int_t
 ngx_http_acme_merge_line(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
     ngx_http_acme_line_t *line)
 {
-	ngx_array_t	*idents;
-	ngx_str_t	 id;
+	ngx_http_acme_issuer_t	*iss;
+	ngx_array_t		*idents;
+	ngx_str_t		 id;
 
-	if (!ngx_http_acme_issuer_known(amcf, &line->issuer)) {
+	if ((iss = ngx_http_acme_issuer_find(amcf, &line->issuer)) == NULL) {
 		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "unknown acme_issuer "
 		    "\"%V\" in %s:%ui", &line->issuer, line->file, line->line);
 		return NGX_ERROR;
@@ -1104,6 +1209,8 @@ ngx_http_acme_merge_line(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 		    ngx_http_acme_server_idents(cf, line, idents) != NGX_OK)
 			return NGX_ERROR;
 	}
+	if (ngx_http_acme_line_challenge(cf, iss, line, idents) != NGX_OK)
+		return NGX_ERROR;
 	if (ngx_http_acme_cert_id(cf->pool, idents, line->key_type,
 	    &id) != NGX_OK)
 		return NGX_ERROR;

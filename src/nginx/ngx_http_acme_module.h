@@ -95,6 +95,7 @@ typedef struct {
 	ngx_str_t		 issuer;
 	ngx_array_t		*idents;	/* ngx_str_t, normalised */
 	ngx_str_t		 profile;	/* profile=, or empty */
+	ngx_int_t		 challenge;	/* challenge=, or -1 */
 	ngx_uint_t		 family;	/* NGX_HTTP_ACME_EC or _RSA */
 	u_char			*file;		/* its acme_certificate */
 	ngx_uint_t		 line;
@@ -119,9 +120,15 @@ typedef struct {
 	ngx_http_acme_pair_t	 pair;
 } ngx_http_acme_fallback_t;
 
+/* The challenge types the sidecar answers (challenge, challenge=). */
+#define NGX_HTTP_ACME_HTTP_01	0
+#define NGX_HTTP_ACME_DNS_01	1
+
 typedef struct {
 	ngx_str_t		 name;
 	ngx_str_t		 state_path;
+	ngx_uint_t		 challenge;	/* NGX_HTTP_ACME_HTTP_01, ... */
+	ngx_uint_t		 dns_hook;	/* dns_hook is set */
 	ngx_uint_t		 seen;		/* once-only directives seen */
 	u_char			*file;
 	ngx_uint_t		 line;
@@ -133,6 +140,7 @@ typedef struct {
 	ngx_array_t		*listed;	/* NULL: use server_name */
 	ngx_uint_t		 key_type;
 	ngx_str_t		 profile;
+	ngx_int_t		 challenge;	/* challenge=, or -1 */
 	u_char			*file;
 	ngx_uint_t		 line;
 	ngx_http_acme_cert_t	*cert;		/* set when merged */

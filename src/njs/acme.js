@@ -301,14 +301,33 @@ function quote(s) {
 	return JSON.stringify(s.length > 256 ? s.slice(0, 256) + '...' : s);
 }
 
-/* Step 2 of READER: the entry for want.name, else for want.id. */
+/*
+ * The wildcard that covers name (LOOKUPS in proto/acme_shm.h): "*." and
+ * its parent, one label only (RFC 6125 6.4.3), or '' when the parent is
+ * a single label, which no certificate's wildcard can be.
+ */
+function wildcardOf(name) {
+	const dot = name.indexOf('.');
+
+	if (dot <= 0 || name.indexOf('.', dot + 1) === -1)
+		return '';
+	return '*' + name.slice(dot);
+}
+
+/*
+ * Step 2 of READER: the entry for want.name, else for the wildcard over
+ * it, else for want.id.
+ */
 function find(file, h, want) {
 	const img = readImage(file, h);
 	const seg = img.seg;
+	const wild = wildcardOf(want.name);
 	let idx = -1;
 
 	if (want.name !== '')
 		idx = lookup(seg, img.byName, Buffer.from(want.name));
+	if (idx === -1 && wild !== '')
+		idx = lookup(seg, img.byName, Buffer.from(wild));
 	if (idx === -1 && want.id !== '')
 		idx = lookup(seg, img.byId, Buffer.from(want.id));
 	if (idx !== -1)

@@ -12,8 +12,15 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import (cert_sans, openssl, split_pem, write_config,
-                      ISSUE_TIMEOUT)
+import pytest
+
+from conftest import (cert_sans, free_port, openssl, split_pem, write_config,
+                      zone_name, ISSUE_TIMEOUT)
+from nginxlib import (MODULE, fingerprint, handshake, http_block_head,
+                      main_block, nginx_factory, verify_served)  # noqa
+# The njs reader's harness, and its fixtures (zone, fake_segment, nginx).
+from test_njs import (der_digest, fake_segment, nginx, self_signed,  # noqa
+                      tls_leaf, zone)
 
 # The hook: "add|del FQDN VALUE", as dns_hook.c calls it.
 HOOK = """#!/bin/sh
@@ -192,3 +199,110 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
     assert len(log) < 1000000, len(log)
     assert sidecar.alive()
     assert sidecar.stop() == 0
+
+
+def test_njs_serves_a_wildcard(tmp_path, zone, fake_segment, nginx):
+    """acme.js: an SNI name with no entry of its own gets the certificate
+    of "*." + its parent, one label deep; an exact entry wins."""
+    wild = self_signed(tmp_path, "w", ["*.w.example.test"])
+    exact = self_signed(tmp_path, "a", ["a.w.example.test"])
+    fake_segment.publish([("_.w.example.test", ["*.w.example.test"], *wild),
+                          ("a.w.example.test", ["a.w.example.test"],
+                           *exact)])
+    port = nginx.server("/dev/shm/" + zone)
+    nginx.write()
+    nginx.start()
+    assert tls_leaf(port, "b.w.example.test") == der_digest(wild[0]), \
+        nginx.diagnostics()
+    assert tls_leaf(port, "a.w.example.test") == der_digest(exact[0])
+    assert tls_leaf(port, "c.b.w.example.test") is None
+    assert tls_leaf(port, "w.example.test") is None
+    assert 'no certificate for server name "c.b.w.example.test"' in \
+        nginx.log()
+
+
+def test_module_serves_a_wildcard(tmp_path, pebble, http_port,
+                                  nginx_factory, sidecar_factory):
+    """nginx.conf alone: an issuer with challenge dns-01 and a dns_hook, a
+    server whose server_name starts with a wildcard.  The module takes
+    the same words as the sidecar, and nginx serves the certificate
+    "_.example.test" to a name under the wildcard."""
+    if not MODULE.exists():
+        pytest.skip("%s is not built" % MODULE)
+    good = hook(tmp_path, "good.sh", HOOK % {"port": pebble.chall_mgmt_port})
+    tls_port = free_port()
+    nginx = nginx_factory()
+    body = """
+acme_issuer example {
+    uri %(uri)s;
+    state_path %(state)s;
+    accept_terms_of_service;
+    ssl_trusted_certificate %(ca)s;
+    challenge dns-01;
+    dns_hook %(hook)s timeout=20s;
+}
+acme_shared_zone zone=%(zone)s:1M;
+server {
+    listen 127.0.0.1:%(tls)d ssl;
+    server_name *.example.test example.test;
+    acme_certificate example;
+    ssl_certificate $acme_certificate;
+    ssl_certificate_key $acme_certificate_key;
+}
+""" % dict(uri=pebble.directory_url, state=tmp_path / "state", ca=pebble.ca,
+           hook=good, zone=zone_name(tmp_path), tls=tls_port)
+    nginx.write(main_block(nginx.prefix, [MODULE]) + "http {\n" +
+                http_block_head(nginx.prefix) + body + "}\n")
+    rc, out = nginx.test_config()
+    assert rc == 0, out
+    nginx.start([tls_port])
+    conf = tmp_path / "acme-sidecar.conf"
+    conf.write_text("challenge_listen 127.0.0.1:%d;\ncontrol_socket %s;\n" %
+                    (http_port, tmp_path / "control.sock"))
+    sidecar = sidecar_factory(conf, [pebble])
+    sidecar.start("--nginx-conf", str(nginx.conf))
+    sidecar.wait_certs(tmp_path / "state", ["_.example.test"])
+    leaf = split_pem((tmp_path / "state" / "certs" / "_.example.test" /
+                      "fullchain.pem").read_text())[0]
+    deadline = time.monotonic() + 10
+    for name in ("www.example.test", "example.test"):
+        while True:
+            rc, blocks, _ = handshake(tls_port, name, check=False)
+            if rc == 0 and blocks and \
+                    fingerprint(blocks[0]) == fingerprint(leaf):
+                break
+            assert time.monotonic() < deadline, \
+                "nginx never served _.example.test for %s%s" % (
+                    name, nginx.diagnostics())
+            time.sleep(0.1)
+        verify_served(tls_port, name, pebble, tmp_path)
+
+
+def test_module_t_errors(tmp_path, pebble, nginx_factory):
+    """nginx -t refuses what the sidecar refuses: a wildcard over http-01,
+    dns-01 without dns_hook, tls-alpn-01 for now."""
+    cases = [
+        ("", "server_name *.example.test;", "acme_certificate example;",
+         'wildcard identifier "*.example.test" needs challenge dns-01'),
+        ("challenge dns-01;", "", "acme_certificate example a.example.test;",
+         "has challenge dns-01 but no way to publish the TXT record"),
+        ("", "", "acme_certificate example a.example.test challenge=dns;",
+         "has challenge dns-01 but acme_issuer \"example\" has no way"),
+        ("challenge tls-alpn-01;", "", "acme_certificate example a.test;",
+         'challenge type "tls-alpn-01" is not supported yet'),
+    ]
+    for issuer, names, cert, message in cases:
+        nginx = nginx_factory("nginx-%d" % len(message))
+        body = ("acme_issuer example { uri %s; %s }\n"
+                "acme_shared_zone zone=%s:1M;\n"
+                "server {\n"
+                "    listen 127.0.0.1:%d ssl;\n"
+                "    %s %s\n"
+                "    ssl_certificate $acme_certificate;\n"
+                "    ssl_certificate_key $acme_certificate_key;\n"
+                "}\n") % (pebble.directory_url, issuer, zone_name(tmp_path),
+                          free_port(), names, cert)
+        nginx.write(main_block(nginx.prefix, [MODULE]) + "http {\n" +
+                    http_block_head(nginx.prefix) + body + "}\n")
+        rc, out = nginx.test_config()
+        assert rc != 0 and message in out, out
