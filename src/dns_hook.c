@@ -112,18 +112,21 @@ dns_hook_free(struct dns_hook_job *dj)
 	free(dj);
 }
 
-/* One line of output, to the log while under the cap. */
+/*
+ * One line of output, to the log while under the cap; nl: it ended with
+ * a newline (counted), not at the length limit or the end of output.
+ */
 static void
-dns_hook_line(struct dns_hook_job *dj)
+dns_hook_line(struct dns_hook_job *dj, int nl)
 {
 	dj->dj_line[dj->dj_linelen] = '\0';
 	if (dj->dj_linelen > 0)
 		snprintf(dj->dj_last, sizeof(dj->dj_last), "%.*s",
 		    DNS_HOOK_LAST_MAX, dj->dj_line);
 	if (dj->dj_logged >= DNS_HOOK_LOG_MAX) {
-		dj->dj_dropped += dj->dj_linelen + 1;
+		dj->dj_dropped += dj->dj_linelen + (nl ? 1 : 0);
 	} else {
-		dj->dj_logged += dj->dj_linelen + 1;
+		dj->dj_logged += dj->dj_linelen + (nl ? 1 : 0);
 		log_info("dns_hook %s %s: %s", dj->dj_argv[1], dj->dj_argv[2],
 		    dj->dj_line);
 	}
@@ -137,7 +140,7 @@ dns_hook_take(struct dns_hook_job *dj, const char *buf, size_t n)
 
 	for (i = 0; i < n; i++) {
 		if (buf[i] == '\n' || dj->dj_linelen == DNS_HOOK_LINE_MAX) {
-			dns_hook_line(dj);
+			dns_hook_line(dj, buf[i] == '\n');
 			if (buf[i] == '\n')
 				continue;
 		}
@@ -207,7 +210,7 @@ dns_hook_exited(struct dns_hook_job *dj, int status)
 	kill(-dj->dj_pid, SIGKILL);
 	dns_hook_read(dj);
 	if (dj->dj_linelen > 0)
-		dns_hook_line(dj);
+		dns_hook_line(dj, 0);
 	if (dj->dj_dropped > 0)
 		log_warnx("dns_hook %s %s: %zu more bytes of output not logged "
 		    "(at most %d a run)", dj->dj_argv[1], dj->dj_argv[2],

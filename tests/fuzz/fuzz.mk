@@ -19,7 +19,7 @@ FUZZ_CFLAGS	 = -g -O1 $(FUZZ_SAN) -std=gnu11 -Wall -Wextra \
 FUZZ_LDLIBS	 = $(shell pkg-config --libs $(PKGS)) -lm -pthread
 
 FUZZ		 = $(BUILD)/fuzz
-FUZZ_NAMES	 = conf control acme challenge cluster shm
+FUZZ_NAMES	 = conf control acme challenge cluster shm dns_hook
 FUZZ_BINS	 = $(FUZZ_NAMES:%=$(FUZZ)/fuzz_%)
 FUZZ_OBJS	 = $(filter-out $(FUZZ)/obj/main.o, \
 		   $(DAEMON_SRCS:src/%.c=$(FUZZ)/obj/%.o))
@@ -29,6 +29,7 @@ FUZZ_OBJS	 = $(filter-out $(FUZZ)/obj/main.o, \
 FUZZ_WITHOUT_control	 = $(FUZZ)/obj/control.o
 FUZZ_WITHOUT_challenge	 = $(FUZZ)/obj/challenge.o
 FUZZ_WITHOUT_acme	 = $(FUZZ)/obj/acme.o $(FUZZ)/obj/order.o
+FUZZ_WITHOUT_dns_hook	 = $(FUZZ)/obj/dns_hook.o
 # The configuration harness sees only files in its own folder.
 FUZZ_LDFLAGS_conf	 = -Wl,--wrap=open,--wrap=glob
 # The cluster harness gives the records its own sealing key and node name.
@@ -42,7 +43,7 @@ $(FUZZ)/obj/order.o $(FUZZ)/obj/order_cluster.o $(FUZZ)/obj/order_ari.o: \
     src/order.h
 
 $(FUZZ)/fuzz_conf $(FUZZ)/fuzz_control $(FUZZ)/fuzz_acme \
-$(FUZZ)/fuzz_challenge $(FUZZ)/fuzz_cluster: \
+$(FUZZ)/fuzz_challenge $(FUZZ)/fuzz_cluster $(FUZZ)/fuzz_dns_hook: \
     $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c \
     tests/fuzz/fuzz.h tests/fuzz/fuzz_mhd.h $(FUZZ_OBJS) $(wildcard src/*.c) \
     src/sidecar.h src/order.h proto/acme_shm.h proto/acme_ident.h
