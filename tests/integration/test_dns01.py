@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (cert_sans, free_port, openssl, split_pem, write_config,
-                      zone_name, ISSUE_TIMEOUT)
+from conftest import (ROOT, cert_sans, free_port, openssl, split_pem,
+                      write_config, zone_name, ISSUE_TIMEOUT)
 from nginxlib import (MODULE, fingerprint, handshake, http_block_head,
                       main_block, nginx_factory, verify_served)  # noqa
 # The njs reader's harness, and its fixtures (zone, fake_segment, nginx).
 from test_njs import (der_digest, fake_segment, nginx, self_signed,  # noqa
                       tls_leaf, zone)
+
+ACMECTL = Path(os.environ.get("ACMECTL", ROOT / "build" / "acmectl"))
 
 # The hook: "add|del FQDN VALUE", as dns_hook.c calls it.
 HOOK = """#!/bin/sh
@@ -197,6 +199,24 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
     # The flood: 64 KiB logged, the rest counted; the daemon goes on.
     assert "more bytes of output not logged (at most 65536 a run)" in log
     assert len(log) < 1000000, len(log)
+
+    # acmectl add --challenge: refused over http-01, issued over dns-01,
+    # and kept in certificates.conf.
+    ctl = [str(ACMECTL), "-s", str(sock), "add", "--timeout", "60"]
+    p = subprocess.run(ctl + ["--challenge", "http-01", "pebble",
+                              "*.api.example.test"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=30)
+    assert p.returncode != 0 and \
+        'wildcard identifier "*.api.example.test" needs challenge dns-01' \
+        in p.stdout, p.stdout
+    p = subprocess.run(ctl + ["--challenge", "dns", "pebble",
+                              "*.api.example.test"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=90)
+    assert p.returncode == 0, p.stdout + sidecar.diagnostics()
+    verify(state, "_.api.example.test", ["*.api.example.test"], pebble,
+           tmp_path)
+    assert "acme_certificate pebble *.api.example.test challenge=dns-01;" \
+        in (state / "certificates.conf").read_text()
     assert sidecar.alive()
     assert sidecar.stop() == 0
 
