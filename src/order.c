@@ -1129,6 +1129,7 @@ order_challenge(struct cert *ce)
 {
 	char	*keyauth;
 
+	/* No token kept (dns-01 keeps its record in order_dns.c): unchecked. */
 	if (!ready_enabled() || ce->ce_token == NULL ||
 	    ce->ce_authz_ident == NULL) {
 		order_challenge_send(ce);
@@ -1136,11 +1137,8 @@ order_challenge(struct cert *ce)
 	}
 	keyauth = keys_key_authorization(ce->ce_token,
 	    acme_issuer_thumbprint(ce->ce_issuer));
-	/*
-	 * The type of the challenge answered: HTTP-01 is the one there is.
-	 * A type ready.c has no check for yet goes to the CA unchecked.
-	 */
-	ce->ce_ready = ready_start(ce->ce_base, CHALLENGE_HTTP_01,
+	/* A type ready.c has no check for yet goes to the CA unchecked. */
+	ce->ce_ready = ready_start(ce->ce_base, ce->ce_challenge,
 	    ce->ce_authz_ident, ce->ce_token, keyauth, order_ready_done, ce);
 	free(keyauth);
 	if (ce->ce_ready == NULL) {
