@@ -44,6 +44,8 @@
 #define DNS_HOOK_LINE_MAX	1024		/* longer lines are cut */
 #define DNS_HOOK_KILL_GRACE	2		/* seconds, SIGTERM to SIGKILL */
 #define DNS_HOOK_LAST_MAX	200		/* of the last line, in a cause */
+#define DNS_HOOK_EXEC_FAILED	"cannot execute it: missing, or not " \
+				"executable by the daemon's user\n"
 
 enum dns_hook_state {
 	DNS_HOOK_QUEUED,
@@ -206,8 +208,6 @@ dns_hook_exited(struct dns_hook_job *dj, int status)
 	char	*why = NULL, last[DNS_HOOK_LAST_MAX + 32];
 	int	 rc = -1;
 
-	/* What it left in its group would hold the pipe open, or linger. */
-	kill(-dj->dj_pid, SIGKILL);
 	dns_hook_read(dj);
 	if (dj->dj_linelen > 0)
 		dns_hook_line(dj, 0);
@@ -252,6 +252,13 @@ dns_hook_exit_cb(int fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
+	/*
+	 * The pidfd is readable once the hook has exited.  What it left in
+	 * its group would hold the pipe open, or linger: killed while the
+	 * unreaped hook still holds its pid, so no other group can have
+	 * taken that id.
+	 */
+	kill(-dj->dj_pid, SIGKILL);
 	pid = waitpid(dj->dj_pid, &status, WNOHANG);
 	if (pid == 0 || (pid == -1 && errno == EINTR))
 		return;
@@ -302,6 +309,10 @@ dns_hook_child(int out, char *const argv[])
 		for (fd = 3; fd < 65536; fd++)
 			close(fd);
 	execv(argv[0], argv);
+	/* Seen as its last line, in the cause. */
+	if (write(STDERR_FILENO, DNS_HOOK_EXEC_FAILED,
+	    sizeof(DNS_HOOK_EXEC_FAILED) - 1) == -1)
+		_exit(127);
 	_exit(127);
 }
 

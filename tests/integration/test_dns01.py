@@ -138,8 +138,10 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
                  [(["*.example.test", "example.test"], None)],
                  issuer_extra="challenge dns-01;\n    dns_hook %s;" % good)
     extra = []
+    missing = tmp_path / "no-such-hook"
     for name, path, timeout in (("flood", flood, ""),
                                 ("fails", fails, ""),
+                                ("missing", missing, ""),
                                 ("hangs", hangs, " timeout=2s")):
         extra += [
             "acme_issuer %s {" % name,
@@ -170,8 +172,12 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
                      r'bad credentials"\)' % fails, timeout=30)
     sidecar.wait_log(r'dns_hook %s add _acme-challenge\.hangs\.example\.test\. '
                      r'timed out after 2s and was killed' % hangs, timeout=30)
+    sidecar.wait_log(r'dns_hook %s add _acme-challenge\.missing\.example\.test\. '
+                     r'exited with status 127 \(its last line: "cannot '
+                     r'execute it: missing, or not executable by the '
+                     r'daemon\'s user"\)' % missing, timeout=30)
     sock = tmp_path / "control.sock"
-    for name in ("fails", "hangs"):
+    for name in ("fails", "hangs", "missing"):
         got = api(sock, "/v1/certificates/%s.example.test" % name)
         assert got["state"] == "backoff", got
         assert "dns_hook" in got["last_error"]["message"], got
