@@ -70,6 +70,10 @@ order_dns_present(struct cert *ce, const char *ident, const char *keyauth)
 {
 	struct order_dns	*od;
 
+	/* conf_cert_check_challenge() refuses dns-01 without a hook. */
+	if (ce->ce_dns_hook == NULL)
+		fatalx("%s: certificate \"%s\" has no dns_hook", __func__,
+		    ce->ce_id);
 	order_dns_clear(ce);
 	od = xcalloc(1, sizeof(*od));
 	od->od_fqdn = order_dns_fqdn(ident);
