@@ -33,7 +33,7 @@
 static const char *order_state_names[ORDER_STATE_MAX] = {
 	"idle", "new", "authz", "challenge", "authz-poll", "finalize",
 	"order-poll", "download", "store", "backoff", "lease", "sync", "share",
-	"ready-check"
+	"ready-check", "dns-publish"
 };
 
 /* Problems that the same order cannot overcome by trying again soon. */
@@ -893,6 +893,7 @@ order_drive(struct cert *ce)
 	case ORDER_SYNC:
 	case ORDER_SHARE:
 	case ORDER_READY_CHECK:
+	case ORDER_DNS_PUBLISH:
 	case ORDER_STATE_MAX:
 		fatalx("%s: nothing to send in state %s", __func__,
 		    order_state_name(ce->ce_state));
@@ -1198,6 +1199,7 @@ order_respond(struct cert *ce, json_t *authz)
 		free(ce->ce_challenge_url);
 		ce->ce_challenge_url = xstrdup(url);
 		ce->ce_dns_triggered = strcmp(status, "pending") != 0;
+		order_set_state(ce, ORDER_DNS_PUBLISH);
 		order_dns_present(ce, ce->ce_authz_ident, keyauth);
 		free(keyauth);
 		return;
@@ -1546,6 +1548,7 @@ order_reply(const struct acme_reply *r, void *arg)
 	case ORDER_SYNC:
 	case ORDER_SHARE:
 	case ORDER_READY_CHECK:
+	case ORDER_DNS_PUBLISH:
 	case ORDER_STATE_MAX:
 		fatalx("%s: reply in state %s", __func__,
 		    order_state_name(ce->ce_state));

@@ -985,6 +985,7 @@ enum order_state {
 	ORDER_SYNC,		/* replicas: every one has the token */
 	ORDER_SHARE,		/* replicas: a fenced write to Redis */
 	ORDER_READY_CHECK,	/* fetching our own answer, as the CA will */
+	ORDER_DNS_PUBLISH,	/* dns-01: the hook publishes the record */
 	ORDER_STATE_MAX
 };
 

@@ -197,6 +197,9 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
     while sidecar.log().count(done) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     log = sidecar.log()
+    # The API showed each authorization's hook as its own state.
+    assert log.count('"_.example.test": authz -> dns-publish') == 2
+    assert log.count('"_.example.test": dns-publish -> challenge') == 2
     # One record name for both authorizations, one after the other.
     assert log.count("hook add _acme-challenge.example.test. done") == 2
     assert log.count(done) == 2, log
