@@ -241,17 +241,24 @@ ari_next_fetch(time_t now, time_t retry_after)
 }
 
 /*
- * A uniformly random moment inside the window (RFC 9773 section 4.2); one
- * in the past means "now" to the caller.  A window reaching past the
+ * A uniformly random moment inside the window (RFC 9773 section 4.2), in
+ * the part of it still ahead: a window that began before now (a CA's
+ * window may even begin before the certificate's notBefore) would
+ * otherwise put most picks in the past, and renewing at once every time
+ * is a renewal storm, and no spreading of the load.  One in the past (the
+ * whole window is) means "now" to the caller.  A window reaching past the
  * certificate's expiry is cut there: renewing after it is no renewal.
  */
 time_t
-ari_pick(const struct ari_state *as, time_t not_after, double random_unit)
+ari_pick(const struct ari_state *as, time_t not_after, time_t now,
+    double random_unit)
 {
 	time_t	 start = as->as_start, end = as->as_end;
 
 	if (not_after > 0 && end > not_after)
 		end = not_after;
+	if (start < now)
+		start = now;
 	if (end <= start)
 		return end;
 	return start + (time_t)(random_unit * (double)(end - start));

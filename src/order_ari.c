@@ -195,7 +195,7 @@ order_ari_window(struct cert *ce, const struct ari_state *got)
 	    as->as_renew_at < got->as_start || as->as_renew_at > got->as_end) {
 		as->as_start = got->as_start;
 		as->as_end = got->as_end;
-		as->as_renew_at = ari_pick(as, ce->ce_not_after,
+		as->as_renew_at = ari_pick(as, ce->ce_not_after, util_now(),
 		    util_random_unit());
 		util_time_rfc3339(as->as_start, s, sizeof(s));
 		util_time_rfc3339(as->as_end, e, sizeof(e));

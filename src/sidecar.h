@@ -689,7 +689,7 @@ char		*ari_cert_id(const char *pem, char **);
 int		 ari_parse(const char *, size_t, struct ari_state *, char **);
 int		 ari_parse_time(const char *, time_t *);
 time_t		 ari_next_fetch(time_t now, time_t retry_after);
-time_t		 ari_pick(const struct ari_state *, time_t not_after,
+time_t		 ari_pick(const struct ari_state *, time_t not_after, time_t now,
 		    double random_unit);
 char		*ari_state_json(const struct ari_state *);
 int		 ari_state_parse(const char *, size_t, struct ari_state *,

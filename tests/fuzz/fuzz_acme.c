@@ -170,7 +170,7 @@ fuzz_renewal_info(struct acme_reply *r)
 
 	memset(&as, 0, sizeof(as));
 	if (ari_parse(r->body, r->len, &as, &cause) == 0)
-		(void)ari_pick(&as, as.as_end - 1, 0.5);
+		(void)ari_pick(&as, as.as_end - 1, as.as_start + 1, 0.5);
 	free(cause);
 	cause = NULL;
 	(void)ari_next_fetch(util_now(), r->retry_after);

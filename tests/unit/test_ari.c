@@ -72,10 +72,15 @@ test_ari_clamp_and_pick(void **state)
 	memset(&as, 0, sizeof(as));
 	as.as_start = now;
 	as.as_end = now + 1000;
-	assert_int_equal(ari_pick(&as, 0, 0.0), now);
-	assert_int_equal(ari_pick(&as, 0, 0.5), now + 500);
+	assert_int_equal(ari_pick(&as, 0, now, 0.0), now);
+	assert_int_equal(ari_pick(&as, 0, now, 0.5), now + 500);
 	/* Cut at the certificate's expiry. */
-	assert_int_equal(ari_pick(&as, now + 100, 0.99), now + 99);
+	assert_int_equal(ari_pick(&as, now + 100, now, 0.99), now + 99);
+	/* Begun already: only the part still ahead, never the past. */
+	assert_int_equal(ari_pick(&as, 0, now + 600, 0.0), now + 600);
+	assert_int_equal(ari_pick(&as, 0, now + 600, 0.5), now + 800);
+	/* Past altogether: its end, which the caller reads as "now". */
+	assert_int_equal(ari_pick(&as, 0, now + 5000, 0.5), now + 1000);
 }
 
 static void
