@@ -1530,29 +1530,18 @@ out:
 	return rc;
 }
 
-/* timeout=N or Ns: how long the check tries, 1 to READY_LIMIT_MAX s. */
+/* timeout=TIME: how long the check tries, 1 to READY_LIMIT_MAX s. */
 static int
 conf_check_timeout(struct conf_parse *p, const char *arg)
 {
-	char		*num;
-	size_t		 len;
-	long long	 v;
-	int		 rc;
-
 	if (strncmp(arg, "timeout=", 8) != 0)
 		return conf_error(p, "invalid parameter \"%s\" of the "
 		    "\"challenge_check\" directive", arg);
-	len = strlen(arg + 8);
-	if (len > 1 && arg[8 + len - 1] == 's')
-		len--;
-	num = xstrndup(arg + 8, len);
-	rc = conf_number(num, 1, READY_LIMIT_MAX, &v);
-	free(num);
-	if (rc == -1)
+	if (conf_seconds(arg + 8, READY_LIMIT_MAX, &p->conf->c_check_limit)
+	    == -1)
 		return conf_error(p, "invalid timeout \"%s\" of the "
 		    "\"challenge_check\" directive: 1s to %ds", arg + 8,
 		    READY_LIMIT_MAX);
-	p->conf->c_check_limit = (int)v;
 	return 0;
 }
 
