@@ -94,8 +94,11 @@
  *	key suffix ("rsa2048", "ecdsa384", ...) when the key type is not
  *	ecdsa:256; a wildcard first identifier has "_" for its "*"
  *	("*.example.com" gives "_.example.com", IDS in acme_ident.h).
- *	When two certificates share an identifier, by_name points at the
- *	one configured first.
+ *	When two certificates share an identifier (an ECDSA and an RSA
+ *	one), by_name points at the one that has been in the image
+ *	longest, whichever was issued first, not a configured one.  The
+ *	module looks certificates up by id and never meets this; a by_name
+ *	reader (njs) should look such a pair up by id too.
  *
  *	A wildcard identifier is in by_name as written, "*.example.com".
  *	A reader that finds no entry for an SNI name tries "*." followed

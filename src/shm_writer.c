@@ -634,7 +634,7 @@ shm_apply_remove(const char *id)
 	i = (size_t)(sc - shm.certs);
 	shm.nnames -= sc->sc_nnames;
 	shm_cert_clear(sc);
-	/* Keep the order: by_name favours the certificate configured first. */
+	/* Keep the order: by_name favours the certificate held longest. */
 	memmove(&shm.certs[i], &shm.certs[i + 1],
 	    (shm.ncerts - i - 1) * sizeof(*shm.certs));
 	shm.ncerts--;
