@@ -482,8 +482,10 @@ def http_port():
 @pytest.fixture
 def pebble_factory(tmp_path):
     """make(http_port, listen_port=None, env=None, start=True, eab=None,
-    validity=None) -> Pebble.  eab: {kid: base64url HMAC key} makes EAB
-    required; validity: lifetime of issued certificates, in seconds.
+    validity=None, dns_server=None) -> Pebble.  eab: {kid: base64url HMAC
+    key} makes EAB required; validity: lifetime of issued certificates,
+    in seconds; dns_server: "HOST:PORT" Pebble resolves through instead
+    of challtestsrv (dnslib's knot.address).
 
     With start=False the certificates, ports and pebble.json are ready
     (directory_url and ca are known) but nothing runs yet.
@@ -491,12 +493,14 @@ def pebble_factory(tmp_path):
     started = []
 
     def make(http_port, listen_port=None, env=None, start=True,
-             name="pebble", eab=None, validity=None, bindir=None):
+             name="pebble", eab=None, validity=None, bindir=None,
+             dns_server=None):
         e = {"PEBBLE_VA_NOSLEEP": "1"}
         e.update(env or {})
         p = pebblelib.Pebble(tmp_path / name, http_port=http_port,
                              listen_port=listen_port, env=e, tied=True,
-                             eab=eab, validity=validity, bindir=bindir)
+                             eab=eab, validity=validity, bindir=bindir,
+                             dns_server=dns_server)
         started.append(p)
         p.prepare()
         if start:
