@@ -231,13 +231,13 @@ dns_hook_exited(struct dns_hook_job *dj, int status)
 		    dj->dj_argv[0], dj->dj_argv[1], dj->dj_argv[2],
 		    WIFSIGNALED(status) ? WTERMSIG(status) : 0, last);
 	TAILQ_REMOVE(&dns_hook_queue, dj, dj_entry);
+	if (rc == 0)
+		log_debug("dns_hook %s %s: done", dj->dj_argv[1],
+		    dj->dj_argv[2]);
 	if (dj->dj_cb != NULL)
 		dj->dj_cb(rc, why, dj->dj_arg);
 	else if (rc == -1)
 		log_warnx("%s", why);
-	else
-		log_debug("dns_hook %s %s: done", dj->dj_argv[1],
-		    dj->dj_argv[2]);
 	free(why);
 	dns_hook_free(dj);
 	dns_hook_next();
@@ -447,9 +447,9 @@ dns_hook_shutdown(void)
 			kill(-dj->dj_pid, SIGKILL);
 			waitpid(dj->dj_pid, NULL, 0);
 		}
-		if (dj->dj_cb == NULL && strcmp(dj->dj_argv[1], "del") == 0)
+		if (strcmp(dj->dj_argv[1], "del") == 0)
 			log_warnx("dns_hook del %s: not run, the daemon is "
-			    "exiting: remove the record by hand",
+			    "exiting: the next start removes the record",
 			    dj->dj_argv[2]);
 		dns_hook_free(dj);
 	}

@@ -709,6 +709,7 @@ main(int argc, char *argv[])
 		main_reload, main_cert_add, main_cert_remove
 	};
 	struct event		*sig_hup, *sig_term, *sig_int;
+	struct conf_issuer	*ci;
 	sigset_t		 sigs, oldsigs;
 	char			*cause = NULL;
 	int			 ch, test = 0, verbose = 0;
@@ -805,6 +806,9 @@ main(int argc, char *argv[])
 		fatalx("%s", cause);
 	sched_init(base, dns);
 	main_cluster_start(base, dns);
+	/* Before the first order's "add": hooks run in the order asked. */
+	TAILQ_FOREACH(ci, &main_conf->c_issuers, ci_entry)
+		order_dns_sweep(base, ci);
 	sched_apply(main_conf);
 	event_base_dispatch(base);
 
@@ -814,6 +818,7 @@ main(int argc, char *argv[])
 	sched_shutdown();
 	/* After the orders: it names the records their end left behind. */
 	dns_hook_shutdown();
+	order_dns_shutdown();
 	cluster_sync_stop();
 	cluster_runtime_forget();
 	conf_cluster_free(main_cluster);

@@ -10,7 +10,15 @@
  * dns_hook.c runs hooks one at a time, so the first one's "del" reaches
  * the DNS before the second one's "add".  The removal is fire and
  * forget: its failure is logged, the order does not wait for it.
+ *
+ * A record outlives a crash, or a "del" that failed: each one is noted
+ * in state_path (store.c, STATE/dns-01) before its "add" runs, and the
+ * note goes once its "del" succeeded.  At start, order_dns_sweep() runs
+ * "del" for every note left, retrying with a growing delay until the
+ * hook succeeds; nothing waits for it.
  */
+#include <sys/queue.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +27,9 @@
 
 #include "sidecar.h"
 #include "order.h"
+
+#define ORDER_DNS_RETRY_FIRST	5	/* seconds, doubled after each failure */
+#define ORDER_DNS_RETRY_MAX	600
 
 struct order_dns {
 	char			*od_fqdn;	/* "_acme-challenge.NAME." */
@@ -51,6 +62,170 @@ order_dns_fqdn(const char *ident)
 	return fqdn;
 }
 
+/*
+ * A "del" and what follows it: the note removed once it succeeded; at
+ * start (retry), the hook run again later when it failed.
+ */
+struct order_dns_removal {
+	struct event_base	*or_base;
+	char			*or_dir;	/* state_path, with the note */
+	char			*or_hook;
+	int			 or_timeout;
+	char			*or_fqdn;
+	char			*or_value;
+	int			 or_retry;
+	int			 or_delay;	/* seconds before the next */
+	struct event		*or_timer;
+	TAILQ_ENTRY(order_dns_removal) or_entry;
+};
+
+static TAILQ_HEAD(, order_dns_removal) order_dns_removals =
+    TAILQ_HEAD_INITIALIZER(order_dns_removals);
+
+static void	order_dns_remove_run(struct order_dns_removal *);
+
+static void
+order_dns_removal_free(struct order_dns_removal *or)
+{
+	TAILQ_REMOVE(&order_dns_removals, or, or_entry);
+	if (or->or_timer != NULL)
+		event_free(or->or_timer);
+	free(or->or_dir);
+	free(or->or_hook);
+	free(or->or_fqdn);
+	free(or->or_value);
+	free(or);
+}
+
+static void
+order_dns_retry_cb(int fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	order_dns_remove_run(arg);
+}
+
+static void
+order_dns_removed(int rc, const char *why, void *arg)
+{
+	struct order_dns_removal	*or = arg;
+	struct timeval			 tv = { 0, 0 };
+
+	if (rc == 0) {
+		store_remove_dns_record(or->or_dir, or->or_value);
+		log_info("TXT %s \"%s\" removed", or->or_fqdn, or->or_value);
+		order_dns_removal_free(or);
+		return;
+	}
+	if (!or->or_retry) {
+		log_warnx("%s: TXT %s stays noted in %s/dns-01: the next start "
+		    "removes it", why, or->or_fqdn, or->or_dir);
+		order_dns_removal_free(or);
+		return;
+	}
+	log_warnx("%s: removing the TXT %s left over again in %ds", why,
+	    or->or_fqdn, or->or_delay);
+	if (or->or_timer == NULL &&
+	    (or->or_timer = evtimer_new(or->or_base, order_dns_retry_cb,
+	    or)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	tv.tv_sec = or->or_delay;
+	evtimer_add(or->or_timer, &tv);
+	or->or_delay = or->or_delay * 2 > ORDER_DNS_RETRY_MAX ?
+	    ORDER_DNS_RETRY_MAX : or->or_delay * 2;
+}
+
+static void
+order_dns_remove_run(struct order_dns_removal *or)
+{
+	dns_hook_run(or->or_base, or->or_hook, or->or_timeout, "del",
+	    or->or_fqdn, or->or_value, order_dns_removed, or);
+}
+
+/* "del" the record; its note in dir goes once that succeeded. */
+static void
+order_dns_remove(struct event_base *base, const char *dir, const char *hook,
+    int timeout, const char *fqdn, const char *value, int retry)
+{
+	struct order_dns_removal	*or;
+
+	or = xcalloc(1, sizeof(*or));
+	or->or_base = base;
+	or->or_dir = xstrdup(dir);
+	or->or_hook = xstrdup(hook);
+	or->or_timeout = timeout;
+	or->or_fqdn = xstrdup(fqdn);
+	or->or_value = xstrdup(value);
+	or->or_retry = retry;
+	or->or_delay = ORDER_DNS_RETRY_FIRST;
+	TAILQ_INSERT_TAIL(&order_dns_removals, or, or_entry);
+	order_dns_remove_run(or);
+}
+
+/*
+ * Note the record before its "add" runs.  A note that cannot be written
+ * costs only the removal after a crash: the order goes on, with a warning.
+ */
+static void
+order_dns_note(struct cert *ce, const struct order_dns *od)
+{
+	char	*cause = NULL;
+
+	if (store_save_dns_record(acme_issuer_state_path(ce->ce_issuer),
+	    od->od_fqdn, od->od_value, &cause) == -1) {
+		log_warnx("certificate \"%s\": %s: a crash before its removal "
+		    "would leave TXT %s behind", ce->ce_id, cause,
+		    od->od_fqdn);
+		free(cause);
+	}
+}
+
+/*
+ * At start: remove the records a crash (or a failed "del") left behind,
+ * as noted in the issuer's state_path.
+ */
+void
+order_dns_sweep(struct event_base *base, const struct conf_issuer *ci)
+{
+	struct store_dns_record	*recs = NULL;
+	size_t			 n = 0, i;
+	char			*cause = NULL;
+
+	if (store_load_dns_records(ci->ci_state_path, &recs, &n,
+	    &cause) == -1) {
+		log_warnx("acme_issuer \"%s\": %s", ci->ci_name, cause);
+		free(cause);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		if (ci->ci_dns_hook == NULL) {
+			log_warnx("acme_issuer \"%s\": TXT %s \"%s\" was left "
+			    "behind, and the issuer has no dns_hook now: "
+			    "remove it by hand, and %s/dns-01/%s.json",
+			    ci->ci_name, recs[i].sd_fqdn, recs[i].sd_value,
+			    ci->ci_state_path, recs[i].sd_value);
+			continue;
+		}
+		log_info("acme_issuer \"%s\": removing TXT %s \"%s\", left "
+		    "behind by an earlier run", ci->ci_name, recs[i].sd_fqdn,
+		    recs[i].sd_value);
+		order_dns_remove(base, ci->ci_state_path, ci->ci_dns_hook,
+		    ci->ci_dns_hook_timeout, recs[i].sd_fqdn,
+		    recs[i].sd_value, 1);
+	}
+	store_dns_records_free(recs, n);
+}
+
+/* At exit, after dns_hook_shutdown(): no callback can come any more. */
+void
+order_dns_shutdown(void)
+{
+	struct order_dns_removal	*or;
+
+	while ((or = TAILQ_FIRST(&order_dns_removals)) != NULL)
+		order_dns_removal_free(or);
+}
+
 static void
 order_dns_added(int rc, const char *why, void *arg)
 {
@@ -79,6 +254,7 @@ order_dns_present(struct cert *ce, const char *ident, const char *keyauth)
 	od->od_fqdn = order_dns_fqdn(ident);
 	od->od_value = order_dns_txt(keyauth);
 	ce->ce_dns = od;
+	order_dns_note(ce, od);
 	log_info("certificate \"%s\": publishing TXT %s \"%s\"", ce->ce_id,
 	    od->od_fqdn, od->od_value);
 	od->od_add = dns_hook_run(ce->ce_base, ce->ce_dns_hook,
@@ -99,8 +275,9 @@ order_dns_clear(struct cert *ce)
 	dns_hook_forget(od->od_add);
 	log_info("certificate \"%s\": removing TXT %s", ce->ce_id,
 	    od->od_fqdn);
-	dns_hook_run(ce->ce_base, ce->ce_dns_hook, ce->ce_dns_hook_timeout,
-	    "del", od->od_fqdn, od->od_value, NULL, NULL);
+	order_dns_remove(ce->ce_base, acme_issuer_state_path(ce->ce_issuer),
+	    ce->ce_dns_hook, ce->ce_dns_hook_timeout, od->od_fqdn,
+	    od->od_value, 0);
 	free(od->od_fqdn);
 	free(od->od_value);
 	free(od);

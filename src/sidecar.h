@@ -757,6 +757,25 @@ int		 store_load_ari(const char *dir, const char *id,
 		    struct ari_state *, char **);
 void		 store_remove_ari(const char *dir, const char *id);
 
+/*
+ * STATE/dns-01/VALUE.json: a dns-01 TXT record asked for and not yet
+ * removed (order_dns.c).  Load: every note that parses; -1 (cause) only
+ * for a folder that cannot be read.
+ */
+#define STORE_DNS_MAX_NOTES	4096
+struct store_dns_record {
+	char		*sd_fqdn;	/* "_acme-challenge.NAME." */
+	char		*sd_value;
+};
+int		 store_save_dns_record(const char *dir, const char *fqdn,
+		    const char *value, char **);
+int		 store_dns_record_parse(const char *, size_t, char **fqdn,
+		    char **value, char **);
+int		 store_load_dns_records(const char *dir,
+		    struct store_dns_record **, size_t *, char **);
+void		 store_dns_records_free(struct store_dns_record *, size_t);
+void		 store_remove_dns_record(const char *dir, const char *value);
+
 /* writer.c: store_save_cert() on a thread of its own. */
 typedef void	(*writer_cb)(int rc, const char *cause, void *);
 struct writer_job;
@@ -846,6 +865,10 @@ struct dns_hook_job *dns_hook_run(struct event_base *, const char *program,
 		    const char *value, dns_hook_cb, void *);
 void		 dns_hook_forget(struct dns_hook_job *);	/* no callback */
 void		 dns_hook_shutdown(void);
+/* order_dns.c: records left behind by an earlier run, removed. */
+void		 order_dns_sweep(struct event_base *,
+		    const struct conf_issuer *);
+void		 order_dns_shutdown(void);	/* after dns_hook_shutdown */
 
 /* challenge.c: HTTP-01 responder on libmicrohttpd inside the loop. */
 #define CHALLENGE_MAX_CONNS	256

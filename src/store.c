@@ -1496,3 +1496,220 @@ store_remove_ari(const char *dir, const char *id)
 		log_warn("store: unlink %s", path);
 	free(path);
 }
+
+/*
+ * STATE/dns-01/VALUE.json: a dns-01 TXT record the hook is asked to add
+ * (order_dns.c), written before the "add" runs and removed once its "del"
+ * succeeded, so that a record left behind by a crash is removed at the
+ * next start.  VALUE, the record's text, is unique to its authorization
+ * and base64url, so it makes a safe file name.  What is read back is
+ * outside input: a note that does not parse is left alone, with a warning.
+ */
+#define STORE_DNS		"dns-01"
+#define STORE_DNS_VALUE_LEN	43	/* base64url of a SHA-256 */
+#define STORE_DNS_FQDN_MAX	255
+
+static int
+store_dns_value_valid(const char *value)
+{
+	size_t	 i;
+
+	for (i = 0; value[i] != '\0'; i++)
+		if (!isalnum((unsigned char)value[i]) && value[i] != '-' &&
+		    value[i] != '_')
+			return 0;
+	return i == STORE_DNS_VALUE_LEN;
+}
+
+/* "_acme-challenge.NAME.": host name characters, no empty label. */
+static int
+store_dns_fqdn_valid(const char *fqdn)
+{
+	size_t	 i, len = strlen(fqdn);
+
+	if (len > STORE_DNS_FQDN_MAX || len < 2 || fqdn[len - 1] != '.' ||
+	    strncmp(fqdn, "_acme-challenge.", 16) != 0)
+		return 0;
+	for (i = 0; i < len; i++) {
+		if (fqdn[i] == '.' && (i == 0 || fqdn[i - 1] == '.'))
+			return 0;
+		if (!isalnum((unsigned char)fqdn[i]) && fqdn[i] != '-' &&
+		    fqdn[i] != '_' && fqdn[i] != '.')
+			return 0;
+	}
+	return 1;
+}
+
+static char *
+store_dns_path(const char *dir, const char *value)
+{
+	char	*path;
+
+	xasprintf(&path, "%s/%s/%s.json", dir, STORE_DNS, value);
+	return path;
+}
+
+int
+store_save_dns_record(const char *dir, const char *fqdn, const char *value,
+    char **cause)
+{
+	json_t	*o = NULL;
+	char	*ddir = NULL, *path = NULL, *text = NULL;
+	int	 rc = -1;
+
+	if (!store_dns_value_valid(value) || !store_dns_fqdn_valid(fqdn)) {
+		xasprintf(cause, "not a dns-01 record: %s \"%s\"", fqdn, value);
+		goto out;
+	}
+	o = json_pack("{s:s, s:s}", "fqdn", fqdn, "value", value);
+	if (o == NULL || (text = json_dumps(o, JSON_COMPACT)) == NULL)
+		fatalx("%s: json", __func__);
+	xasprintf(&ddir, "%s/%s", dir, STORE_DNS);
+	if (store_mkdir(ddir, cause) == -1)
+		goto out;
+	path = store_dns_path(dir, value);
+	rc = store_write_atomic(path, text, strlen(text), 0600, cause);
+out:
+	json_decref(o);
+	free(text);
+	free(path);
+	free(ddir);
+	return rc;
+}
+
+/* A note's text: 0 with *fqdn and *value set (caller frees), or -1. */
+int
+store_dns_record_parse(const char *text, size_t len, char **fqdn,
+    char **value, char **cause)
+{
+	json_t		*o;
+	json_error_t	 jerr;
+	const char	*f, *v;
+	int		 rc = -1;
+
+	*fqdn = *value = NULL;
+	if ((o = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr)) ==
+	    NULL) {
+		xasprintf(cause, "not JSON: %s", jerr.text);
+		return -1;
+	}
+	f = json_string_value(json_object_get(o, "fqdn"));
+	v = json_string_value(json_object_get(o, "value"));
+	/* jansson refuses a NUL inside a string (no JSON_ALLOW_NUL). */
+	if (f == NULL || v == NULL || !store_dns_fqdn_valid(f) ||
+	    !store_dns_value_valid(v)) {
+		xasprintf(cause, "no valid \"fqdn\" and \"value\"");
+		goto out;
+	}
+	*fqdn = xstrdup(f);
+	*value = xstrdup(v);
+	rc = 0;
+out:
+	json_decref(o);
+	return rc;
+}
+
+/* One note of STATE/dns-01 by its file name; 0 and set, or -1 (logged). */
+static int
+store_load_dns_one(const char *dir, const char *name,
+    struct store_dns_record *rec)
+{
+	char	*path = NULL, *text = NULL, *value = NULL, *why = NULL;
+	size_t	 len, namelen = strlen(name);
+	int	 rc = -1;
+
+	if (namelen != STORE_DNS_VALUE_LEN + 5 ||
+	    strcmp(name + STORE_DNS_VALUE_LEN, ".json") != 0)
+		return -1;	/* a temp file, or not ours */
+	value = xstrndup(name, STORE_DNS_VALUE_LEN);
+	if (!store_dns_value_valid(value))
+		goto out;
+	path = store_dns_path(dir, value);
+	if (store_read_file(path, &text, &len, &why) != 0)
+		goto out;
+	if (store_dns_record_parse(text, len, &rec->sd_fqdn, &rec->sd_value,
+	    &why) == -1)
+		goto out;
+	if (strcmp(rec->sd_value, value) != 0) {
+		xasprintf(&why, "its value is not its name");
+		free(rec->sd_fqdn);
+		free(rec->sd_value);
+		goto out;
+	}
+	rc = 0;
+out:
+	if (rc == -1 && path != NULL)
+		log_warnx("store: %s: %s; left alone", path,
+		    why != NULL ? why : "absent");
+	free(why);
+	free(text);
+	free(value);
+	free(path);
+	return rc;
+}
+
+/*
+ * Every note in STATE/dns-01, at most STORE_DNS_MAX_NOTES.  0: *recs (an
+ * array the caller frees with store_dns_records_free) and *n set; -1:
+ * the folder is unsafe or unreadable (cause).
+ */
+int
+store_load_dns_records(const char *dir, struct store_dns_record **recs,
+    size_t *n, char **cause)
+{
+	DIR			*d = NULL;
+	struct dirent		*de;
+	struct store_dns_record	 rec;
+	char			*ddir = NULL;
+	int			 rc = -1;
+
+	*recs = NULL;
+	*n = 0;
+	xasprintf(&ddir, "%s/%s", dir, STORE_DNS);
+	if ((rc = store_dir_ok(ddir, cause)) != 0) {
+		rc = rc == 1 ? 0 : -1;
+		goto out;
+	}
+	rc = -1;
+	if ((d = opendir(ddir)) == NULL) {
+		xasprintf(cause, "%s: %s", ddir, strerror(errno));
+		goto out;
+	}
+	while ((de = readdir(d)) != NULL && *n < STORE_DNS_MAX_NOTES) {
+		if (store_load_dns_one(dir, de->d_name, &rec) == -1)
+			continue;
+		*recs = xreallocarray(*recs, *n + 1, sizeof(**recs));
+		(*recs)[(*n)++] = rec;
+	}
+	rc = 0;
+out:
+	if (d != NULL)
+		closedir(d);
+	free(ddir);
+	return rc;
+}
+
+void
+store_dns_records_free(struct store_dns_record *recs, size_t n)
+{
+	size_t	 i;
+
+	for (i = 0; i < n; i++) {
+		free(recs[i].sd_fqdn);
+		free(recs[i].sd_value);
+	}
+	free(recs);
+}
+
+void
+store_remove_dns_record(const char *dir, const char *value)
+{
+	char	*path;
+
+	if (!store_dns_value_valid(value))
+		return;
+	path = store_dns_path(dir, value);
+	if (unlink(path) == -1 && errno != ENOENT)
+		log_warn("store: unlink %s", path);
+	free(path);
+}

@@ -6,6 +6,7 @@ through a DNS provider's."""
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -335,3 +336,64 @@ def test_module_t_errors(tmp_path, pebble, nginx_factory):
                     http_block_head(nginx.prefix) + body + "}\n")
         rc, out = nginx.test_config()
         assert rc != 0 and message in out, out
+
+
+def test_dns01_record_left_by_a_crash_is_removed_at_start(tmp_path, pebble,
+                                                         http_port,
+                                                         sidecar_factory):
+    """The daemon is killed (-9) while the hook removes a record: the note
+    it wrote in state_path before the "add" survives, and the next start
+    runs the "del" again and drops the note.  A note that does not parse
+    is left alone, with a warning."""
+    mgmt = pebble.chall_mgmt_port
+    block, delpid = tmp_path / "block-del", tmp_path / "del.pid"
+    good = hook(tmp_path, "good.sh", HOOK % {"port": mgmt})
+    # While block-del exists, "del" hangs (its pid in del.pid).
+    blocking = hook(tmp_path, "blocking.sh", "#!/bin/sh\n"
+                    "if [ \"$1\" = del ] && [ -e %s ]; then\n"
+                    "    echo $$ > %s.tmp && mv %s.tmp %s\n"
+                    "    exec sleep 300\n"
+                    "fi\n"
+                    "exec %s \"$@\"\n" % (block, delpid, delpid, delpid, good))
+    block.touch()
+    state = tmp_path / "state"
+    conf = tmp_path / "sidecar.conf"
+    extra = "challenge dns-01;\n    dns_hook %s;" % blocking
+    write_config(conf, pebble, state, http_port,
+                 [(["crash.example.test"], None)], issuer_extra=extra)
+    sidecar = sidecar_factory(conf, [pebble]).start()
+    deadline = time.monotonic() + ISSUE_TIMEOUT
+    while not delpid.exists():
+        assert sidecar.alive() and time.monotonic() < deadline, \
+            "the hook's del never ran" + sidecar.diagnostics()
+        time.sleep(0.1)
+    name = "_acme-challenge.crash.example.test."
+    notes = list((state / "dns-01").glob("*.json"))
+    assert len(notes) == 1, notes
+    assert notes[0].stat().st_mode & 0o777 == 0o600
+    note = json.loads(notes[0].read_text())
+    assert note["fqdn"] == name
+    assert notes[0].name == note["value"] + ".json"
+    assert txt_records(pebble.dns_port, name) == [note["value"]]
+
+    sidecar.kill()
+    os.killpg(int(delpid.read_text()), signal.SIGKILL)
+    block.unlink()
+    assert txt_records(pebble.dns_port, name) == [note["value"]]
+    bogus = state / "dns-01" / ("A" * 43 + ".json")
+    bogus.write_text('{"fqdn": "_acme-challenge.x.test; rm -rf /", '
+                     '"value": "%s"}' % ("A" * 43))
+
+    # The next start, without the certificate: only the sweep runs.
+    write_config(conf, pebble, state, http_port, [], issuer_extra=extra)
+    sidecar.start()
+    sidecar.wait_log(r'TXT %s "%s" removed' % (name.replace(".", r"\."),
+                                                note["value"]), timeout=30)
+    assert not notes[0].exists()
+    assert txt_records(pebble.dns_port, name) == []
+    log = sidecar.log()
+    assert 'removing TXT %s "%s", left behind by an earlier run' % (
+        name, note["value"]) in log, log
+    assert "%s: no valid \"fqdn\" and \"value\"; left alone" % bogus in log
+    assert bogus.exists()
+    assert sidecar.stop() == 0
