@@ -414,6 +414,8 @@ control_cert_json(const struct cert *ce)
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
 	json_object_set_new(j, "profile", control_str(oi.oi_profile));
+	json_object_set_new(j, "challenge",
+	    json_string(conf_challenge_name(order_cert_challenge(ce))));
 	json_object_set_new(j, "renewal", control_renewal_json(&oi));
 	return j;
 }

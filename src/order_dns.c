@@ -37,6 +37,13 @@ struct order_dns {
 	struct dns_hook_job	*od_add;	/* in flight, or NULL */
 };
 
+/* How the CA validates the certificate's identifiers (GET /v1/...). */
+enum challenge_type
+order_cert_challenge(const struct cert *ce)
+{
+	return ce->ce_challenge;
+}
+
 /* The TXT record's text for a key authorization; the caller frees. */
 char *
 order_dns_txt(const char *keyauth)

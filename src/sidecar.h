@@ -1059,6 +1059,8 @@ int		 order_cert_same_conf(const struct cert *,
 		    const struct conf_cert *);
 struct acme_issuer *order_cert_issuer(const struct cert *);
 void		 order_cert_info(const struct cert *, struct order_info *);
+/* order_dns.c: the challenge type the certificate is validated with. */
+enum challenge_type order_cert_challenge(const struct cert *);
 const char	*order_state_name(enum order_state);
 int		 order_revoke(struct cert *, int reason, const char *name,
 		    order_revoke_cb, void *, char **);

@@ -287,6 +287,7 @@ ctl_print_cert(json_t *ce)
 		{ "id", "id" },
 		{ "issuer", "issuer" },
 		{ "key type", "key_type" },
+		{ "challenge", "challenge" },
 		{ "state", "state" },
 		{ "valid", "valid" },
 		{ "not before", "not_before" },

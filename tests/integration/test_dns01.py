@@ -6,6 +6,7 @@ through a DNS provider's."""
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -361,12 +362,28 @@ def test_dns01_record_left_by_a_crash_is_removed_at_start(tmp_path, pebble,
     extra = "challenge dns-01;\n    dns_hook %s;" % blocking
     write_config(conf, pebble, state, http_port,
                  [(["crash.example.test"], None)], issuer_extra=extra)
+    with open(conf, "a") as f:
+        f.write("acme_certificate pebble web.example.test "
+                "challenge=http-01;\n")
     sidecar = sidecar_factory(conf, [pebble]).start()
     deadline = time.monotonic() + ISSUE_TIMEOUT
     while not delpid.exists():
         assert sidecar.alive() and time.monotonic() < deadline, \
             "the hook's del never ran" + sidecar.diagnostics()
         time.sleep(0.1)
+    # The API and acmectl show each certificate's challenge type.
+    sock = tmp_path / "control.sock"
+    got = {c["id"]: c["challenge"]
+           for c in api(sock, "/v1/certificates")["certificates"]}
+    assert got == {"crash.example.test": "dns-01",
+                   "web.example.test": "http-01"}, got
+    assert api(sock, "/v1/certificates/web.example.test")["challenge"] == \
+        "http-01"
+    p = subprocess.run([str(ACMECTL), "-s", str(sock), "show",
+                        "crash.example.test"], stdout=subprocess.PIPE,
+                       text=True, timeout=10)
+    assert p.returncode == 0 and \
+        re.search(r"^challenge +dns-01$", p.stdout, re.M), p.stdout
     name = "_acme-challenge.crash.example.test."
     notes = list((state / "dns-01").glob("*.json"))
     assert len(notes) == 1, notes
