@@ -122,17 +122,21 @@ fuzz_order(struct acme_reply *r)
 	order_strv_free(ce.ce_authz, ce.ce_nauthz);
 }
 
+/* An authorization, for a certificate over http-01 or (odd length) dns-01. */
 static void
 fuzz_authz(struct acme_reply *r)
 {
+	struct cert	 ce;
 	json_t		*c;
 	const char	*token;
 	char		*keyauth;
 
+	memset(&ce, 0, sizeof(ce));
+	ce.ce_challenge = r->len % 2 ? CHALLENGE_DNS_01 : CHALLENGE_HTTP_01;
 	log_debug("%s %s: %s", order_json_str(json_object_get(r->json,
 	    "identifier"), "value"), order_status(r) != NULL ?
-	    order_status(r) : "?", order_authz_error(r->json));
-	c = order_find_challenge(r->json);
+	    order_status(r) : "?", order_authz_error(&ce, r->json));
+	c = order_find_challenge(&ce, r->json);
 	token = json_string_value(json_object_get(c, "token"));
 	if (challenge_token_valid(token)) {
 		keyauth = keys_key_authorization(token, "thumbprint");
