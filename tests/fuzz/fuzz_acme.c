@@ -4,6 +4,8 @@
  * Retry-After, Content-Type, Link) and body become an acme_reply, which
  * the directory, problem, order, authorization and challenge parsers,
  * the PEM chain readers and the renewalInfo parser (ari.c) take apart.
+ * The dns-01 note (store.c, STATE/dns-01/VALUE.json) is read here too:
+ * outside input on the next start, like STATE/ari.
  *
  * acme.c and order.c are #included to reach their static parsers; the
  * other objects are linked as built.  The directory goes through the real
@@ -29,6 +31,7 @@ enum {
 	FUZZ_AUTHZ,		/* authorization and its challenges */
 	FUZZ_CHAIN,		/* PEM chain, key, Link headers */
 	FUZZ_RENEWAL_INFO,	/* ARI: renewalInfo, its kept state */
+	FUZZ_DNS_NOTE,		/* STATE/dns-01/VALUE.json */
 	FUZZ_KINDS
 };
 
@@ -190,6 +193,36 @@ fuzz_renewal_info(struct acme_reply *r)
 	free(id);
 }
 
+/*
+ * A note of a dns-01 record left to remove: what it accepts goes on a
+ * hook's command line, so it must be a record name and a base64url value.
+ */
+static void
+fuzz_dns_note(const char *text, size_t len)
+{
+	char	*fqdn = NULL, *value = NULL, *cause = NULL;
+	size_t	 i;
+
+	if (store_dns_record_parse(text, len, &fqdn, &value, &cause) == -1) {
+		free(cause);
+		return;
+	}
+	if (strncmp(fqdn, "_acme-challenge.", 16) != 0 ||
+	    fqdn[strlen(fqdn) - 1] != '.' || strlen(value) != 43 ||
+	    strstr(fqdn, "..") != NULL)
+		abort();
+	for (i = 0; fqdn[i] != '\0'; i++)
+		if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789-_.", fqdn[i]) == NULL)
+			abort();
+	for (i = 0; value[i] != '\0'; i++)
+		if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789-_", value[i]) == NULL)
+			abort();
+	free(fqdn);
+	free(value);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -211,6 +244,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (data[0] % FUZZ_KINDS != FUZZ_REPLY &&
 	    data[0] % FUZZ_KINDS != FUZZ_CHAIN &&
 	    data[0] % FUZZ_KINDS != FUZZ_RENEWAL_INFO &&
+	    data[0] % FUZZ_KINDS != FUZZ_DNS_NOTE &&
 	    evhttp_find_header(&headers, "Content-Type") == NULL)
 		evhttp_add_header(&headers, "Content-Type", "application/json");
 	hr.hr_len = strlen(hr.hr_body);
@@ -237,6 +271,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	case FUZZ_RENEWAL_INFO:
 		fuzz_renewal_info(&r);
+		break;
+	case FUZZ_DNS_NOTE:
+		fuzz_dns_note((const char *)data + 2, size - 2);
 		break;
 	}
 	json_decref(r.json);
