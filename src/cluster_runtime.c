@@ -3,7 +3,9 @@
  *
  * The hash PREFIX:runtime holds one field per certificate, its id, with
  * {"v":1, "issuer":NAME, "identifiers":[...], "key":TYPE} as the value,
- * with "profile":NAME when one was given (older nodes ignore it):
+ * with "profile":NAME when one was given and "challenge":TYPE ("http-01"
+ * or "dns-01") when it overrides the issuer's (older nodes ignore both;
+ * without "challenge" the issuer's applies, as before it existed):
  * what POST /v1/certificates was given, checked again by each node as
  * its own POST would be (main.c).  A deletion leaves {"v":1,
  * "deleted":true}: a field that is missing is one Redis lost (a failover,
@@ -136,6 +138,9 @@ runtime_value(const struct conf_cert *cc)
 	    key_type_name(cc->cc_key));
 	if (o != NULL && cc->cc_profile != NULL)
 		json_object_set_new(o, "profile", json_string(cc->cc_profile));
+	if (o != NULL && cc->cc_challenge != CHALLENGE_ISSUER)
+		json_object_set_new(o, "challenge", json_string(
+		    conf_challenge_name((enum challenge_type)cc->cc_challenge)));
 	if (o == NULL || (s = json_dumps(o, JSON_COMPACT)) == NULL)
 		fatalx("%s: json", __func__);
 	json_decref(o);
@@ -197,6 +202,7 @@ cluster_runtime_clear(struct cluster_runtime *cr)
 	free(cr->cr_idents);
 	free(cr->cr_key);
 	free(cr->cr_profile);
+	free(cr->cr_challenge);
 	memset(cr, 0, sizeof(*cr));
 }
 
@@ -244,7 +250,7 @@ cluster_runtime_parse(const char *id, const char *text, size_t len,
 {
 	json_error_t	 err;
 	json_t		*o;
-	const char	*issuer, *key, *profile = NULL;
+	const char	*issuer, *key, *profile = NULL, *challenge = NULL;
 	int		 rc = -1;
 
 	memset(cr, 0, sizeof(*cr));
@@ -273,12 +279,18 @@ cluster_runtime_parse(const char *id, const char *text, size_t len,
 	    runtime_string(json_object_get(o, "profile"), RUNTIME_STRING_MAX,
 	    &profile) == -1)
 		xasprintf(cause, "\"profile\" is not a name");
+	else if (json_object_get(o, "challenge") != NULL &&
+	    runtime_string(json_object_get(o, "challenge"), RUNTIME_STRING_MAX,
+	    &challenge) == -1)
+		xasprintf(cause, "\"challenge\" is not a challenge type");
 	else if (runtime_idents(json_object_get(o, "identifiers"), cr,
 	    cause) == 0) {
 		cr->cr_id = xstrdup(id);
 		cr->cr_issuer = xstrdup(issuer);
 		cr->cr_key = xstrdup(key);
 		cr->cr_profile = profile != NULL ? xstrdup(profile) : NULL;
+		cr->cr_challenge = challenge != NULL ? xstrdup(challenge) :
+		    NULL;
 		rc = 0;
 	}
 	json_decref(o);

@@ -384,11 +384,7 @@ main_fleet_unreachable(char **cause)
 	return 1;
 }
 
-/*
- * POST /v1/certificates.  The fleet's record of an API certificate
- * (cluster_runtime.c) has no challenge yet: a replica would validate it
- * with its issuer's, so a cluster takes the issuer's only.
- */
+/* POST /v1/certificates. */
 static enum control_result
 main_cert_add(const char *issuer, char *const *idents, size_t n,
     const char *key, const char *profile, const char *challenge,
@@ -397,11 +393,6 @@ main_cert_add(const char *issuer, char *const *idents, size_t n,
 	struct conf_cert	*cc;
 	enum control_result	 rc;
 
-	if (main_cluster != NULL && challenge != NULL) {
-		xasprintf(cause, "\"challenge\" cannot be set through the API "
-		    "of a cluster yet: set \"challenge\" in acme_issuer");
-		return CONTROL_INVALID;
-	}
 	if (main_fleet_unreachable(cause))
 		return CONTROL_UNAVAILABLE;
 	rc = main_runtime_add(issuer, idents, n, key, profile, challenge,
@@ -479,9 +470,8 @@ main_fleet_runtime_add(const struct cluster_runtime *cr)
 	    cluster_runtime_pending(cr->cr_id))
 		return;
 	if (main_runtime_add(cr->cr_issuer, cr->cr_idents, cr->cr_nidents,
-	    cr->cr_key, cr->cr_profile, NULL, "on another node", &cc,
-	    &cause) !=
-	    CONTROL_OK) {
+	    cr->cr_key, cr->cr_profile, cr->cr_challenge, "on another node",
+	    &cc, &cause) != CONTROL_OK) {
 		log_warnx("cluster: the API certificate \"%.64s\" of another "
 		    "node: ignored: %s", cr->cr_id, cause);
 		free(cause);

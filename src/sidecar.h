@@ -523,6 +523,7 @@ struct cluster_runtime {
 	size_t		 cr_nidents;
 	char		*cr_key;		/* key type, as in key= */
 	char		*cr_profile;		/* profile=, or NULL */
+	char		*cr_challenge;		/* challenge=, or NULL */
 	int		 cr_deleted;		/* only cr_id is set */
 };
 typedef void	(*cluster_runtime_cb)(const struct cluster_runtime *,

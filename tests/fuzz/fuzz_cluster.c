@@ -280,7 +280,11 @@ fuzz_runtime(const uint8_t *data, size_t size)
 		FUZZ_ASSERT(cr.cr_nidents >= 1 && cr.cr_nidents <= 100);
 		for (i = 0; i < cr.cr_nidents; i++)
 			FUZZ_ASSERT(*cr.cr_idents[i] != '\0');
-	}
+		/* Optional, as "profile": a name, checked by conf. */
+		FUZZ_ASSERT(cr.cr_challenge == NULL ||
+		    strlen(cr.cr_challenge) >= 1);
+	} else
+		FUZZ_ASSERT(cr.cr_challenge == NULL && cr.cr_issuer == NULL);
 	cluster_runtime_clear(&cr);
 }
 
@@ -542,6 +546,9 @@ fuzz_seeds(const char *dir)
 	fuzz_seed_str(dir, "runtime", FUZZ_RUNTIME, "{\"v\":1,\"issuer\":"
 	    "\"pebble\",\"identifiers\":[\"a.example.test\",\"b.example."
 	    "test\"],\"key\":\"ecdsa:256\"}");
+	fuzz_seed_str(dir, "runtime-challenge", FUZZ_RUNTIME, "{\"v\":1,"
+	    "\"issuer\":\"pebble\",\"identifiers\":[\"*.example.test\"],"
+	    "\"key\":\"ecdsa:256\",\"challenge\":\"dns-01\"}");
 	fuzz_seed_str(dir, "runtime-deleted", FUZZ_RUNTIME,
 	    "{\"v\":1,\"deleted\":true}");
 	fuzz_seed_str(dir, "runtime-foreign", FUZZ_RUNTIME,

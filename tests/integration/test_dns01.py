@@ -414,3 +414,68 @@ def test_dns01_record_left_by_a_crash_is_removed_at_start(tmp_path, pebble,
     assert "%s: no valid \"fqdn\" and \"value\"; left alone" % bogus in log
     assert bogus.exists()
     assert sidecar.stop() == 0
+
+
+def test_dns01_through_the_api_of_a_cluster(tmp_path, pebble,
+                                            sidecar_factory):
+    """POST /v1/certificates with "challenge": "dns-01" on one node of a
+    cluster: the fleet's record carries it, so the other node adds the
+    wildcard too (over http-01 it would refuse it), and the certificate
+    is issued and stored on both."""
+    from clusterlib import PREFIX, Redis, write_secret
+    redis = Redis(tmp_path / "redis").start()
+    try:
+        good = hook(tmp_path, "good.sh",
+                    HOOK % {"port": pebble.chall_mgmt_port})
+        secret = write_secret(tmp_path / "secret")
+        nodes = []
+        for i in range(2):
+            d = tmp_path / ("node%d" % i)
+            d.mkdir()
+            conf = d / "sidecar.conf"
+            write_config(conf, pebble, d / "state", free_port(), [],
+                         issuer_extra="dns_hook %s;" % good)
+            with open(conf, "a") as f:
+                f.write("cluster redis://127.0.0.1:%d prefix=%s node=node%d "
+                        "secret_file=%s;\n" % (redis.port, PREFIX, i, secret))
+            nodes.append((d, sidecar_factory(conf, [pebble]).start()))
+        for d, s in nodes:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    st = api(d / "control.sock", "/v1/status")
+                    if sorted(st["cluster"]["members"]) == ["node0", "node1"]:
+                        break
+                except (ValueError, KeyError):
+                    pass
+                assert s.alive() and time.monotonic() < deadline, \
+                    s.diagnostics()
+                time.sleep(0.1)
+
+        sock0 = nodes[0][0] / "control.sock"
+        body = json.dumps({"issuer": "pebble", "challenge": "dns-01",
+                           "identifiers": ["*.fleet.example.test"]})
+        p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}",
+                            "--unix-socket", str(sock0), "-d", body,
+                            "http://localhost/v1/certificates"],
+                           stdout=subprocess.PIPE, text=True, timeout=10)
+        out, code = p.stdout.rsplit("\n", 1)
+        assert code == "201", out
+        cid = json.loads(out)["id"]
+        assert cid == "_.fleet.example.test"
+        for d, s in nodes:
+            s.wait_certs(d / "state", [cid], ISSUE_TIMEOUT)
+            verify(d / "state", cid, ["*.fleet.example.test"], pebble,
+                   tmp_path)
+            assert api(d / "control.sock",
+                       "/v1/certificates/" + cid)["challenge"] == "dns-01"
+        assert "acme_certificate pebble *.fleet.example.test " \
+            "challenge=dns-01;" in \
+            (nodes[1][0] / "state" / "certificates.conf").read_text()
+        assert "on another node" in nodes[1][1].log()
+        record = json.loads(redis.cli("HGET", PREFIX + ":runtime", cid))
+        assert record["challenge"] == "dns-01", record
+        for d, s in nodes:
+            assert s.stop() == 0
+    finally:
+        redis.kill()
