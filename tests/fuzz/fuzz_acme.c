@@ -60,6 +60,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	fuzz_ai.ai_name = "fuzz";
 	fuzz_ai.ai_conf = &fuzz_ci;
 	fuzz_ai.ai_kid = "https://127.0.0.1:9/account/1";
+	/* The CA has the configured contact: acme_set_ready() sends nothing. */
+	fuzz_ai.ai_ca_contact = acme_contact_conf(&fuzz_ai);
 	if ((fuzz_ai.ai_key = keys_generate(KEY_ECDSA_256)) == NULL)
 		abort();
 	TAILQ_INIT(&fuzz_ai.ai_boot_queue);
