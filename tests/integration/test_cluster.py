@@ -482,6 +482,9 @@ def test_ari_fleet_asks_once_pebble26(ari_fleet, pebble26):
     live = owner.state / "certs" / cid
     assert revoke_at_ca(pebble26, stored_leaf(owner, cid),
                         (live / "key.pem").read_text()) == 200
+    # The first issuance may take two newOrders (one abandoned when a slow,
+    # sanitized node's lease ran out); the renewal must take one.
+    before = len(proxy.payloads("/order-plz"))
     proxy.release("/renewalInfo/", forward=True)
 
     def settled():
@@ -496,7 +499,9 @@ def test_ari_fleet_asks_once_pebble26(ari_fleet, pebble26):
     assert w["start"] <= rs[0]["at"] <= w["end"], rs[0]
     assert len(issued_by_pebble(pebble26)) == 2
     orders = proxy.payloads("/order-plz")
-    assert len(orders) == 2 and orders[1].get("replaces") == first, orders
+    assert all("replaces" not in o for o in orders[:before]), orders
+    assert len(orders) == before + 1, orders
+    assert orders[-1].get("replaces") == first, orders
     with open(pebble26.path("pebble.log"), errors="replace") as log:
         assert len(re.findall(r"ARI: order .* is a replacement of",
                               log.read())) == 1

@@ -166,7 +166,11 @@ def wait_error(tmp_path, sidecar, pattern, since_count=0):
     since_count; it must match pattern."""
     deadline = time.monotonic() + 20
     while True:
-        code, cert = control(tmp_path, "GET", "/v1/certificates/example.test")
+        try:
+            code, cert = control(tmp_path, "GET",
+                                 "/v1/certificates/example.test")
+        except subprocess.CalledProcessError:
+            cert = {}   # the daemon is starting: no control socket yet
         if cert.get("failures", 0) > since_count:
             msg = cert["last_error"]["message"]
             assert re.search(pattern, msg), msg
