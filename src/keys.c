@@ -1,8 +1,9 @@
 /*
  * Private keys (account and certificate), their public JWK and RFC 7638
- * thumbprint, the RFC 8555 key authorization and the PKCS#10 CSR that
- * finalizes an order.  Only EC P-256/P-384/P-521 and RSA >= 2048 are
- * accepted: those are the keys ACME servers take and jws.c can sign with.
+ * thumbprint, the RFC 8555 key authorization, the PKCS#10 CSR that
+ * finalizes an order and the tls-alpn-01 validation certificate.  Only
+ * EC P-256/P-384/P-521 and RSA >= 2048 are accepted: those are the keys
+ * ACME servers take and jws.c can sign with.
  */
 #include <sys/stat.h>
 
@@ -20,6 +21,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -519,4 +521,107 @@ out:
 	OPENSSL_free(der);
 	X509_REQ_free(req);
 	return csr;
+}
+
+/*
+ * RFC 8737 section 3: the acmeIdentifier extension (id-pe 31), critical,
+ * whose value is an OCTET STRING of SHA-256(key authorization).
+ */
+#define KEYS_ALPN_OID		"1.3.6.1.5.5.7.1.31"
+#define KEYS_ALPN_DAYS		7	/* lives for one authorization */
+
+static int
+keys_alpn_ext(X509 *x, const char *keyauth)
+{
+	unsigned char		 digest[SHA256_DIGEST_LENGTH];
+	ASN1_OCTET_STRING	*hash = NULL, *value = NULL;
+	ASN1_OBJECT		*oid = NULL;
+	X509_EXTENSION		*ext = NULL;
+	unsigned char		*der = NULL;
+	int			 len, rc = -1;
+
+	SHA256((const unsigned char *)keyauth, strlen(keyauth), digest);
+	if ((hash = ASN1_OCTET_STRING_new()) == NULL ||
+	    !ASN1_OCTET_STRING_set(hash, digest, sizeof(digest)) ||
+	    (len = i2d_ASN1_OCTET_STRING(hash, &der)) <= 0 ||
+	    (value = ASN1_OCTET_STRING_new()) == NULL ||
+	    !ASN1_OCTET_STRING_set(value, der, len) ||
+	    (oid = OBJ_txt2obj(KEYS_ALPN_OID, 1)) == NULL ||
+	    (ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 1, value)) == NULL ||
+	    !X509_add_ext(x, ext, -1)) {
+		log_openssl("keys_alpn_cert: acmeIdentifier");
+		goto out;
+	}
+	rc = 0;
+out:
+	X509_EXTENSION_free(ext);
+	ASN1_OBJECT_free(oid);
+	ASN1_OCTET_STRING_free(value);
+	ASN1_OCTET_STRING_free(hash);
+	OPENSSL_free(der);
+	return rc;
+}
+
+/* The identifier alone in subjectAltName: dNSName or iPAddress. */
+static int
+keys_alpn_san(X509 *x, const char *ident)
+{
+	GENERAL_NAMES	*gens;
+	GENERAL_NAME	*gen;
+	int		 rc = 0;
+
+	if ((gens = GENERAL_NAMES_new()) == NULL)
+		fatalx("keys_alpn_cert: GENERAL_NAMES_new");
+	gen = keys_csr_gen(ident);
+	if (!sk_GENERAL_NAME_push(gens, gen)) {
+		GENERAL_NAME_free(gen);
+		fatalx("keys_alpn_cert: sk_GENERAL_NAME_push");
+	}
+	if (X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0,
+	    X509V3_ADD_DEFAULT) != 1) {
+		log_openssl("keys_alpn_cert: subjectAltName");
+		rc = -1;
+	}
+	GENERAL_NAMES_free(gens);
+	return rc;
+}
+
+/*
+ * The self-signed validation certificate of tls-alpn-01 for ident, with
+ * key (RFC 8737 section 3).  A random serial and a validity from a day
+ * back, so a CA whose clock is behind ours still takes it.
+ */
+X509 *
+keys_alpn_cert(EVP_PKEY *key, const char *ident, const char *keyauth)
+{
+	X509		*x;
+	ASN1_INTEGER	*serial;
+	BIGNUM		*bn;
+
+	if ((x = X509_new()) == NULL || (bn = BN_new()) == NULL)
+		fatalx("keys_alpn_cert: X509_new");
+	if (!BN_rand(bn, 64, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) ||
+	    (serial = X509_get_serialNumber(x)) == NULL ||
+	    BN_to_ASN1_INTEGER(bn, serial) == NULL ||
+	    !X509_set_version(x, X509_VERSION_3) ||
+	    X509_gmtime_adj(X509_getm_notBefore(x), -24L * 3600) == NULL ||
+	    X509_gmtime_adj(X509_getm_notAfter(x),
+	    KEYS_ALPN_DAYS * 24L * 3600) == NULL ||
+	    !X509_set_pubkey(x, key)) {
+		log_openssl("keys_alpn_cert");
+		goto fail;
+	}
+	BN_free(bn);
+	bn = NULL;
+	if (keys_alpn_san(x, ident) != 0 || keys_alpn_ext(x, keyauth) != 0)
+		goto fail;
+	if (X509_sign(x, key, keys_csr_md(key)) <= 0) {
+		log_openssl("keys_alpn_cert: sign");
+		goto fail;
+	}
+	return x;
+fail:
+	BN_free(bn);
+	X509_free(x);
+	return NULL;
 }

@@ -591,6 +591,8 @@ char		*keys_thumbprint(EVP_PKEY *);		/* RFC 7638, b64url */
 char		*keys_key_authorization(const char *, const char *);
 /* b64url DER; with_cn: the first identifier as the subject's CN. */
 char		*keys_csr(EVP_PKEY *, char *const *, size_t, int with_cn);
+/* tls-alpn-01's self-signed certificate for an identifier (RFC 8737 3). */
+X509		*keys_alpn_cert(EVP_PKEY *, const char *ident, const char *keyauth);
 
 /* jws.c: RFC 7515 flattened JSON serialisation as RFC 8555 uses it. */
 const char	*jws_alg(EVP_PKEY *);			/* "ES256", ... */

@@ -17,6 +17,7 @@
 #include <openssl/core_names.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -554,6 +555,84 @@ test_keys_load_file(void **state)
 	free(pem);
 }
 
+/*
+ * RFC 8737 section 3: the identifier alone in subjectAltName, and a
+ * critical acmeIdentifier whose value is the DER OCTET STRING of
+ * SHA-256(key authorization): 04 20, then the 32 bytes.
+ */
+static void
+check_alpn_cert(const char *ident, const char *want_san)
+{
+	const char	*ka = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA."
+			    "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+	unsigned char	 want[2 + SHA256_DIGEST_LENGTH], *der = NULL;
+	X509		*x, *back;
+	X509_EXTENSION	*ext;
+	ASN1_OBJECT	*oid;
+	ASN1_OCTET_STRING *value;
+	GENERAL_NAMES	*gens;
+	const GENERAL_NAME *gen;
+	char		 san[128];
+	int		 len, loc;
+
+	assert_non_null(x = keys_alpn_cert(keys[KEY_ECDSA_256], ident, ka));
+	/* Parse it back from DER, as a CA would see it. */
+	assert_true((len = i2d_X509(x, &der)) > 0);
+	{
+		const unsigned char *p = der;
+
+		assert_non_null(back = d2i_X509(NULL, &p, len));
+	}
+	assert_int_equal(X509_verify(back, keys[KEY_ECDSA_256]), 1);
+	assert_int_equal(X509_check_issued(back, back), X509_V_OK);
+
+	assert_non_null(oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1));
+	assert_true((loc = X509_get_ext_by_OBJ(back, oid, -1)) >= 0);
+	assert_int_equal(X509_get_ext_by_OBJ(back, oid, loc), -1);
+	assert_non_null(ext = X509_get_ext(back, loc));
+	assert_int_equal(X509_EXTENSION_get_critical(ext), 1);
+	value = X509_EXTENSION_get_data(ext);
+	want[0] = 0x04;
+	want[1] = SHA256_DIGEST_LENGTH;
+	SHA256((const unsigned char *)ka, strlen(ka), want + 2);
+	assert_int_equal(ASN1_STRING_length(value), sizeof(want));
+	assert_memory_equal(ASN1_STRING_get0_data(value), want, sizeof(want));
+
+	assert_non_null(gens = X509_get_ext_d2i(back, NID_subject_alt_name,
+	    NULL, NULL));
+	assert_int_equal(sk_GENERAL_NAME_num(gens), 1);
+	gen = sk_GENERAL_NAME_value(gens, 0);
+	if (gen->type == GEN_DNS)
+		snprintf(san, sizeof(san), "DNS:%s",
+		    ASN1_STRING_get0_data(gen->d.dNSName));
+	else {
+		char	 addr[64];
+
+		assert_int_equal(gen->type, GEN_IPADD);
+		assert_non_null(inet_ntop(ASN1_STRING_length(gen->d.iPAddress)
+		    == 4 ? AF_INET : AF_INET6,
+		    ASN1_STRING_get0_data(gen->d.iPAddress), addr,
+		    sizeof(addr)));
+		snprintf(san, sizeof(san), "IP:%s", addr);
+	}
+	assert_string_equal(san, want_san);
+
+	GENERAL_NAMES_free(gens);
+	ASN1_OBJECT_free(oid);
+	OPENSSL_free(der);
+	X509_free(back);
+	X509_free(x);
+}
+
+static void
+test_keys_alpn_cert(void **state)
+{
+	(void)state;
+	check_alpn_cert("example.com", "DNS:example.com");
+	check_alpn_cert("192.0.2.1", "IP:192.0.2.1");
+	check_alpn_cert("2001:db8::1", "IP:2001:db8::1");
+}
+
 int
 main(void)
 {
@@ -569,6 +648,7 @@ main(void)
 		cmocka_unit_test(test_keys_pem),
 		cmocka_unit_test(test_keys_pem_unsupported),
 		cmocka_unit_test(test_keys_load_file),
+		cmocka_unit_test(test_keys_alpn_cert),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
