@@ -6,7 +6,8 @@
 #   make fuzz     each libFuzzer harness for FUZZ_TIME seconds
 #   make demo     install dependencies, issue certificates from a local Pebble
 
-PKGS	 = libevent libevent_openssl openssl jansson libmicrohttpd hiredis
+PKGS	 = libevent libevent_openssl openssl jansson libmicrohttpd hiredis \
+	   ldns
 CC	?= cc
 CFLAGS	?= -O2 -g
 CFLAGS	+= -std=gnu11 -Wall -Wextra -Werror=implicit-function-declaration \
@@ -50,8 +51,8 @@ $(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 	$(CC) $(CFLAGS) -Isrc -Iproto -c -o $@ $<
 
 $(CTL_OBJS): src/acmectl/ctl.h
-$(BUILD)/obj/order.o $(BUILD)/obj/order_ari.o $(BUILD)/obj/order_cluster.o: \
-    src/order.h
+$(BUILD)/obj/order.o $(BUILD)/obj/order_ari.o $(BUILD)/obj/order_cluster.o \
+$(BUILD)/obj/order_dns.o: src/order.h
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h \
     proto/acme_ident.h $(LIB_OBJS)

@@ -130,6 +130,8 @@ static int	conf_cmd_profile(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_challenge(struct conf_parse *, struct conf_block *,
 		    int, char **);
+static int	conf_cmd_dns_update(struct conf_parse *, struct conf_block *,
+		    int, char **);
 static int	conf_cmd_dns_hook(struct conf_parse *, struct conf_block *,
 		    int, char **);
 static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
@@ -165,6 +167,7 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "profile", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_profile },
 	{ "challenge", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_challenge },
 	{ "dns_hook", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_dns_hook },
+	{ "dns_update", CONF_ISSUER|CONF_ONCE, 1, 3, conf_cmd_dns_update },
 	{ "request_rate", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_rate },
 	{ "max_identifiers", CONF_ISSUER|CONF_ONCE, 1, 1,
 	    conf_cmd_max_idents },
@@ -207,6 +210,7 @@ conf_issuer_free(struct conf_issuer *ci)
 	free(ci->ci_preferred_chain);
 	free(ci->ci_profile);
 	free(ci->ci_dns_hook);
+	free(ci->ci_dns_update);
 	free(ci->ci_file);
 	free(ci->ci_state_file);
 	free(ci);
@@ -246,6 +250,7 @@ conf_issuer_dup(const struct conf_issuer *src)
 	ci->ci_preferred_chain = conf_strdup_null(src->ci_preferred_chain);
 	ci->ci_profile = conf_strdup_null(src->ci_profile);
 	ci->ci_dns_hook = conf_strdup_null(src->ci_dns_hook);
+	ci->ci_dns_update = conf_strdup_null(src->ci_dns_update);
 	ci->ci_file = conf_strdup_null(src->ci_file);
 	ci->ci_state_file = conf_strdup_null(src->ci_state_file);
 	ci->ci_eab_hmac = NULL;
@@ -270,6 +275,7 @@ conf_cert_free(struct conf_cert *cc)
 	free(cc->cc_profile);
 	free(cc->cc_wild_file);
 	free(cc->cc_dns_hook);
+	free(cc->cc_dns_update);
 	free(cc->cc_file);
 	free(cc);
 }
@@ -772,10 +778,12 @@ conf_issuer_finish(struct conf_parse *p, struct conf_block *blk)
 		return conf_error_at(p, ci->ci_file, ci->ci_line,
 		    "no \"uri\" is defined for acme_issuer \"%s\"",
 		    ci->ci_name);
-	if (ci->ci_challenge == CHALLENGE_DNS_01 && ci->ci_dns_hook == NULL)
+	if (ci->ci_challenge == CHALLENGE_DNS_01 && ci->ci_dns_hook == NULL &&
+	    ci->ci_dns_update == NULL)
 		return conf_error_at(p, ci->ci_file, ci->ci_line,
 		    "acme_issuer \"%s\" has challenge dns-01 but no way to "
-		    "publish the TXT record: add \"dns_hook\"", ci->ci_name);
+		    "publish the TXT record: add \"dns_update\" or "
+		    "\"dns_hook\"", ci->ci_name);
 	if (ci->ci_state_off) {
 		if ((root = conf_volatile_make(&why)) == NULL) {
 			conf_error_at(p, blk->sp_file, blk->sp_line, "%s", why);
@@ -1161,6 +1169,9 @@ conf_cmd_dns_hook(struct conf_parse *p, struct conf_block *blk, int argc,
 {
 	struct conf_issuer	*ci = blk->ci;
 
+	if (ci->ci_dns_update != NULL)
+		return conf_error(p, "\"dns_hook\" and \"dns_update\" in "
+		    "one issuer: it publishes through one of them");
 	if (argv[0][0] != '/')
 		return conf_error(p, "dns_hook \"%s\" is not an absolute path",
 		    argv[0]);
@@ -1172,6 +1183,29 @@ conf_cmd_dns_hook(struct conf_parse *p, struct conf_block *blk, int argc,
 		    "timeout=TIME takes 1s to %dm", argv[1],
 		    CONF_DNS_HOOK_TIMEOUT_MAX / 60);
 	ci->ci_dns_hook = xstrdup(argv[0]);
+	return 0;
+}
+
+/*
+ * dns_update SERVER[:PORT] key=FILE zone=ZONE: dns_update.c sends RFC
+ * 2136 updates signed with FILE's TSIG key.  The key is read here too,
+ * so that a file that cannot be read or parsed is this line's error.
+ */
+static int
+conf_cmd_dns_update(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci = blk->ci;
+	char			*why = NULL;
+
+	if (ci->ci_dns_hook != NULL)
+		return conf_error(p, "\"dns_hook\" and \"dns_update\" in "
+		    "one issuer: it publishes through one of them");
+	if (dns_update_conf(argc, argv, &ci->ci_dns_update, &why) == -1) {
+		conf_error(p, "%s", why);
+		free(why);
+		return -1;
+	}
 	return 0;
 }
 

@@ -190,11 +190,12 @@ conf_cert_check_challenge(const struct conf_cert *cc,
 	size_t			 i;
 
 	if (t == CHALLENGE_DNS_01) {
-		if (ci->ci_dns_hook != NULL)
+		if (ci->ci_dns_hook != NULL || ci->ci_dns_update != NULL)
 			return 0;
 		xasprintf(why, "certificate \"%s\" has challenge dns-01 but "
 		    "acme_issuer \"%s\" has no way to publish the TXT record: "
-		    "add \"dns_hook\" to it", cc->cc_id, ci->ci_name);
+		    "add \"dns_update\" or \"dns_hook\" to it", cc->cc_id,
+		    ci->ci_name);
 		return -1;
 	}
 	for (i = 0; i < cc->cc_nidents; i++) {
@@ -219,8 +220,13 @@ conf_cert_resolve(struct conf_cert *cc, const struct conf_issuer *ci)
 	cc->cc_type = conf_cert_challenge(cc, ci);
 	free(cc->cc_dns_hook);
 	cc->cc_dns_hook = NULL;
+	free(cc->cc_dns_update);
+	cc->cc_dns_update = NULL;
 	if (cc->cc_type == CHALLENGE_DNS_01) {
-		cc->cc_dns_hook = xstrdup(ci->ci_dns_hook);
+		if (ci->ci_dns_hook != NULL)
+			cc->cc_dns_hook = xstrdup(ci->ci_dns_hook);
+		if (ci->ci_dns_update != NULL)
+			cc->cc_dns_update = xstrdup(ci->ci_dns_update);
 		cc->cc_dns_hook_timeout = ci->ci_dns_hook_timeout;
 	}
 }

@@ -808,6 +808,7 @@ main(int argc, char *argv[])
 	sched_shutdown();
 	/* After the orders: it names the records their end left behind. */
 	dns_hook_shutdown();
+	dns_update_shutdown();
 	order_dns_shutdown();
 	cluster_sync_stop();
 	cluster_runtime_forget();

@@ -135,6 +135,8 @@ order_cert_new(struct event_base *base, struct acme_issuer *ai,
 	if (cc->cc_dns_hook != NULL)
 		ce->ce_dns_hook = xstrdup(cc->cc_dns_hook);
 	ce->ce_dns_hook_timeout = cc->cc_dns_hook_timeout;
+	if (cc->cc_dns_update != NULL)
+		ce->ce_dns_update = xstrdup(cc->cc_dns_update);
 	order_ari_init(ce);
 	ce->ce_state = ORDER_IDLE;
 	return ce;
@@ -247,6 +249,7 @@ order_cert_free(struct cert *ce)
 	free(ce->ce_profile);
 	free(ce->ce_sent_profile);
 	free(ce->ce_dns_hook);
+	free(ce->ce_dns_update);
 	free(ce);
 }
 
@@ -333,6 +336,10 @@ order_cert_same_conf(const struct cert *ce, const struct conf_cert *cc)
 	    (ce->ce_dns_hook != NULL &&
 	    (strcmp(ce->ce_dns_hook, cc->cc_dns_hook) != 0 ||
 	    ce->ce_dns_hook_timeout != cc->cc_dns_hook_timeout)))
+		return 0;
+	if ((ce->ce_dns_update == NULL) != (cc->cc_dns_update == NULL) ||
+	    (ce->ce_dns_update != NULL &&
+	    strcmp(ce->ce_dns_update, cc->cc_dns_update) != 0))
 		return 0;
 	for (i = 0; i < ce->ce_nidents; i++)
 		if (strcmp(ce->ce_idents[i], cc->cc_idents[i]) != 0)

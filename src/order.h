@@ -101,6 +101,7 @@ struct cert {
 	enum challenge_type	 ce_challenge;
 	char			*ce_dns_hook;
 	int			 ce_dns_hook_timeout;
+	char			*ce_dns_update;		/* or its spec */
 	struct order_dns	*ce_dns;
 	int			 ce_dns_triggered;	/* not "pending" */
 

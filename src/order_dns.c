@@ -1,14 +1,15 @@
 /*
  * dns-01 for one certificate's order (RFC 8555 8.4): the TXT record
  * "_acme-challenge.NAME." holding base64url(SHA-256(key authorization)),
- * published through the issuer's dns_hook before the CA is told to
+ * published through the issuer's dns_hook or dns_update (dns_publish.c)
+ * before the CA is told to
  * validate, and removed once the authorization settles (valid or not),
  * or when the order fails, is abandoned or is freed.
  *
  * A wildcard's authorization names the domain without "*." (RFC 8555
  * 7.1.3), so "*.example.com" and "example.com" share one record name;
- * dns_hook.c runs hooks one at a time, so the first one's "del" reaches
- * the DNS before the second one's "add".  The removal is fire and
+ * either publisher runs its jobs one at a time, so the first one's "del"
+ * reaches the DNS before the second one's "add".  The removal is fire and
  * forget: its failure is logged, the order does not wait for it.
  *
  * A record outlives a crash, or a "del" that failed: each one is noted
@@ -34,7 +35,7 @@
 struct order_dns {
 	char			*od_fqdn;	/* "_acme-challenge.NAME." */
 	char			*od_value;
-	struct dns_hook_job	*od_add;	/* in flight, or NULL */
+	struct dns_publish_job	 od_add;	/* in flight, or zeroes */
 };
 
 /* How the CA validates the certificate's identifiers (GET /v1/...). */
@@ -76,8 +77,9 @@ order_dns_fqdn(const char *ident)
 struct order_dns_removal {
 	struct event_base	*or_base;
 	char			*or_dir;	/* state_path, with the note */
-	char			*or_hook;
-	int			 or_timeout;
+	char			*or_hook;	/* the publisher, as in */
+	int			 or_timeout;	/* struct dns_publisher */
+	char			*or_update;
 	char			*or_fqdn;
 	char			*or_value;
 	int			 or_retry;
@@ -99,6 +101,7 @@ order_dns_removal_free(struct order_dns_removal *or)
 		event_free(or->or_timer);
 	free(or->or_dir);
 	free(or->or_hook);
+	free(or->or_update);
 	free(or->or_fqdn);
 	free(or->or_value);
 	free(or);
@@ -145,22 +148,28 @@ order_dns_removed(int rc, const char *why, void *arg)
 static void
 order_dns_remove_run(struct order_dns_removal *or)
 {
-	dns_hook_run(or->or_base, or->or_hook, or->or_timeout, "del",
-	    or->or_fqdn, or->or_value, order_dns_removed, or);
+	struct dns_publisher	dp = { or->or_hook, or->or_timeout,
+				    or->or_update };
+
+	dns_publish_run(or->or_base, &dp, "del", or->or_fqdn, or->or_value,
+	    order_dns_removed, or);
 }
 
 /* "del" the record; its note in dir goes once that succeeded. */
 static void
-order_dns_remove(struct event_base *base, const char *dir, const char *hook,
-    int timeout, const char *fqdn, const char *value, int retry)
+order_dns_remove(struct event_base *base, const char *dir,
+    const struct dns_publisher *dp, const char *fqdn, const char *value,
+    int retry)
 {
 	struct order_dns_removal	*or;
 
 	or = xcalloc(1, sizeof(*or));
 	or->or_base = base;
 	or->or_dir = xstrdup(dir);
-	or->or_hook = xstrdup(hook);
-	or->or_timeout = timeout;
+	or->or_hook = dp->dp_hook != NULL ? xstrdup(dp->dp_hook) : NULL;
+	or->or_timeout = dp->dp_hook_timeout;
+	or->or_update = dp->dp_update != NULL ? xstrdup(dp->dp_update) :
+	    NULL;
 	or->or_fqdn = xstrdup(fqdn);
 	or->or_value = xstrdup(value);
 	or->or_retry = retry;
@@ -197,6 +206,8 @@ order_dns_sweep(struct event_base *base, const struct conf_issuer *ci)
 	struct store_dns_record	*recs = NULL;
 	size_t			 n = 0, i;
 	char			*cause = NULL;
+	struct dns_publisher	 dp = { ci->ci_dns_hook, ci->ci_dns_hook_timeout,
+				    ci->ci_dns_update };
 
 	if (store_load_dns_records(ci->ci_state_path, &recs, &n,
 	    &cause) == -1) {
@@ -205,9 +216,10 @@ order_dns_sweep(struct event_base *base, const struct conf_issuer *ci)
 		return;
 	}
 	for (i = 0; i < n; i++) {
-		if (ci->ci_dns_hook == NULL) {
+		if (dp.dp_hook == NULL && dp.dp_update == NULL) {
 			log_warnx("acme_issuer \"%s\": TXT %s \"%s\" was left "
-			    "behind, and the issuer has no dns_hook now: "
+			    "behind, and the issuer has no dns_hook or "
+			    "dns_update now: "
 			    "remove it by hand, and %s/dns-01/%s.json",
 			    ci->ci_name, recs[i].sd_fqdn, recs[i].sd_value,
 			    ci->ci_state_path, recs[i].sd_value);
@@ -216,14 +228,16 @@ order_dns_sweep(struct event_base *base, const struct conf_issuer *ci)
 		log_info("acme_issuer \"%s\": removing TXT %s \"%s\", left "
 		    "behind by an earlier run", ci->ci_name, recs[i].sd_fqdn,
 		    recs[i].sd_value);
-		order_dns_remove(base, ci->ci_state_path, ci->ci_dns_hook,
-		    ci->ci_dns_hook_timeout, recs[i].sd_fqdn,
-		    recs[i].sd_value, 1);
+		order_dns_remove(base, ci->ci_state_path, &dp,
+		    recs[i].sd_fqdn, recs[i].sd_value, 1);
 	}
 	store_dns_records_free(recs, n);
 }
 
-/* At exit, after dns_hook_shutdown(): no callback can come any more. */
+/*
+ * At exit, after dns_hook_shutdown() and dns_update_shutdown(): no
+ * callback can come any more.
+ */
 void
 order_dns_shutdown(void)
 {
@@ -238,7 +252,7 @@ order_dns_added(int rc, const char *why, void *arg)
 {
 	struct cert	*ce = arg;
 
-	ce->ce_dns->od_add = NULL;
+	memset(&ce->ce_dns->od_add, 0, sizeof(ce->ce_dns->od_add));
 	order_dns_published(ce, rc, why);
 }
 
@@ -251,11 +265,13 @@ void
 order_dns_present(struct cert *ce, const char *ident, const char *keyauth)
 {
 	struct order_dns	*od;
+	struct dns_publisher	 dp = { ce->ce_dns_hook, ce->ce_dns_hook_timeout,
+				    ce->ce_dns_update };
 
-	/* conf_cert_check_challenge() refuses dns-01 without a hook. */
-	if (ce->ce_dns_hook == NULL)
-		fatalx("%s: certificate \"%s\" has no dns_hook", __func__,
-		    ce->ce_id);
+	/* conf_cert_check_challenge() refuses dns-01 without either. */
+	if (dp.dp_hook == NULL && dp.dp_update == NULL)
+		fatalx("%s: certificate \"%s\" has no dns_hook or dns_update",
+		    __func__, ce->ce_id);
 	order_dns_clear(ce);
 	od = xcalloc(1, sizeof(*od));
 	od->od_fqdn = order_dns_fqdn(ident);
@@ -264,9 +280,8 @@ order_dns_present(struct cert *ce, const char *ident, const char *keyauth)
 	order_dns_note(ce, od);
 	log_info("certificate \"%s\": publishing TXT %s \"%s\"", ce->ce_id,
 	    od->od_fqdn, od->od_value);
-	od->od_add = dns_hook_run(ce->ce_base, ce->ce_dns_hook,
-	    ce->ce_dns_hook_timeout, "add", od->od_fqdn, od->od_value,
-	    order_dns_added, ce);
+	od->od_add = dns_publish_run(ce->ce_base, &dp, "add", od->od_fqdn,
+	    od->od_value, order_dns_added, ce);
 }
 
 /* Remove the record, if one was asked for; the order goes on at once. */
@@ -274,17 +289,18 @@ void
 order_dns_clear(struct cert *ce)
 {
 	struct order_dns	*od = ce->ce_dns;
+	struct dns_publisher	 dp = { ce->ce_dns_hook, ce->ce_dns_hook_timeout,
+				    ce->ce_dns_update };
 
 	if (od == NULL)
 		return;
 	ce->ce_dns = NULL;
 	/* Its "add" still runs; the "del" is queued after it. */
-	dns_hook_forget(od->od_add);
+	dns_publish_forget(&od->od_add);
 	log_info("certificate \"%s\": removing TXT %s", ce->ce_id,
 	    od->od_fqdn);
 	order_dns_remove(ce->ce_base, acme_issuer_state_path(ce->ce_issuer),
-	    ce->ce_dns_hook, ce->ce_dns_hook_timeout, od->od_fqdn,
-	    od->od_value, 0);
+	    &dp, od->od_fqdn, od->od_value, 0);
 	free(od->od_fqdn);
 	free(od->od_value);
 	free(od);

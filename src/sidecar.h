@@ -118,6 +118,7 @@ struct conf_issuer {
 	enum challenge_type	 ci_challenge;
 	char			*ci_dns_hook;		/* dns_hook PROGRAM, or NULL */
 	int			 ci_dns_hook_timeout;	/* seconds */
+	char			*ci_dns_update;		/* its spec, or NULL */
 	double			 ci_rate;		/* r/s, 0 = off */
 	unsigned int		 ci_burst;
 	size_t			 ci_max_idents;		/* per certificate */
@@ -152,6 +153,7 @@ struct conf_cert {
 	enum challenge_type	 cc_type;
 	char			*cc_dns_hook;	/* dns-01's publisher */
 	int			 cc_dns_hook_timeout;
+	char			*cc_dns_update;	/* or this one */
 	int			 cc_nginx;	/* from a server{} of nginx.conf */
 	int			 cc_runtime;	/* added through the API */
 	char			*cc_file;
@@ -868,6 +870,46 @@ struct dns_hook_job *dns_hook_run(struct event_base *, const char *program,
 		    const char *value, dns_hook_cb, void *);
 void		 dns_hook_forget(struct dns_hook_job *);	/* no callback */
 void		 dns_hook_shutdown(void);
+/* dns_update.c: RFC 2136 UPDATE with TSIG, one at a time. */
+#define DNS_UPDATE_SECRET_MAX	512	/* base64 characters */
+struct dns_update_key {
+	char		 uk_name[256];
+	char		 uk_alg[16];
+	char		 uk_secret[DNS_UPDATE_SECRET_MAX + 1];
+};
+struct dns_update_job;
+struct dns_update_req;
+int		 dns_update_key_parse(const char *, size_t,
+		    struct dns_update_key *, char **);
+int		 dns_update_key_load(const char *, struct dns_update_key *,
+		    char **);
+int		 dns_update_conf(int argc, char **argv, char **spec, char **);
+struct dns_update_req *dns_update_req_new(const char *server,
+		    const char *zone, const struct dns_update_key *,
+		    const char *verb, const char *fqdn, const char *value,
+		    char **);
+void		 dns_update_req_free(struct dns_update_req *);
+int		 dns_update_answer_check(const struct dns_update_req *,
+		    const uint8_t *, size_t, char **);
+struct dns_update_job *dns_update_run(struct event_base *, const char *spec,
+		    const char *verb, const char *fqdn, const char *value,
+		    dns_hook_cb, void *);
+void		 dns_update_forget(struct dns_update_job *);
+void		 dns_update_shutdown(void);
+/* dns_publish.c: a dns-01 TXT record through whichever the issuer has. */
+struct dns_publisher {
+	const char	*dp_hook;	/* dns_hook PROGRAM, or NULL */
+	int		 dp_hook_timeout;
+	const char	*dp_update;	/* dns_update's spec, or NULL */
+};
+struct dns_publish_job {
+	struct dns_hook_job	*pj_hook;
+	struct dns_update_job	*pj_update;
+};
+struct dns_publish_job dns_publish_run(struct event_base *,
+		    const struct dns_publisher *, const char *verb,
+		    const char *fqdn, const char *value, dns_hook_cb, void *);
+void		 dns_publish_forget(struct dns_publish_job *);
 /* order_dns.c: records left behind by an earlier run, removed. */
 void		 order_dns_sweep(struct event_base *,
 		    const struct conf_issuer *);

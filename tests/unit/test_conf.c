@@ -643,11 +643,12 @@ test_conf_dns01(void **state)
 	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
 	    "    challenge dns-01;\n}\n",
 	    "%s/sidecar.conf:1: acme_issuer \"le\" has challenge dns-01 but "
-	    "no way to publish the TXT record: add \"dns_hook\"", t->dir);
+	    "no way to publish the TXT record: add \"dns_update\" or "
+	    "\"dns_hook\"", t->dir);
 	conf_test_err(t, ISSUER "acme_certificate le a.test challenge=dns-01;\n",
 	    "%s/sidecar.conf:4: certificate \"a.test\" has challenge dns-01 "
 	    "but acme_issuer \"le\" has no way to publish the TXT record: add "
-	    "\"dns_hook\" to it", t->dir);
+	    "\"dns_update\" or \"dns_hook\" to it", t->dir);
 	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
 	    "    challenge tls-alpn-01;\n}\n",
 	    "%s/sidecar.conf:3: challenge type \"tls-alpn-01\" is not "
@@ -2295,6 +2296,100 @@ test_nginx_check_listen(void **state)
 	free(ngx);
 }
 
+#define UPDATE_ISSUER "acme_issuer le {\n    uri https://acme.test/dir;\n" \
+	"    challenge dns-01;\n"
+
+/*
+ * dns_update SERVER[:PORT] key=FILE zone=ZONE: its TSIG key read at load,
+ * its errors at its line; exactly one publisher per dns-01 issuer.
+ */
+static void
+test_conf_dns_update(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+	struct conf_cert	*cc;
+	char			*text;
+
+	free(conf_test_write(t, "tsig.key", "# tsig-keygen's output\n"
+	    "key \"up-key\" {\n\talgorithm hmac-sha256;\n"
+	    "\tsecret \"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=\";\n};\n"));
+	free(conf_test_write(t, "nosecret.key",
+	    "key \"up-key\" { algorithm hmac-sha256; };\n"));
+	free(conf_test_write(t, "md5.key", "key \"k\" { algorithm hmac-md5; "
+	    "secret \"c2VjcmV0\"; };\n"));
+	free(conf_test_write(t, "open.key", "key \"k\" { algorithm hmac-sha256; "
+	    "secret \"c2VjcmV0\";\n"));
+
+	xasprintf(&text, UPDATE_ISSUER "    dns_update [::1]:5353 "
+	    "key=%s/tsig.key zone=Example.test.;\n}\n"
+	    "acme_certificate le *.example.test;\n", t->dir);
+	conf = conf_test_ok(t, text);
+	free(text);
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_null(ci->ci_dns_hook);
+	assert_non_null(ci->ci_dns_update);
+	assert_non_null(strstr(ci->ci_dns_update, "[::1]:5353 key="));
+	assert_non_null(strstr(ci->ci_dns_update, " zone=Example.test."));
+	cc = TAILQ_FIRST(&conf->c_certs);
+	conf_cert_resolve(cc, ci);
+	assert_string_equal(cc->cc_dns_update, ci->ci_dns_update);
+	assert_null(cc->cc_dns_hook);
+	conf_free(conf);
+
+	xasprintf(&text, UPDATE_ISSUER "    dns_hook /bin/true;\n"
+	    "    dns_update 127.0.0.1 key=%s/tsig.key zone=a.test;\n}\n",
+	    t->dir);
+	conf_test_err(t, text, "%s/sidecar.conf:5: \"dns_hook\" and "
+	    "\"dns_update\" in one issuer: it publishes through one of them",
+	    t->dir);
+	free(text);
+	xasprintf(&text, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1 key=%s/missing.key zone=a.test;\n}\n",
+	    t->dir);
+	conf_test_err(t, text, "%s/sidecar.conf:4: TSIG key: open() "
+	    "\"%s/missing.key\" failed (No such file or directory)", t->dir,
+	    t->dir);
+	free(text);
+	xasprintf(&text, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1 key=%s/nosecret.key zone=a.test;\n}\n",
+	    t->dir);
+	conf_test_err(t, text, "%s/sidecar.conf:4: TSIG key file "
+	    "%s/nosecret.key: key \"up-key\" has no secret", t->dir, t->dir);
+	free(text);
+	xasprintf(&text, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1 key=%s/md5.key zone=a.test;\n}\n",
+	    t->dir);
+	conf_test_err(t, text, "%s/sidecar.conf:4: TSIG key file "
+	    "%s/md5.key: key \"k\": an algorithm other than hmac-sha256, "
+	    "-sha384 or -sha512", t->dir, t->dir);
+	free(text);
+	xasprintf(&text, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1 key=%s/open.key zone=a.test;\n}\n",
+	    t->dir);
+	conf_test_err(t, text, "%s/sidecar.conf:4: TSIG key file "
+	    "%s/open.key: key \"k\": \"}\" expected", t->dir, t->dir);
+	free(text);
+	xasprintf(&text, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1:53 key=%s/tsig.key;\n}\n", t->dir);
+	conf_test_err(t, text, "%s/sidecar.conf:4: dns_update 127.0.0.1:53 "
+	    "needs zone=ZONE (the zone the TXT records are in)", t->dir);
+	free(text);
+	conf_test_err(t, UPDATE_ISSUER
+	    "    dns_update ns1.a.test key=/k zone=a.test;\n}\n",
+	    "%s/sidecar.conf:4: dns_update \"ns1.a.test\": not an IP "
+	    "address, with an optional :PORT", t->dir);
+	conf_test_err(t, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1:99999 key=/k zone=a.test;\n}\n",
+	    "%s/sidecar.conf:4: dns_update \"127.0.0.1:99999\": not an IP "
+	    "address, with an optional :PORT", t->dir);
+	conf_test_err(t, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1 key=k zone=a.test;\n}\n",
+	    "%s/sidecar.conf:4: invalid parameter \"key=k\" of dns_update: "
+	    "key=/ABSOLUTE/FILE and zone=ZONE, once each", t->dir);
+}
+
 int
 main(void)
 {
@@ -2347,6 +2442,7 @@ main(void)
 		T(test_conf_cluster),
 		T(test_conf_challenge_check),
 		T(test_nginx_check_listen),
+		T(test_conf_dns_update),
 #undef T
 	};
 

@@ -1,0 +1,109 @@
+"""dns-01 through the daemon's own RFC 2136 updates (dns_update): TSIG
+signed UPDATE messages built by ldns, sent to a real knotd, and Pebble
+resolving through that knotd, so what Pebble validates is what the
+daemon published."""
+
+import json
+import subprocess
+import time
+
+from conftest import cert_sans, openssl, split_pem, write_config, \
+    ISSUE_TIMEOUT
+from dnslib import KEY_NAME, bind_key, knot_factory  # noqa: F401
+
+
+def issuer(name, pebble, tmp_path, update):
+    return ["acme_issuer %s {" % name,
+            "    uri %s;" % pebble.directory_url,
+            "    state_path %s;" % (tmp_path / ("state-" + name)),
+            "    accept_terms_of_service;",
+            "    ssl_trusted_certificate %s;" % pebble.ca,
+            "    request_rate off;",
+            "    challenge dns-01;",
+            "    dns_update %s;" % update,
+            "}"]
+
+
+def api(sock, path):
+    p = subprocess.run(["curl", "-s", "--unix-socket", str(sock),
+                        "http://localhost" + path], stdout=subprocess.PIPE,
+                       text=True, timeout=10)
+    return json.loads(p.stdout)
+
+
+def wait_backoff(sock, cid, timeout=30):
+    """The certificate's API state once its order failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = api(sock, "/v1/certificates/" + cid)
+        if got.get("state") == "backoff" or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
+                                knot_factory, sidecar_factory):
+    """A wildcard plus apex certificate is issued through the daemon's
+    TSIG-signed updates into knotd, and its records are gone afterwards.
+    A wrong TSIG key, and a zone whose updates the server denies, each
+    fail their own certificate with knotd's real answer, naming the
+    server and the key, and leave nothing pending."""
+    knot = knot_factory(refused=["refused.test"])
+    pebble = pebble_factory(http_port, dns_server=knot.address)
+    bad_key = tmp_path / "wrong-tsig.key"
+    bad_key.write_text(bind_key(KEY_NAME, "A" * 43 + "="))
+    server = "127.0.0.1:%d" % knot.port
+
+    state = tmp_path / "state"
+    conf = tmp_path / "sidecar.conf"
+    write_config(conf, pebble, state, http_port,
+                 [(["*.example.test", "example.test"], None)],
+                 issuer_extra="challenge dns-01;\n    dns_update %s "
+                 "key=%s zone=example.test;" % (server, knot.key_file))
+    extra = (issuer("wrong", pebble, tmp_path, "%s key=%s zone=example.test"
+                    % (server, bad_key)) +
+             ["acme_certificate wrong wrong.example.test;"] +
+             issuer("refused", pebble, tmp_path,
+                    "%s key=%s zone=refused.test" % (server, knot.key_file)) +
+             ["acme_certificate refused www.refused.test;"])
+    with open(conf, "a") as f:
+        f.write("\n".join(extra) + "\n")
+
+    sidecar = sidecar_factory(conf, [pebble]).start()
+    sidecar.wait_certs(state, ["_.example.test"], ISSUE_TIMEOUT)
+    chain = split_pem((state / "certs" / "_.example.test" /
+                       "fullchain.pem").read_text())
+    leaf, rest = tmp_path / "leaf.pem", tmp_path / "chain.pem"
+    leaf.write_text(chain[0])
+    rest.write_text("".join(chain[1:]))
+    v = openssl("verify", "-CAfile", pebble.root, "-untrusted", str(rest),
+                str(leaf), check=False)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert cert_sans(chain[0]) == {"DNS:*.example.test", "DNS:example.test"}
+
+    # Both authorizations' records were removed from the server.
+    def removed():
+        return [ln for ln in sidecar.log().splitlines()
+                if 'TXT _acme-challenge.example.test. "' in ln and
+                ln.rstrip().endswith('" removed')]
+    deadline = time.monotonic() + 30
+    while len(removed()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(removed()) == 2, sidecar.diagnostics()
+    assert knot.txt("_acme-challenge.example.test") == []
+
+    sock = tmp_path / "control.sock"
+    for cid, tsig_error in (("wrong.example.test", "BADSIG"),
+                            # knotd answers an update its ACL denies with
+                            # NOTAUTH and the TSIG error BADKEY.
+                            ("www.refused.test", "BADKEY")):
+        fqdn = "_acme-challenge.%s." % cid
+        why = ("dns_update: %s refused our TSIG key %s (NOTAUTH, %s)" %
+               (server, KEY_NAME, tsig_error))
+        got = wait_backoff(sock, cid)
+        assert got["state"] == "backoff", got
+        assert why in got["last_error"]["message"], got
+        assert knot.txt(fqdn) == []
+    assert why in sidecar.log()
+    assert sidecar.alive()
+    assert sidecar.stop() == 0
