@@ -102,6 +102,8 @@ static int	conf_cmd_listen(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_check(struct conf_parse *, struct conf_block *, int,
 		    char **);
+static int	conf_cmd_alpn_listen(struct conf_parse *, struct conf_block *,
+		    int, char **);
 static int	conf_cmd_control(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_user(struct conf_parse *, struct conf_block *, int,
@@ -148,6 +150,7 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "acme_certificate", CONF_TOP, 1, CONF_MAX_ARGS, conf_cmd_cert },
 	{ "challenge_listen", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_listen },
 	{ "challenge_check", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_check },
+	{ "tls_alpn_listen", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_alpn_listen },
 	{ "control_socket", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_control },
 	{ "user", CONF_TOP|CONF_ONCE, 1, 2, conf_cmd_user },
 	{ "nginx_config", CONF_TOP|CONF_ONCE, 1, 1, conf_cmd_nginx },
@@ -297,6 +300,7 @@ conf_free(struct conf *conf)
 		conf_cert_free(cc);
 	}
 	free(conf->c_challenge_addr);
+	free(conf->c_alpn_addr);
 	free(conf->c_check_addr);
 	free(conf->c_check_from);
 	free(conf->c_control_socket);
@@ -1438,25 +1442,21 @@ out:
 	return rc;
 }
 
-/* [ADDR:]PORT, ADDR, "*:PORT" or "[IPV6]:PORT"; port 0 binds any port. */
+/*
+ * [ADDR:]PORT, ADDR, "*:PORT" or "[IPV6]:PORT" of directive name; port 0
+ * binds any port, no port is defport.
+ */
 static int
-conf_cmd_listen(struct conf_parse *p, struct conf_block *blk, int argc,
-    char **argv)
+conf_listen_parse(struct conf_parse *p, const char *name, const char *arg,
+    int defport, char **addr, int *portp)
 {
-	const char	*arg = argv[0], *port = NULL, *end;
+	const char	*port = NULL, *end;
 	char		*host = NULL, buf[INET6_ADDRSTRLEN];
 	struct in_addr	 a4;
 	struct in6_addr	 a6;
-	long long	 v = CONF_DEFAULT_PORT;
+	long long	 v = defport;
 	int		 rc = -1;
 
-	(void)blk;
-	(void)argc;
-	/* nginx answers HTTP-01 from the zone: no listener of ours. */
-	if (strcmp(arg, "off") == 0) {
-		p->conf->c_challenge_off = 1;
-		return 0;
-	}
 	if (arg[0] == '[') {
 		if ((end = strchr(arg, ']')) == NULL)
 			goto badhost;
@@ -1483,21 +1483,55 @@ conf_cmd_listen(struct conf_parse *p, struct conf_block *blk, int argc,
 			goto badhost;
 	}
 	if (port != NULL && conf_number(port, 0, 65535, &v) == -1) {
-		conf_error(p, "invalid port in \"%s\" of the "
-		    "\"challenge_listen\" directive", arg);
+		conf_error(p, "invalid port in \"%s\" of the \"%s\" "
+		    "directive", arg, name);
 		goto out;
 	}
-	free(p->conf->c_challenge_addr);
-	p->conf->c_challenge_addr = xstrdup(buf);
-	p->conf->c_challenge_port = (int)v;
+	free(*addr);
+	*addr = xstrdup(buf);
+	*portp = (int)v;
 	rc = 0;
 	goto out;
 badhost:
-	conf_error(p, "invalid host in \"%s\" of the \"challenge_listen\" "
-	    "directive", arg);
+	conf_error(p, "invalid host in \"%s\" of the \"%s\" directive",
+	    arg, name);
 out:
 	free(host);
 	return rc;
+}
+
+static int
+conf_cmd_listen(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)blk;
+	(void)argc;
+	/* nginx answers HTTP-01 from the zone: no listener of ours. */
+	if (strcmp(argv[0], "off") == 0) {
+		p->conf->c_challenge_off = 1;
+		return 0;
+	}
+	return conf_listen_parse(p, "challenge_listen", argv[0],
+	    CONF_DEFAULT_PORT, &p->conf->c_challenge_addr,
+	    &p->conf->c_challenge_port);
+}
+
+/*
+ * tls_alpn_listen [ADDR:]PORT | off: the tls-alpn-01 responder (alpn.c),
+ * off by default since port 443 is most often nginx's.
+ */
+static int
+conf_cmd_alpn_listen(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	(void)blk;
+	(void)argc;
+	free(p->conf->c_alpn_addr);
+	p->conf->c_alpn_addr = NULL;
+	if (strcmp(argv[0], "off") == 0)
+		return 0;
+	return conf_listen_parse(p, "tls_alpn_listen", argv[0], 443,
+	    &p->conf->c_alpn_addr, &p->conf->c_alpn_port);
 }
 
 /*
@@ -1721,7 +1755,7 @@ conf_check_certs(struct conf_parse *p)
 			    "%zu identifiers in one certificate: acme_issuer "
 			    "\"%s\" takes at most %zu (max_identifiers)",
 			    cc->cc_nidents, ci->ci_name, ci->ci_max_idents);
-		if (conf_cert_check_challenge(cc, ci, &why) == -1) {
+		if (conf_cert_check_challenge(p->conf, cc, ci, &why) == -1) {
 			conf_error_at(p, cc->cc_wild_file != NULL ?
 			    cc->cc_wild_file : cc->cc_file, cc->cc_wild_file !=
 			    NULL ? cc->cc_wild_line : cc->cc_line, "%s", why);

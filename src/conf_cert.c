@@ -132,7 +132,7 @@ conf_cert_id(const struct conf_cert *cc)
 
 /*
  * A challenge type as written: nginx-acme's words, and its unversioned
- * "http".  tls-alpn-01 is a known word the daemon cannot answer yet.
+ * "http".
  */
 int
 conf_challenge_parse(const char *s, enum challenge_type *t, char **why)
@@ -146,12 +146,12 @@ conf_challenge_parse(const char *s, enum challenge_type *t, char **why)
 		return 0;
 	}
 	if (strcasecmp(s, "tls-alpn-01") == 0 ||
-	    strcasecmp(s, "tls-alpn") == 0)
-		xasprintf(why, "challenge type \"%s\" is not supported yet: "
-		    "use http-01 or dns-01", s);
-	else
-		xasprintf(why, "invalid challenge type \"%s\": use http-01 "
-		    "or dns-01", s);
+	    strcasecmp(s, "tls-alpn") == 0) {
+		*t = CHALLENGE_TLS_ALPN_01;
+		return 0;
+	}
+	xasprintf(why, "invalid challenge type \"%s\": use http-01, dns-01 "
+	    "or tls-alpn-01", s);
 	return -1;
 }
 
@@ -163,6 +163,8 @@ conf_challenge_name(enum challenge_type t)
 		return "http-01";
 	case CHALLENGE_DNS_01:
 		return "dns-01";
+	case CHALLENGE_TLS_ALPN_01:
+		return "tls-alpn-01";
 	default:
 		fatalx("%s: bad challenge type %d", __func__, (int)t);
 	}
@@ -179,11 +181,11 @@ conf_cert_challenge(const struct conf_cert *cc, const struct conf_issuer *ci)
 
 /*
  * Whether ci can validate cc: a wildcard only over dns-01 (RFC 8555
- * 7.1.3), and dns-01 only with a way to publish the record.  The reason
- * in why otherwise.
+ * 7.1.3), dns-01 only with a way to publish the record and tls-alpn-01
+ * only with a responder (tls_alpn_listen).  The reason in why otherwise.
  */
 int
-conf_cert_check_challenge(const struct conf_cert *cc,
+conf_cert_check_challenge(const struct conf *conf, const struct conf_cert *cc,
     const struct conf_issuer *ci, char **why)
 {
 	enum challenge_type	 t = conf_cert_challenge(cc, ci);
@@ -204,6 +206,12 @@ conf_cert_check_challenge(const struct conf_cert *cc,
 		xasprintf(why, "wildcard identifier \"%s\" needs challenge "
 		    "dns-01: %s cannot validate wildcard identifiers",
 		    cc->cc_idents[i], conf_challenge_name(t));
+		return -1;
+	}
+	if (t == CHALLENGE_TLS_ALPN_01 && conf->c_alpn_addr == NULL) {
+		xasprintf(why, "certificate \"%s\" has challenge tls-alpn-01 "
+		    "but nothing answers it: add \"tls_alpn_listen "
+		    "ADDR:PORT\"", cc->cc_id);
 		return -1;
 	}
 	return 0;
@@ -476,7 +484,7 @@ conf_runtime_add(struct conf *conf, const char *issuer, char *const *idents,
 		return CONF_ADD_INVALID;
 	}
 	cc->cc_id = conf_cert_id(cc);
-	if (conf_cert_check_challenge(cc, ci, cause) == -1) {
+	if (conf_cert_check_challenge(conf, cc, ci, cause) == -1) {
 		conf_cert_free(cc);
 		return CONF_ADD_INVALID;
 	}

@@ -203,6 +203,21 @@ main_ready_configure(const struct conf *conf)
 	    conf->c_check_from);
 }
 
+/* tls_alpn_listen: the tls-alpn-01 responder, off unless configured. */
+static void
+main_alpn_start(struct event_base *base, const struct conf *conf)
+{
+	char	*cause = NULL;
+
+	if (conf->c_alpn_addr == NULL)
+		return;
+	if (alpn_start(base, conf->c_alpn_addr, conf->c_alpn_port,
+	    &cause) == -1)
+		fatalx("%s", cause);
+	log_info("acme-sidecar %s: answering tls-alpn-01 on %s:%d",
+	    SIDECAR_VERSION, conf->c_alpn_addr, alpn_port());
+}
+
 /*
  * SIGHUP and POST /v1/reload.  -1 with cause (the caller frees) when the
  * new configuration is refused and the running one kept.
@@ -234,6 +249,12 @@ main_reload(char **cause)
 	    conf->c_challenge_off != main_conf->c_challenge_off ||
 	    strcmp(conf->c_challenge_addr, main_conf->c_challenge_addr) != 0)
 		log_warnx("challenge_listen changed; it takes effect after a "
+		    "restart");
+	if (conf->c_alpn_port != main_conf->c_alpn_port ||
+	    (conf->c_alpn_addr == NULL) != (main_conf->c_alpn_addr == NULL) ||
+	    (conf->c_alpn_addr != NULL &&
+	    strcmp(conf->c_alpn_addr, main_conf->c_alpn_addr) != 0))
+		log_warnx("tls_alpn_listen changed; it takes effect after a "
 		    "restart");
 	main_ready_configure(conf);
 	/* nginx maps the segment: it moves only with a restart. */
@@ -770,6 +791,7 @@ main(int argc, char *argv[])
 		log_info("acme-sidecar %s: answering HTTP-01 on %s:%d",
 		    SIDECAR_VERSION, main_conf->c_challenge_addr,
 		    challenge_port());
+	main_alpn_start(base, main_conf);
 	main_ready_configure(main_conf);
 
 	sig_hup = evsignal_new(base, SIGHUP, main_signal, base);
@@ -815,6 +837,7 @@ main(int argc, char *argv[])
 	conf_cluster_free(main_cluster);
 	writer_stop();
 	challenge_stop();
+	alpn_stop();
 	event_free(sig_hup);
 	event_free(sig_term);
 	event_free(sig_int);

@@ -178,6 +178,29 @@ order_token_clear(struct cert *ce)
 	ce->ce_token = NULL;
 }
 
+/* tls-alpn-01: the validation certificate goes to alpn.c's responder. */
+static int
+order_alpn_set(struct cert *ce, const char *keyauth, char **cause)
+{
+	if (alpn_add(ce->ce_authz_ident, keyauth, cause) == -1)
+		return -1;
+	ce->ce_alpn_ident = xstrdup(ce->ce_authz_ident);
+	ce->ce_alpn_keyauth = xstrdup(keyauth);
+	return 0;
+}
+
+static void
+order_alpn_clear(struct cert *ce)
+{
+	if (ce->ce_alpn_ident == NULL)
+		return;
+	alpn_remove(ce->ce_alpn_ident, ce->ce_alpn_keyauth);
+	free(ce->ce_alpn_ident);
+	free(ce->ce_alpn_keyauth);
+	ce->ce_alpn_ident = NULL;
+	ce->ce_alpn_keyauth = NULL;
+}
+
 /*
  * Forget the order in progress, keeping the certificate in use (and, with
  * several replicas, the lease the next try runs under).
@@ -203,6 +226,7 @@ order_reset(struct cert *ce)
 		acme_order_close(ce->ce_issuer);
 	}
 	order_token_clear(ce);
+	order_alpn_clear(ce);
 	order_dns_clear(ce);
 	order_cluster_reset(ce);
 	free(ce->ce_stored_chain);
@@ -1084,6 +1108,7 @@ static void
 order_next_authz(struct cert *ce)
 {
 	order_token_clear(ce);
+	order_alpn_clear(ce);
 	order_dns_clear(ce);
 	ce->ce_polls = 0;
 	if (++ce->ce_authz_next < ce->ce_nauthz)
@@ -1177,15 +1202,17 @@ order_dns_published(struct cert *ce, int rc, const char *why)
 
 /*
  * Present the challenge and tell the CA to validate it: an HTTP-01 token
- * goes to both responders at once, a dns-01 record through the issuer's
- * hook (order_dns.c), which calls order_dns_published() when it is done.
+ * goes to both responders at once, a tls-alpn-01 certificate to ours
+ * (alpn.c), a dns-01 record through the issuer's hook (order_dns.c),
+ * which calls order_dns_published() when it is done.
  */
 static void
 order_respond(struct cert *ce, json_t *authz)
 {
 	json_t		*c = order_find_challenge(ce, authz);
 	const char	*token, *url, *status;
-	char		*keyauth;
+	char		*keyauth, *why = NULL;
+	int		 rc = 0;
 
 	token = json_string_value(json_object_get(c, "token"));
 	url = json_string_value(json_object_get(c, "url"));
@@ -1211,8 +1238,16 @@ order_respond(struct cert *ce, json_t *authz)
 		free(keyauth);
 		return;
 	}
-	order_token_set(ce, token, keyauth);
+	if (ce->ce_challenge == CHALLENGE_TLS_ALPN_01)
+		rc = order_alpn_set(ce, keyauth, &why);
+	else
+		order_token_set(ce, token, keyauth);
 	free(keyauth);
+	if (rc == -1) {
+		order_failf(ce, "%s", why);
+		free(why);
+		return;
+	}
 	if (strcmp(status, "pending") != 0) {
 		/* Already triggered by an earlier, interrupted order. */
 		order_poll_later(ce, ORDER_AUTHZ_POLL, &(struct acme_reply){ 0 });
@@ -1220,8 +1255,11 @@ order_respond(struct cert *ce, json_t *authz)
 	}
 	free(ce->ce_challenge_url);
 	ce->ce_challenge_url = xstrdup(url);
-	/* The CA may ask any replica: all of them must have the token. */
-	if (cluster_enabled()) {
+	/*
+	 * The CA may ask any replica: all of them must have the token.  A
+	 * tls-alpn-01 certificate is this host's alone (README).
+	 */
+	if (cluster_enabled() && ce->ce_challenge == CHALLENGE_HTTP_01) {
 		order_sync(ce);
 		return;
 	}

@@ -30,6 +30,8 @@ struct cert {
 	size_t			 ce_nauthz;
 	size_t			 ce_authz_next;
 	char			*ce_token;	/* registered with challenge.c */
+	char			*ce_alpn_ident;	/* tls-alpn-01's, with alpn.c */
+	char			*ce_alpn_keyauth;
 	char			*ce_authz_ident;	/* of the authz worked */
 	struct ready_check	*ce_ready;	/* order_challenge()'s check */
 	int			 ce_order_open;	/* see acme_order_close() */

@@ -83,6 +83,7 @@ enum key_type {
 enum challenge_type {
 	CHALLENGE_HTTP_01,
 	CHALLENGE_DNS_01,
+	CHALLENGE_TLS_ALPN_01,
 	CHALLENGE_TYPE_MAX
 };
 #define CHALLENGE_ISSUER	(-1)	/* cc_challenge: the issuer's */
@@ -198,6 +199,8 @@ struct conf {
 	char			*c_challenge_addr;	/* default "0.0.0.0" */
 	int			 c_challenge_port;	/* default 80 */
 	int			 c_challenge_off;	/* challenge_listen off */
+	char			*c_alpn_addr;		/* tls_alpn_listen; NULL: off */
+	int			 c_alpn_port;
 	/*
 	 * Where the readiness check (ready.c) fetches challenges:
 	 * challenge_check, else nginx.conf's first port-80 listen, else
@@ -332,7 +335,8 @@ int		 conf_challenge_parse(const char *, enum challenge_type *,
 const char	*conf_challenge_name(enum challenge_type);
 enum challenge_type conf_cert_challenge(const struct conf_cert *,
 		    const struct conf_issuer *);
-int		 conf_cert_check_challenge(const struct conf_cert *,
+int		 conf_cert_check_challenge(const struct conf *,
+		    const struct conf_cert *,
 		    const struct conf_issuer *, char **);
 void		 conf_cert_resolve(struct conf_cert *,
 		    const struct conf_issuer *);
@@ -939,6 +943,18 @@ typedef void	(*challenge_found_cb)(const char *keyauth, size_t, void *);
 typedef int	(*challenge_lookup_fn)(const char *token, challenge_found_cb,
 		    void *);
 void		 challenge_set_lookup(challenge_lookup_fn);
+
+/* alpn.c: tls-alpn-01 responder (RFC 8737) on libevent, tls_alpn_listen. */
+#define ALPN_MAX_CONNS		64
+#define ALPN_HANDSHAKE_TIMEOUT	10	/* seconds from accept to handshake */
+#define ALPN_MAX_NAMES		1024	/* validation certificates held */
+int		 alpn_start(struct event_base *, const char *addr, int port,
+		    char **);
+void		 alpn_stop(void);
+int		 alpn_port(void);		/* the bound port */
+int		 alpn_add(const char *ident, const char *keyauth, char **);
+void		 alpn_remove(const char *ident, const char *keyauth);
+char		*alpn_sni_name(const char *ident);	/* RFC 8738 6 for IPs */
 
 /* nonce.c: per-issuer pool of unused Replay-Nonce values. */
 #define NONCE_POOL_MAX		256

@@ -327,7 +327,8 @@ ngx_http_acme_check_profile(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 
 /*
  * A challenge type as the sidecar reads it (conf_challenge_parse()):
- * nginx-acme's words; tls-alpn-01 is known but not answered yet.
+ * nginx-acme's words.  tls-alpn-01 is answered by the sidecar's own
+ * responder (tls_alpn_listen in its file), not by this module yet.
  */
 static ngx_int_t
 ngx_http_acme_challenge_type(ngx_conf_t *cf, ngx_str_t *arg)
@@ -340,11 +341,9 @@ ngx_http_acme_challenge_type(ngx_conf_t *cf, ngx_str_t *arg)
 		return NGX_HTTP_ACME_DNS_01;
 	if (ngx_http_acme_str_caseeq(arg, "tls-alpn-01") ||
 	    ngx_http_acme_str_caseeq(arg, "tls-alpn"))
-		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "challenge type "
-		    "\"%V\" is not supported yet: use http-01 or dns-01", arg);
-	else
-		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid challenge "
-		    "type \"%V\": use http-01 or dns-01", arg);
+		return NGX_HTTP_ACME_TLS_ALPN_01;
+	ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid challenge type "
+	    "\"%V\": use http-01, dns-01 or tls-alpn-01", arg);
 	return NGX_ERROR;
 }
 
@@ -1180,9 +1179,10 @@ ngx_http_acme_line_challenge(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 		if (id[i].len < 2 || id[i].data[0] != '*')
 			continue;
 		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "wildcard identifier "
-		    "\"%V\" needs challenge dns-01: http-01 cannot validate "
-		    "wildcard identifiers in %s:%ui", &id[i], line->file,
-		    line->line);
+		    "\"%V\" needs challenge dns-01: %s cannot validate "
+		    "wildcard identifiers in %s:%ui", &id[i],
+		    t == NGX_HTTP_ACME_TLS_ALPN_01 ? "tls-alpn-01" : "http-01",
+		    line->file, line->line);
 		return NGX_ERROR;
 	}
 	return NGX_OK;

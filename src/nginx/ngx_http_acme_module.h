@@ -123,6 +123,7 @@ typedef struct {
 /* The challenge types the sidecar answers (challenge, challenge=). */
 #define NGX_HTTP_ACME_HTTP_01	0
 #define NGX_HTTP_ACME_DNS_01	1
+#define NGX_HTTP_ACME_TLS_ALPN_01 2
 
 typedef struct {
 	ngx_str_t		 name;

@@ -311,7 +311,7 @@ server {
 
 def test_module_t_errors(tmp_path, pebble, nginx_factory):
     """nginx -t refuses what the sidecar refuses: a wildcard over http-01,
-    dns-01 without dns_hook, tls-alpn-01 for now."""
+    dns-01 without dns_hook, a wildcard over tls-alpn-01."""
     cases = [
         ("", "server_name *.example.test;", "acme_certificate example;",
          'wildcard identifier "*.example.test" needs challenge dns-01'),
@@ -319,8 +319,10 @@ def test_module_t_errors(tmp_path, pebble, nginx_factory):
          "has challenge dns-01 but no way to publish the TXT record"),
         ("", "", "acme_certificate example a.example.test challenge=dns;",
          "has challenge dns-01 but acme_issuer \"example\" has no way"),
-        ("challenge tls-alpn-01;", "", "acme_certificate example a.test;",
-         'challenge type "tls-alpn-01" is not supported yet'),
+        ("challenge tls-alpn-01;", "server_name *.example.test;",
+         "acme_certificate example;",
+         'wildcard identifier "*.example.test" needs challenge dns-01: '
+         'tls-alpn-01 cannot'),
     ]
     for issuer, names, cert, message in cases:
         nginx = nginx_factory("nginx-%d" % len(message))

@@ -649,14 +649,15 @@ test_conf_dns01(void **state)
 	    "%s/sidecar.conf:4: certificate \"a.test\" has challenge dns-01 "
 	    "but acme_issuer \"le\" has no way to publish the TXT record: add "
 	    "\"dns_update\" or \"dns_hook\" to it", t->dir);
-	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
-	    "    challenge tls-alpn-01;\n}\n",
-	    "%s/sidecar.conf:3: challenge type \"tls-alpn-01\" is not "
-	    "supported yet: use http-01 or dns-01", t->dir);
+	conf_test_err(t, ISSUER "acme_certificate le a.test "
+	    "challenge=tls-alpn-01;\n",
+	    "%s/sidecar.conf:4: certificate \"a.test\" has challenge "
+	    "tls-alpn-01 but nothing answers it: add \"tls_alpn_listen "
+	    "ADDR:PORT\"", t->dir);
 	conf_test_err(t, ISSUER "acme_certificate le a.test challenge=dns;\n"
 	    "acme_certificate le b.test challenge=x challenge=dns-01;\n",
-	    "%s/sidecar.conf:5: invalid challenge type \"x\": use http-01 or "
-	    "dns-01", t->dir);
+	    "%s/sidecar.conf:5: invalid challenge type \"x\": use http-01, "
+	    "dns-01 or tls-alpn-01", t->dir);
 	conf_test_err(t, "acme_issuer le {\n    uri https://acme.test/dir;\n"
 	    "    dns_hook hook.sh;\n}\n",
 	    "%s/sidecar.conf:3: dns_hook \"hook.sh\" is not an absolute path",
@@ -1046,19 +1047,44 @@ static void
 test_conf_challenge(void **state)
 {
 	struct conf_test	*t = *state;
+	struct conf		*conf;
 
-	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
-	    " challenge tls-alpn-01;\n}\n",
-	    "%s/sidecar.conf:3: challenge type \"tls-alpn-01\" is not "
-	    "supported yet: use http-01 or dns-01", t->dir);
 	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
 	    " challenge http-02;\n}\n",
 	    "%s/sidecar.conf:3: invalid challenge type \"http-02\": use "
-	    "http-01 or dns-01", t->dir);
+	    "http-01, dns-01 or tls-alpn-01", t->dir);
 	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
-	    " challenge tls-alpn;\n}\n",
-	    "%s/sidecar.conf:3: challenge type \"tls-alpn\" is not supported "
-	    "yet: use http-01 or dns-01", t->dir);
+	    " challenge tls-alpn-01;\n}\n"
+	    "acme_certificate le *.a.test;\n",
+	    "%s/sidecar.conf:5: wildcard identifier \"*.a.test\" needs "
+	    "challenge dns-01: tls-alpn-01 cannot validate wildcard "
+	    "identifiers", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge tls-alpn;\n}\n"
+	    "acme_certificate le a.test;\n",
+	    "%s/sidecar.conf:5: certificate \"a.test\" has challenge "
+	    "tls-alpn-01 but nothing answers it: add \"tls_alpn_listen "
+	    "ADDR:PORT\"", t->dir);
+	conf_test_err(t, "tls_alpn_listen 127.0.0.1:x;\n",
+	    "%s/sidecar.conf:1: invalid port in \"127.0.0.1:x\" of the "
+	    "\"tls_alpn_listen\" directive", t->dir);
+	conf_test_err(t, "tls_alpn_listen 127.0.0.1:443;\n"
+	    "tls_alpn_listen off;\n",
+	    "%s/sidecar.conf:2: \"tls_alpn_listen\" directive is duplicate",
+	    t->dir);
+	conf = conf_test_ok(t, "tls_alpn_listen 127.0.0.2:8443;\n"
+	    "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge tls-alpn-01;\n}\n"
+	    "acme_certificate le a.test 192.0.2.1;\n");
+	assert_string_equal(conf->c_alpn_addr, "127.0.0.2");
+	assert_int_equal(conf->c_alpn_port, 8443);
+	assert_int_equal(TAILQ_FIRST(&conf->c_certs)->cc_type,
+	    CHALLENGE_TLS_ALPN_01);
+	conf_free(conf);
+	/* Off by default; "off" too. */
+	conf = conf_test_ok(t, "tls_alpn_listen off;\n");
+	assert_null(conf->c_alpn_addr);
+	conf_free(conf);
 	/* nginx-acme's unversioned name. */
 	conf_free(conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n"
 	    " challenge http;\n}\n"));
@@ -1950,8 +1976,9 @@ test_conf_runtime_certs(void **state)
 	free(cause);
 	assert_int_equal(conf_runtime_add(conf, "le", wild, 1, NULL, NULL,
 	    "tls-alpn-01", &cause), CONF_ADD_INVALID);
-	assert_string_equal(cause, "challenge type \"tls-alpn-01\" is not "
-	    "supported yet: use http-01 or dns-01");
+	assert_string_equal(cause, "wildcard identifier \"*.x.test\" needs "
+	    "challenge dns-01: tls-alpn-01 cannot validate wildcard "
+	    "identifiers");
 	free(cause);
 	assert_int_equal(conf_runtime_add(conf, "nope", idents, 2, NULL,
 	    NULL, NULL, &cause), CONF_ADD_INVALID);
