@@ -216,6 +216,7 @@ main_alpn_start(struct event_base *base, const struct conf *conf)
 		fatalx("%s", cause);
 	log_info("acme-sidecar %s: answering tls-alpn-01 on %s:%d",
 	    SIDECAR_VERSION, conf->c_alpn_addr, alpn_port());
+	ready_configure_tls(conf->c_alpn_addr, alpn_port());
 }
 
 /*

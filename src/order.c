@@ -1162,14 +1162,20 @@ order_challenge(struct cert *ce)
 {
 	char	*keyauth;
 
-	/* No token kept (dns-01 keeps its record in order_dns.c): unchecked. */
-	if (!ready_enabled() || ce->ce_token == NULL ||
-	    ce->ce_authz_ident == NULL) {
+	/*
+	 * Nothing of ours to fetch (dns-01 keeps its record in order_dns.c):
+	 * unchecked.
+	 */
+	if (!ready_enabled() || (ce->ce_token == NULL &&
+	    ce->ce_alpn_keyauth == NULL) || ce->ce_authz_ident == NULL) {
 		order_challenge_send(ce);
 		return;
 	}
-	keyauth = keys_key_authorization(ce->ce_token,
-	    acme_issuer_thumbprint(ce->ce_issuer));
+	if (ce->ce_alpn_keyauth != NULL)
+		keyauth = xstrdup(ce->ce_alpn_keyauth);
+	else
+		keyauth = keys_key_authorization(ce->ce_token,
+		    acme_issuer_thumbprint(ce->ce_issuer));
 	/* A type ready.c has no check for yet goes to the CA unchecked. */
 	ce->ce_ready = ready_start(ce->ce_base, ce->ce_challenge,
 	    ce->ce_authz_ident, ce->ce_token, keyauth, order_ready_done, ce);

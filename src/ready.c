@@ -16,8 +16,10 @@
  * Each challenge type is one row of ready_kinds: how one try starts and
  * how it is cancelled.  HTTP-01 is a GET with Host: the identifier,
  * through libevent's own evhttp: http_client.c sends the URL's host as
- * Host, and this request goes to one address for another name.  dns-01
- * (the TXT record) and tls-alpn-01 (the validation certificate) add rows.
+ * Host, and this request goes to one address for another name.
+ * tls-alpn-01 is a handshake with tls_alpn_listen's address, offering
+ * acme-tls/1 with the identifier's SNI, that judges the certificate
+ * served as the CA does.  dns-01 (the TXT record) adds a row.
  *
  * Callbacks of libevent only record what a try found and arm the check's
  * timer; the timer frees the connection and decides, so nothing is freed
@@ -32,10 +34,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/err.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "sidecar.h"
 
@@ -91,13 +103,20 @@ struct ready_check {
 	struct evhttp_request	*rc_req;
 	int			 rc_errno;	/* errno when evhttp failed */
 	int			 rc_everr;	/* evhttp's error, or -1 */
+
+	/* tls-alpn-01 */
+	struct bufferevent	*rc_bev;
 };
 
 static int	ready_http_start(struct ready_check *);
 static void	ready_http_stop(struct ready_check *);
+static int	ready_tls_start(struct ready_check *);
+static void	ready_tls_stop(struct ready_check *);
 
 static const struct ready_kind ready_kinds[] = {
 	{ CHALLENGE_HTTP_01, "http-01", ready_http_start, ready_http_stop },
+	{ CHALLENGE_TLS_ALPN_01, "tls-alpn-01", ready_tls_start,
+	    ready_tls_stop },
 };
 
 /* Where the checks go (ready_configure()); no address: checks are off. */
@@ -106,6 +125,8 @@ static struct {
 	int		 port;
 	int		 limit;		/* seconds */
 	char		*from;		/* how it was chosen, for the log */
+	char		*tls_addr;	/* tls-alpn-01's; NULL: unchecked */
+	int		 tls_port;
 } ready_conf;
 
 static struct ready_stats ready_stats;
@@ -135,6 +156,22 @@ ready_configure(const char *addr, int port, int limit, const char *from)
 		log_info("readiness check before validation: %s%s%s:%d (%s), "
 		    "for up to %ds", strchr(addr, ':') != NULL ? "[" : "", addr,
 		    strchr(addr, ':') != NULL ? "]" : "", port, from, limit);
+}
+
+/* A wildcard address is reached through loopback, as the CA's NAT would. */
+void
+ready_configure_tls(const char *addr, int port)
+{
+	free(ready_conf.tls_addr);
+	ready_conf.tls_addr = NULL;
+	if (addr == NULL)
+		return;
+	if (strcmp(addr, "0.0.0.0") == 0)
+		addr = "127.0.0.1";
+	else if (strcmp(addr, "::") == 0)
+		addr = "::1";
+	ready_conf.tls_addr = xstrdup(addr);
+	ready_conf.tls_port = port;
 }
 
 int
@@ -280,30 +317,36 @@ ready_start(struct event_base *base, enum challenge_type type,
 {
 	struct ready_check	*rc;
 	size_t			 i;
-	int			 v6;
+	int			 v6, tls = type == CHALLENGE_TLS_ALPN_01;
 
 	if (ready_conf.addr == NULL)
 		fatalx("%s: checks are off", __func__);
 	for (i = 0; i < sizeof(ready_kinds) / sizeof(ready_kinds[0]); i++)
 		if (ready_kinds[i].rk_type == type)
 			break;
-	if (i == sizeof(ready_kinds) / sizeof(ready_kinds[0]))
+	if (i == sizeof(ready_kinds) / sizeof(ready_kinds[0]) ||
+	    (tls && ready_conf.tls_addr == NULL))
 		return NULL;
 	rc = xcalloc(1, sizeof(*rc));
 	rc->rc_kind = &ready_kinds[i];
 	rc->rc_base = base;
 	rc->rc_ident = xstrdup(ident);
-	rc->rc_token = xstrdup(token);
+	rc->rc_token = token != NULL ? xstrdup(token) : NULL;
 	rc->rc_keyauth = xstrdup(keyauth);
-	rc->rc_addr = xstrdup(ready_conf.addr);
-	rc->rc_port = ready_conf.port;
+	rc->rc_addr = xstrdup(tls ? ready_conf.tls_addr : ready_conf.addr);
+	rc->rc_port = tls ? ready_conf.tls_port : ready_conf.port;
 	rc->rc_limit = ready_conf.limit;
 	rc->rc_cb = cb;
 	rc->rc_arg = arg;
 	rc->rc_everr = -1;
 	v6 = strchr(rc->rc_addr, ':') != NULL;
-	xasprintf(&rc->rc_url, "http://%s%s%s:%d/.well-known/acme-challenge/%s",
-	    v6 ? "[" : "", rc->rc_addr, v6 ? "]" : "", rc->rc_port, token);
+	if (tls)
+		xasprintf(&rc->rc_url, "tls://%s%s%s:%d (acme-tls/1)",
+		    v6 ? "[" : "", rc->rc_addr, v6 ? "]" : "", rc->rc_port);
+	else
+		xasprintf(&rc->rc_url, "http://%s%s%s:%d/.well-known/"
+		    "acme-challenge/%s", v6 ? "[" : "", rc->rc_addr,
+		    v6 ? "]" : "", rc->rc_port, token);
 	if ((rc->rc_timer = evtimer_new(base, ready_timer_cb, rc)) == NULL)
 		fatalx("%s: evtimer_new", __func__);
 	event_base_gettimeofday_cached(base, &rc->rc_start);
@@ -464,4 +507,177 @@ ready_http_stop(struct ready_check *rc)
 		evhttp_connection_free(rc->rc_evcon);
 	rc->rc_evcon = NULL;
 	rc->rc_req = NULL;
+}
+
+/*
+ * tls-alpn-01: a handshake offering acme-tls/1 with the SNI the CA sends
+ * (alpn_sni_name()), judged as RFC 8737 section 3 has the CA judge it.
+ */
+
+static const unsigned char ready_alpn_proto[] = "\x0a" "acme-tls/1";
+#define READY_ACME_IDENTIFIER	"1.3.6.1.5.5.7.1.31"
+
+static SSL_CTX *
+ready_tls_ctx(void)
+{
+	static SSL_CTX	*ctx;
+
+	/* The certificate is self-signed: judged below, not verified. */
+	if (ctx == NULL && (ctx = SSL_CTX_new(TLS_client_method())) != NULL &&
+	    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
+		SSL_CTX_free(ctx);
+		ctx = NULL;
+	}
+	return ctx;
+}
+
+/* The identifier alone in subjectAltName. */
+static int
+ready_tls_san_ok(X509 *x, const char *ident)
+{
+	GENERAL_NAMES	*gens;
+	int		 n;
+
+	if ((gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL,
+	    NULL)) == NULL)
+		return 0;
+	n = sk_GENERAL_NAME_num(gens);
+	GENERAL_NAMES_free(gens);
+	if (n != 1)
+		return 0;
+	if (strchr(ident, ':') != NULL || strspn(ident, "0123456789.") ==
+	    strlen(ident))
+		return X509_check_ip_asc(x, ident, 0) == 1;
+	return X509_check_host(x, ident, strlen(ident),
+	    X509_CHECK_FLAG_NO_WILDCARDS, NULL) == 1;
+}
+
+/* A critical acmeIdentifier, the OCTET STRING of SHA-256(keyauth). */
+static int
+ready_tls_ext_ok(X509 *x, const char *keyauth)
+{
+	unsigned char		 want[2 + SHA256_DIGEST_LENGTH];
+	ASN1_OBJECT		*oid;
+	X509_EXTENSION		*ext;
+	ASN1_OCTET_STRING	*v;
+	int			 loc;
+
+	if ((oid = OBJ_txt2obj(READY_ACME_IDENTIFIER, 1)) == NULL)
+		return 0;
+	loc = X509_get_ext_by_OBJ(x, oid, -1);
+	ASN1_OBJECT_free(oid);
+	if (loc < 0 || (ext = X509_get_ext(x, loc)) == NULL ||
+	    !X509_EXTENSION_get_critical(ext))
+		return 0;
+	v = X509_EXTENSION_get_data(ext);
+	want[0] = V_ASN1_OCTET_STRING;
+	want[1] = SHA256_DIGEST_LENGTH;
+	SHA256((const unsigned char *)keyauth, strlen(keyauth), want + 2);
+	return ASN1_STRING_length(v) == (int)sizeof(want) &&
+	    memcmp(ASN1_STRING_get0_data(v), want, sizeof(want)) == 0;
+}
+
+/* NULL when the handshake served the right certificate, else what came. */
+static char *
+ready_tls_judge(struct ready_check *rc, SSL *ssl)
+{
+	const unsigned char	*proto;
+	unsigned int		 len;
+	X509			*x;
+	char			*what = NULL;
+
+	SSL_get0_alpn_selected(ssl, &proto, &len);
+	if (len != sizeof(ready_alpn_proto) - 2 ||
+	    memcmp(proto, ready_alpn_proto + 1, len) != 0)
+		return xstrdup("got a handshake without acme-tls/1");
+	if ((x = SSL_get1_peer_certificate(ssl)) == NULL)
+		return xstrdup("got no certificate");
+	if (!ready_tls_san_ok(x, rc->rc_ident))
+		what = xstrdup("got a certificate for another name");
+	else if (!ready_tls_ext_ok(x, rc->rc_keyauth))
+		what = xstrdup("got a certificate without this "
+		    "authorization's acmeIdentifier");
+	X509_free(x);
+	return what;
+}
+
+static void
+ready_tls_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct ready_check	*rc = arg;
+	unsigned long		 e;
+	char			*s = NULL, buf[256];
+
+	if (what & BEV_EVENT_CONNECTED) {
+		s = ready_tls_judge(rc, bufferevent_openssl_get_ssl(bev));
+		ready_tried(rc, s == NULL, s);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT)
+		xasprintf(&s, "got no handshake within %ds", READY_TRY_TIMEOUT);
+	else if ((e = bufferevent_get_openssl_error(bev)) != 0) {
+		ERR_error_string_n(e, buf, sizeof(buf));
+		xasprintf(&s, "got %s", buf);
+	} else if (EVUTIL_SOCKET_ERROR() != 0)
+		xasprintf(&s, "got %s", evutil_socket_error_to_string(
+		    EVUTIL_SOCKET_ERROR()));
+	else
+		s = xstrdup("got the connection closed");
+	ready_tried(rc, 0, s);
+}
+
+static int
+ready_tls_start(struct ready_check *rc)
+{
+	struct timeval		 tv = { READY_TRY_TIMEOUT, 0 };
+	struct sockaddr_storage	 ss;
+	struct sockaddr_in	*sin = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)&ss;
+	socklen_t		 sslen;
+	SSL_CTX			*ctx;
+	SSL			*ssl;
+	char			*sni;
+
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, rc->rc_addr, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(rc->rc_port);
+		sslen = sizeof(*sin);
+	} else if (inet_pton(AF_INET6, rc->rc_addr, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(rc->rc_port);
+		sslen = sizeof(*sin6);
+	} else
+		return -1;
+	if ((ctx = ready_tls_ctx()) == NULL || (ssl = SSL_new(ctx)) == NULL)
+		return -1;
+	sni = alpn_sni_name(rc->rc_ident);
+	if (SSL_set_tlsext_host_name(ssl, sni) != 1 ||
+	    SSL_set_alpn_protos(ssl, ready_alpn_proto,
+	    sizeof(ready_alpn_proto) - 1) != 0) {
+		free(sni);
+		SSL_free(ssl);
+		return -1;
+	}
+	free(sni);
+	if ((rc->rc_bev = bufferevent_openssl_socket_new(rc->rc_base, -1, ssl,
+	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE)) == NULL)
+		fatalx("%s: bufferevent_openssl_socket_new", __func__);
+	bufferevent_setcb(rc->rc_bev, NULL, NULL, ready_tls_event, rc);
+	bufferevent_set_timeouts(rc->rc_bev, &tv, &tv);
+	if (bufferevent_socket_connect(rc->rc_bev, (struct sockaddr *)&ss,
+	    (int)sslen) == -1) {
+		bufferevent_free(rc->rc_bev);
+		rc->rc_bev = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void
+ready_tls_stop(struct ready_check *rc)
+{
+	if (rc->rc_bev != NULL)
+		bufferevent_free(rc->rc_bev);
+	rc->rc_bev = NULL;
 }

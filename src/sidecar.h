@@ -668,6 +668,8 @@ struct ready_stats {
 void		 ready_configure(const char *addr, int port, int limit,
 		    const char *from);
 int		 ready_enabled(void);
+/* Where tls-alpn-01 is checked: tls_alpn_listen's address, bound port. */
+void		 ready_configure_tls(const char *addr, int port);
 /* NULL when the type has no check (yet): nothing to wait for. */
 struct ready_check *ready_start(struct event_base *, enum challenge_type,
 		    const char *ident, const char *token, const char *keyauth,

@@ -121,10 +121,13 @@ def test_tls_alpn_issues_and_refuses_other_clients(tmp_path, pebble,
         proxy.release(CHALLENGE_PATH, True)
         sc.wait_certs(state, [NAME, IP])
         check_certificate(state, [NAME], None, pebble, tmp_path)
-        # Ours above, then the CA's.
+        # The readiness check's, ours above, then the CA's.
+        log = sc.log()
         for sni in (NAME, IP_SNI):
-            assert sc.log().count("validation certificate served for " +
-                                  sni) >= 2, sc.log()
+            assert log.count("validation certificate served for " +
+                             sni) >= 3, log
+        assert log.count("readiness tls://127.0.0.1:%d (acme-tls/1) "
+                         "answers (try 1," % alpn_port) == 2, log
         # The authorization settled: its certificate is gone.
         assert_refused(hello(alpn_port, NAME, ["acme-tls/1"]),
                        "unrecognized name")
