@@ -8,6 +8,7 @@ else gets: an alert and no certificate."""
 import socket
 import ssl
 import subprocess
+import time
 
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -98,6 +99,22 @@ def test_tls_alpn_issues_and_refuses_other_clients(tmp_path, pebble,
                        "no application protocol")
         assert_refused(hello(alpn_port, "other.example.test",
                              ["acme-tls/1"]), "unrecognized name")
+        # ALPN_MAX_CONNS (64) idle connections fill the responder: the
+        # next is closed at once, and handshakes succeed again once they
+        # are gone.
+        idle = [socket.create_connection(("127.0.0.1", alpn_port))
+                for _ in range(64)]
+        try:
+            got = hello(alpn_port, NAME, ["acme-tls/1"])
+            assert isinstance(got, (ssl.SSLError, ConnectionError)), got
+        finally:
+            for s in idle:
+                s.close()
+        deadline = time.monotonic() + 30
+        while isinstance(hello(alpn_port, NAME, ["acme-tls/1"]), Exception):
+            assert time.monotonic() < deadline, sc.diagnostics()
+            time.sleep(0.1)
+
         # Plain HTTP instead of a ClientHello: an alert, or a reset.
         with socket.create_connection(("127.0.0.1", alpn_port)) as s:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
