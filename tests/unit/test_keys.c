@@ -633,6 +633,34 @@ test_keys_alpn_cert(void **state)
 	check_alpn_cert("2001:db8::1", "IP:2001:db8::1");
 }
 
+/*
+ * The SNI a CA sends for tls-alpn-01 (alpn.c): a DNS name as it is, an IP
+ * address by its reverse-mapping name (RFC 8738 section 6).
+ */
+static void
+test_alpn_sni_name(void **state)
+{
+	static const struct {
+		const char	*ident, *sni;
+	} cases[] = {
+		{ "example.com", "example.com" },
+		{ "192.0.2.1", "1.2.0.192.in-addr.arpa" },
+		{ "2001:db8::1", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0."
+		    "0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa" },
+		{ "::ffff:192.0.2.1", "1.0.2.0.0.0.0.c.f.f.f.f.0.0.0.0."
+		    "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa" },
+	};
+	size_t	 i;
+	char	*sni;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		sni = alpn_sni_name(cases[i].ident);
+		assert_string_equal(sni, cases[i].sni);
+		free(sni);
+	}
+}
+
 int
 main(void)
 {
@@ -649,6 +677,7 @@ main(void)
 		cmocka_unit_test(test_keys_pem_unsupported),
 		cmocka_unit_test(test_keys_load_file),
 		cmocka_unit_test(test_keys_alpn_cert),
+		cmocka_unit_test(test_alpn_sni_name),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
