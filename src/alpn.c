@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,7 @@ struct alpn_conn {
 static struct {
 	struct event_base		*base;
 	struct evconnlistener		*listener;
+	struct event			*resume;	/* after EMFILE */
 	SSL_CTX				*ctx;
 	int				 port;
 	TAILQ_HEAD(, alpn_name)		 names;
@@ -304,6 +306,35 @@ alpn_accept(struct evconnlistener *listener, evutil_socket_t fd,
 	bufferevent_enable(ac->ac_bev, EV_READ);
 }
 
+static void
+alpn_resume(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (alpn.listener != NULL)
+		evconnlistener_enable(alpn.listener);
+}
+
+/*
+ * Out of descriptors or memory, the pending connection stays in the
+ * backlog and the listener readable: pause a second rather than spin.
+ */
+static void
+alpn_accept_error(struct evconnlistener *listener, void *arg)
+{
+	const struct timeval	 tv = { 1, 0 };
+	int			 e = EVUTIL_SOCKET_ERROR();
+
+	(void)arg;
+	if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+		return;
+	log_warnx("tls_alpn_listen: accept: %s; pausing for 1s",
+	    strerror(e));
+	evconnlistener_disable(listener);
+	evtimer_add(alpn.resume, &tv);
+}
+
 static SSL_CTX *
 alpn_ctx_new(void)
 {
@@ -376,6 +407,9 @@ alpn_start(struct event_base *base, const char *addr, int port,
 		alpn.ctx = NULL;
 		return -1;
 	}
+	evconnlistener_set_error_cb(alpn.listener, alpn_accept_error);
+	if ((alpn.resume = evtimer_new(base, alpn_resume, NULL)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
 	alpn.port = alpn_bound_port(evconnlistener_get_fd(alpn.listener));
 	return 0;
 }
@@ -401,6 +435,9 @@ alpn_stop(void)
 	if (alpn.listener != NULL)
 		evconnlistener_free(alpn.listener);
 	alpn.listener = NULL;
+	if (alpn.resume != NULL)
+		event_free(alpn.resume);
+	alpn.resume = NULL;
 	SSL_CTX_free(alpn.ctx);
 	alpn.ctx = NULL;
 }

@@ -5,6 +5,8 @@ issues.  Held at the CA's door (ca_proxy.py) while the challenge is
 pending, the responder shows what the CA would see, and what everybody
 else gets: an alert and no certificate."""
 
+import os
+import resource
 import socket
 import ssl
 import subprocess
@@ -110,6 +112,28 @@ def test_tls_alpn_issues_and_refuses_other_clients(tmp_path, pebble,
         finally:
             for s in idle:
                 s.close()
+        deadline = time.monotonic() + 30
+        while isinstance(hello(alpn_port, NAME, ["acme-tls/1"]), Exception):
+            assert time.monotonic() < deadline, sc.diagnostics()
+            time.sleep(0.1)
+
+        # Out of descriptors: accepting pauses (logged), then resumes.
+        pid = sc.proc.pid
+        used = len(os.listdir("/proc/%d/fd" % pid))
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 2, hard))
+        mark = sc.mark()
+        clients = []
+        try:
+            for _ in range(6):
+                clients.append(socket.create_connection(("127.0.0.1",
+                                                         alpn_port)))
+            sc.wait_log(r"tls_alpn_listen: accept: Too many open files; "
+                        r"pausing for 1s", since=mark)
+        finally:
+            for c in clients:
+                c.close()
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
         deadline = time.monotonic() + 30
         while isinstance(hello(alpn_port, NAME, ["acme-tls/1"]), Exception):
             assert time.monotonic() < deadline, sc.diagnostics()
