@@ -135,8 +135,10 @@ alpn_add(const char *ident, const char *keyauth, char **cause)
 	struct alpn_name	*an;
 
 	if (alpn.listener == NULL) {
+		/* tls_alpn_listen added by a reload: it starts with us. */
 		xasprintf(cause, "challenge tls-alpn-01 for %s but nothing "
-		    "answers it: tls_alpn_listen is off", ident);
+		    "answers it: the tls_alpn_listen responder is not running "
+		    "(it starts with the daemon)", ident);
 		return -1;
 	}
 	if (alpn.nnames >= ALPN_MAX_NAMES) {

@@ -7,6 +7,7 @@ else gets: an alert and no certificate."""
 
 import os
 import resource
+import signal
 import socket
 import ssl
 import subprocess
@@ -16,7 +17,8 @@ from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 
 from ca_proxy import CaProxy
-from conftest import (SIDECAR, check_certificate, write_config)
+from conftest import (SIDECAR, check_certificate, free_port,
+                      write_config)
 
 ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 NAME = "alpn.example.test"
@@ -207,3 +209,27 @@ def test_tls_alpn_config_errors(tmp_path, pebble, http_port):
                            text=True, timeout=30)
         message = "%s:%d: %s" % (conf, line, message)
         assert p.returncode != 0 and message in p.stdout, p.stdout
+
+
+def test_tls_alpn_listen_added_by_reload(tmp_path, pebble, http_port,
+                                         sidecar_factory):
+    """tls_alpn_listen binds at start only: added by a reload, it is
+    logged as waiting for a restart, and a tls-alpn-01 order says that
+    nothing answers it rather than leaving the CA to find out."""
+    conf, state = write_alpn_config(tmp_path, pebble, http_port, free_port())
+    text = conf.read_text()
+    # First without the responder, the challenge and the certificate.
+    conf.write_text("".join(
+        line for line in text.splitlines(keepends=True)
+        if not line.strip().startswith(("tls_alpn_listen", "challenge tls",
+                                        "acme_certificate"))))
+    sc = sidecar_factory(conf, [pebble]).start()
+    sc.wait_log(r"readiness check before validation")
+    conf.write_text(text)
+    sc.signal(signal.SIGHUP)
+    sc.wait_log(r"tls_alpn_listen changed; it takes effect after a restart")
+    sc.wait_log(r"challenge tls-alpn-01 for %s but nothing answers it: the "
+                r"tls_alpn_listen responder is not running" %
+                NAME.replace(".", r"\."), timeout=60)
+    assert sc.alive()
+    assert sc.stop() == 0
