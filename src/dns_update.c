@@ -41,6 +41,7 @@
 #include <event2/event.h>
 #include <ldns/ldns.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "sidecar.h"
 
@@ -155,32 +156,56 @@ dns_update_key_token(const char **pp, const char *end, char *tok,
 	return 1;
 }
 
+/* A domain name ldns takes: labels of 1 to 63 bytes, 253 in all. */
 static int
 dns_update_key_name_ok(const char *s)
 {
-	size_t	i, len = strlen(s);
+	size_t	i, label = 0, len = strlen(s);
 
-	if (len == 0 || len > 253 || s[0] == '.' || strstr(s, "..") != NULL)
+	if (len == 0 || len > 253)
 		return 0;
-	for (i = 0; i < len; i++)
-		if (!isalnum((unsigned char)s[i]) && s[i] != '-' &&
-		    s[i] != '_' && s[i] != '.')
+	for (i = 0; i < len; i++) {
+		if (s[i] == '.') {
+			if (label == 0)
+				return 0;
+			label = 0;
+			continue;
+		}
+		if ((!isalnum((unsigned char)s[i]) && s[i] != '-' &&
+		    s[i] != '_') || ++label > 63)
 			return 0;
+	}
 	return 1;
 }
 
+/*
+ * Canonical base64 only: it decodes and encodes back to the same text.
+ * ldns leaks what it allocated when it cannot decode a secret (1.8.3,
+ * ldns_pkt_tsig_sign_next()), so it is never handed one it would refuse.
+ */
 static int
 dns_update_secret_ok(const char *s)
 {
-	size_t	i, len = strlen(s);
+	unsigned char	 bin[DNS_UPDATE_SECRET_MAX];
+	char		 back[DNS_UPDATE_SECRET_MAX + 4];
+	size_t		 i, len = strlen(s);
+	int		 n;
 
-	if (len == 0 || len % 4 != 0)
+	if (len == 0 || len % 4 != 0 || len > DNS_UPDATE_SECRET_MAX)
 		return 0;
 	for (i = 0; i < len; i++)
 		if (!isalnum((unsigned char)s[i]) && s[i] != '+' &&
 		    s[i] != '/' && !(s[i] == '=' && i + 2 >= len))
 			return 0;
-	return 1;
+	/* EVP_DecodeBlock() counts the padding's bytes as zeroes. */
+	n = EVP_DecodeBlock(bin, (const unsigned char *)s, len) -
+	    (s[len - 1] == '=') - (s[len - 2] == '=');
+	i = n > 0 &&
+	    EVP_EncodeBlock((unsigned char *)back, bin, n) == (int)len &&
+	    strcmp(back, s) == 0;
+	OPENSSL_cleanse(bin, sizeof(bin));
+	OPENSSL_cleanse(back, sizeof(back));
+	return (int)i;
 }
 
 static int
@@ -618,6 +643,31 @@ dns_update_rcode_why(const struct dns_update_req *r, const ldns_pkt *ans,
 }
 
 /*
+ * Whether ans's TSIG names r's key and algorithm.  Checked before
+ * ldns_pkt_tsig_verify(), which (ldns 1.8.3) leaks the packet's TSIG
+ * record when it does not know the algorithm.
+ */
+static int
+dns_update_tsig_same_key(const struct dns_update_req *r, const ldns_pkt *ans)
+{
+	ldns_rr		*mine = ldns_pkt_tsig(r->ur_pkt);
+	ldns_rr		*theirs = ldns_pkt_tsig(ans);
+	ldns_rdf	*a, *b;
+
+	if (mine == NULL || theirs == NULL ||
+	    ldns_rr_rd_count(theirs) != ldns_rr_rd_count(mine) ||
+	    (a = ldns_rr_rdf(mine, 0)) == NULL ||
+	    (b = ldns_rr_rdf(theirs, 0)) == NULL ||
+	    ldns_rdf_get_type(b) != LDNS_RDF_TYPE_DNAME ||
+	    ldns_dname_compare(a, b) != 0 ||
+	    ldns_rr_owner(theirs) == NULL ||
+	    ldns_dname_compare(ldns_rr_owner(mine),
+	    ldns_rr_owner(theirs)) != 0)
+		return 0;
+	return 1;
+}
+
+/*
  * Check buf, an answer from r's server: 0 if the update took (NOERROR,
  * TSIG verified), -1 and why if it failed, 1 if buf is no answer to r
  * (another message, or garbage: keep waiting).
@@ -630,7 +680,13 @@ dns_update_answer_check(const struct dns_update_req *r, const uint8_t *buf,
 	ldns_rdf	*mac;
 	int		 rc;
 
-	if (ldns_wire2pkt(&ans, buf, len) != LDNS_STATUS_OK)
+	/*
+	 * The request has no OPT record, so the answer's only additional
+	 * record may be its TSIG (RFC 6891 7, RFC 8945 5.2); and ldns 1.8.3
+	 * leaks all but the last of several TSIG records there.
+	 */
+	if (len < LDNS_HEADER_SIZE || LDNS_ARCOUNT(buf) > 1 ||
+	    ldns_wire2pkt(&ans, buf, len) != LDNS_STATUS_OK)
 		return 1;
 	if (ldns_pkt_id(ans) != ldns_pkt_id(r->ur_pkt) || !ldns_pkt_qr(ans) ||
 	    ldns_pkt_get_opcode(ans) != LDNS_PACKET_UPDATE) {
@@ -640,7 +696,8 @@ dns_update_answer_check(const struct dns_update_req *r, const uint8_t *buf,
 	if (ldns_pkt_get_rcode(ans) != LDNS_RCODE_NOERROR) {
 		dns_update_rcode_why(r, ans, why);
 		rc = -1;
-	} else if ((mac = ldns_rr_rdf(ldns_pkt_tsig(r->ur_pkt), 3)) == NULL ||
+	} else if (!dns_update_tsig_same_key(r, ans) ||
+	    (mac = ldns_rr_rdf(ldns_pkt_tsig(r->ur_pkt), 3)) == NULL ||
 	    !ldns_pkt_tsig_verify(ans, buf, len, r->ur_key.uk_name,
 	    r->ur_key.uk_secret, mac)) {
 		xasprintf(why, "dns_update: %s answered NOERROR without a "

@@ -19,7 +19,7 @@ FUZZ_CFLAGS	 = -g -O1 $(FUZZ_SAN) -std=gnu11 -Wall -Wextra \
 FUZZ_LDLIBS	 = $(shell pkg-config --libs $(PKGS)) -lm -pthread
 
 FUZZ		 = $(BUILD)/fuzz
-FUZZ_NAMES	 = conf control acme challenge cluster shm dns_hook
+FUZZ_NAMES	 = conf control acme challenge cluster shm dns_hook dns
 FUZZ_BINS	 = $(FUZZ_NAMES:%=$(FUZZ)/fuzz_%)
 FUZZ_OBJS	 = $(filter-out $(FUZZ)/obj/main.o, \
 		   $(DAEMON_SRCS:src/%.c=$(FUZZ)/obj/%.o))
@@ -30,6 +30,7 @@ FUZZ_WITHOUT_control	 = $(FUZZ)/obj/control.o
 FUZZ_WITHOUT_challenge	 = $(FUZZ)/obj/challenge.o
 FUZZ_WITHOUT_acme	 = $(FUZZ)/obj/acme.o $(FUZZ)/obj/order.o
 FUZZ_WITHOUT_dns_hook	 = $(FUZZ)/obj/dns_hook.o
+FUZZ_WITHOUT_dns	 = $(FUZZ)/obj/dns_update.o
 # The configuration harness sees only files in its own folder.
 FUZZ_LDFLAGS_conf	 = -Wl,--wrap=open,--wrap=glob
 # The cluster harness gives the records its own sealing key and node name.
@@ -39,11 +40,12 @@ $(FUZZ)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 
-$(FUZZ)/obj/order.o $(FUZZ)/obj/order_cluster.o $(FUZZ)/obj/order_ari.o: \
-    src/order.h
+$(FUZZ)/obj/order.o $(FUZZ)/obj/order_cluster.o $(FUZZ)/obj/order_ari.o \
+$(FUZZ)/obj/order_dns.o: src/order.h
 
 $(FUZZ)/fuzz_conf $(FUZZ)/fuzz_control $(FUZZ)/fuzz_acme \
-$(FUZZ)/fuzz_challenge $(FUZZ)/fuzz_cluster $(FUZZ)/fuzz_dns_hook: \
+$(FUZZ)/fuzz_challenge $(FUZZ)/fuzz_cluster $(FUZZ)/fuzz_dns_hook \
+$(FUZZ)/fuzz_dns: \
     $(FUZZ)/fuzz_%: tests/fuzz/fuzz_%.c \
     tests/fuzz/fuzz.h tests/fuzz/fuzz_mhd.h $(FUZZ_OBJS) $(wildcard src/*.c) \
     src/sidecar.h src/order.h proto/acme_shm.h proto/acme_ident.h
