@@ -1,9 +1,10 @@
 /*
  * dns_publish: a dns-01 TXT record added or removed through the issuer's
  * publisher, dns_hook (dns_hook.c) or dns_update (dns_update.c).  Each
- * runs its jobs one at a time, in the order asked, and an issuer has
- * exactly one (conf.c), so a wildcard's "del" still reaches the DNS
- * before its apex's "add" of the same name.
+ * runs its jobs one at a time, in the order asked (dns_update: for each
+ * server and zone), and an issuer has exactly one (conf.c), so a
+ * wildcard's "del" still reaches the DNS before its apex's "add" of the
+ * same name.
  */
 #include <string.h>
 

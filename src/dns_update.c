@@ -18,8 +18,9 @@
  *
  * An answer with NOERROR counts only when its TSIG verifies with the
  * key; an error answer is taken as it is (a forged one can only fail an
- * update, which the order survives).  Updates run one at a time, in the
- * order asked, as dns_hook.c's hooks do.
+ * update, which the order survives).  Updates to one server and zone run
+ * one at a time, in the order asked, as dns_hook.c's hooks do; a server
+ * that does not answer holds up no other.
  *
  * The key file is read again for every update, so a rotated key needs
  * no reload; conf.c reads it once at load to report a bad one there.
@@ -87,7 +88,7 @@ struct dns_update_job {
 	TAILQ_ENTRY(dns_update_job) uj_entry;
 };
 
-static TAILQ_HEAD(, dns_update_job) dns_update_queue =
+static TAILQ_HEAD(dns_update_jobs, dns_update_job) dns_update_queue =
     TAILQ_HEAD_INITIALIZER(dns_update_queue);
 
 static void	dns_update_next(void);
@@ -725,7 +726,7 @@ dns_update_job_free(struct dns_update_job *uj)
 	free(uj);
 }
 
-/* The job at the queue's head is over: report, and start the next. */
+/* The job is over: report it; the caller starts what waited for it. */
 static void
 dns_update_done(struct dns_update_job *uj, int rc, const char *why)
 {
@@ -735,7 +736,6 @@ dns_update_done(struct dns_update_job *uj, int rc, const char *why)
 	else if (rc != 0)
 		log_warnx("%s", why);
 	dns_update_job_free(uj);
-	dns_update_next();
 }
 
 static void
@@ -772,6 +772,7 @@ dns_update_event_cb(int fd, short ev, void *arg)
 		}
 		dns_update_done(uj, rc, why);
 		free(why);
+		dns_update_next();
 		return;
 	}
 	if (uj->uj_tries < DNS_UPDATE_TRIES) {
@@ -784,6 +785,7 @@ dns_update_event_cb(int fd, short ev, void *arg)
 	    uj->uj_req->ur_server, DNS_UPDATE_TRIES * DNS_UPDATE_TRY_TIMEOUT);
 	dns_update_done(uj, -1, why);
 	free(why);
+	dns_update_next();
 }
 
 /* Open the socket and send the first try; -1 and why if it cannot. */
@@ -825,21 +827,42 @@ dns_update_start(struct dns_update_job *uj, char **why)
 	return 0;
 }
 
+/* Whether a job asked before uj goes to the same server and zone. */
+static int
+dns_update_waits(const struct dns_update_job *uj)
+{
+	const struct dns_update_job	*before;
+
+	for (before = TAILQ_PREV(uj, dns_update_jobs, uj_entry);
+	    before != NULL;
+	    before = TAILQ_PREV(before, dns_update_jobs, uj_entry))
+		if (strcmp(before->uj_spec, uj->uj_spec) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Start every job that waits for no other: one at a time for each
+ * server and zone, so that a server that does not answer holds up only
+ * its own updates.
+ */
 static void
 dns_update_next(void)
 {
 	struct dns_update_job	*uj;
 	char			*why = NULL;
 
-	while ((uj = TAILQ_FIRST(&dns_update_queue)) != NULL &&
-	    uj->uj_ev == NULL) {
+again:
+	TAILQ_FOREACH(uj, &dns_update_queue, uj_entry) {
+		if (uj->uj_ev != NULL || dns_update_waits(uj))
+			continue;
 		if (dns_update_start(uj, &why) == 0)
-			return;
+			continue;
+		/* Its callback may change the queue: look at it afresh. */
 		dns_update_done(uj, -1, why);
 		free(why);
 		why = NULL;
-		/* dns_update_done() started the rest. */
-		return;
+		goto again;
 	}
 }
 
@@ -862,7 +885,6 @@ dns_update_run(struct event_base *base, const char *spec, const char *verb,
     const char *fqdn, const char *value, dns_hook_cb cb, void *arg)
 {
 	struct dns_update_job	*uj;
-	int			 idle = TAILQ_EMPTY(&dns_update_queue);
 
 	uj = xcalloc(1, sizeof(*uj));
 	uj->uj_base = base;
@@ -874,8 +896,9 @@ dns_update_run(struct event_base *base, const char *spec, const char *verb,
 	uj->uj_arg = arg;
 	uj->uj_fd = -1;
 	TAILQ_INSERT_TAIL(&dns_update_queue, uj, uj_entry);
-	if (idle && event_base_once(base, -1, EV_TIMEOUT, dns_update_next_cb,
-	    NULL, NULL) == -1)
+	/* Started from the loop: cb must not run inside this call. */
+	if (event_base_once(base, -1, EV_TIMEOUT, dns_update_next_cb, NULL,
+	    NULL) == -1)
 		fatalx("%s: event_base_once", __func__);
 	return uj;
 }

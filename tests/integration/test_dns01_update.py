@@ -7,8 +7,8 @@ import json
 import subprocess
 import time
 
-from conftest import cert_sans, openssl, split_pem, write_config, \
-    ISSUE_TIMEOUT
+from conftest import cert_sans, free_port, openssl, split_pem, \
+    write_config, ISSUE_TIMEOUT
 from dnslib import KEY_NAME, bind_key, knot_factory  # noqa: F401
 
 
@@ -47,12 +47,14 @@ def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
     TSIG-signed updates into knotd, and its records are gone afterwards.
     A wrong TSIG key, and a zone whose updates the server denies, each
     fail their own certificate with knotd's real answer, naming the
-    server and the key, and leave nothing pending."""
+    server and the key, and leave nothing pending; so does a server
+    that never answers, after the three tries."""
     knot = knot_factory(refused=["refused.test"])
     pebble = pebble_factory(http_port, dns_server=knot.address)
     bad_key = tmp_path / "wrong-tsig.key"
     bad_key.write_text(bind_key(KEY_NAME, "A" * 43 + "="))
     server = "127.0.0.1:%d" % knot.port
+    silent = "127.0.0.1:%d" % free_port(udp_too=True)
 
     state = tmp_path / "state"
     conf = tmp_path / "sidecar.conf"
@@ -65,7 +67,10 @@ def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
              ["acme_certificate wrong wrong.example.test;"] +
              issuer("refused", pebble, tmp_path,
                     "%s key=%s zone=refused.test" % (server, knot.key_file)) +
-             ["acme_certificate refused www.refused.test;"])
+             ["acme_certificate refused www.refused.test;"] +
+             issuer("silent", pebble, tmp_path, "%s key=%s zone=example.test"
+                    % (silent, knot.key_file)) +
+             ["acme_certificate silent silent.example.test;"])
     with open(conf, "a") as f:
         f.write("\n".join(extra) + "\n")
 
@@ -105,5 +110,9 @@ def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
         assert why in got["last_error"]["message"], got
         assert knot.txt(fqdn) == []
     assert why in sidecar.log()
+    got = wait_backoff(sock, "silent.example.test")
+    assert got["state"] == "backoff", got
+    assert ("dns_update: no answer from %s in 6 s" % silent in
+            got["last_error"]["message"]), got
     assert sidecar.alive()
     assert sidecar.stop() == 0
