@@ -116,3 +116,29 @@ def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
             got["last_error"]["message"]), got
     assert sidecar.alive()
     assert sidecar.stop() == 0
+
+
+def test_dns01_update_config_errors(tmp_path, sidecar_bin):
+    """acme-sidecar -t names the line of a dns_update whose key file is
+    not a TSIG key, and of one beside a dns_hook, and exits 1."""
+    key = tmp_path / "not-a-key"
+    key.write_text("secret=abc\n")
+    for lines, line, message in (
+            (["    dns_update 127.0.0.1:53 key=%s zone=a.test;" % key], 5,
+             'TSIG key file %s: no key "NAME" { ... } statement' % key),
+            (["    dns_hook /bin/true;",
+              "    dns_update 127.0.0.1 key=%s zone=a.test;" % key], 6,
+             '"dns_hook" and "dns_update" in one issuer: it publishes '
+             'through one of them')):
+        conf = tmp_path / "sidecar.conf"
+        conf.write_text("\n".join(
+            ["acme_issuer le {",
+             "    uri https://127.0.0.1:1/dir;",
+             "    state_path %s;" % (tmp_path / "state"),
+             "    challenge dns-01;"] + lines +
+            ["}", "acme_certificate le *.a.test;"]) + "\n")
+        p = subprocess.run([str(sidecar_bin), "-t", "-c", str(conf)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=30)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "%s:%d: %s" % (conf, line, message) in p.stderr, p.stderr
