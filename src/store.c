@@ -436,12 +436,28 @@ out:
 	return rc;
 }
 
+/* An account key, PKCS#8 PEM, 0600, to a path that must not exist (link()). */
+static int
+store_write_key(const char *path, EVP_PKEY *key, char **cause)
+{
+	char	*pem;
+	int	 rc;
+
+	if ((pem = keys_to_pem(key)) == NULL) {
+		xasprintf(cause, "cannot encode the account key as PKCS#8");
+		return -1;
+	}
+	rc = store_write_file(path, pem, strlen(pem), 0600, 1, cause);
+	keys_pem_free(pem);
+	return rc;
+}
+
 /* Refuses to replace an existing account key: losing it loses the account. */
 int
 store_save_account_key(const char *dir, EVP_PKEY *key, char **cause)
 {
 	struct stat	 sb;
-	char		*path = NULL, *pem = NULL;
+	char		*path = NULL;
 	int		 rc = -1;
 
 	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_KEY);
@@ -451,15 +467,8 @@ store_save_account_key(const char *dir, EVP_PKEY *key, char **cause)
 		    "account key", path);
 		goto out;
 	}
-	if ((pem = keys_to_pem(key)) == NULL) {
-		xasprintf(cause, "cannot encode the account key as PKCS#8");
-		goto out;
-	}
-	if (store_write_file(path, pem, strlen(pem), 0600, 1, cause) == -1)
-		goto out;
-	rc = 0;
+	rc = store_write_key(path, key, cause);
 out:
-	keys_pem_free(pem);
 	free(path);
 	return rc;
 }
@@ -516,20 +525,12 @@ store_set_aside_account(const char *dir, const char *suffix, char **cause)
 int
 store_save_account_next(const char *dir, EVP_PKEY *key, char **cause)
 {
-	char	*path = NULL, *pem = NULL;
-	int	 rc = -1;
+	char	*path = NULL;
+	int	 rc;
 
 	xasprintf(&path, "%s/%s", dir, STORE_ACCOUNT_NEXT);
-	if ((pem = keys_to_pem(key)) == NULL) {
-		xasprintf(cause, "cannot encode the account key as PKCS#8");
-		goto out;
-	}
-	/* link(): one left by a rollover cut short is the CA's, maybe. */
-	if (store_write_file(path, pem, strlen(pem), 0600, 1, cause) == -1)
-		goto out;
-	rc = 0;
-out:
-	keys_pem_free(pem);
+	/* Never replaced: one left by a rollover cut short is the CA's, maybe. */
+	rc = store_write_key(path, key, cause);
 	free(path);
 	return rc;
 }
