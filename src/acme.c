@@ -1302,6 +1302,18 @@ acme_fleet_account(struct acme_issuer *ai)
 	}
 }
 
+/* Forget the account's key, URL and thumbprint, to load or register anew. */
+static void
+acme_account_unload(struct acme_issuer *ai)
+{
+	EVP_PKEY_free(ai->ai_key);
+	ai->ai_key = NULL;
+	free(ai->ai_kid);
+	ai->ai_kid = NULL;
+	free(ai->ai_thumbprint);
+	ai->ai_thumbprint = NULL;
+}
+
 static void
 acme_fleet_stored(int rc, void *arg)
 {
@@ -1317,12 +1329,7 @@ acme_fleet_stored(int rc, void *arg)
 		return;
 	}
 	/* Another node's came first (rc 0), or Redis failed: ask again. */
-	EVP_PKEY_free(ai->ai_key);
-	ai->ai_key = NULL;
-	free(ai->ai_kid);
-	ai->ai_kid = NULL;
-	free(ai->ai_thumbprint);
-	ai->ai_thumbprint = NULL;
+	acme_account_unload(ai);
 	if (rc == 0)
 		acme_fleet_account(ai);
 	else
@@ -2057,12 +2064,7 @@ acme_account_reactivate(struct acme_issuer *ai)
 	    "account is registered", ai->ai_name, ai->ai_conf->ci_state_path);
 	free(ai->ai_deactivated);
 	ai->ai_deactivated = NULL;
-	EVP_PKEY_free(ai->ai_key);
-	ai->ai_key = NULL;
-	free(ai->ai_kid);
-	ai->ai_kid = NULL;
-	free(ai->ai_thumbprint);
-	ai->ai_thumbprint = NULL;
+	acme_account_unload(ai);
 	json_decref(ai->ai_ca_contact);
 	ai->ai_ca_contact = NULL;
 	free(ai->ai_ca_status);
