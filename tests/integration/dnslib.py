@@ -20,6 +20,7 @@ the test ended.  A test imports the fixtures it uses from here.
 """
 
 import base64
+import json
 import os
 import subprocess
 import time
@@ -281,3 +282,37 @@ def knot_factory(tmp_path):
 def knot(knot_factory):
     """knotd with the zone example.test, updates with knot.key_file."""
     return knot_factory()
+
+
+# ------------------------------------------- what the dns-01 tests share
+
+def dns01_issuer(name, pebble, tmp_path, publisher):
+    """An acme_issuer block over dns-01, publisher its directive
+    ("dns_hook PATH ..." or "dns_update ..."), state in tmp_path."""
+    return ["acme_issuer %s {" % name,
+            "    uri %s;" % pebble.directory_url,
+            "    state_path %s;" % (tmp_path / ("state-" + name)),
+            "    accept_terms_of_service;",
+            "    ssl_trusted_certificate %s;" % pebble.ca,
+            "    request_rate off;",
+            "    challenge dns-01;",
+            "    %s;" % publisher,
+            "}"]
+
+
+def api(sock, path):
+    p = subprocess.run(["curl", "-s", "--unix-socket", str(sock),
+                        "http://localhost" + path], stdout=subprocess.PIPE,
+                       text=True, timeout=10)
+    return json.loads(p.stdout)
+
+
+def wait_backoff(sock, cid, timeout=30):
+    """The certificate's API state once it left its order: backoff is
+    what a failed order ends in (not pending, not retrying at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = api(sock, "/v1/certificates/" + cid)
+        if got.get("state") == "backoff" or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)

@@ -3,13 +3,13 @@ that writes TXT records into knotd with nsupdate and a TSIG key, and
 Pebble resolving through that knotd, so what Pebble validates is what
 the hook published."""
 
-import json
 import subprocess
 import time
 
 from conftest import cert_sans, openssl, split_pem, write_config, \
     ISSUE_TIMEOUT
-from dnslib import KEY_NAME, bind_key, knot_factory  # noqa: F401
+from dnslib import KEY_NAME, bind_key, dns01_issuer, wait_backoff, \
+    knot_factory  # noqa: F401
 
 # The README's nsupdate hook, with the server and zone spelled out (the
 # test's knotd is no resolver nsupdate would find by itself).
@@ -34,36 +34,6 @@ def hook(tmp_path, name, knot, zone, key_file):
     return path
 
 
-def issuer(name, pebble, tmp_path, hook_path):
-    return ["acme_issuer %s {" % name,
-            "    uri %s;" % pebble.directory_url,
-            "    state_path %s;" % (tmp_path / ("state-" + name)),
-            "    accept_terms_of_service;",
-            "    ssl_trusted_certificate %s;" % pebble.ca,
-            "    request_rate off;",
-            "    challenge dns-01;",
-            "    dns_hook %s timeout=20s;" % hook_path,
-            "}"]
-
-
-def api(sock, path):
-    p = subprocess.run(["curl", "-s", "--unix-socket", str(sock),
-                        "http://localhost" + path], stdout=subprocess.PIPE,
-                       text=True, timeout=10)
-    return json.loads(p.stdout)
-
-
-def wait_backoff(sock, cid, timeout=30):
-    """The certificate's API state once it left its order: backoff is
-    what a failed order ends in (not pending, not retrying at once)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = api(sock, "/v1/certificates/" + cid)
-        if got.get("state") == "backoff" or time.monotonic() > deadline:
-            return got
-        time.sleep(0.2)
-
-
 def test_dns01_nsupdate_into_knot(tmp_path, http_port, pebble_factory,
                                   knot_factory, sidecar_factory):
     """A wildcard plus apex certificate is issued through nsupdate into
@@ -85,9 +55,11 @@ def test_dns01_nsupdate_into_knot(tmp_path, http_port, pebble_factory,
     write_config(conf, pebble, state, http_port,
                  [(["*.example.test", "example.test"], None)],
                  issuer_extra="challenge dns-01;\n    dns_hook %s;" % good)
-    extra = (issuer("wrong", pebble, tmp_path, wrong) +
+    extra = (dns01_issuer("wrong", pebble, tmp_path,
+                          "dns_hook %s timeout=20s" % wrong) +
              ["acme_certificate wrong wrong.example.test;"] +
-             issuer("refused", pebble, tmp_path, refused) +
+             dns01_issuer("refused", pebble, tmp_path,
+                          "dns_hook %s timeout=20s" % refused) +
              ["acme_certificate refused www.refused.test;"])
     with open(conf, "a") as f:
         f.write("\n".join(extra) + "\n")

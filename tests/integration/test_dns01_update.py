@@ -3,42 +3,13 @@ signed UPDATE messages built by ldns, sent to a real knotd, and Pebble
 resolving through that knotd, so what Pebble validates is what the
 daemon published."""
 
-import json
 import subprocess
 import time
 
 from conftest import cert_sans, free_port, openssl, split_pem, \
     write_config, ISSUE_TIMEOUT
-from dnslib import KEY_NAME, bind_key, knot_factory  # noqa: F401
-
-
-def issuer(name, pebble, tmp_path, update):
-    return ["acme_issuer %s {" % name,
-            "    uri %s;" % pebble.directory_url,
-            "    state_path %s;" % (tmp_path / ("state-" + name)),
-            "    accept_terms_of_service;",
-            "    ssl_trusted_certificate %s;" % pebble.ca,
-            "    request_rate off;",
-            "    challenge dns-01;",
-            "    dns_update %s;" % update,
-            "}"]
-
-
-def api(sock, path):
-    p = subprocess.run(["curl", "-s", "--unix-socket", str(sock),
-                        "http://localhost" + path], stdout=subprocess.PIPE,
-                       text=True, timeout=10)
-    return json.loads(p.stdout)
-
-
-def wait_backoff(sock, cid, timeout=30):
-    """The certificate's API state once its order failed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = api(sock, "/v1/certificates/" + cid)
-        if got.get("state") == "backoff" or time.monotonic() > deadline:
-            return got
-        time.sleep(0.2)
+from dnslib import KEY_NAME, bind_key, dns01_issuer, wait_backoff, \
+    knot_factory  # noqa: F401
 
 
 def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
@@ -62,14 +33,17 @@ def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
                  [(["*.example.test", "example.test"], None)],
                  issuer_extra="challenge dns-01;\n    dns_update %s "
                  "key=%s zone=example.test;" % (server, knot.key_file))
-    extra = (issuer("wrong", pebble, tmp_path, "%s key=%s zone=example.test"
-                    % (server, bad_key)) +
+    extra = (dns01_issuer("wrong", pebble, tmp_path,
+                          "dns_update %s key=%s zone=example.test"
+                          % (server, bad_key)) +
              ["acme_certificate wrong wrong.example.test;"] +
-             issuer("refused", pebble, tmp_path,
-                    "%s key=%s zone=refused.test" % (server, knot.key_file)) +
+             dns01_issuer("refused", pebble, tmp_path,
+                          "dns_update %s key=%s zone=refused.test"
+                          % (server, knot.key_file)) +
              ["acme_certificate refused www.refused.test;"] +
-             issuer("silent", pebble, tmp_path, "%s key=%s zone=example.test"
-                    % (silent, knot.key_file)) +
+             dns01_issuer("silent", pebble, tmp_path,
+                          "dns_update %s key=%s zone=example.test"
+                          % (silent, knot.key_file)) +
              ["acme_certificate silent silent.example.test;"])
     with open(conf, "a") as f:
         f.write("\n".join(extra) + "\n")
