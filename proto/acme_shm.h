@@ -48,6 +48,8 @@
  *	image.by_id.off			struct acme_shm_bucket[by_id.nbuckets]
  *	image.by_name.off		struct acme_shm_bucket[by_name.nbuckets]
  *	image.by_token.off		struct acme_shm_bucket[by_token.nbuckets]
+ *	(after the tokens)		struct acme_shm_alpn entries
+ *	image.by_alpn.off		struct acme_shm_bucket[by_alpn.nbuckets]
  *	(anywhere in the slot)		string bytes, each followed by a NUL
  *					that its length does not count
  *
@@ -77,11 +79,13 @@
  *	steps with pread(2)-style reads of the file.
  *
  * LOOKUPS
- *	Three open-addressing hash tables map a key to a 32-bit value:
+ *	Four open-addressing hash tables map a key to a 32-bit value:
  *	  by_id		certificate id		-> index into certs[]
  *	  by_name	identifier (SNI name, lower case, or IP address
  *			in its canonical text form) -> index into certs[]
  *	  by_token	HTTP-01 token		-> index into tokens[]
+ *	  by_alpn	tls-alpn-01 SNI		-> file offset of a struct
+ *			acme_shm_alpn (see TLS-ALPN-01)
  *	nbuckets is a power of two (or 0 for an empty table), at most half
  *	full.  To find KEY: h = acme_shm_hash(KEY); start at bucket
  *	h & (nbuckets - 1) and step by one (wrapping) until a bucket whose
@@ -108,6 +112,27 @@
  *	The nginx module looks certificates up by id (its server{} names
  *	the certificate, and nginx's own server_name matching picks the
  *	server); src/njs/acme.js looks up by name, then by wildcard.
+ *
+ * TLS-ALPN-01
+ *	While a tls-alpn-01 authorization is pending (RFC 8737), by_alpn
+ *	holds its validation certificate: self-signed, with the identifier
+ *	alone in subjectAltName and the critical acmeIdentifier extension,
+ *	and its key.  The key is the SNI the CA sends: the identifier in
+ *	lower case, or for an IP address the reverse-mapping name of RFC
+ *	8738 section 6 ("1.0.0.127.in-addr.arpa", nibbles under
+ *	"ip6.arpa").  The value is the offset from the start of the file
+ *	of the struct acme_shm_alpn, which (with every string it points at)
+ *	lies inside the slot like everything else.  Two pending
+ *	authorizations for one name: by_alpn holds the newest.  An entry
+ *	goes when its authorization settles, valid or not.  A reader
+ *	serves it only to a ClientHello that offers "acme-tls/1" and names
+ *	the key in SNI, selects that protocol, and sends nothing after the
+ *	handshake.
+ *
+ *	by_alpn took what was image.reserved[2], zero in every image
+ *	written before it: a reader that predates it ignores it and answers
+ *	no tls-alpn-01, as before, and a newer reader of an older image
+ *	finds an empty table.  So the version did not change.
  *
  * SERIALS
  *	Each certificate entry carries a serial.  Equal serials for one id
@@ -176,7 +201,7 @@ struct acme_shm_image {
 	struct acme_shm_table	by_id;
 	struct acme_shm_table	by_name;
 	struct acme_shm_table	by_token;
-	uint32_t		reserved[2];	/* pads the image to 64 */
+	struct acme_shm_table	by_alpn;	/* see TLS-ALPN-01 */
 };
 
 /* key_len == 0 marks an empty bucket. */
@@ -209,11 +234,22 @@ struct acme_shm_token {
 	uint32_t	keyauth_len;
 };
 
+/* A tls-alpn-01 validation certificate (TLS-ALPN-01 above). */
+struct acme_shm_alpn {
+	uint32_t	ident_off;	/* the identifier, as the CA names it */
+	uint32_t	ident_len;
+	uint32_t	cert_off;	/* PEM: the validation certificate */
+	uint32_t	cert_len;
+	uint32_t	key_off;	/* PEM: its PKCS#8 private key */
+	uint32_t	key_len;
+};
+
 _Static_assert(sizeof(struct acme_shm_header) == 128, "header layout");
 _Static_assert(sizeof(struct acme_shm_image) == 64, "image layout");
 _Static_assert(sizeof(struct acme_shm_cert) == 64, "cert layout");
 _Static_assert(sizeof(struct acme_shm_bucket) == 16, "bucket layout");
 _Static_assert(sizeof(struct acme_shm_token) == 16, "token layout");
+_Static_assert(sizeof(struct acme_shm_alpn) == 24, "alpn layout");
 
 /* FNV-1a, 32 bits: simple enough to write again in JavaScript. */
 static inline uint32_t

@@ -252,6 +252,25 @@ out:
 	return pem;
 }
 
+/* A certificate as PEM, which the caller frees; NULL if it does not encode. */
+char *
+keys_cert_pem(X509 *x)
+{
+	BIO	*bio;
+	char	*data = NULL, *pem = NULL;
+	long	 len;
+
+	if ((bio = BIO_new(BIO_s_mem())) == NULL)
+		fatalx("keys_cert_pem: BIO_new");
+	if (PEM_write_bio_X509(bio, x) == 1 &&
+	    (len = BIO_get_mem_data(bio, &data)) > 0)
+		pem = xstrndup(data, (size_t)len);
+	else
+		log_openssl("keys_cert_pem");
+	BIO_free(bio);
+	return pem;
+}
+
 /* Big number parameter as base64url; size 0 means no padding. */
 static char *
 keys_bn_b64(EVP_PKEY *key, const char *param, size_t size)

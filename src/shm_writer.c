@@ -1,6 +1,6 @@
 /*
- * The shared-memory segment nginx reads: certificates, keys and pending
- * HTTP-01 tokens.  proto/acme_shm.h is the layout and the reader's side
+ * The shared-memory segment nginx reads: certificates, keys, pending
+ * HTTP-01 tokens and tls-alpn-01 validation certificates.  proto/acme_shm.h is the layout and the reader's side
  * of the protocol; this file is the only writer.
  *
  * The daemon keeps a model (the certificates and tokens that should be
@@ -11,12 +11,13 @@
  * Certificate changes are staged and committed together after
  * SHM_COMMIT_DELAY: a start-up that loads a thousand certificates, or a
  * thousand orders finishing, writes a few images, not a thousand.  Token
- * changes are published by a deferred event in the same turn of the
- * loop, long before a CA that is sent a challenge in that turn can ask
- * nginx for the token.  An image puts the certificates' part first, so
- * a slot whose certificates' part is already current takes new tokens
- * without the certificates being copied again: during mass issuance a
- * publish costs what the tokens cost.
+ * changes (and tls-alpn-01 certificates, which are challenges too) are
+ * published by a deferred event in the same turn of the loop, long
+ * before a CA that is sent a challenge in that turn can ask nginx for
+ * the token.  An image puts the certificates' part first, so a slot
+ * whose certificates' part is already current takes new tokens without
+ * the certificates being copied again: during mass issuance a publish
+ * costs what the tokens cost.
  *
  * The file is never shrunk and never replaced, so a reader's mapping
  * stays valid for as long as the reader keeps it.
@@ -77,11 +78,21 @@ struct shm_token {
 	char		*st_keyauth;
 };
 
+/* A pending tls-alpn-01 authorization's validation certificate. */
+struct shm_alpn {
+	char		*sa_sni;	/* the by_alpn key */
+	char		*sa_ident;
+	char		*sa_keyauth;	/* which authorization: for removal */
+	char		*sa_cert;	/* PEM */
+	char		*sa_key;	/* PEM; wiped when freed */
+};
+
 /*
  * Where everything of one image goes, worked out before anything is
  * written.  The certificates' part comes first and the tokens' part
  * after it, so that a slot whose certificates' part is current can take
- * new tokens without the certificates being written again.
+ * new tokens without the certificates being written again.  The tokens'
+ * part ends with the tls-alpn-01 certificates.
  */
 struct shm_plan {
 	uint32_t	 certs_off;
@@ -92,6 +103,9 @@ struct shm_plan {
 	uint32_t	 tokens_off;
 	struct acme_shm_table by_token;
 	uint32_t	 token_strings_off;
+	uint32_t	 alpn_off;
+	struct acme_shm_table by_alpn;
+	uint32_t	 alpn_strings_off;
 	uint64_t	 size;
 };
 
@@ -112,6 +126,9 @@ static struct {
 	size_t			 npending;
 	struct shm_token	*tokens;
 	size_t			 ntokens;
+	struct shm_alpn		*alpns;		/* oldest first */
+	size_t			 nalpns;
+	int			 alpn_gone;	/* a key to wipe from both */
 	uint32_t		 slot_used[2];
 	uint64_t		 slot_version[2]; /* cert_version in each slot */
 	int			 full;		/* the last publish failed */
@@ -815,6 +832,73 @@ shm_token_remove(const char *token)
 	}
 }
 
+static void
+shm_alpn_clear(struct shm_alpn *sa)
+{
+	free(sa->sa_sni);
+	free(sa->sa_ident);
+	free(sa->sa_keyauth);
+	free(sa->sa_cert);
+	keys_pem_free(sa->sa_key);
+	memset(sa, 0, sizeof(*sa));
+}
+
+/*
+ * A pending tls-alpn-01 authorization's validation certificate, for
+ * nginx to serve to the CA (TLS-ALPN-01 in acme_shm.h).  Published in
+ * this turn of the loop, as a token is.  The newest of two for one
+ * name is the one served, as by alpn.c's responder.
+ */
+void
+shm_alpn_add(const char *ident, const char *keyauth, X509 *cert,
+    EVP_PKEY *key)
+{
+	struct shm_alpn	 sa;
+	char		*p;
+
+	if (shm.base == NULL)
+		return;
+	memset(&sa, 0, sizeof(sa));
+	if ((sa.sa_cert = keys_cert_pem(cert)) == NULL ||
+	    (sa.sa_key = keys_to_pem(key)) == NULL) {
+		log_warnx("tls-alpn-01 for %s: the validation certificate "
+		    "does not encode; not published", ident);
+		shm_alpn_clear(&sa);
+		return;
+	}
+	sa.sa_sni = alpn_sni_name(ident);
+	for (p = sa.sa_sni; *p != '\0'; p++)
+		if (*p >= 'A' && *p <= 'Z')
+			*p += 'a' - 'A';
+	sa.sa_ident = xstrdup(ident);
+	sa.sa_keyauth = xstrdup(keyauth);
+	shm.alpns = xreallocarray(shm.alpns, shm.nalpns + 1,
+	    sizeof(*shm.alpns));
+	shm.alpns[shm.nalpns++] = sa;
+	shm_changed();
+}
+
+/* The authorization settled: its certificate and key leave the zone. */
+void
+shm_alpn_remove(const char *ident, const char *keyauth)
+{
+	size_t	 i;
+
+	for (i = 0; i < shm.nalpns; i++) {
+		if (strcmp(shm.alpns[i].sa_ident, ident) != 0 ||
+		    strcmp(shm.alpns[i].sa_keyauth, keyauth) != 0)
+			continue;
+		shm_alpn_clear(&shm.alpns[i]);
+		/* Keep the order: the newest for a name is served. */
+		memmove(&shm.alpns[i], &shm.alpns[i + 1],
+		    (shm.nalpns - i - 1) * sizeof(*shm.alpns));
+		shm.nalpns--;
+		shm.alpn_gone = 1;
+		shm_changed();
+		return;
+	}
+}
+
 /* ------------------------------------------------------------- publish */
 
 /*
@@ -855,6 +939,20 @@ shm_plan(struct shm_plan *pl, uint32_t so)
 	for (i = 0; i < shm.ntokens; i++)
 		strings += strlen(shm.tokens[i].st_token) + 1 +
 		    strlen(shm.tokens[i].st_keyauth) + 1;
+	off = shm_align8(off + strings);
+
+	pl->alpn_off = so + (uint32_t)off;
+	off += (uint64_t)shm.nalpns * sizeof(struct acme_shm_alpn);
+	pl->by_alpn.nbuckets = shm_buckets_for(shm.nalpns);
+	pl->by_alpn.off = so + (uint32_t)off;
+	off += (uint64_t)pl->by_alpn.nbuckets * sizeof(struct acme_shm_bucket);
+	pl->alpn_strings_off = so + (uint32_t)off;
+	strings = 0;
+	for (i = 0; i < shm.nalpns; i++)
+		strings += strlen(shm.alpns[i].sa_sni) + 1 +
+		    strlen(shm.alpns[i].sa_ident) + 1 +
+		    strlen(shm.alpns[i].sa_cert) + 1 +
+		    strlen(shm.alpns[i].sa_key) + 1;
 	/* Checked against the slot before any uint32_t offset is used. */
 	pl->size = shm_align8(off + strings);
 }
@@ -940,6 +1038,26 @@ shm_write_token(const struct shm_plan *pl, uint32_t *pos, size_t i)
 	shm_table_put(&pl->by_token, t->token_off, t->token_len, (uint32_t)i);
 }
 
+/*
+ * One tls-alpn-01 certificate; the newest for a name goes into by_alpn
+ * first (see shm_write_tokens()), and a key present is kept.
+ */
+static void
+shm_write_alpn(const struct shm_plan *pl, uint32_t *pos, size_t i)
+{
+	const struct shm_alpn	*sa = &shm.alpns[i];
+	struct acme_shm_alpn	*e;
+	uint32_t		 at, off, len;
+
+	at = pl->alpn_off + (uint32_t)(i * sizeof(*e));
+	e = (struct acme_shm_alpn *)(shm.base + at);
+	off = shm_put_string(pos, sa->sa_sni, &len);
+	e->ident_off = shm_put_string(pos, sa->sa_ident, &e->ident_len);
+	e->cert_off = shm_put_string(pos, sa->sa_cert, &e->cert_len);
+	e->key_off = shm_put_string(pos, sa->sa_key, &e->key_len);
+	shm_table_put(&pl->by_alpn, off, len, at);
+}
+
 /* The certificates' part of an image: entries, by_id, by_name, strings. */
 static void
 shm_write_certs(const struct shm_plan *pl, uint32_t so)
@@ -953,17 +1071,24 @@ shm_write_certs(const struct shm_plan *pl, uint32_t so)
 		shm_write_cert(pl, &pos, i);
 }
 
-/* The tokens' part; returns where it ends. */
+/*
+ * The tokens' part, tls-alpn-01 certificates included; returns where it
+ * ends.  All of it is zeroed first: no byte of a key an earlier image
+ * held there stays in an alignment gap.
+ */
 static uint32_t
-shm_write_tokens(const struct shm_plan *pl)
+shm_write_tokens(const struct shm_plan *pl, uint32_t so)
 {
 	uint32_t	 pos = pl->token_strings_off;
 	size_t		 i;
 
 	memset(shm.base + pl->tokens_part_off, 0,
-	    pl->token_strings_off - pl->tokens_part_off);
+	    so + pl->size - pl->tokens_part_off);
 	for (i = 0; i < shm.ntokens; i++)
 		shm_write_token(pl, &pos, i);
+	pos = pl->alpn_strings_off;
+	for (i = shm.nalpns; i > 0; i--)
+		shm_write_alpn(pl, &pos, i - 1);
 	return pos;
 }
 
@@ -981,7 +1106,7 @@ shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen,
 
 	if (!certs_current)
 		shm_write_certs(pl, so);
-	end = shm_write_tokens(pl);
+	end = shm_write_tokens(pl, so);
 	img = (struct acme_shm_image *)(shm.base + so);
 	img->magic = ACME_SHM_IMAGE_MAGIC;
 	img->generation = gen;
@@ -992,6 +1117,7 @@ shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen,
 	img->by_id = pl->by_id;
 	img->by_name = pl->by_name;
 	img->by_token = pl->by_token;
+	img->by_alpn = pl->by_alpn;
 	img->used = (uint32_t)shm_align8(end - so);
 	return img->used;
 }
@@ -1013,6 +1139,26 @@ shm_set_full(int full, const struct shm_plan *pl)
 	shm.stats.ss_full = full;
 	atomic_store_explicit((_Atomic uint32_t *)&h->flags,
 	    full ? ACME_SHM_FULL : 0, memory_order_relaxed);
+}
+
+/*
+ * The tokens' part of slot s, which starts at part bytes into it (where
+ * the published slot's starts: both hold the same certificates' part),
+ * once the published image no longer holds a tls-alpn-01 key that it
+ * may hold.  Returns the bytes wiped.
+ */
+static uint32_t
+shm_wipe_tokens(int s, uint32_t part)
+{
+	uint32_t	 n;
+
+	if (shm.slot_used[s] <= part)
+		return 0;
+	n = shm.slot_used[s] - part;
+	atomic_thread_fence(memory_order_release);
+	memset(shm.base + shm.hdr->slot_off[s] + part, 0, n);
+	shm.slot_used[s] = part;
+	return n;
 }
 
 /*
@@ -1072,15 +1218,18 @@ shm_publish_image(void)
 		written += shm.slot_used[1 - s];
 		shm.slot_used[1 - s] = 0;
 		shm.slot_version[1 - s] = 0;
-	}
+	} else if (shm.alpn_gone)
+		written += shm_wipe_tokens(1 - s, pl.tokens_part_off - so);
+	shm.alpn_gone = 0;
 	shm.dirty = 0;
 	shm.stats.ss_generation = gen;
 	shm.stats.ss_used = used;
 	shm.stats.ss_publishes++;
 	shm_set_full(0, &pl);
 	log_debug("shared zone: generation %llu, %zu certificates, %zu "
-	    "tokens, %u of %u bytes%s", (unsigned long long)gen, shm.ncerts,
-	    shm.ntokens, used, h->slot_size, current ? " (tokens only)" : "");
+	    "tokens, %zu tls-alpn-01, %u of %u bytes%s",
+	    (unsigned long long)gen, shm.ncerts, shm.ntokens, shm.nalpns, used,
+	    h->slot_size, current ? " (tokens only)" : "");
 	return written;
 }
 
@@ -1120,6 +1269,7 @@ shm_get_stats(struct shm_stats *st)
 	*st = shm.stats;
 	st->ss_certs = shm.ncerts;
 	st->ss_tokens = shm.ntokens;
+	st->ss_alpns = shm.nalpns;
 }
 
 /* Drop the mapping; the file and what it holds stay for nginx. */
@@ -1146,6 +1296,9 @@ shm_close(void)
 		free(shm.tokens[i].st_keyauth);
 	}
 	free(shm.tokens);
+	for (i = 0; i < shm.nalpns; i++)
+		shm_alpn_clear(&shm.alpns[i]);
+	free(shm.alpns);
 	if (shm.base != NULL)
 		munmap(shm.base, shm.size);
 	if (shm.fd != -1)

@@ -592,6 +592,7 @@ EVP_PKEY	*keys_from_pem(const char *, size_t, char **);
 EVP_PKEY	*keys_load_file(const char *, char **);
 char		*keys_to_pem(EVP_PKEY *);		/* PKCS#8 */
 void		 keys_pem_free(char *);			/* wipes, then frees */
+char		*keys_cert_pem(X509 *);
 json_t		*keys_jwk(EVP_PKEY *);			/* public JWK */
 char		*keys_thumbprint(EVP_PKEY *);		/* RFC 7638, b64url */
 char		*keys_key_authorization(const char *, const char *);
@@ -854,6 +855,7 @@ struct shm_stats {
 	int		 ss_full;		/* the last publish failed */
 	size_t		 ss_certs;
 	size_t		 ss_tokens;
+	size_t		 ss_alpns;		/* tls-alpn-01 certificates */
 };
 int		 shm_open_zone(struct event_base *, const char *path,
 		    size_t, const char *group, char **);
@@ -864,6 +866,9 @@ void		 shm_cert_set(const char *id, const char *issuer,
 void		 shm_cert_remove(const char *id);
 void		 shm_token_add(const char *token, const char *keyauth);
 void		 shm_token_remove(const char *token);
+void		 shm_alpn_add(const char *ident, const char *keyauth, X509 *,
+		    EVP_PKEY *);
+void		 shm_alpn_remove(const char *ident, const char *keyauth);
 int		 shm_publish(void);		/* now; -1 when full */
 void		 shm_get_stats(struct shm_stats *);
 char		*shm_zone_check(const char *path);	/* NULL: usable */

@@ -159,6 +159,33 @@ ts_token(const unsigned char *base, size_t size, const char *token)
 	return ts_copy(base, lo, hi, t->keyauth_off, t->keyauth_len);
 }
 
+/*
+ * What by_alpn holds for sni: the identifier, and the certificate and
+ * key PEM in *cert and *key (the caller frees all three); NULL if absent.
+ */
+static char *
+ts_alpn(const unsigned char *base, size_t size, const char *sni,
+    char **cert, char **key)
+{
+	const struct acme_shm_header	*h = (const void *)base;
+	const struct acme_shm_image	*img;
+	const struct acme_shm_alpn	*a;
+	int64_t				 v;
+	uint64_t			 lo, hi;
+
+	*cert = *key = NULL;
+	if (ts_slot(base, size, h->generation, &lo, &hi) == -1)
+		return NULL;
+	img = (const void *)(base + lo);
+	v = acme_shm_lookup(base, lo, hi, &img->by_alpn, sni, strlen(sni));
+	if (v < 0 || !acme_shm_within(lo, hi, (uint64_t)v, sizeof(*a)))
+		return NULL;
+	a = (const struct acme_shm_alpn *)(base + v);
+	*cert = ts_copy(base, lo, hi, a->cert_off, a->cert_len);
+	*key = ts_copy(base, lo, hi, a->key_off, a->key_len);
+	return ts_copy(base, lo, hi, a->ident_off, a->ident_len);
+}
+
 static unsigned char *
 ts_map(size_t *size)
 {
@@ -279,6 +306,99 @@ test_publish_and_lookup(void **state)
 	keys_pem_free(pem_a);
 	EVP_PKEY_free(ka);
 	EVP_PKEY_free(kb);
+}
+
+/* One validation certificate: its PEM and its key's in *cert, *key. */
+static void
+ts_alpn_add(const char *ident, const char *keyauth, char **cert, char **key)
+{
+	EVP_PKEY	*k = ts_key();
+	X509		*x;
+
+	assert_non_null(x = keys_alpn_cert(k, ident, keyauth));
+	shm_alpn_add(ident, keyauth, x, k);
+	*cert = keys_cert_pem(x);
+	*key = keys_to_pem(k);
+	X509_free(x);
+	EVP_PKEY_free(k);
+}
+
+/*
+ * tls-alpn-01: each pending authorization's validation certificate and
+ * key, under the SNI the CA sends (the reverse name for an address);
+ * the newest of two for one name; gone, keys included from both slots,
+ * once settled.  Certificates and tokens beside them stay as they were.
+ */
+static void
+test_alpn_published(void **state)
+{
+	char		*names[] = { "a.example.test" }, *cause = NULL;
+	char		*c1, *k1, *c2, *k2, *c3, *k3, *cert, *key, *ident, *ka;
+	EVP_PKEY	*k = ts_key();
+	struct ts_entry	 e;
+	unsigned char	*base;
+	size_t		 size;
+
+	(void)state;
+	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
+	    &cause), 0);
+	shm_cert_set("a.example.test", "pebble", names, 1, "CHAIN A", k, 100,
+	    200);
+	shm_token_add("tok1", "tok1.thumb");
+	base = ts_map(&size);
+	assert_null(ts_alpn(base, size, "a.example.test", &cert, &key));
+
+	ts_alpn_add("a.example.test", "ka1", &c1, &k1);
+	ts_alpn_add("127.0.0.1", "ka3", &c3, &k3);
+	assert_non_null(ident = ts_alpn(base, size, "a.example.test", &cert,
+	    &key));
+	assert_string_equal(ident, "a.example.test");
+	assert_string_equal(cert, c1);
+	assert_string_equal(key, k1);
+	free(ident), free(cert), free(key);
+	/* An address under its reverse name, never as itself (RFC 8738). */
+	assert_null(ts_alpn(base, size, "127.0.0.1", &cert, &key));
+	assert_non_null(ident = ts_alpn(base, size, "1.0.0.127.in-addr.arpa",
+	    &cert, &key));
+	assert_string_equal(ident, "127.0.0.1");
+	assert_string_equal(cert, c3);
+	free(ident), free(cert), free(key);
+
+	/* A second authorization for the name: the newest is served. */
+	ts_alpn_add("a.example.test", "ka2", &c2, &k2);
+	assert_non_null(ident = ts_alpn(base, size, "a.example.test", &cert,
+	    &key));
+	assert_string_equal(cert, c2);
+	assert_string_equal(key, k2);
+	free(ident), free(cert), free(key);
+
+	/* Settled: the older comes back, then nothing; no key lingers. */
+	shm_alpn_remove("a.example.test", "ka2");
+	assert_non_null(ident = ts_alpn(base, size, "a.example.test", &cert,
+	    &key));
+	assert_string_equal(cert, c1);
+	free(ident), free(cert), free(key);
+	assert_null(memmem(base, size, k2, strlen(k2)));
+	shm_alpn_remove("a.example.test", "ka1");
+	shm_alpn_remove("127.0.0.1", "ka3");
+	assert_null(ts_alpn(base, size, "a.example.test", &cert, &key));
+	assert_null(ts_alpn(base, size, "1.0.0.127.in-addr.arpa", &cert,
+	    &key));
+	assert_null(memmem(base, size, k1, strlen(k1)));
+	assert_null(memmem(base, size, k3, strlen(k3)));
+
+	/* What was beside them is untouched. */
+	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 1);
+	assert_string_equal(e.chain, "CHAIN A");
+	ts_entry_clear(&e);
+	assert_non_null(ka = ts_token(base, size, "tok1"));
+	assert_string_equal(ka, "tok1.thumb");
+	free(ka);
+
+	munmap(base, size);
+	free(c1), free(c2), free(c3);
+	keys_pem_free(k1), keys_pem_free(k2), keys_pem_free(k3);
+	EVP_PKEY_free(k);
 }
 
 /*
@@ -808,6 +928,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_publish_and_lookup,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_token_only_publishes,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_alpn_published,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(
 		    test_close_publishes_pending_changes, ts_setup, ts_teardown),
