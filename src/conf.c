@@ -309,6 +309,7 @@ conf_free(struct conf *conf)
 	free(conf->c_group);
 	free(conf->c_nginx_config);
 	free(conf->c_nginx_group);
+	free(conf->c_nginx_user);
 	free(conf->c_zone_name);
 	free(conf->c_zone_path);
 	free(conf->c_zone_owner);

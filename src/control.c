@@ -447,6 +447,30 @@ control_issuers_json(void)
 	return a;
 }
 
+/*
+ * Whether nginx's workers can open the segment, as judged at start:
+ * "can_open" is null when who they are is not known here.
+ */
+static json_t *
+control_zone_readers_json(void)
+{
+	const struct zone_readers	*zr = zone_readers_get();
+	json_t				*j;
+
+	if (zr->zr_state == ZONE_READERS_UNKNOWN && zr->zr_user[0] == '\0')
+		return json_pack("{s:n, s:n, s:n, s:n, s:n}", "user", "group",
+		    "from", "can_open", "problem");
+	j = json_pack("{s:s, s:s, s:s, s:o, s:o}", "user", zr->zr_user,
+	    "group", zr->zr_group, "from", zr->zr_source,
+	    "can_open", zr->zr_state == ZONE_READERS_UNKNOWN ? json_null() :
+	    json_boolean(zr->zr_state == ZONE_READERS_YES),
+	    "problem", zr->zr_state == ZONE_READERS_NO ?
+	    json_string(zr->zr_why) : json_null());
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
+}
+
 /* The segment nginx reads; "full" means nginx is serving an older image. */
 static json_t *
 control_zone_json(void)
@@ -465,6 +489,7 @@ control_zone_json(void)
 	    "failed_publishes", (json_int_t)st.ss_failures);
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
+	json_object_set_new(j, "nginx_workers", control_zone_readers_json());
 	return j;
 }
 

@@ -602,6 +602,8 @@ main_zone_open(struct event_base *base)
 	log_info("shared zone %s: group %s", main_conf->c_zone_path,
 	    group != NULL ? group : "unchanged");
 	main_zone_owner_check();
+	zone_readers_check(main_conf->c_zone_path, main_conf->c_nginx_user,
+	    main_conf->c_nginx_group, main_conf->c_nginx_user_from);
 }
 
 /*

@@ -118,6 +118,30 @@ nginx_conf_user(struct conf_parse *p, struct conf_args *a)
 		group = xstrdup(gr->gr_name);
 	free(p->conf->c_nginx_group);
 	p->conf->c_nginx_group = group;
+	free(p->conf->c_nginx_user);
+	p->conf->c_nginx_user = xstrdup(a->v[1]);
+	p->conf->c_nginx_user_from = "\"user\" in nginx.conf";
+}
+
+/*
+ * Without "user", a master started as root runs its workers as the user
+ * and group nginx was built with: "nobody", and the group its build host
+ * had of "nobody" and "nogroup" (Debian builds: "nogroup"; none passes
+ * --user or --group).  A master started as another user keeps its own,
+ * which nothing here can know; root is where "user" matters.
+ */
+static void
+nginx_conf_default_user(struct conf *conf)
+{
+	const char	*group = NULL;
+
+	if (getgrnam("nogroup") != NULL)
+		group = "nogroup";
+	else if (getgrnam("nobody") != NULL)
+		group = "nobody";
+	conf->c_nginx_user = xstrdup("nobody");
+	conf->c_nginx_group = group != NULL ? xstrdup(group) : NULL;
+	conf->c_nginx_user_from = "nginx's default: nginx.conf has no \"user\"";
 }
 
 static void
@@ -512,5 +536,7 @@ nginx_conf_read(struct conf_parse *p, const char *path)
 	rc = conf_parse_block(p, lx, &ctx, 0);
 	p->prefix = NULL;
 	conf_lex_free(lx);
+	if (rc == 0 && p->conf->c_nginx_user == NULL)
+		nginx_conf_default_user(p->conf);
 	return rc;
 }

@@ -11,6 +11,7 @@
 #include <sys/types.h>
 #include <sys/queue.h>
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -219,6 +220,8 @@ struct conf {
 	char			*c_group;
 	char			*c_nginx_config;	/* nginx.conf read, or NULL */
 	char			*c_nginx_group;		/* its "user"'s group */
+	char			*c_nginx_user;		/* its workers' user */
+	const char		*c_nginx_user_from;	/* "user" or default */
 	char			*c_zone_name;		/* acme_shared_zone */
 	size_t			 c_zone_size;
 	char			*c_zone_path;		/* "/dev/shm/NAME" */
@@ -872,6 +875,26 @@ void		 shm_alpn_remove(const char *ident, const char *keyauth);
 int		 shm_publish(void);		/* now; -1 when full */
 void		 shm_get_stats(struct shm_stats *);
 char		*shm_zone_check(const char *path);	/* NULL: usable */
+
+/* zone_readers.c: can nginx's workers open the shared zone? */
+enum zone_readers_state {
+	ZONE_READERS_UNKNOWN,		/* who they are is not known here */
+	ZONE_READERS_YES,
+	ZONE_READERS_NO
+};
+struct zone_readers {
+	enum zone_readers_state	 zr_state;
+	char			 zr_user[64];
+	char			 zr_group[64];
+	char			 zr_source[128];	/* where we learnt it */
+	char			 zr_why[PATH_MAX + 128];	/* when NO */
+};
+struct stat;
+int		 zone_readers_may(const struct stat *, uid_t, const gid_t *,
+		    int, mode_t);
+void		 zone_readers_check(const char *path, const char *user,
+		    const char *group, const char *source);
+const struct zone_readers *zone_readers_get(void);
 
 /* dns_hook.c: "PROGRAM add|del FQDN VALUE", one at a time. */
 struct dns_hook_job;

@@ -27,14 +27,16 @@ NJS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 NJS_SCRIPT = ROOT / "src" / "njs" / "acme.js"
 
 
-def main_block(prefix, modules=()):
-    """The main context every test config starts with."""
+def main_block(prefix, modules=(), user="www-data"):
+    """The main context every test config starts with.  user None: no
+    "user" line, so nginx (started as root) runs its workers as the user
+    and group it was built with (Debian: nobody:nogroup)."""
     lines = ["load_module %s;" % m for m in modules]
     lines += [
         "daemon off;",
         "master_process on;",
         "worker_processes 1;",
-        "user www-data;",
+    ] + (["user %s;" % user] if user else []) + [
         "pid %s/nginx.pid;" % prefix,
         "error_log %s/error.log info;" % prefix,
         "events { worker_connections 256; }",

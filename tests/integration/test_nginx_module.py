@@ -8,6 +8,7 @@ on a port Pebble never dials, so every challenge is answered by nginx's
 port-80 server through the module, with its "return 404" in place.
 """
 
+import grp
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 import shmread
 from conftest import free_port, split_pem, zone_name, zone_path
+from dnslib import api
 from nginxlib import (MODULE, fingerprint, handshake, http_block_head,
                       http_get, main_block, nginx_factory, served_leaf,
                       served_while, verify_served)
@@ -72,8 +74,8 @@ server {
            http=http_port)
 
 
-def nginx_conf(prefix, body):
-    return main_block(prefix, [MODULE]) + "http {\n" + \
+def nginx_conf(prefix, body, user="www-data"):
+    return main_block(prefix, [MODULE], user) + "http {\n" + \
         http_block_head(prefix) + body + "}\n"
 
 
@@ -134,6 +136,56 @@ def test_seed_full_example(tmp_path, pebble, http_port, seed):
     assert status == 404
     assert "[alert]" not in nginx.error_log()
     assert "[crit]" not in nginx.error_log()
+
+
+def test_seed_verbatim_without_user_line(tmp_path, pebble, http_port,
+                                         nginx_factory, sidecar_factory):
+    """The seed's Full example has no "user" line, so nginx (started as
+    root) runs its workers as nobody:nogroup, Debian's build default.  The
+    zone's group follows, and the certificate is served.  A group= that
+    shuts those workers out is said in the sidecar's log and status, not
+    only in nginx's error log."""
+    tls_port = free_port()
+    body = seed_http(pebble, tmp_path, tls_port, http_port)
+    nginx = nginx_factory()
+    sock = tmp_path / "control.sock"
+
+    # group=www-data: the workers (nogroup) cannot open the zone.
+    nginx.write(nginx_conf(nginx.prefix, body.replace(
+        ":1M;", ":1M group=www-data;"), user=None))
+    sidecar = sidecar_factory(sidecar_conf(tmp_path), [pebble])
+    sidecar.start("--nginx-conf", str(nginx.conf))
+    sidecar.wait_log(r"shared zone \S+: nginx's workers \(nobody:nogroup, "
+                     r"nginx's default: nginx.conf has no \"user\"\) "
+                     r"cannot read \S+ \(mode 0640 root:www-data\): nginx "
+                     r"will serve no certificate from it")
+    workers = api(sock, "/v1/status")["shared_zone"]["nginx_workers"]
+    assert workers["user"] == "nobody" and workers["group"] == "nogroup"
+    assert workers["can_open"] is False
+    assert "(mode 0640 root:www-data)" in workers["problem"], workers
+    assert sidecar.stop() == 0
+
+    # As written: the group is nogroup, and nginx serves the certificate.
+    nginx.write(nginx_conf(nginx.prefix, body, user=None))
+    nginx.start([tls_port, http_port])
+    sidecar = sidecar_factory(sidecar_conf(tmp_path), [pebble])
+    sidecar.start("--nginx-conf", str(nginx.conf))
+    sidecar.wait_certs(tmp_path / "state", ["example.test"])
+    st = os.stat(zone_path(tmp_path))
+    assert (st.st_mode & 0o777, st.st_gid) == \
+        (0o640, grp.getgrnam("nogroup").gr_gid)
+    workers = api(sock, "/v1/status")["shared_zone"]["nginx_workers"]
+    assert workers["can_open"] is True and workers["problem"] is None
+    leaf = stored_leaf(tmp_path)
+    deadline = time.monotonic() + 10
+    while True:
+        rc, blocks, _ = handshake(tls_port, NAMES[0], check=False)
+        if rc == 0 and blocks and fingerprint(blocks[0]) == fingerprint(leaf):
+            break
+        assert time.monotonic() < deadline, \
+            "nginx never served the certificate%s" % nginx.diagnostics()
+        time.sleep(0.1)
+    verify_served(tls_port, NAMES[0], pebble, tmp_path)
 
 
 @pytest.mark.parametrize("validity", [30])

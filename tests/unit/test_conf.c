@@ -245,7 +245,9 @@ test_conf_full(void **state)
 	xasprintf(&expect, "%s/nginx.conf", t->dir);
 	assert_string_equal(conf->c_nginx_config, expect);
 	free(expect);
-	assert_null(conf->c_nginx_group);
+	/* No "user": nginx's built-in default, nobody:nogroup on Debian. */
+	assert_string_equal(conf->c_nginx_user, "nobody");
+	assert_string_equal(conf->c_nginx_group, "nogroup");
 	conf_free(conf);
 }
 
@@ -1506,7 +1508,7 @@ test_nginx_include_prefix(void **state)
 	assert_string_equal(cc->cc_file, p);
 	free(p);
 	assert_int_equal(cc->cc_line, 9);
-	assert_null(conf->c_nginx_group);
+	assert_string_equal(conf->c_nginx_group, "nogroup");
 	conf_free(conf);
 
 	/* A missing plain include is an error where it is included. */
@@ -1880,20 +1882,24 @@ test_conf_zone_params(void **state)
 	    "first defined at %s/sidecar.conf:1", t->dir, t->dir);
 }
 
-/* nginx's user USER [GROUP]: the group its workers run as. */
+/*
+ * nginx's user USER [GROUP]: the user and group its workers run as;
+ * without it, nginx's built-in default (Debian's build: nobody:nogroup).
+ */
 static void
 test_nginx_user(void **state)
 {
 	static const struct {
 		const char	*text;
+		const char	*user;
 		const char	*group;
 	} k[] = {
-		{ "user root;", "root" },
-		{ "user daemon www-data;", "www-data" },
+		{ "user root;", "root", "root" },
+		{ "user daemon www-data;", "daemon", "www-data" },
 		/* Debian's nobody has no group of its name: its primary. */
-		{ "user nobody;", "nogroup" },
-		{ "user no-such-user-here;", NULL },
-		{ "worker_processes 1;", NULL },
+		{ "user nobody;", "nobody", "nogroup" },
+		{ "user no-such-user-here;", "no-such-user-here", NULL },
+		{ "worker_processes 1;", "nobody", "nogroup" },
 	};
 	struct conf_test	*t = *state;
 	struct conf		*conf;
@@ -1905,6 +1911,7 @@ test_nginx_user(void **state)
 			assert_null(conf->c_nginx_group);
 		else
 			assert_string_equal(conf->c_nginx_group, k[i].group);
+		assert_string_equal(conf->c_nginx_user, k[i].user);
 		/* The sidecar's own user is another directive. */
 		assert_null(conf->c_user);
 		conf_free(conf);
