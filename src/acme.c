@@ -193,7 +193,8 @@ acme_issuer_same_conf(const struct acme_issuer *ai, const struct conf_issuer *ci
 	    a->ci_ssl_verify == ci->ci_ssl_verify &&
 	    acme_str_eq(a->ci_account_key_file, ci->ci_account_key_file) &&
 	    a->ci_account_key_type == ci->ci_account_key_type &&
-	    acme_str_eq(a->ci_eab_kid, ci->ci_eab_kid);
+	    acme_str_eq(a->ci_eab_kid, ci->ci_eab_kid) &&
+	    a->ci_request_timeout == ci->ci_request_timeout;
 }
 
 /*
@@ -279,7 +280,7 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 		return NULL;
 	}
 	ai->ai_http = http_pool_new(base, dns, ai->ai_ssl, ACME_MAX_INFLIGHT,
-	    ACME_TIMEOUT);
+	    ci->ci_request_timeout);
 	ai->ai_state = ISSUER_DIRECTORY;
 	acme_boot(ai);
 	return ai;

@@ -138,6 +138,8 @@ static int	conf_cmd_dns_hook(struct conf_parse *, struct conf_block *,
 		    int, char **);
 static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
 		    char **);
+static int	conf_cmd_request_timeout(struct conf_parse *,
+		    struct conf_block *, int, char **);
 static int	conf_cmd_cn_in_csr(struct conf_parse *, struct conf_block *,
 		    int, char **);
 static int	conf_cmd_max_idents(struct conf_parse *, struct conf_block *,
@@ -172,6 +174,8 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "dns_hook", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_dns_hook },
 	{ "dns_update", CONF_ISSUER|CONF_ONCE, 1, 3, conf_cmd_dns_update },
 	{ "request_rate", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_rate },
+	{ "request_timeout", CONF_ISSUER|CONF_ONCE, 1, 1,
+	    conf_cmd_request_timeout },
 	{ "max_identifiers", CONF_ISSUER|CONF_ONCE, 1, 1,
 	    conf_cmd_max_idents },
 	{ "common_name_in_csr", CONF_ISSUER|CONF_ONCE, 1, 1,
@@ -845,6 +849,7 @@ conf_cmd_issuer(struct conf_parse *p, struct conf_block *blk, int argc,
 	ci->ci_rate = CONF_RATE_DEFAULT;
 	ci->ci_burst = CONF_BURST_DEFAULT;
 	ci->ci_max_idents = CONF_IDENTS_DEFAULT;
+	ci->ci_request_timeout = ACME_TIMEOUT;
 	/* In the list at once, so conf_free() owns it on any error. */
 	TAILQ_INSERT_TAIL(&p->conf->c_issuers, ci, ci_entry);
 
@@ -1264,6 +1269,24 @@ conf_cmd_rate(struct conf_parse *p, struct conf_block *blk, int argc,
 			    argv[1]);
 		ci->ci_burst = (unsigned int)burst;
 	}
+	return 0;
+}
+
+/*
+ * request_timeout TIME: how long a request to this CA may wait on a
+ * silent connection (connecting, or for more of the answer) before it
+ * counts as a network error and is tried again.  Tests set a short one.
+ */
+static int
+conf_cmd_request_timeout(struct conf_parse *p, struct conf_block *blk,
+    int argc, char **argv)
+{
+	(void)argc;
+	if (conf_seconds(argv[0], CONF_REQUEST_TIMEOUT_MAX,
+	    &blk->ci->ci_request_timeout) == -1)
+		return conf_error(p, "invalid value \"%s\" in "
+		    "\"request_timeout\" directive, it must be from 1s to %dm",
+		    argv[0], CONF_REQUEST_TIMEOUT_MAX / 60);
 	return 0;
 }
 

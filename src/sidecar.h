@@ -93,6 +93,9 @@ enum challenge_type {
 #define CONF_DNS_HOOK_TIMEOUT	30
 #define CONF_DNS_HOOK_TIMEOUT_MAX 3600
 
+/* request_timeout: how long one request to the CA may take (seconds). */
+#define CONF_REQUEST_TIMEOUT_MAX 600
+
 /* A request_rate of 0 means "off". */
 #define CONF_RATE_DEFAULT	20.0	/* requests per second per issuer */
 #define CONF_BURST_DEFAULT	20
@@ -124,6 +127,7 @@ struct conf_issuer {
 	double			 ci_rate;		/* r/s, 0 = off */
 	unsigned int		 ci_burst;
 	size_t			 ci_max_idents;		/* per certificate */
+	int			 ci_request_timeout;	/* seconds */
 	char			*ci_file;		/* where it was defined */
 	int			 ci_line;
 	char			*ci_state_file;		/* state_path's, or NULL */
@@ -1008,7 +1012,7 @@ enum issuer_state {
 
 #define ACME_MAX_INFLIGHT	32	/* requests in flight per issuer */
 #define ACME_MAX_OPEN_ORDERS	256	/* orders under way per issuer */
-#define ACME_TIMEOUT		30	/* seconds per request */
+#define ACME_TIMEOUT		30	/* request_timeout's default */
 #define ACME_BADNONCE_TRIES	10
 #define ACME_NET_TRIES		5
 #define ACME_RATE_TRIES		5

@@ -187,6 +187,8 @@ static char	*ngx_http_acme_check_rate(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_max_idents(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_request_timeout(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 
 /*
  * The directives of an acme_issuer block, as the sidecar reads them.  The
@@ -218,6 +220,8 @@ static const struct {
 	    ngx_http_acme_check_challenge },
 	{ "dns_hook", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_dns_hook },
 	{ "request_rate", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_rate },
+	{ "request_timeout", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_request_timeout },
 	{ "max_identifiers", 1, 1, NGX_HTTP_ACME_ONCE,
 	    ngx_http_acme_check_max_idents },
 	{ "common_name_in_csr", 1, 1, NGX_HTTP_ACME_ONCE,
@@ -377,6 +381,36 @@ ngx_http_acme_check_dns_hook(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 		return NGX_CONF_ERROR;
 	}
 	iss->dns_hook = 1;
+	return NGX_CONF_OK;
+}
+
+/*
+ * request_timeout TIME: "N", "Ns" or "Nm", 1 s to 10 min, as the sidecar
+ * reads it (its CONF_REQUEST_TIMEOUT_MAX).
+ */
+static char *
+ngx_http_acme_check_request_timeout(ngx_conf_t *cf,
+    ngx_http_acme_issuer_t *iss, ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_int_t	 v;
+	size_t		 len = arg->len;
+	ngx_int_t	 scale = 1;
+
+	(void)iss;
+	(void)n;
+	if (len > 1 && arg->data[len - 1] == 's')
+		len--;
+	else if (len > 1 && arg->data[len - 1] == 'm') {
+		scale = 60;
+		len--;
+	}
+	v = ngx_atoi(arg->data, len);
+	if (v == NGX_ERROR || v < 1 || v > 600 / scale) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid value \"%V\" "
+		    "in \"request_timeout\" directive, it must be from 1s to "
+		    "10m", arg);
+		return NGX_CONF_ERROR;
+	}
 	return NGX_CONF_OK;
 }
 

@@ -434,7 +434,6 @@ LONGEST_FIRST = [
     "test_cluster_faults.py::test_redis_restart_mid_run",
     "test_cluster_faults.py::test_kill_9_lease_holders",
     "test_cluster_faults.py::test_fencing_frozen_holder",
-    "test_faults.py::test_garbage_ca_isolated[slow]",
     "test_faults.py::test_state_path_fault",
     "test_nginx_module.py::test_renewal_without_reload",
     "test_njs.py::test_njs_renewal_without_reload",

@@ -491,8 +491,13 @@ def test_ca_outage_60s(tmp_path, pebble_factory, http_port,
 # Garbage from a CA: each case is a list of fake_acme.py rules (path,
 # reply, times), and what the log must then say about the fake issuer.
 
+# The fake issuer's request_timeout in the "slow" case: the answer comes
+# later than that, so the request times out (the default is 30 s).
+SLOW_TIMEOUT = 2
+
+
 def _slow(req):
-    time.sleep(35)      # longer than the daemon's 30 s request timeout
+    time.sleep(SLOW_TIMEOUT + 3)
     return None         # then the normal answer
 
 
@@ -533,6 +538,9 @@ GARBAGE = {
         r"response too large"),
 }
 
+# More lines for the fake issuer's block, per case.
+GARBAGE_ISSUER = {"slow": ["request_timeout %ds;" % SLOW_TIMEOUT]}
+
 FAKE = None     # the fake of the running test, for the callables above
 
 
@@ -552,7 +560,7 @@ def test_garbage_ca_isolated(tmp_path, run, fake, pebble, case):
     pnames = ["g%d.example.test" % i for i in range(5)]
     run.start([["bad.example.test"]], certs=[("pebble", [n])
                                               for n in pnames],
-              pebbles=[pebble])
+              pebbles=[pebble], extra=GARBAGE_ISSUER.get(case, ()))
     sock = tmp_path / "control.sock"
     t0 = time.monotonic()
     worst = 0.0

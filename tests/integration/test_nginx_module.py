@@ -329,6 +329,23 @@ def test_nginx_t_max_identifiers(tmp_path, pebble, nginx_factory, value,
             'must be from 1 to 1000' in out, out
 
 
+@pytest.mark.parametrize("value,ok", [("2m", True), ("11m", False)])
+def test_nginx_t_request_timeout(tmp_path, pebble, nginx_factory, value,
+                                 ok):
+    """request_timeout is an issuer directive nginx -t knows, 1s to 10m,
+    as the sidecar reads it."""
+    nginx = nginx_factory()
+    body = ("acme_issuer example { uri %s; request_timeout %s; }\n"
+            "acme_shared_zone zone=%s:1M;\n") % (
+                pebble.directory_url, value, zone_name(tmp_path))
+    nginx.write(nginx_conf(nginx.prefix, body))
+    rc, out = nginx.test_config()
+    assert (rc == 0) == ok, out
+    if not ok:
+        assert 'invalid value "11m" in "request_timeout" directive, it ' \
+            'must be from 1s to 10m' in out, out
+
+
 def test_nginx_acme_04_words(tmp_path, nginx_factory, sidecar_bin):
     """nginx-acme 0.4's common_name_in_csr, state_path off (in two
     issuers: no folder of theirs is shared) and sizeless key types pass

@@ -2424,6 +2424,57 @@ test_conf_dns_update(void **state)
 	    "key=/ABSOLUTE/FILE and zone=ZONE, once each", t->dir);
 }
 
+/* request_timeout TIME: 30 s unless set, 1 s to 10 min, once. */
+static void
+test_conf_request_timeout(void **state)
+{
+	static const struct {
+		const char	*arg;
+		int		 secs;
+	} ok[] = {
+		{ "3s", 3 },
+		{ "45", 45 },
+		{ "2m", 120 },
+		{ "10m", 600 },
+	};
+	static const char *bad[] = { "0s", "11m", "601", "5h", "s", "-1s",
+	    "1.5s" };
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	char			*text;
+	size_t			 i;
+
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n}\n");
+	assert_int_equal(TAILQ_FIRST(&conf->c_issuers)->ci_request_timeout,
+	    30);
+	conf_free(conf);
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		xasprintf(&text, "acme_issuer le {\n uri https://a.test/;\n"
+		    " request_timeout %s;\n}\n", ok[i].arg);
+		conf = conf_test_ok(t, text);
+		assert_int_equal(
+		    TAILQ_FIRST(&conf->c_issuers)->ci_request_timeout,
+		    ok[i].secs);
+		conf_free(conf);
+		free(text);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		xasprintf(&text, "acme_issuer le {\n uri https://a.test/;\n"
+		    " request_timeout %s;\n}\n", bad[i]);
+		conf_test_err(t, text, "%s/sidecar.conf:3: invalid value \"%s\" "
+		    "in \"request_timeout\" directive, it must be from 1s to "
+		    "10m", t->dir, bad[i]);
+		free(text);
+	}
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " request_timeout 5s;\n request_timeout 6s;\n}\n",
+	    "%s/sidecar.conf:4: \"request_timeout\" directive is duplicate",
+	    t->dir);
+	conf_test_err(t, "request_timeout 5s;\n",
+	    "%s/sidecar.conf:1: \"request_timeout\" directive is not allowed "
+	    "here", t->dir);
+}
+
 int
 main(void)
 {
@@ -2477,6 +2528,7 @@ main(void)
 		T(test_conf_challenge_check),
 		T(test_nginx_check_listen),
 		T(test_conf_dns_update),
+		T(test_conf_request_timeout),
 #undef T
 	};
 
