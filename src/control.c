@@ -1205,11 +1205,47 @@ control_check_streams(evutil_socket_t fd, short events, void *arg)
 	loop_mhd_wake(&control.loop);
 }
 
+/*
+ * What /metrics shows besides metrics.c's own counters, taken now.  The
+ * order_info strings point into the certificates, which stay put while
+ * the page is rendered.
+ */
+static void
+control_metrics_snapshot(struct metrics_snapshot *ms, struct order_info **oi,
+    int **valid)
+{
+	struct cert	*ce;
+	size_t		 i, n = sched_cert_count();
+
+	memset(ms, 0, sizeof(*ms));
+	*oi = n != 0 ? xreallocarray(NULL, n, sizeof(**oi)) : NULL;
+	*valid = n != 0 ? xreallocarray(NULL, n, sizeof(**valid)) : NULL;
+	for (i = 0; i < n; i++) {
+		ce = sched_cert_at(i);
+		order_cert_info(ce, &(*oi)[i]);
+		(*valid)[i] = order_cert_valid(ce);
+	}
+	ms->ms_certs = *oi;
+	ms->ms_valid = *valid;
+	ms->ms_ncerts = n;
+	ms->ms_challenges_served = challenge_served();
+	ready_get_stats(&ms->ms_ready);
+	shm_get_stats(&ms->ms_shm);
+	cluster_get_status(&ms->ms_cluster);
+}
+
 static enum MHD_Result
 control_get_metrics(struct control_ctx *cx)
 {
-	char	*text = metrics_render();
+	struct metrics_snapshot	 ms;
+	struct order_info	*oi;
+	int			*valid;
+	char			*text;
 
+	control_metrics_snapshot(&ms, &oi, &valid);
+	text = metrics_render(&ms);
+	free(valid);
+	free(oi);
 	return control_send(cx->cx_conn, MHD_HTTP_OK, text, strlen(text),
 	    "text/plain; version=0.0.4; charset=utf-8", NULL, NULL);
 }

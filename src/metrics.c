@@ -422,33 +422,20 @@ metrics_next_order(const struct order_info *oi)
 
 /*
  * The per-certificate gauges.  A family's samples must be together, so the
- * certificates are snapshotted once and walked once per family.
+ * snapshot's certificates are walked once per family.
  */
 static void
-metrics_render_certs(struct metrics_buf *mb)
+metrics_render_certs(struct metrics_buf *mb, const struct metrics_snapshot *ms)
 {
-	struct order_info	*oi = NULL;
-	int			*ready = NULL;
-	struct cert		*ce;
-	size_t			 i, n;
+	const struct order_info	*oi = ms->ms_certs;
+	size_t			 i, n = ms->ms_ncerts;
 	time_t			 next;
-
-	n = sched_cert_count();
-	if (n != 0) {
-		oi = xreallocarray(NULL, n, sizeof(*oi));
-		ready = xreallocarray(NULL, n, sizeof(*ready));
-	}
-	for (i = 0; i < n; i++) {
-		ce = sched_cert_at(i);
-		order_cert_info(ce, &oi[i]);
-		ready[i] = order_cert_valid(ce);
-	}
 
 	metrics_family(mb, "acme_sidecar_certificate_ready", "gauge",
 	    "1 while an unexpired certificate is held.");
 	for (i = 0; i < n; i++) {
 		metrics_cert_sample(mb, "acme_sidecar_certificate_ready",
-		    &oi[i], ready[i] ? 1 : 0);
+		    &oi[i], ms->ms_valid[i] ? 1 : 0);
 	}
 
 	metrics_family(mb, "acme_sidecar_certificate_expiry_timestamp_seconds",
@@ -524,9 +511,6 @@ metrics_render_certs(struct metrics_buf *mb)
 		metrics_cert_sample(mb, "acme_sidecar_certificate_failures",
 		    &oi[i], oi[i].oi_failures);
 	}
-
-	free(ready);
-	free(oi);
 }
 
 /* What publishing costs: each change pays for a whole image. */
@@ -556,85 +540,76 @@ metrics_render_shm_cost(struct metrics_buf *mb, const struct shm_stats *st)
 }
 
 static void
-metrics_render_shm(struct metrics_buf *mb)
+metrics_render_shm(struct metrics_buf *mb, const struct shm_stats *st)
 {
-	struct shm_stats	 st;
-
-	shm_get_stats(&st);
 	metrics_family(mb, "acme_sidecar_shared_zone_full", "gauge",
 	    "1 while the latest image does not fit.");
 	metrics_printf(mb, "acme_sidecar_shared_zone_full %d\n",
-	    st.ss_full ? 1 : 0);
+	    st->ss_full ? 1 : 0);
 	metrics_family(mb, "acme_sidecar_shared_zone_used_bytes", "gauge",
 	    "Bytes of the last image published.");
 	metrics_printf(mb, "acme_sidecar_shared_zone_used_bytes %llu\n",
-	    (unsigned long long)st.ss_used);
+	    (unsigned long long)st->ss_used);
 	metrics_family(mb, "acme_sidecar_shared_zone_image_size_bytes",
 	    "gauge", "Room for one image (half the zone).");
 	metrics_printf(mb, "acme_sidecar_shared_zone_image_size_bytes %llu\n",
-	    (unsigned long long)st.ss_slot_size);
+	    (unsigned long long)st->ss_slot_size);
 	metrics_family(mb, "acme_sidecar_shared_zone_failed_publishes_total",
 	    "counter", "Images that did not fit.");
 	metrics_printf(mb,
 	    "acme_sidecar_shared_zone_failed_publishes_total %llu\n",
-	    (unsigned long long)st.ss_failures);
-	metrics_render_shm_cost(mb, &st);
+	    (unsigned long long)st->ss_failures);
+	metrics_render_shm_cost(mb, st);
 }
 
 /* The readiness checks before validation (ready.c). */
 static void
-metrics_render_ready(struct metrics_buf *mb)
+metrics_render_ready(struct metrics_buf *mb, const struct ready_stats *st)
 {
-	struct ready_stats	 st;
-
-	ready_get_stats(&st);
 	metrics_family(mb, "acme_sidecar_readiness_checks_total", "counter",
 	    "Readiness checks before validation: passed, or failed (the "
 	    "order failed without asking the CA).");
 	metrics_printf(mb, "acme_sidecar_readiness_checks_total{result="
-	    "\"passed\"} %llu\n", st.rs_passed);
+	    "\"passed\"} %llu\n", st->rs_passed);
 	metrics_printf(mb, "acme_sidecar_readiness_checks_total{result="
-	    "\"failed\"} %llu\n", st.rs_gave_up);
+	    "\"failed\"} %llu\n", st->rs_gave_up);
 	metrics_family(mb, "acme_sidecar_readiness_failed_tries_total",
 	    "counter", "Readiness tries that did not find the answer (each "
 	    "is tried again for up to 30 s).");
 	metrics_printf(mb, "acme_sidecar_readiness_failed_tries_total %llu\n",
-	    st.rs_failed_tries);
+	    st->rs_failed_tries);
 }
 
 /* Only with "cluster": the link to Redis, its members, our leases. */
 static void
-metrics_render_cluster(struct metrics_buf *mb)
+metrics_render_cluster(struct metrics_buf *mb, const struct cluster_status *cs)
 {
-	struct cluster_status	 cs;
-
-	cluster_get_status(&cs);
-	if (!cs.cs_enabled)
+	if (!cs->cs_enabled)
 		return;
 	metrics_family(mb, "acme_sidecar_cluster_connected", "gauge",
 	    "1 while the link to Redis is up.");
 	metrics_printf(mb, "acme_sidecar_cluster_connected %d\n",
-	    cs.cs_connected ? 1 : 0);
+	    cs->cs_connected ? 1 : 0);
 	metrics_family(mb, "acme_sidecar_cluster_members", "gauge",
 	    "Live replicas, this one included, as of the last heartbeat.");
 	metrics_printf(mb, "acme_sidecar_cluster_members %zu\n",
-	    cs.cs_nmembers);
+	    cs->cs_nmembers);
 	metrics_family(mb, "acme_sidecar_cluster_leases", "gauge",
 	    "Certificate leases this replica holds.");
-	metrics_printf(mb, "acme_sidecar_cluster_leases %zu\n", cs.cs_leases);
+	metrics_printf(mb, "acme_sidecar_cluster_leases %zu\n", cs->cs_leases);
 	metrics_family(mb, "acme_sidecar_cluster_secret_ok", "gauge",
 	    "1 when secret_file opens the fleet's values, 0 when not, -1 "
 	    "not checked yet.");
 	metrics_printf(mb, "acme_sidecar_cluster_secret_ok %d\n",
-	    cs.cs_secret_ok);
+	    cs->cs_secret_ok);
 	metrics_family(mb, "acme_sidecar_cluster_connects_total", "counter",
 	    "Times the link to Redis came up.");
 	metrics_printf(mb, "acme_sidecar_cluster_connects_total %llu\n",
-	    (unsigned long long)cs.cs_connects);
+	    (unsigned long long)cs->cs_connects);
 	metrics_family(mb, "acme_sidecar_cluster_drops_total", "counter",
 	    "Times the link to Redis dropped.");
 	metrics_printf(mb, "acme_sidecar_cluster_drops_total %llu\n",
-	    (unsigned long long)cs.cs_drops);
+	    (unsigned long long)cs->cs_drops);
 }
 
 /*
@@ -692,9 +667,12 @@ metrics_start_time(void)
 	return start;
 }
 
-/* The whole exposition, Prometheus text format 0.0.4; caller frees. */
+/*
+ * The whole exposition, Prometheus text format 0.0.4, of our counters and
+ * what ms holds; caller frees.
+ */
 char *
-metrics_render(void)
+metrics_render(const struct metrics_snapshot *ms)
 {
 	struct metrics_buf	 mb = { NULL, 0, 0 };
 	size_t			 i;
@@ -702,7 +680,7 @@ metrics_render(void)
 	metrics_reserve(&mb, 0);
 	mb.mb_data[0] = '\0';
 
-	metrics_render_certs(&mb);
+	metrics_render_certs(&mb, ms);
 	metrics_render_requests(&mb);
 	metrics_family(&mb, "acme_sidecar_acme_request_duration_seconds",
 	    "histogram", "Time from sending a request to the CA to its answer.");
@@ -713,10 +691,10 @@ metrics_render(void)
 	metrics_family(&mb, "acme_sidecar_challenges_served_total", "counter",
 	    "Key authorizations the daemon served.");
 	metrics_printf(&mb, "acme_sidecar_challenges_served_total %lu\n",
-	    challenge_served());
-	metrics_render_ready(&mb);
-	metrics_render_shm(&mb);
-	metrics_render_cluster(&mb);
+	    ms->ms_challenges_served);
+	metrics_render_ready(&mb, &ms->ms_ready);
+	metrics_render_shm(&mb, &ms->ms_shm);
+	metrics_render_cluster(&mb, &ms->ms_cluster);
 	metrics_family(&mb, "acme_sidecar_start_time_seconds", "gauge",
 	    "When the daemon started, in Unix seconds.");
 	metrics_printf(&mb, "acme_sidecar_start_time_seconds %lld\n",

@@ -1192,7 +1192,9 @@ void		 feed_emit(const char *type, const char *fmt, ...);
 
 /*
  * metrics.c: counters for GET /metrics (Prometheus text format).  acme.c
- * counts requests, order.c outcomes; the rest is read when rendered.
+ * counts requests, order.c outcomes; the rest comes in a snapshot that the
+ * caller of metrics_render() builds, so that metrics.c calls nothing above
+ * it.
  */
 enum metrics_outcome {
 	METRICS_ISSUED,		/* a first certificate for the id */
@@ -1205,7 +1207,16 @@ void		 metrics_acme_request(const char *issuer, const char *endpoint,
 		    int status, double seconds);
 void		 metrics_order_outcome(const char *issuer,
 		    enum metrics_outcome);
-char		*metrics_render(void);		/* caller frees */
+struct metrics_snapshot {
+	const struct order_info	*ms_certs;	/* ms_ncerts, in order */
+	const int		*ms_valid;	/* an unexpired one is held */
+	size_t			 ms_ncerts;
+	unsigned long		 ms_challenges_served;
+	struct ready_stats	 ms_ready;
+	struct shm_stats	 ms_shm;
+	struct cluster_status	 ms_cluster;
+};
+char		*metrics_render(const struct metrics_snapshot *); /* to free */
 void		 metrics_reset(void);		/* for the unit tests */
 
 /* control.c: the control API on a Unix socket (proto/control-api.md). */

@@ -1,7 +1,7 @@
 /*
  * GET /metrics: the counters, the histogram and the text format they are
- * rendered in (Prometheus 0.0.4).  No scheduler runs here, so the
- * per-certificate families must come out empty.
+ * rendered in (Prometheus 0.0.4), and what a snapshot of certificates,
+ * zone, readiness checks and cluster link renders as.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,6 +51,16 @@ sample_value(const char *text, const char *series)
 	return v;
 }
 
+/* metrics_render() of nothing but metrics.c's own counters. */
+static char *
+render(void)
+{
+	struct metrics_snapshot	 ms;
+
+	memset(&ms, 0, sizeof(ms));
+	return metrics_render(&ms);
+}
+
 static int
 count_lines(const char *text, const char *prefix)
 {
@@ -77,7 +87,7 @@ test_requests_by_labels(void **state)
 	metrics_acme_request("le", "newOrder", 0, 0.5);
 	metrics_acme_request("le", "newNonce", 200, 0.001);
 	metrics_acme_request("staging", "directory", 200, 0.001);
-	text = metrics_render();
+	text = render();
 
 	assert_true(sample_value(text, "acme_sidecar_acme_requests_total"
 	    "{issuer=\"le\",endpoint=\"newOrder\",status=\"201\"}") == 2);
@@ -110,7 +120,7 @@ test_histogram_cumulative(void **state)
 	(void)state;
 	for (i = 0; i < sizeof(seen) / sizeof(seen[0]); i++)
 		metrics_acme_request("le", "order", 200, seen[i]);
-	text = metrics_render();
+	text = render();
 
 #define B(le) HIST "_bucket{issuer=\"le\",endpoint=\"order\",le=\"" le "\"}"
 	assert_true(sample_value(text, B("0.005")) == 1);
@@ -148,7 +158,7 @@ test_label_escaping(void **state)
 	(void)state;
 	metrics_acme_request("a\"b\\c\nd", "authz", 200, 0.1);
 	metrics_order_outcome("x\ny", METRICS_FAILED);
-	text = metrics_render();
+	text = render();
 	assert_true(sample_value(text, "acme_sidecar_acme_requests_total"
 	    "{issuer=\"a\\\"b\\\\c\\nd\",endpoint=\"authz\",status=\"200\"}")
 	    == 1);
@@ -174,7 +184,7 @@ test_orders(void **state)
 	metrics_order_outcome("le", METRICS_RENEWED);
 	metrics_order_outcome("le", METRICS_REVOKED);
 	metrics_order_outcome("zerossl", METRICS_FAILED);
-	text = metrics_render();
+	text = render();
 #define O(i, o) "acme_sidecar_orders_total{issuer=\"" i "\",outcome=\"" o "\"}"
 	assert_true(sample_value(text, O("le", "issued")) == 2);
 	assert_true(sample_value(text, O("le", "renewed")) == 1);
@@ -195,7 +205,7 @@ test_reset_clears(void **state)
 	metrics_acme_request("le", "finalize", 200, 1.5);
 	metrics_order_outcome("le", METRICS_ISSUED);
 	metrics_reset();
-	text = metrics_render();
+	text = render();
 	assert_int_equal(count_lines(text,
 	    "acme_sidecar_acme_requests_total{"), 0);
 	assert_int_equal(count_lines(text, HIST "_"), 0);
@@ -208,7 +218,7 @@ test_reset_clears(void **state)
 
 	/* And counting starts again from zero. */
 	metrics_acme_request("le", "finalize", 200, 1.5);
-	text = metrics_render();
+	text = render();
 	assert_true(sample_value(text, "acme_sidecar_acme_requests_total"
 	    "{issuer=\"le\",endpoint=\"finalize\",status=\"200\"}") == 1);
 	free(text);
@@ -221,18 +231,110 @@ test_no_certificates(void **state)
 	double	 start;
 
 	(void)state;
-	assert_int_equal(sched_cert_count(), 0);
-	text = metrics_render();
+	text = render();
 	assert_int_equal(count_lines(text, "acme_sidecar_certificate_"), 0);
 	assert_non_null(strstr(text,
 	    "# TYPE acme_sidecar_certificate_ready gauge\n"));
 	assert_true(sample_value(text,
-	    "acme_sidecar_challenges_served_total") == challenge_served());
+	    "acme_sidecar_challenges_served_total") == 0);
 	assert_true(sample_value(text, "acme_sidecar_shared_zone_full") == 0);
 	assert_true(sample_value(text,
 	    "acme_sidecar_shared_zone_failed_publishes_total") == 0);
 	start = sample_value(text, "acme_sidecar_start_time_seconds");
 	assert_true(start > 1000000000 && start <= (double)util_now());
+	free(text);
+}
+
+#define CERT(name, id, issuer) \
+	"acme_sidecar_certificate_" name "{id=\"" id "\",issuer=\"" issuer "\"}"
+
+/*
+ * Three certificates: one held and idle (renewal from an ARI window), one
+ * backing off after failures with none held yet, one whose order runs.
+ * Each gauge has a sample for exactly those it applies to.
+ */
+static void
+test_certificates(void **state)
+{
+	struct order_info	 oi[3];
+	int			 valid[3] = { 1, 0, 1 };
+	struct metrics_snapshot	 ms;
+	char			*text;
+
+	(void)state;
+	memset(oi, 0, sizeof(oi));
+	oi[0] = (struct order_info){ .oi_id = "a.test", .oi_issuer = "le",
+	    .oi_state = ORDER_IDLE, .oi_have = 1, .oi_not_after = 2000000000,
+	    .oi_renew_at = 1990000000, .oi_renew_ari = 1,
+	    .oi_ari_start = 1980000000, .oi_ari_end = 1995000000,
+	    .oi_ari_next_fetch = 1970000000 };
+	oi[1] = (struct order_info){ .oi_id = "b.test", .oi_issuer = "le",
+	    .oi_state = ORDER_BACKOFF, .oi_retry_at = 1960000000,
+	    .oi_failures = 3 };
+	oi[2] = (struct order_info){ .oi_id = "c\"q.test", .oi_issuer = "zs",
+	    .oi_state = ORDER_CHALLENGE, .oi_have = 1,
+	    .oi_not_after = 2100000000, .oi_renew_at = 2090000000 };
+	memset(&ms, 0, sizeof(ms));
+	ms.ms_certs = oi;
+	ms.ms_valid = valid;
+	ms.ms_ncerts = 3;
+	ms.ms_challenges_served = 7;
+	ms.ms_ready.rs_passed = 5;
+	ms.ms_ready.rs_gave_up = 1;
+	ms.ms_shm.ss_full = 1;
+	ms.ms_shm.ss_used = 4096;
+	ms.ms_shm.ss_publishes = 9;
+	ms.ms_cluster.cs_enabled = 1;
+	ms.ms_cluster.cs_nmembers = 3;
+	text = metrics_render(&ms);
+
+	assert_true(sample_value(text, CERT("ready", "a.test", "le")) == 1);
+	assert_true(sample_value(text, CERT("ready", "b.test", "le")) == 0);
+	assert_true(sample_value(text,
+	    CERT("ready", "c\\\"q.test", "zs")) == 1);
+	assert_int_equal(count_lines(text, "acme_sidecar_certificate_ready{"),
+	    3);
+	/* Expiry: only where one is held. */
+	assert_true(sample_value(text, CERT("expiry_timestamp_seconds",
+	    "a.test", "le")) == 2000000000);
+	assert_int_equal(count_lines(text,
+	    "acme_sidecar_certificate_expiry_timestamp_seconds{"), 2);
+	/* The next order: idle's renewal, backoff's retry, none while one runs. */
+	assert_true(sample_value(text, CERT("next_renewal_timestamp_seconds",
+	    "a.test", "le")) == 1990000000);
+	assert_true(sample_value(text, CERT("next_renewal_timestamp_seconds",
+	    "b.test", "le")) == 1960000000);
+	assert_int_equal(count_lines(text,
+	    "acme_sidecar_certificate_next_renewal_timestamp_seconds{"), 2);
+	assert_true(sample_value(text, "acme_sidecar_certificate_renewal_source"
+	    "{id=\"a.test\",issuer=\"le\",source=\"ari\"}") == 1);
+	assert_true(sample_value(text, "acme_sidecar_certificate_renewal_source"
+	    "{id=\"c\\\"q.test\",issuer=\"zs\",source=\"lifetime\"}") == 1);
+	/* The ARI window: only a.test has one. */
+	assert_true(sample_value(text, CERT(
+	    "ari_window_start_timestamp_seconds", "a.test", "le")) ==
+	    1980000000);
+	assert_true(sample_value(text, CERT(
+	    "ari_window_end_timestamp_seconds", "a.test", "le")) == 1995000000);
+	assert_true(sample_value(text, CERT(
+	    "ari_next_fetch_timestamp_seconds", "a.test", "le")) == 1970000000);
+	assert_int_equal(count_lines(text,
+	    "acme_sidecar_certificate_ari_window_end_timestamp_seconds{"), 1);
+	assert_true(sample_value(text, CERT("failures", "b.test", "le")) == 3);
+	assert_int_equal(count_lines(text,
+	    "acme_sidecar_certificate_failures{"), 3);
+
+	/* What the snapshot says of the rest. */
+	assert_true(sample_value(text,
+	    "acme_sidecar_challenges_served_total") == 7);
+	assert_true(sample_value(text, "acme_sidecar_readiness_checks_total"
+	    "{result=\"passed\"}") == 5);
+	assert_true(sample_value(text, "acme_sidecar_shared_zone_full") == 1);
+	assert_true(sample_value(text,
+	    "acme_sidecar_shared_zone_used_bytes") == 4096);
+	assert_true(sample_value(text,
+	    "acme_sidecar_shared_zone_publishes_total") == 9);
+	assert_true(sample_value(text, "acme_sidecar_cluster_members") == 3);
 	free(text);
 }
 
@@ -251,7 +353,7 @@ test_families_grouped(void **state)
 	metrics_acme_request("b", "order", 200, 0.1);
 	metrics_acme_request("a", "order", 500, 0.1);
 	metrics_order_outcome("a", METRICS_ISSUED);
-	text = metrics_render();
+	text = render();
 	family[0] = '\0';
 	for (p = text; *p != '\0'; p = end + 1) {
 		assert_non_null(end = strchr(p, '\n'));
@@ -288,7 +390,7 @@ test_labelset_cap(void **state)
 	}
 	/* Those already known keep counting. */
 	metrics_acme_request("i0", "order", 200, 0.1);
-	text = metrics_render();
+	text = render();
 	assert_int_equal(count_lines(text,
 	    "acme_sidecar_acme_requests_total{"), MAX_LABELSETS);
 	assert_true(sample_value(text, "acme_sidecar_acme_requests_total"
@@ -308,6 +410,7 @@ main(void)
 		cmocka_unit_test_setup(test_orders, setup),
 		cmocka_unit_test_setup(test_reset_clears, setup),
 		cmocka_unit_test_setup(test_no_certificates, setup),
+		cmocka_unit_test_setup(test_certificates, setup),
 		cmocka_unit_test_setup(test_families_grouped, setup),
 		cmocka_unit_test_setup(test_labelset_cap, setup),
 	};
