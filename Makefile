@@ -1,8 +1,13 @@
 # acme-sidecar
 #
 #   make          build/acme-sidecar, build/acmectl
-#   make check    unit tests (cmocka) and integration tests (pytest, Pebble),
-#                 again under ASan+UBSan and valgrind, and each fuzzer 20 s
+#   make check    unit tests (cmocka), plain and under ASan+UBSan and
+#                 valgrind; integration tests (pytest, Pebble) once each,
+#                 under ASan+UBSan (those marked serial: plain), a few
+#                 under valgrind; and each fuzzer 20 s.  Then each
+#                 stage's time (scripts/check-stages)
+#   make integration  the integration tests on the plain build
+#   make sanitize     unit and integration tests under ASan+UBSan
 #   make fuzz     each libFuzzer harness for FUZZ_TIME seconds
 #   make demo     install dependencies, issue certificates from a local Pebble
 
@@ -28,10 +33,12 @@ PYTEST	?= /usr/bin/python3 -m pytest
 # make check: builds and unit test binaries JOBS at a time, the
 # integration tests on PYTEST_WORKERS pytest-xdist workers (they spend
 # most of their time waiting), then those marked serial alone
-# (tests/integration/run).
+# (tests/integration/run).  $(2): the passes of tests/integration/run
+# (PASSES), both when empty.
 JOBS		?= $(shell nproc)
 PYTEST_WORKERS	?= 3
-integration_run	 = PYTEST="$(PYTEST)" PYTEST_WORKERS=$(1) tests/integration/run -q
+integration_run	 = PYTEST="$(PYTEST)" PYTEST_WORKERS=$(1) PASSES="$(2)" \
+		   tests/integration/run -q
 
 all: $(BUILD)/acme-sidecar $(BUILD)/acmectl module
 
@@ -75,21 +82,33 @@ $(UNIT_BINS:%=%.run): %.run: %
 integration: all
 	$(call integration_run,$(PYTEST_WORKERS)) tests/integration
 
-check: deps
+# The tests marked serial alone: they measure CPU or wall-clock time, so
+# make check runs them on the plain build, not the sanitizers'.
+integration-serial: all
+	$(call integration_run,1,serial) tests/integration
+
+# Every test once: the integration tests not marked serial run in the
+# sanitizers' pass only (a plain pass would find nothing more: the same
+# tests, the same assertions), the serial ones on the plain build, and
+# test_memcheck.py (which the sanitizers' pass skips) in memcheck.  Each
+# stage's time is printed at the end.
+check:
+	@scripts/check-stages "$(MAKE)" deps check-build unit \
+	    "sanitize SAN_PASSES=parallel" integration-serial memcheck \
+	    fuzz-check
+
+check-build:
 	$(MAKE) -j$(JOBS) all
 	$(MAKE) -j$(JOBS) $(UNIT_BINS)
-	$(MAKE) unit
-	$(MAKE) integration
-	$(MAKE) sanitize
-	$(MAKE) memcheck
-	$(MAKE) fuzz-check
 
-# The unit and integration tests again, with the daemon, acmectl and the
-# unit tests built with AddressSanitizer and UndefinedBehaviorSanitizer
+# The unit and integration tests with the daemon, acmectl and the unit
+# tests built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (LeakSanitizer included).  Every report goes to a file under
 # $(SAN_BUILD)/reports, and any file there fails the run: a report from a
-# process whose exit status no test looks at still counts.
+# process whose exit status no test looks at still counts.  SAN_PASSES:
+# the integration passes (make check leaves the serial one out).
 SAN_BUILD	 = build/san
+SAN_PASSES	?= parallel serial
 SAN_FLAGS	 = -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
 		   -fno-sanitize-recover=all
 SAN_REPORTS	 = $(abspath $(SAN_BUILD))/reports
@@ -106,7 +125,8 @@ sanitize:
 	@$(MAKE) --no-print-directory -j$(JOBS) -O $(SAN_UNIT_BINS:%=%.san)
 	$(SAN_ENV) ACME_SIDECAR=$(abspath $(SAN_BUILD))/acme-sidecar \
 	    ACMECTL=$(abspath $(SAN_BUILD))/acmectl ACME_SANITIZED=1 \
-	    $(call integration_run,$(PYTEST_WORKERS)) tests/integration
+	    $(call integration_run,$(PYTEST_WORKERS),$(SAN_PASSES)) \
+	    tests/integration
 	@if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
 	    echo "sanitizer reports:"; cat $(SAN_REPORTS)/*; exit 1; fi
 	@echo "sanitize: no report"
@@ -152,6 +172,7 @@ demo: deps all
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all module deps unit integration check sanitize san-unit-bins \
+.PHONY: all module deps unit integration integration-serial check \
+	check-build sanitize san-unit-bins \
 	memcheck demo clean $(UNIT_BINS:%=%.run) $(SAN_UNIT_BINS:%=%.san) \
 	$(UNIT_BINS:%=%.memcheck)
