@@ -13,8 +13,9 @@
  * value already there, or deleting one already gone, changes nothing.
  *
  * SERVER is an IP address: the primary's name would need a resolver the
- * daemon does not trust for this.  zone= is required: finding the zone
- * by walking the name's labels up for an SOA is left for later.
+ * daemon does not trust for this.  Without zone=, SERVER itself is asked
+ * for the SOA of the record's name (dns_check.c), once for each update:
+ * its authoritative answer names the zone; zone= skips the question.
  *
  * An answer with NOERROR counts only when its TSIG verifies with the
  * key; an error answer is taken as it is (a forged one can only fail an
@@ -82,6 +83,8 @@ struct dns_update_job {
 	dns_hook_cb		 uj_cb;		/* NULL once forgotten */
 	void			*uj_arg;
 	struct dns_update_req	*uj_req;
+	struct dns_query	*uj_zone_q;	/* the SOA asked, or NULL */
+	int			 uj_started;
 	int			 uj_fd;
 	int			 uj_tries;
 	struct event		*uj_ev;
@@ -335,54 +338,8 @@ dns_update_target_free(struct dns_update_target *t)
 static int
 dns_update_server_parse(const char *s, struct dns_update_target *t)
 {
-	struct sockaddr_in	*sin = (struct sockaddr_in *)&t->ut_addr;
-	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)&t->ut_addr;
-	char			 host[INET6_ADDRSTRLEN];
-	const char		*colon, *port = NULL;
-	char			*end;
-	size_t			 len;
-	long			 num = 53;
-
-	if (s[0] == '[') {
-		if ((colon = strchr(s, ']')) == NULL)
-			return -1;
-		len = colon - s - 1;
-		if (colon[1] == ':')
-			port = colon + 2;
-		else if (colon[1] != '\0')
-			return -1;
-		s++;
-	} else if ((colon = strchr(s, ':')) != NULL) {
-		len = colon - s;
-		port = colon + 1;
-	} else
-		len = strlen(s);
-	if (len == 0 || len >= sizeof(host))
-		return -1;
-	memcpy(host, s, len);
-	host[len] = '\0';
-	if (port != NULL) {
-		errno = 0;
-		num = strtol(port, &end, 10);
-		if (!isdigit((unsigned char)*port) || *end != '\0' ||
-		    errno != 0 || num < 1 || num > 65535)
-			return -1;
-	}
-	memset(&t->ut_addr, 0, sizeof(t->ut_addr));
-	if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-		sin->sin_family = AF_INET;
-		sin->sin_port = htons(num);
-		t->ut_addrlen = sizeof(*sin);
-	} else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = htons(num);
-		t->ut_addrlen = sizeof(*sin6);
-	} else
-		return -1;
-	snprintf(t->ut_server, sizeof(t->ut_server), "%s%s%s:%ld",
-	    t->ut_addr.ss_family == AF_INET6 ? "[" : "", host,
-	    t->ut_addr.ss_family == AF_INET6 ? "]" : "", num);
-	return 0;
+	return dns_check_addr_parse(s, &t->ut_addr, &t->ut_addrlen,
+	    t->ut_server, sizeof(t->ut_server));
 }
 
 /* A zone name as ldns reads it, with its trailing dot. */
@@ -438,10 +395,8 @@ dns_update_target_parse(int argc, char **argv, struct dns_update_target *t,
 			return -1;
 		}
 	}
-	if (t->ut_key_file == NULL || t->ut_zone == NULL) {
-		xasprintf(why, "dns_update %s needs %s", argv[0],
-		    t->ut_key_file == NULL ? "key=FILE" : "zone=ZONE (the "
-		    "zone the TXT records are in)");
+	if (t->ut_key_file == NULL) {
+		xasprintf(why, "dns_update %s needs key=FILE", argv[0]);
 		dns_update_target_free(t);
 		return -1;
 	}
@@ -481,8 +436,9 @@ dns_update_conf(int argc, char **argv, char **spec, char **why)
 	rc = dns_update_key_load(t.ut_key_file, &k, why);
 	OPENSSL_cleanse(&k, sizeof(k));
 	if (rc == 0)
-		xasprintf(spec, "%s key=%s zone=%s", t.ut_server,
-		    t.ut_key_file, t.ut_zone);
+		xasprintf(spec, "%s key=%s%s%s", t.ut_server, t.ut_key_file,
+		    t.ut_zone != NULL ? " zone=" : "",
+		    t.ut_zone != NULL ? t.ut_zone : "");
 	dns_update_target_free(&t);
 	return rc;
 }
@@ -718,6 +674,7 @@ dns_update_job_free(struct dns_update_job *uj)
 		event_free(uj->uj_ev);
 	if (uj->uj_fd != -1)
 		close(uj->uj_fd);
+	dns_query_free(uj->uj_zone_q);
 	dns_update_req_free(uj->uj_req);
 	free(uj->uj_spec);
 	free(uj->uj_verb);
@@ -788,42 +745,117 @@ dns_update_event_cb(int fd, short ev, void *arg)
 	dns_update_next();
 }
 
-/* Open the socket and send the first try; -1 and why if it cannot. */
+/* With t's zone known: open the socket and send the first try. */
+static int
+dns_update_begin(struct dns_update_job *uj, struct dns_update_target *t,
+    const char *zone, char **why)
+{
+	struct dns_update_key	k;
+
+	if (dns_update_key_load(t->ut_key_file, &k, why) == -1)
+		return -1;
+	uj->uj_req = dns_update_req_new(t->ut_server, zone, &k,
+	    uj->uj_verb, uj->uj_fqdn, uj->uj_value, why);
+	OPENSSL_cleanse(&k, sizeof(k));
+	if (uj->uj_req == NULL)
+		return -1;
+	if ((uj->uj_fd = socket(t->ut_addr.ss_family,
+	    SOCK_DGRAM|SOCK_NONBLOCK|SOCK_CLOEXEC, 0)) == -1 ||
+	    connect(uj->uj_fd, (struct sockaddr *)&t->ut_addr,
+	    t->ut_addrlen) == -1) {
+		xasprintf(why, "dns_update: %s: %s", t->ut_server,
+		    strerror(errno));
+		return -1;
+	}
+	if ((uj->uj_ev = event_new(uj->uj_base, uj->uj_fd,
+	    EV_READ|EV_PERSIST, dns_update_event_cb, uj)) == NULL)
+		fatalx("%s: event_new", __func__);
+	log_info("dns_update %s %s: sending to %s (zone %s)", uj->uj_verb,
+	    uj->uj_fqdn, uj->uj_req->ur_server, zone);
+	dns_update_send(uj);
+	return 0;
+}
+
+/* SERVER's answer to the SOA of the record's name: its zone, or why not. */
+static void
+dns_update_zone_cb(struct dns_query *dq, const uint8_t *ans, size_t len,
+    const char *qwhy, void *arg)
+{
+	struct dns_update_job		*uj = arg;
+	struct dns_update_target	 t;
+	char				*zone = NULL, *why = NULL, *cause = NULL;
+	int				 rc = -1;
+
+	if (dns_update_spec_parse(uj->uj_spec, &t, &why) == -1)
+		goto out;
+	if (ans == NULL)
+		xasprintf(&why, "dns_update: no answer from %s to the SOA of "
+		    "%s (to find its zone): %s", t.ut_server, uj->uj_fqdn,
+		    qwhy);
+	else if (dns_check_soa_zone(ans, len, dns_query_id(dq), t.ut_server,
+	    uj->uj_fqdn, 1, &zone, &cause) == -1)
+		xasprintf(&why, "dns_update: %s", cause);
+	else {
+		log_info("dns_update %s %s: %s names zone %s", uj->uj_verb,
+		    uj->uj_fqdn, t.ut_server, zone);
+		rc = dns_update_begin(uj, &t, zone, &why);
+	}
+	dns_update_target_free(&t);
+out:
+	/* Inside its own callback: libevent is done with its timer. */
+	dns_query_free(uj->uj_zone_q);
+	uj->uj_zone_q = NULL;
+	free(zone);
+	free(cause);
+	if (rc == 0)
+		return;
+	dns_update_done(uj, -1, why);
+	free(why);
+	dns_update_next();
+}
+
+/*
+ * Start the job: the update itself, or first the question for its
+ * zone.  -1 and why if it cannot.
+ */
 static int
 dns_update_start(struct dns_update_job *uj, char **why)
 {
 	struct dns_update_target	t;
-	struct dns_update_key		k;
+	int				rc = 0;
 
+	uj->uj_started = 1;
 	if (dns_update_spec_parse(uj->uj_spec, &t, why) == -1)
 		return -1;
-	if (dns_update_key_load(t.ut_key_file, &k, why) == -1) {
-		dns_update_target_free(&t);
-		return -1;
-	}
-	uj->uj_req = dns_update_req_new(t.ut_server, t.ut_zone, &k,
-	    uj->uj_verb, uj->uj_fqdn, uj->uj_value, why);
-	OPENSSL_cleanse(&k, sizeof(k));
-	if (uj->uj_req == NULL) {
-		dns_update_target_free(&t);
-		return -1;
-	}
-	if ((uj->uj_fd = socket(t.ut_addr.ss_family,
-	    SOCK_DGRAM|SOCK_NONBLOCK|SOCK_CLOEXEC, 0)) == -1 ||
-	    connect(uj->uj_fd, (struct sockaddr *)&t.ut_addr,
-	    t.ut_addrlen) == -1) {
-		xasprintf(why, "dns_update: %s: %s", t.ut_server,
-		    strerror(errno));
-		dns_update_target_free(&t);
-		return -1;
-	}
+	if (t.ut_zone != NULL)
+		rc = dns_update_begin(uj, &t, t.ut_zone, why);
+	else
+		uj->uj_zone_q = dns_query_start(uj->uj_base, &t.ut_addr,
+		    t.ut_addrlen, t.ut_server, uj->uj_fqdn, LDNS_RR_TYPE_SOA,
+		    0, dns_update_zone_cb, uj);
 	dns_update_target_free(&t);
-	if ((uj->uj_ev = event_new(uj->uj_base, uj->uj_fd,
-	    EV_READ|EV_PERSIST, dns_update_event_cb, uj)) == NULL)
-		fatalx("%s: event_new", __func__);
-	log_info("dns_update %s %s: sending to %s", uj->uj_verb, uj->uj_fqdn,
-	    uj->uj_req->ur_server);
-	dns_update_send(uj);
+	return rc;
+}
+
+/*
+ * For ready.c: where the spec sends updates, and its zone= (NULL
+ * without; the caller frees).  -1 if spec does not parse.
+ */
+int
+dns_update_spec_server(const char *spec, struct sockaddr_storage *ss,
+    socklen_t *sslen, char **zone)
+{
+	struct dns_update_target	t;
+	char				*why = NULL;
+
+	if (dns_update_spec_parse(spec, &t, &why) == -1) {
+		free(why);
+		return -1;
+	}
+	*ss = t.ut_addr;
+	*sslen = t.ut_addrlen;
+	*zone = t.ut_zone != NULL ? xstrdup(t.ut_zone) : NULL;
+	dns_update_target_free(&t);
 	return 0;
 }
 
@@ -854,7 +886,7 @@ dns_update_next(void)
 
 again:
 	TAILQ_FOREACH(uj, &dns_update_queue, uj_entry) {
-		if (uj->uj_ev != NULL || dns_update_waits(uj))
+		if (uj->uj_started || dns_update_waits(uj))
 			continue;
 		if (dns_update_start(uj, &why) == 0)
 			continue;

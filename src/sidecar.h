@@ -10,6 +10,7 @@
 
 #include <sys/types.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 
 #include <limits.h>
 #include <stdarg.h>
@@ -934,6 +935,58 @@ struct dns_update_job *dns_update_run(struct event_base *, const char *spec,
 		    dns_hook_cb, void *);
 void		 dns_update_forget(struct dns_update_job *);
 void		 dns_update_shutdown(void);
+int		 dns_update_spec_server(const char *spec,
+		    struct sockaddr_storage *, socklen_t *, char **zone);
+/*
+ * dns_check.c: DNS questions over the loop (UDP, TCP when truncated):
+ * the zone of a name, and whether every server of a zone answers a TXT
+ * value (ready.c's dns-01 row).
+ */
+struct dns_query;
+struct dns_check;
+struct dns_check_server {
+	char			*ds_shown;	/* "NAME ADDR:PORT" or "ADDR:PORT" */
+	struct sockaddr_storage	 ds_addr;
+	socklen_t		 ds_addrlen;
+	int			 ds_has;	/* it answers the value */
+	char			*ds_what;	/* else what it answers */
+};
+/* ans: the answer's bytes, or NULL and why.  It may free the query. */
+typedef void	(*dns_query_cb)(struct dns_query *, const uint8_t *ans,
+		    size_t len, const char *why, void *);
+/* passed 1, or 0 and what lags (the callee frees what). */
+typedef void	(*dns_check_cb)(int passed, char *what, void *);
+int		 dns_check_addr_parse(const char *, struct sockaddr_storage *,
+		    socklen_t *, char *shown, size_t);
+int		 dns_check_resolver(struct sockaddr_storage *, socklen_t *,
+		    char *shown, size_t, char **);
+struct dns_query *dns_query_start(struct event_base *,
+		    const struct sockaddr_storage *, socklen_t,
+		    const char *shown, const char *qname, int qtype, int rd,
+		    dns_query_cb, void *);
+void		 dns_query_free(struct dns_query *);	/* no callback */
+uint16_t	 dns_query_id(const struct dns_query *);
+const char	*dns_query_server(const struct dns_query *);
+int		 dns_check_answer_match(const uint8_t *, size_t, uint16_t id,
+		    const char *qname, int qtype);
+int		 dns_check_soa_zone(const uint8_t *, size_t, uint16_t id,
+		    const char *server, const char *name, int need_aa,
+		    char **zone, char **why);
+int		 dns_check_txt_judge(const uint8_t *, size_t, uint16_t id,
+		    const char *name, const char *value, char **what);
+int		 dns_check_ns_parse(const uint8_t *, size_t, uint16_t id,
+		    const char *server, const char *zone,
+		    struct dns_check_server **, size_t *, char ***bare,
+		    size_t *nbare, char **why);
+void		 dns_check_addr_parse_answer(const uint8_t *, size_t,
+		    uint16_t id, const char *name, int qtype,
+		    struct dns_check_server **, size_t *);
+void		 dns_check_servers_free(struct dns_check_server *, size_t);
+struct dns_check *dns_check_start(struct event_base *, const char *list,
+		    const struct sockaddr_storage *lookup, socklen_t,
+		    const char *zone, const char *fqdn, const char *value,
+		    dns_check_cb, void *, char **why);
+void		 dns_check_free(struct dns_check *);	/* no callback */
 /* dns_publish.c: a dns-01 TXT record through whichever the issuer has. */
 struct dns_publisher {
 	const char	*dp_hook;	/* dns_hook PROGRAM, or NULL */

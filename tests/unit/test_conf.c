@@ -2334,7 +2334,7 @@ test_nginx_check_listen(void **state)
 	"    challenge dns-01;\n"
 
 /*
- * dns_update SERVER[:PORT] key=FILE zone=ZONE: its TSIG key read at load,
+ * dns_update SERVER[:PORT] key=FILE [zone=ZONE]: its TSIG key read at load,
  * its errors at its line; exactly one publisher per dns-01 issuer.
  */
 static void
@@ -2405,11 +2405,19 @@ test_conf_dns_update(void **state)
 	conf_test_err(t, text, "%s/sidecar.conf:4: TSIG key file "
 	    "%s/open.key: key \"k\": \"}\" expected", t->dir, t->dir);
 	free(text);
+	/* Without zone=, SERVER is asked for the zone at each update. */
 	xasprintf(&text, UPDATE_ISSUER
 	    "    dns_update 127.0.0.1:53 key=%s/tsig.key;\n}\n", t->dir);
-	conf_test_err(t, text, "%s/sidecar.conf:4: dns_update 127.0.0.1:53 "
-	    "needs zone=ZONE (the zone the TXT records are in)", t->dir);
+	conf = conf_test_ok(t, text);
 	free(text);
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_non_null(strstr(ci->ci_dns_update, "127.0.0.1:53 key="));
+	assert_null(strstr(ci->ci_dns_update, "zone="));
+	conf_free(conf);
+	conf_test_err(t, UPDATE_ISSUER
+	    "    dns_update 127.0.0.1:53 zone=a.test;\n}\n",
+	    "%s/sidecar.conf:4: dns_update 127.0.0.1:53 needs key=FILE",
+	    t->dir);
 	conf_test_err(t, UPDATE_ISSUER
 	    "    dns_update ns1.a.test key=/k zone=a.test;\n}\n",
 	    "%s/sidecar.conf:4: dns_update \"ns1.a.test\": not an IP "
