@@ -1365,6 +1365,25 @@ conf_zone_arg(struct conf_parse *p, const char *arg, char **namep,
 }
 
 /*
+ * A group= given as a number (main.c's main_zone_open reads it the same
+ * way): its gid, or (gid_t)-1 when it is not all digits or out of range.
+ */
+gid_t
+conf_gid(const char *s)
+{
+	unsigned long long	 n;
+	char			*end;
+
+	if (*s == '\0' || strspn(s, "0123456789") != strlen(s))
+		return (gid_t)-1;
+	errno = 0;
+	n = strtoull(s, &end, 10);
+	if (errno != 0 || n >= (gid_t)-1)
+		return (gid_t)-1;
+	return (gid_t)n;
+}
+
+/*
  * path= must be absolute: the sidecar and nginx read it from two files
  * that may not share a folder, and must agree on one segment.
  */
@@ -1400,7 +1419,9 @@ conf_zone_param(struct conf_parse *p, const char *arg, char **name,
 	if (strncmp(arg, "group=", 6) == 0) {
 		if (*group != NULL)
 			return conf_error(p, "duplicate \"group\" parameter");
-		if (arg[6] == '\0' || getgrnam(arg + 6) == NULL)
+		/* A gid too: a pod's fsGroup may have no name in this image. */
+		if (arg[6] == '\0' || (conf_gid(arg + 6) == (gid_t)-1 &&
+		    getgrnam(arg + 6) == NULL))
 			return conf_error(p, "unknown group \"%s\"", arg + 6);
 		*group = xstrdup(arg + 6);
 		return 0;

@@ -6,6 +6,7 @@
  * and SIGINT stop the loop.  Every state file is written atomically, so a
  * stop at any moment leaves no half-written file.
  */
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <errno.h>
@@ -586,19 +587,51 @@ main_zone_owner_check(void)
 		    ", who opens it before the daemon becomes its user" : "");
 }
 
+/*
+ * group=GID: shm_open_zone() takes a group's name, and a pod's fsGroup
+ * need not have one in this image.  The file it has just opened (ours,
+ * 0640, locked) takes the gid here.  Our lock on it, which this second
+ * descriptor cannot take, shows that the name still leads to our file.
+ */
+static void
+main_zone_chgrp(gid_t gid)
+{
+	const char	*path = main_conf->c_zone_path;
+	struct stat	 st;
+	int		 fd;
+
+	if ((fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+	    O_NOCTTY | O_CLOEXEC)) == -1)
+		fatal("acme_shared_zone: %s", path);
+	if (fstat(fd, &st) == -1)
+		fatal("acme_shared_zone: %s", path);
+	if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+	    flock(fd, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+		fatalx("acme_shared_zone: %s is no longer the zone opened",
+		    path);
+	if (fchown(fd, (uid_t)-1, gid) == -1)
+		fatal("acme_shared_zone: %s: group %u", path, (unsigned)gid);
+	close(fd);
+}
+
 static void
 main_zone_open(struct event_base *base)
 {
 	const char	*group;
 	char		*cause = NULL;
+	gid_t		 gid;
 
 	if ((group = main_conf->c_zone_group) == NULL &&
 	    (group = main_conf->c_nginx_group) == NULL &&
 	    getgrnam("www-data") != NULL)
 		group = "www-data";
+	gid = group != NULL ? conf_gid(group) : (gid_t)-1;
 	if (shm_open_zone(base, main_conf->c_zone_path,
-	    main_conf->c_zone_size, group, &cause) == -1)
+	    main_conf->c_zone_size, gid == (gid_t)-1 ? group : NULL,
+	    &cause) == -1)
 		fatalx("acme_shared_zone: %s", cause);
+	if (gid != (gid_t)-1)
+		main_zone_chgrp(gid);
 	log_info("shared zone %s: group %s", main_conf->c_zone_path,
 	    group != NULL ? group : "unchanged");
 	main_zone_owner_check();

@@ -278,6 +278,7 @@ void		 conf_issuer_free(struct conf_issuer *);
 const char	*key_type_name(enum key_type);		/* "ecdsa:256" */
 const char	*key_type_suffix(enum key_type);	/* "rsa2048" */
 int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
+gid_t		 conf_gid(const char *);	/* group=1234, or (gid_t)-1 */
 int		 key_type_parse(const char *, enum key_type *);
 
 /*

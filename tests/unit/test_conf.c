@@ -2483,6 +2483,47 @@ test_conf_request_timeout(void **state)
 	    "here", t->dir);
 }
 
+/*
+ * group= as a gid: a pod's fsGroup, which may have no name in the
+ * sidecar's image (main.c gives the zone that gid).
+ */
+static void
+test_conf_zone_gid(void **state)
+{
+	static const char *bad[] = {
+		"4294967295",			/* (gid_t)-1: "unchanged" */
+		"99999999999999999999",		/* past unsigned long long */
+		"-1", "12ab", "+33",
+	};
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	char			*text;
+	size_t			 i;
+
+	conf = conf_test_ok(t, "acme_shared_zone zone=z:1M group=4242 "
+	    "owner=10001;");
+	assert_string_equal(conf->c_zone_group, "4242");
+	assert_string_equal(conf->c_zone_owner, "10001");
+	conf_free(conf);
+	conf = conf_test_nginx(t, "nginx.conf", "http {\n"
+	    "    acme_shared_zone zone=n:1M group=0;\n}\n");
+	assert_string_equal(conf->c_zone_group, "0");
+	conf_free(conf);
+	assert_int_equal(conf_gid("4242"), 4242);
+	assert_int_equal(conf_gid("0"), 0);
+	assert_int_equal(conf_gid("4294967294"), 4294967294U);
+	assert_int_equal(conf_gid(""), (gid_t)-1);
+	assert_int_equal(conf_gid("www-data"), (gid_t)-1);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(conf_gid(bad[i]), (gid_t)-1);
+		xasprintf(&text, "\n\nacme_shared_zone zone=z:1M group=%s;",
+		    bad[i]);
+		conf_test_err(t, text, "%s/sidecar.conf:3: unknown group "
+		    "\"%s\"", t->dir, bad[i]);
+		free(text);
+	}
+}
+
 int
 main(void)
 {
@@ -2537,6 +2578,7 @@ main(void)
 		T(test_nginx_check_listen),
 		T(test_conf_dns_update),
 		T(test_conf_request_timeout),
+		T(test_conf_zone_gid),
 #undef T
 	};
 
