@@ -331,8 +331,8 @@ ngx_http_acme_check_profile(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 
 /*
  * A challenge type as the sidecar reads it (conf_challenge_parse()):
- * nginx-acme's words.  tls-alpn-01 is answered by the sidecar's own
- * responder (tls_alpn_listen in its file), not by this module yet.
+ * nginx-acme's words.  tls-alpn-01 is answered by this module from the
+ * shared zone (ngx_http_acme_ssl.c).
  */
 static ngx_int_t
 ngx_http_acme_challenge_type(ngx_conf_t *cf, ngx_str_t *arg)

@@ -338,6 +338,8 @@ ngx_http_acme_postconfiguration(ngx_conf_t *cf)
 	cscfp = cmcf->servers.elts;
 	for (s = 0; s < cmcf->servers.nelts; s++)
 		ngx_http_acme_fast_path(cf, cscfp[s]);
+	if (ngx_http_acme_ssl_alpn_init(cf, amcf) != NGX_OK)
+		return NGX_ERROR;
 	return ngx_http_acme_ssl_addresses(cf, amcf);
 }
 

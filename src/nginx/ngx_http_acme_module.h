@@ -2,13 +2,15 @@
  * ngx_http_acme_module: nginx's side of acme-sidecar.
  *
  * The sidecar issues and renews certificates and publishes them, with the
- * pending HTTP-01 tokens, in a shared-memory segment (proto/acme_shm.h).
- * This module reads that segment in every worker:
+ * pending HTTP-01 tokens and tls-alpn-01 validation certificates, in a
+ * shared-memory segment (proto/acme_shm.h).  This module reads that
+ * segment in every worker:
  *
  *   ngx_http_acme_module.c	directives, variables, the challenge handler
  *   ngx_http_acme_shm.c	mapping the segment and the reader protocol
  *   ngx_http_acme_ssl.c	the certificate callback and its per-worker
- *				cache of parsed certificates
+ *				cache of parsed certificates; tls-alpn-01
+ *   ngx_http_acme_hello.h	what tls-alpn-01 reads of a raw ClientHello
  *
  * Nothing here writes to the segment, and nothing read from it is trusted
  * before it is bound-checked against the slot it was read from and
@@ -29,6 +31,7 @@
 
 #include "acme_shm.h"
 #include "acme_ident.h"
+#include "ngx_http_acme_hello.h"
 
 /* Caps on what one entry may hand us: bigger means a garbled segment. */
 #define NGX_HTTP_ACME_MAX_PEM		(1024 * 1024)
@@ -172,6 +175,7 @@ typedef struct {
 	ngx_uint_t		 zone_line;
 	ngx_flag_t		 enabled;	/* any acme_* directive */
 	ngx_http_acme_shm_t	 shm;
+	SSL_CTX			*alpn_ctx;	/* tls-alpn-01 handshakes */
 } ngx_http_acme_main_conf_t;
 
 struct ngx_http_acme_srv_conf_s {
@@ -221,6 +225,8 @@ ngx_http_acme_status_e ngx_http_acme_shm_cert(ngx_http_acme_shm_t *,
 		    ngx_http_acme_shm_cert_t *);
 ngx_http_acme_status_e ngx_http_acme_shm_token(ngx_http_acme_shm_t *,
 		    ngx_str_t *, ngx_pool_t *, ngx_str_t *);
+ngx_http_acme_status_e ngx_http_acme_shm_alpn(ngx_http_acme_shm_t *,
+		    ngx_str_t *, ngx_pool_t *, ngx_str_t *, ngx_str_t *);
 const char	*ngx_http_acme_status_text(ngx_http_acme_status_e);
 ngx_int_t	 ngx_http_acme_shm_log_allowed(ngx_http_acme_shm_t *);
 
@@ -233,6 +239,8 @@ ngx_http_acme_pair_t *ngx_http_acme_ssl_current(ngx_http_acme_main_conf_t *,
 		    ngx_http_acme_status_e *);
 int		 ngx_http_acme_ssl_cert_cb(ngx_ssl_conn_t *, void *);
 ngx_int_t	 ngx_http_acme_ssl_addresses(ngx_conf_t *,
+		    ngx_http_acme_main_conf_t *);
+ngx_int_t	 ngx_http_acme_ssl_alpn_init(ngx_conf_t *,
 		    ngx_http_acme_main_conf_t *);
 
 #endif /* NGX_HTTP_ACME_MODULE_H */

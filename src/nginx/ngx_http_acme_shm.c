@@ -668,3 +668,60 @@ ngx_http_acme_shm_token(ngx_http_acme_shm_t *shm, ngx_str_t *token,
 	q.key = token;
 	return ngx_http_acme_shm_read(shm, &q, &gen);
 }
+
+static const struct acme_shm_table *
+ngx_http_acme_shm_by_alpn(const struct acme_shm_image *img)
+{
+	return &img->by_alpn;
+}
+
+typedef struct {
+	ngx_pool_t	*pool;
+	ngx_str_t	*cert;
+	ngx_str_t	*key;
+} ngx_http_acme_alpn_query_t;
+
+/* by_alpn's value is where the entry is: inside the slot, like the rest. */
+static ngx_http_acme_status_e
+ngx_http_acme_shm_alpn_entry(void *arg, const ngx_http_acme_slot_t *sl,
+    const struct acme_shm_image *img, uint32_t off)
+{
+	ngx_http_acme_alpn_query_t	*aq = arg;
+	struct acme_shm_alpn		 a;
+	ngx_int_t			 rc;
+
+	(void)img;
+	if (!ngx_http_acme_shm_in_slot(sl, off, sizeof(a)))
+		return NGX_HTTP_ACME_MALFORMED;
+	ngx_http_acme_shm_copy(&a, sl->base + off, sizeof(a));
+	rc = ngx_http_acme_shm_dup(sl, a.cert_off, a.cert_len,
+	    NGX_HTTP_ACME_MAX_PEM, aq->pool, aq->cert);
+	if (rc == NGX_OK)
+		rc = ngx_http_acme_shm_dup(sl, a.key_off, a.key_len,
+		    NGX_HTTP_ACME_MAX_PEM, aq->pool, aq->key);
+	if (rc == NGX_ERROR)
+		return NGX_HTTP_ACME_NOMEM;
+	return rc == NGX_OK ? NGX_HTTP_ACME_FOUND : NGX_HTTP_ACME_MALFORMED;
+}
+
+/*
+ * The tls-alpn-01 validation certificate and key pending for the name a
+ * ClientHello sent in SNI (lower case), copied into pool.
+ */
+ngx_http_acme_status_e
+ngx_http_acme_shm_alpn(ngx_http_acme_shm_t *shm, ngx_str_t *sni,
+    ngx_pool_t *pool, ngx_str_t *cert, ngx_str_t *key)
+{
+	ngx_http_acme_alpn_query_t	 aq;
+	ngx_http_acme_shm_query_t	 q;
+	uint64_t			 gen;
+
+	aq.pool = pool;
+	aq.cert = cert;
+	aq.key = key;
+	q.table = ngx_http_acme_shm_by_alpn;
+	q.entry = ngx_http_acme_shm_alpn_entry;
+	q.arg = &aq;
+	q.key = sni;
+	return ngx_http_acme_shm_read(shm, &q, &gen);
+}

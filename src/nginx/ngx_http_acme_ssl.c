@@ -717,3 +717,211 @@ ngx_http_acme_ssl_addresses(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf)
 	}
 	return NGX_OK;
 }
+
+/* ------------------------------------------------------------ tls-alpn-01 */
+
+/*
+ * tls-alpn-01 (RFC 8737) on nginx's own https listeners.  The CA's
+ * ClientHello offers "acme-tls/1" and names the identifier in SNI; the
+ * sidecar publishes each pending validation certificate in the zone
+ * (by_alpn, proto/acme_shm.h).
+ *
+ * The hook is the ClientHello callback, which nginx 1.22 leaves unused
+ * and which OpenSSL runs before anything else looks at the hello, for
+ * TLS 1.2 and 1.3 alike: nginx's own SNI, ALPN and certificate
+ * callbacks come later, and in TLS 1.2 ALPN is chosen only after the
+ * certificate.  A hello that offers acme-tls/1 for a name pending in the
+ * zone moves to a context of our own (ngx_http_acme_ssl_alpn_ctx()):
+ * its SNI callback keeps nginx's from picking a server, its ALPN
+ * callback selects acme-tls/1, and the connection is given the
+ * validation certificate.  Every other hello is left exactly as it came,
+ * so nginx's SNI, ALPN (h2, http/1.1) and certificates are unchanged.
+ *
+ * After such a handshake nothing is exchanged (RFC 8737 3): the
+ * connection is marked to close, which nginx does once the handshake
+ * is over instead of waiting for a request.
+ */
+
+static const unsigned char ngx_http_acme_alpn_proto[] =
+    "\x0a" ACME_HELLO_ALPN;
+
+/* Stops nginx's SNI callback (the session context's) from running. */
+static int
+ngx_http_acme_ssl_alpn_servername(ngx_ssl_conn_t *ssl_conn, int *ad,
+    void *arg)
+{
+	(void)ssl_conn;
+	(void)ad;
+	(void)arg;
+	return SSL_TLSEXT_ERR_OK;
+}
+
+static int
+ngx_http_acme_ssl_alpn_select(ngx_ssl_conn_t *ssl_conn,
+    const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+    unsigned int inlen, void *arg)
+{
+	unsigned char	*sel;
+
+	(void)ssl_conn;
+	(void)arg;
+	if (SSL_select_next_proto(&sel, outlen, ngx_http_acme_alpn_proto,
+	    sizeof(ngx_http_acme_alpn_proto) - 1, in, inlen) !=
+	    OPENSSL_NPN_NEGOTIATED)
+		return SSL_TLSEXT_ERR_ALERT_FATAL;
+	*out = sel;
+	return SSL_TLSEXT_ERR_OK;
+}
+
+/*
+ * Hand this connection to the validation context with pair: no session
+ * to resume or to be resumed elsewhere (its own session id context, no
+ * tickets), no client certificate asked for.
+ */
+static ngx_int_t
+ngx_http_acme_ssl_alpn_take(ngx_http_acme_main_conf_t *amcf,
+    ngx_ssl_conn_t *ssl_conn, ngx_http_acme_pair_t *pair)
+{
+	if (SSL_set_SSL_CTX(ssl_conn, amcf->alpn_ctx) == NULL ||
+	    SSL_set_session_id_context(ssl_conn, ngx_http_acme_alpn_proto + 1,
+	    sizeof(ngx_http_acme_alpn_proto) - 2) != 1 ||
+	    SSL_set_num_tickets(ssl_conn, 0) != 1)
+		return NGX_ERROR;
+	SSL_set_options(ssl_conn, SSL_OP_NO_TICKET);
+	SSL_set_verify(ssl_conn, SSL_VERIFY_NONE, NULL);
+	if (SSL_use_cert_and_key(ssl_conn, pair->x509, pair->pkey, NULL,
+	    1) != 1)
+		return NGX_ERROR;
+	return NGX_OK;
+}
+
+/* The validation certificate pending for sni, parsed; NULL if none. */
+static ngx_int_t
+ngx_http_acme_ssl_alpn_find(ngx_http_acme_main_conf_t *amcf, ngx_str_t *sni,
+    ngx_connection_t *c, ngx_http_acme_pair_t *pair)
+{
+	ngx_http_acme_status_e	 st;
+	ngx_str_t		 cert, key;
+	ngx_pool_t		*pool;
+	ngx_int_t		 rc = NGX_DECLINED;
+
+	if (ngx_http_acme_shm_ready(&amcf->shm, c->log) != NGX_OK)
+		return NGX_DECLINED;
+	if ((pool = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, c->log)) == NULL)
+		return NGX_ERROR;
+	st = ngx_http_acme_shm_alpn(&amcf->shm, sni, pool, &cert, &key);
+	if (st == NGX_HTTP_ACME_FOUND) {
+		rc = ngx_http_acme_ssl_parse_pem(&cert, &key, pair);
+		if (rc != NGX_OK)
+			ngx_ssl_error(NGX_LOG_ERR, c->log, 0, "acme: tls-alpn-01 "
+			    "certificate for \"%V\" in shared zone \"%s\" does "
+			    "not parse", sni, amcf->shm.path.data);
+	} else
+		ngx_log_error(NGX_LOG_INFO, c->log, 0, "acme: acme-tls/1 "
+		    "offered for \"%V\": %s", sni,
+		    ngx_http_acme_status_text(st));
+	ngx_destroy_pool(pool);
+	return rc;
+}
+
+/*
+ * SSL_CTX_set_client_hello_cb() of every https server: see above.
+ * Anything but acme-tls/1 for a pending name returns at once, as if
+ * there were no callback.
+ */
+static int
+ngx_http_acme_ssl_client_hello(ngx_ssl_conn_t *ssl_conn, int *al, void *arg)
+{
+	ngx_http_acme_main_conf_t	*amcf = arg;
+	ngx_http_acme_pair_t		 pair;
+	ngx_connection_t		*c;
+	const unsigned char		*ext;
+	ngx_str_t			 sni;
+	size_t				 len;
+	ngx_int_t			 rc;
+	char				 name[ACME_HELLO_SNI_MAX + 1];
+
+	if (SSL_client_hello_get0_ext(ssl_conn,
+	    TLSEXT_TYPE_application_layer_protocol_negotiation, &ext,
+	    &len) != 1 || !acme_hello_offers_acme_tls(ext, len) ||
+	    SSL_client_hello_get0_ext(ssl_conn, TLSEXT_TYPE_server_name, &ext,
+	    &len) != 1 || (sni.len = acme_hello_sni(ext, len, name)) == 0)
+		return SSL_CLIENT_HELLO_SUCCESS;
+	sni.data = (u_char *)name;
+	c = ngx_ssl_get_connection(ssl_conn);
+	if (ngx_http_acme_ssl_alpn_find(amcf, &sni, c, &pair) != NGX_OK)
+		return SSL_CLIENT_HELLO_SUCCESS;
+	rc = ngx_http_acme_ssl_alpn_take(amcf, ssl_conn, &pair);
+	ngx_http_acme_ssl_pair_free(&pair);
+	if (rc != NGX_OK) {
+		ngx_ssl_error(NGX_LOG_ERR, c->log, 0, "acme: tls-alpn-01 for "
+		    "\"%V\": the validation certificate cannot be used", &sni);
+		*al = SSL_AD_INTERNAL_ERROR;
+		return SSL_CLIENT_HELLO_ERROR;
+	}
+	/* No request follows: nginx closes once the handshake is done. */
+	c->close = 1;
+	ngx_log_error(NGX_LOG_INFO, c->log, 0, "acme: tls-alpn-01 validation "
+	    "certificate for \"%V\" served", &sni);
+	return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+static void
+ngx_http_acme_ssl_alpn_cleanup(void *data)
+{
+	SSL_CTX_free(data);
+}
+
+/* The context a validation handshake moves to: no certificate of its own. */
+static SSL_CTX *
+ngx_http_acme_ssl_alpn_ctx(ngx_conf_t *cf)
+{
+	ngx_pool_cleanup_t	*cln;
+	SSL_CTX			*ctx;
+
+	if ((cln = ngx_pool_cleanup_add(cf->pool, 0)) == NULL)
+		return NULL;
+	if ((ctx = SSL_CTX_new(TLS_server_method())) == NULL) {
+		ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0, "acme: SSL_CTX_new() "
+		    "for tls-alpn-01 failed");
+		return NULL;
+	}
+	cln->handler = ngx_http_acme_ssl_alpn_cleanup;
+	cln->data = ctx;
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+	SSL_CTX_set_num_tickets(ctx, 0);
+	SSL_CTX_set_tlsext_servername_callback(ctx,
+	    ngx_http_acme_ssl_alpn_servername);
+	SSL_CTX_set_alpn_select_cb(ctx, ngx_http_acme_ssl_alpn_select, NULL);
+	return ctx;
+}
+
+/*
+ * At postconfiguration: the ClientHello callback on the SSL_CTX of every
+ * server with one.  Not only those with acme_certificate: the context
+ * that sees a ClientHello is that of the listen address's default
+ * server, whichever it is (a catch-all, one with ssl_reject_handshake).
+ */
+ngx_int_t
+ngx_http_acme_ssl_alpn_init(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf)
+{
+	ngx_http_core_main_conf_t	*cmcf;
+	ngx_http_core_srv_conf_t	**cscfp;
+	ngx_http_ssl_srv_conf_t		*sscf;
+	ngx_uint_t			 s;
+
+	cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+	cscfp = cmcf->servers.elts;
+	for (s = 0; s < cmcf->servers.nelts; s++) {
+		sscf = cscfp[s]->ctx->srv_conf[ngx_http_ssl_module.ctx_index];
+		if (sscf->ssl.ctx == NULL)
+			continue;
+		if (amcf->alpn_ctx == NULL &&
+		    (amcf->alpn_ctx = ngx_http_acme_ssl_alpn_ctx(cf)) == NULL)
+			return NGX_ERROR;
+		SSL_CTX_set_client_hello_cb(sscf->ssl.ctx,
+		    ngx_http_acme_ssl_client_hello, amcf);
+	}
+	return NGX_OK;
+}

@@ -12,7 +12,10 @@
  *
  * Input: byte 0 is a key length n, then n bytes of key, then the segment
  * file as the sidecar would have written it.  The key is looked up as a
- * certificate id (with and without a known serial) and as a token.
+ * certificate id (with and without a known serial), as a token and as a
+ * tls-alpn-01 SNI.  It is also read as a ClientHello's raw ALPN and SNI
+ * extensions (ngx_http_acme_hello.h), as the module's ClientHello
+ * callback reads them, and the name found there is looked up too.
  *
  * Then the file is cut short under the mapping, as anyone able to write
  * it may do, at a few points (nothing, a header's worth, half of it, all
@@ -97,12 +100,29 @@ fuzz_write(const uint8_t *data, size_t size)
 	close(fd);
 }
 
+/* What the ClientHello callback reads of the key as raw extensions. */
+static void
+fuzz_hello(ngx_http_acme_shm_t *shm, ngx_str_t *key)
+{
+	ngx_pool_t	*pool = (ngx_pool_t *)fuzz_allocs;
+	ngx_str_t	 sni, cert, pkey;
+	char		 name[ACME_HELLO_SNI_MAX + 1];
+
+	(void)acme_hello_offers_acme_tls(key->data, key->len);
+	if ((sni.len = acme_hello_sni(key->data, key->len, name)) == 0)
+		return;
+	if (sni.len > ACME_HELLO_SNI_MAX || strlen(name) != sni.len)
+		abort();
+	sni.data = (u_char *)name;
+	(void)ngx_http_acme_shm_alpn(shm, &sni, pool, &cert, &pkey);
+}
+
 /* Every lookup a worker makes, on whatever is mapped now. */
 static void
 fuzz_lookups(ngx_http_acme_shm_t *shm, ngx_log_t *log, ngx_str_t *key)
 {
 	ngx_http_acme_shm_cert_t	 cert;
-	ngx_str_t			 keyauth;
+	ngx_str_t			 keyauth, vcert, vkey;
 	ngx_pool_t			*pool = (ngx_pool_t *)fuzz_allocs;
 	uint64_t			 serial;
 
@@ -115,6 +135,8 @@ fuzz_lookups(ngx_http_acme_shm_t *shm, ngx_log_t *log, ngx_str_t *key)
 		(void)ngx_http_acme_shm_cert(shm, key, &serial, pool, &cert);
 	}
 	(void)ngx_http_acme_shm_token(shm, key, pool, &keyauth);
+	(void)ngx_http_acme_shm_alpn(shm, key, pool, &vcert, &vkey);
+	fuzz_hello(shm, key);
 	(void)ngx_http_acme_status_text(NGX_HTTP_ACME_BUSY);
 }
 
