@@ -136,6 +136,8 @@ static int	conf_cmd_dns_update(struct conf_parse *, struct conf_block *,
 		    int, char **);
 static int	conf_cmd_dns_hook(struct conf_parse *, struct conf_block *,
 		    int, char **);
+static int	conf_cmd_dns_check(struct conf_parse *, struct conf_block *,
+		    int, char **);
 static int	conf_cmd_rate(struct conf_parse *, struct conf_block *, int,
 		    char **);
 static int	conf_cmd_request_timeout(struct conf_parse *,
@@ -173,6 +175,8 @@ static const struct conf_cmd conf_cmds[] = {
 	{ "challenge", CONF_ISSUER|CONF_ONCE, 1, 1, conf_cmd_challenge },
 	{ "dns_hook", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_dns_hook },
 	{ "dns_update", CONF_ISSUER|CONF_ONCE, 1, 3, conf_cmd_dns_update },
+	{ "dns_check", CONF_ISSUER|CONF_ONCE, 1, CONF_DNS_CHECK_MAX,
+	    conf_cmd_dns_check },
 	{ "request_rate", CONF_ISSUER|CONF_ONCE, 1, 2, conf_cmd_rate },
 	{ "request_timeout", CONF_ISSUER|CONF_ONCE, 1, 1,
 	    conf_cmd_request_timeout },
@@ -218,6 +222,7 @@ conf_issuer_free(struct conf_issuer *ci)
 	free(ci->ci_profile);
 	free(ci->ci_dns_hook);
 	free(ci->ci_dns_update);
+	free(ci->ci_dns_check);
 	free(ci->ci_file);
 	free(ci->ci_state_file);
 	free(ci);
@@ -258,6 +263,7 @@ conf_issuer_dup(const struct conf_issuer *src)
 	ci->ci_profile = conf_strdup_null(src->ci_profile);
 	ci->ci_dns_hook = conf_strdup_null(src->ci_dns_hook);
 	ci->ci_dns_update = conf_strdup_null(src->ci_dns_update);
+	ci->ci_dns_check = conf_strdup_null(src->ci_dns_check);
 	ci->ci_file = conf_strdup_null(src->ci_file);
 	ci->ci_state_file = conf_strdup_null(src->ci_state_file);
 	ci->ci_eab_hmac = NULL;
@@ -283,6 +289,7 @@ conf_cert_free(struct conf_cert *cc)
 	free(cc->cc_wild_file);
 	free(cc->cc_dns_hook);
 	free(cc->cc_dns_update);
+	free(cc->cc_dns_check);
 	free(cc->cc_file);
 	free(cc);
 }
@@ -1216,6 +1223,45 @@ conf_cmd_dns_update(struct conf_parse *p, struct conf_block *blk, int argc,
 		free(why);
 		return -1;
 	}
+	return 0;
+}
+
+/*
+ * dns_check ADDR[:PORT]... | off: the servers dns-01's propagation check
+ * asks (ready.c) instead of the zone's NS set, or no check.  Kept as
+ * "off" or the addresses, as dns_check_addr_parse() shows them.
+ */
+static int
+conf_cmd_dns_check(struct conf_parse *p, struct conf_block *blk, int argc,
+    char **argv)
+{
+	struct conf_issuer	*ci = blk->ci;
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen;
+	char			 shown[64], *list = NULL, *more;
+	int			 i;
+
+	if (strcmp(argv[0], "off") == 0) {
+		if (argc > 1)
+			return conf_error(p, "invalid parameter \"%s\" of "
+			    "dns_check: \"off\" stands alone", argv[1]);
+		ci->ci_dns_check = xstrdup("off");
+		return 0;
+	}
+	for (i = 0; i < argc; i++) {
+		if (dns_check_addr_parse(argv[i], &ss, &sslen, shown,
+		    sizeof(shown)) == -1) {
+			free(list);
+			return conf_error(p, "dns_check \"%s\": not an IP "
+			    "address, with an optional :PORT, nor \"off\"",
+			    argv[i]);
+		}
+		xasprintf(&more, "%s%s%s", list != NULL ? list : "",
+		    list != NULL ? " " : "", shown);
+		free(list);
+		list = more;
+	}
+	ci->ci_dns_check = list;
 	return 0;
 }
 

@@ -230,7 +230,11 @@ conf_cert_resolve(struct conf_cert *cc, const struct conf_issuer *ci)
 	cc->cc_dns_hook = NULL;
 	free(cc->cc_dns_update);
 	cc->cc_dns_update = NULL;
+	free(cc->cc_dns_check);
+	cc->cc_dns_check = NULL;
 	if (cc->cc_type == CHALLENGE_DNS_01) {
+		if (ci->ci_dns_check != NULL)
+			cc->cc_dns_check = xstrdup(ci->ci_dns_check);
 		if (ci->ci_dns_hook != NULL)
 			cc->cc_dns_hook = xstrdup(ci->ci_dns_hook);
 		if (ci->ci_dns_update != NULL)

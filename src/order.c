@@ -137,6 +137,8 @@ order_cert_new(struct event_base *base, struct acme_issuer *ai,
 	ce->ce_dns_hook_timeout = cc->cc_dns_hook_timeout;
 	if (cc->cc_dns_update != NULL)
 		ce->ce_dns_update = xstrdup(cc->cc_dns_update);
+	if (cc->cc_dns_check != NULL)
+		ce->ce_dns_check = xstrdup(cc->cc_dns_check);
 	order_ari_init(ce);
 	ce->ce_state = ORDER_IDLE;
 	return ce;
@@ -274,6 +276,7 @@ order_cert_free(struct cert *ce)
 	free(ce->ce_sent_profile);
 	free(ce->ce_dns_hook);
 	free(ce->ce_dns_update);
+	free(ce->ce_dns_check);
 	free(ce);
 }
 
@@ -363,7 +366,10 @@ order_cert_same_conf(const struct cert *ce, const struct conf_cert *cc)
 		return 0;
 	if ((ce->ce_dns_update == NULL) != (cc->cc_dns_update == NULL) ||
 	    (ce->ce_dns_update != NULL &&
-	    strcmp(ce->ce_dns_update, cc->cc_dns_update) != 0))
+	    strcmp(ce->ce_dns_update, cc->cc_dns_update) != 0) ||
+	    (ce->ce_dns_check == NULL) != (cc->cc_dns_check == NULL) ||
+	    (ce->ce_dns_check != NULL &&
+	    strcmp(ce->ce_dns_check, cc->cc_dns_check) != 0))
 		return 0;
 	for (i = 0; i < ce->ce_nidents; i++)
 		if (strcmp(ce->ce_idents[i], cc->cc_idents[i]) != 0)
@@ -1162,10 +1168,18 @@ order_challenge(struct cert *ce)
 {
 	char	*keyauth;
 
-	/*
-	 * Nothing of ours to fetch (dns-01 keeps its record in order_dns.c):
-	 * unchecked.
-	 */
+	/* dns-01: every authoritative server must answer the TXT value. */
+	if (ce->ce_challenge == CHALLENGE_DNS_01 && ready_enabled() &&
+	    ce->ce_authz_ident != NULL && order_dns_name(ce) != NULL) {
+		ce->ce_ready = ready_start_dns(ce->ce_base, ce->ce_authz_ident,
+		    order_dns_name(ce), order_dns_value(ce), ce->ce_dns_check,
+		    ce->ce_dns_update, order_ready_done, ce);
+		if (ce->ce_ready == NULL)
+			order_challenge_send(ce);
+		else
+			order_set_state(ce, ORDER_READY_CHECK);
+		return;
+	}
 	if (!ready_enabled() || (ce->ce_token == NULL &&
 	    ce->ce_alpn_keyauth == NULL) || ce->ce_authz_ident == NULL) {
 		order_challenge_send(ce);

@@ -104,6 +104,7 @@ struct cert {
 	char			*ce_dns_hook;
 	int			 ce_dns_hook_timeout;
 	char			*ce_dns_update;		/* or its spec */
+	char			*ce_dns_check;		/* dns_check, or NULL */
 	struct order_dns	*ce_dns;
 	int			 ce_dns_triggered;	/* not "pending" */
 
@@ -148,6 +149,8 @@ char		*order_dns_fqdn(const char *ident);
 void		 order_dns_present(struct cert *, const char *ident,
 		    const char *keyauth);
 void		 order_dns_clear(struct cert *);
+const char	*order_dns_name(const struct cert *);	/* or NULL */
+const char	*order_dns_value(const struct cert *);
 void		 order_dns_published(struct cert *, int, const char *);
 
 /* order_cluster.c */

@@ -284,6 +284,19 @@ order_dns_present(struct cert *ce, const char *ident, const char *keyauth)
 	    od->od_value, order_dns_added, ce);
 }
 
+/* The record published for the authorization at hand, or NULL. */
+const char *
+order_dns_name(const struct cert *ce)
+{
+	return ce->ce_dns != NULL ? ce->ce_dns->od_fqdn : NULL;
+}
+
+const char *
+order_dns_value(const struct cert *ce)
+{
+	return ce->ce_dns != NULL ? ce->ce_dns->od_value : NULL;
+}
+
 /* Remove the record, if one was asked for; the order goes on at once. */
 void
 order_dns_clear(struct cert *ce)

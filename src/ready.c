@@ -19,7 +19,10 @@
  * Host, and this request goes to one address for another name.
  * tls-alpn-01 is a handshake with tls_alpn_listen's address, offering
  * acme-tls/1 with the identifier's SNI, that judges the certificate
- * served as the CA does.  dns-01 (the TXT record) adds a row.
+ * served as the CA does.  dns-01 asks every authoritative server of the
+ * zone for the TXT record, with RD=0 (dns_check.c): the issuer's
+ * dns_check list, or else the zone's NS set; "dns_check off" (or
+ * challenge_check off) sends the CA without asking.
  *
  * Callbacks of libevent only record what a try found and arm the check's
  * timer; the timer frees the connection and decides, so nothing is freed
@@ -106,17 +109,29 @@ struct ready_check {
 
 	/* tls-alpn-01 */
 	struct bufferevent	*rc_bev;
+
+	/* dns-01 */
+	char			*rc_dns_fqdn;
+	char			*rc_dns_value;
+	char			*rc_dns_list;	/* dns_check's, or NULL */
+	struct sockaddr_storage	 rc_dns_lookup;	/* dns_update's SERVER, */
+	socklen_t		 rc_dns_lookuplen; /* or 0: resolv.conf */
+	char			*rc_dns_zone;	/* dns_update's zone=, or NULL */
+	struct dns_check	*rc_dns;
 };
 
 static int	ready_http_start(struct ready_check *);
 static void	ready_http_stop(struct ready_check *);
 static int	ready_tls_start(struct ready_check *);
 static void	ready_tls_stop(struct ready_check *);
+static int	ready_dns_start(struct ready_check *);
+static void	ready_dns_stop(struct ready_check *);
 
 static const struct ready_kind ready_kinds[] = {
 	{ CHALLENGE_HTTP_01, "http-01", ready_http_start, ready_http_stop },
 	{ CHALLENGE_TLS_ALPN_01, "tls-alpn-01", ready_tls_start,
 	    ready_tls_stop },
+	{ CHALLENGE_DNS_01, "dns-01", ready_dns_start, ready_dns_stop },
 };
 
 /* Where the checks go (ready_configure()); no address: checks are off. */
@@ -290,9 +305,16 @@ ready_judge(struct ready_check *rc)
 		return;
 	}
 	ready_stats.rs_gave_up++;
-	xasprintf(&why, "readiness check: %s for %s %s (%d tries over %.0fs); "
-	    "the CA was not asked to validate", rc->rc_url, rc->rc_ident,
-	    rc->rc_last, rc->rc_tries, ready_elapsed(rc));
+	if (rc->rc_kind->rk_type == CHALLENGE_DNS_01)
+		xasprintf(&why, "readiness check: %s for %s: %s after %.0f s "
+		    "(%d tries); the CA was not asked to validate", rc->rc_url,
+		    rc->rc_ident, rc->rc_last, ready_elapsed(rc),
+		    rc->rc_tries);
+	else
+		xasprintf(&why, "readiness check: %s for %s %s (%d tries over "
+		    "%.0fs); the CA was not asked to validate", rc->rc_url,
+		    rc->rc_ident, rc->rc_last, rc->rc_tries,
+		    ready_elapsed(rc));
 	cb(-1, why, arg);
 	free(why);
 }
@@ -310,35 +332,59 @@ ready_timer_cb(evutil_socket_t fd, short ev, void *arg)
 		ready_try(rc);
 }
 
-struct ready_check *
-ready_start(struct event_base *base, enum challenge_type type,
-    const char *ident, const char *token, const char *keyauth, ready_cb cb,
-    void *arg)
+/* A check of type's row, not started; NULL if the type has none. */
+static struct ready_check *
+ready_new(struct event_base *base, enum challenge_type type,
+    const char *ident, ready_cb cb, void *arg)
 {
 	struct ready_check	*rc;
 	size_t			 i;
-	int			 v6, tls = type == CHALLENGE_TLS_ALPN_01;
 
 	if (ready_conf.addr == NULL)
 		fatalx("%s: checks are off", __func__);
 	for (i = 0; i < sizeof(ready_kinds) / sizeof(ready_kinds[0]); i++)
 		if (ready_kinds[i].rk_type == type)
 			break;
-	if (i == sizeof(ready_kinds) / sizeof(ready_kinds[0]) ||
-	    (tls && ready_conf.tls_addr == NULL))
+	if (i == sizeof(ready_kinds) / sizeof(ready_kinds[0]))
 		return NULL;
 	rc = xcalloc(1, sizeof(*rc));
 	rc->rc_kind = &ready_kinds[i];
 	rc->rc_base = base;
 	rc->rc_ident = xstrdup(ident);
-	rc->rc_token = token != NULL ? xstrdup(token) : NULL;
-	rc->rc_keyauth = xstrdup(keyauth);
-	rc->rc_addr = xstrdup(tls ? ready_conf.tls_addr : ready_conf.addr);
-	rc->rc_port = tls ? ready_conf.tls_port : ready_conf.port;
 	rc->rc_limit = ready_conf.limit;
 	rc->rc_cb = cb;
 	rc->rc_arg = arg;
 	rc->rc_everr = -1;
+	return rc;
+}
+
+/* Its first try now. */
+static void
+ready_begin(struct ready_check *rc)
+{
+	if ((rc->rc_timer = evtimer_new(rc->rc_base, ready_timer_cb,
+	    rc)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	event_base_gettimeofday_cached(rc->rc_base, &rc->rc_start);
+	ready_try(rc);
+}
+
+/* HTTP-01 and tls-alpn-01; dns-01 is ready_start_dns()'s. */
+struct ready_check *
+ready_start(struct event_base *base, enum challenge_type type,
+    const char *ident, const char *token, const char *keyauth, ready_cb cb,
+    void *arg)
+{
+	struct ready_check	*rc;
+	int			 v6, tls = type == CHALLENGE_TLS_ALPN_01;
+
+	if (type == CHALLENGE_DNS_01 || (tls && ready_conf.tls_addr == NULL) ||
+	    (rc = ready_new(base, type, ident, cb, arg)) == NULL)
+		return NULL;
+	rc->rc_token = token != NULL ? xstrdup(token) : NULL;
+	rc->rc_keyauth = xstrdup(keyauth);
+	rc->rc_addr = xstrdup(tls ? ready_conf.tls_addr : ready_conf.addr);
+	rc->rc_port = tls ? ready_conf.tls_port : ready_conf.port;
 	v6 = strchr(rc->rc_addr, ':') != NULL;
 	if (tls)
 		xasprintf(&rc->rc_url, "tls://%s%s%s:%d (acme-tls/1)",
@@ -347,10 +393,38 @@ ready_start(struct event_base *base, enum challenge_type type,
 		xasprintf(&rc->rc_url, "http://%s%s%s:%d/.well-known/"
 		    "acme-challenge/%s", v6 ? "[" : "", rc->rc_addr,
 		    v6 ? "]" : "", rc->rc_port, token);
-	if ((rc->rc_timer = evtimer_new(base, ready_timer_cb, rc)) == NULL)
-		fatalx("%s: evtimer_new", __func__);
-	event_base_gettimeofday_cached(base, &rc->rc_start);
-	ready_try(rc);
+	ready_begin(rc);
+	return rc;
+}
+
+/*
+ * dns-01: whether every authoritative server answers value for fqdn,
+ * the TXT record published for ident.  check is the certificate's
+ * dns_check ("off", a list of servers, or NULL: the zone's NS set);
+ * update its dns_update spec, whose SERVER (and zone=) find that NS set.
+ * NULL when dns_check is off.
+ */
+struct ready_check *
+ready_start_dns(struct event_base *base, const char *ident,
+    const char *fqdn, const char *value, const char *check,
+    const char *update, ready_cb cb, void *arg)
+{
+	struct ready_check	*rc;
+
+	if ((check != NULL && strcmp(check, "off") == 0) ||
+	    (rc = ready_new(base, CHALLENGE_DNS_01, ident, cb, arg)) == NULL)
+		return NULL;
+	rc->rc_dns_fqdn = xstrdup(fqdn);
+	rc->rc_dns_value = xstrdup(value);
+	rc->rc_keyauth = xstrdup(value);
+	rc->rc_dns_list = check != NULL ? xstrdup(check) : NULL;
+	if (check == NULL && update != NULL &&
+	    dns_update_spec_server(update, &rc->rc_dns_lookup,
+	    &rc->rc_dns_lookuplen, &rc->rc_dns_zone) == -1)
+		fatalx("%s: dns_update \"%s\" does not parse", __func__,
+		    update);
+	xasprintf(&rc->rc_url, "TXT %s", fqdn);
+	ready_begin(rc);
 	return rc;
 }
 
@@ -372,6 +446,10 @@ ready_cancel(struct ready_check *rc)
 	free(rc->rc_addr);
 	free(rc->rc_url);
 	free(rc->rc_last);
+	free(rc->rc_dns_fqdn);
+	free(rc->rc_dns_value);
+	free(rc->rc_dns_list);
+	free(rc->rc_dns_zone);
 	free(rc);
 }
 
@@ -680,4 +758,33 @@ ready_tls_stop(struct ready_check *rc)
 	if (rc->rc_bev != NULL)
 		bufferevent_free(rc->rc_bev);
 	rc->rc_bev = NULL;
+}
+
+/* dns-01: one try asks every server once (dns_check.c). */
+
+static void
+ready_dns_done(int passed, char *what, void *arg)
+{
+	ready_tried(arg, passed, what);
+}
+
+static int
+ready_dns_start(struct ready_check *rc)
+{
+	char	*why = NULL;
+
+	rc->rc_dns = dns_check_start(rc->rc_base, rc->rc_dns_list,
+	    rc->rc_dns_lookuplen > 0 ? &rc->rc_dns_lookup : NULL,
+	    rc->rc_dns_lookuplen, rc->rc_dns_zone, rc->rc_dns_fqdn,
+	    rc->rc_dns_value, ready_dns_done, rc, &why);
+	if (rc->rc_dns == NULL)
+		ready_tried(rc, 0, why);
+	return 0;
+}
+
+static void
+ready_dns_stop(struct ready_check *rc)
+{
+	dns_check_free(rc->rc_dns);
+	rc->rc_dns = NULL;
 }

@@ -93,6 +93,8 @@ enum challenge_type {
 /* dns_hook's timeout= (seconds). */
 #define CONF_DNS_HOOK_TIMEOUT	30
 #define CONF_DNS_HOOK_TIMEOUT_MAX 3600
+/* dns_check's servers, at most. */
+#define CONF_DNS_CHECK_MAX	16
 
 /* request_timeout: how long one request to the CA may take (seconds). */
 #define CONF_REQUEST_TIMEOUT_MAX 600
@@ -125,6 +127,7 @@ struct conf_issuer {
 	char			*ci_dns_hook;		/* dns_hook PROGRAM, or NULL */
 	int			 ci_dns_hook_timeout;	/* seconds */
 	char			*ci_dns_update;		/* its spec, or NULL */
+	char			*ci_dns_check;		/* "off", servers; NULL: NS */
 	double			 ci_rate;		/* r/s, 0 = off */
 	unsigned int		 ci_burst;
 	size_t			 ci_max_idents;		/* per certificate */
@@ -161,6 +164,7 @@ struct conf_cert {
 	char			*cc_dns_hook;	/* dns-01's publisher */
 	int			 cc_dns_hook_timeout;
 	char			*cc_dns_update;	/* or this one */
+	char			*cc_dns_check;	/* its issuer's dns_check */
 	int			 cc_nginx;	/* from a server{} of nginx.conf */
 	int			 cc_runtime;	/* added through the API */
 	char			*cc_file;
@@ -684,6 +688,10 @@ void		 ready_configure_tls(const char *addr, int port);
 struct ready_check *ready_start(struct event_base *, enum challenge_type,
 		    const char *ident, const char *token, const char *keyauth,
 		    ready_cb, void *);
+/* dns-01's: NULL when check (the issuer's dns_check) is "off". */
+struct ready_check *ready_start_dns(struct event_base *, const char *ident,
+		    const char *fqdn, const char *value, const char *check,
+		    const char *update, ready_cb, void *);
 void		 ready_cancel(struct ready_check *);	/* no callback */
 void		 ready_get_stats(struct ready_stats *);
 

@@ -54,7 +54,8 @@ def test_dns01_nsupdate_into_knot(tmp_path, http_port, pebble_factory,
     conf = tmp_path / "sidecar.conf"
     write_config(conf, pebble, state, http_port,
                  [(["*.example.test", "example.test"], None)],
-                 issuer_extra="challenge dns-01;\n    dns_hook %s;" % good)
+                 issuer_extra="challenge dns-01;\n    dns_hook %s;\n"
+                 "    dns_check %s;" % (good, knot.address))
     extra = (dns01_issuer("wrong", pebble, tmp_path,
                           "dns_hook %s timeout=20s" % wrong) +
              ["acme_certificate wrong wrong.example.test;"] +

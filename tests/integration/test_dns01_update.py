@@ -32,7 +32,8 @@ def test_dns01_update_into_knot(tmp_path, http_port, pebble_factory,
     write_config(conf, pebble, state, http_port,
                  [(["*.example.test", "example.test"], None)],
                  issuer_extra="challenge dns-01;\n    dns_update %s "
-                 "key=%s zone=example.test;" % (server, knot.key_file))
+                 "key=%s zone=example.test;\n    dns_check %s;"
+                 % (server, knot.key_file, server))
     extra = (dns01_issuer("wrong", pebble, tmp_path,
                           "dns_update %s key=%s zone=example.test"
                           % (server, bad_key)) +
