@@ -2524,6 +2524,63 @@ test_conf_zone_gid(void **state)
 	}
 }
 
+/*
+ * dns_check ADDR[:PORT]... | off: the servers dns-01's propagation check
+ * asks (port 53 unless given), kept for the issuer's dns-01
+ * certificates; its errors at its line.
+ */
+static void
+test_conf_dns_check(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+	struct conf_cert	*cc;
+
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " challenge dns-01;\n dns_hook /bin/true;\n"
+	    " dns_check 127.0.0.1:5353 [::1] 192.0.2.1;\n}\n"
+	    "acme_certificate le *.a.test;\n"
+	    "acme_certificate le b.test challenge=http-01;\n");
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_string_equal(ci->ci_dns_check,
+	    "127.0.0.1:5353 [::1]:53 192.0.2.1:53");
+	cc = TAILQ_FIRST(&conf->c_certs);
+	conf_cert_resolve(cc, ci);
+	assert_string_equal(cc->cc_dns_check, ci->ci_dns_check);
+	/* http-01 has no record to check. */
+	cc = TAILQ_NEXT(cc, cc_entry);
+	conf_cert_resolve(cc, ci);
+	assert_null(cc->cc_dns_check);
+	conf_free(conf);
+
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " dns_check off;\n}\n");
+	assert_string_equal(TAILQ_FIRST(&conf->c_issuers)->ci_dns_check,
+	    "off");
+	conf_free(conf);
+	conf = conf_test_ok(t, "acme_issuer le {\n uri https://a.test/;\n}\n");
+	assert_null(TAILQ_FIRST(&conf->c_issuers)->ci_dns_check);
+	conf_free(conf);
+
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " dns_check off 127.0.0.1;\n}\n",
+	    "%s/sidecar.conf:3: invalid parameter \"127.0.0.1\" of "
+	    "dns_check: \"off\" stands alone", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " dns_check 127.0.0.1 ns2.a.test;\n}\n",
+	    "%s/sidecar.conf:3: dns_check \"ns2.a.test\": not an IP "
+	    "address, with an optional :PORT, nor \"off\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " dns_check 127.0.0.1:0;\n}\n",
+	    "%s/sidecar.conf:3: dns_check \"127.0.0.1:0\": not an IP "
+	    "address, with an optional :PORT, nor \"off\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " dns_check off;\n dns_check 127.0.0.1;\n}\n",
+	    "%s/sidecar.conf:4: \"dns_check\" directive is duplicate",
+	    t->dir);
+}
+
 int
 main(void)
 {
@@ -2577,6 +2634,7 @@ main(void)
 		T(test_conf_challenge_check),
 		T(test_nginx_check_listen),
 		T(test_conf_dns_update),
+		T(test_conf_dns_check),
 		T(test_conf_request_timeout),
 		T(test_conf_zone_gid),
 #undef T
