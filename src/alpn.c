@@ -1,6 +1,8 @@
 /*
  * alpn.c: the daemon's own tls-alpn-01 responder (RFC 8737), on the
- * address of tls_alpn_listen.
+ * address of tls_alpn_listen.  (The validation certificates also go to
+ * the shared zone, where nginx's module answers the CA on its own https
+ * port: order.c makes each once and hands it to both.)
  *
  * The CA connects with SNI naming the identifier (RFC 8738 section 6's
  * reverse name for an IP address) and ALPN offering only "acme-tls/1",
@@ -129,16 +131,23 @@ alpn_name_free(struct alpn_name *an)
 	free(an);
 }
 
+/* Whether tls_alpn_listen's responder runs (it starts with the daemon). */
 int
-alpn_add(const char *ident, const char *keyauth, char **cause)
+alpn_running(void)
+{
+	return alpn.listener != NULL;
+}
+
+/* Answer ident with cert and key (keys_alpn_cert()), which it shares. */
+int
+alpn_add(const char *ident, const char *keyauth, X509 *cert, EVP_PKEY *key,
+    char **cause)
 {
 	struct alpn_name	*an;
 
 	if (alpn.listener == NULL) {
-		/* tls_alpn_listen added by a reload: it starts with us. */
-		xasprintf(cause, "challenge tls-alpn-01 for %s but nothing "
-		    "answers it: the tls_alpn_listen responder is not running "
-		    "(it starts with the daemon)", ident);
+		xasprintf(cause, "challenge tls-alpn-01 for %s: the "
+		    "tls_alpn_listen responder is not running", ident);
 		return -1;
 	}
 	if (alpn.nnames >= ALPN_MAX_NAMES) {
@@ -147,14 +156,10 @@ alpn_add(const char *ident, const char *keyauth, char **cause)
 		return -1;
 	}
 	an = xcalloc(1, sizeof(*an));
-	if ((an->an_key = keys_generate(KEY_ECDSA_256)) == NULL ||
-	    (an->an_cert = keys_alpn_cert(an->an_key, ident, keyauth)) ==
-	    NULL) {
-		alpn_name_free(an);
-		xasprintf(cause, "challenge tls-alpn-01 for %s: cannot make "
-		    "the validation certificate", ident);
-		return -1;
-	}
+	if (X509_up_ref(cert) != 1 || EVP_PKEY_up_ref(key) != 1)
+		fatalx("%s: up_ref", __func__);
+	an->an_cert = cert;
+	an->an_key = key;
 	an->an_ident = xstrdup(ident);
 	an->an_sni = alpn_sni_name(ident);
 	an->an_keyauth = xstrdup(keyauth);

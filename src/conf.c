@@ -314,6 +314,8 @@ conf_free(struct conf *conf)
 	free(conf->c_alpn_addr);
 	free(conf->c_check_addr);
 	free(conf->c_check_from);
+	free(conf->c_tls_check_addr);
+	free(conf->c_tls_check_from);
 	free(conf->c_control_socket);
 	free(conf->c_control_group);
 	free(conf->c_user);

@@ -181,8 +181,9 @@ conf_cert_challenge(const struct conf_cert *cc, const struct conf_issuer *ci)
 
 /*
  * Whether ci can validate cc: a wildcard only over dns-01 (RFC 8555
- * 7.1.3), dns-01 only with a way to publish the record and tls-alpn-01
- * only with a responder (tls_alpn_listen).  The reason in why otherwise.
+ * 7.1.3), dns-01 only with a way to publish the record.  tls-alpn-01
+ * always has a responder: nginx's module through the shared zone, and
+ * tls_alpn_listen where set.  The reason in why otherwise.
  */
 int
 conf_cert_check_challenge(const struct conf *conf, const struct conf_cert *cc,
@@ -191,6 +192,7 @@ conf_cert_check_challenge(const struct conf *conf, const struct conf_cert *cc,
 	enum challenge_type	 t = conf_cert_challenge(cc, ci);
 	size_t			 i;
 
+	(void)conf;
 	if (t == CHALLENGE_DNS_01) {
 		if (ci->ci_dns_hook != NULL || ci->ci_dns_update != NULL)
 			return 0;
@@ -206,12 +208,6 @@ conf_cert_check_challenge(const struct conf *conf, const struct conf_cert *cc,
 		xasprintf(why, "wildcard identifier \"%s\" needs challenge "
 		    "dns-01: %s cannot validate wildcard identifiers",
 		    cc->cc_idents[i], conf_challenge_name(t));
-		return -1;
-	}
-	if (t == CHALLENGE_TLS_ALPN_01 && conf->c_alpn_addr == NULL) {
-		xasprintf(why, "certificate \"%s\" has challenge tls-alpn-01 "
-		    "but nothing answers it: add \"tls_alpn_listen "
-		    "ADDR:PORT\"", cc->cc_id);
 		return -1;
 	}
 	return 0;

@@ -202,6 +202,15 @@ main_ready_configure(const struct conf *conf)
 		port = challenge_port();
 	ready_configure(conf->c_check_addr, port, conf->c_check_limit,
 	    conf->c_check_from);
+	/* tls-alpn-01 through nginx's module, unless we answer it ourselves. */
+	if (alpn_running())
+		return;
+	if (conf->c_tls_check_addr != NULL)
+		ready_configure_tls(conf->c_tls_check_addr,
+		    conf->c_tls_check_port, conf->c_tls_check_from);
+	else
+		ready_configure_tls("127.0.0.1", 443, "port 443 of this host, "
+		    "as no ssl listen was found in an nginx.conf");
 }
 
 /* tls_alpn_listen: the tls-alpn-01 responder, off unless configured. */
@@ -217,7 +226,8 @@ main_alpn_start(struct event_base *base, const struct conf *conf)
 		fatalx("%s", cause);
 	log_info("acme-sidecar %s: answering tls-alpn-01 on %s:%d",
 	    SIDECAR_VERSION, conf->c_alpn_addr, alpn_port());
-	ready_configure_tls(conf->c_alpn_addr, alpn_port());
+	ready_configure_tls(conf->c_alpn_addr, alpn_port(),
+	    "tls_alpn_listen");
 }
 
 /*

@@ -407,6 +407,35 @@ nginx_conf_server_block(struct conf_parse *p)
 }
 
 /*
+ * listen ADDR[:PORT] ssl: where the readiness check makes tls-alpn-01's
+ * handshake when the module answers it (no tls_alpn_listen).  The first
+ * ssl listen on port 443 is the one the CA reaches; without one, the
+ * first ssl listen, as for HTTP-01 below.
+ */
+static void
+nginx_conf_tls_listen(struct conf_parse *p, struct conf_args *a)
+{
+	struct conf	*conf = p->conf;
+	const char	*bad;
+	char		*addr = NULL;
+	int		 port;
+
+	if ((conf->c_tls_check_addr != NULL && conf->c_tls_check_port == 443) ||
+	    conf_connect_addr(a->v[1], &addr, &port, &bad) == -1)
+		return;
+	if (conf->c_tls_check_addr != NULL && port != 443) {
+		free(addr);
+		return;
+	}
+	free(conf->c_tls_check_addr);
+	free(conf->c_tls_check_from);
+	conf->c_tls_check_addr = addr;
+	conf->c_tls_check_port = port;
+	xasprintf(&conf->c_tls_check_from, "listen at %s:%d", p->file,
+	    a->line);
+}
+
+/*
  * listen ADDR[:PORT] [params]: where the readiness check fetches HTTP-01
  * answers, unless challenge_check says.  The first listen on port 80 is
  * the one the CA reaches; without one, the first plain-HTTP listen (no
@@ -422,11 +451,18 @@ nginx_conf_listen(struct conf_parse *p, struct conf_args *a)
 	char		*addr = NULL;
 	int		 i, port;
 
-	if (a->n < 2 || conf->c_check_set ||
+	if (a->n < 2)
+		return;
+	for (i = 2; i < a->n; i++)
+		if (strcmp(a->v[i], "ssl") == 0) {
+			nginx_conf_tls_listen(p, a);
+			return;
+		}
+	if (conf->c_check_set ||
 	    (conf->c_check_addr != NULL && !conf->c_check_plain))
 		return;
 	for (i = 2; i < a->n; i++)
-		if (strcmp(a->v[i], "ssl") == 0 || strcmp(a->v[i], "quic") == 0)
+		if (strcmp(a->v[i], "quic") == 0)
 			return;
 	if (conf_connect_addr(a->v[1], &addr, &port, &bad) == -1)
 		return;

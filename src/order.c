@@ -180,15 +180,36 @@ order_token_clear(struct cert *ce)
 	ce->ce_token = NULL;
 }
 
-/* tls-alpn-01: the validation certificate goes to alpn.c's responder. */
+/*
+ * tls-alpn-01: one validation certificate, made here, goes to the shared
+ * zone, where nginx's module answers the CA on nginx's https port, and
+ * to alpn.c's responder where tls_alpn_listen runs it.
+ */
 static int
 order_alpn_set(struct cert *ce, const char *keyauth, char **cause)
 {
-	if (alpn_add(ce->ce_authz_ident, keyauth, cause) == -1)
-		return -1;
-	ce->ce_alpn_ident = xstrdup(ce->ce_authz_ident);
+	const char	*ident = ce->ce_authz_ident;
+	EVP_PKEY	*key;
+	X509		*cert = NULL;
+	int		 rc = -1;
+
+	if ((key = keys_generate(KEY_ECDSA_256)) == NULL ||
+	    (cert = keys_alpn_cert(key, ident, keyauth)) == NULL) {
+		xasprintf(cause, "challenge tls-alpn-01 for %s: cannot make "
+		    "the validation certificate", ident);
+		goto out;
+	}
+	if (alpn_running() && alpn_add(ident, keyauth, cert, key, cause) ==
+	    -1)
+		goto out;
+	shm_alpn_add(ident, keyauth, cert, key);
+	ce->ce_alpn_ident = xstrdup(ident);
 	ce->ce_alpn_keyauth = xstrdup(keyauth);
-	return 0;
+	rc = 0;
+out:
+	X509_free(cert);
+	EVP_PKEY_free(key);
+	return rc;
 }
 
 static void
@@ -197,6 +218,7 @@ order_alpn_clear(struct cert *ce)
 	if (ce->ce_alpn_ident == NULL)
 		return;
 	alpn_remove(ce->ce_alpn_ident, ce->ce_alpn_keyauth);
+	shm_alpn_remove(ce->ce_alpn_ident, ce->ce_alpn_keyauth);
 	free(ce->ce_alpn_ident);
 	free(ce->ce_alpn_keyauth);
 	ce->ce_alpn_ident = NULL;
@@ -1222,8 +1244,8 @@ order_dns_published(struct cert *ce, int rc, const char *why)
 
 /*
  * Present the challenge and tell the CA to validate it: an HTTP-01 token
- * goes to both responders at once, a tls-alpn-01 certificate to ours
- * (alpn.c), a dns-01 record through the issuer's hook (order_dns.c),
+ * goes to both responders at once, a tls-alpn-01 certificate to the zone
+ * and to ours (alpn.c) where it runs, a dns-01 record through the issuer's hook (order_dns.c),
  * which calls order_dns_published() when it is done.
  */
 static void
@@ -1277,7 +1299,8 @@ order_respond(struct cert *ce, json_t *authz)
 	ce->ce_challenge_url = xstrdup(url);
 	/*
 	 * The CA may ask any replica: all of them must have the token.  A
-	 * tls-alpn-01 certificate is this host's alone (README).
+	 * tls-alpn-01 certificate is this host's alone, in its zone and its
+	 * responder (README).
 	 */
 	if (cluster_enabled() && ce->ce_challenge == CHALLENGE_HTTP_01) {
 		order_sync(ce);

@@ -17,9 +17,12 @@
  * how it is cancelled.  HTTP-01 is a GET with Host: the identifier,
  * through libevent's own evhttp: http_client.c sends the URL's host as
  * Host, and this request goes to one address for another name.
- * tls-alpn-01 is a handshake with tls_alpn_listen's address, offering
- * acme-tls/1 with the identifier's SNI, that judges the certificate
- * served as the CA does.  dns-01 asks every authoritative server of the
+ * tls-alpn-01 is a handshake offering acme-tls/1 with the identifier's
+ * SNI, that judges the certificate served as the CA does: with
+ * tls_alpn_listen's address where the daemon answers itself, else with
+ * nginx's (its module answers from the shared zone): the first ssl
+ * listen on port 443 of nginx.conf, else its first ssl listen, else
+ * port 443 of this host.  dns-01 asks every authoritative server of the
  * zone for the TXT record, with RD=0 (dns_check.c): the issuer's
  * dns_check list, or else the zone's NS set; "dns_check off" (or
  * challenge_check off) sends the CA without asking.
@@ -175,7 +178,7 @@ ready_configure(const char *addr, int port, int limit, const char *from)
 
 /* A wildcard address is reached through loopback, as the CA's NAT would. */
 void
-ready_configure_tls(const char *addr, int port)
+ready_configure_tls(const char *addr, int port, const char *from)
 {
 	free(ready_conf.tls_addr);
 	ready_conf.tls_addr = NULL;
@@ -187,6 +190,10 @@ ready_configure_tls(const char *addr, int port)
 		addr = "::1";
 	ready_conf.tls_addr = xstrdup(addr);
 	ready_conf.tls_port = port;
+	if (ready_conf.addr != NULL)
+		log_info("readiness check of tls-alpn-01: %s%s%s:%d (%s)",
+		    strchr(addr, ':') != NULL ? "[" : "", addr,
+		    strchr(addr, ':') != NULL ? "]" : "", port, from);
 }
 
 int

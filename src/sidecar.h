@@ -223,6 +223,14 @@ struct conf {
 	int			 c_check_plain;	/* from a listen not on 80 */
 	int			 c_check_limit;	/* seconds, timeout= */
 	char			*c_check_from;
+	/*
+	 * Where the CA's tls-alpn-01 handshake arrives without
+	 * tls_alpn_listen: nginx.conf's first "listen ... ssl" on port 443,
+	 * else its first ssl listen.  NULL: none (port 443 of this host).
+	 */
+	char			*c_tls_check_addr;
+	int			 c_tls_check_port;
+	char			*c_tls_check_from;
 	char			*c_control_socket;
 	char			*c_control_group;	/* group=, or NULL */
 	char			*c_user;
@@ -682,8 +690,12 @@ struct ready_stats {
 void		 ready_configure(const char *addr, int port, int limit,
 		    const char *from);
 int		 ready_enabled(void);
-/* Where tls-alpn-01 is checked: tls_alpn_listen's address, bound port. */
-void		 ready_configure_tls(const char *addr, int port);
+/*
+ * Where tls-alpn-01 is checked: tls_alpn_listen's address and bound
+ * port, else nginx's https listen.  from says which, for the log.
+ */
+void		 ready_configure_tls(const char *addr, int port,
+		    const char *from);
 /* NULL when the type has no check (yet): nothing to wait for. */
 struct ready_check *ready_start(struct event_base *, enum challenge_type,
 		    const char *ident, const char *token, const char *keyauth,
@@ -1048,7 +1060,9 @@ int		 alpn_start(struct event_base *, const char *addr, int port,
 		    char **);
 void		 alpn_stop(void);
 int		 alpn_port(void);		/* the bound port */
-int		 alpn_add(const char *ident, const char *keyauth, char **);
+int		 alpn_running(void);
+int		 alpn_add(const char *ident, const char *keyauth, X509 *,
+		    EVP_PKEY *, char **);
 void		 alpn_remove(const char *ident, const char *keyauth);
 char		*alpn_sni_name(const char *ident);	/* RFC 8738 6 for IPs */
 

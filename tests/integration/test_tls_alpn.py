@@ -181,13 +181,11 @@ def test_tls_alpn_issues_and_refuses_other_clients(tmp_path, pebble,
 
 
 def test_tls_alpn_config_errors(tmp_path, pebble, http_port):
-    """-t names the line: tls-alpn-01 with nothing to answer it, a bad
-    tls_alpn_listen, and a wildcard, which tls-alpn-01 cannot validate."""
+    """-t names the line: a bad tls_alpn_listen, and a wildcard, which
+    tls-alpn-01 cannot validate.  (Without tls_alpn_listen nginx's module
+    answers, through the shared zone: test_tls_alpn_nginx.py.)"""
     state = tmp_path / "state"
     cases = [
-        ("", [NAME], "acme_certificate", "certificate \"%s\" has "
-         "challenge tls-alpn-01 but nothing answers it: add "
-         "\"tls_alpn_listen ADDR:PORT\"" % NAME),
         ("tls_alpn_listen 127.0.0.1:99999;\n", [NAME], "tls_alpn_listen",
          "invalid port in \"127.0.0.1:99999\" of the \"tls_alpn_listen\" "
          "directive"),
@@ -214,8 +212,10 @@ def test_tls_alpn_config_errors(tmp_path, pebble, http_port):
 def test_tls_alpn_listen_added_by_reload(tmp_path, pebble, http_port,
                                          sidecar_factory):
     """tls_alpn_listen binds at start only: added by a reload, it is
-    logged as waiting for a restart, and a tls-alpn-01 order says that
-    nothing answers it rather than leaving the CA to find out."""
+    logged as waiting for a restart, and a tls-alpn-01 order goes to the
+    shared zone for nginx's module, its readiness check to port 443 of
+    this host (no nginx.conf says otherwise), not to a responder that
+    does not run."""
     conf, state = write_alpn_config(tmp_path, pebble, http_port, free_port())
     text = conf.read_text()
     # First without the responder, the challenge and the certificate.
@@ -228,8 +228,9 @@ def test_tls_alpn_listen_added_by_reload(tmp_path, pebble, http_port,
     conf.write_text(text)
     sc.signal(signal.SIGHUP)
     sc.wait_log(r"tls_alpn_listen changed; it takes effect after a restart")
-    sc.wait_log(r"challenge tls-alpn-01 for %s but nothing answers it: the "
-                r"tls_alpn_listen responder is not running" %
-                NAME.replace(".", r"\."), timeout=60)
+    sc.wait_log(r"readiness check of tls-alpn-01: 127\.0\.0\.1:443 \(port 443 "
+                r"of this host")
+    sc.wait_log(r"readiness tls://127\.0\.0\.1:443 \(acme-tls/1\): got ",
+                timeout=60)
     assert sc.alive()
     assert sc.stop() == 0

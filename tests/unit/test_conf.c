@@ -651,11 +651,12 @@ test_conf_dns01(void **state)
 	    "%s/sidecar.conf:4: certificate \"a.test\" has challenge dns-01 "
 	    "but acme_issuer \"le\" has no way to publish the TXT record: add "
 	    "\"dns_update\" or \"dns_hook\" to it", t->dir);
-	conf_test_err(t, ISSUER "acme_certificate le a.test "
-	    "challenge=tls-alpn-01;\n",
-	    "%s/sidecar.conf:4: certificate \"a.test\" has challenge "
-	    "tls-alpn-01 but nothing answers it: add \"tls_alpn_listen "
-	    "ADDR:PORT\"", t->dir);
+	/* tls-alpn-01 needs no tls_alpn_listen: nginx's module answers. */
+	conf = conf_test_ok(t, ISSUER "acme_certificate le a.test "
+	    "challenge=tls-alpn-01;\n");
+	assert_int_equal(TAILQ_FIRST(&conf->c_certs)->cc_type,
+	    CHALLENGE_TLS_ALPN_01);
+	conf_free(conf);
 	conf_test_err(t, ISSUER "acme_certificate le a.test challenge=dns;\n"
 	    "acme_certificate le b.test challenge=x challenge=dns-01;\n",
 	    "%s/sidecar.conf:5: invalid challenge type \"x\": use http-01, "
@@ -1061,12 +1062,6 @@ test_conf_challenge(void **state)
 	    "%s/sidecar.conf:5: wildcard identifier \"*.a.test\" needs "
 	    "challenge dns-01: tls-alpn-01 cannot validate wildcard "
 	    "identifiers", t->dir);
-	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
-	    " challenge tls-alpn;\n}\n"
-	    "acme_certificate le a.test;\n",
-	    "%s/sidecar.conf:5: certificate \"a.test\" has challenge "
-	    "tls-alpn-01 but nothing answers it: add \"tls_alpn_listen "
-	    "ADDR:PORT\"", t->dir);
 	conf_test_err(t, "tls_alpn_listen 127.0.0.1:x;\n",
 	    "%s/sidecar.conf:1: invalid port in \"127.0.0.1:x\" of the "
 	    "\"tls_alpn_listen\" directive", t->dir);
@@ -2330,6 +2325,39 @@ test_nginx_check_listen(void **state)
 	free(ngx);
 }
 
+/*
+ * Where tls-alpn-01's readiness check makes its handshake through
+ * nginx: the first ssl listen on port 443, else the first ssl listen.
+ */
+static void
+test_nginx_tls_check_listen(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+
+	conf = conf_test_nginx(t, "nginx.conf",
+	    "http {\n"
+	    "  server { listen 80; listen 127.0.0.2:8443 ssl; }\n"
+	    "  server { listen [::1]:443 ssl http2; }\n"
+	    "  server { listen 127.0.0.3:443 ssl; }\n"
+	    "}\n");
+	assert_string_equal(conf->c_tls_check_addr, "::1");
+	assert_int_equal(conf->c_tls_check_port, 443);
+	assert_non_null(strstr(conf->c_tls_check_from, "nginx.conf:3"));
+	conf_free(conf);
+
+	conf = conf_test_nginx(t, "nginx.conf",
+	    "http { server { listen 8443 ssl; listen 127.0.0.2:9443 ssl; } }\n");
+	assert_string_equal(conf->c_tls_check_addr, "127.0.0.1");
+	assert_int_equal(conf->c_tls_check_port, 8443);
+	conf_free(conf);
+
+	conf = conf_test_nginx(t, "nginx.conf",
+	    "http { server { listen 80; } }\n");
+	assert_null(conf->c_tls_check_addr);
+	conf_free(conf);
+}
+
 #define UPDATE_ISSUER "acme_issuer le {\n    uri https://acme.test/dir;\n" \
 	"    challenge dns-01;\n"
 
@@ -2633,6 +2661,7 @@ main(void)
 		T(test_conf_cluster),
 		T(test_conf_challenge_check),
 		T(test_nginx_check_listen),
+		T(test_nginx_tls_check_listen),
 		T(test_conf_dns_update),
 		T(test_conf_dns_check),
 		T(test_conf_request_timeout),
