@@ -19,7 +19,10 @@ CHECK_TIMEOUT = 10      # challenge_check timeout=, seconds
 def wait_state(sock, cid, state, sidecar, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
-        got = api(sock, "/v1/certificates/" + cid)
+        try:
+            got = api(sock, "/v1/certificates/" + cid)
+        except ValueError:
+            got = {}    # the control socket is not up yet
         if got.get("state") == state:
             return got
         assert time.monotonic() < deadline, (got, sidecar.diagnostics())
