@@ -32,6 +32,8 @@ pytestmark = pytest.mark.skipif(
 ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 NAME = "alpn.example.test"
 OTHER = "other.example.test"
+# RFC 8738: the CA names an IP address by its reverse name in SNI.
+IP, IP_SNI = "127.0.0.1", "1.0.0.127.in-addr.arpa"
 CHALLENGE_PATH = "/chalZ/"
 
 
@@ -61,7 +63,18 @@ server {
         return 200 "hello from nginx\\n";
     }
 }
-""" % dict(uri=ca.directory_url, state=tmp_path / "state", ca=ca.ca,
+
+server {
+    listen 127.0.0.1:%(tls)d ssl;
+    server_name ip.example.test;
+
+    acme_certificate example %(ip)s;
+    acme_fallback_certificate %(fb_cert)s %(fb_key)s;
+
+    ssl_certificate       $acme_certificate;
+    ssl_certificate_key   $acme_certificate_key;
+}
+""" % dict(ip=IP, uri=ca.directory_url, state=tmp_path / "state", ca=ca.ca,
            zone=zone_name(tmp_path), tls=tls_port, name=NAME,
            fb_cert=fb_cert, fb_key=fb_key)
 
@@ -87,17 +100,19 @@ def hello(port, sni, alpn, version=None):
 
 
 def is_validation(cert, name):
-    """Whether cert is a tls-alpn-01 validation certificate for name."""
+    """Whether cert is a tls-alpn-01 validation certificate for name (a
+    DNS name, or IP)."""
     try:
         ext = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER)
     except x509.ExtensionNotFound:
         return False
     san = cert.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
+    names = [str(a) for a in san.get_values_for_type(x509.IPAddress)] + \
+        san.get_values_for_type(x509.DNSName)
     # A critical OCTET STRING of SHA-256(key authorization).
     return ext.critical and ext.value.value[:2] == b"\x04\x20" and \
-        len(ext.value.value) == 34 and \
-        san.get_values_for_type(x509.DNSName) == [name]
+        len(ext.value.value) == 34 and names == [name]
 
 
 def no_validation(port, sni):
@@ -155,10 +170,11 @@ def test_tls_alpn_through_nginx(tmp_path, pebble, nginx_factory,
         sc.start("--nginx-conf", str(nginx.conf))
         # Past the readiness check, which went through nginx: the CA is
         # told to validate, and that request waits at the proxy.
-        sc.wait_log(r'"%s": \S+ -> challenge' % NAME.replace(".", r"\."),
-                    timeout=60)
-        assert "readiness tls://127.0.0.1:%d (acme-tls/1) answers (try " \
-            % port in sc.log(), sc.log()
+        for ident in (NAME, IP):
+            sc.wait_log(r'"%s": \S+ -> challenge' %
+                        ident.replace(".", r"\."), timeout=60)
+        assert sc.log().count("readiness tls://127.0.0.1:%d (acme-tls/1) "
+                              "answers (try " % port) == 2, sc.log()
 
         # What the CA sees, in TLS 1.3 and 1.2: the validation
         # certificate over acme-tls/1, then nothing: no HTTP response.
@@ -171,6 +187,12 @@ def test_tls_alpn_through_nginx(tmp_path, pebble, nginx_factory,
             assert is_validation(cert, NAME), cert
             assert cert.issuer == cert.subject
             assert read_after_handshake(t) == b""
+
+        # An address, under its reverse name (RFC 8738).
+        got = hello(port, IP_SNI, ["acme-tls/1"])
+        assert not isinstance(got, Exception), got
+        got[2].close()
+        assert got[1] == "acme-tls/1" and is_validation(got[0], IP)
 
         # Everybody else: the server's certificate (its fallback, before
         # the first issuance) and nginx's own ALPN.
@@ -190,7 +212,7 @@ def test_tls_alpn_through_nginx(tmp_path, pebble, nginx_factory,
         assert no_validation(port, None)
 
         proxy.release(CHALLENGE_PATH, True)
-        sc.wait_certs(tmp_path / "state", [NAME])
+        sc.wait_certs(tmp_path / "state", [NAME, IP])
         deadline = time.monotonic() + 10
         while fingerprint(served_leaf(port, NAME)) == fallback:
             assert time.monotonic() < deadline, nginx.diagnostics()
@@ -198,6 +220,7 @@ def test_tls_alpn_through_nginx(tmp_path, pebble, nginx_factory,
         verify_served(port, NAME, pebble, tmp_path)
         # The authorization settled: nothing is served for it any more.
         assert no_validation(port, NAME)
+        assert no_validation(port, IP_SNI)
         log = nginx.error_log()
         # Ours above (two), the readiness check's and the CA's.
         assert log.count('tls-alpn-01 validation certificate for "%s" '
