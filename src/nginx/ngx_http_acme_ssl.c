@@ -795,7 +795,10 @@ ngx_http_acme_ssl_alpn_take(ngx_http_acme_main_conf_t *amcf,
 	return NGX_OK;
 }
 
-/* The validation certificate pending for sni, parsed; NULL if none. */
+/*
+ * The validation certificate pending for sni, parsed into pair: NGX_OK,
+ * else NGX_DECLINED (none) or NGX_ERROR (logged), pair left empty.
+ */
 static ngx_int_t
 ngx_http_acme_ssl_alpn_find(ngx_http_acme_main_conf_t *amcf, ngx_str_t *sni,
     ngx_connection_t *c, ngx_http_acme_pair_t *pair)
