@@ -76,6 +76,7 @@ struct dns_query {
 	size_t			 dq_wirelen;
 	int			 dq_fd;
 	int			 dq_tries;
+	int			 dq_refused;	/* ICMP said port unreachable */
 	struct event		*dq_ev;		/* UDP: read and resend */
 	struct bufferevent	*dq_bev;	/* TCP */
 	struct event		*dq_done;
@@ -714,6 +715,8 @@ dns_query_udp_cb(evutil_socket_t fd, short ev, void *arg)
 		if ((n = recv(fd, buf, DNS_QUERY_ANSWER_MAX, 0)) > 0)
 			m = dns_check_answer_match(buf, n, dq->dq_id,
 			    dq->dq_qname, dq->dq_qtype);
+		else if (n == -1 && errno == ECONNREFUSED)
+			dq->dq_refused = 1;
 		if (m == 1)
 			dns_query_finish(dq, buf, n, NULL);
 		else if (m == 2)
@@ -726,8 +729,9 @@ dns_query_udp_cb(evutil_socket_t fd, short ev, void *arg)
 		dns_query_udp_send(dq);
 		return;
 	}
-	dns_query_finish(dq, NULL, 0, dns_query_fmt("no answer within %d s",
-	    DNS_QUERY_TRIES * DNS_QUERY_TRY_TIMEOUT));
+	dns_query_finish(dq, NULL, 0, dns_query_fmt("no answer within %d s%s",
+	    DNS_QUERY_TRIES * DNS_QUERY_TRY_TIMEOUT, dq->dq_refused ?
+	    " (port unreachable)" : ""));
 }
 
 static void
@@ -956,8 +960,8 @@ dns_check_laggard(const struct dns_check *dc)
 		ds = &dc->dc_servers[i];
 		if (ds->ds_has || lagging++ > 0)
 			continue;
-		xasprintf(&what, "%s lags: it answers %s", ds->ds_shown,
-		    ds->ds_what != NULL ? ds->ds_what : "nothing");
+		xasprintf(&what, "%s lags: %s", ds->ds_shown,
+		    ds->ds_what != NULL ? ds->ds_what : "no answer");
 	}
 	if (lagging > 1) {
 		char	*more;
@@ -976,7 +980,7 @@ dns_check_txt_cb(struct dns_query *dq, const uint8_t *ans, size_t len,
 {
 	struct dns_check	*dc = arg;
 	struct dns_check_server	*ds = NULL;
-	char			*what;
+	char			*what, *answer = NULL;
 	size_t			 i;
 
 	for (i = 0; i < dc->dc_nqs; i++)
@@ -988,9 +992,11 @@ dns_check_txt_cb(struct dns_query *dq, const uint8_t *ans, size_t len,
 	ds->ds_what = NULL;
 	if (ans == NULL)
 		ds->ds_what = xstrdup(why);
-	else
-		ds->ds_has = dns_check_txt_judge(ans, len, dns_query_id(dq),
-		    dc->dc_fqdn, dc->dc_value, &ds->ds_what);
+	else if (!(ds->ds_has = dns_check_txt_judge(ans, len,
+	    dns_query_id(dq), dc->dc_fqdn, dc->dc_value, &answer))) {
+		xasprintf(&ds->ds_what, "it answers %s", answer);
+		free(answer);
+	}
 	if (--dc->dc_pending > 0)
 		return;
 	what = dns_check_laggard(dc);

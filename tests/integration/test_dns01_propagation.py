@@ -36,7 +36,8 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
     certificate is issued and verifies.  A secondary that never gets
     the record fails its order naming it and what it answers; a
     dns_update SERVER that is not authoritative for the name fails its
-    order saying so."""
+    order saying so; without dns_check, the zone's NS set (its glue
+    address, port 53) is what is asked."""
     primary = knot_factory("primary", zones=["example.test"])
     lagging = knot_factory("lagging", zones=["example.test"],
                            primary=primary)
@@ -56,7 +57,11 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
                                                       never.address)) +
              ["acme_certificate never never.example.test;"] +
              dns01_issuer("other", pebble, tmp_path, update) +
-             ["acme_certificate other www.other.test;",
+             ["acme_certificate other www.other.test;"] +
+             # No dns_check: the zone's NS set, from the primary.
+             dns01_issuer("nsset", pebble, tmp_path, update +
+                          " zone=example.test") +
+             ["acme_certificate nsset nsset.example.test;",
               "challenge_check timeout=%ds;" % CHECK_TIMEOUT])
     with open(conf, "a") as f:
         f.write("\n".join(extra) + "\n")
@@ -109,6 +114,14 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
     assert ("dns_update: %s is not authoritative for "
             "_acme-challenge.www.other.test. (it answers REFUSED)"
             % primary.address in got["last_error"]["message"]), got
+
+    # The NS set: ns.example.test. with its glue, 127.0.0.1, on port 53,
+    # where no server of the zone listens.
+    got = wait_backoff(sock, "nsset.example.test")
+    assert got["state"] == "backoff", got
+    assert ("readiness check: TXT _acme-challenge.nsset.example.test. for "
+            "nsset.example.test: ns.example.test. 127.0.0.1:53 lags: "
+            in got["last_error"]["message"]), got
 
     # Pebble was asked to validate the one challenge that was ready.
     text = pebble_log.read_text()
