@@ -708,23 +708,37 @@ acme_rate_allows(struct acme_issuer *ai)
 }
 
 /*
+ * Whether ar must wait under new_order_exclusive: a request to an
+ * authorization or a challenge while a newOrder is in flight, or a
+ * (retried) newOrder while such a request is.  Pebble 2.4.0 takes its
+ * store lock and then authorization locks when it scans for reusable
+ * authorizations on newOrder, but an authorization lock and then the
+ * store lock to answer for an authorization or a challenge: the two
+ * together can deadlock it for good.  Real CAs need no such care, so it
+ * is an issuer's setting, off unless asked for.
+ */
+static int
+acme_kept_apart(const struct acme_issuer *ai, const struct acme_req *ar)
+{
+	if (ar->ar_authz && ai->ai_inflight_new_orders > 0)
+		return 1;
+	return ar->ar_new_order && ai->ai_inflight_authz > 0;
+}
+
+/*
  * The queue to serve next: bootstrap first; then the steps of orders under
  * way, so that they finish before more are opened; then new orders, while
  * fewer than ACME_MAX_OPEN_ORDERS are open.  Open orders are what a CA has
  * to track, and keeping them few keeps its per-request work small.
  *
- * A newOrder is never in flight together with a request to an
- * authorization or a challenge.  Pebble 2.4.0 takes its store lock and
- * then authorization locks when it scans for reusable authorizations on
- * newOrder, but an authorization lock and then the store lock to answer
- * for an authorization or a challenge: the two together can deadlock it
- * for good.  All these requests are short, so keeping them apart costs
- * little against any CA.
+ * With new_order_exclusive on, a newOrder is never in flight together
+ * with a request to an authorization or a challenge (acme_kept_apart()).
  */
 static struct acme_reqs *
 acme_next_queue(struct acme_issuer *ai)
 {
 	struct acme_req	*head;
+	int		 apart = ai->ai_conf->ci_new_order_exclusive;
 
 	if (!TAILQ_EMPTY(&ai->ai_boot_queue))
 		return &ai->ai_boot_queue;
@@ -738,15 +752,13 @@ acme_next_queue(struct acme_issuer *ai)
 		/* The open orders go on, to their end; no new one opens. */
 	}
 	if ((head = TAILQ_FIRST(&ai->ai_queue)) != NULL) {
-		if (head->ar_authz && ai->ai_inflight_new_orders > 0)
+		if (apart && acme_kept_apart(ai, head))
 			return NULL;
-		if (head->ar_new_order && ai->ai_inflight_authz > 0)
-			return NULL;	/* a retried newOrder */
 		return &ai->ai_queue;
 	}
 	if (ai->ai_excl == NULL && !TAILQ_EMPTY(&ai->ai_order_queue) &&
 	    ai->ai_open_orders < ACME_MAX_OPEN_ORDERS &&
-	    ai->ai_inflight_authz == 0)
+	    !(apart && ai->ai_inflight_authz > 0))
 		return &ai->ai_order_queue;
 	return NULL;
 }

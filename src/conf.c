@@ -144,6 +144,8 @@ static int	conf_cmd_request_timeout(struct conf_parse *,
 		    struct conf_block *, int, char **);
 static int	conf_cmd_cn_in_csr(struct conf_parse *, struct conf_block *,
 		    int, char **);
+static int	conf_cmd_new_order_exclusive(struct conf_parse *,
+		    struct conf_block *, int, char **);
 static int	conf_cmd_max_idents(struct conf_parse *, struct conf_block *,
 		    int, char **);
 
@@ -184,6 +186,8 @@ static const struct conf_cmd conf_cmds[] = {
 	    conf_cmd_max_idents },
 	{ "common_name_in_csr", CONF_ISSUER|CONF_ONCE, 1, 1,
 	    conf_cmd_cn_in_csr },
+	{ "new_order_exclusive", CONF_ISSUER|CONF_ONCE, 1, 1,
+	    conf_cmd_new_order_exclusive },
 };
 #define CONF_NCMDS (sizeof(conf_cmds) / sizeof(conf_cmds[0]))
 
@@ -1011,6 +1015,20 @@ conf_cmd_cn_in_csr(struct conf_parse *p, struct conf_block *blk, int argc,
 	(void)argc;
 	return conf_on_off(p, "common_name_in_csr", argv[0],
 	    &blk->ci->ci_cn_in_csr);
+}
+
+/*
+ * new_order_exclusive on|off: never overlap a newOrder with a request to
+ * an authorization or a challenge (acme_next_queue()).  Off by default:
+ * only a CA with Pebble 2.4.0's lock-order bug needs it.
+ */
+static int
+conf_cmd_new_order_exclusive(struct conf_parse *p, struct conf_block *blk,
+    int argc, char **argv)
+{
+	(void)argc;
+	return conf_on_off(p, "new_order_exclusive", argv[0],
+	    &blk->ci->ci_new_order_exclusive);
 }
 
 /* A key type, or else the name of a PEM file holding the account key. */

@@ -123,6 +123,7 @@ struct conf_issuer {
 	char			*ci_profile;
 	int			 ci_profile_require;
 	int			 ci_cn_in_csr;		/* common_name_in_csr */
+	int			 ci_new_order_exclusive; /* new_order_exclusive */
 	enum challenge_type	 ci_challenge;
 	char			*ci_dns_hook;		/* dns_hook PROGRAM, or NULL */
 	int			 ci_dns_hook_timeout;	/* seconds */

@@ -2512,6 +2512,42 @@ test_conf_request_timeout(void **state)
 }
 
 /*
+ * new_order_exclusive on|off: off unless set (only Pebble 2.4.0 needs it),
+ * per issuer, once, and only in an acme_issuer block.
+ */
+static void
+test_conf_new_order_exclusive(void **state)
+{
+	struct conf_test	*t = *state;
+	struct conf		*conf;
+	struct conf_issuer	*ci;
+
+	conf = conf_test_ok(t, "acme_issuer a {\n uri https://a.test/;\n"
+	    " new_order_exclusive on;\n}\nacme_issuer b {\n"
+	    " uri https://b.test/;\n}\nacme_issuer c {\n"
+	    " uri https://c.test/;\n new_order_exclusive off;\n}\n");
+	ci = TAILQ_FIRST(&conf->c_issuers);
+	assert_string_equal(ci->ci_name, "a");
+	assert_true(ci->ci_new_order_exclusive);
+	ci = TAILQ_NEXT(ci, ci_entry);
+	assert_false(ci->ci_new_order_exclusive);
+	ci = TAILQ_NEXT(ci, ci_entry);
+	assert_false(ci->ci_new_order_exclusive);
+	conf_free(conf);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " new_order_exclusive yes;\n}\n", "%s/sidecar.conf:3: invalid "
+	    "value \"yes\" in \"new_order_exclusive\" directive, it must be "
+	    "\"on\" or \"off\"", t->dir);
+	conf_test_err(t, "acme_issuer le {\n uri https://a.test/;\n"
+	    " new_order_exclusive on;\n new_order_exclusive off;\n}\n",
+	    "%s/sidecar.conf:4: \"new_order_exclusive\" directive is "
+	    "duplicate", t->dir);
+	conf_test_err(t, "\nnew_order_exclusive on;\n",
+	    "%s/sidecar.conf:2: \"new_order_exclusive\" directive is not "
+	    "allowed here", t->dir);
+}
+
+/*
  * group= as a gid: a pod's fsGroup, which may have no name in the
  * sidecar's image (main.c gives the zone that gid).
  */
@@ -2665,6 +2701,7 @@ main(void)
 		T(test_conf_dns_update),
 		T(test_conf_dns_check),
 		T(test_conf_request_timeout),
+		T(test_conf_new_order_exclusive),
 		T(test_conf_zone_gid),
 #undef T
 	};
