@@ -14,8 +14,11 @@
  *
  * SERVER is an IP address: the primary's name would need a resolver the
  * daemon does not trust for this.  Without zone=, SERVER itself is asked
- * for the SOA of the record's name (dns_check.c), once for each update:
- * its authoritative answer names the zone; zone= skips the question.
+ * for the SOA of the record's name (dns_check.c): its authoritative
+ * answer names the zone; zone= skips the question.  A zone found is
+ * remembered for DNS_UPDATE_ZONE_TTL seconds, for the record's "del"
+ * and ready.c's propagation check, and forgotten when an update in it
+ * fails (a zone cut that moved is found again at the next try).
  *
  * An answer with NOERROR counts only when its TSIG verifies with the
  * key; an error answer is taken as it is (a forged one can only fail an
@@ -53,6 +56,8 @@
 #define DNS_UPDATE_FUDGE	300	/* TSIG's, seconds (RFC 8945 10) */
 #define DNS_UPDATE_ANSWER_MAX	65535
 #define DNS_UPDATE_KEY_FILE_MAX	4096	/* bytes of a key file */
+#define DNS_UPDATE_ZONE_TTL	600	/* seconds a zone found is used */
+#define DNS_UPDATE_ZONES_MAX	256	/* zones found, remembered */
 
 /* What "dns_update" names: where to send, with which key, for which zone. */
 struct dns_update_target {
@@ -93,6 +98,19 @@ struct dns_update_job {
 
 static TAILQ_HEAD(dns_update_jobs, dns_update_job) dns_update_queue =
     TAILQ_HEAD_INITIALIZER(dns_update_queue);
+
+/* The zone SERVER named for a record's name (without zone=). */
+struct dns_update_zone {
+	char			*uz_spec;
+	char			*uz_fqdn;
+	char			*uz_zone;
+	time_t			 uz_at;
+	TAILQ_ENTRY(dns_update_zone) uz_entry;
+};
+
+static TAILQ_HEAD(dns_update_zones_head, dns_update_zone) dns_update_zones =
+    TAILQ_HEAD_INITIALIZER(dns_update_zones);
+static size_t	dns_update_nzones;
 
 static void	dns_update_next(void);
 
@@ -668,6 +686,56 @@ dns_update_answer_check(const struct dns_update_req *r, const uint8_t *buf,
 }
 
 static void
+dns_update_zone_free(struct dns_update_zone *uz)
+{
+	TAILQ_REMOVE(&dns_update_zones, uz, uz_entry);
+	dns_update_nzones--;
+	free(uz->uz_spec);
+	free(uz->uz_fqdn);
+	free(uz->uz_zone);
+	free(uz);
+}
+
+/* The zone found for fqdn through spec, still fresh; NULL if none. */
+static struct dns_update_zone *
+dns_update_zone_find(const char *spec, const char *fqdn)
+{
+	struct dns_update_zone	*uz, *next;
+	time_t			 now = util_now();
+
+	for (uz = TAILQ_FIRST(&dns_update_zones); uz != NULL; uz = next) {
+		next = TAILQ_NEXT(uz, uz_entry);
+		if (now - uz->uz_at > DNS_UPDATE_ZONE_TTL || now < uz->uz_at) {
+			dns_update_zone_free(uz);
+			continue;
+		}
+		if (strcmp(uz->uz_spec, spec) == 0 &&
+		    strcasecmp(uz->uz_fqdn, fqdn) == 0)
+			return uz;
+	}
+	return NULL;
+}
+
+static void
+dns_update_zone_note(const char *spec, const char *fqdn, const char *zone)
+{
+	struct dns_update_zone	*uz;
+
+	if ((uz = dns_update_zone_find(spec, fqdn)) != NULL)
+		dns_update_zone_free(uz);
+	if (dns_update_nzones >= DNS_UPDATE_ZONES_MAX)
+		dns_update_zone_free(TAILQ_LAST(&dns_update_zones,
+		    dns_update_zones_head));
+	uz = xcalloc(1, sizeof(*uz));
+	uz->uz_spec = xstrdup(spec);
+	uz->uz_fqdn = xstrdup(fqdn);
+	uz->uz_zone = xstrdup(zone);
+	uz->uz_at = util_now();
+	TAILQ_INSERT_HEAD(&dns_update_zones, uz, uz_entry);
+	dns_update_nzones++;
+}
+
+static void
 dns_update_job_free(struct dns_update_job *uj)
 {
 	if (uj->uj_ev != NULL)
@@ -687,7 +755,13 @@ dns_update_job_free(struct dns_update_job *uj)
 static void
 dns_update_done(struct dns_update_job *uj, int rc, const char *why)
 {
+	struct dns_update_zone	*uz;
+
 	TAILQ_REMOVE(&dns_update_queue, uj, uj_entry);
+	/* Maybe the zone cut moved: the next update asks again. */
+	if (rc != 0 && (uz = dns_update_zone_find(uj->uj_spec,
+	    uj->uj_fqdn)) != NULL)
+		dns_update_zone_free(uz);
 	if (uj->uj_cb != NULL)
 		uj->uj_cb(rc, why, uj->uj_arg);
 	else if (rc != 0)
@@ -798,6 +872,7 @@ dns_update_zone_cb(struct dns_query *dq, const uint8_t *ans, size_t len,
 	else {
 		log_info("dns_update %s %s: %s names zone %s", uj->uj_verb,
 		    uj->uj_fqdn, t.ut_server, zone);
+		dns_update_zone_note(uj->uj_spec, uj->uj_fqdn, zone);
 		rc = dns_update_begin(uj, &t, zone, &why);
 	}
 	dns_update_target_free(&t);
@@ -821,14 +896,17 @@ out:
 static int
 dns_update_start(struct dns_update_job *uj, char **why)
 {
-	struct dns_update_target	t;
-	int				rc = 0;
+	struct dns_update_target	 t;
+	struct dns_update_zone		*uz;
+	int				 rc = 0;
 
 	uj->uj_started = 1;
 	if (dns_update_spec_parse(uj->uj_spec, &t, why) == -1)
 		return -1;
 	if (t.ut_zone != NULL)
 		rc = dns_update_begin(uj, &t, t.ut_zone, why);
+	else if ((uz = dns_update_zone_find(uj->uj_spec, uj->uj_fqdn)) != NULL)
+		rc = dns_update_begin(uj, &t, uz->uz_zone, why);
 	else
 		uj->uj_zone_q = dns_query_start(uj->uj_base, &t.ut_addr,
 		    t.ut_addrlen, t.ut_server, uj->uj_fqdn, LDNS_RR_TYPE_SOA,
@@ -838,14 +916,16 @@ dns_update_start(struct dns_update_job *uj, char **why)
 }
 
 /*
- * For ready.c: where the spec sends updates, and its zone= (NULL
- * without; the caller frees).  -1 if spec does not parse.
+ * For ready.c: where the spec sends updates, and the zone of fqdn: its
+ * zone=, or the one SERVER named for it lately (NULL if neither; the
+ * caller frees).  -1 if spec does not parse.
  */
 int
-dns_update_spec_server(const char *spec, struct sockaddr_storage *ss,
-    socklen_t *sslen, char **zone)
+dns_update_spec_server(const char *spec, const char *fqdn,
+    struct sockaddr_storage *ss, socklen_t *sslen, char **zone)
 {
-	struct dns_update_target	t;
+	struct dns_update_target	 t;
+	struct dns_update_zone		*uz;
 	char				*why = NULL;
 
 	if (dns_update_spec_parse(spec, &t, &why) == -1) {
@@ -855,6 +935,8 @@ dns_update_spec_server(const char *spec, struct sockaddr_storage *ss,
 	*ss = t.ut_addr;
 	*sslen = t.ut_addrlen;
 	*zone = t.ut_zone != NULL ? xstrdup(t.ut_zone) : NULL;
+	if (*zone == NULL && (uz = dns_update_zone_find(spec, fqdn)) != NULL)
+		*zone = xstrdup(uz->uz_zone);
 	dns_update_target_free(&t);
 	return 0;
 }
@@ -957,4 +1039,6 @@ dns_update_shutdown(void)
 			    uj->uj_fqdn);
 		dns_update_job_free(uj);
 	}
+	while (!TAILQ_EMPTY(&dns_update_zones))
+		dns_update_zone_free(TAILQ_FIRST(&dns_update_zones));
 }

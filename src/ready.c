@@ -426,7 +426,7 @@ ready_start_dns(struct event_base *base, const char *ident,
 	rc->rc_keyauth = xstrdup(value);
 	rc->rc_dns_list = check != NULL ? xstrdup(check) : NULL;
 	if (check == NULL && update != NULL &&
-	    dns_update_spec_server(update, &rc->rc_dns_lookup,
+	    dns_update_spec_server(update, fqdn, &rc->rc_dns_lookup,
 	    &rc->rc_dns_lookuplen, &rc->rc_dns_zone) == -1)
 		fatalx("%s: dns_update \"%s\" does not parse", __func__,
 		    update);

@@ -957,7 +957,7 @@ struct dns_update_job *dns_update_run(struct event_base *, const char *spec,
 		    dns_hook_cb, void *);
 void		 dns_update_forget(struct dns_update_job *);
 void		 dns_update_shutdown(void);
-int		 dns_update_spec_server(const char *spec,
+int		 dns_update_spec_server(const char *spec, const char *fqdn,
 		    struct sockaddr_storage *, socklen_t *, char **zone);
 /*
  * dns_check.c: DNS questions over the loop (UDP, TCP when truncated):

@@ -98,6 +98,13 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
     assert v.returncode == 0, v.stdout + v.stderr
     assert cert_sans(chain[0]) == {"DNS:lag.example.test"}
     assert "readiness TXT %s answers" % fqdn in sidecar.log()
+    # The record is removed from the zone found for its "add": SERVER is
+    # asked for it once.
+    sidecar.wait_log(r'TXT %s "[^"]+" removed' % fqdn.replace(".", r"\."))
+    assert primary.txt(fqdn) == []
+    assert sidecar.log().count("%s: %s names zone" %
+                               (fqdn, primary.address)) == 1, \
+        sidecar.diagnostics()
 
     got = wait_backoff(sock, "never.example.test", timeout=CHECK_TIMEOUT + 20)
     assert got["state"] == "backoff", got
