@@ -60,11 +60,18 @@ def test_restart_reissues_nothing(setup):
     assert sidecar.stop() == 0, "SIGTERM must exit 0" + sidecar.diagnostics()
 
     sidecar.start()
-    # Give it time to load the state and (wrongly) order again: issuance
-    # from this Pebble takes well under a second per certificate.
-    time.sleep(5)
-    assert sidecar.alive(), "daemon died after restart" + \
-        sidecar.diagnostics()
+    # Each certificate is loaded and scheduled for renewal years ahead,
+    # the account is ready and the zone serves all three: a daemon that
+    # meant to order again would have begun by then.
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for cid in ids(CERTS):
+        m = sidecar.wait_log(r'certificate "%s" valid until \S+, renewal '
+                             r'at (\S+)' % re.escape(cid))
+        assert m.group(1) > now, m.group(0)
+    sidecar.wait_log(r'issuer "pebble": account \S+ ready')
+    sidecar.wait_log(r"shared zone: generation \d+, %d certificates" %
+                     len(CERTS))
+    assert "ordering from" not in sidecar.log(), sidecar.diagnostics()
     assert (state / "account.key").read_bytes() == before_key
     assert (state / "account.url").read_text() == before_url
     assert serials(state, CERTS) == before, "a certificate was re-issued"
