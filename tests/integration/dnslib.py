@@ -6,6 +6,7 @@ rundir and storage under the test's folder.
     knot.address            "127.0.0.1:PORT", for Pebble's -dnsserver
     knot.key_file           the TSIG key in BIND's format (nsupdate -k)
     knot.txt(name)          the TXT strings knotd answers for name
+    knot.update(zone, "update add ...", ...)   an update through nsupdate
     knot.stop()
 
 Every zone gets an SOA and an NS record.  Updates to a zone are allowed
@@ -222,6 +223,15 @@ class Knot:
             raise KnotError("dig TXT %s failed (%d): %s" % (name, rc, out))
         return [s.strip('"') for line in out.splitlines()
                 for s in line.split()]
+
+    def update(self, zone, *lines):
+        """Send an RFC 2136 update of zone ("update add ..." lines)
+        with nsupdate and the TSIG key."""
+        text = "server 127.0.0.1 %d\nzone %s\n%s\nsend\n" % (
+            self.port, zone, "\n".join(lines))
+        subprocess.run(["nsupdate", "-t", "5", "-k", str(self.key_file)],
+                       input=text, text=True, check=True, timeout=15,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def refresh(self):
         """A secondary polls its primary now (the NOTIFY it lacks)."""

@@ -37,8 +37,14 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
     the record fails its order naming it and what it answers; a
     dns_update SERVER that is not authoritative for the name fails its
     order saying so; without dns_check, the zone's NS set (its glue
-    address, port 53) is what is asked."""
+    address, port 53) is what is asked.  A TXT answer too large for UDP
+    is asked again over TCP."""
     primary = knot_factory("primary", zones=["example.test"])
+    # Older values, transferred to the secondaries at their start: with
+    # the new one, more than the 512 bytes of a UDP answer without EDNS.
+    big = "_acme-challenge.big.example.test."
+    primary.update("example.test", *["update add %s 60 TXT \"%s\"" %
+                                     (big, str(i) * 200) for i in range(4)])
     lagging = knot_factory("lagging", zones=["example.test"],
                            primary=primary)
     never = knot_factory("never", zones=["example.test"], primary=primary)
@@ -52,7 +58,10 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
                  issuer_extra="challenge dns-01;\n    %s;\n"
                  "    dns_check %s %s;" % (update, primary.address,
                                            lagging.address))
-    extra = (dns01_issuer("never", pebble, tmp_path, update +
+    both = "dns_check %s %s" % (primary.address, lagging.address)
+    extra = (dns01_issuer("big", pebble, tmp_path, update + ";\n    " + both) +
+             ["acme_certificate big big.example.test;"] +
+             dns01_issuer("never", pebble, tmp_path, update +
                           ";\n    dns_check %s %s" % (primary.address,
                                                       never.address)) +
              ["acme_certificate never never.example.test;"] +
@@ -70,6 +79,7 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
     sock = tmp_path / "control.sock"
     fqdn = "_acme-challenge.lag.example.test."
     wait_state(sock, "lag.example.test", "ready-check", sidecar)
+    wait_state(sock, "big.example.test", "ready-check", sidecar)
     # The record is on the primary, the daemon found its zone by itself.
     assert len(primary.txt(fqdn)) == 1, sidecar.diagnostics()
     assert lagging.txt(fqdn) == []
@@ -88,6 +98,12 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
 
     lagging.refresh()
     sidecar.wait_certs(state, ["lag.example.test"])
+    # The large answer was read over TCP and the check passed.  (Pebble
+    # 2.4's own resolver does not retry over TCP: its validation of this
+    # one fails, which is Pebble's limit, not the daemon's.)
+    sidecar.wait_log(r"dns query %s 16 at %s: udp -> tcp" %
+                     (big.replace(".", r"\."), lagging.address))
+    sidecar.wait_log(r"readiness TXT %s answers" % big.replace(".", r"\."))
     chain = split_pem((state / "certs" / "lag.example.test" /
                        "fullchain.pem").read_text())
     leaf, rest = tmp_path / "leaf.pem", tmp_path / "chain.pem"
@@ -130,8 +146,8 @@ def test_dns01_waits_for_every_server(tmp_path, http_port, pebble_factory,
             "nsset.example.test: ns.example.test. 127.0.0.1:53 lags: "
             in got["last_error"]["message"]), got
 
-    # Pebble was asked to validate the one challenge that was ready.
+    # Pebble was asked to validate the two challenges that were ready.
     text = pebble_log.read_text()
-    assert text.count("POST /chalZ/") == 1, text
+    assert text.count("POST /chalZ/") == 2, text
     assert sidecar.alive()
     assert sidecar.stop() == 0
