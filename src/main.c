@@ -35,11 +35,23 @@ static struct conf_cluster *main_cluster;	/* for the run, or NULL */
 #define MAIN_OPT_NGINX_CONF	256		/* long option only */
 
 static __dead void
-main_usage(void)
+main_usage(int status)
 {
-	fprintf(stderr, "usage: acme-sidecar [-tvV] [-c file] "
+	FILE	*f = status == 0 ? stdout : stderr;
+
+	fprintf(f, "usage: acme-sidecar [-htvV] [-c file] "
 	    "[--nginx-conf file]\n");
-	exit(2);
+	if (status == 0)
+		fprintf(f, "  -c file              the configuration (default "
+		    SIDECAR_DEFAULT_CONF ")\n"
+		    "  --nginx-conf file    take the acme_* directives from "
+		    "nginx's configuration\n"
+		    "  -t                   test the configuration and exit\n"
+		    "  -v                   log debug messages too\n"
+		    "  -h, --help           this help\n"
+		    "  -V, --version        the version\n"
+		    "See acme-sidecar(8) and acme-sidecar.conf(5).\n");
+	exit(status);
 }
 
 /* The "user" directive's ids; pu is cleared either way. */
@@ -788,12 +800,14 @@ main(int argc, char *argv[])
 		case 'V':
 			printf("acme-sidecar %s\n", SIDECAR_VERSION);
 			return 0;
+		case 'h':
+			main_usage(0);
 		default:
-			main_usage();
+			main_usage(2);
 		}
 	}
 	if (optind != argc)
-		main_usage();
+		main_usage(2);
 	/* With --nginx-conf alone, the sidecar's directives are defaults. */
 	if (main_conf_path == NULL && main_nginx_path == NULL)
 		main_conf_path = SIDECAR_DEFAULT_CONF;

@@ -50,6 +50,7 @@
 struct ctl_cmd {
 	const char	*c_name;
 	const char	*c_args;	/* for usage */
+	const char	*c_help;	/* one line, for -h and --help */
 	int		 c_minargs;
 	int		 c_maxargs;	/* -1: any number */
 	int		 c_opts;	/* CTL_OPT_* it takes */
@@ -78,24 +79,37 @@ static int	ctl_cmd_account(const struct ctl_opts *, int, char **,
 		    char **);
 
 static const struct ctl_cmd ctl_cmds[] = {
-	{ "status",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_status },
-	{ "list",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_list },
-	{ "show",	" ID",	1, 1, CTL_OPT_JSON, ctl_cmd_show },
+	{ "status",	"", "the daemon: version, uptime, certificates, "
+			"issuers, zone", 0, 0, CTL_OPT_JSON,
+			ctl_cmd_status },
+	{ "list",	"", "every certificate: state, expiry, next renewal",
+			0, 0, CTL_OPT_JSON, ctl_cmd_list },
+	{ "show",	" ID", "one certificate", 1, 1, CTL_OPT_JSON,
+			ctl_cmd_show },
 	{ "add",	" [--key TYPE] [--profile NAME] [--challenge TYPE] "
-			"[--no-wait] [--timeout SECONDS] ISSUER NAME...", 2, -1,
+			"[--no-wait] [--timeout SECONDS] ISSUER NAME...",
+			"manage a new certificate and order it", 2, -1,
 			CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_PROFILE|
 			CTL_OPT_CHALLENGE|CTL_OPT_WAIT, ctl_cmd_add },
-	{ "remove",	" ID",	1, 1, CTL_OPT_JSON, ctl_cmd_remove },
-	{ "renew",	" [--no-wait] [--timeout SECONDS] ID|--all", 0, 1,
+	{ "remove",	" ID", "stop managing a certificate added with add",
+			1, 1, CTL_OPT_JSON, ctl_cmd_remove },
+	{ "renew",	" [--no-wait] [--timeout SECONDS] ID|--all",
+			"order ID again now, or every idle certificate", 0, 1,
 			CTL_OPT_JSON|CTL_OPT_ALL|CTL_OPT_WAIT, ctl_cmd_renew },
-	{ "revoke",	" [--reason R] ID", 1, 1,
+	{ "revoke",	" [--reason R] ID", "revoke the certificate in use "
+			"and order a new one", 1, 1,
 			CTL_OPT_JSON|CTL_OPT_REASON, ctl_cmd_revoke },
-	{ "reload",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_reload },
-	{ "events",	"",	0, 0, CTL_OPT_JSON, ctl_cmd_events },
+	{ "reload",	"", "read the configuration again (as SIGHUP)", 0, 0,
+			CTL_OPT_JSON, ctl_cmd_reload },
+	{ "events",	"", "print events as they happen", 0, 0, CTL_OPT_JSON,
+			ctl_cmd_events },
 	/* Prometheus text has no JSON form; --json is refused. */
-	{ "metrics",	"",	0, 0, 0, ctl_cmd_metrics },
+	{ "metrics",	"", "the Prometheus metrics, as text", 0, 0, 0,
+			ctl_cmd_metrics },
 	{ "account",	" show|rollover [--key TYPE]|deactivate [--yes] "
-			"ISSUER", 2, 2, CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_YES,
+			"ISSUER", "show an issuer's account, roll its key, "
+			"deactivate it", 2, 2,
+			CTL_OPT_JSON|CTL_OPT_KEY|CTL_OPT_YES,
 			ctl_cmd_account },
 };
 
@@ -111,6 +125,33 @@ static const struct {
 	{ CTL_OPT_PROFILE,	"--profile" },
 	{ CTL_OPT_YES,		"--yes" },
 	{ CTL_OPT_CHALLENGE,	"--challenge" },
+};
+
+/*
+ * What each option does, for -h and COMMAND --help: a command's help
+ * lists the rows of the bits its table row takes, so the two agree.
+ */
+static const struct {
+	int		 oh_bit;
+	const char	*oh_usage;
+	const char	*oh_help;
+} ctl_opthelp[] = {
+	{ CTL_OPT_JSON,		"--json", "print the API's JSON" },
+	{ CTL_OPT_KEY,		"--key TYPE", "ecdsa:256 (default), ecdsa:384|521, "
+				"rsa:2048|3072|4096" },
+	{ CTL_OPT_PROFILE,	"--profile NAME", "the CA's profile for it" },
+	{ CTL_OPT_CHALLENGE,	"--challenge TYPE", "http-01, dns-01 or "
+				"tls-alpn-01 (default: the issuer's)" },
+	{ CTL_OPT_WAIT,		"--no-wait", "return once the order has "
+				"started" },
+	{ CTL_OPT_WAIT,		"--timeout SECONDS", "stop waiting (default 300); the order "
+				"goes on" },
+	{ CTL_OPT_ALL,		"--all", "renew every certificate with no order under "
+				"way" },
+	{ CTL_OPT_REASON,	"--reason R", "an RFC 5280 reason, by name or "
+				"code" },
+	{ CTL_OPT_YES,		"--yes", "deactivate without asking to type ISSUER "
+				"back" },
 };
 
 /* ---------------------------------------------------------------- memory */
@@ -744,68 +785,61 @@ ctl_check_account(const struct ctl_opts *o, const char *sub)
 /* ---------------------------------------------------------------- main */
 
 static void
+ctl_usage_line(FILE *f, const char *usage, const char *help)
+{
+	/* A long one gets a line of its own, the text under the others'. */
+	if (strlen(usage) >= 20)
+		fprintf(f, "  %s\n  %-20s%s\n", usage, "", help);
+	else
+		fprintf(f, "  %-20s%s\n", usage, help);
+}
+
+static void
+ctl_usage_socket(FILE *f)
+{
+	ctl_usage_line(f, "-s socket", "the control socket (default: $"
+	    CTL_SOCKET_ENV ",");
+	ctl_usage_line(f, "", "else " CTL_DEFAULT_SOCKET ")");
+}
+
+static void
 ctl_usage(FILE *f)
 {
-	fprintf(f,
-	    "usage: acmectl [-hV] [--json] [-s socket] command [arguments]\n"
-	    "\n"
-	    "commands:\n"
-	    "  status              the daemon: version, uptime, certificates "
-	    "by state,\n"
-	    "                      issuers, shared zone, cluster\n"
-	    "  list                every certificate: state, expiry, next "
-	    "renewal\n"
-	    "  show ID             one certificate\n"
-	    "  add ISSUER NAME...  manage a new certificate and order it\n"
-	    "                      [--key TYPE] ecdsa:256 (default), "
-	    "ecdsa:384,\n"
-	    "                      ecdsa:521, rsa:2048, rsa:3072, rsa:4096\n"
-	    "                      [--profile NAME] the CA's profile for it\n"
-	    "                      [--challenge TYPE] http-01, dns-01 or "
-	    "tls-alpn-01,\n"
-	    "                      over the issuer's challenge\n"
-	    "  remove ID           stop managing a certificate added with add\n"
-	    "  renew ID|--all      order ID again now, or every certificate "
-	    "with\n"
-	    "                      no order under way\n"
-	    "  revoke ID           revoke the certificate in use, order a "
-	    "new one\n"
-	    "                      [--reason R] an RFC 5280 reason, by name "
-	    "or code\n"
-	    "  reload              read the configuration again (as SIGHUP)\n"
-	    "  events              print events as they happen, until the "
-	    "daemon\n"
-	    "                      ends the stream\n"
-	    "  metrics             the Prometheus metrics, as text (no "
-	    "--json)\n"
-	    "  account show ISSUER        the issuer's ACME account\n"
-	    "  account rollover ISSUER    give the account a new key "
-	    "[--key TYPE]\n"
-	    "  account deactivate ISSUER  deactivate the account for good; "
-	    "asks to\n"
-	    "                             type ISSUER back, or --yes\n"
-	    "\n"
-	    "add and renew wait for the order to end, showing its progress "
-	    "on stderr,\n"
-	    "then print the certificate; a failed order exits 1 with its "
-	    "error.\n"
-	    "\n"
-	    "options:\n"
-	    "  -s socket           the control socket (default: $"
-	    CTL_SOCKET_ENV ",\n"
-	    "                      else " CTL_DEFAULT_SOCKET ")\n"
-	    "  --json              print the API's JSON (events: its lines "
-	    "as they come)\n"
-	    "  --no-wait           add, renew: return once the order has "
-	    "started\n"
-	    "  --timeout SECONDS   add, renew: stop waiting after SECONDS "
-	    "(default %d);\n"
-	    "                      the order goes on\n"
-	    "  -h                  this help\n"
-	    "  -V                  the version\n"
-	    "\n"
-	    "exit status: 0 done, 1 error (on stderr), 2 bad usage\n",
-	    CTL_WAIT_DEFAULT);
+	size_t	i;
+
+	fprintf(f, "usage: acmectl [-hV] [--json] [-s socket] command "
+	    "[arguments]\n\ncommands:\n");
+	for (i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++)
+		ctl_usage_line(f, ctl_cmds[i].c_name, ctl_cmds[i].c_help);
+	fprintf(f, "\nadd and renew wait for the order to end, showing its "
+	    "progress on stderr,\nthen print the certificate; a failed "
+	    "order exits 1 with its error.\n\noptions:\n");
+	ctl_usage_socket(f);
+	for (i = 0; i < sizeof(ctl_opthelp) / sizeof(ctl_opthelp[0]); i++)
+		ctl_usage_line(f, ctl_opthelp[i].oh_usage,
+		    ctl_opthelp[i].oh_help);
+	ctl_usage_line(f, "-h, --help", "this help; after a command, its "
+	    "own");
+	ctl_usage_line(f, "-V, --version", "the version");
+	fprintf(f, "\nacmectl COMMAND --help: the command's usage and "
+	    "options\nexit status: 0 done, 1 error (on stderr), 2 bad "
+	    "usage\n");
+}
+
+/* COMMAND --help: its usage line, what it does, the options it takes. */
+static void
+ctl_usage_cmd(FILE *f, const struct ctl_cmd *cmd)
+{
+	size_t	i;
+
+	fprintf(f, "usage: acmectl [--json] [-s socket] %s%s\n%s\n\n"
+	    "options:\n", cmd->c_name, cmd->c_args, cmd->c_help);
+	ctl_usage_socket(f);
+	for (i = 0; i < sizeof(ctl_opthelp) / sizeof(ctl_opthelp[0]); i++) {
+		if (cmd->c_opts & ctl_opthelp[i].oh_bit)
+			ctl_usage_line(f, ctl_opthelp[i].oh_usage,
+			    ctl_opthelp[i].oh_help);
+	}
 }
 
 static const struct ctl_cmd *
@@ -952,9 +986,9 @@ ctl_parse_opts(int argc, char **argv, struct ctl_opts *o, int *exitnow)
 			o->o_socket = optarg;
 			break;
 		case 'h':
-			ctl_usage(stdout);
-			*exitnow = 1;
-			return 0;
+			/* After the command is known: its own, or the whole. */
+			o->o_help = 1;
+			break;
 		case 'V':
 			printf("acmectl %s\n", CTL_VERSION);
 			*exitnow = 1;
@@ -983,6 +1017,10 @@ main(int argc, char *argv[])
 		return 0;
 	argc -= optind;
 	argv += optind;
+	if (o.o_help && argc == 0) {
+		ctl_usage(stdout);
+		return 0;
+	}
 	if (argc == 0) {
 		ctl_usage(stderr);
 		return CTL_EXIT_USAGE;
@@ -991,6 +1029,10 @@ main(int argc, char *argv[])
 		fprintf(stderr, "acmectl: unknown command \"%s\"; acmectl -h "
 		    "lists them\n", argv[0]);
 		return CTL_EXIT_USAGE;
+	}
+	if (o.o_help) {
+		ctl_usage_cmd(stdout, cmd);
+		return 0;
 	}
 	if (ctl_check_args(cmd, &o, argc - 1, argv + 1) == -1)
 		return CTL_EXIT_USAGE;

@@ -27,6 +27,7 @@ struct ctl_opts {
 	const char	*o_profile;	/* add --profile */
 	const char	*o_challenge;	/* add --challenge */
 	int		 o_yes;		/* account deactivate --yes */
+	int		 o_help;	/* -h, --help */
 };
 
 /* A response read whole, split by ctl_exchange. */

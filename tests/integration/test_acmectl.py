@@ -212,12 +212,18 @@ def test_usage_errors(tmp_path, args, err):
 def test_help_lists_commands():
     p = acmectl("-h")
     assert p.returncode == 0 and p.stderr == "", p
-    for cmd in ["status", "list", "show ID", "add ISSUER NAME...",
-                "remove ID", "renew ID|--all", "revoke ID", "reload",
-                "events", "metrics", "--timeout SECONDS", "--no-wait",
-                "--reason R", "--key TYPE"]:
-        assert cmd in p.stdout, cmd
+    for cmd in ["status", "list", "show", "add", "remove", "renew",
+                "revoke", "reload", "events", "metrics", "account",
+                "--timeout SECONDS", "--no-wait", "--reason R",
+                "--key TYPE"]:
+        assert "\n  " + cmd + " " in p.stdout, cmd
     assert "not implemented" not in p.stdout
+    # A command's own help: its usage line and only the options it takes.
+    p = acmectl("renew", "--help")
+    assert p.returncode == 0 and p.stderr == "", p
+    assert p.stdout.startswith("usage: acmectl [--json] [-s socket] renew "
+                               "[--no-wait] [--timeout SECONDS] ID|--all\n")
+    assert "--timeout SECONDS" in p.stdout and "--key" not in p.stdout, p
 
 
 def test_socket_choice(setup, tmp_path):
