@@ -14,7 +14,7 @@ from conftest import cert_sans, openssl, split_pem, write_config
 from dnslib import api, dns01_issuer, wait_backoff, \
     knot_factory  # noqa: F401
 
-CHECK_TIMEOUT = 10      # challenge_check timeout=, seconds
+CHECK_TIMEOUT = 15      # challenge_check timeout=, seconds
 
 
 def wait_state(sock, cid, state, sidecar, timeout=30):
