@@ -4,11 +4,15 @@ directive and parameter of the parser's tables is in acme-sidecar.conf(5),
 every option of acme-sidecar -h in acme-sidecar(8), every command and
 option of acmectl -h in acmectl(8) (and each command's own --help options
 under that command's entry), and the pages render without a warning.
+Then the bash completion of acmectl, which asks acmectl for the same.
 """
+import json
 import os
 import re
 import shutil
+import socketserver
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,3 +146,56 @@ def test_pages_render_without_warnings():
         assert p.returncode == 0 and p.stderr == "", (page, p.stderr)
         # Bold and underline are overstruck: X backspace X.
         assert "SEE ALSO" in re.sub(".\b", "", p.stdout), page
+
+
+COMPLETION = ROOT / "conf" / "acmectl.bash-completion"
+
+
+def complete(*words, env=None):
+    """What _acmectl offers for the words, the last being completed."""
+    script = ('source "$1"; shift; COMP_WORDS=("$@"); '
+              'COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _acmectl; '
+              'printf "%s\\n" "${COMPREPLY[@]}"')
+    p = subprocess.run(["bash", "-c", script, "bash", str(COMPLETION),
+                        str(ACMECTL), *words], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=30,
+                       env=env)
+    assert p.returncode == 0 and p.stderr == "", p
+    return p.stdout.split()
+
+
+class _Certificates(socketserver.StreamRequestHandler):
+    """GET /v1/certificates, as the daemon answers it."""
+    def handle(self):
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        body = json.dumps({"certificates": [
+            {"id": "a.example.test", "state": "valid"},
+            {"id": "b.example.test_rsa2048", "state": "valid"}]}).encode()
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(body), body))
+
+
+def test_bash_completion(tmp_path):
+    assert complete("re") == ["remove", "renew", "revoke", "reload"]
+    assert "account" in complete("")
+    assert complete("renew", "--") == [
+        "--help", "--json", "--no-wait", "--timeout", "--all"]
+    assert complete("add", "--key", "rsa") == [
+        "rsa:2048", "rsa:3072", "rsa:4096"]
+    assert complete("account", "") == ["show", "rollover", "deactivate"]
+    # Ids from "acmectl list" on the socket -s names; none without one.
+    sock = tmp_path / "control.sock"
+    server = socketserver.UnixStreamServer(str(sock), _Certificates)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert complete("-s", str(sock), "renew", "") == [
+            "a.example.test", "b.example.test_rsa2048"]
+        assert complete("-s", str(sock), "show", "b") == [
+            "b.example.test_rsa2048"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert complete("-s", str(sock), "renew", "") == []
