@@ -176,3 +176,69 @@ clean:
 	check-build sanitize san-unit-bins \
 	memcheck demo clean $(UNIT_BINS:%=%.run) $(SAN_UNIT_BINS:%=%.san) \
 	$(UNIT_BINS:%=%.memcheck)
+
+# make install [DESTDIR=...] [PREFIX=/usr/local]: the daemon in sbin,
+# acmectl in bin, the man pages, acmectl's bash completion, the njs reader,
+# the systemd unit (its paths follow PREFIX), the example configuration
+# (kept when one is there) and, when it was built, the nginx module in
+# nginx's own modules folder with Debian's modules-available snippet and
+# its modules-enabled link.  Paths that are nginx's or the system's do not
+# follow PREFIX: nginx looks for modules where it was built to.
+PREFIX		?= /usr/local
+SBINDIR		 = $(PREFIX)/sbin
+BINDIR		 = $(PREFIX)/bin
+MANDIR		 = $(PREFIX)/share/man
+DATADIR		 = $(PREFIX)/share/acme-sidecar
+BASHCOMPDIR	 = $(PREFIX)/share/bash-completion/completions
+UNITDIR		?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR	?= /etc
+NGINX_MODULES	?= /usr/lib/nginx/modules
+NGINX_AVAILABLE	?= /usr/share/nginx/modules-available
+NGINX_ENABLED	?= $(SYSCONFDIR)/nginx/modules-enabled
+MODULE_SO	 = ngx_http_acme_module.so
+MODULE_CONF	 = mod-http-acme.conf
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) \
+	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+	    $(DESTDIR)$(DATADIR) $(DESTDIR)$(BASHCOMPDIR) \
+	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/acme-sidecar
+	install -m 0755 $(BUILD)/acme-sidecar $(DESTDIR)$(SBINDIR)/
+	install -m 0755 $(BUILD)/acmectl $(DESTDIR)$(BINDIR)/
+	install -m 0644 man/acme-sidecar.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 man/acme-sidecar.8 man/acmectl.8 \
+	    $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 conf/acmectl.bash-completion \
+	    $(DESTDIR)$(BASHCOMPDIR)/acmectl
+	install -m 0644 src/njs/acme.js $(DESTDIR)$(DATADIR)/
+	sed 's|/usr/local/sbin/|$(SBINDIR)/|g; s|/etc/acme-sidecar/|$(SYSCONFDIR)/acme-sidecar/|g' \
+	    conf/acme-sidecar.service >$(DESTDIR)$(UNITDIR)/acme-sidecar.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/acme-sidecar.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/acme-sidecar/acme-sidecar.conf ] || \
+	    install -m 0644 conf/acme-sidecar.conf \
+	    $(DESTDIR)$(SYSCONFDIR)/acme-sidecar/
+	if [ -f $(BUILD)/$(MODULE_SO) ]; then \
+	    install -d $(DESTDIR)$(NGINX_MODULES) \
+		$(DESTDIR)$(NGINX_AVAILABLE) $(DESTDIR)$(NGINX_ENABLED) && \
+	    install -m 0644 $(BUILD)/$(MODULE_SO) $(DESTDIR)$(NGINX_MODULES)/ && \
+	    echo "load_module $(NGINX_MODULES)/$(MODULE_SO);" \
+		>$(DESTDIR)$(NGINX_AVAILABLE)/$(MODULE_CONF) && \
+	    chmod 0644 $(DESTDIR)$(NGINX_AVAILABLE)/$(MODULE_CONF) && \
+	    ln -sf $(NGINX_AVAILABLE)/$(MODULE_CONF) \
+		$(DESTDIR)$(NGINX_ENABLED)/50-$(MODULE_CONF); \
+	fi
+
+# What install put there, but the configuration, which may be edited.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/acme-sidecar $(DESTDIR)$(BINDIR)/acmectl \
+	    $(DESTDIR)$(MANDIR)/man5/acme-sidecar.conf.5 \
+	    $(DESTDIR)$(MANDIR)/man8/acme-sidecar.8 \
+	    $(DESTDIR)$(MANDIR)/man8/acmectl.8 \
+	    $(DESTDIR)$(BASHCOMPDIR)/acmectl $(DESTDIR)$(DATADIR)/acme.js \
+	    $(DESTDIR)$(UNITDIR)/acme-sidecar.service \
+	    $(DESTDIR)$(NGINX_ENABLED)/50-$(MODULE_CONF) \
+	    $(DESTDIR)$(NGINX_AVAILABLE)/$(MODULE_CONF) \
+	    $(DESTDIR)$(NGINX_MODULES)/$(MODULE_SO)
+	-rmdir $(DESTDIR)$(DATADIR)
+
+.PHONY: install uninstall
