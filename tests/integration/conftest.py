@@ -252,6 +252,9 @@ def write_config(path, pebble, state, http_port, certs, issuer="pebble",
         "    accept_terms_of_service;",
         "    ssl_trusted_certificate %s;" % pebble.ca,
         "    request_rate off;",
+        # Debian's Pebble 2.4.0 can deadlock when a newOrder overlaps a
+        # request to an authorization or a challenge.
+        "    new_order_exclusive on;",
         "    contact admin@example.test;",
     ]
     if issuer_extra:
