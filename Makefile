@@ -139,7 +139,9 @@ $(SAN_UNIT_BINS:%=%.san): %.san:
 
 # The unit tests under valgrind memcheck, and the daemon under memcheck
 # through issuance, reload, every change of the control API and exit
-# (tests/integration/test_memcheck.py), then through test_control.py with
+# (tests/integration/test_memcheck.py, and MEMCHECK_TESTS: every test
+# whose daemon is a MemcheckSidecar, which the sanitizers' pass skips and
+# make check runs nowhere else), then through test_control.py with
 # every daemon it starts under valgrind (ACME_MEMCHECK_LOGS: any finding in
 # a log there fails the run).  The whole integration suite under valgrind
 # would take most of an hour: RSA key generation slows by 50 times and
@@ -151,11 +153,13 @@ MEMCHECK	 = valgrind -q --error-exitcode=99 --leak-check=full \
 		   --errors-for-leak-kinds=definite,indirect,possible
 
 VG_LOGS		 = $(abspath $(BUILD))/valgrind
+MEMCHECK_TESTS	 = tests/integration/test_memcheck.py \
+    tests/integration/test_regressions.py::test_issuer_removed_while_new_account_waits
 
 # A daemon under valgrind keeps a core busy: JOBS pytest workers here.
 memcheck: $(UNIT_BINS)
 	@$(MAKE) --no-print-directory -j$(JOBS) -O $(UNIT_BINS:%=%.memcheck)
-	$(call integration_run,$(JOBS)) tests/integration/test_memcheck.py
+	$(call integration_run,$(JOBS)) $(MEMCHECK_TESTS)
 	rm -rf $(VG_LOGS) && mkdir -p $(VG_LOGS)
 	ACME_MEMCHECK_LOGS=$(VG_LOGS) $(call integration_run,$(JOBS)) \
 	    tests/integration/test_control.py
