@@ -60,6 +60,8 @@ $(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 $(CTL_OBJS): src/acmectl/ctl.h
 $(BUILD)/obj/order.o $(BUILD)/obj/order_ari.o $(BUILD)/obj/order_cluster.o \
 $(BUILD)/obj/order_dns.o: src/order.h
+$(BUILD)/obj/control.o $(BUILD)/obj/control_routes.o \
+$(BUILD)/obj/control_stream.o: src/control.h
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/test_util.h proto/acme_shm.h \
     proto/acme_ident.h $(LIB_OBJS)

@@ -1,0 +1,776 @@
+/*
+ * The control API's routes (proto/control-api.md): one table, one row each
+ * (method, path, access, the body fields it takes, handler), and the
+ * handlers.  A path segment "{id}" matches one segment.  control.c
+ * matches the path, checks the caller and the body, then calls the
+ * handler, which answers with control_reply() or control_error(), or
+ * waits for the CA (control_wait()).
+ */
+#include <sys/types.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sidecar.h"
+#include "control.h"
+
+/* RFC 5280 section 5.3.1 CRLReason; 7 is not used. */
+static const struct {
+	const char	*name;
+	int		 code;
+} control_reasons[] = {
+	{ "unspecified", 0 }, { "keyCompromise", 1 }, { "cACompromise", 2 },
+	{ "affiliationChanged", 3 }, { "superseded", 4 },
+	{ "cessationOfOperation", 5 }, { "certificateHold", 6 },
+	{ "removeFromCRL", 8 }, { "privilegeWithdrawn", 9 },
+	{ "aACompromise", 10 }
+};
+#define CONTROL_NREASONS (sizeof(control_reasons) / sizeof(control_reasons[0]))
+
+static enum MHD_Result	control_get_status(struct control_ctx *);
+static enum MHD_Result	control_get_certs(struct control_ctx *);
+static enum MHD_Result	control_get_cert(struct control_ctx *);
+static enum MHD_Result	control_get_issuers(struct control_ctx *);
+static enum MHD_Result	control_post_reload(struct control_ctx *);
+static enum MHD_Result	control_post_renew(struct control_ctx *);
+static enum MHD_Result	control_post_cert(struct control_ctx *);
+static enum MHD_Result	control_delete_cert(struct control_ctx *);
+static enum MHD_Result	control_post_revoke(struct control_ctx *);
+static enum MHD_Result	control_get_metrics(struct control_ctx *);
+static enum MHD_Result	control_get_account(struct control_ctx *);
+static enum MHD_Result	control_post_key_change(struct control_ctx *);
+static enum MHD_Result	control_post_deactivate(struct control_ctx *);
+
+static const char *const control_add_fields[] = {
+	"issuer", "identifiers", "key", "profile", "challenge", NULL
+};
+static const char *const control_revoke_fields[] = { "reason", NULL };
+static const char *const control_key_change_fields[] = { "key", NULL };
+
+const struct control_route control_routes[] = {
+	{ "GET", "/v1/status", CONTROL_READ, NULL, control_get_status },
+	{ "GET", "/v1/certificates", CONTROL_READ, NULL, control_get_certs },
+	{ "POST", "/v1/certificates", CONTROL_CHANGE, control_add_fields,
+	    control_post_cert },
+	{ "GET", "/v1/certificates/{id}", CONTROL_READ, NULL,
+	    control_get_cert },
+	{ "DELETE", "/v1/certificates/{id}", CONTROL_CHANGE, NULL,
+	    control_delete_cert },
+	{ "POST", "/v1/certificates/{id}/renew", CONTROL_CHANGE, NULL,
+	    control_post_renew },
+	{ "POST", "/v1/certificates/{id}/revoke", CONTROL_CHANGE,
+	    control_revoke_fields, control_post_revoke },
+	{ "GET", "/v1/issuers", CONTROL_READ, NULL, control_get_issuers },
+	{ "GET", "/v1/issuers/{id}/account", CONTROL_READ, NULL,
+	    control_get_account },
+	{ "POST", "/v1/issuers/{id}/account/key-change", CONTROL_CHANGE,
+	    control_key_change_fields, control_post_key_change },
+	{ "POST", "/v1/issuers/{id}/account/deactivate", CONTROL_CHANGE, NULL,
+	    control_post_deactivate },
+	{ "POST", "/v1/reload", CONTROL_CHANGE, NULL, control_post_reload },
+	{ "GET", "/v1/events", CONTROL_READ, NULL, control_get_events },
+	{ "GET", "/metrics", CONTROL_READ, NULL, control_get_metrics },
+};
+const size_t control_nroutes = sizeof(control_routes) /
+    sizeof(control_routes[0]);
+/* RFC 3339 in UTC, or JSON null for "never". */
+static json_t *
+control_time(time_t t)
+{
+	char	 buf[UTIL_TIME_LEN];
+
+	if (t == 0)
+		return json_null();
+	util_time_rfc3339(t, buf, sizeof(buf));
+	return json_string(buf);
+}
+
+static json_t *
+control_str(const char *s)
+{
+	return s != NULL ? json_string(s) : json_null();
+}
+
+/*
+ * Where next_renewal comes from: "ari", a moment inside the window the
+ * CA's renewalInfo suggested (RFC 9773), or "lifetime", the 2/3 rule.
+ */
+static json_t *
+control_renewal_json(const struct order_info *oi)
+{
+	json_t	*w = json_null(), *j;
+
+	if (oi->oi_ari_end != 0)
+		w = json_pack("{s:o, s:o}", "start",
+		    control_time(oi->oi_ari_start), "end",
+		    control_time(oi->oi_ari_end));
+	j = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}",
+	    "source", oi->oi_renew_at == 0 ? json_null() :
+	    json_string(oi->oi_renew_ari ? "ari" : "lifetime"),
+	    "at", control_time(oi->oi_renew_at),
+	    "ari_window", w,
+	    "ari_next_fetch", control_time(oi->oi_ari_next_fetch),
+	    "ari_explanation_url", control_str(oi->oi_ari_explanation),
+	    "ari_cert_id", control_str(oi->oi_cert_id));
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
+}
+
+static json_t *
+control_cert_json(const struct cert *ce)
+{
+	struct order_info	 oi;
+	json_t			*j, *ids, *err = json_null();
+	size_t			 i;
+
+	order_cert_info(ce, &oi);
+	ids = json_array();
+	for (i = 0; i < oi.oi_nidents; i++)
+		json_array_append_new(ids, json_string(oi.oi_idents[i]));
+	if (oi.oi_last_error != NULL)
+		err = json_pack("{s:s, s:o}", "message", oi.oi_last_error,
+		    "time", control_time(oi.oi_last_error_at));
+	j = json_pack("{s:s, s:o, s:s, s:s, s:s, s:b, s:o, s:o, s:o, s:o, "
+	    "s:i, s:o}",
+	    "id", oi.oi_id,
+	    "identifiers", ids,
+	    "issuer", oi.oi_issuer,
+	    "key_type", key_type_name(oi.oi_key),
+	    "state", order_state_name(oi.oi_state),
+	    "valid", order_cert_valid(ce),
+	    "not_before", control_time(oi.oi_not_before),
+	    "not_after", control_time(oi.oi_not_after),
+	    "next_renewal", control_time(oi.oi_renew_at),
+	    "next_retry", control_time(oi.oi_retry_at),
+	    "failures", oi.oi_failures,
+	    "last_error", err);
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	json_object_set_new(j, "profile", control_str(oi.oi_profile));
+	json_object_set_new(j, "challenge",
+	    json_string(conf_challenge_name(order_cert_challenge(ce))));
+	json_object_set_new(j, "renewal", control_renewal_json(&oi));
+	return j;
+}
+
+static json_t *
+control_issuer_json(const struct acme_issuer *ai)
+{
+	const char	*url = acme_issuer_account_url(ai);
+	json_t		*j;
+
+	j = json_pack("{s:s, s:s, s:s, s:o}",
+	    "name", acme_issuer_name(ai),
+	    "uri", acme_issuer_uri(ai),
+	    "state", acme_issuer_state_name(acme_issuer_state(ai)),
+	    "account_url", url != NULL ? json_string(url) : json_null());
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
+}
+
+static json_t *
+control_issuers_json(void)
+{
+	json_t	*a = json_array();
+	size_t	 i;
+
+	for (i = 0; i < sched_issuer_count(); i++)
+		json_array_append_new(a, control_issuer_json(sched_issuer_at(i)));
+	return a;
+}
+
+/*
+ * Whether nginx's workers can open the segment, as judged at start:
+ * "can_open" is null when who they are is not known here.
+ */
+static json_t *
+control_zone_readers_json(void)
+{
+	const struct zone_readers	*zr = zone_readers_get();
+	json_t				*j;
+
+	if (zr->zr_state == ZONE_READERS_UNKNOWN && zr->zr_user[0] == '\0')
+		return json_pack("{s:n, s:n, s:n, s:n, s:n}", "user", "group",
+		    "from", "can_open", "problem");
+	j = json_pack("{s:s, s:s, s:s, s:o, s:o}", "user", zr->zr_user,
+	    "group", zr->zr_group, "from", zr->zr_source,
+	    "can_open", zr->zr_state == ZONE_READERS_UNKNOWN ? json_null() :
+	    json_boolean(zr->zr_state == ZONE_READERS_YES),
+	    "problem", zr->zr_state == ZONE_READERS_NO ?
+	    json_string(zr->zr_why) : json_null());
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return j;
+}
+
+/* The segment nginx reads; "full" means nginx is serving an older image. */
+static json_t *
+control_zone_json(void)
+{
+	struct shm_stats	 st;
+	json_t			*j;
+
+	shm_get_stats(&st);
+	j = json_pack("{s:I, s:b, s:I, s:I, s:I, s:I, s:I}",
+	    "generation", (json_int_t)st.ss_generation,
+	    "full", st.ss_full,
+	    "used", (json_int_t)st.ss_used,
+	    "image_size", (json_int_t)st.ss_slot_size,
+	    "certificates", (json_int_t)st.ss_certs,
+	    "tokens", (json_int_t)st.ss_tokens,
+	    "failed_publishes", (json_int_t)st.ss_failures);
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	json_object_set_new(j, "nginx_workers", control_zone_readers_json());
+	return j;
+}
+
+/* "cluster": {"enabled": false}, or the link, members and leases. */
+static json_t *
+control_cluster_json(void)
+{
+	struct cluster_status	 cs;
+	json_t			*j, *members;
+	char			 at[UTIL_TIME_LEN];
+	size_t			 i;
+
+	cluster_get_status(&cs);
+	if (!cs.cs_enabled)
+		return json_pack("{s:b}", "enabled", 0);
+	members = json_array();
+	for (i = 0; i < cs.cs_nmembers; i++)
+		json_array_append_new(members, json_string(cs.cs_members[i]));
+	j = json_pack("{s:b, s:b, s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:I, "
+	    "s:I}", "enabled", 1, "connected", cs.cs_connected,
+	    "state", cs.cs_state, "node", cs.cs_node, "redis", cs.cs_url,
+	    "prefix", cs.cs_prefix, "members", members,
+	    "leases", (json_int_t)cs.cs_leases,
+	    "secret", cs.cs_secret_ok == 1 ? "ok" : cs.cs_secret_ok == 0 ?
+	    "mismatch" : "unchecked",
+	    "connects", (json_int_t)cs.cs_connects,
+	    "drops", (json_int_t)cs.cs_drops);
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	if (cs.cs_last_error != NULL) {
+		util_time_rfc3339(cs.cs_last_error_at, at, sizeof(at));
+		json_object_set_new(j, "last_error",
+		    json_string(cs.cs_last_error));
+		json_object_set_new(j, "last_error_at", json_string(at));
+	}
+	return j;
+}
+
+static enum MHD_Result
+control_get_status(struct control_ctx *cx)
+{
+	json_t		*states, *j;
+	size_t		 i, n = sched_cert_count(), valid = 0;
+	size_t		 count[ORDER_STATE_MAX] = { 0 };
+	struct cert	*ce;
+
+	for (i = 0; i < n; i++) {
+		ce = sched_cert_at(i);
+		count[order_cert_state(ce)]++;
+		if (order_cert_valid(ce))
+			valid++;
+	}
+	states = json_object();
+	for (i = 0; i < ORDER_STATE_MAX; i++)
+		json_object_set_new(states, order_state_name(i),
+		    json_integer((json_int_t)count[i]));
+	j = json_pack("{s:s, s:I, s:o, s:{s:I, s:I, s:o}, s:o, s:o}",
+	    "version", SIDECAR_VERSION,
+	    "uptime", (json_int_t)control_uptime(),
+	    "issuers", control_issuers_json(),
+	    "certificates", "total", (json_int_t)n, "valid", (json_int_t)valid,
+	    "by_state", states,
+	    "shared_zone", control_zone_json(),
+	    "cluster", control_cluster_json());
+	if (j == NULL)
+		fatalx("%s: json_pack", __func__);
+	return control_reply(cx->cx_conn, MHD_HTTP_OK, j, NULL, NULL);
+}
+
+/*
+ * The list is written one certificate at a time, each on one line: with
+ * 10,000 certificates a tree of them all, indented, took most of the
+ * 100 ms this call may take (scripts/bench/control).
+ */
+static enum MHD_Result
+control_get_certs(struct control_ctx *cx)
+{
+	FILE			*f;
+	char			*text = NULL;
+	size_t			 len, i, n = sched_cert_count();
+	json_t			*j;
+
+	if ((f = open_memstream(&text, &len)) == NULL)
+		fatal("%s: open_memstream", __func__);
+	fputs("{\n  \"certificates\": [", f);
+	for (i = 0; i < n; i++) {
+		fputs(i == 0 ? "\n    " : ",\n    ", f);
+		j = control_cert_json(sched_cert_at(i));
+		if (json_dumpf(j, f, JSON_PRESERVE_ORDER) == -1)
+			fatalx("%s: json_dumpf", __func__);
+		json_decref(j);
+	}
+	fputs(n == 0 ? "]\n}\n" : "\n  ]\n}\n", f);
+	if (fclose(f) != 0)
+		fatal("%s: open_memstream", __func__);
+	return control_send(cx->cx_conn, MHD_HTTP_OK, text, len,
+	    "application/json", NULL, NULL);
+}
+
+static enum MHD_Result
+control_get_cert(struct control_ctx *cx)
+{
+	struct cert	*ce;
+
+	if ((ce = sched_cert_find(cx->cx_id)) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+		    "no certificate \"%s\"", cx->cx_id);
+	return control_reply(cx->cx_conn, MHD_HTTP_OK, control_cert_json(ce),
+	    NULL, NULL);
+}
+
+static enum MHD_Result
+control_get_issuers(struct control_ctx *cx)
+{
+	return control_reply(cx->cx_conn, MHD_HTTP_OK,
+	    json_pack("{s:o}", "issuers", control_issuers_json()), NULL,
+	    NULL);
+}
+
+/* The same reload as SIGHUP; a configuration that fails is refused. */
+static enum MHD_Result
+control_post_reload(struct control_ctx *cx)
+{
+	enum MHD_Result	 ret;
+	char		*cause = NULL;
+
+	if (control_hooks()->ch_reload(&cause) == -1) {
+		ret = control_error(cx->cx_conn,
+		    MHD_HTTP_UNPROCESSABLE_CONTENT, NULL,
+		    "reload refused, the running configuration is kept: %s",
+		    cause);
+		free(cause);
+		return ret;
+	}
+	return control_reply(cx->cx_conn, MHD_HTTP_OK, json_pack("{s:b, s:I}",
+	    "reloaded", 1, "certificates", (json_int_t)sched_cert_count()),
+	    NULL, NULL);
+}
+
+static enum MHD_Result
+control_post_renew(struct control_ctx *cx)
+{
+	struct cert		*ce;
+	enum order_state	 st;
+
+	if ((ce = sched_cert_find(cx->cx_id)) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+		    "no certificate \"%s\"", cx->cx_id);
+	st = order_cert_state(ce);
+	if (st != ORDER_IDLE && st != ORDER_BACKOFF)
+		return control_error(cx->cx_conn, MHD_HTTP_CONFLICT, NULL,
+		    "certificate \"%s\": an order is already under way (%s)",
+		    cx->cx_id, order_state_name(st));
+	log_info("certificate \"%s\": renewal asked through the control "
+	    "socket", cx->cx_id);
+	order_renew_now(ce);
+	return control_reply(cx->cx_conn, MHD_HTTP_ACCEPTED,
+	    control_cert_json(ce), NULL, NULL);
+}
+
+/* A field that must be a string, or NULL with a 400 queued. */
+static const char *
+control_string_field(struct control_ctx *cx, const char *name, int required,
+    int *failed)
+{
+	json_t	*v = json_object_get(cx->cx_body, name);
+
+	*failed = 0;
+	if (v == NULL && !required)
+		return NULL;
+	if (json_is_string(v))
+		return json_string_value(v);
+	*failed = 1;
+	control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL, v == NULL ?
+	    "missing field \"%s\"" : "field \"%s\" must be a string", name);
+	return NULL;
+}
+
+/* "identifiers": a non-empty array of strings; NULL with a 400 queued. */
+static const char **
+control_idents_field(struct control_ctx *cx, size_t *n)
+{
+	json_t		*a = json_object_get(cx->cx_body, "identifiers"), *v;
+	const char	**idents;
+	size_t		 i;
+
+	if (!json_is_array(a) || json_array_size(a) == 0) {
+		control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL, a == NULL ?
+		    "missing field \"identifiers\"" : "field \"identifiers\" "
+		    "must be a non-empty array of strings");
+		return NULL;
+	}
+	if (json_array_size(a) > CONF_MAX_IDENTS) {
+		control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL,
+		    "field \"identifiers\" holds %zu identifiers: one "
+		    "certificate may have at most %d", json_array_size(a),
+		    CONF_MAX_IDENTS);
+		return NULL;
+	}
+	idents = xreallocarray(NULL, json_array_size(a), sizeof(*idents));
+	json_array_foreach(a, i, v) {
+		if ((idents[i] = json_string_value(v)) == NULL) {
+			free(idents);
+			control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL,
+			    "identifiers[%zu] must be a string", i);
+			return NULL;
+		}
+	}
+	*n = json_array_size(a);
+	return idents;
+}
+
+static unsigned int
+control_result_status(enum control_result r)
+{
+	switch (r) {
+	case CONTROL_OK:
+		return MHD_HTTP_OK;
+	case CONTROL_INVALID:
+		return MHD_HTTP_UNPROCESSABLE_CONTENT;
+	case CONTROL_CONFLICT:
+		return MHD_HTTP_CONFLICT;
+	case CONTROL_NOT_FOUND:
+		return MHD_HTTP_NOT_FOUND;
+	case CONTROL_UNAVAILABLE:
+		return MHD_HTTP_SERVICE_UNAVAILABLE;
+	case CONTROL_FAILED:
+		break;
+	}
+	return MHD_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+/* Add a certificate as an acme_certificate line would (main.c saves it). */
+static enum MHD_Result
+control_post_cert(struct control_ctx *cx)
+{
+	const char		*issuer, *key, *profile, *challenge, *id;
+	const char		**idents;
+	char			*cause = NULL, location[600];
+	struct cert		*ce;
+	enum control_result	 r;
+	enum MHD_Result		 ret;
+	size_t			 n;
+	int			 failed;
+
+	if ((issuer = control_string_field(cx, "issuer", 1, &failed)) == NULL)
+		return MHD_YES;
+	key = control_string_field(cx, "key", 0, &failed);
+	if (failed)
+		return MHD_YES;
+	profile = control_string_field(cx, "profile", 0, &failed);
+	if (failed)
+		return MHD_YES;
+	challenge = control_string_field(cx, "challenge", 0, &failed);
+	if (failed || (idents = control_idents_field(cx, &n)) == NULL)
+		return MHD_YES;
+	r = control_hooks()->ch_add(issuer, (char *const *)idents, n, key,
+	    profile, challenge, &id, &cause);
+	free(idents);
+	if (r != CONTROL_OK) {
+		ret = control_error(cx->cx_conn, control_result_status(r), NULL,
+		    "%s", cause);
+		free(cause);
+		return ret;
+	}
+	if ((ce = sched_cert_find(id)) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+		    NULL, "certificate \"%s\" is saved but its issuer is not "
+		    "running", id);
+	snprintf(location, sizeof(location), "/v1/certificates/%s", id);
+	return control_reply(cx->cx_conn, MHD_HTTP_CREATED,
+	    control_cert_json(ce), MHD_HTTP_HEADER_LOCATION, location);
+}
+
+static enum MHD_Result
+control_delete_cert(struct control_ctx *cx)
+{
+	enum control_result	 r;
+	enum MHD_Result		 ret;
+	char			*cause = NULL;
+
+	if (sched_cert_find(cx->cx_id) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+		    "no certificate \"%s\"", cx->cx_id);
+	if ((r = control_hooks()->ch_remove(cx->cx_id, &cause)) != CONTROL_OK) {
+		ret = control_error(cx->cx_conn, control_result_status(r), NULL,
+		    "%s", cause);
+		free(cause);
+		return ret;
+	}
+	return control_reply(cx->cx_conn, MHD_HTTP_OK,
+	    json_pack("{s:s}", "deleted", cx->cx_id), NULL, NULL);
+}
+
+/* "reason": an RFC 5280 name or code; -1 with a 400 queued. */
+static int
+control_reason(struct control_ctx *cx)
+{
+	json_t		*v = json_object_get(cx->cx_body, "reason");
+	const char	*name = json_string_value(v);
+	size_t		 i;
+
+	if (v == NULL)
+		return 0;
+	for (i = 0; i < CONTROL_NREASONS; i++) {
+		if (name != NULL && strcmp(name, control_reasons[i].name) == 0)
+			return (int)i;
+		if (json_is_integer(v) &&
+		    json_integer_value(v) == control_reasons[i].code)
+			return (int)i;
+	}
+	control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL, "invalid "
+	    "\"reason\": an RFC 5280 reason is expected, by name "
+	    "(\"keyCompromise\") or by code (0-6, 8-10)");
+	return -1;
+}
+
+/* The CA answered a revocation: wake its request up with the answer. */
+static void
+control_revoked(int rc, const char *why, void *arg)
+{
+	struct control_req	*cr = arg;
+	struct cert		*ce = cr->cr_revoking;
+	unsigned int		 status;
+	json_t			*answer;
+
+	cr->cr_revoking = NULL;
+	if (rc == 0) {
+		status = MHD_HTTP_OK;
+		answer = json_pack("{s:s, s:s, s:o}", "revoked",
+		    order_cert_id(ce), "reason", cr->cr_reason,
+		    "certificate", control_cert_json(ce));
+		if (answer == NULL)
+			fatalx("%s: json_pack", __func__);
+	} else {
+		status = rc == -2 ? MHD_HTTP_CONFLICT : MHD_HTTP_BAD_GATEWAY;
+		answer = control_error_json(status, why);
+	}
+	control_answer(cr, status, answer);
+}
+
+/* The daemon stops with the revocation under way: no more waiting. */
+static void
+control_revoke_cancel(struct control_req *cr)
+{
+	order_revoke_cancel(cr->cr_revoking);
+	cr->cr_revoking = NULL;
+}
+
+static enum MHD_Result
+control_post_revoke(struct control_ctx *cx)
+{
+	struct cert		*ce;
+	struct acme_issuer	*ai;
+	struct order_info	 oi;
+	enum MHD_Result		 ret;
+	char			*cause = NULL;
+	int			 i, rc;
+
+	if ((ce = sched_cert_find(cx->cx_id)) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+		    "no certificate \"%s\"", cx->cx_id);
+	if ((i = control_reason(cx)) == -1)
+		return MHD_YES;
+	ai = order_cert_issuer(ce);
+	if (acme_issuer_state(ai) != ISSUER_READY ||
+	    acme_issuer_revoke_url(ai) == NULL)
+		return control_error(cx->cx_conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+		    NULL, "issuer \"%s\" cannot revoke now: %s",
+		    acme_issuer_name(ai), acme_issuer_state(ai) != ISSUER_READY ?
+		    "its account is not ready" : "its directory has no "
+		    "revokeCert");
+	order_cert_info(ce, &oi);
+	if (!oi.oi_have || order_revoking(ce))
+		return control_error(cx->cx_conn, MHD_HTTP_CONFLICT, NULL,
+		    "certificate \"%s\": %s", cx->cx_id, !oi.oi_have ?
+		    "no certificate is stored yet" : "a revocation is already "
+		    "under way");
+	if ((rc = order_revoke(ce, control_reasons[i].code,
+	    control_reasons[i].name, control_revoked, cx->cx_req,
+	    &cause)) != 0) {
+		ret = control_error(cx->cx_conn, rc == -2 ? MHD_HTTP_CONFLICT :
+		    MHD_HTTP_INTERNAL_SERVER_ERROR, NULL,
+		    "certificate \"%s\": %s", cx->cx_id, cause);
+		free(cause);
+		return ret;
+	}
+	log_info("certificate \"%s\": revocation (%s) asked through the "
+	    "control socket", cx->cx_id, control_reasons[i].name);
+	cx->cx_req->cr_revoking = ce;
+	cx->cx_req->cr_reason = control_reasons[i].name;
+	control_wait(cx, control_revoke_cancel);
+	return MHD_YES;
+}
+
+/* --------------------------------------------------------------- accounts */
+
+static enum MHD_Result
+control_no_issuer(struct control_ctx *cx)
+{
+	return control_error(cx->cx_conn, MHD_HTTP_NOT_FOUND, NULL,
+	    "no issuer \"%s\"", cx->cx_id);
+}
+
+static enum MHD_Result
+control_get_account(struct control_ctx *cx)
+{
+	struct acme_issuer	*ai;
+
+	if ((ai = sched_find_issuer(cx->cx_id)) == NULL)
+		return control_no_issuer(cx);
+	return control_reply(cx->cx_conn, MHD_HTTP_OK, acme_account_json(ai),
+	    NULL, NULL);
+}
+
+/*
+ * The CA answered an account operation (or the issuer stopped before
+ * it did, and is going: then it is not looked at).
+ */
+static void
+control_account_done(int rc, const char *why, void *arg)
+{
+	struct control_req	*cr = arg;
+	struct acme_issuer	*ai = cr->cr_account;
+
+	cr->cr_account = NULL;
+	if (rc == 0)
+		control_answer(cr, MHD_HTTP_OK, acme_account_json(ai));
+	else
+		control_answer(cr, MHD_HTTP_BAD_GATEWAY,
+		    control_error_json(MHD_HTTP_BAD_GATEWAY, why));
+}
+
+/* The daemon stops first: the outcome is only in the log. */
+static void
+control_account_cancel(struct control_req *cr)
+{
+	acme_account_forget(cr->cr_account);
+	cr->cr_account = NULL;
+	cr->cr_status = MHD_HTTP_SERVICE_UNAVAILABLE;
+	cr->cr_answer = control_error_json(cr->cr_status,
+	    "the daemon is stopping; the operation's outcome is in its log");
+}
+
+/* An operation started (wait for the CA), or refused: a 409 now. */
+static enum MHD_Result
+control_account_wait(struct control_ctx *cx, struct acme_issuer *ai, int rc,
+    char *cause)
+{
+	enum MHD_Result	 ret;
+
+	if (rc == -1) {
+		ret = control_error(cx->cx_conn, MHD_HTTP_CONFLICT, NULL, "%s",
+		    cause);
+		free(cause);
+		return ret;
+	}
+	cx->cx_req->cr_account = ai;
+	control_wait(cx, control_account_cancel);
+	return MHD_YES;
+}
+
+static enum MHD_Result
+control_post_key_change(struct control_ctx *cx)
+{
+	struct acme_issuer	*ai;
+	const char		*key;
+	enum key_type		 type;
+	char			*cause = NULL;
+	int			 failed, rc;
+
+	if ((ai = sched_find_issuer(cx->cx_id)) == NULL)
+		return control_no_issuer(cx);
+	key = control_string_field(cx, "key", 0, &failed);
+	if (failed)
+		return MHD_YES;
+	if (key != NULL && key_type_parse(key, &type) == -1)
+		return control_error(cx->cx_conn, MHD_HTTP_BAD_REQUEST, NULL,
+		    "invalid \"key\" \"%s\": ecdsa:256, ecdsa:384, "
+		    "ecdsa:521, rsa:2048, rsa:3072 or rsa:4096 is expected",
+		    key);
+	log_info("issuer \"%s\": account key rollover asked through the "
+	    "control socket", cx->cx_id);
+	rc = acme_account_key_change(ai, key != NULL ? (int)type : -1,
+	    control_account_done, cx->cx_req, &cause);
+	return control_account_wait(cx, ai, rc, cause);
+}
+
+static enum MHD_Result
+control_post_deactivate(struct control_ctx *cx)
+{
+	struct acme_issuer	*ai;
+	char			*cause = NULL;
+	int			 rc;
+
+	if ((ai = sched_find_issuer(cx->cx_id)) == NULL)
+		return control_no_issuer(cx);
+	log_info("issuer \"%s\": account deactivation asked through the "
+	    "control socket", cx->cx_id);
+	rc = acme_account_deactivate(ai, control_account_done, cx->cx_req,
+	    &cause);
+	return control_account_wait(cx, ai, rc, cause);
+}
+
+/*
+ * What /metrics shows besides metrics.c's own counters, taken now.  The
+ * order_info strings point into the certificates, which stay put while
+ * the page is rendered.
+ */
+static void
+control_metrics_snapshot(struct metrics_snapshot *ms, struct order_info **oi,
+    int **valid)
+{
+	struct cert	*ce;
+	size_t		 i, n = sched_cert_count();
+
+	memset(ms, 0, sizeof(*ms));
+	*oi = n != 0 ? xreallocarray(NULL, n, sizeof(**oi)) : NULL;
+	*valid = n != 0 ? xreallocarray(NULL, n, sizeof(**valid)) : NULL;
+	for (i = 0; i < n; i++) {
+		ce = sched_cert_at(i);
+		order_cert_info(ce, &(*oi)[i]);
+		(*valid)[i] = order_cert_valid(ce);
+	}
+	ms->ms_certs = *oi;
+	ms->ms_valid = *valid;
+	ms->ms_ncerts = n;
+	ms->ms_challenges_served = challenge_served();
+	ready_get_stats(&ms->ms_ready);
+	shm_get_stats(&ms->ms_shm);
+	cluster_get_status(&ms->ms_cluster);
+}
+
+static enum MHD_Result
+control_get_metrics(struct control_ctx *cx)
+{
+	struct metrics_snapshot	 ms;
+	struct order_info	*oi;
+	int			*valid;
+	char			*text;
+
+	control_metrics_snapshot(&ms, &oi, &valid);
+	text = metrics_render(&ms);
+	free(valid);
+	free(oi);
+	return control_send(cx->cx_conn, MHD_HTTP_OK, text, strlen(text),
+	    "text/plain; version=0.0.4; charset=utf-8", NULL, NULL);
+}
