@@ -183,6 +183,10 @@ static char	*ngx_http_acme_check_challenge(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_dns_hook(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_dns_update(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
+static char	*ngx_http_acme_check_dns_check(ngx_conf_t *,
+		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_rate(ngx_conf_t *,
 		    ngx_http_acme_issuer_t *, ngx_str_t *, ngx_uint_t);
 static char	*ngx_http_acme_check_max_idents(ngx_conf_t *,
@@ -219,6 +223,12 @@ static const struct {
 	{ "challenge", 1, 1, NGX_HTTP_ACME_ONCE,
 	    ngx_http_acme_check_challenge },
 	{ "dns_hook", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_dns_hook },
+	{ "dns_update", 1, 3, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_dns_update },
+	{ "dns_check", 1, 16, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_dns_check },
+	{ "new_order_exclusive", 1, 1, NGX_HTTP_ACME_ONCE,
+	    ngx_http_acme_check_on_off },
 	{ "request_rate", 1, 2, NGX_HTTP_ACME_ONCE, ngx_http_acme_check_rate },
 	{ "request_timeout", 1, 1, NGX_HTTP_ACME_ONCE,
 	    ngx_http_acme_check_request_timeout },
@@ -364,6 +374,22 @@ ngx_http_acme_check_challenge(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 	return NGX_CONF_OK;
 }
 
+/*
+ * The sidecar takes one way to publish dns-01's record: dns_hook or
+ * dns_update.
+ */
+static char *
+ngx_http_acme_dns_publisher(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss)
+{
+	if (iss->dns_publisher) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"dns_hook\" and "
+		    "\"dns_update\" in one acme_issuer: choose one");
+		return NGX_CONF_ERROR;
+	}
+	iss->dns_publisher = 1;
+	return NGX_CONF_OK;
+}
+
 /* dns_hook PROGRAM [timeout=TIME]: an absolute path, as the sidecar wants. */
 static char *
 ngx_http_acme_check_dns_hook(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
@@ -380,7 +406,56 @@ ngx_http_acme_check_dns_hook(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 		    "\"%V\" of dns_hook", &arg[1]);
 		return NGX_CONF_ERROR;
 	}
-	iss->dns_hook = 1;
+	return ngx_http_acme_dns_publisher(cf, iss);
+}
+
+/*
+ * dns_update SERVER[:PORT] key=FILE [zone=ZONE]: its shape only; the
+ * sidecar's -t reads the key file and judges the address.
+ */
+static char *
+ngx_http_acme_check_dns_update(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_uint_t	 i, key = 0;
+
+	for (i = 1; i < n; i++) {
+		if (ngx_http_acme_has_prefix(&arg[i], "key=") &&
+		    arg[i].len > 4 && !key) {
+			key = 1;
+			continue;
+		}
+		if (ngx_http_acme_has_prefix(&arg[i], "zone=") &&
+		    arg[i].len > 5)
+			continue;
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter "
+		    "\"%V\" of dns_update", &arg[i]);
+		return NGX_CONF_ERROR;
+	}
+	if (!key) {
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "dns_update \"%V\" "
+		    "has no key=FILE (its TSIG key)", &arg[0]);
+		return NGX_CONF_ERROR;
+	}
+	return ngx_http_acme_dns_publisher(cf, iss);
+}
+
+/* dns_check off | ADDR[:PORT] ...: "off" stands alone. */
+static char *
+ngx_http_acme_check_dns_check(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
+    ngx_str_t *arg, ngx_uint_t n)
+{
+	ngx_uint_t	 i;
+
+	(void)iss;
+	for (i = 0; i < n; i++) {
+		if (arg[i].len != 0 && (n == 1 ||
+		    !ngx_http_acme_str_caseeq(&arg[i], "off")))
+			continue;
+		ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid value "
+		    "\"%V\" in \"dns_check\" directive", &arg[i]);
+		return NGX_CONF_ERROR;
+	}
 	return NGX_CONF_OK;
 }
 
@@ -525,10 +600,10 @@ ngx_http_acme_issuer_finish(ngx_conf_t *cf, ngx_http_acme_main_conf_t *amcf,
 		    iss->file, iss->line);
 		return NGX_CONF_ERROR;
 	}
-	if (iss->challenge == NGX_HTTP_ACME_DNS_01 && !iss->dns_hook) {
+	if (iss->challenge == NGX_HTTP_ACME_DNS_01 && !iss->dns_publisher) {
 		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_issuer \"%V\" "
 		    "has challenge dns-01 but no way to publish the TXT record: "
-		    "add \"dns_hook\" in %s:%ui", &iss->name, iss->file,
+		    "add \"dns_update\" or \"dns_hook\" in %s:%ui", &iss->name, iss->file,
 		    iss->line);
 		return NGX_CONF_ERROR;
 	}
@@ -1201,11 +1276,12 @@ ngx_http_acme_line_challenge(ngx_conf_t *cf, ngx_http_acme_issuer_t *iss,
 	if (line->challenge != -1)
 		t = (ngx_uint_t)line->challenge;
 	if (t == NGX_HTTP_ACME_DNS_01) {
-		if (iss->dns_hook)
+		if (iss->dns_publisher)
 			return NGX_OK;
 		ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "acme_certificate has "
 		    "challenge dns-01 but acme_issuer \"%V\" has no way to "
-		    "publish the TXT record: add \"dns_hook\" to it in %s:%ui",
+		    "publish the TXT record: add \"dns_update\" or "
+		    "\"dns_hook\" to it in %s:%ui",
 		    &iss->name, line->file, line->line);
 		return NGX_ERROR;
 	}

@@ -132,7 +132,7 @@ typedef struct {
 	ngx_str_t		 name;
 	ngx_str_t		 state_path;
 	ngx_uint_t		 challenge;	/* NGX_HTTP_ACME_HTTP_01, ... */
-	ngx_uint_t		 dns_hook;	/* dns_hook is set */
+	ngx_uint_t		 dns_publisher;	/* dns_hook or dns_update */
 	ngx_uint_t		 seen;		/* once-only directives seen */
 	u_char			*file;
 	ngx_uint_t		 line;

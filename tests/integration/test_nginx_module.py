@@ -19,7 +19,7 @@ import pytest
 
 import shmread
 from conftest import free_port, split_pem, zone_name, zone_path
-from dnslib import api
+from dnslib import api, bind_key
 from nginxlib import (MODULE, fingerprint, handshake, http_block_head,
                       http_get, main_block, nginx_factory, served_leaf,
                       served_while, verify_served)
@@ -310,6 +310,54 @@ def test_nginx_t_errors_name_the_line(tmp_path, pebble, nginx_factory, line,
     # fifth line of the http{} body.
     head = nginx_conf(nginx.prefix, "").count("\n") - 1
     assert "in %s:%d" % (nginx.conf, head + 5) in out, out
+
+
+DNS_ISSUER = ("acme_issuer example {\n"
+              "    uri %s;\n"
+              "    challenge dns-01;\n"
+              "    %s\n"
+              "    dns_check 127.0.0.1:5353 [::1]:5354;\n"
+              "    new_order_exclusive on;\n"
+              "}\n")
+
+
+@pytest.mark.parametrize("publisher,message", [
+    ("dns_update 127.0.0.1:5353 key=%(key)s zone=example.test;", None),
+    ("dns_update 127.0.0.1:5353 zone=example.test;",
+     'dns_update "127.0.0.1:5353" has no key=FILE'),
+    ("dns_update 127.0.0.1 key=%(key)s; dns_hook /bin/true;",
+     '"dns_hook" and "dns_update" in one acme_issuer'),
+])
+def test_nginx_t_dns01_directives(tmp_path, pebble, nginx_factory,
+                                  sidecar_bin, publisher, message):
+    """dns-01's issuer directives are known to nginx -t as to the
+    sidecar's: a wildcard server over dns_update, with dns_check and
+    new_order_exclusive, passes both; a dns_update without its key, or
+    two publishers, is an error at its line."""
+    key = tmp_path / "tsig.key"
+    key.write_text(bind_key("acme", "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"))
+    nginx = nginx_factory()
+    body = (DNS_ISSUER % (pebble.directory_url, publisher % {"key": key}) +
+            "acme_shared_zone zone=%s:1M;\n"
+            "server {\n"
+            "    listen 127.0.0.1:%d ssl;\n"
+            "    server_name *.example.test example.test;\n"
+            "    acme_certificate example;\n"
+            "    ssl_certificate $acme_certificate;\n"
+            "    ssl_certificate_key $acme_certificate_key;\n"
+            "}\n") % (zone_name(tmp_path), free_port())
+    nginx.write(nginx_conf(nginx.prefix, body))
+    rc, out = nginx.test_config()
+    if message is not None:
+        assert rc != 0 and message in out, out
+        head = nginx_conf(nginx.prefix, "").count("\n") - 1
+        assert "in %s:%d" % (nginx.conf, head + 4) in out, out
+        return
+    assert rc == 0, out
+    p = subprocess.run([str(sidecar_bin), "-t", "--nginx-conf",
+                        str(nginx.conf)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    assert p.returncode == 0 and "test is successful" in p.stdout, p.stdout
 
 
 @pytest.mark.parametrize("value,ok", [("150", True), ("1001", False)])
