@@ -1,13 +1,38 @@
 /*
  * One managed certificate and the state machine of its order (RFC 8555
- * section 7.4):
+ * section 7.4).  Every state, in the order an order goes through them:
  *
- *   IDLE -> NEW -> (AUTHZ -> READY_CHECK -> CHALLENGE -> AUTHZ_POLL)*
- *        -> FINALIZE -> ORDER_POLL -> DOWNLOAD -> IDLE
+ *   IDLE           waits for the renewal time ("acmectl renew" or the
+ *        |         end of BACKOFF starts sooner), then begins with one of:
+ *        +-> LEASE        replicas: the certificate's lease, then Redis'
+ *        |                state: a certificate another replica renewed
+ *        |                -> IDLE; an order another finalized -> ORDER_POLL
+ *        +-> (resume)     a pending order on disk, from before a restart
+ *        |                -> ORDER_POLL
+ *        +-> NEW          newOrder
+ *   for each authorization, one after the other:
+ *       AUTHZ          fetch it; already valid -> the next one
+ *     [ DNS_PUBLISH ]  dns-01: the TXT record is being published
+ *     [ SYNC ]         replicas: every live replica has the token
+ *       READY_CHECK    our own answer, fetched the way the CA will
+ *       CHALLENGE      tell the CA to validate
+ *       AUTHZ_POLL     until the authorization settles -> AUTHZ
+ *   then:
+ *     [ SHARE ]        replicas: the order and its key go to Redis
+ *       FINALIZE       the CSR
+ *       ORDER_POLL     until the certificate is issued (resumed orders
+ *                      enter here, with the key kept beside them)
+ *       DOWNLOAD       the chain, and its alternates for preferred_chain
+ *     [ SHARE ]        replicas: the certificate goes to Redis, fenced
+ *       STORE          written to state_path, retried while it fails
+ *       IDLE
+ *
+ * [ ] marks a state only some orders pass.  Any failure goes to BACKOFF,
+ * which begins again when it expires; a resumed order that is no good any
+ * more is forgotten and begins anew.
  *
  * READY_CHECK fetches our own answer the way the CA will (ready.c), and
  * tells the CA only once it answers; "challenge_check off" skips it.
- * Any failure goes to BACKOFF, which starts a new order when it expires.
  * A certificate has at most one request, one timer and one readiness
  * check outstanding, so freeing it only has to cancel those three.
  * Authorizations of one order are worked one after the other;
@@ -1245,8 +1270,9 @@ order_dns_published(struct cert *ce, int rc, const char *why)
 /*
  * Present the challenge and tell the CA to validate it: an HTTP-01 token
  * goes to both responders at once, a tls-alpn-01 certificate to the zone
- * and to ours (alpn.c) where it runs, a dns-01 record through the issuer's hook (order_dns.c),
- * which calls order_dns_published() when it is done.
+ * and to ours (alpn.c) where it runs, a dns-01 record through the
+ * issuer's publisher (order_dns.c), which calls order_dns_published()
+ * when it is done.
  */
 static void
 order_respond(struct cert *ce, json_t *authz)
