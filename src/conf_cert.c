@@ -1,6 +1,6 @@
 /*
- * Certificates in the configuration: acme_certificate's identifiers, the
- * id they give a certificate, and key types.
+ * Certificates in the configuration: acme_certificate's identifiers and
+ * the id they give a certificate (key types: keys.c).
  *
  * The id is a contract: the nginx module computes the same one from the
  * same server{} (src/nginx/ngx_http_acme_conf.c), and the shared zone
@@ -18,34 +18,6 @@
 #include <unistd.h>
 
 #include "sidecar.h"
-
-const char *
-key_type_name(enum key_type t)
-{
-	if (t < 0 || t >= KEY_TYPE_MAX)
-		fatalx("%s: bad key type %d", __func__, (int)t);
-	return acme_key_desc((enum acme_key_type)t)->kd_name;
-}
-
-const char *
-key_type_suffix(enum key_type t)
-{
-	if (t < 0 || t >= KEY_TYPE_MAX)
-		fatalx("%s: bad key type %d", __func__, (int)t);
-	return acme_key_desc((enum acme_key_type)t)->kd_suffix;
-}
-
-/* "rsa:2048", or nginx-acme's "rsa" and "ecdsa" (proto/acme_ident.h). */
-int
-key_type_parse(const char *s, enum key_type *t)
-{
-	int	 k;
-
-	if ((k = acme_key_parse(s, strlen(s))) == -1)
-		return -1;
-	*t = (enum key_type)k;
-	return 0;
-}
 
 int
 conf_ident_is_ip(const char *s)

@@ -42,6 +42,34 @@ static const struct {
 	{ "secp521r1", "P-521", 66, EVP_sha512 },
 };
 
+const char *
+key_type_name(enum key_type t)
+{
+	if (t < 0 || t >= KEY_TYPE_MAX)
+		fatalx("%s: bad key type %d", __func__, (int)t);
+	return acme_key_desc((enum acme_key_type)t)->kd_name;
+}
+
+const char *
+key_type_suffix(enum key_type t)
+{
+	if (t < 0 || t >= KEY_TYPE_MAX)
+		fatalx("%s: bad key type %d", __func__, (int)t);
+	return acme_key_desc((enum acme_key_type)t)->kd_suffix;
+}
+
+/* "rsa:2048", or nginx-acme's "rsa" and "ecdsa" (proto/acme_ident.h). */
+int
+key_type_parse(const char *s, enum key_type *t)
+{
+	int	 k;
+
+	if ((k = acme_key_parse(s, strlen(s))) == -1)
+		return -1;
+	*t = (enum key_type)k;
+	return 0;
+}
+
 /* Index into keys_curves for an EC key, or -1. */
 static int
 keys_curve(EVP_PKEY *key)

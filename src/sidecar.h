@@ -288,11 +288,8 @@ struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
 const char	*conf_volatile_dir(void);	/* state_path off's, or NULL */
 void		 conf_issuer_free(struct conf_issuer *);
-const char	*key_type_name(enum key_type);		/* "ecdsa:256" */
-const char	*key_type_suffix(enum key_type);	/* "rsa2048" */
 int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
 gid_t		 conf_gid(const char *);	/* group=1234, or (gid_t)-1 */
-int		 key_type_parse(const char *, enum key_type *);
 
 /*
  * conf.c's parser as nginx_conf.c uses it.  conf_parse_block() reads the
@@ -608,7 +605,10 @@ int		 cluster_rec_ari_parse(const char *id, const char *, size_t,
 /* nginx_conf.c: the acme_* directives of an nginx.conf. */
 int		 nginx_conf_read(struct conf_parse *, const char *);
 
-/* keys.c: keys, JWK, CSR, key authorization. */
+/* keys.c: key types, keys, JWK, CSR, key authorization. */
+const char	*key_type_name(enum key_type);		/* "ecdsa:256" */
+const char	*key_type_suffix(enum key_type);	/* "rsa2048" */
+int		 key_type_parse(const char *, enum key_type *);
 EVP_PKEY	*keys_generate(enum key_type);
 EVP_PKEY	*keys_from_pem(const char *, size_t, char **);
 EVP_PKEY	*keys_load_file(const char *, char **);
