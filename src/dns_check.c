@@ -195,15 +195,16 @@ dns_check_show(const uint8_t *s, size_t len)
 	return out;
 }
 
-static char *
-dns_check_rcode_name(ldns_pkt_rcode rcode)
+/* An RCODE's name ("NOTAUTH"), or "RCODE N"; caller frees. */
+char *
+dns_rcode_name(int rcode)
 {
 	ldns_lookup_table	*lt;
 	char			*name;
 
 	if ((lt = ldns_lookup_by_id(ldns_rcodes, rcode)) != NULL)
 		return xstrdup(lt->name);
-	xasprintf(&name, "RCODE %d", (int)rcode);
+	xasprintf(&name, "RCODE %d", rcode);
 	return name;
 }
 
@@ -289,7 +290,7 @@ dns_check_soa_zone(const uint8_t *buf, size_t len, uint16_t id,
 	rcode = ldns_pkt_get_rcode(pkt);
 	if ((rcode != LDNS_RCODE_NOERROR && rcode != LDNS_RCODE_NXDOMAIN) ||
 	    (need_aa && !ldns_pkt_aa(pkt))) {
-		rname = dns_check_rcode_name(rcode);
+		rname = dns_rcode_name(rcode);
 		xasprintf(why, "%s is not authoritative for %s (%s%s)",
 		    server, name, rcode != LDNS_RCODE_NOERROR &&
 		    rcode != LDNS_RCODE_NXDOMAIN ? "it answers " : "its answer "
@@ -380,7 +381,7 @@ dns_check_txt_judge(const uint8_t *buf, size_t len, uint16_t id,
 		return 0;
 	}
 	if (ldns_pkt_get_rcode(pkt) != LDNS_RCODE_NOERROR) {
-		rname = dns_check_rcode_name(ldns_pkt_get_rcode(pkt));
+		rname = dns_rcode_name(ldns_pkt_get_rcode(pkt));
 		if (ldns_pkt_get_rcode(pkt) == LDNS_RCODE_NXDOMAIN &&
 		    ldns_pkt_aa(pkt))
 			xasprintf(what, "no TXT for %s (NXDOMAIN)", name);
@@ -521,7 +522,7 @@ dns_check_ns_parse(const uint8_t *buf, size_t len, uint16_t id,
 		return -1;
 	}
 	if (ldns_pkt_get_rcode(pkt) != LDNS_RCODE_NOERROR) {
-		rname = dns_check_rcode_name(ldns_pkt_get_rcode(pkt));
+		rname = dns_rcode_name(ldns_pkt_get_rcode(pkt));
 		xasprintf(why, "%s answers %s to the NS of %s", server, rname,
 		    zone);
 		free(rname);

@@ -571,18 +571,6 @@ dns_update_tsig_error(const ldns_pkt *pkt)
 	}
 }
 
-static char *
-dns_update_rcode_name(ldns_pkt_rcode rcode)
-{
-	ldns_lookup_table	*lt;
-	char			*name;
-
-	if ((lt = ldns_lookup_by_id(ldns_rcodes, rcode)) != NULL)
-		return xstrdup(lt->name);
-	xasprintf(&name, "RCODE %d", (int)rcode);
-	return name;
-}
-
 /* The error an answer's RCODE says, in the user's words. */
 static void
 dns_update_rcode_why(const struct dns_update_req *r, const ldns_pkt *ans,
@@ -590,7 +578,7 @@ dns_update_rcode_why(const struct dns_update_req *r, const ldns_pkt *ans,
 {
 	ldns_pkt_rcode	 rcode = ldns_pkt_get_rcode(ans);
 	const char	*tsig_err = dns_update_tsig_error(ans);
-	char		*name = dns_update_rcode_name(rcode);
+	char		*name = dns_rcode_name(rcode);
 
 	switch (rcode) {
 	case LDNS_RCODE_NOTAUTH:

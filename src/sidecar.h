@@ -978,6 +978,7 @@ typedef void	(*dns_query_cb)(struct dns_query *, const uint8_t *ans,
 		    size_t len, const char *why, void *);
 /* passed 1, or 0 and what lags (the callee frees what). */
 typedef void	(*dns_check_cb)(int passed, char *what, void *);
+char		*dns_rcode_name(int);	/* "NOTAUTH", or "RCODE N" */
 int		 dns_check_addr_parse(const char *, struct sockaddr_storage *,
 		    socklen_t *, char *shown, size_t);
 int		 dns_check_resolver(struct sockaddr_storage *, socklen_t *,
