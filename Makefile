@@ -50,8 +50,10 @@ module:
 $(BUILD)/acme-sidecar: $(DAEMON_OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# acmectl speaks HTTP through libcurl, which the daemon does not link.
+CTL_LDLIBS = $(shell pkg-config --libs libcurl jansson)
 $(BUILD)/acmectl: $(CTL_OBJS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CTL_LDLIBS)
 
 $(BUILD)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 	@mkdir -p $(dir $@)
