@@ -48,7 +48,7 @@ struct ctl_wait {
 	int		 w_done;	/* 0 under way, 1 valid, -1 failed */
 };
 
-/* acmectl.c: memory, where running out ends acmectl. */
+/* ctl_util.c: memory, where running out ends acmectl. */
 void		 ctl_fatalx(const char *, ...)
 		     __attribute__((noreturn, format(printf, 1, 2)));
 char		*ctl_xasprintf(const char *, ...)
