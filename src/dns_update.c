@@ -114,9 +114,13 @@ static size_t	dns_update_nzones;
 
 static void	dns_update_next(void);
 
-/* TSIG algorithms ldns signs with, by their name in the key file. */
+/*
+ * TSIG algorithms ldns signs with, by their name in the key file.  Not
+ * hmac-sha384: ldns (1.8.3, Debian bookworm's) misspells it in its own
+ * table and fails to sign with it, leaking what it allocated.
+ */
 static const char *dns_update_algs[] = {
-	"hmac-sha256", "hmac-sha384", "hmac-sha512", NULL
+	"hmac-sha256", "hmac-sha512", NULL
 };
 
 /*
@@ -279,9 +283,9 @@ dns_update_key_parse(const char *buf, size_t len, struct dns_update_key *k,
 			if (dns_update_key_token(&p, end, k->uk_alg,
 			    sizeof(k->uk_alg)) != 1 ||
 			    !dns_update_alg_ok(k->uk_alg)) {
-				xasprintf(why, "key \"%s\": an algorithm other "
-				    "than hmac-sha256, -sha384 or -sha512",
-				    k->uk_name);
+				xasprintf(why, "key \"%s\": algorithm \"%.16s\" "
+				    "is neither hmac-sha256 nor hmac-sha512",
+				    k->uk_name, k->uk_alg);
 				return -1;
 			}
 		} else if (strcmp(tok, "secret") == 0) {

@@ -2424,8 +2424,8 @@ test_conf_dns_update(void **state)
 	    "    dns_update 127.0.0.1 key=%s/md5.key zone=a.test;\n}\n",
 	    t->dir);
 	conf_test_err(t, text, "%s/sidecar.conf:4: TSIG key file "
-	    "%s/md5.key: key \"k\": an algorithm other than hmac-sha256, "
-	    "-sha384 or -sha512", t->dir, t->dir);
+	    "%s/md5.key: key \"k\": algorithm \"hmac-md5\" is neither "
+	    "hmac-sha256 nor hmac-sha512", t->dir, t->dir);
 	free(text);
 	xasprintf(&text, UPDATE_ISSUER
 	    "    dns_update 127.0.0.1 key=%s/open.key zone=a.test;\n}\n",
