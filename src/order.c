@@ -450,6 +450,26 @@ order_log_time(char *buf, size_t len, time_t t)
 }
 
 /*
+ * Publish a certificate whose key is held decoded (a new key, another
+ * node's): the zone takes the key as PEM text.
+ */
+void
+order_publish(struct cert *ce, char *const *idents, size_t nidents,
+    const char *chain, EVP_PKEY *key, time_t not_before, time_t not_after)
+{
+	char	*pem;
+
+	if ((pem = keys_to_pem(key)) == NULL) {
+		log_warnx("certificate \"%s\": its key does not encode; not "
+		    "published", ce->ce_id);
+		return;
+	}
+	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer), idents,
+	    nidents, chain, pem, not_before, not_after);
+	keys_pem_free(pem);
+}
+
+/*
  * What tells two certificates apart: a renewal may be issued within the
  * second of the one it replaces, so the dates alone do not.
  */
@@ -538,9 +558,8 @@ order_cert_start(struct cert *ce)
 	 * identifiers is on order: it is still valid for the names it has.
 	 */
 	if (rc == 0)
-		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
-		    meta.cm_idents, meta.cm_nidents, chain, key,
-		    meta.cm_not_before, meta.cm_not_after);
+		order_publish(ce, meta.cm_idents, meta.cm_nidents, chain,
+		    key, meta.cm_not_before, meta.cm_not_after);
 	free(chain);
 	EVP_PKEY_free(key);
 	store_meta_clear(&meta);
@@ -1401,9 +1420,9 @@ order_store_failed(struct cert *ce, const char *cause)
 		acme_order_close(ce->ce_issuer);
 	}
 	if (ce->ce_store_tries++ == 0)
-		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
-		    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
-		    ce->ce_new_key, ce->ce_stored_nb, ce->ce_stored_na);
+		order_publish(ce, ce->ce_idents, ce->ce_nidents,
+		    ce->ce_stored_chain, ce->ce_new_key, ce->ce_stored_nb,
+		    ce->ce_stored_na);
 	n = ce->ce_store_tries > 9 ? 9 : ce->ce_store_tries - 1;
 	delay = (double)ORDER_STORE_RETRY_MIN * (double)(1 << n);
 	if (delay > ORDER_STORE_RETRY_MAX)
@@ -1443,9 +1462,8 @@ order_stored(int rc, const char *cause, void *arg)
 	ce->ce_not_after = ce->ce_stored_na;
 	order_chain_digest(ce->ce_stored_chain, ce->ce_chain_md);
 	order_ari_adopt(ce, ce->ce_stored_chain);
-	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
-	    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain, ce->ce_new_key,
-	    ce->ce_not_before, ce->ce_not_after);
+	order_publish(ce, ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
+	    ce->ce_new_key, ce->ce_not_before, ce->ce_not_after);
 	ce->ce_failures = 0;
 	free(ce->ce_last_error);
 	ce->ce_last_error = NULL;

@@ -127,6 +127,8 @@ void		 order_schedule_renewal(struct cert *, time_t);
 void		 order_store_write(struct cert *);
 void		 order_store_failed(struct cert *, const char *);
 void		 order_log_time(char *, size_t, time_t);
+void		 order_publish(struct cert *, char *const *, size_t,
+		    const char *chain, EVP_PKEY *, time_t, time_t);
 void		 order_chain_digest(const char *, unsigned char [32]);
 int		 order_renew_due(const struct cert *);
 int		 order_idents_match(const struct cert *, char *const *, size_t,

@@ -372,9 +372,9 @@ order_share_failed(struct cert *ce)
 		acme_order_close(ce->ce_issuer);
 	}
 	if (ce->ce_share_tries++ == 0)
-		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
-		    ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
-		    ce->ce_new_key, ce->ce_stored_nb, ce->ce_stored_na);
+		order_publish(ce, ce->ce_idents, ce->ce_nidents,
+		    ce->ce_stored_chain, ce->ce_new_key, ce->ce_stored_nb,
+		    ce->ce_stored_na);
 	delay = 2.0 * (double)(1 << n);
 	if (delay > 300)
 		delay = 300;
@@ -541,9 +541,8 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 	ce->ce_not_after = rec->cr_not_after;
 	memcpy(ce->ce_chain_md, md, sizeof(md));
 	order_ari_adopt(ce, rec->cr_chain);
-	shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
-	    rec->cr_idents, rec->cr_nidents, rec->cr_chain, rec->cr_key,
-	    rec->cr_not_before, rec->cr_not_after);
+	order_publish(ce, rec->cr_idents, rec->cr_nidents, rec->cr_chain,
+	    rec->cr_key, rec->cr_not_before, rec->cr_not_after);
 	memset(&meta, 0, sizeof(meta));
 	meta.cm_issued = util_now();
 	meta.cm_idents = rec->cr_idents;

@@ -758,22 +758,20 @@ shm_stage(struct shm_cert *sc, int remove)
 		evtimer_add(shm.commit_ev, &tv);
 }
 
+/*
+ * The key comes as PEM text, as state_path holds it, so a certificate read
+ * at start-up is published without decoding and re-encoding its key.
+ */
 void
 shm_cert_set(const char *id, const char *issuer, char *const *names,
-    size_t nnames, const char *chain, EVP_PKEY *key, time_t not_before,
+    size_t nnames, const char *chain, const char *key_pem, time_t not_before,
     time_t not_after)
 {
 	struct shm_cert	 sc;
-	char		*pem;
 	size_t		 i;
 
 	if (shm.base == NULL)
 		return;
-	if ((pem = keys_to_pem(key)) == NULL) {
-		log_warnx("certificate \"%s\": its key does not encode; not "
-		    "published", id);
-		return;
-	}
 	memset(&sc, 0, sizeof(sc));
 	sc.sc_id = xstrdup(id);
 	sc.sc_issuer = xstrdup(issuer);
@@ -782,7 +780,7 @@ shm_cert_set(const char *id, const char *issuer, char *const *names,
 		sc.sc_names[i] = xstrdup(names[i]);
 	sc.sc_nnames = nnames;
 	sc.sc_chain = xstrdup(chain);
-	sc.sc_key = pem;
+	sc.sc_key = xstrdup(key_pem);
 	sc.sc_not_before = not_before;
 	sc.sc_not_after = not_after;
 	shm_stage(&sc, 0);

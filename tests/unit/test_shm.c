@@ -230,6 +230,18 @@ ts_key(void)
 	return k;
 }
 
+/* shm_cert_set() with the key as the daemon holds a new one, decoded. */
+static void
+ts_cert_set(const char *id, const char *issuer, char *const *names,
+    size_t nnames, const char *chain, EVP_PKEY *k, time_t nb, time_t na)
+{
+	char	*pem = keys_to_pem(k);
+
+	assert_non_null(pem);
+	shm_cert_set(id, issuer, names, nnames, chain, pem, nb, na);
+	keys_pem_free(pem);
+}
+
 static void
 test_publish_and_lookup(void **state)
 {
@@ -250,9 +262,9 @@ test_publish_and_lookup(void **state)
 	assert_int_equal(st.st_mode & 07777, 0640);
 	assert_int_equal(st.st_size, 64 * 1024);
 
-	shm_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A", ka,
+	ts_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A", ka,
 	    100, 200);
-	shm_cert_set("b.example.test", "pebble", names_b, 2, "CHAIN B", kb,
+	ts_cert_set("b.example.test", "pebble", names_b, 2, "CHAIN B", kb,
 	    300, 400);
 	shm_token_add("tok1", "tok1.thumb");
 	base = ts_map(&size);
@@ -279,12 +291,12 @@ test_publish_and_lookup(void **state)
 	free(ka_text);
 
 	/* The same bytes keep their serial; new bytes get a larger one. */
-	shm_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A", ka,
+	ts_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A", ka,
 	    100, 200);
 	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 1);
 	assert_true(e.serial == serial);
 	ts_entry_clear(&e);
-	shm_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A2", ka,
+	ts_cert_set("a.example.test", "pebble", names_a, 2, "CHAIN A2", ka,
 	    100, 200);
 	assert_int_equal(ts_read(base, size, 0, "a.example.test", &e), 1);
 	assert_true(e.serial > serial);
@@ -342,7 +354,7 @@ test_alpn_published(void **state)
 	(void)state;
 	assert_int_equal(shm_open_zone(NULL, ts_path, 64 * 1024, NULL,
 	    &cause), 0);
-	shm_cert_set("a.example.test", "pebble", names, 1, "CHAIN A", k, 100,
+	ts_cert_set("a.example.test", "pebble", names, 1, "CHAIN A", k, 100,
 	    200);
 	shm_token_add("tok1", "tok1.thumb");
 	base = ts_map(&size);
@@ -422,7 +434,7 @@ test_token_only_publishes(void **state)
 	names[0] = id;
 	for (c = 0; c < 3; c++) {
 		snprintf(id, sizeof(id), "c%d.example.test", c);
-		shm_cert_set(id, "pebble", names, 1, id, k, 0, 1);
+		ts_cert_set(id, "pebble", names, 1, id, k, 0, 1);
 	}
 	base = ts_map(&size);
 	for (i = 0; i < 12; i++) {
@@ -490,7 +502,7 @@ ts_renew(EVP_PKEY *k, int i)
 	n = snprintf(chain, sizeof(chain), "CHAIN %s renewal %06d ", id, i);
 	memset(chain + n, 'x', TS_CHAIN - n);
 	chain[TS_CHAIN] = '\0';
-	shm_cert_set(id, "pebble", names, 1, chain, k, i, i + 100);
+	ts_cert_set(id, "pebble", names, 1, chain, k, i, i + 100);
 }
 
 /*
@@ -568,7 +580,7 @@ test_close_publishes_pending_changes(void **state)
 	assert_non_null(evb = event_base_new());
 	assert_int_equal(shm_open_zone(evb, ts_path, 64 * 1024, NULL,
 	    &cause), 0);
-	shm_cert_set("late.example.test", "pebble", names, 1, "LATE", k, 0,
+	ts_cert_set("late.example.test", "pebble", names, 1, "LATE", k, 0,
 	    1);
 	shm_close();		/* the loop never ran the deferred publish */
 	base = ts_map(&size);
@@ -602,7 +614,7 @@ test_full_keeps_last_image(void **state)
 	names[0] = id;
 	for (i = 0; i < 3; i++) {
 		snprintf(id, sizeof(id), "c%zu.example.test", i);
-		shm_cert_set(id, "pebble", names, 1, big, k, 0, 1);
+		ts_cert_set(id, "pebble", names, 1, big, k, 0, 1);
 	}
 	base = ts_map(&size);
 	h = (const void *)base;
@@ -613,7 +625,7 @@ test_full_keeps_last_image(void **state)
 	/* 16 KiB per slot: a fourth and fifth 4 KB chain cannot fit. */
 	for (; i < 5; i++) {
 		snprintf(id, sizeof(id), "c%zu.example.test", i);
-		shm_cert_set(id, "pebble", names, 1, big, k, 0, 1);
+		ts_cert_set(id, "pebble", names, 1, big, k, 0, 1);
 	}
 	shm_get_stats(&st);
 	assert_true(st.ss_full);
@@ -903,7 +915,7 @@ test_readers_never_see_torn_entries(void **state)
 			chain[strlen(chain)] = '.';
 			chain[len] = '\0';
 			snprintf(id, sizeof(id), "c%u.example.test", i);
-			shm_cert_set(id, "pebble", names, 1, chain, keys[k],
+			shm_cert_set(id, "pebble", names, 1, chain, pems[k],
 			    0, 1);
 		}
 	}
