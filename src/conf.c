@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "sidecar.h"
+#include "conf_int.h"
 
 /* Hard limits on input: a config is small and written by a person. */
 #define CONF_MAX_ARGS		1024		/* words per directive */

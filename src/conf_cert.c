@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "sidecar.h"
+#include "conf_int.h"
 
 int
 conf_ident_is_ip(const char *s)

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "sidecar.h"
+#include "conf_int.h"
 
 #define CONF_CLUSTER_PREFIX	"acme-sidecar"
 #define CONF_CLUSTER_PORT	6379

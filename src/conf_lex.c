@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "sidecar.h"
+#include "conf_int.h"
 
 #define CONF_MAX_FILE_SIZE	(1024 * 1024)	/* bytes per file */
 

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "sidecar.h"
+#include "conf_int.h"
 
 /* One word of a server_name directive and where it was. */
 struct nginx_name {

@@ -79,8 +79,10 @@ enum key_type {
 #define KEY_TYPE_DEFAULT ((enum key_type)ACME_KEY_DEFAULT)
 
 /*
- * conf.c: nginx grammar and the sidecar's directives; conf_cert.c:
- * acme_certificate's identifiers, ids and key types.
+ * The configuration, as the daemon reads it once loaded: conf.c and its
+ * parser fill these (conf_cert.c the certificates, conf_cluster.c the
+ * cluster), conf.c frees them.  The parser itself is theirs alone
+ * (conf_int.h).
  */
 enum challenge_type {
 	CHALLENGE_HTTP_01,
@@ -249,37 +251,10 @@ struct conf {
 	char			*c_file;		/* NULL: nginx.conf only */
 };
 
-/* conf_lex.c: the tokens of nginx's grammar. */
-#define CONF_MAX_TOKEN		4096		/* bytes per word or string */
-enum conf_tok {
-	CONF_TOK_WORD,		/* in cl->tok */
-	CONF_TOK_SEMI,
-	CONF_TOK_LBRACE,
-	CONF_TOK_RBRACE,
-	CONF_TOK_EOF,
-	CONF_TOK_ERROR		/* cl->cause says why */
-};
-struct conf_lex {
-	char		*path;
-	char		*dir;		/* relative paths resolve here */
-	char		*buf;
-	size_t		 len;
-	size_t		 off;
-	int		 line;
-	int		 lastline;	/* line of the last token read */
-	char		 tok[CONF_MAX_TOKEN + 1];
-	size_t		 toklen;
-	char		*cause;		/* "FILE:LINE: msg" once it failed */
-};
-int		 conf_read_file(const char *, char **, size_t *, char **);
-struct conf_lex	*conf_lex_open(const char *, const char *, char **);
-void		 conf_lex_free(struct conf_lex *);
-enum conf_tok	 conf_lex_next(struct conf_lex *, int *);
-char		*conf_path_resolve(const struct conf_lex *, const char *);
-
 /*
- * The sidecar's file (NULL: defaults only), then the nginx.conf given
- * (NULL: the one nginx_config names, if any).  cause: "FILE:LINE: msg".
+ * conf.c: nginx's grammar and the sidecar's directives.  The sidecar's
+ * file (NULL: defaults only), then the nginx.conf given (NULL: the one
+ * nginx_config names, if any).  cause: "FILE:LINE: msg".
  */
 struct conf	*conf_load_files(const char *, const char *, char **);
 struct conf	*conf_load(const char *, char **);	/* no --nginx-conf */
@@ -288,96 +263,23 @@ struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
 const char	*conf_volatile_dir(void);	/* state_path off's, or NULL */
 void		 conf_issuer_free(struct conf_issuer *);
-int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
+void		 conf_cert_free(struct conf_cert *);
 gid_t		 conf_gid(const char *);	/* group=1234, or (gid_t)-1 */
+int		 conf_number(const char *, long long min, long long max,
+		    long long *);
+
+/* conf_lex.c: a whole regular file, NUL terminated, of bounded size. */
+int		 conf_read_file(const char *, char **, size_t *, char **);
 
 /*
- * conf.c's parser as nginx_conf.c uses it.  conf_parse_block() reads the
- * statements of one file or block and hands each to its context's
- * cx_stmt(); the first error sticks in cause.
+ * conf_cert.c: identifiers and challenge types, and certificates added at
+ * run time (STATE_PATH/CONF_RUNTIME_FILE).
  */
-#define CONF_TOP	0x01		/* contexts: the sidecar's file */
-#define CONF_ISSUER	0x02		/* acme_issuer { } */
-#define CONF_HTTP	0x04		/* nginx.conf: http { } */
-#define CONF_SERVER	0x08		/* nginx.conf: server { } */
-#define CONF_NGX_MAIN	0x10		/* nginx.conf: main context */
-struct conf_args {			/* the words of one directive */
-	char		**v;
-	int		  n;
-	int		  cap;
-	int		  line;		/* of the first word */
-	int		  endline;	/* of the terminator */
-};
-struct conf_block {			/* a context of the directive table */
-	int			 where;		/* CONF_TOP, ... */
-	unsigned int		 seen;		/* single-valued directives */
-	struct conf_issuer	*ci;		/* CONF_ISSUER */
-	char			*sp_file;	/* where state_path was set */
-	int			 sp_line;
-};
-struct conf_parse {
-	struct conf	*conf;
-	struct conf_lex	*lex;		/* file of the current directive */
-	const char	*file;		/* errors point here ... */
-	int		 line;		/* ... at this line */
-	int		 depth;		/* include nesting */
-	int		 nfiles;	/* files read by this load */
-	size_t		 nbytes;	/* and their bytes */
-	int		 blocks;	/* { } nesting */
-	char		*zone_file;	/* where acme_shared_zone was */
-	int		 zone_line;
-	char		*nginx_file;	/* where nginx_config was */
-	int		 nginx_line;
-	const char	*prefix;	/* nginx.conf's folder, or NULL */
-	char		*cause;
-};
-struct conf_ctx {
-	int		(*cx_stmt)(struct conf_parse *, const struct conf_ctx *,
-			    struct conf_args *, enum conf_tok);
-	void		*cx_arg;
-};
-int		 conf_parse_block(struct conf_parse *, struct conf_lex *,
-		    const struct conf_ctx *, int inblock);
-int		 conf_include(struct conf_parse *, const struct conf_ctx *,
-		    struct conf_args *, enum conf_tok);
-int		 conf_command(struct conf_parse *, struct conf_block *,
-		    struct conf_args *, enum conf_tok);
-int		 conf_error(struct conf_parse *, const char *, ...)
-		    PRINTFLIKE(2, 3);
-int		 conf_error_at(struct conf_parse *, const char *, int,
-		    const char *, ...) PRINTFLIKE(4, 5);
-struct conf_cert *conf_cert_new(struct conf_parse *, const char *);
-int		 conf_cert_param(struct conf_parse *, struct conf_cert *,
-		    const char *, int *);	/* IDENT, key=, profile=, ... */
-int		 conf_challenge_parse(const char *, enum challenge_type *,
-		    char **);
+int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
 const char	*conf_challenge_name(enum challenge_type);
-enum challenge_type conf_cert_challenge(const struct conf_cert *,
-		    const struct conf_issuer *);
 int		 conf_cert_check_challenge(const struct conf *,
 		    const struct conf_cert *,
 		    const struct conf_issuer *, char **);
-void		 conf_cert_resolve(struct conf_cert *,
-		    const struct conf_issuer *);
-#define CONF_PROFILE_MAX	64
-int		 conf_profile_valid(const char *);
-int		 conf_cert_ident(struct conf_parse *, struct conf_cert *,
-		    const char *);
-int		 conf_cert_add(struct conf_parse *, struct conf_cert *);
-int		 conf_cmd_cert(struct conf_parse *, struct conf_block *, int,
-		    char **);
-void		 conf_cert_free(struct conf_cert *);
-
-int		 conf_number(const char *, long long min, long long max,
-		    long long *);
-/* [ADDR:]PORT to connect to (readiness check); bad: "host" or "port". */
-int		 conf_connect_addr(const char *, char **addr, int *port,
-		    const char **bad);
-int		 conf_cmd_cluster(struct conf_parse *, struct conf_block *, int,
-		    char **);
-void		 conf_cluster_free(struct conf_cluster *);
-
-/* conf_cert.c: certificates added at run time (STATE_PATH/CONF_RUNTIME_FILE). */
 #define CONF_RUNTIME_FILE	"certificates.conf"
 enum {
 	CONF_ADD_OK,
@@ -385,13 +287,15 @@ enum {
 	CONF_ADD_DUPLICATE	/* its id is taken */
 };
 char		*conf_runtime_path(const struct conf_issuer *);
-int		 conf_read_runtime(struct conf_parse *);
 int		 conf_runtime_add(struct conf *, const char *issuer,
 		    char *const *idents, size_t, const char *key,
 		    const char *profile, const char *challenge, char **);
 char		*conf_runtime_text(struct conf *, const struct conf_issuer *);
 void		 conf_runtime_renumber(struct conf *,
 		    const struct conf_issuer *);
+
+/* conf_cluster.c: the "cluster" directive's struct conf_cluster. */
+void		 conf_cluster_free(struct conf_cluster *);
 
 /*
  * cluster_seal.c: AES-256-GCM for what reaches Redis.  A sealed value is
@@ -601,9 +505,6 @@ char		*cluster_rec_ari_json(const char *id, const struct ari_state *,
 		    uint64_t fence);
 int		 cluster_rec_ari_parse(const char *id, const char *, size_t,
 		    struct ari_state *, char **);
-
-/* nginx_conf.c: the acme_* directives of an nginx.conf. */
-int		 nginx_conf_read(struct conf_parse *, const char *);
 
 /* keys.c: key types, keys, JWK, CSR, key authorization. */
 const char	*key_type_name(enum key_type);		/* "ecdsa:256" */

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "sidecar.h"
+#include "conf_int.h"
 
 /* Every test gets its own folder. */
 struct conf_test {
