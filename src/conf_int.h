@@ -1,6 +1,7 @@
 /*
  * conf_int.h: the configuration parser as its own files share it:
- * conf_lex.c, conf.c, conf_cert.c, conf_cluster.c and nginx_conf.c.
+ * conf_lex.c, conf.c, conf_cert.c, conf_cluster.c, nginx_conf.c and the
+ * loader above them, conf_load.c.
  * Private to those files (and tests/unit/test_conf.c, which drives the
  * lexer); the rest of the daemon sees the configuration only through
  * sidecar.h's struct conf and conf_* functions.
@@ -93,6 +94,8 @@ int		 conf_error_at(struct conf_parse *, const char *, int,
 /* [ADDR:]PORT to connect to (readiness check); bad: "host" or "port". */
 int		 conf_connect_addr(const char *, char **addr, int *port,
 		    const char **bad);
+struct conf	*conf_new(const char *);	/* defaults, for conf_load.c */
+int		 conf_read_top(struct conf_parse *, const char *);
 
 /* conf_cert.c: acme_certificate as the directive table reads it. */
 struct conf_cert *conf_cert_new(struct conf_parse *, const char *);

@@ -252,12 +252,14 @@ struct conf {
 };
 
 /*
- * conf.c: nginx's grammar and the sidecar's directives.  The sidecar's
- * file (NULL: defaults only), then the nginx.conf given (NULL: the one
- * nginx_config names, if any).  cause: "FILE:LINE: msg".
+ * conf_load.c: the sidecar's file (NULL: defaults only), then the
+ * nginx.conf given (NULL: the one nginx_config names, if any).  cause:
+ * "FILE:LINE: msg".
  */
 struct conf	*conf_load_files(const char *, const char *, char **);
 struct conf	*conf_load(const char *, char **);	/* no --nginx-conf */
+
+/* conf.c: nginx's grammar and the sidecar's directives. */
 void		 conf_free(struct conf *);
 struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
@@ -629,6 +631,7 @@ struct ari_state {
 	char		*as_explanation;	/* explanationURL, or NULL */
 };
 char		*ari_cert_id(const char *pem, char **);
+char		*ari_cert_id_x509(X509 *, char **);
 int		 ari_parse(const char *, size_t, struct ari_state *, char **);
 int		 ari_parse_time(const char *, time_t *);
 time_t		 ari_next_fetch(time_t now, time_t retry_after);
@@ -779,6 +782,7 @@ struct shm_stats {
 	uint64_t	 ss_failures;		/* images that did not fit */
 	uint64_t	 ss_restores;		/* sizes put back after a cut */
 	uint64_t	 ss_cert_writes;	/* publishes that wrote the certs */
+	uint64_t	 ss_repacks;		/* slots laid out afresh */
 	uint64_t	 ss_bytes_written;	/* by publishes, wipes included */
 	uint64_t	 ss_publish_ns;		/* CPU time publishes took */
 	uint32_t	 ss_used;		/* bytes of the last image */
