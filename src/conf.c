@@ -277,25 +277,6 @@ conf_issuer_dup(const struct conf_issuer *src)
 }
 
 void
-conf_cert_free(struct conf_cert *cc)
-{
-	size_t	 i;
-
-	for (i = 0; i < cc->cc_nidents; i++)
-		free(cc->cc_idents[i]);
-	free(cc->cc_idents);
-	free(cc->cc_id);
-	free(cc->cc_issuer);
-	free(cc->cc_profile);
-	free(cc->cc_wild_file);
-	free(cc->cc_dns_hook);
-	free(cc->cc_dns_update);
-	free(cc->cc_dns_check);
-	free(cc->cc_file);
-	free(cc);
-}
-
-void
 conf_free(struct conf *conf)
 {
 	struct conf_issuer	*ci;

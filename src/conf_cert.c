@@ -227,6 +227,25 @@ conf_cert_new(struct conf_parse *p, const char *issuer)
 	return cc;
 }
 
+void
+conf_cert_free(struct conf_cert *cc)
+{
+	size_t	 i;
+
+	for (i = 0; i < cc->cc_nidents; i++)
+		free(cc->cc_idents[i]);
+	free(cc->cc_idents);
+	free(cc->cc_id);
+	free(cc->cc_issuer);
+	free(cc->cc_profile);
+	free(cc->cc_wild_file);
+	free(cc->cc_dns_hook);
+	free(cc->cc_dns_update);
+	free(cc->cc_dns_check);
+	free(cc->cc_file);
+	free(cc);
+}
+
 /*
  * A profile name (draft-ietf-acme-profiles): the CA's own word, sent in
  * newOrder and shown in logs, so a short plain token.

@@ -79,10 +79,10 @@ enum key_type {
 #define KEY_TYPE_DEFAULT ((enum key_type)ACME_KEY_DEFAULT)
 
 /*
- * The configuration, as the daemon reads it once loaded: conf.c and its
- * parser fill these (conf_cert.c the certificates, conf_cluster.c the
- * cluster), conf.c frees them.  The parser itself is theirs alone
- * (conf_int.h).
+ * The configuration, as the daemon reads it once loaded (conf_load.c):
+ * conf.c makes and frees the issuers and the whole, conf_cert.c the
+ * certificates, conf_cluster.c the cluster.  The parser that fills them
+ * is theirs alone (conf_int.h).
  */
 enum challenge_type {
 	CHALLENGE_HTTP_01,
@@ -265,7 +265,6 @@ struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
 const char	*conf_volatile_dir(void);	/* state_path off's, or NULL */
 void		 conf_issuer_free(struct conf_issuer *);
-void		 conf_cert_free(struct conf_cert *);
 gid_t		 conf_gid(const char *);	/* group=1234, or (gid_t)-1 */
 int		 conf_number(const char *, long long min, long long max,
 		    long long *);
@@ -278,6 +277,7 @@ int		 conf_read_file(const char *, char **, size_t *, char **);
  * run time (STATE_PATH/CONF_RUNTIME_FILE).
  */
 int		 conf_ident_is_ip(const char *);	/* RFC 8738 */
+void		 conf_cert_free(struct conf_cert *);
 const char	*conf_challenge_name(enum challenge_type);
 int		 conf_cert_check_challenge(const struct conf *,
 		    const struct conf_cert *,
