@@ -53,15 +53,24 @@
  *	(anywhere in the slot)		string bytes, each followed by a NUL
  *					that its length does not count
  *
+ *	Strings may lie before, between or after the arrays, with zero
+ *	bytes between them: a certificate's strings stay where an older
+ *	image in the same slot put them for as long as it is unchanged.
+ *	Every byte of a slot past image.used is zero.
+ *
  * PUBLISHING (double buffering with a generation counter)
  *	header.generation == 0 means nothing is published (or the writer is
  *	laying the header out); otherwise the published image is in slot
  *	generation % 2.  The writer builds generation g + 1 in the other
  *	slot, which no reader of generation g looks at, then stores
  *	generation = g + 1 with release ordering.  It never writes into the
- *	slot of the published generation.  Once g + 1 is published (and
- *	after a release fence) it wipes the slot of g, so no removed or
- *	replaced key lingers in the file; a reader still reading g sees the
+ *	slot of the published generation.  Building g + 1 it may keep what
+ *	that slot held for g - 1 and is unchanged (a certificate's strings),
+ *	and it wipes there what g + 1 no longer holds.  Once g + 1 is
+ *	published (and after a release fence) it wipes from the slot of g
+ *	the strings of every certificate removed or replaced since, and
+ *	any tls-alpn-01 certificate that went, so no removed or replaced
+ *	key lingers in the file; a reader still reading g sees the
  *	generation change and starts over.
  *
  *	A reader:
@@ -192,7 +201,8 @@ struct acme_shm_table {
 
 struct acme_shm_image {
 	uint32_t		magic;		/* ACME_SHM_IMAGE_MAGIC */
-	uint32_t		used;		/* bytes of the slot in use */
+	uint32_t		used;		/* bytes of the slot in use;
+						   all zero past them */
 	uint64_t		generation;	/* the header's, once published */
 	uint32_t		ncerts;
 	uint32_t		certs_off;

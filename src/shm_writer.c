@@ -6,7 +6,15 @@
  * The daemon keeps a model (the certificates and tokens that should be
  * visible) and, when it changes, publishes a complete image of it into
  * the slot no reader of the current generation looks at, then bumps the
- * generation.
+ * generation.  Publishing costs what changed, not what exists: each
+ * certificate's strings (chain, key, names) lie in a block of the slot
+ * that stays in place while the certificate is unchanged, so an image
+ * reuses the blocks its slot already holds and writes only new ones,
+ * with the entries and hash tables (tens of bytes a certificate) and
+ * the tokens.  Blocks of removed or replaced certificates are wiped, in
+ * the slot being written at once and in the other once the new image is
+ * published; a slot is laid out afresh only when its free room is too
+ * fragmented (struct shm_slot, SHM_HOLES_MIN).
  *
  * Certificate changes are staged and committed together after
  * SHM_COMMIT_DELAY: a start-up that loads a thousand certificates, or a
@@ -14,10 +22,9 @@
  * changes (and tls-alpn-01 certificates, which are challenges too) are
  * published by a deferred event in the same turn of the loop, long
  * before a CA that is sent a challenge in that turn can ask nginx for
- * the token.  An image puts the certificates' part first, so a slot
- * whose certificates' part is already current takes new tokens without
- * the certificates being copied again: during mass issuance a publish
- * costs what the tokens cost.
+ * the token.  A slot whose entries are already current takes new
+ * tokens without them being written again: during mass issuance a
+ * publish costs what the tokens cost.
  *
  * The file is never shrunk and never replaced, so a reader's mapping
  * stays valid for as long as the reader keeps it.
@@ -31,7 +38,7 @@
  * with a warning; a timer looks every SHM_WATCH_INTERVAL so that nginx
  * is not left without an image until the next renewal.  What remains is
  * a truncation landing between that check and the last byte a publish
- * writes: a window of a few microseconds (a memcpy of the image) that
+ * writes: a window of a few microseconds (a memcpy of an image) that
  * only a process already able to write the file can aim at.
  */
 #include <sys/file.h>
@@ -62,9 +69,13 @@ struct shm_cert {
 	time_t		 sc_not_before;
 	time_t		 sc_not_after;
 	uint64_t	 sc_serial;
-	size_t		 sc_chain_len;	/* strlen, kept: publishes copy */
-	size_t		 sc_key_len;	/* these for every certificate */
+	size_t		 sc_id_len;	/* strlen, kept: a publish lays out */
+	size_t		 sc_issuer_len;	/* the entries of every certificate */
+	size_t		 sc_chain_len;
+	size_t		 sc_key_len;
 	size_t		 sc_strings;	/* bytes of its strings, NULs too */
+	uint32_t	 sc_at[2];	/* its block in each slot; 0: none */
+	int		 sc_unwritten;	/* placed, not yet written */
 };
 
 /* A change to the certificates, waiting for the next commit. */
@@ -88,17 +99,17 @@ struct shm_alpn {
 };
 
 /*
- * Where everything of one image goes, worked out before anything is
- * written.  The certificates' part comes first and the tokens' part
- * after it, so that a slot whose certificates' part is current can take
- * new tokens without the certificates being written again.  The tokens'
- * part ends with the tls-alpn-01 certificates.
+ * Where the front of one image goes, worked out before anything is
+ * written: the image, the certificates' entries and tables, then the
+ * tokens' part (tokens, then tls-alpn-01 certificates, each with their
+ * strings).  The certificates' strings are not in it: they lie in blocks
+ * behind the front (struct shm_slot).  A slot whose entries are current
+ * takes new tokens without the entries being written again.
  */
 struct shm_plan {
 	uint32_t	 certs_off;
 	struct acme_shm_table by_id;
 	struct acme_shm_table by_name;
-	uint32_t	 cert_strings_off;
 	uint32_t	 tokens_part_off;	/* where the tokens' part starts */
 	uint32_t	 tokens_off;
 	struct acme_shm_table by_token;
@@ -106,7 +117,40 @@ struct shm_plan {
 	uint32_t	 alpn_off;
 	struct acme_shm_table by_alpn;
 	uint32_t	 alpn_strings_off;
-	uint64_t	 size;
+	uint64_t	 front;			/* bytes, from the slot start */
+	uint64_t	 strings;		/* all certificates' blocks */
+};
+
+/* Bytes of a slot, offsets from the file start. */
+struct shm_extent {
+	uint32_t	 se_off;
+	uint32_t	 se_len;
+};
+
+/*
+ * What the writer knows of one slot.  Its front (struct shm_plan) is
+ * rebuilt as the model changes.  Behind it, from sl_heap on, each
+ * certificate's strings lie in one block (sc_at) that stays in place for
+ * as long as the certificate does not change, so an image reuses the
+ * blocks its slot already holds and writes only the new ones.  sl_free
+ * is the heap's free extents (zero bytes), sorted and coalesced;
+ * sl_stale the blocks of certificates removed or replaced since, wiped
+ * once no published image points at them.  sl_heap 0: nothing is known
+ * of the slot (a new layout, a file we adopted) and the next image in it
+ * is laid out afresh.
+ */
+struct shm_slot {
+	uint32_t	 sl_used;	/* bytes past it are all zero */
+	uint32_t	 sl_front_end;	/* of the front written last */
+	uint32_t	 sl_tokens_part;	/* where its tokens' part is */
+	uint32_t	 sl_heap;
+	uint64_t	 sl_version;	/* cert_version of its entries */
+	uint64_t	 sl_live;	/* bytes of the blocks in use */
+	uint64_t	 sl_free_bytes;
+	struct shm_extent *sl_free;
+	size_t		 sl_nfree;
+	struct shm_extent *sl_stale;
+	size_t		 sl_nstale;
 };
 
 static struct {
@@ -129,8 +173,7 @@ static struct {
 	struct shm_alpn		*alpns;		/* oldest first */
 	size_t			 nalpns;
 	int			 alpn_gone;	/* a key to wipe from both */
-	uint32_t		 slot_used[2];
-	uint64_t		 slot_version[2]; /* cert_version in each slot */
+	struct shm_slot		 slots[2];
 	int			 full;		/* the last publish failed */
 	int			 dirty;		/* changes not yet published */
 	struct shm_stats	 stats;
@@ -149,6 +192,20 @@ static size_t
 shm_align8(size_t n)
 {
 	return (n + 7) & ~(size_t)7;
+}
+
+/*
+ * Blocks take whole multiples of this: a renewed certificate's strings
+ * differ by a few bytes from the old ones (a signature's length), and
+ * then fit the hole the old block leaves instead of leaving slivers.
+ */
+#define SHM_BLOCK_GRAIN		64
+
+static uint32_t
+shm_block_size(const struct shm_cert *sc)
+{
+	return (uint32_t)((sc->sc_strings + SHM_BLOCK_GRAIN - 1) &
+	    ~(size_t)(SHM_BLOCK_GRAIN - 1));
 }
 
 static uint32_t
@@ -177,6 +234,25 @@ shm_next_serial(void)
 		next = now;
 	shm.stats.ss_last_serial = next;
 	return next;
+}
+
+/*
+ * Forget what the slots hold: after a new layout, which zeroed them, or
+ * before adopting a file, whose slots a previous writer laid out.
+ */
+static void
+shm_slots_forget(void)
+{
+	size_t	 i;
+	int	 s;
+
+	for (s = 0; s < 2; s++) {
+		free(shm.slots[s].sl_free);
+		free(shm.slots[s].sl_stale);
+		memset(&shm.slots[s], 0, sizeof(shm.slots[s]));
+	}
+	for (i = 0; i < shm.ncerts; i++)
+		shm.certs[i].sc_at[0] = shm.certs[i].sc_at[1] = 0;
 }
 
 /* ------------------------------------------------------------ the file */
@@ -420,10 +496,14 @@ shm_layout(size_t size, size_t old_size)
 	h->flags = 0;
 	memset(h->reserved, 0, sizeof(h->reserved));
 	shm.stats.ss_generation = gen;
-	shm.slot_used[0] = shm.slot_used[1] = 0;
+	shm_slots_forget();
 }
 
-/* What each slot of a file we keep holds, so a publish wipes its tail. */
+/*
+ * How far each slot of a file we keep may hold bytes: the first image
+ * in a slot lays it out afresh and wipes what lies past it, and the
+ * first publish wipes the other slot whole.
+ */
 static void
 shm_adopt(void)
 {
@@ -432,10 +512,11 @@ shm_adopt(void)
 
 	shm.stats.ss_generation = shm.hdr->generation;
 	shm.stats.ss_last_serial = shm.hdr->last_serial;
+	shm_slots_forget();
 	for (s = 0; s < 2; s++) {
 		img = (const struct acme_shm_image *)
 		    (shm.base + shm.hdr->slot_off[s]);
-		shm.slot_used[s] = img->magic == ACME_SHM_IMAGE_MAGIC &&
+		shm.slots[s].sl_used = img->magic == ACME_SHM_IMAGE_MAGIC &&
 		    img->used <= shm.hdr->slot_size ? img->used :
 		    shm.hdr->slot_size;
 	}
@@ -463,7 +544,6 @@ shm_restore(const struct stat *st)
 	shm_layout(shm.size, (size_t)st->st_size);
 	shm.stats.ss_generation = gen;
 	shm.stats.ss_last_serial = serial;
-	shm.slot_version[0] = shm.slot_version[1] = 0;
 	shm.stats.ss_restores++;
 	return 0;
 }
@@ -547,9 +627,8 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 		shm_layout(size, (size_t)st.st_size < size ?
 		    (size_t)st.st_size : size);
 	shm.stats.ss_slot_size = shm.hdr->slot_size;
-	/* No slot holds the certificates' part of this model yet. */
+	/* No slot holds the entries of this model yet. */
 	shm.cert_version = 1;
-	shm.slot_version[0] = shm.slot_version[1] = 0;
 	if (base != NULL) {
 		shm.publish_ev = event_new(base, -1, 0, shm_publish_cb, NULL);
 		shm.commit_ev = evtimer_new(base, shm_commit_cb, NULL);
@@ -623,21 +702,46 @@ shm_changed(void)
 
 /*
  * Measure sc's strings once, when it enters the model: every publish
- * that writes the certificates' part copies every chain and key, and
- * measuring them again each time cost as much as the copy.
+ * that writes the entries lays out every certificate's, and a slot laid
+ * out afresh copies every chain and key.
  */
 static size_t
 shm_cert_strings(struct shm_cert *sc)
 {
 	size_t	 n, i;
 
+	sc->sc_id_len = strlen(sc->sc_id);
+	sc->sc_issuer_len = strlen(sc->sc_issuer);
 	sc->sc_chain_len = strlen(sc->sc_chain);
 	sc->sc_key_len = strlen(sc->sc_key);
-	n = strlen(sc->sc_id) + 1 + strlen(sc->sc_issuer) + 1 +
+	n = sc->sc_id_len + 1 + sc->sc_issuer_len + 1 +
 	    sc->sc_chain_len + 1 + sc->sc_key_len + 1;
 	for (i = 0; i < sc->sc_nnames; i++)
 		n += strlen(sc->sc_names[i]) + 1;
 	return n;
+}
+
+/*
+ * sc's content leaves the model: its block in each slot goes stale, to
+ * be wiped once no published image points at it (shm_publish_image()).
+ */
+static void
+shm_cert_stale(struct shm_cert *sc)
+{
+	struct shm_slot	*sl;
+	int		 s;
+
+	for (s = 0; s < 2; s++) {
+		if (sc->sc_at[s] == 0)
+			continue;
+		sl = &shm.slots[s];
+		sl->sl_stale = xreallocarray(sl->sl_stale, sl->sl_nstale + 1,
+		    sizeof(*sl->sl_stale));
+		sl->sl_stale[sl->sl_nstale].se_off = sc->sc_at[s];
+		sl->sl_stale[sl->sl_nstale].se_len = shm_block_size(sc);
+		sl->sl_nstale++;
+		sc->sc_at[s] = 0;
+	}
 }
 
 static void
@@ -650,6 +754,7 @@ shm_apply_remove(const char *id)
 		return;
 	i = (size_t)(sc - shm.certs);
 	shm.nnames -= sc->sc_nnames;
+	shm_cert_stale(sc);
 	shm_cert_clear(sc);
 	/* Keep the order: by_name favours the certificate held longest. */
 	memmove(&shm.certs[i], &shm.certs[i + 1],
@@ -675,6 +780,7 @@ shm_apply_set(struct shm_cert *next)
 		return;			/* same bytes: keep the serial */
 	else {
 		shm.nnames -= sc->sc_nnames;
+		shm_cert_stale(sc);
 		shm_cert_clear_content(sc);
 	}
 	sc->sc_issuer = next->sc_issuer;
@@ -900,11 +1006,37 @@ shm_alpn_remove(const char *ident, const char *keyauth)
 /* ------------------------------------------------------------- publish */
 
 /*
- * Where everything of the next image goes in the slot at so.  Offsets
- * are from the file start, as readers want them; size is the bytes the
- * image needs, which the caller compares with the slot size.  The plan
- * depends on nothing but the model, so the certificates' part of a slot
- * written from the same cert_version is where this plan puts it.
+ * Room left between the front and the heap when a slot is laid out
+ * afresh, so that certificates, tokens and tls-alpn-01 certificates can
+ * be added without every block moving: a quarter of the front and
+ * SHM_SLACK_MIN more, at most half of what the slot has spare.
+ */
+#define SHM_SLACK_MIN		(64 * 1024)
+
+/*
+ * A slot is laid out afresh, every block written again, when its heap
+ * has more than SHM_MAX_HOLES free extents, or when the free bytes
+ * between its blocks (the free end of the slot not counted) exceed both
+ * SHM_HOLES_MIN and a quarter of the bytes the blocks hold: one full copy
+ * now and then, rather than ever more room lost and ever longer searches
+ * for a free extent.
+ */
+#define SHM_HOLES_MIN		(64 * 1024)
+#define SHM_MAX_HOLES		4096
+
+/* Where slot s ends, from the file start. */
+static uint32_t
+shm_slot_end(int s)
+{
+	return shm.hdr->slot_off[s] + shm.hdr->slot_size;
+}
+
+/*
+ * Where the front of the next image goes in the slot at so.  Offsets
+ * are from the file start, as readers want them; front and strings are
+ * the bytes the image needs, which the caller compares with the slot
+ * size.  The plan depends on nothing but the model, so the entries of a
+ * slot written from the same cert_version are where this plan puts them.
  */
 static void
 shm_plan(struct shm_plan *pl, uint32_t so)
@@ -922,10 +1054,8 @@ shm_plan(struct shm_plan *pl, uint32_t so)
 	pl->by_name.nbuckets = shm_buckets_for(shm.nnames);
 	pl->by_name.off = so + (uint32_t)off;
 	off += (uint64_t)pl->by_name.nbuckets * sizeof(struct acme_shm_bucket);
-	pl->cert_strings_off = so + (uint32_t)off;
 	for (i = 0; i < shm.ncerts; i++)
-		off += shm.certs[i].sc_strings;
-	off = shm_align8(off);
+		pl->strings += shm_block_size(&shm.certs[i]);
 
 	pl->tokens_part_off = so + (uint32_t)off;
 	pl->tokens_off = pl->tokens_part_off;
@@ -952,8 +1082,131 @@ shm_plan(struct shm_plan *pl, uint32_t so)
 		    strlen(shm.alpns[i].sa_cert) + 1 +
 		    strlen(shm.alpns[i].sa_key) + 1;
 	/* Checked against the slot before any uint32_t offset is used. */
-	pl->size = shm_align8(off + strings);
+	pl->front = shm_align8(off + strings);
 }
+
+/* ---------------------------------------------------------------- heap */
+
+/* The bytes of the free extent that ends the slot at end, if any. */
+static uint64_t
+shm_heap_tail(const struct shm_slot *sl, uint32_t end)
+{
+	const struct shm_extent	*f;
+
+	if (sl->sl_nfree == 0)
+		return 0;
+	f = &sl->sl_free[sl->sl_nfree - 1];
+	return f->se_off + f->se_len == end ? f->se_len : 0;
+}
+
+/* Give [off, off + len), zeroed, back to the heap of sl. */
+static void
+shm_heap_free(struct shm_slot *sl, uint32_t off, uint32_t len)
+{
+	struct shm_extent	*f = sl->sl_free;
+	size_t			 lo = 0, hi = sl->sl_nfree, mid;
+
+	while (lo < hi) {		/* lo: the first extent past off */
+		mid = lo + (hi - lo) / 2;
+		if (f[mid].se_off < off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	sl->sl_free_bytes += len;
+	if (lo > 0 && f[lo - 1].se_off + f[lo - 1].se_len == off) {
+		f[lo - 1].se_len += len;
+		if (lo < sl->sl_nfree && off + len == f[lo].se_off) {
+			f[lo - 1].se_len += f[lo].se_len;
+			memmove(&f[lo], &f[lo + 1],
+			    (sl->sl_nfree - lo - 1) * sizeof(*f));
+			sl->sl_nfree--;
+		}
+		return;
+	}
+	if (lo < sl->sl_nfree && off + len == f[lo].se_off) {
+		f[lo].se_off = off;
+		f[lo].se_len += len;
+		return;
+	}
+	sl->sl_free = f = xreallocarray(f, sl->sl_nfree + 1, sizeof(*f));
+	memmove(&f[lo + 1], &f[lo], (sl->sl_nfree - lo) * sizeof(*f));
+	f[lo].se_off = off;
+	f[lo].se_len = len;
+	sl->sl_nfree++;
+}
+
+/*
+ * len bytes from the first free extent of sl that holds them, lowest
+ * first so that the heap stays compact; 0 when none does.
+ */
+static uint32_t
+shm_heap_alloc(struct shm_slot *sl, uint32_t len)
+{
+	struct shm_extent	*f = sl->sl_free;
+	uint32_t		 at;
+	size_t			 i;
+
+	for (i = 0; i < sl->sl_nfree; i++) {
+		if (f[i].se_len < len)
+			continue;
+		at = f[i].se_off;
+		f[i].se_off += len;
+		f[i].se_len -= len;
+		if (f[i].se_len == 0) {
+			memmove(&f[i], &f[i + 1],
+			    (sl->sl_nfree - i - 1) * sizeof(*f));
+			sl->sl_nfree--;
+		}
+		sl->sl_free_bytes -= len;
+		return at;
+	}
+	return 0;
+}
+
+/* How many bytes of slot s may be other than zero: its image's used. */
+static uint32_t
+shm_slot_used(int s)
+{
+	const struct shm_slot	*sl = &shm.slots[s];
+	uint32_t		 so = shm.hdr->slot_off[s];
+	uint32_t		 end = shm_slot_end(s);
+	uint32_t		 top = sl->sl_front_end, heap_top;
+
+	if (sl->sl_live > 0) {
+		heap_top = end - (uint32_t)shm_heap_tail(sl, end);
+		if (heap_top > top)
+			top = heap_top;
+	}
+	return top > so ? top - so : 0;
+}
+
+/*
+ * Wipe the stale blocks of slot s, at which no published image points
+ * any more, and give their room back.  Returns the bytes wiped.
+ */
+static uint64_t
+shm_wipe_stale(int s)
+{
+	struct shm_slot		*sl = &shm.slots[s];
+	const struct shm_extent	*x;
+	uint64_t		 n = 0;
+	size_t			 i;
+
+	for (i = 0; i < sl->sl_nstale; i++) {
+		x = &sl->sl_stale[i];
+		memset(shm.base + x->se_off, 0, x->se_len);
+		shm_heap_free(sl, x->se_off, x->se_len);
+		sl->sl_live -= x->se_len;
+		n += x->se_len;
+	}
+	free(sl->sl_stale);
+	sl->sl_stale = NULL;
+	sl->sl_nstale = 0;
+	return n;
+}
+
+/* -------------------------------------------------------------- images */
 
 /* Copy len bytes of s and a NUL to *pos; returns where they went. */
 static uint32_t
@@ -972,6 +1225,17 @@ static uint32_t
 shm_put_string(uint32_t *pos, const char *s, uint32_t *lenp)
 {
 	return shm_put_bytes(pos, s, strlen(s), lenp);
+}
+
+/* Where a string of len bytes lies in a block: see shm_write_block(). */
+static uint32_t
+shm_block_span(uint32_t *pos, size_t len, uint32_t *lenp)
+{
+	uint32_t	 at = *pos;
+
+	*pos += (uint32_t)len + 1;
+	*lenp = (uint32_t)len;
+	return at;
 }
 
 /* Insert a key already written at key_off; a key present is kept. */
@@ -998,28 +1262,48 @@ shm_table_put(const struct acme_shm_table *t, uint32_t key_off,
 	b[i].value = value;
 }
 
+/*
+ * sc's block at at: its id, issuer, chain, key and names, each followed
+ * by a NUL, end to end, then zeros to the block's end.
+ */
 static void
-shm_write_cert(const struct shm_plan *pl, uint32_t *pos, size_t i)
+shm_write_block(const struct shm_cert *sc, uint32_t at)
+{
+	uint32_t	 end = at + shm_block_size(sc), len;
+	size_t		 i;
+
+	shm_put_bytes(&at, sc->sc_id, sc->sc_id_len, &len);
+	shm_put_bytes(&at, sc->sc_issuer, sc->sc_issuer_len, &len);
+	shm_put_bytes(&at, sc->sc_chain, sc->sc_chain_len, &len);
+	shm_put_bytes(&at, sc->sc_key, sc->sc_key_len, &len);
+	for (i = 0; i < sc->sc_nnames; i++)
+		shm_put_string(&at, sc->sc_names[i], &len);
+	memset(shm.base + at, 0, end - at);
+}
+
+/* Certificate i's entry, pointing into its block at at, and its keys. */
+static void
+shm_write_entry(const struct shm_plan *pl, size_t i, uint32_t at)
 {
 	const struct shm_cert	*sc = &shm.certs[i];
 	struct acme_shm_cert	*e;
-	uint32_t		 off, len;
+	uint32_t		 len;
 	size_t			 j;
 
 	e = (struct acme_shm_cert *)(shm.base + pl->certs_off) + i;
 	e->serial = sc->sc_serial;
 	e->not_before = sc->sc_not_before;
 	e->not_after = sc->sc_not_after;
-	e->id_off = shm_put_string(pos, sc->sc_id, &e->id_len);
-	e->issuer_off = shm_put_string(pos, sc->sc_issuer, &e->issuer_len);
-	e->chain_off = shm_put_bytes(pos, sc->sc_chain, sc->sc_chain_len,
-	    &e->chain_len);
-	e->key_off = shm_put_bytes(pos, sc->sc_key, sc->sc_key_len,
-	    &e->key_len);
+	e->id_off = shm_block_span(&at, sc->sc_id_len, &e->id_len);
+	e->issuer_off = shm_block_span(&at, sc->sc_issuer_len,
+	    &e->issuer_len);
+	e->chain_off = shm_block_span(&at, sc->sc_chain_len, &e->chain_len);
+	e->key_off = shm_block_span(&at, sc->sc_key_len, &e->key_len);
 	shm_table_put(&pl->by_id, e->id_off, e->id_len, (uint32_t)i);
 	for (j = 0; j < sc->sc_nnames; j++) {
-		off = shm_put_string(pos, sc->sc_names[j], &len);
-		shm_table_put(&pl->by_name, off, len, (uint32_t)i);
+		len = (uint32_t)strlen(sc->sc_names[j]);
+		shm_table_put(&pl->by_name, at, len, (uint32_t)i);
+		at += len + 1;
 	}
 }
 
@@ -1038,7 +1322,7 @@ shm_write_token(const struct shm_plan *pl, uint32_t *pos, size_t i)
 
 /*
  * One tls-alpn-01 certificate; the newest for a name goes into by_alpn
- * first (see shm_write_tokens()), and a key present is kept.
+ * first (see shm_write_front()), and a key present is kept.
  */
 static void
 shm_write_alpn(const struct shm_plan *pl, uint32_t *pos, size_t i)
@@ -1056,57 +1340,158 @@ shm_write_alpn(const struct shm_plan *pl, uint32_t *pos, size_t i)
 	shm_table_put(&pl->by_alpn, off, len, at);
 }
 
-/* The certificates' part of an image: entries, by_id, by_name, strings. */
-static void
-shm_write_certs(const struct shm_plan *pl, uint32_t so)
+/*
+ * Place in slot s the blocks of the certificates it does not hold, in
+ * free extents of its heap; shm_write_placed() writes them.  -1: the slot
+ * is to be laid out afresh, as nothing is known of it, its front outgrew
+ * its room, a block found no room or the heap is too fragmented.
+ */
+static int
+shm_place(int s, const struct shm_plan *pl)
 {
-	uint32_t	 pos = pl->cert_strings_off;
+	struct shm_slot	*sl = &shm.slots[s];
+	struct shm_cert	*sc;
+	uint64_t	 holes;
 	size_t		 i;
 
-	/* Entries and empty buckets start zeroed; strings overwrite. */
-	memset(shm.base + so, 0, pl->cert_strings_off - so);
-	for (i = 0; i < shm.ncerts; i++)
-		shm_write_cert(pl, &pos, i);
+	if (sl->sl_heap == 0 || shm.hdr->slot_off[s] + pl->front > sl->sl_heap)
+		return -1;
+	for (i = 0; i < shm.ncerts; i++) {
+		sc = &shm.certs[i];
+		if (sc->sc_at[s] != 0)
+			continue;
+		sc->sc_at[s] = shm_heap_alloc(sl, shm_block_size(sc));
+		if (sc->sc_at[s] == 0)
+			return -1;
+		sc->sc_unwritten = 1;
+		sl->sl_live += shm_block_size(sc);
+	}
+	holes = sl->sl_free_bytes - shm_heap_tail(sl, shm_slot_end(s));
+	if (sl->sl_nfree > SHM_MAX_HOLES ||
+	    (holes > SHM_HOLES_MIN && holes > sl->sl_live / 4))
+		return -1;
+	return 0;
+}
+
+/* Write the blocks shm_place() placed in slot s; returns the bytes. */
+static uint64_t
+shm_write_placed(int s)
+{
+	struct shm_cert	*sc;
+	uint64_t	 n = 0;
+	size_t		 i;
+
+	for (i = 0; i < shm.ncerts; i++) {
+		sc = &shm.certs[i];
+		if (!sc->sc_unwritten)
+			continue;
+		shm_write_block(sc, sc->sc_at[s]);
+		sc->sc_unwritten = 0;
+		n += shm_block_size(sc);
+	}
+	return n;
 }
 
 /*
- * The tokens' part, tls-alpn-01 certificates included; returns where it
- * ends.  All of it is zeroed first: no byte of a key an earlier image
- * held there stays in an alignment gap.
+ * Lay slot s out afresh: the front (the caller's), room for it to grow,
+ * then every certificate's block end to end, and zeros over whatever
+ * else the slot held.  Returns the bytes written, wipes included.
  */
-static uint32_t
-shm_write_tokens(const struct shm_plan *pl, uint32_t so)
+static uint64_t
+shm_repack(int s, const struct shm_plan *pl)
 {
-	uint32_t	 pos = pl->token_strings_off;
+	struct shm_slot	*sl = &shm.slots[s];
+	struct shm_cert	*sc;
+	uint32_t	 so = shm.hdr->slot_off[s], end = shm_slot_end(s);
+	uint32_t	 front = so + (uint32_t)pl->front, old, heap, pos;
+	uint64_t	 spare, slack, written = 0;
 	size_t		 i;
 
-	memset(shm.base + pl->tokens_part_off, 0,
-	    so + pl->size - pl->tokens_part_off);
+	spare = shm.hdr->slot_size - pl->front - pl->strings;
+	slack = pl->front / 4 + SHM_SLACK_MIN;
+	if (slack > spare / 2)
+		slack = spare / 2;
+	heap = so + (uint32_t)((pl->front + slack) & ~(uint64_t)7);
+	/* The front zeroes its own bytes; the room after it may hold keys. */
+	old = so + sl->sl_used;
+	if (old > front) {
+		memset(shm.base + front, 0, (old < heap ? old : heap) - front);
+		written += (old < heap ? old : heap) - front;
+	}
+	pos = heap;
+	for (i = 0; i < shm.ncerts; i++) {
+		sc = &shm.certs[i];
+		sc->sc_at[s] = pos;
+		sc->sc_unwritten = 0;
+		shm_write_block(sc, pos);
+		pos += shm_block_size(sc);
+	}
+	written += pos - heap;
+	if (old > pos) {
+		memset(shm.base + pos, 0, old - pos);
+		written += old - pos;
+	}
+	/* Stale blocks were in what was just overwritten or zeroed. */
+	free(sl->sl_stale);
+	sl->sl_stale = NULL;
+	sl->sl_nstale = 0;
+	sl->sl_nfree = 0;
+	sl->sl_free_bytes = 0;
+	if (pos < end)
+		shm_heap_free(sl, pos, end - pos);
+	sl->sl_heap = heap;
+	sl->sl_live = pos - heap;
+	sl->sl_front_end = front;
+	shm.stats.ss_repacks++;
+	return written;
+}
+
+/*
+ * The front of the image in slot s: the entries and tables (unless
+ * current: the slot's are this model's already), then the tokens' part.
+ * All of it is zeroed first, and what a longer front left after it: no
+ * byte of a tls-alpn-01 key stays in an alignment gap.  Returns the
+ * bytes written.
+ */
+static uint64_t
+shm_write_front(const struct shm_plan *pl, int s, int current)
+{
+	struct shm_slot	*sl = &shm.slots[s];
+	uint32_t	 so = shm.hdr->slot_off[s], start, end, pos;
+	uint64_t	 written;
+	size_t		 i;
+
+	start = current ? pl->tokens_part_off : so;
+	end = so + (uint32_t)pl->front;
+	memset(shm.base + start, 0, end - start);
+	written = end - start;
+	if (sl->sl_front_end > end) {
+		memset(shm.base + end, 0, sl->sl_front_end - end);
+		written += sl->sl_front_end - end;
+	}
+	sl->sl_front_end = end;
+	sl->sl_tokens_part = pl->tokens_part_off;
+	if (!current)
+		for (i = 0; i < shm.ncerts; i++)
+			shm_write_entry(pl, i, shm.certs[i].sc_at[s]);
+	pos = pl->token_strings_off;
 	for (i = 0; i < shm.ntokens; i++)
 		shm_write_token(pl, &pos, i);
 	pos = pl->alpn_strings_off;
 	for (i = shm.nalpns; i > 0; i--)
 		shm_write_alpn(pl, &pos, i - 1);
-	return pos;
+	return written;
 }
 
-/*
- * Write the image into the slot at so; returns the bytes it uses.  With
- * certs_current, the slot's certificates' part is already this plan's
- * and only the tokens' part and the image header are written.
- */
-static uint32_t
-shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen,
-    int certs_current)
+/* The image of generation gen in slot s, whose front is written. */
+static void
+shm_write_image(const struct shm_plan *pl, int s, uint64_t gen)
 {
 	struct acme_shm_image	*img;
-	uint32_t		 end;
 
-	if (!certs_current)
-		shm_write_certs(pl, so);
-	end = shm_write_tokens(pl, so);
-	img = (struct acme_shm_image *)(shm.base + so);
+	img = (struct acme_shm_image *)(shm.base + shm.hdr->slot_off[s]);
 	img->magic = ACME_SHM_IMAGE_MAGIC;
+	img->used = shm.slots[s].sl_used;
 	img->generation = gen;
 	img->ncerts = (uint32_t)shm.ncerts;
 	img->certs_off = pl->certs_off;
@@ -1116,8 +1501,6 @@ shm_write_image(const struct shm_plan *pl, uint32_t so, uint64_t gen,
 	img->by_name = pl->by_name;
 	img->by_token = pl->by_token;
 	img->by_alpn = pl->by_alpn;
-	img->used = (uint32_t)shm_align8(end - so);
-	return img->used;
 }
 
 static void
@@ -1129,7 +1512,8 @@ shm_set_full(int full, const struct shm_plan *pl)
 		log_warnx("shared zone %s is full: the image needs %llu "
 		    "bytes and a slot holds %u (acme_shared_zone size %zu); "
 		    "nginx keeps generation %llu until it fits", shm.path,
-		    (unsigned long long)pl->size, h->slot_size, shm.size,
+		    (unsigned long long)(pl->front + pl->strings),
+		    h->slot_size, shm.size,
 		    (unsigned long long)shm.stats.ss_generation);
 	else if (!full && shm.full)
 		log_info("shared zone %s has room again", shm.path);
@@ -1140,62 +1524,93 @@ shm_set_full(int full, const struct shm_plan *pl)
 }
 
 /*
- * The tokens' part of slot s, which starts at part bytes into it (where
- * the published slot's starts: both hold the same certificates' part),
- * once the published image no longer holds a tls-alpn-01 key that it
- * may hold.  Returns the bytes wiped.
+ * The tokens' part of slot s, once the published image no longer holds
+ * a tls-alpn-01 key that it may hold.  Returns the bytes wiped.
  */
-static uint32_t
-shm_wipe_tokens(int s, uint32_t part)
+static uint64_t
+shm_wipe_tokens(int s)
 {
+	struct shm_slot	*sl = &shm.slots[s];
 	uint32_t	 n;
 
-	if (shm.slot_used[s] <= part)
+	if (sl->sl_front_end <= sl->sl_tokens_part)
 		return 0;
-	n = shm.slot_used[s] - part;
-	atomic_thread_fence(memory_order_release);
-	memset(shm.base + shm.hdr->slot_off[s] + part, 0, n);
-	shm.slot_used[s] = part;
+	n = sl->sl_front_end - sl->sl_tokens_part;
+	memset(shm.base + sl->sl_tokens_part, 0, n);
+	sl->sl_front_end = sl->sl_tokens_part;
+	return n;
+}
+
+/*
+ * Once a newer image is published, what slot s (the previous one's)
+ * holds that the model lost goes: blocks of certificates removed or
+ * replaced, and the tokens' part when a tls-alpn-01 key left.  What is
+ * unchanged stays, for the next image in the slot to reuse.  A slot
+ * nothing is known of (a file we adopted) is wiped whole.  Returns the
+ * bytes wiped.
+ */
+static uint64_t
+shm_wipe_previous(int s)
+{
+	struct shm_slot	*sl = &shm.slots[s];
+	uint64_t	 n;
+
+	if (sl->sl_heap == 0) {
+		n = sl->sl_used;
+		memset(shm.base + shm.hdr->slot_off[s], 0, n);
+		sl->sl_used = 0;
+		return n;
+	}
+	n = shm_wipe_stale(s);
+	if (shm.alpn_gone)
+		n += shm_wipe_tokens(s);
+	sl->sl_used = shm_slot_used(s);
 	return n;
 }
 
 /*
  * Publish the model; returns the bytes it wrote into the zone (wipes
- * included), or -1.
+ * included), or -1.  The new image goes into the slot no reader of the
+ * published generation looks at, reusing the blocks of the certificates
+ * that slot already holds unchanged: a publish writes the front, the new
+ * blocks and the wipes, not every certificate.
  */
 static int64_t
 shm_publish_image(void)
 {
 	struct acme_shm_header	*h = shm.hdr;
+	struct shm_slot		*sl;
 	struct shm_plan		 pl;
-	uint64_t		 gen;
-	uint32_t		 so, used;
-	int64_t			 written;
-	int			 s, current;
+	uint64_t		 gen, written;
+	int			 s, current, packed = 0;
 
 	if (shm.base == NULL || shm_intact() == -1)
 		return -1;
 	gen = shm.stats.ss_generation + 1;
 	s = (int)(gen % 2);
-	so = h->slot_off[s];
-	shm_plan(&pl, so);
-	if (pl.size > h->slot_size) {
+	sl = &shm.slots[s];
+	shm_plan(&pl, h->slot_off[s]);
+	if (pl.front + pl.strings > h->slot_size) {
 		shm.stats.ss_failures++;
 		shm_set_full(1, &pl);
 		return -1;
 	}
-	current = shm.slot_version[s] == shm.cert_version;
-	used = shm_write_image(&pl, so, gen, current);
-	written = current ? used - (pl.tokens_part_off - so) : used;
+	written = shm_wipe_stale(s);
+	current = sl->sl_heap != 0 && sl->sl_version == shm.cert_version;
+	if (current)
+		;
+	else if (shm_place(s, &pl) == 0)
+		written += shm_write_placed(s);
+	else {
+		written += shm_repack(s, &pl);
+		packed = 1;
+	}
+	written += shm_write_front(&pl, s, current);
 	if (!current)
 		shm.stats.ss_cert_writes++;
-	/* A slot of a file we adopted may hold more than the new image. */
-	if (shm.slot_used[s] > used) {
-		memset(shm.base + so + used, 0, shm.slot_used[s] - used);
-		written += shm.slot_used[s] - used;
-	}
-	shm.slot_used[s] = used;
-	shm.slot_version[s] = shm.cert_version;
+	sl->sl_version = shm.cert_version;
+	sl->sl_used = shm_slot_used(s);
+	shm_write_image(&pl, s, gen);
 
 	h->last_serial = shm.stats.ss_last_serial;
 	h->published = util_now();
@@ -1203,32 +1618,24 @@ shm_publish_image(void)
 	atomic_store_explicit((_Atomic uint64_t *)&h->generation, gen,
 	    memory_order_release);
 	/*
-	 * A previous image written before the certificates last changed goes
-	 * at once, keys of removed or renewed certificates with it.  A reader
-	 * still in it sees the generation change and starts over; the fence
-	 * keeps the wipe from being seen before the new generation.  One
-	 * written since holds the same keys, and its certificates' part lets
-	 * the next publish write only tokens.
+	 * A reader still in the previous image sees the generation change
+	 * and starts over; the fence keeps the wipe from being seen before
+	 * the new generation.
 	 */
-	if (shm.slot_version[1 - s] != shm.cert_version) {
-		atomic_thread_fence(memory_order_release);
-		memset(shm.base + h->slot_off[1 - s], 0, shm.slot_used[1 - s]);
-		written += shm.slot_used[1 - s];
-		shm.slot_used[1 - s] = 0;
-		shm.slot_version[1 - s] = 0;
-	} else if (shm.alpn_gone)
-		written += shm_wipe_tokens(1 - s, pl.tokens_part_off - so);
+	atomic_thread_fence(memory_order_release);
+	written += shm_wipe_previous(1 - s);
 	shm.alpn_gone = 0;
 	shm.dirty = 0;
 	shm.stats.ss_generation = gen;
-	shm.stats.ss_used = used;
+	shm.stats.ss_used = sl->sl_used;
 	shm.stats.ss_publishes++;
 	shm_set_full(0, &pl);
 	log_debug("shared zone: generation %llu, %zu certificates, %zu "
-	    "tokens, %zu tls-alpn-01, %u of %u bytes%s",
-	    (unsigned long long)gen, shm.ncerts, shm.ntokens, shm.nalpns, used,
-	    h->slot_size, current ? " (tokens only)" : "");
-	return written;
+	    "tokens, %zu tls-alpn-01, %u of %u bytes, %llu written%s",
+	    (unsigned long long)gen, shm.ncerts, shm.ntokens, shm.nalpns,
+	    sl->sl_used, h->slot_size, (unsigned long long)written,
+	    current ? " (tokens only)" : packed ? " (laid out afresh)" : "");
+	return (int64_t)written;
 }
 
 static uint64_t
@@ -1286,6 +1693,7 @@ shm_close(void)
 		event_free(shm.commit_ev);
 	if (shm.watch_ev != NULL)
 		event_free(shm.watch_ev);
+	shm_slots_forget();
 	for (i = 0; i < shm.ncerts; i++)
 		shm_cert_clear(&shm.certs[i]);
 	free(shm.certs);
