@@ -101,15 +101,19 @@ nginx_conf_skip(struct conf_parse *p, const struct conf_ctx *ctx,
  * file is given.  Without GROUP nginx takes the group named like USER;
  * where there is none, USER's primary group.  When neither is known here
  * (the sidecar may run in a container without nginx's users), NULL.
- * Whether nginx accepts the directive is nginx's business.
+ * Whether nginx accepts the directive is nginx's business, but a "user"
+ * without USER has nothing to take: nginx's own error, as nginx -t says it.
  */
-static void
+static int
 nginx_conf_user(struct conf_parse *p, struct conf_args *a)
 {
 	struct passwd	*pw;
 	struct group	*gr;
 	char		*group = NULL;
 
+	if (a->n < 2)
+		return conf_error(p, "invalid number of arguments in \"user\" "
+		    "directive");
 	if (a->n == 3)
 		group = xstrdup(a->v[2]);
 	else if (a->n == 2 && getgrnam(a->v[1]) != NULL)
@@ -122,6 +126,7 @@ nginx_conf_user(struct conf_parse *p, struct conf_args *a)
 	free(p->conf->c_nginx_user);
 	p->conf->c_nginx_user = xstrdup(a->v[1]);
 	p->conf->c_nginx_user_from = "\"user\" in nginx.conf";
+	return 0;
 }
 
 /*
@@ -535,10 +540,8 @@ nginx_conf_main(struct conf_parse *p, const struct conf_ctx *ctx,
 		return conf_include(p, ctx, a, end);
 	if (strcmp(name, "http") == 0 && end == CONF_TOK_LBRACE)
 		return conf_parse_block(p, p->lex, &hctx, 1);
-	if (strcmp(name, "user") == 0 && end == CONF_TOK_SEMI) {
-		nginx_conf_user(p, a);
-		return 0;
-	}
+	if (strcmp(name, "user") == 0 && end == CONF_TOK_SEMI)
+		return nginx_conf_user(p, a);
 	if (nginx_conf_ours(name))
 		return conf_command(p, &blk, a, end);
 	return nginx_conf_skip(p, &nginx_conf_skip_ctx, a, end);
