@@ -1,7 +1,8 @@
 /*
  * The shared-memory segment nginx reads: certificates, keys, pending
- * HTTP-01 tokens and tls-alpn-01 validation certificates.  proto/acme_shm.h is the layout and the reader's side
- * of the protocol; this file is the only writer.
+ * HTTP-01 tokens and tls-alpn-01 validation certificates.
+ * proto/acme_shm.h is the layout and the reader's side of the protocol;
+ * this file is the only writer.
  *
  * The daemon keeps a model (the certificates and tokens that should be
  * visible) and, when it changes, publishes a complete image of it into
@@ -10,11 +11,13 @@
  * certificate's strings (chain, key, names) lie in a block of the slot
  * that stays in place while the certificate is unchanged, so an image
  * reuses the blocks its slot already holds and writes only new ones,
- * with the entries and hash tables (tens of bytes a certificate) and
- * the tokens.  Blocks of removed or replaced certificates are wiped, in
- * the slot being written at once and in the other once the new image is
- * published; a slot is laid out afresh only when its free room is too
- * fragmented (struct shm_slot, SHM_HOLES_MIN).
+ * and the tokens.  While the ids, their order and their names stay as
+ * they were in that slot, only the changed certificates' entries and
+ * buckets are written again; otherwise all entries and hash tables are
+ * (tens of bytes a certificate).  Blocks of removed or replaced
+ * certificates are wiped, in the slot being written at once and in the
+ * other once the new image is published; a slot is laid out afresh only
+ * when its free room is too fragmented (struct shm_slot, SHM_HOLES_MIN).
  *
  * Certificate changes are staged and committed together after
  * SHM_COMMIT_DELAY: a start-up that loads a thousand certificates, or a
@@ -76,6 +79,13 @@ struct shm_cert {
 	size_t		 sc_strings;	/* bytes of its strings, NULs too */
 	uint32_t	 sc_at[2];	/* its block in each slot; 0: none */
 	int		 sc_unwritten;	/* placed, not yet written */
+	/*
+	 * Its buckets in each slot's by_id and by_name (SHM_NO_BUCKET where
+	 * an older certificate holds the name), so that a new block is
+	 * pointed at without the tables being built again.
+	 */
+	uint32_t	 sc_id_bucket[2];
+	uint32_t	*sc_name_buckets[2];
 };
 
 /* A change to the certificates, waiting for the next commit. */
@@ -145,6 +155,7 @@ struct shm_slot {
 	uint32_t	 sl_tokens_part;	/* where its tokens' part is */
 	uint32_t	 sl_heap;
 	uint64_t	 sl_version;	/* cert_version of its entries */
+	uint64_t	 sl_shape;	/* shape_version of its tables */
 	uint64_t	 sl_live;	/* bytes of the blocks in use */
 	uint64_t	 sl_free_bytes;
 	struct shm_extent *sl_free;
@@ -166,6 +177,7 @@ static struct {
 	size_t			 ncerts;
 	size_t			 nnames;
 	uint64_t		 cert_version;	/* bumps as certs change */
+	uint64_t		 shape_version;	/* as ids, order or names do */
 	struct shm_pending	*pending;
 	size_t			 npending;
 	struct shm_token	*tokens;
@@ -200,6 +212,8 @@ shm_align8(size_t n)
  * then fit the hole the old block leaves instead of leaving slivers.
  */
 #define SHM_BLOCK_GRAIN		64
+
+#define SHM_NO_BUCKET		UINT32_MAX
 
 static uint32_t
 shm_block_size(const struct shm_cert *sc)
@@ -629,6 +643,7 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 	shm.stats.ss_slot_size = shm.hdr->slot_size;
 	/* No slot holds the entries of this model yet. */
 	shm.cert_version = 1;
+	shm.shape_version = 1;
 	if (base != NULL) {
 		shm.publish_ev = event_new(base, -1, 0, shm_publish_cb, NULL);
 		shm.commit_ev = evtimer_new(base, shm_commit_cb, NULL);
@@ -672,6 +687,8 @@ static void
 shm_cert_clear(struct shm_cert *sc)
 {
 	shm_cert_clear_content(sc);
+	free(sc->sc_name_buckets[0]);
+	free(sc->sc_name_buckets[1]);
 	free(sc->sc_id);
 	memset(sc, 0, sizeof(*sc));
 }
@@ -756,11 +773,26 @@ shm_apply_remove(const char *id)
 	shm.nnames -= sc->sc_nnames;
 	shm_cert_stale(sc);
 	shm_cert_clear(sc);
+	shm.shape_version++;
 	/* Keep the order: by_name favours the certificate held longest. */
 	memmove(&shm.certs[i], &shm.certs[i + 1],
 	    (shm.ncerts - i - 1) * sizeof(*shm.certs));
 	shm.ncerts--;
 	shm.cert_version++;
+}
+
+/* Whether a and b have the same names, in the same order. */
+static int
+shm_names_equal(const struct shm_cert *a, const struct shm_cert *b)
+{
+	size_t	 i;
+
+	if (a->sc_nnames != b->sc_nnames)
+		return 0;
+	for (i = 0; i < a->sc_nnames; i++)
+		if (strcmp(a->sc_names[i], b->sc_names[i]) != 0)
+			return 0;
+	return 1;
 }
 
 /* Take the content of next (which is left empty) into the model. */
@@ -775,10 +807,13 @@ shm_apply_set(struct shm_cert *next)
 		sc = &shm.certs[shm.ncerts++];
 		memset(sc, 0, sizeof(*sc));
 		sc->sc_id = xstrdup(next->sc_id);
+		shm.shape_version++;
 	} else if (strcmp(sc->sc_chain, next->sc_chain) == 0 &&
 	    strcmp(sc->sc_key, next->sc_key) == 0)
 		return;			/* same bytes: keep the serial */
 	else {
+		if (!shm_names_equal(sc, next))
+			shm.shape_version++;
 		shm.nnames -= sc->sc_nnames;
 		shm_cert_stale(sc);
 		shm_cert_clear_content(sc);
@@ -1238,8 +1273,11 @@ shm_block_span(uint32_t *pos, size_t len, uint32_t *lenp)
 	return at;
 }
 
-/* Insert a key already written at key_off; a key present is kept. */
-static void
+/*
+ * Insert a key already written at key_off; a key present is kept.
+ * Returns the bucket, or SHM_NO_BUCKET when the key was present.
+ */
+static uint32_t
 shm_table_put(const struct acme_shm_table *t, uint32_t key_off,
     uint32_t key_len, uint32_t value)
 {
@@ -1254,12 +1292,13 @@ shm_table_put(const struct acme_shm_table *t, uint32_t key_off,
 			break;
 		if (b[i].hash == h && b[i].key_len == key_len &&
 		    memcmp(shm.base + b[i].key_off, key, key_len) == 0)
-			return;
+			return SHM_NO_BUCKET;
 	}
 	b[i].hash = h;
 	b[i].key_off = key_off;
 	b[i].key_len = key_len;
 	b[i].value = value;
+	return i;
 }
 
 /*
@@ -1281,14 +1320,16 @@ shm_write_block(const struct shm_cert *sc, uint32_t at)
 	memset(shm.base + at, 0, end - at);
 }
 
-/* Certificate i's entry, pointing into its block at at, and its keys. */
-static void
-shm_write_entry(const struct shm_plan *pl, size_t i, uint32_t at)
+/*
+ * Certificate i's entry in slot s, pointing into its block there;
+ * returns where its names start in the block.
+ */
+static uint32_t
+shm_fill_entry(const struct shm_plan *pl, int s, size_t i)
 {
 	const struct shm_cert	*sc = &shm.certs[i];
 	struct acme_shm_cert	*e;
-	uint32_t		 len;
-	size_t			 j;
+	uint32_t		 at = sc->sc_at[s];
 
 	e = (struct acme_shm_cert *)(shm.base + pl->certs_off) + i;
 	e->serial = sc->sc_serial;
@@ -1299,12 +1340,66 @@ shm_write_entry(const struct shm_plan *pl, size_t i, uint32_t at)
 	    &e->issuer_len);
 	e->chain_off = shm_block_span(&at, sc->sc_chain_len, &e->chain_len);
 	e->key_off = shm_block_span(&at, sc->sc_key_len, &e->key_len);
-	shm_table_put(&pl->by_id, e->id_off, e->id_len, (uint32_t)i);
+	return at;
+}
+
+/* Certificate i's entry in slot s and its keys, noting their buckets. */
+static void
+shm_write_entry(const struct shm_plan *pl, int s, size_t i)
+{
+	struct shm_cert	*sc = &shm.certs[i];
+	uint32_t	 at, len;
+	size_t		 j;
+
+	at = shm_fill_entry(pl, s, i);
+	sc->sc_id_bucket[s] = shm_table_put(&pl->by_id, sc->sc_at[s],
+	    (uint32_t)sc->sc_id_len, (uint32_t)i);
+	sc->sc_name_buckets[s] = xreallocarray(sc->sc_name_buckets[s],
+	    sc->sc_nnames, sizeof(*sc->sc_name_buckets[s]));
 	for (j = 0; j < sc->sc_nnames; j++) {
 		len = (uint32_t)strlen(sc->sc_names[j]);
-		shm_table_put(&pl->by_name, at, len, (uint32_t)i);
+		sc->sc_name_buckets[s][j] = shm_table_put(&pl->by_name, at,
+		    len, (uint32_t)i);
 		at += len + 1;
 	}
+}
+
+/* Point bucket n of table t (SHM_NO_BUCKET: none) at key_off. */
+static uint64_t
+shm_table_repoint(const struct acme_shm_table *t, uint32_t n,
+    uint32_t key_off)
+{
+	struct acme_shm_bucket	*b;
+
+	if (n == SHM_NO_BUCKET)
+		return 0;
+	b = (struct acme_shm_bucket *)(shm.base + t->off) + n;
+	b->key_off = key_off;
+	return sizeof(b->key_off);
+}
+
+/*
+ * Certificate i has a new block in slot s, whose tables hold its keys
+ * already (the same ids, in the same order, with the same names): its
+ * entry is written again and its buckets pointed at the new block.
+ * Returns the bytes written.
+ */
+static uint64_t
+shm_patch_entry(const struct shm_plan *pl, int s, size_t i)
+{
+	const struct shm_cert	*sc = &shm.certs[i];
+	uint64_t		 n = sizeof(struct acme_shm_cert);
+	uint32_t		 at;
+	size_t			 j;
+
+	at = shm_fill_entry(pl, s, i);
+	n += shm_table_repoint(&pl->by_id, sc->sc_id_bucket[s], sc->sc_at[s]);
+	for (j = 0; j < sc->sc_nnames; j++) {
+		n += shm_table_repoint(&pl->by_name, sc->sc_name_buckets[s][j],
+		    at);
+		at += (uint32_t)strlen(sc->sc_names[j]) + 1;
+	}
+	return n;
 }
 
 static void
@@ -1373,9 +1468,12 @@ shm_place(int s, const struct shm_plan *pl)
 	return 0;
 }
 
-/* Write the blocks shm_place() placed in slot s; returns the bytes. */
+/*
+ * Write the blocks shm_place() placed in slot s, and with pl (the slot's
+ * tables hold this model's keys) patch their entries; returns the bytes.
+ */
 static uint64_t
-shm_write_placed(int s)
+shm_write_placed(int s, const struct shm_plan *pl)
 {
 	struct shm_cert	*sc;
 	uint64_t	 n = 0;
@@ -1388,6 +1486,8 @@ shm_write_placed(int s)
 		shm_write_block(sc, sc->sc_at[s]);
 		sc->sc_unwritten = 0;
 		n += shm_block_size(sc);
+		if (pl != NULL)
+			n += shm_patch_entry(pl, s, i);
 	}
 	return n;
 }
@@ -1448,7 +1548,8 @@ shm_repack(int s, const struct shm_plan *pl)
 
 /*
  * The front of the image in slot s: the entries and tables (unless
- * current: the slot's are this model's already), then the tokens' part.
+ * current: the slot's are this model's, as written or as patched), then
+ * the tokens' part.
  * All of it is zeroed first, and what a longer front left after it: no
  * byte of a tls-alpn-01 key stays in an alignment gap.  Returns the
  * bytes written.
@@ -1473,7 +1574,7 @@ shm_write_front(const struct shm_plan *pl, int s, int current)
 	sl->sl_tokens_part = pl->tokens_part_off;
 	if (!current)
 		for (i = 0; i < shm.ncerts; i++)
-			shm_write_entry(pl, i, shm.certs[i].sc_at[s]);
+			shm_write_entry(pl, s, i);
 	pos = pl->token_strings_off;
 	for (i = 0; i < shm.ntokens; i++)
 		shm_write_token(pl, &pos, i);
@@ -1582,7 +1683,7 @@ shm_publish_image(void)
 	struct shm_slot		*sl;
 	struct shm_plan		 pl;
 	uint64_t		 gen, written;
-	int			 s, current, packed = 0;
+	int			 s, current, patched, packed = 0;
 
 	if (shm.base == NULL || shm_intact() == -1)
 		return -1;
@@ -1597,18 +1698,21 @@ shm_publish_image(void)
 	}
 	written = shm_wipe_stale(s);
 	current = sl->sl_heap != 0 && sl->sl_version == shm.cert_version;
+	patched = 0;
 	if (current)
 		;
-	else if (shm_place(s, &pl) == 0)
-		written += shm_write_placed(s);
-	else {
+	else if (shm_place(s, &pl) == 0) {
+		patched = sl->sl_shape == shm.shape_version;
+		written += shm_write_placed(s, patched ? &pl : NULL);
+	} else {
 		written += shm_repack(s, &pl);
 		packed = 1;
 	}
-	written += shm_write_front(&pl, s, current);
+	written += shm_write_front(&pl, s, current || patched);
 	if (!current)
 		shm.stats.ss_cert_writes++;
 	sl->sl_version = shm.cert_version;
+	sl->sl_shape = shm.shape_version;
 	sl->sl_used = shm_slot_used(s);
 	shm_write_image(&pl, s, gen);
 
@@ -1634,7 +1738,8 @@ shm_publish_image(void)
 	    "tokens, %zu tls-alpn-01, %u of %u bytes, %llu written%s",
 	    (unsigned long long)gen, shm.ncerts, shm.ntokens, shm.nalpns,
 	    sl->sl_used, h->slot_size, (unsigned long long)written,
-	    current ? " (tokens only)" : packed ? " (laid out afresh)" : "");
+	    current ? " (tokens only)" : patched ? " (entries patched)" :
+	    packed ? " (laid out afresh)" : "");
 	return (int64_t)written;
 }
 
