@@ -38,8 +38,26 @@ ari_state_clear(struct ari_state *as)
 char *
 ari_cert_id(const char *pem, char **cause)
 {
-	BIO				*bio = NULL;
-	X509				*x = NULL;
+	BIO	*bio;
+	X509	*x;
+	char	*id = NULL;
+
+	if ((bio = BIO_new_mem_buf(pem, -1)) == NULL)
+		fatalx("%s: BIO_new_mem_buf", __func__);
+	if ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL)
+		xasprintf(cause, "the certificate does not parse");
+	else
+		id = ari_cert_id_x509(x, cause);
+	ERR_clear_error();
+	X509_free(x);
+	BIO_free(bio);
+	return id;
+}
+
+/* ari_cert_id() of a certificate already parsed. */
+char *
+ari_cert_id_x509(X509 *x, char **cause)
+{
 	const ASN1_OCTET_STRING		*kid;
 	unsigned char			*der = NULL;
 	const unsigned char		*p;
@@ -47,12 +65,6 @@ ari_cert_id(const char *pem, char **cause)
 	long				 len;
 	int				 n, tag, xclass;
 
-	if ((bio = BIO_new_mem_buf(pem, -1)) == NULL)
-		fatalx("%s: BIO_new_mem_buf", __func__);
-	if ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL) {
-		xasprintf(cause, "the certificate does not parse");
-		goto out;
-	}
 	if ((kid = X509_get0_authority_key_id(x)) == NULL ||
 	    ASN1_STRING_length(kid) <= 0) {
 		xasprintf(cause, "the certificate has no authority key "
@@ -81,8 +93,6 @@ ari_cert_id(const char *pem, char **cause)
 out:
 	ERR_clear_error();
 	OPENSSL_free(der);
-	X509_free(x);
-	BIO_free(bio);
 	free(a);
 	free(b);
 	return id;

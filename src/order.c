@@ -530,39 +530,42 @@ order_idents_match(const struct cert *ce, char *const *idents, size_t n,
 void
 order_cert_start(struct cert *ce)
 {
-	struct cert_meta	 meta;
-	EVP_PKEY		*key = NULL;
-	char			*chain = NULL, *cause = NULL;
+	struct stored_cert	 sd;
+	struct cert_meta	*meta = &sd.sd_meta;
+	char			*cause = NULL;
 	const char		*dir = acme_issuer_state_path(ce->ce_issuer);
 	int			 rc;
 
-	memset(&meta, 0, sizeof(meta));
-	rc = store_load_cert(dir, ce->ce_id, &chain, &key, &meta, &cause);
+	rc = store_load_stored(dir, ce->ce_id, &sd, &cause);
 	if (rc == -1) {
 		log_warnx("certificate \"%s\": %s; ordering a new one",
 		    ce->ce_id, cause);
 		free(cause);
-	} else if (rc == 0 && !order_idents_match(ce, meta.cm_idents,
-	    meta.cm_nidents, meta.cm_key))
+	} else if (rc == 0 && !order_idents_match(ce, meta->cm_idents,
+	    meta->cm_nidents, meta->cm_key))
 		log_info("certificate \"%s\": identifiers or key type "
 		    "changed; ordering a new one", ce->ce_id);
 	else if (rc == 0) {
 		ce->ce_have = 1;
-		ce->ce_not_before = meta.cm_not_before;
-		ce->ce_not_after = meta.cm_not_after;
-		order_chain_digest(chain, ce->ce_chain_md);
-		order_ari_adopt(ce, chain);
+		ce->ce_not_before = meta->cm_not_before;
+		ce->ce_not_after = meta->cm_not_after;
+		order_chain_digest(sd.sd_chain, ce->ce_chain_md);
+		if (sd.sd_cert_id == NULL)
+			log_debug("certificate \"%s\": no CertID: no ARI and "
+			    "no \"replaces\"", ce->ce_id);
+		order_ari_adopt_id(ce, sd.sd_cert_id);
+		sd.sd_cert_id = NULL;
 	}
 	/*
 	 * nginx serves what is stored, even while a replacement for changed
 	 * identifiers is on order: it is still valid for the names it has.
+	 * The key goes to the zone as key.pem holds it.
 	 */
 	if (rc == 0)
-		order_publish(ce, meta.cm_idents, meta.cm_nidents, chain,
-		    key, meta.cm_not_before, meta.cm_not_after);
-	free(chain);
-	EVP_PKEY_free(key);
-	store_meta_clear(&meta);
+		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
+		    meta->cm_idents, meta->cm_nidents, sd.sd_chain,
+		    sd.sd_key_pem, meta->cm_not_before, meta->cm_not_after);
+	store_stored_clear(&sd);
 
 	if (ce->ce_have && !order_renew_due(ce)) {
 		/* A renewal finalized before a restart is still wanted. */

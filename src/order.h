@@ -139,6 +139,7 @@ void		 order_strv_free(char **, size_t);
 void		 order_ari_init(struct cert *);
 void		 order_ari_free(struct cert *);
 void		 order_ari_adopt(struct cert *, const char *chain);
+void		 order_ari_adopt_id(struct cert *, char *id);
 time_t		 order_ari_renew_at(const struct cert *);
 void		 order_ari_arm(struct cert *);
 void		 order_ari_shared(struct cert *, const struct ari_state *);

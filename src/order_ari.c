@@ -90,14 +90,27 @@ order_ari_free(struct cert *ce)
 void
 order_ari_adopt(struct cert *ce, const char *chain)
 {
-	const char	*dir = acme_issuer_state_path(ce->ce_issuer);
-	char		*id, *cause = NULL;
+	char	*id, *cause = NULL;
 
 	if ((id = ari_cert_id(chain, &cause)) == NULL) {
 		log_debug("certificate \"%s\": no CertID (%s): no ARI and no "
 		    "\"replaces\"", ce->ce_id, cause);
 		free(cause);
 	}
+	order_ari_adopt_id(ce, id);
+}
+
+/*
+ * order_ari_adopt() with the CertID already known (store.c keeps it with
+ * the certificate, so a start need not parse it again); takes id, which
+ * may be NULL.
+ */
+void
+order_ari_adopt_id(struct cert *ce, char *id)
+{
+	const char	*dir = acme_issuer_state_path(ce->ce_issuer);
+	char		*cause = NULL;
+
 	if (id != NULL && ce->ce_cert_id != NULL &&
 	    strcmp(id, ce->ce_cert_id) == 0) {
 		free(id);

@@ -672,6 +672,19 @@ int		 store_mark_deactivated(const char *dir, const char *url,
 		    char **);
 int		 store_load_deactivated(const char *dir, char **url, char **);
 int		 store_key_type(EVP_PKEY *, enum key_type *);
+/*
+ * A stored certificate as a start serves it: the key as PEM text, which
+ * the zone takes, and the CertID, so neither is decoded again.
+ */
+struct stored_cert {
+	char			*sd_chain;
+	char			*sd_key_pem;	/* PKCS#8; keys_pem_free() */
+	char			*sd_cert_id;	/* ARI CertID; NULL: none */
+	struct cert_meta	 sd_meta;
+};
+int		 store_load_stored(const char *dir, const char *id,
+		    struct stored_cert *, char **);
+void		 store_stored_clear(struct stored_cert *);
 int		 store_load_cert(const char *dir, const char *id, char **chain,
 		    EVP_PKEY **, struct cert_meta *, char **);
 int		 store_save_cert(const char *dir, const char *id,

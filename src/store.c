@@ -70,6 +70,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -86,6 +87,7 @@
 #define STORE_META		"meta.json"
 #define STORE_GEN_LEN		16		/* hex digits */
 #define STORE_MAX_FILE		(1024 * 1024)	/* no PEM or JSON is larger */
+#define STORE_DIGEST_HEX	64		/* meta.json's pair_sha256 */
 #define STORE_PENDING		"pending"	/* orders being finalized */
 #define STORE_ARI		"ari"		/* renewalInfo answers (ari.c) */
 
@@ -731,8 +733,13 @@ store_meta_clear(struct cert_meta *meta)
 	memset(meta, 0, sizeof(*meta));
 }
 
+/*
+ * meta.json.  With digest (store_pair_digest()), also the CertID and the
+ * digest that vouch for the files as they were checked.
+ */
 static char *
-store_meta_json(const struct cert_meta *meta)
+store_meta_json(const struct cert_meta *meta, const char *cert_id,
+    const char *digest)
 {
 	json_t	*obj, *ids;
 	char	*s, *line;
@@ -752,6 +759,11 @@ store_meta_json(const struct cert_meta *meta)
 	    key_type_name(meta->cm_key) : "unknown");
 	if (obj == NULL)
 		fatalx("store_meta_json: json_pack");
+	if (digest != NULL) {
+		json_object_set_new(obj, "cert_id", cert_id != NULL ?
+		    json_string(cert_id) : json_null());
+		json_object_set_new(obj, "pair_sha256", json_string(digest));
+	}
 	if ((s = json_dumps(obj, JSON_INDENT(1) | JSON_PRESERVE_ORDER)) == NULL)
 		fatalx("store_meta_json: json_dumps");
 	json_decref(obj);
@@ -760,10 +772,103 @@ store_meta_json(const struct cert_meta *meta)
 	return line;
 }
 
-/* Fill issued, url and identifiers from meta.json. */
+/*
+ * What meta.json's pair_sha256 vouches for: fullchain.pem and key.pem as
+ * stored, and what was read from them when they were last parsed and
+ * matched (dates, key type, CertID).  A start that finds the same digest
+ * need not parse and match them again, which was most of its cost
+ * (OpenSSL 3 sets up its decoders for every key); a file changed in any
+ * byte goes through the full check.
+ */
+static void
+store_pair_digest(const char *chain, const char *key_pem,
+    const struct cert_meta *meta, const char *cert_id,
+    char hex[STORE_DIGEST_HEX + 1])
+{
+	unsigned char	 md[EVP_MAX_MD_SIZE];
+	unsigned int	 mdlen, i;
+	EVP_MD_CTX	*ctx;
+	char		*facts;
+
+	xasprintf(&facts, "%lld %lld %s %s", (long long)meta->cm_not_before,
+	    (long long)meta->cm_not_after, (unsigned)meta->cm_key <
+	    KEY_TYPE_MAX ? key_type_name(meta->cm_key) : "unknown",
+	    cert_id != NULL ? cert_id : "-");
+	if ((ctx = EVP_MD_CTX_new()) == NULL)
+		fatalx("%s: EVP_MD_CTX_new", __func__);
+	/* The NULs end the PEM texts, which hold none. */
+	if (!EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) ||
+	    !EVP_DigestUpdate(ctx, chain, strlen(chain) + 1) ||
+	    !EVP_DigestUpdate(ctx, key_pem, strlen(key_pem) + 1) ||
+	    !EVP_DigestUpdate(ctx, facts, strlen(facts)) ||
+	    !EVP_DigestFinal_ex(ctx, md, &mdlen) || mdlen * 2 != STORE_DIGEST_HEX)
+		fatalx("%s: SHA-256", __func__);
+	EVP_MD_CTX_free(ctx);
+	free(facts);
+	for (i = 0; i < mdlen; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
+/*
+ * A key.pem as keys_to_pem() writes it: one PKCS#8 block and nothing
+ * else, which the zone can take as it is.
+ */
+static int
+store_key_pkcs8(const char *pem)
+{
+	static const char	 begin[] = "-----BEGIN PRIVATE KEY-----\n";
+	static const char	 end[] = "-----END PRIVATE KEY-----\n";
+	size_t			 len = strlen(pem);
+	size_t			 nb = sizeof(begin) - 1, ne = sizeof(end) - 1;
+
+	if (len < nb + ne || strncmp(pem, begin, nb) != 0 ||
+	    strcmp(pem + len - ne, end) != 0)
+		return 0;
+	return strstr(pem + nb, "-----") == pem + len - ne &&
+	    strchr(pem, '\r') == NULL;
+}
+
+/*
+ * What meta.json says of the files it vouches for (store_pair_digest());
+ * sv_ok is 0 when it says nothing, or not all of it.
+ */
+struct store_vouch {
+	int		 sv_ok;
+	struct cert_meta sv_meta;	/* only the dates and key type */
+	char		*sv_cert_id;
+	char		 sv_digest[STORE_DIGEST_HEX + 1];
+};
+
+static void
+store_vouch_parse(json_t *obj, struct store_vouch *sv)
+{
+	json_int_t	 nb, na;
+	json_t		*cert_id;
+	const char	*key, *digest;
+
+	memset(sv, 0, sizeof(*sv));
+	if (json_unpack(obj, "{s:I, s:I, s:s, s:o, s:s}", "not_before", &nb,
+	    "not_after", &na, "key", &key, "cert_id", &cert_id,
+	    "pair_sha256", &digest) == -1 ||
+	    key_type_parse(key, &sv->sv_meta.cm_key) == -1 ||
+	    strlen(digest) != STORE_DIGEST_HEX ||
+	    (!json_is_string(cert_id) && !json_is_null(cert_id)))
+		return;
+	sv->sv_meta.cm_not_before = (time_t)nb;
+	sv->sv_meta.cm_not_after = (time_t)na;
+	if (json_is_string(cert_id))
+		sv->sv_cert_id = xstrdup(json_string_value(cert_id));
+	memcpy(sv->sv_digest, digest, sizeof(sv->sv_digest));
+	sv->sv_ok = 1;
+}
+
+/*
+ * Fill issued, url and identifiers from meta.json, and sv with what it
+ * vouches for.
+ */
 static int
 store_meta_parse(const char *text, const char *path, struct cert_meta *meta,
-    char **cause)
+    struct store_vouch *sv, char **cause)
 {
 	json_t		*obj = NULL, *ids = NULL, *url = NULL, *v;
 	json_error_t	 err;
@@ -771,6 +876,7 @@ store_meta_parse(const char *text, const char *path, struct cert_meta *meta,
 	size_t		 i;
 	int		 rc = -1;
 
+	memset(sv, 0, sizeof(*sv));
 	if ((obj = json_loads(text, 0, &err)) == NULL) {
 		xasprintf(cause, "%s:%d: %s", path, err.line, err.text);
 		goto out;
@@ -803,6 +909,7 @@ store_meta_parse(const char *text, const char *path, struct cert_meta *meta,
 	meta->cm_idents = xcalloc(meta->cm_nidents, sizeof(char *));
 	json_array_foreach(ids, i, v)
 		meta->cm_idents[i] = xstrdup(json_string_value(v));
+	store_vouch_parse(obj, sv);
 	rc = 0;
 out:
 	json_decref(obj);
@@ -863,13 +970,14 @@ store_cert_idents(X509 *x, char ***out)
  * atomically; if that fails the next load rebuilds it again.
  */
 static int
-store_meta_rebuild(const char *path, const char *chain,
-    struct cert_meta *meta, const char *why, char **cause)
+store_meta_rebuild(const char *path, const struct stored_cert *sd,
+    const char *digest, const char *why, char **cause)
 {
-	X509	*x;
-	char	*json, *err = NULL;
+	struct cert_meta	*meta = (struct cert_meta *)&sd->sd_meta;
+	X509			*x;
+	char			*json, *err = NULL;
 
-	if ((x = store_first_cert(chain)) == NULL) {
+	if ((x = store_first_cert(sd->sd_chain)) == NULL) {
 		xasprintf(cause, "%s", why);
 		return -1;
 	}
@@ -882,7 +990,7 @@ store_meta_rebuild(const char *path, const char *chain,
 	}
 	meta->cm_issued = meta->cm_not_before;
 	log_warnx("store: %s; rebuilt from the certificate", why);
-	json = store_meta_json(meta);
+	json = store_meta_json(meta, sd->sd_cert_id, digest);
 	if (store_write_atomic(path, json, strlen(json), 0644, &err) == -1) {
 		log_warnx("store: %s", err);
 		free(err);
@@ -923,62 +1031,158 @@ out:
 	return rc;
 }
 
-/* Load the chain and the key of one generation, and check they agree. */
+/*
+ * Parse the chain and the key of one generation and check they agree:
+ * the first certificate's dates and CertID, and the key's type, go to sd,
+ * and the key as the zone takes it.
+ */
 static int
-store_load_pair(const char *gen, char **chain, EVP_PKEY **key,
-    struct cert_meta *meta, char **cause)
+store_check_pair_files(const char *gen, const char *key_text, size_t key_len,
+    struct stored_cert *sd, char **cause)
 {
-	X509	*x = NULL;
-	char	*path = NULL;
-	int	 rc = -1, r;
+	struct cert_meta	*meta = &sd->sd_meta;
+	X509			*x = NULL;
+	EVP_PKEY		*key = NULL;
+	char			*why = NULL;
+	int			 rc = -1;
 
-	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
-	if ((r = store_read_file(path, chain, NULL, cause)) != 0) {
-		if (r == 1)
-			xasprintf(cause, "%s: missing", path);
-		goto out;
-	}
-	if ((x = store_first_cert(*chain)) == NULL ||
+	if ((x = store_first_cert(sd->sd_chain)) == NULL ||
 	    store_asn1_time(X509_get0_notBefore(x), &meta->cm_not_before) ||
 	    store_asn1_time(X509_get0_notAfter(x), &meta->cm_not_after)) {
-		xasprintf(cause, "%s: no valid certificate", path);
+		xasprintf(cause, "%s/%s: no valid certificate", gen,
+		    STORE_CHAIN);
 		goto out;
 	}
-	free(path);
-	xasprintf(&path, "%s/%s", gen, STORE_KEY);
-	if ((r = store_load_key(path, key, cause)) != 0) {
-		if (r == 1)
-			xasprintf(cause, "%s: missing", path);
+	if ((key = keys_from_pem(key_text, key_len, &why)) == NULL) {
+		xasprintf(cause, "%s/%s: %s", gen, STORE_KEY, why);
 		goto out;
 	}
-	if (!X509_check_private_key(x, *key)) {
+	if (!X509_check_private_key(x, key)) {
 		ERR_clear_error();
-		xasprintf(cause, "%s: does not match the certificate in %s/%s",
-		    path, gen, STORE_CHAIN);
+		xasprintf(cause, "%s/%s: does not match the certificate in "
+		    "%s/%s", gen, STORE_KEY, gen, STORE_CHAIN);
 		goto out;
 	}
-	if (store_key_type(*key, &meta->cm_key) == -1) {
-		xasprintf(cause, "%s: unsupported key type", path);
+	if (store_key_type(key, &meta->cm_key) == -1) {
+		xasprintf(cause, "%s/%s: unsupported key type", gen, STORE_KEY);
+		goto out;
+	}
+	/* Without one there is no ARI: order_ari.c says so. */
+	sd->sd_cert_id = ari_cert_id_x509(x, &why);
+	sd->sd_key_pem = store_key_pkcs8(key_text) ? xstrdup(key_text) :
+	    keys_to_pem(key);
+	if (sd->sd_key_pem == NULL) {
+		xasprintf(cause, "%s/%s: the key does not encode", gen,
+		    STORE_KEY);
 		goto out;
 	}
 	rc = 0;
 out:
+	free(why);
+	EVP_PKEY_free(key);
 	X509_free(x);
+	return rc;
+}
+
+/* Read a file that must be there.  0: read, -1: missing or error (cause). */
+static int
+store_read_whole(const char *path, char **out, size_t *len, char **cause)
+{
+	int	 r;
+
+	if ((r = store_read_file(path, out, len, cause)) == 1)
+		xasprintf(cause, "%s: missing", path);
+	return r == 0 ? 0 : -1;
+}
+
+/*
+ * Does meta.json vouch for the files as they are?  Then its dates, key
+ * type and CertID stand for what parsing them would give.
+ */
+static int
+store_vouched(struct store_vouch *sv, struct stored_cert *sd, size_t len,
+    const char *key_text, size_t key_len)
+{
+	char	 digest[STORE_DIGEST_HEX + 1];
+
+	/* The digest ends each text at a NUL: one inside is not vouched. */
+	if (!sv->sv_ok || strlen(sd->sd_chain) != len ||
+	    strlen(key_text) != key_len || !store_key_pkcs8(key_text))
+		return 0;
+	store_pair_digest(sd->sd_chain, key_text, &sv->sv_meta, sv->sv_cert_id,
+	    digest);
+	if (strcmp(digest, sv->sv_digest) != 0)
+		return 0;
+	sd->sd_meta.cm_not_before = sv->sv_meta.cm_not_before;
+	sd->sd_meta.cm_not_after = sv->sv_meta.cm_not_after;
+	sd->sd_meta.cm_key = sv->sv_meta.cm_key;
+	sd->sd_cert_id = sv->sv_cert_id;
+	sv->sv_cert_id = NULL;
+	sd->sd_key_pem = xstrdup(key_text);
+	return 1;
+}
+
+/* Load and check one generation folder's files. */
+static int
+store_load_gen(const char *gen, struct stored_cert *sd, char **cause)
+{
+	struct store_vouch	 sv;
+	char			 digest[STORE_DIGEST_HEX + 1];
+	char			*path = NULL, *key = NULL, *text = NULL;
+	char			*why = NULL;
+	size_t			 len, key_len = 0;
+	int			 rc = -1, r, parsed = 0;
+
+	memset(&sv, 0, sizeof(sv));
+	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
+	if (store_read_whole(path, &sd->sd_chain, &len, cause) == -1)
+		goto out;
+	free(path);
+	xasprintf(&path, "%s/%s", gen, STORE_KEY);
+	if (store_read_whole(path, &key, &key_len, cause) == -1)
+		goto out;
+	free(path);
+	xasprintf(&path, "%s/%s", gen, STORE_META);
+	if ((r = store_read_file(path, &text, NULL, &why)) == 1)
+		xasprintf(&why, "%s: missing", path);
+	if (r == 0 && store_meta_parse(text, path, &sd->sd_meta, &sv,
+	    &why) == 0)
+		parsed = 1;
+	if (parsed && store_vouched(&sv, sd, len, key, key_len)) {
+		rc = 0;
+		goto out;
+	}
+	if (store_check_pair_files(gen, key, key_len, sd, cause) == -1)
+		goto out;
+	if (!parsed) {
+		store_pair_digest(sd->sd_chain, key, &sd->sd_meta,
+		    sd->sd_cert_id, digest);
+		if (store_meta_rebuild(path, sd, strlen(sd->sd_chain) == len &&
+		    strlen(key) == key_len && store_key_pkcs8(key) ? digest :
+		    NULL, why, cause) == -1)
+			goto out;
+	}
+	rc = 0;
+out:
+	free(sv.sv_cert_id);
+	if (key != NULL) {
+		OPENSSL_cleanse(key, key_len);
+		free(key);
+	}
+	free(why);
+	free(text);
 	free(path);
 	return rc;
 }
 
 int
-store_load_cert(const char *dir, const char *id, char **chain, EVP_PKEY **key,
-    struct cert_meta *meta, char **cause)
+store_load_stored(const char *dir, const char *id, struct stored_cert *sd,
+    char **cause)
 {
-	char	*certs = NULL, *target = NULL, *gen = NULL, *path = NULL;
-	char	*text = NULL, *why = NULL;
+	char	*certs = NULL, *target = NULL, *gen = NULL;
 	int	 rc = -1, r;
 
-	*chain = NULL;
-	*key = NULL;
-	memset(meta, 0, sizeof(*meta));
+	memset(sd, 0, sizeof(*sd));
 	if (store_id_valid(id, cause) == -1)
 		goto out;
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
@@ -988,30 +1192,55 @@ store_load_cert(const char *dir, const char *id, char **chain, EVP_PKEY **key,
 		goto out;
 	}
 	xasprintf(&gen, "%s/%s", certs, target);
-	if (store_load_pair(gen, chain, key, meta, cause) == -1)
-		goto out;
-	xasprintf(&path, "%s/%s", gen, STORE_META);
-	if ((r = store_read_file(path, &text, NULL, &why)) == 1)
-		xasprintf(&why, "%s: missing", path);
-	if ((r != 0 || store_meta_parse(text, path, meta, &why) == -1) &&
-	    store_meta_rebuild(path, *chain, meta, why, cause) == -1)
+	if (store_load_gen(gen, sd, cause) == -1)
 		goto out;
 	rc = 0;
 out:
-	if (rc != 0) {
-		free(*chain);
-		*chain = NULL;
-		EVP_PKEY_free(*key);
-		*key = NULL;
-		store_meta_clear(meta);
-	}
-	free(why);
-	free(text);
-	free(path);
+	if (rc != 0)
+		store_stored_clear(sd);
 	free(gen);
 	free(target);
 	free(certs);
 	return rc;
+}
+
+void
+store_stored_clear(struct stored_cert *sd)
+{
+	free(sd->sd_chain);
+	keys_pem_free(sd->sd_key_pem);
+	free(sd->sd_cert_id);
+	store_meta_clear(&sd->sd_meta);
+	memset(sd, 0, sizeof(*sd));
+}
+
+/* store_load_stored(), with the key decoded, for those that use it. */
+int
+store_load_cert(const char *dir, const char *id, char **chain, EVP_PKEY **key,
+    struct cert_meta *meta, char **cause)
+{
+	struct stored_cert	 sd;
+	char			*why = NULL;
+	int			 rc;
+
+	*chain = NULL;
+	*key = NULL;
+	memset(meta, 0, sizeof(*meta));
+	if ((rc = store_load_stored(dir, id, &sd, cause)) != 0)
+		return rc;
+	if ((*key = keys_from_pem(sd.sd_key_pem, strlen(sd.sd_key_pem),
+	    &why)) == NULL) {
+		xasprintf(cause, "%s: %s", id, why);
+		free(why);
+		store_stored_clear(&sd);
+		return -1;
+	}
+	*chain = sd.sd_chain;
+	sd.sd_chain = NULL;
+	*meta = sd.sd_meta;
+	memset(&sd.sd_meta, 0, sizeof(sd.sd_meta));
+	store_stored_clear(&sd);
+	return 0;
 }
 
 /* Remove a generation folder and the files in it; it has no subfolders. */
@@ -1106,8 +1335,9 @@ fail:
 
 static int
 store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
-    const struct cert_meta *meta, char **cause)
+    const struct cert_meta *meta, const char *cert_id, char **cause)
 {
+	char	 digest[STORE_DIGEST_HEX + 1];
 	char	*path = NULL, *pem = NULL, *json = NULL;
 	int	 rc = -1;
 
@@ -1124,7 +1354,9 @@ store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
 	if (store_write_new(path, pem, strlen(pem), 0600, cause) == -1)
 		goto out;
 	free(path);
-	json = store_meta_json(meta);
+	/* store_save_cert() checked the pair: meta.json vouches for it. */
+	store_pair_digest(chain, pem, meta, cert_id, digest);
+	json = store_meta_json(meta, cert_id, digest);
 	xasprintf(&path, "%s/%s", gen, STORE_META);
 	if (store_write_new(path, json, strlen(json), 0644, cause) == -1)
 		goto out;
@@ -1202,28 +1434,58 @@ out:
 	return rc;
 }
 
+/*
+ * store_check_pair(), and what meta.json records of the pair: its dates,
+ * key type and CertID (NULL without one), from one parse of the chain.
+ */
+static int
+store_check_for_save(const char *id, const char *chain, EVP_PKEY *key,
+    struct cert_meta *m, char **cert_id, char **cause)
+{
+	X509	*x;
+	char	*why = NULL;
+	int	 rc = -1;
+
+	if ((x = store_first_cert(chain)) == NULL) {
+		xasprintf(cause, "%s: chain has no valid certificate", id);
+		return -1;
+	}
+	if (!X509_check_private_key(x, key)) {
+		ERR_clear_error();
+		xasprintf(cause, "%s: key does not match the certificate", id);
+		goto out;
+	}
+	if (store_asn1_time(X509_get0_notBefore(x), &m->cm_not_before) ||
+	    store_asn1_time(X509_get0_notAfter(x), &m->cm_not_after)) {
+		xasprintf(cause, "%s: certificate dates unreadable", id);
+		goto out;
+	}
+	if (store_key_type(key, &m->cm_key) == -1) {
+		xasprintf(cause, "%s: unsupported key type", id);
+		goto out;
+	}
+	*cert_id = ari_cert_id_x509(x, &why);
+	free(why);
+	rc = 0;
+out:
+	X509_free(x);
+	return rc;
+}
+
 int
 store_save_cert(const char *dir, const char *id, const char *chain,
     EVP_PKEY *key, const struct cert_meta *meta, char **cause)
 {
 	struct cert_meta	 m;
 	char			*certs = NULL, *old = NULL, *name = NULL;
-	char			*gen = NULL, *path = NULL;
+	char			*gen = NULL, *path = NULL, *cert_id = NULL;
 	int			 rc = -1, swapped = 0;
 
-	if (store_id_valid(id, cause) == -1 ||
-	    store_check_pair(id, chain, key, cause) == -1)
-		goto out;
 	/* meta.json's dates and key type say what the files themselves say. */
 	m = *meta;
-	if (store_chain_dates(chain, &m.cm_not_before, &m.cm_not_after) == -1) {
-		xasprintf(cause, "%s: certificate dates unreadable", id);
+	if (store_id_valid(id, cause) == -1 ||
+	    store_check_for_save(id, chain, key, &m, &cert_id, cause) == -1)
 		goto out;
-	}
-	if (store_key_type(key, &m.cm_key) == -1) {
-		xasprintf(cause, "%s: unsupported key type", id);
-		goto out;
-	}
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
 	if (store_mkdir(certs, cause) == -1 ||
 	    store_cert_target(certs, id, &old, cause) == -1)
@@ -1231,7 +1493,7 @@ store_save_cert(const char *dir, const char *id, const char *chain,
 	if ((name = store_new_gen(certs, id, old, cause)) == NULL)
 		goto out;
 	xasprintf(&gen, "%s/%s", certs, name);
-	if (store_write_gen(gen, chain, key, &m, cause) == -1)
+	if (store_write_gen(gen, chain, key, &m, cert_id, cause) == -1)
 		goto out;
 	/* The new folder's entry must be durable before the link names it. */
 	if (store_fsync_dir(certs, cause) == -1)
@@ -1252,6 +1514,7 @@ out:
 	/* Once the link names the new folder, it must stay. */
 	if (rc == -1 && gen != NULL && !swapped)
 		store_remove_gen(gen);
+	free(cert_id);
 	free(path);
 	free(gen);
 	free(name);

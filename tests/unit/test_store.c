@@ -704,6 +704,104 @@ test_cert_corrupt_meta(void **state)
 	free(dir);
 }
 
+/* Read a stored file whole; the caller frees. */
+static char *
+ts_read(const char *dir, const char *rel)
+{
+	char	*path, *text;
+	FILE	*f;
+	long	 len;
+
+	xasprintf(&path, "%s/%s", dir, rel);
+	if ((f = fopen(path, "r")) == NULL)
+		fail_msg("fopen %s: %s", path, strerror(errno));
+	fseek(f, 0, SEEK_END);
+	len = ftell(f);
+	rewind(f);
+	text = xcalloc(1, (size_t)len + 1);
+	assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
+	fclose(f);
+	free(path);
+	return text;
+}
+
+/* Set one member of the stored meta.json, leaving pair_sha256 as it is. */
+static void
+ts_meta_set(const char *dir, const char *id, const char *name, json_t *v)
+{
+	json_t	*json;
+	char	*path;
+
+	xasprintf(&path, "%s/certs/%s/meta.json", dir, id);
+	assert_non_null(json = json_load_file(path, 0, NULL));
+	if (v != NULL)
+		json_object_set_new(json, name, v);
+	else
+		json_object_del(json, name);
+	assert_int_equal(json_dump_file(json, path, 0), 0);
+	json_decref(json);
+	free(path);
+}
+
+/*
+ * meta.json vouches for the files it was written with: a start takes its
+ * facts and the key's text without parsing; any change sends the load
+ * through the full check, which finds what is wrong.
+ */
+static void
+test_cert_vouched(void **state)
+{
+	struct ts		*ts = *state;
+	struct stored_cert	 sd;
+	EVP_PKEY		*key;
+	char			*dir, *pem = NULL, *cause = NULL, *text;
+
+	dir = ts_state(ts);
+	key = ts_save_many(dir, "v.example", 1, &pem);
+	text = ts_read(dir, "certs/v.example/meta.json");
+	assert_non_null(strstr(text, "\"pair_sha256\""));
+	free(text);
+
+	assert_int_equal(store_load_stored(dir, "v.example", &sd, &cause), 0);
+	text = ts_read(dir, "certs/v.example/key.pem");
+	assert_string_equal(sd.sd_key_pem, text);
+	free(text);
+	assert_string_equal(sd.sd_chain, pem);
+	assert_int_equal(sd.sd_meta.cm_not_before, TS_NB);
+	assert_int_equal(sd.sd_meta.cm_not_after, TS_NA);
+	assert_int_equal(sd.sd_meta.cm_key, KEY_ECDSA_256);
+	assert_int_equal(sd.sd_meta.cm_nidents, 2);
+	store_stored_clear(&sd);
+
+	/* A date edited in meta.json is not believed: the certificate's is. */
+	ts_meta_set(dir, "v.example", "not_after", json_integer(TS_NA + 99));
+	assert_int_equal(store_load_stored(dir, "v.example", &sd, &cause), 0);
+	assert_int_equal(sd.sd_meta.cm_not_after, TS_NA);
+	store_stored_clear(&sd);
+
+	/* A meta.json of before the digest loads as it always did. */
+	ts_meta_set(dir, "v.example", "pair_sha256", NULL);
+	assert_int_equal(store_load_stored(dir, "v.example", &sd, &cause), 0);
+	assert_int_equal(sd.sd_meta.cm_not_after, TS_NA);
+	assert_int_equal(sd.sd_meta.cm_key, KEY_ECDSA_256);
+	store_stored_clear(&sd);
+
+	/* A chain cut short is found and reported. */
+	key = (EVP_PKEY_free(key), ts_save_many(dir, "v.example", 1, &pem));
+	pem[strlen(pem) / 2] = '\0';
+	ts_write(dir, "certs/v.example/fullchain.pem", pem);
+	assert_int_equal(store_load_stored(dir, "v.example", &sd, &cause),
+	    -1);
+	assert_non_null(strstr(cause, "fullchain.pem: no valid certificate"));
+	assert_null(sd.sd_chain);
+	assert_null(sd.sd_key_pem);
+	free(cause);
+
+	EVP_PKEY_free(key);
+	free(pem);
+	free(dir);
+}
+
 static void
 test_chain_dates(void **state)
 {
@@ -752,6 +850,8 @@ main(void)
 		    ts_teardown),
 		cmocka_unit_test_setup_teardown(test_cert_corrupt_meta,
 		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_vouched, ts_setup,
+		    ts_teardown),
 		cmocka_unit_test(test_chain_dates),
 	};
 
