@@ -78,7 +78,6 @@ struct shm_cert {
 	size_t		 sc_key_len;
 	size_t		 sc_strings;	/* bytes of its strings, NULs too */
 	uint32_t	 sc_at[2];	/* its block in each slot; 0: none */
-	int		 sc_unwritten;	/* placed, not yet written */
 	/*
 	 * Its buckets in each slot's by_id and by_name (SHM_NO_BUCKET where
 	 * an older certificate holds the name), so that a new block is
@@ -162,6 +161,8 @@ struct shm_slot {
 	size_t		 sl_nfree;
 	struct shm_extent *sl_stale;
 	size_t		 sl_nstale;
+	size_t		*sl_changed;	/* certs replaced since, same shape */
+	size_t		 sl_nchanged;
 };
 
 static struct {
@@ -178,6 +179,9 @@ static struct {
 	size_t			 nnames;
 	uint64_t		 cert_version;	/* bumps as certs change */
 	uint64_t		 shape_version;	/* as ids, order or names do */
+	uint64_t		 cert_blocks;	/* bytes of all their blocks */
+	size_t			*placed;	/* certs given a block, this */
+	size_t			 nplaced;	/* publish */
 	struct shm_pending	*pending;
 	size_t			 npending;
 	struct shm_token	*tokens;
@@ -263,6 +267,7 @@ shm_slots_forget(void)
 	for (s = 0; s < 2; s++) {
 		free(shm.slots[s].sl_free);
 		free(shm.slots[s].sl_stale);
+		free(shm.slots[s].sl_changed);
 		memset(&shm.slots[s], 0, sizeof(shm.slots[s]));
 	}
 	for (i = 0; i < shm.ncerts; i++)
@@ -748,6 +753,7 @@ shm_cert_stale(struct shm_cert *sc)
 	struct shm_slot	*sl;
 	int		 s;
 
+	shm.cert_blocks -= shm_block_size(sc);
 	for (s = 0; s < 2; s++) {
 		if (sc->sc_at[s] == 0)
 			continue;
@@ -758,6 +764,33 @@ shm_cert_stale(struct shm_cert *sc)
 		sl->sl_stale[sl->sl_nstale].se_len = shm_block_size(sc);
 		sl->sl_nstale++;
 		sc->sc_at[s] = 0;
+	}
+}
+
+/*
+ * The ids, their order or a certificate's names changed: every slot's
+ * tables are to be built again, and the lists of certificates replaced
+ * since (by index) mean nothing any more.
+ */
+static void
+shm_shape_changed(void)
+{
+	shm.shape_version++;
+	shm.slots[0].sl_nchanged = shm.slots[1].sl_nchanged = 0;
+}
+
+/* Certificate i got new content: each slot is to give it a new block. */
+static void
+shm_cert_changed(size_t i)
+{
+	struct shm_slot	*sl;
+	int		 s;
+
+	for (s = 0; s < 2; s++) {
+		sl = &shm.slots[s];
+		sl->sl_changed = xreallocarray(sl->sl_changed,
+		    sl->sl_nchanged + 1, sizeof(*sl->sl_changed));
+		sl->sl_changed[sl->sl_nchanged++] = i;
 	}
 }
 
@@ -773,7 +806,7 @@ shm_apply_remove(const char *id)
 	shm.nnames -= sc->sc_nnames;
 	shm_cert_stale(sc);
 	shm_cert_clear(sc);
-	shm.shape_version++;
+	shm_shape_changed();
 	/* Keep the order: by_name favours the certificate held longest. */
 	memmove(&shm.certs[i], &shm.certs[i + 1],
 	    (shm.ncerts - i - 1) * sizeof(*shm.certs));
@@ -807,16 +840,17 @@ shm_apply_set(struct shm_cert *next)
 		sc = &shm.certs[shm.ncerts++];
 		memset(sc, 0, sizeof(*sc));
 		sc->sc_id = xstrdup(next->sc_id);
-		shm.shape_version++;
+		shm_shape_changed();
 	} else if (strcmp(sc->sc_chain, next->sc_chain) == 0 &&
 	    strcmp(sc->sc_key, next->sc_key) == 0)
 		return;			/* same bytes: keep the serial */
 	else {
 		if (!shm_names_equal(sc, next))
-			shm.shape_version++;
+			shm_shape_changed();
 		shm.nnames -= sc->sc_nnames;
 		shm_cert_stale(sc);
 		shm_cert_clear_content(sc);
+		shm_cert_changed((size_t)(sc - shm.certs));
 	}
 	sc->sc_issuer = next->sc_issuer;
 	sc->sc_names = next->sc_names;
@@ -827,6 +861,7 @@ shm_apply_set(struct shm_cert *next)
 	sc->sc_not_after = next->sc_not_after;
 	sc->sc_serial = shm_next_serial();
 	sc->sc_strings = shm_cert_strings(sc);
+	shm.cert_blocks += shm_block_size(sc);
 	shm.nnames += sc->sc_nnames;
 	next->sc_issuer = next->sc_chain = next->sc_key = NULL;
 	next->sc_names = NULL;
@@ -1089,8 +1124,7 @@ shm_plan(struct shm_plan *pl, uint32_t so)
 	pl->by_name.nbuckets = shm_buckets_for(shm.nnames);
 	pl->by_name.off = so + (uint32_t)off;
 	off += (uint64_t)pl->by_name.nbuckets * sizeof(struct acme_shm_bucket);
-	for (i = 0; i < shm.ncerts; i++)
-		pl->strings += shm_block_size(&shm.certs[i]);
+	pl->strings = shm.cert_blocks;
 
 	pl->tokens_part_off = so + (uint32_t)off;
 	pl->tokens_off = pl->tokens_part_off;
@@ -1435,31 +1469,50 @@ shm_write_alpn(const struct shm_plan *pl, uint32_t *pos, size_t i)
 	shm_table_put(&pl->by_alpn, off, len, at);
 }
 
-/*
- * Place in slot s the blocks of the certificates it does not hold, in
- * free extents of its heap; shm_write_placed() writes them.  -1: the slot
- * is to be laid out afresh, as nothing is known of it, its front outgrew
- * its room, a block found no room or the heap is too fragmented.
- */
+/* Give certificate i a block in slot s, if it has none; -1: no room. */
 static int
-shm_place(int s, const struct shm_plan *pl)
+shm_place_cert(int s, size_t i)
 {
 	struct shm_slot	*sl = &shm.slots[s];
-	struct shm_cert	*sc;
+	struct shm_cert	*sc = &shm.certs[i];
+
+	if (sc->sc_at[s] != 0)
+		return 0;
+	if ((sc->sc_at[s] = shm_heap_alloc(sl, shm_block_size(sc))) == 0)
+		return -1;
+	sl->sl_live += shm_block_size(sc);
+	shm.placed = xreallocarray(shm.placed, shm.nplaced + 1,
+	    sizeof(*shm.placed));
+	shm.placed[shm.nplaced++] = i;
+	return 0;
+}
+
+/*
+ * Place in slot s the blocks of the certificates it does not hold, in
+ * free extents of its heap; shm_write_placed() writes them.  Those are
+ * the ones replaced since the slot was written when its tables are of
+ * this shape (patched), else any.  -1: the slot is to be laid out
+ * afresh, as nothing is known of it, its front outgrew its room, a block
+ * found no room or the heap is too fragmented.
+ */
+static int
+shm_place(int s, const struct shm_plan *pl, int patched)
+{
+	struct shm_slot	*sl = &shm.slots[s];
 	uint64_t	 holes;
 	size_t		 i;
 
+	shm.nplaced = 0;
 	if (sl->sl_heap == 0 || shm.hdr->slot_off[s] + pl->front > sl->sl_heap)
 		return -1;
-	for (i = 0; i < shm.ncerts; i++) {
-		sc = &shm.certs[i];
-		if (sc->sc_at[s] != 0)
-			continue;
-		sc->sc_at[s] = shm_heap_alloc(sl, shm_block_size(sc));
-		if (sc->sc_at[s] == 0)
-			return -1;
-		sc->sc_unwritten = 1;
-		sl->sl_live += shm_block_size(sc);
+	if (patched) {
+		for (i = 0; i < sl->sl_nchanged; i++)
+			if (shm_place_cert(s, sl->sl_changed[i]) == -1)
+				return -1;
+	} else {
+		for (i = 0; i < shm.ncerts; i++)
+			if (shm_place_cert(s, i) == -1)
+				return -1;
 	}
 	holes = sl->sl_free_bytes - shm_heap_tail(sl, shm_slot_end(s));
 	if (sl->sl_nfree > SHM_MAX_HOLES ||
@@ -1479,16 +1532,14 @@ shm_write_placed(int s, const struct shm_plan *pl)
 	uint64_t	 n = 0;
 	size_t		 i;
 
-	for (i = 0; i < shm.ncerts; i++) {
-		sc = &shm.certs[i];
-		if (!sc->sc_unwritten)
-			continue;
+	for (i = 0; i < shm.nplaced; i++) {
+		sc = &shm.certs[shm.placed[i]];
 		shm_write_block(sc, sc->sc_at[s]);
-		sc->sc_unwritten = 0;
 		n += shm_block_size(sc);
 		if (pl != NULL)
-			n += shm_patch_entry(pl, s, i);
+			n += shm_patch_entry(pl, s, shm.placed[i]);
 	}
+	shm.nplaced = 0;
 	return n;
 }
 
@@ -1522,7 +1573,6 @@ shm_repack(int s, const struct shm_plan *pl)
 	for (i = 0; i < shm.ncerts; i++) {
 		sc = &shm.certs[i];
 		sc->sc_at[s] = pos;
-		sc->sc_unwritten = 0;
 		shm_write_block(sc, pos);
 		pos += shm_block_size(sc);
 	}
@@ -1698,21 +1748,22 @@ shm_publish_image(void)
 	}
 	written = shm_wipe_stale(s);
 	current = sl->sl_heap != 0 && sl->sl_version == shm.cert_version;
-	patched = 0;
+	patched = sl->sl_shape == shm.shape_version;
 	if (current)
 		;
-	else if (shm_place(s, &pl) == 0) {
-		patched = sl->sl_shape == shm.shape_version;
+	else if (shm_place(s, &pl, patched) == 0)
 		written += shm_write_placed(s, patched ? &pl : NULL);
-	} else {
+	else {
 		written += shm_repack(s, &pl);
 		packed = 1;
+		patched = 0;
 	}
 	written += shm_write_front(&pl, s, current || patched);
 	if (!current)
 		shm.stats.ss_cert_writes++;
 	sl->sl_version = shm.cert_version;
 	sl->sl_shape = shm.shape_version;
+	sl->sl_nchanged = 0;
 	sl->sl_used = shm_slot_used(s);
 	shm_write_image(&pl, s, gen);
 
@@ -1799,6 +1850,7 @@ shm_close(void)
 	if (shm.watch_ev != NULL)
 		event_free(shm.watch_ev);
 	shm_slots_forget();
+	free(shm.placed);
 	for (i = 0; i < shm.ncerts; i++)
 		shm_cert_clear(&shm.certs[i]);
 	free(shm.certs);
