@@ -265,11 +265,13 @@ sched_apply(const struct conf *conf)
 	/* The configuration has no id twice (conf_cert_add()). */
 	ids = sched_id_index();
 	nids = sched_ncerts;
+	store_batch_begin();
 	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry) {
 		if (bsearch(cc->cc_id, ids, nids, sizeof(*ids),
 		    sched_find_id) == NULL)
 			sched_add_cert(cc);
 	}
+	store_batch_end();
 	free(ids);
 	log_info("managing %zu certificates from %zu issuers", sched_ncerts,
 	    sched_nissuers);

@@ -655,6 +655,9 @@ struct cert_meta {
 int		 store_write_atomic(const char *, const void *, size_t,
 		    mode_t, char **);
 int		 store_init(const char *dir, char **);		/* mkdir 0700 */
+/* Around many loads in a row: see store_dir_ok(). */
+void		 store_batch_begin(void);
+void		 store_batch_end(void);
 /* 0: loaded, 1: absent, -1: error (cause) */
 int		 store_load_account(const char *dir, EVP_PKEY **, char **url,
 		    char **);

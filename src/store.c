@@ -324,6 +324,49 @@ store_mkdir(const char *path, char **cause)
 }
 
 /*
+ * While the scheduler starts its certificates (store_batch_begin() to
+ * store_batch_end()), a folder of state_path that store_dir_ok() found
+ * fine is not judged again: ten thousand certificates would otherwise
+ * walk the same few folders from / some 30,000 times, a third of a
+ * start's time.  Only root or the daemon itself can change a folder found
+ * fine, so the answer holds for the batch; outside one, every call judges
+ * afresh.
+ */
+static struct {
+	int	  sb_active;
+	char	**sb_ok;
+	size_t	  sb_nok;
+} store_batch;
+
+void
+store_batch_begin(void)
+{
+	store_batch.sb_active = 1;
+}
+
+void
+store_batch_end(void)
+{
+	size_t	 i;
+
+	for (i = 0; i < store_batch.sb_nok; i++)
+		free(store_batch.sb_ok[i]);
+	free(store_batch.sb_ok);
+	memset(&store_batch, 0, sizeof(store_batch));
+}
+
+static int
+store_batch_has(const char *path)
+{
+	size_t	 i;
+
+	for (i = 0; i < store_batch.sb_nok; i++)
+		if (strcmp(store_batch.sb_ok[i], path) == 0)
+			return 1;
+	return 0;
+}
+
+/*
  * An existing folder of state_path, judged as store_mkdir() does.  0: it
  * is fine, 1: it is missing, -1: refused (cause).
  */
@@ -333,8 +376,15 @@ store_dir_ok(const char *path, char **cause)
 	char	*why = NULL;
 	int	 fd;
 
+	if (store_batch.sb_active && store_batch_has(path))
+		return 0;
 	if ((fd = fsafe_opendir(path, 0700, geteuid(), &why)) != -1) {
 		close(fd);
+		if (store_batch.sb_active) {
+			store_batch.sb_ok = xreallocarray(store_batch.sb_ok,
+			    store_batch.sb_nok + 1, sizeof(*store_batch.sb_ok));
+			store_batch.sb_ok[store_batch.sb_nok++] = xstrdup(path);
+		}
 		return 0;
 	}
 	if (errno == ENOENT) {
