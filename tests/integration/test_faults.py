@@ -13,6 +13,7 @@ test_regressions.py has a malformed Replay-Nonce.
 """
 
 import base64
+import http.client
 import json
 import os
 import random
@@ -176,18 +177,31 @@ def verify_all(state, ids, root, workdir, names_of):
     assert v.returncode == 0 and not bad, (v.stdout[-2000:], v.stderr)
 
 
-def api_status(sock, timeout=2.0):
-    """GET /v1/status over the control socket; (seconds taken, JSON)."""
+# The control API must answer while a CA stalls or misbehaves: a loop
+# that waited for the CA would stall for the CA's whole delay (5 s in the
+# "slow" case, a minute in the outage).  The bound is about a blocked
+# loop, not speed: a sanitized daemon on a loaded 2-core machine took
+# 1.2 s once, so it leaves room for that.
+STALL = 2.5
+
+
+def api_status(sock, timeout=STALL):
+    """GET /v1/status over the control socket; (seconds taken, JSON).
+    Spoken from this process (no curl to start), so the time is the
+    daemon's answer and the socket's, not a process start under load."""
     t = time.monotonic()
-    p = subprocess.run(["curl", "-sS", "--max-time", str(timeout),
-                        "--unix-socket", str(sock),
-                        "http://localhost/v1/status"],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Connection: close\r\n\r\n")
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        body = resp.read()
     took = time.monotonic() - t
-    assert p.returncode == 0, "GET /v1/status failed after %.1fs: %s" % (
-        took, p.stderr)
-    return took, json.loads(p.stdout)
+    assert resp.status == 200, "GET /v1/status: %d after %.1fs" % (
+        resp.status, took)
+    return took, json.loads(body)
 
 
 class CountingProxy:
@@ -448,7 +462,7 @@ def test_ca_outage_60s(tmp_path, pebble_factory, http_port,
         while time.monotonic() < t0 + OUTAGE:
             assert sidecar.alive(), sidecar.diagnostics()
             took, _ = api_status(tmp_path / "control.sock")
-            assert took < 1.0, "/v1/status took %.1fs" % took
+            assert took < STALL, "/v1/status took %.1fs" % took
             time.sleep(1)
         t1 = time.monotonic()
         pebble.start()
@@ -547,7 +561,7 @@ FAKE = None     # the fake of the running test, for the callables above
 @pytest.mark.parametrize("case", sorted(GARBAGE))
 def test_garbage_ca_isolated(tmp_path, run, fake, pebble, case):
     """A fake issuer misbehaves; the daemon stays up, says what is wrong,
-    the control API answers within a second all along, and the Pebble
+    the control API answers all along without waiting for the CA, and the Pebble
     issuer issues all its certificates meanwhile."""
     global FAKE
     FAKE = fake
@@ -580,7 +594,7 @@ def test_garbage_ca_isolated(tmp_path, run, fake, pebble, case):
             worst = max(worst, took)
         time.sleep(0.2)
     print(rx.search(run.sidecar.log()).group(0))
-    run.check(worst < 1.0, "/v1/status took %.1fs" % worst)
+    run.check(worst < STALL, "/v1/status took %.1fs" % worst)
     for n in pnames:
         check_certificate(pstate, [n], None, pebble, tmp_path)
     if case == "retry-after-1e9":
@@ -680,7 +694,7 @@ def test_state_path_fault(tmp_path, pebble, http_port, sidecar_factory,
         assert "d3.example.test" in now, "the issued one is not served"
         assert not (state / "certs" / "d3.example.test").exists()
         took, status = api_status(tmp_path / "control.sock")
-        assert took < 1.0
+        assert took < STALL, "/v1/status took %.1fs" % took
 
         if fault == "full":
             filler.unlink()
