@@ -147,7 +147,8 @@ nginx_conf_default_user(struct conf *conf)
 		group = "nobody";
 	conf->c_nginx_user = xstrdup("nobody");
 	conf->c_nginx_group = group != NULL ? xstrdup(group) : NULL;
-	conf->c_nginx_user_from = "nginx's default: nginx.conf has no \"user\"";
+	conf->c_nginx_user_from = "nginx's default if its master runs as root: "
+	    "nginx.conf has no \"user\"";
 }
 
 static void

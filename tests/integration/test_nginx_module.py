@@ -156,7 +156,8 @@ def test_seed_verbatim_without_user_line(tmp_path, pebble, http_port,
     sidecar = sidecar_factory(sidecar_conf(tmp_path), [pebble])
     sidecar.start("--nginx-conf", str(nginx.conf))
     sidecar.wait_log(r"shared zone \S+: nginx's workers \(nobody:nogroup, "
-                     r"nginx's default: nginx.conf has no \"user\"\) "
+                     r"nginx's default if its master runs as root: "
+                     r"nginx.conf has no \"user\"\) "
                      r"cannot read \S+ \(mode 0640 root:www-data\): nginx "
                      r"will serve no certificate from it")
     workers = api(sock, "/v1/status")["shared_zone"]["nginx_workers"]
