@@ -111,7 +111,7 @@ nginx_conf_user(struct conf_parse *p, struct conf_args *a)
 	struct group	*gr;
 	char		*group = NULL;
 
-	if (a->n < 2)
+	if (a->n < 2 || a->n > 3)
 		return conf_error(p, "invalid number of arguments in \"user\" "
 		    "directive");
 	if (a->n == 3)

@@ -1619,6 +1619,13 @@ test_nginx_errors(void **state)
 	    "%s/nginx.conf:7: server_name \"~^www\\d+\\.example\\.test$\" cannot "
 	    "be an ACME identifier: it is a regular expression; list the "
 	    "identifiers in \"acme_certificate\"", t->dir);
+	/* nginx -t's words: "user" takes a user and maybe a group. */
+	conf_test_nginx_err(t, "user;\nhttp {\n}\n",
+	    "%s/nginx.conf:1: invalid number of arguments in \"user\" "
+	    "directive", t->dir);
+	conf_test_nginx_err(t, "user www-data www-data extra;\nhttp {\n}\n",
+	    "%s/nginx.conf:1: invalid number of arguments in \"user\" "
+	    "directive", t->dir);
 	/* Found by tests/fuzz: this used to stop the daemon. */
 	conf_test_nginx_err(t, "http {\n" NGX_ISSUER
 	    "    server {\n"
