@@ -1,6 +1,6 @@
 /*
- * The configuration parser (src/conf.c, conf_lex.c, conf_cert.c,
- * nginx_conf.c).  The input is written to sidecar.conf and nginx.conf in
+ * The configuration loader and parser (src/conf_load.c, conf.c,
+ * conf_lex.c, conf_cert.c, conf_cluster.c, nginx_conf.c).  The input is written to sidecar.conf and nginx.conf in
  * a private folder, then read as the sidecar's file and as --nginx-conf;
  * whatever comes back is freed.
  *
