@@ -326,16 +326,23 @@ store_mkdir(const char *path, char **cause)
 /*
  * While the scheduler starts its certificates (store_batch_begin() to
  * store_batch_end()), a folder of state_path that store_dir_ok() found
- * fine is not judged again: ten thousand certificates would otherwise
- * walk the same few folders from / some 30,000 times, a third of a
- * start's time.  Only root or the daemon itself can change a folder found
- * fine, so the answer holds for the batch; outside one, every call judges
- * afresh.
+ * fine or missing is not judged again: ten thousand certificates would
+ * otherwise walk the same few folders from / some 30,000 times, a third of
+ * a start's time.  Only root or the daemon itself can change a folder
+ * found fine, or make one missing in it (its parent is fine too), and the
+ * daemon writes none during a batch, so the answer holds for the batch.
+ * A refusal is judged again each time, and outside a batch every call
+ * judges afresh.
  */
+struct store_judged {
+	char	*sj_path;
+	int	 sj_rc;		/* store_dir_ok()'s 0 or 1 */
+};
+
 static struct {
-	int	  sb_active;
-	char	**sb_ok;
-	size_t	  sb_nok;
+	int			 sb_active;
+	struct store_judged	*sb_dirs;
+	size_t			 sb_ndirs;
 } store_batch;
 
 void
@@ -349,21 +356,37 @@ store_batch_end(void)
 {
 	size_t	 i;
 
-	for (i = 0; i < store_batch.sb_nok; i++)
-		free(store_batch.sb_ok[i]);
-	free(store_batch.sb_ok);
+	for (i = 0; i < store_batch.sb_ndirs; i++)
+		free(store_batch.sb_dirs[i].sj_path);
+	free(store_batch.sb_dirs);
 	memset(&store_batch, 0, sizeof(store_batch));
 }
 
+/* The batch's answer for path, or -1 when it has none. */
 static int
-store_batch_has(const char *path)
+store_batch_judged(const char *path)
 {
 	size_t	 i;
 
-	for (i = 0; i < store_batch.sb_nok; i++)
-		if (strcmp(store_batch.sb_ok[i], path) == 0)
-			return 1;
-	return 0;
+	for (i = 0; i < store_batch.sb_ndirs; i++)
+		if (strcmp(store_batch.sb_dirs[i].sj_path, path) == 0)
+			return store_batch.sb_dirs[i].sj_rc;
+	return -1;
+}
+
+static int
+store_batch_keep(const char *path, int rc)
+{
+	struct store_judged	*sj;
+
+	if (!store_batch.sb_active)
+		return rc;
+	store_batch.sb_dirs = xreallocarray(store_batch.sb_dirs,
+	    store_batch.sb_ndirs + 1, sizeof(*store_batch.sb_dirs));
+	sj = &store_batch.sb_dirs[store_batch.sb_ndirs++];
+	sj->sj_path = xstrdup(path);
+	sj->sj_rc = rc;
+	return rc;
 }
 
 /*
@@ -374,22 +397,17 @@ static int
 store_dir_ok(const char *path, char **cause)
 {
 	char	*why = NULL;
-	int	 fd;
+	int	 fd, rc;
 
-	if (store_batch.sb_active && store_batch_has(path))
-		return 0;
+	if (store_batch.sb_active && (rc = store_batch_judged(path)) != -1)
+		return rc;
 	if ((fd = fsafe_opendir(path, 0700, geteuid(), &why)) != -1) {
 		close(fd);
-		if (store_batch.sb_active) {
-			store_batch.sb_ok = xreallocarray(store_batch.sb_ok,
-			    store_batch.sb_nok + 1, sizeof(*store_batch.sb_ok));
-			store_batch.sb_ok[store_batch.sb_nok++] = xstrdup(path);
-		}
-		return 0;
+		return store_batch_keep(path, 0);
 	}
 	if (errno == ENOENT) {
 		free(why);
-		return 1;
+		return store_batch_keep(path, 1);
 	}
 	*cause = why;
 	return -1;
