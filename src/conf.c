@@ -34,7 +34,6 @@
 #include "conf_int.h"
 
 /* Hard limits on input: a config is small and written by a person. */
-#define CONF_MAX_ARGS		1024		/* words per directive */
 #define CONF_MAX_INCLUDE_DEPTH	16		/* nested include levels */
 /*
  * One load (start, -t, reload) reads at most this many files and bytes,

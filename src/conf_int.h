@@ -46,6 +46,7 @@ char		*conf_path_resolve(const struct conf_lex *, const char *);
 #define CONF_HTTP	0x04		/* nginx.conf: http { } */
 #define CONF_SERVER	0x08		/* nginx.conf: server { } */
 #define CONF_NGX_MAIN	0x10		/* nginx.conf: main context */
+#define CONF_MAX_ARGS		1024		/* words per directive */
 struct conf_args {			/* the words of one directive */
 	char		**v;
 	int		  n;
