@@ -760,6 +760,8 @@ out:
 static int
 control_events(struct event_base *base, char **cause)
 {
+	size_t	i;
+
 	if (loop_mhd_start(&control.loop, base, control.daemon, "control",
 	    cause) == -1)
 		return -1;
@@ -771,7 +773,10 @@ control_events(struct event_base *base, char **cause)
 		xasprintf(cause, "control: cannot add events");
 		return -1;
 	}
-	return control_stream_start(base, cause);
+	for (i = 0; i < control_nservices; i++)
+		if (control_services[i].cs_start(base, cause) == -1)
+			return -1;
+	return 0;
 }
 
 int
@@ -821,8 +826,10 @@ control_wake_all(void)
 {
 	struct control_req	*cr;
 	void			(*cancel)(struct control_req *);
+	size_t			 i;
 
-	control_stream_stop();
+	for (i = 0; i < control_nservices; i++)
+		control_services[i].cs_stop();
 	while ((cr = TAILQ_FIRST(&control.waiting)) != NULL) {
 		TAILQ_REMOVE(&control.waiting, cr, cr_entry);
 		cancel = cr->cr_cancel;

@@ -5,7 +5,8 @@
  *   control.c         the transport: the socket, who may connect and how
  *                     often, who may read or change, the body, dispatch,
  *                     replies, and requests that wait for the CA
- *   control_routes.c  the routes: one table, one handler per row
+ *   control_routes.c  the routes: one table, one handler per row; and
+ *                     the services that run beside them
  *   control_stream.c  GET /v1/events: the streams, their limits and timers
  *
  * So a new route touches control_routes.c alone.
@@ -63,9 +64,22 @@ struct control_route {
 	const char *const	*cr_fields;	/* of the body, NULL: none */
 	enum MHD_Result		(*cr_handler)(struct control_ctx *);
 };
-/* control_routes.c */
+/*
+ * What runs beside the routes for as long as the API does (the event
+ * streams' timer): started after the transport, stopped before it wakes
+ * what still waits, as libmicrohttpd cannot stop with connections
+ * suspended.
+ */
+struct control_service {
+	int			(*cs_start)(struct event_base *, char **);
+	void			(*cs_stop)(void);
+};
+
+/* control_routes.c: the tables through which control.c reaches above. */
 extern const struct control_route control_routes[];
 extern const size_t control_nroutes;
+extern const struct control_service control_services[];
+extern const size_t control_nservices;
 
 /* control.c */
 struct control_conn *control_conn_of(struct MHD_Connection *);

@@ -75,6 +75,13 @@ const struct control_route control_routes[] = {
 };
 const size_t control_nroutes = sizeof(control_routes) /
     sizeof(control_routes[0]);
+
+const struct control_service control_services[] = {
+	{ control_stream_start, control_stream_stop },
+};
+const size_t control_nservices = sizeof(control_services) /
+    sizeof(control_services[0]);
+
 /* RFC 3339 in UTC, or JSON null for "never". */
 static json_t *
 control_time(time_t t)
