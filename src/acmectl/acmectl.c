@@ -551,6 +551,25 @@ out:
 	return rc;
 }
 
+/* One event on stdout at once, as it came (--json) or as a line. */
+static int
+ctl_show_event(json_t *ev, const char *line, size_t len, void *arg,
+    char **cause)
+{
+	const struct ctl_opts	*o = arg;
+
+	if (o->o_json) {
+		fwrite(line, 1, len, stdout);
+		putchar('\n');
+	} else
+		ctl_print_event(ev);
+	if (fflush(stdout) == EOF || ferror(stdout)) {
+		*cause = ctl_xasprintf("stdout: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 /* Print events until the daemon ends the stream (exit 0). */
 static int
 ctl_cmd_events(const struct ctl_opts *o, int argc, char **argv,
@@ -558,7 +577,7 @@ ctl_cmd_events(const struct ctl_opts *o, int argc, char **argv,
 {
 	(void)argc;
 	(void)argv;
-	return ctl_events(o->o_socket, o->o_json, cause);
+	return ctl_events(o->o_socket, ctl_show_event, (void *)o, cause);
 }
 
 /* The Prometheus text, as the daemon sent it. */

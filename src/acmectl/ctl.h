@@ -66,7 +66,10 @@ int		 ctl_exchange(const char *, const char *, const char *,
 		     const char *, char **, struct ctl_response *, char **);
 int		 ctl_call(const char *, const char *, const char *, json_t *,
 		     json_t **, char **);
-int		 ctl_events(const char *, int, char **);
+/* One event: parsed, and its line as it came (not NUL-terminated). */
+typedef int	 (*ctl_event_cb)(json_t *, const char *, size_t, void *,
+		     char **);
+int		 ctl_events(const char *, ctl_event_cb, void *, char **);
 
 /* ctl_out.c: what the user reads on stdout: tables, JSON, events. */
 const char	*ctl_scalar(json_t *, char *, size_t);

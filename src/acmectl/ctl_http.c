@@ -37,7 +37,8 @@ struct ctl_xfer {
 	char			*x_buf;		/* the body, NUL-terminated */
 	size_t			 x_len;
 	int			 x_stream;	/* GET /v1/events */
-	int			 x_json;	/* events as they came */
+	ctl_event_cb		 x_on_event;	/* each event, parsed */
+	void			*x_arg;
 	int			 x_lines;	/* a 2xx stream: split lines */
 	char			*x_line;	/* CTL_EVENT_MAX bytes */
 	size_t			 x_linelen;
@@ -188,7 +189,7 @@ ctl_on_body(struct ctl_xfer *x, const char *p, size_t n)
 }
 
 /*
- * One event line, printed at once: a consumer waits for it.  Empty
+ * One event line, handed on at once: a consumer waits for it.  Empty
  * lines (the daemon's keepalives) are skipped; anything else must be a
  * JSON object with a time and a type.
  */
@@ -214,16 +215,8 @@ ctl_event_line(struct ctl_xfer *x)
 		    "and a type", x->x_events);
 		goto out;
 	}
-	if (x->x_json) {
-		fwrite(x->x_line, 1, x->x_linelen, stdout);
-		putchar('\n');
-	} else
-		ctl_print_event(ev);
-	if (fflush(stdout) == EOF || ferror(stdout)) {
-		x->x_cause = ctl_xasprintf("stdout: %s", strerror(errno));
-		goto out;
-	}
-	rc = 0;
+	rc = x->x_on_event(ev, x->x_line, x->x_linelen, x->x_arg,
+	    &x->x_cause);
 out:
 	json_decref(ev);
 	return rc;
@@ -467,11 +460,13 @@ out:
 }
 
 /*
- * Print events until the daemon ends the stream with its last chunk.
- * An error answer is reported like any other call's.
+ * Hand each event to on_event until the daemon ends the stream with its
+ * last chunk, or on_event fails (-1 and its cause).  An error answer is
+ * reported like any other call's.
  */
 int
-ctl_events(const char *sock, int json, char **cause)
+ctl_events(const char *sock, ctl_event_cb on_event, void *arg,
+    char **cause)
 {
 	struct ctl_response	 rs;
 	struct ctl_xfer		 x;
@@ -484,7 +479,8 @@ ctl_events(const char *sock, int json, char **cause)
 	x.x_path = "/v1/events";
 	x.x_rs = &rs;
 	x.x_stream = 1;
-	x.x_json = json;
+	x.x_on_event = on_event;
+	x.x_arg = arg;
 	x.x_line = ctl_xreallocarray(NULL, CTL_EVENT_MAX, 1);
 	if (ctl_perform(&x, NULL, cause) == -1)
 		goto out;
