@@ -908,6 +908,58 @@ test_one_change_writes_what_changed(void **state)
 	event_base_free(evb);
 }
 
+/*
+ * A zone a previous run left is taken up with whatever it holds: the
+ * first image laid out in a slot wipes what lies past it there, and the
+ * first publish wipes the other slot whole, so a certificate the new
+ * run does not set leaves no key behind.
+ */
+static void
+test_adopted_zone_keeps_no_old_key(void **state)
+{
+	char		*names[1], id[32], *chain, *key, *old, *cause = NULL;
+	struct ts_entry	 e;
+	unsigned char	*base;
+	size_t		 size;
+	int		 i;
+
+	(void)state;
+	names[0] = id;
+	assert_int_equal(shm_open_zone(NULL, ts_path, 256 * 1024, NULL,
+	    &cause), 0);
+	for (i = 0; i < 8; i++) {
+		snprintf(id, sizeof(id), "a%d.example.test", i);
+		chain = ts_walk_string("CHAIN", i, 0, 3000, 'c');
+		key = ts_walk_string("KEY", i, 0, 240, 'k');
+		shm_cert_set(id, "pebble", names, 1, chain, key, 0, 1);
+		free(chain);
+		keys_pem_free(key);
+	}
+	shm_token_add("tok", "tok.thumb");	/* both slots hold them */
+	shm_close();
+
+	assert_int_equal(shm_open_zone(NULL, ts_path, 256 * 1024, NULL,
+	    &cause), 0);
+	snprintf(id, sizeof(id), "a7.example.test");
+	chain = ts_walk_string("CHAIN", 7, 1, 100, 'c');
+	key = ts_walk_string("KEY", 7, 1, 240, 'k');
+	shm_cert_set(id, "pebble", names, 1, chain, key, 0, 1);
+	base = ts_map(&size);
+	assert_true(ts_tails_clean(base));
+	for (i = 0; i < 8; i++) {
+		old = ts_walk_string("KEY", i, 0, 240, 'k');
+		assert_null(memmem(base, size, old, strlen(old)));
+		keys_pem_free(old);
+	}
+	assert_int_equal(ts_read(base, size, 0, "a0.example.test", &e), 0);
+	assert_int_equal(ts_read(base, size, 0, id, &e), 1);
+	assert_string_equal(e.key, key);
+	ts_entry_clear(&e);
+	munmap(base, size);
+	free(chain);
+	keys_pem_free(key);
+}
+
 /* A change made in the loop's last turn is published on the way out. */
 static void
 test_close_publishes_pending_changes(void **state)
@@ -1294,6 +1346,8 @@ main(void)
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(
 		    test_one_change_writes_what_changed, ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_adopted_zone_keeps_no_old_key, ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_full_keeps_last_image,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_never_shrinks,
