@@ -1,7 +1,8 @@
 /*
- * conf_int.h: the configuration parser as its own files share it:
- * conf_lex.c, conf.c, conf_cert.c, conf_cluster.c, nginx_conf.c and the
- * loader above them, conf_load.c.
+ * conf_int.h: the configuration parser as its own files share it, each
+ * calling only those below it: conf_lex.c, conf_parse.c (the grammar),
+ * conf_cert.c and conf_cluster.c (their directives' handlers), conf.c
+ * (the directive table), nginx_conf.c, and the loader on top, conf_load.c.
  * Private to those files (and tests/unit/test_conf.c, which drives the
  * lexer); the rest of the daemon sees the configuration only through
  * sidecar.h's struct conf and conf_* functions.
@@ -37,15 +38,10 @@ enum conf_tok	 conf_lex_next(struct conf_lex *, int *);
 char		*conf_path_resolve(const struct conf_lex *, const char *);
 
 /*
- * conf.c's parser as the other configuration files use it.
+ * conf_parse.c: nginx's grammar as the other configuration files use it.
  * conf_parse_block() reads the statements of one file or block and hands
  * each to its context's cx_stmt(); the first error sticks in cause.
  */
-#define CONF_TOP	0x01		/* contexts: the sidecar's file */
-#define CONF_ISSUER	0x02		/* acme_issuer { } */
-#define CONF_HTTP	0x04		/* nginx.conf: http { } */
-#define CONF_SERVER	0x08		/* nginx.conf: server { } */
-#define CONF_NGX_MAIN	0x10		/* nginx.conf: main context */
 #define CONF_MAX_ARGS		1024		/* words per directive */
 struct conf_args {			/* the words of one directive */
 	char		**v;
@@ -53,13 +49,6 @@ struct conf_args {			/* the words of one directive */
 	int		  cap;
 	int		  line;		/* of the first word */
 	int		  endline;	/* of the terminator */
-};
-struct conf_block {			/* a context of the directive table */
-	int			 where;		/* CONF_TOP, ... */
-	unsigned int		 seen;		/* single-valued directives */
-	struct conf_issuer	*ci;		/* CONF_ISSUER */
-	char			*sp_file;	/* where state_path was set */
-	int			 sp_line;
 };
 struct conf_parse {
 	struct conf	*conf;
@@ -86,12 +75,29 @@ int		 conf_parse_block(struct conf_parse *, struct conf_lex *,
 		    const struct conf_ctx *, int inblock);
 int		 conf_include(struct conf_parse *, const struct conf_ctx *,
 		    struct conf_args *, enum conf_tok);
-int		 conf_command(struct conf_parse *, struct conf_block *,
-		    struct conf_args *, enum conf_tok);
 int		 conf_error(struct conf_parse *, const char *, ...)
 		    PRINTFLIKE(2, 3);
 int		 conf_error_at(struct conf_parse *, const char *, int,
 		    const char *, ...) PRINTFLIKE(4, 5);
+
+/*
+ * conf.c: the directive table, its contexts (struct conf_block, what its
+ * handlers get) and the sidecar's file.
+ */
+#define CONF_TOP	0x01		/* contexts: the sidecar's file */
+#define CONF_ISSUER	0x02		/* acme_issuer { } */
+#define CONF_HTTP	0x04		/* nginx.conf: http { } */
+#define CONF_SERVER	0x08		/* nginx.conf: server { } */
+#define CONF_NGX_MAIN	0x10		/* nginx.conf: main context */
+struct conf_block {			/* a context of the directive table */
+	int			 where;		/* CONF_TOP, ... */
+	unsigned int		 seen;		/* single-valued directives */
+	struct conf_issuer	*ci;		/* CONF_ISSUER */
+	char			*sp_file;	/* where state_path was set */
+	int			 sp_line;
+};
+int		 conf_command(struct conf_parse *, struct conf_block *,
+		    struct conf_args *, enum conf_tok);
 /* [ADDR:]PORT to connect to (readiness check); bad: "host" or "port". */
 int		 conf_connect_addr(const char *, char **addr, int *port,
 		    const char **bad);

@@ -259,13 +259,15 @@ struct conf {
 struct conf	*conf_load_files(const char *, const char *, char **);
 struct conf	*conf_load(const char *, char **);	/* no --nginx-conf */
 
-/* conf.c: nginx's grammar and the sidecar's directives. */
+/* conf.c: the sidecar's directives, and the struct conf they fill. */
 void		 conf_free(struct conf *);
-struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 struct conf_issuer *conf_issuer_dup(const struct conf_issuer *);
 const char	*conf_volatile_dir(void);	/* state_path off's, or NULL */
 void		 conf_issuer_free(struct conf_issuer *);
 gid_t		 conf_gid(const char *);	/* group=1234, or (gid_t)-1 */
+
+/* conf_parse.c: nginx's grammar, and the helpers its users share. */
+struct conf_issuer *conf_find_issuer(struct conf *, const char *);
 int		 conf_number(const char *, long long min, long long max,
 		    long long *);
 

@@ -44,7 +44,7 @@ $(FUZZ)/obj/%.o: src/%.c src/sidecar.h proto/acme_shm.h proto/acme_ident.h
 $(FUZZ)/obj/order.o $(FUZZ)/obj/order_cluster.o $(FUZZ)/obj/order_ari.o \
 $(FUZZ)/obj/order_dns.o: src/order.h
 $(FUZZ)/obj/conf.o $(FUZZ)/obj/conf_cert.o $(FUZZ)/obj/conf_cluster.o \
-$(FUZZ)/obj/conf_lex.o $(FUZZ)/obj/conf_load.o \
+$(FUZZ)/obj/conf_lex.o $(FUZZ)/obj/conf_load.o $(FUZZ)/obj/conf_parse.o \
 $(FUZZ)/obj/nginx_conf.o: src/conf_int.h
 
 $(FUZZ)/fuzz_conf $(FUZZ)/fuzz_control $(FUZZ)/fuzz_acme \
