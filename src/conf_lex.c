@@ -1,8 +1,9 @@
 /*
  * The tokens of nginx's configuration grammar: words (bare or quoted, with
  * nginx's backslash escapes), ';', '{' and '}', with '#' comments and
- * line numbers, split where ngx_conf_read_token() splits them.  What the
- * words mean is conf.c's business, and nginx_conf.c's.
+ * line numbers, split where ngx_conf_read_token() splits them.  The
+ * statements they make are conf_parse.c's business; what the words mean,
+ * conf.c's and nginx_conf.c's.
  */
 #include <sys/types.h>
 #include <sys/stat.h>
@@ -44,8 +45,8 @@ conf_lex_error(struct conf_lex *lx, int line, const char *fmt, ...)
  * A FIFO, a device or a socket is refused without blocking (fsafe.c): a
  * FIFO named by an include would stop -t, a start or a reload for good.
  * The buffer is the file's size, not the cap: an include fan-out opens
- * many files, and conf.c caps their total (CONF_MAX_TOTAL_SIZE).  Bytes
- * appended while it is read are not seen.
+ * many files, and conf_parse.c caps their total (CONF_MAX_TOTAL_SIZE).
+ * Bytes appended while it is read are not seen.
  */
 int
 conf_read_file(const char *path, char **bufp, size_t *lenp, char **msg)

@@ -1,7 +1,8 @@
 /*
- * The configuration loader and parser (src/conf_load.c, conf.c,
- * conf_lex.c, conf_cert.c, conf_cluster.c, nginx_conf.c).  The input is written to sidecar.conf and nginx.conf in
- * a private folder, then read as the sidecar's file and as --nginx-conf;
+ * The configuration loader and parser, from the top down: src/conf_load.c,
+ * nginx_conf.c, conf.c, conf_cert.c, conf_cluster.c, conf_parse.c and
+ * conf_lex.c.  The input is written to sidecar.conf and nginx.conf in a
+ * private folder, then read as the sidecar's file and as --nginx-conf;
  * whatever comes back is freed.
  *
  * include, nginx_config and friends resolve beside the file, but an
