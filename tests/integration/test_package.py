@@ -248,6 +248,30 @@ NOT_THE_PACKAGES = ("var/lib/dpkg/", "var/log/dpkg.log", "var/cache/man/",
                     "etc/shadow-", "etc/gshadow-")
 
 
+# The sanitizers' reports (make sanitize's log_path) of the processes in
+# the overlay: written to a folder there that the daemon can still write
+# once it is acme-sidecar, then copied to where make looks for them.
+SANITIZERS = ["ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"]
+REPORTS = "/run/sanitizer-reports"
+
+
+def sanitizer_reports():
+    """The environment for the overlay, with each sanitizer's log_path
+    in REPORTS/NAME, and NAME -> the folder its reports go to."""
+    env, folders = dict(os.environ), {}
+    for name in SANITIZERS:
+        if name not in env:
+            continue
+        options = env[name].split(":")
+        for i, option in enumerate(options):
+            if option.startswith("log_path="):
+                path = Path(option.removeprefix("log_path="))
+                folders[name] = path.parent
+                options[i] = "log_path=%s/%s/%s" % (REPORTS, name, path.name)
+        env[name] = ":".join(options)
+    return env, folders
+
+
 class Overlay:
     """/ as an overlay in namespaces of their own: commands run chrooted
     there (nsenter), and the test reads its files through the namespace's
@@ -258,6 +282,7 @@ class Overlay:
         top.mkdir()
         self.chroot = str(top / "root")
         self.procs = []
+        self.env, self.reports = sanitizer_reports()
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--net",
              "sh", "-c", NAMESPACE, "sh", str(top), str(debs)],
@@ -272,6 +297,10 @@ class Overlay:
         gate = Path("/proc/%d/root" % self.holder.pid)
         self.root = gate / self.chroot.lstrip("/")
         self.upper = gate / str(top / "upper").lstrip("/")
+        for name in self.reports:
+            self.path(REPORTS).mkdir(mode=0o755, exist_ok=True)
+            self.path(REPORTS + "/" + name).mkdir()
+            self.path(REPORTS + "/" + name).chmod(0o1777)
 
     def path(self, path):
         """A path of the overlay, as the test reads it."""
@@ -283,15 +312,17 @@ class Overlay:
 
     def run(self, *args, check=True):
         if check:
-            return run(*self.command(*args))
+            return run(*self.command(*args), env=self.env)
         return subprocess.run(self.command(*args), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, timeout=60)
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              env=self.env)
 
     def start(self, args, log):
         """A process in the overlay; nsenter, chroot and what the unit's
         emulation puts first all exec, so its pid is the process's."""
         proc = subprocess.Popen(self.command(*args), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env=self.env)
         self.procs.append(proc)
         return proc
 
@@ -300,6 +331,9 @@ class Overlay:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        for name, folder in self.reports.items():
+            for report in self.path(REPORTS + "/" + name).iterdir():
+                shutil.copy(report, folder)
         self.holder.stdin.close()
         self.holder.wait(timeout=30)
 
