@@ -901,7 +901,13 @@ main(int argc, char *argv[])
 	event_free(sig_hup);
 	event_free(sig_term);
 	event_free(sig_int);
-	evdns_base_free(dns, 0);
+	/*
+	 * A connection to a CA may still wait for its name: libevent holds
+	 * its bufferevent (and TLS state) for the lookup.  Fail the lookups,
+	 * and let the loop run their callbacks once, which free them.
+	 */
+	evdns_base_free(dns, 1);
+	event_base_loop(base, EVLOOP_NONBLOCK);
 	event_base_free(base);
 	conf_free(main_conf);
 	priv_user_clear(&main_user);
