@@ -513,7 +513,11 @@ metrics_render_certs(struct metrics_buf *mb, const struct metrics_snapshot *ms)
 	}
 }
 
-/* What publishing costs: each change pays for a whole image. */
+/*
+ * What publishing costs.  A publish writes what changed since that slot's
+ * last image; a repack lays a slot out afresh (it was fragmented, or the
+ * set of certificates or their names changed).
+ */
 static void
 metrics_render_shm_cost(struct metrics_buf *mb, const struct shm_stats *st)
 {
@@ -523,10 +527,14 @@ metrics_render_shm_cost(struct metrics_buf *mb, const struct shm_stats *st)
 	    (unsigned long long)st->ss_publishes);
 	metrics_family(mb,
 	    "acme_sidecar_shared_zone_certificate_writes_total", "counter",
-	    "Images that wrote the certificates' part, not only tokens.");
+	    "Images in which a certificate changed, not only tokens.");
 	metrics_printf(mb,
 	    "acme_sidecar_shared_zone_certificate_writes_total %llu\n",
 	    (unsigned long long)st->ss_cert_writes);
+	metrics_family(mb, "acme_sidecar_shared_zone_repacks_total", "counter",
+	    "Images that rewrote their slot's certificates in full.");
+	metrics_printf(mb, "acme_sidecar_shared_zone_repacks_total %llu\n",
+	    (unsigned long long)st->ss_repacks);
 	metrics_family(mb, "acme_sidecar_shared_zone_written_bytes_total",
 	    "counter", "Bytes publishes wrote into the zone, wipes included.");
 	metrics_printf(mb,
