@@ -331,8 +331,10 @@ store_mkdir(const char *path, char **cause)
  * a start's time.  Only root or the daemon itself can change a folder
  * found fine, or make one missing in it (its parent is fine too), and the
  * daemon writes none during a batch, so the answer holds for the batch.
- * A refusal is judged again each time, and outside a batch every call
- * judges afresh.
+ * (A parent that others may write to, which fsafe.c only warns about on a
+ * pod's volume, could be swapped under it, as it could between any check
+ * and the open that follows.)  A refusal is judged again each time, and
+ * outside a batch every call judges afresh.
  */
 struct store_judged {
 	char	*sj_path;

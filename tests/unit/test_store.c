@@ -802,6 +802,52 @@ test_cert_vouched(void **state)
 	free(dir);
 }
 
+/*
+ * A batch keeps a folder found fine (a start judges certs/ once), never a
+ * refusal; after the batch every load judges again.
+ */
+static void
+test_cert_batch(void **state)
+{
+	struct ts		*ts = *state;
+	struct stored_cert	 sd;
+	EVP_PKEY		*key;
+	char			*dir, *pem = NULL, *cause = NULL, *certs;
+
+	dir = ts_state(ts);
+	key = ts_save_many(dir, "b.example", 1, &pem);
+	xasprintf(&certs, "%s/certs", dir);
+
+	/* Refused, then fixed within the batch: judged again, so loaded. */
+	assert_int_equal(chmod(certs, 0777), 0);
+	store_batch_begin();
+	assert_int_equal(store_load_stored(dir, "b.example", &sd, &cause),
+	    -1);
+	assert_non_null(strstr(cause, "others than its owner may write"));
+	free(cause);
+	cause = NULL;
+	assert_int_equal(chmod(certs, 0700), 0);
+	assert_int_equal(store_load_stored(dir, "b.example", &sd, &cause), 0);
+	store_stored_clear(&sd);
+
+	/* Found fine: the rest of the batch takes that answer. */
+	assert_int_equal(chmod(certs, 0777), 0);
+	assert_int_equal(store_load_stored(dir, "b.example", &sd, &cause), 0);
+	store_stored_clear(&sd);
+	store_batch_end();
+
+	/* Outside a batch, every load judges the folder. */
+	assert_int_equal(store_load_stored(dir, "b.example", &sd, &cause),
+	    -1);
+	free(cause);
+	assert_int_equal(chmod(certs, 0700), 0);
+
+	EVP_PKEY_free(key);
+	free(certs);
+	free(pem);
+	free(dir);
+}
+
 static void
 test_chain_dates(void **state)
 {
@@ -851,6 +897,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_cert_corrupt_meta,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_cert_vouched, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_cert_batch, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test(test_chain_dates),
 	};
