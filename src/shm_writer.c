@@ -93,6 +93,22 @@ struct shm_pending {
 	int		 sp_remove;
 };
 
+/*
+ * Where each id stands in an array (the model's certificates, the
+ * changes pending), so that a change finds its certificate without a
+ * scan: at a cold start with N = 10,000 certificates the scans were N^2
+ * strcmp() calls.  Open addressing with linear probing, at most half
+ * full.  A slot holds a position in the array plus one (0: free), and
+ * the id is read from the array through si_id, so the array may be
+ * reallocated under it.
+ */
+struct shm_index {
+	size_t		*si_slots;
+	size_t		 si_cap;	/* 0 or a power of two */
+	size_t		 si_n;
+	const char	*(*si_id)(size_t);
+};
+
 struct shm_token {
 	char		*st_token;
 	char		*st_keyauth;
@@ -200,6 +216,12 @@ static struct {
 
 /* How often (s) the file's size is checked between publishes. */
 #define SHM_WATCH_INTERVAL	2
+
+static const char *shm_cert_id(size_t);
+static const char *shm_pending_id(size_t);
+
+static struct shm_index	shm_certs_index = { .si_id = shm_cert_id };
+static struct shm_index	shm_pending_index = { .si_id = shm_pending_id };
 
 static void	shm_changed(void);
 static void	shm_commit_cb(int, short, void *);
@@ -669,6 +691,116 @@ fail:
 	return -1;
 }
 
+/* --------------------------------------------------------------- index */
+
+static const char *
+shm_cert_id(size_t i)
+{
+	return shm.certs[i].sc_id;
+}
+
+static const char *
+shm_pending_id(size_t i)
+{
+	return shm.pending[i].sp_cert.sc_id;
+}
+
+static size_t
+shm_index_home(const struct shm_index *ix, const char *id)
+{
+	return acme_shm_hash(id, strlen(id)) & (ix->si_cap - 1);
+}
+
+/* The slot that holds id, or the free one where it would go. */
+static size_t
+shm_index_slot(const struct shm_index *ix, const char *id)
+{
+	size_t	 k;
+
+	k = shm_index_home(ix, id);
+	while (ix->si_slots[k] != 0 &&
+	    strcmp(ix->si_id(ix->si_slots[k] - 1), id) != 0)
+		k = (k + 1) & (ix->si_cap - 1);
+	return k;
+}
+
+/* Whether id is in the array; if so, *pos is where. */
+static int
+shm_index_find(const struct shm_index *ix, const char *id, size_t *pos)
+{
+	size_t	 k;
+
+	if (ix->si_n == 0)
+		return 0;
+	k = shm_index_slot(ix, id);
+	if (ix->si_slots[k] == 0)
+		return 0;
+	*pos = ix->si_slots[k] - 1;
+	return 1;
+}
+
+static void
+shm_index_grow(struct shm_index *ix)
+{
+	size_t	*old = ix->si_slots, old_cap = ix->si_cap, i;
+
+	ix->si_cap = old_cap == 0 ? 64 : old_cap * 2;
+	ix->si_slots = xcalloc(ix->si_cap, sizeof(*ix->si_slots));
+	for (i = 0; i < old_cap; i++) {
+		if (old[i] != 0)
+			ix->si_slots[shm_index_slot(ix,
+			    ix->si_id(old[i] - 1))] = old[i];
+	}
+	free(old);
+}
+
+/* The id at pos, which the index does not hold yet, is now there. */
+static void
+shm_index_add(struct shm_index *ix, size_t pos)
+{
+	if ((ix->si_n + 1) * 2 > ix->si_cap)
+		shm_index_grow(ix);
+	ix->si_slots[shm_index_slot(ix, ix->si_id(pos))] = pos + 1;
+	ix->si_n++;
+}
+
+/*
+ * The id at pos leaves, and the entries after it in the array move down
+ * one (memmove); called while the array is still as it was.  The
+ * entries that follow in its probe run are shifted back over the hole,
+ * so that no run is cut short (there are no tombstones).
+ */
+static void
+shm_index_remove(struct shm_index *ix, size_t pos)
+{
+	size_t	 mask = ix->si_cap - 1, hole, k, home;
+
+	hole = shm_index_slot(ix, ix->si_id(pos));
+	for (k = (hole + 1) & mask; ix->si_slots[k] != 0; k = (k + 1) & mask) {
+		home = shm_index_home(ix, ix->si_id(ix->si_slots[k] - 1));
+		/* It stays if its home lies cyclically in (hole, k]. */
+		if (hole <= k ? (hole < home && home <= k) :
+		    (hole < home || home <= k))
+			continue;
+		ix->si_slots[hole] = ix->si_slots[k];
+		hole = k;
+	}
+	ix->si_slots[hole] = 0;
+	ix->si_n--;
+	for (k = 0; k < ix->si_cap; k++) {
+		if (ix->si_slots[k] > pos + 1)
+			ix->si_slots[k]--;
+	}
+}
+
+static void
+shm_index_clear(struct shm_index *ix)
+{
+	free(ix->si_slots);
+	ix->si_slots = NULL;
+	ix->si_cap = ix->si_n = 0;
+}
+
 /* --------------------------------------------------------------- model */
 
 /* Everything but the id, which names the entry. */
@@ -703,10 +835,9 @@ shm_find_cert(const char *id)
 {
 	size_t	 i;
 
-	for (i = 0; i < shm.ncerts; i++)
-		if (strcmp(shm.certs[i].sc_id, id) == 0)
-			return &shm.certs[i];
-	return NULL;
+	if (!shm_index_find(&shm_certs_index, id, &i))
+		return NULL;
+	return &shm.certs[i];
 }
 
 /* Publish at the end of this turn of the loop (now, without a loop). */
@@ -803,6 +934,7 @@ shm_apply_remove(const char *id)
 	if ((sc = shm_find_cert(id)) == NULL)
 		return;
 	i = (size_t)(sc - shm.certs);
+	shm_index_remove(&shm_certs_index, i);
 	shm.nnames -= sc->sc_nnames;
 	shm_cert_stale(sc);
 	shm_cert_clear(sc);
@@ -840,6 +972,7 @@ shm_apply_set(struct shm_cert *next)
 		sc = &shm.certs[shm.ncerts++];
 		memset(sc, 0, sizeof(*sc));
 		sc->sc_id = xstrdup(next->sc_id);
+		shm_index_add(&shm_certs_index, shm.ncerts - 1);
 		shm_shape_changed();
 	} else if (strcmp(sc->sc_chain, next->sc_chain) == 0 &&
 	    strcmp(sc->sc_key, next->sc_key) == 0)
@@ -888,6 +1021,7 @@ shm_commit(void)
 	free(shm.pending);
 	shm.pending = NULL;
 	shm.npending = 0;
+	shm_index_clear(&shm_pending_index);
 	if (shm.cert_version != version)
 		shm_changed();
 }
@@ -911,21 +1045,21 @@ static void
 shm_stage(struct shm_cert *sc, int remove)
 {
 	struct timeval		 tv = { 0, SHM_COMMIT_DELAY * 1000 };
-	struct shm_pending	*sp = NULL;
+	struct shm_pending	*sp;
 	size_t			 i;
 
-	for (i = 0; i < shm.npending; i++)
-		if (strcmp(shm.pending[i].sp_cert.sc_id, sc->sc_id) == 0) {
-			sp = &shm.pending[i];
-			shm_cert_clear(&sp->sp_cert);
-			break;
-		}
-	if (sp == NULL) {
+	if (shm_index_find(&shm_pending_index, sc->sc_id, &i)) {
+		/* The later change wins, in the place of the first. */
+		sp = &shm.pending[i];
+		shm_cert_clear(&sp->sp_cert);
+		sp->sp_cert = *sc;
+	} else {
 		shm.pending = xreallocarray(shm.pending, shm.npending + 1,
 		    sizeof(*shm.pending));
 		sp = &shm.pending[shm.npending++];
+		sp->sp_cert = *sc;
+		shm_index_add(&shm_pending_index, shm.npending - 1);
 	}
-	sp->sp_cert = *sc;
 	sp->sp_remove = remove;
 	memset(sc, 0, sizeof(*sc));
 	if (shm.commit_ev == NULL)
@@ -1854,6 +1988,7 @@ shm_close(void)
 	for (i = 0; i < shm.ncerts; i++)
 		shm_cert_clear(&shm.certs[i]);
 	free(shm.certs);
+	shm_index_clear(&shm_certs_index);
 	for (i = 0; i < shm.ntokens; i++) {
 		free(shm.tokens[i].st_token);
 		free(shm.tokens[i].st_keyauth);

@@ -987,6 +987,112 @@ test_close_publishes_pending_changes(void **state)
 	EVP_PKEY_free(k);
 }
 
+#define TS_IDS		500	/* past a few growths of the writer's indexes */
+
+static void
+ts_ids_set(int i, int gen, const char *pem)
+{
+	char	 id[32], chain[32], *names[2];
+
+	snprintf(id, sizeof(id), "id%d.example.test", i);
+	snprintf(chain, sizeof(chain), "CHAIN %d/%d", i, gen);
+	names[0] = id;
+	names[1] = "shared.example.test";
+	shm_cert_set(id, "pebble", names, 2, chain, pem, 0, 1);
+}
+
+static void
+ts_ids_remove(int i)
+{
+	char	 id[32];
+
+	snprintf(id, sizeof(id), "id%d.example.test", i);
+	shm_cert_remove(id);
+}
+
+/* Each id is there with generation gen[i], or absent where gen[i] < 0. */
+static void
+ts_ids_check(const unsigned char *base, size_t size, const int *gen)
+{
+	struct ts_entry	 e;
+	char		 id[32], chain[32];
+	int		 i;
+
+	for (i = 0; i < TS_IDS; i++) {
+		snprintf(id, sizeof(id), "id%d.example.test", i);
+		if (gen[i] < 0) {
+			assert_int_equal(ts_read(base, size, 0, id, &e), 0);
+			continue;
+		}
+		snprintf(chain, sizeof(chain), "CHAIN %d/%d", i, gen[i]);
+		assert_int_equal(ts_read(base, size, 0, id, &e), 1);
+		assert_string_equal(e.id, id);
+		assert_string_equal(e.chain, chain);
+		ts_entry_clear(&e);
+	}
+}
+
+/*
+ * Many changes in one batch, then removals from the middle.  The writer
+ * finds certificates and staged changes by an index of their ids: each
+ * id still reaches its own certificate, a change staged again replaces
+ * the first in its place, and the certificates keep their order, so the
+ * shared name stays with the one held longest.
+ */
+static void
+test_many_ids_keep_order(void **state)
+{
+	struct event_base	*evb;
+	EVP_PKEY		*k = ts_key();
+	char			*pem = keys_to_pem(k), *cause = NULL;
+	struct ts_entry		 e;
+	unsigned char		*base;
+	size_t			 size;
+	int			 gen[TS_IDS], i;
+
+	(void)state;
+	assert_non_null(evb = event_base_new());
+	assert_int_equal(shm_open_zone(evb, ts_path, 4 * 1024 * 1024, NULL,
+	    &cause), 0);
+	for (i = 0; i < TS_IDS; i++) {
+		ts_ids_set(i, 0, pem);
+		gen[i] = 0;
+	}
+	for (i = 0; i < TS_IDS; i += 5) {
+		ts_ids_set(i, 1, pem);
+		gen[i] = 1;
+	}
+	for (i = 0; i < TS_IDS; i += 7) {
+		ts_ids_remove(i);
+		gen[i] = -1;
+	}
+	ts_settle(evb);
+	base = ts_map(&size);
+	ts_ids_check(base, size, gen);
+	assert_int_equal(ts_read(base, size, 1, "shared.example.test", &e), 1);
+	assert_string_equal(e.id, "id1.example.test");
+	ts_entry_clear(&e);
+
+	/* Removals from the middle, and id0 back, now the newest. */
+	for (i = 1; i < TS_IDS; i += 3) {
+		ts_ids_remove(i);
+		gen[i] = -1;
+	}
+	ts_ids_set(0, 2, pem);
+	gen[0] = 2;
+	ts_settle(evb);
+	ts_ids_check(base, size, gen);
+	assert_int_equal(ts_read(base, size, 1, "shared.example.test", &e), 1);
+	assert_string_equal(e.id, "id2.example.test");
+	ts_entry_clear(&e);
+
+	munmap(base, size);
+	shm_close();
+	event_base_free(evb);
+	keys_pem_free(pem);
+	EVP_PKEY_free(k);
+}
+
 /* A full segment keeps serving its last image and says so. */
 static void
 test_full_keeps_last_image(void **state)
@@ -1348,6 +1454,8 @@ main(void)
 		    test_one_change_writes_what_changed, ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(
 		    test_adopted_zone_keeps_no_old_key, ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_many_ids_keep_order,
+		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_full_keeps_last_image,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_never_shrinks,
