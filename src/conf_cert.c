@@ -11,6 +11,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -311,6 +312,91 @@ conf_cert_param(struct conf_parse *p, struct conf_cert *cc, const char *arg,
 	return 0;
 }
 
+/*
+ * The certificates a load has added so far, by id, so that each new one
+ * is checked for a duplicate without a scan of all before it (N^2
+ * strcmp() calls for a configuration of N = 10,000).  Open addressing
+ * with linear probing, at most half full; nothing leaves it during a
+ * load.  It points into p->conf's list and owns none of them.
+ */
+struct conf_cert_ids {
+	struct conf_cert	**ci_slots;
+	size_t			  ci_cap;	/* a power of two */
+	size_t			  ci_n;
+};
+
+/* FNV-1a, 32 bits. */
+static uint32_t
+conf_cert_id_hash(const char *id)
+{
+	const unsigned char	*c;
+	uint32_t		 h = 2166136261u;
+
+	for (c = (const unsigned char *)id; *c != '\0'; c++) {
+		h ^= *c;
+		h *= 16777619u;
+	}
+	return h;
+}
+
+/* The slot holding id, or the free one where it would go. */
+static struct conf_cert **
+conf_cert_ids_slot(const struct conf_cert_ids *ids, const char *id)
+{
+	size_t	 k;
+
+	k = conf_cert_id_hash(id) & (ids->ci_cap - 1);
+	while (ids->ci_slots[k] != NULL &&
+	    strcmp(ids->ci_slots[k]->cc_id, id) != 0)
+		k = (k + 1) & (ids->ci_cap - 1);
+	return &ids->ci_slots[k];
+}
+
+static void
+conf_cert_ids_grow(struct conf_cert_ids *ids)
+{
+	struct conf_cert	**old = ids->ci_slots;
+	size_t			  old_cap = ids->ci_cap, i;
+
+	ids->ci_cap = old_cap == 0 ? 64 : old_cap * 2;
+	ids->ci_slots = xcalloc(ids->ci_cap, sizeof(*ids->ci_slots));
+	for (i = 0; i < old_cap; i++) {
+		if (old[i] != NULL)
+			*conf_cert_ids_slot(ids, old[i]->cc_id) = old[i];
+	}
+	free(old);
+}
+
+/* The certificate of p's load with cc's id; if none, cc is entered. */
+static struct conf_cert *
+conf_cert_ids_enter(struct conf_parse *p, struct conf_cert *cc)
+{
+	struct conf_cert_ids	 *ids;
+	struct conf_cert	**slot;
+
+	if (p->cert_ids == NULL)
+		p->cert_ids = xcalloc(1, sizeof(*p->cert_ids));
+	ids = p->cert_ids;
+	if ((ids->ci_n + 1) * 2 > ids->ci_cap)
+		conf_cert_ids_grow(ids);
+	slot = conf_cert_ids_slot(ids, cc->cc_id);
+	if (*slot != NULL)
+		return *slot;
+	*slot = cc;
+	ids->ci_n++;
+	return NULL;
+}
+
+void
+conf_cert_ids_free(struct conf_parse *p)
+{
+	if (p->cert_ids == NULL)
+		return;
+	free(p->cert_ids->ci_slots);
+	free(p->cert_ids);
+	p->cert_ids = NULL;
+}
+
 /* Name cc and add it to the configuration; on error, cc is freed. */
 int
 conf_cert_add(struct conf_parse *p, struct conf_cert *cc)
@@ -323,13 +409,11 @@ conf_cert_add(struct conf_parse *p, struct conf_cert *cc)
 		goto fail;
 	}
 	cc->cc_id = conf_cert_id(cc);
-	TAILQ_FOREACH(other, &p->conf->c_certs, cc_entry) {
-		if (strcmp(other->cc_id, cc->cc_id) == 0) {
-			conf_error(p, "duplicate acme_certificate \"%s\", first "
-			    "defined at %s:%d", cc->cc_id, other->cc_file,
-			    other->cc_line);
-			goto fail;
-		}
+	if ((other = conf_cert_ids_enter(p, cc)) != NULL) {
+		conf_error(p, "duplicate acme_certificate \"%s\", first "
+		    "defined at %s:%d", cc->cc_id, other->cc_file,
+		    other->cc_line);
+		goto fail;
 	}
 	TAILQ_INSERT_TAIL(&p->conf->c_certs, cc, cc_entry);
 	return 0;

@@ -64,6 +64,7 @@ struct conf_parse {
 	char		*nginx_file;	/* where nginx_config was */
 	int		 nginx_line;
 	const char	*prefix;	/* nginx.conf's folder, or NULL */
+	struct conf_cert_ids *cert_ids;	/* conf_cert_add()'s, by id */
 	char		*cause;
 };
 struct conf_ctx {
@@ -119,6 +120,7 @@ int		 conf_profile_valid(const char *);
 int		 conf_cert_ident(struct conf_parse *, struct conf_cert *,
 		    const char *);
 int		 conf_cert_add(struct conf_parse *, struct conf_cert *);
+void		 conf_cert_ids_free(struct conf_parse *);
 int		 conf_cmd_cert(struct conf_parse *, struct conf_block *, int,
 		    char **);
 /* STATE_PATH/CONF_RUNTIME_FILE of every issuer, into p->conf. */

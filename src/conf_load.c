@@ -153,6 +153,7 @@ conf_load_files(const char *path, const char *nginx, char **cause)
 	conf_check_default(conf);
 	rc = 0;
 out:
+	conf_cert_ids_free(&p);
 	free(p.zone_file);
 	free(p.nginx_file);
 	if (rc == -1) {

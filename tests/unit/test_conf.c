@@ -543,6 +543,10 @@ static void
 test_conf_duplicate_certificate(void **state)
 {
 	struct conf_test	*t = *state;
+	FILE			*f;
+	char			*text;
+	size_t			 len;
+	int			 i;
 
 	conf_test_err(t, ISSUER "acme_certificate le a.test b.test;\n"
 	    "acme_certificate le A.TEST. c.test;\n",
@@ -553,6 +557,18 @@ test_conf_duplicate_certificate(void **state)
 	    "acme_certificate le a.test key=rsa:4096;\n",
 	    "%s/sidecar.conf:6: duplicate acme_certificate \"a.test_rsa4096\", "
 	    "first defined at %s/sidecar.conf:4", t->dir, t->dir);
+
+	/* Among many (the index of ids grows), the first is still named. */
+	assert_non_null(f = open_memstream(&text, &len));
+	fputs(ISSUER, f);
+	for (i = 0; i < 300; i++)
+		fprintf(f, "acme_certificate le c%d.test;\n", i);
+	fputs("acme_certificate le C123.test.;\n", f);
+	assert_int_equal(fclose(f), 0);
+	conf_test_err(t, text, "%s/sidecar.conf:304: duplicate "
+	    "acme_certificate \"c123.test\", first defined at "
+	    "%s/sidecar.conf:127", t->dir, t->dir);
+	free(text);
 }
 
 static void
