@@ -192,6 +192,7 @@ static struct {
 	struct event		*watch_ev;
 	struct shm_cert		*certs;
 	size_t			 ncerts;
+	size_t			 certs_cap;	/* certs' room, in entries */
 	size_t			 nnames;
 	uint64_t		 cert_version;	/* bumps as certs change */
 	uint64_t		 shape_version;	/* as ids, order or names do */
@@ -200,6 +201,7 @@ static struct {
 	size_t			 nplaced;	/* publish */
 	struct shm_pending	*pending;
 	size_t			 npending;
+	size_t			 pending_cap;
 	struct shm_token	*tokens;
 	size_t			 ntokens;
 	struct shm_alpn		*alpns;		/* oldest first */
@@ -691,6 +693,20 @@ fail:
 	return -1;
 }
 
+/*
+ * Room in array (n entries of size, *cap of room) for one more.  It
+ * doubles: a start adds N certificates one at a time, and a realloc()
+ * one entry larger may copy the whole array each time.
+ */
+static void *
+shm_grow(void *array, size_t n, size_t *cap, size_t size)
+{
+	if (n < *cap)
+		return array;
+	*cap = *cap == 0 ? 16 : *cap * 2;
+	return xreallocarray(array, *cap, size);
+}
+
 /* --------------------------------------------------------------- index */
 
 static const char *
@@ -967,7 +983,7 @@ shm_apply_set(struct shm_cert *next)
 	struct shm_cert	*sc;
 
 	if ((sc = shm_find_cert(next->sc_id)) == NULL) {
-		shm.certs = xreallocarray(shm.certs, shm.ncerts + 1,
+		shm.certs = shm_grow(shm.certs, shm.ncerts, &shm.certs_cap,
 		    sizeof(*shm.certs));
 		sc = &shm.certs[shm.ncerts++];
 		memset(sc, 0, sizeof(*sc));
@@ -1020,7 +1036,7 @@ shm_commit(void)
 	}
 	free(shm.pending);
 	shm.pending = NULL;
-	shm.npending = 0;
+	shm.npending = shm.pending_cap = 0;
 	shm_index_clear(&shm_pending_index);
 	if (shm.cert_version != version)
 		shm_changed();
@@ -1054,8 +1070,8 @@ shm_stage(struct shm_cert *sc, int remove)
 		shm_cert_clear(&sp->sp_cert);
 		sp->sp_cert = *sc;
 	} else {
-		shm.pending = xreallocarray(shm.pending, shm.npending + 1,
-		    sizeof(*shm.pending));
+		shm.pending = shm_grow(shm.pending, shm.npending,
+		    &shm.pending_cap, sizeof(*shm.pending));
 		sp = &shm.pending[shm.npending++];
 		sp->sp_cert = *sc;
 		shm_index_add(&shm_pending_index, shm.npending - 1);
