@@ -1296,7 +1296,8 @@ int		 priv_readable(const char *what, const char *path,
  *
  * fsafe_open_regular() opens path to read (O_RDONLY | O_CLOEXEC |
  * O_NOCTTY, plus flags, e.g. O_NOFOLLOW) without blocking in open(): a
- * FIFO or device is refused, and the descriptor returned is blocking.  It
+ * FIFO or device is refused, and the descriptor returned is blocking
+ * unless flags has O_NONBLOCK (a regular file reads the same).  It
  * fills *sb.  -1 with *cause set: when path exists but is not a regular
  * file, errno is EINVAL and sb->st_mode says what it is (fsafe_type());
  * otherwise sb->st_mode is 0 and errno is open()'s.

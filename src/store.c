@@ -261,8 +261,11 @@ store_read_file(const char *path, char **out, size_t *outlen, char **cause)
 	ssize_t		 n;
 	int		 fd = -1, rc = -1;
 
-	/* A FIFO planted here would stop the loop for good. */
-	if ((fd = fsafe_open_regular(path, 0, &sb, &why)) == -1) {
+	/*
+	 * A FIFO planted here would stop the loop for good.  The file is
+	 * read at once and closed: O_NONBLOCK may stay.
+	 */
+	if ((fd = fsafe_open_regular(path, O_NONBLOCK, &sb, &why)) == -1) {
 		if (errno == ENOENT && sb.st_mode == 0)
 			rc = 1;
 		else {

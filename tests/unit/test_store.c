@@ -866,6 +866,56 @@ test_chain_dates(void **state)
 	EVP_PKEY_free(key);
 }
 
+/* fsafe_open_regular() opens path with flags, or refuses it. */
+static int
+ts_open_regular(const char *path, int flags, struct stat *sb)
+{
+	char	*cause = NULL;
+	int	 fd;
+
+	fd = fsafe_open_regular(path, flags, sb, &cause);
+	assert_true((fd == -1) == (cause != NULL));
+	free(cause);
+	return fd;
+}
+
+/*
+ * The descriptor store.c reads by keeps O_NONBLOCK, which it asked for;
+ * others get a blocking one.  A FIFO or a missing file is refused, as
+ * before, whichever the flags.
+ */
+static void
+test_open_regular(void **state)
+{
+	struct ts	*ts = *state;
+	struct stat	 sb;
+	char		*file, *fifo, *missing;
+	int		 fd, flags[] = { 0, O_NONBLOCK };
+	size_t		 i;
+
+	xasprintf(&file, "%s/file", ts->dir);
+	xasprintf(&fifo, "%s/fifo", ts->dir);
+	xasprintf(&missing, "%s/missing", ts->dir);
+	assert_int_equal(store_write_atomic(file, "x", 1, 0600, NULL), 0);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	for (i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+		assert_int_not_equal(fd = ts_open_regular(file, flags[i],
+		    &sb), -1);
+		assert_int_equal(sb.st_size, 1);
+		assert_int_equal(fcntl(fd, F_GETFL) & O_NONBLOCK, flags[i]);
+		close(fd);
+		assert_int_equal(ts_open_regular(fifo, flags[i], &sb), -1);
+		assert_int_equal(errno, EINVAL);
+		assert_true(S_ISFIFO(sb.st_mode));
+		assert_int_equal(ts_open_regular(missing, flags[i], &sb), -1);
+		assert_int_equal(errno, ENOENT);
+		assert_int_equal(sb.st_mode, 0);
+	}
+	free(file);
+	free(fifo);
+	free(missing);
+}
+
 int
 main(void)
 {
@@ -899,6 +949,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_cert_vouched, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test_setup_teardown(test_cert_batch, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_open_regular, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test(test_chain_dates),
 	};
