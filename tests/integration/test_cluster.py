@@ -500,7 +500,12 @@ def test_ari_fleet_asks_once_pebble26(ari_fleet, pebble26):
     assert len(issued_by_pebble(pebble26)) == 2
     orders = proxy.payloads("/order-plz")
     assert all("replaces" not in o for o in orders[:before]), orders
-    assert len(orders) == before + 1, orders
+    # The abandoned first-issuance newOrder of a slow node may reach the
+    # CA after the revocation (seen once in a sanitized make check); only
+    # the first issuance orders without "replaces", at most twice.
+    renewal = [o for o in orders if "replaces" in o]
+    assert len(renewal) == 1 and orders[-1] is renewal[0], orders
+    assert len(orders) - 1 <= 2 and len(orders) - 1 >= before, orders
     assert orders[-1].get("replaces") == first, orders
     with open(pebble26.path("pebble.log"), errors="replace") as log:
         assert len(re.findall(r"ARI: order .* is a replacement of",
