@@ -327,6 +327,17 @@ fsafe_opendir(const char *path, mode_t mode, uid_t uid, char **cause)
 	return fsafe_walk(path, mode, uid, (gid_t)-1, 0, cause);
 }
 
+/* open() of path failed: say so, errno kept. */
+static int
+fsafe_open_failed(const char *path, char **cause)
+{
+	int	 e = errno;
+
+	xasprintf(cause, "%s: %s", path, strerror(e));
+	errno = e;
+	return -1;
+}
+
 int
 fsafe_open_regular(const char *path, int flags, struct stat *sb,
     char **cause)
@@ -336,17 +347,21 @@ fsafe_open_regular(const char *path, int flags, struct stat *sb,
 
 	memset(sb, 0, sizeof(*sb));
 	/* Spare a FIFO or a device the open itself when we can. */
-	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+	if (stat(path, &st) == -1) {
+		/*
+		 * Nothing there: open() would say the same, following links
+		 * as stat() does.  A start looks for each certificate's
+		 * pending order, there only while one is under way.
+		 */
+		if (errno == ENOENT && !(flags & O_NOFOLLOW))
+			return fsafe_open_failed(path, cause);
+	} else if (!S_ISREG(st.st_mode)) {
 		*sb = st;
 		goto notreg;
 	}
 	if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC |
-	    flags)) == -1) {
-		e = errno;
-		xasprintf(cause, "%s: %s", path, strerror(e));
-		errno = e;
-		return -1;
-	}
+	    flags)) == -1)
+		return fsafe_open_failed(path, cause);
 	if (fstat(fd, &st) == -1)
 		goto fail;
 	if (!S_ISREG(st.st_mode)) {
