@@ -21,6 +21,7 @@ static struct acme_issuer	**sched_issuers;
 static size_t			  sched_nissuers;
 static struct cert		**sched_certs;
 static size_t			  sched_ncerts;
+static size_t			  sched_certs_room;	/* allocated */
 static struct event		 *sched_progress_ev;
 
 static void
@@ -178,13 +179,15 @@ sched_find_id(const void *key, const void *elem)
 static const struct conf_cert **
 sched_conf_index(const struct conf *conf, size_t *n)
 {
-	const struct conf_cert	**v = NULL, *cc;
+	const struct conf_cert	**v, *cc;
+	size_t			  count = 0;
 
+	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry)
+		count++;
+	v = xcalloc(count + 1, sizeof(*v));
 	*n = 0;
-	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry) {
-		v = xreallocarray(v, *n + 1, sizeof(*v));
+	TAILQ_FOREACH(cc, &conf->c_certs, cc_entry)
 		v[(*n)++] = cc;
-	}
 	if (*n > 0)
 		qsort(v, *n, sizeof(*v), sched_cmp_conf);
 	return v;
@@ -217,8 +220,13 @@ sched_add_cert(const struct conf_cert *cc)
 		return NULL;
 	}
 	ce = order_cert_new(sched_base, ai, cc);
-	sched_certs = xreallocarray(sched_certs, sched_ncerts + 1,
-	    sizeof(*sched_certs));
+	/* Room doubles: a start adds every certificate, one at a time. */
+	if (sched_ncerts == sched_certs_room) {
+		sched_certs_room = sched_certs_room == 0 ? 64 :
+		    sched_certs_room * 2;
+		sched_certs = xreallocarray(sched_certs, sched_certs_room,
+		    sizeof(*sched_certs));
+	}
 	sched_certs[sched_ncerts++] = ce;
 	order_cert_start(ce);
 	return ce;
@@ -288,6 +296,7 @@ sched_shutdown(void)
 	free(sched_certs);
 	sched_issuers = NULL;
 	sched_certs = NULL;
+	sched_certs_room = 0;
 	if (sched_progress_ev != NULL)
 		event_free(sched_progress_ev);
 	sched_progress_ev = NULL;
