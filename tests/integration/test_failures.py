@@ -206,8 +206,12 @@ def test_request_rate_paces_every_request(run, fake):
         run.fail("%d requests within one second at request_rate 5r/s "
                  "burst=2" % worst)
     span = times[-1] - times[0]
-    # n requests at 5/s after a burst of 2 take at least (n - 2) / 5 s.
-    if span < (len(times) - 2) / 5.0 - 0.2:
+    # n requests at 5/s after a burst of 2 leave over at least
+    # (n - 2) / 5 s.  The times are arrivals at a Python fake: under load
+    # (a make check at load 6.5) the first came 0.24 s after the pace
+    # allowed, so 0.5 s of slack; without pacing, 21 requests arrive
+    # within a second.
+    if span < (len(times) - 2) / 5.0 - 0.5:
         run.fail("%d requests in %.2fs: faster than 5r/s" %
                  (len(times), span))
     assert run.sidecar.stop() == 0
