@@ -200,21 +200,26 @@ def revoke_at_ca(pebble, cert_pem, key_pem):
     ctx = ssl.create_default_context(cafile=pebble.ca)
     directory = json.loads(urllib.request.urlopen(
         pebble.directory_url, context=ctx, timeout=10).read())
-    req = urllib.request.Request(directory["newNonce"], method="HEAD")
-    nonce = urllib.request.urlopen(req, context=ctx,
-                                   timeout=10).headers["Replay-Nonce"]
-    protected = b64u(json.dumps({"alg": alg, "jwk": jwk, "nonce": nonce,
-                                 "url": directory["revokeCert"]}).encode())
     payload = b64u(json.dumps({"certificate": b64u(der)}).encode())
-    r, s = utils.decode_dss_signature(key.sign(
-        (protected + "." + payload).encode(), ec.ECDSA(digest)))
-    sig = b64u(r.to_bytes(size, "big") + s.to_bytes(size, "big"))
-    body = json.dumps({"protected": protected, "payload": payload,
-                       "signature": sig}).encode()
-    req = urllib.request.Request(
-        directory["revokeCert"], data=body, method="POST",
-        headers={"Content-Type": "application/jose+json"})
-    try:
-        return urllib.request.urlopen(req, context=ctx, timeout=10).status
-    except urllib.error.HTTPError as e:
-        return e.code
+    # Pebble refuses 5% of good nonces (badNonce), as RFC 8555 6.5 lets a
+    # CA do: ask again with a new one, as any client must.
+    for _ in range(10):
+        req = urllib.request.Request(directory["newNonce"], method="HEAD")
+        nonce = urllib.request.urlopen(req, context=ctx,
+                                       timeout=10).headers["Replay-Nonce"]
+        protected = b64u(json.dumps({"alg": alg, "jwk": jwk, "nonce": nonce,
+                                     "url": directory["revokeCert"]}).encode())
+        r, s = utils.decode_dss_signature(key.sign(
+            (protected + "." + payload).encode(), ec.ECDSA(digest)))
+        sig = b64u(r.to_bytes(size, "big") + s.to_bytes(size, "big"))
+        body = json.dumps({"protected": protected, "payload": payload,
+                           "signature": sig}).encode()
+        req = urllib.request.Request(
+            directory["revokeCert"], data=body, method="POST",
+            headers={"Content-Type": "application/jose+json"})
+        try:
+            return urllib.request.urlopen(req, context=ctx, timeout=10).status
+        except urllib.error.HTTPError as e:
+            if b"badNonce" not in e.read():
+                return e.code
+    return 400
