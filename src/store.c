@@ -1484,27 +1484,37 @@ out:
 	return rc;
 }
 
+/* The chain's first certificate if key is its key; NULL and why if not. */
+static X509 *
+store_matching_cert(const char *id, const char *chain, EVP_PKEY *key,
+    char **cause)
+{
+	X509	*x;
+
+	if ((x = store_first_cert(chain)) == NULL) {
+		xasprintf(cause, "%s: chain has no valid certificate", id);
+		return NULL;
+	}
+	if (!X509_check_private_key(x, key)) {
+		ERR_clear_error();
+		xasprintf(cause, "%s: key does not match the certificate", id);
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
 /* Refuse to store a pair that store_load_cert would reject. */
 int
 store_check_pair(const char *id, const char *chain, EVP_PKEY *key,
     char **cause)
 {
 	X509	*x;
-	int	 rc = -1;
 
-	if ((x = store_first_cert(chain)) == NULL) {
-		xasprintf(cause, "%s: chain has no valid certificate", id);
+	if ((x = store_matching_cert(id, chain, key, cause)) == NULL)
 		return -1;
-	}
-	if (!X509_check_private_key(x, key)) {
-		ERR_clear_error();
-		xasprintf(cause, "%s: key does not match the certificate", id);
-		goto out;
-	}
-	rc = 0;
-out:
 	X509_free(x);
-	return rc;
+	return 0;
 }
 
 /*
@@ -1519,15 +1529,8 @@ store_check_for_save(const char *id, const char *chain, EVP_PKEY *key,
 	char	*why = NULL;
 	int	 rc = -1;
 
-	if ((x = store_first_cert(chain)) == NULL) {
-		xasprintf(cause, "%s: chain has no valid certificate", id);
+	if ((x = store_matching_cert(id, chain, key, cause)) == NULL)
 		return -1;
-	}
-	if (!X509_check_private_key(x, key)) {
-		ERR_clear_error();
-		xasprintf(cause, "%s: key does not match the certificate", id);
-		goto out;
-	}
 	if (store_asn1_time(X509_get0_notBefore(x), &m->cm_not_before) ||
 	    store_asn1_time(X509_get0_notAfter(x), &m->cm_not_after)) {
 		xasprintf(cause, "%s: certificate dates unreadable", id);
