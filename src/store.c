@@ -1043,10 +1043,10 @@ store_cert_idents(X509 *x, char ***out)
  * atomically; if that fails the next load rebuilds it again.
  */
 static int
-store_meta_rebuild(const char *path, const struct stored_cert *sd,
+store_meta_rebuild(const char *path, struct stored_cert *sd,
     const char *digest, const char *why, char **cause)
 {
-	struct cert_meta	*meta = (struct cert_meta *)&sd->sd_meta;
+	struct cert_meta	*meta = &sd->sd_meta;
 	X509			*x;
 	char			*json, *err = NULL;
 
