@@ -118,21 +118,9 @@ challenge_token_valid(const char *token)
 }
 
 /*
- * FNV-1a.  Lookup keys come from the network, but only the CA's tokens are
- * ever inserted, so nobody can aim collisions at a chain.
+ * Lookup keys come from the network, but only the CA's tokens are ever
+ * inserted, so nobody can aim collisions at a chain.
  */
-static size_t
-challenge_hash(const char *s)
-{
-	uint64_t	 h = 0xcbf29ce484222325ULL;
-
-	for (; *s != '\0'; s++) {
-		h ^= (unsigned char)*s;
-		h *= 0x100000001b3ULL;
-	}
-	return (size_t)h;
-}
-
 static struct challenge_token **
 challenge_table_slot(const char *token)
 {
@@ -140,7 +128,7 @@ challenge_table_slot(const char *token)
 
 	if (challenge.table == NULL)
 		return NULL;
-	slot = &challenge.table[challenge_hash(token) &
+	slot = &challenge.table[util_hash(token) &
 	    (challenge.nbuckets - 1)];
 	while (*slot != NULL && strcmp((*slot)->ct_token, token) != 0)
 		slot = &(*slot)->ct_next;
@@ -169,7 +157,7 @@ challenge_table_grow(void)
 	for (i = 0; i < oldn; i++) {
 		for (ct = old[i]; ct != NULL; ct = next) {
 			next = ct->ct_next;
-			b = challenge_hash(ct->ct_token) &
+			b = util_hash(ct->ct_token) &
 			    (challenge.nbuckets - 1);
 			ct->ct_next = challenge.table[b];
 			challenge.table[b] = ct;

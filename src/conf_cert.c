@@ -325,27 +325,13 @@ struct conf_cert_ids {
 	size_t			  ci_n;
 };
 
-/* FNV-1a, 32 bits. */
-static uint32_t
-conf_cert_id_hash(const char *id)
-{
-	const unsigned char	*c;
-	uint32_t		 h = 2166136261u;
-
-	for (c = (const unsigned char *)id; *c != '\0'; c++) {
-		h ^= *c;
-		h *= 16777619u;
-	}
-	return h;
-}
-
 /* The slot holding id, or the free one where it would go. */
 static struct conf_cert **
 conf_cert_ids_slot(const struct conf_cert_ids *ids, const char *id)
 {
 	size_t	 k;
 
-	k = conf_cert_id_hash(id) & (ids->ci_cap - 1);
+	k = util_hash(id) & (ids->ci_cap - 1);
 	while (ids->ci_slots[k] != NULL &&
 	    strcmp(ids->ci_slots[k]->cc_id, id) != 0)
 		k = (k + 1) & (ids->ci_cap - 1);

@@ -61,6 +61,7 @@ double	 util_jitter(double, double);			/* v * (1 +- frac) */
 time_t	 util_now(void);				/* wall clock */
 #define UTIL_TIME_LEN	32
 void	 util_time_rfc3339(time_t, char *, size_t);
+uint64_t util_hash(const char *);				/* FNV-1a */
 
 /*
  * Key types, shared by account keys (account_key) and certificate keys

@@ -197,3 +197,19 @@ util_time_rfc3339(time_t t, char *buf, size_t len)
 	if (strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0 && len > 0)
 		buf[0] = '\0';
 }
+
+/*
+ * FNV-1a (64 bits) of a string, for the daemon's in-memory tables.  Not
+ * for keys an attacker chooses: the tables hold only what we inserted.
+ */
+uint64_t
+util_hash(const char *s)
+{
+	uint64_t	 h = 0xcbf29ce484222325ULL;
+
+	for (; *s != '\0'; s++) {
+		h ^= (unsigned char)*s;
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
