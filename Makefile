@@ -64,6 +64,8 @@ $(BUILD)/obj/order.o $(BUILD)/obj/order_ari.o $(BUILD)/obj/order_cluster.o \
 $(BUILD)/obj/order_dns.o: src/order.h
 $(BUILD)/obj/control.o $(BUILD)/obj/control_routes.o \
 $(BUILD)/obj/control_stream.o: src/control.h
+$(BUILD)/obj/control_routes.o $(BUILD)/obj/metrics.o \
+$(BUILD)/obj/textbuf.o: src/textbuf.h
 $(BUILD)/obj/conf.o $(BUILD)/obj/conf_cert.o $(BUILD)/obj/conf_cluster.o \
 $(BUILD)/obj/conf_lex.o $(BUILD)/obj/conf_load.o $(BUILD)/obj/conf_parse.o \
 $(BUILD)/obj/nginx_conf.o $(BUILD)/tests/test_conf: src/conf_int.h

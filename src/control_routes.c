@@ -15,6 +15,7 @@
 
 #include "sidecar.h"
 #include "control.h"
+#include "textbuf.h"
 
 /* RFC 5280 section 5.3.1 CRLReason; 7 is not used. */
 static const struct {
@@ -302,41 +303,11 @@ control_get_status(struct control_ctx *cx)
 	return control_reply(cx->cx_conn, MHD_HTTP_OK, j, NULL, NULL);
 }
 
-/* A reply's text, grown by doubling as jansson hands it over. */
-struct control_text {
-	char	*ct_buf;
-	size_t	 ct_len;
-	size_t	 ct_size;
-};
-
-static void
-control_text_reserve(struct control_text *ct, size_t more)
-{
-	size_t	 size = ct->ct_size;
-	char	*buf;
-
-	if (ct->ct_size - ct->ct_len >= more)
-		return;
-	while (size - ct->ct_len < more)
-		size = size < 4096 ? 4096 : size * 2;
-	if ((buf = realloc(ct->ct_buf, size)) == NULL)
-		fatal("%s", __func__);
-	ct->ct_buf = buf;
-	ct->ct_size = size;
-}
-
-static void
-control_text_add(struct control_text *ct, const char *s, size_t len)
-{
-	control_text_reserve(ct, len);
-	memcpy(ct->ct_buf + ct->ct_len, s, len);
-	ct->ct_len += len;
-}
-
+/* jansson hands a dump over in pieces. */
 static int
 control_text_dump(const char *s, size_t len, void *arg)
 {
-	control_text_add(arg, s, len);
+	textbuf_add(arg, s, len);
 	return 0;
 }
 
@@ -353,27 +324,27 @@ static enum MHD_Result
 control_get_certs(struct control_ctx *cx)
 {
 	static size_t		 last_len;
-	struct control_text	 ct = { NULL, 0, 0 };
+	struct textbuf		 tb = { NULL, 0, 0 };
 	size_t			 i, n = sched_cert_count();
 	json_t			*j;
 	const char		*sep;
 
-	control_text_reserve(&ct, last_len);
+	textbuf_reserve(&tb, last_len);
 	sep = "{\n  \"certificates\": [";
-	control_text_add(&ct, sep, strlen(sep));
+	textbuf_puts(&tb, sep);
 	for (i = 0; i < n; i++) {
 		sep = i == 0 ? "\n    " : ",\n    ";
-		control_text_add(&ct, sep, strlen(sep));
+		textbuf_puts(&tb, sep);
 		j = control_cert_json(sched_cert_at(i));
-		if (json_dump_callback(j, control_text_dump, &ct,
+		if (json_dump_callback(j, control_text_dump, &tb,
 		    JSON_PRESERVE_ORDER) == -1)
 			fatalx("%s: json_dump_callback", __func__);
 		json_decref(j);
 	}
 	sep = n == 0 ? "]\n}\n" : "\n  ]\n}\n";
-	control_text_add(&ct, sep, strlen(sep));
-	last_len = ct.ct_len;
-	return control_send(cx->cx_conn, MHD_HTTP_OK, ct.ct_buf, ct.ct_len,
+	textbuf_puts(&tb, sep);
+	last_len = tb.tb_len;
+	return control_send(cx->cx_conn, MHD_HTTP_OK, tb.tb_buf, tb.tb_len,
 	    "application/json", NULL, NULL);
 }
 

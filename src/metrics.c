@@ -9,7 +9,6 @@
 
 #include <sys/types.h>
 
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +17,7 @@
 #include <unistd.h>
 
 #include "sidecar.h"
+#include "textbuf.h"
 
 /*
  * Label sets are kept in small arrays searched linearly: there are a few
@@ -66,13 +66,6 @@ struct metrics_latency {
 struct metrics_orders {
 	char		*mo_issuer;
 	uint64_t	 mo_count[METRICS_OUTCOME_MAX];
-};
-
-/* The text being rendered; grows by doubling. */
-struct metrics_buf {
-	char		*mb_data;
-	size_t		 mb_len;
-	size_t		 mb_size;
 };
 
 static struct {
@@ -226,64 +219,17 @@ metrics_reset(void)
 	memset(&metrics, 0, sizeof(metrics));
 }
 
-static void
-metrics_reserve(struct metrics_buf *mb, size_t more)
-{
-	size_t	 size;
-
-	if (mb->mb_size - mb->mb_len > more)
-		return;
-	size = mb->mb_size == 0 ? 8192 : mb->mb_size;
-	while (size - mb->mb_len <= more)
-		size *= 2;
-	mb->mb_data = xreallocarray(mb->mb_data, size, 1);
-	mb->mb_size = size;
-}
-
-static void
-metrics_puts(struct metrics_buf *mb, const char *s)
-{
-	size_t	 len = strlen(s);
-
-	metrics_reserve(mb, len);
-	memcpy(mb->mb_data + mb->mb_len, s, len + 1);
-	mb->mb_len += len;
-}
-
-static void PRINTFLIKE(2, 3)
-metrics_printf(struct metrics_buf *mb, const char *fmt, ...)
-{
-	va_list	 ap;
-	int	 n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(mb->mb_data + mb->mb_len, mb->mb_size - mb->mb_len,
-	    fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		fatalx("%s: vsnprintf failed", __func__);
-	if ((size_t)n < mb->mb_size - mb->mb_len) {
-		mb->mb_len += n;
-		return;
-	}
-	metrics_reserve(mb, n);
-	va_start(ap, fmt);
-	vsnprintf(mb->mb_data + mb->mb_len, mb->mb_size - mb->mb_len, fmt, ap);
-	va_end(ap);
-	mb->mb_len += n;
-}
-
 /* A label value: the format escapes backslash, double quote and newline. */
 static void
-metrics_label(struct metrics_buf *mb, const char *name, const char *value,
+metrics_label(struct textbuf *mb, const char *name, const char *value,
     int first)
 {
 	const char	*p;
 	char		*out;
 
 	/* Worst case every byte doubles, plus name, quotes and comma. */
-	metrics_reserve(mb, strlen(name) + 2 * strlen(value) + 4);
-	out = mb->mb_data + mb->mb_len;
+	textbuf_reserve(mb, strlen(name) + 2 * strlen(value) + 4);
+	out = mb->tb_buf + mb->tb_len;
 	if (!first)
 		*out++ = ',';
 	out = stpcpy(out, name);
@@ -310,19 +256,19 @@ metrics_label(struct metrics_buf *mb, const char *name, const char *value,
 	}
 	*out++ = '"';
 	*out = '\0';
-	mb->mb_len = out - mb->mb_data;
+	mb->tb_len = out - mb->tb_buf;
 }
 
 static void
-metrics_family(struct metrics_buf *mb, const char *name, const char *type,
+metrics_family(struct textbuf *mb, const char *name, const char *type,
     const char *help)
 {
-	metrics_printf(mb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name,
+	textbuf_printf(mb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name,
 	    type);
 }
 
 static void
-metrics_render_requests(struct metrics_buf *mb)
+metrics_render_requests(struct textbuf *mb)
 {
 	struct metrics_request	*mr;
 	size_t			 i;
@@ -331,20 +277,20 @@ metrics_render_requests(struct metrics_buf *mb)
 	    "Requests to the CA by answer.");
 	for (i = 0; i < metrics.nrequests; i++) {
 		mr = &metrics.requests[i];
-		metrics_puts(mb, "acme_sidecar_acme_requests_total{");
+		textbuf_puts(mb, "acme_sidecar_acme_requests_total{");
 		metrics_label(mb, "issuer", mr->mr_issuer, 1);
 		metrics_label(mb, "endpoint", mr->mr_endpoint, 0);
 		if (mr->mr_status == 0)
-			metrics_puts(mb, ",status=\"error\"");
+			textbuf_puts(mb, ",status=\"error\"");
 		else
-			metrics_printf(mb, ",status=\"%d\"", mr->mr_status);
-		metrics_printf(mb, "} %llu\n",
+			textbuf_printf(mb, ",status=\"%d\"", mr->mr_status);
+		textbuf_printf(mb, "} %llu\n",
 		    (unsigned long long)mr->mr_count);
 	}
 }
 
 static void
-metrics_render_latency(struct metrics_buf *mb, struct metrics_latency *ml)
+metrics_render_latency(struct textbuf *mb, struct metrics_latency *ml)
 {
 	const char	*name = "acme_sidecar_acme_request_duration_seconds";
 	uint64_t	 cumulative = 0;
@@ -352,31 +298,31 @@ metrics_render_latency(struct metrics_buf *mb, struct metrics_latency *ml)
 
 	for (i = 0; i < METRICS_NBUCKETS; i++) {
 		cumulative += ml->ml_bucket[i];
-		metrics_printf(mb, "%s_bucket{", name);
+		textbuf_printf(mb, "%s_bucket{", name);
 		metrics_label(mb, "issuer", ml->ml_issuer, 1);
 		metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
-		metrics_printf(mb, ",le=\"%s\"} %llu\n",
+		textbuf_printf(mb, ",le=\"%s\"} %llu\n",
 		    metrics_bucket_names[i], (unsigned long long)cumulative);
 	}
-	metrics_printf(mb, "%s_bucket{", name);
+	textbuf_printf(mb, "%s_bucket{", name);
 	metrics_label(mb, "issuer", ml->ml_issuer, 1);
 	metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
-	metrics_printf(mb, ",le=\"+Inf\"} %llu\n",
+	textbuf_printf(mb, ",le=\"+Inf\"} %llu\n",
 	    (unsigned long long)ml->ml_count);
 
-	metrics_printf(mb, "%s_sum{", name);
+	textbuf_printf(mb, "%s_sum{", name);
 	metrics_label(mb, "issuer", ml->ml_issuer, 1);
 	metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
-	metrics_printf(mb, "} %.6f\n", ml->ml_sum);
+	textbuf_printf(mb, "} %.6f\n", ml->ml_sum);
 
-	metrics_printf(mb, "%s_count{", name);
+	textbuf_printf(mb, "%s_count{", name);
 	metrics_label(mb, "issuer", ml->ml_issuer, 1);
 	metrics_label(mb, "endpoint", ml->ml_endpoint, 0);
-	metrics_printf(mb, "} %llu\n", (unsigned long long)ml->ml_count);
+	textbuf_printf(mb, "} %llu\n", (unsigned long long)ml->ml_count);
 }
 
 static void
-metrics_render_orders(struct metrics_buf *mb)
+metrics_render_orders(struct textbuf *mb)
 {
 	struct metrics_orders	*mo;
 	size_t			 i;
@@ -387,9 +333,9 @@ metrics_render_orders(struct metrics_buf *mb)
 	for (i = 0; i < metrics.norders; i++) {
 		mo = &metrics.orders[i];
 		for (o = 0; o < METRICS_OUTCOME_MAX; o++) {
-			metrics_puts(mb, "acme_sidecar_orders_total{");
+			textbuf_puts(mb, "acme_sidecar_orders_total{");
 			metrics_label(mb, "issuer", mo->mo_issuer, 1);
-			metrics_printf(mb, ",outcome=\"%s\"} %llu\n",
+			textbuf_printf(mb, ",outcome=\"%s\"} %llu\n",
 			    metrics_outcome_names[o],
 			    (unsigned long long)mo->mo_count[o]);
 		}
@@ -398,15 +344,15 @@ metrics_render_orders(struct metrics_buf *mb)
 
 /* One sample of a per-certificate gauge, labelled by id and issuer. */
 static void
-metrics_cert_sample(struct metrics_buf *mb, const char *name,
+metrics_cert_sample(struct textbuf *mb, const char *name,
     const struct order_info *oi, long long value)
 {
-	metrics_puts(mb, name);
-	metrics_puts(mb, "{");
+	textbuf_puts(mb, name);
+	textbuf_puts(mb, "{");
 	metrics_label(mb, "id", oi->oi_id, 1);
 	metrics_label(mb, "issuer", oi->oi_issuer != NULL ? oi->oi_issuer : "",
 	    0);
-	metrics_printf(mb, "} %lld\n", value);
+	textbuf_printf(mb, "} %lld\n", value);
 }
 
 /* When the next order starts: absent while one runs or none is planned. */
@@ -425,7 +371,7 @@ metrics_next_order(const struct order_info *oi)
  * snapshot's certificates are walked once per family.
  */
 static void
-metrics_render_certs(struct metrics_buf *mb, const struct metrics_snapshot *ms)
+metrics_render_certs(struct textbuf *mb, const struct metrics_snapshot *ms)
 {
 	const struct order_info	*oi = ms->ms_certs;
 	size_t			 i, n = ms->ms_ncerts;
@@ -465,13 +411,13 @@ metrics_render_certs(struct metrics_buf *mb, const struct metrics_snapshot *ms)
 	for (i = 0; i < n; i++) {
 		if (oi[i].oi_renew_at == 0)
 			continue;
-		metrics_puts(mb, "acme_sidecar_certificate_renewal_source{");
+		textbuf_puts(mb, "acme_sidecar_certificate_renewal_source{");
 		metrics_label(mb, "id", oi[i].oi_id, 1);
 		metrics_label(mb, "issuer", oi[i].oi_issuer != NULL ?
 		    oi[i].oi_issuer : "", 0);
 		metrics_label(mb, "source", oi[i].oi_renew_ari ? "ari" :
 		    "lifetime", 0);
-		metrics_puts(mb, "} 1\n");
+		textbuf_puts(mb, "} 1\n");
 	}
 
 	metrics_family(mb,
@@ -519,52 +465,52 @@ metrics_render_certs(struct metrics_buf *mb, const struct metrics_snapshot *ms)
  * set of certificates or their names changed).
  */
 static void
-metrics_render_shm_cost(struct metrics_buf *mb, const struct shm_stats *st)
+metrics_render_shm_cost(struct textbuf *mb, const struct shm_stats *st)
 {
 	metrics_family(mb, "acme_sidecar_shared_zone_publishes_total",
 	    "counter", "Images published.");
-	metrics_printf(mb, "acme_sidecar_shared_zone_publishes_total %llu\n",
+	textbuf_printf(mb, "acme_sidecar_shared_zone_publishes_total %llu\n",
 	    (unsigned long long)st->ss_publishes);
 	metrics_family(mb,
 	    "acme_sidecar_shared_zone_certificate_writes_total", "counter",
 	    "Images in which a certificate changed, not only tokens.");
-	metrics_printf(mb,
+	textbuf_printf(mb,
 	    "acme_sidecar_shared_zone_certificate_writes_total %llu\n",
 	    (unsigned long long)st->ss_cert_writes);
 	metrics_family(mb, "acme_sidecar_shared_zone_repacks_total", "counter",
 	    "Images that rewrote their slot's certificates in full.");
-	metrics_printf(mb, "acme_sidecar_shared_zone_repacks_total %llu\n",
+	textbuf_printf(mb, "acme_sidecar_shared_zone_repacks_total %llu\n",
 	    (unsigned long long)st->ss_repacks);
 	metrics_family(mb, "acme_sidecar_shared_zone_written_bytes_total",
 	    "counter", "Bytes publishes wrote into the zone, wipes included.");
-	metrics_printf(mb,
+	textbuf_printf(mb,
 	    "acme_sidecar_shared_zone_written_bytes_total %llu\n",
 	    (unsigned long long)st->ss_bytes_written);
 	metrics_family(mb, "acme_sidecar_shared_zone_publish_cpu_seconds_total",
 	    "counter", "CPU time the daemon spent publishing images.");
-	metrics_printf(mb,
+	textbuf_printf(mb,
 	    "acme_sidecar_shared_zone_publish_cpu_seconds_total %.6f\n",
 	    (double)st->ss_publish_ns / 1e9);
 }
 
 static void
-metrics_render_shm(struct metrics_buf *mb, const struct shm_stats *st)
+metrics_render_shm(struct textbuf *mb, const struct shm_stats *st)
 {
 	metrics_family(mb, "acme_sidecar_shared_zone_full", "gauge",
 	    "1 while the latest image does not fit.");
-	metrics_printf(mb, "acme_sidecar_shared_zone_full %d\n",
+	textbuf_printf(mb, "acme_sidecar_shared_zone_full %d\n",
 	    st->ss_full ? 1 : 0);
 	metrics_family(mb, "acme_sidecar_shared_zone_used_bytes", "gauge",
 	    "Bytes of the last image published.");
-	metrics_printf(mb, "acme_sidecar_shared_zone_used_bytes %llu\n",
+	textbuf_printf(mb, "acme_sidecar_shared_zone_used_bytes %llu\n",
 	    (unsigned long long)st->ss_used);
 	metrics_family(mb, "acme_sidecar_shared_zone_image_size_bytes",
 	    "gauge", "Room for one image (half the zone).");
-	metrics_printf(mb, "acme_sidecar_shared_zone_image_size_bytes %llu\n",
+	textbuf_printf(mb, "acme_sidecar_shared_zone_image_size_bytes %llu\n",
 	    (unsigned long long)st->ss_slot_size);
 	metrics_family(mb, "acme_sidecar_shared_zone_failed_publishes_total",
 	    "counter", "Images that did not fit.");
-	metrics_printf(mb,
+	textbuf_printf(mb,
 	    "acme_sidecar_shared_zone_failed_publishes_total %llu\n",
 	    (unsigned long long)st->ss_failures);
 	metrics_render_shm_cost(mb, st);
@@ -572,51 +518,51 @@ metrics_render_shm(struct metrics_buf *mb, const struct shm_stats *st)
 
 /* The readiness checks before validation (ready.c). */
 static void
-metrics_render_ready(struct metrics_buf *mb, const struct ready_stats *st)
+metrics_render_ready(struct textbuf *mb, const struct ready_stats *st)
 {
 	metrics_family(mb, "acme_sidecar_readiness_checks_total", "counter",
 	    "Readiness checks before validation: passed, or failed (the "
 	    "order failed without asking the CA).");
-	metrics_printf(mb, "acme_sidecar_readiness_checks_total{result="
+	textbuf_printf(mb, "acme_sidecar_readiness_checks_total{result="
 	    "\"passed\"} %llu\n", st->rs_passed);
-	metrics_printf(mb, "acme_sidecar_readiness_checks_total{result="
+	textbuf_printf(mb, "acme_sidecar_readiness_checks_total{result="
 	    "\"failed\"} %llu\n", st->rs_gave_up);
 	metrics_family(mb, "acme_sidecar_readiness_failed_tries_total",
 	    "counter", "Readiness tries that did not find the answer (each "
 	    "is tried again for up to 30 s).");
-	metrics_printf(mb, "acme_sidecar_readiness_failed_tries_total %llu\n",
+	textbuf_printf(mb, "acme_sidecar_readiness_failed_tries_total %llu\n",
 	    st->rs_failed_tries);
 }
 
 /* Only with "cluster": the link to Redis, its members, our leases. */
 static void
-metrics_render_cluster(struct metrics_buf *mb, const struct cluster_status *cs)
+metrics_render_cluster(struct textbuf *mb, const struct cluster_status *cs)
 {
 	if (!cs->cs_enabled)
 		return;
 	metrics_family(mb, "acme_sidecar_cluster_connected", "gauge",
 	    "1 while the link to Redis is up.");
-	metrics_printf(mb, "acme_sidecar_cluster_connected %d\n",
+	textbuf_printf(mb, "acme_sidecar_cluster_connected %d\n",
 	    cs->cs_connected ? 1 : 0);
 	metrics_family(mb, "acme_sidecar_cluster_members", "gauge",
 	    "Live replicas, this one included, as of the last heartbeat.");
-	metrics_printf(mb, "acme_sidecar_cluster_members %zu\n",
+	textbuf_printf(mb, "acme_sidecar_cluster_members %zu\n",
 	    cs->cs_nmembers);
 	metrics_family(mb, "acme_sidecar_cluster_leases", "gauge",
 	    "Certificate leases this replica holds.");
-	metrics_printf(mb, "acme_sidecar_cluster_leases %zu\n", cs->cs_leases);
+	textbuf_printf(mb, "acme_sidecar_cluster_leases %zu\n", cs->cs_leases);
 	metrics_family(mb, "acme_sidecar_cluster_secret_ok", "gauge",
 	    "1 when secret_file opens the fleet's values, 0 when not, -1 "
 	    "not checked yet.");
-	metrics_printf(mb, "acme_sidecar_cluster_secret_ok %d\n",
+	textbuf_printf(mb, "acme_sidecar_cluster_secret_ok %d\n",
 	    cs->cs_secret_ok);
 	metrics_family(mb, "acme_sidecar_cluster_connects_total", "counter",
 	    "Times the link to Redis came up.");
-	metrics_printf(mb, "acme_sidecar_cluster_connects_total %llu\n",
+	textbuf_printf(mb, "acme_sidecar_cluster_connects_total %llu\n",
 	    (unsigned long long)cs->cs_connects);
 	metrics_family(mb, "acme_sidecar_cluster_drops_total", "counter",
 	    "Times the link to Redis dropped.");
-	metrics_printf(mb, "acme_sidecar_cluster_drops_total %llu\n",
+	textbuf_printf(mb, "acme_sidecar_cluster_drops_total %llu\n",
 	    (unsigned long long)cs->cs_drops);
 }
 
@@ -682,11 +628,10 @@ metrics_start_time(void)
 char *
 metrics_render(const struct metrics_snapshot *ms)
 {
-	struct metrics_buf	 mb = { NULL, 0, 0 };
+	struct textbuf		 mb = { NULL, 0, 0 };
 	size_t			 i;
 
-	metrics_reserve(&mb, 0);
-	mb.mb_data[0] = '\0';
+	textbuf_reserve(&mb, 0);
 
 	metrics_render_certs(&mb, ms);
 	metrics_render_requests(&mb);
@@ -698,14 +643,14 @@ metrics_render(const struct metrics_snapshot *ms)
 
 	metrics_family(&mb, "acme_sidecar_challenges_served_total", "counter",
 	    "Key authorizations the daemon served.");
-	metrics_printf(&mb, "acme_sidecar_challenges_served_total %lu\n",
+	textbuf_printf(&mb, "acme_sidecar_challenges_served_total %lu\n",
 	    ms->ms_challenges_served);
 	metrics_render_ready(&mb, &ms->ms_ready);
 	metrics_render_shm(&mb, &ms->ms_shm);
 	metrics_render_cluster(&mb, &ms->ms_cluster);
 	metrics_family(&mb, "acme_sidecar_start_time_seconds", "gauge",
 	    "When the daemon started, in Unix seconds.");
-	metrics_printf(&mb, "acme_sidecar_start_time_seconds %lld\n",
+	textbuf_printf(&mb, "acme_sidecar_start_time_seconds %lld\n",
 	    (long long)metrics_start_time());
-	return mb.mb_data;
+	return mb.tb_buf;
 }
