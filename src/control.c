@@ -155,7 +155,7 @@ control_reply(struct MHD_Connection *conn, unsigned int status, json_t *j,
  * byte outside ASCII (found by tests/fuzz: a path of two bytes stopped
  * the daemon).
  */
-static json_t *
+json_t *
 control_message(const char *msg)
 {
 	json_t	*j;

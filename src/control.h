@@ -91,6 +91,7 @@ enum MHD_Result	 control_send(struct MHD_Connection *, unsigned int status,
 		    const char *value);
 enum MHD_Result	 control_reply(struct MHD_Connection *, unsigned int status,
 		    json_t *, const char *name, const char *value);
+json_t		*control_message(const char *);	/* UTF-8 or '?' */
 json_t		*control_error_json(unsigned int status, const char *);
 enum MHD_Result	 control_error(struct MHD_Connection *, unsigned int status,
 		    const char *allow, const char *fmt, ...) PRINTFLIKE(4, 5);
@@ -98,6 +99,13 @@ void		 control_wait(struct control_ctx *,
 		    void (*cancel)(struct control_req *));
 void		 control_answer(struct control_req *, unsigned int status,
 		    json_t *);
+
+/* control_routes.c: one certificate, as a tree and as the list's line. */
+struct textbuf;
+json_t		*control_cert_info_json(const struct order_info *, int valid,
+		    enum challenge_type);
+void		 control_cert_line(struct textbuf *, const struct order_info *,
+		    int valid, enum challenge_type);
 
 /* control_stream.c */
 enum MHD_Result	 control_get_events(struct control_ctx *);
