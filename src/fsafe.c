@@ -327,13 +327,14 @@ fsafe_opendir(const char *path, mode_t mode, uid_t uid, char **cause)
 	return fsafe_walk(path, mode, uid, (gid_t)-1, 0, cause);
 }
 
-/* open() of path failed: say so, errno kept. */
+/* open() of dir/name failed: say so, errno kept. */
 static int
-fsafe_open_failed(const char *path, char **cause)
+fsafe_open_failed(const char *dir, const char *name, char **cause)
 {
 	int	 e = errno;
 
-	xasprintf(cause, "%s: %s", path, strerror(e));
+	xasprintf(cause, "%s%s%s: %s", dir != NULL ? dir : "",
+	    dir != NULL ? "/" : "", name, strerror(e));
 	errno = e;
 	return -1;
 }
@@ -342,26 +343,38 @@ int
 fsafe_open_regular(const char *path, int flags, struct stat *sb,
     char **cause)
 {
+	return fsafe_openat_regular(AT_FDCWD, NULL, path, flags, sb, cause);
+}
+
+/*
+ * A start reads three files of each certificate: relative to the folder
+ * already judged, the kernel walks two components of each path instead
+ * of all of state_path's, and nothing above dfd can be swapped meanwhile.
+ */
+int
+fsafe_openat_regular(int dfd, const char *dir, const char *name, int flags,
+    struct stat *sb, char **cause)
+{
 	struct stat	 st;
 	int		 fd, e;
 
 	memset(sb, 0, sizeof(*sb));
 	/* Spare a FIFO or a device the open itself when we can. */
-	if (stat(path, &st) == -1) {
+	if (fstatat(dfd, name, &st, 0) == -1) {
 		/*
 		 * Nothing there: open() would say the same, following links
 		 * as stat() does.  A start looks for each certificate's
 		 * pending order, there only while one is under way.
 		 */
 		if (errno == ENOENT && !(flags & O_NOFOLLOW))
-			return fsafe_open_failed(path, cause);
+			return fsafe_open_failed(dir, name, cause);
 	} else if (!S_ISREG(st.st_mode)) {
 		*sb = st;
 		goto notreg;
 	}
-	if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC |
-	    flags)) == -1)
-		return fsafe_open_failed(path, cause);
+	if ((fd = openat(dfd, name, O_RDONLY | O_NONBLOCK | O_NOCTTY |
+	    O_CLOEXEC | flags)) == -1)
+		return fsafe_open_failed(dir, name, cause);
 	if (fstat(fd, &st) == -1)
 		goto fail;
 	if (!S_ISREG(st.st_mode)) {
@@ -382,12 +395,12 @@ fsafe_open_regular(const char *path, int flags, struct stat *sb,
 	return fd;
 fail:
 	e = errno;
-	xasprintf(cause, "%s: %s", path, strerror(e));
 	close(fd);
 	errno = e;
-	return -1;
+	return fsafe_open_failed(dir, name, cause);
 notreg:
-	xasprintf(cause, "%s: not a regular file but %s", path,
+	xasprintf(cause, "%s%s%s: not a regular file but %s",
+	    dir != NULL ? dir : "", dir != NULL ? "/" : "", name,
 	    fsafe_type(sb->st_mode));
 	errno = EINVAL;
 	return -1;

@@ -1302,6 +1302,8 @@ int		 priv_readable(const char *what, const char *path,
  * fills *sb.  -1 with *cause set: when path exists but is not a regular
  * file, errno is EINVAL and sb->st_mode says what it is (fsafe_type());
  * otherwise sb->st_mode is 0 and errno is open()'s.
+ * fsafe_openat_regular() is the same for name under the folder dfd (or
+ * AT_FDCWD); messages call it dir/name, or name when dir is NULL.
  */
 #define FSAFE_PARENT_MODE	0755	/* the user must pass through */
 struct stat;
@@ -1311,6 +1313,8 @@ int		 fsafe_opendir(const char *path, mode_t mode, uid_t uid,
 		    char **cause);
 int		 fsafe_open_regular(const char *path, int flags, struct stat *,
 		    char **cause);
+int		 fsafe_openat_regular(int dfd, const char *dir,
+		    const char *name, int flags, struct stat *, char **cause);
 const char	*fsafe_type(mode_t);		/* "a FIFO" */
 
 #endif /* SIDECAR_H */

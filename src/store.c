@@ -251,9 +251,14 @@ store_write_atomic(const char *path, const void *data, size_t len,
 	return store_write_file(path, data, len, mode, 0, cause);
 }
 
-/* Read a whole small file, NUL terminated.  0: read, 1: absent, -1: error. */
+/*
+ * Read a whole small file, name under the folder dfd (AT_FDCWD: a path),
+ * NUL terminated; messages call it dir/name (name when dir is NULL).
+ * 0: read, 1: absent, -1: error.
+ */
 static int
-store_read_file(const char *path, char **out, size_t *outlen, char **cause)
+store_read_at(int dfd, const char *dir, const char *name, char **out,
+    size_t *outlen, char **cause)
 {
 	struct stat	 sb;
 	char		*buf = NULL, *why = NULL;
@@ -265,7 +270,8 @@ store_read_file(const char *path, char **out, size_t *outlen, char **cause)
 	 * A FIFO planted here would stop the loop for good.  The file is
 	 * read at once and closed: O_NONBLOCK may stay.
 	 */
-	if ((fd = fsafe_open_regular(path, O_NONBLOCK, &sb, &why)) == -1) {
+	if ((fd = fsafe_openat_regular(dfd, dir, name, O_NONBLOCK, &sb,
+	    &why)) == -1) {
 		if (errno == ENOENT && sb.st_mode == 0)
 			rc = 1;
 		else {
@@ -275,7 +281,8 @@ store_read_file(const char *path, char **out, size_t *outlen, char **cause)
 		goto out;
 	}
 	if (sb.st_size > STORE_MAX_FILE) {
-		xasprintf(cause, "%s: larger than %d bytes", path,
+		xasprintf(cause, "%s%s%s: larger than %d bytes",
+		    dir != NULL ? dir : "", dir != NULL ? "/" : "", name,
 		    STORE_MAX_FILE);
 		goto out;
 	}
@@ -285,7 +292,8 @@ store_read_file(const char *path, char **out, size_t *outlen, char **cause)
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1) {
-			xasprintf(cause, "%s: %s", path, strerror(errno));
+			xasprintf(cause, "%s%s%s: %s", dir != NULL ? dir : "",
+			    dir != NULL ? "/" : "", name, strerror(errno));
 			goto out;
 		}
 		if (n == 0)
@@ -307,6 +315,13 @@ out:
 		free(buf);
 	}
 	return rc;
+}
+
+/* store_read_at() of a path. */
+static int
+store_read_file(const char *path, char **out, size_t *outlen, char **cause)
+{
+	return store_read_at(AT_FDCWD, NULL, path, out, outlen, cause);
 }
 
 /*
@@ -337,11 +352,14 @@ store_mkdir(const char *path, char **cause)
  * (A parent that others may write to, which fsafe.c only warns about on a
  * pod's volume, could be swapped under it, as it could between any check
  * and the open that follows.)  A refusal is judged again each time, and
- * outside a batch every call judges afresh.
+ * outside a batch every call judges afresh.  The batch keeps the folder
+ * open too, so that the files in it are opened relative to it
+ * (store_dir_open()).
  */
 struct store_judged {
 	char	*sj_path;
 	int	 sj_rc;		/* store_dir_ok()'s 0 or 1 */
+	int	 sj_fd;		/* the folder, -1 when missing */
 };
 
 static struct {
@@ -361,26 +379,32 @@ store_batch_end(void)
 {
 	size_t	 i;
 
-	for (i = 0; i < store_batch.sb_ndirs; i++)
+	for (i = 0; i < store_batch.sb_ndirs; i++) {
 		free(store_batch.sb_dirs[i].sj_path);
+		if (store_batch.sb_dirs[i].sj_fd != -1)
+			close(store_batch.sb_dirs[i].sj_fd);
+	}
 	free(store_batch.sb_dirs);
 	memset(&store_batch, 0, sizeof(store_batch));
 }
 
-/* The batch's answer for path, or -1 when it has none. */
+/* The batch's answer for path and its folder, or -1 when it has none. */
 static int
-store_batch_judged(const char *path)
+store_batch_judged(const char *path, int *fdp)
 {
 	size_t	 i;
 
-	for (i = 0; i < store_batch.sb_ndirs; i++)
-		if (strcmp(store_batch.sb_dirs[i].sj_path, path) == 0)
+	for (i = 0; i < store_batch.sb_ndirs; i++) {
+		if (strcmp(store_batch.sb_dirs[i].sj_path, path) == 0) {
+			*fdp = store_batch.sb_dirs[i].sj_fd;
 			return store_batch.sb_dirs[i].sj_rc;
+		}
+	}
 	return -1;
 }
 
 static int
-store_batch_keep(const char *path, int rc)
+store_batch_keep(const char *path, int rc, int fd)
 {
 	struct store_judged	*sj;
 
@@ -391,31 +415,54 @@ store_batch_keep(const char *path, int rc)
 	sj = &store_batch.sb_dirs[store_batch.sb_ndirs++];
 	sj->sj_path = xstrdup(path);
 	sj->sj_rc = rc;
+	sj->sj_fd = fd;
 	return rc;
 }
 
 /*
- * An existing folder of state_path, judged as store_mkdir() does.  0: it
- * is fine, 1: it is missing, -1: refused (cause).
+ * An existing folder of state_path, judged as store_mkdir() does, and
+ * opened: *fdp, for store_dir_close().  0: it is fine, 1: it is missing
+ * (*fdp is -1), -1: refused (cause).
  */
 static int
-store_dir_ok(const char *path, char **cause)
+store_dir_open(const char *path, int *fdp, char **cause)
 {
 	char	*why = NULL;
 	int	 fd, rc;
 
-	if (store_batch.sb_active && (rc = store_batch_judged(path)) != -1)
+	*fdp = -1;
+	if (store_batch.sb_active && (rc = store_batch_judged(path,
+	    fdp)) != -1)
 		return rc;
 	if ((fd = fsafe_opendir(path, 0700, geteuid(), &why)) != -1) {
-		close(fd);
-		return store_batch_keep(path, 0);
+		*fdp = fd;
+		return store_batch_keep(path, 0, fd);
 	}
 	if (errno == ENOENT) {
 		free(why);
-		return store_batch_keep(path, 1);
+		return store_batch_keep(path, 1, -1);
 	}
 	*cause = why;
 	return -1;
+}
+
+/* A folder from store_dir_open(); one the batch keeps stays open. */
+static void
+store_dir_close(int fd)
+{
+	if (fd != -1 && !store_batch.sb_active)
+		close(fd);
+}
+
+/* store_dir_open() for an answer only. */
+static int
+store_dir_ok(const char *path, char **cause)
+{
+	int	 fd, rc;
+
+	rc = store_dir_open(path, &fd, cause);
+	store_dir_close(fd);
+	return rc;
 }
 
 /* state_path and its certs/, missing parents made 0755 (fsafe.c). */
@@ -1072,34 +1119,48 @@ store_meta_rebuild(const char *path, struct stored_cert *sd,
 	return 0;
 }
 
+/*
+ * The generation folder that the symlink certs/id names, read as name
+ * under the folder dfd (AT_FDCWD: name is a path).  1 when absent.
+ */
+static int
+store_link_target(int dfd, const char *name, const char *certs,
+    const char *id, char target[NAME_MAX + 1], char **cause)
+{
+	ssize_t	 n;
+
+	if ((n = readlinkat(dfd, name, target, NAME_MAX)) == -1) {
+		if (errno == ENOENT)
+			return 1;
+		if (errno == EINVAL)
+			xasprintf(cause, "%s/%s: not a symbolic link", certs,
+			    id);
+		else
+			xasprintf(cause, "%s/%s: %s", certs, id,
+			    strerror(errno));
+		return -1;
+	}
+	target[n] = '\0';
+	if (n == 0 || target[0] == '.' || strchr(target, '/') != NULL) {
+		xasprintf(cause, "%s/%s: points outside %s", certs, id, certs);
+		return -1;
+	}
+	return 0;
+}
+
 /* The generation folder a certificate's symlink names.  1 when absent. */
 static int
 store_cert_target(const char *certs, const char *id, char **target,
     char **cause)
 {
 	char	 buf[NAME_MAX + 1], *link = NULL;
-	ssize_t	 n;
-	int	 rc = -1;
+	int	 rc;
 
 	*target = NULL;
 	xasprintf(&link, "%s/%s", certs, id);
-	if ((n = readlink(link, buf, sizeof(buf) - 1)) == -1) {
-		if (errno == ENOENT)
-			rc = 1;
-		else if (errno == EINVAL)
-			xasprintf(cause, "%s: not a symbolic link", link);
-		else
-			xasprintf(cause, "%s: %s", link, strerror(errno));
-		goto out;
-	}
-	buf[n] = '\0';
-	if (n == 0 || buf[0] == '.' || strchr(buf, '/') != NULL) {
-		xasprintf(cause, "%s: points outside %s", link, certs);
-		goto out;
-	}
-	*target = xstrdup(buf);
-	rc = 0;
-out:
+	if ((rc = store_link_target(AT_FDCWD, link, certs, id, buf,
+	    cause)) == 0)
+		*target = xstrdup(buf);
 	free(link);
 	return rc;
 }
@@ -1157,33 +1218,40 @@ out:
 	return rc;
 }
 
-/* Read a file that must be there.  0: read, -1: missing or error (cause). */
+/*
+ * Read gen/file, a file that must be there, under the folder certs (cfd).
+ * 0: read, -1: missing or error (cause).
+ */
 static int
-store_read_whole(const char *path, char **out, size_t *len, char **cause)
+store_read_whole(int cfd, const char *certs, const char *gen,
+    const char *file, char **out, size_t *len, char **cause)
 {
+	char	 name[NAME_MAX + 1 + sizeof(STORE_CHAIN)];
 	int	 r;
 
-	if ((r = store_read_file(path, out, len, cause)) == 1)
-		xasprintf(cause, "%s: missing", path);
+	(void)snprintf(name, sizeof(name), "%s/%s", gen, file);
+	if ((r = store_read_at(cfd, certs, name, out, len, cause)) == 1)
+		xasprintf(cause, "%s/%s: missing", certs, name);
 	return r == 0 ? 0 : -1;
 }
 
 /*
  * Does meta.json vouch for the files as they are?  Then its dates, key
- * type and CertID stand for what parsing them would give.
+ * type and CertID stand for what parsing them would give, and *key_text
+ * becomes sd's.
  */
 static int
 store_vouched(struct store_vouch *sv, struct stored_cert *sd, size_t len,
-    const char *key_text, size_t key_len)
+    char **key_text, size_t key_len)
 {
 	char	 digest[STORE_DIGEST_HEX + 1];
 
 	/* The digest ends each text at a NUL: one inside is not vouched. */
 	if (!sv->sv_ok || strlen(sd->sd_chain) != len ||
-	    strlen(key_text) != key_len || !store_key_pkcs8(key_text))
+	    strlen(*key_text) != key_len || !store_key_pkcs8(*key_text))
 		return 0;
-	store_pair_digest(sd->sd_chain, key_text, &sv->sv_meta, sv->sv_cert_id,
-	    digest);
+	store_pair_digest(sd->sd_chain, *key_text, &sv->sv_meta,
+	    sv->sv_cert_id, digest);
 	if (strcmp(digest, sv->sv_digest) != 0)
 		return 0;
 	sd->sd_meta.cm_not_before = sv->sv_meta.cm_not_before;
@@ -1191,41 +1259,43 @@ store_vouched(struct store_vouch *sv, struct stored_cert *sd, size_t len,
 	sd->sd_meta.cm_key = sv->sv_meta.cm_key;
 	sd->sd_cert_id = sv->sv_cert_id;
 	sv->sv_cert_id = NULL;
-	sd->sd_key_pem = xstrdup(key_text);
+	sd->sd_key_pem = *key_text;
+	*key_text = NULL;
 	return 1;
 }
 
-/* Load and check one generation folder's files. */
+/*
+ * Load and check the files of one generation folder, gen under the
+ * folder certs (cfd).
+ */
 static int
-store_load_gen(const char *gen, struct stored_cert *sd, char **cause)
+store_load_gen(int cfd, const char *certs, const char *gen,
+    struct stored_cert *sd, char **cause)
 {
 	struct store_vouch	 sv;
 	char			 digest[STORE_DIGEST_HEX + 1];
 	char			*path = NULL, *key = NULL, *text = NULL;
-	char			*why = NULL;
+	char			*why = NULL, *dir = NULL;
 	size_t			 len, key_len = 0;
 	int			 rc = -1, r, parsed = 0;
 
 	memset(&sv, 0, sizeof(sv));
-	xasprintf(&path, "%s/%s", gen, STORE_CHAIN);
-	if (store_read_whole(path, &sd->sd_chain, &len, cause) == -1)
+	if (store_read_whole(cfd, certs, gen, STORE_CHAIN, &sd->sd_chain,
+	    &len, cause) == -1 ||
+	    store_read_whole(cfd, certs, gen, STORE_KEY, &key, &key_len,
+	    cause) == -1)
 		goto out;
-	free(path);
-	xasprintf(&path, "%s/%s", gen, STORE_KEY);
-	if (store_read_whole(path, &key, &key_len, cause) == -1)
-		goto out;
-	free(path);
-	xasprintf(&path, "%s/%s", gen, STORE_META);
-	if ((r = store_read_file(path, &text, NULL, &why)) == 1)
-		xasprintf(&why, "%s: missing", path);
-	if (r == 0 && store_meta_parse(text, path, &sd->sd_meta, &sv,
+	xasprintf(&path, "%s/%s/%s", certs, gen, STORE_META);
+	if ((r = store_read_whole(cfd, certs, gen, STORE_META, &text, NULL,
+	    &why)) == 0 && store_meta_parse(text, path, &sd->sd_meta, &sv,
 	    &why) == 0)
 		parsed = 1;
-	if (parsed && store_vouched(&sv, sd, len, key, key_len)) {
+	if (parsed && store_vouched(&sv, sd, len, &key, key_len)) {
 		rc = 0;
 		goto out;
 	}
-	if (store_check_pair_files(gen, key, key_len, sd, cause) == -1)
+	xasprintf(&dir, "%s/%s", certs, gen);
+	if (store_check_pair_files(dir, key, key_len, sd, cause) == -1)
 		goto out;
 	if (!parsed) {
 		store_pair_digest(sd->sd_chain, key, &sd->sd_meta,
@@ -1245,6 +1315,7 @@ out:
 	free(why);
 	free(text);
 	free(path);
+	free(dir);
 	return rc;
 }
 
@@ -1252,27 +1323,25 @@ int
 store_load_stored(const char *dir, const char *id, struct stored_cert *sd,
     char **cause)
 {
-	char	*certs = NULL, *target = NULL, *gen = NULL;
-	int	 rc = -1, r;
+	char	*certs = NULL, target[NAME_MAX + 1];
+	int	 rc = -1, r, cfd = -1;
 
 	memset(sd, 0, sizeof(*sd));
 	if (store_id_valid(id, cause) == -1)
 		goto out;
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
-	if ((r = store_dir_ok(certs, cause)) != 0 ||
-	    (r = store_cert_target(certs, id, &target, cause)) != 0) {
+	if ((r = store_dir_open(certs, &cfd, cause)) != 0 ||
+	    (r = store_link_target(cfd, id, certs, id, target, cause)) != 0) {
 		rc = r;
 		goto out;
 	}
-	xasprintf(&gen, "%s/%s", certs, target);
-	if (store_load_gen(gen, sd, cause) == -1)
+	if (store_load_gen(cfd, certs, target, sd, cause) == -1)
 		goto out;
 	rc = 0;
 out:
 	if (rc != 0)
 		store_stored_clear(sd);
-	free(gen);
-	free(target);
+	store_dir_close(cfd);
 	free(certs);
 	return rc;
 }
@@ -1706,8 +1775,9 @@ store_load_pending(const char *dir, const char *id, char *const *idents,
 	json_error_t	 jerr;
 	const char	*u, *pem;
 	char		*pdir = NULL, *path = NULL, *text = NULL, *why = NULL;
+	char		 name[NAME_MAX + 1];
 	size_t		 len, i;
-	int		 rc;
+	int		 rc, pfd;
 
 	*url = NULL;
 	*key = NULL;
@@ -1715,8 +1785,11 @@ store_load_pending(const char *dir, const char *id, char *const *idents,
 		return -1;
 	xasprintf(&pdir, "%s/%s", dir, STORE_PENDING);
 	path = store_pending_path(dir, id);
-	if ((rc = store_dir_ok(pdir, cause)) != 0 ||
-	    (rc = store_read_file(path, &text, &len, cause)) != 0)
+	(void)snprintf(name, sizeof(name), "%s.json", id);
+	if ((rc = store_dir_open(pdir, &pfd, cause)) == 0)
+		rc = store_read_at(pfd, pdir, name, &text, &len, cause);
+	store_dir_close(pfd);
+	if (rc != 0)
 		goto out;
 	rc = 1;
 	o = json_loadb(text, len, 0, &jerr);

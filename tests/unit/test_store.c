@@ -916,6 +916,46 @@ test_open_regular(void **state)
 	free(missing);
 }
 
+/*
+ * fsafe_openat_regular() judges a name under a folder as the path would
+ * be, and its messages name dir/name.
+ */
+static void
+test_openat_regular(void **state)
+{
+	struct ts	*ts = *state;
+	struct stat	 sb;
+	char		*file, *fifo, *cause = NULL;
+	int		 dfd, fd;
+
+	xasprintf(&file, "%s/file", ts->dir);
+	xasprintf(&fifo, "%s/fifo", ts->dir);
+	assert_int_equal(store_write_atomic(file, "xy", 2, 0600, NULL), 0);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	assert_int_not_equal(dfd = open(ts->dir, O_RDONLY | O_DIRECTORY), -1);
+
+	assert_int_not_equal(fd = fsafe_openat_regular(dfd, "D", "file",
+	    O_NONBLOCK, &sb, &cause), -1);
+	assert_null(cause);
+	assert_int_equal(sb.st_size, 2);
+	close(fd);
+	assert_int_equal(fsafe_openat_regular(dfd, "D", "fifo", O_NONBLOCK,
+	    &sb, &cause), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_string_equal(cause, "D/fifo: not a regular file but a FIFO");
+	free(cause);
+	cause = NULL;
+	assert_int_equal(fsafe_openat_regular(dfd, NULL, "missing", 0, &sb,
+	    &cause), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(sb.st_mode, 0);
+	assert_string_equal(cause, "missing: No such file or directory");
+	free(cause);
+	close(dfd);
+	free(file);
+	free(fifo);
+}
+
 int
 main(void)
 {
@@ -951,6 +991,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_cert_batch, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test_setup_teardown(test_open_regular, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_openat_regular, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test(test_chain_dates),
 	};
