@@ -31,15 +31,19 @@
 #define KEYS_RSA_MIN_BITS	2048
 #define KEYS_CN_MAX		64		/* ub-common-name */
 
+#define KEYS_EC_PUB_MAX		(1 + 2 * 66)	/* uncompressed P-521 point */
+#define KEYS_EC_DER_MAX		256		/* its ECPrivateKey: 214 */
+
 static const struct {
 	const char	*group;		/* OpenSSL group name */
+	int		 nid;		/* its OID */
 	const char	*crv;		/* JWK "crv" */
-	size_t		 size;		/* field size in bytes */
+	size_t		 size;		/* field and order size in bytes */
 	const EVP_MD	*(*md)(void);	/* CSR digest, RFC 5480 section 4 */
 } keys_curves[] = {
-	{ "prime256v1", "P-256", 32, EVP_sha256 },
-	{ "secp384r1", "P-384", 48, EVP_sha384 },
-	{ "secp521r1", "P-521", 66, EVP_sha512 },
+	{ "prime256v1", NID_X9_62_prime256v1, "P-256", 32, EVP_sha256 },
+	{ "secp384r1", NID_secp384r1, "P-384", 48, EVP_sha384 },
+	{ "secp521r1", NID_secp521r1, "P-521", 66, EVP_sha512 },
 };
 
 const char *
@@ -253,17 +257,121 @@ keys_pem_free(char *pem)
 	free(pem);
 }
 
+/* A DER tag and length at p; returns the bytes written (at most 4). */
+static size_t
+keys_der_head(unsigned char *p, unsigned char tag, size_t len)
+{
+	size_t	 n = 0;
+
+	p[n++] = tag;
+	if (len >= 0x100) {
+		p[n++] = 0x82;
+		p[n++] = (unsigned char)(len >> 8);
+	} else if (len >= 0x80)
+		p[n++] = 0x81;
+	p[n++] = (unsigned char)len;
+	return n;
+}
+
+/* The key's public point as SEC 1 octets (uncompressed unless loaded so). */
+static int
+keys_ec_point(EVP_PKEY *key, unsigned char *pub, size_t *len)
+{
+	return EVP_PKEY_get_octet_string_param(key,
+	    OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, pub, KEYS_EC_PUB_MAX, len) ? 0 :
+	    -1;
+}
+
+/*
+ * RFC 5915 ECPrivateKey as OpenSSL puts it inside PKCS#8: version 1, the
+ * scalar padded to the order's size, the public point in [1], and no [0]
+ * parameters (the AlgorithmIdentifier names the curve).  Returns its
+ * length in der (KEYS_EC_DER_MAX bytes), or 0.
+ */
+static size_t
+keys_ec_private_der(EVP_PKEY *key, size_t size, unsigned char *der)
+{
+	BIGNUM		*priv = NULL;
+	unsigned char	 body[KEYS_EC_DER_MAX], pub[KEYS_EC_PUB_MAX];
+	size_t		 publen, n = 0, len = 0;
+
+	if (!EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_PRIV_KEY, &priv) ||
+	    keys_ec_point(key, pub, &publen) == -1)
+		goto out;
+	memcpy(body, "\x02\x01\x01", 3);
+	n = 3 + keys_der_head(body + 3, 0x04, size);
+	if (BN_bn2binpad(priv, body + n, (int)size) < 0)
+		goto out;
+	n += size;
+	n += keys_der_head(body + n, 0xa1, publen + 1 + (publen + 1 >= 0x80 ?
+	    3 : 2));
+	n += keys_der_head(body + n, 0x03, publen + 1);
+	body[n++] = 0;		/* no unused bits */
+	memcpy(body + n, pub, publen);
+	n += publen;
+	if (n > KEYS_EC_DER_MAX - 4)
+		goto out;
+	len = keys_der_head(der, 0x30, n);
+	memcpy(der + len, body, n);
+	len += n;
+out:
+	OPENSSL_cleanse(body, sizeof(body));
+	BN_clear_free(priv);
+	return len;
+}
+
+/*
+ * PKCS#8 PEM of an EC key, from its parameters.  OpenSSL 3.0 encodes a
+ * key by searching every provider's encoders for a chain that fits: 0.8M
+ * instructions a key (callgrind), and each issued key is encoded three
+ * times (pending/, the store, the zone).  This gives the same bytes as
+ * PEM_write_bio_PrivateKey() (test_keys compares them) for a fraction.
+ */
+static int
+keys_ec_pem(BIO *bio, EVP_PKEY *key, int curve)
+{
+	PKCS8_PRIV_KEY_INFO	*p8 = NULL;
+	unsigned char		 der[KEYS_EC_DER_MAX], *copy = NULL;
+	size_t			 len;
+	int			 rc = 0;
+
+	if ((len = keys_ec_private_der(key, keys_curves[curve].size,
+	    der)) == 0)
+		goto out;
+	if ((p8 = PKCS8_PRIV_KEY_INFO_new()) == NULL ||
+	    (copy = OPENSSL_memdup(der, len)) == NULL)
+		fatalx("keys_to_pem: out of memory");
+	/* p8 owns copy from here, and wipes it when freed. */
+	if (!PKCS8_pkey_set0(p8, OBJ_nid2obj(NID_X9_62_id_ecPublicKey), 0,
+	    V_ASN1_OBJECT, OBJ_nid2obj(keys_curves[curve].nid), copy,
+	    (int)len)) {
+		OPENSSL_clear_free(copy, len);
+		goto out;
+	}
+	rc = PEM_write_bio_PKCS8_PRIV_KEY_INFO(bio, p8);
+out:
+	OPENSSL_cleanse(der, sizeof(der));
+	PKCS8_PRIV_KEY_INFO_free(p8);
+	return rc;
+}
+
 char *
 keys_to_pem(EVP_PKEY *key)
 {
 	BIO	*bio = NULL;
 	char	*data = NULL, *pem = NULL;
 	long	 len = 0;
+	int	 curve, ok;
 
 	if ((bio = BIO_new(BIO_s_mem())) == NULL)
 		fatalx("keys_to_pem: BIO_new");
 	/* OpenSSL 3 writes PKCS#8 ("BEGIN PRIVATE KEY") here. */
-	if (!PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL)) {
+	if ((curve = keys_curve(key)) != -1)
+		ok = keys_ec_pem(bio, key, curve);
+	else
+		ok = PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL,
+		    NULL);
+	if (!ok) {
 		log_openssl("keys_to_pem");
 		goto out;
 	}
@@ -533,6 +641,34 @@ keys_csr_md(EVP_PKEY *key)
 	return keys_curves[curve].md();
 }
 
+/*
+ * The request's SubjectPublicKeyInfo.  For an EC key it is filled from
+ * the key's point: X509_REQ_set_pubkey() goes through OpenSSL 3.0's
+ * encoder search and then decodes what it encoded, 2.2M instructions a
+ * CSR (callgrind), where this takes a parameter lookup.
+ */
+static int
+keys_csr_pubkey(X509_REQ *req, EVP_PKEY *key)
+{
+	unsigned char	 pub[KEYS_EC_PUB_MAX], *copy;
+	size_t		 len;
+	int		 curve;
+
+	if ((curve = keys_curve(key)) == -1)
+		return X509_REQ_set_pubkey(req, key) ? 0 : -1;
+	if (keys_ec_point(key, pub, &len) == -1)
+		return -1;
+	if ((copy = OPENSSL_memdup(pub, len)) == NULL)
+		fatalx("keys_csr: out of memory");
+	if (!X509_PUBKEY_set0_param(X509_REQ_get_X509_PUBKEY(req),
+	    OBJ_nid2obj(NID_X9_62_id_ecPublicKey), V_ASN1_OBJECT,
+	    OBJ_nid2obj(keys_curves[curve].nid), copy, (int)len)) {
+		OPENSSL_free(copy);
+		return -1;
+	}
+	return 0;
+}
+
 char *
 keys_csr(EVP_PKEY *key, char *const *idents, size_t n, int with_cn)
 {
@@ -548,7 +684,7 @@ keys_csr(EVP_PKEY *key, char *const *idents, size_t n, int with_cn)
 	if ((req = X509_REQ_new()) == NULL)
 		fatalx("keys_csr: X509_REQ_new");
 	if (!X509_REQ_set_version(req, X509_REQ_VERSION_1) ||
-	    !X509_REQ_set_pubkey(req, key)) {
+	    keys_csr_pubkey(req, key) == -1) {
 		log_openssl("keys_csr");
 		goto out;
 	}

@@ -498,6 +498,71 @@ test_keys_pem(void **state)
 	free(cause);
 }
 
+/* What OpenSSL's own encoder writes for key, which keys_to_pem matches. */
+static char *
+encoder_pem(EVP_PKEY *key)
+{
+	BIO	*bio;
+	char	*data, *pem;
+	long	 len;
+
+	assert_non_null(bio = BIO_new(BIO_s_mem()));
+	assert_int_equal(PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0,
+	    NULL, NULL), 1);
+	assert_true((len = BIO_get_mem_data(bio, &data)) > 0);
+	pem = strndup(data, (size_t)len);
+	BIO_free(bio);
+	return pem;
+}
+
+/* Whether the key's scalar has a zero first byte, so the DER pads it. */
+static int
+ec_priv_padded(EVP_PKEY *key, size_t size)
+{
+	BIGNUM	*priv = NULL;
+	int	 padded;
+
+	assert_int_equal(EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_PRIV_KEY,
+	    &priv), 1);
+	padded = (size_t)BN_num_bytes(priv) < size;
+	BN_clear_free(priv);
+	return padded;
+}
+
+/*
+ * keys_to_pem builds EC keys' PKCS#8 itself: byte for byte what the
+ * encoder writes, for each curve, for many keys and for one whose scalar
+ * is a byte shorter than the order.
+ */
+static void
+test_keys_pem_ec_exact(void **state)
+{
+	const struct { enum key_type type; size_t size; } curves[] = {
+		{ KEY_ECDSA_256, 32 }, { KEY_ECDSA_384, 48 },
+		{ KEY_ECDSA_521, 66 },
+	};
+	EVP_PKEY	*key;
+	char		*ours, *theirs;
+	size_t		 c;
+	int		 i, padded;
+
+	(void)state;
+	for (c = 0; c < sizeof(curves) / sizeof(curves[0]); c++) {
+		padded = 0;
+		for (i = 0; i < 2000 && (i < 50 || !padded); i++) {
+			assert_non_null(key = keys_generate(curves[c].type));
+			padded |= ec_priv_padded(key, curves[c].size);
+			assert_non_null(ours = keys_to_pem(key));
+			theirs = encoder_pem(key);
+			assert_string_equal(ours, theirs);
+			free(ours);
+			free(theirs);
+			EVP_PKEY_free(key);
+		}
+		assert_true(padded);
+	}
+}
+
 static void
 test_keys_pem_unsupported(void **state)
 {
@@ -674,6 +739,7 @@ main(void)
 		cmocka_unit_test(test_keys_csr),
 		cmocka_unit_test(test_keys_csr_no_cn),
 		cmocka_unit_test(test_keys_pem),
+		cmocka_unit_test(test_keys_pem_ec_exact),
 		cmocka_unit_test(test_keys_pem_unsupported),
 		cmocka_unit_test(test_keys_load_file),
 		cmocka_unit_test(test_keys_alpn_cert),
