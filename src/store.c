@@ -360,6 +360,9 @@ struct store_judged {
 	char	*sj_path;
 	int	 sj_rc;		/* store_dir_ok()'s 0 or 1 */
 	int	 sj_fd;		/* the folder, -1 when missing */
+	int	 sj_listed;	/* 1: sj_names holds it, -1: cannot */
+	char	**sj_names;	/* sorted, by store_batch_list() */
+	size_t	 sj_nnames;
 };
 
 static struct {
@@ -374,6 +377,16 @@ store_batch_begin(void)
 	store_batch.sb_active = 1;
 }
 
+static void
+store_names_free(char **names, size_t n)
+{
+	size_t	 i;
+
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
 void
 store_batch_end(void)
 {
@@ -383,6 +396,8 @@ store_batch_end(void)
 		free(store_batch.sb_dirs[i].sj_path);
 		if (store_batch.sb_dirs[i].sj_fd != -1)
 			close(store_batch.sb_dirs[i].sj_fd);
+		store_names_free(store_batch.sb_dirs[i].sj_names,
+		    store_batch.sb_dirs[i].sj_nnames);
 	}
 	free(store_batch.sb_dirs);
 	memset(&store_batch, 0, sizeof(store_batch));
@@ -413,10 +428,93 @@ store_batch_keep(const char *path, int rc, int fd)
 	store_batch.sb_dirs = xreallocarray(store_batch.sb_dirs,
 	    store_batch.sb_ndirs + 1, sizeof(*store_batch.sb_dirs));
 	sj = &store_batch.sb_dirs[store_batch.sb_ndirs++];
+	memset(sj, 0, sizeof(*sj));
 	sj->sj_path = xstrdup(path);
 	sj->sj_rc = rc;
 	sj->sj_fd = fd;
 	return rc;
+}
+
+static int
+store_cmp_name(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * The names in sj's folder, read once per batch and sorted; those that
+ * start with a dot (temporary files) are left out.  1: listed, -1: not.
+ */
+static int
+store_batch_list(struct store_judged *sj)
+{
+	struct dirent	*de;
+	DIR		*d;
+	size_t		 room = 0;
+	int		 fd;
+
+	if (sj->sj_listed != 0)
+		return sj->sj_listed;
+	sj->sj_listed = -1;
+	if ((fd = openat(sj->sj_fd, ".", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1)
+		return -1;
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return -1;
+	}
+	errno = 0;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (sj->sj_nnames == room) {
+			room = room == 0 ? 16 : room * 2;
+			sj->sj_names = xreallocarray(sj->sj_names, room,
+			    sizeof(*sj->sj_names));
+		}
+		sj->sj_names[sj->sj_nnames++] = xstrdup(de->d_name);
+	}
+	if (errno != 0) {
+		closedir(d);
+		store_names_free(sj->sj_names, sj->sj_nnames);
+		sj->sj_names = NULL;
+		sj->sj_nnames = 0;
+		return -1;
+	}
+	closedir(d);
+	if (sj->sj_nnames > 0)
+		qsort(sj->sj_names, sj->sj_nnames, sizeof(*sj->sj_names),
+		    store_cmp_name);
+	sj->sj_listed = 1;
+	return 1;
+}
+
+/*
+ * Whether the folder path, judged fine, may hold name.  A file that is
+ * seldom there (a pending order) would cost each certificate of a start
+ * a stat() that fails: in a batch the folder is listed once instead, and
+ * the list answers, for the same reason that the folder's judgement
+ * holds (see above).  0: it does not; 1: it may (outside a batch, or
+ * when the folder could not be listed).
+ */
+static int
+store_may_hold(const char *path, const char *name)
+{
+	struct store_judged	*sj;
+	size_t			 i;
+
+	if (!store_batch.sb_active)
+		return 1;
+	for (i = 0; i < store_batch.sb_ndirs; i++) {
+		sj = &store_batch.sb_dirs[i];
+		if (sj->sj_fd == -1 || strcmp(sj->sj_path, path) != 0)
+			continue;
+		if (store_batch_list(sj) != 1)
+			return 1;
+		return bsearch(&name, sj->sj_names, sj->sj_nnames,
+		    sizeof(*sj->sj_names), store_cmp_name) != NULL;
+	}
+	return 1;
 }
 
 /*
@@ -1787,7 +1885,8 @@ store_load_pending(const char *dir, const char *id, char *const *idents,
 	path = store_pending_path(dir, id);
 	(void)snprintf(name, sizeof(name), "%s.json", id);
 	if ((rc = store_dir_open(pdir, &pfd, cause)) == 0)
-		rc = store_read_at(pfd, pdir, name, &text, &len, cause);
+		rc = store_may_hold(pdir, name) ? store_read_at(pfd, pdir,
+		    name, &text, &len, cause) : 1;
 	store_dir_close(pfd);
 	if (rc != 0)
 		goto out;

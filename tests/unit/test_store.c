@@ -848,6 +848,52 @@ test_cert_batch(void **state)
 	free(dir);
 }
 
+/* store_load_pending() of id for idents[0]: 0 found, 1 none. */
+static int
+ts_pending(const char *dir, const char *id, char *const *idents)
+{
+	EVP_PKEY	*key = NULL;
+	char		*url = NULL, *cause = NULL;
+	int		 rc;
+
+	rc = store_load_pending(dir, id, idents, 1, &url, &key, &cause);
+	assert_int_not_equal(rc, -1);
+	assert_true((rc == 0) == (url != NULL && key != NULL));
+	free(url);
+	EVP_PKEY_free(key);
+	return rc;
+}
+
+/*
+ * A batch lists pending/ once: what was there is found, what was not is
+ * not looked for, even when written meanwhile (which the daemon does not
+ * do while it starts).  Outside the batch it is read again.
+ */
+static void
+test_pending_batch(void **state)
+{
+	struct ts	*ts = *state;
+	EVP_PKEY	*key;
+	char		*dir, *cause = NULL;
+	char		*idents[] = { "p.example" };
+
+	dir = ts_state(ts);
+	key = ts_key();
+	assert_int_equal(store_save_pending(dir, "p1", "https://ca.test/o/1",
+	    idents, 1, key, &cause), 0);
+	store_batch_begin();
+	assert_int_equal(ts_pending(dir, "p1", idents), 0);
+	assert_int_equal(ts_pending(dir, "p2", idents), 1);
+	assert_int_equal(store_save_pending(dir, "p2", "https://ca.test/o/2",
+	    idents, 1, key, &cause), 0);
+	assert_int_equal(ts_pending(dir, "p2", idents), 1);
+	assert_int_equal(ts_pending(dir, "p1", idents), 0);
+	store_batch_end();
+	assert_int_equal(ts_pending(dir, "p2", idents), 0);
+	EVP_PKEY_free(key);
+	free(dir);
+}
+
 static void
 test_chain_dates(void **state)
 {
@@ -993,6 +1039,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_open_regular, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test_setup_teardown(test_openat_regular, ts_setup,
+		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_pending_batch, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test(test_chain_dates),
 	};
