@@ -768,8 +768,15 @@ control_events(struct event_base *base, char **cause)
 	control.ev_accept = event_new(base, control.fd, EV_READ | EV_PERSIST,
 	    control_accept, NULL);
 	control.ev_pause = evtimer_new(base, control_resume, NULL);
-	if (control.ev_accept == NULL || control.ev_pause == NULL ||
-	    event_add(control.ev_accept, NULL) == -1) {
+	if (control.ev_accept == NULL || control.ev_pause == NULL) {
+		xasprintf(cause, "control: cannot add events");
+		return -1;
+	}
+	/* A request goes ahead of order work (loop.c). */
+	loop_mhd_urgent(&control.loop);
+	if (event_base_get_npriorities(base) > 1)
+		event_priority_set(control.ev_accept, 0);
+	if (event_add(control.ev_accept, NULL) == -1) {
 		xasprintf(cause, "control: cannot add events");
 		return -1;
 	}

@@ -764,6 +764,7 @@ int		 loop_mhd_start(struct loop_mhd *, struct event_base *,
 		    struct MHD_Daemon *, const char *, char **);
 void		 loop_mhd_schedule(struct loop_mhd *);
 void		 loop_mhd_wake(struct loop_mhd *);
+void		 loop_mhd_urgent(struct loop_mhd *);	/* ahead of the rest */
 void		 loop_mhd_stop(struct loop_mhd *);
 char		*loop_mhd_message(const char *, va_list);
 

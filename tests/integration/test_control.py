@@ -10,9 +10,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -273,3 +275,79 @@ def test_changes_refused_to_others(tmp_path, pebble, http_port,
         assert not sock.exists(), "the socket outlived the daemon"
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def status_client(sock, stop, counts, k, depth=32):
+    """GET /v1/status on one keep-alive connection until stop, depth
+    requests pipelined at a time, so that the daemon always has one more
+    to answer; counts the 200s in counts[k]."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(sock))
+    req = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
+    buf = b""
+
+    def more():
+        chunk = s.recv(1 << 20)
+        assert chunk, "the daemon closed the connection"
+        return chunk
+
+    try:
+        while not stop.is_set():
+            s.sendall(req * depth)
+            for _ in range(depth):
+                while b"\r\n\r\n" not in buf:
+                    buf += more()
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                length = int(re.search(rb"(?i)content-length: *(\d+)",
+                                       head).group(1))
+                while len(buf) < length:
+                    buf += more()
+                buf = buf[length:]
+                counts[k] += 1
+    finally:
+        s.close()
+
+
+def test_orders_progress_under_api_load(tmp_path, pebble, http_port,
+                                        sidecar_factory):
+    """The control API goes ahead of order work (loop.c), yet clients that
+    keep it busy do not stop orders: the certificates are issued while
+    eight connections keep /v1/status requests waiting, and every one of
+    them is answered meanwhile."""
+    certs = [(["load%d.example.test" % i], None) for i in range(6)]
+    conf = tmp_path / "acme-sidecar.conf"
+    state = tmp_path / "state"
+    write_config(conf, pebble, state, http_port, certs)
+    sidecar = sidecar_factory(conf, [pebble]).start()
+    sock = tmp_path / "control.sock"
+    sidecar.wait_log(r"control: listening on")
+    stop = threading.Event()
+    counts = [0] * 8
+    errors = []
+
+    def client(k):
+        try:
+            status_client(sock, stop, counts, k)
+        except Exception as e:  # reported below, not lost in a thread
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in
+               range(len(counts))]
+    for t in threads:
+        t.start()
+    try:
+        sidecar.wait_certs(state, [cert_id(n, k) for n, k in certs],
+                           timeout=90)
+        before = list(counts)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+    assert not errors, errors
+    # Still answering at the end, on every connection.
+    assert all(b < c for b, c in zip(before, counts)), (before, counts)
+    status, j, _ = api(sock, "GET", "/v1/status")
+    assert j["certificates"]["valid"] == len(certs), j
