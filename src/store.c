@@ -63,6 +63,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -998,16 +999,33 @@ store_meta_json(const struct cert_meta *meta, const char *cert_id,
  * (OpenSSL 3 sets up its decoders for every key); a file changed in any
  * byte goes through the full check.
  */
+/*
+ * SHA-256, fetched once: a start digests every certificate's pair, and
+ * EVP_sha256() would look it up in the provider store each time.
+ */
+static EVP_MD	*store_sha256;
+
+static void
+store_sha256_fetch(void)
+{
+	if ((store_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
+		fatalx("store: EVP_MD_fetch SHA256");
+}
+
 static void
 store_pair_digest(const char *chain, const char *key_pem,
     const struct cert_meta *meta, const char *cert_id,
     char hex[STORE_DIGEST_HEX + 1])
 {
-	unsigned char	 md[EVP_MAX_MD_SIZE];
-	unsigned int	 mdlen, i;
-	EVP_MD_CTX	*ctx;
-	char		*facts;
+	static pthread_once_t	 once = PTHREAD_ONCE_INIT;
+	unsigned char		 md[EVP_MAX_MD_SIZE];
+	unsigned int		 mdlen, i;
+	EVP_MD_CTX		*ctx;
+	char			*facts;
 
+	/* Fetched once (the writer's thread digests too). */
+	if ((errno = pthread_once(&once, store_sha256_fetch)) != 0)
+		fatal("%s: pthread_once", __func__);
 	xasprintf(&facts, "%lld %lld %s %s", (long long)meta->cm_not_before,
 	    (long long)meta->cm_not_after, (unsigned)meta->cm_key <
 	    KEY_TYPE_MAX ? key_type_name(meta->cm_key) : "unknown",
@@ -1015,7 +1033,7 @@ store_pair_digest(const char *chain, const char *key_pem,
 	if ((ctx = EVP_MD_CTX_new()) == NULL)
 		fatalx("%s: EVP_MD_CTX_new", __func__);
 	/* The NULs end the PEM texts, which hold none. */
-	if (!EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) ||
+	if (!EVP_DigestInit_ex(ctx, store_sha256, NULL) ||
 	    !EVP_DigestUpdate(ctx, chain, strlen(chain) + 1) ||
 	    !EVP_DigestUpdate(ctx, key_pem, strlen(key_pem) + 1) ||
 	    !EVP_DigestUpdate(ctx, facts, strlen(facts)) ||
