@@ -1,11 +1,13 @@
-"""conf/kubernetes/pod.yaml, played by podman from conf/Containerfile's
-images: the pod gets its certificate from Pebble, nginx serves it, a
-restarted sidecar orders nothing, and nginx serves on without the sidecar.
+"""conf/kubernetes/pod.yaml and fleet.yaml, played by podman from
+conf/Containerfile's images.  The pod gets its certificate from Pebble,
+nginx serves it, a restarted sidecar orders nothing, and nginx serves on
+without the sidecar.  The fleet (two replicas and Redis) orders once,
+validates through either replica, and both serve the certificate.
 
-One test, and a long one (about 4 minutes cold: the images build from the
-sources).  It ignores ACME_SIDECAR (the images build their own binaries),
-so make check runs it once, in whichever pass runs the tests not marked
-serial: it measures nothing, and most of its time is the build.
+Two tests on one xdist worker, sharing the images: most of their time is
+the build (about 4 minutes cold).  They ignore ACME_SIDECAR (the images
+build their own binaries), so make check runs them once, in whichever pass
+runs the tests not marked serial: they measure nothing.
 
 The test's copy of the manifest differs from conf/kubernetes/pod.yaml where
 podman 4.3 or the test needs it:
@@ -21,6 +23,18 @@ podman 4.3 or the test needs it:
     played_copy).
 Everything else (users, fsGroup, group=33, configs) is the manifest's own.
 
+The fleet's copy differs from conf/kubernetes/fleet.yaml in the same ways,
+and also:
+  - two Deployments of one replica each, instead of one of three: on the
+    host's network each replica needs ports of its own, hence its own
+    ConfigMaps, and its own node= (the host name is the same for all);
+  - podman 4.3 mounts a Secret's volume empty (stringData) or still in
+    base64 (data), so the Secret becomes a ConfigMap with the same keys;
+  - Redis listens on 127.0.0.1 and a free port;
+  - the test's Balancer stands for the Service: it sends the CA's
+    requests to the replicas in turn, each once it passes the manifest's
+    own readiness probe (run by the test: podman 4.3 runs no probe).
+
 Rootful podman on these machines needs a containers.conf (CONTAINERS_CONF):
 no default ulimits (the sandbox refuses raising nofile and nproc) and
 runc (crun refuses the hybrid cgroup layout).  The base image is Debian's
@@ -28,11 +42,16 @@ bookworm-slim, or where no registry can be reached, the same built here
 with mmdebstrap and imported under that name; it is kept for later runs.
 """
 
+import base64
+import copy
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -43,6 +62,7 @@ import yaml
 from conftest import ROOT, free_port, openssl, split_pem
 
 MANIFEST = ROOT / "conf" / "kubernetes" / "pod.yaml"
+FLEET = ROOT / "conf" / "kubernetes" / "fleet.yaml"
 CONTAINERFILE = ROOT / "conf" / "Containerfile"
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
 BUILD_CACHE = "localhost/acme-sidecar-build:pod-test"
@@ -74,6 +94,8 @@ pytestmark = [
                        "images build and run their own binaries"),
     pytest.mark.skipif(_why_no_podman() is not None,
                        reason=str(_why_no_podman())),
+    # One worker builds the images once for both tests.
+    pytest.mark.xdist_group("pod"),
 ]
 
 
@@ -152,7 +174,7 @@ def snapshot_context(workdir):
 
 
 def build_images(podman, tag, workdir):
-    """Both images, tagged for this run.  The build stage keeps a tag of
+    """The three images, tagged for this run.  The build stage keeps a tag of
     its own across runs: its apt layer is the longest step, and a later
     run reuses it.  The stage this tag named before goes."""
     ctx = str(snapshot_context(workdir))
@@ -162,7 +184,7 @@ def build_images(podman, tag, workdir):
     if old and old != image_id(podman, BUILD_CACHE):
         podman("rmi", old, check=False)
     images = {}
-    for target in ("sidecar", "nginx"):
+    for target in ("sidecar", "nginx", "redis"):
         name = "localhost/acme-sidecar%s:%s" % (
             "" if target == "sidecar" else "-" + target, tag)
         podman("build", "--pull=never", "-f", str(CONTAINERFILE),
@@ -171,10 +193,29 @@ def build_images(podman, tag, workdir):
     return images
 
 
-def replace_once(text, old, new):
+def replace_once(text, old, new, manifest=MANIFEST):
     assert text.count(old) == 1, "%s: %r is no longer there once" % (
-        MANIFEST, old)
+        manifest, old)
     return text.replace(old, new)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """The images of this module's run, built once; removed after."""
+    workdir = tmp_path_factory.mktemp("images")
+    podman = Podman(workdir)
+    tag = "test-" + uuid.uuid4().hex[:8]
+    started = time.monotonic()
+    built = {}
+    try:
+        ensure_base_image(podman, workdir)
+        built = build_images(podman, tag, workdir)
+        print("pod tests: images built in %.0fs" %
+              (time.monotonic() - started))
+        yield built
+    finally:
+        for image in built.values():
+            podman("rmi", "-f", image, check=False)
 
 
 def tmpfs_claim(name, size):
@@ -192,48 +233,60 @@ def tmpfs_claim(name, size):
     }
 
 
-def played_copy(pebble, ports, images, name):
-    """The documents of pod.yaml as this test plays them."""
-    docs = list(yaml.safe_load_all(MANIFEST.read_text()))
-    by_kind = {}
-    for d in docs:
-        by_kind.setdefault(d["kind"], []).append(d)
-    nginx_cm, sidecar_cm = by_kind["ConfigMap"]
-    (deploy,) = by_kind["Deployment"]
-
-    conf = nginx_cm["data"]["nginx.conf"]
+def pebble_nginx_conf(conf, pebble, ports, manifest=MANIFEST):
+    """nginx.conf of a manifest, with Pebble for Let's Encrypt's staging
+    and the test's ports."""
     conf = replace_once(
         conf, "uri         https://acme-staging-v02.api.letsencrypt.org/"
         "directory;", "uri %s;\n        ssl_trusted_certificate "
-        "/etc/acme-test/pebble-ca.pem;" % pebble.directory_url)
+        "/etc/acme-test/pebble-ca.pem;" % pebble.directory_url, manifest)
     conf = replace_once(conf, "listen 8443 ssl;",
-                        "listen 127.0.0.1:%d ssl;" % ports["https"])
-    conf = replace_once(conf, "listen 8080 default_server;",
+                        "listen 127.0.0.1:%d ssl;" % ports["https"], manifest)
+    return replace_once(conf, "listen 8080 default_server;",
                         "listen 127.0.0.1:%d default_server;" %
-                        ports["http"])
-    nginx_cm["data"]["nginx.conf"] = conf
-    sconf = sidecar_cm["data"]["acme-sidecar.conf"]
-    sidecar_cm["data"]["acme-sidecar.conf"] = replace_once(
-        sconf, "challenge_listen 127.0.0.1:8081;",
-        "challenge_listen 127.0.0.1:%d;" % ports["responder"])
-    for cm in (nginx_cm, sidecar_cm):
-        cm["metadata"]["name"] += "-" + name
-    ca = {"apiVersion": "v1", "kind": "ConfigMap",
-          "metadata": {"name": "pebble-ca-" + name},
-          "data": {"pebble-ca.pem": Path(pebble.ca).read_text()}}
+                        ports["http"], manifest)
 
-    deploy["metadata"]["name"] = name
-    spec = deploy["spec"]["template"]["spec"]
-    spec["hostNetwork"] = True
+
+def pebble_ca_map(pebble, name):
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "pebble-ca-" + name},
+            "data": {"pebble-ca.pem": Path(pebble.ca).read_text()}}
+
+
+def adapt_volumes(spec, name, renamed):
+    """The pod spec's volumes as podman 4.3 plays them: ConfigMaps (and
+    Secrets, which become ConfigMaps) and claims under the names of
+    renamed; emptyDirs in memory on tmpfs claims, returned."""
     claims = []
     for vol in spec["volumes"]:
+        if "secret" in vol:
+            src = vol.pop("secret")
+            vol["configMap"] = {"name": src["secretName"]}
+            if "items" in src:
+                vol["configMap"]["items"] = src["items"]
         if "configMap" in vol:
-            vol["configMap"]["name"] += "-" + name
+            cm = vol["configMap"]
+            cm["name"] = renamed.get(cm["name"], cm["name"] + "-" + name)
+        elif "persistentVolumeClaim" in vol:
+            pvc = vol["persistentVolumeClaim"]
+            pvc["claimName"] = renamed[pvc["claimName"]]
         elif vol.get("emptyDir", {}).get("medium") == "Memory":
             claim = "%s-%s" % (name, vol["name"])
             claims.append(tmpfs_claim(claim, vol["emptyDir"]["sizeLimit"]))
             del vol["emptyDir"]
             vol["persistentVolumeClaim"] = {"claimName": claim}
+    return claims
+
+
+def adapt_web(deploy, name, images, renamed):
+    """A Deployment of nginx + sidecar as this test plays it: one
+    replica, on the host's network, this run's images, Pebble's CA
+    mounted.  Returns its tmpfs claims."""
+    deploy["metadata"]["name"] = name
+    deploy["spec"]["replicas"] = 1
+    spec = deploy["spec"]["template"]["spec"]
+    spec["hostNetwork"] = True
+    claims = adapt_volumes(spec, name, renamed)
     spec["volumes"].append({"name": "pebble-ca", "configMap": {
         "name": "pebble-ca-" + name}})
     for c in spec["containers"]:
@@ -252,7 +305,33 @@ def played_copy(pebble, ports, images, name):
         if target == "nginx":
             c["volumeMounts"] = [m for m in c["volumeMounts"]
                                  if m["name"] != "control"]
-    return [nginx_cm, sidecar_cm, ca] + claims + [deploy], claims
+    return claims
+
+
+def split_kinds(manifest):
+    by_kind = {}
+    for d in yaml.safe_load_all(manifest.read_text()):
+        by_kind.setdefault(d["kind"], []).append(d)
+    return by_kind
+
+
+def played_copy(pebble, ports, images, name):
+    """The documents of pod.yaml as this test plays them."""
+    by_kind = split_kinds(MANIFEST)
+    nginx_cm, sidecar_cm = by_kind["ConfigMap"]
+    (deploy,) = by_kind["Deployment"]
+
+    nginx_cm["data"]["nginx.conf"] = pebble_nginx_conf(
+        nginx_cm["data"]["nginx.conf"], pebble, ports)
+    sconf = sidecar_cm["data"]["acme-sidecar.conf"]
+    sidecar_cm["data"]["acme-sidecar.conf"] = replace_once(
+        sconf, "challenge_listen 127.0.0.1:8081;",
+        "challenge_listen 127.0.0.1:%d;" % ports["responder"])
+    for cm in (nginx_cm, sidecar_cm):
+        cm["metadata"]["name"] += "-" + name
+    claims = adapt_web(deploy, name, images, {})
+    return [nginx_cm, sidecar_cm, pebble_ca_map(pebble, name)] + claims + \
+        [deploy], claims
 
 
 def served_chain(port, workdir, pebble):
@@ -311,21 +390,26 @@ def acmectl_show(podman, ctr):
     return json.loads(r.stdout)
 
 
-def test_pod_issues_serves_and_survives_the_sidecar(tmp_path, pebble):
+def play_down(podman, played, name):
+    """Takes down what played holds; podman 4.3 keeps the claims' and the
+    ConfigMaps' volumes, so those whose names hold name go too."""
+    if played.exists():
+        podman("play", "kube", "--down", str(played), check=False)
+    for v in podman("volume", "ls", "-q", check=False).stdout.split():
+        if name in v:
+            podman("volume", "rm", "-f", v, check=False)
+
+
+def test_pod_issues_serves_and_survives_the_sidecar(tmp_path, pebble,
+                                                     images):
     podman = Podman(tmp_path)
-    tag = "test-" + uuid.uuid4().hex[:8]
-    name = "acme-pod-" + tag[5:]
+    name = "acme-pod-" + uuid.uuid4().hex[:8]
     ports = {"https": free_port(), "http": pebble.http_port,
              "responder": free_port()}
     played = tmp_path / "pod.yaml"
-    images = {}
-    claims = []
     started = time.monotonic()
     try:
-        ensure_base_image(podman, tmp_path)
-        images = build_images(podman, tag, tmp_path)
-        built = time.monotonic()
-        docs, claims = played_copy(pebble, ports, images, name)
+        docs, _ = played_copy(pebble, ports, images, name)
         played.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         podman("play", "kube", str(played))
         pod = name + "-pod-0"
@@ -377,14 +461,231 @@ def test_pod_issues_serves_and_survives_the_sidecar(tmp_path, pebble):
         assert got is not None, "nginx served nothing without the sidecar"
         assert got[1].returncode == 0, got[1].stdout + got[1].stderr
         assert cert_of(got[0])[1] == serial
-        print("pod test: images %.0fs, issued %.0fs later, total %.0fs" % (
-            built - started, issued - built, time.monotonic() - started))
+        print("pod test: issued %.0fs after the play, total %.0fs" % (
+            issued - started, time.monotonic() - started))
     finally:
-        if played.exists():
-            podman("play", "kube", "--down", str(played), check=False)
-        # podman 4.3 keeps the claims' and the ConfigMaps' volumes.
-        for v in podman("volume", "ls", "-q", check=False).stdout.split():
-            if name in v:
-                podman("volume", "rm", "-f", v, check=False)
-        for image in images.values():
-            podman("rmi", "-f", image, check=False)
+        play_down(podman, played, name)
+
+
+# ---------------------------------------------------------------- fleet
+
+REPLICAS = ("a", "b")
+
+
+def fleet_secret_values():
+    """The two values the fleet's REPLACE note asks for."""
+    return {"secret": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "redis-password": "acme-sidecar " + secrets.token_hex(32)}
+
+
+def fleet_copy(pebble, ports, images, name):
+    """The documents of fleet.yaml as this test plays them: Redis, and
+    one Deployment per replica (ports: {"redis": P, "a": {...}, ...})."""
+    by_kind = split_kinds(FLEET)
+    (secret,) = by_kind["Secret"]
+    nginx_cm, sidecar_cm, redis_cm = by_kind["ConfigMap"]
+    web, redis = by_kind["Deployment"]
+    (pvc,) = by_kind["PersistentVolumeClaim"]
+
+    # The Secret, as a ConfigMap of the same keys (see the top).
+    assert set(secret["stringData"]) == {"secret", "redis-password"}
+    renamed = {secret["metadata"]["name"]: "cluster-" + name,
+               pvc["metadata"]["name"]: "redis-data-" + name}
+    cluster_cm = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "cluster-" + name},
+                  "data": fleet_secret_values()}
+    pvc["metadata"]["name"] = "redis-data-" + name
+
+    rconf = redis_cm["data"]["redis.conf"]
+    rconf = replace_once(rconf, "bind * -::*", "bind 127.0.0.1", FLEET)
+    redis_cm["data"]["redis.conf"] = replace_once(
+        rconf, "port 6379", "port %d" % ports["redis"], FLEET)
+    redis_cm["metadata"]["name"] += "-" + name
+    redis["metadata"]["name"] = "redis-" + name
+    rspec = redis["spec"]["template"]["spec"]
+    rspec["hostNetwork"] = True
+    docs = [cluster_cm, redis_cm, pvc, pebble_ca_map(pebble, name)]
+    docs += adapt_volumes(rspec, name, renamed)
+    (rc,) = rspec["containers"]
+    rc["image"] = images["redis"]
+    rc.pop("readinessProbe", None)
+    rc.pop("ports", None)
+    docs.append(redis)
+
+    for r in REPLICAS:
+        rname = "%s-%s" % (name, r)
+        ncm, scm, dep = (copy.deepcopy(d) for d in (nginx_cm, sidecar_cm,
+                                                    web))
+        ncm["data"]["nginx.conf"] = pebble_nginx_conf(
+            ncm["data"]["nginx.conf"], pebble, ports[r], FLEET)
+        sconf = replace_once(scm["data"]["acme-sidecar.conf"],
+                             "challenge_listen 127.0.0.1:8081;",
+                             "challenge_listen 127.0.0.1:%d;" %
+                             ports[r]["responder"], FLEET)
+        scm["data"]["acme-sidecar.conf"] = replace_once(
+            sconf, "redis://acme-redis:6379", "redis://127.0.0.1:%d "
+            "node=web-%s" % (ports["redis"], r), FLEET)
+        for cm in (ncm, scm):
+            cm["metadata"]["name"] += "-" + rname
+        ca = pebble_ca_map(pebble, rname)
+        docs += [ncm, scm, ca] + adapt_web(dep, rname, images, renamed) + \
+            [dep]
+    return docs
+
+
+def readiness_command(manifest=FLEET):
+    """The sidecar container's readiness probe, as the manifest has it."""
+    for d in yaml.safe_load_all(manifest.read_text()):
+        if d["kind"] != "Deployment":
+            continue
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "acme-sidecar":
+                return c["readinessProbe"]["exec"]["command"]
+    raise AssertionError("%s: no readiness probe on acme-sidecar" % manifest)
+
+
+class Balancer:
+    """The web Service, on Pebble's HTTP-01 port: each connection goes to
+    the next of the ready replicas' HTTP ports, in turn.  A connection
+    that comes while none is ready waits for one."""
+
+    def __init__(self, port):
+        self.ready = []
+        self.sent = {}
+        self.turn = 0
+        self.cond = threading.Condition()
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.sock.settimeout(0.2)
+        self.closed = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def add(self, port):
+        with self.cond:
+            self.ready.append(port)
+            self.sent.setdefault(port, 0)
+            self.cond.notify_all()
+
+    def _backend(self):
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.ready, timeout=60):
+                return None
+            port = self.ready[self.turn % len(self.ready)]
+            self.turn += 1
+            self.sent[port] += 1
+            return port
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=self._relay, args=(conn,),
+                             daemon=True).start()
+
+    def _relay(self, conn):
+        port = self._backend()
+        try:
+            if port is None:
+                return
+            with socket.create_connection(("127.0.0.1", port), 10) as up:
+                t = threading.Thread(target=self._pipe, args=(up, conn),
+                                     daemon=True)
+                t.start()
+                self._pipe(conn, up)
+                t.join(30)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.closed = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+def play_logs(podman, name, each=2000):
+    """The last lines of every container of the play named name."""
+    out = []
+    ps = podman("ps", "-a", "--format", "{{.Names}}", check=False)
+    for ctr in ps.stdout.split():
+        if name in ctr and not ctr.endswith("-infra"):
+            r = podman("logs", ctr, check=False)
+            out.append("---- %s\n%s" % (ctr, (r.stdout + r.stderr)[-each:]))
+    return "\n".join(out)
+
+
+def wait_ready(podman, ctr, probe, name, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if podman("exec", ctr, *probe, check=False).returncode == 0:
+            return
+        time.sleep(0.5)
+    pytest.fail("%s never passed its readiness probe %s\n%s" % (
+        ctr, probe, play_logs(podman, name)), pytrace=False)
+
+
+def test_fleet_orders_once_and_serves_everywhere(tmp_path, pebble, images):
+    podman = Podman(tmp_path)
+    name = "acme-fleet-" + uuid.uuid4().hex[:8]
+    ports = {"redis": free_port()}
+    for r in REPLICAS:
+        ports[r] = {"https": free_port(), "http": free_port(),
+                    "responder": free_port()}
+    played = tmp_path / "fleet.yaml"
+    balancer = Balancer(pebble.http_port)
+    probe = readiness_command()
+    started = time.monotonic()
+    try:
+        docs = fleet_copy(pebble, ports, images, name)
+        played.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        podman("play", "kube", str(played))
+        # In Kubernetes the Service sends a replica traffic once it is
+        # ready: a member of the fleet, whose secret_file opens the
+        # fleet's seal.  Here the test runs the probe, and lets the CA's
+        # requests through once both replicas pass it, so that each gets
+        # one of them (they wait meanwhile, as in a listen queue).
+        for r in REPLICAS:
+            wait_ready(podman, "%s-%s-pod-0-acme-sidecar" % (name, r), probe,
+                       name)
+        for r in REPLICAS:
+            balancer.add(ports[r]["http"])
+
+        serials = set()
+        for r in REPLICAS:
+            pod = "%s-%s-pod-0" % (name, r)
+            leaf = wait_served(ports[r]["https"], tmp_path, pebble, podman,
+                               pod, ISSUE_TIMEOUT)
+            sans, serial = cert_of(leaf)
+            assert sans == NAMES, (r, sans)
+            serials.add(serial)
+        issued = time.monotonic()
+
+        # One order for the fleet, one certificate served by both, and
+        # the CA's requests for its two names reached each replica.
+        assert orders(pebble) == 1, "%d orders for one certificate" % (
+            orders(pebble))
+        assert len(serials) == 1, serials
+        sent = {r: balancer.sent.get(ports[r]["http"], 0)
+                for r in REPLICAS}
+        assert all(n >= 1 for n in sent.values()), sent
+        print("fleet test: issued %.0fs after the play (CA requests per "
+              "replica: %s), total %.0fs" % (issued - started, sent,
+                                            time.monotonic() - started))
+    finally:
+        balancer.close()
+        play_down(podman, played, name)
