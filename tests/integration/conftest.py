@@ -429,6 +429,7 @@ class MemcheckSidecar(Sidecar):
 # a worker that drew one of these near the end would keep the whole run
 # waiting for it.  Every other test keeps its place, after these.
 LONGEST_FIRST = [
+    "test_pod.py",      # builds three images: 2 to 8 minutes
     "test_cluster_faults.py::test_redis_away_30s",
     "test_faults.py::test_ca_outage_60s",
     "test_faults.py::test_nonce_reject_50",
