@@ -21,7 +21,8 @@
  *	"owner=USER" names.  The writer creates the file with O_EXCL; it
  *	takes up an existing one only under the same rules and with this
  *	header's magic and version, and refuses to start otherwise, leaving
- *	the file as it is.  It holds an exclusive flock(2) on the file for as
+ *	the file as it is; one it takes up it lays out again (generation 0
+ *	until its first publish, the generations continuing).  It holds an exclusive flock(2) on the file for as
  *	long as it runs: one writer per file.
  *
  * BYTE ORDER AND TYPES
@@ -32,15 +33,18 @@
  *	8-byte aligned.  A reader copies each header field once and uses
  *	only the copy.  Every offset + length it takes from an image must lie
  *	inside the slot of the generation it reads (slot_off[g % 2],
- *	slot_size), and that slot inside the size it mapped: the other slot
- *	may be half rewritten, and the generation check does not cover it.
+ *	slot_size), and that slot inside the size it mapped.  The slots
+ *	overlap (LAYOUT); the rule is what a reader can check, and the
+ *	writer's side of it is PUBLISHING's: within the slot of the published
+ *	generation it never writes a byte that image uses.
  *
  * LAYOUT
  *	offset 0			struct acme_shm_header
  *	header.slot_off[0]		slot 0, header.slot_size bytes
  *	header.slot_off[1]		slot 1, header.slot_size bytes
  *
- *	Each slot holds one complete image:
+ *	Each slot starts with one struct acme_shm_image, and everything an
+ *	image points at lies inside its slot:
  *
  *	slot start			struct acme_shm_image
  *	image.certs_off			struct acme_shm_cert[image.ncerts]
@@ -48,30 +52,53 @@
  *	image.by_id.off			struct acme_shm_bucket[by_id.nbuckets]
  *	image.by_name.off		struct acme_shm_bucket[by_name.nbuckets]
  *	image.by_token.off		struct acme_shm_bucket[by_token.nbuckets]
- *	(after the tokens)		struct acme_shm_alpn entries
+ *	(anywhere in the slot)		struct acme_shm_alpn entries
  *	image.by_alpn.off		struct acme_shm_bucket[by_alpn.nbuckets]
  *	(anywhere in the slot)		string bytes, each followed by a NUL
  *					that its length does not count
  *
- *	Strings may lie before, between or after the arrays, with zero
- *	bytes between them: a certificate's strings stay where an older
- *	image in the same slot put them for as long as it is unchanged.
- *	Every byte of a slot past image.used is zero.
+ *	Arrays, tables and strings may lie anywhere in the slot, in any
+ *	order, with zero bytes between them.
+ *
+ *	The slots may overlap, and the writer makes them: slot 1 starts
+ *	right after slot 0's image (slot_off[1] = slot_off[0] + 64), both
+ *	run almost to the end of the file, and all but their first bytes
+ *	are one area both images point into:
+ *
+ *	  header | image 0 | image 1 | arrays, tables, strings ... | 64
+ *	         |<-------------- slot 0 ------------------------->|
+ *	                   |<-------------- slot 1 ------------------->|
+ *
+ *	Each image has its own arrays and tables (its "front"), somewhere in
+ *	that area, but the strings of a certificate that both images hold
+ *	unchanged (its id, issuer, chain, key and names) are there once,
+ *	and both images' entries point at them: one copy of every chain and
+ *	key, not two.  Every byte past the published image's used is zero,
+ *	to the end of the file; the other image's used may be stale.
+ *
+ *	A reader needs nothing of this: it reads one image, inside its slot,
+ *	as always.  The readers written before the slots overlapped (this
+ *	version) check that each slot lies inside the mapping and each
+ *	offset inside the slot read, never that the slots are apart, so they
+ *	read an overlapping layout unchanged.
  *
  * PUBLISHING (double buffering with a generation counter)
  *	header.generation == 0 means nothing is published (or the writer is
  *	laying the header out); otherwise the published image is in slot
  *	generation % 2.  The writer builds generation g + 1 in the other
- *	slot, which no reader of generation g looks at, then stores
- *	generation = g + 1 with release ordering.  It never writes into the
- *	slot of the published generation.  Building g + 1 it may keep what
- *	that slot held for g - 1 and is unchanged (a certificate's strings),
- *	and it wipes there what g + 1 no longer holds.  Once g + 1 is
- *	published (and after a release fence) it wipes from the slot of g
- *	the strings of every certificate removed or replaced since, and
- *	any tls-alpn-01 certificate that went, so no removed or replaced
- *	key lingers in the file; a reader still reading g sees the
- *	generation change and starts over.
+ *	slot, then stores generation = g + 1 with release ordering.  Its
+ *	one rule: it never writes a byte that the published image uses
+ *	(that image's struct, its front, and the strings it points at).  So
+ *	building g + 1 it writes its own image struct, a front of its own,
+ *	and new strings (a certificate added or renewed since g) only into
+ *	bytes that g does not use; it keeps the strings g uses and g + 1
+ *	still needs where they are, and points at them.  Once g + 1 is
+ *	published (and after a release fence) it wipes what no image in
+ *	the model uses any more: the strings of every certificate removed or
+ *	replaced since g, and the tokens' part of g's front when a
+ *	tls-alpn-01 certificate went.  No removed or replaced key lingers in
+ *	the file after the publish that drops it, and a reader still
+ *	reading g sees the generation change and starts over.
  *
  *	A reader:
  *	  1. g = header.generation (acquire); if 0, nothing to read;
@@ -81,11 +108,12 @@
  *	  3. acquire fence, then reads header.generation again;
  *	  4. keeps what it read only if that is still g, and otherwise starts
  *	     over (ACME_SHM_MAX_RETRIES times at most).
- *	A change of generation during step 2 means the writer may since have
- *	started to overwrite that slot; an unchanged generation means it has
- *	not.  So no reader ever acts on a torn entry, and a reader never
- *	waits: the writer holds no lock.  The njs reader follows the same
- *	steps with pread(2)-style reads of the file.
+ *	While the generation stays g the writer writes no byte that image g
+ *	uses, shared or not; a change of generation during step 2 means it
+ *	may since have wiped or reused some.  So no reader ever acts on a
+ *	torn entry, and a reader never waits: the writer holds no lock.  The
+ *	njs reader follows the same steps with pread(2)-style reads of the
+ *	file.
  *
  * LOOKUPS
  *	Four open-addressing hash tables map a key to a 32-bit value:

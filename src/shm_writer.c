@@ -7,17 +7,21 @@
  * The daemon keeps a model (the certificates and tokens that should be
  * visible) and, when it changes, publishes a complete image of it into
  * the slot no reader of the current generation looks at, then bumps the
- * generation.  Publishing costs what changed, not what exists: each
- * certificate's strings (chain, key, names) lie in a block of the slot
- * that stays in place while the certificate is unchanged, so an image
- * reuses the blocks its slot already holds and writes only new ones,
- * and the tokens.  While the ids, their order and their names stay as
- * they were in that slot, only the changed certificates' entries and
- * buckets are written again; otherwise all entries and hash tables are
+ * generation.  The two slots overlap (LAYOUT in acme_shm.h): past the
+ * images' headers the zone is one heap (struct shm_heap).  Each
+ * certificate's strings (chain, key, names) lie in one block of it that
+ * stays in place while the certificate is unchanged and that both images
+ * point at, so the zone holds one copy of every chain and key, and the
+ * daemon none: once a block is written, the model reads the chain and
+ * key back from it (shm_cert_chain()).  Each image's entries, tables and
+ * tokens (its front) lie in an extent of the heap of their own.  So
+ * publishing costs what changed, not what exists: new blocks and the
+ * tokens; while the ids, their order and their names stay as they were
+ * in that slot's front, only the changed certificates' entries and
+ * buckets are written again, otherwise all entries and hash tables are
  * (tens of bytes a certificate).  Blocks of removed or replaced
- * certificates are wiped, in the slot being written at once and in the
- * other once the new image is published; a slot is laid out afresh only
- * when its free room is too fragmented (struct shm_slot, SHM_HOLES_MIN).
+ * certificates are wiped once the first image without them is
+ * published.
  *
  * Certificate changes are staged and committed together after
  * SHM_COMMIT_DELAY: a start-up that loads a thousand certificates, or a
@@ -39,10 +43,14 @@
  * each publish checks the size through the descriptor first and, when
  * the file was cut, puts the size back and lays everything out again,
  * with a warning; a timer looks every SHM_WATCH_INTERVAL so that nginx
- * is not left without an image until the next renewal.  What remains is
- * a truncation landing between that check and the last byte a publish
- * writes: a window of a few microseconds (a memcpy of an image) that
- * only a process already able to write the file can aim at.
+ * is not left without an image until the next renewal.  The chains and
+ * keys of the certificates whose blocks lay past the cut are gone (the
+ * daemon keeps no copy), and so are those certificates from the zone
+ * until they are set again.  A commit, which reads chains and keys back
+ * from the zone, checks the size first too.  What remains is a
+ * truncation landing between that check and the last byte a publish
+ * writes or a commit reads: a window of a few microseconds that only a
+ * process already able to write the file can aim at.
  */
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -67,8 +75,8 @@ struct shm_cert {
 	char		*sc_issuer;
 	char		**sc_names;
 	size_t		 sc_nnames;
-	char		*sc_chain;
-	char		*sc_key;	/* PEM; wiped when freed */
+	char		*sc_chain;	/* NULL once its block holds it */
+	char		*sc_key;	/* PEM, as sc_chain; wiped when freed */
 	time_t		 sc_not_before;
 	time_t		 sc_not_after;
 	uint64_t	 sc_serial;
@@ -77,7 +85,7 @@ struct shm_cert {
 	size_t		 sc_chain_len;
 	size_t		 sc_key_len;
 	size_t		 sc_strings;	/* bytes of its strings, NULs too */
-	uint32_t	 sc_at[2];	/* its block in each slot; 0: none */
+	uint32_t	 sc_at;		/* its block, both slots'; 0: none */
 	/*
 	 * Its buckets in each slot's by_id and by_name (SHM_NO_BUCKET where
 	 * an older certificate holds the name), so that a new block is
@@ -125,11 +133,13 @@ struct shm_alpn {
 
 /*
  * Where the front of one image goes, worked out before anything is
- * written: the image, the certificates' entries and tables, then the
- * tokens' part (tokens, then tls-alpn-01 certificates, each with their
- * strings).  The certificates' strings are not in it: they lie in blocks
- * behind the front (struct shm_slot).  A slot whose entries are current
- * takes new tokens without the entries being written again.
+ * written: the certificates' entries and tables, then the tokens' part
+ * (tokens, then tls-alpn-01 certificates, each with their strings).  The
+ * image itself (struct acme_shm_image) is at its slot's start; the front
+ * lies in an extent of the heap (struct shm_slot).  The certificates'
+ * strings are not in it: they lie in blocks that both images share.  A
+ * slot whose entries are current takes new tokens without the entries
+ * being written again.
  */
 struct shm_plan {
 	uint32_t	 certs_off;
@@ -142,41 +152,49 @@ struct shm_plan {
 	uint32_t	 alpn_off;
 	struct acme_shm_table by_alpn;
 	uint32_t	 alpn_strings_off;
-	uint64_t	 front;			/* bytes, from the slot start */
-	uint64_t	 strings;		/* all certificates' blocks */
+	uint64_t	 front;			/* bytes, from certs_off */
 };
 
-/* Bytes of a slot, offsets from the file start. */
+/* Bytes of the zone, offsets from the file start. */
 struct shm_extent {
 	uint32_t	 se_off;
 	uint32_t	 se_len;
 };
 
 /*
- * What the writer knows of one slot.  Its front (struct shm_plan) is
- * rebuilt as the model changes.  Behind it, from sl_heap on, each
- * certificate's strings lie in one block (sc_at) that stays in place for
- * as long as the certificate does not change, so an image reuses the
- * blocks its slot already holds and writes only the new ones.  sl_free
- * is the heap's free extents (zero bytes), sorted and coalesced;
- * sl_stale the blocks of certificates removed or replaced since, wiped
- * once no published image points at them.  sl_heap 0: nothing is known
- * of the slot (a new layout, a file we adopted) and the next image in it
- * is laid out afresh.
+ * The two slots overlap (LAYOUT in acme_shm.h): past the two images'
+ * headers, everything is one heap that both slots hold.  Each
+ * certificate's strings lie in one block of it (sc_at), which stays in
+ * place for as long as the certificate does not change and which both
+ * images point at: one copy of each chain and key, not two.  Each
+ * image's front lies in an extent of its own (struct shm_slot).  sh_free
+ * is the free extents, all zero, sorted and coalesced; sh_stale the
+ * blocks of certificates removed or replaced since the last publish,
+ * which the published image may still point at, wiped once it does not.
+ */
+struct shm_heap {
+	uint32_t	 sh_lo;		/* [sh_lo, sh_hi): in both slots */
+	uint32_t	 sh_hi;
+	uint64_t	 sh_free_bytes;
+	struct shm_extent *sh_free;
+	size_t		 sh_nfree;
+	struct shm_extent *sh_stale;
+	size_t		 sh_nstale;
+	uint64_t	 sh_live;	/* bytes of the blocks in use */
+};
+
+/*
+ * What the writer knows of one slot's image: the heap extent its front
+ * lies in (sl_front, 0: none yet, sl_front_cap bytes, zero past
+ * sl_front_end), rebuilt as the model changes.
  */
 struct shm_slot {
-	uint32_t	 sl_used;	/* bytes past it are all zero */
+	uint32_t	 sl_front;
+	uint32_t	 sl_front_cap;
 	uint32_t	 sl_front_end;	/* of the front written last */
 	uint32_t	 sl_tokens_part;	/* where its tokens' part is */
-	uint32_t	 sl_heap;
 	uint64_t	 sl_version;	/* cert_version of its entries */
 	uint64_t	 sl_shape;	/* shape_version of its tables */
-	uint64_t	 sl_live;	/* bytes of the blocks in use */
-	uint64_t	 sl_free_bytes;
-	struct shm_extent *sl_free;
-	size_t		 sl_nfree;
-	struct shm_extent *sl_stale;
-	size_t		 sl_nstale;
 	size_t		*sl_changed;	/* certs replaced since, same shape */
 	size_t		 sl_nchanged;
 };
@@ -208,6 +226,7 @@ static struct {
 	size_t			 nalpns;
 	int			 alpn_gone;	/* a key to wipe from both */
 	struct shm_slot		 slots[2];
+	struct shm_heap		 heap;
 	int			 full;		/* the last publish failed */
 	int			 dirty;		/* changes not yet published */
 	struct shm_stats	 stats;
@@ -227,6 +246,7 @@ static struct shm_index	shm_pending_index = { .si_id = shm_pending_id };
 
 static void	shm_changed(void);
 static void	shm_commit_cb(int, short, void *);
+static size_t	shm_certs_recover(uint64_t);
 
 static size_t
 shm_align8(size_t n)
@@ -279,23 +299,36 @@ shm_next_serial(void)
 }
 
 /*
- * Forget what the slots hold: after a new layout, which zeroed them, or
- * before adopting a file, whose slots a previous writer laid out.
+ * Forget what the zone holds, after a new layout zeroed it: no image has
+ * a front, no certificate a block, and the heap is free from lo to hi.
+ * A certificate's strings must be in its own copies by then
+ * (shm_certs_recover()).
  */
 static void
-shm_slots_forget(void)
+shm_slots_forget(uint32_t lo, uint32_t hi)
 {
-	size_t	 i;
-	int	 s;
+	struct shm_heap	*hp = &shm.heap;
+	size_t		 i;
+	int		 s;
 
 	for (s = 0; s < 2; s++) {
-		free(shm.slots[s].sl_free);
-		free(shm.slots[s].sl_stale);
 		free(shm.slots[s].sl_changed);
 		memset(&shm.slots[s], 0, sizeof(shm.slots[s]));
 	}
+	free(hp->sh_free);
+	free(hp->sh_stale);
+	memset(hp, 0, sizeof(*hp));
+	hp->sh_lo = lo;
+	hp->sh_hi = hi;
+	if (hi > lo) {
+		hp->sh_free = xcalloc(1, sizeof(*hp->sh_free));
+		hp->sh_free[0].se_off = lo;
+		hp->sh_free[0].se_len = hi - lo;
+		hp->sh_nfree = 1;
+		hp->sh_free_bytes = hi - lo;
+	}
 	for (i = 0; i < shm.ncerts; i++)
-		shm.certs[i].sc_at[0] = shm.certs[i].sc_at[1] = 0;
+		shm.certs[i].sc_at = 0;
 }
 
 /* ------------------------------------------------------------ the file */
@@ -489,25 +522,35 @@ shm_zone_check(const char *path)
 	return NULL;
 }
 
-/* Whether the header found in the file describes the layout we want. */
-static int
-shm_layout_ok(const struct acme_shm_header *h, size_t size)
+/*
+ * Zero len bytes at off.  The whole pages inside are given back to the
+ * file system (a hole reads as zeros), so that wiping a large range
+ * neither writes nor keeps every page of it: the daemon's RSS counts the
+ * zone's pages it touched.
+ */
+static void
+shm_zero(uint32_t off, uint32_t len)
 {
-	size_t	 slot = (size - shm_align8(sizeof(*h))) / 2 & ~(size_t)7;
+	size_t	 page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t	 lo = ((size_t)off + page - 1) & ~(page - 1);
+	size_t	 hi = ((size_t)off + len) & ~(page - 1);
 
-	return h->magic == ACME_SHM_MAGIC &&
-	    h->version == ACME_SHM_VERSION &&
-	    h->size == size && h->header_size == sizeof(*h) &&
-	    h->slot_size == slot &&
-	    h->slot_off[0] == shm_align8(sizeof(*h)) &&
-	    h->slot_off[1] == h->slot_off[0] + slot;
+	if (hi < lo + 4 * page || fallocate(shm.fd, FALLOC_FL_PUNCH_HOLE |
+	    FALLOC_FL_KEEP_SIZE, (off_t)lo, (off_t)(hi - lo)) == -1) {
+		memset(shm.base + off, 0, len);
+		return;
+	}
+	memset(shm.base + off, 0, lo - off);
+	memset(shm.base + hi, 0, (size_t)off + len - hi);
 }
 
 /*
  * Lay the header out again, wiping what the old layout held (old keys
  * included).  Generation 0 first, so that a reader that started before
  * sees its generation change and starts over; the next generation
- * continues the old one, so none is ever reused.
+ * continues the old one, so none is ever reused.  The two slots overlap
+ * (LAYOUT in acme_shm.h): each image's header at its slot's start, then
+ * the heap that both slots hold.
  */
 static void
 shm_layout(size_t size, size_t old_size)
@@ -515,6 +558,7 @@ shm_layout(size_t size, size_t old_size)
 	struct acme_shm_header	*h = shm.hdr;
 	uint64_t		 gen = 0;
 	size_t			 slot, hsize = shm_align8(sizeof(*h));
+	size_t			 isize = sizeof(struct acme_shm_image);
 
 	if (old_size >= sizeof(*h) && h->magic == ACME_SHM_MAGIC &&
 	    h->version == ACME_SHM_VERSION) {
@@ -527,59 +571,42 @@ shm_layout(size_t size, size_t old_size)
 	/* Readers must see generation 0 before any byte changes. */
 	atomic_thread_fence(memory_order_release);
 	if (old_size > hsize)
-		memset(shm.base + hsize, 0, old_size - hsize);
-	slot = (size - hsize) / 2 & ~(size_t)7;
+		shm_zero((uint32_t)hsize, (uint32_t)(old_size - hsize));
+	slot = (size - hsize - isize) & ~(size_t)7;
 	h->magic = ACME_SHM_MAGIC;
 	h->version = ACME_SHM_VERSION;
 	h->size = (uint32_t)size;
 	h->header_size = sizeof(*h);
 	h->slot_off[0] = (uint32_t)hsize;
-	h->slot_off[1] = (uint32_t)(hsize + slot);
+	h->slot_off[1] = (uint32_t)(hsize + isize);
 	h->slot_size = (uint32_t)slot;
 	h->flags = 0;
 	memset(h->reserved, 0, sizeof(h->reserved));
 	shm.stats.ss_generation = gen;
-	shm_slots_forget();
-}
-
-/*
- * How far each slot of a file we keep may hold bytes: the first image
- * in a slot lays it out afresh and wipes what lies past it, and the
- * first publish wipes the other slot whole.
- */
-static void
-shm_adopt(void)
-{
-	const struct acme_shm_image	*img;
-	int				 s;
-
-	shm.stats.ss_generation = shm.hdr->generation;
-	shm.stats.ss_last_serial = shm.hdr->last_serial;
-	shm_slots_forget();
-	for (s = 0; s < 2; s++) {
-		img = (const struct acme_shm_image *)
-		    (shm.base + shm.hdr->slot_off[s]);
-		shm.slots[s].sl_used = img->magic == ACME_SHM_IMAGE_MAGIC &&
-		    img->used <= shm.hdr->slot_size ? img->used :
-		    shm.hdr->slot_size;
-	}
+	shm_slots_forget((uint32_t)(hsize + 2 * isize),
+	    (uint32_t)(hsize + slot));
 }
 
 /*
  * Put back the size of a file someone cut (see the top of this file),
  * keeping our own generation and serials: whatever the header held
- * before the cut is no longer ours to believe.
+ * before the cut is no longer ours to believe.  The writer keeps no copy
+ * of what it published: the certificates whose blocks lay past the cut
+ * are gone with them, until they are set again.
  */
 static int
 shm_restore(const struct stat *st)
 {
 	uint64_t	 gen = shm.stats.ss_generation;
 	uint64_t	 serial = shm.stats.ss_last_serial;
+	size_t		 lost;
 
+	lost = shm_certs_recover((uint64_t)st->st_size);
 	log_warnx("shared zone %s was truncated to %lld bytes, under its %zu: "
 	    "someone able to write it cut it; putting its size back and "
-	    "publishing everything again", shm.path, (long long)st->st_size,
-	    shm.size);
+	    "publishing everything again, but for %zu certificate(s) whose "
+	    "strings were cut away (back when next renewed or reloaded)",
+	    shm.path, (long long)st->st_size, shm.size, lost);
 	if (ftruncate(shm.fd, (off_t)shm.size) == -1) {
 		log_warn("shared zone %s: ftruncate", shm.path);
 		return -1;
@@ -664,11 +691,14 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 	shm.base = p;
 	shm.size = size;
 	shm.hdr = p;
-	if (shm_layout_ok(shm.hdr, size))
-		shm_adopt();
-	else
-		shm_layout(size, (size_t)st.st_size < size ?
-		    (size_t)st.st_size : size);
+	/*
+	 * A zone a previous run left is laid out again, whatever it holds:
+	 * nothing tells which of its bytes its published image uses, and
+	 * the model's certificates are set again in the next moments.
+	 * Until then readers find generation 0 and keep what they hold.
+	 */
+	shm_layout(size, (size_t)st.st_size < size ? (size_t)st.st_size :
+	    size);
 	shm.stats.ss_slot_size = shm.hdr->slot_size;
 	/* No slot holds the entries of this model yet. */
 	shm.cert_version = 1;
@@ -683,8 +713,8 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 			fatalx("%s: event_new", __func__);
 		evtimer_add(shm.watch_ev, &watch);
 	}
-	log_info("shared zone %s: %zu bytes, %u per image", path, size,
-	    shm.hdr->slot_size);
+	log_info("shared zone %s: %zu bytes, %u of them shared by its two "
+	    "images", path, size, shm.hdr->slot_size);
 	shm_changed();		/* publish at start-up, whatever is loaded */
 	return 0;
 fail:
@@ -891,27 +921,54 @@ shm_cert_strings(struct shm_cert *sc)
 }
 
 /*
- * sc's content leaves the model: its block in each slot goes stale, to
- * be wiped once no published image points at it (shm_publish_image()).
+ * sc's chain and key: its own copies until its block is written, and
+ * from then on the block's, in the zone (shm_write_placed()): the
+ * writer keeps no second copy of every chain and key.
+ */
+static const char *
+shm_cert_chain(const struct shm_cert *sc)
+{
+	if (sc->sc_chain != NULL)
+		return sc->sc_chain;
+	return (const char *)shm.base + sc->sc_at + sc->sc_id_len + 1 +
+	    sc->sc_issuer_len + 1;
+}
+
+static const char *
+shm_cert_key(const struct shm_cert *sc)
+{
+	if (sc->sc_key != NULL)
+		return sc->sc_key;
+	return shm_cert_chain(sc) + sc->sc_chain_len + 1;
+}
+
+/* sc's block is written: its own copies of chain and key may go. */
+static void
+shm_cert_release(struct shm_cert *sc)
+{
+	free(sc->sc_chain);
+	keys_pem_free(sc->sc_key);
+	sc->sc_chain = sc->sc_key = NULL;
+}
+
+/*
+ * sc's content leaves the model: its block goes stale, to be wiped once
+ * no published image points at it (shm_publish_image()).
  */
 static void
 shm_cert_stale(struct shm_cert *sc)
 {
-	struct shm_slot	*sl;
-	int		 s;
+	struct shm_heap	*hp = &shm.heap;
 
 	shm.cert_blocks -= shm_block_size(sc);
-	for (s = 0; s < 2; s++) {
-		if (sc->sc_at[s] == 0)
-			continue;
-		sl = &shm.slots[s];
-		sl->sl_stale = xreallocarray(sl->sl_stale, sl->sl_nstale + 1,
-		    sizeof(*sl->sl_stale));
-		sl->sl_stale[sl->sl_nstale].se_off = sc->sc_at[s];
-		sl->sl_stale[sl->sl_nstale].se_len = shm_block_size(sc);
-		sl->sl_nstale++;
-		sc->sc_at[s] = 0;
-	}
+	if (sc->sc_at == 0)
+		return;
+	hp->sh_stale = xreallocarray(hp->sh_stale, hp->sh_nstale + 1,
+	    sizeof(*hp->sh_stale));
+	hp->sh_stale[hp->sh_nstale].se_off = sc->sc_at;
+	hp->sh_stale[hp->sh_nstale].se_len = shm_block_size(sc);
+	hp->sh_nstale++;
+	sc->sc_at = 0;
 }
 
 /*
@@ -926,7 +983,10 @@ shm_shape_changed(void)
 	shm.slots[0].sl_nchanged = shm.slots[1].sl_nchanged = 0;
 }
 
-/* Certificate i got new content: each slot is to give it a new block. */
+/*
+ * Certificate i has a new block: each slot's entry for it is to point
+ * there.
+ */
 static void
 shm_cert_changed(size_t i)
 {
@@ -990,8 +1050,8 @@ shm_apply_set(struct shm_cert *next)
 		sc->sc_id = xstrdup(next->sc_id);
 		shm_index_add(&shm_certs_index, shm.ncerts - 1);
 		shm_shape_changed();
-	} else if (strcmp(sc->sc_chain, next->sc_chain) == 0 &&
-	    strcmp(sc->sc_key, next->sc_key) == 0)
+	} else if (strcmp(shm_cert_chain(sc), next->sc_chain) == 0 &&
+	    strcmp(shm_cert_key(sc), next->sc_key) == 0)
 		return;			/* same bytes: keep the serial */
 	else {
 		if (!shm_names_equal(sc, next))
@@ -1018,6 +1078,39 @@ shm_apply_set(struct shm_cert *next)
 	shm.cert_version++;
 }
 
+/*
+ * The file was cut to size bytes: each certificate takes its chain and
+ * key back from its block, which a new layout is about to wipe, and one
+ * whose block was cut away leaves the model.  Returns how many left.
+ */
+static size_t
+shm_certs_recover(uint64_t size)
+{
+	struct shm_cert	*sc;
+	char		*key;
+	size_t		 i, lost = 0;
+
+	for (i = shm.ncerts; i > 0; i--) {
+		sc = &shm.certs[i - 1];
+		if (sc->sc_chain != NULL)
+			continue;
+		if ((uint64_t)sc->sc_at + shm_block_size(sc) <= size) {
+			/* Both from the block, before either is the model's. */
+			key = xstrndup(shm_cert_key(sc), sc->sc_key_len);
+			sc->sc_chain = xstrndup(shm_cert_chain(sc),
+			    sc->sc_chain_len);
+			sc->sc_key = key;
+			continue;
+		}
+		log_warnx("shared zone %s: certificate %s was cut away",
+		    shm.path, sc->sc_id);
+		sc->sc_at = 0;		/* nothing of it to wipe */
+		shm_apply_remove(sc->sc_id);
+		lost++;
+	}
+	return lost;
+}
+
 /* Apply every staged change to the model, in order. */
 static void
 shm_commit(void)
@@ -1026,6 +1119,9 @@ shm_commit(void)
 	uint64_t		 version = shm.cert_version;
 	size_t			 i;
 
+	/* Comparing a change with the model reads the zone's blocks. */
+	if (shm.base != NULL && shm_intact() == -1)
+		return;
 	for (i = 0; i < shm.npending; i++) {
 		sp = &shm.pending[i];
 		if (sp->sp_remove)
@@ -1226,104 +1322,93 @@ shm_alpn_remove(const char *ident, const char *keyauth)
 /* ------------------------------------------------------------- publish */
 
 /*
- * Room left between the front and the heap when a slot is laid out
- * afresh, so that certificates, tokens and tls-alpn-01 certificates can
- * be added without every block moving: a quarter of the front and
- * SHM_SLACK_MIN more, at most half of what the slot has spare.
+ * Room kept after an image's front for it to grow in place, so that
+ * certificates and tokens can be added without every entry being
+ * written somewhere else: a quarter of the front and SHM_SLACK_MIN more,
+ * at most a 32nd of the heap.
  */
 #define SHM_SLACK_MIN		(64 * 1024)
 
-/*
- * A slot is laid out afresh, every block written again, when its heap
- * has more than SHM_MAX_HOLES free extents, or when the free bytes
- * between its blocks (the free end of the slot not counted) exceed both
- * SHM_HOLES_MIN and a quarter of the bytes the blocks hold: one full copy
- * now and then, rather than ever more room lost and ever longer searches
- * for a free extent.
- */
-#define SHM_HOLES_MIN		(64 * 1024)
-#define SHM_MAX_HOLES		4096
-
-/* Where slot s ends, from the file start. */
 static uint32_t
-shm_slot_end(int s)
+shm_align_grain(uint64_t n)
 {
-	return shm.hdr->slot_off[s] + shm.hdr->slot_size;
+	return (uint32_t)((n + SHM_BLOCK_GRAIN - 1) &
+	    ~(uint64_t)(SHM_BLOCK_GRAIN - 1));
 }
 
 /*
- * Where the front of the next image goes in the slot at so.  Offsets
- * are from the file start, as readers want them; front and strings are
- * the bytes the image needs, which the caller compares with the slot
- * size.  The plan depends on nothing but the model, so the entries of a
- * slot written from the same cert_version are where this plan puts them.
+ * Where the front of the next image goes, from fo on, for ncerts
+ * certificates with nnames names.  Offsets are from the file start, as
+ * readers want them.  The plan depends on nothing but the model (and
+ * fo), so the entries of a front written from the same cert_version are
+ * where this plan puts them.
  */
 static void
-shm_plan(struct shm_plan *pl, uint32_t so)
+shm_plan(struct shm_plan *pl, uint32_t fo, size_t ncerts, size_t nnames)
 {
-	uint64_t	 off, strings = 0;
+	uint64_t	 off = 0, strings = 0;
 	size_t		 i;
 
 	memset(pl, 0, sizeof(*pl));
-	off = sizeof(struct acme_shm_image);
-	pl->certs_off = so + (uint32_t)off;
-	off += (uint64_t)shm.ncerts * sizeof(struct acme_shm_cert);
-	pl->by_id.nbuckets = shm_buckets_for(shm.ncerts);
-	pl->by_id.off = so + (uint32_t)off;
+	pl->certs_off = fo;
+	off += (uint64_t)ncerts * sizeof(struct acme_shm_cert);
+	pl->by_id.nbuckets = shm_buckets_for(ncerts);
+	pl->by_id.off = fo + (uint32_t)off;
 	off += (uint64_t)pl->by_id.nbuckets * sizeof(struct acme_shm_bucket);
-	pl->by_name.nbuckets = shm_buckets_for(shm.nnames);
-	pl->by_name.off = so + (uint32_t)off;
+	pl->by_name.nbuckets = shm_buckets_for(nnames);
+	pl->by_name.off = fo + (uint32_t)off;
 	off += (uint64_t)pl->by_name.nbuckets * sizeof(struct acme_shm_bucket);
-	pl->strings = shm.cert_blocks;
 
-	pl->tokens_part_off = so + (uint32_t)off;
+	pl->tokens_part_off = fo + (uint32_t)off;
 	pl->tokens_off = pl->tokens_part_off;
 	off += (uint64_t)shm.ntokens * sizeof(struct acme_shm_token);
 	pl->by_token.nbuckets = shm_buckets_for(shm.ntokens);
-	pl->by_token.off = so + (uint32_t)off;
+	pl->by_token.off = fo + (uint32_t)off;
 	off += (uint64_t)pl->by_token.nbuckets * sizeof(struct acme_shm_bucket);
-	pl->token_strings_off = so + (uint32_t)off;
+	pl->token_strings_off = fo + (uint32_t)off;
 	for (i = 0; i < shm.ntokens; i++)
 		strings += strlen(shm.tokens[i].st_token) + 1 +
 		    strlen(shm.tokens[i].st_keyauth) + 1;
 	off = shm_align8(off + strings);
 
-	pl->alpn_off = so + (uint32_t)off;
+	pl->alpn_off = fo + (uint32_t)off;
 	off += (uint64_t)shm.nalpns * sizeof(struct acme_shm_alpn);
 	pl->by_alpn.nbuckets = shm_buckets_for(shm.nalpns);
-	pl->by_alpn.off = so + (uint32_t)off;
+	pl->by_alpn.off = fo + (uint32_t)off;
 	off += (uint64_t)pl->by_alpn.nbuckets * sizeof(struct acme_shm_bucket);
-	pl->alpn_strings_off = so + (uint32_t)off;
+	pl->alpn_strings_off = fo + (uint32_t)off;
 	strings = 0;
 	for (i = 0; i < shm.nalpns; i++)
 		strings += strlen(shm.alpns[i].sa_sni) + 1 +
 		    strlen(shm.alpns[i].sa_ident) + 1 +
 		    strlen(shm.alpns[i].sa_cert) + 1 +
 		    strlen(shm.alpns[i].sa_key) + 1;
-	/* Checked against the slot before any uint32_t offset is used. */
+	/* Checked against the heap before any uint32_t offset is used. */
 	pl->front = shm_align8(off + strings);
 }
 
 /* ---------------------------------------------------------------- heap */
 
-/* The bytes of the free extent that ends the slot at end, if any. */
+/* The bytes of the free extent that ends the heap, if any. */
 static uint64_t
-shm_heap_tail(const struct shm_slot *sl, uint32_t end)
+shm_heap_tail(void)
 {
+	const struct shm_heap	*hp = &shm.heap;
 	const struct shm_extent	*f;
 
-	if (sl->sl_nfree == 0)
+	if (hp->sh_nfree == 0)
 		return 0;
-	f = &sl->sl_free[sl->sl_nfree - 1];
-	return f->se_off + f->se_len == end ? f->se_len : 0;
+	f = &hp->sh_free[hp->sh_nfree - 1];
+	return f->se_off + f->se_len == hp->sh_hi ? f->se_len : 0;
 }
 
-/* Give [off, off + len), zeroed, back to the heap of sl. */
+/* Give [off, off + len), zeroed, back to the heap. */
 static void
-shm_heap_free(struct shm_slot *sl, uint32_t off, uint32_t len)
+shm_heap_free(uint32_t off, uint32_t len)
 {
-	struct shm_extent	*f = sl->sl_free;
-	size_t			 lo = 0, hi = sl->sl_nfree, mid;
+	struct shm_heap		*hp = &shm.heap;
+	struct shm_extent	*f = hp->sh_free;
+	size_t			 lo = 0, hi = hp->sh_nfree, mid;
 
 	while (lo < hi) {		/* lo: the first extent past off */
 		mid = lo + (hi - lo) / 2;
@@ -1332,97 +1417,144 @@ shm_heap_free(struct shm_slot *sl, uint32_t off, uint32_t len)
 		else
 			hi = mid;
 	}
-	sl->sl_free_bytes += len;
+	hp->sh_free_bytes += len;
 	if (lo > 0 && f[lo - 1].se_off + f[lo - 1].se_len == off) {
 		f[lo - 1].se_len += len;
-		if (lo < sl->sl_nfree && off + len == f[lo].se_off) {
+		if (lo < hp->sh_nfree && off + len == f[lo].se_off) {
 			f[lo - 1].se_len += f[lo].se_len;
 			memmove(&f[lo], &f[lo + 1],
-			    (sl->sl_nfree - lo - 1) * sizeof(*f));
-			sl->sl_nfree--;
+			    (hp->sh_nfree - lo - 1) * sizeof(*f));
+			hp->sh_nfree--;
 		}
 		return;
 	}
-	if (lo < sl->sl_nfree && off + len == f[lo].se_off) {
+	if (lo < hp->sh_nfree && off + len == f[lo].se_off) {
 		f[lo].se_off = off;
 		f[lo].se_len += len;
 		return;
 	}
-	sl->sl_free = f = xreallocarray(f, sl->sl_nfree + 1, sizeof(*f));
-	memmove(&f[lo + 1], &f[lo], (sl->sl_nfree - lo) * sizeof(*f));
+	hp->sh_free = f = xreallocarray(f, hp->sh_nfree + 1, sizeof(*f));
+	memmove(&f[lo + 1], &f[lo], (hp->sh_nfree - lo) * sizeof(*f));
 	f[lo].se_off = off;
 	f[lo].se_len = len;
-	sl->sl_nfree++;
+	hp->sh_nfree++;
 }
 
 /*
- * len bytes from the first free extent of sl that holds them, lowest
- * first so that the heap stays compact; 0 when none does.
+ * len bytes from the first free extent that holds them, lowest first so
+ * that the heap stays compact; 0 when none does.
  */
 static uint32_t
-shm_heap_alloc(struct shm_slot *sl, uint32_t len)
+shm_heap_alloc(uint64_t len)
 {
-	struct shm_extent	*f = sl->sl_free;
+	struct shm_heap		*hp = &shm.heap;
+	struct shm_extent	*f = hp->sh_free;
 	uint32_t		 at;
 	size_t			 i;
 
-	for (i = 0; i < sl->sl_nfree; i++) {
+	for (i = 0; i < hp->sh_nfree; i++) {
 		if (f[i].se_len < len)
 			continue;
 		at = f[i].se_off;
-		f[i].se_off += len;
-		f[i].se_len -= len;
+		f[i].se_off += (uint32_t)len;
+		f[i].se_len -= (uint32_t)len;
 		if (f[i].se_len == 0) {
 			memmove(&f[i], &f[i + 1],
-			    (sl->sl_nfree - i - 1) * sizeof(*f));
-			sl->sl_nfree--;
+			    (hp->sh_nfree - i - 1) * sizeof(*f));
+			hp->sh_nfree--;
 		}
-		sl->sl_free_bytes -= len;
+		hp->sh_free_bytes -= len;
 		return at;
 	}
 	return 0;
 }
 
-/* How many bytes of slot s may be other than zero: its image's used. */
+/*
+ * How many bytes of slot s may be other than zero: everything past the
+ * heap's last extent in use is free, and free bytes are zero.
+ */
 static uint32_t
 shm_slot_used(int s)
 {
-	const struct shm_slot	*sl = &shm.slots[s];
-	uint32_t		 so = shm.hdr->slot_off[s];
-	uint32_t		 end = shm_slot_end(s);
-	uint32_t		 top = sl->sl_front_end, heap_top;
+	uint32_t	 top = shm.heap.sh_hi - (uint32_t)shm_heap_tail();
 
-	if (sl->sl_live > 0) {
-		heap_top = end - (uint32_t)shm_heap_tail(sl, end);
-		if (heap_top > top)
-			top = heap_top;
-	}
-	return top > so ? top - so : 0;
+	return top - shm.hdr->slot_off[s];
 }
 
 /*
- * Wipe the stale blocks of slot s, at which no published image points
- * any more, and give their room back.  Returns the bytes wiped.
+ * Wipe the stale blocks, at which no published image points any more,
+ * and give their room back.  Returns the bytes wiped.
  */
 static uint64_t
-shm_wipe_stale(int s)
+shm_wipe_stale(void)
 {
-	struct shm_slot		*sl = &shm.slots[s];
+	struct shm_heap		*hp = &shm.heap;
 	const struct shm_extent	*x;
 	uint64_t		 n = 0;
 	size_t			 i;
 
-	for (i = 0; i < sl->sl_nstale; i++) {
-		x = &sl->sl_stale[i];
+	for (i = 0; i < hp->sh_nstale; i++) {
+		x = &hp->sh_stale[i];
 		memset(shm.base + x->se_off, 0, x->se_len);
-		shm_heap_free(sl, x->se_off, x->se_len);
-		sl->sl_live -= x->se_len;
+		shm_heap_free(x->se_off, x->se_len);
+		hp->sh_live -= x->se_len;
 		n += x->se_len;
 	}
-	free(sl->sl_stale);
-	sl->sl_stale = NULL;
-	sl->sl_nstale = 0;
+	free(hp->sh_stale);
+	hp->sh_stale = NULL;
+	hp->sh_nstale = 0;
 	return n;
+}
+
+/*
+ * Slot s's front goes (it is not the published image's): wiped and its
+ * extent given back.  Returns the bytes wiped.
+ */
+static uint64_t
+shm_front_drop(int s)
+{
+	struct shm_slot	*sl = &shm.slots[s];
+	uint64_t	 n;
+
+	if (sl->sl_front == 0)
+		return 0;
+	n = sl->sl_front_end - sl->sl_front;
+	shm_zero(sl->sl_front, (uint32_t)n);
+	shm_heap_free(sl->sl_front, sl->sl_front_cap);
+	sl->sl_front = sl->sl_front_cap = sl->sl_front_end = 0;
+	sl->sl_tokens_part = 0;
+	/* Nothing of the entries it held is left to reuse. */
+	sl->sl_version = sl->sl_shape = 0;
+	sl->sl_nchanged = 0;
+	return n;
+}
+
+/*
+ * An extent for slot s's front that holds need bytes: the one it has,
+ * or a new one with room to grow.  -1 when the heap has none.
+ */
+static int
+shm_front_room(int s, uint64_t need, uint64_t *written)
+{
+	struct shm_slot	*sl = &shm.slots[s];
+	uint64_t	 cap, slack;
+	uint32_t	 at;
+
+	if (sl->sl_front != 0 && need <= sl->sl_front_cap)
+		return 0;
+	*written += shm_front_drop(s);
+	slack = need / 4 + SHM_SLACK_MIN;
+	if (slack > (shm.heap.sh_hi - shm.heap.sh_lo) / 32)
+		slack = (shm.heap.sh_hi - shm.heap.sh_lo) / 32;
+	cap = shm_align_grain(need + slack);
+	if ((at = shm_heap_alloc(cap)) == 0) {
+		cap = shm_align_grain(need);
+		if ((at = shm_heap_alloc(cap)) == 0)
+			return -1;
+	}
+	sl->sl_front = sl->sl_front_end = sl->sl_tokens_part = at;
+	sl->sl_front_cap = (uint32_t)cap;
+	return 0;
 }
 
 /* -------------------------------------------------------------- images */
@@ -1505,17 +1637,17 @@ shm_write_block(const struct shm_cert *sc, uint32_t at)
 }
 
 /*
- * Certificate i's entry in slot s, pointing into its block there;
- * returns where its names start in the block.
+ * Certificate i's entry, entry pos of the front pl lays out, pointing into
+ * its block; returns where its names start in the block.
  */
 static uint32_t
-shm_fill_entry(const struct shm_plan *pl, int s, size_t i)
+shm_fill_entry(const struct shm_plan *pl, size_t i, size_t pos)
 {
 	const struct shm_cert	*sc = &shm.certs[i];
 	struct acme_shm_cert	*e;
-	uint32_t		 at = sc->sc_at[s];
+	uint32_t		 at = sc->sc_at;
 
-	e = (struct acme_shm_cert *)(shm.base + pl->certs_off) + i;
+	e = (struct acme_shm_cert *)(shm.base + pl->certs_off) + pos;
 	e->serial = sc->sc_serial;
 	e->not_before = sc->sc_not_before;
 	e->not_after = sc->sc_not_after;
@@ -1527,23 +1659,26 @@ shm_fill_entry(const struct shm_plan *pl, int s, size_t i)
 	return at;
 }
 
-/* Certificate i's entry in slot s and its keys, noting their buckets. */
+/*
+ * Certificate i's entry (entry pos) in slot s and its keys, noting their
+ * buckets.
+ */
 static void
-shm_write_entry(const struct shm_plan *pl, int s, size_t i)
+shm_write_entry(const struct shm_plan *pl, int s, size_t i, size_t pos)
 {
 	struct shm_cert	*sc = &shm.certs[i];
 	uint32_t	 at, len;
 	size_t		 j;
 
-	at = shm_fill_entry(pl, s, i);
-	sc->sc_id_bucket[s] = shm_table_put(&pl->by_id, sc->sc_at[s],
-	    (uint32_t)sc->sc_id_len, (uint32_t)i);
+	at = shm_fill_entry(pl, i, pos);
+	sc->sc_id_bucket[s] = shm_table_put(&pl->by_id, sc->sc_at,
+	    (uint32_t)sc->sc_id_len, (uint32_t)pos);
 	sc->sc_name_buckets[s] = xreallocarray(sc->sc_name_buckets[s],
 	    sc->sc_nnames, sizeof(*sc->sc_name_buckets[s]));
 	for (j = 0; j < sc->sc_nnames; j++) {
 		len = (uint32_t)strlen(sc->sc_names[j]);
 		sc->sc_name_buckets[s][j] = shm_table_put(&pl->by_name, at,
-		    len, (uint32_t)i);
+		    len, (uint32_t)pos);
 		at += len + 1;
 	}
 }
@@ -1576,8 +1711,8 @@ shm_patch_entry(const struct shm_plan *pl, int s, size_t i)
 	uint32_t		 at;
 	size_t			 j;
 
-	at = shm_fill_entry(pl, s, i);
-	n += shm_table_repoint(&pl->by_id, sc->sc_id_bucket[s], sc->sc_at[s]);
+	at = shm_fill_entry(pl, i, i);
+	n += shm_table_repoint(&pl->by_id, sc->sc_id_bucket[s], sc->sc_at);
 	for (j = 0; j < sc->sc_nnames; j++) {
 		n += shm_table_repoint(&pl->by_name, sc->sc_name_buckets[s][j],
 		    at);
@@ -1619,64 +1754,71 @@ shm_write_alpn(const struct shm_plan *pl, uint32_t *pos, size_t i)
 	shm_table_put(&pl->by_alpn, off, len, at);
 }
 
-/* Give certificate i a block in slot s, if it has none; -1: no room. */
+/* Give certificate i a block, if it has none; -1: no room. */
 static int
-shm_place_cert(int s, size_t i)
+shm_place_cert(size_t i)
 {
-	struct shm_slot	*sl = &shm.slots[s];
 	struct shm_cert	*sc = &shm.certs[i];
 
-	if (sc->sc_at[s] != 0)
+	if (sc->sc_at != 0)
 		return 0;
-	if ((sc->sc_at[s] = shm_heap_alloc(sl, shm_block_size(sc))) == 0)
+	if ((sc->sc_at = shm_heap_alloc(shm_block_size(sc))) == 0)
 		return -1;
-	sl->sl_live += shm_block_size(sc);
+	shm.heap.sh_live += shm_block_size(sc);
 	shm.placed = xreallocarray(shm.placed, shm.nplaced + 1,
 	    sizeof(*shm.placed));
 	shm.placed[shm.nplaced++] = i;
 	return 0;
 }
 
-/*
- * Place in slot s the blocks of the certificates it does not hold, in
- * free extents of its heap; shm_write_placed() writes them.  Those are
- * the ones replaced since the slot was written when its tables are of
- * this shape (patched), else any.  -1: the slot is to be laid out
- * afresh, as nothing is known of it, its front outgrew its room, a block
- * found no room or the heap is too fragmented.
- */
-static int
-shm_place(int s, const struct shm_plan *pl, int patched)
+/* Give back the blocks shm_place() took, unwritten: the publish failed. */
+static void
+shm_unplace(void)
 {
-	struct shm_slot	*sl = &shm.slots[s];
-	uint64_t	 holes;
+	struct shm_cert	*sc;
 	size_t		 i;
 
+	for (i = 0; i < shm.nplaced; i++) {
+		sc = &shm.certs[shm.placed[i]];
+		shm_heap_free(sc->sc_at, shm_block_size(sc));
+		shm.heap.sh_live -= shm_block_size(sc);
+		sc->sc_at = 0;
+	}
 	shm.nplaced = 0;
-	if (sl->sl_heap == 0 || shm.hdr->slot_off[s] + pl->front > sl->sl_heap)
-		return -1;
+}
+
+/*
+ * Give a block to each certificate that has none, in free extents of the
+ * heap; shm_write_placed() writes them.  Only the certificates replaced
+ * since slot s was written can lack one when its tables are of this
+ * shape (patched), any otherwise.  -1: a block found no room.
+ */
+static int
+shm_place(int s, int patched)
+{
+	const struct shm_slot	*sl = &shm.slots[s];
+	size_t			 i;
+
+	shm.nplaced = 0;
 	if (patched) {
 		for (i = 0; i < sl->sl_nchanged; i++)
-			if (shm_place_cert(s, sl->sl_changed[i]) == -1)
+			if (shm_place_cert(sl->sl_changed[i]) == -1)
 				return -1;
 	} else {
 		for (i = 0; i < shm.ncerts; i++)
-			if (shm_place_cert(s, i) == -1)
+			if (shm_place_cert(i) == -1)
 				return -1;
 	}
-	holes = sl->sl_free_bytes - shm_heap_tail(sl, shm_slot_end(s));
-	if (sl->sl_nfree > SHM_MAX_HOLES ||
-	    (holes > SHM_HOLES_MIN && holes > sl->sl_live / 4))
-		return -1;
 	return 0;
 }
 
 /*
- * Write the blocks shm_place() placed in slot s, and with pl (the slot's
- * tables hold this model's keys) patch their entries; returns the bytes.
+ * Write the blocks shm_place() placed; from then on they hold the
+ * certificates' chains and keys, and the model's copies go.  Returns
+ * the bytes written.
  */
 static uint64_t
-shm_write_placed(int s, const struct shm_plan *pl)
+shm_write_placed(void)
 {
 	struct shm_cert	*sc;
 	uint64_t	 n = 0;
@@ -1684,66 +1826,29 @@ shm_write_placed(int s, const struct shm_plan *pl)
 
 	for (i = 0; i < shm.nplaced; i++) {
 		sc = &shm.certs[shm.placed[i]];
-		shm_write_block(sc, sc->sc_at[s]);
+		shm_write_block(sc, sc->sc_at);
+		shm_cert_release(sc);
 		n += shm_block_size(sc);
-		if (pl != NULL)
-			n += shm_patch_entry(pl, s, shm.placed[i]);
 	}
 	shm.nplaced = 0;
 	return n;
 }
 
 /*
- * Lay slot s out afresh: the front (the caller's), room for it to grow,
- * then every certificate's block end to end, and zeros over whatever
- * else the slot held.  Returns the bytes written, wipes included.
+ * Point the entries and buckets of slot s at the new blocks of the
+ * certificates replaced since it was written; its tables hold this
+ * model's keys already.  Returns the bytes written.
  */
 static uint64_t
-shm_repack(int s, const struct shm_plan *pl)
+shm_patch_changed(const struct shm_plan *pl, int s)
 {
-	struct shm_slot	*sl = &shm.slots[s];
-	struct shm_cert	*sc;
-	uint32_t	 so = shm.hdr->slot_off[s], end = shm_slot_end(s);
-	uint32_t	 front = so + (uint32_t)pl->front, old, heap, pos;
-	uint64_t	 spare, slack, written = 0;
-	size_t		 i;
+	const struct shm_slot	*sl = &shm.slots[s];
+	uint64_t		 n = 0;
+	size_t			 i;
 
-	spare = shm.hdr->slot_size - pl->front - pl->strings;
-	slack = pl->front / 4 + SHM_SLACK_MIN;
-	if (slack > spare / 2)
-		slack = spare / 2;
-	heap = so + (uint32_t)((pl->front + slack) & ~(uint64_t)7);
-	/* The front zeroes its own bytes; the room after it may hold keys. */
-	old = so + sl->sl_used;
-	if (old > front) {
-		memset(shm.base + front, 0, (old < heap ? old : heap) - front);
-		written += (old < heap ? old : heap) - front;
-	}
-	pos = heap;
-	for (i = 0; i < shm.ncerts; i++) {
-		sc = &shm.certs[i];
-		sc->sc_at[s] = pos;
-		shm_write_block(sc, pos);
-		pos += shm_block_size(sc);
-	}
-	written += pos - heap;
-	if (old > pos) {
-		memset(shm.base + pos, 0, old - pos);
-		written += old - pos;
-	}
-	/* Stale blocks were in what was just overwritten or zeroed. */
-	free(sl->sl_stale);
-	sl->sl_stale = NULL;
-	sl->sl_nstale = 0;
-	sl->sl_nfree = 0;
-	sl->sl_free_bytes = 0;
-	if (pos < end)
-		shm_heap_free(sl, pos, end - pos);
-	sl->sl_heap = heap;
-	sl->sl_live = pos - heap;
-	sl->sl_front_end = front;
-	shm.stats.ss_repacks++;
-	return written;
+	for (i = 0; i < sl->sl_nchanged; i++)
+		n += shm_patch_entry(pl, s, sl->sl_changed[i]);
+	return n;
 }
 
 /*
@@ -1751,19 +1856,20 @@ shm_repack(int s, const struct shm_plan *pl)
  * current: the slot's are this model's, as written or as patched), then
  * the tokens' part.
  * All of it is zeroed first, and what a longer front left after it: no
- * byte of a tls-alpn-01 key stays in an alignment gap.  Returns the
- * bytes written.
+ * byte of a tls-alpn-01 key stays in an alignment gap.  held: the
+ * certificates that have no block yet are left out.  Returns the bytes
+ * written.
  */
 static uint64_t
-shm_write_front(const struct shm_plan *pl, int s, int current)
+shm_write_front(const struct shm_plan *pl, int s, int current, int held)
 {
 	struct shm_slot	*sl = &shm.slots[s];
-	uint32_t	 so = shm.hdr->slot_off[s], start, end, pos;
+	uint32_t	 start, end, pos;
 	uint64_t	 written;
-	size_t		 i;
+	size_t		 i, n = 0;
 
-	start = current ? pl->tokens_part_off : so;
-	end = so + (uint32_t)pl->front;
+	start = current ? pl->tokens_part_off : pl->certs_off;
+	end = pl->certs_off + (uint32_t)pl->front;
 	memset(shm.base + start, 0, end - start);
 	written = end - start;
 	if (sl->sl_front_end > end) {
@@ -1772,9 +1878,9 @@ shm_write_front(const struct shm_plan *pl, int s, int current)
 	}
 	sl->sl_front_end = end;
 	sl->sl_tokens_part = pl->tokens_part_off;
-	if (!current)
-		for (i = 0; i < shm.ncerts; i++)
-			shm_write_entry(pl, s, i);
+	for (i = 0; !current && i < shm.ncerts; i++)
+		if (!held || shm.certs[i].sc_at != 0)
+			shm_write_entry(pl, s, i, n++);
 	pos = pl->token_strings_off;
 	for (i = 0; i < shm.ntokens; i++)
 		shm_write_token(pl, &pos, i);
@@ -1786,15 +1892,16 @@ shm_write_front(const struct shm_plan *pl, int s, int current)
 
 /* The image of generation gen in slot s, whose front is written. */
 static void
-shm_write_image(const struct shm_plan *pl, int s, uint64_t gen)
+shm_write_image(const struct shm_plan *pl, int s, uint64_t gen,
+    size_t ncerts)
 {
 	struct acme_shm_image	*img;
 
 	img = (struct acme_shm_image *)(shm.base + shm.hdr->slot_off[s]);
 	img->magic = ACME_SHM_IMAGE_MAGIC;
-	img->used = shm.slots[s].sl_used;
+	img->used = shm_slot_used(s);
 	img->generation = gen;
-	img->ncerts = (uint32_t)shm.ncerts;
+	img->ncerts = (uint32_t)ncerts;
 	img->certs_off = pl->certs_off;
 	img->ntokens = (uint32_t)shm.ntokens;
 	img->tokens_off = pl->tokens_off;
@@ -1805,16 +1912,18 @@ shm_write_image(const struct shm_plan *pl, int s, uint64_t gen)
 }
 
 static void
-shm_set_full(int full, const struct shm_plan *pl)
+shm_set_full(int full, uint64_t front)
 {
 	struct acme_shm_header	*h = shm.hdr;
 
 	if (full && !shm.full)
-		log_warnx("shared zone %s is full: the image needs %llu "
-		    "bytes and a slot holds %u (acme_shared_zone size %zu); "
-		    "nginx keeps generation %llu until it fits", shm.path,
-		    (unsigned long long)(pl->front + pl->strings),
-		    h->slot_size, shm.size,
+		log_warnx("shared zone %s is full: the images need about %llu "
+		    "bytes (every certificate's strings once, and two fronts "
+		    "of %llu) and the zone holds %u (acme_shared_zone size "
+		    "%zu); nginx keeps generation %llu until it fits",
+		    shm.path, (unsigned long long)(shm.cert_blocks +
+		    2 * front), (unsigned long long)front,
+		    shm.heap.sh_hi - shm.heap.sh_lo, shm.size,
 		    (unsigned long long)shm.stats.ss_generation);
 	else if (!full && shm.full)
 		log_info("shared zone %s has room again", shm.path);
@@ -1842,80 +1951,89 @@ shm_wipe_tokens(int s)
 	return n;
 }
 
-/*
- * Once a newer image is published, what slot s (the previous one's)
- * holds that the model lost goes: blocks of certificates removed or
- * replaced, and the tokens' part when a tls-alpn-01 key left.  What is
- * unchanged stays, for the next image in the slot to reuse.  A slot
- * nothing is known of (a file we adopted) is wiped whole.  Returns the
- * bytes wiped.
- */
-static uint64_t
-shm_wipe_previous(int s)
+/* How many certificates have a block, and their names. */
+static size_t
+shm_certs_placed(size_t *nnames)
 {
-	struct shm_slot	*sl = &shm.slots[s];
-	uint64_t	 n;
+	size_t	 i, n = 0;
 
-	if (sl->sl_heap == 0) {
-		n = sl->sl_used;
-		memset(shm.base + shm.hdr->slot_off[s], 0, n);
-		sl->sl_used = 0;
-		return n;
+	*nnames = 0;
+	for (i = 0; i < shm.ncerts; i++) {
+		if (shm.certs[i].sc_at == 0)
+			continue;
+		n++;
+		*nnames += shm.certs[i].sc_nnames;
 	}
-	n = shm_wipe_stale(s);
-	if (shm.alpn_gone)
-		n += shm_wipe_tokens(s);
-	sl->sl_used = shm_slot_used(s);
 	return n;
 }
 
 /*
- * Publish the model; returns the bytes it wrote into the zone (wipes
- * included), or -1.  The new image goes into the slot no reader of the
- * published generation looks at, reusing the blocks of the certificates
- * that slot already holds unchanged: a publish writes the front, the new
- * blocks and the wipes, not every certificate.
+ * Whether the blocks still to be placed would fit in the heap's free
+ * bytes once the stale blocks are wiped (holes aside).
+ */
+static int
+shm_fits_after_wipe(void)
+{
+	const struct shm_heap	*hp = &shm.heap;
+	uint64_t		 need = 0, room = hp->sh_free_bytes;
+	size_t			 i;
+
+	for (i = 0; i < hp->sh_nstale; i++)
+		room += hp->sh_stale[i].se_len;
+	for (i = 0; i < shm.ncerts; i++)
+		if (shm.certs[i].sc_at == 0)
+			need += shm_block_size(&shm.certs[i]);
+	return need <= room;
+}
+
+/*
+ * Publish the model into the slot no reader of the published generation
+ * looks at, with its front in that slot's extent of the heap; both
+ * images point at the same blocks.  So a publish writes the front (or
+ * the changed entries), the new blocks and the wipes, never a byte the
+ * published image uses, and not every certificate.  held: the
+ * certificates that have no block yet are left out (see
+ * shm_publish_image()).  Returns the bytes written into the zone (wipes
+ * included), or -1 when the heap has no room; *front is the front's
+ * size.
  */
 static int64_t
-shm_publish_image(void)
+shm_publish_try(int held, uint64_t *front)
 {
 	struct acme_shm_header	*h = shm.hdr;
 	struct shm_slot		*sl;
 	struct shm_plan		 pl;
-	uint64_t		 gen, written;
-	int			 s, current, patched, packed = 0;
+	uint64_t		 gen, written = 0;
+	size_t			 ncerts = shm.ncerts, nnames = shm.nnames;
+	int			 s, current, patched;
 
-	if (shm.base == NULL || shm_intact() == -1)
-		return -1;
 	gen = shm.stats.ss_generation + 1;
 	s = (int)(gen % 2);
 	sl = &shm.slots[s];
-	shm_plan(&pl, h->slot_off[s]);
-	if (pl.front + pl.strings > h->slot_size) {
-		shm.stats.ss_failures++;
-		shm_set_full(1, &pl);
+	if (held)
+		ncerts = shm_certs_placed(&nnames);
+	shm_plan(&pl, 0, ncerts, nnames);
+	*front = pl.front;
+	if (shm_front_room(s, pl.front, &written) == -1)
+		return -1;
+	shm_plan(&pl, sl->sl_front, ncerts, nnames);
+	current = !held && sl->sl_version == shm.cert_version;
+	patched = !held && sl->sl_shape == shm.shape_version;
+	if (!held && !current && shm_place(s, patched) == -1) {
+		shm_unplace();
 		return -1;
 	}
-	written = shm_wipe_stale(s);
-	current = sl->sl_heap != 0 && sl->sl_version == shm.cert_version;
-	patched = sl->sl_shape == shm.shape_version;
-	if (current)
-		;
-	else if (shm_place(s, &pl, patched) == 0)
-		written += shm_write_placed(s, patched ? &pl : NULL);
-	else {
-		written += shm_repack(s, &pl);
-		packed = 1;
-		patched = 0;
-	}
-	written += shm_write_front(&pl, s, current || patched);
+	written += shm_write_placed();
+	if (!current && patched)
+		written += shm_patch_changed(&pl, s);
+	written += shm_write_front(&pl, s, current || patched, held);
 	if (!current)
 		shm.stats.ss_cert_writes++;
-	sl->sl_version = shm.cert_version;
-	sl->sl_shape = shm.shape_version;
+	/* An image held back is no model's: the next one is written whole. */
+	sl->sl_version = held ? 0 : shm.cert_version;
+	sl->sl_shape = held ? 0 : shm.shape_version;
 	sl->sl_nchanged = 0;
-	sl->sl_used = shm_slot_used(s);
-	shm_write_image(&pl, s, gen);
+	shm_write_image(&pl, s, gen, ncerts);
 
 	h->last_serial = shm.stats.ss_last_serial;
 	h->published = util_now();
@@ -1924,24 +2042,57 @@ shm_publish_image(void)
 	    memory_order_release);
 	/*
 	 * A reader still in the previous image sees the generation change
-	 * and starts over; the fence keeps the wipe from being seen before
+	 * and starts over; the fence keeps the wipes from being seen before
 	 * the new generation.
 	 */
 	atomic_thread_fence(memory_order_release);
-	written += shm_wipe_previous(1 - s);
+	written += shm_wipe_stale();
+	if (shm.alpn_gone)
+		written += shm_wipe_tokens(1 - s);
 	shm.alpn_gone = 0;
-	shm.dirty = 0;
 	shm.stats.ss_generation = gen;
-	shm.stats.ss_used = sl->sl_used;
+	shm.stats.ss_used = shm_slot_used(s);
 	shm.stats.ss_publishes++;
-	shm_set_full(0, &pl);
 	log_debug("shared zone: generation %llu, %zu certificates, %zu "
 	    "tokens, %zu tls-alpn-01, %u of %u bytes, %llu written%s",
-	    (unsigned long long)gen, shm.ncerts, shm.ntokens, shm.nalpns,
-	    sl->sl_used, h->slot_size, (unsigned long long)written,
-	    current ? " (tokens only)" : patched ? " (entries patched)" :
-	    packed ? " (laid out afresh)" : "");
+	    (unsigned long long)gen, ncerts, shm.ntokens, shm.nalpns,
+	    shm.stats.ss_used, h->slot_size, (unsigned long long)written,
+	    held ? " (held back)" : current ? " (tokens only)" :
+	    patched ? " (entries patched)" : "");
 	return (int64_t)written;
+}
+
+/*
+ * Publish the model; returns the bytes written, or -1.  When the heap
+ * has no room, the blocks of certificates removed or replaced since the
+ * published image may be what takes it: they can only be wiped once an
+ * image that does not point at them is published.  So, if wiping them
+ * would make room, an image of the certificates that have a block goes
+ * first (those added or renewed since are missing from it for the
+ * moment between two publishes), and the whole model after it.
+ * Otherwise the published image stays, flagged full.
+ */
+static int64_t
+shm_publish_image(void)
+{
+	int64_t		 w, held;
+	uint64_t	 front;
+
+	if (shm.base == NULL || shm_intact() == -1)
+		return -1;
+	if ((w = shm_publish_try(0, &front)) == -1 &&
+	    shm.heap.sh_nstale > 0 && shm_fits_after_wipe() &&
+	    (held = shm_publish_try(1, &front)) != -1 &&
+	    (w = shm_publish_try(0, &front)) != -1)
+		w += held;
+	if (w == -1) {
+		shm.stats.ss_failures++;
+		shm_set_full(1, front);
+		return -1;
+	}
+	shm.dirty = 0;
+	shm_set_full(0, front);
+	return w;
 }
 
 static uint64_t
@@ -1999,7 +2150,8 @@ shm_close(void)
 		event_free(shm.commit_ev);
 	if (shm.watch_ev != NULL)
 		event_free(shm.watch_ev);
-	shm_slots_forget();
+	shm_slots_forget(0, 0);
+	free(shm.heap.sh_free);
 	free(shm.placed);
 	for (i = 0; i < shm.ncerts; i++)
 		shm_cert_clear(&shm.certs[i]);
