@@ -124,7 +124,9 @@ def test_segment_full_keeps_last_image(tmp_path, pebble, http_port,
     m = sidecar.wait_log(r"shared zone \S+ is full: the images need about "
                          r"(\d+) bytes \(.*?\) and the zone holds (\d+)",
                          since=mark)
-    assert int(m.group(1)) > int(m.group(2))
+    # "About": a renewal's new strings beside the old, or holes, can
+    # fill the zone before the model alone would.
+    assert int(m.group(2)) < 32 * 1024 < 2 * int(m.group(1))
     h = shmread.header(open(seg, "rb"))
     assert h["flags"] & shmread.FULL
     zone = api_status(tmp_path)["shared_zone"]
