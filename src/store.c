@@ -370,6 +370,7 @@ static struct {
 	int			 sb_active;
 	struct store_judged	*sb_dirs;
 	size_t			 sb_ndirs;
+	int			 sb_unsynced;	/* store_meta_write() */
 } store_batch;
 
 void
@@ -393,6 +394,13 @@ store_batch_end(void)
 {
 	size_t	 i;
 
+	/* Each folder's filesystem: syncfs() is cheap when nothing waits. */
+	for (i = 0; store_batch.sb_unsynced && i < store_batch.sb_ndirs; i++) {
+		if (store_batch.sb_dirs[i].sj_fd != -1 &&
+		    syncfs(store_batch.sb_dirs[i].sj_fd) == -1)
+			log_warnx("store: syncfs %s: %s",
+			    store_batch.sb_dirs[i].sj_path, strerror(errno));
+	}
 	for (i = 0; i < store_batch.sb_ndirs; i++) {
 		free(store_batch.sb_dirs[i].sj_path);
 		if (store_batch.sb_dirs[i].sj_fd != -1)
@@ -1236,6 +1244,87 @@ store_meta_rebuild(const char *path, struct stored_cert *sd,
 }
 
 /*
+ * Put json at path, a meta.json, through a temp file and rename().  In a
+ * batch without an fsync() of its own: the first start after an upgrade
+ * rewrites every certificate's, and two fsync() each made that start
+ * last minutes at N = 10,000, the zone empty meanwhile.  The batch syncs
+ * them at its end instead (store_batch_end()); a crash before that can
+ * only leave the old meta.json, or a torn one that the next load
+ * rebuilds from the certificate.  Outside a batch: store_write_atomic().
+ */
+static int
+store_meta_write(const char *path, const char *json, char **cause)
+{
+	const char	*p = json;
+	char		*tmp = NULL, *dir;
+	size_t		 len = strlen(json);
+	ssize_t		 n;
+	int		 fd;
+
+	if (!store_batch.sb_active)
+		return store_write_atomic(path, json, len, 0644, cause);
+	dir = store_dirname(path);
+	xasprintf(&tmp, "%s/.%s.XXXXXX", dir, STORE_META);
+	free(dir);
+	if ((fd = mkostemp(tmp, O_CLOEXEC)) == -1) {
+		xasprintf(cause, "%s: %s", tmp, strerror(errno));
+		free(tmp);
+		return -1;
+	}
+	if (fchmod(fd, 0644) == -1)
+		goto fail;
+	while (len > 0) {
+		if ((n = write(fd, p, len)) == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			goto fail;
+		p += n;
+		len -= (size_t)n;
+	}
+	if (close(fd) == -1) {
+		fd = -1;
+		goto fail;
+	}
+	fd = -1;
+	if (rename(tmp, path) == -1)
+		goto fail;
+	store_batch.sb_unsynced = 1;
+	free(tmp);
+	return 0;
+fail:
+	xasprintf(cause, "%s: %s", tmp, strerror(errno));
+	if (fd != -1)
+		close(fd);
+	unlink(tmp);
+	free(tmp);
+	return -1;
+}
+
+/*
+ * meta.json parsed but did not vouch for the pair, which the full check
+ * has just found good: a meta.json written before pair_sha256 existed,
+ * or one that no longer matches files changed since.  Written anew with
+ * the digest, so that the next start does not parse and match the pair
+ * again (that check is most of a start's cost).  Its identifiers, URL
+ * and issue time are kept.  If the write fails, the next start checks
+ * the pair in full, as this one did.
+ */
+static void
+store_meta_vouch(const char *path, const struct stored_cert *sd,
+    const char *digest)
+{
+	char	*json, *err = NULL;
+
+	json = store_meta_json(&sd->sd_meta, sd->sd_cert_id, digest);
+	if (store_meta_write(path, json, &err) == -1) {
+		log_warnx("store: %s", err);
+		free(err);
+	} else
+		log_debug("store: %s: pair_sha256 added", path);
+	free(json);
+}
+
+/*
  * The generation folder that the symlink certs/id names, read as name
  * under the folder dfd (AT_FDCWD: name is a path).  1 when absent.
  */
@@ -1393,7 +1482,7 @@ store_load_gen(int cfd, const char *certs, const char *gen,
 	char			*path = NULL, *key = NULL, *text = NULL;
 	char			*why = NULL, *dir = NULL;
 	size_t			 len, key_len = 0;
-	int			 rc = -1, r, parsed = 0;
+	int			 rc = -1, r, parsed = 0, vouchable;
 
 	memset(&sv, 0, sizeof(sv));
 	if (store_read_whole(cfd, certs, gen, STORE_CHAIN, &sd->sd_chain,
@@ -1413,14 +1502,17 @@ store_load_gen(int cfd, const char *certs, const char *gen,
 	xasprintf(&dir, "%s/%s", certs, gen);
 	if (store_check_pair_files(dir, key, key_len, sd, cause) == -1)
 		goto out;
-	if (!parsed) {
+	vouchable = strlen(sd->sd_chain) == len && strlen(key) == key_len &&
+	    store_key_pkcs8(key);
+	if (!parsed || vouchable)
 		store_pair_digest(sd->sd_chain, key, &sd->sd_meta,
 		    sd->sd_cert_id, digest);
-		if (store_meta_rebuild(path, sd, strlen(sd->sd_chain) == len &&
-		    strlen(key) == key_len && store_key_pkcs8(key) ? digest :
-		    NULL, why, cause) == -1)
+	if (!parsed) {
+		if (store_meta_rebuild(path, sd, vouchable ? digest : NULL, why,
+		    cause) == -1)
 			goto out;
-	}
+	} else if (vouchable)
+		store_meta_vouch(path, sd, digest);
 	rc = 0;
 out:
 	free(sv.sv_cert_id);

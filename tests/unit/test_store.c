@@ -755,6 +755,7 @@ test_cert_vouched(void **state)
 	struct stored_cert	 sd;
 	EVP_PKEY		*key;
 	char			*dir, *pem = NULL, *cause = NULL, *text;
+	char			*gen, want[64];
 
 	dir = ts_state(ts);
 	key = ts_save_many(dir, "v.example", 1, &pem);
@@ -779,12 +780,47 @@ test_cert_vouched(void **state)
 	assert_int_equal(sd.sd_meta.cm_not_after, TS_NA);
 	store_stored_clear(&sd);
 
-	/* A meta.json of before the digest loads as it always did. */
+	/* ... and the full check wrote it anew, with the right date. */
+	text = ts_read(dir, "certs/v.example/meta.json");
+	(void)snprintf(want, sizeof(want), "\"not_after\": %lld",
+	    (long long)TS_NA);
+	assert_non_null(strstr(text, want));
+	free(text);
+
+	/*
+	 * A meta.json of before the digest loads as it always did, and gets
+	 * the digest, its URL and identifiers kept.
+	 */
 	ts_meta_set(dir, "v.example", "pair_sha256", NULL);
+	ts_meta_set(dir, "v.example", "cert_id", NULL);
 	assert_int_equal(store_load_stored(dir, "v.example", &sd, &cause), 0);
 	assert_int_equal(sd.sd_meta.cm_not_after, TS_NA);
 	assert_int_equal(sd.sd_meta.cm_key, KEY_ECDSA_256);
 	store_stored_clear(&sd);
+	text = ts_read(dir, "certs/v.example/meta.json");
+	assert_non_null(strstr(text, "\"pair_sha256\""));
+	assert_non_null(strstr(text, "\"cert_id\""));
+	assert_non_null(strstr(text, "https://ca.test/cert/1"));
+	assert_non_null(strstr(text, "www.example.com"));
+	free(text);
+	assert_int_equal(store_load_stored(dir, "v.example", &sd, &cause), 0);
+	assert_int_equal(sd.sd_meta.cm_not_after, TS_NA);
+	assert_int_equal(sd.sd_meta.cm_nidents, 2);
+	store_stored_clear(&sd);
+
+	/* The same in a batch, which syncs at its end, not per file. */
+	ts_meta_set(dir, "v.example", "pair_sha256", NULL);
+	store_batch_begin();
+	assert_int_equal(store_load_stored(dir, "v.example", &sd, &cause), 0);
+	store_stored_clear(&sd);
+	store_batch_end();
+	text = ts_read(dir, "certs/v.example/meta.json");
+	assert_non_null(strstr(text, "\"pair_sha256\""));
+	assert_non_null(strstr(text, "https://ca.test/cert/1"));
+	free(text);
+	xasprintf(&gen, "%s/certs/v.example", dir);
+	assert_int_equal(ts_count(gen, "."), 2);	/* no temp file left */
+	free(gen);
 
 	/* A chain cut short is found and reported. */
 	key = (EVP_PKEY_free(key), ts_save_many(dir, "v.example", 1, &pem));
