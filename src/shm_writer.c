@@ -12,8 +12,9 @@
  * certificate's strings (chain, key, names) lie in one block of it that
  * stays in place while the certificate is unchanged and that both images
  * point at, so the zone holds one copy of every chain and key, and the
- * daemon none: once a block is written, the model reads the chain and
- * key back from it (shm_cert_chain()).  Each image's entries, tables and
+ * daemon none: a block is written as soon as its certificate is staged
+ * (shm_staged_write()), and the model reads the chain and key back from
+ * it (shm_cert_chain()).  Each image's entries, tables and
  * tokens (its front) lie in an extent of the heap of their own.  So
  * publishing costs what changed, not what exists: new blocks and the
  * tokens; while the ids, their order and their names stay as they were
@@ -247,6 +248,10 @@ static struct shm_index	shm_pending_index = { .si_id = shm_pending_id };
 static void	shm_changed(void);
 static void	shm_commit_cb(int, short, void *);
 static size_t	shm_certs_recover(uint64_t);
+static int	shm_intact(void);
+static uint32_t	shm_heap_alloc(uint64_t);
+static void	shm_heap_free(uint32_t, uint32_t);
+static void	shm_write_block(const struct shm_cert *, uint32_t);
 
 static size_t
 shm_align8(size_t n)
@@ -1050,8 +1055,8 @@ shm_apply_set(struct shm_cert *next)
 		sc->sc_id = xstrdup(next->sc_id);
 		shm_index_add(&shm_certs_index, shm.ncerts - 1);
 		shm_shape_changed();
-	} else if (strcmp(shm_cert_chain(sc), next->sc_chain) == 0 &&
-	    strcmp(shm_cert_key(sc), next->sc_key) == 0)
+	} else if (strcmp(shm_cert_chain(sc), shm_cert_chain(next)) == 0 &&
+	    strcmp(shm_cert_key(sc), shm_cert_key(next)) == 0)
 		return;			/* same bytes: keep the serial */
 	else {
 		if (!shm_names_equal(sc, next))
@@ -1069,39 +1074,111 @@ shm_apply_set(struct shm_cert *next)
 	sc->sc_not_before = next->sc_not_before;
 	sc->sc_not_after = next->sc_not_after;
 	sc->sc_serial = shm_next_serial();
-	sc->sc_strings = shm_cert_strings(sc);
+	sc->sc_id_len = next->sc_id_len;
+	sc->sc_issuer_len = next->sc_issuer_len;
+	sc->sc_chain_len = next->sc_chain_len;
+	sc->sc_key_len = next->sc_key_len;
+	sc->sc_strings = next->sc_strings;
+	sc->sc_at = next->sc_at;	/* its block, if staged with one */
 	shm.cert_blocks += shm_block_size(sc);
 	shm.nnames += sc->sc_nnames;
 	next->sc_issuer = next->sc_chain = next->sc_key = NULL;
 	next->sc_names = NULL;
 	next->sc_nnames = 0;
+	next->sc_at = 0;
 	shm.cert_version++;
 }
 
 /*
- * The file was cut to size bytes: each certificate takes its chain and
- * key back from its block, which a new layout is about to wipe, and one
- * whose block was cut away leaves the model.  Returns how many left.
+ * A certificate staged with new content writes its block into the zone
+ * at once, in bytes that no image uses, and drops its own copies of
+ * chain and key: a start-up that stages thousands of certificates holds
+ * none of them on the heap until the first image is written.  Without
+ * room it keeps its copies, and the publish places it.
+ */
+static void
+shm_staged_write(struct shm_cert *sc)
+{
+	uint32_t	 at;
+
+	if (shm_intact() == -1 ||
+	    (at = shm_heap_alloc(shm_block_size(sc))) == 0)
+		return;
+	sc->sc_at = at;
+	shm.heap.sh_live += shm_block_size(sc);
+	shm_write_block(sc, at);
+	shm.stats.ss_bytes_written += shm_block_size(sc);
+	shm_cert_release(sc);
+}
+
+/*
+ * A staged block that the model did not take (a later change replaced
+ * it, or the bytes were those the model held): no image ever pointed at
+ * it, so it is wiped and given back now.
+ */
+static void
+shm_staged_drop(struct shm_cert *sc)
+{
+	if (sc->sc_at == 0)
+		return;
+	memset(shm.base + sc->sc_at, 0, shm_block_size(sc));
+	shm_heap_free(sc->sc_at, shm_block_size(sc));
+	shm.heap.sh_live -= shm_block_size(sc);
+	shm.stats.ss_bytes_written += shm_block_size(sc);
+	sc->sc_at = 0;
+}
+
+/*
+ * The chain and key of sc from its block, which a new layout is about to
+ * wipe, if the cut at size bytes left it whole; -1 otherwise.
+ */
+static int
+shm_cert_take_back(struct shm_cert *sc, uint64_t size)
+{
+	char	*key;
+
+	if (sc->sc_chain != NULL || sc->sc_at == 0)
+		return 0;
+	if ((uint64_t)sc->sc_at + shm_block_size(sc) > size)
+		return -1;
+	/* Both from the block, before either is the model's. */
+	key = xstrndup(shm_cert_key(sc), sc->sc_key_len);
+	sc->sc_chain = xstrndup(shm_cert_chain(sc), sc->sc_chain_len);
+	sc->sc_key = key;
+	return 0;
+}
+
+/*
+ * The file was cut to size bytes: each certificate, staged or in the
+ * model, takes its chain and key back from its block, which a new
+ * layout is about to wipe.  One whose block was cut away leaves the
+ * model (a staged one becomes a removal: its older content, if any, is
+ * not served instead).  Returns how many left.
  */
 static size_t
 shm_certs_recover(uint64_t size)
 {
 	struct shm_cert	*sc;
-	char		*key;
 	size_t		 i, lost = 0;
 
-	for (i = shm.ncerts; i > 0; i--) {
-		sc = &shm.certs[i - 1];
-		if (sc->sc_chain != NULL)
-			continue;
-		if ((uint64_t)sc->sc_at + shm_block_size(sc) <= size) {
-			/* Both from the block, before either is the model's. */
-			key = xstrndup(shm_cert_key(sc), sc->sc_key_len);
-			sc->sc_chain = xstrndup(shm_cert_chain(sc),
-			    sc->sc_chain_len);
-			sc->sc_key = key;
+	for (i = 0; i < shm.npending; i++) {
+		sc = &shm.pending[i].sp_cert;
+		if (shm.pending[i].sp_remove ||
+		    shm_cert_take_back(sc, size) == 0) {
+			sc->sc_at = 0;
 			continue;
 		}
+		log_warnx("shared zone %s: certificate %s was cut away",
+		    shm.path, sc->sc_id);
+		sc->sc_at = 0;
+		shm_cert_clear_content(sc);
+		shm.pending[i].sp_remove = 1;
+		lost++;
+	}
+	for (i = shm.ncerts; i > 0; i--) {
+		sc = &shm.certs[i - 1];
+		if (shm_cert_take_back(sc, size) == 0)
+			continue;
 		log_warnx("shared zone %s: certificate %s was cut away",
 		    shm.path, sc->sc_id);
 		sc->sc_at = 0;		/* nothing of it to wipe */
@@ -1128,6 +1205,7 @@ shm_commit(void)
 			shm_apply_remove(sp->sp_cert.sc_id);
 		else
 			shm_apply_set(&sp->sp_cert);
+		shm_staged_drop(&sp->sp_cert);
 		shm_cert_clear(&sp->sp_cert);
 	}
 	free(shm.pending);
@@ -1160,9 +1238,14 @@ shm_stage(struct shm_cert *sc, int remove)
 	struct shm_pending	*sp;
 	size_t			 i;
 
+	if (!remove) {
+		sc->sc_strings = shm_cert_strings(sc);
+		shm_staged_write(sc);
+	}
 	if (shm_index_find(&shm_pending_index, sc->sc_id, &i)) {
 		/* The later change wins, in the place of the first. */
 		sp = &shm.pending[i];
+		shm_staged_drop(&sp->sp_cert);
 		shm_cert_clear(&sp->sp_cert);
 		sp->sp_cert = *sc;
 	} else {

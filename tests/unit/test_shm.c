@@ -946,10 +946,60 @@ test_one_change_writes_what_changed(void **state)
 }
 
 /*
- * A zone a previous run left is taken up with whatever it holds: the
- * first image laid out in a slot wipes what lies past it there, and the
- * first publish wipes the other slot whole, so a certificate the new
- * run does not set leaves no key behind.
+ * A staged certificate's strings go into the zone at once, in bytes no
+ * image uses (the writer keeps no copy of them for the commit delay),
+ * and one that no image takes is wiped at once: a later change to the
+ * same id, or the very bytes the image has.
+ */
+static void
+test_staged_strings_in_zone(void **state)
+{
+	struct event_base	*evb;
+	struct ts_entry		 e;
+	unsigned char		*base;
+	size_t			 size;
+	char			 id[32], *names[1] = { id }, *cause = NULL;
+	char			*x, *y, *key;
+
+	(void)state;
+	assert_non_null(evb = event_base_new());
+	assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
+	    &cause), 0);
+	base = ts_map(&size);
+	snprintf(id, sizeof(id), "s.example.test");
+	x = ts_walk_string("CHAIN", 0, 0, 2000, 'x');
+	y = ts_walk_string("CHAIN", 0, 1, 2000, 'y');
+	key = ts_walk_string("KEY", 0, 0, 240, 'k');
+	shm_cert_set(id, "pebble", names, 1, x, key, 0, 1);
+	/* Staged, not published: in the zone already, nowhere in use. */
+	assert_int_equal(ts_count(base, size, x), 1);
+	assert_int_equal(ts_read(base, size, 0, id, &e), 0);
+	/* A later change in the same commit: the first is wiped now. */
+	shm_cert_set(id, "pebble", names, 1, y, key, 0, 1);
+	assert_int_equal(ts_count(base, size, x), 0);
+	assert_int_equal(ts_count(base, size, y), 1);
+	ts_settle(evb);
+	assert_int_equal(ts_read(base, size, 0, id, &e), 1);
+	assert_string_equal(e.chain, y);
+	ts_entry_clear(&e);
+	/* The same bytes again: the image keeps its block, one copy. */
+	shm_cert_set(id, "pebble", names, 1, y, key, 0, 1);
+	assert_int_equal(ts_count(base, size, y), 2);
+	ts_settle(evb);
+	assert_int_equal(ts_count(base, size, y), 1);
+	assert_int_equal(ts_count(base, size, key), 1);
+	munmap(base, size);
+	free(x);
+	free(y);
+	keys_pem_free(key);
+	shm_close();
+	event_base_free(evb);
+}
+
+/*
+ * A zone a previous run left is laid out again before anything is
+ * published into it, so a certificate the new run does not set leaves no
+ * key behind.
  */
 static void
 test_adopted_zone_keeps_no_old_key(void **state)
@@ -1568,6 +1618,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(
 		    test_truncated_zone_keeps_what_it_can, ts_setup,
 		    ts_teardown),
+		cmocka_unit_test_setup_teardown(test_staged_strings_in_zone,
+		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_one_writer_per_file,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(
