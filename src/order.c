@@ -280,6 +280,8 @@ order_reset(struct cert *ce)
 	order_cluster_reset(ce);
 	free(ce->ce_stored_chain);
 	ce->ce_stored_chain = NULL;
+	X509_free(ce->ce_stored_leaf);
+	ce->ce_stored_leaf = NULL;
 	free(ce->ce_order_url);
 	free(ce->ce_finalize_url);
 	free(ce->ce_cert_url);
@@ -1442,6 +1444,24 @@ order_store_failed(struct cert *ce, const char *cause)
 	order_arm(ce, delay);
 }
 
+/* order_ari_adopt() of the stored chain, from its leaf parsed already. */
+static void
+order_adopt_leaf(struct cert *ce)
+{
+	char	*id, *cause = NULL;
+
+	if (ce->ce_stored_leaf == NULL) {
+		order_ari_adopt(ce, ce->ce_stored_chain);
+		return;
+	}
+	if ((id = ari_cert_id_x509(ce->ce_stored_leaf, &cause)) == NULL) {
+		log_debug("certificate \"%s\": no CertID (%s): no ARI and no "
+		    "\"replaces\"", ce->ce_id, cause);
+		free(cause);
+	}
+	order_ari_adopt_id(ce, id);
+}
+
 static void
 order_stored(int rc, const char *cause, void *arg)
 {
@@ -1464,7 +1484,7 @@ order_stored(int rc, const char *cause, void *arg)
 	ce->ce_not_before = ce->ce_stored_nb;
 	ce->ce_not_after = ce->ce_stored_na;
 	order_chain_digest(ce->ce_stored_chain, ce->ce_chain_md);
-	order_ari_adopt(ce, ce->ce_stored_chain);
+	order_adopt_leaf(ce);
 	order_publish(ce, ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
 	    ce->ce_new_key, ce->ce_not_before, ce->ce_not_after);
 	ce->ce_failures = 0;
@@ -1498,25 +1518,29 @@ order_store_write(struct cert *ce)
 	meta.cm_idents = ce->ce_idents;
 	meta.cm_nidents = ce->ce_nidents;
 	meta.cm_key = ce->ce_key;
-	ce->ce_job = writer_save_cert(acme_issuer_state_path(ce->ce_issuer),
-	    ce->ce_id, ce->ce_stored_chain, ce->ce_new_key, &meta, order_stored,
-	    ce);
+	ce->ce_job = writer_save_cert_x509(acme_issuer_state_path(
+	    ce->ce_issuer), ce->ce_id, ce->ce_stored_chain, ce->ce_stored_leaf,
+	    ce->ce_new_key, &meta, order_stored, ce);
 }
 
 /* Check what the CA sent, keep it, and write it to state_path. */
 static void
 order_store(struct cert *ce, const char *chain)
 {
+	X509	*leaf;
 	time_t	 nb, na;
 
 	if (ce->ce_new_key == NULL) {
 		order_failf(ce, "a certificate arrived for no key of ours");
 		return;
 	}
-	if (store_chain_dates(chain, &nb, &na) == -1) {
+	/* The only parse of it: the writer and ARI take this one. */
+	if ((leaf = store_chain_leaf(chain, &nb, &na)) == NULL) {
 		order_failf(ce, "the CA sent a certificate that does not parse");
 		return;
 	}
+	X509_free(ce->ce_stored_leaf);
+	ce->ce_stored_leaf = leaf;
 	free(ce->ce_stored_chain);
 	ce->ce_stored_chain = xstrdup(chain);
 	ce->ce_stored_nb = nb;

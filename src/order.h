@@ -38,6 +38,7 @@ struct cert {
 	int			 ce_polls;
 	EVP_PKEY		*ce_new_key;
 	char			*ce_stored_chain;	/* the chain being */
+	X509			*ce_stored_leaf;	/* (its first, parsed) */
 	time_t			 ce_stored_nb;		/* written, and its */
 	time_t			 ce_stored_na;		/* dates */
 	int			 ce_store_tries;	/* failed writes */

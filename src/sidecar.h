@@ -696,6 +696,9 @@ int		 store_load_cert(const char *dir, const char *id, char **chain,
 int		 store_save_cert(const char *dir, const char *id,
 		    const char *chain, EVP_PKEY *, const struct cert_meta *,
 		    char **);
+int		 store_save_cert_x509(const char *dir, const char *id,
+		    const char *chain, X509 *leaf, EVP_PKEY *,
+		    const struct cert_meta *, char **);
 void		 store_meta_clear(struct cert_meta *);
 /*
  * STATE/pending/ID.json: an order from its finalize until its certificate
@@ -714,6 +717,7 @@ int		 store_check_pair(const char *id, const char *chain, EVP_PKEY *,
 		    char **);
 /* Fill not_before/not_after from the first certificate of a PEM chain. */
 int		 store_chain_dates(const char *, time_t *, time_t *);
+X509		*store_chain_leaf(const char *, time_t *, time_t *);
 
 /* STATE/ari/ID.json (ari.c).  Load: 0 found, 1 none, -1 error. */
 int		 store_save_ari(const char *dir, const char *id,
@@ -749,6 +753,9 @@ void		 writer_stop(void);
 struct writer_job *writer_save_cert(const char *dir, const char *id,
 		    const char *chain, EVP_PKEY *, const struct cert_meta *,
 		    writer_cb, void *);
+struct writer_job *writer_save_cert_x509(const char *dir, const char *id,
+		    const char *chain, X509 *leaf, EVP_PKEY *,
+		    const struct cert_meta *, writer_cb, void *);
 void		 writer_cancel(struct writer_job *);
 
 /* loop.c: a libmicrohttpd daemon driven by the libevent loop. */

@@ -900,21 +900,37 @@ store_first_cert(const char *pem)
 	return x;
 }
 
+/*
+ * The chain's first certificate, parsed, and its dates; NULL if it does
+ * not parse.  OpenSSL 3.0 spends about 1.5M instructions on a parse (the
+ * public key goes through its decoder search), so order.c parses an
+ * issued chain once with this, and hands the result to the writer
+ * (store_save_cert_x509()) and to ARI.
+ */
+X509 *
+store_chain_leaf(const char *pem, time_t *nb, time_t *na)
+{
+	X509	*x;
+
+	if ((x = store_first_cert(pem)) == NULL)
+		return NULL;
+	if (store_asn1_time(X509_get0_notBefore(x), nb) == -1 ||
+	    store_asn1_time(X509_get0_notAfter(x), na) == -1) {
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
 int
 store_chain_dates(const char *pem, time_t *nb, time_t *na)
 {
 	X509	*x;
-	int	 rc = -1;
 
-	if ((x = store_first_cert(pem)) == NULL)
+	if ((x = store_chain_leaf(pem, nb, na)) == NULL)
 		return -1;
-	if (store_asn1_time(X509_get0_notBefore(x), nb) == -1 ||
-	    store_asn1_time(X509_get0_notAfter(x), na) == -1)
-		goto out;
-	rc = 0;
-out:
 	X509_free(x);
-	return rc;
+	return 0;
 }
 
 /* The key type from the key itself, -1 for one we do not issue. */
@@ -1761,14 +1777,20 @@ out:
 	return rc;
 }
 
-/* The chain's first certificate if key is its key; NULL and why if not. */
+/*
+ * The chain's first certificate if key is its key; NULL and why if not.
+ * leaf, when not NULL, is that certificate already parsed: it gets a
+ * reference instead of a second parse.
+ */
 static X509 *
-store_matching_cert(const char *id, const char *chain, EVP_PKEY *key,
-    char **cause)
+store_matching_cert(const char *id, const char *chain, X509 *leaf,
+    EVP_PKEY *key, char **cause)
 {
 	X509	*x;
 
-	if ((x = store_first_cert(chain)) == NULL) {
+	if (leaf != NULL && X509_up_ref(leaf) == 1)
+		x = leaf;
+	else if ((x = store_first_cert(chain)) == NULL) {
 		xasprintf(cause, "%s: chain has no valid certificate", id);
 		return NULL;
 	}
@@ -1788,7 +1810,7 @@ store_check_pair(const char *id, const char *chain, EVP_PKEY *key,
 {
 	X509	*x;
 
-	if ((x = store_matching_cert(id, chain, key, cause)) == NULL)
+	if ((x = store_matching_cert(id, chain, NULL, key, cause)) == NULL)
 		return -1;
 	X509_free(x);
 	return 0;
@@ -1796,17 +1818,18 @@ store_check_pair(const char *id, const char *chain, EVP_PKEY *key,
 
 /*
  * store_check_pair(), and what meta.json records of the pair: its dates,
- * key type and CertID (NULL without one), from one parse of the chain.
+ * key type and CertID (NULL without one), from one parse of the chain
+ * (none with leaf).
  */
 static int
-store_check_for_save(const char *id, const char *chain, EVP_PKEY *key,
-    struct cert_meta *m, char **cert_id, char **cause)
+store_check_for_save(const char *id, const char *chain, X509 *leaf,
+    EVP_PKEY *key, struct cert_meta *m, char **cert_id, char **cause)
 {
 	X509	*x;
 	char	*why = NULL;
 	int	 rc = -1;
 
-	if ((x = store_matching_cert(id, chain, key, cause)) == NULL)
+	if ((x = store_matching_cert(id, chain, leaf, key, cause)) == NULL)
 		return -1;
 	if (store_asn1_time(X509_get0_notBefore(x), &m->cm_not_before) ||
 	    store_asn1_time(X509_get0_notAfter(x), &m->cm_not_after)) {
@@ -1829,6 +1852,17 @@ int
 store_save_cert(const char *dir, const char *id, const char *chain,
     EVP_PKEY *key, const struct cert_meta *meta, char **cause)
 {
+	return store_save_cert_x509(dir, id, chain, NULL, key, meta, cause);
+}
+
+/*
+ * store_save_cert() with leaf, the first certificate of chain, already
+ * parsed by store_chain_leaf() (NULL: parse it here).
+ */
+int
+store_save_cert_x509(const char *dir, const char *id, const char *chain,
+    X509 *leaf, EVP_PKEY *key, const struct cert_meta *meta, char **cause)
+{
 	struct cert_meta	 m;
 	char			*certs = NULL, *old = NULL, *name = NULL;
 	char			*gen = NULL, *path = NULL, *cert_id = NULL;
@@ -1837,7 +1871,8 @@ store_save_cert(const char *dir, const char *id, const char *chain,
 	/* meta.json's dates and key type say what the files themselves say. */
 	m = *meta;
 	if (store_id_valid(id, cause) == -1 ||
-	    store_check_for_save(id, chain, key, &m, &cert_id, cause) == -1)
+	    store_check_for_save(id, chain, leaf, key, &m, &cert_id,
+	    cause) == -1)
 		goto out;
 	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
 	if (store_mkdir(certs, cause) == -1 ||

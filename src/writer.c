@@ -27,6 +27,7 @@ struct writer_job {
 	char			*wj_dir;
 	char			*wj_id;
 	char			*wj_chain;
+	X509			*wj_leaf;	/* chain's first, or NULL */
 	EVP_PKEY		*wj_key;
 	struct cert_meta	 wj_meta;
 	int			 wj_rc;
@@ -54,6 +55,7 @@ writer_job_free(struct writer_job *wj)
 	free(wj->wj_dir);
 	free(wj->wj_id);
 	free(wj->wj_chain);
+	X509_free(wj->wj_leaf);
 	EVP_PKEY_free(wj->wj_key);
 	store_meta_clear(&wj->wj_meta);
 	free(wj->wj_cause);
@@ -76,8 +78,9 @@ writer_main(void *arg)
 		TAILQ_REMOVE(&writer_pending, wj, wj_entry);
 		pthread_mutex_unlock(&writer_lock);
 
-		wj->wj_rc = store_save_cert(wj->wj_dir, wj->wj_id,
-		    wj->wj_chain, wj->wj_key, &wj->wj_meta, &wj->wj_cause);
+		wj->wj_rc = store_save_cert_x509(wj->wj_dir, wj->wj_id,
+		    wj->wj_chain, wj->wj_leaf, wj->wj_key, &wj->wj_meta,
+		    &wj->wj_cause);
 
 		pthread_mutex_lock(&writer_lock);
 		TAILQ_INSERT_TAIL(&writer_done, wj, wj_entry);
@@ -194,12 +197,28 @@ struct writer_job *
 writer_save_cert(const char *dir, const char *id, const char *chain,
     EVP_PKEY *key, const struct cert_meta *meta, writer_cb cb, void *arg)
 {
+	return writer_save_cert_x509(dir, id, chain, NULL, key, meta, cb, arg);
+}
+
+/*
+ * The same with leaf, chain's first certificate as store_chain_leaf()
+ * parsed it, or NULL.  The job holds a reference, and the loop must not
+ * use leaf until the callback: only the writer thread touches it before.
+ */
+struct writer_job *
+writer_save_cert_x509(const char *dir, const char *id, const char *chain,
+    X509 *leaf, EVP_PKEY *key, const struct cert_meta *meta, writer_cb cb,
+    void *arg)
+{
 	struct writer_job	*wj;
 
 	wj = xcalloc(1, sizeof(*wj));
 	wj->wj_dir = xstrdup(dir);
 	wj->wj_id = xstrdup(id);
 	wj->wj_chain = xstrdup(chain);
+	if (leaf != NULL && X509_up_ref(leaf) != 1)
+		fatalx("writer: X509_up_ref");
+	wj->wj_leaf = leaf;
 	if (EVP_PKEY_up_ref(key) != 1)
 		fatalx("writer: EVP_PKEY_up_ref");
 	wj->wj_key = key;
