@@ -699,6 +699,18 @@ int		 store_save_cert(const char *dir, const char *id,
 int		 store_save_cert_x509(const char *dir, const char *id,
 		    const char *chain, X509 *leaf, EVP_PKEY *,
 		    const struct cert_meta *, char **);
+/* A certificate to save, for store_save_certs(). */
+struct store_save {
+	const char		*sv_dir;
+	const char		*sv_id;
+	const char		*sv_chain;
+	X509			*sv_leaf;	/* its first, or NULL */
+	EVP_PKEY		*sv_key;
+	const struct cert_meta	*sv_meta;
+	int			 sv_rc;		/* 0 or -1 */
+	char			*sv_cause;	/* with -1; caller frees */
+};
+void		 store_save_certs(struct store_save *, size_t);
 void		 store_meta_clear(struct cert_meta *);
 /*
  * STATE/pending/ID.json: an order from its finalize until its certificate

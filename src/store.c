@@ -123,10 +123,13 @@ store_dirname(const char *path)
 	return xstrndup(path, (size_t)(slash - path));
 }
 
-/* Give fd its mode, write all of data, fsync and close it; -1 on error. */
+/*
+ * Give fd its mode, write all of data, fsync it unless told not to (a
+ * caller that syncs the whole batch later), and close it; -1 on error.
+ */
 static int
 store_fill(int fd, const char *path, const void *data, size_t len,
-    mode_t mode, char **cause)
+    mode_t mode, int sync, char **cause)
 {
 	const char	*p = data;
 	ssize_t		 n;
@@ -145,7 +148,7 @@ store_fill(int fd, const char *path, const void *data, size_t len,
 		p += n;
 		len -= (size_t)n;
 	}
-	if (fsync(fd) == -1) {
+	if (sync && fsync(fd) == -1) {
 		xasprintf(cause, "fsync %s: %s", path, strerror(errno));
 		goto fail;
 	}
@@ -181,7 +184,7 @@ store_write_temp(const char *path, const void *data, size_t len, mode_t mode,
 		free(tmp);
 		return NULL;
 	}
-	if (store_fill(fd, tmp, data, len, mode, cause) == -1) {
+	if (store_fill(fd, tmp, data, len, mode, 1, cause) == -1) {
 		unlink(tmp);
 		free(tmp);
 		return NULL;
@@ -191,7 +194,9 @@ store_write_temp(const char *path, const void *data, size_t len, mode_t mode,
 
 /*
  * Write a file into a generation folder that no link names yet: nobody
- * can see it half-written, so it needs no temp file of its own.
+ * can see it half-written, so it needs no temp file of its own, and no
+ * fsync of its own either: store_save_certs() syncs the whole batch
+ * before any link names the folder.
  */
 static int
 store_write_new(const char *path, const void *data, size_t len, mode_t mode,
@@ -204,7 +209,7 @@ store_write_new(const char *path, const void *data, size_t len, mode_t mode,
 		xasprintf(cause, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	return store_fill(fd, path, data, len, mode, cause);
+	return store_fill(fd, path, data, len, mode, 0, cause);
 }
 
 /*
@@ -1726,8 +1731,6 @@ store_write_gen(const char *gen, const char *chain, EVP_PKEY *key,
 	xasprintf(&path, "%s/%s", gen, STORE_META);
 	if (store_write_new(path, json, strlen(json), 0644, cause) == -1)
 		goto out;
-	if (store_fsync_dir(gen, cause) == -1)
-		goto out;
 	rc = 0;
 out:
 	keys_pem_free(pem);
@@ -1848,6 +1851,213 @@ out:
 	return rc;
 }
 
+/*
+ * Saving a batch of certificates (store_save_certs()).  Each gets a new
+ * generation folder that no link names yet, with its three files written
+ * but not synced.  Then one syncfs() per filesystem makes all of them
+ * durable at once: it writes back and waits for every dirty page and
+ * inode of the filesystem, the folders' entries among them, and flushes
+ * the disk's cache, and since Linux 5.8 it reports a write-back error of
+ * any file there.  Only then is each link swapped, and each certs/ folder
+ * fsynced once.  A link thus never names a folder that a crash could
+ * lose or tear, as with a fsync per file, per folder and per link (six a
+ * certificate before); a batch of n costs 1 + (certs/ folders) syncs.
+ * syncfs() also writes other programs' data of that filesystem: that is
+ * the writer thread's time, and more jobs queue meanwhile for the next.
+ */
+struct store_step {
+	char		*st_certs;	/* <dir>/certs */
+	char		*st_old;	/* the generation the link names */
+	char		*st_name;	/* the new one */
+	char		*st_gen;	/* its path */
+	dev_t		 st_dev;	/* certs/'s filesystem */
+	int		 st_synced;	/* whose syncfs() this one made */
+	int		 st_swapped;	/* the link names it */
+};
+
+/* Write sv's generation folder, not synced; -1 and sv_cause on error. */
+static int
+store_save_write(struct store_save *sv, struct store_step *st)
+{
+	struct cert_meta	 m;
+	char			*cert_id = NULL, **cause = &sv->sv_cause;
+	int			 rc = -1;
+
+	/* meta.json's dates and key type say what the files themselves say. */
+	m = *sv->sv_meta;
+	if (store_id_valid(sv->sv_id, cause) == -1 ||
+	    store_check_for_save(sv->sv_id, sv->sv_chain, sv->sv_leaf,
+	    sv->sv_key, &m, &cert_id, cause) == -1)
+		goto out;
+	xasprintf(&st->st_certs, "%s/%s", sv->sv_dir, STORE_CERTS);
+	if (store_mkdir(st->st_certs, cause) == -1 ||
+	    store_cert_target(st->st_certs, sv->sv_id, &st->st_old,
+	    cause) == -1)
+		goto out;
+	if ((st->st_name = store_new_gen(st->st_certs, sv->sv_id, st->st_old,
+	    cause)) == NULL)
+		goto out;
+	xasprintf(&st->st_gen, "%s/%s", st->st_certs, st->st_name);
+	if (store_write_gen(st->st_gen, sv->sv_chain, sv->sv_key, &m, cert_id,
+	    cause) == -1)
+		goto out;
+	rc = 0;
+out:
+	free(cert_id);
+	return rc;
+}
+
+/*
+ * One syncfs() for each filesystem that holds a folder written: an item
+ * on a filesystem synced already shares that sync's outcome.
+ */
+static void
+store_save_sync(struct store_save *sv, struct store_step *st, size_t n)
+{
+	struct stat	 sb;
+	size_t		 i, j;
+	int		 fd;
+
+	for (i = 0; i < n; i++) {
+		if (sv[i].sv_rc == -1)
+			continue;
+		if ((fd = open(st[i].st_certs, O_RDONLY | O_DIRECTORY |
+		    O_CLOEXEC)) == -1 || fstat(fd, &sb) == -1) {
+			xasprintf(&sv[i].sv_cause, "%s: %s", st[i].st_certs,
+			    strerror(errno));
+			sv[i].sv_rc = -1;
+			if (fd != -1)
+				close(fd);
+			continue;
+		}
+		st[i].st_dev = sb.st_dev;
+		for (j = 0; j < i; j++) {
+			if (st[j].st_synced && st[j].st_dev == st[i].st_dev)
+				break;
+		}
+		if (j < i) {
+			if ((sv[i].sv_rc = sv[j].sv_rc) == -1)
+				sv[i].sv_cause = xstrdup(sv[j].sv_cause);
+		} else {
+			st[i].st_synced = 1;
+			if (syncfs(fd) == -1) {
+				xasprintf(&sv[i].sv_cause, "syncfs %s: %s",
+				    st[i].st_certs, strerror(errno));
+				sv[i].sv_rc = -1;
+			}
+		}
+		close(fd);
+	}
+}
+
+/* One fsync of each certs/ folder whose links changed. */
+static void
+store_save_sync_links(struct store_save *sv, struct store_step *st,
+    size_t n)
+{
+	size_t	 i, j;
+	char	*why = NULL;
+	int	 rc;
+
+	for (i = 0; i < n; i++) {
+		if (!st[i].st_swapped)
+			continue;
+		for (j = 0; j < i; j++) {
+			if (st[j].st_swapped &&
+			    strcmp(st[j].st_certs, st[i].st_certs) == 0)
+				break;
+		}
+		if (j < i)
+			continue;	/* that folder's fsync covered it */
+		rc = store_fsync_dir(st[i].st_certs, &why);
+		for (j = i; rc == -1 && j < n; j++) {
+			if (!st[j].st_swapped ||
+			    strcmp(st[j].st_certs, st[i].st_certs) != 0)
+				continue;
+			sv[j].sv_rc = -1;
+			sv[j].sv_cause = xstrdup(why);
+		}
+		free(why);
+		why = NULL;
+	}
+}
+
+/* The old generation goes; a folder no link names goes too. */
+static void
+store_save_finish(struct store_save *sv, struct store_step *st)
+{
+	char	*path = NULL;
+
+	if (sv->sv_rc == 0 && st->st_old != NULL &&
+	    strcmp(st->st_old, st->st_name) != 0) {
+		xasprintf(&path, "%s/%s", st->st_certs, st->st_old);
+		if (store_remove_gen(path) == -1)
+			log_warn("store: removing %s", path);
+		free(path);
+	}
+	if (sv->sv_rc == 0)
+		log_debug("store: %s saved as %s", sv->sv_id, st->st_name);
+	/* Once the link names the new folder, it must stay. */
+	if (sv->sv_rc == -1 && st->st_gen != NULL && !st->st_swapped)
+		store_remove_gen(st->st_gen);
+	free(st->st_certs);
+	free(st->st_old);
+	free(st->st_name);
+	free(st->st_gen);
+}
+
+/* Save sv[0..n-1], all of distinct certificates. */
+static void
+store_save_distinct(struct store_save *sv, size_t n)
+{
+	struct store_step	*st;
+	size_t			 i;
+
+	st = xcalloc(n, sizeof(*st));
+	for (i = 0; i < n; i++)
+		sv[i].sv_rc = store_save_write(&sv[i], &st[i]);
+	store_save_sync(sv, st, n);
+	for (i = 0; i < n; i++) {
+		if (sv[i].sv_rc == -1)
+			continue;
+		/* The new folder's entry was made durable by the sync. */
+		if (store_swap_link(st[i].st_certs, sv[i].sv_id, st[i].st_name,
+		    &sv[i].sv_cause) == -1)
+			sv[i].sv_rc = -1;
+		else
+			st[i].st_swapped = 1;
+	}
+	store_save_sync_links(sv, st, n);
+	for (i = 0; i < n; i++)
+		store_save_finish(&sv[i], &st[i]);
+	free(st);
+}
+
+/*
+ * Save each of sv[0..n-1] as store_save_cert() does, setting its sv_rc
+ * and, on error, sv_cause (the caller frees it), with a sync per batch
+ * instead of six per certificate.  Items are saved in order: a second
+ * save of the same certificate goes in a later batch, after the first.
+ */
+void
+store_save_certs(struct store_save *sv, size_t n)
+{
+	size_t	 first, i, j;
+
+	for (first = 0; first < n; first = i) {
+		for (i = first + 1; i < n; i++) {
+			for (j = first; j < i; j++) {
+				if (strcmp(sv[j].sv_id, sv[i].sv_id) == 0 &&
+				    strcmp(sv[j].sv_dir, sv[i].sv_dir) == 0)
+					break;
+			}
+			if (j < i)
+				break;
+		}
+		store_save_distinct(sv + first, i - first);
+	}
+}
+
 int
 store_save_cert(const char *dir, const char *id, const char *chain,
     EVP_PKEY *key, const struct cert_meta *meta, char **cause)
@@ -1863,52 +2073,18 @@ int
 store_save_cert_x509(const char *dir, const char *id, const char *chain,
     X509 *leaf, EVP_PKEY *key, const struct cert_meta *meta, char **cause)
 {
-	struct cert_meta	 m;
-	char			*certs = NULL, *old = NULL, *name = NULL;
-	char			*gen = NULL, *path = NULL, *cert_id = NULL;
-	int			 rc = -1, swapped = 0;
+	struct store_save	 sv;
 
-	/* meta.json's dates and key type say what the files themselves say. */
-	m = *meta;
-	if (store_id_valid(id, cause) == -1 ||
-	    store_check_for_save(id, chain, leaf, key, &m, &cert_id,
-	    cause) == -1)
-		goto out;
-	xasprintf(&certs, "%s/%s", dir, STORE_CERTS);
-	if (store_mkdir(certs, cause) == -1 ||
-	    store_cert_target(certs, id, &old, cause) == -1)
-		goto out;
-	if ((name = store_new_gen(certs, id, old, cause)) == NULL)
-		goto out;
-	xasprintf(&gen, "%s/%s", certs, name);
-	if (store_write_gen(gen, chain, key, &m, cert_id, cause) == -1)
-		goto out;
-	/* The new folder's entry must be durable before the link names it. */
-	if (store_fsync_dir(certs, cause) == -1)
-		goto out;
-	if (store_swap_link(certs, id, name, cause) == -1)
-		goto out;
-	swapped = 1;
-	if (store_fsync_dir(certs, cause) == -1)
-		goto out;
-	if (old != NULL && strcmp(old, name) != 0) {
-		xasprintf(&path, "%s/%s", certs, old);
-		if (store_remove_gen(path) == -1)
-			log_warn("store: removing %s", path);
-	}
-	log_debug("store: %s saved as %s", id, name);
-	rc = 0;
-out:
-	/* Once the link names the new folder, it must stay. */
-	if (rc == -1 && gen != NULL && !swapped)
-		store_remove_gen(gen);
-	free(cert_id);
-	free(path);
-	free(gen);
-	free(name);
-	free(old);
-	free(certs);
-	return rc;
+	memset(&sv, 0, sizeof(sv));
+	sv.sv_dir = dir;
+	sv.sv_id = id;
+	sv.sv_chain = chain;
+	sv.sv_leaf = leaf;
+	sv.sv_key = key;
+	sv.sv_meta = meta;
+	store_save_certs(&sv, 1);
+	*cause = sv.sv_cause;
+	return sv.sv_rc;
 }
 
 /*

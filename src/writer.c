@@ -1,13 +1,16 @@
 /*
  * Certificate writes off the event loop.
  *
- * store_save_cert() creates a generation folder, four files and a link,
- * and fsyncs each of them: a few milliseconds on a quiet disk, much more
- * on a busy or networked one.  Done on the loop, a thousand issuances
- * would stall every order in flight for seconds.  So one thread runs the
+ * Saving a certificate creates a generation folder, three files and a
+ * link, and syncs them: a few milliseconds on a quiet disk, much more on
+ * a busy or networked one.  Done on the loop, a thousand issuances would
+ * stall every order in flight for seconds.  So one thread runs the
  * writes, in order, and hands each outcome back to the loop through a
- * pipe.  Only the loop thread queues, cancels and sees callbacks; the
- * thread touches nothing but its job and the two queues under the lock.
+ * pipe.  It takes every job queued so far as one batch, which
+ * store_save_certs() makes durable with one sync, not one per file: the
+ * more certificates arrive while it syncs, the fewer syncs each costs.
+ * Only the loop thread queues, cancels and sees callbacks; the thread
+ * touches nothing but its jobs and the two queues under the lock.
  */
 #include <sys/queue.h>
 
@@ -21,6 +24,8 @@
 #include <event2/event.h>
 
 #include "sidecar.h"
+
+#define WRITER_BATCH_MAX	256	/* jobs synced together */
 
 struct writer_job {
 	int			 wj_cancelled;
@@ -62,33 +67,66 @@ writer_job_free(struct writer_job *wj)
 	free(wj);
 }
 
+/* Save the batch, in order; called without the lock. */
+static void
+writer_run(struct writer_jobs *batch, struct store_save *sv)
+{
+	struct writer_job	*wj;
+	size_t			 n = 0;
+
+	TAILQ_FOREACH(wj, batch, wj_entry) {
+		memset(&sv[n], 0, sizeof(sv[n]));
+		sv[n].sv_dir = wj->wj_dir;
+		sv[n].sv_id = wj->wj_id;
+		sv[n].sv_chain = wj->wj_chain;
+		sv[n].sv_leaf = wj->wj_leaf;
+		sv[n].sv_key = wj->wj_key;
+		sv[n].sv_meta = &wj->wj_meta;
+		n++;
+	}
+	store_save_certs(sv, n);
+	n = 0;
+	TAILQ_FOREACH(wj, batch, wj_entry) {
+		wj->wj_rc = sv[n].sv_rc;
+		wj->wj_cause = sv[n].sv_cause;
+		n++;
+	}
+}
+
 static void *
 writer_main(void *arg)
 {
+	struct writer_jobs	 batch = TAILQ_HEAD_INITIALIZER(batch);
 	struct writer_job	*wj;
+	struct store_save	*sv;
 	char			 one = 1;
+	size_t			 n;
 
 	(void)arg;
+	sv = xreallocarray(NULL, WRITER_BATCH_MAX, sizeof(*sv));
 	pthread_mutex_lock(&writer_lock);
 	for (;;) {
 		while (TAILQ_EMPTY(&writer_pending) && !writer_stopping)
 			pthread_cond_wait(&writer_wake, &writer_lock);
-		if ((wj = TAILQ_FIRST(&writer_pending)) == NULL)
+		if (TAILQ_EMPTY(&writer_pending))
 			break;		/* stopping, and nothing left */
-		TAILQ_REMOVE(&writer_pending, wj, wj_entry);
+		for (n = 0; n < WRITER_BATCH_MAX &&
+		    (wj = TAILQ_FIRST(&writer_pending)) != NULL; n++) {
+			TAILQ_REMOVE(&writer_pending, wj, wj_entry);
+			TAILQ_INSERT_TAIL(&batch, wj, wj_entry);
+		}
 		pthread_mutex_unlock(&writer_lock);
 
-		wj->wj_rc = store_save_cert_x509(wj->wj_dir, wj->wj_id,
-		    wj->wj_chain, wj->wj_leaf, wj->wj_key, &wj->wj_meta,
-		    &wj->wj_cause);
+		writer_run(&batch, sv);
 
 		pthread_mutex_lock(&writer_lock);
-		TAILQ_INSERT_TAIL(&writer_done, wj, wj_entry);
+		TAILQ_CONCAT(&writer_done, &batch, wj_entry);
 		/* A full pipe already holds a wake-up: nothing is lost. */
 		if (write(writer_pipe[1], &one, 1) == -1 && errno != EAGAIN)
 			log_warn("writer: waking the loop");
 	}
 	pthread_mutex_unlock(&writer_lock);
+	free(sv);
 	return NULL;
 }
 
