@@ -525,8 +525,10 @@ store_may_hold(const char *path, const char *name)
 			continue;
 		if (store_batch_list(sj) != 1)
 			return 1;
-		return bsearch(&name, sj->sj_names, sj->sj_nnames,
-		    sizeof(*sj->sj_names), store_cmp_name) != NULL;
+		/* bsearch() wants an array, even for none. */
+		return sj->sj_nnames > 0 && bsearch(&name, sj->sj_names,
+		    sj->sj_nnames, sizeof(*sj->sj_names),
+		    store_cmp_name) != NULL;
 	}
 	return 1;
 }

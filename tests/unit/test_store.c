@@ -915,6 +915,14 @@ test_pending_batch(void **state)
 
 	dir = ts_state(ts);
 	key = ts_key();
+	/* An empty pending/ lists as nothing. */
+	assert_int_equal(store_save_pending(dir, "p0", "https://ca.test/o/0",
+	    idents, 1, key, &cause), 0);
+	store_remove_pending(dir, "p0");
+	store_batch_begin();
+	assert_int_equal(ts_pending(dir, "p0", idents), 1);
+	store_batch_end();
+
 	assert_int_equal(store_save_pending(dir, "p1", "https://ca.test/o/1",
 	    idents, 1, key, &cause), 0);
 	store_batch_begin();
