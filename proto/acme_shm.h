@@ -21,9 +21,17 @@
  *	"owner=USER" names.  The writer creates the file with O_EXCL; it
  *	takes up an existing one only under the same rules and with this
  *	header's magic and version, and refuses to start otherwise, leaving
- *	the file as it is; one it takes up it lays out again (generation 0
- *	until its first publish, the generations continuing).  It holds an exclusive flock(2) on the file for as
- *	long as it runs: one writer per file.
+ *	the file as it is.  In one it takes up, the published image stays
+ *	published (same generation) until the writer's first publish: the
+ *	writer reads it as a careful reader would, never writes a byte it
+ *	uses, keeps the blocks of the certificates it sets again with the
+ *	same bytes (and their serials), and wipes the rest once its own
+ *	image is out.  An image that does not hold up (an offset outside
+ *	its slot, a string without its NUL, a lookup pointing astray,
+ *	overlapping blocks), or a zone grown by a larger SIZE, is laid out
+ *	again instead: generation 0 until the first publish, the
+ *	generations continuing.  The writer holds an exclusive flock(2) on
+ *	the file for as long as it runs: one writer per file.
  *
  * BYTE ORDER AND TYPES
  *	Host order (the writer and every reader share one machine), which is

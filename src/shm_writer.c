@@ -87,6 +87,7 @@ struct shm_cert {
 	size_t		 sc_key_len;
 	size_t		 sc_strings;	/* bytes of its strings, NULs too */
 	uint32_t	 sc_at;		/* its block, both slots'; 0: none */
+	size_t		 sc_prior;	/* staged: prior block taken, + 1 */
 	/*
 	 * Its buckets in each slot's by_id and by_name (SHM_NO_BUCKET where
 	 * an older certificate holds the name), so that a new block is
@@ -200,6 +201,23 @@ struct shm_slot {
 	size_t		 sl_nchanged;
 };
 
+/*
+ * A certificate block of the image a previous run left published (see
+ * shm_take_up()): readers may use it until our first image is out, so
+ * it is neither written nor wiped until then.  A staged certificate with
+ * exactly its bytes takes it instead of writing a block of its own.
+ */
+struct shm_prior {
+	uint32_t	 pr_at;		/* the block; its id comes first */
+	uint32_t	 pr_len;	/* bytes, a multiple of the grain */
+	uint32_t	 pr_id_len;
+	uint32_t	 pr_names;	/* where its names start */
+	uint64_t	 pr_serial;
+	int64_t		 pr_not_before;
+	int64_t		 pr_not_after;
+	int		 pr_taken;	/* by a certificate, staged or not */
+};
+
 static struct {
 	char			*path;
 	int			 fd;
@@ -228,6 +246,10 @@ static struct {
 	int			 alpn_gone;	/* a key to wipe from both */
 	struct shm_slot		 slots[2];
 	struct shm_heap		 heap;
+	struct shm_prior	*prior;		/* until our first image */
+	size_t			 nprior;
+	int			 prior_held;	/* a previous run's image is
+						   the published one */
 	int			 full;		/* the last publish failed */
 	int			 dirty;		/* changes not yet published */
 	struct shm_stats	 stats;
@@ -241,9 +263,11 @@ static struct {
 
 static const char *shm_cert_id(size_t);
 static const char *shm_pending_id(size_t);
+static const char *shm_prior_id(size_t);
 
 static struct shm_index	shm_certs_index = { .si_id = shm_cert_id };
 static struct shm_index	shm_pending_index = { .si_id = shm_pending_id };
+static struct shm_index	shm_prior_index = { .si_id = shm_prior_id };
 
 static void	shm_changed(void);
 static void	shm_commit_cb(int, short, void *);
@@ -252,6 +276,12 @@ static int	shm_intact(void);
 static uint32_t	shm_heap_alloc(uint64_t);
 static void	shm_heap_free(uint32_t, uint32_t);
 static void	shm_write_block(const struct shm_cert *, uint32_t);
+static void	shm_index_clear(struct shm_index *);
+static void	shm_prior_forget(void);
+static int	shm_take_up(size_t);
+static int	shm_prior_adopt(struct shm_cert *);
+static uint64_t	shm_prior_drop(void);
+static uint64_t	shm_prior_room(void);
 
 static size_t
 shm_align8(size_t n)
@@ -588,6 +618,7 @@ shm_layout(size_t size, size_t old_size)
 	h->flags = 0;
 	memset(h->reserved, 0, sizeof(h->reserved));
 	shm.stats.ss_generation = gen;
+	shm_prior_forget();
 	shm_slots_forget((uint32_t)(hsize + 2 * isize),
 	    (uint32_t)(hsize + slot));
 }
@@ -664,6 +695,7 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
     const char *group, char **cause)
 {
 	struct timeval	 watch = { SHM_WATCH_INTERVAL, 0 };
+	struct timeval	 commit = { 0, SHM_COMMIT_DELAY * 1000 };
 	struct stat	 st;
 	gid_t		 gid = (gid_t)-1;
 	void		*p;
@@ -697,13 +729,14 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 	shm.size = size;
 	shm.hdr = p;
 	/*
-	 * A zone a previous run left is laid out again, whatever it holds:
-	 * nothing tells which of its bytes its published image uses, and
-	 * the model's certificates are set again in the next moments.
-	 * Until then readers find generation 0 and keep what they hold.
+	 * A zone a previous run left keeps its published image until our
+	 * first one (shm_take_up()); one grown, or whose image does not
+	 * hold up, is laid out again: readers find generation 0 until the
+	 * first image, and keep what they hold.
 	 */
-	shm_layout(size, (size_t)st.st_size < size ? (size_t)st.st_size :
-	    size);
+	if ((size_t)st.st_size != size || shm_take_up(size) == -1)
+		shm_layout(size, (size_t)st.st_size < size ?
+		    (size_t)st.st_size : size);
 	shm.stats.ss_slot_size = shm.hdr->slot_size;
 	/* No slot holds the entries of this model yet. */
 	shm.cert_version = 1;
@@ -720,7 +753,13 @@ shm_open_zone(struct event_base *base, const char *path, size_t size,
 	}
 	log_info("shared zone %s: %zu bytes, %u of them shared by its two "
 	    "images", path, size, shm.hdr->slot_size);
-	shm_changed();		/* publish at start-up, whatever is loaded */
+	if (!shm.prior_held)
+		shm_changed();	/* publish at start-up, whatever is loaded */
+	else if (shm.commit_ev != NULL) {
+		/* After what start-up stages, which the commit takes. */
+		shm.dirty = 1;
+		evtimer_add(shm.commit_ev, &commit);
+	}
 	return 0;
 fail:
 	xasprintf(cause, "%s: %s", path, strerror(errno));
@@ -1073,7 +1112,9 @@ shm_apply_set(struct shm_cert *next)
 	sc->sc_key = next->sc_key;
 	sc->sc_not_before = next->sc_not_before;
 	sc->sc_not_after = next->sc_not_after;
-	sc->sc_serial = shm_next_serial();
+	/* A prior block's serial still names the very same bytes. */
+	sc->sc_serial = next->sc_serial != 0 ? next->sc_serial :
+	    shm_next_serial();
 	sc->sc_id_len = next->sc_id_len;
 	sc->sc_issuer_len = next->sc_issuer_len;
 	sc->sc_chain_len = next->sc_chain_len;
@@ -1086,6 +1127,7 @@ shm_apply_set(struct shm_cert *next)
 	next->sc_names = NULL;
 	next->sc_nnames = 0;
 	next->sc_at = 0;
+	next->sc_prior = 0;
 	shm.cert_version++;
 }
 
@@ -1101,8 +1143,13 @@ shm_staged_write(struct shm_cert *sc)
 {
 	uint32_t	 at;
 
-	if (shm_intact() == -1 ||
-	    (at = shm_heap_alloc(shm_block_size(sc))) == 0)
+	if (shm_intact() == -1)
+		return;
+	if (shm_prior_adopt(sc)) {
+		shm_cert_release(sc);
+		return;
+	}
+	if ((at = shm_heap_alloc(shm_block_size(sc))) == 0)
 		return;
 	sc->sc_at = at;
 	shm.heap.sh_live += shm_block_size(sc);
@@ -1114,13 +1161,21 @@ shm_staged_write(struct shm_cert *sc)
 /*
  * A staged block that the model did not take (a later change replaced
  * it, or the bytes were those the model held): no image ever pointed at
- * it, so it is wiped and given back now.
+ * it, so it is wiped and given back now.  A prior block goes back to
+ * the prior image, which may still be published.
  */
 static void
 shm_staged_drop(struct shm_cert *sc)
 {
 	if (sc->sc_at == 0)
 		return;
+	if (sc->sc_prior != 0) {
+		shm.prior[sc->sc_prior - 1].pr_taken = 0;
+		shm.heap.sh_live -= shm_block_size(sc);
+		sc->sc_at = 0;
+		sc->sc_prior = 0;
+		return;
+	}
 	memset(shm.base + sc->sc_at, 0, shm_block_size(sc));
 	shm_heap_free(sc->sc_at, shm_block_size(sc));
 	shm.heap.sh_live -= shm_block_size(sc);
@@ -1163,6 +1218,7 @@ shm_certs_recover(uint64_t size)
 
 	for (i = 0; i < shm.npending; i++) {
 		sc = &shm.pending[i].sp_cert;
+		sc->sc_prior = 0;	/* the new layout forgets them */
 		if (shm.pending[i].sp_remove ||
 		    shm_cert_take_back(sc, size) == 0) {
 			sc->sc_at = 0;
@@ -1212,7 +1268,8 @@ shm_commit(void)
 	shm.pending = NULL;
 	shm.npending = shm.pending_cap = 0;
 	shm_index_clear(&shm_pending_index);
-	if (shm.cert_version != version)
+	/* The first image replaces a previous run's, changed or not. */
+	if (shm.cert_version != version || shm.prior_held)
 		shm_changed();
 }
 
@@ -1640,6 +1697,498 @@ shm_front_room(int s, uint64_t need, uint64_t *written)
 	return 0;
 }
 
+/* ------------------------------------------------------------- take-up */
+
+/*
+ * A zone a previous run left holds an image that nginx may be reading,
+ * and that a worker which has not cached a certificate (a new one after
+ * a reload) needs while the daemon loads.  So the writer takes it up:
+ * it reads the published image as a careful reader would, marks every
+ * byte it uses, keeps it published until its own first image, and only
+ * then wipes what that image does not use.  Anything it cannot account
+ * for (an image of another layout, an offset outside the slot, a
+ * string without its NUL, a block that overlaps another) refuses the
+ * image, and the zone is laid out again: the file may have been
+ * planted, or cut and grown.
+ */
+
+/* Bytes of the published image: owner is a certificate, or SHM_FRONT. */
+struct shm_range {
+	uint32_t	 rg_off;
+	uint32_t	 rg_len;
+	size_t		 rg_owner;
+};
+
+#define SHM_FRONT	SIZE_MAX
+
+struct shm_take {
+	struct acme_shm_image	 img;	/* copied once, as a reader does */
+	uint32_t		 lo;	/* the heap */
+	uint32_t		 hi;
+	struct shm_range	*r;
+	size_t			 nr;
+	const char		*why;	/* NULL while the image holds up */
+};
+
+static const char *
+shm_prior_id(size_t i)
+{
+	return (const char *)shm.base + shm.prior[i].pr_at;
+}
+
+static void
+shm_prior_forget(void)
+{
+	free(shm.prior);
+	shm.prior = NULL;
+	shm.nprior = 0;
+	shm.prior_held = 0;
+	shm_index_clear(&shm_prior_index);
+}
+
+static int
+shm_take_fail(struct shm_take *tk, const char *why)
+{
+	if (tk->why == NULL)
+		tk->why = why;
+	return -1;
+}
+
+/* Note len bytes at off as the image's, which must lie in the heap. */
+static int
+shm_take_range(struct shm_take *tk, uint64_t off, uint64_t len,
+    size_t owner)
+{
+	if (len == 0)
+		return 0;
+	if (!acme_shm_within(tk->lo, tk->hi, off, len))
+		return shm_take_fail(tk, "an offset lies outside the heap");
+	tk->r = xreallocarray(tk->r, tk->nr + 1, sizeof(*tk->r));
+	tk->r[tk->nr].rg_off = (uint32_t)off;
+	tk->r[tk->nr].rg_len = (uint32_t)len;
+	tk->r[tk->nr].rg_owner = owner;
+	tk->nr++;
+	return 0;
+}
+
+/* A string of len bytes at off, and the NUL that must follow it. */
+static int
+shm_take_string(struct shm_take *tk, uint32_t off, uint32_t len,
+    size_t owner)
+{
+	if (shm_take_range(tk, off, (uint64_t)len + 1, owner) == -1)
+		return -1;
+	if (shm.base[off + len] != '\0')
+		return shm_take_fail(tk, "a string lacks its NUL");
+	return 0;
+}
+
+static int
+shm_take_table(struct shm_take *tk, const struct acme_shm_table *t)
+{
+	if (t->nbuckets == 0)
+		return 0;
+	if ((t->nbuckets & (t->nbuckets - 1)) != 0)
+		return shm_take_fail(tk, "a table is not a power of two");
+	return shm_take_range(tk, t->off,
+	    (uint64_t)t->nbuckets * sizeof(struct acme_shm_bucket),
+	    SHM_FRONT);
+}
+
+/* Bucket i of table t, copied (the table is checked to lie inside). */
+static void
+shm_take_bucket(const struct acme_shm_table *t, uint32_t i,
+    struct acme_shm_bucket *b)
+{
+	memcpy(b, shm.base + t->off + (size_t)i * sizeof(*b), sizeof(*b));
+}
+
+/*
+ * The certificate entries: each one's id, issuer, chain and key end to
+ * end, as shm_write_block() writes them, which become a prior block
+ * (its names are found once every range is known, shm_take_names()).
+ */
+static int
+shm_take_certs(struct shm_take *tk)
+{
+	struct acme_shm_cert	 e;
+	struct shm_prior	*pr;
+	size_t			 i, pos;
+
+	if (tk->img.ncerts > (tk->hi - tk->lo) / sizeof(e))
+		return shm_take_fail(tk, "too many certificates");
+	if (shm_take_range(tk, tk->img.certs_off,
+	    (uint64_t)tk->img.ncerts * sizeof(e), SHM_FRONT) == -1)
+		return -1;
+	if (tk->img.ncerts > 0)
+		shm.prior = xcalloc(tk->img.ncerts, sizeof(*shm.prior));
+	for (i = 0; i < tk->img.ncerts; i++) {
+		memcpy(&e, shm.base + tk->img.certs_off + i * sizeof(e),
+		    sizeof(e));
+		if (e.id_len == 0 || (uint64_t)e.issuer_off != (uint64_t)
+		    e.id_off + e.id_len + 1 || (uint64_t)e.chain_off !=
+		    (uint64_t)e.issuer_off + e.issuer_len + 1 ||
+		    (uint64_t)e.key_off != (uint64_t)e.chain_off +
+		    e.chain_len + 1)
+			return shm_take_fail(tk, "an entry's strings are not "
+			    "one block");
+		if (shm_take_range(tk, e.id_off, (uint64_t)e.key_off +
+		    e.key_len + 1 - e.id_off, i) == -1)
+			return -1;
+		if (shm.base[e.issuer_off - 1] != '\0' ||
+		    shm.base[e.chain_off - 1] != '\0' ||
+		    shm.base[e.key_off - 1] != '\0' ||
+		    shm.base[e.key_off + e.key_len] != '\0')
+			return shm_take_fail(tk, "a string lacks its NUL");
+		if (memchr(shm.base + e.id_off, '\0', e.id_len) != NULL)
+			return shm_take_fail(tk, "an id holds a NUL");
+		pr = &shm.prior[shm.nprior];
+		pr->pr_at = e.id_off;
+		pr->pr_id_len = e.id_len;
+		pr->pr_names = e.key_off + e.key_len + 1;
+		pr->pr_serial = e.serial;
+		pr->pr_not_before = e.not_before;
+		pr->pr_not_after = e.not_after;
+		if (shm_index_find(&shm_prior_index, shm_prior_id(i), &pos))
+			return shm_take_fail(tk, "an id appears twice");
+		shm.nprior++;
+		shm_index_add(&shm_prior_index, i);
+	}
+	return 0;
+}
+
+/* The tokens, their strings, and by_token pointing at them. */
+static int
+shm_take_tokens(struct shm_take *tk)
+{
+	const struct acme_shm_table	*t = &tk->img.by_token;
+	struct acme_shm_token		 tok;
+	struct acme_shm_bucket		 b;
+	uint32_t			 i;
+
+	if (tk->img.ntokens > (tk->hi - tk->lo) / sizeof(tok))
+		return shm_take_fail(tk, "too many tokens");
+	if (shm_take_range(tk, tk->img.tokens_off,
+	    (uint64_t)tk->img.ntokens * sizeof(tok), SHM_FRONT) == -1 ||
+	    shm_take_table(tk, t) == -1)
+		return -1;
+	for (i = 0; i < tk->img.ntokens; i++) {
+		memcpy(&tok, shm.base + tk->img.tokens_off + i * sizeof(tok),
+		    sizeof(tok));
+		if (shm_take_string(tk, tok.token_off, tok.token_len,
+		    SHM_FRONT) == -1 || shm_take_string(tk, tok.keyauth_off,
+		    tok.keyauth_len, SHM_FRONT) == -1)
+			return -1;
+	}
+	for (i = 0; i < t->nbuckets; i++) {
+		shm_take_bucket(t, i, &b);
+		if (b.key_len != 0 && shm_take_string(tk, b.key_off,
+		    b.key_len, SHM_FRONT) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* The tls-alpn-01 certificates that by_alpn points at. */
+static int
+shm_take_alpns(struct shm_take *tk)
+{
+	const struct acme_shm_table	*t = &tk->img.by_alpn;
+	struct acme_shm_bucket		 b;
+	struct acme_shm_alpn		 a;
+	uint32_t			 i;
+
+	if (shm_take_table(tk, t) == -1)
+		return -1;
+	for (i = 0; i < t->nbuckets; i++) {
+		shm_take_bucket(t, i, &b);
+		if (b.key_len == 0)
+			continue;
+		if (shm_take_string(tk, b.key_off, b.key_len, SHM_FRONT) ==
+		    -1 || shm_take_range(tk, b.value, sizeof(a),
+		    SHM_FRONT) == -1)
+			return -1;
+		memcpy(&a, shm.base + b.value, sizeof(a));
+		if (shm_take_string(tk, a.ident_off, a.ident_len,
+		    SHM_FRONT) == -1 || shm_take_string(tk, a.cert_off,
+		    a.cert_len, SHM_FRONT) == -1 || shm_take_string(tk,
+		    a.key_off, a.key_len, SHM_FRONT) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+shm_range_cmp(const void *a, const void *b)
+{
+	const struct shm_range	*x = a, *y = b;
+
+	if (x->rg_off != y->rg_off)
+		return x->rg_off < y->rg_off ? -1 : 1;
+	return 0;
+}
+
+/*
+ * Each certificate's names follow its key in its block, up to the next
+ * range the image uses: the block's size follows, whole grains, and no
+ * other range may overlap it.  The ranges are sorted.
+ */
+static int
+shm_take_names(struct shm_take *tk)
+{
+	struct shm_range	*rg;
+	struct shm_prior	*pr;
+	uint64_t		 reach = tk->lo, limit, pos, block;
+	const unsigned char	*nul;
+	size_t			 i;
+
+	for (i = 0; i < tk->nr; i++) {
+		rg = &tk->r[i];
+		if (rg->rg_owner == SHM_FRONT) {
+			if (rg->rg_off + (uint64_t)rg->rg_len > reach)
+				reach = rg->rg_off + (uint64_t)rg->rg_len;
+			continue;
+		}
+		pr = &shm.prior[rg->rg_owner];
+		limit = i + 1 < tk->nr ? tk->r[i + 1].rg_off : tk->hi;
+		if (rg->rg_off < reach || limit < (uint64_t)rg->rg_off +
+		    rg->rg_len)
+			return shm_take_fail(tk, "a block overlaps another");
+		for (pos = pr->pr_names; pos < limit && shm.base[pos] != 0;
+		    pos = (uint64_t)(nul - shm.base) + 1)
+			if ((nul = memchr(shm.base + pos, '\0',
+			    limit - pos)) == NULL)
+				return shm_take_fail(tk, "a name lacks its "
+				    "NUL");
+		block = shm_align_grain(pos - rg->rg_off);
+		if (rg->rg_off + block > limit)
+			return shm_take_fail(tk, "a block overlaps another");
+		rg->rg_len = pr->pr_len = (uint32_t)block;
+		reach = rg->rg_off + block;
+	}
+	return 0;
+}
+
+/* by_id and by_name point into the blocks of the entries they name. */
+static int
+shm_take_lookups(struct shm_take *tk)
+{
+	const struct shm_prior	*pr;
+	struct acme_shm_bucket	 b;
+	uint32_t		 i;
+
+	for (i = 0; i < tk->img.by_id.nbuckets; i++) {
+		shm_take_bucket(&tk->img.by_id, i, &b);
+		if (b.key_len != 0 && (b.value >= shm.nprior ||
+		    b.key_off != shm.prior[b.value].pr_at ||
+		    b.key_len != shm.prior[b.value].pr_id_len))
+			return shm_take_fail(tk, "by_id points astray");
+	}
+	for (i = 0; i < tk->img.by_name.nbuckets; i++) {
+		shm_take_bucket(&tk->img.by_name, i, &b);
+		if (b.key_len == 0)
+			continue;
+		if (b.value >= shm.nprior)
+			return shm_take_fail(tk, "by_name points astray");
+		pr = &shm.prior[b.value];
+		if (!acme_shm_within(pr->pr_names, pr->pr_at + pr->pr_len,
+		    b.key_off, (uint64_t)b.key_len + 1) ||
+		    shm.base[b.key_off + b.key_len] != '\0')
+			return shm_take_fail(tk, "by_name points astray");
+	}
+	return 0;
+}
+
+/*
+ * Every byte of the heap the image does not use is zeroed now and free;
+ * what the front and the tokens use goes stale, wiped after our first
+ * image; each block stays a prior block, until then too.
+ */
+static void
+shm_take_heap(struct shm_take *tk)
+{
+	struct shm_heap		*hp = &shm.heap;
+	const struct shm_range	*rg;
+	uint32_t		 at = tk->lo, end;
+	size_t			 i, j;
+
+	shm_slots_forget(tk->lo, tk->lo);
+	hp->sh_hi = tk->hi;
+	for (i = 0; i < tk->nr; i = j) {
+		rg = &tk->r[i];
+		end = rg->rg_off + rg->rg_len;
+		for (j = i + 1; j < tk->nr && tk->r[j].rg_off < end; j++)
+			if (tk->r[j].rg_off + tk->r[j].rg_len > end)
+				end = tk->r[j].rg_off + tk->r[j].rg_len;
+		if (rg->rg_off > at) {
+			shm_zero(at, rg->rg_off - at);
+			shm_heap_free(at, rg->rg_off - at);
+		}
+		if (rg->rg_owner == SHM_FRONT) {
+			hp->sh_live += end - rg->rg_off;
+			hp->sh_stale = xreallocarray(hp->sh_stale,
+			    hp->sh_nstale + 1, sizeof(*hp->sh_stale));
+			hp->sh_stale[hp->sh_nstale].se_off = rg->rg_off;
+			hp->sh_stale[hp->sh_nstale].se_len = end - rg->rg_off;
+			hp->sh_nstale++;
+		}
+		at = end;
+	}
+	if (tk->hi > at) {
+		shm_zero(at, tk->hi - at);
+		shm_heap_free(at, tk->hi - at);
+	}
+}
+
+/*
+ * Take up the image a previous run published in a zone of size bytes
+ * (see above).  0: it stays published, its bytes marked; -1: the zone is
+ * to be laid out again (logged).
+ */
+static int
+shm_take_up(size_t size)
+{
+	struct acme_shm_header	 h;
+	struct shm_take		 tk;
+	size_t			 hsize = shm_align8(sizeof(h));
+	size_t			 isize = sizeof(struct acme_shm_image);
+	uint32_t		 slot;
+	int			 s;
+
+	memset(&tk, 0, sizeof(tk));
+	memcpy(&h, shm.hdr, sizeof(h));
+	slot = (uint32_t)((size - hsize - isize) & ~(size_t)7);
+	tk.lo = (uint32_t)(hsize + 2 * isize);
+	tk.hi = (uint32_t)(hsize + slot);
+	s = (int)(h.generation % 2);
+	if (h.generation == 0)
+		return -1;		/* nothing to keep */
+	if (h.size != size || h.slot_off[0] != hsize ||
+	    h.slot_off[1] != hsize + isize || h.slot_size != slot)
+		shm_take_fail(&tk, "its layout is not this writer's");
+	else {
+		memcpy(&tk.img, shm.base + h.slot_off[s], sizeof(tk.img));
+		if (tk.img.magic != ACME_SHM_IMAGE_MAGIC ||
+		    tk.img.generation != h.generation)
+			shm_take_fail(&tk, "no image of its generation");
+	}
+	if (tk.why == NULL && shm_take_certs(&tk) == 0 &&
+	    shm_take_table(&tk, &tk.img.by_id) == 0 &&
+	    shm_take_table(&tk, &tk.img.by_name) == 0 &&
+	    shm_take_tokens(&tk) == 0 && shm_take_alpns(&tk) == 0) {
+		if (tk.nr > 0)
+			qsort(tk.r, tk.nr, sizeof(*tk.r), shm_range_cmp);
+		if (shm_take_names(&tk) == 0)
+			shm_take_lookups(&tk);
+	}
+	if (tk.why != NULL) {
+		log_warnx("shared zone %s: generation %llu left by a previous "
+		    "run is not taken up (%s); laying the zone out again",
+		    shm.path, (unsigned long long)h.generation, tk.why);
+		free(tk.r);
+		shm_prior_forget();
+		return -1;
+	}
+	shm_take_heap(&tk);
+	free(tk.r);
+	/* The other image and the bytes past the heap: no reader's. */
+	memset(shm.base + h.slot_off[1 - s], 0, isize);
+	memset(shm.base + tk.hi, 0, size - tk.hi);
+	shm.stats.ss_generation = h.generation;
+	if (h.last_serial > shm.stats.ss_last_serial)
+		shm.stats.ss_last_serial = h.last_serial;
+	shm.prior_held = 1;
+	log_info("shared zone %s: generation %llu left by a previous run "
+	    "(%u certificates) stays published until the first image",
+	    shm.path, (unsigned long long)h.generation, tk.img.ncerts);
+	return 0;
+}
+
+/*
+ * The staged sc has exactly the bytes of a prior block (id, issuer,
+ * chain, key and names, dates too): it takes that block, and its serial,
+ * instead of writing one.  Returns whether it did.
+ */
+static int
+shm_prior_adopt(struct shm_cert *sc)
+{
+	struct shm_prior	*pr;
+	const unsigned char	*p;
+	uint32_t		 len;
+	size_t			 i, k;
+
+	if (shm.nprior == 0 ||
+	    !shm_index_find(&shm_prior_index, sc->sc_id, &i))
+		return 0;
+	pr = &shm.prior[i];
+	if (pr->pr_taken || pr->pr_len != shm_block_size(sc) ||
+	    pr->pr_not_before != (int64_t)sc->sc_not_before ||
+	    pr->pr_not_after != (int64_t)sc->sc_not_after)
+		return 0;
+	p = shm.base + pr->pr_at + sc->sc_id_len + 1;
+	if (memcmp(p, sc->sc_issuer, sc->sc_issuer_len + 1) != 0)
+		return 0;
+	p += sc->sc_issuer_len + 1;
+	if (memcmp(p, sc->sc_chain, sc->sc_chain_len + 1) != 0)
+		return 0;
+	p += sc->sc_chain_len + 1;
+	if (memcmp(p, sc->sc_key, sc->sc_key_len + 1) != 0)
+		return 0;
+	p += sc->sc_key_len + 1;
+	for (k = 0; k < sc->sc_nnames; k++) {
+		len = (uint32_t)strlen(sc->sc_names[k]) + 1;
+		if (memcmp(p, sc->sc_names[k], len) != 0)
+			return 0;
+		p += len;
+	}
+	for (; p < shm.base + pr->pr_at + pr->pr_len; p++)
+		if (*p != 0)
+			return 0;
+	pr->pr_taken = 1;
+	sc->sc_at = pr->pr_at;
+	sc->sc_prior = i + 1;
+	sc->sc_serial = pr->pr_serial;
+	shm.heap.sh_live += pr->pr_len;
+	shm.stats.ss_adopted++;
+	return 1;
+}
+
+/*
+ * Our first image is out: the prior blocks that no certificate took are
+ * wiped and free.  Returns the bytes wiped.
+ */
+static uint64_t
+shm_prior_drop(void)
+{
+	const struct shm_prior	*pr;
+	uint64_t		 n = 0;
+	size_t			 i;
+
+	for (i = 0; i < shm.nprior; i++) {
+		pr = &shm.prior[i];
+		if (pr->pr_taken)
+			continue;
+		memset(shm.base + pr->pr_at, 0, pr->pr_len);
+		shm_heap_free(pr->pr_at, pr->pr_len);
+		n += pr->pr_len;
+	}
+	shm_prior_forget();
+	return n;
+}
+
+/* The prior blocks no certificate took: room once they are wiped. */
+static uint64_t
+shm_prior_room(void)
+{
+	uint64_t	 n = 0;
+	size_t		 i;
+
+	for (i = 0; i < shm.nprior; i++)
+		if (!shm.prior[i].pr_taken)
+			n += shm.prior[i].pr_len;
+	return n;
+}
+
 /* -------------------------------------------------------------- images */
 
 /* Copy len bytes of s and a NUL to *pos; returns where they went. */
@@ -2063,6 +2612,7 @@ shm_fits_after_wipe(void)
 
 	for (i = 0; i < hp->sh_nstale; i++)
 		room += hp->sh_stale[i].se_len;
+	room += shm_prior_room();
 	for (i = 0; i < shm.ncerts; i++)
 		if (shm.certs[i].sc_at == 0)
 			need += shm_block_size(&shm.certs[i]);
@@ -2130,6 +2680,7 @@ shm_publish_try(int held, uint64_t *front)
 	 */
 	atomic_thread_fence(memory_order_release);
 	written += shm_wipe_stale();
+	written += shm_prior_drop();
 	if (shm.alpn_gone)
 		written += shm_wipe_tokens(1 - s);
 	shm.alpn_gone = 0;
@@ -2163,6 +2714,12 @@ shm_publish_image(void)
 
 	if (shm.base == NULL || shm_intact() == -1)
 		return -1;
+	/*
+	 * An image replacing a previous run's has what start-up staged,
+	 * not an empty model: a token may ask for it before the commit.
+	 */
+	if (shm.prior_held && shm.npending > 0)
+		shm_commit();
 	if ((w = shm_publish_try(0, &front)) == -1 &&
 	    shm.heap.sh_nstale > 0 && shm_fits_after_wipe() &&
 	    (held = shm_publish_try(1, &front)) != -1 &&
@@ -2234,6 +2791,7 @@ shm_close(void)
 	if (shm.watch_ev != NULL)
 		event_free(shm.watch_ev);
 	shm_slots_forget(0, 0);
+	shm_prior_forget();
 	free(shm.heap.sh_free);
 	free(shm.placed);
 	for (i = 0; i < shm.ncerts; i++)
