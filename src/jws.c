@@ -133,14 +133,43 @@ out:
 	return sig;
 }
 
-/* The protected header, base64url. */
+/*
+ * Whether s goes between JSON quotes as it is: printable ASCII without a
+ * quote or a backslash, as the kid, nonce and URLs of a CA are.
+ */
+static int
+jws_json_plain(const char *s)
+{
+	const unsigned char	*p;
+
+	for (p = (const unsigned char *)s; *p != '\0'; p++) {
+		if (*p < 0x20 || *p > 0x7e || *p == '"' || *p == '\\')
+			return 0;
+	}
+	return 1;
+}
+
+/* The protected header as JSON text, which the caller frees; or NULL. */
 static char *
-jws_protected(EVP_PKEY *key, const struct jws_algo *a, const char *kid,
+jws_header(EVP_PKEY *key, const struct jws_algo *a, const char *kid,
     const char *nonce, const char *url)
 {
 	json_t	*hdr = NULL, *jwk = NULL;
-	char	*text = NULL, *prot = NULL;
+	char	*text = NULL;
 
+	/*
+	 * Every request but newAccount's: the text json_dumps() would give
+	 * (jansson keeps the members' order and escapes no '/'), without
+	 * building an object and dumping it each time.  Anything else goes
+	 * through jansson, which escapes it.
+	 */
+	if (kid != NULL && nonce != NULL && jws_json_plain(kid) &&
+	    jws_json_plain(nonce) && jws_json_plain(url)) {
+		xasprintf(&text, "{\"alg\":\"%s\",\"kid\":\"%s\","
+		    "\"nonce\":\"%s\",\"url\":\"%s\"}", a->name, kid, nonce,
+		    url);
+		return text;
+	}
 	if (kid != NULL) {
 		hdr = json_pack("{s:s, s:s, s:s, s:s}", "alg", a->name,
 		    "kid", kid, "nonce", nonce, "url", url);
@@ -164,10 +193,22 @@ jws_protected(EVP_PKEY *key, const struct jws_algo *a, const char *kid,
 	}
 	if ((text = json_dumps(hdr, JSON_COMPACT)) == NULL)
 		fatalx("jws_sign: json_dumps");
-	prot = b64url_encode(text, strlen(text));
 out:
-	free(text);
 	json_decref(hdr);
+	return text;
+}
+
+/* The protected header, base64url. */
+static char *
+jws_protected(EVP_PKEY *key, const struct jws_algo *a, const char *kid,
+    const char *nonce, const char *url)
+{
+	char	*text, *prot;
+
+	if ((text = jws_header(key, a, kid, nonce, url)) == NULL)
+		return NULL;
+	prot = b64url_encode(text, strlen(text));
+	free(text);
 	return prot;
 }
 

@@ -210,6 +210,47 @@ test_jws_kid(void **state)
 		    "\"value\":\"example.com\"}]}");
 }
 
+/*
+ * The kid header is written without jansson when its values need no
+ * escaping: the same text json_dumps() gives.  Values that do need it
+ * still come out as JSON that says them.
+ */
+static void
+test_jws_kid_text(void **state)
+{
+	const char	*kids[] = {
+		KID, "https://ca.test/acct/\"q\\1\x01\xc3\xa9"
+	};
+	json_t		*jws, *want, *hdr;
+	unsigned char	*dec;
+	char		*text, *want_text;
+	size_t		 i, len;
+
+	(void)state;
+	for (i = 0; i < sizeof(kids) / sizeof(kids[0]); i++) {
+		assert_non_null(text = jws_sign(jws_keys[0], kids[i], NONCE,
+		    URL, NULL));
+		assert_non_null(jws = json_loads(text, 0, NULL));
+		assert_int_equal(b64url_decode(json_string_value(
+		    json_object_get(jws, "protected")), &dec, &len), 0);
+		assert_non_null(want = json_pack("{s:s, s:s, s:s, s:s}",
+		    "alg", jws_cases[0].alg, "kid", kids[i], "nonce", NONCE,
+		    "url", URL));
+		assert_non_null(want_text = json_dumps(want, JSON_COMPACT));
+		assert_int_equal(len, strlen(want_text));
+		assert_memory_equal(dec, want_text, len);
+		assert_non_null(hdr = json_loadb((char *)dec, len, 0, NULL));
+		assert_string_equal(json_string_value(json_object_get(hdr,
+		    "kid")), kids[i]);
+		json_decref(hdr);
+		free(want_text);
+		json_decref(want);
+		free(dec);
+		json_decref(jws);
+		free(text);
+	}
+}
+
 static void
 test_jws_jwk(void **state)
 {
@@ -391,6 +432,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_jws_kid),
+		cmocka_unit_test(test_jws_kid_text),
 		cmocka_unit_test(test_jws_jwk),
 		cmocka_unit_test(test_jws_post_as_get),
 		cmocka_unit_test(test_jws_inner),
