@@ -427,11 +427,12 @@ control_zone_json(void)
 	json_t			*j;
 
 	shm_get_stats(&st);
-	j = json_pack("{s:I, s:b, s:I, s:I, s:I, s:I, s:I}",
+	j = json_pack("{s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:I}",
 	    "generation", (json_int_t)st.ss_generation,
 	    "full", st.ss_full,
-	    "used", (json_int_t)st.ss_used,
-	    "image_size", (json_int_t)st.ss_slot_size,
+	    "size", (json_int_t)st.ss_zone_size,
+	    "used", (json_int_t)st.ss_zone_used,
+	    "image_size", (json_int_t)st.ss_image_bytes,
 	    "certificates", (json_int_t)st.ss_certs,
 	    "tokens", (json_int_t)st.ss_tokens,
 	    "failed_publishes", (json_int_t)st.ss_failures);

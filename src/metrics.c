@@ -501,13 +501,13 @@ metrics_render_shm(struct textbuf *mb, const struct shm_stats *st)
 	textbuf_printf(mb, "acme_sidecar_shared_zone_full %d\n",
 	    st->ss_full ? 1 : 0);
 	metrics_family(mb, "acme_sidecar_shared_zone_used_bytes", "gauge",
-	    "Bytes of the last image published.");
+	    "Bytes of the zone in use: both images, every block.");
 	textbuf_printf(mb, "acme_sidecar_shared_zone_used_bytes %llu\n",
-	    (unsigned long long)st->ss_used);
+	    (unsigned long long)st->ss_zone_used);
 	metrics_family(mb, "acme_sidecar_shared_zone_image_size_bytes",
-	    "gauge", "Room for one image (half the zone).");
+	    "gauge", "Bytes the last image published uses, blocks included.");
 	textbuf_printf(mb, "acme_sidecar_shared_zone_image_size_bytes %llu\n",
-	    (unsigned long long)st->ss_slot_size);
+	    (unsigned long long)st->ss_image_bytes);
 	metrics_family(mb, "acme_sidecar_shared_zone_failed_publishes_total",
 	    "counter", "Images that did not fit.");
 	textbuf_printf(mb,

@@ -2620,6 +2620,24 @@ shm_fits_after_wipe(void)
 }
 
 /*
+ * The bytes of the blocks an image points at: every certificate's, or
+ * (held) those that have a block.
+ */
+static uint64_t
+shm_image_blocks(int held)
+{
+	uint64_t	 n = 0;
+	size_t		 i;
+
+	if (!held)
+		return shm.cert_blocks;
+	for (i = 0; i < shm.ncerts; i++)
+		if (shm.certs[i].sc_at != 0)
+			n += shm_block_size(&shm.certs[i]);
+	return n;
+}
+
+/*
  * Publish the model into the slot no reader of the published generation
  * looks at, with its front in that slot's extent of the heap; both
  * images point at the same blocks.  So a publish writes the front (or
@@ -2686,6 +2704,8 @@ shm_publish_try(int held, uint64_t *front)
 	shm.alpn_gone = 0;
 	shm.stats.ss_generation = gen;
 	shm.stats.ss_used = shm_slot_used(s);
+	shm.stats.ss_image_bytes = sizeof(struct acme_shm_image) + pl.front +
+	    shm_image_blocks(held);
 	shm.stats.ss_publishes++;
 	log_debug("shared zone: generation %llu, %zu certificates, %zu "
 	    "tokens, %zu tls-alpn-01, %u of %u bytes, %llu written%s",
@@ -2769,6 +2789,11 @@ void
 shm_get_stats(struct shm_stats *st)
 {
 	*st = shm.stats;
+	/* The header, both images' structs and what the heap holds. */
+	if (shm.base != NULL) {
+		st->ss_zone_size = shm.size;
+		st->ss_zone_used = shm.size - shm.heap.sh_free_bytes;
+	}
 	st->ss_certs = shm.ncerts;
 	st->ss_tokens = shm.ntokens;
 	st->ss_alpns = shm.nalpns;

@@ -825,8 +825,11 @@ struct shm_stats {
 	uint64_t	 ss_adopted;		/* blocks a previous run left */
 	uint64_t	 ss_bytes_written;	/* by publishes, wipes included */
 	uint64_t	 ss_publish_ns;		/* CPU time publishes took */
-	uint32_t	 ss_used;		/* bytes of the last image */
+	uint32_t	 ss_used;		/* of its slot, to its last byte */
 	uint32_t	 ss_slot_size;		/* room for one image */
+	uint64_t	 ss_image_bytes;	/* what the last image points at */
+	uint64_t	 ss_zone_used;		/* not free: images, blocks */
+	uint64_t	 ss_zone_size;
 	int		 ss_full;		/* the last publish failed */
 	size_t		 ss_certs;
 	size_t		 ss_tokens;

@@ -163,6 +163,7 @@ ctl_cmd_status(const struct ctl_opts *o, int argc, char **argv,
 	json_t		*j = NULL, *certs, *states, *zone, *v;
 	const char	*state;
 	char		 b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
+	char		 b7[32];
 	int		 any = 0, rc = -1;
 
 	(void)argc;
@@ -194,10 +195,11 @@ ctl_cmd_status(const struct ctl_opts *o, int argc, char **argv,
 		printf("  (none)\n");
 	printf("issuers\n");
 	ctl_print_issuers(json_object_get(j, "issuers"));
-	printf("shared zone   generation %s, %s of %s bytes used, "
-	    "%s certificates, %s tokens, %s failed publishes%s\n",
+	printf("shared zone   generation %s, %s of %s bytes used (the "
+	    "image: %s), %s certificates, %s tokens, %s failed publishes%s\n",
 	    ctl_field(zone, "generation", b1, sizeof(b1)),
 	    ctl_field(zone, "used", b2, sizeof(b2)),
+	    ctl_field(zone, "size", b7, sizeof(b7)),
 	    ctl_field(zone, "image_size", b3, sizeof(b3)),
 	    ctl_field(zone, "certificates", b4, sizeof(b4)),
 	    ctl_field(zone, "tokens", b5, sizeof(b5)),

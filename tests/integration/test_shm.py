@@ -79,6 +79,14 @@ def test_segment_holds_issued_certificates(tmp_path, pebble, http_port,
     h = shmread.header(open(seg, "rb"))
     assert h["flags"] & shmread.FULL == 0
     assert h["writer_pid"] == sidecar.proc.pid
+    # What the image uses (its strings at least), within what the zone
+    # uses, within the zone: not the slot, nearly the whole zone.
+    zone = api_status(tmp_path)["shared_zone"]
+    strings = sum(len(e["chain"]) + len(e["key"])
+                  for e in shmread.certs(str(seg)))
+    assert zone["size"] == 1024 * 1024, zone
+    assert strings < zone["image_size"] <= zone["used"] < zone["size"] / 4, \
+        zone
 
     # A restart serves the same certificates at once, from a later
     # generation, and the file keeps its size.

@@ -282,7 +282,7 @@ test_certificates(void **state)
 	ms.ms_ready.rs_passed = 5;
 	ms.ms_ready.rs_gave_up = 1;
 	ms.ms_shm.ss_full = 1;
-	ms.ms_shm.ss_used = 4096;
+	ms.ms_shm.ss_zone_used = 4096;
 	ms.ms_shm.ss_publishes = 9;
 	ms.ms_shm.ss_cert_writes = 4;
 	ms.ms_shm.ss_repacks = 2;
