@@ -477,10 +477,6 @@ metrics_render_shm_cost(struct textbuf *mb, const struct shm_stats *st)
 	textbuf_printf(mb,
 	    "acme_sidecar_shared_zone_certificate_writes_total %llu\n",
 	    (unsigned long long)st->ss_cert_writes);
-	metrics_family(mb, "acme_sidecar_shared_zone_repacks_total", "counter",
-	    "Images that rewrote their slot's certificates in full.");
-	textbuf_printf(mb, "acme_sidecar_shared_zone_repacks_total %llu\n",
-	    (unsigned long long)st->ss_repacks);
 	metrics_family(mb, "acme_sidecar_shared_zone_written_bytes_total",
 	    "counter", "Bytes publishes wrote into the zone, wipes included.");
 	textbuf_printf(mb,

@@ -821,7 +821,6 @@ struct shm_stats {
 	uint64_t	 ss_failures;		/* images that did not fit */
 	uint64_t	 ss_restores;		/* sizes put back after a cut */
 	uint64_t	 ss_cert_writes;	/* publishes that wrote the certs */
-	uint64_t	 ss_repacks;		/* slots laid out afresh */
 	uint64_t	 ss_adopted;		/* blocks a previous run left */
 	uint64_t	 ss_bytes_written;	/* by publishes, wipes included */
 	uint64_t	 ss_publish_ns;		/* CPU time publishes took */
