@@ -81,8 +81,11 @@
  *	that area, but the strings of a certificate that both images hold
  *	unchanged (its id, issuer, chain, key and names) are there once,
  *	and both images' entries point at them: one copy of every chain and
- *	key, not two.  Every byte past the published image's used is zero,
- *	to the end of the file; the other image's used may be stale.
+ *	key, not two.  An image's used is where the area's last bytes in
+ *	use ended when it was published: every byte past it was zero then,
+ *	but the writer may since have written the strings of the next
+ *	image there (bytes the published image does not use, see
+ *	PUBLISHING).  No reader needs used.
  *
  *	A reader needs nothing of this: it reads one image, inside its slot,
  *	as always.  The readers written before the slots overlapped (this
@@ -237,8 +240,8 @@ struct acme_shm_table {
 
 struct acme_shm_image {
 	uint32_t		magic;		/* ACME_SHM_IMAGE_MAGIC */
-	uint32_t		used;		/* bytes of the slot in use;
-						   all zero past them */
+	uint32_t		used;		/* bytes of the slot in use
+						   when published (LAYOUT) */
 	uint64_t		generation;	/* the header's, once published */
 	uint32_t		ncerts;
 	uint32_t		certs_off;
