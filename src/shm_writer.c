@@ -2000,6 +2000,29 @@ shm_take_lookups(struct shm_take *tk)
 }
 
 /*
+ * Widen every range to whole grains: the heap hands out grains, and the
+ * fronts written in a free extent must be 8-byte aligned (acme_shm_cert
+ * holds 64-bit fields).  The image's arrays and tables end where their
+ * last bucket does, and a planted image may put a block anywhere.
+ */
+static void
+shm_take_grains(struct shm_take *tk)
+{
+	struct shm_range	*rg;
+	uint64_t		 end;
+	size_t			 i;
+
+	for (i = 0; i < tk->nr; i++) {
+		rg = &tk->r[i];
+		end = shm_align_grain((uint64_t)rg->rg_off + rg->rg_len);
+		if (end > tk->hi)
+			end = tk->hi;
+		rg->rg_off &= ~(uint32_t)(SHM_BLOCK_GRAIN - 1);
+		rg->rg_len = (uint32_t)(end - rg->rg_off);
+	}
+}
+
+/*
  * Every byte of the heap the image does not use is zeroed now and free;
  * what the front and the tokens use goes stale, wiped after our first
  * image; each block stays a prior block, until then too.
@@ -2014,6 +2037,7 @@ shm_take_heap(struct shm_take *tk)
 
 	shm_slots_forget(tk->lo, tk->lo);
 	hp->sh_hi = tk->hi;
+	shm_take_grains(tk);
 	for (i = 0; i < tk->nr; i = j) {
 		rg = &tk->r[i];
 		end = rg->rg_off + rg->rg_len;

@@ -1185,6 +1185,55 @@ test_take_up_keeps_image(void **state)
 	event_base_free(evb);
 }
 
+/*
+ * After a take-up, the fronts of the new run's images are aligned for
+ * their 64-bit fields, however the old image's tokens ended: the heap
+ * hands out whole grains, the old image's ranges included.
+ */
+static void
+test_take_up_aligns_fronts(void **state)
+{
+	const struct acme_shm_header	*h;
+	const struct acme_shm_image	*img;
+	struct event_base		*evb;
+	unsigned char			*base;
+	size_t				 size;
+	char				 id[32], *names[1], *chain, *key;
+	char				*cause = NULL;
+	int				 i, round;
+
+	(void)state;
+	names[0] = id;
+	assert_non_null(evb = event_base_new());
+	for (round = 0; round < 3; round++) {
+		assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
+		    &cause), 0);
+		for (i = 0; i < 3; i++) {
+			snprintf(id, sizeof(id), "a%d.example.test", i);
+			chain = ts_walk_string("CHAIN", i, round, 1001, 'c');
+			key = ts_walk_string("KEY", i, 0, 241, 'k');
+			shm_cert_set(id, "pebble", names, 1, chain, key, 1000,
+			    2000);
+			free(chain);
+			keys_pem_free(key);
+		}
+		/* Strings of odd lengths end the old front anywhere. */
+		shm_token_add(round == 1 ? "odd-token-a" : "tok-7",
+		    "odd-token-a.thumbprint-of-odd-length");
+		ts_settle(evb);
+		base = ts_map(&size);
+		h = (const void *)base;
+		assert_true(h->generation != 0);
+		img = (const void *)(base + h->slot_off[h->generation % 2]);
+		assert_int_equal(img->certs_off % 8, 0);
+		assert_int_equal(img->tokens_off % 4, 0);
+		assert_int_equal(img->by_id.off % 4, 0);
+		munmap(base, size);
+		shm_close();	/* the next round takes the image up */
+	}
+	event_base_free(evb);
+}
+
 /* Open the zone again and say whether it kept its image (else 0). */
 static uint64_t
 ts_take_reopen(struct event_base *evb)
@@ -1855,6 +1904,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(
 		    test_adopted_zone_keeps_no_old_key, ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_take_up_keeps_image,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_take_up_aligns_fronts,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_take_up_refuses_garbage,
 		    ts_setup, ts_teardown),
