@@ -159,14 +159,11 @@ json_t *
 control_message(const char *msg)
 {
 	json_t	*j;
-	char	*copy, *c;
+	char	*copy;
 
 	if ((j = json_string(msg)) != NULL)
 		return j;
-	copy = xstrdup(msg);
-	for (c = copy; *c != '\0'; c++)
-		if ((unsigned char)*c >= 0x80)
-			*c = '?';
+	copy = util_utf8_copy(msg);
 	j = json_string(copy);
 	free(copy);
 	if (j == NULL)

@@ -95,10 +95,15 @@ control_time(time_t t)
 	return json_string(buf);
 }
 
+/*
+ * Text from outside (a CA's header, Redis, a hook's output in an error)
+ * need not be UTF-8, which json_string() refuses: control_message()
+ * turns such bytes into '?' rather than failing the answer.
+ */
 static json_t *
 control_str(const char *s)
 {
-	return s != NULL ? json_string(s) : json_null();
+	return s != NULL ? control_message(s) : json_null();
 }
 
 /*
@@ -140,15 +145,16 @@ control_cert_info_json(const struct order_info *oi, int valid,
 
 	ids = json_array();
 	for (i = 0; i < oi->oi_nidents; i++)
-		json_array_append_new(ids, json_string(oi->oi_idents[i]));
+		json_array_append_new(ids, control_str(oi->oi_idents[i]));
 	if (oi->oi_last_error != NULL)
-		err = json_pack("{s:s, s:o}", "message", oi->oi_last_error,
+		err = json_pack("{s:o, s:o}", "message",
+		    control_str(oi->oi_last_error),
 		    "time", control_time(oi->oi_last_error_at));
-	j = json_pack("{s:s, s:o, s:s, s:s, s:s, s:b, s:o, s:o, s:o, s:o, "
+	j = json_pack("{s:o, s:o, s:o, s:s, s:s, s:b, s:o, s:o, s:o, s:o, "
 	    "s:i, s:o}",
-	    "id", oi->oi_id,
+	    "id", control_str(oi->oi_id),
 	    "identifiers", ids,
-	    "issuer", oi->oi_issuer,
+	    "issuer", control_str(oi->oi_issuer),
 	    "key_type", key_type_name(oi->oi_key),
 	    "state", order_state_name(oi->oi_state),
 	    "valid", valid,
@@ -378,7 +384,7 @@ control_issuer_json(const struct acme_issuer *ai)
 	    "name", acme_issuer_name(ai),
 	    "uri", acme_issuer_uri(ai),
 	    "state", acme_issuer_state_name(acme_issuer_state(ai)),
-	    "account_url", url != NULL ? json_string(url) : json_null());
+	    "account_url", control_str(url));
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
 	return j;
@@ -413,7 +419,7 @@ control_zone_readers_json(void)
 	    "can_open", zr->zr_state == ZONE_READERS_UNKNOWN ? json_null() :
 	    json_boolean(zr->zr_state == ZONE_READERS_YES),
 	    "problem", zr->zr_state == ZONE_READERS_NO ?
-	    json_string(zr->zr_why) : json_null());
+	    control_str(zr->zr_why) : json_null());
 	if (j == NULL)
 		fatalx("%s: json_pack", __func__);
 	return j;
@@ -456,7 +462,7 @@ control_cluster_json(void)
 		return json_pack("{s:b}", "enabled", 0);
 	members = json_array();
 	for (i = 0; i < cs.cs_nmembers; i++)
-		json_array_append_new(members, json_string(cs.cs_members[i]));
+		json_array_append_new(members, control_str(cs.cs_members[i]));
 	j = json_pack("{s:b, s:b, s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:I, "
 	    "s:I}", "enabled", 1, "connected", cs.cs_connected,
 	    "state", cs.cs_state, "node", cs.cs_node, "redis", cs.cs_url,
@@ -471,7 +477,7 @@ control_cluster_json(void)
 	if (cs.cs_last_error != NULL) {
 		util_time_rfc3339(cs.cs_last_error_at, at, sizeof(at));
 		json_object_set_new(j, "last_error",
-		    json_string(cs.cs_last_error));
+		    control_str(cs.cs_last_error));
 		json_object_set_new(j, "last_error_at", json_string(at));
 	}
 	return j;

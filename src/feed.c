@@ -38,8 +38,16 @@ feed_emit(const char *type, const char *fmt, ...)
 	va_start(ap, fmt);
 	fields = json_vpack_ex(&err, 0, fmt, ap);
 	va_end(ap);
-	if (fields == NULL)
-		fatalx("%s: %s: %s", __func__, type, err.text);
+	/*
+	 * Text that is not UTF-8 (callers pass text from outside through
+	 * util_utf8_copy(), but one may slip through) costs the event, not
+	 * the daemon.
+	 */
+	if (fields == NULL) {
+		log_warnx("event feed: a \"%s\" event dropped: %s", type,
+		    err.text);
+		return;
+	}
 	if (feed_listener == NULL) {
 		json_decref(fields);
 		return;

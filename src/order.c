@@ -642,7 +642,7 @@ order_fail(struct cert *ce, int permanent, time_t not_before,
 	repeated = ce->ce_last_error != NULL &&
 	    strcmp(ce->ce_last_error, why) == 0;
 	free(ce->ce_last_error);
-	ce->ce_last_error = xstrdup(why);
+	ce->ce_last_error = util_utf8_copy(why);
 	ce->ce_last_error_at = util_now();
 	if (permanent && repeated)
 		log_debug("certificate \"%s\": %s (again); retrying in %.0fs",
@@ -654,8 +654,8 @@ order_fail(struct cert *ce, int permanent, time_t not_before,
 	order_arm(ce, delay);
 	util_time_rfc3339(ce->ce_timer_at, retry, sizeof(retry));
 	feed_emit("failed", "{s:s, s:s, s:s, s:i, s:s}", "certificate",
-	    ce->ce_id, "issuer", acme_issuer_name(ce->ce_issuer), "error", why,
-	    "failures", ce->ce_failures, "next_retry", retry);
+	    ce->ce_id, "issuer", acme_issuer_name(ce->ce_issuer), "error",
+	    ce->ce_last_error, "failures", ce->ce_failures, "next_retry", retry);
 	metrics_order_outcome(acme_issuer_name(ce->ce_issuer), METRICS_FAILED);
 }
 

@@ -53,6 +53,7 @@ void	*xcalloc(size_t, size_t);
 void	*xreallocarray(void *, size_t, size_t);
 char	*xstrdup(const char *);
 char	*xstrndup(const char *, size_t);
+char	*util_utf8_copy(const char *);		/* caller frees */
 int	 xasprintf(char **, const char *, ...) PRINTFLIKE(2, 3);
 char	*b64url_encode(const void *, size_t);		/* caller frees */
 int	 b64url_decode(const char *, unsigned char **, size_t *);

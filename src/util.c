@@ -70,6 +70,29 @@ xstrndup(const char *s, size_t n)
 	return p;
 }
 
+/*
+ * A copy of s that is UTF-8: s itself when it is, else with '?' for each
+ * byte outside ASCII.  Text from outside (a hook's output, a header)
+ * goes into JSON (the API, the event feed), whose strings must be
+ * UTF-8: jansson refuses anything else, so it is checked by jansson.
+ */
+char *
+util_utf8_copy(const char *s)
+{
+	json_t	*j;
+	char	*copy, *c;
+
+	if ((j = json_string(s)) != NULL) {
+		json_decref(j);
+		return xstrdup(s);
+	}
+	copy = xstrdup(s);
+	for (c = copy; *c != '\0'; c++)
+		if ((unsigned char)*c >= 0x80)
+			*c = '?';
+	return copy;
+}
+
 int
 xasprintf(char **ret, const char *fmt, ...)
 {

@@ -133,6 +133,9 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
     fails = hook(tmp_path, "fails.sh", "#!/bin/sh\n"
                  "echo 'provider says: bad credentials' >&2\nexit 1\n")
     hangs = hook(tmp_path, "hangs.sh", "#!/bin/sh\nsleep 300\n")
+    # Latin-1, not UTF-8: the API must show it, not stop on it.
+    latin1 = hook(tmp_path, "latin1.sh", "#!/bin/sh\n"
+                  "printf 'provider says: caf\\351\\n' >&2\nexit 1\n")
 
     state = tmp_path / "state"
     conf = tmp_path / "sidecar.conf"
@@ -147,6 +150,7 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
     for name, path, timeout in (("flood", flood, ""),
                                 ("fails", fails, ""),
                                 ("missing", missing, ""),
+                                ("latin1", latin1, ""),
                                 ("hangs", hangs, " timeout=2s")):
         extra += [
             "acme_issuer %s {" % name,
@@ -187,6 +191,18 @@ def test_dns01_wildcard_and_hostile_hooks(tmp_path, pebble, http_port,
         got = api(sock, "/v1/certificates/%s.example.test" % name)
         assert got["state"] == "backoff", got
         assert "dns_hook" in got["last_error"]["message"], got
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = api(sock, "/v1/certificates/latin1.example.test")
+        if got["last_error"] is not None:
+            break
+        time.sleep(0.2)
+    assert got["state"] == "backoff", got
+    assert '(its last line: "provider says: caf?")' in \
+        got["last_error"]["message"], got
+    listed = {c["id"]: c for c in api(sock, "/v1/certificates")
+              ["certificates"]}
+    assert "caf?" in listed["latin1.example.test"]["last_error"]["message"]
     # The hanging hook's whole group is gone, its "del" run too.
     sidecar.wait_log(r"dns_hook del _acme-challenge\.hangs\.example\.test\.: "
                      r"no result after 2s", timeout=30)
