@@ -518,38 +518,132 @@ control_get_status(struct control_ctx *cx)
  * The list is written one certificate at a time, each on one line: with
  * 10,000 certificates a tree of them all, indented, took most of the
  * 100 ms this call may take (scripts/bench/control), and a tree for each
- * one, dumped, still 70 ms.  So the lines are written straight into one
- * buffer (control_cert_line()).  The last list's length is where the
- * buffer starts, as the list changes little from one call to the next.
+ * one, dumped, still 70 ms.  So the lines are written straight into a
+ * buffer (control_cert_line()).
+ *
+ * And streamed, CONTROL_LIST_CHUNK at a time, as libmicrohttpd asks for
+ * more: the whole answer (5.7 MB at 10,000) in one buffer stayed in the
+ * daemon's heap after it was sent, and showed in its peak RSS.  The list
+ * is of the certificates there when the request came; one deleted while
+ * it is sent is left out, one added is not in it.
  */
+#define CONTROL_LIST_CHUNK	(64 * 1024)
+
+struct control_list {
+	char		**cl_ids;	/* the certificates when asked */
+	size_t		  cl_n;
+	size_t		  cl_next;	/* the next one to write */
+	size_t		  cl_lines;	/* lines written */
+	int		  cl_done;	/* the closing bracket is written */
+	struct textbuf	  cl_tb;	/* written, cl_off of it sent */
+	size_t		  cl_off;
+};
+
+/*
+ * The certificate with the i-th id of the list, if it is still there:
+ * where it was when the list began, unless certificates came or went
+ * since (sched_cert_find() searches them all).
+ */
+static struct cert *
+control_list_cert(const struct control_list *cl, size_t i)
+{
+	struct cert	*ce;
+
+	if (i < sched_cert_count()) {
+		ce = sched_cert_at(i);
+		if (strcmp(order_cert_id(ce), cl->cl_ids[i]) == 0)
+			return ce;
+	}
+	return sched_cert_find(cl->cl_ids[i]);
+}
+
+/* The next lines, once what was written before has been sent. */
+static void
+control_list_fill(struct control_list *cl)
+{
+	struct textbuf		*tb = &cl->cl_tb;
+	struct order_info	 oi;
+	struct cert		*ce;
+
+	tb->tb_len = cl->cl_off = 0;
+	while (tb->tb_len < CONTROL_LIST_CHUNK && cl->cl_next < cl->cl_n) {
+		if ((ce = control_list_cert(cl, cl->cl_next++)) == NULL)
+			continue;
+		if (cl->cl_lines++ == 0)
+			CONTROL_ADD(tb, "\n    ");
+		else
+			CONTROL_ADD(tb, ",\n    ");
+		order_cert_info(ce, &oi);
+		control_cert_line(tb, &oi, order_cert_valid(ce),
+		    order_cert_challenge(ce));
+	}
+	if (cl->cl_next == cl->cl_n) {
+		if (cl->cl_lines == 0)
+			CONTROL_ADD(tb, "]\n}\n");
+		else
+			CONTROL_ADD(tb, "\n  ]\n}\n");
+		cl->cl_done = 1;
+	}
+}
+
+static ssize_t
+control_list_read(void *arg, uint64_t pos, char *buf, size_t max)
+{
+	struct control_list	*cl = arg;
+	size_t			 n;
+
+	(void)pos;
+	if (cl->cl_off == cl->cl_tb.tb_len) {
+		if (cl->cl_done)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		control_list_fill(cl);
+	}
+	n = cl->cl_tb.tb_len - cl->cl_off;
+	if (n > max)
+		n = max;
+	memcpy(buf, cl->cl_tb.tb_buf + cl->cl_off, n);
+	cl->cl_off += n;
+	return (ssize_t)n;
+}
+
+static void
+control_list_free(void *arg)
+{
+	struct control_list	*cl = arg;
+	size_t			 i;
+
+	for (i = 0; i < cl->cl_n; i++)
+		free(cl->cl_ids[i]);
+	free(cl->cl_ids);
+	free(cl->cl_tb.tb_buf);
+	free(cl);
+}
+
 static enum MHD_Result
 control_get_certs(struct control_ctx *cx)
 {
-	static size_t		 last_len;
-	struct textbuf		 tb = { NULL, 0, 0 };
-	struct order_info	 oi;
-	struct cert		*ce;
-	size_t			 i, n = sched_cert_count();
+	struct control_list	*cl;
+	struct MHD_Response	*resp;
+	enum MHD_Result		 ret;
+	size_t			 i;
 
-	textbuf_reserve(&tb, last_len);
-	CONTROL_ADD(&tb, "{\n  \"certificates\": [");
-	for (i = 0; i < n; i++) {
-		if (i == 0)
-			CONTROL_ADD(&tb, "\n    ");
-		else
-			CONTROL_ADD(&tb, ",\n    ");
-		ce = sched_cert_at(i);
-		order_cert_info(ce, &oi);
-		control_cert_line(&tb, &oi, order_cert_valid(ce),
-		    order_cert_challenge(ce));
+	cl = xcalloc(1, sizeof(*cl));
+	cl->cl_n = sched_cert_count();
+	cl->cl_ids = xreallocarray(NULL, cl->cl_n + 1, sizeof(*cl->cl_ids));
+	for (i = 0; i < cl->cl_n; i++)
+		cl->cl_ids[i] = xstrdup(order_cert_id(sched_cert_at(i)));
+	CONTROL_ADD(&cl->cl_tb, "{\n  \"certificates\": [");
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN,
+	    CONTROL_LIST_CHUNK, control_list_read, cl, control_list_free);
+	if (resp == NULL) {
+		control_list_free(cl);
+		return MHD_NO;
 	}
-	if (n == 0)
-		CONTROL_ADD(&tb, "]\n}\n");
-	else
-		CONTROL_ADD(&tb, "\n  ]\n}\n");
-	last_len = tb.tb_len;
-	return control_send(cx->cx_conn, MHD_HTTP_OK, tb.tb_buf, tb.tb_len,
-	    "application/json", NULL, NULL);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+	    "application/json");
+	ret = MHD_queue_response(cx->cx_conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
 }
 
 static enum MHD_Result
