@@ -61,6 +61,7 @@ struct acme_req {
 	enum acme_req_state	 ar_state;
 	int			 ar_bootstrap;
 	int			 ar_no_retry;	/* caller handles failures */
+	int			 ar_5xx_to_caller; /* ... of the server's */
 	int			 ar_new_order;	/* URL is the directory's */
 	int			 ar_opened;	/* holds an open-order slot */
 	int			 ar_authz;	/* to an authorization or challenge */
@@ -534,16 +535,19 @@ acme_post(struct acme_issuer *ai, const char *url, const char *payload,
 
 /*
  * newOrder's URL comes from the directory, which may not be loaded yet;
- * the request learns it when it leaves the queue, after bootstrap.
+ * the request learns it when it leaves the queue, after bootstrap.  With
+ * ACME_NEW_ORDER_5XX_TO_CALLER, a server error is not retried as sent:
+ * the caller changes the order first.
  */
 struct acme_req *
-acme_new_order(struct acme_issuer *ai, const char *payload, acme_cb cb,
-    void *arg)
+acme_new_order(struct acme_issuer *ai, const char *payload, int flags,
+    acme_cb cb, void *arg)
 {
 	struct acme_req	*ar;
 
 	ar = acme_req_new(ai, AREQ_POST_KID, "", payload, NULL, cb, arg);
 	ar->ar_new_order = 1;
+	ar->ar_5xx_to_caller = (flags & ACME_NEW_ORDER_5XX_TO_CALLER) != 0;
 	acme_enqueue(ar, 0);
 	return ar;
 }
@@ -1006,6 +1010,8 @@ acme_req_retry(struct acme_req *ar, const struct acme_reply *r)
 		acme_req_wait(ar, (double)wait);
 		return 1;
 	}
+	if (r->status >= 500 && r->status != 503 && ar->ar_5xx_to_caller)
+		return 0;
 	if ((r->status == 0 || (r->status >= 500 && r->status != 503)) &&
 	    ++ar->ar_net_tries < ACME_NET_TRIES) {
 		double	 delay = util_jitter((double)(1 << ar->ar_net_tries),

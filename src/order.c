@@ -965,7 +965,9 @@ order_drive(struct cert *ce)
 		if (order_profile(ce, &profile) != 0)
 			return;
 		payload = order_new_order_payload(ce, profile);
-		ce->ce_req = acme_new_order(ai, payload, order_reply, ce);
+		/* A CA failing on "replaces" fails the same way again. */
+		ce->ce_req = acme_new_order(ai, payload, ce->ce_sent_replaces ?
+		    ACME_NEW_ORDER_5XX_TO_CALLER : 0, order_reply, ce);
 		free(payload);
 		return;
 	case ORDER_AUTHZ:
@@ -1616,21 +1618,35 @@ order_on_chain(struct cert *ce, const struct acme_reply *r)
 }
 
 /*
- * The CA refused "replaces" (RFC 9773 section 5: alreadyReplaced, or a
- * CA that finds the CertID wrong): order again once without it.  A
- * renewal is worth more than the hint.
+ * Whether the CA may have failed on "replaces" rather than on the order:
+ * a refusal that names it (RFC 9773 section 5: alreadyReplaced, or a CA
+ * that finds the CertID wrong), or an internal error.  Pebble 2.6 answers
+ * 500 for every certificate whose serial has a leading zero byte: it
+ * looks the CertID's serial up without it.  503 and 429 say "later".
+ */
+static int
+order_replaces_suspect(const struct acme_reply *r)
+{
+	if (r->status >= 500)
+		return r->status != 503;
+	if (r->status < 400 || r->status == 429)
+		return 0;
+	return acme_problem_is(r, "alreadyReplaced") ||
+	    (r->problem_detail != NULL &&
+	    strcasestr(r->problem_detail, "replace") != NULL);
+}
+
+/*
+ * The CA refused a newOrder with "replaces", or failed on it: order again
+ * at once without it, once per attempt.  A renewal is worth more than the
+ * hint; an order that fails again fails as any other.
  */
 static int
 order_replaces_refused(struct cert *ce, const struct acme_reply *r)
 {
 	char	*desc;
 
-	if (!ce->ce_sent_replaces || r->status < 400 || r->status >= 500 ||
-	    r->status == 429)
-		return 0;
-	if (!acme_problem_is(r, "alreadyReplaced") &&
-	    (r->problem_detail == NULL ||
-	    strcasestr(r->problem_detail, "replace") == NULL))
+	if (!ce->ce_sent_replaces || !order_replaces_suspect(r))
 		return 0;
 	desc = acme_reply_describe(r);
 	log_warnx("certificate \"%s\": newOrder refused \"replaces\" (%s); "

@@ -1088,8 +1088,9 @@ void		 acme_issuer_update_conf(struct acme_issuer *,
 struct acme_req	*acme_post(struct acme_issuer *, const char *url,
 		    const char *payload, const char *accept, acme_cb, void *);
 /* newOrder; a 201 answer leaves an open order to acme_order_close(). */
+#define ACME_NEW_ORDER_5XX_TO_CALLER	0x01	/* not retried as sent */
 struct acme_req	*acme_new_order(struct acme_issuer *, const char *payload,
-		    acme_cb, void *);
+		    int flags, acme_cb, void *);
 void		 acme_order_close(struct acme_issuer *);
 /* A POST to an authorization or a challenge (see acme_next_queue()). */
 struct acme_req	*acme_post_authz(struct acme_issuer *, const char *url,

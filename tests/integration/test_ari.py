@@ -11,7 +11,8 @@ import re
 import subprocess
 import time
 
-from conftest import ROOT, openssl, split_pem, write_config
+from conftest import (ROOT, openssl, pebble26_links, split_pem,
+                      write_config)
 
 FAR = 30 * 86400
 
@@ -127,6 +128,39 @@ def test_ari_past_window_renews_now_also_after_restart(run, fake):
               (len(fake.ari_fetches(cid)), cid))
 
 
+def test_ari_replaces_server_error_orders_without_it(run, fake):
+    """A CA that fails on "replaces" (Pebble 2.6 answers 500 when the
+    serial's first byte has its high bit set) does not block the renewal:
+    the daemon orders again at once without it."""
+    from fake_acme import problem
+    first = {}
+
+    def ari(cid):
+        first.setdefault("id", cid)
+        now = int(time.time())
+        if cid == first["id"]:
+            return (now - 3600, now - 1800, {}, None)
+        return (now + FAR, now + FAR + 86400, {}, None)
+    fake.ari = ari
+    fake.on("/new-order", lambda req: None if "replaces" not in req.payload
+            else problem(500, "serverInternal", "could not find an order "
+                         "for the given certificate"), times=1)
+    run.start([["s.example"]])
+    run.wait_issued("s.example")
+    cid = cert_id_of(run.leaf("s.example"))
+    run.wait(lambda: len(fake.new_orders()) >= 3, 10,
+             "the renewal's two orders")
+    orders = fake.requests("/new-order", "POST")
+    run.check(orders[1].payload.get("replaces") == cid, str(orders[1]))
+    run.check("replaces" not in orders[2].payload, str(orders[2]))
+    run.check(orders[2].t - orders[1].t < 2, "ordered again %.1fs later" %
+              (orders[2].t - orders[1].t))
+    run.wait_log(r"newOrder refused \"replaces\" \(HTTP 500", 5)
+    run.wait(lambda: run.sidecar.log().count("issued, valid until") >= 2,
+             20, "the renewed certificate")
+    run.check(cert_id_of(run.leaf("s.example")) != cid, "not renewed")
+
+
 def test_ari_failed_fetch_falls_back_to_lifetime(run, fake):
     """renewalInfo failing never blocks issuance: the lifetime rule, and
     the renewal time drawn at issuance stays (a failed fetch does not
@@ -182,15 +216,25 @@ def test_ari_pebble26(pebble26, http_port, tmp_path, sidecar_factory):
 
     ctl = [os.environ.get("ACMECTL", str(ROOT / "build" / "acmectl")),
            "-s", str(tmp_path / "control.sock")]
+    def stored():
+        return cert_id_of(split_pem((state / "certs" / "p.example" /
+                                     "fullchain.pem").read_text())[0])
+    # Pebble records a replacement only where it finds the certificate
+    # replaced (conftest.pebble26_links); else the daemon ordered again
+    # without "replaces".
     subprocess.run(ctl + ["renew", "p.example"], check=True, timeout=60,
                    stdout=subprocess.DEVNULL)
-    assert pebble_replacements(pebble26) == 1, sc.diagnostics()
+    renewed = wait_for("the renewal", lambda: stored() != cid and stored(),
+                       sc)
+    linked = int(pebble26_links(cid))
+    assert pebble_replacements(pebble26) == linked, sc.diagnostics()
+    assert linked or 'refused "replaces"' in sc.log(), sc.diagnostics()
     subprocess.run(ctl + ["revoke", "p.example"], check=True, timeout=60,
                    stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while pebble_replacements(pebble26) < 2:
-        assert time.monotonic() < deadline, sc.diagnostics()
-        time.sleep(0.2)
+    wait_for("the renewal after the revocation",
+             lambda: stored() != renewed, sc)
+    linked += int(pebble26_links(renewed))
+    assert pebble_replacements(pebble26) == linked, sc.diagnostics()
 
 
 def wait_for(what, cond, sc, timeout=30.0):
@@ -244,11 +288,16 @@ def test_ari_revoked_at_ca_renews_now_pebble26(pebble26, http_port, tmp_path,
 
         proxy.release("/order-plz", forward=False)
         sc.start()
-        wait_for("the renewal, after kill -9",
-                 lambda: pebble_replacements(pebble26) == 1, sc)
-        assert proxy.payloads("/order-plz")[-1].get("replaces") == cid
         wait_for("the renewed certificate", lambda: cert_id_of(split_pem(
             (live / "fullchain.pem").read_text())[0]) != cid, sc)
+        # As in test_ari_pebble26: where Pebble cannot find the revoked
+        # certificate, the order with "replaces" failed and one without it
+        # followed.
+        linked = pebble26_links(cid)
+        assert pebble_replacements(pebble26) == int(linked)
+        sent = [o.get("replaces") for o in proxy.payloads("/order-plz")]
+        want = [cid] if linked else [cid, None]
+        assert sent[-len(want):] == want, sent
         assert proxy.ari_count(cid) == 1, proxy.ari
     finally:
         proxy.stop()

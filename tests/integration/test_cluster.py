@@ -17,7 +17,7 @@ from clusterlib import (PREFIX, REDIS_CLI, REDIS_SERVER, Balancer, Redis,
                         Replica, fingerprint,
                         issued_by_pebble, join, names_of, served_leaf,
                         stored_leaf, verify_leaf, write_secret)
-from conftest import free_port, openssl
+from conftest import free_port, openssl, pebble26_links
 from nginxlib import MODULE, http_get
 from test_control import api
 
@@ -502,14 +502,18 @@ def test_ari_fleet_asks_once_pebble26(ari_fleet, pebble26):
     assert all("replaces" not in o for o in orders[:before]), orders
     # The abandoned first-issuance newOrder of a slow node may reach the
     # CA after the revocation (seen once in a sanitized make check); only
-    # the first issuance orders without "replaces", at most twice.
-    renewal = [o for o in orders if "replaces" in o]
-    assert len(renewal) == 1 and orders[-1] is renewal[0], orders
-    assert len(orders) - 1 <= 2 and len(orders) - 1 >= before, orders
-    assert orders[-1].get("replaces") == first, orders
+    # the first issuance orders without "replaces", at most twice.  Where
+    # Pebble cannot find the certificate replaced (conftest.pebble26_links)
+    # the renewal's order with "replaces" fails and one without follows.
+    linked = pebble26_links(first)
+    renewal = [o.get("replaces") for o in orders[-1 - (not linked):]]
+    assert renewal == [first] + [None] * (not linked), orders
+    issuance = len(orders) - len(renewal)
+    assert before <= issuance <= 2, orders
+    assert sum("replaces" in o for o in orders) == 1, orders
     with open(pebble26.path("pebble.log"), errors="replace") as log:
         assert len(re.findall(r"ARI: order .* is a replacement of",
-                              log.read())) == 1
+                              log.read())) == int(linked)
     assert proxy.ari_count(first) == 1, proxy.ari
     assert proxy.ari_count(second) == 1, proxy.ari
     for r in f.replicas:
