@@ -233,13 +233,14 @@ def tmpfs_claim(name, size):
     }
 
 
-def pebble_nginx_conf(conf, pebble, ports, manifest=MANIFEST):
+def pebble_nginx_conf(conf, pebble, ports, manifest=MANIFEST, extra=""):
     """nginx.conf of a manifest, with Pebble for Let's Encrypt's staging
-    and the test's ports."""
+    and the test's ports; extra goes into the issuer's block."""
     conf = replace_once(
         conf, "uri         https://acme-staging-v02.api.letsencrypt.org/"
         "directory;", "uri %s;\n        ssl_trusted_certificate "
-        "/etc/acme-test/pebble-ca.pem;" % pebble.directory_url, manifest)
+        "/etc/acme-test/pebble-ca.pem;%s" % (pebble.directory_url, extra),
+        manifest)
     conf = replace_once(conf, "listen 8443 ssl;",
                         "listen 127.0.0.1:%d ssl;" % ports["https"], manifest)
     return replace_once(conf, "listen 8080 default_server;",
@@ -516,8 +517,10 @@ def fleet_copy(pebble, ports, images, name):
         rname = "%s-%s" % (name, r)
         ncm, scm, dep = (copy.deepcopy(d) for d in (nginx_cm, sidecar_cm,
                                                     web))
+        # Long enough for a newOrder the test holds (see the test).
         ncm["data"]["nginx.conf"] = pebble_nginx_conf(
-            ncm["data"]["nginx.conf"], pebble, ports[r], FLEET)
+            ncm["data"]["nginx.conf"], pebble, ports[r], FLEET,
+            "\n        request_timeout %ds;" % (2 * READY_TIMEOUT + 60))
         sconf = replace_once(scm["data"]["acme-sidecar.conf"],
                              "challenge_listen 127.0.0.1:8081;",
                              "challenge_listen 127.0.0.1:%d;" %
@@ -629,7 +632,10 @@ def play_logs(podman, name, each=2000):
     return "\n".join(out)
 
 
-def wait_ready(podman, ctr, probe, name, timeout=120):
+READY_TIMEOUT = 120
+
+
+def wait_ready(podman, ctr, probe, name, timeout=READY_TIMEOUT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if podman("exec", ctr, *probe, check=False).returncode == 0:
@@ -649,21 +655,29 @@ def test_fleet_orders_once_and_serves_everywhere(tmp_path, pebble, images):
     played = tmp_path / "fleet.yaml"
     balancer = Balancer(pebble.http_port)
     probe = readiness_command()
+    # The replicas reach Pebble through a proxy that holds the fleet's
+    # newOrder until both pass their probe (see below).
+    from ca_proxy import CaProxy
+    proxy = CaProxy(pebble).start()
+    proxy.hold("/order-plz")
     started = time.monotonic()
     try:
-        docs = fleet_copy(pebble, ports, images, name)
+        docs = fleet_copy(proxy, ports, images, name)
         played.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         podman("play", "kube", str(played))
         # In Kubernetes the Service sends a replica traffic once it is
         # ready: a member of the fleet, whose secret_file opens the
         # fleet's seal.  Here the test runs the probe, and lets the CA's
         # requests through once both replicas pass it, so that each gets
-        # one of them (they wait meanwhile, as in a listen queue).
+        # one of them.  The order waits until then: Pebble gives up on a
+        # validation after 15 s, and a loaded machine may take longer to
+        # start the second replica, which would cost a second order.
         for r in REPLICAS:
             wait_ready(podman, "%s-%s-pod-0-acme-sidecar" % (name, r), probe,
                        name)
         for r in REPLICAS:
             balancer.add(ports[r]["http"])
+        proxy.release("/order-plz", forward=True)
 
         serials = set()
         for r in REPLICAS:
@@ -677,8 +691,8 @@ def test_fleet_orders_once_and_serves_everywhere(tmp_path, pebble, images):
 
         # One order for the fleet, one certificate served by both, and
         # the CA's requests for its two names reached each replica.
-        assert orders(pebble) == 1, "%d orders for one certificate" % (
-            orders(pebble))
+        assert orders(pebble) == 1, "%d orders for one certificate\n%s" % (
+            orders(pebble), play_logs(podman, name))
         assert len(serials) == 1, serials
         sent = {r: balancer.sent.get(ports[r]["http"], 0)
                 for r in REPLICAS}
@@ -688,4 +702,5 @@ def test_fleet_orders_once_and_serves_everywhere(tmp_path, pebble, images):
                                             time.monotonic() - started))
     finally:
         balancer.close()
+        proxy.stop()
         play_down(podman, played, name)
