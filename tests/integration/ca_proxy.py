@@ -45,7 +45,7 @@ class CaProxy:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.ari = {}           # CertID -> renewalInfo requests forwarded
-        self.posts = []         # (path, JWS payload as JSON or None)
+        self.posts = []         # [path, JWS payload or None, refused]
         self.holds = {}         # path substring -> list of held paths
         self.forward = {}       # path substring -> forward once released
         self.httpd = None
@@ -83,8 +83,12 @@ class CaProxy:
             self.cond.notify_all()
 
     def payloads(self, path_part):
+        """The payloads POSTed to paths holding path_part, but those
+        Pebble refused for their nonce (it refuses 5% of good ones, and
+        the daemon sends the same request again)."""
         with self.lock:
-            return [p for path, p in self.posts if path_part in path]
+            return [p for path, p, refused in self.posts
+                    if path_part in path and not refused]
 
     def start(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -123,14 +127,21 @@ class CaProxy:
             return self.httpd is not None and self.forward.get(hold[0])
 
     def _posted(self, path, body):
-        """Every POST's payload, held or not."""
+        """Every POST's payload, held or not; returns its entry."""
         try:
             payload = json.loads(b64u_decode(
                 json.loads(body)["payload"]) or b"null")
         except (ValueError, KeyError, TypeError):
             payload = None
+        entry = [path, payload, False]
         with self.lock:
-            self.posts.append((path, payload))
+            self.posts.append(entry)
+        return entry
+
+    def _answered(self, entry, status, data):
+        if entry is not None and status == 400 and b"badNonce" in data:
+            with self.lock:
+                entry[2] = True
 
     def _forwarded(self, method, path):
         if method == "GET" and "/renewalInfo/" in path:
@@ -147,8 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n > 0 else b""
+        entry = None
         if self.command == "POST":
-            proxy._posted(self.path, body)
+            entry = proxy._posted(self.path, body)
         if not proxy._wait_if_held(self.path):
             self.close_connection = True
             return
@@ -162,6 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
         data = resp.read()
         conn.close()
         proxy._forwarded(self.command, self.path)
+        proxy._answered(entry, resp.status, data)
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in HOP_HEADERS and k.lower() != \

@@ -564,7 +564,7 @@ def test_rollover_waits_for_open_orders(tmp_path, pebble_factory,
         out, err = rollover.communicate(timeout=60)
         assert rollover.returncode == 0, err
         assert "rolled over to a new ecdsa:256 key" in out, out
-        paths = [path for path, _ in proxy.posts]
+        paths = [path for path, _, _ in proxy.posts]
         finalize = max(i for i, p in enumerate(paths)
                        if "/finalize-order/" in p)
         key_change = [i for i, p in enumerate(paths)
