@@ -542,7 +542,7 @@ struct control_list {
 /*
  * The certificate with the i-th id of the list, if it is still there:
  * where it was when the list began, unless certificates came or went
- * since (sched_cert_find() searches them all).
+ * since (then it is looked up by id).
  */
 static struct cert *
 control_list_cert(const struct control_list *cl, size_t i)

@@ -24,6 +24,52 @@ static size_t			  sched_ncerts;
 static size_t			  sched_certs_room;	/* allocated */
 static struct event		 *sched_progress_ev;
 
+/*
+ * sched_certs by id, for the control API and the fleet's messages: open
+ * addressing, at most half full.  A removal only marks it stale (a reload
+ * may remove thousands); the next lookup rebuilds it.
+ */
+static struct cert		**sched_by_id;
+static size_t			  sched_by_id_cap;	/* a power of two */
+static int			  sched_by_id_stale = 1;
+
+/* The slot holding id, or the free one where it would go. */
+static struct cert **
+sched_by_id_slot(const char *id)
+{
+	size_t	 mask = sched_by_id_cap - 1, k;
+
+	k = util_hash(id) & mask;
+	while (sched_by_id[k] != NULL &&
+	    strcmp(order_cert_id(sched_by_id[k]), id) != 0)
+		k = (k + 1) & mask;
+	return &sched_by_id[k];
+}
+
+static void
+sched_by_id_rebuild(void)
+{
+	size_t	 i;
+
+	free(sched_by_id);
+	for (sched_by_id_cap = 64; sched_by_id_cap < sched_ncerts * 4;)
+		sched_by_id_cap *= 2;
+	sched_by_id = xcalloc(sched_by_id_cap, sizeof(*sched_by_id));
+	for (i = 0; i < sched_ncerts; i++)
+		*sched_by_id_slot(order_cert_id(sched_certs[i])) =
+		    sched_certs[i];
+	sched_by_id_stale = 0;
+}
+
+static void
+sched_by_id_add(struct cert *ce)
+{
+	if (sched_by_id_stale || sched_ncerts * 2 > sched_by_id_cap)
+		sched_by_id_stale = 1;
+	else
+		*sched_by_id_slot(order_cert_id(ce)) = ce;
+}
+
 static void
 sched_progress(int fd, short ev, void *arg)
 {
@@ -82,6 +128,7 @@ sched_remove_cert(size_t i)
 {
 	log_debug("certificate \"%s\": no longer managed",
 	    order_cert_id(sched_certs[i]));
+	sched_by_id_stale = 1;
 	order_cert_free(sched_certs[i]);
 	sched_certs[i] = sched_certs[--sched_ncerts];
 }
@@ -228,6 +275,7 @@ sched_add_cert(const struct conf_cert *cc)
 		    sizeof(*sched_certs));
 	}
 	sched_certs[sched_ncerts++] = ce;
+	sched_by_id_add(ce);
 	order_cert_start(ce);
 	return ce;
 }
@@ -294,9 +342,12 @@ sched_shutdown(void)
 		sched_remove_cert(sched_ncerts - 1);
 	free(sched_issuers);
 	free(sched_certs);
+	free(sched_by_id);
 	sched_issuers = NULL;
 	sched_certs = NULL;
+	sched_by_id = NULL;
 	sched_certs_room = 0;
+	sched_by_id_stale = 1;
 	if (sched_progress_ev != NULL)
 		event_free(sched_progress_ev);
 	sched_progress_ev = NULL;
@@ -342,12 +393,9 @@ sched_cert_at(size_t i)
 struct cert *
 sched_cert_find(const char *id)
 {
-	size_t	 i;
-
-	for (i = 0; i < sched_ncerts; i++)
-		if (strcmp(order_cert_id(sched_certs[i]), id) == 0)
-			return sched_certs[i];
-	return NULL;
+	if (sched_by_id_stale)
+		sched_by_id_rebuild();
+	return *sched_by_id_slot(id);
 }
 
 size_t
