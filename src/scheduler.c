@@ -52,7 +52,7 @@ sched_by_id_rebuild(void)
 	size_t	 i;
 
 	free(sched_by_id);
-	for (sched_by_id_cap = 64; sched_by_id_cap < sched_ncerts * 4;)
+	for (sched_by_id_cap = 64; sched_by_id_cap < (sched_ncerts + 1) * 2;)
 		sched_by_id_cap *= 2;
 	sched_by_id = xcalloc(sched_by_id_cap, sizeof(*sched_by_id));
 	for (i = 0; i < sched_ncerts; i++)
