@@ -215,16 +215,6 @@ acme_issuer_update_conf(struct acme_issuer *ai, const struct conf_issuer *ci)
 		acme_account_reactivate(ai);
 }
 
-/* Seconds on a clock that never jumps, for pacing. */
-static double
-acme_monotonic(void)
-{
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void
 acme_pace_cb(int fd, short ev, void *arg)
 {
@@ -258,7 +248,7 @@ acme_issuer_new(struct event_base *base, struct evdns_base *dns,
 	TAILQ_INIT(&ai->ai_excl_queue);
 	ai->ai_nonces = nonce_pool_new();
 	ai->ai_tokens = ci->ci_burst > 0 ? ci->ci_burst : 1;
-	ai->ai_refilled_at = acme_monotonic();
+	ai->ai_refilled_at = util_monotonic();
 	ai->ai_pace_ev = evtimer_new(base, acme_pace_cb, ai);
 	ai->ai_boot_ev = evtimer_new(base, acme_boot_cb, ai);
 	ai->ai_fail_ev = evtimer_new(base, acme_fail_queued, ai);
@@ -624,7 +614,7 @@ acme_req_count(const struct acme_req *ar, const char *endpoint,
     const struct http_response *hr)
 {
 	metrics_acme_request(ar->ar_issuer->ai_name, endpoint, hr->hr_status,
-	    acme_monotonic() - ar->ar_sent_at);
+	    util_monotonic() - ar->ar_sent_at);
 }
 
 /* A request left the network: give back its slot. */
@@ -693,7 +683,7 @@ acme_rate_allows(struct acme_issuer *ai)
 	if (rate <= 0)
 		return 1;
 	burst = ai->ai_conf->ci_burst > 0 ? ai->ai_conf->ci_burst : 1;
-	now = acme_monotonic();
+	now = util_monotonic();
 	ai->ai_tokens += rate * (now - ai->ai_refilled_at);
 	ai->ai_refilled_at = now;
 	if (ai->ai_tokens > burst)
@@ -1097,14 +1087,14 @@ acme_req_send(struct acme_req *ar)
 
 	if (ar->ar_kind == AREQ_GET) {
 		acme_req_set_state(ar, AREQ_SENT);
-		ar->ar_sent_at = acme_monotonic();
+		ar->ar_sent_at = util_monotonic();
 		ar->ar_http = http_pool_request(ai->ai_http, "GET", ar->ar_url,
 		    NULL, "application/json", NULL, 0, acme_req_done, ar);
 		return;
 	}
 	if ((nonce = nonce_take(ai->ai_nonces)) == NULL) {
 		acme_req_set_state(ar, AREQ_NONCE);
-		ar->ar_sent_at = acme_monotonic();
+		ar->ar_sent_at = util_monotonic();
 		ar->ar_http = http_pool_request(ai->ai_http, "HEAD",
 		    ai->ai_new_nonce, NULL, NULL, NULL, 0, acme_nonce_done, ar);
 		return;
@@ -1121,7 +1111,7 @@ acme_req_send(struct acme_req *ar)
 	if (body == NULL)
 		fatalx("issuer \"%s\": signing a request failed", ai->ai_name);
 	acme_req_set_state(ar, AREQ_SENT);
-	ar->ar_sent_at = acme_monotonic();
+	ar->ar_sent_at = util_monotonic();
 	ar->ar_http = http_pool_request(ai->ai_http, "POST", ar->ar_url,
 	    "application/jose+json", ar->ar_accept, body, strlen(body),
 	    acme_req_done, ar);

@@ -174,15 +174,6 @@ cluster_error(const char *msg)
 	cl.last_error_at = util_now();
 }
 
-static double
-cluster_monotonic(void)
-{
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Commands. */
 
 static void
@@ -218,7 +209,7 @@ cluster_command_argv(cluster_reply_cb cb, void *arg, int argc,
 	cc = xcalloc(1, sizeof(*cc));
 	cc->cc_cb = cb;
 	cc->cc_arg = arg;
-	cc->cc_sent = cluster_monotonic();
+	cc->cc_sent = util_monotonic();
 	if (redisAsyncCommandArgv(cl.cmd, cluster_cmd_done, cc, argc, argv,
 	    lens) != REDIS_OK) {
 		free(cc);
@@ -731,7 +722,7 @@ cluster_connect(void)
 	const struct conf_cluster	*conf = cl.conf;
 	int				 i;
 
-	cl.connect_started = cluster_monotonic();
+	cl.connect_started = util_monotonic();
 	if (conf->cl_unix != NULL) {
 		cluster_open();
 		return;
@@ -848,7 +839,7 @@ cluster_tick(int fd, short ev, void *arg)
 	(void)arg;
 	if (cl.state == LINK_CONNECTING || cl.state == LINK_RESOLVING ||
 	    cl.state == LINK_SENTINEL) {
-		if (cluster_monotonic() - cl.connect_started >
+		if (util_monotonic() - cl.connect_started >
 		    CLUSTER_CMD_TIMEOUT) {
 			if (cl.state == LINK_SENTINEL)
 				cl.next_sentinel++;
@@ -859,7 +850,7 @@ cluster_tick(int fd, short ev, void *arg)
 		return;
 	}
 	if ((cc = TAILQ_FIRST(&cl.inflight)) != NULL &&
-	    cluster_monotonic() - cc->cc_sent > CLUSTER_CMD_TIMEOUT) {
+	    util_monotonic() - cc->cc_sent > CLUSTER_CMD_TIMEOUT) {
 		cluster_drop("no answer within %ds (%zu commands waiting)",
 		    CLUSTER_CMD_TIMEOUT, cl.ninflight);
 		return;

@@ -60,6 +60,7 @@ int	 b64url_decode(const char *, unsigned char **, size_t *);
 double	 util_random_unit(void);			/* uniform in [0, 1) */
 double	 util_jitter(double, double);			/* v * (1 +- frac) */
 time_t	 util_now(void);				/* wall clock */
+double	 util_monotonic(void);				/* seconds, never jumps */
 #define UTIL_TIME_LEN	32
 void	 util_time_rfc3339(time_t, char *, size_t);
 uint64_t util_hash(const char *);				/* FNV-1a */

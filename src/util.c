@@ -210,6 +210,16 @@ util_now(void)
 	return time(NULL);
 }
 
+/* Seconds on a clock that never jumps, for pacing and durations. */
+double
+util_monotonic(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* RFC 3339 in UTC: "2026-11-28T21:33:18Z". */
 void
 util_time_rfc3339(time_t t, char *buf, size_t len)
