@@ -588,6 +588,44 @@ def check_purged(o):
         assert not os.path.lexists(o.path(path)), path
 
 
+def check_upgrade_restarts(o, packages):
+    """With systemd running, the postinst of an upgrade ($2, the version
+    before) asks systemd to try-restart the daemon, as dh_installsystemd
+    does, and that of a first install does not.  systemd is stood in for
+    by /run/systemd/system and two stubs that log their arguments."""
+    log = o.path("var/log/stub-systemd")
+    stubs = [o.path("usr/local/sbin/" + n)
+             for n in ("systemctl", "deb-systemd-invoke")]
+    for stub in stubs:
+        stub.write_text('#!/bin/sh\necho "${0##*/} $*" >>/var/log/'
+                        'stub-systemd\n')
+        stub.chmod(0o755)
+    running = o.path("run/systemd/system")
+    made = not running.exists()
+    running.mkdir(parents=True, exist_ok=True)
+    try:
+        postinst = "/var/lib/dpkg/info/acme-sidecar.postinst"
+        o.run(postinst, "configure", "")
+        assert log.read_text() == "systemctl --system daemon-reload\n"
+        log.unlink()
+        version = o.run("dpkg-query", "-W", "-f", "${Version}",
+                        "acme-sidecar").stdout
+        o.run(postinst, "configure", version)
+        restart = "deb-systemd-invoke try-restart acme-sidecar.service\n"
+        assert log.read_text() == "systemctl --system daemon-reload\n" + \
+            restart
+        log.unlink()
+        # The real thing: dpkg -i of the package installed is an upgrade.
+        o.run("dpkg", "-i", "/mnt/" + packages[0].name)
+        assert restart in log.read_text(), log.read_text()
+    finally:
+        for stub in stubs:
+            stub.unlink()
+        log.unlink(missing_ok=True)
+        if made:
+            running.rmdir()
+
+
 def test_package_installs_runs_and_purges(overlay, packages, tmp_path):
     o = overlay
     module = len(packages) > 1
@@ -606,6 +644,7 @@ def test_package_installs_runs_and_purges(overlay, packages, tmp_path):
               "/etc/acme-sidecar/acme-sidecar.conf")
     assert "test is successful" in p.stderr, p.stderr
     check_service(o, uid, gid, tmp_path)
+    check_upgrade_restarts(o, packages)
 
     p = o.run("dpkg", "--purge", "acme-sidecar",
               *(["libnginx-mod-http-acme"] if module else []))
