@@ -216,6 +216,7 @@ def test_ari_pebble26(pebble26, http_port, tmp_path, sidecar_factory):
 
     ctl = [os.environ.get("ACMECTL", str(ROOT / "build" / "acmectl")),
            "-s", str(tmp_path / "control.sock")]
+
     def stored():
         return cert_id_of(split_pem((state / "certs" / "p.example" /
                                      "fullchain.pem").read_text())[0])
