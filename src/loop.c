@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <event2/event.h>
 #include <microhttpd.h>
@@ -42,15 +41,6 @@ static struct {
 	int			 lu_waiting;	/* lu_turn is queued */
 	long long		 lu_used;	/* us run since it was */
 } loop_urgent;
-
-static long long
-loop_now_us(void)
-{
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static void
 loop_urgent_set(struct loop_mhd *lm, int priority)
@@ -165,12 +155,12 @@ loop_mhd_run(evutil_socket_t fd, short events, void *arg)
 {
 	struct loop_mhd	*lm = arg;
 	unsigned int	 before;
-	long long	 start = 0;
+	double		 start = 0;
 
 	(void)fd;
 	(void)events;
 	if (lm == loop_urgent.lu_lm)
-		start = loop_now_us();
+		start = util_monotonic();
 	before = loop_mhd_conns(lm);
 	if (MHD_run(lm->lm_daemon) != MHD_YES)
 		log_debug("%s: MHD_run failed", lm->lm_name);
@@ -178,7 +168,8 @@ loop_mhd_run(evutil_socket_t fd, short events, void *arg)
 		log_debug("%s: MHD_run failed", lm->lm_name);
 	loop_mhd_schedule(lm);
 	if (lm == loop_urgent.lu_lm)
-		loop_urgent_account(lm, loop_now_us() - start);
+		loop_urgent_account(lm,
+		    (long long)((util_monotonic() - start) * 1e6));
 }
 
 /* Drive daemon from base; on failure the caller still calls _stop(). */
