@@ -1446,24 +1446,6 @@ order_store_failed(struct cert *ce, const char *cause)
 	order_arm(ce, delay);
 }
 
-/* order_ari_adopt() of the stored chain, from its leaf parsed already. */
-static void
-order_adopt_leaf(struct cert *ce)
-{
-	char	*id, *cause = NULL;
-
-	if (ce->ce_stored_leaf == NULL) {
-		order_ari_adopt(ce, ce->ce_stored_chain);
-		return;
-	}
-	if ((id = ari_cert_id_x509(ce->ce_stored_leaf, &cause)) == NULL) {
-		log_debug("certificate \"%s\": no CertID (%s): no ARI and no "
-		    "\"replaces\"", ce->ce_id, cause);
-		free(cause);
-	}
-	order_ari_adopt_id(ce, id);
-}
-
 static void
 order_stored(int rc, const char *cause, void *arg)
 {
@@ -1486,7 +1468,7 @@ order_stored(int rc, const char *cause, void *arg)
 	ce->ce_not_before = ce->ce_stored_nb;
 	ce->ce_not_after = ce->ce_stored_na;
 	order_chain_digest(ce->ce_stored_chain, ce->ce_chain_md);
-	order_adopt_leaf(ce);
+	order_ari_adopt(ce, ce->ce_stored_chain, ce->ce_stored_leaf);
 	order_publish(ce, ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
 	    ce->ce_new_key, ce->ce_not_before, ce->ce_not_after);
 	ce->ce_failures = 0;

@@ -139,7 +139,7 @@ void		 order_strv_free(char **, size_t);
 /* order_ari.c */
 void		 order_ari_init(struct cert *);
 void		 order_ari_free(struct cert *);
-void		 order_ari_adopt(struct cert *, const char *chain);
+void		 order_ari_adopt(struct cert *, const char *chain, X509 *leaf);
 void		 order_ari_adopt_id(struct cert *, char *id);
 time_t		 order_ari_renew_at(const struct cert *);
 void		 order_ari_arm(struct cert *);

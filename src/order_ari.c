@@ -85,14 +85,17 @@ order_ari_free(struct cert *ce)
 /*
  * chain is now the certificate in use: learn its CertID, and what a
  * previous run heard of it.  A new certificate starts with no window and
- * is asked about at once.
+ * is asked about at once.  leaf, when not NULL, is chain's first
+ * certificate parsed already: the CertID comes from it, unparsed again.
  */
 void
-order_ari_adopt(struct cert *ce, const char *chain)
+order_ari_adopt(struct cert *ce, const char *chain, X509 *leaf)
 {
 	char	*id, *cause = NULL;
 
-	if ((id = ari_cert_id(chain, &cause)) == NULL) {
+	id = leaf != NULL ? ari_cert_id_x509(leaf, &cause) :
+	    ari_cert_id(chain, &cause);
+	if (id == NULL) {
 		log_debug("certificate \"%s\": no CertID (%s): no ARI and no "
 		    "\"replaces\"", ce->ce_id, cause);
 		free(cause);

@@ -540,7 +540,7 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 	ce->ce_not_before = rec->cr_not_before;
 	ce->ce_not_after = rec->cr_not_after;
 	memcpy(ce->ce_chain_md, md, sizeof(md));
-	order_ari_adopt(ce, rec->cr_chain);
+	order_ari_adopt(ce, rec->cr_chain, NULL);
 	order_publish(ce, rec->cr_idents, rec->cr_nidents, rec->cr_chain,
 	    rec->cr_key, rec->cr_not_before, rec->cr_not_after);
 	memset(&meta, 0, sizeof(meta));
