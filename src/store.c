@@ -164,11 +164,12 @@ fail:
 
 /*
  * Write data to a new temp file ".<name>.XXXXXX" beside path, with mode,
- * and fsync it.  Returns the temp file's name (caller frees) or NULL.
+ * and fsync it if sync.  Returns the temp file's name (caller frees) or
+ * NULL.
  */
 static char *
 store_write_temp(const char *path, const void *data, size_t len, mode_t mode,
-    char **cause)
+    int sync, char **cause)
 {
 	const char	*base;
 	char		*dir = NULL, *tmp = NULL;
@@ -184,7 +185,7 @@ store_write_temp(const char *path, const void *data, size_t len, mode_t mode,
 		free(tmp);
 		return NULL;
 	}
-	if (store_fill(fd, tmp, data, len, mode, 1, cause) == -1) {
+	if (store_fill(fd, tmp, data, len, mode, sync, cause) == -1) {
 		unlink(tmp);
 		free(tmp);
 		return NULL;
@@ -223,7 +224,7 @@ store_write_file(const char *path, const void *data, size_t len, mode_t mode,
 	char	*tmp = NULL, *dir = NULL;
 	int	 rc = -1;
 
-	if ((tmp = store_write_temp(path, data, len, mode, cause)) == NULL)
+	if ((tmp = store_write_temp(path, data, len, mode, 1, cause)) == NULL)
 		goto out;
 	if (exclusive) {
 		if (link(tmp, path) == -1) {
@@ -1278,49 +1279,23 @@ store_meta_rebuild(const char *path, struct stored_cert *sd,
 static int
 store_meta_write(const char *path, const char *json, char **cause)
 {
-	const char	*p = json;
-	char		*tmp = NULL, *dir;
-	size_t		 len = strlen(json);
-	ssize_t		 n;
-	int		 fd;
+	char	*tmp;
 
 	if (!store_batch.sb_active)
-		return store_write_atomic(path, json, len, 0644, cause);
-	dir = store_dirname(path);
-	xasprintf(&tmp, "%s/.%s.XXXXXX", dir, STORE_META);
-	free(dir);
-	if ((fd = mkostemp(tmp, O_CLOEXEC)) == -1) {
-		xasprintf(cause, "%s: %s", tmp, strerror(errno));
+		return store_write_atomic(path, json, strlen(json), 0644,
+		    cause);
+	if ((tmp = store_write_temp(path, json, strlen(json), 0644, 0,
+	    cause)) == NULL)
+		return -1;
+	if (rename(tmp, path) == -1) {
+		xasprintf(cause, "rename %s: %s", path, strerror(errno));
+		unlink(tmp);
 		free(tmp);
 		return -1;
 	}
-	if (fchmod(fd, 0644) == -1)
-		goto fail;
-	while (len > 0) {
-		if ((n = write(fd, p, len)) == -1 && errno == EINTR)
-			continue;
-		if (n == -1)
-			goto fail;
-		p += n;
-		len -= (size_t)n;
-	}
-	if (close(fd) == -1) {
-		fd = -1;
-		goto fail;
-	}
-	fd = -1;
-	if (rename(tmp, path) == -1)
-		goto fail;
 	store_batch.sb_unsynced = 1;
 	free(tmp);
 	return 0;
-fail:
-	xasprintf(cause, "%s: %s", tmp, strerror(errno));
-	if (fd != -1)
-		close(fd);
-	unlink(tmp);
-	free(tmp);
-	return -1;
 }
 
 /*
