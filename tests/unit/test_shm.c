@@ -1047,27 +1047,35 @@ test_adopted_zone_keeps_no_old_key(void **state)
 
 #define TS_TAKE_CERTS	8
 
+/* Certificate i of the take-up tests, set as the first run set it. */
+static void
+ts_take_set(int i)
+{
+	char	*names[2], id[32], alt[32], *chain, *key;
+
+	names[0] = id;
+	names[1] = alt;
+	snprintf(id, sizeof(id), "t%d.example.test", i);
+	snprintf(alt, sizeof(alt), "www.t%d.example.test", i);
+	chain = ts_walk_string("CHAIN", i, 0, 1000 + 300 * i, 'c');
+	key = ts_walk_string("KEY", i, 0, 240, 'k');
+	shm_cert_set(id, "pebble", names, 1 + i % 2, chain, key, 1000 + i,
+	    2000 + i);
+	free(chain);
+	keys_pem_free(key);
+}
+
 /* A run that publishes TS_TAKE_CERTS certificates and a token, then ends. */
 static void
 ts_take_run(void)
 {
-	char	*names[2], id[32], alt[32], *chain, *key, *cause = NULL;
+	char	*cause = NULL;
 	int	 i;
 
-	names[0] = id;
-	names[1] = alt;
 	assert_int_equal(shm_open_zone(NULL, ts_path, 256 * 1024, NULL,
 	    &cause), 0);
-	for (i = 0; i < TS_TAKE_CERTS; i++) {
-		snprintf(id, sizeof(id), "t%d.example.test", i);
-		snprintf(alt, sizeof(alt), "www.t%d.example.test", i);
-		chain = ts_walk_string("CHAIN", i, 0, 1000 + 300 * i, 'c');
-		key = ts_walk_string("KEY", i, 0, 240, 'k');
-		shm_cert_set(id, "pebble", names, 1 + i % 2, chain, key,
-		    1000 + i, 2000 + i);
-		free(chain);
-		keys_pem_free(key);
-	}
+	for (i = 0; i < TS_TAKE_CERTS; i++)
+		ts_take_set(i);
 	shm_token_add("tok", "tok.thumb");
 	shm_close();
 }
@@ -1128,16 +1136,8 @@ test_take_up_keeps_image(void **state)
 	assert_non_null(evb = event_base_new());
 	assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
 	    &cause), 0);
-	for (i = 0; i < TS_TAKE_CERTS - 2; i++) {
-		snprintf(id, sizeof(id), "t%d.example.test", i);
-		snprintf(alt, sizeof(alt), "www.t%d.example.test", i);
-		chain = ts_walk_string("CHAIN", i, 0, 1000 + 300 * i, 'c');
-		key = ts_walk_string("KEY", i, 0, 240, 'k');
-		shm_cert_set(id, "pebble", names, 1 + i % 2, chain, key,
-		    1000 + i, 2000 + i);
-		free(chain);
-		keys_pem_free(key);
-	}
+	for (i = 0; i < TS_TAKE_CERTS - 2; i++)
+		ts_take_set(i);
 	/* Renewed while the daemon was down: a block of its own. */
 	snprintf(id, sizeof(id), "t6.example.test");
 	snprintf(alt, sizeof(alt), "www.t6.example.test");
