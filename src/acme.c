@@ -70,6 +70,7 @@ struct acme_req {
 	int			 ar_exclusive;	/* alone on the wire */
 	int			 ar_after_orders; /* ... once no order is open */
 	EVP_PKEY		*ar_key;	/* signs instead of the account's */
+	char			*ar_kid;	/* the account it was signed for */
 	char			*ar_url;
 	char			*ar_payload;	/* NULL: POST-as-GET */
 	char			*ar_accept;
@@ -285,6 +286,7 @@ acme_req_free(struct acme_req *ar)
 	if (ar->ar_timer != NULL)
 		event_free(ar->ar_timer);
 	EVP_PKEY_free(ar->ar_key);
+	free(ar->ar_kid);
 	free(ar->ar_url);
 	free(ar->ar_payload);
 	free(ar->ar_accept);
@@ -1017,6 +1019,32 @@ acme_req_retry(struct acme_req *ar, const struct acme_reply *r)
 	return 0;
 }
 
+/*
+ * The CA does not know the account ar was signed for: it forgot us, or
+ * was reset.  Register again, once for every request signed before: those
+ * answered while that runs, or after it, wait for it and go again with
+ * the new account instead of failing their orders.
+ */
+static void
+acme_account_forgotten(struct acme_issuer *ai, struct acme_req *ar)
+{
+	if (ai->ai_state == ISSUER_READY && ai->ai_kid != NULL &&
+	    ar->ar_kid != NULL && strcmp(ar->ar_kid, ai->ai_kid) == 0) {
+		log_warnx("issuer \"%s\": account %s is unknown to the CA; "
+		    "registering again", ai->ai_name, ai->ai_kid);
+		free(ai->ai_kid);
+		ai->ai_kid = NULL;
+		acme_set_state(ai, ISSUER_ACCOUNT);
+		acme_enqueue(ar, 1);
+		acme_boot(ai);
+		return;
+	}
+	log_debug("issuer \"%s\": %s was signed for account %s, which the "
+	    "CA forgot; sending it again", ai->ai_name, ar->ar_url,
+	    ar->ar_kid != NULL ? ar->ar_kid : "(none)");
+	acme_enqueue(ar, 1);
+}
+
 static void
 acme_req_done(const struct http_response *hr, void *arg)
 {
@@ -1033,17 +1061,9 @@ acme_req_done(const struct http_response *hr, void *arg)
 	acme_reply_fill(&r, hr);
 
 	if (r.status != 0 && acme_problem_is(&r, "accountDoesNotExist") &&
-	    ar->ar_kind == AREQ_POST_KID && ai->ai_state == ISSUER_READY &&
-	    ar->ar_account_tries++ == 0) {
-		/* The CA forgot us (or was reset): register again. */
-		log_warnx("issuer \"%s\": account %s is unknown to the CA; "
-		    "registering again", ai->ai_name, ai->ai_kid);
-		free(ai->ai_kid);
-		ai->ai_kid = NULL;
-		acme_set_state(ai, ISSUER_ACCOUNT);
-		acme_enqueue(ar, 1);
-		acme_boot(ai);
-	} else if (!acme_req_retry(ar, &r))
+	    ar->ar_kind == AREQ_POST_KID && ar->ar_account_tries++ == 0)
+		acme_account_forgotten(ai, ar);
+	else if (!acme_req_retry(ar, &r))
 		acme_req_finish(ar, &r);
 	json_decref(r.json);
 	acme_dispatch(ai);
@@ -1099,8 +1119,11 @@ acme_req_send(struct acme_req *ar)
 		    ai->ai_new_nonce, NULL, NULL, NULL, 0, acme_nonce_done, ar);
 		return;
 	}
-	if (ar->ar_kind == AREQ_POST_KID)
+	if (ar->ar_kind == AREQ_POST_KID) {
 		kid = ai->ai_kid;
+		free(ar->ar_kid);
+		ar->ar_kid = kid != NULL ? xstrdup(kid) : NULL;
+	}
 	if (ar->ar_new_order) {
 		free(ar->ar_url);
 		ar->ar_url = xstrdup(ai->ai_new_order);
