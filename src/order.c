@@ -766,10 +766,40 @@ order_abandon(struct cert *ce, const char *why)
 	}
 }
 
+/*
+ * Whether the CA no longer knows the order or a part of it: its database
+ * was reset, or the order expired.  A CA may type such a 404 "malformed"
+ * (Pebble's NotFoundProblem does), which must not read as a request no
+ * retry can mend.
+ */
+static int
+order_reply_gone(const struct acme_reply *r)
+{
+	return r->status == 404 || r->status == 410;
+}
+
+/*
+ * The CA forgot an order under way: it cannot be retried, only replaced.
+ * Order anew at once, once until the next issue; a CA that forgets every
+ * order backs off as after any failure.
+ */
+static int
+order_lost(struct cert *ce, const char *why)
+{
+	if (ce->ce_lost_reordered || ce->ce_state == ORDER_NEW)
+		return 0;
+	log_warnx("certificate \"%s\": the CA no longer knows the order %s "
+	    "(%s); ordering a new one", ce->ce_id, ce->ce_order_url, why);
+	ce->ce_lost_reordered = 1;
+	order_begin_new(ce);
+	return 1;
+}
+
 static void
 order_fail_reply(struct cert *ce, const char *what, const struct acme_reply *r)
 {
 	char	*desc, *why;
+	int	 gone = order_reply_gone(r);
 
 	desc = acme_reply_describe(r);
 	xasprintf(&why, "%s: %s", what, desc);
@@ -778,11 +808,11 @@ order_fail_reply(struct cert *ce, const char *what, const struct acme_reply *r)
 	 * refused; a 5xx, a 429 or no answer keeps it for the next try, or
 	 * a short outage at a restart would have the CA issue twice.
 	 */
-	if (ce->ce_resumed && (r->status == 403 || r->status == 404 ||
-	    r->status == 410))
+	if (ce->ce_resumed && (r->status == 403 || gone))
 		order_abandon(ce, why);
-	else
-		order_fail(ce, order_is_permanent(r), r->retry_after, why);
+	else if (!gone || !order_lost(ce, why))
+		order_fail(ce, !gone && order_is_permanent(r), r->retry_after,
+		    why);
 	free(why);
 	free(desc);
 }
@@ -1472,6 +1502,7 @@ order_stored(int rc, const char *cause, void *arg)
 	order_publish(ce, ce->ce_idents, ce->ce_nidents, ce->ce_stored_chain,
 	    ce->ce_new_key, ce->ce_not_before, ce->ce_not_after);
 	ce->ce_failures = 0;
+	ce->ce_lost_reordered = 0;
 	free(ce->ce_last_error);
 	ce->ce_last_error = NULL;
 	order_log_time(until, sizeof(until), ce->ce_not_after);

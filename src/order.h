@@ -52,6 +52,7 @@ struct cert {
 	struct event		*ce_timer;
 	time_t			 ce_timer_at;	/* when ce_timer fires */
 	int			 ce_failures;
+	int			 ce_lost_reordered;	/* since the last issue */
 	char			*ce_last_error;
 	time_t			 ce_last_error_at;
 

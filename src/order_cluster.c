@@ -563,6 +563,7 @@ order_adopt(struct cert *ce, const struct cluster_rec *rec)
 		order_reset(ce);
 		order_cluster_done(ce);
 		ce->ce_failures = 0;
+		ce->ce_lost_reordered = 0;
 		order_cluster_schedule(ce, rec->cr_renew_at);
 	}
 }

@@ -502,6 +502,48 @@ def test_ca_outage_60s(tmp_path, pebble_factory, http_port,
                    for r in (old_root, pebble.root)), cid
 
 
+def test_ca_forgets_orders_under_way(tmp_path, pebble, http_port,
+                                     sidecar_factory):
+    """Pebble restarts, with an empty database, while two orders wait on
+    their challenges.  Both challenges reach the new Pebble at once,
+    signed for the account it forgot: the daemon registers once and
+    sends both again.  It takes the 404 that follows as an order to
+    replace, orders anew at once, and both certificates verify against
+    the new root, well before the shortest backoff (48 s) would have
+    ended."""
+    from ca_proxy import CaProxy
+    names = ["lost1.example.test", "lost2.example.test"]
+    proxy = CaProxy(pebble).start()
+    try:
+        state = tmp_path / "state"
+        conf = tmp_path / "acme-sidecar.conf"
+        write_config(conf, proxy, state, http_port,
+                     [([n], None) for n in names])
+        proxy.hold("/chalZ/")
+        sc = sidecar_factory(conf, [pebble]).start()
+        deadline = time.monotonic() + 30
+        while len(proxy.held("/chalZ/")) < len(names):
+            assert time.monotonic() < deadline, sc.diagnostics()
+            time.sleep(0.05)
+        pebble.stop()
+        pebble.start()
+        proxy.release("/chalZ/", forward=True)
+        sc.wait_certs(state, names, timeout=30)
+    finally:
+        proxy.stop()
+    log = sc.log()
+    assert len(re.findall(r"registered account", log)) == 2, \
+        sc.diagnostics()
+    for name in names:
+        assert re.search(r'certificate "%s": the CA no longer knows the '
+                         r'order \S+ \(challenge: HTTP 404' %
+                         re.escape(name), log), sc.diagnostics()
+        assert not re.search(r'certificate "%s": .*retrying in' %
+                             re.escape(name), log), sc.diagnostics()
+        check_certificate(state, [name], None, pebble, tmp_path)
+    assert sc.stop() == 0
+
+
 # Garbage from a CA: each case is a list of fake_acme.py rules (path,
 # reply, times), and what the log must then say about the fake issuer.
 
