@@ -355,10 +355,20 @@ class Sidecar:
             self._check_alive("waiting for %s" % ", ".join(missing))
             if time.monotonic() > deadline:
                 pytest.fail("after %.0fs these certificates are still "
-                            "missing in %s/certs: %s%s" %
+                            "missing in %s/certs: %s%s%s" %
                             (timeout, state, ", ".join(missing),
-                             self.diagnostics()), pytrace=False)
+                             self.story_of(missing), self.diagnostics()),
+                            pytrace=False)
             time.sleep(0.2)
+
+    def story_of(self, ids, n=30):
+        """The last lines above debug that name one of these
+        certificates: why it is missing, which the log's tail may
+        have scrolled past."""
+        said = ['certificate "%s"' % i for i in ids]
+        lines = [l for l in self.log(this_run=False).splitlines(True)
+                 if "[debug]" not in l and any(s in l for s in said)]
+        return "\n--- what the log says of them ---\n" + "".join(lines[-n:])
 
     def signal(self, sig):
         self.proc.send_signal(sig)
