@@ -564,9 +564,9 @@ order_cert_start(struct cert *ce)
 	 * The key goes to the zone as key.pem holds it.
 	 */
 	if (rc == 0)
-		shm_cert_set(ce->ce_id, acme_issuer_name(ce->ce_issuer),
-		    meta->cm_idents, meta->cm_nidents, sd.sd_chain,
-		    sd.sd_key_pem, meta->cm_not_before, meta->cm_not_after);
+		shm_cert_take(ce->ce_id, acme_issuer_name(ce->ce_issuer),
+		    meta->cm_idents, meta->cm_nidents, &sd.sd_chain,
+		    &sd.sd_key_pem, meta->cm_not_before, meta->cm_not_after);
 	store_stored_clear(&sd);
 
 	if (ce->ce_have && !order_renew_due(ce)) {

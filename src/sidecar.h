@@ -842,6 +842,9 @@ void		 shm_close(void);
 void		 shm_cert_set(const char *id, const char *issuer,
 		    char *const *names, size_t, const char *chain,
 		    const char *key_pem, time_t not_before, time_t not_after);
+void		 shm_cert_take(const char *id, const char *issuer,
+		    char *const *names, size_t, char **chain, char **key_pem,
+		    time_t not_before, time_t not_after);
 void		 shm_cert_remove(const char *id);
 void		 shm_token_add(const char *token, const char *keyauth);
 void		 shm_token_remove(const char *token);

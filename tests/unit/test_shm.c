@@ -995,6 +995,48 @@ test_staged_strings_in_zone(void **state)
 }
 
 /*
+ * shm_cert_take() publishes the chain and key it is handed, and owns
+ * them from then on: the caller's pointers are cleared (the sanitizers'
+ * build sees a double free or a leak).
+ */
+static void
+test_take_owns_chain_and_key(void **state)
+{
+	struct event_base	*evb;
+	struct ts_entry		 e;
+	unsigned char		*base;
+	size_t			 size;
+	char			 id[32], *names[1] = { id }, *cause = NULL;
+	char			*chain, *key, *given_chain, *given_key;
+
+	(void)state;
+	assert_non_null(evb = event_base_new());
+	assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
+	    &cause), 0);
+	base = ts_map(&size);
+	snprintf(id, sizeof(id), "t.example.test");
+	chain = ts_walk_string("CHAIN", 0, 0, 2000, 'c');
+	key = ts_walk_string("KEY", 0, 0, 240, 'k');
+	assert_non_null(given_chain = strdup(chain));
+	assert_non_null(given_key = strdup(key));
+	shm_cert_take(id, "pebble", names, 1, &given_chain, &given_key, 5, 6);
+	assert_null(given_chain);
+	assert_null(given_key);
+	ts_settle(evb);
+	assert_int_equal(ts_read(base, size, 0, id, &e), 1);
+	assert_string_equal(e.chain, chain);
+	assert_string_equal(e.key, key);
+	ts_entry_clear(&e);
+	assert_int_equal(ts_count(base, size, chain), 1);
+	assert_int_equal(ts_count(base, size, key), 1);
+	munmap(base, size);
+	free(chain);
+	keys_pem_free(key);
+	shm_close();
+	event_base_free(evb);
+}
+
+/*
  * A zone a previous run left keeps its image until the first image of
  * the new run, which wipes the rest: a certificate the new run does not
  * set leaves no key behind.
@@ -1923,6 +1965,8 @@ main(void)
 		    test_truncated_zone_keeps_what_it_can, ts_setup,
 		    ts_teardown),
 		cmocka_unit_test_setup_teardown(test_staged_strings_in_zone,
+		    ts_setup, ts_teardown),
+		cmocka_unit_test_setup_teardown(test_take_owns_chain_and_key,
 		    ts_setup, ts_teardown),
 		cmocka_unit_test_setup_teardown(test_one_writer_per_file,
 		    ts_setup, ts_teardown),
