@@ -172,7 +172,7 @@ control_get_events(struct control_ctx *cx)
 	struct control_stream	*cs;
 	struct MHD_Response	*resp;
 	enum MHD_Result		 ret;
-	char			 why[256];
+	char			 why[256], keepalive[16];
 
 	if (control_stream_admit(cn, why, sizeof(why)) == -1)
 		return control_error(cx->cx_conn, MHD_HTTP_SERVICE_UNAVAILABLE,
@@ -195,6 +195,10 @@ control_get_events(struct control_ctx *cx)
 	stream.n++;
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
 	    "application/x-ndjson");
+	/* For a client to tell a quiet daemon from a hung one. */
+	(void)snprintf(keepalive, sizeof(keepalive), "%d",
+	    CONTROL_STREAM_KEEPALIVE);
+	MHD_add_response_header(resp, "Acme-Sidecar-Keepalive", keepalive);
 	ret = MHD_queue_response(cx->cx_conn, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return ret;

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -26,6 +27,15 @@
 #define CTL_TIMEOUT		60
 /* An event is a short JSON line: the longest carries a CA's error. */
 #define CTL_EVENT_MAX		(64 * 1024)
+/*
+ * The event stream: the daemon sends an empty line after this many
+ * seconds of quiet (Acme-Sidecar-Keepalive says how many), and a stream
+ * that misses CTL_STREAM_MISSED of them in a row is given up: the daemon
+ * is stopped, or hung.
+ */
+#define CTL_STREAM_KEEPALIVE	30
+#define CTL_STREAM_KEEPALIVE_MAX 3600
+#define CTL_STREAM_MISSED	3
 
 /* One transfer: what the callbacks keep, and why they stopped it. */
 struct ctl_xfer {
@@ -43,6 +53,8 @@ struct ctl_xfer {
 	char			*x_line;	/* CTL_EVENT_MAX bytes */
 	size_t			 x_linelen;
 	unsigned long		 x_events;	/* lines read, for errors */
+	long			 x_keepalive;	/* the stream's, in seconds */
+	time_t			 x_heard;	/* its last bytes (monotonic) */
 	char			*x_cause;	/* a callback's own error */
 	char			 x_err[CURL_ERROR_SIZE];
 };
@@ -134,6 +146,34 @@ ctl_keep_reason(struct ctl_response *rs, const char *line, size_t len)
 	rs->rs_reason[n] = '\0';
 }
 
+static time_t
+ctl_now(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+/* How often the stream promises a line; a daemon that does not say: 30 s. */
+static long
+ctl_stream_keepalive(struct ctl_xfer *x)
+{
+	struct curl_header	*h;
+	char			*end;
+	long			 v;
+
+	if (curl_easy_header(x->x_curl, "Acme-Sidecar-Keepalive", 0,
+	    CURLH_HEADER, -1, &h) != CURLHE_OK)
+		return CTL_STREAM_KEEPALIVE;
+	errno = 0;
+	v = strtol(h->value, &end, 10);
+	if (errno != 0 || end == h->value || *end != '\0' || v < 1 ||
+	    v > CTL_STREAM_KEEPALIVE_MAX)
+		return CTL_STREAM_KEEPALIVE;
+	return v;
+}
+
 /*
  * At the end of the head: a 2xx event stream must be chunked, and its
  * body is split into lines; anything else is kept whole.
@@ -155,6 +195,8 @@ ctl_head_done(struct ctl_xfer *x)
 		return -1;
 	}
 	x->x_lines = 1;
+	x->x_keepalive = ctl_stream_keepalive(x);
+	x->x_heard = ctl_now();
 	return 0;
 }
 
@@ -256,7 +298,36 @@ ctl_on_write(char *p, size_t size, size_t n, void *arg)
 	struct ctl_xfer	*x = arg;
 
 	(void)size;
-	return x->x_lines ? ctl_on_events(x, p, n) : ctl_on_body(x, p, n);
+	if (!x->x_lines)
+		return ctl_on_body(x, p, n);
+	x->x_heard = ctl_now();
+	return ctl_on_events(x, p, n);
+}
+
+/*
+ * libcurl's progress callback, about once a second: an event stream
+ * that stayed silent past CTL_STREAM_MISSED keepalives ends the call.
+ */
+static int
+ctl_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow,
+    curl_off_t ultotal, curl_off_t ulnow)
+{
+	struct ctl_xfer	*x = arg;
+	time_t		 quiet;
+
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	if (!x->x_lines)
+		return 0;
+	quiet = ctl_now() - x->x_heard;
+	if (quiet < CTL_STREAM_MISSED * x->x_keepalive)
+		return 0;
+	ctl_xfer_fail(x, "nothing from the daemon for %lld s, when it sends "
+	    "an empty line after %ld s of quiet", (long long)quiet,
+	    x->x_keepalive);
+	return 1;
 }
 
 /* ---------------------------------------------------------------- requests */
@@ -316,12 +387,17 @@ ctl_setup(struct ctl_xfer *x, const char *url, const char *body,
 	}
 	/*
 	 * A daemon that stops answering must not hang a script: less than
-	 * a byte a second for CTL_TIMEOUT seconds ends a call.  Not the
-	 * event stream, quiet for as long as nothing happens.
+	 * a byte a second for CTL_TIMEOUT seconds ends a call.  The event
+	 * stream is quiet for as long as nothing happens, but for its
+	 * keepalives: missing CTL_STREAM_MISSED of them ends it.
 	 */
 	if (!x->x_stream) {
 		CTL_SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
 		CTL_SET(CURLOPT_LOW_SPEED_TIME, (long)CTL_TIMEOUT);
+	} else {
+		CTL_SET(CURLOPT_NOPROGRESS, 0L);
+		CTL_SET(CURLOPT_XFERINFOFUNCTION, ctl_on_progress);
+		CTL_SET(CURLOPT_XFERINFODATA, x);
 	}
 #undef CTL_SET
 	return e;

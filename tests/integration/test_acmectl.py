@@ -508,6 +508,14 @@ def test_events(setup):
     finally:
         ev.stop()
 
+    # The stream says how often a quiet daemon sends its empty line.
+    p = subprocess.run(["curl", "-sS", "-N", "-m", "1", "-D", "-",
+                        "--unix-socket", str(sock),
+                        "http://localhost/v1/events"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    assert re.search(r"(?mi)^Acme-Sidecar-Keepalive: 30$", p.stdout), p
+
 
 def test_metrics(setup):
     _, _, sock = setup
@@ -890,6 +898,74 @@ def test_events_good_stream(tmp_path):
     # Nothing happened before the daemon ended the stream.
     p, _ = fake_run(tmp_path, HEAD + b"0\r\n\r\n", "events")
     assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p
+
+
+class QuietStream:
+    """An event stream on a Unix socket that promises an empty line
+    every keepalive seconds: it sends one event, then an empty line every
+    `every` seconds (None: never) for `last` seconds, then ends the
+    stream, holding the connection open until closed if it is silent."""
+
+    def __init__(self, path, keepalive, every, last):
+        self.path = path
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(1)
+        self.head = HEAD.replace(
+            b"\r\n\r\n", b"\r\nAcme-Sidecar-Keepalive: %d\r\n\r\n" %
+            keepalive)
+        self.every, self.last = every, last
+        self.done = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        c, _ = self.srv.accept()
+        with c:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += c.recv(4096)
+            c.sendall(self.head + chunk(stream(EV_RENEWED)))
+            if self.every is None:
+                self.done.wait(self.last)
+                return
+            end = time.monotonic() + self.last
+            while time.monotonic() < end:
+                time.sleep(self.every)
+                c.sendall(chunk(b"\n"))
+            c.sendall(b"0\r\n\r\n")
+
+    def close(self):
+        self.done.set()
+        self.srv.close()
+        self.path.unlink()
+
+
+def quiet_run(tmp_path, keepalive, every, last):
+    path = tmp_path / "quiet.sock"
+    srv = QuietStream(path, keepalive, every, last)
+    t0 = time.monotonic()
+    try:
+        p = acmectl("-s", str(path), "events", timeout=60)
+    finally:
+        srv.close()
+    return p, time.monotonic() - t0
+
+
+def test_events_stream_gone_quiet(tmp_path):
+    """A daemon that stops sending even its keepalives (stopped, hung)
+    ends acmectl events after three of them are missed, with an error;
+    one that keeps sending them is followed until it ends the stream."""
+    p, took = quiet_run(tmp_path, keepalive=1, every=None, last=30)
+    assert p.returncode == 1, p
+    assert p.stdout.startswith("2026-11-28T21:40:05Z renewed "), p
+    assert re.fullmatch(r"acmectl: \S+: GET /v1/events: nothing from the "
+                        r"daemon for [3-9] s, when it sends an empty line "
+                        r"after 1 s of quiet\n", p.stderr), p
+    assert took < 20, took
+
+    p, took = quiet_run(tmp_path, keepalive=1, every=0.5, last=5)
+    assert p.returncode == 0 and p.stderr == "", p
+    assert took >= 5, took
 
 
 @pytest.mark.parametrize("body,err", [
