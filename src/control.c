@@ -771,8 +771,8 @@ control_events(struct event_base *base, char **cause)
 	}
 	/* A request goes ahead of order work (loop.c). */
 	loop_mhd_urgent(&control.loop);
-	if (event_base_get_npriorities(base) > 1)
-		event_priority_set(control.ev_accept, 0);
+	if (event_base_get_npriorities(base) > LOOP_PRI_DEFAULT)
+		event_priority_set(control.ev_accept, LOOP_PRI_URGENT);
 	if (event_add(control.ev_accept, NULL) == -1) {
 		xasprintf(cause, "control: cannot add events");
 		return -1;

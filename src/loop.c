@@ -25,8 +25,6 @@
 
 #include "sidecar.h"
 
-#define LOOP_PRI_URGENT		0
-#define LOOP_PRI_DEFAULT	1	/* event_base_priority_init(base, 2) */
 /* How long urgent runs may keep the rest of the loop waiting. */
 #define LOOP_URGENT_MAX_US	50000
 

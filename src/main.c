@@ -771,7 +771,7 @@ main_base_new(void)
 	event_config_free(cfg);
 	if (base == NULL)
 		fatalx("event_base_new");
-	if (event_base_priority_init(base, 2) == -1)
+	if (event_base_priority_init(base, LOOP_NPRIORITIES) == -1)
 		fatalx("event_base_priority_init");
 	return base;
 }

@@ -786,6 +786,10 @@ int		 loop_mhd_start(struct loop_mhd *, struct event_base *,
 void		 loop_mhd_schedule(struct loop_mhd *);
 void		 loop_mhd_wake(struct loop_mhd *);
 void		 loop_mhd_urgent(struct loop_mhd *);	/* ahead of the rest */
+/* The loop's priorities (main.c): the control API's, then the rest. */
+#define LOOP_PRI_URGENT		0
+#define LOOP_PRI_DEFAULT	1
+#define LOOP_NPRIORITIES	2
 void		 loop_mhd_stop(struct loop_mhd *);
 char		*loop_mhd_message(const char *, va_list);
 
