@@ -51,14 +51,11 @@ static struct {
 	.list = TAILQ_HEAD_INITIALIZER(stream.list)
 };
 
-/* Seconds on the monotonic clock, for the streams' timers. */
+/* Whole seconds on the monotonic clock, for the streams' timers. */
 static time_t
 control_now(void)
 {
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec;
+	return (time_t)util_monotonic();
 }
 
 static void
