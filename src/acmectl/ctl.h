@@ -48,13 +48,14 @@ struct ctl_wait {
 	int		 w_done;	/* 0 under way, 1 valid, -1 failed */
 };
 
-/* ctl_util.c: memory, where running out ends acmectl. */
+/* ctl_util.c: memory, where running out ends acmectl, and the clock. */
 void		 ctl_fatalx(const char *, ...)
 		     __attribute__((noreturn, format(printf, 1, 2)));
 char		*ctl_xasprintf(const char *, ...)
 		     __attribute__((format(printf, 1, 2)));
 void		*ctl_xreallocarray(void *, size_t, size_t);
 char		*ctl_xstrdup(const char *);
+long long	 ctl_now_ms(void);	/* monotonic */
 
 /*
  * ctl_http.c: one HTTP/1.1 exchange over the Unix socket, its answer

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -54,7 +53,7 @@ struct ctl_xfer {
 	size_t			 x_linelen;
 	unsigned long		 x_events;	/* lines read, for errors */
 	long			 x_keepalive;	/* the stream's, in seconds */
-	time_t			 x_heard;	/* its last bytes (monotonic) */
+	long long		 x_heard_ms;	/* its last bytes (ctl_now_ms) */
 	char			*x_cause;	/* a callback's own error */
 	char			 x_err[CURL_ERROR_SIZE];
 };
@@ -146,15 +145,6 @@ ctl_keep_reason(struct ctl_response *rs, const char *line, size_t len)
 	rs->rs_reason[n] = '\0';
 }
 
-static time_t
-ctl_now(void)
-{
-	struct timespec	ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec;
-}
-
 /* How often the stream promises a line; a daemon that does not say: 30 s. */
 static long
 ctl_stream_keepalive(struct ctl_xfer *x)
@@ -196,7 +186,7 @@ ctl_head_done(struct ctl_xfer *x)
 	}
 	x->x_lines = 1;
 	x->x_keepalive = ctl_stream_keepalive(x);
-	x->x_heard = ctl_now();
+	x->x_heard_ms = ctl_now_ms();
 	return 0;
 }
 
@@ -300,7 +290,7 @@ ctl_on_write(char *p, size_t size, size_t n, void *arg)
 	(void)size;
 	if (!x->x_lines)
 		return ctl_on_body(x, p, n);
-	x->x_heard = ctl_now();
+	x->x_heard_ms = ctl_now_ms();
 	return ctl_on_events(x, p, n);
 }
 
@@ -313,7 +303,7 @@ ctl_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow,
     curl_off_t ultotal, curl_off_t ulnow)
 {
 	struct ctl_xfer	*x = arg;
-	time_t		 quiet;
+	long long	 quiet;
 
 	(void)dltotal;
 	(void)dlnow;
@@ -321,12 +311,11 @@ ctl_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow,
 	(void)ulnow;
 	if (!x->x_lines)
 		return 0;
-	quiet = ctl_now() - x->x_heard;
+	quiet = (ctl_now_ms() - x->x_heard_ms) / 1000;
 	if (quiet < CTL_STREAM_MISSED * x->x_keepalive)
 		return 0;
 	ctl_xfer_fail(x, "nothing from the daemon for %lld s, when it sends "
-	    "an empty line after %ld s of quiet", (long long)quiet,
-	    x->x_keepalive);
+	    "an empty line after %ld s of quiet", quiet, x->x_keepalive);
 	return 1;
 }
 

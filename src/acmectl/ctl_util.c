@@ -1,6 +1,6 @@
 /*
  * acmectl: the helpers every other acmectl file calls: allocation where
- * running out ends acmectl.  They sit below the commands (acmectl.c),
+ * running out ends acmectl, and a clock for timeouts.  They sit below the commands (acmectl.c),
  * the HTTP client (ctl_http.c), the printers (ctl_out.c) and the
  * waiting (ctl_wait.c), and call none of them.
  */
@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ctl.h"
 
@@ -56,4 +57,14 @@ ctl_xstrdup(const char *s)
 	if ((p = strdup(s)) == NULL)
 		ctl_fatalx("out of memory");
 	return p;
+}
+
+/* Milliseconds on a clock that never jumps. */
+long long
+ctl_now_ms(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -21,15 +21,6 @@
 /* Poll every 250 ms, until the order ends or --timeout passes. */
 #define CTL_POLL_MS		250
 
-static long long
-ctl_now_ms(void)
-{
-	struct timespec	ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void
 ctl_sleep_ms(long ms)
 {
