@@ -202,6 +202,17 @@ ts_map(size_t *size)
 	return p;
 }
 
+/* A zone of 256 KiB at ts_path, written through evb, and its map. */
+static unsigned char *
+ts_open_mapped(struct event_base *evb, size_t *size)
+{
+	char	*cause = NULL;
+
+	assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
+	    &cause), 0);
+	return ts_map(size);
+}
+
 static int
 ts_setup(void **state)
 {
@@ -956,14 +967,12 @@ test_staged_strings_in_zone(void **state)
 	struct ts_entry		 e;
 	unsigned char		*base;
 	size_t			 size;
-	char			 id[32], *names[1] = { id }, *cause = NULL;
+	char			 id[32], *names[1] = { id };
 	char			*x, *y, *key;
 
 	(void)state;
 	assert_non_null(evb = event_base_new());
-	assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
-	    &cause), 0);
-	base = ts_map(&size);
+	base = ts_open_mapped(evb, &size);
 	snprintf(id, sizeof(id), "s.example.test");
 	x = ts_walk_string("CHAIN", 0, 0, 2000, 'x');
 	y = ts_walk_string("CHAIN", 0, 1, 2000, 'y');
@@ -1006,14 +1015,12 @@ test_take_owns_chain_and_key(void **state)
 	struct ts_entry		 e;
 	unsigned char		*base;
 	size_t			 size;
-	char			 id[32], *names[1] = { id }, *cause = NULL;
+	char			 id[32], *names[1] = { id };
 	char			*chain, *key, *given_chain, *given_key;
 
 	(void)state;
 	assert_non_null(evb = event_base_new());
-	assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
-	    &cause), 0);
-	base = ts_map(&size);
+	base = ts_open_mapped(evb, &size);
 	snprintf(id, sizeof(id), "t.example.test");
 	chain = ts_walk_string("CHAIN", 0, 0, 2000, 'c');
 	key = ts_walk_string("KEY", 0, 0, 240, 'k');
@@ -1284,11 +1291,8 @@ ts_take_reopen(struct event_base *evb)
 	unsigned char			*base;
 	size_t				 size;
 	uint64_t			 g;
-	char				*cause = NULL;
 
-	assert_int_equal(shm_open_zone(evb, ts_path, 256 * 1024, NULL,
-	    &cause), 0);
-	base = ts_map(&size);
+	base = ts_open_mapped(evb, &size);
 	h = (const void *)base;
 	g = h->generation;
 	if (g == 0)
